@@ -1,0 +1,316 @@
+"""From formula and DataFrame to model matrices (numpy, before any JAX tracing).
+
+All checks on user input happen here, so that errors name the column or row at fault and
+never come out of a traced computation. The random-effects design is kept per term as a
+level index per observation and a small model matrix (MixedModels.jl's ReMat): the dense
+Z is never built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import formulaic
+import numpy as np
+import pandas as pd
+
+from ._formula import FormulaError, ParsedFormula, RandomTermSpec, parse_formula
+
+
+class DataError(ValueError):
+    """Input data that cannot be used for the requested model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TermDesign:
+    """One random-effects term: level of each observation and the term's model matrix.
+
+    Attributes:
+        spec: the parsed term, e.g. ``(1 + Days | Subject)``.
+        refs: int array (n,), the level index of each observation.
+        z: float array (n, S), the term's model matrix.
+        levels: names of the grouping factor's levels, in index order.
+        coef_names: names of the S columns of ``z``.
+        z_spec: formulaic spec that rebuilds ``z`` on new data.
+    """
+
+    spec: RandomTermSpec
+    refs: np.ndarray
+    z: np.ndarray
+    levels: tuple[str, ...]
+    coef_names: tuple[str, ...]
+    z_spec: object
+
+    @property
+    def group(self) -> str:
+        return self.spec.group
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def size(self) -> int:
+        """S, the number of random effects per level."""
+        return self.z.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+    """Everything a model needs from the data, as numpy arrays.
+
+    ``terms`` are ordered as lme4 orders them (by decreasing number of levels), which is
+    also the order of θ and of the blocked Cholesky factor.
+    """
+
+    formula: ParsedFormula
+    response: np.ndarray  # (n,) numeric, (n, 2) for cbind(), or object for categoricals
+    X: np.ndarray
+    fixef_names: tuple[str, ...]
+    offset: np.ndarray
+    weights: np.ndarray
+    terms: tuple[TermDesign, ...]
+    n_dropped: int
+    rows: pd.Index
+    x_spec: object
+    response_levels: tuple[str, ...] | None = None
+
+    @property
+    def nobs(self) -> int:
+        return self.X.shape[0]
+
+
+def _check_frame(data) -> pd.DataFrame:
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    if data.shape[0] == 0:
+        raise DataError("data has no rows")
+    return data
+
+
+def _level_order(values: pd.Series) -> list:
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        present = set(values.dropna().unique())
+        return [c for c in values.cat.categories if c in present]
+    unique = pd.unique(values.dropna())
+    try:
+        return sorted(unique)
+    except TypeError:
+        return sorted(unique, key=str)
+
+
+def grouping_levels(data: pd.DataFrame, columns: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Encode the interaction of ``columns`` as level indices (unused levels dropped)."""
+    codes, names = [], []
+    for column in columns:
+        order = _level_order(data[column])
+        lookup = {v: i for i, v in enumerate(order)}
+        codes.append(data[column].map(lookup).to_numpy(dtype=np.int64))
+        names.append([str(v) for v in order])
+    key = np.zeros(len(data), dtype=np.int64)
+    for code, name in zip(codes, names):
+        key = key * len(name) + code
+    used, refs = np.unique(key, return_inverse=True)
+    labels = []
+    for k in used:
+        parts = []
+        for name in reversed(names):
+            parts.append(name[k % len(name)])
+            k //= len(name)
+        labels.append(":".join(reversed(parts)))
+    return refs.astype(np.int32), labels
+
+
+def _numeric_matrix(spec_or_expr, data: pd.DataFrame, what: str):
+    try:
+        if isinstance(spec_or_expr, str):
+            matrix = formulaic.model_matrix(spec_or_expr, data, na_action="raise")
+        else:
+            matrix = spec_or_expr.get_model_matrix(data, na_action="raise")
+    except Exception as err:
+        raise FormulaError(f"cannot build the {what} from {spec_or_expr!s}: {err}") from err
+    values = np.asarray(matrix.to_numpy(dtype=float), dtype=np.float64)
+    return values, list(matrix.columns), matrix.model_spec
+
+
+def _evaluate(expr: str, data: pd.DataFrame) -> pd.Series:
+    """Evaluate a single response or offset expression (a column or a transform)."""
+    if expr in data.columns:
+        return data[expr]
+    values, _, _ = _numeric_matrix(f"0 + {expr}", data, f"expression {expr!r}")
+    if values.shape[1] != 1:
+        raise FormulaError(f"expression {expr!r} must give one numeric column")
+    return pd.Series(values[:, 0], index=data.index)
+
+
+def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:
+    for column in columns:
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            bad = np.flatnonzero(~np.isfinite(series.to_numpy(dtype=float)))
+            if bad.size:
+                rows = list(frame.index[bad[:5]])
+                raise DataError(
+                    f"column {column!r} has non-finite values (inf) in rows {rows}; "
+                    "remove them or replace them by NaN to drop those rows"
+                )
+
+
+def _vector_argument(value, data: pd.DataFrame, name: str) -> pd.Series | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in data.columns:
+            raise DataError(f"{name}={value!r} is not a column of data")
+        return data[value].astype(float)
+    array = np.asarray(value, dtype=float)
+    if array.shape != (len(data),):
+        raise DataError(f"{name} must have one value per row of data ({len(data)}), "
+                        f"got shape {array.shape}")
+    return pd.Series(array, index=data.index)
+
+
+def build_design(
+    formula: str | ParsedFormula,
+    data: pd.DataFrame,
+    *,
+    weights=None,
+    offset=None,
+    require_random: bool = False,
+    numeric_response: bool = True,
+) -> Design:
+    """Build X, the response, weights, offset and the random-effects terms.
+
+    Rows with a missing value in any used column (or in weights/offset) are dropped; the
+    count is on the returned design. A categorical response is returned as strings with
+    its levels in ``response_levels`` when ``numeric_response`` is False.
+
+    Raises:
+        FormulaError: malformed formula, or a term that cannot be evaluated.
+        DataError: unknown column, non-finite values, a grouping factor with one level,
+            a non-numeric response where a number is needed, bad weights or offset.
+    """
+    parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    data = _check_frame(data)
+    if require_random and not parsed.random:
+        raise FormulaError(
+            f"formula {parsed.text!r} has no random-effects term such as (1|group); "
+            "use glmmjax.glm for a model without random effects"
+        )
+    used = parsed.variables()
+    missing = sorted(used - set(data.columns))
+    if missing:
+        raise DataError(
+            f"column(s) {missing} used in the formula are not in data; "
+            f"available columns: {list(data.columns)}"
+        )
+    columns = sorted(used)
+    w = _vector_argument(weights, data, "weights")
+    o = _vector_argument(offset, data, "offset")
+    keep = ~data[columns].isna().any(axis=1)
+    for extra in (w, o):
+        if extra is not None:
+            keep &= extra.notna()
+    frame = data.loc[keep]
+    n_dropped = int((~keep).sum())
+    if frame.shape[0] == 0:
+        raise DataError("no rows left after dropping rows with missing values")
+    _check_finite(frame, columns)
+
+    response_levels = None
+    parts = parsed.response_parts
+    if len(parts) == 2:
+        response = np.column_stack([_evaluate(p, frame).to_numpy(dtype=float) for p in parts])
+    else:
+        series = _evaluate(parts[0], frame)
+        if pd.api.types.is_bool_dtype(series):
+            response = series.to_numpy(dtype=float)
+        elif pd.api.types.is_numeric_dtype(series):
+            response = series.to_numpy(dtype=float)
+        elif numeric_response:
+            raise DataError(
+                f"response {parts[0]!r} must be numeric, got values such as "
+                f"{list(pd.unique(series))[:3]}"
+            )
+        else:
+            levels = _level_order(series)
+            response_levels = tuple(str(v) for v in levels)
+            response = series.astype(str).to_numpy(dtype=object)
+
+    X, fixef_names, x_spec = _numeric_matrix(parsed.fixed, frame, "fixed-effects matrix")
+    if X.shape[0] != frame.shape[0]:
+        raise FormulaError("the fixed-effects matrix lost rows; check the formula")
+
+    total_offset = np.zeros(frame.shape[0])
+    if o is not None:
+        total_offset += o.loc[frame.index].to_numpy()
+    for expr in parsed.offsets:
+        total_offset += _evaluate(expr, frame).to_numpy(dtype=float)
+    if w is None:
+        prior_weights = np.ones(frame.shape[0])
+    else:
+        prior_weights = w.loc[frame.index].to_numpy()
+        bad = np.flatnonzero(~np.isfinite(prior_weights) | (prior_weights < 0))
+        if bad.size:
+            raise DataError(
+                f"weights must be finite and non-negative; rows {list(frame.index[bad[:5]])} "
+                f"have {list(prior_weights[bad[:5]])}"
+            )
+
+    terms = []
+    for spec in parsed.random:
+        refs, levels = grouping_levels(frame, spec.group_columns)
+        if len(levels) < 2:
+            raise DataError(
+                f"grouping factor {spec.group!r} has a single level ({levels[0]!r}); "
+                "a random effect needs at least two groups"
+            )
+        z, names, z_spec = _numeric_matrix(spec.expr, frame, f"random-effects term {spec}")
+        terms.append(TermDesign(spec, refs, z, tuple(levels), tuple(names), z_spec))
+    # lme4 orders terms by decreasing number of levels (stable), which we follow so θ
+    # lines up with lme4's and the largest term gets the block-diagonal part of L.
+    terms.sort(key=lambda t: -t.n_levels)
+    return Design(
+        formula=parsed,
+        response=response,
+        X=X,
+        fixef_names=tuple(fixef_names),
+        offset=total_offset,
+        weights=prior_weights,
+        terms=tuple(terms),
+        n_dropped=n_dropped,
+        rows=frame.index,
+        x_spec=x_spec,
+        response_levels=response_levels,
+    )
+
+
+def new_data_design(design: Design, newdata: pd.DataFrame, *, allow_new_levels: bool):
+    """Rebuild X, the offset and each term's (refs, z) on new data for prediction.
+
+    Levels not seen in fitting get ref -1 (their random effects are taken as zero) when
+    ``allow_new_levels``; otherwise they are an error naming the level.
+    """
+    newdata = _check_frame(newdata)
+    X, _, _ = _numeric_matrix(design.x_spec, newdata, "fixed-effects matrix")
+    offset = np.zeros(len(newdata))
+    for expr in design.formula.offsets:
+        offset += _evaluate(expr, newdata).to_numpy(dtype=float)
+    term_parts = []
+    for term in design.terms:
+        missing = [c for c in term.spec.group_columns if c not in newdata.columns]
+        if missing:
+            raise DataError(f"newdata lacks grouping column(s) {missing} of term {term.spec}")
+        z, _, _ = _numeric_matrix(term.z_spec, newdata, f"random-effects term {term.spec}")
+        labels = newdata[list(term.spec.group_columns)].astype(str).agg(":".join, axis=1)
+        lookup = {name: i for i, name in enumerate(term.levels)}
+        refs = labels.map(lookup)
+        unknown = refs.isna()
+        if unknown.any() and not allow_new_levels:
+            raise DataError(
+                f"newdata has level(s) {sorted(set(labels[unknown]))[:5]} of {term.group!r} "
+                "not seen in fitting; pass allow_new_levels=True to predict them with "
+                "random effects of zero"
+            )
+        term_parts.append((refs.fillna(-1).to_numpy(dtype=np.int64), z))
+    return X, offset, term_parts
