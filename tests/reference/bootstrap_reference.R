@@ -90,7 +90,7 @@ summ <- function(f) as.list(setNames(apply(reps[ok, , drop = FALSE], 2, f), stat
 dir.create("data", showWarnings = FALSE)
 csv <- file.path("data", "bootstrap_replicates.csv")
 out <- as.data.frame(lapply(as.data.frame(reps), num2str), check.names = FALSE)
-write.csv(out, csv, row.names = FALSE, quote = TRUE)
+write.csv(out, csv, row.names = FALSE, quote = FALSE)
 
 res <- list(
   versions = list(R = R.version.string, lme4 = as.character(packageVersion("lme4")),
