@@ -4,13 +4,26 @@ Fit lme4-style models (``lmer``, ``glm``, ``glmer``) with exact gradients, on CP
 GPU, one at a time or thousands at once. Everything public is re-exported here.
 """
 
-from . import datasets
+from . import datasets, families, links
+from ._classification import confusion_matrix, plot_roc, roc_auc, roc_curve
 from ._design import DataError
 from ._formula import FormulaError, parse_formula
+from ._glm import GLMConvergenceWarning, SeparationWarning, glm
+from ._glm_result import GLMResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GLMConvergenceWarning",
+    "GLMResult",
+    "SeparationWarning",
+    "confusion_matrix",
+    "families",
+    "glm",
+    "links",
+    "plot_roc",
+    "roc_auc",
+    "roc_curve",
     "DataError",
     "FormulaError",
     "datasets",

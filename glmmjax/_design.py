@@ -137,7 +137,10 @@ def _evaluate(expr: str, data: pd.DataFrame) -> pd.Series:
     """Evaluate a single response or offset expression (a column or a transform)."""
     if expr in data.columns:
         return data[expr]
-    values, _, _ = _numeric_matrix(f"0 + {expr}", data, f"expression {expr!r}")
+    # I(...) makes formulaic evaluate arithmetic as arithmetic: R's ``incidence/size``
+    # or ``cbind(s, n - s)`` would otherwise read as nesting or term removal.
+    wrapped = expr if expr.startswith("I(") else f"I({expr})"
+    values, _, _ = _numeric_matrix(f"0 + {wrapped}", data, f"expression {expr!r}")
     if values.shape[1] != 1:
         raise FormulaError(f"expression {expr!r} must give one numeric column")
     return pd.Series(values[:, 0], index=data.index)

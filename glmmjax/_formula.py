@@ -151,6 +151,20 @@ def _uncorrelated_parts(expr: str) -> list[str]:
     return parts
 
 
+def _r_powers(text: str) -> str:
+    """Inside function calls (``I(age^2)``, ``offset(t^2)``), R's ``^`` is a power:
+    write it as Python's ``**``. Outside calls, ``(a + b)^2`` stays formula syntax."""
+    out, stack = [], []
+    for i, char in enumerate(text):
+        if char == "(":
+            before = text[:i].rstrip()
+            stack.append(bool(before) and (before[-1].isalnum() or before[-1] in "._"))
+        elif char == ")" and stack:
+            stack.pop()
+        out.append("**" if char == "^" and any(stack) else char)
+    return "".join(out)
+
+
 def parse_formula(formula: str) -> ParsedFormula:
     """Split an lme4-style formula into its parts.
 
@@ -163,7 +177,7 @@ def parse_formula(formula: str) -> ParsedFormula:
     """
     if not isinstance(formula, str):
         raise FormulaError(f"formula must be a string like 'y ~ x + (1|g)', got {formula!r}")
-    sides = _split_top_level(formula, "~")
+    sides = _split_top_level(_r_powers(formula), "~")
     if len(sides) != 2 or not sides[0] or not sides[1]:
         raise FormulaError(f"formula must have the form 'response ~ terms', got {formula!r}")
     response, rhs = sides

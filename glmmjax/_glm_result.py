@@ -1,0 +1,297 @@
+"""The result of ``glmmjax.glm``: estimates, tests, intervals, predictions, summary.
+
+Everything here is numpy/pandas on arrays that the fit already computed; only
+``predict`` on new data rebuilds a model matrix. Names follow the LMM result
+(``fixef``, ``fixef_se``, ``vcov``, ``coef_table()``, ``summary()``) so a user moves
+between ``lmer``-style and ``glm`` results without relearning them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._design import Design, new_data_design
+from ._families import Family
+from ._glm import GLMFit
+from ._precision import with_x64
+
+__all__ = ["GLMResult"]
+
+
+def _format_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "NA"
+    if p < 2e-16:
+        return "< 2e-16"
+    if p < 1e-4:
+        return f"{p:.2e}"
+    return f"{p:.4f}".rstrip("0").rstrip(".") if p >= 1e-3 else f"{p:.6f}"
+
+
+def _stars(p: float) -> str:
+    if not np.isfinite(p):
+        return ""
+    for cut, mark in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p < cut:
+            return mark
+    return ""
+
+
+def _sig(x: float, digits: int = 5) -> str:
+    return f"{x:.{digits}g}" if np.isfinite(x) else "NA"
+
+
+class GLMResult:
+    """A fitted generalized linear model.
+
+    Attributes:
+        fixef (alias ``coef``): β̂ as a pandas Series by coefficient name (NaN for
+            aliased columns).
+        fixef_se: standard errors; ``statistic`` (z, or t where the dispersion is
+            estimated from Pearson residuals), ``pvalues``.
+        vcov: Var(β̂) as a DataFrame (estimable coefficients only).
+        deviance, null_deviance, df_residual, df_null, dispersion, loglik, aic, bic,
+        nobs, n_dropped, converged, iterations, family, success_level (the level of a
+        categorical response counted as success, else None), separated (names of
+        coefficients that diverge because of separation).
+
+    Example:
+        >>> import glmmjax
+        >>> fit = glmmjax.glm("Reaction ~ Days", glmmjax.datasets.load("sleepstudy"))
+        >>> round(fit.fixef["Days"], 4)
+        10.4673
+    """
+
+    def __init__(self, *, fit: GLMFit, family: Family, design: Design, y, weights, aliased,
+                 null_deviance: float, has_intercept: bool, success_level, separated,
+                 formula: str, response_name: str):
+        self._fit = fit
+        self.family = family
+        self._design = design
+        self._y = np.asarray(y)
+        self._weights = np.asarray(weights)
+        self._aliased = np.asarray(aliased)
+        self.formula = formula
+        self.response_name = response_name
+        self.success_level = success_level
+        self.separated = tuple(separated)
+        names = list(design.fixef_names)
+        self._names = [n for n, a in zip(names, aliased) if not a]
+        coef = np.full(len(names), np.nan)
+        se = np.full(len(names), np.nan)
+        coef[~self._aliased] = fit.coef
+        se[~self._aliased] = np.sqrt(np.diag(fit.vcov))
+        self.fixef = pd.Series(coef, index=names, name="Estimate")
+        self.fixef_se = pd.Series(se, index=names, name="Std. Error")
+        self.vcov = pd.DataFrame(np.asarray(fit.vcov), index=self._names, columns=self._names)
+        self.nobs = int(np.sum(self._weights > 0))
+        self.n_dropped = int(design.n_dropped)
+        self.rank = int(np.sum(~self._aliased))
+        self.df_residual = self.nobs - self.rank
+        self.df_null = self.nobs - int(has_intercept)
+        self.deviance = float(fit.deviance)
+        self.null_deviance = float(null_deviance)
+        self.dispersion = float(fit.dispersion)
+        self.dispersion_se = float(fit.dispersion_se)
+        self.loglik = float(fit.loglik)
+        method = family.dispersion_method
+        self.df = self.rank + int(method in ("pearson", "ml"))
+        self.aic = -2.0 * self.loglik + 2.0 * self.df
+        self.bic = -2.0 * self.loglik + np.log(self.nobs) * self.df
+        self.converged = bool(fit.converged)
+        self.iterations = int(fit.iterations)
+        self.uses_t = method == "pearson"
+        stat = self.fixef / self.fixef_se
+        self.statistic = stat.rename("t value" if self.uses_t else "z value")
+        if self.uses_t:
+            p = 2.0 * stats.t.sf(np.abs(stat.to_numpy()), self.df_residual)
+        else:
+            p = 2.0 * stats.norm.sf(np.abs(stat.to_numpy()))
+        self.pvalues = pd.Series(p, index=names, name="Pr(>|t|)" if self.uses_t else "Pr(>|z|)")
+
+    # ---- aliases and fitted quantities ----------------------------------------------
+    @property
+    def coef(self) -> pd.Series:
+        """Alias of ``fixef``."""
+        return self.fixef
+
+    @property
+    def fitted_values(self) -> pd.Series:
+        """μ̂ for the rows used in fitting (indexed by the data's row labels)."""
+        return pd.Series(np.asarray(self._fit.mu), index=self._design.rows)
+
+    @property
+    def linear_predictor(self) -> pd.Series:
+        return pd.Series(np.asarray(self._fit.eta), index=self._design.rows)
+
+    @property
+    def response(self) -> pd.Series:
+        """y as the family sees it (proportions for binomial models)."""
+        return pd.Series(self._y, index=self._design.rows)
+
+    @property
+    def prior_weights(self) -> pd.Series:
+        return pd.Series(self._weights, index=self._design.rows)
+
+    def logLik(self) -> float:  # noqa: N802 (R's name)
+        return self.loglik
+
+    # ---- tables -----------------------------------------------------------------------
+    def _quantile(self, level: float) -> float:
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        upper = 0.5 + level / 2
+        if self.uses_t:
+            return float(stats.t.ppf(upper, self.df_residual))
+        return float(stats.norm.ppf(upper))
+
+    def conf_int(self, level: float = 0.95) -> pd.DataFrame:
+        """Wald intervals β̂ ± q·SE (q from t with df_residual where the dispersion is a
+        Pearson estimate, else normal)."""
+        q = self._quantile(level)
+        lo, hi = (1 - level) / 2, (1 + level) / 2
+        return pd.DataFrame(
+            {f"{100 * lo:.3g} %": self.fixef - q * self.fixef_se,
+             f"{100 * hi:.3g} %": self.fixef + q * self.fixef_se}
+        )
+
+    def coef_table(self) -> pd.DataFrame:
+        """Estimate, Std. Error, z (or t) value and p-value per coefficient."""
+        return pd.concat([self.fixef, self.fixef_se, self.statistic, self.pvalues], axis=1)
+
+    def exp_coef_table(self, level: float = 0.95) -> pd.DataFrame:
+        """exp(β̂) with exponentiated Wald intervals: odds ratios for logit links, rate
+        ratios for log links."""
+        ci = np.exp(self.conf_int(level))
+        table = pd.concat([np.exp(self.fixef).rename("exp(Estimate)"), ci], axis=1)
+        return table
+
+    # ---- residuals and prediction ---------------------------------------------------
+    def residuals(self, type: str = "deviance") -> pd.Series:  # noqa: A002 (R's argument)
+        """Residuals of ``type`` "deviance" (default), "pearson", "response", "working"."""
+        y, w = self._y, self._weights
+        mu, eta = np.asarray(self._fit.mu), np.asarray(self._fit.eta)
+        disp = self._family_dispersion()
+        if type == "response":
+            values = y - mu
+        elif type == "pearson":
+            var = np.asarray(self.family.variance(mu, disp))
+            values = (y - mu) * np.sqrt(w) / np.sqrt(var)
+        elif type == "deviance":
+            values = np.asarray(self.family.deviance_residuals(y, mu, w, disp))
+        elif type == "working":
+            values = (y - mu) / np.asarray(self.family.link.mu_eta(eta))
+        else:
+            raise ValueError(
+                f"type must be 'deviance', 'pearson', 'response' or 'working', got {type!r}"
+            )
+        return pd.Series(values, index=self._design.rows, name=f"{type} residuals")
+
+    def _family_dispersion(self):
+        return self.dispersion if self.family.dispersion_method in ("ml", "fixed") else 1.0
+
+    @with_x64
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",  # noqa: A002
+                se_fit: bool = False, offset=None):
+        """Predictions on the link (η) or response (μ) scale.
+
+        Args:
+            newdata: DataFrame with the predictor columns; None predicts the fitted rows.
+            type: "link" or "response".
+            se_fit: also return standard errors: √(x'Vx) on the link scale, times
+                |dμ/dη| on the response scale (the delta method, as R).
+            offset: for ``newdata``, an offset to add besides ``offset(...)`` terms of
+                the formula (array or column name).
+
+        Returns:
+            A Series of predictions indexed like the rows, or with ``se_fit`` a DataFrame
+            with columns ``fit`` and ``se_fit``.
+        """
+        if type not in ("link", "response"):
+            raise ValueError(f"type must be 'link' or 'response', got {type!r}")
+        if newdata is None:
+            X = self._design.X[:, ~self._aliased]
+            eta = np.asarray(self._fit.eta)
+            index = self._design.rows
+        else:
+            X_full, formula_offset, _ = new_data_design(self._design, newdata,
+                                                        allow_new_levels=True)
+            X = X_full[:, ~self._aliased]
+            eta = X @ np.asarray(self._fit.coef) + formula_offset
+            if offset is not None:
+                extra = newdata[offset] if isinstance(offset, str) else offset
+                eta = eta + np.asarray(extra, dtype=float)
+            index = newdata.index
+        fit = eta if type == "link" else np.asarray(self.family.link.inverse(eta))
+        if not se_fit:
+            return pd.Series(fit, index=index, name=type)
+        se = np.sqrt(np.einsum("ij,jk,ik->i", X, np.asarray(self._fit.vcov), X))
+        if type == "response":
+            se = se * np.abs(np.asarray(self.family.link.mu_eta(eta)))
+        return pd.DataFrame({"fit": fit, "se_fit": se}, index=index)
+
+    # ---- printing -----------------------------------------------------------------------
+    def summary(self) -> str:
+        """A text summary laid out like R's ``summary.glm``."""
+        fam = self.family
+        lines = ["", "Call:", f"glm(formula = {self.formula}, family = {fam})", ""]
+        if self.success_level is not None:
+            lines += [f"Response: {self.response_name} == {self.success_level!r} counts as "
+                      "success", ""]
+        table = self.coef_table()
+        cells = []
+        for name, row in table.iterrows():
+            p = row.iloc[3]
+            cells.append([
+                str(name), _sig(row.iloc[0]), _sig(row.iloc[1]),
+                f"{row.iloc[2]:.3f}" if np.isfinite(row.iloc[2]) else "NA",
+                _format_p(p), _stars(p),
+            ])
+        header = ["", "Estimate", "Std. Error", table.columns[2], table.columns[3], ""]
+        widths = [max(len(r[i]) for r in [header, *cells]) for i in range(6)]
+        fmt_row = lambda r: " ".join(  # noqa: E731
+            [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, 5)] + [r[5]]
+        ).rstrip()
+        lines.append("Coefficients:")
+        lines.append(fmt_row(header))
+        lines += [fmt_row(r) for r in cells]
+        lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1", ""]
+        method = fam.dispersion_method
+        if method == "none":
+            lines.append(f"(Dispersion parameter for {fam.name} family taken to be 1)")
+        elif method == "pearson":
+            lines.append(
+                f"(Dispersion parameter for {fam.name} family taken to be {self.dispersion:.6g})"
+            )
+        else:
+            label = "estimated" if method == "ml" else "fixed at"
+            extra = (f" (std. error {self.dispersion_se:.4g})"
+                     if np.isfinite(self.dispersion_se) else "")
+            lines.append(f"({fam.dispersion_name} of the {fam.name} family {label} "
+                         f"{self.dispersion:.6g}{extra})")
+        lines += [
+            "",
+            f"    Null deviance: {self.null_deviance:.{5}g}  on {self.df_null}  degrees of freedom",
+            f"Residual deviance: {self.deviance:.{5}g}  on {self.df_residual}  degrees of freedom",
+        ]
+        if self.n_dropped:
+            lines.append(f"  ({self.n_dropped} observations deleted due to missingness)")
+        lines.append(f"AIC: {self.aic:.5g}   BIC: {self.bic:.5g}   logLik: {self.loglik:.5g} "
+                     f"(df = {self.df})")
+        lines += ["", f"Number of iterations: {self.iterations}"
+                  + ("" if self.converged else "  (NOT CONVERGED)")]
+        if self.separated:
+            lines.append(f"Warning: separation; infinite estimates for {list(self.separated)}")
+        return "\n".join(lines) + "\n"
+
+    def print_summary(self) -> None:
+        print(self.summary())
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return (f"<GLMResult {self.family} n={self.nobs} deviance={self.deviance:.6g} "
+                f"AIC={self.aic:.6g}>")
