@@ -44,7 +44,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln, xlog1py, xlogy
+from jax.scipy.special import digamma, gammaln, polygamma, xlog1py, xlogy
 
 from ._design import DataError
 from ._links import Link, canonical_link_name, get_link
@@ -577,6 +577,25 @@ class NegativeBinomial(Family):
         return Poisson(link=self.link)
 
 
+def _beta_saturated_mean(y, log_y, log_1my, phi, steps: int = 30):
+    """argmax over μ of the beta density at y for precision φ (the saturated model).
+
+    It is not μ = y: the maximizer solves ψ(μφ) − ψ((1 − μ)φ) = log(y/(1 − y)), found by
+    Newton's method in t = logit μ (the left side is increasing in t) from t = logit y.
+    """
+    target = log_y - log_1my
+
+    def step(_, t):
+        mu = jax.nn.sigmoid(t)
+        a, b = mu * phi, (1.0 - mu) * phi
+        f = digamma(a) - digamma(b) - target
+        slope = phi * mu * (1.0 - mu) * (polygamma(1, a) + polygamma(1, b))
+        return t - jnp.clip(f / slope, -2.0, 2.0)
+
+    t = jax.lax.fori_loop(0, steps, step, target)
+    return jax.nn.sigmoid(t)
+
+
 class Beta(Family):
     """Beta with mean μ and precision φ (Var y = μ(1 − μ)/(1 + φ)), as glmmTMB's
     ``beta_family``; φ is estimated by maximum likelihood."""
@@ -614,8 +633,10 @@ class Beta(Family):
         if dispersion is None:
             raise ValueError("the beta deviance depends on the precision phi; pass dispersion")
         log_y, log_1my = jnp.log(y), jnp.log1p(-y)
-        saturated = self._density(y, log_y, log_1my, y, 1.0 - y, dispersion)
-        return 2.0 * (saturated - self._density(y, log_y, log_1my, mu, 1.0 - mu, dispersion))
+        best = _beta_saturated_mean(y, log_y, log_1my, dispersion)
+        saturated = self._density(y, log_y, log_1my, best, 1.0 - best, dispersion)
+        gap = saturated - self._density(y, log_y, log_1my, mu, 1.0 - mu, dispersion)
+        return 2.0 * jnp.maximum(gap, 0.0)
 
     def valid_mu(self, mu):
         return jnp.isfinite(mu) & (mu > 0) & (mu < 1)

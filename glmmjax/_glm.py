@@ -426,31 +426,42 @@ def _null_deviance(X, y, weights, offset, family, dispersion, has_intercept, tol
 def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Coefficients that are infinite because of (quasi-)complete separation.
 
-    Solves the linear program of Konis (2007): find a direction d with x_i'd ≥ 0 where
-    all trials succeed, x_i'd ≤ 0 where all fail, x_i'd = 0 where both occur, maximizing
-    Σ |x_i'd| within the box |d_j| ≤ 1. The MLE exists iff the optimum is 0; otherwise
-    the coefficients with d_j ≠ 0 diverge. Returns a boolean mask over columns of X.
+    The MLE of a binomial GLM fails to exist iff some direction d ≠ 0 has x_i'd ≥ 0
+    where every trial succeeded, x_i'd ≤ 0 where every trial failed, x_i'd = 0 where
+    both occurred, and x_i'd ≠ 0 somewhere (Albert & Anderson, 1984; Konis, 2007).
+    We solve one linear program for the *sparsest* such direction in the L1 sense,
+    normalized by Σ|x_i'd| = 1 on the separated side: it is infeasible when the MLE
+    exists, and otherwise its non-zero entries name the coefficients that diverge.
+    Columns are scaled to unit max-norm first. Returns a boolean mask over columns.
     """
     from scipy.optimize import linprog
 
     used = weights > 0
     X, y = X[used], y[used]
+    p = X.shape[1]
     scale = np.max(np.abs(X), axis=0)
     scale[scale == 0] = 1.0
     Xs = X / scale
     sign = np.where(y >= 1, 1.0, np.where(y <= 0, -1.0, 0.0))
-    both = sign == 0
-    signed = Xs * sign[:, None]
-    a_ub = -signed[~both] if np.any(~both) else None
-    b_ub = np.zeros(int(np.sum(~both))) if np.any(~both) else None
-    a_eq = Xs[both] if np.any(both) else None
-    b_eq = np.zeros(int(np.sum(both))) if np.any(both) else None
-    objective = -signed[~both].sum(axis=0) if np.any(~both) else np.zeros(X.shape[1])
-    result = linprog(objective, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq,
-                     bounds=[(-1, 1)] * X.shape[1], method="highs")
-    if not result.success or -result.fun <= 1e-7 * max(1, int(np.sum(~both))):
-        return np.zeros(X.shape[1], dtype=bool)
-    return np.abs(result.x) > 1e-7
+    pure = sign != 0
+    if not np.any(pure):
+        return np.zeros(p, dtype=bool)
+    signed = Xs[pure] * sign[pure, None]
+    # Variables d = d⁺ − d⁻ (both ≥ 0); minimize Σ d⁺ + d⁻.
+    a_ub = np.vstack([
+        np.hstack([-signed, signed]),                                   # s_i x_i'd ≥ 0
+        np.hstack([-signed.sum(axis=0), signed.sum(axis=0)])[None, :],  # Σ s_i x_i'd ≥ 1
+    ])
+    b_ub = np.r_[np.zeros(len(signed)), -1.0]
+    mixed = Xs[~pure]
+    a_eq = np.hstack([mixed, -mixed]) if len(mixed) else None
+    b_eq = np.zeros(len(mixed)) if len(mixed) else None
+    result = linprog(np.ones(2 * p), A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq,
+                     bounds=[(0, None)] * (2 * p), method="highs")
+    if result.status != 0:  # infeasible: the MLE exists
+        return np.zeros(p, dtype=bool)
+    direction = result.x[:p] - result.x[p:]
+    return np.abs(direction) > 1e-9 * np.max(np.abs(direction))
 
 
 def _looks_separated(mu: np.ndarray, weights: np.ndarray, converged: bool) -> bool:

@@ -89,7 +89,10 @@ class GLMResult:
         self.nobs = int(np.sum(self._weights > 0))
         self.n_dropped = int(design.n_dropped)
         self.rank = int(np.sum(~self._aliased))
-        self.df_residual = self.nobs - self.rank
+        # R's glm and glm.nb: n − rank; glmmTMB (whose convention the beta family
+        # follows, with joint_vcov) also subtracts the dispersion parameter.
+        joint = family.dispersion_method == "ml" and family.joint_vcov
+        self.df_residual = self.nobs - self.rank - int(joint)
         self.df_null = self.nobs - int(has_intercept)
         self.deviance = float(fit.deviance)
         self.null_deviance = float(null_deviance)
@@ -138,6 +141,12 @@ class GLMResult:
     def logLik(self) -> float:  # noqa: N802 (R's name)
         return self.loglik
 
+    def fitted(self, type: str = "response") -> pd.Series:  # noqa: A002 (R's argument)
+        """Fitted values on the "response" (μ̂) or "link" (η̂) scale."""
+        if type not in ("response", "link"):
+            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        return self.fitted_values if type == "response" else self.linear_predictor
+
     # ---- tables -----------------------------------------------------------------------
     def _quantile(self, level: float) -> float:
         if not 0 < level < 1:
@@ -169,6 +178,7 @@ class GLMResult:
         return table
 
     # ---- residuals and prediction ---------------------------------------------------
+    @with_x64
     def residuals(self, type: str = "deviance") -> pd.Series:  # noqa: A002 (R's argument)
         """Residuals of ``type`` "deviance" (default), "pearson", "response", "working"."""
         y, w = self._y, self._weights
