@@ -182,10 +182,19 @@ def parse_formula(formula: str) -> ParsedFormula:
         raise FormulaError(f"formula must have the form 'response ~ terms', got {formula!r}")
     response, rhs = sides
     fixed_terms, offsets, random = [], [], []
-    for term in _split_top_level(rhs, "+"):
+    pending = _split_top_level(rhs, "+")
+    while pending:
+        term = pending.pop(0)
         if not term:
             raise FormulaError(f"empty term in {formula!r}")
         bar = _bar_term(term)
+        inner = _strip_call(term, "")
+        if bar is None and inner is not None and any(
+            _bar_term(t) is not None for t in _split_top_level(inner, "+")
+        ):
+            # "((1 | g) + (0 + x | g))", as R prints an expanded `||`
+            pending = _split_top_level(inner, "+") + pending
+            continue
         if bar is not None:
             expr, group, correlated = bar
             exprs = [expr] if correlated else _uncorrelated_parts(expr)

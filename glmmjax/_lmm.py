@@ -1,0 +1,210 @@
+"""Linear mixed models: the profiled deviance / REML criterion and its optimization.
+
+With Ω(θ) = L·L' factored as in :mod:`glmmjax._cholesky` (dense columns [X y]), the
+last diagonal entry of L is r(θ), the penalized residual norm, and (Bates et al. 2015)
+
+    ML:    d(θ)  = log|L_Z|² + n·(1 + log(2π r²/n))
+    REML:  dR(θ) = log|L_Z|² + log|L_X|² + (n−p)·(1 + log(2π r²/(n−p)))
+
+minus Σ log wᵢ with prior weights. Both are pure JAX functions of θ, so ``jax.grad`` and
+``jax.hessian`` work on them; :func:`fit_theta` minimizes them by BFGS with exact
+gradients inside one compiled ``lax.while_loop``.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._cholesky import (
+    CrossProducts,
+    cross_products,
+    factorize,
+    logdet_first,
+    solve_upper,
+)
+from ._covariance import diagonal_mask, initial_theta, theta_to_factors
+from ._design import DataError, Design
+from ._optimize import Solution, minimize
+from ._structure import ReStructure, build_structure
+
+# lme4's isSingular() tolerance on the diagonal of Λ.
+SINGULAR_TOL = 1e-4
+# Diagonal entries of θ below this are tried at exactly zero after convergence.
+_BOUNDARY_TRY = 1e-3
+
+
+class LinearMixedModel(eqx.Module):
+    """An LMM as a pytree: its cross-products and structure, nothing else.
+
+    Build it with :func:`build_lmm`; ``objective(theta)`` is the criterion to minimize.
+    Under ``jax.vmap`` every array field may carry a batch axis (many responses).
+    """
+
+    structure: ReStructure
+    products: CrossProducts
+    nobs: jnp.ndarray
+    sum_log_weights: jnp.ndarray
+    n_fixef: int = eqx.field(static=True)
+    reml: bool = eqx.field(static=True)
+
+    def objective(self, theta):
+        """The profiled ML deviance or REML criterion at θ (−2 × log-likelihood)."""
+        return lmm_criterion(theta, self)
+
+
+def lmm_model_from_arrays(structure, weights, X, y, reml: bool) -> LinearMixedModel:
+    """The model for one response vector ``y`` (traceable: used under vmap)."""
+    dense = jnp.concatenate([X, y[:, None]], axis=1)
+    products = cross_products(structure, weights, dense)
+    positive = weights > 0
+    return LinearMixedModel(
+        structure=structure,
+        products=products,
+        nobs=jnp.sum(positive).astype(X.dtype),
+        sum_log_weights=jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, weights, 1)), 0)),
+        n_fixef=X.shape[1],
+        reml=reml,
+    )
+
+
+def check_lmm_design(design: Design) -> None:
+    """lme4's identifiability checks for an LMM, before any tracing."""
+    n = design.nobs
+    for term in design.terms:
+        if term.n_levels * term.size >= n:
+            raise DataError(
+                f"term {term.spec} has {term.n_levels * term.size} random effects for "
+                f"{n} observations; an LMM needs fewer random effects per term than "
+                "observations (the residual variance is not identifiable otherwise)"
+            )
+    if np.linalg.matrix_rank(design.X) < design.X.shape[1]:
+        raise DataError(
+            f"the fixed-effects matrix is rank deficient (columns {list(design.fixef_names)}); "
+            "remove collinear terms"
+        )
+
+
+def build_structure_for(design: Design, n_dense: int) -> ReStructure:
+    return build_structure(design.terms, n_dense)
+
+
+def lmm_pieces(theta, model: LinearMixedModel):
+    """log|L_Z|², log|L_X|², r² and the factor at θ."""
+    s = model.structure
+    factor = factorize(theta, model.products, s)
+    diag = jnp.diagonal(factor.rest)
+    R = s.rest_size
+    p = model.n_fixef
+    logdet_z = logdet_first(factor) + 2.0 * jnp.sum(jnp.log(diag[: R - p - 1]))
+    logdet_x = 2.0 * jnp.sum(jnp.log(diag[R - p - 1 : R - 1]))
+    r2 = diag[R - 1] ** 2
+    return logdet_z, logdet_x, r2, factor
+
+
+def lmm_criterion(theta, model: LinearMixedModel):
+    logdet_z, logdet_x, r2, _ = lmm_pieces(theta, model)
+    n = model.nobs
+    if model.reml:
+        dof = n - model.n_fixef
+        value = logdet_z + logdet_x + dof * (1.0 + jnp.log(2.0 * jnp.pi * r2 / dof))
+    else:
+        value = logdet_z + n * (1.0 + jnp.log(2.0 * jnp.pi * r2 / n))
+    return value - model.sum_log_weights
+
+
+def fit_theta(model: LinearMixedModel, theta0) -> tuple[Solution, jnp.ndarray]:
+    """Minimize the criterion over θ; then try near-zero diagonals at exactly zero.
+
+    Returns the optimizer's solution and the final θ (the boundary-adjusted one).
+    """
+    solution = minimize(lmm_criterion, theta0, (model,))
+    theta = solution.x
+    mask = jnp.asarray(diagonal_mask(model.structure.sizes))
+    trial = jnp.where(mask & (jnp.abs(theta) < _BOUNDARY_TRY), 0.0, theta)
+    f_trial = lmm_criterion(trial, model)
+    keep = jnp.isfinite(f_trial) & (f_trial <= solution.value + 1e-10 * (1 + jnp.abs(solution.value)))
+    theta = jnp.where(keep, trial, theta)
+    return solution, theta
+
+
+class PLSSolution(eqx.Module):
+    """β̂, the spherical conditional modes u, r² and the pieces of the criterion at θ."""
+
+    beta: jnp.ndarray
+    u_first: jnp.ndarray  # (m0, S0)
+    u_rest: jnp.ndarray  # (R_re,)
+    r2: jnp.ndarray
+    logdet_z: jnp.ndarray
+    logdet_x: jnp.ndarray
+    criterion: jnp.ndarray
+    rest_factor: jnp.ndarray
+
+
+def solve_pls(theta, model: LinearMixedModel) -> PLSSolution:
+    """Back-substitution for [u; β] at θ: L'·[u; β; −1] = [0; −r] (see module doc)."""
+    s = model.structure
+    logdet_z, logdet_x, r2, factor = lmm_pieces(theta, model)
+    R = s.rest_size
+    p = model.n_fixef
+    rhs_rest = jnp.zeros(R, dtype=theta.dtype).at[R - 1].set(-factor.rest[R - 1, R - 1])
+    rhs_first = jnp.zeros((s.n_levels[0], s.sizes[0]), dtype=theta.dtype)
+    u_first, x_rest = solve_upper(s, factor, rhs_first, rhs_rest)
+    return PLSSolution(
+        beta=x_rest[R - 1 - p : R - 1],
+        u_first=u_first,
+        u_rest=x_rest[: R - 1 - p],
+        r2=r2,
+        logdet_z=logdet_z,
+        logdet_x=logdet_x,
+        criterion=lmm_criterion(theta, model),
+        rest_factor=factor.rest,
+    )
+
+
+def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
+    """b_t = Λ_t·u_t per term, each as an (m_t, S_t) array (relative to σ)."""
+    factors = theta_to_factors(theta, structure.sizes)
+    effects = [u_first @ factors[0].T]
+    for t in range(1, structure.n_terms):
+        start = structure.offsets[t]
+        m, size = structure.n_levels[t], structure.sizes[t]
+        u = u_rest[start : start + m * size].reshape(m, size)
+        effects.append(u @ factors[t].T)
+    return effects
+
+
+def start_theta(structure: ReStructure) -> np.ndarray:
+    return initial_theta(structure.sizes)
+
+
+@eqx.filter_jit
+def _fit_and_solve(structure, weights, X, y, reml, theta0):
+    model = lmm_model_from_arrays(structure, weights, X, y, reml)
+    solution, theta = fit_theta(model, theta0)
+    return solution, theta, solve_pls(theta, model)
+
+
+def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None):
+    """Fit one LMM from arrays; returns (solution, θ, PLSSolution) as JAX arrays."""
+    if theta0 is None:
+        theta0 = start_theta(structure)
+    dtype = jnp.asarray(X).dtype
+    return _fit_and_solve(
+        structure,
+        jnp.asarray(weights, dtype),
+        jnp.asarray(X, dtype),
+        jnp.asarray(y, dtype),
+        reml,
+        jnp.asarray(theta0, dtype),
+    )
+
+
+def criterion_function(structure, weights, X, y, reml: bool):
+    """θ ↦ criterion, jit-compiled, for profiling and diagnostics."""
+    model = lmm_model_from_arrays(
+        structure, jnp.asarray(weights), jnp.asarray(X), jnp.asarray(y), reml
+    )
+    return jax.jit(lambda theta: lmm_criterion(theta, model))

@@ -1,0 +1,352 @@
+"""Results of mixed-model fits: what lme4 users expect around a fit.
+
+:class:`MixedModelResult` holds plain numpy/pandas values (no JAX arrays), so it is
+cheap to keep, pickle and inspect. LMM and GLMM results share it; the family decides
+the residual scale and the response transformation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._covariance import theta_names, varcorr_frame
+from ._design import Design, new_data_design
+
+
+@dataclasses.dataclass(frozen=True)
+class Convergence:
+    """How the optimizer ended: ``converged`` is False whenever it did not reach a
+    stationary point (and ``message`` says why)."""
+
+    converged: bool
+    message: str
+    grad_max: float
+    iterations: int
+    n_evaluations: int
+    hessian_positive_definite: bool | None = None
+
+    def __str__(self) -> str:
+        hess = ""
+        if self.hessian_positive_definite is not None:
+            hess = f", Hessian {'positive definite' if self.hessian_positive_definite else 'NOT positive definite'}"
+        return (
+            f"{self.message} after {self.iterations} iterations "
+            f"({self.n_evaluations} evaluations), max|gradient| = {self.grad_max:.2e}{hess}"
+        )
+
+
+def _format_table(frame: pd.DataFrame, digits: int = 4) -> str:
+    return frame.to_string(float_format=lambda v: f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e5 else f"{v:.{digits}f}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MixedModelResult:
+    """A fitted (generalized) linear mixed model.
+
+    Attributes are numpy/pandas; see the properties for lme4-style accessors
+    (``fixef``, ``vcov``, ``varcorr``, ``ranef``, ``loglik``, ``aic``, ...).
+    """
+
+    design: Design
+    method: str  # "REML", "ML", "Laplace", "AGQ(25)"
+    family_name: str
+    link_name: str
+    theta_values: np.ndarray
+    beta: np.ndarray
+    beta_cov: np.ndarray
+    scale: float | None  # σ for Gaussian LMMs, dispersion scale for families with one
+    effects: tuple  # per term, (m_t, S_t) conditional modes b on the response's scale
+    effect_cov: object  # callable -> per term (m_t, S_t, S_t) conditional covariances
+    criterion: float  # −2 log-likelihood (REML criterion for REML fits)
+    n_params: int
+    convergence: Convergence
+    singular: bool
+    extra_params: dict = dataclasses.field(default_factory=dict)
+    linear_predictor_fn: object = None  # eta -> response mean, None for identity
+
+    # -- basic accessors ---------------------------------------------------------------
+    @property
+    def formula(self) -> str:
+        return self.design.formula.text
+
+    @property
+    def nobs(self) -> int:
+        return self.design.nobs
+
+    @property
+    def n_dropped(self) -> int:
+        """Rows dropped for missing values before fitting."""
+        return self.design.n_dropped
+
+    @property
+    def converged(self) -> bool:
+        return self.convergence.converged
+
+    @property
+    def is_singular(self) -> bool:
+        return self.singular
+
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self.beta, index=list(self.design.fixef_names), name="estimate")
+
+    @property
+    def coef(self) -> pd.Series:
+        return self.fixef
+
+    @property
+    def fixef_se(self) -> pd.Series:
+        se = np.sqrt(np.diag(self.beta_cov))
+        return pd.Series(se, index=list(self.design.fixef_names), name="std_error")
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        names = list(self.design.fixef_names)
+        return pd.DataFrame(self.beta_cov, index=names, columns=names)
+
+    @property
+    def theta(self) -> pd.Series:
+        groups = [t.group for t in self.design.terms]
+        coefs = [t.coef_names for t in self.design.terms]
+        return pd.Series(self.theta_values, index=theta_names(groups, coefs), name="theta")
+
+    @property
+    def sigma(self) -> float:
+        """Residual standard deviation (1.0 for families without a scale, as lme4)."""
+        return 1.0 if self.scale is None else self.scale
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        """Variances, covariances, SDs and correlations as ``as.data.frame(VarCorr())``."""
+        return varcorr_frame(
+            self.theta_values,
+            tuple(t.size for t in self.design.terms),
+            self._group_labels(),
+            [t.coef_names for t in self.design.terms],
+            self.scale,
+        )
+
+    def _group_labels(self) -> list[str]:
+        # lme4 labels repeated grouping factors (from `||`) as g, g.1, g.2 ...
+        seen: dict[str, int] = {}
+        labels = []
+        for term in self.design.terms:
+            count = seen.get(term.group, 0)
+            labels.append(term.group if count == 0 else f"{term.group}.{count}")
+            seen[term.group] = count + 1
+        return labels
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        """Number of levels of each grouping factor (each factor once, as lme4's ngrps)."""
+        return {t.group: t.n_levels for t in self.design.terms}
+
+    @property
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Conditional modes of the random effects, one DataFrame per term."""
+        return {
+            label: pd.DataFrame(np.asarray(b), index=list(t.levels), columns=list(t.coef_names))
+            for label, t, b in zip(self._group_labels(), self.design.terms, self.effects)
+        }
+
+    @cached_property
+    def ranef_condvar(self) -> dict[str, np.ndarray]:
+        """Conditional covariance of each level's random effects, (m_t, S_t, S_t) per term."""
+        return dict(zip(self._group_labels(), self.effect_cov()))
+
+    @property
+    def ranef_condsd(self) -> dict[str, pd.DataFrame]:
+        """Conditional standard deviations of the random effects (lme4's condVar)."""
+        out = {}
+        for (label, cov), t in zip(self.ranef_condvar.items(), self.design.terms):
+            sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+            out[label] = pd.DataFrame(sd, index=list(t.levels), columns=list(t.coef_names))
+        return out
+
+    # -- likelihood summaries -------------------------------------------------------------
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood at the optimum (the REML log-likelihood for REML fits)."""
+        return -0.5 * self.criterion
+
+    @property
+    def deviance(self) -> float:
+        """−2 × log-likelihood (the REML criterion for REML fits)."""
+        return self.criterion
+
+    @property
+    def df(self) -> int:
+        """Number of estimated parameters (fixed effects, θ, scale)."""
+        return self.n_params
+
+    @property
+    def aic(self) -> float:
+        return self.criterion + 2 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        return self.criterion + math.log(self.nobs) * self.n_params
+
+    # -- fitted values and prediction -----------------------------------------------------
+    def _linear_predictor(self, X, offset, term_parts) -> np.ndarray:
+        eta = X @ self.beta + offset
+        for (refs, z), b in zip(term_parts, self.effects):
+            b = np.asarray(b)
+            known = refs >= 0
+            contribution = np.zeros(len(refs))
+            contribution[known] = np.sum(z[known] * b[refs[known]], axis=1)
+            eta = eta + contribution
+        return eta
+
+    def _to_response(self, eta):
+        return eta if self.linear_predictor_fn is None else self.linear_predictor_fn(eta)
+
+    def fitted(self, type: str = "response") -> pd.Series:
+        """Fitted values including the random effects (``type="link"`` for η)."""
+        parts = [(t.refs.astype(np.int64), t.z) for t in self.design.terms]
+        eta = self._linear_predictor(self.design.X, self.design.offset, parts)
+        values = eta if type == "link" else self._to_response(eta)
+        return pd.Series(values, index=self.design.rows, name="fitted")
+
+    def residuals(self, type: str = "response") -> pd.Series:
+        """Response residuals y − fitted (``"pearson"`` divides by the family's SD)."""
+        y = self.observed_response()
+        resid = y - self.fitted().to_numpy()
+        if type == "pearson":
+            resid = resid / self._pearson_sd()
+        elif type != "response":
+            raise ValueError(f"type must be 'response' or 'pearson', got {type!r}")
+        return pd.Series(resid, index=self.design.rows, name="residuals")
+
+    def observed_response(self) -> np.ndarray:
+        return np.asarray(self.design.response, dtype=float)
+
+    def _pearson_sd(self):
+        return self.sigma
+
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        *,
+        include_re: bool = True,
+        allow_new_levels: bool = False,
+        type: str = "response",
+    ) -> pd.Series:
+        """Predictions for ``newdata`` (the fitting data when None).
+
+        Args:
+            include_re: add the conditional modes of the random effects (lme4's
+                ``re.form=NULL``); False gives the population-level prediction
+                (``re.form=NA``).
+            allow_new_levels: predict levels not seen in fitting with random effects of
+                zero; otherwise they raise an error naming them.
+            type: ``"response"`` (mean) or ``"link"`` (linear predictor).
+        """
+        if type not in ("response", "link"):
+            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        if newdata is None:
+            X, offset = self.design.X, self.design.offset
+            parts = [(t.refs.astype(np.int64), t.z) for t in self.design.terms]
+            index = self.design.rows
+        else:
+            X, offset, parts = new_data_design(
+                self.design, newdata, allow_new_levels=allow_new_levels or not include_re
+            )
+            index = newdata.index
+        if not include_re:
+            parts = [(np.full_like(refs, -1), z) for refs, z in parts]
+        eta = self._linear_predictor(X, offset, parts)
+        values = eta if type == "link" else self._to_response(eta)
+        return pd.Series(values, index=index, name="prediction")
+
+    # -- tables ---------------------------------------------------------------------------
+    def _statistic_name(self) -> str:
+        return "t value" if self.scale is not None else "z value"
+
+    def coef_table(self) -> pd.DataFrame:
+        """Estimates, standard errors and Wald statistics (with p-values for GLMMs)."""
+        est, se = self.fixef, self.fixef_se
+        table = pd.DataFrame({"Estimate": est, "Std. Error": se})
+        stat = est / se
+        table[self._statistic_name()] = stat
+        if self.scale is None:
+            table["Pr(>|z|)"] = 2 * stats.norm.sf(np.abs(stat))
+        return table
+
+    def _header(self) -> str:
+        return f"Mixed model fit by {self.method}"
+
+    def summary(self) -> str:
+        """A text summary in the layout of lme4's ``summary(merMod)``."""
+        lines = [self._header(), f"Formula: {self.formula}"]
+        if self.n_dropped:
+            lines.append(f"  ({self.n_dropped} rows with missing values dropped)")
+        lines.append("")
+        crit = "REML criterion at convergence" if self.method == "REML" else None
+        if crit:
+            lines.append(f"{crit}: {self.criterion:.4f}")
+        else:
+            lines.append(
+                f"     AIC      BIC   logLik deviance\n"
+                f"{self.aic:8.1f} {self.bic:8.1f} {self.loglik:8.1f} {self.criterion:8.1f}"
+            )
+        lines.append("")
+        lines.append("Random effects:")
+        lines.append(self._random_effects_table())
+        groups = ", ".join(f"{k}, {v}" for k, v in self.ngroups.items())
+        lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
+        lines.append("")
+        lines.append("Fixed effects:")
+        lines.append(_format_table(self.coef_table()))
+        lines.append("")
+        lines.append(f"Convergence: {self.convergence}")
+        if self.singular:
+            lines.append(f"boundary (singular) fit: {self.singular_message()}")
+        return "\n".join(lines)
+
+    def singular_message(self) -> str:
+        vc = self.varcorr
+        zero = vc[(vc["var2"].isna()) & (vc["group"] != "Residual") & (vc["sdcor"] < 1e-4 * max(self.sigma, 1e-300))]
+        names = ", ".join(f"{g} ({v})" for g, v in zip(zero["group"], zero["var1"]))
+        if not names:
+            names = "a correlation is at ±1"
+        return (
+            f"variance at zero for {names}: the data carry no evidence of variation there. "
+            "Consider dropping that term, simplifying its covariance (e.g. (x || g)), "
+            "or a Bayesian fit with a prior that keeps it away from zero."
+        )
+
+    def _random_effects_table(self) -> str:
+        vc = self.varcorr
+        rows = []
+        for label, t in zip(self._group_labels(), self.design.terms):
+            sub = vc[vc["group"] == label]
+            var = sub[sub["var2"].isna()]
+            cov = sub[~sub["var2"].isna()]
+            corr = np.eye(t.size)
+            k = 0
+            for j in range(t.size):
+                for i in range(j + 1, t.size):
+                    corr[i, j] = cov["sdcor"].iloc[k]
+                    k += 1
+            for i, (_, row) in enumerate(var.iterrows()):
+                corr_text = " ".join(f"{corr[i, j]:6.3f}" for j in range(i))
+                rows.append(
+                    (label if i == 0 else "", row["var1"], row["vcov"], row["sdcor"], corr_text)
+                )
+        if self.scale is not None:
+            rows.append(("Residual", "", self.scale**2, self.scale, ""))
+        frame = pd.DataFrame(rows, columns=["Groups", "Name", "Variance", "Std.Dev.", "Corr"])
+        return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.formula!r} by {self.method}, nobs={self.nobs}>"
+
+    def __str__(self) -> str:
+        return self.summary()

@@ -1,0 +1,159 @@
+"""The sparsity structure of [Z X y]'W[Z X y], found once when a model is built.
+
+Terms are ordered by decreasing number of levels. The first term's block of Z'WZ is
+block diagonal (one S0×S0 block per level); we call everything after it the "rest": the
+other terms' random effects, then the dense columns (X, and y for an LMM). The rest is
+factored as a dense matrix. What couples the rest to the first term is sparse: a level
+l of a later term meets only the levels j of the first term that share an observation
+with it. We store those co-occurring (l, j) pairs and the static index lists needed to
+form the Schur-complement update L_r0·L_r0' by gathers and segment sums (DESIGN.md:
+"Keep the off-diagonal blocks sparse").
+
+Everything here is numpy; the arrays become leaves of :class:`ReStructure`, an
+``eqx.Module`` whose integer sizes are static, so one compiled objective serves every
+model with the same structure.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from ._design import TermDesign
+
+# Above this many (entry, entry) products per level, a dense matmul beats gathers.
+_DENSE_ADVANTAGE = 8.0
+
+
+class ReStructure(eqx.Module):
+    """Static description of the random-effects design and its coupling pattern.
+
+    Sizes (static): ``sizes[t]`` = S_t, ``n_levels[t]`` = m_t, ``offsets[t]`` = where
+    term t (t >= 1) starts in the rest dimension, ``n_dense`` = number of dense columns
+    after the random effects in the rest (p, or p + 1 with y), ``rest_size`` = R.
+
+    Arrays: ``refs[t]`` (n,), ``z[t]`` (n, S_t); for each later term t >= 1,
+    ``pair_first[t-1]``/``pair_level[t-1]`` (level j of term 0 and level l of term t for
+    each co-occurring pair) and ``obs_pair[t-1]`` (n,), the pair of each observation.
+    ``entry_rest``/``entry_first`` give the rest row and term-0 level of each row of
+    L_r0 (flattened, see ``coupling_rows``); ``update_a``/``update_b``/``update_flat``
+    list the products that make up L_r0·L_r0' (sparse path only).
+    """
+
+    sizes: tuple[int, ...] = eqx.field(static=True)
+    n_levels: tuple[int, ...] = eqx.field(static=True)
+    offsets: tuple[int, ...] = eqx.field(static=True)
+    n_dense: int = eqx.field(static=True)
+    rest_size: int = eqx.field(static=True)
+    dense_update: bool = eqx.field(static=True)
+    refs: tuple
+    z: tuple
+    pair_first: tuple
+    pair_level: tuple
+    obs_pair: tuple
+    entry_rest: jnp.ndarray
+    entry_first: jnp.ndarray
+    update_a: jnp.ndarray
+    update_b: jnp.ndarray
+    update_flat: jnp.ndarray
+
+    @property
+    def n_terms(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def n_re_rest(self) -> int:
+        """Number of random effects in the rest (all terms but the first)."""
+        return self.rest_size - self.n_dense
+
+    @property
+    def q(self) -> int:
+        return sum(m * s for m, s in zip(self.n_levels, self.sizes))
+
+    @property
+    def n_theta(self) -> int:
+        return sum(s * (s + 1) // 2 for s in self.sizes)
+
+
+def _pairs_within_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All ordered pairs (a, b) of indices with groups[a] == groups[b]."""
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    counts = np.diff(np.r_[starts, len(groups)])
+    count_of = np.repeat(counts, counts)
+    start_of = np.repeat(starts, counts)
+    a = np.repeat(np.arange(len(groups)), count_of)
+    within = np.arange(a.size) - np.repeat(np.cumsum(count_of) - count_of, count_of)
+    b = start_of[a] + within
+    return order[a], order[b]
+
+
+def build_structure(terms: tuple[TermDesign, ...], n_dense: int) -> ReStructure:
+    """Find the coupling pattern of ``terms`` (sorted, largest first).
+
+    Args:
+        terms: random-effects terms from :func:`glmmjax._design.build_design`.
+        n_dense: number of dense columns after the random effects (p, or p + 1 when the
+            response is appended as for an LMM).
+    """
+    first = terms[0]
+    sizes = tuple(t.size for t in terms)
+    n_levels = tuple(t.n_levels for t in terms)
+    offsets, position = [0], 0
+    for term in terms[1:]:
+        offsets.append(position)
+        position += term.n_levels * term.size
+    rest_size = position + n_dense
+
+    pair_first, pair_level, obs_pair = [], [], []
+    entry_rest, entry_first = [], []
+    for term, offset in zip(terms[1:], offsets[1:]):
+        key = first.refs.astype(np.int64) * term.n_levels + term.refs
+        unique_keys, inverse = np.unique(key, return_inverse=True)
+        j = (unique_keys // term.n_levels).astype(np.int32)
+        level = (unique_keys % term.n_levels).astype(np.int32)
+        pair_first.append(j)
+        pair_level.append(level)
+        obs_pair.append(inverse.astype(np.int32))
+        comps = np.arange(term.size)
+        entry_rest.append((offset + level[:, None] * term.size + comps).ravel())
+        entry_first.append(np.repeat(j, term.size))
+    dense_start = rest_size - n_dense
+    entry_rest.append(np.tile(dense_start + np.arange(n_dense), first.n_levels))
+    entry_first.append(np.repeat(np.arange(first.n_levels), n_dense))
+    entry_rest = np.concatenate(entry_rest).astype(np.int32)
+    entry_first = np.concatenate(entry_first).astype(np.int32)
+
+    counts = np.bincount(entry_first, minlength=first.n_levels).astype(np.float64)
+    sparse_cost = float(np.sum(counts**2)) * _DENSE_ADVANTAGE
+    dense_cost = float(rest_size) ** 2 * first.n_levels
+    dense_update = sparse_cost >= dense_cost
+    if dense_update:
+        a = b = flat = np.zeros(0, dtype=np.int32)
+    else:
+        a, b = _pairs_within_groups(entry_first)
+        flat = entry_rest[a].astype(np.int64) * rest_size + entry_rest[b]
+        a, b = a.astype(np.int32), b.astype(np.int32)
+        flat = flat.astype(np.int32 if rest_size**2 < 2**31 else np.int64)
+
+    as_float = [np.asarray(t.z, dtype=np.float64) for t in terms]
+    return ReStructure(
+        sizes=sizes,
+        n_levels=n_levels,
+        offsets=tuple(offsets),
+        n_dense=n_dense,
+        rest_size=rest_size,
+        dense_update=bool(dense_update),
+        refs=tuple(np.asarray(t.refs, dtype=np.int32) for t in terms),
+        z=tuple(as_float),
+        pair_first=tuple(pair_first),
+        pair_level=tuple(pair_level),
+        obs_pair=tuple(obs_pair),
+        entry_rest=entry_rest,
+        entry_first=entry_first,
+        update_a=a,
+        update_b=b,
+        update_flat=flat,
+    )

@@ -1,0 +1,40 @@
+"""Shared fixtures: reference JSON from R, and fits cached per session so each model
+structure is compiled once for the whole test run."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+REFERENCE = pathlib.Path(__file__).parent / "reference"
+
+
+def load_reference(name: str) -> dict:
+    with open(REFERENCE / f"{name}.json") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="session")
+def lmm_reference():
+    return load_reference("lmm")["models"]
+
+
+_FITS: dict = {}
+
+
+def cached(key, make):
+    """Return ``make()`` once per session for ``key`` (fits are expensive to compile)."""
+    if key not in _FITS:
+        _FITS[key] = make()
+    return _FITS[key]
+
+
+def rel_close(actual, expected, rtol, atol=0.0):
+    import numpy as np
+
+    actual = np.asarray(actual, dtype=float)
+    expected = np.asarray(expected, dtype=float)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
