@@ -10,6 +10,8 @@ from ._design import DataError
 from ._formula import FormulaError, parse_formula
 from ._glm import GLMConvergenceWarning, SeparationWarning, glm
 from ._glm_result import GLMResult
+from ._lmer import LMMResult, lmer
+from ._results import Convergence, MixedModelResult
 
 __version__ = "0.1.0"
 
@@ -24,7 +26,11 @@ __all__ = [
     "plot_roc",
     "roc_auc",
     "roc_curve",
+    "Convergence",
     "DataError",
+    "LMMResult",
+    "MixedModelResult",
+    "lmer",
     "FormulaError",
     "datasets",
     "parse_formula",
