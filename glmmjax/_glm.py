@@ -511,11 +511,10 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
     Example:
         >>> import glmmjax
         >>> cbpp = glmmjax.datasets.load("cbpp")
-        >>> cbpp["incidence_rate"] = cbpp["incidence"] / cbpp["size"]
-        >>> fit = glmmjax.glm("incidence_rate ~ period", cbpp, family="binomial",
-        ...                   weights=cbpp["size"])
-        >>> round(fit.coef["Intercept"], 4)
-        -1.5765
+        >>> fit = glmmjax.glm("incidence/size ~ period", cbpp, family="binomial",
+        ...                   weights="size")
+        >>> print(round(float(fit.coef["Intercept"]), 4))
+        -1.269
     """
     from ._glm_result import GLMResult
 

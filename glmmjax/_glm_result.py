@@ -60,7 +60,7 @@ class GLMResult:
     Example:
         >>> import glmmjax
         >>> fit = glmmjax.glm("Reaction ~ Days", glmmjax.datasets.load("sleepstudy"))
-        >>> round(fit.fixef["Days"], 4)
+        >>> print(round(float(fit.fixef["Days"]), 4))
         10.4673
     """
 
