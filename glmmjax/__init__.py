@@ -10,6 +10,7 @@ from ._design import DataError
 from ._formula import FormulaError, parse_formula
 from ._glm import GLMConvergenceWarning, SeparationWarning, glm
 from ._glm_result import GLMResult
+from ._glmer import GLMMResult, glmer
 from ._lmer import LMMResult, lmer
 from ._results import Convergence, MixedModelResult
 
@@ -17,7 +18,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GLMConvergenceWarning",
+    "GLMMResult",
     "GLMResult",
+    "glmer",
     "SeparationWarning",
     "confusion_matrix",
     "families",

@@ -41,17 +41,21 @@ class Solution(NamedTuple):
     iterations: jnp.ndarray
     status: jnp.ndarray
     n_evaluations: jnp.ndarray
+    inverse_hessian: jnp.ndarray  # the final BFGS approximation (a preconditioner)
 
 
 class _State(NamedTuple):
-    x: jnp.ndarray
+    x: jnp.ndarray  # current iterate
     f: jnp.ndarray
     g: jnp.ndarray
-    hinv: jnp.ndarray
-    k: jnp.ndarray
+    hinv: jnp.ndarray  # inverse Hessian approximation
+    direction: jnp.ndarray
+    step: jnp.ndarray  # step length of the pending trial point x + step·direction
+    k: jnp.ndarray  # accepted iterations
     status: jnp.ndarray  # -1 while running
     evals: jnp.ndarray
     small_steps: jnp.ndarray
+    halvings: jnp.ndarray
 
 
 def minimize(
@@ -63,91 +67,100 @@ def minimize(
     gtol: float = 1e-6,
     ftol: float = 1e-13,
     loose_gtol: float = 1e-3,
+    max_halvings: int = 40,
+    inverse_hessian=None,
 ) -> Solution:
     """Minimize ``fun(x, *args)`` by BFGS with a backtracking Armijo line search.
 
-    Stops with CONVERGED when max|∇f| <= ``gtol``, or when three successive steps change f by less
-    than ``ftol``·(1 + |f|) while max|∇f| <= ``loose_gtol`` (the objective is flat to
-    rounding). A line search that cannot decrease f ends with CONVERGED if the gradient
-    is below ``loose_gtol`` and LINE_SEARCH_FAILED otherwise.
+    Each pass of the loop evaluates ``value_and_grad`` once, at a trial point: the
+    first point, a full step, or a halved step. Writing the loop this way traces the
+    objective and its gradient exactly once, which keeps compile times low for
+    objectives that themselves contain loops (the GLMM inner problem).
+
+    Stops with CONVERGED when max|∇f| <= ``gtol``, or when three successive steps
+    change f by less than ``ftol``·(1 + |f|) while max|∇f| <= ``loose_gtol`` (the
+    objective is flat to rounding). A line search that cannot decrease f ends with
+    CONVERGED if the gradient is below ``loose_gtol`` and LINE_SEARCH_FAILED otherwise.
+
+    ``inverse_hessian`` is an optional starting approximation of (∇²f)⁻¹; a good one
+    (say from a cheaper related problem) saves many iterations on badly scaled problems.
     """
     value_and_grad = jax.value_and_grad(fun)
     x0 = jnp.asarray(x0)
     dtype = x0.dtype
-    f0, g0 = value_and_grad(x0, *args)
     n = x0.shape[0]
     eye = jnp.eye(n, dtype=dtype)
-
-    def cond(state: _State):
-        return state.status < 0
-
-    def line_search(x, f, g, direction):
-        slope = jnp.dot(g, direction)
-
-        def ls_cond(carry):
-            step, f_new, tries = carry
-            ok = jnp.isfinite(f_new) & (f_new <= f + 1e-4 * step * slope)
-            return (~ok) & (tries < 40)
-
-        def ls_body(carry):
-            step, _, tries = carry
-            step = step * 0.5
-            return step, fun(x + step * direction, *args), tries + 1
-
-        f1 = fun(x + direction, *args)
-        step, f_new, tries = jax.lax.while_loop(ls_cond, ls_body, (jnp.ones((), dtype), f1, 0))
-        ok = jnp.isfinite(f_new) & (f_new <= f + 1e-4 * step * slope)
-        return step, f_new, ok, tries + 1
+    inf = jnp.asarray(jnp.inf, dtype)
 
     def body(state: _State):
-        direction = -state.hinv @ state.g
-        descent = jnp.dot(direction, state.g) < 0
-        hinv = jnp.where(descent, state.hinv, eye)
-        direction = jnp.where(descent, direction, -state.g)
-        step, _, ok, tries = line_search(state.x, state.f, state.g, direction)
-        x_new = jnp.where(ok, state.x + step * direction, state.x)
-        f_new, g_new = value_and_grad(x_new, *args)
-        s = x_new - state.x
+        trial = state.x + state.step * state.direction
+        f_new, g_new = value_and_grad(trial, *args)
+        first_eval = state.evals == 0
+        finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new))
+        slope = jnp.dot(state.g, state.direction)
+        armijo = finite & (f_new <= state.f + 1e-4 * state.step * slope)
+        accept = first_eval | armijo
+
+        # BFGS update for an accepted step (skipped for the very first evaluation).
+        s = trial - state.x
         y = g_new - state.g
         sy = jnp.dot(s, y)
-        first = state.k == 0
-        # Scale the initial inverse Hessian (Nocedal & Wright eq. 6.20) after step one.
-        hinv = jnp.where(first & (sy > 0), eye * sy / jnp.maximum(jnp.dot(y, y), 1e-300), hinv)
+        good_curvature = (~first_eval) & (sy > 1e-12 * jnp.sqrt(jnp.dot(s, s) * jnp.dot(y, y)))
         rho = 1.0 / jnp.where(sy > 0, sy, 1.0)
+        hinv = jnp.where(
+            (state.k == 0) & good_curvature & (not preconditioned),
+            eye * sy / jnp.maximum(jnp.dot(y, y), 1e-300),  # Nocedal & Wright eq. 6.20
+            state.hinv,
+        )
         v = eye - rho * jnp.outer(s, y)
         updated = v @ hinv @ v.T + rho * jnp.outer(s, s)
-        hinv = jnp.where(sy > 1e-12 * jnp.sqrt(jnp.dot(s, s) * jnp.dot(y, y)), updated, hinv)
+        hinv = jnp.where(good_curvature, updated, hinv)
+
+        new_direction = -hinv @ g_new
+        descent = jnp.dot(new_direction, g_new) < 0
+        hinv = jnp.where(descent, hinv, eye)
+        new_direction = jnp.where(descent, new_direction, -g_new)
 
         gmax = jnp.max(jnp.abs(g_new))
         tiny_change = jnp.abs(state.f - f_new) <= ftol * (1.0 + jnp.abs(f_new))
-        small_steps = jnp.where(tiny_change & ok, state.small_steps + 1, 0)
-        k = state.k + 1
-        finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new))
+        small_steps = jnp.where(tiny_change & ~first_eval, state.small_steps + 1, 0)
+        k = state.k + jnp.where(first_eval, 0, 1)
         converged = (gmax <= gtol) | ((small_steps >= 3) & (gmax <= loose_gtol))
-        status = jnp.where(
-            ~finite,
+        accepted_status = jnp.where(
+            first_eval & ~finite,
             Status.NON_FINITE,
-            jnp.where(
-                converged,
-                Status.CONVERGED,
-                jnp.where(
-                    ~ok,
-                    jnp.where(gmax <= loose_gtol, Status.CONVERGED, Status.LINE_SEARCH_FAILED),
-                    jnp.where(k >= max_iterations, Status.MAX_ITERATIONS, -1),
-                ),
-            ),
+            jnp.where(converged, Status.CONVERGED,
+                      jnp.where(k >= max_iterations, Status.MAX_ITERATIONS, -1)),
         )
+        halvings = state.halvings + 1
+        rejected_status = jnp.where(
+            halvings >= max_halvings,
+            jnp.where(jnp.max(jnp.abs(state.g)) <= loose_gtol, Status.CONVERGED,
+                      Status.LINE_SEARCH_FAILED),
+            -1,
+        )
+        one = jnp.ones((), dtype)
         return _State(
-            x_new, f_new, g_new, hinv, k, status.astype(jnp.int32), state.evals + tries + 1,
-            small_steps,
+            x=jnp.where(accept, trial, state.x),
+            f=jnp.where(accept, f_new, state.f),
+            g=jnp.where(accept, g_new, state.g),
+            hinv=jnp.where(accept, hinv, state.hinv),
+            direction=jnp.where(accept, new_direction, state.direction),
+            step=jnp.where(accept, one, 0.5 * state.step),
+            k=jnp.where(accept, k, state.k),
+            status=jnp.where(accept, accepted_status, rejected_status).astype(jnp.int32),
+            evals=state.evals + 1,
+            small_steps=jnp.where(accept, small_steps, state.small_steps),
+            halvings=jnp.where(accept, 0, halvings),
         )
 
-    start_status = jnp.where(
-        jnp.max(jnp.abs(g0)) <= gtol,
-        Status.CONVERGED,
-        jnp.where(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0)), -1, Status.NON_FINITE),
+    preconditioned = inverse_hessian is not None
+    hinv0 = eye if inverse_hessian is None else jnp.asarray(inverse_hessian, dtype)
+    state = _State(
+        x=x0, f=inf, g=jnp.zeros_like(x0), hinv=hinv0, direction=jnp.zeros_like(x0),
+        step=jnp.zeros((), dtype), k=jnp.zeros((), jnp.int32),
+        status=-jnp.ones((), jnp.int32), evals=jnp.zeros((), jnp.int32),
+        small_steps=jnp.zeros((), jnp.int32), halvings=jnp.zeros((), jnp.int32),
     )
-    state = _State(x0, f0, g0, eye, jnp.zeros((), jnp.int32), start_status.astype(jnp.int32),
-                   jnp.ones((), jnp.int32), jnp.zeros((), jnp.int32))
-    state = jax.lax.while_loop(cond, body, state)
-    return Solution(state.x, state.f, state.g, state.k, state.status, state.evals)
+    state = jax.lax.while_loop(lambda st: st.status < 0, body, state)
+    return Solution(state.x, state.f, state.g, state.k, state.status, state.evals, state.hinv)
