@@ -47,7 +47,7 @@ import numpy as np
 from jax.scipy.special import digamma, gammaln, polygamma, xlog1py, xlogy
 
 from ._design import DataError
-from ._links import Link, canonical_link_name, get_link
+from ._links import LINKS, Link, canonical_link_name, get_link
 
 __all__ = [
     "Family",
@@ -101,7 +101,8 @@ class Family(eqx.Module):
     Class attributes (static, describe the family):
         name: R's family name (``"binomial"``, ``"Gamma"`` ...).
         canonical_link: name of the canonical link, the default.
-        allowed_links: tuple of allowed link names, or None for any link.
+        allowed_links: tuple of allowed built-in link names, or None for any link
+            (user-defined links are accepted by every family).
         has_dispersion: whether the distribution has an extra parameter.
         dispersion_name: its name in summaries (``"sigma^2"``, ``"phi"``, ``"theta"``).
         dispersion_method: how ``glm`` finds it: ``"none"`` (fixed at 1),
@@ -133,7 +134,10 @@ class Family(eqx.Module):
     def _resolve_link(cls, link) -> Link:
         resolved = get_link(cls.canonical_link if link is None else link)
         allowed = cls.allowed_links
-        if allowed is not None and canonical_link_name(resolved.name) not in allowed:
+        # Built-in links are checked by name; a user-defined Link subclass is the
+        # user's responsibility and is accepted by every family.
+        builtin = type(resolved) in LINKS.values()
+        if builtin and allowed is not None and canonical_link_name(resolved.name) not in allowed:
             raise ValueError(
                 f"link {resolved.name!r} is not allowed for the {cls.name} family; "
                 f"allowed links: {', '.join(allowed)}"
@@ -215,10 +219,6 @@ class Family(eqx.Module):
         """A starting value for the dispersion (ML families)."""
         return 1.0
 
-    def start_family(self) -> Family:
-        """Family whose IRLS fit gives starting β for an ML-dispersion fit."""
-        return self
-
     def loglik_dispersion(self, deviance, weights):
         """The dispersion at which R evaluates logLik for Pearson-dispersion families."""
         return deviance / jnp.sum(weights)
@@ -284,7 +284,10 @@ class Binomial(Family):
         trials = jnp.round(weights)
         successes = jnp.round(weights * y)
         log_choose = gammaln(trials + 1) - gammaln(successes + 1) - gammaln(trials - successes + 1)
-        return trials, successes, log_choose
+        # C(n, 0) = C(n, n) = 1 exactly: keeps 0/1 data free of log-gamma rounding, which
+        # would swamp log-likelihoods of order 1e-14 deep in a tail.
+        edge = (successes == 0) | (successes == trials)
+        return trials, successes, jnp.where(edge, 0.0, log_choose)
 
     def loglik(self, y, mu, weights, dispersion=None):
         trials, successes, log_choose = self._counts(y, weights)
@@ -573,9 +576,6 @@ class NegativeBinomial(Family):
         # MASS::theta.ml's moment start: n / Σ w (y/μ − 1)².
         return jnp.sum(weights) / jnp.sum(weights * (y / mu - 1.0) ** 2)
 
-    def start_family(self) -> Family:
-        return Poisson(link=self.link)
-
 
 def _beta_saturated_mean(y, log_y, log_1my, phi, steps: int = 30):
     """argmax over μ of the beta density at y for precision φ (the saturated model).
@@ -654,9 +654,6 @@ class Beta(Family):
         # Method of moments: Var y = μ(1 − μ)/(1 + φ).
         ratio = jnp.sum(weights * mu * (1.0 - mu)) / jnp.sum(weights * (y - mu) ** 2)
         return jnp.maximum(ratio - 1.0, 0.5)
-
-    def start_family(self) -> Family:
-        return Binomial(link=self.link)
 
 
 #: Built-in families by name (R's names and Python spellings).

@@ -14,7 +14,8 @@ halved (as in the glm2 package), and the working weights are formed without divi
 dμ/dη, so observations deep in a binomial tail neither produce NaNs nor need clipping.
 
 Families with a dispersion estimated by maximum likelihood (negative binomial θ, beta φ)
-are fitted by IRLS on a starting family, then Newton's method with the exact Hessian on
+start from least squares on the linked response (as betareg does) and a moment estimate
+of the dispersion, then take damped Newton steps with the exact Hessian in
 (β, log dispersion) jointly.
 """
 
@@ -70,8 +71,10 @@ class GLMFit(NamedTuple):
         eta, mu: linear predictor (offset included) and fitted means (n,).
         deviance: Σ w·d(y, μ).
         loglik: full log-likelihood, as R's logLik reports it.
-        iterations: IRLS plus Newton iterations.
+        iterations: IRLS iterations (Newton iterations for ML dispersions).
         converged: bool.
+        null_deviance: deviance of the null model chosen by ``null_model`` (NaN for
+            ``"none"``), with the dispersion held at its estimate.
     """
 
     coef: jax.Array
@@ -85,6 +88,7 @@ class GLMFit(NamedTuple):
     loglik: jax.Array
     iterations: jax.Array
     converged: jax.Array
+    null_deviance: jax.Array
 
 
 def _deviance(family: Family, y, eta, weights, dispersion):
@@ -110,8 +114,14 @@ def _working_system(family: Family, X, y, weights, offset, eta, dispersion):
 
 
 def _solve_spd(matrix, rhs):
-    factor = jax.scipy.linalg.cho_factor(matrix, lower=True)
-    return jax.scipy.linalg.cho_solve(factor, rhs), factor
+    """Solve a symmetric positive-definite system by Cholesky (NaN if not SPD).
+
+    Written with ``cholesky`` and two triangular solves rather than
+    ``cho_factor``/``cho_solve``, which take about four times as long to compile.
+    """
+    lower = jnp.linalg.cholesky(matrix)
+    half = jax.scipy.linalg.solve_triangular(lower, rhs, lower=True)
+    return jax.scipy.linalg.solve_triangular(lower, half, lower=True, trans=1), lower
 
 
 def irls(X, y, weights, offset, family: Family, dispersion=1.0, eta_start=None, *,
@@ -149,25 +159,27 @@ def irls(X, y, weights, offset, family: Family, dispersion=1.0, eta_start=None, 
     def body(state):
         it, coef, eta, dev_old, _, _, _, _ = state
         xtwx, xtwz, w = _working_system(family, X, y, weights, offset, eta, dispersion)
-        coef_new, _ = _solve_spd(xtwx, xtwz)
-        eta_new = X @ coef_new + offset
-        dev_new = deviance(eta_new)
+        coef_full, _ = _solve_spd(xtwx, xtwz)
+        eta_full = X @ coef_full + offset
         first = it == 0
 
-        # Step halving towards the previous iterate (R halves only for invalid or
-        # infinite deviance; we also halve a rising deviance after the first step).
+        # The full step, then step halving towards the previous iterate (R halves only
+        # for invalid or infinite deviance; we also halve a rising deviance after the
+        # first step). The full step is the loop's first pass, so the deviance appears
+        # once in the compiled program.
         def halve(h):
-            k, c, e, _ = h
-            c = 0.5 * (c + coef)
-            e = 0.5 * (e + eta)
-            return k + 1, c, e, deviance(e)
+            k, t, _, _, _ = h
+            t = jnp.where(k == 0, t, 0.5 * t)
+            e = eta + t * (eta_full - eta)
+            return k + 1, t, coef + t * (coef_full - coef), e, deviance(e)
 
         def keep_halving(h):
-            k, _, e, d = h
-            return (k < _MAX_HALVINGS) & ~acceptable(e, d, dev_old, first)
+            k, _, _, e, d = h
+            return (k == 0) | ((k <= _MAX_HALVINGS) & ~acceptable(e, d, dev_old, first))
 
-        _, coef_new, eta_new, dev_new = jax.lax.while_loop(
-            keep_halving, halve, (0, coef_new, eta_new, dev_new)
+        _, _, coef_new, eta_new, dev_new = jax.lax.while_loop(
+            keep_halving, halve,
+            (0, jnp.asarray(1.0, dtype), coef_full, eta_full, jnp.asarray(0.0, dtype)),
         )
         converged = jnp.abs(dev_new - dev_old) / (jnp.abs(dev_new) + 0.1) < tol
         return it + 1, coef_new, eta_new, dev_new, converged, xtwx, w, ~jnp.isfinite(dev_new)
@@ -254,6 +266,8 @@ def _newton_ml(X, y, weights, offset, family: Family, coef0, dispersion0, *,
         # gain, to second order) is at rounding level: then β̂ is within ~1e-9 SE.
         done = decrement < 1e-18
 
+        # The full step is the first pass of the halving loop (one copy of the
+        # objective in the compiled program).
         def halve(h):
             t, _, _ = h
             t = 0.5 * t
@@ -264,9 +278,9 @@ def _newton_ml(X, y, weights, offset, family: Family, coef0, dispersion0, *,
             t, _, v = h
             return (t > 1e-12) & ~(v <= value + 1e-13 * jnp.abs(value))
 
-        trial = params - step
         t, new_params, _ = jax.lax.while_loop(
-            keep_halving, halve, (jnp.asarray(1.0, params.dtype), trial, negloglik(trial))
+            keep_halving, halve,
+            (jnp.asarray(2.0, params.dtype), params, jnp.asarray(jnp.inf, params.dtype)),
         )
         stalled = t <= 1e-12
         new_params = jnp.where(done | stalled, params, new_params)
@@ -286,7 +300,7 @@ def _newton_ml(X, y, weights, offset, family: Family, coef0, dispersion0, *,
 
 
 def fit_glm(X, y, weights, offset, family: Family, *, tol: float = 1e-8,
-            max_iter: int = 25) -> GLMFit:
+            max_iter: int = 25, null_model: str = "none") -> GLMFit:
     """Fit a GLM to arrays: a pure JAX function (jit and vmap apply).
 
     The dispersion follows ``family.dispersion_method``: ``"none"`` (1), ``"fixed"``
@@ -298,6 +312,9 @@ def fit_glm(X, y, weights, offset, family: Family, *, tol: float = 1e-8,
         X: (n, p) full-rank model matrix; y, weights, offset: (n,) arrays.
         family: a :class:`~glmmjax.families.Family`.
         tol, max_iter: IRLS convergence tolerance and iteration cap (R's defaults).
+        null_model: R's null model for the null deviance: ``"mean"`` (intercept, no
+            offset: μ = weighted mean of y), ``"intercept"`` (intercept-only fit with
+            the offset), ``"offset"`` (no intercept: η = offset) or ``"none"``.
 
     Returns:
         GLMFit. Failures are reported through ``converged``, never raised.
@@ -320,12 +337,15 @@ def fit_glm(X, y, weights, offset, family: Family, *, tol: float = 1e-8,
     nan = jnp.asarray(jnp.nan, dtype)
 
     if method == "ml":
-        start = family.start_family()
-        first = irls(X, y, weights, offset, start, 1.0, tol=tol, max_iter=max_iter)
-        mu0 = start.link.inverse(first.eta)
+        # Start as betareg does: least squares of g(μ_start) − offset on X, then the
+        # family's moment estimate of the dispersion; Newton does the rest.
+        eta_start = family.link.link(family.initialize(y, weights)) - offset
+        gram = (X * weights[:, None]).T @ X
+        coef0, _ = _solve_spd(gram, X.T @ (weights * eta_start))
+        mu0 = family.link.inverse(X @ coef0 + offset)
         dispersion0 = family.dispersion_start(y, mu0, weights)
-        coef, dispersion, hessian, n_newton, converged = _newton_ml(
-            X, y, weights, offset, family, first.coef, dispersion0
+        coef, dispersion, hessian, iterations, converged = _newton_ml(
+            X, y, weights, offset, family, coef0, dispersion0
         )
         eta = X @ coef + offset
         info = _fisher_information(family, X, weights, eta, dispersion)
@@ -337,8 +357,7 @@ def fit_glm(X, y, weights, offset, family: Family, *, tol: float = 1e-8,
         else:
             vcov = cov_unscaled
             dispersion_se = dispersion / jnp.sqrt(hessian[p, p])
-        iterations = first.iterations + n_newton
-        deviance = _deviance(family, y, eta, weights, dispersion)
+        deviance = None  # computed below, with the null deviance
         loglik_dispersion = dispersion
     else:
         if method == "fixed":
@@ -365,15 +384,43 @@ def fit_glm(X, y, weights, offset, family: Family, *, tol: float = 1e-8,
     mu = family.link.inverse(eta)
     ll = family.loglik_eta(y, eta, weights, loglik_dispersion)
     loglik = jnp.sum(jnp.where(weights > 0, ll, 0.0))
+    null_dispersion = dispersion if method in ("ml", "fixed") else jnp.asarray(1.0, dtype)
+    eta_null = _null_eta(X, y, weights, offset, family, null_dispersion, null_model, tol,
+                         max_iter)
+    # One vmapped deviance for fit and null model: a single copy in the compiled program.
+    both = jax.vmap(lambda e: _deviance(family, y, e, weights, null_dispersion))(
+        jnp.stack([eta, eta_null])
+    )
+    if method == "ml":
+        deviance = both[0]
+    null_deviance = both[1] if null_model != "none" else jnp.asarray(jnp.nan, dtype)
     return GLMFit(
         coef=coef, vcov=vcov, cov_unscaled=cov_unscaled, dispersion=jnp.asarray(dispersion),
         dispersion_se=jnp.asarray(dispersion_se, dtype), eta=eta, mu=mu, deviance=deviance,
         loglik=loglik, iterations=iterations, converged=converged,
+        null_deviance=null_deviance,
+    )
+
+
+def _null_eta(X, y, weights, offset, family, dispersion, null_model, tol, max_iter):
+    """η of R's null model: weighted mean, intercept-only fit, or η = offset."""
+    if null_model == "none":
+        return offset
+    if null_model == "mean":
+        mean = jnp.sum(weights * y) / jnp.sum(weights)
+        return family.link.link(jnp.full_like(y, mean))
+    if null_model == "offset":
+        return offset
+    if null_model == "intercept":
+        ones = jnp.ones((X.shape[0], 1), X.dtype)
+        return irls(ones, y, weights, offset, family, dispersion, tol=tol,
+                    max_iter=max_iter).eta
+    raise ValueError(
+        f"null_model must be 'none', 'mean', 'intercept' or 'offset', got {null_model!r}"
     )
 
 
 _fit_glm_jit = eqx.filter_jit(fit_glm)
-_irls_jit = eqx.filter_jit(irls)
 
 
 # ---- numpy side: aliasing, null deviance, separation ----------------------------------
@@ -406,21 +453,6 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
         else:
             kept.append(j)
     return aliased
-
-
-def _null_deviance(X, y, weights, offset, family, dispersion, has_intercept, tol, max_iter):
-    """R's null deviance: intercept-only fit (with the offset) or μ = g⁻¹(offset)."""
-    with jax.enable_x64(X.dtype == np.float64):
-        if not has_intercept:
-            eta0 = jnp.asarray(offset)
-        elif not np.any(offset != 0):
-            mean = np.sum(weights * y) / np.sum(weights)
-            eta0 = family.link.link(jnp.full(y.shape, mean))
-        else:
-            ones = np.ones((len(y), 1), dtype=X.dtype)
-            eta0 = _irls_jit(ones, y, weights, offset, family, dispersion, tol=tol,
-                             max_iter=max_iter).eta
-        return float(_deviance(family, jnp.asarray(y), eta0, jnp.asarray(weights), dispersion))
 
 
 def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -537,7 +569,13 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
         )
     X = X_full[:, ~aliased]
     offset_values = np.asarray(design.offset, dtype=np.float64)
-    fit = _fit_glm_jit(X, y, prior, offset_values, fam, tol=tol, max_iter=max_iter)
+    has_intercept = any(np.all(X[:, j] == 1.0) for j in range(X.shape[1]))
+    if not has_intercept:
+        null_model = "offset"
+    else:
+        null_model = "intercept" if np.any(offset_values != 0) else "mean"
+    fit = _fit_glm_jit(X, y, prior, offset_values, fam, tol=tol, max_iter=max_iter,
+                       null_model=null_model)
     fit = jax.tree_util.tree_map(np.asarray, fit)
     converged = bool(fit.converged)
     if not converged:
@@ -547,14 +585,6 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             GLMConvergenceWarning,
             stacklevel=2,
         )
-    has_intercept = any(
-        np.all(X[:, j] == 1.0) for j in range(X.shape[1])
-    )
-    null_family_dispersion = (
-        fit.dispersion if fam.dispersion_method in ("ml", "fixed") else 1.0
-    )
-    null_deviance = _null_deviance(X, y, prior, offset_values, fam, null_family_dispersion,
-                                   has_intercept, tol, max_iter)
     separated: tuple[str, ...] = ()
     if isinstance(fam, Binomial) and _looks_separated(fit.mu, prior, converged):
         mask = detect_separation(X, y, prior)
@@ -577,7 +607,7 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
         y=y,
         weights=prior,
         aliased=aliased,
-        null_deviance=null_deviance,
+        null_deviance=float(fit.null_deviance),
         has_intercept=has_intercept,
         success_level=success_level,
         separated=separated,

@@ -157,7 +157,7 @@ def test_cbind_and_proportion_forms_agree():
     np.testing.assert_allclose(by_cbind.loglik, by_weights.loglik, rtol=1e-12)
 
 
-def test_fixed_theta_negative_binomial_and_user_defined_family():
+def test_fixed_theta_negative_binomial():
     sal = glmmjax.datasets.load("salamanders")
     estimated = reference_fit("salamanders_nb2")
     fixed = glmmjax.glm("count ~ spp + mined", sal,
@@ -165,31 +165,26 @@ def test_fixed_theta_negative_binomial_and_user_defined_family():
     # R's IRLS stopping rule (relative deviance change < 1e-8) leaves ~1e-5 here.
     np.testing.assert_allclose(fixed.coef, estimated.coef, rtol=1e-4)
     assert fixed.df == estimated.df - 1
-
-    class QuasiPoissonLike(families.Poisson):
-        """A user family: Poisson with a different name, inheriting the rest."""
-
-        name = "my_poisson"
-
-    data = reference_data(MODELS["poisson_offset"])
-    mine = glmmjax.glm("y ~ x + f + offset(log(exposure))", data, family=QuasiPoissonLike())
-    np.testing.assert_allclose(mine.coef, reference_fit("poisson_offset").coef, rtol=1e-12)
+    assert "fixed at" in fixed.summary()
 
 
 def test_fit_glm_is_pure_jit_and_vmap():
-    rng = np.random.default_rng(1)
-    n, k = 60, 3
-    X = np.column_stack([np.ones(n), rng.normal(size=n)])
-    ys = rng.poisson(np.exp(0.3 + 0.5 * X[:, 1]), size=(k, n)).astype(float)
-    w, o = np.ones(n), np.zeros(n)
+    """vmap over responses equals one glm() fit per response."""
+    data = reference_data(MODELS["poisson_offset"])
+    single = reference_fit("poisson_offset")
+    permuted = data.assign(y=data["y"].to_numpy()[::-1])
+    other = glmmjax.glm(MODELS["poisson_offset"]["formula"], permuted, family="poisson")
+    X = np.column_stack([np.ones(len(data)), data["x"], data["f"] == "b", data["f"] == "c"])
+    offset = np.log(data["exposure"].to_numpy())
+    ys = np.stack([data["y"].to_numpy(), permuted["y"].to_numpy()]).astype(float)
     with jax.enable_x64(True):
-        family = families.Poisson()
-        one = jax.jit(lambda y: fit_glm(X, y, w, o, family))
-        batched = jax.jit(jax.vmap(one))(jnp.asarray(ys))
-        for i in range(k):
-            single = one(jnp.asarray(ys[i]))
-            np.testing.assert_allclose(batched.coef[i], single.coef, rtol=1e-10)
-        assert bool(jnp.all(batched.converged))
+        batched = jax.jit(jax.vmap(
+            lambda y: fit_glm(X, y, np.ones(len(data)), offset, families.Poisson())
+        ))(jnp.asarray(ys))
+    np.testing.assert_allclose(batched.coef[0], single.coef, rtol=1e-10)
+    np.testing.assert_allclose(batched.coef[1], other.coef, rtol=1e-10)
+    np.testing.assert_allclose(batched.deviance, [single.deviance, other.deviance], rtol=1e-10)
+    assert bool(jnp.all(batched.converged))
 
 
 def test_separation_is_detected_and_named():
@@ -253,3 +248,65 @@ def test_aliased_columns_are_reported_as_nan():
         fit = glmmjax.glm("y ~ x + x2", data, family=families.Gamma(link="log"))
     assert np.isnan(fit.coef["x2"])
     np.testing.assert_allclose(fit.coef.iloc[:2], reference_fit("gamma_log").coef, rtol=1e-10)
+
+
+class Exponential(families.Family):
+    """A family written from scratch by a user: exponential responses (Gamma shape 1)."""
+
+    name = "exponential"
+    canonical_link = "inverse"
+
+    def variance(self, mu, dispersion=None):
+        return mu * mu
+
+    def loglik(self, y, mu, weights, dispersion=None):
+        return weights * (-jnp.log(mu) - y / mu)
+
+    def unit_deviance(self, y, mu, dispersion=None):
+        return 2.0 * (y / mu - jnp.log(y / mu) - 1.0)
+
+    def valid_mu(self, mu):
+        return mu > 0
+
+
+class MyLog(glmmjax.links.Link):
+    """A user-defined link: the log, written without the built-in's extras."""
+
+    name = "my_log"
+
+    def link(self, mu):
+        return jnp.log(mu)
+
+    def inverse(self, eta):
+        return jnp.exp(eta)
+
+
+def test_user_defined_family_and_link_work_like_built_in_ones():
+    data = reference_data(MODELS["gamma_log"])
+    gamma = reference_fit("gamma_log")
+    fit = glmmjax.glm("y ~ x", data, family=Exponential(link=MyLog()))
+    # Same estimating equations as the Gamma with log link; the exponential fixes φ = 1.
+    np.testing.assert_allclose(fit.coef, gamma.coef, rtol=1e-10)
+    np.testing.assert_allclose(fit.fixef_se, gamma.fixef_se / np.sqrt(gamma.dispersion),
+                               rtol=1e-8)
+    mu = fit.fitted_values.to_numpy()
+    y = data["y"].to_numpy()
+    np.testing.assert_allclose(fit.loglik, np.sum(-np.log(mu) - y / mu), rtol=1e-12)
+    np.testing.assert_allclose(fit.deviance, gamma.deviance, rtol=1e-10)
+    assert families.Poisson(link=MyLog()).link.name == "my_log"
+
+
+def test_zero_weights_drop_rows_and_non_convergence_warns():
+    data = reference_data(MODELS["sleepstudy_gaussian"])
+    weights = np.ones(len(data))
+    weights[[3, 50]] = 0.0
+    fit = glmmjax.glm("Reaction ~ Days", data, weights=weights)
+    dropped = glmmjax.glm("Reaction ~ Days", data.drop(index=[3, 50]))
+    np.testing.assert_allclose(fit.coef, dropped.coef, rtol=1e-12)
+    np.testing.assert_allclose(fit.loglik, dropped.loglik, rtol=1e-12)
+    assert fit.nobs == dropped.nobs == len(data) - 2
+    cbpp = glmmjax.datasets.load("cbpp")
+    with pytest.warns(glmmjax.GLMConvergenceWarning, match="did not converge"):
+        slow = glmmjax.glm("incidence/size ~ period", cbpp, family="binomial", weights="size",
+                           max_iter=2)
+    assert not slow.converged and "NOT CONVERGED" in slow.summary()
