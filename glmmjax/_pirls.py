@@ -155,6 +155,21 @@ def _solve(s: ReStructure, factor, rhs):
     return jnp.concatenate([x_first.reshape(-1), x_rest])
 
 
+def _newton_system(v, theta, beta, dispersion, data: GLMMData):
+    """∇g/2 and the factor of a positive-definite ∇²g/2 from one pass over the data."""
+    s = data.structure
+    eta = linear_predictor(v, theta, beta, data)
+    _, grad_eta, w = _loglik_derivatives(eta, dispersion, data)
+    u_first, u_rest, _ = split(v, s)
+    first, rest = lambda_z_transpose_times(theta, s, grad_eta)
+    grad = jnp.concatenate(
+        [(u_first - first).reshape(-1), u_rest - rest, -(data.dense.T @ grad_eta)]
+    )
+    # Floor W for the step only (non-concave log-likelihoods); see hessian_factor.
+    w = jnp.maximum(w, 1e-10 * (1.0 + jnp.abs(w)))
+    return grad, factorize(theta, cross_products(s, w, data.dense), s)
+
+
 def _newton(theta, beta, dispersion, data: GLMMData, v0):
     s = data.structure
 
@@ -167,8 +182,7 @@ def _newton(theta, beta, dispersion, data: GLMMData, v0):
 
     def body(state):
         v, g_value, k, _ = state
-        grad = half_gradient(v, theta, beta, dispersion, data)
-        factor = hessian_factor(v, theta, beta, dispersion, data, positive=True)
+        grad, factor = _newton_system(v, theta, beta, dispersion, data)
         step = -_solve(s, factor, grad)
 
         def halve_cond(carry):
