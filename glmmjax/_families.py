@@ -121,7 +121,7 @@ class Family(eqx.Module):
 
     name = "abstract"
     canonical_link = "identity"
-    allowed_links: tuple[str, ...] | None = None
+    allowed_links = None  # tuple of names, or None for any link
     has_dispersion = False
     dispersion_name = ""
     dispersion_method = "none"

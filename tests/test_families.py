@@ -241,3 +241,11 @@ def test_binomial_response_forms():
         family.prepare_response(np.array([0.0, 1.0]), np.array([1.0, np.inf]), None, ROWS[:2])
     with pytest.raises(glmmjax.DataError, match="numeric"):
         families.Poisson().prepare_response(np.array(["a"], dtype=object), None, ("a",))
+
+
+def test_family_pytrees_hold_only_numbers():
+    """Names, allowed links and other descriptions are static: the only leaves are
+    numeric parameters (NB's fixed theta), so families pass through jax.jit as arguments."""
+    for name in families.FAMILIES:
+        assert jax.tree_util.tree_leaves(families.get_family(name)) == []
+    assert jax.tree_util.tree_leaves(families.NegativeBinomial(theta=2.0)) == [2.0]
