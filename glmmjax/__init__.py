@@ -12,6 +12,7 @@ from ._glm import GLMConvergenceWarning, SeparationWarning, glm
 from ._glm_result import GLMResult
 from ._glmer import GLMMResult, glmer
 from ._lmer import LMMResult, lmer
+from ._model import MixedModel
 from ._results import Convergence, MixedModelResult
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "Convergence",
     "DataError",
     "LMMResult",
+    "MixedModel",
     "MixedModelResult",
     "lmer",
     "FormulaError",

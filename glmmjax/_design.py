@@ -55,7 +55,7 @@ class TermDesign:
         return self.z.shape[1]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Design:
     """Everything a model needs from the data, as numpy arrays.
 

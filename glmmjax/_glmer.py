@@ -213,6 +213,12 @@ def glmer(
     design = build_design(
         formula, data, weights=weights, offset=offset, require_random=True, numeric_response=False
     )
+    return fit_glmm_design(design, family, n_agq)
+
+
+@with_x64
+def fit_glmm_design(design, family: Family, n_agq: int = 1) -> GLMMResult:
+    """Fit a GLMM to an already built design (used by ``glmer`` and ``MixedModel``)."""
     n_agq = _validate_agq(n_agq, design)
     y, w, success_level = family.prepare_response(
         design.response, design.weights, design.response_levels, design.rows

@@ -142,6 +142,12 @@ def lmer(
         10.467
     """
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True)
+    return fit_lmm_design(design, reml)
+
+
+@with_x64
+def fit_lmm_design(design: Design, reml: bool = True) -> LMMResult:
+    """Fit an LMM to an already built design (used by ``lmer`` and ``MixedModel``)."""
     check_lmm_design(design)
     structure = build_structure_for(design, design.X.shape[1] + 1)
     y = np.asarray(design.response, dtype=float) - design.offset
