@@ -304,9 +304,10 @@ def fit_glm(X, y, weights, offset, family: Family, *, tol: float = 1e-8,
     """Fit a GLM to arrays: a pure JAX function (jit and vmap apply).
 
     The dispersion follows ``family.dispersion_method``: ``"none"`` (1), ``"fixed"``
-    (the family's own value), ``"pearson"`` (Σ w(y − μ)²/V(μ) / (n − p), R's
-    summary.glm; the log-likelihood uses R's deviance/n instead) or ``"ml"`` (joint
-    maximum likelihood).
+    (the family's own value), ``"pearson"`` (the Pearson χ²/(n − p) as R's summary.glm
+    computes it, Σ W·r²/(n − p) with working residuals r and the last IRLS weights W;
+    the log-likelihood uses R's deviance/n instead) or ``"ml"`` (joint maximum
+    likelihood).
 
     Args:
         X: (n, p) full-rank model matrix; y, weights, offset: (n,) arrays.

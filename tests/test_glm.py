@@ -310,3 +310,18 @@ def test_zero_weights_drop_rows_and_non_convergence_warns():
         slow = glmmjax.glm("incidence/size ~ period", cbpp, family="binomial", weights="size",
                            max_iter=2)
     assert not slow.converged and "NOT CONVERGED" in slow.summary()
+
+
+def test_r_arithmetic_in_formulas():
+    """R's ``^`` inside calls is a power; response and offset expressions are arithmetic
+    (``incidence/size`` is a ratio, ``size - incidence`` a difference)."""
+    parsed = glmmjax.parse_formula("y ~ I(age^2) + (a + b)^2 + offset(log(t^2))")
+    assert "I(age**2)" in parsed.fixed and "(a + b)^2" in parsed.fixed
+    assert parsed.offsets == ("log(t**2)",)
+    from glmmjax._design import build_design
+
+    cbpp = glmmjax.datasets.load("cbpp")
+    design = build_design("cbind(incidence, size - incidence) ~ period", cbpp)
+    np.testing.assert_allclose(design.response[:, 1], cbpp["size"] - cbpp["incidence"])
+    ratio = build_design("incidence/size ~ period", cbpp)
+    np.testing.assert_allclose(ratio.response, cbpp["incidence"] / cbpp["size"])
