@@ -10,31 +10,22 @@ errors come from the exact autodiff Hessian of −2 log L in all parameters.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._cholesky import inverse_diagonal_blocks
-from ._covariance import canonical_theta, diagonal_mask, initial_theta, theta_to_factors
+from ._covariance import canonical_theta, diagonal_mask
 from ._design import build_design
 from ._families import Family, Gaussian, get_family
-from ._laplace import (
-    agq_at_mode,
-    agq_objective,
-    gauss_hermite_grid,
-    laplace_at_mode,
-    laplace_objective,
-    mode_and_factor,
-)
-from ._lmm import SINGULAR_TOL
-from ._optimize import Status, minimize
-from ._pirls import GLMMData, inner_size, linear_predictor, split
+from ._glmm_fit import glmm_pipeline_jit, make_setup
+from ._lmm import SINGULAR_TOL, random_effects
+from ._optimize import Status
+from ._pirls import split
 from ._precision import with_x64
 from ._results import Convergence, MixedModelResult
-from ._structure import build_structure
 
 _BOUNDARY_TRY = 1e-3
 MAX_AGQ_DIM = 3
@@ -87,65 +78,11 @@ class GLMMResult(MixedModelResult):
         return None if self.dispersion is None else jnp.asarray(self.dispersion)
 
 
-def _start_beta(family: Family, X, y, w, offset) -> np.ndarray:
-    """Least squares of the linked, initialized response on X (R's mustart idea)."""
-    with jax.enable_x64(True):
-        mu = np.asarray(family.initialize(jnp.asarray(y), jnp.asarray(w)))
-        eta = np.asarray(family.link.link(jnp.asarray(mu)))
-    eta = np.where(np.isfinite(eta), eta, 0.0) - offset
-    beta, *_ = np.linalg.lstsq(X, eta, rcond=None)
-    return beta
-
-
-def _minimize_with_boundary(objective, params0, n_theta, sizes, inverse_hessian=None):
-    solution = minimize(objective, params0, inverse_hessian=inverse_hessian)
-    params = solution.x
-    mask = jnp.zeros(params.shape[0], bool).at[:n_theta].set(jnp.asarray(diagonal_mask(sizes)))
-    trial = jnp.where(mask & (jnp.abs(params) < _BOUNDARY_TRY), 0.0, params)
-    f_trial = objective(trial)
-    keep = jnp.isfinite(f_trial) & (f_trial <= solution.value + 1e-10 * (1 + jnp.abs(solution.value)))
-    return solution, jnp.where(keep, trial, params)
-
-
-@eqx.filter_jit
-def _stage_nagq0(params0, data: GLMMData, v0, n_theta):
-    objective = lambda p: laplace_objective(p, data, v0, n_theta, 0)  # noqa: E731
-    solution, params = _minimize_with_boundary(objective, params0, n_theta, data.structure.sizes)
-    *_, v, factor = mode_and_factor(params, data, v0, n_theta, 0)
-    # (L_X L_X')⁻¹, the inner problem's covariance for β: with the stage's inverse
-    # Hessian in (θ, dispersion) it preconditions the full Laplace optimization.
-    p = data.structure.n_dense
-    L_x = factor.rest[-p:, -p:]
-    L_x_inv = jax.scipy.linalg.solve_triangular(L_x, jnp.eye(p, dtype=L_x.dtype), lower=True)
-    return solution, params, v, L_x_inv.T @ L_x_inv
-
-
-def _objective_for(data, v0, n_theta, n_beta, grid, log_w, use_agq):
-    if use_agq:
-        return lambda p: agq_objective(p, data, v0, n_theta, n_beta, grid, log_w)  # noqa: E731
-    return lambda p: laplace_objective(p, data, v0, n_theta, n_beta)  # noqa: E731
-
-
-@eqx.filter_jit
-def _stage_full(params0, data: GLMMData, v0, n_theta, n_beta, grid, log_w, use_agq, hinv0):
-    objective = _objective_for(data, v0, n_theta, n_beta, grid, log_w, use_agq)
-    return _minimize_with_boundary(objective, params0, n_theta, data.structure.sizes, hinv0)
-
-
-@eqx.filter_jit
-def _finalize(params, data: GLMMData, v0, n_theta, n_beta, grid, log_w, use_agq):
-    objective = _objective_for(data, v0, n_theta, n_beta, grid, log_w, use_agq)
-    hessian = jax.hessian(objective)(params)
-    theta, beta, dispersion, v, factor = mode_and_factor(params, data, v0, n_theta, n_beta)
-    if use_agq:
-        value = agq_at_mode(theta, beta, dispersion, v, factor, data, grid, log_w)
-    else:
-        value = laplace_at_mode(theta, beta, dispersion, v, factor, data)
-    eta = linear_predictor(v, theta, beta, data)
-    blocks = inverse_diagonal_blocks(data.structure, factor)
-    factors = theta_to_factors(theta, data.structure.sizes)
-    cond_cov = [jnp.einsum("ab,lbc,dc->lad", lam, blk, lam) for lam, blk in zip(factors, blocks)]
-    return value, hessian, eta, v, cond_cov
+class _Outcome(NamedTuple):
+    status: np.ndarray
+    grad: np.ndarray
+    iterations: np.ndarray
+    n_evaluations: np.ndarray
 
 
 def _validate_agq(n_agq, design) -> int:
@@ -223,91 +160,26 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1) -> GLMMResult:
     y, w, success_level = family.prepare_response(
         design.response, design.weights, design.response_levels, design.rows
     )
-    X = design.X
-    n, p = X.shape
-    offset_arr = design.offset
-    s_inner = build_structure(design.terms, p)
-    s_outer = build_structure(design.terms, 0)
-    n_theta = s_outer.n_theta
-    has_disp = family.has_dispersion and family.dispersion_method != "fixed"
-    beta0 = _start_beta(family, X, y, w, offset_arr)
-    theta0 = initial_theta(s_outer.sizes)
-    log_disp0 = np.zeros(1 if has_disp else 0)
-    empty = np.zeros((n, 0))
-
-    def as_data(structure, X_outer, dense):
-        return GLMMData(
-            structure=structure,
-            X=jnp.asarray(X_outer),
-            dense=jnp.asarray(dense),
-            y=jnp.asarray(y),
-            weights=jnp.asarray(w),
-            offset=jnp.asarray(offset_arr),
-            family=family,
-        )
-
-    # Stage 1: nAGQ=0 (β inner) gives θ, the dispersion and the modes to start from.
-    data0 = as_data(s_inner, empty, X)
-    v0 = np.zeros(inner_size(s_inner))
-    v0[inner_size(s_inner) - p :] = beta0
-    params1 = jnp.asarray(np.concatenate([theta0, log_disp0]))
-    sol1, params1, v1, beta_cov1 = _stage_nagq0(params1, data0, jnp.asarray(v0), n_theta)
-    theta1 = np.asarray(params1[:n_theta])
-    log_disp1 = np.asarray(params1[n_theta:])
-    v1 = np.asarray(v1)
-    beta1 = v1[inner_size(s_inner) - p :]
-    u1 = v1[: inner_size(s_inner) - p]
-
-    grid, log_w = gauss_hermite_grid(max(n_agq, 1), design.terms[0].size)
-    use_agq = n_agq > 1
-    if n_agq == 0:
-        solution, data_f, v_start, params = sol1, data0, jnp.asarray(v0), params1
-        n_beta = 0
-    else:
-        data_f = as_data(s_outer, X, empty)
-        v_start = jnp.asarray(u1)
-        params2 = jnp.asarray(np.concatenate([theta1, beta1, log_disp1]))
-        n_beta = p
-        hinv1 = np.asarray(sol1.inverse_hessian)
-        n_disp = len(log_disp1)
-        hinv0 = np.zeros((len(params2), len(params2)))
-        hinv0[:n_theta, :n_theta] = hinv1[:n_theta, :n_theta]
-        hinv0[n_theta : n_theta + p, n_theta : n_theta + p] = 0.5 * np.asarray(beta_cov1)
-        if n_disp:
-            hinv0[-n_disp:, -n_disp:] = hinv1[n_theta:, n_theta:]
-            hinv0[:n_theta, -n_disp:] = hinv1[:n_theta, n_theta:]
-            hinv0[-n_disp:, :n_theta] = hinv1[n_theta:, :n_theta]
-        solution, params = _stage_full(
-            params2, data_f, v_start, n_theta, n_beta, grid, log_w, use_agq, jnp.asarray(hinv0)
-        )
-    value, hessian, eta, v, cond_cov = _finalize(
-        params, data_f, v_start, n_theta, n_beta, grid, log_w, use_agq
-    )
-    params = np.asarray(params)
-    hessian = np.asarray(hessian)
-    v = np.asarray(v)
+    setup = make_setup(design, family, n_agq)
+    out = glmm_pipeline_jit(jnp.asarray(y), jnp.asarray(w), setup)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    n_theta, p = setup.n_theta, setup.p
+    has_disp = setup.has_dispersion
+    s_outer = setup.outer
+    params, hessian, v = out["params"], out["hessian"], out["v"]
     theta_raw = params[:n_theta]
-    if n_agq == 0:
-        beta = v[inner_size(s_inner) - p :]
-        # Var(β̂) at fixed θ: the inner Hessian's X block, as lme4 reports for nAGQ=0.
-        beta_cov = np.asarray(beta_cov1)
-        params_cov = None
-        pd_hess = bool(np.all(np.linalg.eigvalsh(0.5 * (hessian + hessian.T)) > 0)) if hessian.size else True
-    else:
-        beta = params[n_theta : n_theta + p]
-        sym = 0.5 * (hessian + hessian.T)
-        eig = np.linalg.eigvalsh(sym)
-        pd_hess = bool(np.all(eig > 0))
-        # −2 log L has Hessian 2·(observed information).
-        params_cov = 2.0 * np.linalg.pinv(sym)
-        beta_cov = params_cov[n_theta : n_theta + p, n_theta : n_theta + p]
-    log_disp = params[n_theta + n_beta :]
-    dispersion = None
+    beta, beta_cov = out["beta"], out["beta_cov"]
+    sym = 0.5 * (hessian + hessian.T)
+    pd_hess = bool(np.all(np.linalg.eigvalsh(sym) > 0)) if sym.size else True
+    params_cov = out.get("params_cov")
+    value = float(out["value"])
     if has_disp:
-        dispersion = float(np.exp(log_disp[0]))
+        dispersion = float(np.exp(params[-1]))
     elif family.dispersion_method == "fixed":
         dispersion = float(family.theta)
-
+    else:
+        dispersion = None
+    solution = _Outcome(out["status"], out["grad"], out["iterations"], out["n_evaluations"])
     status = Status(int(solution.status))
     grad_max = float(np.max(np.abs(np.asarray(solution.grad))))
     converged = status == Status.CONVERGED and pd_hess
@@ -323,19 +195,14 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1) -> GLMMResult:
         hessian_positive_definite=pd_hess,
     )
     theta = canonical_theta(theta_raw, s_outer.sizes)
-    u_first, u_rest, _ = split(jnp.asarray(v), s_inner if n_agq == 0 else s_outer)
-    from ._lmm import random_effects
-
+    u_first, u_rest, _ = split(jnp.asarray(v), setup.inner if n_agq == 0 else s_outer)
     with jax.enable_x64(True):
         effects = [
             np.asarray(b)
             for b in random_effects(jnp.asarray(theta_raw), s_outer, u_first, u_rest)
         ]
-    cond_cov = [np.asarray(c) for c in cond_cov]
-    if n_agq == 0:
-        # The inner factor includes the β block; the u blocks of its inverse are not
-        # the conditional variances of u at fixed β. Report Laplace-style ones instead.
-        cond_cov = [np.full_like(c, np.nan) for c in cond_cov]
+    # (nAGQ=0 reports no conditional variances: its inner factor includes the β block.)
+    cond_cov = [np.asarray(c) for c in out["cond_cov"]]
     singular = bool(np.any(np.abs(theta[diagonal_mask(s_outer.sizes)]) < SINGULAR_TOL))
     method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
 

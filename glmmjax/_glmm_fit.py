@@ -1,0 +1,172 @@
+"""The whole GLMM fit as one pure function of the response, for jit and vmap.
+
+``glmm_pipeline(y, weights, setup)`` runs lme4's two stages (nAGQ=0 over θ and the
+dispersion, then Laplace/AGQ over (θ, β, log dispersion) preconditioned by the first
+stage) and the final exact Hessian. ``glmer`` calls it once; ``fit_many`` vmaps it over
+thousands of responses. Shapes depend only on the model's structure, so one compiled
+program serves every response and every chunk.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import solve_triangular
+
+from ._cholesky import inverse_diagonal_blocks
+from ._covariance import diagonal_mask, initial_theta, theta_to_factors
+from ._laplace import (
+    agq_at_mode,
+    agq_objective,
+    gauss_hermite_grid,
+    laplace_at_mode,
+    laplace_objective,
+    mode_and_factor,
+)
+from ._optimize import minimize
+from ._pirls import GLMMData, inner_size, linear_predictor
+from ._structure import ReStructure, build_structure
+
+_BOUNDARY_TRY = 1e-3
+
+
+class GLMMSetup(eqx.Module):
+    """Everything but the response: design arrays, structures and static choices."""
+
+    X: jnp.ndarray
+    X_pinv: jnp.ndarray
+    offset: jnp.ndarray
+    inner: ReStructure  # β in the inner problem (nAGQ=0 stage)
+    outer: ReStructure  # β outside (Laplace / AGQ stage)
+    family: object
+    grid: jnp.ndarray
+    log_w: jnp.ndarray
+    n_agq: int = eqx.field(static=True)
+    has_dispersion: bool = eqx.field(static=True)
+
+    @property
+    def n_theta(self) -> int:
+        return self.outer.n_theta
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1]
+
+
+def make_setup(design, family, n_agq: int, dtype=np.float64) -> GLMMSetup:
+    X = np.asarray(design.X, dtype=dtype)
+    grid, log_w = gauss_hermite_grid(max(n_agq, 1), design.terms[0].size)
+    return GLMMSetup(
+        X=X,
+        X_pinv=np.linalg.pinv(X).astype(dtype),
+        offset=np.asarray(design.offset, dtype=dtype),
+        inner=build_structure(design.terms, X.shape[1]),
+        outer=build_structure(design.terms, 0),
+        family=family,
+        grid=grid.astype(dtype),
+        log_w=log_w.astype(dtype),
+        n_agq=int(n_agq),
+        has_dispersion=bool(family.has_dispersion and family.dispersion_method != "fixed"),
+    )
+
+
+def minimize_with_boundary(objective, params0, n_theta, sizes, inverse_hessian=None):
+    """BFGS, then near-zero diagonal entries of θ tried at exactly zero."""
+    solution = minimize(objective, params0, inverse_hessian=inverse_hessian)
+    params = solution.x
+    mask = jnp.zeros(params.shape[0], bool).at[:n_theta].set(jnp.asarray(diagonal_mask(sizes)))
+    trial = jnp.where(mask & (jnp.abs(params) < _BOUNDARY_TRY), 0.0, params)
+    f_trial = objective(trial)
+    tol = 1e-10 * (1 + jnp.abs(solution.value))
+    keep = jnp.isfinite(f_trial) & (f_trial <= solution.value + tol)
+    return solution, jnp.where(keep, trial, params)
+
+
+def _start_beta(y, weights, setup: GLMMSetup):
+    family = setup.family
+    mu = family.initialize(y, weights)
+    eta = family.link.link(mu)
+    eta = jnp.where(jnp.isfinite(eta), eta, 0.0) - setup.offset
+    return setup.X_pinv @ eta
+
+
+def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
+    """Fit one GLMM to response ``y`` (pure; jit- and vmap-able). Returns arrays."""
+    dtype = setup.X.dtype
+    n, p = setup.X.shape
+    n_theta = setup.n_theta
+    empty = jnp.zeros((n, 0), dtype)
+    n_disp = int(setup.has_dispersion)
+
+    def data(structure, X_outer, dense):
+        return GLMMData(structure, X_outer, dense, y, weights, setup.offset, setup.family)
+
+    # Stage 1: nAGQ=0.
+    data0 = data(setup.inner, empty, setup.X)
+    q_inner = inner_size(setup.inner)
+    v0 = jnp.zeros(q_inner, dtype).at[q_inner - p :].set(_start_beta(y, weights, setup))
+    params1 = jnp.concatenate(
+        [jnp.asarray(initial_theta(setup.outer.sizes), dtype), jnp.zeros(n_disp, dtype)]
+    )
+    objective1 = lambda q: laplace_objective(q, data0, v0, n_theta, 0)  # noqa: E731
+    sol1, params1 = minimize_with_boundary(objective1, params1, n_theta, setup.outer.sizes)
+    *_, v1, factor1 = mode_and_factor(params1, data0, v0, n_theta, 0)
+    L_x = factor1.rest[-p:, -p:]
+    L_x_inv = solve_triangular(L_x, jnp.eye(p, dtype=dtype), lower=True)
+    beta_cov1 = L_x_inv.T @ L_x_inv
+    beta1 = v1[q_inner - p :]
+    u1 = v1[: q_inner - p]
+
+    if setup.n_agq == 0:
+        hessian = jax.hessian(objective1)(params1)
+        return dict(
+            params=params1, beta=beta1, beta_cov=beta_cov1, value=objective1(params1),
+            hessian=hessian, v=v1, status=sol1.status, iterations=sol1.iterations,
+            n_evaluations=sol1.n_evaluations, grad=sol1.grad,
+            cond_cov=[jnp.full((m, s, s), jnp.nan, dtype) for m, s in
+                      zip(setup.outer.n_levels, setup.outer.sizes)],
+        )
+
+    # Stage 2: Laplace or AGQ in all parameters, preconditioned by stage 1.
+    data2 = data(setup.outer, setup.X, empty)
+    use_agq = setup.n_agq > 1
+
+    def objective2(q):
+        if use_agq:
+            return agq_objective(q, data2, u1, n_theta, p, setup.grid, setup.log_w)
+        return laplace_objective(q, data2, u1, n_theta, p)
+
+    params2 = jnp.concatenate([params1[:n_theta], beta1, params1[n_theta:]])
+    hinv1 = sol1.inverse_hessian
+    k = n_theta + p + n_disp
+    hinv0 = jnp.zeros((k, k), dtype)
+    hinv0 = hinv0.at[:n_theta, :n_theta].set(hinv1[:n_theta, :n_theta])
+    hinv0 = hinv0.at[n_theta : n_theta + p, n_theta : n_theta + p].set(0.5 * beta_cov1)
+    if n_disp:
+        hinv0 = hinv0.at[n_theta + p :, n_theta + p :].set(hinv1[n_theta:, n_theta:])
+        hinv0 = hinv0.at[:n_theta, n_theta + p :].set(hinv1[:n_theta, n_theta:])
+        hinv0 = hinv0.at[n_theta + p :, :n_theta].set(hinv1[n_theta:, :n_theta])
+    sol2, params = minimize_with_boundary(objective2, params2, n_theta, setup.outer.sizes, hinv0)
+
+    hessian = jax.hessian(objective2)(params)
+    theta, beta, dispersion, v, factor = mode_and_factor(params, data2, u1, n_theta, p)
+    if use_agq:
+        value = agq_at_mode(theta, beta, dispersion, v, factor, data2, setup.grid, setup.log_w)
+    else:
+        value = laplace_at_mode(theta, beta, dispersion, v, factor, data2)
+    sym = 0.5 * (hessian + hessian.T)
+    params_cov = 2.0 * jnp.linalg.pinv(sym)  # −2 log L has Hessian 2·(information)
+    blocks = inverse_diagonal_blocks(setup.outer, factor)
+    factors = theta_to_factors(theta, setup.outer.sizes)
+    cond_cov = [jnp.einsum("ab,lbc,dc->lad", lam, blk, lam) for lam, blk in zip(factors, blocks)]
+    return dict(
+        params=params, beta=beta, beta_cov=params_cov[n_theta : n_theta + p, n_theta : n_theta + p],
+        params_cov=params_cov, value=value, hessian=hessian, v=v, status=sol2.status,
+        iterations=sol2.iterations, n_evaluations=sol2.n_evaluations, grad=sol2.grad,
+        cond_cov=cond_cov, eta=linear_predictor(v, theta, beta, data2),
+    )
+
+
+glmm_pipeline_jit = eqx.filter_jit(glmm_pipeline)
