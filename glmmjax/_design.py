@@ -74,6 +74,8 @@ class Design:
     rows: pd.Index
     x_spec: object
     response_levels: tuple[str, ...] | None = None
+    source_data: pd.DataFrame | None = None  # the caller's frame (not copied), for refits
+    offset_argument: np.ndarray | None = None  # the ``offset=`` argument on kept rows
 
     @property
     def nobs(self) -> int:
@@ -285,6 +287,8 @@ def build_design(
         rows=frame.index,
         x_spec=x_spec,
         response_levels=response_levels,
+        source_data=data,
+        offset_argument=None if o is None else o.loc[frame.index].to_numpy(),
     )
 
 

@@ -45,6 +45,8 @@ class GLMMSetup(eqx.Module):
     log_w: jnp.ndarray
     n_agq: int = eqx.field(static=True)
     has_dispersion: bool = eqx.field(static=True)
+    gtol: float = eqx.field(static=True, default=1e-6)
+    loose_gtol: float = eqx.field(static=True, default=1e-3)
 
     @property
     def n_theta(self) -> int:
@@ -56,6 +58,7 @@ class GLMMSetup(eqx.Module):
 
 
 def make_setup(design, family, n_agq: int, dtype=np.float64) -> GLMMSetup:
+    """Arrays in ``dtype``; float32 gets optimizer tolerances its rounding can meet."""
     X = np.asarray(design.X, dtype=dtype)
     grid, log_w = gauss_hermite_grid(max(n_agq, 1), design.terms[0].size)
     return GLMMSetup(
@@ -69,12 +72,16 @@ def make_setup(design, family, n_agq: int, dtype=np.float64) -> GLMMSetup:
         log_w=log_w.astype(dtype),
         n_agq=int(n_agq),
         has_dispersion=bool(family.has_dispersion and family.dispersion_method != "fixed"),
+        gtol=1e-6 if dtype == np.float64 else 1e-2,
+        loose_gtol=1e-3 if dtype == np.float64 else 1.0,
     )
 
 
-def minimize_with_boundary(objective, params0, n_theta, sizes, inverse_hessian=None):
+def minimize_with_boundary(objective, params0, n_theta, sizes, inverse_hessian=None, *,
+                           gtol=1e-6, loose_gtol=1e-3):
     """BFGS, then near-zero diagonal entries of θ tried at exactly zero."""
-    solution = minimize(objective, params0, inverse_hessian=inverse_hessian)
+    solution = minimize(objective, params0, inverse_hessian=inverse_hessian, gtol=gtol,
+                        loose_gtol=loose_gtol)
     params = solution.x
     mask = jnp.zeros(params.shape[0], bool).at[:n_theta].set(jnp.asarray(diagonal_mask(sizes)))
     trial = jnp.where(mask & (jnp.abs(params) < _BOUNDARY_TRY), 0.0, params)
@@ -111,7 +118,8 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
         [jnp.asarray(initial_theta(setup.outer.sizes), dtype), jnp.zeros(n_disp, dtype)]
     )
     objective1 = lambda q: laplace_objective(q, data0, v0, n_theta, 0)  # noqa: E731
-    sol1, params1 = minimize_with_boundary(objective1, params1, n_theta, setup.outer.sizes)
+    tols = dict(gtol=setup.gtol, loose_gtol=setup.loose_gtol)
+    sol1, params1 = minimize_with_boundary(objective1, params1, n_theta, setup.outer.sizes, **tols)
     *_, v1, factor1 = mode_and_factor(params1, data0, v0, n_theta, 0)
     L_x = factor1.rest[-p:, -p:]
     L_x_inv = solve_triangular(L_x, jnp.eye(p, dtype=dtype), lower=True)
@@ -148,7 +156,9 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
         hinv0 = hinv0.at[n_theta + p :, n_theta + p :].set(hinv1[n_theta:, n_theta:])
         hinv0 = hinv0.at[:n_theta, n_theta + p :].set(hinv1[:n_theta, n_theta:])
         hinv0 = hinv0.at[n_theta + p :, :n_theta].set(hinv1[n_theta:, :n_theta])
-    sol2, params = minimize_with_boundary(objective2, params2, n_theta, setup.outer.sizes, hinv0)
+    sol2, params = minimize_with_boundary(
+        objective2, params2, n_theta, setup.outer.sizes, hinv0, **tols
+    )
 
     hessian = jax.hessian(objective2)(params)
     theta, beta, dispersion, v, factor = mode_and_factor(params, data2, u1, n_theta, p)

@@ -27,7 +27,7 @@ from ._cholesky import (
 )
 from ._covariance import diagonal_mask, initial_theta, theta_to_factors
 from ._design import DataError, Design
-from ._optimize import Solution, minimize
+from ._optimize import minimize
 from ._structure import ReStructure, build_structure
 
 # lme4's isSingular() tolerance on the diagonal of Λ.
@@ -115,12 +115,12 @@ def lmm_criterion(theta, model: LinearMixedModel):
     return value - model.sum_log_weights
 
 
-def fit_theta(model: LinearMixedModel, theta0) -> tuple[Solution, jnp.ndarray]:
+def fit_theta(model: LinearMixedModel, theta0, gtol=1e-6, loose_gtol=1e-3):
     """Minimize the criterion over θ; then try near-zero diagonals at exactly zero.
 
     Returns the optimizer's solution and the final θ (the boundary-adjusted one).
     """
-    solution = minimize(lmm_criterion, theta0, (model,))
+    solution = minimize(lmm_criterion, theta0, (model,), gtol=gtol, loose_gtol=loose_gtol)
     theta = solution.x
     mask = jnp.asarray(diagonal_mask(model.structure.sizes))
     trial = jnp.where(mask & (jnp.abs(theta) < _BOUNDARY_TRY), 0.0, theta)

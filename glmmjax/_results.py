@@ -19,6 +19,23 @@ from ._covariance import theta_names, varcorr_frame
 from ._design import Design, new_data_design
 
 
+class SingularFitWarning(UserWarning):
+    """A fit with a variance component on the boundary (lme4's "boundary (singular)
+    fit"); ``result.singular_message()`` says which and what to do."""
+
+
+def warn_if_singular(result, stacklevel: int = 3) -> None:
+    """Warn, as lme4 does, when a fit is singular."""
+    if result.is_singular:
+        import warnings
+
+        warnings.warn(
+            f"boundary (singular) fit: {result.singular_message()}",
+            SingularFitWarning,
+            stacklevel=stacklevel,
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Convergence:
     """How the optimizer ended: ``converged`` is False whenever it did not reach a
@@ -215,14 +232,12 @@ class MixedModelResult:
         return pd.Series(values, index=self.design.rows, name="fitted")
 
     def residuals(self, type: str = "response") -> pd.Series:
-        """Response residuals y − fitted (``"pearson"`` divides by the family's SD)."""
-        y = self.observed_response()
-        resid = y - self.fitted().to_numpy()
-        if type == "pearson":
-            resid = resid / self._pearson_sd()
-        elif type != "response":
-            raise ValueError(f"type must be 'response' or 'pearson', got {type!r}")
-        return pd.Series(resid, index=self.design.rows, name="residuals")
+        """Conditional residuals: ``"response"`` (y − fitted), ``"pearson"`` (divided
+        by the family's SD), ``"deviance"`` or ``"working"`` (see
+        :func:`glmmjax._diagnostics.residuals`)."""
+        from ._diagnostics import residuals
+
+        return pd.Series(residuals(self, type), index=self.design.rows, name="residuals")
 
     def observed_response(self) -> np.ndarray:
         return np.asarray(self.design.response, dtype=float)
@@ -265,6 +280,137 @@ class MixedModelResult:
         values = eta if type == "link" else self._to_response(eta)
         return pd.Series(values, index=index, name="prediction")
 
+    def bootstrap(self, n: int = 1000, seed: int = 0, *, chunk_size=None, progress=None,
+                  precision: str = "float64"):
+        """Parametric bootstrap: ``n`` responses simulated from the fit (new random
+        effects each time, as lme4's ``bootMer``), all refitted at once by
+        :func:`glmmjax.fit_many`. Returns a :class:`~glmmjax.BootstrapResult` with
+        ``replicates``, ``summary()`` and percentile ``confint()``."""
+        from ._bootstrap import bootstrap
+
+        return bootstrap(self, n, seed, chunk_size=chunk_size, progress=progress,
+                         precision=precision)
+
+    # -- inference, simulation, diagnostics ------------------------------------------------
+    def confint(self, method: str = "profile", level: float = 0.95, parm=None, *,
+                n_boot: int = 500, seed: int | None = None) -> pd.DataFrame:
+        """Confidence intervals for the variance parameters and fixed effects.
+
+        Rows are named as lme4's ``confint(oldNames = FALSE)`` with glmmjax's
+        coefficient names: ``sd_Intercept|Subject``, ``cor_Days.Intercept|Subject``,
+        ``sigma`` (LMMs), then the fixed effects.
+
+        Args:
+            method: ``"profile"`` (profile likelihood, as lme4: LMMs on the ML
+                deviance, GLMMs on the Laplace/AGQ deviance), ``"wald"`` (β̂ ± z·SE;
+                NaN for variance parameters) or ``"boot"`` (parametric bootstrap
+                percentiles from ``n_boot`` refits).
+            level: confidence level.
+            parm: parameter names to compute (default all), or ``"beta_"`` /
+                ``"theta_"`` for the fixed effects / variance parameters.
+            n_boot, seed: bootstrap replicates and seed (``method="boot"``).
+
+        Returns:
+            A DataFrame with columns like ``"2.5 %"`` and ``"97.5 %"``; ``attrs["note"]``
+            records one-sided bounds (standard deviations at zero get lower bound 0) and
+            parameters that could not be profiled.
+
+        Example:
+            >>> import glmmjax
+            >>> fit = glmmjax.lmer("Reaction ~ Days + (Days | Subject)",
+            ...                    glmmjax.datasets.load("sleepstudy"))
+            >>> ci = fit.confint(parm=["sigma"])
+            >>> [round(v, 2) for v in ci.loc["sigma"]]
+            [22.9, 28.86]
+        """
+        from . import _profile
+
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level!r}")
+        key = str(method).lower()
+        if key == "profile":
+            return _profile.profile_confint(self, level, parm)
+        if key == "wald":
+            return _profile.wald_confint(self, level, parm)
+        if key in ("boot", "bootstrap"):
+            from ._simulate import bootstrap_confint
+
+            return bootstrap_confint(self, level, n_boot=n_boot, seed=seed, parm=parm)
+        raise ValueError(f"method must be 'profile', 'wald' or 'boot', got {method!r}")
+
+    def simulate(self, n: int = 1, newdata: pd.DataFrame | None = None, *,
+                 include_re: bool = True, seed: int | None = None, weights=None,
+                 allow_new_levels: bool = False) -> pd.DataFrame:
+        """Responses simulated from the fit, one column (``sim_1``, ...) per simulation.
+
+        ``include_re=True`` conditions on the conditional modes (lme4's
+        ``use.u = TRUE``); ``include_re=False`` draws new random effects from
+        N(0, σ²ΛΛ') each time (lme4's default, ``use.u = FALSE`` / ``re.form = NA``).
+        Values are on the model's y scale (binomial: proportions of the trials).
+        See :func:`glmmjax._simulate.simulate`.
+
+        Example:
+            >>> import glmmjax
+            >>> fit = glmmjax.lmer("Reaction ~ Days + (Days | Subject)",
+            ...                    glmmjax.datasets.load("sleepstudy"))
+            >>> fit.simulate(3, seed=1).shape
+            (180, 3)
+        """
+        from ._simulate import simulate
+
+        return simulate(self, n, newdata, include_re=include_re, seed=seed, weights=weights,
+                        allow_new_levels=allow_new_levels)
+
+    def refit(self, response=None, *, reml: bool | None = None) -> MixedModelResult:
+        """The same model fitted again: to a new response (on the y scale, as
+        :meth:`simulate` gives it) and/or, for LMMs, by ML (``reml=False``) or REML."""
+        from ._simulate import refit
+
+        return refit(self, response, reml=reml)
+
+    def scaled_residuals(self, n_sim: int = 250, seed: int | None = None, *,
+                         include_re: bool = False, integer: bool | None = None):
+        """Simulation-based scaled residuals (DHARMa's ``simulateResiduals``): uniform
+        on (0, 1) under a correct model, for every family. The returned object has
+        ``test_uniformity()``, ``test_dispersion()``, ``test_zero_inflation()`` and
+        ``plot_qq()``.
+
+        Example:
+            >>> import glmmjax
+            >>> fit = glmmjax.lmer("Reaction ~ Days + (Days | Subject)",
+            ...                    glmmjax.datasets.load("sleepstudy"))
+            >>> res = fit.scaled_residuals(n_sim=100, seed=1)
+            >>> res.residuals.shape
+            (180,)
+        """
+        from ._diagnostics import scaled_residuals
+
+        return scaled_residuals(self, n_sim, seed, include_re=include_re, integer=integer)
+
+    def plot_residuals(self, ax=None, type: str = "pearson"):
+        """Residuals against fitted values (needs matplotlib: ``glmmjax[plot]``)."""
+        from ._plots import plot_residuals
+
+        return plot_residuals(self, ax=ax, type=type)
+
+    def plot_qq(self, ax=None, type: str = "pearson"):
+        """Normal QQ plot of the residuals (needs matplotlib)."""
+        from ._plots import plot_qq
+
+        return plot_qq(self, ax=ax, type=type)
+
+    def plot_ranef_qq(self, term: str | None = None, axes=None):
+        """Normal QQ plots of the conditional modes (needs matplotlib)."""
+        from ._plots import plot_ranef_qq
+
+        return plot_ranef_qq(self, term=term, axes=axes)
+
+    def plot_caterpillar(self, term: str | None = None, level: float = 0.95, axes=None):
+        """Caterpillar plot: sorted conditional modes with intervals (needs matplotlib)."""
+        from ._plots import plot_caterpillar
+
+        return plot_caterpillar(self, term=term, level=level, axes=axes)
+
     # -- tables ---------------------------------------------------------------------------
     def _statistic_name(self) -> str:
         return "t value" if self.scale is not None else "z value"
@@ -284,6 +430,9 @@ class MixedModelResult:
 
     def summary(self) -> str:
         """A text summary in the layout of lme4's ``summary(merMod)``."""
+        return self._summary(self.coef_table())
+
+    def _summary(self, coef_table: pd.DataFrame, fixed_heading: str = "Fixed effects:") -> str:
         lines = [self._header(), f"Formula: {self.formula}"]
         if self.n_dropped:
             lines.append(f"  ({self.n_dropped} rows with missing values dropped)")
@@ -302,8 +451,8 @@ class MixedModelResult:
         groups = ", ".join(f"{k}, {v}" for k, v in self.ngroups.items())
         lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
         lines.append("")
-        lines.append("Fixed effects:")
-        lines.append(_format_table(self.coef_table()))
+        lines.append(fixed_heading)
+        lines.append(_format_table(coef_table))
         lines.append("")
         lines.append(f"Convergence: {self.convergence}")
         if self.singular:
@@ -311,15 +460,37 @@ class MixedModelResult:
         return "\n".join(lines)
 
     def singular_message(self) -> str:
-        vc = self.varcorr
-        zero = vc[(vc["var2"].isna()) & (vc["group"] != "Residual") & (vc["sdcor"] < 1e-4 * max(self.sigma, 1e-300))]
-        names = ", ".join(f"{g} ({v})" for g, v in zip(zero["group"], zero["var1"]))
-        if not names:
-            names = "a correlation is at ±1"
+        """Which variance components sit on the boundary, what that means, what to do."""
+        problems = []
+        start = 0
+        for label, term in zip(self._group_labels(), self.design.terms):
+            S = term.size
+            count = S * (S + 1) // 2
+            cols, rows = np.triu_indices(S)
+            lam = np.zeros((S, S))
+            lam[rows, cols] = self.theta_values[start : start + count]
+            start += count
+            zero_diag = np.abs(np.diag(lam)) < 1e-4
+            for a in np.flatnonzero(zero_diag):
+                coef = term.coef_names[a]
+                if np.all(np.abs(lam[a]) < 1e-4):
+                    problems.append(f"the variance of {coef} between levels of {label} is zero")
+                else:
+                    others = ", ".join(term.coef_names[b] for b in range(a) if abs(lam[a, b]) >= 1e-4)
+                    problems.append(
+                        f"the random effects ({coef} | {label}) are a linear function of "
+                        f"({others} | {label}) (a correlation of ±1, a singular covariance)"
+                    )
+        if not problems:
+            return "no variance component is on the boundary"
         return (
-            f"variance at zero for {names}: the data carry no evidence of variation there. "
-            "Consider dropping that term, simplifying its covariance (e.g. (x || g)), "
-            "or a Bayesian fit with a prior that keeps it away from zero."
+            "; ".join(problems)
+            + ". The data carry no evidence of that variation beyond what the rest of the "
+            "model explains; the estimate sits on the boundary of the parameter space, "
+            "so Wald and likelihood-ratio inference about it is unreliable. Consider "
+            "dropping the term, simplifying its covariance (e.g. (1 + x || g), without "
+            "correlations), or a Bayesian fit (glmmjax.bayes) with a prior that keeps "
+            "the variance away from zero."
         )
 
     def _random_effects_table(self) -> str:

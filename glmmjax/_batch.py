@@ -1,0 +1,416 @@
+"""Many models at once: one model structure fitted to many responses by ``vmap``.
+
+The per-model fit is the same pure function a single fit uses (the LMM θ optimization,
+or the GLMM pipeline of :mod:`glmmjax._glmm_fit`), vmapped over the response. Responses
+are processed in chunks of a fixed size, so the program compiles once per structure;
+each chunk is split over the local devices with ``jax.shard_map``. Per-model outcomes
+(converged, iterations, a failure reason) travel with the estimates: a model that fails
+is flagged, never dropped, and never spoils its chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.scipy.linalg import solve_triangular
+from jax.sharding import Mesh, PartitionSpec
+from scipy import stats
+
+from ._covariance import canonical_theta, initial_theta
+from ._design import DataError, build_design
+from ._families import Family, Gaussian, get_family
+from ._formula import parse_formula
+from ._glmm_fit import glmm_pipeline, make_setup
+from ._lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
+from ._optimize import Status
+from ._precision import check_precision, float_dtype, precision_scope
+from ._structure import build_structure
+
+_RESPONSE = "__glmmjax_response__"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BatchResult:
+    """Results of :func:`fit_many`, one entry per response (model).
+
+    Attributes:
+        coefficients: tidy DataFrame, one row per model × coefficient: ``model``,
+            ``term``, ``estimate``, ``std_error``, ``statistic`` (Wald), ``p_value``
+            (two-sided, normal reference).
+        models: one row per model: ``loglik``, ``criterion`` (−2 log L, REML criterion
+            for REML fits), ``sigma`` or ``dispersion``, the random-effect SDs (and
+            correlations), ``converged``, ``iterations``, ``status`` (a reason when a
+            model failed).
+        theta: (K, n_theta) array; ``fixef``/``fixef_se``: (K, p) DataFrames.
+    """
+
+    coefficients: pd.DataFrame
+    models: pd.DataFrame
+    fixef: pd.DataFrame
+    fixef_se: pd.DataFrame
+    theta: np.ndarray
+    method: str
+    chunk_size: int
+    n_devices: int
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @property
+    def converged(self) -> np.ndarray:
+        return self.models["converged"].to_numpy()
+
+    def p_values(self, term: str) -> pd.Series:
+        """The Wald p-value of ``term`` in every model (indexed by model)."""
+        rows = self.coefficients[self.coefficients["term"] == term]
+        if rows.empty:
+            raise KeyError(f"no coefficient {term!r}; terms are {list(self.fixef.columns)}")
+        return rows.set_index("model")["p_value"]
+
+
+def p_adjust_bh(p_values) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (R's ``p.adjust(p, "BH")``); NaNs stay NaN."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    values = p[ok]
+    m = values.size
+    if m == 0:
+        return out
+    order = np.argsort(values)[::-1]
+    ranks = np.arange(m, 0, -1)
+    adjusted = np.minimum.accumulate(values[order] * m / ranks)
+    result = np.empty(m)
+    result[order] = np.minimum(adjusted, 1.0)
+    out[ok] = result
+    return out
+
+
+# -- per-model fits (pure) -----------------------------------------------------------------
+class _LMMSetup(eqx.Module):
+    X: jnp.ndarray
+    weights: jnp.ndarray
+    structure: object
+    reml: bool = eqx.field(static=True)
+    gtol: float = eqx.field(static=True)
+    loose_gtol: float = eqx.field(static=True)
+
+
+def _lmm_one(y, setup: _LMMSetup) -> dict:
+    s = setup.structure
+    model = lmm_model_from_arrays(s, setup.weights, setup.X, y, setup.reml)
+    theta0 = jnp.asarray(initial_theta(s.sizes), y.dtype)
+    solution, theta = fit_theta(model, theta0, setup.gtol, setup.loose_gtol)
+    pls = solve_pls(theta, model)
+    n, p = model.nobs, model.n_fixef
+    sigma2 = pls.r2 / ((n - p) if setup.reml else n)
+    R = s.rest_size
+    L_x = pls.rest_factor[R - 1 - p : R - 1, R - 1 - p : R - 1]
+    L_inv = solve_triangular(L_x, jnp.eye(p, dtype=y.dtype), lower=True)
+    return dict(
+        theta=theta, beta=pls.beta, beta_cov=sigma2 * L_inv.T @ L_inv, value=pls.criterion,
+        sigma=jnp.sqrt(sigma2), status=solution.status, iterations=solution.iterations,
+        grad_max=jnp.max(jnp.abs(solution.grad)),
+    )
+
+
+def _glmm_one(y, weights, setup) -> dict:
+    out = glmm_pipeline(y, weights, setup)
+    return dict(
+        params=out["params"], beta=out["beta"], beta_cov=out["beta_cov"], value=out["value"],
+        status=out["status"], iterations=out["iterations"],
+        grad_max=jnp.max(jnp.abs(out["grad"])),
+        hessian_pd=jnp.all(jnp.linalg.eigvalsh(0.5 * (out["hessian"] + out["hessian"].T)) > 0),
+    )
+
+
+def _sharded(fn, n_devices: int):
+    """vmap ``fn`` over the leading axis of its first argument; split over devices."""
+    batched = jax.vmap(fn, in_axes=(0,) + (None,) * (fn.__code__.co_argcount - 1))
+    if n_devices <= 1:
+        return eqx.filter_jit(batched)
+    mesh = Mesh(np.array(jax.local_devices()[:n_devices]), ("batch",))
+
+    def run(responses, *rest):
+        local = jax.shard_map(
+            lambda r: batched(r, *rest), mesh=mesh, in_specs=PartitionSpec("batch"),
+            out_specs=PartitionSpec("batch"), check_vma=False,
+        )
+        return local(responses)
+
+    return eqx.filter_jit(run)
+
+
+# -- input handling ------------------------------------------------------------------------
+def _response_matrix(responses, data: pd.DataFrame) -> tuple[np.ndarray, list]:
+    if isinstance(responses, pd.DataFrame):
+        return responses.to_numpy(dtype=float), list(responses.columns)
+    if isinstance(responses, (list, tuple)) and responses and all(isinstance(r, str) for r in responses):
+        missing = [r for r in responses if r not in data.columns]
+        if missing:
+            raise DataError(f"response column(s) {missing} are not in data")
+        return data[list(responses)].to_numpy(dtype=float), list(responses)
+    matrix = np.asarray(responses, dtype=float)
+    if matrix.ndim == 1:
+        matrix = matrix[:, None]
+    if matrix.ndim != 2 or matrix.shape[0] != len(data):
+        raise DataError(
+            f"responses must have one row per row of data ({len(data)}) and one column per "
+            f"model, got shape {matrix.shape}"
+        )
+    return matrix, list(range(matrix.shape[1]))
+
+
+def _design_for(formula: str, data: pd.DataFrame, weights, offset):
+    if not isinstance(formula, str):
+        raise DataError(f"formula must be a string like '~ x + (1|g)', got {formula!r}")
+    rhs = formula.split("~", 1)[1] if "~" in formula else formula
+    parse_formula(f"{_RESPONSE} ~ {rhs}")  # syntax errors before anything else
+    frame = data.assign(**{_RESPONSE: 0.0})
+    return build_design(f"{_RESPONSE} ~ {rhs}", frame, weights=weights, offset=offset,
+                        require_random=True)
+
+
+def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[str]:
+    """A failure reason per model ('' when the response is usable)."""
+    reasons = []
+    for k in range(Y.shape[1]):
+        y = Y[:, k]
+        bad = ~np.isfinite(y)
+        if bad.any():
+            reasons.append(f"non-finite response in rows {list(rows[np.flatnonzero(bad)[:5]])}")
+            continue
+        if family is not None:
+            try:
+                family.prepare_response(y, weights, None, rows)
+            except DataError as err:
+                reasons.append(str(err))
+                continue
+        if np.ptp(y) == 0:
+            reasons.append("constant response")
+            continue
+        reasons.append("")
+    return reasons
+
+
+def _auto_chunk(n_models: int, n_obs: int, rest: int, n_devices: int) -> int:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 8 * 2**30
+    per_model = 8 * (60 * n_obs + 12 * rest * rest) + 1
+    chunk = int(max(1, min(n_models, 0.2 * memory // per_model, 4096)))
+    return int(np.ceil(chunk / n_devices) * n_devices)
+
+
+def fit_many(
+    formula: str,
+    data: pd.DataFrame,
+    responses,
+    family: str | Family | None = None,
+    *,
+    reml: bool = True,
+    n_agq: int = 1,
+    weights=None,
+    offset=None,
+    chunk_size: int | None = None,
+    precision: str = "float64",
+    progress: bool | None = None,
+    n_devices: int | None = None,
+) -> BatchResult:
+    """Fit one mixed-model structure to many responses that share the design.
+
+    Args:
+        formula: the model's right-hand side in lme4 syntax, with or without a response
+            (``"~ condition + (1 | subject)"``); a left-hand side is ignored.
+        data: the covariates, one row per observation.
+        responses: (n_rows, K) array, DataFrame, or list of column names of ``data``:
+            one response per model (binomial: 0/1 or proportions with ``weights`` as
+            trials; counts for Poisson and negative binomial).
+        family: None for linear mixed models (REML unless ``reml=False``), else a GLMM
+            family fitted by Laplace (or AGQ with ``n_agq > 1``).
+        chunk_size: models per compiled call (default: chosen from the problem size
+            and the machine's memory; a multiple of the device count).
+        precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
+            accuracy against float64 is measured in ``benchmarks/README.md``).
+        progress: show a tqdm progress bar (default: when there is more than one chunk).
+        n_devices: local devices to split each chunk over (default: all).
+
+    Returns:
+        A :class:`BatchResult`. Models whose response is unusable (non-finite values,
+        values outside the family's support, constant) are flagged with the reason and
+        have NaN estimates; the others are fitted exactly as alone.
+    """
+    check_precision(precision)
+    if family is not None:
+        family = get_family(family)
+        if isinstance(family, Gaussian) and family.link.name == "identity":
+            family = None
+    design = _design_for(formula, data, weights, offset)
+    if family is None:
+        check_lmm_design(design)
+    Y_all, names = _response_matrix(responses, data)
+    positions = data.index.get_indexer(design.rows)
+    Y = Y_all[positions]
+    reasons = _check_models(Y, family, design.rows, design.weights)
+    usable = [k for k, r in enumerate(reasons) if not r]
+    dtype = float_dtype(precision)
+    devices = len(jax.local_devices()) if n_devices is None else int(n_devices)
+    devices = max(1, min(devices, len(jax.local_devices())))
+    K = Y.shape[1]
+    n, p = design.X.shape
+    with precision_scope(precision):
+        if family is None:
+            structure = build_structure(design.terms, p + 1)
+            setup = _LMMSetup(
+                X=np.asarray(design.X, dtype), weights=np.asarray(design.weights, dtype),
+                structure=structure, reml=reml,
+                gtol=1e-6 if precision == "float64" else 1e-2,
+                loose_gtol=1e-3 if precision == "float64" else 1.0,
+            )
+            fn = _sharded(_lmm_one, devices)
+            extra = (setup,)
+            Y_fit = Y - design.offset[:, None]
+            rest = structure.rest_size
+            method = "REML" if reml else "ML"
+        else:
+            setup = make_setup(design, family, n_agq, dtype)
+            fn = _sharded(_glmm_one, devices)
+            extra = (jnp.asarray(design.weights, dtype), setup)
+            Y_fit = Y
+            rest = setup.inner.rest_size
+            method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
+        if chunk_size is None:
+            chunk_size = _auto_chunk(max(len(usable), 1), n, rest, devices)
+        chunk_size = int(np.ceil(int(chunk_size) / devices) * devices)
+        outputs = _run_chunks(fn, Y_fit, usable, chunk_size, extra, dtype, progress)
+    return _assemble(design, family, names, reasons, usable, outputs, method, chunk_size,
+                     devices, setup if family is not None else None)
+
+
+def _run_chunks(fn, Y, usable, chunk_size, extra, dtype, progress):
+    if not usable:
+        return None
+    order = np.asarray(usable)
+    n_chunks = int(np.ceil(len(order) / chunk_size))
+    iterator = range(n_chunks)
+    if progress or (progress is None and n_chunks > 1):
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="fitting models", unit="chunk")
+    pieces = []
+    for c in iterator:
+        idx = order[c * chunk_size : (c + 1) * chunk_size]
+        # Pad the last chunk with copies of its first model so the shape (and the
+        # compiled program) stays the same; the copies are discarded.
+        padded = np.concatenate([idx, np.full(chunk_size - len(idx), idx[0])])
+        block = jnp.asarray(np.ascontiguousarray(Y[:, padded].T), dtype)
+        out = jax.tree_util.tree_map(np.asarray, fn(block, *extra))
+        pieces.append(jax.tree_util.tree_map(lambda a, k=len(idx): a[:k], out))
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *pieces)
+
+
+def _assemble(design, family, names, reasons, usable, out, method, chunk_size, devices, setup):
+    K = len(names)
+    p = design.X.shape[1]
+    fixef_names = list(design.fixef_names)
+    terms = design.terms
+    sizes = tuple(t.size for t in terms)
+    n_theta = sum(s * (s + 1) // 2 for s in sizes)
+    beta = np.full((K, p), np.nan)
+    se = np.full((K, p), np.nan)
+    theta = np.full((K, n_theta), np.nan)
+    value = np.full(K, np.nan)
+    scale = np.full(K, np.nan)
+    iterations = np.zeros(K, dtype=int)
+    status = np.array(reasons, dtype=object)
+    converged = np.zeros(K, dtype=bool)
+    if out is not None:
+        idx = np.asarray(usable)
+        beta[idx] = out["beta"]
+        se[idx] = np.sqrt(np.maximum(np.diagonal(out["beta_cov"], axis1=1, axis2=2), 0))
+        value[idx] = out["value"]
+        iterations[idx] = out["iterations"]
+        codes = out["status"]
+        if family is None:
+            theta_raw = out["theta"]
+            scale[idx] = out["sigma"]
+            ok = codes == Status.CONVERGED
+        else:
+            theta_raw = out["params"][:, :n_theta]
+            if setup.has_dispersion:
+                scale[idx] = np.exp(out["params"][:, -1])
+            ok = (codes == Status.CONVERGED) & out["hessian_pd"]
+        theta[idx] = np.array([canonical_theta(t, sizes) for t in theta_raw])
+        converged[idx] = ok & np.isfinite(value[idx])
+        for j, k in enumerate(idx):
+            if not converged[k]:
+                code = Status(int(codes[j]))
+                status[k] = (
+                    "Hessian not positive definite" if code == Status.CONVERGED
+                    else code.describe()
+                )
+            else:
+                status[k] = "converged"
+    stat = beta / se
+    pval = 2 * stats.norm.sf(np.abs(stat))
+    coefficients = pd.DataFrame({
+        "model": np.repeat(names, p),
+        "term": np.tile(fixef_names, K),
+        "estimate": beta.ravel(),
+        "std_error": se.ravel(),
+        "statistic": stat.ravel(),
+        "p_value": pval.ravel(),
+    })
+    models = pd.DataFrame({"model": names})
+    models["criterion"] = value
+    models["loglik"] = -0.5 * value
+    if family is None:
+        models["sigma"] = scale
+    elif setup.has_dispersion:
+        models["dispersion"] = scale
+    sigma_for_sd = scale if family is None else np.ones(K)
+    for label, values in _sd_columns(theta, terms, sigma_for_sd).items():
+        models[label] = values
+    models["converged"] = converged
+    models["iterations"] = iterations
+    models["status"] = status
+    return BatchResult(
+        coefficients=coefficients,
+        models=models,
+        fixef=pd.DataFrame(beta, index=names, columns=fixef_names),
+        fixef_se=pd.DataFrame(se, index=names, columns=fixef_names),
+        theta=theta,
+        method=method,
+        chunk_size=chunk_size,
+        n_devices=devices,
+    )
+
+
+def _sd_columns(theta: np.ndarray, terms, sigma: np.ndarray) -> dict:
+    """Random-effect SDs and correlations per model, named ``sd_<coef>|<group>``."""
+    columns = {}
+    start = 0
+    for term in terms:
+        size = term.size
+        count = size * (size + 1) // 2
+        cols, rows = np.triu_indices(size)
+        factor = np.zeros((theta.shape[0], size, size))
+        factor[:, rows, cols] = theta[:, start : start + count]
+        start += count
+        cov = np.einsum("kab,kcb->kac", factor, factor) * (sigma**2)[:, None, None]
+        sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+        for i, name in enumerate(term.coef_names):
+            columns[f"sd_{name}|{term.group}"] = sd[:, i]
+        for j in range(size):
+            for i in range(j + 1, size):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    corr = cov[:, i, j] / (sd[:, i] * sd[:, j])
+                columns[f"cor_{term.coef_names[i]}.{term.coef_names[j]}|{term.group}"] = corr
+    return columns

@@ -1,0 +1,141 @@
+"""Batched fitting: each model in a batch equals the same model fitted alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import cached, load_reference, rel_close
+
+import glmmjax
+
+
+@pytest.fixture(scope="module")
+def sleepstudy():
+    return glmmjax.datasets.load("sleepstudy")
+
+
+def noisy_reactions(data, k, seed=0):
+    rng = np.random.default_rng(seed)
+    Y = data["Reaction"].to_numpy()[:, None] + rng.normal(0, 25, (len(data), k))
+    Y[:, 0] = data["Reaction"]
+    return Y
+
+
+def test_lmm_batch_equals_single_fits(sleepstudy):
+    Y = noisy_reactions(sleepstudy, 4)
+    Y[5, 2] = np.nan
+    batch = glmmjax.fit_many("~ Days + (Days | Subject)", sleepstudy, Y, chunk_size=4)
+    assert batch.models["status"][2].startswith("non-finite response in rows [5]")
+    assert not batch.converged[2] and np.isnan(batch.fixef.iloc[2]).all()
+    for k in (0, 1, 3):
+        alone = glmmjax.lmer("y ~ Days + (Days | Subject)", sleepstudy.assign(y=Y[:, k]))
+        rel_close(batch.fixef.iloc[k], alone.fixef, 1e-8)
+        rel_close(batch.fixef_se.iloc[k], alone.fixef_se, 1e-8)
+        rel_close(batch.models["criterion"][k], alone.criterion, 1e-10)
+        rel_close(batch.models["sigma"][k], alone.sigma, 1e-8)
+        rel_close(batch.theta[k], alone.theta_values, 1e-6, atol=1e-8)
+        assert batch.models["converged"][k]
+    tidy = batch.coefficients
+    assert list(tidy.columns) == ["model", "term", "estimate", "std_error", "statistic", "p_value"]
+    assert len(tidy) == 4 * 2
+
+
+def test_glmm_batch_equals_glmer_and_flags_bad_models():
+    cbpp = glmmjax.datasets.load("cbpp")
+    size = cbpp["size"].to_numpy()
+    prop = cbpp["incidence"].to_numpy() / size
+    shifted = np.round(np.clip(prop + 0.1, 0, 1) * size) / size
+    outside = prop.copy()
+    outside[3] = 1.5
+    Y = np.column_stack([prop, shifted, outside])
+    batch = glmmjax.fit_many("~ period + (1 | herd)", cbpp, Y, family="binomial",
+                             weights=size, chunk_size=2)
+    assert "row" in batch.models["status"][2] and not batch.converged[2]
+    alone = cached(("glmm", "cbpp_laplace_default"), lambda: glmmjax.glmer(
+        "cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial"))
+    rel_close(batch.fixef.iloc[0], alone.fixef, 1e-8)
+    rel_close(batch.fixef_se.iloc[0], alone.fixef_se, 1e-6)
+    rel_close(batch.models["criterion"][0], alone.criterion, 1e-10)
+    assert batch.converged[:2].all()
+
+
+def test_benjamini_hochberg_matches_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.random.default_rng(1).uniform(size=50) ** 2
+    p[7] = np.nan
+    adjusted = glmmjax.p_adjust_bh(p)
+    ok = np.isfinite(p)
+    expected = multitest.multipletests(p[ok], method="fdr_bh")[1]
+    np.testing.assert_allclose(adjusted[ok], expected, rtol=1e-12)
+    assert np.isnan(adjusted[7])
+
+
+def test_bad_response_shapes(sleepstudy):
+    with pytest.raises(glmmjax.DataError, match="one row per row of data"):
+        glmmjax.fit_many("~ Days + (1 | Subject)", sleepstudy, np.zeros((10, 3)))
+    with pytest.raises(glmmjax.DataError, match="not in data"):
+        glmmjax.fit_many("~ Days + (1 | Subject)", sleepstudy, ["nope"])
+
+
+def test_float32_mode_is_close_to_float64(sleepstudy):
+    Y = noisy_reactions(sleepstudy, 4, seed=3)
+    f64 = glmmjax.fit_many("~ Days + (Days | Subject)", sleepstudy, Y, chunk_size=4)
+    f32 = glmmjax.fit_many("~ Days + (Days | Subject)", sleepstudy, Y, chunk_size=4,
+                           precision="float32")
+    rel_close(f32.fixef.to_numpy(), f64.fixef.to_numpy(), 1e-4)
+    rel_close(f32.models["sigma"], f64.models["sigma"], 1e-3)
+
+
+def test_bootstrap_agrees_with_bootmer(sleepstudy):
+    ref = load_reference("bootstrap")
+    fit = cached(("lmm", "sleepstudy_reml"), lambda: glmmjax.lmer(
+        "Reaction ~ Days + (Days|Subject)", sleepstudy))
+    n = 400
+    boot = fit.bootstrap(n, seed=7)
+    assert boot.n_failed == 0
+    summary = boot.summary()
+    n_ref = ref["n_replicates"]
+    for ours, theirs in zip(summary.index, ref["mean"]):
+        sd = ref["sd"][theirs]
+        # Both are Monte Carlo estimates: allow 4 standard errors of their difference.
+        assert abs(summary.loc[ours, "mean"] - ref["mean"][theirs]) < 4 * sd * np.sqrt(1 / n + 1 / n_ref)
+        assert abs(summary.loc[ours, "sd"] / sd - 1) < 4 * np.sqrt(1 / (2 * n) + 1 / (2 * n_ref))
+    ci = boot.confint()
+    assert (ci.iloc[:, 0] < summary["original"]).all() and (summary["original"] < ci.iloc[:, 1]).all()
+
+
+def test_sharding_over_four_cpu_devices(tmp_path):
+    script = textwrap.dedent("""
+        import json, numpy as np, glmmjax, jax
+        data = glmmjax.datasets.load("sleepstudy")
+        rng = np.random.default_rng(0)
+        Y = data["Reaction"].to_numpy()[:, None] + rng.normal(0, 25, (180, 8))
+        many = glmmjax.fit_many("~ Days + (1 | Subject)", data, Y, chunk_size=8)
+        one = glmmjax.fit_many("~ Days + (1 | Subject)", data, Y, chunk_size=8, n_devices=1)
+        print(json.dumps({"devices": len(jax.local_devices()), "used": many.n_devices,
+                          "diff": float(np.max(np.abs(many.fixef.to_numpy() - one.fixef.to_numpy())))}))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4 and result["used"] == 4
+    assert result["diff"] < 1e-9
+
+
+def test_per_gene_example_runs_tiny(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import per_gene_de
+
+    table = per_gene_de.main(n_genes=6, n_subjects=6, cells_per_subject=8,
+                             out=str(tmp_path / "volcano.png"), seed=2)
+    assert isinstance(table, pd.DataFrame) and len(table) == 6
+    assert {"log2_fold_change", "p_value", "q_value", "converged"} <= set(table.columns)
