@@ -263,7 +263,6 @@ def fit_many(
     dtype = float_dtype(precision)
     devices = len(jax.local_devices()) if n_devices is None else int(n_devices)
     devices = max(1, min(devices, len(jax.local_devices())))
-    K = Y.shape[1]
     n, p = design.X.shape
     with precision_scope(precision):
         if family is None:
@@ -312,7 +311,8 @@ def _run_chunks(fn, Y, usable, chunk_size, extra, dtype, progress):
         padded = np.concatenate([idx, np.full(chunk_size - len(idx), idx[0])])
         block = jnp.asarray(np.ascontiguousarray(Y[:, padded].T), dtype)
         out = jax.tree_util.tree_map(np.asarray, fn(block, *extra))
-        pieces.append(jax.tree_util.tree_map(lambda a, k=len(idx): a[:k], out))
+        keep = len(idx)
+        pieces.append(jax.tree_util.tree_map(lambda a, k=keep: a[:k], out))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *pieces)
 
 
