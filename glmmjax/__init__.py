@@ -5,10 +5,12 @@ GPU, one at a time or thousands at once. Everything public is re-exported here.
 """
 
 from . import datasets, families, links
+from ._anova import anova, compare
 from ._batch import BatchResult, fit_many, p_adjust_bh
 from ._bootstrap import BootstrapResult
 from ._classification import confusion_matrix, plot_roc, roc_auc, roc_curve
 from ._design import DataError
+from ._diagnostics import ScaledResiduals
 from ._formula import FormulaError, parse_formula
 from ._glm import GLMConvergenceWarning, SeparationWarning, glm
 from ._glm_result import GLMResult
@@ -20,6 +22,9 @@ from ._results import Convergence, MixedModelResult, SingularFitWarning
 __version__ = "0.1.0"
 
 __all__ = [
+    "anova",
+    "compare",
+    "ScaledResiduals",
     "SingularFitWarning",
     "BatchResult",
     "BootstrapResult",

@@ -25,7 +25,7 @@ from ._lmm import SINGULAR_TOL, random_effects
 from ._optimize import Status
 from ._pirls import split
 from ._precision import with_x64
-from ._results import Convergence, MixedModelResult
+from ._results import Convergence, MixedModelResult, warn_if_singular
 
 _BOUNDARY_TRY = 1e-3
 MAX_AGQ_DIM = 3
@@ -135,6 +135,10 @@ def glmer(
         A :class:`GLMMResult`; ``.converged`` and ``.convergence`` report the final
         gradient and whether the Hessian is positive definite.
 
+    Warns:
+        SingularFitWarning: a variance component is estimated on the boundary (see
+            ``result.singular_message()``).
+
     Example:
         >>> import glmmjax
         >>> fit = glmmjax.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
@@ -150,7 +154,9 @@ def glmer(
     design = build_design(
         formula, data, weights=weights, offset=offset, require_random=True, numeric_response=False
     )
-    return fit_glmm_design(design, family, n_agq)
+    result = fit_glmm_design(design, family, n_agq)
+    warn_if_singular(result)
+    return result
 
 
 @with_x64

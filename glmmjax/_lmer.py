@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 
 import equinox as eqx
 import jax
@@ -23,7 +24,7 @@ from ._lmm import (
 )
 from ._optimize import Status
 from ._precision import with_x64
-from ._results import Convergence, MixedModelResult
+from ._results import Convergence, MixedModelResult, warn_if_singular
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -34,6 +35,65 @@ class LMMResult(MixedModelResult):
 
     def _header(self) -> str:
         return f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'}"
+
+    # -- denominator degrees of freedom (see glmmjax._ddf) --------------------------------
+    @cached_property
+    def _satterthwaite(self):
+        from ._ddf import satterthwaite_pieces
+
+        return satterthwaite_pieces(self)
+
+    @cached_property
+    def _kenward_roger(self):
+        from ._ddf import kenward_roger_pieces
+
+        return kenward_roger_pieces(self)
+
+    def coef_table(self, ddf: str | None = None) -> pd.DataFrame:
+        """Estimates, standard errors and t values; with ``ddf="satterthwaite"`` or
+        ``"kenward-roger"`` also denominator df and ``Pr(>|t|)`` (as lmerTest's
+        ``summary(fit, ddf = ...)``; Kenward–Roger also adjusts the standard errors,
+        as pbkrtest's ``vcovAdj``)."""
+        from ._ddf import check_ddf, coef_table
+
+        ddf = check_ddf(ddf)
+        if ddf is None:
+            return super().coef_table()
+        return coef_table(self, ddf)
+
+    def summary(self, ddf: str | None = None) -> str:
+        """lme4's summary layout; ``ddf`` adds lmerTest's df and p-value columns."""
+        from ._ddf import check_ddf
+
+        ddf = check_ddf(ddf)
+        if ddf is None:
+            return super().summary()
+        method = "Satterthwaite" if ddf == "satterthwaite" else "Kenward-Roger"
+        return self._summary(
+            self.coef_table(ddf), f"Fixed effects (t tests use {method}'s method):"
+        )
+
+    def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """Type III F tests of the fixed-effects terms (lmerTest's ``anova(fit)``).
+
+        Columns ``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)``; ``ddf`` is
+        ``"satterthwaite"`` (default) or ``"kenward-roger"`` (REML fits only). A term
+        that is part of an interaction is tested, as lmerTest and SAS do, by the
+        hypothesis its coefficients are zero under sum-to-zero contrasts.
+
+        Example:
+            >>> import glmmjax
+            >>> fit = glmmjax.lmer("Reaction ~ Days + (Days | Subject)",
+            ...                    glmmjax.datasets.load("sleepstudy"))
+            >>> round(fit.anova()["DenDF"].iloc[0], 2)
+            17.0
+        """
+        from ._ddf import anova_table, check_ddf
+
+        ddf = check_ddf(ddf)
+        if ddf is None:
+            raise ValueError("anova needs ddf='satterthwaite' or 'kenward-roger'")
+        return anova_table(self, ddf)
 
 
 @eqx.filter_jit
@@ -134,6 +194,10 @@ def lmer(
     Raises:
         FormulaError, DataError: before any computation, naming the problem.
 
+    Warns:
+        SingularFitWarning: a variance component is estimated on the boundary (see
+            ``result.singular_message()``).
+
     Example:
         >>> import glmmjax
         >>> fit = glmmjax.lmer("Reaction ~ Days + (Days | Subject)",
@@ -142,7 +206,9 @@ def lmer(
         10.467
     """
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True)
-    return fit_lmm_design(design, reml)
+    result = fit_lmm_design(design, reml)
+    warn_if_singular(result)
+    return result
 
 
 @with_x64

@@ -1,0 +1,534 @@
+"""Profile-likelihood and Wald confidence intervals (lme4's ``confint``).
+
+Parameters are those of lme4's ``confint(method = "profile", oldNames = FALSE)``: for
+each random-effects term the standard deviations ``sd_x|g`` and correlations
+``cor_x.y|g`` (in θ's order), the residual ``sigma`` (LMMs), then the fixed effects.
+
+The profile of a parameter φ_j is ζ(x) = sign(x − φ̂_j)·√(d_j(x) − d̂) where d_j(x) is
+the deviance minimized over all other parameters with φ_j = x; the interval is where
+|ζ| ≤ z_{(1+level)/2}. As lme4 does:
+
+* LMM variance parameters are profiled on the fit's criterion (REML or ML) as a function
+  of (standard deviations, correlations, σ), with β profiled out;
+* LMM fixed effects are profiled on the ML deviance, where for fixed θ the constrained
+  minimum over the other coefficients and σ is closed-form:
+  r²(θ, b) = r²(θ) + (b − β̂_j(θ))²/V_jj(θ) with V = (L_X L_X')⁻¹;
+* GLMM parameters are profiled on the Laplace (or AGQ) deviance in
+  (standard deviations, correlations, β), with the family's dispersion free.
+
+Each point of a profile is one BFGS run with exact gradients over the free parameters,
+the fixed one held by a mask; a single compiled function serves every parameter of a
+model. The crossing ζ = ±z is bracketed from a Wald step and then found by Brent's
+method. A standard deviation whose profile stays below the cut-off down to zero (in
+particular one estimated at zero) gets the one-sided lower bound 0; a correlation that
+reaches ±1 gets ±1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from ._covariance import diagonal_mask
+from ._ddf import varpar_deviance
+from ._lmm import solve_pls
+from ._optimize import minimize
+
+# Inner optimizations stop at max|∇| below this (deviance units).
+_GTOL = 1e-7
+# Correlations are profiled on the atanh scale up to this magnitude (|cor| ≤ 0.99999).
+_MAX_ATANH = 6.1
+
+
+def _tril(size: int):
+    cols, rows = np.triu_indices(size)
+    return rows, cols
+
+
+# -- natural parameterization ------------------------------------------------------------
+def omega_to_theta(omega, sizes: tuple[int, ...], scale):
+    """θ from ω = per term (sd on the diagonal, atanh(cor) below it), θ's order.
+
+    Λ_t = diag(sd)·chol(R)/scale, so σ²Λ_tΛ_t' = diag(sd)·R·diag(sd) for scale σ.
+    """
+    parts, start = [], 0
+    for S in sizes:
+        count = S * (S + 1) // 2
+        w = omega[start : start + count]
+        rows, cols = _tril(S)
+        diag = rows == cols
+        sd = w[np.flatnonzero(diag)]
+        if S == 1:
+            parts.append(sd / scale)
+        else:
+            R = jnp.eye(S, dtype=omega.dtype)
+            off = np.flatnonzero(~diag)
+            R = R.at[rows[off], cols[off]].set(jnp.tanh(w[off]))
+            R = R.at[cols[off], rows[off]].set(jnp.tanh(w[off]))
+            lam = (sd[:, None] * jnp.linalg.cholesky(R)) / scale
+            parts.append(lam[rows, cols])
+        start += count
+    return jnp.concatenate(parts)
+
+
+def natural_from_theta(theta: np.ndarray, sizes: tuple[int, ...], scale: float):
+    """(ω, sd/cor values, kinds) from θ: sd's and correlations on the response scale."""
+    omega, values, kinds = [], [], []
+    start = 0
+    for S in sizes:
+        count = S * (S + 1) // 2
+        rows, cols = _tril(S)
+        lam = np.zeros((S, S))
+        lam[rows, cols] = theta[start : start + count]
+        start += count
+        cov = scale**2 * lam @ lam.T
+        sd = np.sqrt(np.diag(cov))
+        for r, c in zip(rows, cols):
+            if r == c:
+                omega.append(sd[r])
+                values.append(sd[r])
+                kinds.append("sd")
+            else:
+                denom = sd[r] * sd[c]
+                cor = cov[r, c] / denom if denom > 0 else math.nan
+                values.append(cor)
+                kinds.append("cor")
+                omega.append(np.arctanh(np.clip(cor, -1.0, 1.0)) if np.isfinite(cor) else 0.0)
+    return np.array(omega, dtype=float), np.array(values, dtype=float), kinds
+
+
+def canonical_omega(omega: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    """Make every sd in ω non-negative (flipping a sd's sign flips its correlations)."""
+    omega = np.array(omega, dtype=float)
+    start = 0
+    for S in sizes:
+        rows, cols = _tril(S)
+        count = S * (S + 1) // 2
+        block = omega[start : start + count]
+        for a in range(S):
+            diag = np.flatnonzero((rows == a) & (cols == a))[0]
+            if block[diag] < 0:
+                block[diag] = -block[diag]
+                touched = (rows != cols) & ((rows == a) | (cols == a))
+                block[touched] = -block[touched]
+        omega[start : start + count] = block
+        start += count
+    return omega
+
+
+def parameter_names(result) -> list[str]:
+    """lme4's oldNames=FALSE names, with glmmjax's coefficient names."""
+    names = []
+    for label, term in zip(result._group_labels(), result.design.terms):
+        rows, cols = _tril(term.size)
+        coefs = term.coef_names
+        for r, c in zip(rows, cols):
+            if r == c:
+                names.append(f"sd_{coefs[r]}|{label}")
+            else:
+                names.append(f"cor_{coefs[r]}.{coefs[c]}|{label}")
+    if result.scale is not None and result.family_name == "gaussian":
+        names.append("sigma")
+    names.extend(result.design.fixef_names)
+    return names
+
+
+# -- objectives (module level, so one compiled minimizer serves each kind) ---------------
+def _lmm_variance_objective(omega, model):
+    sigma = jnp.exp(omega[-1])
+    theta = omega_to_theta(omega[:-1], model.structure.sizes, sigma)
+    return varpar_deviance(jnp.concatenate([theta, sigma[None]]), model)
+
+
+def _lmm_beta_objective(theta, model, onehot, value, weight):
+    """ML deviance at θ with β_j = value (weight 1) or β free (weight 0), σ profiled."""
+    pls = solve_pls(theta, model)
+    R = model.structure.rest_size
+    p = model.n_fixef
+    L_x = pls.rest_factor[R - 1 - p : R - 1, R - 1 - p : R - 1]
+    # e'(L_X L_X')⁻¹e = |L_X⁻¹e|².
+    w = jax.scipy.linalg.solve_triangular(L_x, onehot, lower=True)
+    vjj = jnp.sum(w**2)
+    extra = weight * (value - pls.beta @ onehot) ** 2 / jnp.where(weight > 0, vjj, 1.0)
+    n = model.nobs
+    value = pls.logdet_z + n * (1.0 + jnp.log(2.0 * jnp.pi * (pls.r2 + extra) / n))
+    return value - model.sum_log_weights
+
+
+def _glmm_objective(omega, data, v0, n_theta, n_beta, grid, log_w, use_agq):
+    from ._laplace import agq_objective, laplace_objective
+
+    theta = omega_to_theta(omega[:n_theta], data.structure.sizes, 1.0)
+    params = jnp.concatenate([theta, omega[n_theta:]])
+    if use_agq:
+        return agq_objective(params, data, v0, n_theta, n_beta, grid, log_w)
+    return laplace_objective(params, data, v0, n_theta, n_beta)
+
+
+@eqx.filter_jit
+def _constrained_minimum(fun, free0, mask, fixed, hinv, args):
+    def objective(free):
+        return fun(jnp.where(mask, fixed, free), *args)
+
+    solution = minimize(objective, free0, inverse_hessian=hinv, gtol=_GTOL)
+    return solution.value, jnp.where(mask, fixed, solution.x), solution.inverse_hessian
+
+
+# -- the profiling engine ----------------------------------------------------------------
+class _Problem:
+    """One deviance function of a parameter vector, its optimum and a preconditioner."""
+
+    def __init__(self, fun, args, omega_hat, base=None, hessian=None, sizes=()):
+        self.fun = fun
+        self.args = args
+        omega_hat = np.asarray(omega_hat, dtype=float)
+        k = omega_hat.size
+        if base is None:
+            # Start from a nearby point (the REML estimate): find the optimum itself,
+            # twice, so that BFGS's inverse Hessian is a fair preconditioner.
+            hinv = np.eye(k)
+            for _ in range(2):
+                with jax.enable_x64(True):
+                    value, omega, hinv = _constrained_minimum(
+                        fun, jnp.asarray(omega_hat), jnp.zeros(k, dtype=bool),
+                        jnp.asarray(omega_hat), jnp.asarray(hinv), args,
+                    )
+                omega_hat, hinv = np.asarray(omega), np.asarray(hinv)
+            base = float(value)
+            omega_hat = canonical_omega(omega_hat, sizes)
+            hessian = np.linalg.inv(0.5 * (hinv + hinv.T))
+        self.omega_hat = omega_hat
+        self.base = float(base)
+        h = 0.5 * (hessian + hessian.T) if hessian is not None else np.eye(k)
+        eig, vec = np.linalg.eigh(h)
+        floor = max(1e-8 * max(eig.max(), 1e-12), 1e-12)
+        self.hessian = (vec * np.maximum(eig, floor)) @ vec.T
+        self.solutions: dict[int, list[tuple[float, np.ndarray]]] = {}
+
+    def wald_step(self, j: int) -> float:
+        """SD of ω_j from the Hessian of the deviance (2·H⁻¹)."""
+        cov = 2.0 * np.linalg.inv(self.hessian)
+        return float(np.sqrt(max(cov[j, j], 1e-12)))
+
+    def _preconditioner(self, j: int) -> np.ndarray:
+        k = self.omega_hat.size
+        free = np.arange(k) != j
+        hinv = np.eye(k)
+        hinv[np.ix_(free, free)] = np.linalg.inv(self.hessian[np.ix_(free, free)])
+        return hinv
+
+    def deviance_at(self, j: int, x: float) -> float:
+        """min over the others of the deviance with ω_j = x."""
+        known = self.solutions.setdefault(j, [])
+        if known:
+            start = min(known, key=lambda item: abs(item[0] - x))[1]
+        else:
+            start = self.omega_hat
+        start = np.array(start)
+        start[j] = x
+        mask = np.zeros(start.size, dtype=bool)
+        mask[j] = True
+        with jax.enable_x64(True):
+            value, omega, _ = _constrained_minimum(
+                self.fun,
+                jnp.asarray(start),
+                jnp.asarray(mask),
+                jnp.asarray(start),
+                jnp.asarray(self._preconditioner(j)),
+                self.args,
+            )
+            value, omega = float(value), np.asarray(omega)
+        if np.isfinite(value):
+            known.append((x, omega))
+        return value
+
+    def zeta(self, j: int, x: float) -> float:
+        change = self.deviance_at(j, x) - self.base
+        return math.copysign(math.sqrt(max(change, 0.0)), x - self.omega_hat[j])
+
+
+def _find_bound(problem: _Problem, j: int, side: int, z: float, lower_limit, upper_limit):
+    """ω_j where ζ = side·z, or the limit on that side when ζ never gets there."""
+    x0 = problem.omega_hat[j]
+    limit = lower_limit if side < 0 else upper_limit
+    step = problem.wald_step(j) * z
+    target = side * z
+    inner, z_inner = x0, 0.0
+    x = x0 + side * step
+    for _ in range(40):
+        if limit is not None and (x - limit) * side >= 0:
+            x = limit
+        zx = problem.zeta(j, x)
+        if not np.isfinite(zx):
+            # Beyond where the deviance is defined: pull back towards the estimate.
+            x = 0.5 * (inner + x)
+            continue
+        if side * zx >= z:
+            break
+        if limit is not None and x == limit:
+            return limit
+        # ζ is close to linear: extrapolate the crossing, with a margin.
+        slope = (zx - z_inner) / (x - inner) if x != inner else 0.0
+        inner, z_inner = x, zx
+        if slope * side > 0:
+            x = x + 1.3 * (target - zx) / slope
+        else:
+            x = x + 2.0 * side * step
+    else:
+        return math.nan
+    a, b = sorted((inner, x))
+    return optimize.brentq(
+        lambda t: problem.zeta(j, t) - target, a, b, xtol=1e-10 * (1.0 + abs(x0)), rtol=1e-12
+    )
+
+
+def _lmm_problems(result):
+    """The ML profile problem of an LMM's variance parameters (σ free, β profiled)."""
+    from ._ddf import lmm_model_for
+
+    sizes = tuple(t.size for t in result.design.terms)
+    sigma = result.sigma
+    omega_var, values, kinds = natural_from_theta(result.theta_values, sizes, sigma)
+    omega = np.append(omega_var, math.log(sigma))
+    with jax.enable_x64(True):
+        model_ml = lmm_model_for(result, reml=False)
+    variance = _Problem(_lmm_variance_objective, (model_ml,), omega, sizes=sizes)
+    kinds = kinds + ["sigma"]
+    values = np.append(values, sigma)
+    return variance, model_ml, kinds, values
+
+
+_solve_pls = eqx.filter_jit(solve_pls)
+
+
+class _BetaProfile:
+    """LMM fixed-effect profiles on the ML deviance (θ free, β_j fixed)."""
+
+    def __init__(self, model_ml, theta0: np.ndarray):
+        self.model = model_ml
+        p = model_ml.n_fixef
+        self.p = p
+        with jax.enable_x64(True):
+            zero = jnp.zeros(p)
+            value, theta, _ = self._minimize(theta0, zero, 0.0, 0.0)
+            self.base = float(value)
+            self.theta_ml = np.asarray(theta)
+            pls = _solve_pls(jnp.asarray(self.theta_ml), model_ml)
+            self.beta_ml = np.asarray(pls.beta)
+            R = model_ml.structure.rest_size
+            L_x = np.asarray(pls.rest_factor)[R - 1 - p : R - 1, R - 1 - p : R - 1]
+            L_inv = np.linalg.inv(np.tril(L_x))
+            n = float(model_ml.nobs)
+            sigma2 = float(pls.r2) / n
+            self.se = np.sqrt(sigma2 * np.sum(L_inv**2, axis=0))
+        self.solutions: dict[int, list[tuple[float, np.ndarray]]] = {}
+
+    def _minimize(self, theta0, onehot, value, weight):
+        k = len(theta0)
+        with jax.enable_x64(True):
+            v, theta, _ = _constrained_minimum(
+                _lmm_beta_objective,
+                jnp.asarray(theta0, dtype=float),
+                jnp.zeros(k, dtype=bool),
+                jnp.zeros(k),
+                jnp.eye(k),
+                (self.model, jnp.asarray(onehot, dtype=float), jnp.asarray(value, dtype=float),
+                 jnp.asarray(weight, dtype=float)),
+            )
+        return v, theta, None
+
+    def zeta(self, j: int, x: float) -> float:
+        known = self.solutions.setdefault(j, [])
+        start = min(known, key=lambda it: abs(it[0] - x))[1] if known else self.theta_ml
+        onehot = np.eye(self.p)[j]
+        value, theta, _ = self._minimize(start, onehot, x, 1.0)
+        value = float(value)
+        if np.isfinite(value):
+            known.append((x, np.asarray(theta)))
+        change = value - self.base
+        return math.copysign(math.sqrt(max(change, 0.0)), x - self.beta_ml[j])
+
+    def bounds(self, j: int, z: float) -> tuple[float, float]:
+        out = []
+        for side in (-1, 1):
+            target = side * z
+            x0 = self.beta_ml[j]
+            inner, z_inner = x0, 0.0
+            x = x0 + side * z * self.se[j]
+            for _ in range(40):
+                zx = self.zeta(j, x)
+                if side * zx >= z:
+                    break
+                slope = (zx - z_inner) / (x - inner)
+                inner, z_inner = x, zx
+                x = x + (1.3 * (target - zx) / slope if slope * side > 0 else side * z * self.se[j])
+            a, b = sorted((inner, x))
+            out.append(
+                optimize.brentq(lambda t, tg=target: self.zeta(j, t) - tg, a, b,
+                                xtol=1e-10 * (1.0 + abs(x0)), rtol=1e-12)
+            )
+        return out[0], out[1]
+
+
+def _glmm_problem(result):
+    from ._laplace import gauss_hermite_grid
+    from ._pirls import GLMMData
+    from ._structure import build_structure
+
+    if result.n_agq == 0:
+        raise ValueError(
+            "profile intervals need a Laplace or AGQ fit (n_agq >= 1); this fit used "
+            "n_agq=0. Refit with n_agq=1 or use method='wald'."
+        )
+    design = result.design
+    sizes = tuple(t.size for t in design.terms)
+    n_theta = int(sum(s * (s + 1) // 2 for s in sizes))
+    p = design.X.shape[1]
+    omega_var, values, kinds = natural_from_theta(result.theta_values, sizes, 1.0)
+    family = result.family
+    has_disp = family.has_dispersion and family.dispersion_method != "fixed"
+    log_disp = [math.log(result.dispersion)] if has_disp else []
+    omega = np.concatenate([omega_var, result.beta, log_disp])
+    grid, log_w = gauss_hermite_grid(max(result.n_agq, 1), sizes[0])
+    with jax.enable_x64(True):
+        structure = build_structure(design.terms, 0)
+        data = GLMMData(
+            structure=structure,
+            X=jnp.asarray(design.X),
+            dense=jnp.zeros((design.nobs, 0)),
+            y=jnp.asarray(result.y),
+            weights=jnp.asarray(result.prior_weights),
+            offset=jnp.asarray(design.offset),
+            family=family,
+        )
+        v0 = jnp.zeros(structure.n_levels[0] * sizes[0] + structure.n_re_rest)
+        jac = np.asarray(
+            jax.jacfwd(lambda w: omega_to_theta(w, sizes, 1.0))(jnp.asarray(omega_var))
+        )
+    hessian = None
+    if result.params_cov is not None:
+        h_params = 2.0 * np.linalg.pinv(result.params_cov)
+        J = np.eye(omega.size)
+        J[:n_theta, :n_theta] = jac
+        hessian = J.T @ h_params @ J
+    args = (data, v0, n_theta, p, jnp.asarray(grid), jnp.asarray(log_w), result.n_agq > 1)
+    problem = _Problem(_glmm_objective, args, omega, result.criterion, hessian)
+    return problem, kinds + ["beta"] * p, np.concatenate([values, result.beta])
+
+
+def _omega_to_value(kind: str, w: float) -> float:
+    if kind == "cor":
+        return float(np.tanh(w))
+    if kind == "sigma":
+        return float(np.exp(w))
+    return float(w)
+
+
+def profile_confint(result, level: float = 0.95, parm=None) -> pd.DataFrame:
+    """Profile-likelihood intervals (see the module docstring)."""
+    names = parameter_names(result)
+    wanted = _select(names, parm, result)
+    z = stats.norm.ppf(0.5 * (1.0 + level))
+    lower = np.full(len(names), np.nan)
+    upper = np.full(len(names), np.nan)
+    notes = []
+    sizes = tuple(t.size for t in result.design.terms)
+    n_theta = int(sum(s * (s + 1) // 2 for s in sizes))
+    on_boundary = np.abs(result.theta_values[diagonal_mask(sizes)]) < 1e-4
+    if result.family_name == "gaussian" and result.scale is not None:
+        problem, model_ml, kinds, values = _lmm_problems(result)
+        n_var = n_theta + 1
+        beta_profile = None
+        for i, name in enumerate(names):
+            if i not in wanted:
+                continue
+            if i < n_var:
+                lo, hi = _variance_bounds(problem, i, kinds[i], values[i], z, notes, name)
+                lower[i], upper[i] = lo, hi
+            else:
+                if beta_profile is None:
+                    theta0 = np.where(result.theta_values == 0, 1e-3, result.theta_values)
+                    beta_profile = _BetaProfile(model_ml, theta0)
+                lower[i], upper[i] = beta_profile.bounds(i - n_var, z)
+    else:
+        problem, kinds, values = _glmm_problem(result)
+        for i, name in enumerate(names):
+            if i not in wanted:
+                continue
+            lo, hi = _variance_bounds(problem, i, kinds[i], values[i], z, notes, name)
+            lower[i], upper[i] = lo, hi
+    if np.any(on_boundary):
+        notes.append("standard deviations estimated at zero have the one-sided lower bound 0")
+    table = _interval_frame(names, lower, upper, level).iloc[sorted(wanted)]
+    table.attrs["note"] = "; ".join(dict.fromkeys(notes))
+    return table
+
+
+def _variance_bounds(problem, i, kind, value, z, notes, name):
+    if kind == "cor" and not np.isfinite(value):
+        notes.append(f"{name} is undefined (a standard deviation is zero): not profiled")
+        return math.nan, math.nan
+    estimate = _omega_to_value(kind, problem.omega_hat[i])
+    if kind == "cor" and abs(estimate) > 1 - 1e-6:
+        notes.append(f"{name} is estimated at {estimate:+.0f}: not profiled")
+        return math.nan, math.nan
+    if kind == "sd":
+        lo_limit, hi_limit = 0.0, None
+    elif kind == "cor":
+        lo_limit, hi_limit = -_MAX_ATANH, _MAX_ATANH
+    else:
+        lo_limit = hi_limit = None
+    if kind == "sd" and (value <= 0 or estimate <= 1e-8 * max(1.0, abs(problem.omega_hat).max())):
+        lo = 0.0
+    else:
+        lo = _find_bound(problem, i, -1, z, lo_limit, hi_limit)
+    hi = _find_bound(problem, i, 1, z, lo_limit, hi_limit)
+    lo, hi = _omega_to_value(kind, lo), _omega_to_value(kind, hi)
+    if kind == "cor":
+        lo = -1.0 if lo <= -np.tanh(_MAX_ATANH) else lo
+        hi = 1.0 if hi >= np.tanh(_MAX_ATANH) else hi
+    return lo, hi
+
+
+def _select(names: list[str], parm, result) -> set[int]:
+    if parm is None:
+        return set(range(len(names)))
+    if isinstance(parm, str):
+        if parm == "beta_":
+            start = len(names) - len(result.design.fixef_names)
+            return set(range(start, len(names)))
+        if parm == "theta_":
+            return set(range(len(names) - len(result.design.fixef_names)))
+        parm = [parm]
+    index = []
+    for p in parm:
+        if p not in names:
+            raise ValueError(f"unknown parameter {p!r}; parameters are {names}")
+        index.append(names.index(p))
+    return set(index)
+
+
+def _interval_frame(names, lower, upper, level) -> pd.DataFrame:
+    a = 0.5 * (1.0 - level)
+    cols = [f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"]
+    return pd.DataFrame({cols[0]: lower, cols[1]: upper}, index=names)
+
+
+def wald_confint(result, level: float = 0.95, parm=None) -> pd.DataFrame:
+    """β̂ ± z·SE for the fixed effects; NaN for variance parameters (as lme4)."""
+    names = parameter_names(result)
+    wanted = _select(names, parm, result)
+    z = stats.norm.ppf(0.5 * (1.0 + level))
+    p = len(result.beta)
+    lower = np.full(len(names), np.nan)
+    upper = np.full(len(names), np.nan)
+    se = np.sqrt(np.diag(result.beta_cov))
+    lower[-p:] = result.beta - z * se
+    upper[-p:] = result.beta + z * se
+    return _interval_frame(names, lower, upper, level).iloc[sorted(wanted)]
