@@ -11,6 +11,7 @@ is flagged, never dropped, and never spoils its chunk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import equinox as eqx
@@ -130,8 +131,12 @@ def _glmm_one(y, weights, setup) -> dict:
     )
 
 
+@functools.lru_cache(maxsize=None)
 def _sharded(fn, n_devices: int):
-    """vmap ``fn`` over the leading axis of its first argument; split over devices."""
+    """vmap ``fn`` over the leading axis of its first argument; split over devices.
+
+    Cached, so that every call of ``fit_many`` with the same structure reuses one
+    compiled program."""
     batched = jax.vmap(fn, in_axes=(0,) + (None,) * (fn.__code__.co_argcount - 1))
     if n_devices <= 1:
         return eqx.filter_jit(batched)

@@ -44,7 +44,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import digamma, gammaln, polygamma, xlog1py, xlogy
+from jax.scipy.special import betaln, digamma, gammaln, polygamma, xlog1py, xlogy
 
 from ._design import DataError
 from ._links import LINKS, Link, canonical_link_name, get_link
@@ -538,14 +538,26 @@ class NegativeBinomial(Family):
         )
 
     def loglik_eta(self, y, eta, weights, dispersion=None):
+        # Written so that it stays exact as θ → ∞ (the Poisson limit): the binomial
+        # coefficient through betaln, and log(θ/(θ+μ)) = −softplus(log μ − log θ).
+        # gammaln(y+θ) − gammaln(θ) loses every digit once θ ~ 1e15.
         theta = self._size(dispersion)
         log_mu = self.link.log_inverse(eta)
         log_theta = jnp.log(theta)
-        log_total = jnp.logaddexp(log_theta, log_mu)
+        log_ratio = log_mu - log_theta
+        # betaln is only accurate to ~1e-7 for small θ, where gammaln is exact.
+        big = theta > 1e4
+        safe_small = jnp.where(big, 1.0, theta)
+        safe_big = jnp.where(big, theta, 1e4)
+        log_coef = jnp.where(
+            big,
+            -betaln(y + 1.0, safe_big) - jnp.log(y + safe_big),
+            gammaln(y + safe_small) - gammaln(safe_small) - gammaln(y + 1.0),
+        )
         return weights * (
-            gammaln(y + theta) - gammaln(theta) - gammaln(y + 1.0)
-            + theta * (log_theta - log_total)
-            + jnp.where(y > 0, y * (log_mu - log_total), 0.0)
+            log_coef
+            - theta * jax.nn.softplus(log_ratio)
+            - jnp.where(y > 0, y * jax.nn.softplus(-log_ratio), 0.0)
         )
 
     def unit_deviance(self, y, mu, dispersion=None):

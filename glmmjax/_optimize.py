@@ -69,6 +69,7 @@ def minimize(
     loose_gtol: float = 1e-3,
     max_halvings: int = 40,
     inverse_hessian=None,
+    max_step: float = 4.0,
 ) -> Solution:
     """Minimize ``fun(x, *args)`` by BFGS with a backtracking Armijo line search.
 
@@ -81,6 +82,10 @@ def minimize(
     change f by less than ``ftol``·(1 + |f|) while max|∇f| <= ``loose_gtol`` (the
     objective is flat to rounding). A line search that cannot decrease f ends with
     CONVERGED if the gradient is below ``loose_gtol`` and LINE_SEARCH_FAILED otherwise.
+
+    Steps are capped at ``max_step`` in every coordinate: an unscaled first step −∇f
+    can otherwise throw a log-dispersion or a variance parameter far into a region where
+    the objective is flat (a negative binomial θ of 1e15), from which BFGS never returns.
 
     ``inverse_hessian`` is an optional starting approximation of (∇²f)⁻¹; a good one
     (say from a cheaper related problem) saves many iterations on badly scaled problems.
@@ -120,6 +125,8 @@ def minimize(
         descent = jnp.dot(new_direction, g_new) < 0
         hinv = jnp.where(descent, hinv, eye)
         new_direction = jnp.where(descent, new_direction, -g_new)
+        largest = jnp.max(jnp.abs(new_direction))
+        new_direction = new_direction * jnp.minimum(1.0, max_step / jnp.maximum(largest, 1e-300))
 
         gmax = jnp.max(jnp.abs(g_new))
         tiny_change = jnp.abs(state.f - f_new) <= ftol * (1.0 + jnp.abs(f_new))
