@@ -131,7 +131,7 @@ def _glmm_one(y, weights, setup) -> dict:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sharded(fn, n_devices: int):
     """vmap ``fn`` over the leading axis of its first argument; split over devices.
 
