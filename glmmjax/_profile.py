@@ -8,20 +8,18 @@ The profile of a parameter φ_j is ζ(x) = sign(x − φ̂_j)·√(d_j(x) − d�
 the deviance minimized over all other parameters with φ_j = x; the interval is where
 |ζ| ≤ z_{(1+level)/2}. As lme4 does:
 
-* LMM variance parameters are profiled on the fit's criterion (REML or ML) as a function
-  of (standard deviations, correlations, σ), with β profiled out;
-* LMM fixed effects are profiled on the ML deviance, where for fixed θ the constrained
-  minimum over the other coefficients and σ is closed-form:
-  r²(θ, b) = r²(θ) + (b − β̂_j(θ))²/V_jj(θ) with V = (L_X L_X')⁻¹;
-* GLMM parameters are profiled on the Laplace (or AGQ) deviance in
-  (standard deviations, correlations, β), with the family's dispersion free.
+* LMMs, REML fits included, are profiled on the ML deviance as a function of
+  (standard deviations, correlations, σ, β). For fixed θ the penalized residual sum of
+  squares is r²(θ) + |L_X'(β − β̂(θ))|², so β enters in closed form;
+* GLMMs are profiled on the Laplace (or AGQ) deviance in (standard deviations,
+  correlations, β), with the family's dispersion free (not profiled itself).
 
 Each point of a profile is one BFGS run with exact gradients over the free parameters,
-the fixed one held by a mask; a single compiled function serves every parameter of a
-model. The crossing ζ = ±z is bracketed from a Wald step and then found by Brent's
-method. A standard deviation whose profile stays below the cut-off down to zero (in
-particular one estimated at zero) gets the one-sided lower bound 0; a correlation that
-reaches ±1 gets ±1.
+the fixed one held by a mask, so a single compiled function serves every parameter of a
+model. The crossing ζ = ±z is bracketed from a Wald step and extrapolation (ζ is close
+to linear), then found by Brent's method. A standard deviation whose profile stays below
+the cut-off down to zero (in particular one estimated at zero) gets the one-sided lower
+bound 0; a correlation whose profile stays below it up to ±1 gets ±1.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ import pandas as pd
 from scipy import optimize, stats
 
 from ._covariance import diagonal_mask
-from ._ddf import varpar_deviance
 from ._lmm import solve_pls
 from ._optimize import minimize
 
@@ -140,24 +137,23 @@ def parameter_names(result) -> list[str]:
 
 
 # -- objectives (module level, so one compiled minimizer serves each kind) ---------------
-def _lmm_variance_objective(omega, model):
-    sigma = jnp.exp(omega[-1])
-    theta = omega_to_theta(omega[:-1], model.structure.sizes, sigma)
-    return varpar_deviance(jnp.concatenate([theta, sigma[None]]), model)
+def _lmm_objective(omega, model):
+    """ML deviance at ω = (sd's and atanh(cor)'s, log σ, β).
 
-
-def _lmm_beta_objective(theta, model, onehot, value, weight):
-    """ML deviance at θ with β_j = value (weight 1) or β free (weight 0), σ profiled."""
+    For fixed θ the penalized residual sum of squares is r²(θ) + |L_X'(β − β̂(θ))|²
+    (the PLS decomposition), so β enters in closed form and nothing is re-solved.
+    """
+    n_theta = model.structure.n_theta
+    sigma = jnp.exp(omega[n_theta])
+    theta = omega_to_theta(omega[:n_theta], model.structure.sizes, sigma)
+    beta = omega[n_theta + 1 :]
     pls = solve_pls(theta, model)
     R = model.structure.rest_size
     p = model.n_fixef
     L_x = pls.rest_factor[R - 1 - p : R - 1, R - 1 - p : R - 1]
-    # e'(L_X L_X')⁻¹e = |L_X⁻¹e|².
-    w = jax.scipy.linalg.solve_triangular(L_x, onehot, lower=True)
-    vjj = jnp.sum(w**2)
-    extra = weight * (value - pls.beta @ onehot) ** 2 / jnp.where(weight > 0, vjj, 1.0)
-    n = model.nobs
-    value = pls.logdet_z + n * (1.0 + jnp.log(2.0 * jnp.pi * (pls.r2 + extra) / n))
+    penalty = jnp.sum((L_x.T @ (beta - pls.beta)) ** 2)
+    s2 = sigma**2
+    value = pls.logdet_z + (pls.r2 + penalty) / s2 + model.nobs * jnp.log(2.0 * jnp.pi * s2)
     return value - model.sum_log_weights
 
 
@@ -288,92 +284,21 @@ def _find_bound(problem: _Problem, j: int, side: int, z: float, lower_limit, upp
     )
 
 
-def _lmm_problems(result):
-    """The ML profile problem of an LMM's variance parameters (σ free, β profiled)."""
+def _lmm_problem(result):
+    """The ML profile problem of an LMM in (sd's, correlations, σ, β)."""
     from ._ddf import lmm_model_for
 
     sizes = tuple(t.size for t in result.design.terms)
     sigma = result.sigma
     omega_var, values, kinds = natural_from_theta(result.theta_values, sizes, sigma)
-    omega = np.append(omega_var, math.log(sigma))
+    omega = np.concatenate([omega_var, [math.log(sigma)], result.beta])
     with jax.enable_x64(True):
         model_ml = lmm_model_for(result, reml=False)
-    variance = _Problem(_lmm_variance_objective, (model_ml,), omega, sizes=sizes)
-    kinds = kinds + ["sigma"]
-    values = np.append(values, sigma)
-    return variance, model_ml, kinds, values
-
-
-_solve_pls = eqx.filter_jit(solve_pls)
-
-
-class _BetaProfile:
-    """LMM fixed-effect profiles on the ML deviance (θ free, β_j fixed)."""
-
-    def __init__(self, model_ml, theta0: np.ndarray):
-        self.model = model_ml
-        p = model_ml.n_fixef
-        self.p = p
-        with jax.enable_x64(True):
-            zero = jnp.zeros(p)
-            value, theta, _ = self._minimize(theta0, zero, 0.0, 0.0)
-            self.base = float(value)
-            self.theta_ml = np.asarray(theta)
-            pls = _solve_pls(jnp.asarray(self.theta_ml), model_ml)
-            self.beta_ml = np.asarray(pls.beta)
-            R = model_ml.structure.rest_size
-            L_x = np.asarray(pls.rest_factor)[R - 1 - p : R - 1, R - 1 - p : R - 1]
-            L_inv = np.linalg.inv(np.tril(L_x))
-            n = float(model_ml.nobs)
-            sigma2 = float(pls.r2) / n
-            self.se = np.sqrt(sigma2 * np.sum(L_inv**2, axis=0))
-        self.solutions: dict[int, list[tuple[float, np.ndarray]]] = {}
-
-    def _minimize(self, theta0, onehot, value, weight):
-        k = len(theta0)
-        with jax.enable_x64(True):
-            v, theta, _ = _constrained_minimum(
-                _lmm_beta_objective,
-                jnp.asarray(theta0, dtype=float),
-                jnp.zeros(k, dtype=bool),
-                jnp.zeros(k),
-                jnp.eye(k),
-                (self.model, jnp.asarray(onehot, dtype=float), jnp.asarray(value, dtype=float),
-                 jnp.asarray(weight, dtype=float)),
-            )
-        return v, theta, None
-
-    def zeta(self, j: int, x: float) -> float:
-        known = self.solutions.setdefault(j, [])
-        start = min(known, key=lambda it: abs(it[0] - x))[1] if known else self.theta_ml
-        onehot = np.eye(self.p)[j]
-        value, theta, _ = self._minimize(start, onehot, x, 1.0)
-        value = float(value)
-        if np.isfinite(value):
-            known.append((x, np.asarray(theta)))
-        change = value - self.base
-        return math.copysign(math.sqrt(max(change, 0.0)), x - self.beta_ml[j])
-
-    def bounds(self, j: int, z: float) -> tuple[float, float]:
-        out = []
-        for side in (-1, 1):
-            target = side * z
-            x0 = self.beta_ml[j]
-            inner, z_inner = x0, 0.0
-            x = x0 + side * z * self.se[j]
-            for _ in range(40):
-                zx = self.zeta(j, x)
-                if side * zx >= z:
-                    break
-                slope = (zx - z_inner) / (x - inner)
-                inner, z_inner = x, zx
-                x = x + (1.3 * (target - zx) / slope if slope * side > 0 else side * z * self.se[j])
-            a, b = sorted((inner, x))
-            out.append(
-                optimize.brentq(lambda t, tg=target: self.zeta(j, t) - tg, a, b,
-                                xtol=1e-10 * (1.0 + abs(x0)), rtol=1e-12)
-            )
-        return out[0], out[1]
+    problem = _Problem(_lmm_objective, (model_ml,), omega, sizes=sizes)
+    p = len(result.beta)
+    kinds = kinds + ["sigma"] + ["beta"] * p
+    values = np.concatenate([values, [sigma], result.beta])
+    return problem, kinds, values
 
 
 def _glmm_problem(result):
@@ -439,30 +364,14 @@ def profile_confint(result, level: float = 0.95, parm=None) -> pd.DataFrame:
     upper = np.full(len(names), np.nan)
     notes = []
     sizes = tuple(t.size for t in result.design.terms)
-    n_theta = int(sum(s * (s + 1) // 2 for s in sizes))
     on_boundary = np.abs(result.theta_values[diagonal_mask(sizes)]) < 1e-4
-    if result.family_name == "gaussian" and result.scale is not None:
-        problem, model_ml, kinds, values = _lmm_problems(result)
-        n_var = n_theta + 1
-        beta_profile = None
-        for i, name in enumerate(names):
-            if i not in wanted:
-                continue
-            if i < n_var:
-                lo, hi = _variance_bounds(problem, i, kinds[i], values[i], z, notes, name)
-                lower[i], upper[i] = lo, hi
-            else:
-                if beta_profile is None:
-                    theta0 = np.where(result.theta_values == 0, 1e-3, result.theta_values)
-                    beta_profile = _BetaProfile(model_ml, theta0)
-                lower[i], upper[i] = beta_profile.bounds(i - n_var, z)
+    if getattr(result, "family", None) is None:
+        problem, kinds, values = _lmm_problem(result)
     else:
         problem, kinds, values = _glmm_problem(result)
-        for i, name in enumerate(names):
-            if i not in wanted:
-                continue
-            lo, hi = _variance_bounds(problem, i, kinds[i], values[i], z, notes, name)
-            lower[i], upper[i] = lo, hi
+    for i, name in enumerate(names):
+        if i in wanted:
+            lower[i], upper[i] = _variance_bounds(problem, i, kinds[i], values[i], z, notes, name)
     if np.any(on_boundary):
         notes.append("standard deviations estimated at zero have the one-sided lower bound 0")
     table = _interval_frame(names, lower, upper, level).iloc[sorted(wanted)]

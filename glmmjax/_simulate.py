@@ -194,34 +194,67 @@ def natural_parameters(result) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def bootstrap_confint(result, level: float = 0.95, n_boot: int = 500, seed=None, parm=None):
+def bootstrap_confint(result, level: float = 0.95, n_boot: int = 500, seed=None, parm=None,
+                      batched: bool | None = None):
     """Percentile intervals from a parametric bootstrap (new random effects each time,
-    as lme4's ``bootMer(use.u = FALSE)``), refitting the model ``n_boot`` times."""
-    import warnings
+    as lme4's ``bootMer(use.u = FALSE)``).
 
+    ``batched`` (default: when the result keeps its data) refits all replicates at once
+    with ``result.bootstrap`` (:func:`glmmjax.fit_many`); otherwise the model is
+    refitted ``n_boot`` times in a loop.
+    """
     from ._profile import _interval_frame, _select, parameter_names
 
     names = parameter_names(result)
     wanted = _select(names, parm, result)
-    sims = simulate(result, n_boot, include_re=False, seed=seed, as_array=True)
-    estimates, failed = [], 0
-    for i in range(n_boot):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                estimates.append(natural_parameters(refit(result, sims[:, i])))
-        except Exception:  # noqa: BLE001 - a replicate that cannot be fitted is counted
-            failed += 1
-    if not estimates:
-        raise RuntimeError("no bootstrap replicate could be fitted")
-    estimates = np.array(estimates)
+    if batched is None:
+        batched = getattr(result.design, "source_data", None) is not None
+    if batched:
+        boot = result.bootstrap(n_boot, seed=int(np.random.default_rng(seed).integers(2**31 - 1)))
+        ok = boot.replicates[np.asarray(boot.batch.converged)]
+        # fit_many names a term by its grouping factor (no ".1" for repeated factors).
+        groups = dict(zip(result._group_labels(), (t.group for t in result.design.terms)))
+        columns = [_batch_name(n, groups) for n in names]
+        estimates = ok.reindex(columns=columns).to_numpy(dtype=float)
+        failed = len(boot.replicates) - len(ok)
+    else:
+        estimates, failed = _refit_loop(result, n_boot, seed)
     a = 0.5 * (1.0 - level)
     lower = np.nanquantile(estimates, a, axis=0)
     upper = np.nanquantile(estimates, 1.0 - a, axis=0)
     table = _interval_frame(names, lower, upper, level).iloc[sorted(wanted)]
     table.attrs["note"] = (
         f"parametric bootstrap percentile intervals from {len(estimates)} replicates"
-        + (f" ({failed} failed)" if failed else "")
+        + (f" ({failed} failed or did not converge)" if failed else "")
     )
     table.attrs["replicates"] = pd.DataFrame(estimates, columns=names)
     return table
+
+
+def _batch_name(name: str, groups: dict) -> str:
+    if "|" not in name:
+        return name
+    head, label = name.rsplit("|", 1)
+    return f"{head}|{groups.get(label, label)}"
+
+
+def _refit_loop(result, n_boot: int, seed):
+    import warnings
+
+    sims = simulate(result, n_boot, include_re=False, seed=seed, as_array=True)
+    estimates, failed = [], 0
+    for i in range(n_boot):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                refitted = refit(result, sims[:, i])
+        except Exception:  # noqa: BLE001 - a replicate that cannot be fitted is counted
+            failed += 1
+            continue
+        if refitted.converged:
+            estimates.append(natural_parameters(refitted))
+        else:
+            failed += 1
+    if not estimates:
+        raise RuntimeError("no bootstrap replicate could be fitted")
+    return np.array(estimates), failed

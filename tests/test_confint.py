@@ -82,16 +82,16 @@ def test_profile_on_the_boundary():
     assert "one-sided" in ci.attrs["note"]
     # The upper bound is where the ML deviance has risen by χ²₁(0.95).
     ml = fit.refit(reml=False)
-    from glmmjax._profile import _lmm_problems
+    from glmmjax._profile import _lmm_problem
 
-    problem, *_ = _lmm_problems(fit)
+    problem, *_ = _lmm_problem(fit)
     rel_close(problem.deviance_at(0, upper) - problem.base, 3.841458820694124, 1e-6)
     assert problem.base <= ml.criterion + 1e-8
 
 
 def test_bootstrap_loop_percentiles():
     fit = sleepstudy_fit()
-    ci = _simulate.bootstrap_confint(fit, n_boot=20, seed=3)
+    ci = _simulate.bootstrap_confint(fit, n_boot=20, seed=3, batched=False)
     reps = ci.attrs["replicates"]
     assert reps.shape == (20, 6)
     assert "20 replicates" in ci.attrs["note"]
@@ -99,6 +99,17 @@ def test_bootstrap_loop_percentiles():
     np.testing.assert_allclose(ci.to_numpy(), expected.to_numpy(), rtol=1e-12)
     # Replicates scatter around the estimates.
     assert abs(reps["Days"].mean() - fit.fixef["Days"]) < 3 * fit.fixef_se["Days"]
+
+
+@pytest.mark.slow
+def test_bootstrap_batched_percentiles():
+    fit = sleepstudy_fit()
+    ci = fit.confint(method="boot", n_boot=40, seed=5)
+    reps = ci.attrs["replicates"]
+    assert list(reps.columns) == list(ci.index)
+    assert reps.shape[0] >= 38 and not reps.isna().any().any()
+    assert ci.loc["Days", "2.5 %"] < fit.fixef["Days"] < ci.loc["Days", "97.5 %"]
+    assert ci.loc["sigma", "2.5 %"] < fit.sigma < ci.loc["sigma", "97.5 %"]
 
 
 @pytest.mark.slow
