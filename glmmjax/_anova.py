@@ -194,7 +194,7 @@ def anova(*models, names=None) -> pd.DataFrame:
         >>> m0 = glmmjax.lmer("Reaction ~ Days + (1 | Subject)", data)
         >>> m1 = glmmjax.lmer("Reaction ~ Days + (Days | Subject)", data)
         >>> table = glmmjax.anova(m0, m1)
-        >>> round(table["Chisq"].iloc[1], 2)
+        >>> round(float(table["Chisq"].iloc[1]), 2)
         42.14
     """
     entries, note = _prepare(models, names, "anova")

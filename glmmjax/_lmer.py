@@ -85,7 +85,7 @@ class LMMResult(MixedModelResult):
             >>> import glmmjax
             >>> fit = glmmjax.lmer("Reaction ~ Days + (Days | Subject)",
             ...                    glmmjax.datasets.load("sleepstudy"))
-            >>> round(fit.anova()["DenDF"].iloc[0], 2)
+            >>> round(float(fit.anova()["DenDF"].iloc[0]), 2)
             17.0
         """
         from ._ddf import anova_table, check_ddf

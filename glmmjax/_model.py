@@ -111,14 +111,22 @@ class MixedModel(eqx.Module):
         return self.family is None
 
     def fit(self, n_agq: int = 1):
-        """Maximum-likelihood fit: ``lmer`` for LMMs, ``glmer`` (Laplace or AGQ) else."""
+        """Maximum-likelihood fit: ``lmer`` for LMMs, ``glmer`` (Laplace or AGQ) else.
+
+        Warns with :class:`~glmmjax.SingularFitWarning` on a boundary fit, as lme4.
+        """
+        from ._results import warn_if_singular
+
         if self.is_lmm:
             from ._lmer import fit_lmm_design
 
-            return fit_lmm_design(self.design, self.reml)
-        from ._glmer import fit_glmm_design
+            result = fit_lmm_design(self.design, self.reml)
+        else:
+            from ._glmer import fit_glmm_design
 
-        return fit_glmm_design(self.design, self.family, n_agq)
+            result = fit_glmm_design(self.design, self.family, n_agq)
+        warn_if_singular(result)
+        return result
 
     def linear_predictor(self, beta, effects):
         """η = Xβ + offset + Σ_t Z_t b_t for per-term effects b_t of shape (m_t, S_t)."""
