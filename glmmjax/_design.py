@@ -14,7 +14,7 @@ import formulaic
 import numpy as np
 import pandas as pd
 
-from ._formula import FormulaError, ParsedFormula, RandomTermSpec, parse_formula
+from ._formula import FormulaError, ParsedFormula, RandomTermSpec, _arithmetic, parse_formula
 
 
 class DataError(ValueError):
@@ -141,8 +141,7 @@ def _evaluate(expr: str, data: pd.DataFrame) -> pd.Series:
         return data[expr]
     # I(...) makes formulaic evaluate arithmetic as arithmetic: R's ``incidence/size``
     # or ``cbind(s, n - s)`` would otherwise read as nesting or term removal.
-    wrapped = expr if expr.startswith("I(") else f"I({expr})"
-    values, _, _ = _numeric_matrix(f"0 + {wrapped}", data, f"expression {expr!r}")
+    values, _, _ = _numeric_matrix(f"0 + {_arithmetic(expr)}", data, f"expression {expr!r}")
     if values.shape[1] != 1:
         raise FormulaError(f"expression {expr!r} must give one numeric column")
     return pd.Series(values[:, 0], index=data.index)
@@ -251,6 +250,18 @@ def build_design(
         total_offset += o.loc[frame.index].to_numpy()
     for expr in parsed.offsets:
         total_offset += _evaluate(expr, frame).to_numpy(dtype=float)
+    # Transformations (np.log(0), 1/0) and the offset= argument can make values the
+    # column check above did not see; catch them here rather than as NaN in a fit.
+    checks = [("offset", total_offset[:, None], ["offset"]), ("fixed-effects matrix", X, fixef_names)]
+    if response.dtype != object:
+        checks.append(("response", response.reshape(len(response), -1), list(parts)))
+    for what, values, names in checks:
+        bad_rows, bad_cols = np.nonzero(~np.isfinite(values))
+        if bad_rows.size:
+            raise DataError(
+                f"the {what} has non-finite values in column {names[bad_cols[0]]!r}, "
+                f"rows {list(frame.index[np.unique(bad_rows)[:5]])}"
+            )
     if w is None:
         prior_weights = np.ones(frame.shape[0])
     else:

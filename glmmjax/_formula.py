@@ -61,15 +61,24 @@ class ParsedFormula:
     def variables(self) -> set[str]:
         """Names of all data columns the formula uses."""
         names: set[str] = set()
+        # Responses and offsets are arithmetic, not formula terms: read inside I() as
+        # _design evaluates them, so "n - s" needs n and s (formula syntax would drop s)
+        # and "5 - s" is not a syntax error.
         for part in self.response_parts:
-            names |= _required(part)
+            names |= _required(_arithmetic(part))
         names |= _required(self.fixed)
         for expr in self.offsets:
-            names |= _required(expr)
+            names |= _required(_arithmetic(expr))
         for term in self.random:
             names |= _required(term.expr)
             names |= set(term.group_columns)
         return names
+
+
+def _arithmetic(expr: str) -> str:
+    """``expr`` as formulaic reads arithmetic: wrapped in ``I()`` unless it already is."""
+    expr = expr.strip()
+    return expr if _strip_call(expr, "I") is not None else f"I({expr})"
 
 
 def _required(expr: str) -> set[str]:
@@ -96,6 +105,52 @@ def _split_top_level(text: str, sep: str) -> list[str]:
         raise FormulaError(f"unbalanced parentheses in {text!r}")
     parts.append(text[start:].strip())
     return parts
+
+
+def _split_terms(rhs: str, formula: str) -> list[tuple[str, str]]:
+    """Split a right-hand side at top-level ``+`` and ``-`` into (sign, term) pairs.
+
+    lme4 finds bars under either operator, so ``x + (1 | g) - 1`` has the random term
+    ``(1 | g)`` and the fixed part ``x - 1``. A ``-`` right after another operator
+    (``x**-1``) or inside a number (``1e-3``) is not a separator.
+    """
+    _split_top_level(rhs, "+")  # balanced parentheses, with its error message
+    pairs, depth, start, sign = [], 0, 0, "+"
+    for i, char in enumerate(rhs):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char in "+-" and depth == 0:
+            before = rhs[start:i].rstrip()
+            if char == "-" and before and (
+                before[-1] in "*/:^~,%"
+                or (before[-1] in "eE" and len(before) > 1 and before[-2].isdigit())
+            ):
+                continue
+            term = rhs[start:i].strip()
+            if term:
+                pairs.append((sign, term))
+            elif pairs or char != "-":  # only a leading minus ("-1 + x") may start it
+                raise FormulaError(f"empty term in {formula!r}")
+            sign, start = char, i + 1
+    term = rhs[start:].strip()
+    if not term:
+        raise FormulaError(f"empty term in {formula!r}")
+    pairs.append((sign, term))
+    return pairs
+
+
+def _has_top_level_bar(term: str) -> bool:
+    depth = 0
+    for char in term:
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return True
+    return False
 
 
 def _strip_call(text: str, name: str) -> str | None:
@@ -128,6 +183,10 @@ def _bar_term(term: str) -> tuple[str, str, bool] | None:
             group = inner[i + (2 if double else 1) :].strip()
             if not expr or not group:
                 raise FormulaError(f"random-effects term {term!r} needs 'expr | group'")
+            if "|" in group:
+                raise FormulaError(
+                    f"random-effects term {term!r} has more than one bar; use (expr | group)"
+                )
             return expr, group, not double
     return None
 
@@ -182,31 +241,42 @@ def parse_formula(formula: str) -> ParsedFormula:
         raise FormulaError(f"formula must have the form 'response ~ terms', got {formula!r}")
     response, rhs = sides
     fixed_terms, offsets, random = [], [], []
-    pending = _split_top_level(rhs, "+")
+    pending = _split_terms(rhs, formula)
     while pending:
-        term = pending.pop(0)
-        if not term:
-            raise FormulaError(f"empty term in {formula!r}")
+        sign, term = pending.pop(0)
         bar = _bar_term(term)
         inner = _strip_call(term, "")
         if bar is None and inner is not None and any(
             _bar_term(t) is not None for t in _split_top_level(inner, "+")
         ):
             # "((1 | g) + (0 + x | g))", as R prints an expanded `||`
-            pending = _split_top_level(inner, "+") + pending
+            pending = [(sign, t) for _, t in _split_terms(inner, formula)] + pending
             continue
         if bar is not None:
+            if sign == "-":
+                raise FormulaError(f"cannot subtract the random-effects term {term!r}")
             expr, group, correlated = bar
             exprs = [expr] if correlated else _uncorrelated_parts(expr)
             for grp in _expand_nesting(group):
                 random.extend(RandomTermSpec(e, grp) for e in exprs)
             continue
+        if _has_top_level_bar(term):
+            raise FormulaError(
+                f"term {term!r} in {formula!r} uses '|' outside parentheses; write "
+                "random-effects terms as (expr | group)"
+            )
         offset = _strip_call(term, "offset")
         if offset is not None:
+            if sign == "-":
+                raise FormulaError(f"cannot subtract the offset term {term!r}")
             offsets.append(offset)
             continue
-        fixed_terms.append(term)
-    fixed = " + ".join(fixed_terms) if fixed_terms else "1"
+        fixed_terms.append((sign, term))
+    fixed = " ".join(
+        f"{'- ' if sign == '-' else ('' if i == 0 else '+ ')}{term}"
+        for i, (sign, term) in enumerate(fixed_terms)
+    )
+    fixed = fixed or "1"
     return ParsedFormula(
         text=formula,
         response=response,
