@@ -275,7 +275,7 @@ def fit_many(
             setup = _LMMSetup(
                 X=np.asarray(design.X, dtype), weights=np.asarray(design.weights, dtype),
                 structure=structure, reml=reml,
-                gtol=1e-6 if precision == "float64" else 1e-2,
+                gtol=1e-8 if precision == "float64" else 1e-2,
                 loose_gtol=1e-3 if precision == "float64" else 1.0,
             )
             fn = _sharded(_lmm_one, devices)

@@ -146,7 +146,13 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
             return agq_objective(q, data2, u1, n_theta, p, setup.grid, setup.log_w)
         return laplace_objective(q, data2, u1, n_theta, p)
 
-    params2 = jnp.concatenate([params1[:n_theta], beta1, params1[n_theta:]])
+    # θ = 0 is a stationary point of the objective (it depends on θ through ΛΛ'), so a
+    # diagonal that stage 1 put on the boundary restarts slightly inside; stage 2's own
+    # boundary check returns it to exactly zero if that is the optimum.
+    theta1 = params1[:n_theta]
+    diagonal = jnp.asarray(diagonal_mask(setup.outer.sizes))
+    theta1 = jnp.where(diagonal & (jnp.abs(theta1) < _BOUNDARY_TRY), 0.1, theta1)
+    params2 = jnp.concatenate([theta1, beta1, params1[n_theta:]])
     hinv1 = sol1.inverse_hessian
     k = n_theta + p + n_disp
     hinv0 = jnp.zeros((k, k), dtype)

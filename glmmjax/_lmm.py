@@ -115,7 +115,7 @@ def lmm_criterion(theta, model: LinearMixedModel):
     return value - model.sum_log_weights
 
 
-def fit_theta(model: LinearMixedModel, theta0, gtol=1e-6, loose_gtol=1e-3):
+def fit_theta(model: LinearMixedModel, theta0, gtol=1e-8, loose_gtol=1e-3):
     """Minimize the criterion over θ; then try near-zero diagonals at exactly zero.
 
     Returns the optimizer's solution and the final θ (the boundary-adjusted one).

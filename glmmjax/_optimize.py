@@ -65,7 +65,7 @@ def minimize(
     *,
     max_iterations: int = 500,
     gtol: float = 1e-6,
-    ftol: float = 1e-13,
+    ftol: float = 1e-15,
     loose_gtol: float = 1e-3,
     max_halvings: int = 40,
     inverse_hessian=None,
