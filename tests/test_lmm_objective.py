@@ -1,0 +1,149 @@
+"""The profiled LMM criterion as a JAX function of θ: exact gradient against central
+finite differences, a finite symmetric ``jax.hessian`` (that also agrees with second
+differences), and jit equal to eager, for REML and ML on sleepstudy (one term, S = 2)
+and penicillin (two crossed terms).
+
+Per dataset, one compiled program gives values, gradients and the criterion at every
+finite-difference point (one vmapped call) for both criteria, and one gives the Hessians.
+Penicillin's Hessian and eager evaluation are marked slow (compile time).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import glmmjax
+from glmmjax._design import build_design
+from glmmjax._lmm import build_structure_for, lmm_criterion, lmm_model_from_arrays
+
+# θ away from the optimum (non-zero gradient), with a negative off-diagonal entry.
+CASES = {
+    "sleepstudy": ("Reaction ~ Days + (Days | Subject)", [0.8, -0.1, 0.3]),
+    "penicillin": ("diameter ~ 1 + (1 | plate) + (1 | sample)", [1.1, 2.0]),
+}
+STEP = 1e-5  # central differences of the criterion (gradient)
+STEP2 = 1e-3  # second differences (Hessian)
+
+
+def _arrays(name):
+    formula, theta = CASES[name]
+    design = build_design(formula, glmmjax.datasets.load(name), require_random=True)
+    structure = build_structure_for(design, design.X.shape[1] + 1)
+    y = np.asarray(design.response, dtype=float)
+    return structure, design.weights, design.X, y, np.asarray(theta)
+
+
+def _models(structure, weights, X, y):
+    return {
+        reml: lmm_model_from_arrays(structure, weights, X, y, reml) for reml in (True, False)
+    }
+
+
+def _fd_points(k: int):
+    """Shifts for central first differences, then second differences (i <= j)."""
+    eye = np.eye(k)
+    first = [STEP * e for e in eye] + [-STEP * e for e in eye]
+    second = []
+    for i, j in itertools.combinations_with_replacement(range(k), 2):
+        for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+            second.append(STEP2 * (si * eye[i] + sj * eye[j]))
+    return np.array(first + second)
+
+
+def _fd_estimates(values, k):
+    grad = (values[:k] - values[k : 2 * k]) / (2 * STEP)
+    hessian = np.zeros((k, k))
+    rest = values[2 * k :].reshape(-1, 4)
+    for row, (i, j) in zip(rest, itertools.combinations_with_replacement(range(k), 2)):
+        pp, pm, mp, mm = row
+        # (f(+i+j) - f(+i-j) - f(-i+j) + f(-i-j)) / 4h², which for i == j is
+        # (f(+2i) - 2 f(θ) + f(-2i)) / 4h²
+        hessian[i, j] = hessian[j, i] = (pp - pm - mp + mm) / (4 * STEP2**2)
+    return grad, hessian
+
+
+@functools.cache
+def _compiled(name):
+    """Value, gradient and the criterion at the finite-difference points, both criteria,
+    as one jitted program."""
+    structure, weights, X, y, theta = _arrays(name)
+    k = theta.size
+
+    @jax.jit
+    def run(weights, X, y, theta, shifts):
+        out = {}
+        for reml, model in _models(structure, weights, X, y).items():
+            f = functools.partial(lmm_criterion, model=model)
+            value, grad = jax.value_and_grad(f)(theta)
+            out[reml] = {"value": value, "grad": grad, "points": jax.vmap(f)(theta + shifts)}
+        return out
+
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a) for a in (weights, X, y, theta, _fd_points(k))]
+        out = jax.tree_util.tree_map(np.asarray, run(*args))
+    for result in out.values():
+        result["fd_grad"], result["fd_hessian"] = _fd_estimates(result["points"], k)
+    return out
+
+
+@functools.cache
+def _hessians(name):
+    """``jax.hessian`` of both criteria. Its program is the costliest to compile, so XLA's
+    backend optimizations are turned off for it (the values do not depend on them)."""
+    structure, weights, X, y, theta = _arrays(name)
+
+    def run(weights, X, y, theta):
+        models = _models(structure, weights, X, y)
+        return {reml: jax.hessian(lmm_criterion)(theta, model) for reml, model in models.items()}
+
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a) for a in (weights, X, y, theta)]
+        compiled = jax.jit(run).lower(*args).compile(
+            compiler_options={"xla_backend_optimization_level": 0}
+        )
+        return jax.tree_util.tree_map(np.asarray, compiled(*args))
+
+
+@pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradient_matches_finite_differences(name, reml):
+    out = _compiled(name)[reml]
+    assert np.all(np.abs(out["grad"]) > 1e-2)  # a point where the check means something
+    np.testing.assert_allclose(out["grad"], out["fd_grad"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
+@pytest.mark.parametrize(
+    "name", ["sleepstudy", pytest.param("penicillin", marks=pytest.mark.slow)]
+)
+def test_hessian_is_finite_and_symmetric(name, reml):
+    hessian = _hessians(name)[reml]
+    k = len(CASES[name][1])
+    assert hessian.shape == (k, k)
+    assert np.all(np.isfinite(hessian))
+    np.testing.assert_allclose(hessian, hessian.T, rtol=1e-10, atol=1e-10)
+    scale = np.abs(hessian).max()
+    fd = _compiled(name)[reml]["fd_hessian"]
+    np.testing.assert_allclose(hessian, fd, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize(
+    "name", ["sleepstudy", pytest.param("penicillin", marks=pytest.mark.slow)]
+)
+def test_jit_equals_eager(name):
+    """Op-by-op evaluation compiles every primitive anew (seconds per dataset), so the
+    crossed case runs only with the slow tests."""
+    structure, weights, X, y, theta = _arrays(name)
+    with jax.enable_x64(True):
+        models = _models(structure, jnp.asarray(weights), jnp.asarray(X), jnp.asarray(y))
+        for reml, model in models.items():
+            eager = lmm_criterion(jnp.asarray(theta), model)
+            np.testing.assert_allclose(
+                float(eager), _compiled(name)[reml]["value"], rtol=1e-13
+            )
