@@ -247,47 +247,40 @@ def test_missing_values_are_dropped_and_counted():
 # Grouping variables as strings, integers or categoricals
 
 
-def _group_frame() -> pd.DataFrame:
-    rng = np.random.default_rng(1)
-    g = np.repeat(np.arange(4), 5)
-    x = rng.normal(size=20)
-    y = 1 + 0.5 * x + 2 * rng.normal(size=4)[g] + 0.5 * rng.normal(size=20)
-    return pd.DataFrame({"y": y, "x": x, "g": np.array([3, 10, 2, 7])[g]})
-
-
 def test_grouping_types_give_the_same_fit():
-    base = _group_frame()
-    as_int = base
-    as_str = base.assign(g="L" + base["g"].astype(str))
-    as_cat = base.assign(
-        g=pd.Categorical(base["g"].astype(str), categories=["7", "3", "10", "2"])
-    )
-    levels = []
-    fits = []
-    for data in (as_int, as_str, as_cat):
-        design = build_design("y ~ x + (1|g)", data)
+    """Dyestuff's Batch as R's factor, as strings, and as integers whose numeric order
+    differs from the text order (the model shapes are those of the lme4 reference test,
+    so a full test run compiles the fit once)."""
+    base = glmmjax.datasets.load("dyestuff")
+    codes = {"A": 30, "B": 4, "C": 100, "D": 7, "E": 12, "F": 5}
+    as_cat = base
+    as_str = base.assign(Batch=base["Batch"].astype(str))
+    as_int = base.assign(Batch=base["Batch"].astype(str).map(codes).astype(np.int64))
+    assert pd.api.types.is_string_dtype(as_str["Batch"]) and as_int["Batch"].dtype == np.int64
+    levels, fits = [], []
+    for data in (as_cat, as_str, as_int):
+        design = build_design("Yield ~ 1 + (1 | Batch)", data)
         term = design.terms[0]
         levels.append(term.levels)
-        # same partition of the rows whatever the labels
+        # the same partition of the rows whatever the labels
         np.testing.assert_array_equal(
-            pd.factorize(np.asarray(term.levels)[term.refs])[0], pd.factorize(base["g"])[0]
+            pd.factorize(np.asarray(term.levels)[term.refs])[0], pd.factorize(base["Batch"])[0]
         )
-        fits.append(glmmjax.lmer("y ~ x + (1|g)", data))
-    assert levels[0] == ("2", "3", "7", "10")  # numeric order, not text order
-    assert levels[1] == ("L10", "L2", "L3", "L7")
-    assert levels[2] == ("7", "3", "10", "2")  # category order
+        fits.append(glmmjax.lmer("Yield ~ 1 + (1 | Batch)", data))
+    assert levels[0] == levels[1] == ("A", "B", "C", "D", "E", "F")
+    assert levels[2] == ("4", "5", "7", "12", "30", "100")  # numeric order, not text order
     reference = fits[0]
-    assert not reference.is_singular
+    assert reference.converged and not reference.is_singular
     for fit in fits[1:]:
         np.testing.assert_allclose(fit.theta.to_numpy(), reference.theta.to_numpy(), rtol=1e-10)
         np.testing.assert_allclose(fit.fixef.to_numpy(), reference.fixef.to_numpy(), rtol=1e-10)
         np.testing.assert_allclose(fit.sigma, reference.sigma, rtol=1e-10)
         np.testing.assert_allclose(fit.criterion, reference.criterion, rtol=1e-12)
-        np.testing.assert_allclose(fit.fitted(), reference.fitted(), rtol=1e-8)
-    ranef = reference.ranef["g"]["Intercept"]
-    by_label = fits[1].ranef["g"]["Intercept"]
+        np.testing.assert_allclose(fit.fitted(), reference.fitted(), rtol=1e-10)
+    modes = reference.ranef["Batch"]["Intercept"]
+    by_code = fits[2].ranef["Batch"]["Intercept"]
     np.testing.assert_allclose(
-        by_label.loc[["L2", "L3", "L7", "L10"]].to_numpy(), ranef.loc[["2", "3", "7", "10"]]
+        by_code.loc[[str(codes[k]) for k in "ABCDEF"]].to_numpy(), modes.loc[list("ABCDEF")]
     )
 
 
