@@ -419,3 +419,140 @@ def _sd_columns(theta: np.ndarray, terms, sigma: np.ndarray) -> dict:
                     corr = cov[:, i, j] / (sd[:, i] * sd[:, j])
                 columns[f"cor_{term.coef_names[i]}.{term.coef_names[j]}|{term.group}"] = corr
     return columns
+
+
+def _padded_designs(formula: str, datasets: list, family, weights):
+    designs = []
+    for index, frame in enumerate(datasets):
+        try:
+            designs.append(build_design(
+                formula, frame, weights=None if weights is None else weights[index],
+                require_random=True, numeric_response=family is None,
+            ))
+        except ValueError as err:
+            raise type(err)(f"dataset {index}: {err}") from err
+    first = designs[0]
+    for index, design in enumerate(designs[1:], start=1):
+        if design.fixef_names != first.fixef_names:
+            raise DataError(
+                f"dataset {index} has fixed-effect columns {list(design.fixef_names)}, "
+                f"dataset 0 has {list(first.fixef_names)}: give categorical columns the "
+                "same categories in every dataset"
+            )
+    # One term order for all (each design sorts its own terms by level count).
+    keys = [str(t.spec) for t in first.terms]
+    most = {k: max(next(t.n_levels for t in d.terms if str(t.spec) == k) for d in designs)
+            for k in keys}
+    keys.sort(key=lambda k: -most[k])
+    term_lists = []
+    for design in designs:
+        by_key = {str(t.spec): t for t in design.terms}
+        terms = []
+        for k in keys:
+            t = by_key[k]
+            extra = tuple(f"<padding {i}>" for i in range(most[k] - t.n_levels))
+            terms.append(dataclasses.replace(t, levels=t.levels + extra))
+        term_lists.append(tuple(terms))
+    return designs, term_lists
+
+
+def fit_datasets(
+    formula: str,
+    datasets: list,
+    family: str | Family | None = None,
+    *,
+    reml: bool = True,
+    n_agq: int = 1,
+    weights: list | None = None,
+    precision: str = "float64",
+) -> BatchResult:
+    """Fit the same formula to several datasets at once (one model per dataset).
+
+    The datasets may differ in size and in their grouping factors' levels: every one is
+    padded to the largest (padded rows carry weight 0 and contribute nothing; padded
+    levels have no observations, so their random effects are exactly zero and add
+    nothing to the likelihood), and all are fitted in one vmapped computation. Each
+    model equals the same model fitted alone.
+
+    Args:
+        formula: full lme4 formula with the response, e.g. ``"y ~ x + (1 | g)"``.
+        datasets: a list of DataFrames with the formula's columns.
+        weights: optional list of per-dataset prior-weight arrays.
+    """
+    check_precision(precision)
+    if not datasets:
+        raise DataError("datasets is empty")
+    if family is not None:
+        family = get_family(family)
+        if isinstance(family, Gaussian) and family.link.name == "identity":
+            family = None
+    designs, term_lists = _padded_designs(formula, list(datasets), family, weights)
+    dtype = float_dtype(precision)
+    n_max = max(d.nobs for d in designs)
+    p = designs[0].X.shape[1]
+
+    def pad_rows(a):
+        a = np.asarray(a, dtype=float)
+        width = [(0, n_max - a.shape[0])] + [(0, 0)] * (a.ndim - 1)
+        return np.pad(a, width)
+
+    reasons, ys, ws = [], [], []
+    for design in designs:
+        if family is None:
+            check_lmm_design(design)
+            y, w = np.asarray(design.response, dtype=float) - design.offset, design.weights
+        else:
+            y, w, _ = family.prepare_response(design.response, design.weights,
+                                              design.response_levels, design.rows)
+        reasons.append("" if np.all(np.isfinite(y)) else "non-finite response")
+        ys.append(pad_rows(y))
+        ws.append(pad_rows(w))
+    Y, W = np.stack(ys), np.stack(ws)
+    X = np.stack([pad_rows(d.X) for d in designs])
+    offsets = np.stack([pad_rows(d.offset) for d in designs])
+    with precision_scope(precision):
+        if family is None:
+            structure = _stack_structures(term_lists, p + 1)
+            setup = _LMMSetup(X=X.astype(dtype), weights=W.astype(dtype), structure=structure,
+                              reml=reml, gtol=1e-8 if precision == "float64" else 1e-2,
+                              loose_gtol=1e-3 if precision == "float64" else 1.0)
+            out = eqx.filter_jit(jax.vmap(_lmm_one))(jnp.asarray(Y, dtype), setup)
+            method = "REML" if reml else "ML"
+        else:
+            setups = [make_setup(dataclasses.replace(d, terms=t), family, n_agq, dtype)
+                      for d, t in zip(designs, term_lists)]
+            inner = _stack_structures(term_lists, p)
+            outer = _stack_structures(term_lists, 0)
+            setup = _stacked_glmm_setup(setups, X, offsets, inner, outer, dtype)
+            out = eqx.filter_jit(jax.vmap(_glmm_one))(
+                jnp.asarray(Y, dtype), jnp.asarray(W, dtype), setup
+            )
+            method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
+    out = jax.tree_util.tree_map(np.asarray, out)
+    names = list(range(len(designs)))
+    usable = list(range(len(designs)))
+    return _assemble(designs[0], family, names, reasons, usable, out, method, len(designs), 1,
+                     setup if family is not None else None)
+
+
+def _stack_structures(term_lists, n_dense):
+    from ._structure import stack_structures
+
+    return stack_structures(term_lists, n_dense)
+
+
+def _stacked_glmm_setup(setups, X, offsets, inner, outer, dtype):
+    first = setups[0]
+    return eqx.tree_at(
+        lambda s: (s.X, s.X_pinv, s.offset, s.inner, s.outer, s.grid, s.log_w),
+        first,
+        (
+            X.astype(dtype),
+            np.stack([np.linalg.pinv(x) for x in X]).astype(dtype),
+            offsets.astype(dtype),
+            inner,
+            outer,
+            np.stack([np.asarray(s.grid) for s in setups]),
+            np.stack([np.asarray(s.log_w) for s in setups]),
+        ),
+    )

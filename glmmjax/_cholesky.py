@@ -164,7 +164,9 @@ def _coupling_gram(s: ReStructure, coupling_rows):
         dense = dense.at[s.entry_rest[:, None], column].add(coupling_rows)
         return dense @ dense.T
     products = jnp.sum(coupling_rows[s.update_a] * coupling_rows[s.update_b], axis=-1)
-    return jax.ops.segment_sum(products, s.update_flat, num_segments=R * R).reshape(R, R)
+    # Bin R·R collects padding products (stacked datasets of unequal size) and is dropped.
+    gram = jax.ops.segment_sum(products, s.update_flat, num_segments=R * R + 1)
+    return gram[: R * R].reshape(R, R)
 
 
 def coupling_times(s: ReStructure, factor: BlockedFactor, vector_first):

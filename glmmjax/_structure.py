@@ -17,6 +17,7 @@ model with the same structure.
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -90,13 +91,23 @@ def _pairs_within_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[a], order[b]
 
 
-def build_structure(terms: tuple[TermDesign, ...], n_dense: int) -> ReStructure:
+def build_structure(
+    terms: tuple[TermDesign, ...],
+    n_dense: int,
+    dense_update: bool | None = None,
+    padding: dict | None = None,
+) -> ReStructure:
     """Find the coupling pattern of ``terms`` (sorted, largest first).
 
     Args:
         terms: random-effects terms from :func:`glmmjax._design.build_design`.
         n_dense: number of dense columns after the random effects (p, or p + 1 when the
             response is appended as for an LMM).
+        dense_update: force the dense (True) or sparse (False) Schur update.
+        padding: common lengths ``{"obs", "pairs" (per later term), "updates"}`` for
+            stacking several datasets (see :func:`stack_structures`). Padded
+            observations have z = 0, padded pairs have no observations (zero coupling),
+            and padded update products go to the discarded bin R·R.
     """
     first = terms[0]
     sizes = tuple(t.size for t in terms)
@@ -106,17 +117,26 @@ def build_structure(terms: tuple[TermDesign, ...], n_dense: int) -> ReStructure:
         offsets.append(position)
         position += term.n_levels * term.size
     rest_size = position + n_dense
+    n_obs = first.refs.shape[0]
+    target_obs = n_obs if padding is None else padding["obs"]
+
+    def pad(a, length, value=0):
+        a = np.asarray(a)
+        width = [(0, length - a.shape[0])] + [(0, 0)] * (a.ndim - 1)
+        return np.pad(a, width, constant_values=value)
 
     pair_first, pair_level, obs_pair = [], [], []
     entry_rest, entry_first = [], []
-    for term, offset in zip(terms[1:], offsets[1:]):
+    for k, (term, offset) in enumerate(zip(terms[1:], offsets[1:])):
         key = first.refs.astype(np.int64) * term.n_levels + term.refs
         unique_keys, inverse = np.unique(key, return_inverse=True)
         j = (unique_keys // term.n_levels).astype(np.int32)
         level = (unique_keys % term.n_levels).astype(np.int32)
+        if padding is not None:
+            j, level = pad(j, padding["pairs"][k]), pad(level, padding["pairs"][k])
         pair_first.append(j)
         pair_level.append(level)
-        obs_pair.append(inverse.astype(np.int32))
+        obs_pair.append(pad(inverse.astype(np.int32), target_obs))
         comps = np.arange(term.size)
         entry_rest.append((offset + level[:, None] * term.size + comps).ravel())
         entry_first.append(np.repeat(j, term.size))
@@ -129,16 +149,21 @@ def build_structure(terms: tuple[TermDesign, ...], n_dense: int) -> ReStructure:
     counts = np.bincount(entry_first, minlength=first.n_levels).astype(np.float64)
     sparse_cost = float(np.sum(counts**2)) * _DENSE_ADVANTAGE
     dense_cost = float(rest_size) ** 2 * first.n_levels
-    dense_update = sparse_cost >= dense_cost
+    if dense_update is None:
+        dense_update = sparse_cost >= dense_cost
     if dense_update:
         a = b = flat = np.zeros(0, dtype=np.int32)
     else:
         a, b = _pairs_within_groups(entry_first)
         flat = entry_rest[a].astype(np.int64) * rest_size + entry_rest[b]
+        if padding is not None:
+            n_updates = padding["updates"]
+            a, b = pad(a, n_updates), pad(b, n_updates)
+            flat = pad(flat, n_updates, rest_size * rest_size)
         a, b = a.astype(np.int32), b.astype(np.int32)
-        flat = flat.astype(np.int32 if rest_size**2 < 2**31 else np.int64)
+        flat = flat.astype(np.int32 if rest_size**2 < 2**31 - 1 else np.int64)
 
-    as_float = [np.asarray(t.z, dtype=np.float64) for t in terms]
+    as_float = [pad(np.asarray(t.z, dtype=np.float64), target_obs) for t in terms]
     return ReStructure(
         sizes=sizes,
         n_levels=n_levels,
@@ -146,7 +171,7 @@ def build_structure(terms: tuple[TermDesign, ...], n_dense: int) -> ReStructure:
         n_dense=n_dense,
         rest_size=rest_size,
         dense_update=bool(dense_update),
-        refs=tuple(np.asarray(t.refs, dtype=np.int32) for t in terms),
+        refs=tuple(pad(np.asarray(t.refs, dtype=np.int32), target_obs) for t in terms),
         z=tuple(as_float),
         pair_first=tuple(pair_first),
         pair_level=tuple(pair_level),
@@ -157,3 +182,23 @@ def build_structure(terms: tuple[TermDesign, ...], n_dense: int) -> ReStructure:
         update_b=b,
         update_flat=flat,
     )
+
+
+def stack_structures(term_lists: list, n_dense: int) -> ReStructure:
+    """One structure per dataset, padded to common sizes and stacked on a leading axis.
+
+    Every dataset's terms must already have equal level counts (pad the level lists);
+    observation, pair and update counts may differ and are padded here.
+    """
+    plain = [build_structure(terms, n_dense) for terms in term_lists]
+    dense = any(s.dense_update for s in plain)
+    plain = [build_structure(terms, n_dense, dense_update=dense) for terms in term_lists]
+    padding = {
+        "obs": max(s.refs[0].shape[0] for s in plain),
+        "pairs": tuple(max(s.pair_first[k].shape[0] for s in plain)
+                       for k in range(len(plain[0].pair_first))),
+        "updates": max(s.update_a.shape[0] for s in plain),
+    }
+    padded = [build_structure(terms, n_dense, dense_update=dense, padding=padding)
+              for terms in term_lists]
+    return jax.tree_util.tree_map(lambda *a: np.stack(a), *padded)

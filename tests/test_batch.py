@@ -139,3 +139,46 @@ def test_per_gene_example_runs_tiny(tmp_path):
                              out=str(tmp_path / "volcano.png"), seed=2)
     assert isinstance(table, pd.DataFrame) and len(table) == 6
     assert {"log2_fold_change", "p_value", "q_value", "converged"} <= set(table.columns)
+
+
+def _sleepstudy_parts(sleepstudy):
+    subjects = sleepstudy["Subject"].cat.categories
+    parts = [
+        sleepstudy[sleepstudy["Subject"].isin(subjects[:6])],
+        sleepstudy[sleepstudy["Subject"].isin(subjects[6:15])].iloc[5:],  # unbalanced
+        sleepstudy[sleepstudy["Subject"].isin(subjects[15:])],
+    ]
+    return [p.assign(Subject=p["Subject"].astype(str)) for p in parts]
+
+
+def test_stacked_datasets_of_different_sizes_equal_single_fits(sleepstudy):
+    parts = _sleepstudy_parts(sleepstudy)
+    stacked = glmmjax.fit_datasets("Reaction ~ Days + (Days | Subject)", parts)
+    assert stacked.converged.all()
+    for k, part in enumerate(parts):
+        alone = glmmjax.lmer("Reaction ~ Days + (Days | Subject)", part)
+        rel_close(stacked.fixef.iloc[k], alone.fixef, 1e-8)
+        rel_close(stacked.fixef_se.iloc[k], alone.fixef_se, 1e-6)
+        rel_close(stacked.models["criterion"][k], alone.criterion, 1e-10)
+        rel_close(stacked.models["sigma"][k], alone.sigma, 1e-8)
+
+
+@pytest.mark.slow
+def test_stacked_glmm_datasets_equal_single_fits():
+    cbpp = glmmjax.datasets.load("cbpp")
+    herds = cbpp["herd"].cat.categories
+    parts = [cbpp[cbpp["herd"].isin(herds[:8])], cbpp[cbpp["herd"].isin(herds[8:])]]
+    parts = [p.assign(herd=p["herd"].astype(str)) for p in parts]
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    stacked = glmmjax.fit_datasets(formula, parts, family="binomial")
+    for k, part in enumerate(parts):
+        alone = glmmjax.glmer(formula, part, family="binomial")
+        rel_close(stacked.fixef.iloc[k], alone.fixef, 1e-6)
+        rel_close(stacked.models["criterion"][k], alone.criterion, 1e-9)
+
+
+def test_stacked_datasets_need_matching_columns(sleepstudy):
+    parts = _sleepstudy_parts(sleepstudy)
+    bad = parts[1].assign(Days=pd.Categorical(parts[1]["Days"].astype(str)))
+    with pytest.raises(glmmjax.DataError, match="dataset 1"):
+        glmmjax.fit_datasets("Reaction ~ Days + (1 | Subject)", [parts[0], bad])
