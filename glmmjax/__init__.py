@@ -6,7 +6,7 @@ GPU, one at a time or thousands at once. Everything public is re-exported here.
 
 from . import datasets, families, links
 from ._anova import anova, compare
-from ._batch import BatchResult, fit_many, p_adjust_bh
+from ._batch import BatchResult, fit_datasets, fit_many, p_adjust_bh
 from ._bootstrap import BootstrapResult
 from ._classification import confusion_matrix, plot_roc, roc_auc, roc_curve
 from ._design import DataError
@@ -28,6 +28,7 @@ __all__ = [
     "SingularFitWarning",
     "BatchResult",
     "BootstrapResult",
+    "fit_datasets",
     "fit_many",
     "p_adjust_bh",
     "GLMConvergenceWarning",
