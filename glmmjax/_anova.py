@@ -22,7 +22,24 @@ from scipy import stats
 
 from ._covariance import diagonal_mask
 
-__all__ = ["anova", "compare"]
+__all__ = ["anova", "compare", "NotedTable"]
+
+
+class NotedTable(pd.DataFrame):
+    """A DataFrame whose printed form shows ``attrs["heading"]`` above and
+    ``attrs["note"]`` below the table (lme4 prints such notes as messages)."""
+
+    @property
+    def _constructor(self):
+        return NotedTable
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        heading = self.attrs.get("heading", "")
+        note = self.attrs.get("note", "")
+        return (f"{heading}\n" if heading else "") + text + (f"\n\nNote: {note}" if note else "")
+
+    __str__ = __repr__
 
 
 class _Entry:
@@ -231,7 +248,7 @@ def anova(*models, names=None) -> pd.DataFrame:
             row["Pr(>Chisq) boundary"] = _boundary_p(prev, e, chisq, df)
             boundary_note |= bool(np.isfinite(row["Pr(>Chisq) boundary"]))
         rows.append(row)
-    table = pd.DataFrame(rows, index=[e.name for e in entries])
+    table = NotedTable(rows, index=[e.name for e in entries])
     if not boundary_note:
         table = table.drop(columns="Pr(>Chisq) boundary")
     notes = [note] if note else []
@@ -277,7 +294,7 @@ def compare(*models, names=None, by: str = "AIC") -> pd.DataFrame:
                 "BIC": deviance + math.log(e.nobs) * e.npar,
             }
         )
-    table = pd.DataFrame(rows, index=[e.name for e in entries])
+    table = NotedTable(rows, index=[e.name for e in entries])
     table["dAIC"] = table["AIC"] - table["AIC"].min()
     table["dBIC"] = table["BIC"] - table["BIC"].min()
     weights = np.exp(-0.5 * table["dAIC"])

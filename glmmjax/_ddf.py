@@ -463,10 +463,16 @@ def anova_table(result, ddf: str) -> pd.DataFrame:
     for name, L in contrasts.items():
         if ddf == "satterthwaite":
             F, ndf, den = satterthwaite_f_test(result._satterthwaite, L, beta)
+            F_ss = F
         else:
-            F, ndf, den, _, _ = kenward_roger_f_test(result._kenward_roger, L, beta)
-        rows.append((name, F * sigma2 * ndf, F * sigma2, ndf, den, F, stats.f.sf(F, ndf, den)))
-    table = pd.DataFrame(
+            # lmerTest reports KR's scaled F but sums of squares from the unscaled one.
+            F, ndf, den, _, F_ss = kenward_roger_f_test(result._kenward_roger, L, beta)
+        rows.append(
+            (name, F_ss * sigma2 * ndf, F_ss * sigma2, ndf, den, F, stats.f.sf(F, ndf, den))
+        )
+    from ._anova import NotedTable
+
+    table = NotedTable(
         [r[1:] for r in rows],
         index=[r[0] for r in rows],
         columns=["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"],

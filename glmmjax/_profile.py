@@ -426,7 +426,9 @@ def _select(names: list[str], parm, result) -> set[int]:
 def _interval_frame(names, lower, upper, level) -> pd.DataFrame:
     a = 0.5 * (1.0 - level)
     cols = [f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"]
-    return pd.DataFrame({cols[0]: lower, cols[1]: upper}, index=names)
+    from ._anova import NotedTable
+
+    return NotedTable({cols[0]: lower, cols[1]: upper}, index=names)
 
 
 def wald_confint(result, level: float = 0.95, parm=None) -> pd.DataFrame:
