@@ -303,6 +303,33 @@ def build_design(
     )
 
 
+def _new_level_labels(design: Design, term: TermDesign, newdata: pd.DataFrame) -> pd.Series:
+    """Level labels of ``newdata``'s rows for ``term``, matched by value to the fitted
+    levels: an integer column that came back as floats (2.0 for 2, as pandas makes
+    integer columns with missing values) still finds its level. Missing values give
+    labels no level has (they count as new levels)."""
+    source = design.source_data
+    parts = []
+    for column in term.spec.group_columns:
+        known = {}
+        if source is not None and column in source.columns:
+            known = {v: str(v) for v in _level_order(source.loc[design.rows, column])}
+
+        def label(value, known=known):
+            if pd.isna(value):
+                return "<NA>"
+            try:
+                return known.get(value, str(value))
+            except TypeError:  # unhashable
+                return str(value)
+
+        parts.append(newdata[column].map(label).astype(object))
+    labels = parts[0]
+    for part in parts[1:]:
+        labels = labels + ":" + part
+    return labels
+
+
 def new_data_design(design: Design, newdata: pd.DataFrame, *, allow_new_levels: bool):
     """Rebuild X, the offset and each term's (refs, z) on new data for prediction.
 
@@ -320,7 +347,7 @@ def new_data_design(design: Design, newdata: pd.DataFrame, *, allow_new_levels: 
         if missing:
             raise DataError(f"newdata lacks grouping column(s) {missing} of term {term.spec}")
         z, _, _ = _numeric_matrix(term.z_spec, newdata, f"random-effects term {term.spec}")
-        labels = newdata[list(term.spec.group_columns)].astype(str).agg(":".join, axis=1)
+        labels = _new_level_labels(design, term, newdata)
         lookup = {name: i for i, name in enumerate(term.levels)}
         refs = labels.map(lookup)
         unknown = refs.isna()

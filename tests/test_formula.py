@@ -282,6 +282,15 @@ def test_grouping_types_give_the_same_fit():
     np.testing.assert_allclose(
         by_code.loc[[str(codes[k]) for k in "ABCDEF"]].to_numpy(), modes.loc[list("ABCDEF")]
     )
+    # prediction matches integer levels by value: pandas turns an integer column with a
+    # missing value into floats, and NaN is a new level (random effect zero)
+    new = pd.DataFrame({"Batch": [30.0, 4.0, np.nan]})
+    predicted = fits[2].predict(new, allow_new_levels=True).to_numpy()
+    expected = reference.predict(pd.DataFrame({"Batch": ["A", "B", "A"]})).to_numpy()
+    np.testing.assert_allclose(predicted[:2], expected[:2], rtol=1e-12)
+    np.testing.assert_allclose(predicted[2], reference.fixef.iloc[0], rtol=1e-12)
+    with pytest.raises(DataError, match="<NA>"):
+        fits[2].predict(new)
 
 
 # --------------------------------------------------------------------------------------
