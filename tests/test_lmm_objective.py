@@ -3,9 +3,9 @@ finite differences, a finite symmetric ``jax.hessian`` (that also agrees with se
 differences), and jit equal to eager, for REML and ML on sleepstudy (one term, S = 2)
 and penicillin (two crossed terms).
 
-Per dataset, one compiled program gives values, gradients and the criterion at every
-finite-difference point (one vmapped call) for both criteria, and one gives the Hessians.
-Penicillin's Hessian and eager evaluation are marked slow (compile time).
+Per dataset, one compiled program gives values, gradients, Hessians and the criterion at
+every finite-difference point (one vmapped call) for both criteria. Penicillin and the
+eager evaluations are marked slow (compile time).
 """
 
 from __future__ import annotations
@@ -70,48 +70,42 @@ def _fd_estimates(values, k):
 
 @functools.cache
 def _compiled(name):
-    """Value, gradient and the criterion at the finite-difference points, both criteria,
-    as one jitted program."""
+    """Value, gradient, Hessian and the criterion at every finite-difference point, for
+    both criteria, as one program. XLA's backend optimizations are turned off for it:
+    they halve the compile time and do not change the values."""
     structure, weights, X, y, theta = _arrays(name)
     k = theta.size
 
-    @jax.jit
     def run(weights, X, y, theta, shifts):
         out = {}
         for reml, model in _models(structure, weights, X, y).items():
             f = functools.partial(lmm_criterion, model=model)
             value, grad = jax.value_and_grad(f)(theta)
-            out[reml] = {"value": value, "grad": grad, "points": jax.vmap(f)(theta + shifts)}
+            out[reml] = {
+                "value": value,
+                "grad": grad,
+                "hessian": jax.hessian(f)(theta),
+                "points": jax.vmap(f)(theta + shifts),
+            }
         return out
 
     with jax.enable_x64(True):
         args = [jnp.asarray(a) for a in (weights, X, y, theta, _fd_points(k))]
-        out = jax.tree_util.tree_map(np.asarray, run(*args))
+        compiled = jax.jit(run).lower(*args).compile(
+            compiler_options={"xla_backend_optimization_level": 0}
+        )
+        out = jax.tree_util.tree_map(np.asarray, compiled(*args))
     for result in out.values():
         result["fd_grad"], result["fd_hessian"] = _fd_estimates(result["points"], k)
     return out
 
 
-@functools.cache
-def _hessians(name):
-    """``jax.hessian`` of both criteria. Its program is the costliest to compile, so XLA's
-    backend optimizations are turned off for it (the values do not depend on them)."""
-    structure, weights, X, y, theta = _arrays(name)
-
-    def run(weights, X, y, theta):
-        models = _models(structure, weights, X, y)
-        return {reml: jax.hessian(lmm_criterion)(theta, model) for reml, model in models.items()}
-
-    with jax.enable_x64(True):
-        args = [jnp.asarray(a) for a in (weights, X, y, theta)]
-        compiled = jax.jit(run).lower(*args).compile(
-            compiler_options={"xla_backend_optimization_level": 0}
-        )
-        return jax.tree_util.tree_map(np.asarray, compiled(*args))
+# Penicillin's program and any eager evaluation take several seconds each to compile.
+NAMES = ["sleepstudy", pytest.param("penicillin", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", NAMES)
 def test_gradient_matches_finite_differences(name, reml):
     out = _compiled(name)[reml]
     assert np.all(np.abs(out["grad"]) > 1e-2)  # a point where the check means something
@@ -119,11 +113,9 @@ def test_gradient_matches_finite_differences(name, reml):
 
 
 @pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
-@pytest.mark.parametrize(
-    "name", ["sleepstudy", pytest.param("penicillin", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("name", NAMES)
 def test_hessian_is_finite_and_symmetric(name, reml):
-    hessian = _hessians(name)[reml]
+    hessian = _compiled(name)[reml]["hessian"]
     k = len(CASES[name][1])
     assert hessian.shape == (k, k)
     assert np.all(np.isfinite(hessian))
@@ -133,12 +125,11 @@ def test_hessian_is_finite_and_symmetric(name, reml):
     np.testing.assert_allclose(hessian, fd, rtol=1e-4, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize(
-    "name", ["sleepstudy", pytest.param("penicillin", marks=pytest.mark.slow)]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
 def test_jit_equals_eager(name):
-    """Op-by-op evaluation compiles every primitive anew (seconds per dataset), so the
-    crossed case runs only with the slow tests."""
+    """Op-by-op evaluation compiles every primitive anew: ~100 small compiles, several
+    seconds per dataset, hence slow."""
     structure, weights, X, y, theta = _arrays(name)
     with jax.enable_x64(True):
         models = _models(structure, jnp.asarray(weights), jnp.asarray(X), jnp.asarray(y))
