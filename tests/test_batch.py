@@ -37,7 +37,8 @@ def test_lmm_batch_equals_single_fits(sleepstudy):
     for k in (0, 1, 3):
         alone = glmmjax.lmer("y ~ Days + (Days | Subject)", sleepstudy.assign(y=Y[:, k]))
         rel_close(batch.fixef.iloc[k], alone.fixef, 1e-8)
-        rel_close(batch.fixef_se.iloc[k], alone.fixef_se, 1e-8)
+        # SEs depend on θ̂, which both fits reach only to the optimizer's tolerance.
+        rel_close(batch.fixef_se.iloc[k], alone.fixef_se, 1e-6)
         rel_close(batch.models["criterion"][k], alone.criterion, 1e-10)
         rel_close(batch.models["sigma"][k], alone.sigma, 1e-8)
         rel_close(batch.theta[k], alone.theta_values, 1e-6, atol=1e-8)
