@@ -53,3 +53,12 @@ __all__ = [
     "datasets",
     "parse_formula",
 ]
+
+
+def __getattr__(name):
+    # glmmjax.bayes needs the optional NumPyro: import it on first use only.
+    if name == "bayes":
+        import importlib
+
+        return importlib.import_module(".bayes", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
