@@ -80,7 +80,7 @@ def minimize(
 
     Stops with CONVERGED when max|∇f| <= ``gtol``, or when three successive steps
     change f by less than ``ftol``·(1 + |f|) while max|∇f| <= ``loose_gtol``·max(1,
-    |f|/100) (the objective is flat to rounding). A line search that cannot decrease f ends with
+    |f|/10⁴) (the objective is flat to rounding). A line search that cannot decrease f ends with
     CONVERGED if the gradient is below ``loose_gtol`` and LINE_SEARCH_FAILED otherwise.
 
     Steps are capped at ``max_step`` in every coordinate: an unscaled first step −∇f
@@ -135,7 +135,7 @@ def minimize(
         # On large objectives (InstEval's REML criterion is 2.4e5) rounding leaves the
         # gradient far above any absolute tolerance once f stops changing, so the loose
         # test scales with |f|.
-        loose = loose_gtol * jnp.maximum(1.0, jnp.abs(f_new) / 100.0)
+        loose = loose_gtol * jnp.maximum(1.0, jnp.abs(f_new) / 1e4)
         converged = (gmax <= gtol) | ((small_steps >= 3) & (gmax <= loose))
         accepted_status = jnp.where(
             first_eval & ~finite,
@@ -147,7 +147,7 @@ def minimize(
         rejected_status = jnp.where(
             halvings >= max_halvings,
             jnp.where(jnp.max(jnp.abs(state.g))
-                      <= loose_gtol * jnp.maximum(1.0, jnp.abs(state.f) / 100.0),
+                      <= loose_gtol * jnp.maximum(1.0, jnp.abs(state.f) / 1e4),
                       Status.CONVERGED,
                       Status.LINE_SEARCH_FAILED),
             -1,

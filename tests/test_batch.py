@@ -40,7 +40,7 @@ def test_lmm_batch_equals_single_fits(sleepstudy):
         # SEs depend on θ̂, which both fits reach only to the optimizer's tolerance.
         rel_close(batch.fixef_se.iloc[k], alone.fixef_se, 1e-6)
         rel_close(batch.models["criterion"][k], alone.criterion, 1e-10)
-        rel_close(batch.models["sigma"][k], alone.sigma, 1e-8)
+        rel_close(batch.models["sigma"][k], alone.sigma, 1e-7)
         rel_close(batch.theta[k], alone.theta_values, 1e-6, atol=1e-8)
         assert batch.models["converged"][k]
     tidy = batch.coefficients
@@ -161,7 +161,7 @@ def test_stacked_datasets_of_different_sizes_equal_single_fits(sleepstudy):
         rel_close(stacked.fixef.iloc[k], alone.fixef, 1e-8)
         rel_close(stacked.fixef_se.iloc[k], alone.fixef_se, 1e-6)
         rel_close(stacked.models["criterion"][k], alone.criterion, 1e-10)
-        rel_close(stacked.models["sigma"][k], alone.sigma, 1e-8)
+        rel_close(stacked.models["sigma"][k], alone.sigma, 1e-7)
 
 
 @pytest.mark.slow
