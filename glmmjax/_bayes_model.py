@@ -313,7 +313,8 @@ class BayesModel:
             centres[layout.fixef_site(j)] = scale.location if j == layout.intercept_index else 0.0
         for t in range(len(layout.labels)):
             for name in layout.sd_names(t):
-                centres[name] = 0.5 * scale.scale if not scale.identity_gaussian else 0.5 * scale.sd_y
+                centres[name] = 0.5 * (scale.sd_y if scale.identity_gaussian and scale.sd_y > 0
+                                       else scale.scale)
         if layout.dispersion is not None and scale.dispersion_guess is not None:
             centres[layout.dispersion] = scale.dispersion_guess
         if layout.ar1 is not None:
@@ -397,6 +398,7 @@ class BayesModel:
         chain_method: str = "vectorized",
         target_accept: float = 0.8,
         max_tree_depth: int = 10,
+        dense_mass: bool = False,
         precision: str = "float64",
     ) -> dict:
         """Fit the same model (design and priors) to many response vectors at once.
@@ -411,25 +413,27 @@ class BayesModel:
             responses: (R, n) response vectors on the model's scale (binomial:
                 proportions of the model's trials).
             num_chains, num_warmup, num_samples, seed, chain_method, target_accept,
-                max_tree_depth, precision: as :meth:`sample`.
+                max_tree_depth, dense_mass, precision: as :meth:`sample`.
 
         Returns:
             dict of numpy arrays: every parameter of :meth:`derived` with shape
-            (R, chains, draws, ...), plus ``"diverging"`` (R, chains, draws).
+            (R, chains, draws, ...), plus ``"diverging"`` and ``"num_steps"`` (R, chains,
+            draws).
         """
         responses = np.asarray(responses, dtype=np.float64)
         n = self.data.y.shape[0]
         if responses.ndim != 2 or responses.shape[1] != n:
             raise ValueError(f"responses must have shape (R, {n}), got {responses.shape}")
         ys = np.repeat(responses, num_chains, axis=0)
-        samples, diverging, _, _ = self._run(
+        samples, diverging, num_steps, _ = self._run(
             ys, len(ys), num_warmup, num_samples, seed, chain_method, False,
-            target_accept, max_tree_depth, False, precision,
+            target_accept, max_tree_depth, dense_mass, precision,
         )
         r = responses.shape[0]
         shaped = {k: v.reshape((r, num_chains) + v.shape[1:]) for k, v in samples.items()}
         out = self.derived(shaped)
         out["diverging"] = diverging.reshape(r, num_chains, -1)
+        out["num_steps"] = num_steps.reshape(r, num_chains, -1)
         return out
 
     def _run(self, ys, num_chains, num_warmup, num_samples, seed, chain_method, progress_bar,

@@ -320,7 +320,7 @@ def data_scale(X, y, weights, offset, family: Family, intercept_index) -> DataSc
     sd_x = np.std(np.asarray(X), axis=0)
     if identity_gaussian:
         location, scale = median_y, max(2.5, mad)
-        guess = max(sd_y, 1e-8)
+        guess = sd_y if sd_y > 0 else 1.0
     else:
         with jax.enable_x64(True):
             mu0 = np.asarray(family.initialize(jnp.asarray(y), jnp.asarray(w)))
