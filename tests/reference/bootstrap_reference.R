@@ -26,38 +26,8 @@ suppressPackageStartupMessages({
   library(jsonlite)
 })
 
-## ---- JSON helpers (full double precision) ----------------------------------
-num2str <- function(v) {
-  v <- as.vector(v)
-  out <- sprintf("%.15g", v)
-  for (d in c(16, 17)) {
-    bad <- is.finite(v) & suppressWarnings(as.numeric(out)) != v
-    bad[is.na(bad)] <- FALSE
-    out[bad] <- sprintf(paste0("%.", d, "g"), v[bad])
-  }
-  out[!is.finite(v)] <- "null"
-  out
-}
-prep <- function(x) {
-  if (is.list(x)) {
-    r <- lapply(x, prep)
-    names(r) <- names(x)
-    if (inherits(x, "AsIs")) class(r) <- "AsIs"
-    return(r)
-  }
-  if (is.double(x)) {
-    s <- num2str(x)
-    txt <- if (length(x) == 1 && !inherits(x, "AsIs")) s else paste0("[", paste(s, collapse = ","), "]")
-    return(structure(txt, class = "json"))
-  }
-  if (is.factor(x)) x <- as.character(x)
-  x
-}
-save_json <- function(x, file) {
-  write_json(prep(x), file, auto_unbox = TRUE, digits = NA, pretty = TRUE,
-             json_verbatim = TRUE, na = "null", null = "null")
-}
-arr <- function(x) I(unname(if (is.factor(x)) as.character(x) else x))
+## ---- JSON / CSV helpers (full double precision): shared ---------------------
+source("json_helpers.R")
 
 ## ---- bootstrap -------------------------------------------------------------------
 fit <- lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = TRUE)
