@@ -27,6 +27,8 @@ from ._covariance import canonical_theta, initial_theta
 from ._design import DataError, build_design
 from ._families import Family, Gaussian, get_family
 from ._formula import parse_formula
+from ._glmm_batch import applies as scalar_path_applies
+from ._glmm_batch import fit_scalar, make_scalar_setup
 from ._glmm_fit import glmm_pipeline, make_setup
 from ._lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from ._optimize import Status
@@ -128,7 +130,15 @@ def _glmm_one(y, weights, setup) -> dict:
         status=out["status"], iterations=out["iterations"],
         grad_max=jnp.max(jnp.abs(out["grad"])),
         hessian_pd=jnp.all(jnp.linalg.eigvalsh(0.5 * (out["hessian"] + out["hessian"].T)) > 0),
+        inner_converged=jnp.ones((), bool),
     )
+
+
+def _glmm_scalar_one(y, weights, setup) -> dict:
+    """One scalar random-effect term: the batch-specialized Newton fit."""
+    out = fit_scalar(y, weights, setup)
+    return {k: out[k] for k in ("params", "beta", "beta_cov", "value", "status", "iterations",
+                                "grad_max", "hessian_pd", "inner_converged")}
 
 
 @functools.cache
@@ -283,6 +293,15 @@ def fit_many(
             Y_fit = Y - design.offset[:, None]
             rest = structure.rest_size
             method = "REML" if reml else "ML"
+        elif precision == "float64" and scalar_path_applies(design, family, n_agq):
+            # One scalar term (e.g. (1 | g)): Newton with exact Hessians, a few uniform
+            # iterations per model (see _glmm_batch); same estimates as glmer.
+            setup = make_scalar_setup(design, family, dtype)
+            fn = _sharded(_glmm_scalar_one, devices)
+            extra = (jnp.asarray(design.weights, dtype), setup)
+            Y_fit = Y
+            rest = p + 1
+            method = "Laplace"
         else:
             setup = make_setup(design, family, n_agq, dtype)
             fn = _sharded(_glmm_one, devices)
@@ -351,16 +370,22 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
             theta_raw = out["params"][:, :n_theta]
             if setup.has_dispersion:
                 scale[idx] = np.exp(out["params"][:, -1])
-            ok = (codes == Status.CONVERGED) & out["hessian_pd"]
+            ok = (codes == Status.CONVERGED) & out["hessian_pd"] & out["inner_converged"]
         theta[idx] = np.array([canonical_theta(t, sizes) for t in theta_raw])
         converged[idx] = ok & np.isfinite(value[idx])
+        inner_ok = out.get("inner_converged", np.ones(len(idx), bool))
+        hessian_pd = out.get("hessian_pd", np.ones(len(idx), bool))
         for j, k in enumerate(idx):
             if not converged[k]:
                 code = Status(int(codes[j]))
-                status[k] = (
-                    "Hessian not positive definite" if code == Status.CONVERGED
-                    else code.describe()
-                )
+                if code != Status.CONVERGED:
+                    status[k] = code.describe()
+                elif not inner_ok[j]:
+                    status[k] = "the conditional modes (inner Newton) did not converge"
+                elif not hessian_pd[j]:
+                    status[k] = "Hessian not positive definite"
+                else:
+                    status[k] = "non-finite objective"
             else:
                 status[k] = "converged"
     stat = beta / se
