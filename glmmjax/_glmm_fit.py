@@ -17,19 +17,16 @@ from jax.scipy.linalg import solve_triangular
 
 from ._cholesky import inverse_diagonal_blocks
 from ._covariance import diagonal_mask, initial_theta, theta_to_factors
-from ._laplace import (
-    agq_at_mode,
-    agq_objective,
-    gauss_hermite_grid,
-    laplace_at_mode,
-    laplace_objective,
-    mode_and_factor,
-)
+from ._eta_terms import loglik_constant
+from ._laplace import agq_at_mode, gauss_hermite_grid, laplace_at_mode, mode_and_factor
 from ._optimize import minimize
 from ._pirls import GLMMData, inner_size, linear_predictor
 from ._structure import ReStructure, build_structure
 
 _BOUNDARY_TRY = 1e-3
+# Stage 1 starts unpreconditioned from θ = identity factors: a first step of at most 0.5
+# in any of θ, log dispersion (see minimize's ``first_step``).
+_FIRST_STEP = 0.5
 
 
 class GLMMSetup(eqx.Module):
@@ -77,18 +74,31 @@ def make_setup(design, family, n_agq: int, dtype=np.float64) -> GLMMSetup:
     )
 
 
-def minimize_with_boundary(objective, params0, n_theta, sizes, inverse_hessian=None, *,
-                           gtol=1e-6, loose_gtol=1e-3):
-    """BFGS, then near-zero diagonal entries of θ tried at exactly zero."""
+def minimize_with_boundary(objective, params0, v0, n_theta, sizes, inverse_hessian=None, *,
+                           gtol=1e-6, loose_gtol=1e-3, boundary=True, first_step=None):
+    """BFGS, then near-zero diagonal entries of θ tried at exactly zero.
+
+    ``objective(params, v) -> (value, mode)`` finds the inner mode starting from ``v``;
+    BFGS passes it the mode of its last accepted point (a warm start: a few Newton
+    steps instead of a solve from scratch). Returns (solution, params, mode at params).
+    """
     solution = minimize(objective, params0, inverse_hessian=inverse_hessian, gtol=gtol,
-                        loose_gtol=loose_gtol)
-    params = solution.x
+                        loose_gtol=loose_gtol, carry=v0, first_step=first_step)
+    params, mode = solution.x, solution.carry
+    if not boundary:
+        return solution, params, mode
     mask = jnp.zeros(params.shape[0], bool).at[:n_theta].set(jnp.asarray(diagonal_mask(sizes)))
-    trial = jnp.where(mask & (jnp.abs(params) < _BOUNDARY_TRY), 0.0, params)
-    f_trial = objective(trial)
+    near = mask & (jnp.abs(params) < _BOUNDARY_TRY)
+    trial = jnp.where(near, 0.0, params)
+    # Evaluated only when a diagonal is near (not at) zero (under vmap: always).
+    f_trial, mode_trial = jax.lax.cond(
+        jnp.any(near & (params != 0)),
+        lambda: objective(trial, mode),
+        lambda: (jnp.asarray(jnp.inf, params.dtype), mode),
+    )
     tol = 1e-10 * (1 + jnp.abs(solution.value))
     keep = jnp.isfinite(f_trial) & (f_trial <= solution.value + tol)
-    return solution, jnp.where(keep, trial, params)
+    return solution, jnp.where(keep, trial, params), jnp.where(keep, mode_trial, mode)
 
 
 def _start_beta(y, weights, setup: GLMMSetup):
@@ -100,15 +110,23 @@ def _start_beta(y, weights, setup: GLMMSetup):
 
 
 def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
-    """Fit one GLMM to response ``y`` (pure; jit- and vmap-able). Returns arrays."""
+    """Fit one GLMM to response ``y`` (pure; jit- and vmap-able). Returns arrays.
+
+    Newton's loop is compiled three times (stage 1's BFGS, stage 2's BFGS, stage 2's
+    boundary check); everything evaluated at a known mode (the stage-1 factor, the final
+    value and the exact Hessian) goes through :func:`glmmjax._pirls.at_mode` instead.
+    """
     dtype = setup.X.dtype
     n, p = setup.X.shape
     n_theta = setup.n_theta
     empty = jnp.zeros((n, 0), dtype)
     n_disp = int(setup.has_dispersion)
+    constant = loglik_constant(setup.family, y, weights)
+    tols = dict(gtol=setup.gtol, loose_gtol=setup.loose_gtol)
 
     def data(structure, X_outer, dense):
-        return GLMMData(structure, X_outer, dense, y, weights, setup.offset, setup.family)
+        return GLMMData(structure, X_outer, dense, y, weights, setup.offset, setup.family,
+                        constant)
 
     # Stage 1: nAGQ=0.
     data0 = data(setup.inner, empty, setup.X)
@@ -117,10 +135,17 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
     params1 = jnp.concatenate(
         [jnp.asarray(initial_theta(setup.outer.sizes), dtype), jnp.zeros(n_disp, dtype)]
     )
-    objective1 = lambda q: laplace_objective(q, data0, v0, n_theta, 0)  # noqa: E731
-    tols = dict(gtol=setup.gtol, loose_gtol=setup.loose_gtol)
-    sol1, params1 = minimize_with_boundary(objective1, params1, n_theta, setup.outer.sizes, **tols)
-    *_, v1, factor1 = mode_and_factor(params1, data0, v0, n_theta, 0)
+
+    def objective1(q, v, known_mode=False):
+        parts = mode_and_factor(q, data0, v, n_theta, 0, known_mode)
+        return laplace_at_mode(*parts, data0), jax.lax.stop_gradient(parts[3])
+
+    # Stage 2 moves θ off the boundary anyway (below), so only nAGQ=0 needs the check.
+    sol1, params1, v1 = minimize_with_boundary(
+        objective1, params1, v0, n_theta, setup.outer.sizes, boundary=setup.n_agq == 0,
+        first_step=_FIRST_STEP, **tols
+    )
+    *_, factor1 = mode_and_factor(params1, data0, v1, n_theta, 0, known_mode=True)
     L_x = factor1.rest[-p:, -p:]
     L_x_inv = solve_triangular(L_x, jnp.eye(p, dtype=dtype), lower=True)
     beta_cov1 = L_x_inv.T @ L_x_inv
@@ -128,10 +153,11 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
     u1 = v1[: q_inner - p]
 
     if setup.n_agq == 0:
-        hessian = jax.hessian(objective1)(params1)
+        hessian = jax.hessian(lambda q: objective1(q, v1, True)[0])(params1)
         return dict(
-            params=params1, beta=beta1, beta_cov=beta_cov1, value=objective1(params1),
-            hessian=hessian, v=v1, status=sol1.status, iterations=sol1.iterations,
+            params=params1, beta=beta1, beta_cov=beta_cov1,
+            value=objective1(params1, v1, True)[0], hessian=hessian, v=v1,
+            status=sol1.status, iterations=sol1.iterations,
             n_evaluations=sol1.n_evaluations, grad=sol1.grad,
             cond_cov=[jnp.full((m, s, s), jnp.nan, dtype) for m, s in
                       zip(setup.outer.n_levels, setup.outer.sizes)],
@@ -141,10 +167,14 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
     data2 = data(setup.outer, setup.X, empty)
     use_agq = setup.n_agq > 1
 
-    def objective2(q):
+    def criterion(parts):
         if use_agq:
-            return agq_objective(q, data2, u1, n_theta, p, setup.grid, setup.log_w)
-        return laplace_objective(q, data2, u1, n_theta, p)
+            return agq_at_mode(*parts, data2, setup.grid, setup.log_w)
+        return laplace_at_mode(*parts, data2)
+
+    def objective2(q, v, known_mode=False):
+        parts = mode_and_factor(q, data2, v, n_theta, p, known_mode)
+        return criterion(parts), jax.lax.stop_gradient(parts[3])
 
     # θ = 0 is a stationary point of the objective (it depends on θ through ΛΛ'), so a
     # diagonal that stage 1 put on the boundary restarts slightly inside; stage 2's own
@@ -162,16 +192,15 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
         hinv0 = hinv0.at[n_theta + p :, n_theta + p :].set(hinv1[n_theta:, n_theta:])
         hinv0 = hinv0.at[:n_theta, n_theta + p :].set(hinv1[:n_theta, n_theta:])
         hinv0 = hinv0.at[n_theta + p :, :n_theta].set(hinv1[n_theta:, :n_theta])
-    sol2, params = minimize_with_boundary(
-        objective2, params2, n_theta, setup.outer.sizes, hinv0, **tols
+    sol2, params, v = minimize_with_boundary(
+        objective2, params2, u1, n_theta, setup.outer.sizes, hinv0, **tols
     )
 
-    hessian = jax.hessian(objective2)(params)
-    theta, beta, dispersion, v, factor = mode_and_factor(params, data2, u1, n_theta, p)
-    if use_agq:
-        value = agq_at_mode(theta, beta, dispersion, v, factor, data2, setup.grid, setup.log_w)
-    else:
-        value = laplace_at_mode(theta, beta, dispersion, v, factor, data2)
+    hessian = jax.hessian(lambda q: objective2(q, v, True)[0])(params)
+    theta, beta, dispersion, v, factor = parts = mode_and_factor(
+        params, data2, v, n_theta, p, known_mode=True
+    )
+    value = criterion(parts)
     sym = 0.5 * (hessian + hessian.T)
     params_cov = 2.0 * jnp.linalg.pinv(sym)  # −2 log L has Hessian 2·(information)
     blocks = inverse_diagonal_blocks(setup.outer, factor)

@@ -27,6 +27,7 @@ from jax.scipy.special import logsumexp
 from ._cholesky import logdet_first
 from ._pirls import (
     GLMMData,
+    at_mode,
     conditional_mode,
     hessian_factor,
     linear_predictor,
@@ -60,10 +61,17 @@ def dispersion_value(log_disp, data: GLMMData):
     return jnp.exp(log_disp[0])
 
 
-def mode_and_factor(params, data: GLMMData, v0, n_theta: int, n_beta: int):
+def mode_and_factor(params, data: GLMMData, v0, n_theta: int, n_beta: int,
+                    known_mode: bool = False):
+    """(θ, β, dispersion, v̂, factor of ∇²g/2 at v̂), v̂ found by Newton from ``v0``.
+
+    ``known_mode``: ``v0`` already is the mode at ``params`` (no Newton iterations; the
+    derivatives are the same implicit ones).
+    """
     theta, beta, log_disp = unpack(params, n_theta, n_beta)
     dispersion = dispersion_value(log_disp, data)
-    v = conditional_mode(theta, beta, dispersion, data, v0)
+    find = at_mode if known_mode else conditional_mode
+    v = find(theta, beta, dispersion, data, v0)
     factor = hessian_factor(v, theta, beta, dispersion, data)
     return theta, beta, dispersion, v, factor
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from ._cholesky import cross_products, factorize, solve_lower, solve_upper
 from ._covariance import theta_to_factors
+from ._eta_terms import kernel, kernel_terms, loglik_constant
 from ._structure import ReStructure
 
 MAX_NEWTON = 60
@@ -33,7 +34,8 @@ class GLMMData(eqx.Module):
 
     ``dense`` holds the columns whose coefficients are found in the inner problem
     (X for nAGQ=0, no columns otherwise); ``structure`` is built with that many dense
-    columns.
+    columns. ``ll_constant`` is Σ(ℓ − kernel) (:mod:`glmmjax._eta_terms`); pass it when
+    the same data serve many evaluations, else it is recomputed in each.
     """
 
     structure: ReStructure
@@ -43,6 +45,12 @@ class GLMMData(eqx.Module):
     weights: jnp.ndarray
     offset: jnp.ndarray
     family: object
+    ll_constant: jnp.ndarray | None = None
+
+    def constant(self):
+        if self.ll_constant is not None:
+            return self.ll_constant
+        return loglik_constant(self.family, self.y, self.weights)
 
 
 def z_lambda_times(theta, s: ReStructure, u_first, u_rest):
@@ -95,39 +103,37 @@ def linear_predictor(v, theta, beta, data: GLMMData):
 
 
 def _loglik_derivatives(eta, dispersion, data: GLMMData):
-    """ℓ(η), ℓ'(η) and W = −ℓ''(η) per observation, by autodiff of the family."""
+    """Kernel of ℓ(η), ℓ'(η) and W = −ℓ''(η) per observation (:mod:`glmmjax._eta_terms`)."""
+    return kernel_terms(data.family, data.y, eta, data.weights, dispersion)
 
-    def total(e):
-        return data.family.loglik_eta(data.y, e, data.weights, dispersion)
 
-    def first(e):
-        return jax.grad(lambda x: jnp.sum(total(x)))(e)
-
-    value = total(eta)
-    grad, second = jax.jvp(first, (eta,), (jnp.ones_like(eta),))
-    return value, grad, -second
+def _penalty(v, s: ReStructure):
+    u_first, u_rest, _ = split(v, s)
+    return jnp.sum(u_first**2) + jnp.sum(u_rest**2)
 
 
 def penalized_objective(v, theta, beta, dispersion, data: GLMMData):
     """g(v) = −2 Σ ℓ + |u|²."""
-    s = data.structure
     eta = linear_predictor(v, theta, beta, data)
-    ll = data.family.loglik_eta(data.y, eta, data.weights, dispersion)
+    ll = kernel(data.family, data.y, eta, data.weights, dispersion)
+    return -2.0 * (jnp.sum(ll) + data.constant()) + _penalty(v, data.structure)
+
+
+def _half_gradient_from(grad_eta, v, theta, data: GLMMData):
+    """∇g/2 = −[Λ'Z'; D']ℓ' + [u; 0] from ℓ' per observation."""
+    s = data.structure
     u_first, u_rest, _ = split(v, s)
-    return -2.0 * jnp.sum(ll) + jnp.sum(u_first**2) + jnp.sum(u_rest**2)
+    first, rest = lambda_z_transpose_times(theta, s, grad_eta)
+    return jnp.concatenate(
+        [(u_first - first).reshape(-1), u_rest - rest, -(data.dense.T @ grad_eta)]
+    )
 
 
 def half_gradient(v, theta, beta, dispersion, data: GLMMData):
-    """∇g/2 = −[Λ'Z'; D']ℓ' + [u; 0]."""
-    s = data.structure
+    """∇g/2 at v."""
     eta = linear_predictor(v, theta, beta, data)
-    _, grad, _ = _loglik_derivatives(eta, dispersion, data)
-    u_first, u_rest, _ = split(v, s)
-    first, rest = lambda_z_transpose_times(theta, s, grad)
-    dense = data.dense.T @ grad
-    return jnp.concatenate(
-        [(u_first - first).reshape(-1), u_rest - rest, -dense]
-    )
+    _, grad_eta, _ = _loglik_derivatives(eta, dispersion, data)
+    return _half_gradient_from(grad_eta, v, theta, data)
 
 
 def hessian_factor(v, theta, beta, dispersion, data: GLMMData, positive: bool = False):
@@ -155,70 +161,94 @@ def _solve(s: ReStructure, factor, rhs):
     return jnp.concatenate([x_first.reshape(-1), x_rest])
 
 
-def _newton_system(v, theta, beta, dispersion, data: GLMMData):
-    """∇g/2 and the factor of a positive-definite ∇²g/2 from one pass over the data."""
-    s = data.structure
-    eta = linear_predictor(v, theta, beta, data)
-    _, grad_eta, w = _loglik_derivatives(eta, dispersion, data)
-    u_first, u_rest, _ = split(v, s)
-    first, rest = lambda_z_transpose_times(theta, s, grad_eta)
-    grad = jnp.concatenate(
-        [(u_first - first).reshape(-1), u_rest - rest, -(data.dense.T @ grad_eta)]
-    )
-    # Floor W for the step only (non-concave log-likelihoods); see hessian_factor.
-    w = jnp.maximum(w, 1e-10 * (1.0 + jnp.abs(w)))
-    return grad, factorize(theta, cross_products(s, w, data.dense), s)
+class _NewtonState(eqx.Module):
+    v: jnp.ndarray  # last accepted point
+    value: jnp.ndarray  # g(v) without the constant
+    step: jnp.ndarray  # Newton step at v
+    t: jnp.ndarray  # scale of the pending trial v + t·step (0 before the first)
+    decrement: jnp.ndarray
+    k: jnp.ndarray  # accepted points
+    tries: jnp.ndarray  # halvings of the current step
+    done: jnp.ndarray
 
 
 def _newton(theta, beta, dispersion, data: GLMMData, v0):
-    s = data.structure
+    """Newton's method with step halving, one pass over the data per trial point.
 
-    def objective(v):
-        return penalized_objective(v, theta, beta, dispersion, data)
+    Each loop pass evaluates g, ∇g/2 and the factor of ∇²g/2 (W floored positive) at
+    one trial point, from a single computation of η; an accepted trial yields the next
+    step at once. A loop that evaluates the objective and the Newton system in separate
+    passes, with an inner halving loop, does twice the work and compiles two loops.
+    Converged when the Newton decrement is below ``NEWTON_TOL``; that last, tiny step
+    is taken without evaluation (Newton converges quadratically there).
+    """
+    s = data.structure
+    family = data.family
+
+    def evaluate(v):
+        eta = linear_predictor(v, theta, beta, data)
+        ll, grad_eta, w = kernel_terms(family, data.y, eta, data.weights, dispersion)
+        value = -2.0 * jnp.sum(ll) + _penalty(v, s)
+        grad = _half_gradient_from(grad_eta, v, theta, data)
+        # Floor W for the step only (non-concave log-likelihoods); see hessian_factor.
+        w = jnp.maximum(w, 1e-10 * (1.0 + jnp.abs(w)))
+        factor = factorize(theta, cross_products(s, w, data.dense), s)
+        return value, grad, factor
 
     def cond(state):
-        _, _, k, done = state
-        return (~done) & (k < MAX_NEWTON)
+        return ~state.done
 
     def body(state):
-        v, g_value, k, _ = state
-        grad, factor = _newton_system(v, theta, beta, dispersion, data)
+        first = state.k == 0
+        trial = state.v + state.t * state.step
+        value, grad, factor = evaluate(trial)
+        ok = jnp.isfinite(value) & (first | (value <= state.value))
         step = -_solve(s, factor, grad)
-
-        def halve_cond(carry):
-            t, value, tries = carry
-            return ~(jnp.isfinite(value) & (value <= g_value)) & (tries < 30)
-
-        def halve_body(carry):
-            t, _, tries = carry
-            t = 0.5 * t
-            return t, objective(v + t * step), tries + 1
-
-        one = jnp.ones((), dtype=v.dtype)
-        t, value, _ = jax.lax.while_loop(halve_cond, halve_body, (one, objective(v + step), 0))
-        ok = jnp.isfinite(value) & (value <= g_value)
-        v_new = jnp.where(ok, v + t * step, v)
         # Newton decrement (squared), a scale-free measure of distance to the mode.
         decrement = -jnp.dot(grad, step)
-        done = (~ok) | (decrement < NEWTON_TOL) | (jnp.abs(g_value - value) <= 1e-14 * (1 + jnp.abs(value)))
-        return v_new, jnp.where(ok, value, g_value), k + 1, done
+        stalled = ~first & (jnp.abs(state.value - value) <= 1e-14 * (1 + jnp.abs(value)))
+        k = state.k + 1
+        accepted_done = (decrement < NEWTON_TOL) | stalled | (k >= MAX_NEWTON)
+        tries = state.tries + 1
+        one = jnp.ones((), dtype=trial.dtype)
+        return _NewtonState(
+            v=jnp.where(ok, trial, state.v),
+            value=jnp.where(ok, value, state.value),
+            step=jnp.where(ok, step, state.step),
+            t=jnp.where(ok, one, 0.5 * state.t),
+            decrement=jnp.where(ok, decrement, state.decrement),
+            k=jnp.where(ok, k, state.k),
+            tries=jnp.where(ok, 0, tries),
+            done=jnp.where(ok, accepted_done, (tries >= 30) | first),
+        )
 
-    state = (v0, objective(v0), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    v, _, _, _ = jax.lax.while_loop(cond, body, state)
-    return v
+    zero = jnp.zeros((), dtype=v0.dtype)
+    state = _NewtonState(
+        v=v0, value=jnp.asarray(jnp.inf, v0.dtype), step=jnp.zeros_like(v0), t=zero,
+        decrement=jnp.asarray(jnp.inf, v0.dtype), k=jnp.zeros((), jnp.int32),
+        tries=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
+    )
+    state = jax.lax.while_loop(cond, body, state)
+    return jnp.where(state.decrement < NEWTON_TOL, state.v + state.step, state.v)
 
 
 @eqx.filter_custom_jvp
-def conditional_mode(theta, beta, dispersion, data: GLMMData, v0):
-    """The inner mode v̂(θ, β, dispersion) (u, and β_in for nAGQ=0), from start ``v0``."""
-    return _newton(theta, beta, dispersion, data, v0)
+def at_mode(theta, beta, dispersion, data: GLMMData, v):
+    """``v``, the inner mode at these parameters, differentiable as the function v̂(ψ).
+
+    The primal is the identity: ``v`` must already be the mode (from :func:`_newton`).
+    Derivatives follow from the implicit function theorem, so objectives built on the
+    mode can be differentiated (to any order) without running or unrolling Newton.
+    """
+    return v
 
 
-@conditional_mode.def_jvp
-def _conditional_mode_jvp(primals, tangents):
-    theta, beta, dispersion, data, v0 = primals
+@at_mode.def_jvp
+def _at_mode_jvp(primals, tangents):
+    theta, beta, dispersion, data, v_in = primals
     t_theta, t_beta, t_disp, _, _ = tangents
-    v = conditional_mode(theta, beta, dispersion, data, jax.lax.stop_gradient(v0))
+    # Call at_mode again so that derivatives of this rule (second order) see v̂(ψ).
+    v = at_mode(theta, beta, dispersion, data, v_in)
     zeros = lambda x, t: jnp.zeros_like(x) if t is None else t  # noqa: E731
     t_theta, t_beta, t_disp = zeros(theta, t_theta), zeros(beta, t_beta), zeros(dispersion, t_disp)
     _, mixed = jax.jvp(
@@ -228,3 +258,15 @@ def _conditional_mode_jvp(primals, tangents):
     )
     factor = hessian_factor(v, theta, beta, dispersion, data)
     return v, -_solve(data.structure, factor, mixed)
+
+
+def conditional_mode(theta, beta, dispersion, data: GLMMData, v0):
+    """The inner mode v̂(θ, β, dispersion) (u, and β_in for nAGQ=0), from start ``v0``.
+
+    Newton sees no tangents (its inputs are stopped); :func:`at_mode` supplies the
+    exact derivatives.
+    """
+    sg = jax.lax.stop_gradient
+    data_sg = jax.tree_util.tree_map(lambda x: sg(x) if eqx.is_array(x) else x, data)
+    v = _newton(sg(theta), sg(beta), sg(dispersion), data_sg, sg(v0))
+    return at_mode(theta, beta, dispersion, data, v)
