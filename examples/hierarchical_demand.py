@@ -168,8 +168,8 @@ def plot(history, future, draws, out) -> pathlib.Path | None:
 
 def main(n_stores: int = 100, n_regions: int = 10, n_days: int = 182, horizon: int = 28, *,
          num_chains: int = 4, num_warmup: int = 500, num_samples: int = 500, seed: int = 7,
-         chain_method: str = "vectorized", out: str | pathlib.Path | None = None,
-         verbose: bool = True) -> dict:
+         chain_method: str = "vectorized", progress_bar: bool = False,
+         out: str | pathlib.Path | None = None, verbose: bool = True) -> dict:
     """Simulate, fit, forecast the next ``horizon`` days and plot (to ``out``).
 
     Returns:
@@ -183,7 +183,7 @@ def main(n_stores: int = 100, n_regions: int = 10, n_days: int = 182, horizon: i
     future = data[data["future"]].reset_index(drop=True)
     fit = build_model(history).sample(
         num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples, seed=seed,
-        chain_method=chain_method, warn=verbose,
+        chain_method=chain_method, progress_bar=progress_bar, warn=verbose,
     )
     draws = np.exp(fit.posterior_predict(future, seed=seed))
     stores = interval_table(draws, future["store"], future["sales"].to_numpy())
@@ -225,4 +225,4 @@ if __name__ == "__main__":
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     main(args.stores, args.regions, args.days, args.horizon, num_chains=args.chains,
-         num_warmup=args.warmup, num_samples=args.samples, out=args.out)
+         num_warmup=args.warmup, num_samples=args.samples, progress_bar=True, out=args.out)

@@ -339,7 +339,7 @@ class BayesModel:
         seed: int = 0,
         chain_method: str = "vectorized",
         progress_bar: bool = False,
-        target_accept: float = 0.8,
+        target_accept: float = 0.99,
         max_tree_depth: int = 10,
         dense_mass: bool = False,
         precision: str = "float64",
@@ -357,10 +357,23 @@ class BayesModel:
                 a CPU). Either way the compiled sampler is reused for any later model
                 of the same structure, sizes and settings.
             progress_bar: show a progress bar (tqdm) of the iterations.
-            target_accept: NUTS's target acceptance probability; raise it (0.95, 0.99)
-                when there are divergent transitions.
+            target_accept: NUTS's target acceptance probability (the step size is
+                adapted to reach it). 0.99 by default, stricter than brms's 0.8 and
+                rstanarm's 0.95: with non-centred random effects, terms whose levels
+                the data inform well (as in crossed designs such as Penicillin) have
+                regions of high curvature where larger steps give divergent
+                transitions (3 of 4000 draws on Penicillin at 0.8, 1 at 0.95, none at
+                0.99; R̂ of sd_plate 1.012 at 0.8 and 0.95, 1.008 at 0.99). Lower it
+                (0.8, 0.95) for fewer leapfrog steps per draw (Penicillin: 118 at
+                0.95, 248 at 0.99) on models without divergences; raise it (0.995,
+                0.999) when some remain.
             max_tree_depth: NUTS's maximum tree depth.
-            dense_mass: adapt a dense mass matrix instead of a diagonal one.
+            dense_mass: adapt a dense mass matrix instead of a diagonal one. It
+                helps when the data inform each level's effects well (many rows per
+                level), where the non-centred effects and the intercept form a long
+                linear ridge: on 2,400 Poisson rows in 60 groups, min bulk ESS 1466
+                and R̂ 1.004 at target_accept 0.8, against 277 and 1.016 diagonal at
+                0.99. Its cost grows with the square of the number of parameters.
             precision: ``"float64"`` (default) or ``"float32"`` (faster on GPUs).
             warn: issue :class:`SamplingWarning` for divergences, R̂ > 1.01 or bulk/tail
                 ESS below 100 per chain.
@@ -396,7 +409,7 @@ class BayesModel:
         num_samples: int = 500,
         seed: int = 0,
         chain_method: str = "vectorized",
-        target_accept: float = 0.8,
+        target_accept: float = 0.99,
         max_tree_depth: int = 10,
         dense_mass: bool = False,
         precision: str = "float64",
@@ -470,17 +483,18 @@ class BayesModel:
             if progress_bar:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=total, desc=f"NUTS, {num_chains} chain(s)")
+                bar = tqdm(total=total * len(groups), desc=f"NUTS, {num_chains} chain(s)")
             _PROGRESS["bar"] = bar
             try:
-                for group in groups:
+                for g, group in enumerate(groups):
+                    _PROGRESS["offset"] = g * total
                     out = run_chains(
                         self.glmm, settings, keys[group], args,
                         jnp.asarray(ys[group], dtype=dtype), centres,
                     )
                     outputs.append(jax.tree_util.tree_map(np.asarray, out))
             finally:
-                _PROGRESS["bar"] = None
+                _PROGRESS["bar"], _PROGRESS["offset"] = None, 0
                 if bar is not None:
                     bar.close()
         samples = {

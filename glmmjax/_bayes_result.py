@@ -193,7 +193,7 @@ class BayesResult:
             messages.append(
                 f"{self.divergences} of {total} draws after warmup were divergent transitions: "
                 "NUTS could not explore part of the posterior, so estimates may be biased. "
-                "Raise target_accept (e.g. sample(target_accept=0.95)), or simplify the model "
+                "Raise target_accept (e.g. sample(target_accept=0.999)), or simplify the model "
                 "or its priors."
             )
         table = self._default_summary
@@ -203,7 +203,8 @@ class BayesResult:
                 messages.append(
                     f"R-hat above 1.01 for {len(high)} parameter(s) (max {high['rhat'].max():.3f}"
                     f", e.g. {', '.join(high.index[:3])}): the chains have not mixed; run longer "
-                    "chains (num_warmup, num_samples)."
+                    "chains (num_warmup, num_samples), or try sample(dense_mass=True) when "
+                    "the data inform each group's effects well (many rows per level)."
                 )
         floor = 100 * self.num_chains
         for column, what in (("ess_bulk", "means and medians"), ("ess_tail", "intervals and quantiles")):

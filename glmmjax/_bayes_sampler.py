@@ -40,13 +40,14 @@ class Settings:
     progress_every: int  # 0: no progress bar
 
 
-_PROGRESS = {"bar": None}
+_PROGRESS = {"bar": None, "offset": 0}
 
 
 def _report_progress(iteration):
     bar = _PROGRESS["bar"]
     if bar is not None:
-        bar.n = int(iteration)
+        # Sequential chains share one bar: each run of the program adds its offset.
+        bar.n = _PROGRESS["offset"] + int(iteration)
         bar.refresh()
 
 

@@ -129,7 +129,7 @@ def fit(
 
     ``sample_options`` are those of :meth:`BayesModel.sample`: ``num_chains`` (4),
     ``num_warmup`` (1000), ``num_samples`` (1000), ``seed``, ``chain_method``
-    (``"vectorized"``), ``progress_bar``, ``target_accept`` (0.8), ``max_tree_depth``,
+    (``"vectorized"``), ``progress_bar``, ``target_accept`` (0.99), ``max_tree_depth``,
     ``dense_mass``, ``precision``, ``warn``.
 
     Example:
