@@ -26,6 +26,8 @@ hidden: the caller marks such a model not converged.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -369,6 +371,22 @@ def _newton_direction(g, H):
     return -V @ ((V.T @ g) / lam)
 
 
+class _NewtonState(NamedTuple):
+    a: jnp.ndarray  # the last accepted point, with its value, derivatives and warm starts
+    aux: object
+    f: jnp.ndarray
+    g: jnp.ndarray
+    H: jnp.ndarray
+    ok: jnp.ndarray  # the inner problem converged at a
+    d: jnp.ndarray  # direction, and the step length t of the pending trial a + t·d
+    t: jnp.ndarray
+    final: jnp.ndarray  # the pending step is the last one
+    k: jnp.ndarray
+    evals: jnp.ndarray
+    halvings: jnp.ndarray
+    status: jnp.ndarray  # -1 while running
+
+
 def newton_minimize(value_fn, derivs_fn, a0, aux0, *, max_step=2.0, final_tol=1e-11):
     """Minimize by Newton with an Armijo backtracking line search.
 
@@ -376,60 +394,58 @@ def newton_minimize(value_fn, derivs_fn, a0, aux0, *, max_step=2.0, final_tol=1e
     ``ok`` False marks an inner failure); ``derivs_fn(a, aux) -> (g, H, aux)``. When the
     squared Newton decrement gᵀH⁻¹g falls below ``final_tol``·(1 + |f|), one last full
     step is taken and the loop stops: its error is of the order of the square of an
-    already tiny step. Returns (a, aux, f, g, H, iterations, status, inner_ok)."""
+    already tiny step. Returns (a, aux, f, g, H, iterations, status, inner_ok).
+
+    As :func:`glmmjax._optimize.minimize`, one loop pass evaluates one trial point (the
+    start, a full step or a halved one), so ``value_fn`` and ``derivs_fn`` are traced
+    once: the inner loops are compiled once, not once per call site."""
     dtype = a0.dtype
-    f0, aux0, ok0 = value_fn(a0, aux0)
-    g0, H0, aux0 = derivs_fn(a0, aux0)
-    running = jnp.asarray(-1, jnp.int32)
-    finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0)) & jnp.all(jnp.isfinite(H0))
-    status0 = jnp.where(finite0, running, Status.NON_FINITE).astype(jnp.int32)
+    P = a0.shape[0]
 
-    def cond(state):
-        return state[6] < 0
-
-    def body(state):
-        a, aux, f, g, H, k, _, _ = state
-        d = _newton_direction(g, H)
-        decrement = -jnp.dot(g, d)
-        final = (decrement <= final_tol * (1.0 + jnp.abs(f))) & (decrement >= 0)
-        d = d * jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
-        slope = jnp.dot(g, d)
+    def body(st: _NewtonState):
+        trial = st.a + st.t * st.d
+        f_t, aux_t, ok_t = value_fn(trial, st.aux)
+        first = st.evals == 0
         # The last step may not decrease f beyond rounding; allow for that.
-        slack = jnp.where(final, 1e-11 * (1.0 + jnp.abs(f)), 0.0)
+        slack = jnp.where(st.final, 1e-11 * (1.0 + jnp.abs(st.f)), 0.0)
+        armijo = jnp.isfinite(f_t) & (f_t <= st.f + 1e-4 * st.t * jnp.dot(st.g, st.d) + slack)
+        accept = first | armijo
+        g_t, H_t, aux_t = jax.lax.cond(
+            accept, lambda: derivs_fn(trial, aux_t), lambda: (st.g, st.H, aux_t)
+        )
+        finite = jnp.isfinite(f_t) & jnp.all(jnp.isfinite(g_t)) & jnp.all(jnp.isfinite(H_t))
+        d = _newton_direction(g_t, H_t)
+        decrement = -jnp.dot(g_t, d)
+        final = (decrement <= final_tol * (1.0 + jnp.abs(f_t))) & (decrement >= 0)
+        d = d * jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
+        k = st.k + jnp.where(first, 0, 1)
+        accepted_status = jnp.where(
+            ~finite, Status.NON_FINITE,
+            jnp.where(st.final & ~first, Status.CONVERGED,
+                      jnp.where(k >= MAX_OUTER, Status.MAX_ITERATIONS, -1)))
+        halvings = st.halvings + 1
+        rejected_status = jnp.where(
+            halvings >= MAX_HALVINGS,
+            jnp.where(st.final, Status.CONVERGED, Status.LINE_SEARCH_FAILED), -1)
+        pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+        return _NewtonState(
+            a=pick(trial, st.a), aux=jax.tree_util.tree_map(pick, aux_t, st.aux),
+            f=pick(f_t, st.f), g=pick(g_t, st.g), H=pick(H_t, st.H), ok=pick(ok_t, st.ok),
+            d=pick(d, st.d), t=pick(jnp.ones((), dtype), 0.5 * st.t),
+            final=pick(final, st.final), k=pick(k, st.k), evals=st.evals + 1,
+            halvings=pick(0, halvings),
+            status=pick(accepted_status, rejected_status).astype(jnp.int32),
+        )
 
-        def ls_cond(carry):
-            t, f_t, _, _, tries = carry
-            good = jnp.isfinite(f_t) & (f_t <= f + 1e-4 * t * slope + slack)
-            return (~good) & (tries < MAX_HALVINGS)
-
-        def ls_body(carry):
-            t, _, _, _, tries = carry
-            t = 0.5 * t
-            f_t, aux_t, ok_t = value_fn(a + t * d, aux)
-            return t, f_t, aux_t, ok_t, tries + 1
-
-        one = jnp.ones((), dtype)
-        f1, aux1, ok1 = value_fn(a + d, aux)
-        t, f_t, aux_t, ok_t, _ = jax.lax.while_loop(ls_cond, ls_body, (one, f1, aux1, ok1, 0))
-        accepted = jnp.isfinite(f_t) & (f_t <= f + 1e-4 * t * slope + slack)
-        a_new = jnp.where(accepted, a + t * d, a)
-        aux_new = jax.tree_util.tree_map(lambda x, y: jnp.where(accepted, x, y), aux_t, aux)
-        g_new, H_new, aux_new = derivs_fn(a_new, aux_new)
-        finite = jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
-        k_new = k + 1
-        status = jnp.where(
-            ~accepted,
-            jnp.where(final, Status.CONVERGED, Status.LINE_SEARCH_FAILED),
-            jnp.where(~finite, Status.NON_FINITE,
-                      jnp.where(final, Status.CONVERGED,
-                                jnp.where(k_new >= MAX_OUTER, Status.MAX_ITERATIONS, -1))),
-        ).astype(jnp.int32)
-        return (a_new, aux_new, jnp.where(accepted, f_t, f), g_new, H_new, k_new, status,
-                jnp.where(accepted, ok_t, state[7]))
-
-    state = (a0, aux0, f0, g0, H0, jnp.zeros((), jnp.int32), status0, ok0)
-    a, aux, f, g, H, k, status, ok = jax.lax.while_loop(cond, body, state)
-    return a, aux, f, g, H, k, status, ok
+    zero = jnp.zeros((), jnp.int32)
+    state = _NewtonState(
+        a=a0, aux=aux0, f=jnp.asarray(jnp.inf, dtype), g=jnp.zeros(P, dtype),
+        H=jnp.eye(P, dtype=dtype), ok=jnp.ones((), bool), d=jnp.zeros(P, dtype),
+        t=jnp.ones((), dtype), final=jnp.zeros((), bool), k=zero, evals=zero,
+        halvings=zero, status=-jnp.ones((), jnp.int32),
+    )
+    st = jax.lax.while_loop(lambda st: st.status < 0, body, state)
+    return st.a, st.aux, st.f, st.g, st.H, st.k, st.status, st.ok
 
 
 # -- the per-model fit --------------------------------------------------------------------
