@@ -119,39 +119,100 @@ def _apply_rest_lambda(s: ReStructure, factors, matrix):
     return jnp.concatenate(pieces, axis=0)
 
 
-def factorize(theta, products: CrossProducts, structure: ReStructure) -> BlockedFactor:
-    """Cholesky factor of Ω(θ) (module docstring), exploiting the block structure."""
+def omega_blocks(theta, products: CrossProducts, structure: ReStructure):
+    """The blocks of Ω(θ) before factoring: (diagonal blocks of the first term, (m0, S0,
+    S0); its coupling rows Λ_r'·A_r0·Λ0 in ``entry_rest``/``entry_first`` order, (E, S0);
+    the rest, Λ_r'·A_rr·Λ_r + J, (R, R)).
+
+    Each is quadratic in θ, so its derivative is cheap: the analytic gradient of the
+    LMM criterion (:mod:`glmmjax._lmm`) contracts these with selected entries of Ω⁻¹.
+    """
     s = structure
     factors = theta_to_factors(theta, s.sizes)
     lam0 = factors[0]
     S0 = s.sizes[0]
     eye = jnp.eye(S0, dtype=products.first.dtype)
     diag_blocks = jnp.einsum("ba,jbc,cd->jad", lam0, products.first, lam0) + eye
-    first = jax.vmap(jnp.linalg.cholesky)(diag_blocks)
-
-    def right_solve(blocks, levels):
-        # blocks · L00[j]^{-T}, i.e. solve L00[j] · X' = blocks'
-        chol = first[levels]
-        if S0 == 1:  # scalar blocks: a division, far cheaper than batched solves
-            return blocks / chol
-        solved = jax.vmap(lambda c, b: solve_triangular(c, b.T, lower=True))(chol, blocks)
-        return jnp.swapaxes(solved, 1, 2)
-
     rows = []
     for t in range(1, s.n_terms):
         scaled = jnp.einsum("ba,ibc,cd->iad", factors[t], products.coupling[t - 1], lam0)
-        rows.append(right_solve(scaled, s.pair_first[t - 1]).reshape(-1, S0))
-    dense_scaled = jnp.einsum("jkc,cd->jkd", products.dense_first, lam0)
-    levels = jnp.arange(s.n_levels[0])
-    rows.append(right_solve(dense_scaled, levels).reshape(-1, S0))
-    coupling_rows = jnp.concatenate(rows, axis=0)
-
+        rows.append(scaled.reshape(-1, S0))
+    rows.append(jnp.einsum("jkc,cd->jkd", products.dense_first, lam0).reshape(-1, S0))
+    scaled_rows = jnp.concatenate(rows, axis=0)
     R = s.rest_size
     transformed = _apply_rest_lambda(s, factors, products.rest)
     transformed = _apply_rest_lambda(s, factors, transformed.T).T
     identity_part = (jnp.arange(R) < s.n_re_rest).astype(transformed.dtype)
-    schur = transformed + jnp.diag(identity_part) - _coupling_gram(s, coupling_rows)
+    return diag_blocks, scaled_rows, transformed + jnp.diag(identity_part)
+
+
+def _right_solve_rows(first, rows, levels):
+    """rows[e] · L00[levels[e]]⁻ᵀ for (E, S0) rows."""
+    if first.shape[-1] == 1:  # scalar blocks: a division, far cheaper than batched solves
+        return rows / first[levels, 0]
+    return jax.vmap(lambda c, b: solve_triangular(c, b, lower=True))(first[levels], rows)
+
+
+def factorize(theta, products: CrossProducts, structure: ReStructure) -> BlockedFactor:
+    """Cholesky factor of Ω(θ) (module docstring), exploiting the block structure."""
+    s = structure
+    diag_blocks, scaled_rows, rest = omega_blocks(theta, products, s)
+    first = jax.vmap(jnp.linalg.cholesky)(diag_blocks)
+    coupling_rows = _right_solve_rows(first, scaled_rows, s.entry_first)
+    schur = rest - _coupling_gram(s, coupling_rows)
     return BlockedFactor(first, coupling_rows, jnp.linalg.cholesky(schur))
+
+
+def selected_inverse(s: ReStructure, factor: BlockedFactor, n_keep: int):
+    """Entries of P⁻¹ on the pattern of Ω, for P the leading principal block of Ω that
+    keeps the first ``n_keep`` rows of the rest (the random effects, and for REML the
+    fixed effects) and the whole first term.
+
+    P = L_P·L_P' with L_P the matching leading block of L, so no new factorization is
+    needed. With C = L_r0·L00⁻¹ (as sparse as L_r0):
+
+        P⁻¹_rr = L_rr⁻ᵀ·L_rr⁻¹,   P⁻¹_r0 = −P⁻¹_rr·C,   P⁻¹_00 = L00⁻ᵀ·L00⁻¹ + C'·P⁻¹_rr·C,
+
+    and only the diagonal blocks of P⁻¹_00 and the entries of P⁻¹_r0 where L_r0 has
+    its rows are formed, by the same same-level pairs as the Schur update. Returns
+    ((m0, S0, S0), (E, S0), (R, R)) laid out as :func:`omega_blocks`, zero outside P.
+    Cost: one triangular inverse and one product of the dense rest, plus the pairs.
+    """
+    R = s.rest_size
+    S0, m0 = s.sizes[0], s.n_levels[0]
+    dtype = factor.rest.dtype
+    lower = factor.rest[:n_keep, :n_keep]
+    inverse = solve_triangular(lower, jnp.eye(n_keep, dtype=dtype), lower=True)
+    sigma_rr = jnp.zeros((R, R), dtype).at[:n_keep, :n_keep].set(inverse.T @ inverse)
+    inside = (s.entry_rest < n_keep)[:, None]
+    C = jnp.where(inside, _right_solve_rows_transposed(factor.first, factor.coupling_rows,
+                                                       s.entry_first), 0.0)
+    if s.dense_update:
+        column = s.entry_first[:, None] * S0 + jnp.arange(S0)
+        dense = jnp.zeros((R, m0 * S0), dtype).at[s.entry_rest[:, None], column].add(C)
+        full = -(sigma_rr @ dense)
+        sigma_r0 = full[s.entry_rest[:, None], column]
+    else:
+        flat = jnp.concatenate([sigma_rr.reshape(-1), jnp.zeros(1, dtype)])
+        # P⁻¹_rr at each pair (r_a, r_b), both ways round (pairs are listed once).
+        weights = (flat[s.update_flat] * _pair_weight(s))[:, None]
+        E = s.entry_rest.shape[0]
+        sigma_r0 = -jax.ops.segment_sum(
+            jnp.concatenate([weights * C[s.update_b], weights * C[s.update_a]]),
+            jnp.concatenate([s.update_a, s.update_b]), num_segments=E)
+    eye = jnp.eye(S0, dtype=dtype)
+    first_inv = jax.vmap(lambda c: solve_triangular(c, eye, lower=True))(factor.first)
+    sigma_00 = jnp.einsum("jba,jbc->jac", first_inv, first_inv) - jax.ops.segment_sum(
+        C[:, :, None] * sigma_r0[:, None, :], s.entry_first, num_segments=m0)
+    return sigma_00, sigma_r0, sigma_rr
+
+
+def _right_solve_rows_transposed(first, rows, levels):
+    """rows[e] · L00[levels[e]]⁻¹ (row vectors times the inverse of the lower factor)."""
+    if first.shape[-1] == 1:
+        return rows / first[levels, 0]
+    return jax.vmap(lambda c, b: solve_triangular(c, b, lower=True, trans="T"))(
+        first[levels], rows)
 
 
 def _coupling_gram(s: ReStructure, coupling_rows):
@@ -163,10 +224,19 @@ def _coupling_gram(s: ReStructure, coupling_rows):
         dense = jnp.zeros((R, s.n_levels[0] * S0), dtype=coupling_rows.dtype)
         dense = dense.at[s.entry_rest[:, None], column].add(coupling_rows)
         return dense @ dense.T
+    # Each unordered pair of entries is listed once (a <= b): M collects them, a
+    # diagonal pair at half weight, and the update is M + M'.
     products = jnp.sum(coupling_rows[s.update_a] * coupling_rows[s.update_b], axis=-1)
+    products = products * _pair_weight(s)
     # Bin R·R collects padding products (stacked datasets of unequal size) and is dropped.
     gram = jax.ops.segment_sum(products, s.update_flat, num_segments=R * R + 1)
-    return gram[: R * R].reshape(R, R)
+    gram = gram[: R * R].reshape(R, R)
+    return gram + gram.T
+
+
+def _pair_weight(s: ReStructure):
+    """1 for a pair of distinct entries, 1/2 for an entry with itself (see above)."""
+    return jnp.where(s.update_a == s.update_b, 0.5, 1.0)
 
 
 def coupling_times(s: ReStructure, factor: BlockedFactor, vector_first):

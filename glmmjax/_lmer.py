@@ -105,7 +105,8 @@ def _conditional_blocks(structure, weights, X, y, theta):
     return [jnp.einsum("ab,lbc,dc->lad", lam, blk, lam) for lam, blk in zip(factors, blocks)]
 
 
-def lmm_result(design: Design, structure, reml: bool, solution, theta, pls) -> LMMResult:
+def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
+               effects=None) -> LMMResult:
     """Turn the optimizer's output into an :class:`LMMResult` (numpy values)."""
     n = design.nobs
     p = design.X.shape[1]
@@ -120,10 +121,9 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls) -> L
     beta_cov = sigma2 * L_x_inv.T @ L_x_inv
     # b = Λu (u is on the response's scale) with the θ the modes were solved at,
     # before the sign convention was applied.
-    effects = [
-        np.asarray(b)
-        for b in random_effects(jnp.asarray(raw_theta), structure, pls.u_first, pls.u_rest)
-    ]
+    if effects is None:
+        effects = random_effects(jnp.asarray(raw_theta), structure, pls.u_first, pls.u_rest)
+    effects = [np.asarray(b) for b in effects]
     status = Status(int(solution.status))
     grad_max = float(np.max(np.abs(np.asarray(solution.grad)))) if solution.grad.size else 0.0
     convergence = Convergence(
@@ -217,5 +217,5 @@ def fit_lmm_design(design: Design, reml: bool = True) -> LMMResult:
     check_lmm_design(design)
     structure = build_structure_for(design, design.X.shape[1] + 1)
     y = np.asarray(design.response, dtype=float) - design.offset
-    solution, theta, pls = fit_lmm_arrays(structure, design.weights, design.X, y, reml)
-    return lmm_result(design, structure, reml, solution, theta, pls)
+    solution, theta, pls, effects = fit_lmm_arrays(structure, design.weights, design.X, y, reml)
+    return lmm_result(design, structure, reml, solution, theta, pls, effects)

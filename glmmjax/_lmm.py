@@ -8,7 +8,9 @@ last diagonal entry of L is r(θ), the penalized residual norm, and (Bates et al
 
 minus Σ log wᵢ with prior weights. Both are pure JAX functions of θ, so ``jax.grad`` and
 ``jax.hessian`` work on them; :func:`fit_theta` minimizes them by BFGS with exact
-gradients inside one compiled ``lax.while_loop``.
+gradients inside one compiled ``lax.while_loop``. The gradient comes from a custom JVP
+rule (trace formulas on selected entries of Ω⁻¹, see :func:`lmm_criterion`), about three
+times cheaper than reverse mode through the dense Cholesky.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from ._cholesky import (
     CrossProducts,
     cross_products,
     factorize,
     logdet_first,
+    omega_blocks,
+    selected_inverse,
     solve_upper,
 )
 from ._covariance import diagonal_mask, initial_theta, theta_to_factors
@@ -104,8 +109,7 @@ def lmm_pieces(theta, model: LinearMixedModel):
     return logdet_z, logdet_x, r2, factor
 
 
-def lmm_criterion(theta, model: LinearMixedModel):
-    logdet_z, logdet_x, r2, _ = lmm_pieces(theta, model)
+def _criterion_from_pieces(model: LinearMixedModel, logdet_z, logdet_x, r2):
     n = model.nobs
     if model.reml:
         dof = n - model.n_fixef
@@ -115,12 +119,94 @@ def lmm_criterion(theta, model: LinearMixedModel):
     return value - model.sum_log_weights
 
 
+def _plain_criterion(theta, model: LinearMixedModel):
+    logdet_z, logdet_x, r2, _ = lmm_pieces(theta, model)
+    return _criterion_from_pieces(model, logdet_z, logdet_x, r2)
+
+
+@jax.custom_jvp
+def lmm_criterion(theta, model: LinearMixedModel):
+    """The profiled ML deviance or REML criterion at θ.
+
+    Its derivative in θ is given analytically (below): automatic differentiation through
+    the dense Cholesky of the rest costs about ten evaluations, the formula about three.
+    Higher derivatives (``jax.hessian``, used for Satterthwaite's df) differentiate the
+    rule itself, which is plain JAX.
+    """
+    return _plain_criterion(theta, model)
+
+
+def _lmm_criterion_jvp(primals, tangents):
+    """Directional derivative from quantities the factor already gives.
+
+    The criterion is log|P| + c·log r² (+ constants), where P is the leading block of Ω
+    without y (REML) or without X and y (ML) and c = n − p (REML) or n (ML). Then
+
+        d log|P| = ⟨P⁻¹, dP⟩   and   dr² = v'·dΩ·v   with v = [u; β̂; −1]
+
+    (the second by the envelope theorem: Ω·v vanishes outside y's row). Ω(θ) is
+    quadratic in θ and P⁻¹ is only needed where dΩ can be non-zero (selected inverse,
+    :func:`glmmjax._cholesky.selected_inverse`), so the tangent is the derivative of the
+    cheap map θ' ↦ ⟨W, Ω(θ')⟩ with W = P⁻¹ + (c/r²)·v·v' fixed at θ.
+    """
+    theta, model = primals
+    dtheta, dmodel = tangents
+    if any(not isinstance(leaf, SymbolicZero) for leaf in jax.tree_util.tree_leaves(
+            dmodel, is_leaf=lambda x: isinstance(x, SymbolicZero))):
+        # Derivatives in the data (no caller needs them) by plain autodiff.
+        instantiate = lambda t, p: (jnp.zeros_like(p) if isinstance(t, SymbolicZero)  # noqa: E731
+                                    else t)
+        dtheta = instantiate(dtheta, theta)
+        dmodel = jax.tree_util.tree_map(
+            lambda t, p: instantiate(t, p) if eqx.is_inexact_array(p) else t,
+            dmodel, model, is_leaf=lambda x: isinstance(x, SymbolicZero))
+        return jax.jvp(_plain_criterion, (theta, model), (dtheta, dmodel))
+    s = model.structure
+    logdet_z, logdet_x, r2, factor = lmm_pieces(theta, model)
+    value = _criterion_from_pieces(model, logdet_z, logdet_x, r2)
+    if isinstance(dtheta, SymbolicZero):
+        return value, jnp.zeros_like(value)
+    R, p = s.rest_size, model.n_fixef
+    if model.reml:
+        n_keep, scale = R - 1, model.nobs - p
+    else:
+        n_keep, scale = R - 1 - p, model.nobs
+    sigma_00, sigma_r0, sigma_rr = selected_inverse(s, factor, n_keep)
+    u_first, x_rest = _modes(s, factor)
+    c = scale / r2
+    w_00 = sigma_00 + c * u_first[:, :, None] * u_first[:, None, :]
+    w_r0 = 2.0 * (sigma_r0 + c * x_rest[s.entry_rest][:, None] * u_first[s.entry_first])
+    w_rr = sigma_rr + c * jnp.outer(x_rest, x_rest)
+
+    def contracted(th):
+        diag_blocks, rows, rest = omega_blocks(th, model.products, s)
+        return jnp.sum(w_00 * diag_blocks) + jnp.sum(w_r0 * rows) + jnp.sum(w_rr * rest)
+
+    _, tangent = jax.jvp(contracted, (theta,), (dtheta,))
+    return value, tangent
+
+
+lmm_criterion.defjvp(_lmm_criterion_jvp, symbolic_zeros=True)
+
+
+def _modes(s: ReStructure, factor):
+    """v = [u; β̂; −1] from L'·v = [0; −r] (u for the first term, then the rest)."""
+    R = s.rest_size
+    rhs_rest = jnp.zeros(R, dtype=factor.rest.dtype).at[R - 1].set(-factor.rest[R - 1, R - 1])
+    rhs_first = jnp.zeros((s.n_levels[0], s.sizes[0]), dtype=factor.rest.dtype)
+    return solve_upper(s, factor, rhs_first, rhs_rest)
+
+
 def fit_theta(model: LinearMixedModel, theta0, gtol=1e-8, loose_gtol=1e-3):
     """Minimize the criterion over θ; then try near-zero diagonals at exactly zero.
 
     Returns the optimizer's solution and the final θ (the boundary-adjusted one).
     """
-    solution = minimize(lmm_criterion, theta0, (model,), gtol=gtol, loose_gtol=loose_gtol)
+    solution = minimize(
+        lmm_criterion, theta0, (model,), gtol=gtol, loose_gtol=loose_gtol,
+        inverse_hessian=_inverse_hessian_guess(model.structure, jnp.asarray(theta0).dtype),
+        xtol=1e-7, expensive=True,
+    )
     theta = solution.x
     mask = jnp.asarray(diagonal_mask(model.structure.sizes))
     trial = jnp.where(mask & (jnp.abs(theta) < _BOUNDARY_TRY), 0.0, theta)
@@ -128,6 +214,22 @@ def fit_theta(model: LinearMixedModel, theta0, gtol=1e-8, loose_gtol=1e-3):
     keep = jnp.isfinite(f_trial) & (f_trial <= solution.value + 1e-10 * (1 + jnp.abs(solution.value)))
     theta = jnp.where(keep, trial, theta)
     return solution, theta
+
+
+def _inverse_hessian_guess(structure: ReStructure, dtype):
+    """diag(1 / (2·m_t)) for the θ entries of a term with m_t levels.
+
+    Near the optimum the criterion's Hessian is close to diagonal with entries of the
+    order of 2·m_t/θ² (log|Λ'Z'ZΛ + I| grows like 2·m_t·log θ; InstEval: 5.7e4, 1.7e4,
+    6.8e3 against 7.8e4, 1.2e4, 6.4e3), so at θ = 1 this is a far better first metric than
+    the identity, whose first step BFGS must rescale: on InstEval 14 iterations instead
+    of 26.
+    """
+    scale = np.concatenate([
+        np.full(size * (size + 1) // 2, 1.0 / (2.0 * max(m, 1)))
+        for size, m in zip(structure.sizes, structure.n_levels)
+    ])
+    return jnp.diag(jnp.asarray(scale, dtype))
 
 
 class PLSSolution(eqx.Module):
@@ -184,11 +286,14 @@ def start_theta(structure: ReStructure) -> np.ndarray:
 def _fit_and_solve(structure, weights, X, y, reml, theta0):
     model = lmm_model_from_arrays(structure, weights, X, y, reml)
     solution, theta = fit_theta(model, theta0)
-    return solution, theta, solve_pls(theta, model)
+    pls = solve_pls(theta, model)
+    # b = Λu in the same program: eagerly, each small op would compile on its own.
+    return solution, theta, pls, random_effects(theta, structure, pls.u_first, pls.u_rest)
 
 
 def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None):
-    """Fit one LMM from arrays; returns (solution, θ, PLSSolution) as JAX arrays."""
+    """Fit one LMM from arrays; returns (solution, θ, PLSSolution, [b_t]) as JAX arrays
+    (b_t = Λ_t·u_t per term at that θ, relative to σ)."""
     if theta0 is None:
         theta0 = start_theta(structure)
     dtype = jnp.asarray(X).dtype

@@ -39,7 +39,8 @@ class ReStructure(eqx.Module):
     each co-occurring pair) and ``obs_pair[t-1]`` (n,), the pair of each observation.
     ``entry_rest``/``entry_first`` give the rest row and term-0 level of each row of
     L_r0 (flattened, see ``coupling_rows``); ``update_a``/``update_b``/``update_flat``
-    list the products that make up L_r0·L_r0' (sparse path only).
+    list the products that make up L_r0·L_r0' (sparse path only), each unordered pair
+    once (a <= b; the matrix is symmetric).
     """
 
     sizes: tuple[int, ...] = eqx.field(static=True)
@@ -78,16 +79,21 @@ class ReStructure(eqx.Module):
 
 
 def _pairs_within_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All ordered pairs (a, b) of indices with groups[a] == groups[b]."""
-    order = np.argsort(groups, kind="stable")
+    """All pairs (a, b), a <= b, of indices with groups[a] == groups[b].
+
+    Only one of (a, b) and (b, a) is listed: the Schur update and the selected inverse
+    are symmetric, so half the gathers suffice (see ``_coupling_gram``).
+    """
+    order = np.argsort(groups, kind="stable").astype(np.int32)
     sorted_groups = groups[order]
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
     counts = np.diff(np.r_[starts, len(groups)])
-    count_of = np.repeat(counts, counts)
-    start_of = np.repeat(starts, counts)
-    a = np.repeat(np.arange(len(groups)), count_of)
-    within = np.arange(a.size) - np.repeat(np.cumsum(count_of) - count_of, count_of)
-    b = start_of[a] + within
+    # Position i in its group (of size c, starting at s) pairs with s+i .. s+c-1.
+    position = np.arange(len(groups)) - np.repeat(starts, counts)
+    count_of = np.repeat(counts, counts) - position
+    a = np.repeat(np.arange(len(groups), dtype=np.int32), count_of)
+    first_of = np.cumsum(count_of) - count_of
+    b = a + (np.arange(a.size, dtype=np.int32) - np.repeat(first_of, count_of).astype(np.int32))
     return order[a], order[b]
 
 
