@@ -218,6 +218,7 @@ def test_scalar_glmm_path_equals_glmer_and_flags_a_failure():
         assert batch.converged[k] and batch.models["status"][k] == "converged"
 
 
+@pytest.mark.slow
 def test_scalar_glmm_path_poisson_with_offset_equals_glmer():
     data, eta, rng = _scalar_glmm_data(seed=6)
     exposure = rng.uniform(0.5, 2.0, size=300)
