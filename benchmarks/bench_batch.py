@@ -65,6 +65,7 @@ def main():
     args = parser.parse_args()
 
     data, Y = simulate(args.models)
+    print(f"load average at start: {os.getloadavg()}")
     start = time.perf_counter()
     batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", progress=False)
     first = time.perf_counter() - start
@@ -73,7 +74,8 @@ def main():
     warm = time.perf_counter() - start
     print(f"[glmm batch] {args.models} logistic GLMMs: {first:.1f} s with compilation, "
           f"{warm:.1f} s warm; {int(batch.converged.sum())} converged; "
-          f"chunk {batch.chunk_size}")
+          f"chunk {batch.chunk_size}; compilation ~{first - warm:.1f} s; "
+          f"{1000 * warm / args.models:.1f} ms per model warm")
     per_fit = time_glmer(data, Y, args.r_fits)
     if per_fit is not None:
         glmer_total = per_fit * args.models
@@ -90,6 +92,7 @@ def main():
     warm = time.perf_counter() - start
     print(f"[bootstrap] {args.boot} sleepstudy refits: {args.boot / first:.0f} refits/s with "
           f"compilation, {args.boot / warm:.0f} refits/s warm; {boot.n_failed} failed")
+    print(f"load average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
