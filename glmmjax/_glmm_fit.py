@@ -83,7 +83,8 @@ def minimize_with_boundary(objective, params0, v0, n_theta, sizes, inverse_hessi
     steps instead of a solve from scratch). Returns (solution, params, mode at params).
     """
     solution = minimize(objective, params0, inverse_hessian=inverse_hessian, gtol=gtol,
-                        loose_gtol=loose_gtol, carry=v0, first_step=first_step)
+                        loose_gtol=loose_gtol, carry=v0, first_step=first_step,
+                        expensive=True)
     params, mode = solution.x, solution.carry
     if not boundary:
         return solution, params, mode
@@ -140,10 +141,14 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
         parts = mode_and_factor(q, data0, v, n_theta, 0, known_mode)
         return laplace_at_mode(*parts, data0), jax.lax.stop_gradient(parts[3])
 
-    # Stage 2 moves θ off the boundary anyway (below), so only nAGQ=0 needs the check.
+    # Before stage 2, stage 1 only provides a start and a preconditioner: a looser
+    # gradient tolerance, and no boundary check (stage 2 moves θ off the boundary).
+    final = setup.n_agq == 0
+    tols1 = tols if final else dict(gtol=max(setup.gtol, setup.loose_gtol),
+                                    loose_gtol=setup.loose_gtol)
     sol1, params1, v1 = minimize_with_boundary(
-        objective1, params1, v0, n_theta, setup.outer.sizes, boundary=setup.n_agq == 0,
-        first_step=_FIRST_STEP, **tols
+        objective1, params1, v0, n_theta, setup.outer.sizes, boundary=final,
+        first_step=_FIRST_STEP, **tols1
     )
     *_, factor1 = mode_and_factor(params1, data0, v1, n_theta, 0, known_mode=True)
     L_x = factor1.rest[-p:, -p:]

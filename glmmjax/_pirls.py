@@ -20,9 +20,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._cholesky import cross_products, factorize, solve_lower, solve_upper
+from ._cholesky import factorize, solve_lower, solve_upper
 from ._covariance import theta_to_factors
 from ._eta_terms import kernel, kernel_terms, loglik_constant
+from ._glmm_products import DenseLayout, cross_products, dense_layout
 from ._structure import ReStructure
 
 MAX_NEWTON = 60
@@ -92,14 +93,22 @@ def inner_size(s: ReStructure) -> int:
 
 
 def linear_predictor(v, theta, beta, data: GLMMData):
-    s = data.structure
+    return _eta(v, theta, _fixed_part(beta, data), data.structure, dense_layout(data.dense))
+
+
+def _fixed_part(beta, data: GLMMData):
+    """Xβ + offset: constant during a Newton solve (X by column, see _glmm_products)."""
+    if data.X.shape[1] == 0:
+        return data.offset
+    return beta @ data.X.T + data.offset
+
+
+def _eta(v, theta, fixed, s: ReStructure, layout: DenseLayout):
     u_first, u_rest, beta_in = split(v, s)
-    return (
-        data.X @ beta
-        + data.offset
-        + z_lambda_times(theta, s, u_first, u_rest)
-        + data.dense @ beta_in
-    )
+    eta = fixed + z_lambda_times(theta, s, u_first, u_rest)
+    if beta_in.shape[0]:
+        eta = eta + beta_in @ layout.t
+    return eta
 
 
 def _loglik_derivatives(eta, dispersion, data: GLMMData):
@@ -119,21 +128,21 @@ def penalized_objective(v, theta, beta, dispersion, data: GLMMData):
     return -2.0 * (jnp.sum(ll) + data.constant()) + _penalty(v, data.structure)
 
 
-def _half_gradient_from(grad_eta, v, theta, data: GLMMData):
+def _half_gradient_from(grad_eta, v, theta, s: ReStructure, layout: DenseLayout):
     """∇g/2 = −[Λ'Z'; D']ℓ' + [u; 0] from ℓ' per observation."""
-    s = data.structure
     u_first, u_rest, _ = split(v, s)
     first, rest = lambda_z_transpose_times(theta, s, grad_eta)
     return jnp.concatenate(
-        [(u_first - first).reshape(-1), u_rest - rest, -(data.dense.T @ grad_eta)]
+        [(u_first - first).reshape(-1), u_rest - rest, -(layout.t @ grad_eta)]
     )
 
 
 def half_gradient(v, theta, beta, dispersion, data: GLMMData):
     """∇g/2 at v."""
-    eta = linear_predictor(v, theta, beta, data)
+    layout = dense_layout(data.dense)
+    eta = _eta(v, theta, _fixed_part(beta, data), data.structure, layout)
     _, grad_eta, _ = _loglik_derivatives(eta, dispersion, data)
-    return _half_gradient_from(grad_eta, v, theta, data)
+    return _half_gradient_from(grad_eta, v, theta, data.structure, layout)
 
 
 def hessian_factor(v, theta, beta, dispersion, data: GLMMData, positive: bool = False):
@@ -143,12 +152,12 @@ def hessian_factor(v, theta, beta, dispersion, data: GLMMData, positive: bool = 
     log-likelihoods); the Laplace value itself always uses the exact W.
     """
     s = data.structure
-    eta = linear_predictor(v, theta, beta, data)
+    layout = dense_layout(data.dense)
+    eta = _eta(v, theta, _fixed_part(beta, data), s, layout)
     _, _, w = _loglik_derivatives(eta, dispersion, data)
     if positive:
         w = jnp.maximum(w, 1e-10 * (1.0 + jnp.abs(w)))
-    products = cross_products(s, w, data.dense)
-    return factorize(theta, products, s)
+    return factorize(theta, cross_products(s, w, layout), s)
 
 
 def _solve(s: ReStructure, factor, rhs):
@@ -184,15 +193,17 @@ def _newton(theta, beta, dispersion, data: GLMMData, v0):
     """
     s = data.structure
     family = data.family
+    fixed = _fixed_part(beta, data)
+    layout = dense_layout(data.dense)
 
     def evaluate(v):
-        eta = linear_predictor(v, theta, beta, data)
+        eta = _eta(v, theta, fixed, s, layout)
         ll, grad_eta, w = kernel_terms(family, data.y, eta, data.weights, dispersion)
         value = -2.0 * jnp.sum(ll) + _penalty(v, s)
-        grad = _half_gradient_from(grad_eta, v, theta, data)
+        grad = _half_gradient_from(grad_eta, v, theta, s, layout)
         # Floor W for the step only (non-concave log-likelihoods); see hessian_factor.
         w = jnp.maximum(w, 1e-10 * (1.0 + jnp.abs(w)))
-        factor = factorize(theta, cross_products(s, w, data.dense), s)
+        factor = factorize(theta, cross_products(s, w, layout), s)
         return value, grad, factor
 
     def cond(state):
