@@ -64,8 +64,10 @@ def _worker(name: str) -> None:
         start = time.perf_counter()
         fit = glmmjax.lmer(formula, data, reml=True)
         times.append(time.perf_counter() - start)
-        print(f"  glmmjax {name}: call {len(times)} took {times[-1]:.2f} s", file=sys.stderr,
-              flush=True)
+        print(f"  glmmjax {name}: call {len(times)} took {times[-1]:.2f} s "
+              f"({fit.convergence.iterations} iterations, "
+              f"{fit.convergence.n_evaluations} criterion-and-gradient evaluations; "
+              f"load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
     print(json.dumps({"first": times[0], "second": times[1], "criterion": fit.deviance,
                       "converged": fit.converged}))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
+from jax.scipy.linalg import cho_solve, solve_triangular
 
 from ._covariance import theta_to_factors
 from ._structure import ReStructure
@@ -176,14 +176,16 @@ def selected_inverse(s: ReStructure, factor: BlockedFactor, n_keep: int):
     and only the diagonal blocks of P⁻¹_00 and the entries of P⁻¹_r0 where L_r0 has
     its rows are formed, by the same same-level pairs as the Schur update. Returns
     ((m0, S0, S0), (E, S0), (R, R)) laid out as :func:`omega_blocks`, zero outside P.
-    Cost: one triangular inverse and one product of the dense rest, plus the pairs.
+    Cost: two triangular solves with the dense rest, plus the pairs.
     """
     R = s.rest_size
     S0, m0 = s.sizes[0], s.n_levels[0]
     dtype = factor.rest.dtype
     lower = factor.rest[:n_keep, :n_keep]
-    inverse = solve_triangular(lower, jnp.eye(n_keep, dtype=dtype), lower=True)
-    sigma_rr = jnp.zeros((R, R), dtype).at[:n_keep, :n_keep].set(inverse.T @ inverse)
+    # Two triangular solves (LAPACK trsm) take about half the time of one solve and the
+    # product L⁻ᵀ·L⁻¹ as a general matmul.
+    inverse = cho_solve((lower, True), jnp.eye(n_keep, dtype=dtype))
+    sigma_rr = jnp.zeros((R, R), dtype).at[:n_keep, :n_keep].set(inverse)
     inside = (s.entry_rest < n_keep)[:, None]
     C = jnp.where(inside, _right_solve_rows_transposed(factor.first, factor.coupling_rows,
                                                        s.entry_first), 0.0)
