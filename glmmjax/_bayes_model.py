@@ -466,8 +466,9 @@ class BayesModel:
             dense_mass=bool(dense_mass),
             progress_every=max(1, total // 50) if progress_bar else 0,
         )
-        if ys is None:
-            ys = np.broadcast_to(self.data.y, (num_chains, self.data.y.shape[0]))
+        shared = ys is None  # one response for every chain (not batched over chains)
+        if shared:
+            ys = self.data.y
         start = time.perf_counter()
         with precision_scope(precision):
             args = (self.jax_data(), self.priors, self.family)
@@ -490,7 +491,7 @@ class BayesModel:
                     _PROGRESS["offset"] = g * total
                     out = run_chains(
                         self.glmm, settings, keys[group], args,
-                        jnp.asarray(ys[group], dtype=dtype), centres,
+                        jnp.asarray(ys if shared else ys[group], dtype=dtype), centres,
                     )
                     outputs.append(jax.tree_util.tree_map(np.asarray, out))
             finally:

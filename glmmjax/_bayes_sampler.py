@@ -101,14 +101,19 @@ def run_chains(model, settings: Settings, keys, args, ys, centres):
         model: the NumPyro model (hashable: equal models share the compiled run).
         keys: (C, 2) PRNG keys, one per chain.
         args: the model's positional arguments (pytrees of arrays).
-        ys: (C, n) the response of each chain.
+        ys: (C, n) the response of each chain, or (n,) one response for all chains
+            (then unbatched under vmap: per-row terms of the likelihood that depend
+            only on y stay shared instead of being recomputed for every chain).
         centres: constrained starting values by site name (see ``_initial_point``).
 
     Returns:
         ``(samples, diverging, num_steps, step_size)``: constrained samples by site,
         (C, N, ...); (C, N) divergences and leapfrog steps; (C,) adapted step sizes.
     """
-    sites = _latent_sites(model, args, ys[0])
+    shared = ys.ndim == 1
+    y_axis = None if shared else 0
+    y0 = ys if shared else ys[0]
+    sites = _latent_sites(model, args, y0)
 
     def potential_gen(y):
         return lambda params: _potential(model, args, y, params)
@@ -134,13 +139,14 @@ def run_chains(model, settings: Settings, keys, args, ys, centres):
     if keys.shape[0] == 1:
         # One chain needs no vmap, whose batching of NUTS's nested while loops makes
         # tracing and compiling several times slower.
-        states = jax.tree_util.tree_map(lambda a: a[None], init_one(keys[0], ys[0]))
+        states = jax.tree_util.tree_map(lambda a: a[None], init_one(keys[0], y0))
         step = lambda state, ys: jax.tree_util.tree_map(  # noqa: E731
-            lambda a: a[None], kernel(jax.tree_util.tree_map(lambda a: a[0], state), ys[0])
+            lambda a: a[None],
+            kernel(jax.tree_util.tree_map(lambda a: a[0], state), ys if shared else ys[0]),
         )
     else:
-        states = jax.vmap(init_one)(keys, ys)
-        step = jax.vmap(kernel)
+        states = jax.vmap(init_one, in_axes=(0, y_axis))(keys, ys)
+        step = jax.vmap(kernel, in_axes=(0, y_axis))
 
     # One loop over warmup and sampling (the NUTS body is compiled once): iteration i
     # writes its draw to row max(i − W, 0) of the buffers, which the sampling
@@ -165,6 +171,6 @@ def run_chains(model, settings: Settings, keys, args, ys, centres):
     total = settings.num_warmup + settings.num_samples
     states, (z, diverging, num_steps) = jax.lax.fori_loop(0, total, body, (states, buffers))
     constrain = lambda params, y: constrain_fn(model, args, {"y": y}, params)  # noqa: E731
-    samples = jax.vmap(jax.vmap(constrain), in_axes=(0, None))(z, ys)
+    samples = jax.vmap(jax.vmap(constrain, in_axes=(0, y_axis)), in_axes=(0, None))(z, ys)
     samples = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), samples)
     return samples, diverging.T, num_steps.T, states.adapt_state.step_size
