@@ -31,6 +31,7 @@ Run from the repository root:
     python benchmarks/bench_glmm.py                       # both models, R if available
     python benchmarks/bench_glmm.py --models large --rows 200000 --groups 2000
     python benchmarks/bench_glmm.py --skip-r-laplace      # R's nAGQ=0 only on "large"
+    python benchmarks/bench_glmm.py --models verbagg --no-r --cache-dir /tmp/jaxcache  # twice
 """
 
 from __future__ import annotations
@@ -99,8 +100,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def _worker(name: str, rows: int, groups: int) -> None:
+def _worker(name: str, rows: int, groups: int, cache_dir: str | None = None) -> None:
     """Fit one model twice in this (fresh) process and print the timings as JSON."""
+    if cache_dir:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
     import glmmjax
 
     if name == "verbagg":
@@ -120,10 +125,11 @@ def _worker(name: str, rows: int, groups: int) -> None:
                       "peak_rss_mb": _peak_rss_mb()}))
 
 
-def _glmmjax_run(name: str, rows: int, groups: int, timeout: float) -> dict | None:
+def _glmmjax_run(name: str, rows: int, groups: int, timeout: float,
+                 cache_dir: str | None = None) -> dict | None:
     """Timings from a fresh process, or None if the two fits took over ``timeout`` s."""
     command = [sys.executable, __file__, "--worker", name, "--rows", str(rows),
-               "--groups", str(groups)]
+               "--groups", str(groups)] + (["--cache-dir", cache_dir] if cache_dir else [])
     try:  # stderr passes through: the worker reports each call as it finishes
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True,
                               timeout=timeout)
@@ -217,10 +223,13 @@ def main() -> None:
                         help="large model: skip glmer's (slow) Laplace fit, keep nAGQ=0")
     parser.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
                         help="give up on one program's fit(s) of a model after this long")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="JAX persistent compilation cache for the glmmjax processes "
+                        "(run twice: the second run's first call reuses the compiled fit)")
     parser.add_argument("--worker", choices=["verbagg", "large"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        _worker(args.worker, args.rows, args.groups)
+        _worker(args.worker, args.rows, args.groups, args.cache_dir)
         return
 
     import jax
@@ -245,7 +254,7 @@ def main() -> None:
         if use_r:
             r_fits["glmer Laplace"] = _r_run(R_VERBAGG.replace("@FORMULA@", VERBAGG_FORMULA),
                                              args.timeout)
-        ours = _glmmjax_run("verbagg", args.rows, args.groups, args.timeout)
+        ours = _glmmjax_run("verbagg", args.rows, args.groups, args.timeout, args.cache_dir)
         _report(f"verbagg: {VERBAGG_FORMULA} (7,584 rows), Laplace", ours, r_fits)
         sys.stdout.flush()
 
@@ -260,7 +269,7 @@ def main() -> None:
                 if not args.skip_r_laplace:
                     r_fits["glmer Laplace"] = _r_run(_large_script(csv, 1),
                                                      args.timeout)
-        ours = _glmmjax_run("large", args.rows, args.groups, args.timeout)
+        ours = _glmmjax_run("large", args.rows, args.groups, args.timeout, args.cache_dir)
         _report(f"large: {LARGE_FORMULA}, {args.rows:,} rows, {args.groups:,} groups, "
                 "Bernoulli, Laplace", ours, r_fits)
 

@@ -139,6 +139,14 @@ def glmer(
         SingularFitWarning: a variance component is estimated on the boundary (see
             ``result.singular_message()``).
 
+    Note:
+        The first fit of a model structure (its shapes: rows, levels, columns, family,
+        n_agq) traces and compiles the whole fit as one XLA program, which takes far
+        longer than the fit itself on small data (about a minute for verbagg on a busy
+        2-core machine); later fits of the same structure reuse it. To keep compiled
+        programs across processes, turn on JAX's persistent cache before fitting:
+        ``jax.config.update("jax_compilation_cache_dir", "/some/dir")``.
+
     Example:
         >>> import glmmjax
         >>> fit = glmmjax.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
