@@ -261,7 +261,9 @@ def solve_pls(theta, model: LinearMixedModel) -> PLSSolution:
         r2=r2,
         logdet_z=logdet_z,
         logdet_x=logdet_x,
-        criterion=lmm_criterion(theta, model),
+        # From the pieces above: calling lmm_criterion would factor Ω a second time
+        # (run time, and half a second of compilation on InstEval).
+        criterion=_criterion_from_pieces(model, logdet_z, logdet_x, r2),
         rest_factor=factor.rest,
     )
 
