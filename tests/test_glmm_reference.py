@@ -60,8 +60,8 @@ def check(fit, ref, objective):
     assert fit.nobs == best["nobs"]
 
 
-FAST = ["cbpp_laplace", "contraception", "salamanders_nb2", "gamma_glmm"]
-SLOW = ["verbagg", "grouseticks"]
+FAST = ["cbpp_laplace", "contraception", "salamanders_nb2", "gamma_glmm", "verbagg"]
+SLOW = ["grouseticks"]
 
 
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
