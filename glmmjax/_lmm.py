@@ -8,7 +8,7 @@ last diagonal entry of L is r(θ), the penalized residual norm, and (Bates et al
 
 minus Σ log wᵢ with prior weights. Both are pure JAX functions of θ, so ``jax.grad`` and
 ``jax.hessian`` work on them; :func:`fit_theta` minimizes them by BFGS with exact
-gradients inside one compiled ``lax.while_loop``. The gradient comes from a custom JVP
+gradients inside one compiled ``lax.while_loop`` (diagonal entries of θ on the log scale). The gradient comes from a custom JVP
 rule (trace formulas on selected entries of Ω⁻¹, see :func:`lmm_criterion`), about three
 times cheaper than reverse mode through the dense Cholesky.
 """
@@ -39,6 +39,9 @@ from ._structure import ReStructure, build_structure
 SINGULAR_TOL = 1e-4
 # Diagonal entries of θ below this are tried at exactly zero after convergence.
 _BOUNDARY_TRY = 1e-3
+# Diagonal θ entries are optimized on the log scale above this, linearly below it (see
+# _from_log_scale; 0.01 and 0.3 took more evaluations on dyestuff2 and InstEval).
+_LOG_FLOOR = 0.1
 
 
 class LinearMixedModel(eqx.Module):
@@ -200,15 +203,29 @@ def _modes(s: ReStructure, factor):
 def fit_theta(model: LinearMixedModel, theta0, gtol=1e-8, loose_gtol=1e-3):
     """Minimize the criterion over θ; then try near-zero diagonals at exactly zero.
 
-    Returns the optimizer's solution and the final θ (the boundary-adjusted one).
+    BFGS works on the diagonal entries of θ on the log scale (down to _LOG_FLOOR, see
+    :func:`_from_log_scale`): from lme4's start at 1 the criterion is far closer to
+    quadratic in log θ than in θ, and its Hessian there is close to diag(2·m_t) (the
+    starting metric's inverse). On InstEval this takes 8 iterations and 9 evaluations
+    instead of 15 and 37 (sleepstudy 12 instead of 17, penicillin 15 instead of 24,
+    pastes 12 instead of 15).
+
+    Returns the optimizer's solution (its ``x`` and ``grad`` mapped back to θ) and the
+    final θ (the boundary-adjusted one).
     """
+    theta0 = jnp.asarray(theta0)
+    mask = jnp.asarray(diagonal_mask(model.structure.sizes))
+    phi0 = _to_log_scale(theta0, mask)
     solution = minimize(
-        lmm_criterion, theta0, (model,), gtol=gtol, loose_gtol=loose_gtol,
-        inverse_hessian=_inverse_hessian_guess(model.structure, jnp.asarray(theta0).dtype),
+        _log_scale_criterion, phi0, (model, mask), gtol=gtol, loose_gtol=loose_gtol,
+        inverse_hessian=_inverse_hessian_guess(model.structure, theta0.dtype),
         xtol=1e-7, expensive=True,
     )
+    theta_hat = _from_log_scale(solution.x, mask)
+    slope = _log_scale_slope(solution.x, mask)
+    grad = solution.grad / slope
+    solution = solution._replace(x=theta_hat, grad=grad)
     theta = solution.x
-    mask = jnp.asarray(diagonal_mask(model.structure.sizes))
     trial = jnp.where(mask & (jnp.abs(theta) < _BOUNDARY_TRY), 0.0, theta)
     f_trial = lmm_criterion(trial, model)
     keep = jnp.isfinite(f_trial) & (f_trial <= solution.value + 1e-10 * (1 + jnp.abs(solution.value)))
@@ -216,11 +233,41 @@ def fit_theta(model: LinearMixedModel, theta0, gtol=1e-8, loose_gtol=1e-3):
     return solution, theta
 
 
+def _from_log_scale(phi, mask):
+    """θ from the optimizer's coordinates φ: exp(φ) for a diagonal entry above
+    _LOG_FLOOR = c, below it the tangent line c·(1 + φ − log c), which reaches 0 (and
+    negative values) at finite φ. The criterion is even in a scalar θ near 0, hence
+    quadratic in φ there, so a fit at the boundary converges as fast as on the plain
+    scale instead of marching φ to −∞."""
+    a = np.log(_LOG_FLOOR)
+    diag = jnp.where(phi >= a, jnp.exp(jnp.minimum(phi, 700.0)),
+                     _LOG_FLOOR * (1.0 + phi - a))
+    return jnp.where(mask, diag, phi)
+
+
+def _to_log_scale(theta, mask):
+    a = np.log(_LOG_FLOOR)
+    above = jnp.log(jnp.maximum(theta, _LOG_FLOOR))
+    below = a + theta / _LOG_FLOOR - 1.0
+    return jnp.where(mask, jnp.where(theta >= _LOG_FLOOR, above, below), theta)
+
+
+def _log_scale_slope(phi, mask):
+    """dθ/dφ."""
+    a = np.log(_LOG_FLOOR)
+    diag = jnp.where(phi >= a, jnp.exp(jnp.minimum(phi, 700.0)), _LOG_FLOOR)
+    return jnp.where(mask, diag, 1.0)
+
+
+def _log_scale_criterion(phi, model, mask):
+    return lmm_criterion(_from_log_scale(phi, mask), model)
+
+
 def _inverse_hessian_guess(structure: ReStructure, dtype):
     """diag(1 / (2·m_t)) for the θ entries of a term with m_t levels.
 
-    Near the optimum the criterion's Hessian is close to diagonal with entries of the
-    order of 2·m_t/θ² (log|Λ'Z'ZΛ + I| grows like 2·m_t·log θ; InstEval: 5.7e4, 1.7e4,
+    Near the optimum the criterion's Hessian in θ is close to diagonal with entries of
+    the order of 2·m_t/θ², i.e. 2·m_t in log θ (the coordinates :func:`fit_theta` uses) (log|Λ'Z'ZΛ + I| grows like 2·m_t·log θ; InstEval: 5.7e4, 1.7e4,
     6.8e3 against 7.8e4, 1.2e4, 6.4e3), so at θ = 1 this is a far better first metric than
     the identity, whose first step BFGS must rescale: on InstEval 14 iterations instead
     of 26.
