@@ -48,9 +48,19 @@ def cross_products(structure: ReStructure, weights, dense) -> CrossProducts:
     """
     s = structure
     m0 = s.n_levels[0]
+    z0, first, coupling = random_blocks(s, weights)
+    dense_first = jax.ops.segment_sum(
+        dense[:, :, None] * z0[:, None, :], s.refs[0], num_segments=m0
+    )
+    rest = _rest_cross_products(s, weights, dense)
+    return CrossProducts(first, coupling, dense_first, rest)
+
+
+def random_blocks(s: ReStructure, weights):
+    """(W·Z0, the first term's diagonal blocks Z0'WZ0, each later term's coupling to it)."""
     z0 = s.z[0] * weights[:, None]
     first = jax.ops.segment_sum(
-        z0[:, :, None] * s.z[0][:, None, :], s.refs[0], num_segments=m0
+        z0[:, :, None] * s.z[0][:, None, :], s.refs[0], num_segments=s.n_levels[0]
     )
     coupling = tuple(
         jax.ops.segment_sum(
@@ -60,11 +70,7 @@ def cross_products(structure: ReStructure, weights, dense) -> CrossProducts:
         )
         for t in range(1, s.n_terms)
     )
-    dense_first = jax.ops.segment_sum(
-        dense[:, :, None] * z0[:, None, :], s.refs[0], num_segments=m0
-    )
-    rest = _rest_cross_products(s, weights, dense)
-    return CrossProducts(first, coupling, dense_first, rest)
+    return z0, first, coupling
 
 
 def _rest_cross_products(s: ReStructure, weights, dense):

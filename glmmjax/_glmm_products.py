@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cholesky import CrossProducts
+from ._cholesky import CrossProducts, random_blocks
 from ._structure import ReStructure
 
 # Above this many stored entries, D'WD is formed as a (k, n)·(n, k) product instead.
@@ -57,18 +57,7 @@ def cross_products(s: ReStructure, weights, layout: DenseLayout) -> CrossProduct
     m0, S0 = s.n_levels[0], s.sizes[0]
     dense_t = layout.t
     k = dense_t.shape[0]
-    z0 = s.z[0] * weights[:, None]
-    first = jax.ops.segment_sum(
-        z0[:, :, None] * s.z[0][:, None, :], s.refs[0], num_segments=m0
-    )
-    coupling = tuple(
-        jax.ops.segment_sum(
-            s.z[t][:, :, None] * z0[:, None, :],
-            s.obs_pair[t - 1],
-            num_segments=s.pair_first[t - 1].shape[0],
-        )
-        for t in range(1, s.n_terms)
-    )
+    z0, first, coupling = random_blocks(s, weights)
     # One segment sum per column: stacking the columns into an (n, k·S0) operand
     # first costs more than the sums themselves.
     columns = [
