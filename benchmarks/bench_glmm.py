@@ -39,13 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
 
 VERBAGG_FORMULA = "r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)"
 LARGE_FORMULA = "y ~ x + (1 | g)"
@@ -165,21 +166,6 @@ def _r_run(script: str, timeout: float) -> dict | None:
     raise RuntimeError(f"no RESULT line from R:\n{done.stdout}\n{done.stderr}")
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, "
-            f"Python {platform.python_version()}; load average at start {load}")
-
-
 def _line(label: str, seconds: float | None, extra: str = "") -> str:
     time_cell = f"{'timed out':>10}" if seconds is None else f"{seconds:>9.2f}s"
     return f"  {label:<36} {time_cell}  {extra}".rstrip()
@@ -236,7 +222,7 @@ def main() -> None:
 
     import glmmjax
 
-    print(f"machine: {_machine()}")
+    print(f"machine: {describe()}")
     print(f"glmmjax {glmmjax.__version__}, jax {jax.__version__} ({jax.default_backend()})")
     use_r = not args.no_r and _lme4_available()
     if use_r:

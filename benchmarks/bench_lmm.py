@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
 
 # name -> (glmmjax dataset, formula, R dataset)
 MODELS = {
@@ -107,21 +108,6 @@ def _lme4_times(names: list[str]) -> dict:
     return results
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, "
-            f"Python {platform.python_version()}; load average at start {load}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -138,7 +124,7 @@ def main() -> None:
 
     import glmmjax
 
-    print(f"machine: {_machine()}")
+    print(f"machine: {describe()}")
     print(f"glmmjax {glmmjax.__version__}, jax {jax.__version__} ({jax.default_backend()})")
     lme4 = {}
     if not args.no_r and _lme4_available():

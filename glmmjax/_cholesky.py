@@ -73,15 +73,12 @@ def random_blocks(s: ReStructure, weights):
     return z0, first, coupling
 
 
-def _rest_cross_products(s: ReStructure, weights, dense):
+def random_rest(s: ReStructure, weights):
+    """Z_r'WZ_r of the later terms as a flat (R·R,) array (zeros outside their block),
+    with each observation's rest indices (n, w) and weighted values W·Z_r (n, w) for the
+    caller's coupling to the dense columns."""
     R = s.rest_size
     n = weights.shape[0]
-    wd = dense * weights[:, None]
-    rest = jnp.zeros((R, R), dtype=dense.dtype)
-    dense_start = R - s.n_dense
-    rest = rest.at[dense_start:, dense_start:].set(dense.T @ wd)
-    if s.n_terms == 1:
-        return rest
     # Each observation's non-zeros in the random-effects part of the rest.
     index = jnp.concatenate(
         [
@@ -91,12 +88,25 @@ def _rest_cross_products(s: ReStructure, weights, dense):
         axis=1,
     )
     values = jnp.concatenate([s.z[t] for t in range(1, s.n_terms)], axis=1)
-    k = index.shape[1]
+    width = index.shape[1]
     wv = values * weights[:, None]
-    re_re = (wv[:, :, None] * values[:, None, :]).reshape(n, k * k)
-    flat = (index[:, :, None] * R + index[:, None, :]).reshape(n, k * k)
-    rest = rest.reshape(-1).at[flat.ravel()].add(re_re.ravel()).reshape(R, R)
-    re_dense = wv[:, :, None] * dense[:, None, :]  # (n, k, n_dense)
+    re_re = (wv[:, :, None] * values[:, None, :]).reshape(n, width * width)
+    flat = (index[:, :, None] * R + index[:, None, :]).reshape(n, width * width)
+    gram = jnp.zeros(R * R, dtype=weights.dtype).at[flat.ravel()].add(re_re.ravel())
+    return gram, index, wv
+
+
+def _rest_cross_products(s: ReStructure, weights, dense):
+    R = s.rest_size
+    wd = dense * weights[:, None]
+    rest = jnp.zeros((R, R), dtype=dense.dtype)
+    dense_start = R - s.n_dense
+    rest = rest.at[dense_start:, dense_start:].set(dense.T @ wd)
+    if s.n_terms == 1:
+        return rest
+    gram, index, wv = random_rest(s, weights)
+    rest = rest + gram.reshape(R, R)
+    re_dense = wv[:, :, None] * dense[:, None, :]  # (n, w, n_dense)
     cols = dense_start + jnp.arange(s.n_dense)
     flat = (index[:, :, None] * R + cols[None, None, :]).ravel()
     rest = rest.reshape(-1).at[flat].add(re_dense.ravel()).reshape(R, R)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cholesky import CrossProducts, random_blocks
+from ._cholesky import CrossProducts, random_blocks, random_rest
 from ._structure import ReStructure
 
 # Above this many stored entries, D'WD is formed as a (k, n)·(n, k) product instead.
@@ -80,21 +80,8 @@ def cross_products(s: ReStructure, weights, layout: DenseLayout) -> CrossProduct
 def _random_rest(s: ReStructure, weights, dense_t):
     """The rest's blocks that involve later terms' random effects (as _cholesky)."""
     R = s.rest_size
-    n = weights.shape[0]
     k = dense_t.shape[0]
-    index = jnp.concatenate(
-        [
-            s.offsets[t] + s.refs[t][:, None] * s.sizes[t] + jnp.arange(s.sizes[t])
-            for t in range(1, s.n_terms)
-        ],
-        axis=1,
-    )
-    values = jnp.concatenate([s.z[t] for t in range(1, s.n_terms)], axis=1)
-    width = index.shape[1]
-    wv = values * weights[:, None]
-    re_re = (wv[:, :, None] * values[:, None, :]).reshape(n, width * width)
-    flat = (index[:, :, None] * R + index[:, None, :]).reshape(n, width * width)
-    rest = jnp.zeros(R * R, dtype=weights.dtype).at[flat.ravel()].add(re_re.ravel())
+    rest, index, wv = random_rest(s, weights)
     if k:
         re_dense = jnp.stack([wv * dense_t[j][:, None] for j in range(k)], axis=2)
         cols = R - k + jnp.arange(k)
