@@ -113,9 +113,7 @@ def _lmm_one(y, setup: _LMMSetup) -> dict:
     pls = solve_pls(theta, model)
     n, p = model.nobs, model.n_fixef
     sigma2 = pls.r2 / ((n - p) if setup.reml else n)
-    R = s.rest_size
-    L_x = pls.rest_factor[R - 1 - p : R - 1, R - 1 - p : R - 1]
-    L_inv = solve_triangular(L_x, jnp.eye(p, dtype=y.dtype), lower=True)
+    L_inv = solve_triangular(pls.fixef_factor, jnp.eye(p, dtype=y.dtype), lower=True)
     return dict(
         theta=theta, beta=pls.beta, beta_cov=sigma2 * L_inv.T @ L_inv, value=pls.criterion,
         sigma=jnp.sqrt(sigma2), status=solution.status, iterations=solution.iterations,

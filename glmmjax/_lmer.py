@@ -115,8 +115,7 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
     r2 = float(pls.r2)
     sigma2 = r2 / (n - p) if reml else r2 / n
     sigma = float(np.sqrt(sigma2))
-    R = structure.rest_size
-    L_x = np.asarray(pls.rest_factor)[R - 1 - p : R - 1, R - 1 - p : R - 1]
+    L_x = np.asarray(pls.fixef_factor)
     L_x_inv = np.linalg.solve(np.tril(L_x), np.eye(p))
     beta_cov = sigma2 * L_x_inv.T @ L_x_inv
     # b = Λu (u is on the response's scale) with the θ the modes were solved at,

@@ -32,6 +32,7 @@ from ._cholesky import (
 )
 from ._covariance import diagonal_mask, initial_theta, theta_to_factors
 from ._design import DataError, Design
+from ._jit import program
 from ._optimize import minimize
 from ._structure import ReStructure, build_structure
 
@@ -127,19 +128,68 @@ def _plain_criterion(theta, model: LinearMixedModel):
     return _criterion_from_pieces(model, logdet_z, logdet_x, r2)
 
 
+class PLSSolution(eqx.Module):
+    """β̂, the spherical conditional modes u, r² and the pieces of the criterion at θ."""
+
+    beta: jnp.ndarray
+    u_first: jnp.ndarray  # (m0, S0)
+    u_rest: jnp.ndarray  # (R_re,)
+    r2: jnp.ndarray
+    logdet_z: jnp.ndarray
+    logdet_x: jnp.ndarray
+    criterion: jnp.ndarray
+    fixef_factor: jnp.ndarray  # L_X (p, p): β's block of the factor, Var(β̂) = σ²·(L_X·L_X')⁻¹
+
+
+def _solution_from_factor(model: LinearMixedModel, theta, logdet_z, logdet_x, r2, factor):
+    s = model.structure
+    R, p = s.rest_size, model.n_fixef
+    u_first, x_rest = _modes(s, factor)
+    return PLSSolution(
+        beta=x_rest[R - 1 - p : R - 1],
+        u_first=u_first,
+        u_rest=x_rest[: R - 1 - p],
+        r2=r2,
+        logdet_z=logdet_z,
+        logdet_x=logdet_x,
+        criterion=_criterion_from_pieces(model, logdet_z, logdet_x, r2),
+        fixef_factor=factor.rest[R - 1 - p : R - 1, R - 1 - p : R - 1],
+    )
+
+
+def _plain_solution(theta, model: LinearMixedModel) -> PLSSolution:
+    return _solution_from_factor(model, theta, *lmm_pieces(theta, model))
+
+
 @jax.custom_jvp
+def criterion_and_solution(theta, model: LinearMixedModel):
+    """(criterion, :class:`PLSSolution`) at θ from one factorization.
+
+    Only the criterion is differentiable (the rule below; the solution's tangent is
+    zero, use it as auxiliary output). The fit carries the solution of its last
+    accepted point, so no second factorization, and no second compiled copy of one,
+    is needed after the optimizer stops.
+    """
+    solution = _plain_solution(theta, model)
+    return solution.criterion, solution
+
+
 def lmm_criterion(theta, model: LinearMixedModel):
     """The profiled ML deviance or REML criterion at θ.
 
-    Its derivative in θ is given analytically (below): automatic differentiation through
-    the dense Cholesky of the rest costs about ten evaluations, the formula about three.
-    Higher derivatives (``jax.hessian``, used for Satterthwaite's df) differentiate the
-    rule itself, which is plain JAX.
+    Its derivative in θ is given analytically (``criterion_and_solution``'s rule):
+    automatic differentiation through the dense Cholesky of the rest costs about ten
+    evaluations, the formula about three. Higher derivatives (``jax.hessian``, used for
+    Satterthwaite's df) differentiate the rule itself, which is plain JAX.
     """
-    return _plain_criterion(theta, model)
+    return criterion_and_solution(theta, model)[0]
 
 
-def _lmm_criterion_jvp(primals, tangents):
+def _zero_tangent(tree):
+    return jax.tree_util.tree_map(jnp.zeros_like, tree)
+
+
+def _criterion_jvp(primals, tangents):
     """Directional derivative from quantities the factor already gives.
 
     The criterion is log|P| + c·log r² (+ constants), where P is the leading block of Ω
@@ -163,19 +213,23 @@ def _lmm_criterion_jvp(primals, tangents):
         dmodel = jax.tree_util.tree_map(
             lambda t, p: instantiate(t, p) if eqx.is_inexact_array(p) else t,
             dmodel, model, is_leaf=lambda x: isinstance(x, SymbolicZero))
-        return jax.jvp(_plain_criterion, (theta, model), (dtheta, dmodel))
+        value, tangent = jax.jvp(_plain_criterion, (theta, model), (dtheta, dmodel))
+        solution = _plain_solution(theta, model)
+        return (value, solution), (tangent, _zero_tangent(solution))
     s = model.structure
     logdet_z, logdet_x, r2, factor = lmm_pieces(theta, model)
-    value = _criterion_from_pieces(model, logdet_z, logdet_x, r2)
+    solution = _solution_from_factor(model, theta, logdet_z, logdet_x, r2, factor)
+    value = solution.criterion
     if isinstance(dtheta, SymbolicZero):
-        return value, jnp.zeros_like(value)
+        return (value, solution), (jnp.zeros_like(value), _zero_tangent(solution))
     R, p = s.rest_size, model.n_fixef
     if model.reml:
         n_keep, scale = R - 1, model.nobs - p
     else:
         n_keep, scale = R - 1 - p, model.nobs
     sigma_00, sigma_r0, sigma_rr = selected_inverse(s, factor, n_keep)
-    u_first, x_rest = _modes(s, factor)
+    u_first = solution.u_first
+    x_rest = jnp.concatenate([solution.u_rest, solution.beta, -jnp.ones(1, value.dtype)])
     c = scale / r2
     w_00 = sigma_00 + c * u_first[:, :, None] * u_first[:, None, :]
     w_r0 = 2.0 * (sigma_r0 + c * x_rest[s.entry_rest][:, None] * u_first[s.entry_first])
@@ -186,10 +240,10 @@ def _lmm_criterion_jvp(primals, tangents):
         return jnp.sum(w_00 * diag_blocks) + jnp.sum(w_r0 * rows) + jnp.sum(w_rr * rest)
 
     _, tangent = jax.jvp(contracted, (theta,), (dtheta,))
-    return value, tangent
+    return (value, solution), (tangent, _zero_tangent(solution))
 
 
-lmm_criterion.defjvp(_lmm_criterion_jvp, symbolic_zeros=True)
+criterion_and_solution.defjvp(_criterion_jvp, symbolic_zeros=True)
 
 
 def _modes(s: ReStructure, factor):
@@ -210,27 +264,42 @@ def fit_theta(model: LinearMixedModel, theta0, gtol=1e-8, loose_gtol=1e-3):
     instead of 15 and 37 (sleepstudy 12 instead of 17, penicillin 15 instead of 24,
     pastes 12 instead of 15).
 
-    Returns the optimizer's solution (its ``x`` and ``grad`` mapped back to θ) and the
-    final θ (the boundary-adjusted one).
+    Pure and vmap-able (``fit_many``). Returns the optimizer's solution (its ``x`` and
+    ``grad`` mapped back to θ) and the final θ (the boundary-adjusted one).
     """
+    solution = _minimize_theta(model, theta0, gtol, loose_gtol)
+    trial, _ = boundary_trial(solution.x, model.structure)
+    keep = keep_trial(lmm_criterion(trial, model), solution.value)
+    return solution, jnp.where(keep, trial, solution.x)
+
+
+def _minimize_theta(model: LinearMixedModel, theta0, gtol, loose_gtol, carry=None):
+    """BFGS in the log-scale coordinates; with ``carry`` (a :class:`PLSSolution` of the
+    right shapes), ``solution.carry`` is the PLS solution at the optimum."""
     theta0 = jnp.asarray(theta0)
     mask = jnp.asarray(diagonal_mask(model.structure.sizes))
     phi0 = _to_log_scale(theta0, mask)
+    objective = _log_scale_criterion if carry is None else _log_scale_with_solution
     solution = minimize(
-        _log_scale_criterion, phi0, (model, mask), gtol=gtol, loose_gtol=loose_gtol,
+        objective, phi0, (model, mask), gtol=gtol, loose_gtol=loose_gtol,
         inverse_hessian=_inverse_hessian_guess(model.structure, theta0.dtype),
-        xtol=1e-7, expensive=True,
+        xtol=1e-7, expensive=True, carry=carry,
     )
-    theta_hat = _from_log_scale(solution.x, mask)
     slope = _log_scale_slope(solution.x, mask)
-    grad = solution.grad / slope
-    solution = solution._replace(x=theta_hat, grad=grad)
-    theta = solution.x
+    return solution._replace(x=_from_log_scale(solution.x, mask), grad=solution.grad / slope)
+
+
+def boundary_trial(theta, structure: ReStructure):
+    """θ with its near-zero diagonal entries set to exactly zero, and whether that
+    changed anything (lme4 also ends on the boundary when the optimum is there)."""
+    mask = jnp.asarray(diagonal_mask(structure.sizes))
     trial = jnp.where(mask & (jnp.abs(theta) < _BOUNDARY_TRY), 0.0, theta)
-    f_trial = lmm_criterion(trial, model)
-    keep = jnp.isfinite(f_trial) & (f_trial <= solution.value + 1e-10 * (1 + jnp.abs(solution.value)))
-    theta = jnp.where(keep, trial, theta)
-    return solution, theta
+    return trial, jnp.any(trial != theta)
+
+
+def keep_trial(f_trial, f_best):
+    """Take the boundary point if it is no worse than the optimum (up to rounding)."""
+    return jnp.isfinite(f_trial) & (f_trial <= f_best + 1e-10 * (1 + jnp.abs(f_best)))
 
 
 def _from_log_scale(phi, mask):
@@ -263,6 +332,10 @@ def _log_scale_criterion(phi, model, mask):
     return lmm_criterion(_from_log_scale(phi, mask), model)
 
 
+def _log_scale_with_solution(phi, _carry, model, mask):
+    return criterion_and_solution(_from_log_scale(phi, mask), model)
+
+
 def _inverse_hessian_guess(structure: ReStructure, dtype):
     """diag(1 / (2·m_t)) for the θ entries of a term with m_t levels.
 
@@ -279,40 +352,9 @@ def _inverse_hessian_guess(structure: ReStructure, dtype):
     return jnp.diag(jnp.asarray(scale, dtype))
 
 
-class PLSSolution(eqx.Module):
-    """β̂, the spherical conditional modes u, r² and the pieces of the criterion at θ."""
-
-    beta: jnp.ndarray
-    u_first: jnp.ndarray  # (m0, S0)
-    u_rest: jnp.ndarray  # (R_re,)
-    r2: jnp.ndarray
-    logdet_z: jnp.ndarray
-    logdet_x: jnp.ndarray
-    criterion: jnp.ndarray
-    rest_factor: jnp.ndarray
-
-
 def solve_pls(theta, model: LinearMixedModel) -> PLSSolution:
     """Back-substitution for [u; β] at θ: L'·[u; β; −1] = [0; −r] (see module doc)."""
-    s = model.structure
-    logdet_z, logdet_x, r2, factor = lmm_pieces(theta, model)
-    R = s.rest_size
-    p = model.n_fixef
-    rhs_rest = jnp.zeros(R, dtype=theta.dtype).at[R - 1].set(-factor.rest[R - 1, R - 1])
-    rhs_first = jnp.zeros((s.n_levels[0], s.sizes[0]), dtype=theta.dtype)
-    u_first, x_rest = solve_upper(s, factor, rhs_first, rhs_rest)
-    return PLSSolution(
-        beta=x_rest[R - 1 - p : R - 1],
-        u_first=u_first,
-        u_rest=x_rest[: R - 1 - p],
-        r2=r2,
-        logdet_z=logdet_z,
-        logdet_x=logdet_x,
-        # From the pieces above: calling lmm_criterion would factor Ω a second time
-        # (run time, and half a second of compilation on InstEval).
-        criterion=_criterion_from_pieces(model, logdet_z, logdet_x, r2),
-        rest_factor=factor.rest,
-    )
+    return _plain_solution(theta, model)
 
 
 def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
@@ -331,29 +373,48 @@ def start_theta(structure: ReStructure) -> np.ndarray:
     return initial_theta(structure.sizes)
 
 
-@eqx.filter_jit
-def _fit_and_solve(structure, weights, X, y, reml, theta0):
+@program
+def _fit_program(structure, weights, X, y, reml, theta0):
+    """The whole fit in one program: cross-products, BFGS (carrying the PLS solution of
+    its last accepted point, so the optimum is not factored again), b = Λu; and the
+    boundary point to try, if any. Its compile time is most of a first fit on large
+    data (InstEval), so nothing that is rarely needed is compiled into it."""
     model = lmm_model_from_arrays(structure, weights, X, y, reml)
-    solution, theta = fit_theta(model, theta0)
+    carry = jax.tree_util.tree_map(
+        lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(_plain_solution, theta0, model))
+    solution = _minimize_theta(model, theta0, 1e-8, 1e-3, carry=carry)
+    pls = solution.carry
+    theta = solution.x
+    trial, try_it = boundary_trial(theta, structure)
+    effects = random_effects(theta, structure, pls.u_first, pls.u_rest)
+    return solution._replace(carry=None), theta, pls, effects, trial, try_it
+
+
+@program
+def _solve_program(structure, weights, X, y, reml, theta):
+    model = lmm_model_from_arrays(structure, weights, X, y, reml)
     pls = solve_pls(theta, model)
-    # b = Λu in the same program: eagerly, each small op would compile on its own.
-    return solution, theta, pls, random_effects(theta, structure, pls.u_first, pls.u_rest)
+    return pls, random_effects(theta, structure, pls.u_first, pls.u_rest)
 
 
 def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None):
     """Fit one LMM from arrays; returns (solution, θ, PLSSolution, [b_t]) as JAX arrays
-    (b_t = Λ_t·u_t per term at that θ, relative to σ)."""
+    (b_t = Λ_t·u_t per term at that θ, relative to σ).
+
+    The boundary point (near-zero diagonals of θ set to zero) is evaluated by a second
+    program, compiled only for fits that end near the boundary.
+    """
     if theta0 is None:
         theta0 = start_theta(structure)
     dtype = jnp.asarray(X).dtype
-    return _fit_and_solve(
-        structure,
-        jnp.asarray(weights, dtype),
-        jnp.asarray(X, dtype),
-        jnp.asarray(y, dtype),
-        reml,
-        jnp.asarray(theta0, dtype),
-    )
+    arrays = (jnp.asarray(weights, dtype), jnp.asarray(X, dtype), jnp.asarray(y, dtype))
+    solution, theta, pls, effects, trial, try_it = _fit_program(
+        structure, *arrays, reml, jnp.asarray(theta0, dtype))
+    if bool(try_it):
+        pls_trial, effects_trial = _solve_program(structure, *arrays, reml, trial)
+        if bool(keep_trial(pls_trial.criterion, solution.value)):
+            theta, pls, effects = trial, pls_trial, effects_trial
+    return solution, theta, pls, effects
 
 
 def criterion_function(structure, weights, X, y, reml: bool):

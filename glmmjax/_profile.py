@@ -148,9 +148,7 @@ def _lmm_objective(omega, model):
     theta = omega_to_theta(omega[:n_theta], model.structure.sizes, sigma)
     beta = omega[n_theta + 1 :]
     pls = solve_pls(theta, model)
-    R = model.structure.rest_size
-    p = model.n_fixef
-    L_x = pls.rest_factor[R - 1 - p : R - 1, R - 1 - p : R - 1]
+    L_x = pls.fixef_factor
     penalty = jnp.sum((L_x.T @ (beta - pls.beta)) ** 2)
     s2 = sigma**2
     value = pls.logdet_z + (pls.r2 + penalty) / s2 + model.nobs * jnp.log(2.0 * jnp.pi * s2)
@@ -198,7 +196,11 @@ class _Problem:
                 omega_hat, hinv = np.asarray(omega), np.asarray(hinv)
             base = float(value)
             omega_hat = canonical_omega(omega_hat, sizes)
-            hessian = np.linalg.inv(0.5 * (hinv + hinv.T))
+            # The exact Hessian, not BFGS's approximation (which from a start this
+            # close to the optimum can be far off): it sets the first steps of each
+            # bound's search and the preconditioner of every constrained fit.
+            with jax.enable_x64(True):
+                hessian = np.asarray(jax.jit(jax.hessian(fun))(jnp.asarray(omega_hat), *args))
         self.omega_hat = omega_hat
         self.base = float(base)
         h = 0.5 * (hessian + hessian.T) if hessian is not None else np.eye(k)
