@@ -18,7 +18,13 @@ from jax.scipy.linalg import solve_triangular
 from ._cholesky import inverse_diagonal_blocks
 from ._covariance import diagonal_mask, initial_theta, theta_to_factors
 from ._eta_terms import loglik_constant
-from ._laplace import agq_at_mode, gauss_hermite_grid, laplace_at_mode, mode_and_factor
+from ._laplace import (
+    agq_at_mode,
+    gauss_hermite_grid,
+    laplace_at_mode,
+    mode_and_factor,
+    unpack,
+)
 from ._optimize import minimize
 from ._pirls import GLMMData, inner_size, linear_predictor
 from ._structure import ReStructure, build_structure
@@ -74,32 +80,27 @@ def make_setup(design, family, n_agq: int, dtype=np.float64) -> GLMMSetup:
     )
 
 
-def minimize_with_boundary(objective, params0, v0, n_theta, sizes, inverse_hessian=None, *,
-                           gtol=1e-6, loose_gtol=1e-3, boundary=True, first_step=None):
+def minimize_with_boundary(objective, params0, carry0, n_theta, sizes, inverse_hessian=None,
+                           *, gtol=1e-6, loose_gtol=1e-3, boundary=True, first_step=None):
     """BFGS, then near-zero diagonal entries of θ tried at exactly zero.
 
-    ``objective(params, v) -> (value, mode)`` finds the inner mode starting from ``v``;
-    BFGS passes it the mode of its last accepted point (a warm start: a few Newton
-    steps instead of a solve from scratch). Returns (solution, params, mode at params).
+    ``objective(params, carry) -> (value, carry)`` finds the inner mode starting from
+    the carry's; BFGS passes it the carry of its last accepted point (a warm start: a
+    few Newton steps instead of a solve from scratch). The boundary trial is one more
+    evaluation inside the BFGS loop (``minimize``'s ``final_trial``), so the objective is
+    compiled once. Returns (solution, params, carry at params).
     """
+    mask = diagonal_mask(sizes)
+
+    def to_boundary(params):
+        theta = params[:n_theta]
+        near = jnp.asarray(mask) & (jnp.abs(theta) < _BOUNDARY_TRY)
+        return params.at[:n_theta].set(jnp.where(near, 0.0, theta))
+
     solution = minimize(objective, params0, inverse_hessian=inverse_hessian, gtol=gtol,
-                        loose_gtol=loose_gtol, carry=v0, first_step=first_step,
-                        expensive=True)
-    params, mode = solution.x, solution.carry
-    if not boundary:
-        return solution, params, mode
-    mask = jnp.zeros(params.shape[0], bool).at[:n_theta].set(jnp.asarray(diagonal_mask(sizes)))
-    near = mask & (jnp.abs(params) < _BOUNDARY_TRY)
-    trial = jnp.where(near, 0.0, params)
-    # Evaluated only when a diagonal is near (not at) zero (under vmap: always).
-    f_trial, mode_trial = jax.lax.cond(
-        jnp.any(near & (params != 0)),
-        lambda: objective(trial, mode),
-        lambda: (jnp.asarray(jnp.inf, params.dtype), mode),
-    )
-    tol = 1e-10 * (1 + jnp.abs(solution.value))
-    keep = jnp.isfinite(f_trial) & (f_trial <= solution.value + tol)
-    return solution, jnp.where(keep, trial, params), jnp.where(keep, mode_trial, mode)
+                        loose_gtol=loose_gtol, carry=carry0, first_step=first_step,
+                        expensive=True, final_trial=to_boundary if boundary else None)
+    return solution, solution.x, solution.carry
 
 
 def _start_beta(y, weights, setup: GLMMSetup):
@@ -110,12 +111,31 @@ def _start_beta(y, weights, setup: GLMMSetup):
     return setup.X_pinv @ eta
 
 
+def _hessian_value_factor(objective, params):
+    """(exact Hessian, value, factor) of ``objective(params) -> (value, factor)`` at
+    ``params``, by forward over forward mode.
+
+    With k ≈ 10 parameters, k² directional second derivatives through the implicit mode
+    compile to a much smaller program than ``jax.hessian`` (forward over reverse: the
+    transposed gathers become scatters, slow to compile on CPU), and run as fast. The
+    value and the factor come out of the same pass (as auxiliary outputs), so they need
+    no separate copy of the evaluation.
+    """
+    def value_aux(q):
+        value, factor = objective(q)
+        return value, (value, factor)
+
+    hessian, (value, factor) = jax.jacfwd(jax.jacfwd(value_aux, has_aux=True),
+                                          has_aux=True)(params)
+    return hessian, value, factor
+
+
 def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
     """Fit one GLMM to response ``y`` (pure; jit- and vmap-able). Returns arrays.
 
-    Newton's loop is compiled three times (stage 1's BFGS, stage 2's BFGS, stage 2's
-    boundary check); everything evaluated at a known mode (the stage-1 factor, the final
-    value and the exact Hessian) goes through :func:`glmmjax._pirls.at_mode` instead.
+    Newton's loop is compiled twice (stage 1's BFGS and stage 2's, each of which also
+    runs its boundary trial); everything evaluated at a known mode (the exact Hessian,
+    with the final value and factor) goes through :func:`glmmjax._pirls.at_mode`.
     """
     dtype = setup.X.dtype
     n, p = setup.X.shape
@@ -137,31 +157,39 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
         [jnp.asarray(initial_theta(setup.outer.sizes), dtype), jnp.zeros(n_disp, dtype)]
     )
 
-    def objective1(q, v, known_mode=False):
-        parts = mode_and_factor(q, data0, v, n_theta, 0, known_mode)
-        return laplace_at_mode(*parts, data0), jax.lax.stop_gradient(parts[3])
+    def parts1(q, v, known_mode=False):
+        return mode_and_factor(q, data0, v, n_theta, 0, known_mode)
+
+    def objective1(q, carry):
+        # The carry: the mode and the fixed effects' block of the factor (for β's
+        # covariance, the preconditioner of stage 2), so no evaluation after the loop.
+        parts = parts1(q, carry[0])
+        sg = jax.lax.stop_gradient
+        return laplace_at_mode(*parts, data0), (sg(parts[3]), sg(parts[4].rest[-p:, -p:]))
 
     # Before stage 2, stage 1 only provides a start and a preconditioner: a looser
     # gradient tolerance, and no boundary check (stage 2 moves θ off the boundary).
     final = setup.n_agq == 0
     tols1 = tols if final else dict(gtol=max(setup.gtol, setup.loose_gtol),
                                     loose_gtol=setup.loose_gtol)
-    sol1, params1, v1 = minimize_with_boundary(
-        objective1, params1, v0, n_theta, setup.outer.sizes, boundary=final,
-        first_step=_FIRST_STEP, **tols1
+    sol1, params1, (v1, L_x) = minimize_with_boundary(
+        objective1, params1, (v0, jnp.zeros((p, p), dtype)), n_theta, setup.outer.sizes,
+        boundary=final, first_step=_FIRST_STEP, **tols1
     )
-    *_, factor1 = mode_and_factor(params1, data0, v1, n_theta, 0, known_mode=True)
-    L_x = factor1.rest[-p:, -p:]
     L_x_inv = solve_triangular(L_x, jnp.eye(p, dtype=dtype), lower=True)
     beta_cov1 = L_x_inv.T @ L_x_inv
     beta1 = v1[q_inner - p :]
     u1 = v1[: q_inner - p]
 
     if setup.n_agq == 0:
-        hessian = jax.hessian(lambda q: objective1(q, v1, True)[0])(params1)
+        def at_v1(q):
+            parts = parts1(q, v1, known_mode=True)
+            return laplace_at_mode(*parts, data0), parts[4]
+
+        hessian, value, _ = _hessian_value_factor(at_v1, params1)
         return dict(
             params=params1, beta=beta1, beta_cov=beta_cov1,
-            value=objective1(params1, v1, True)[0], hessian=hessian, v=v1,
+            value=value, hessian=hessian, v=v1,
             status=sol1.status, iterations=sol1.iterations,
             n_evaluations=sol1.n_evaluations, grad=sol1.grad,
             cond_cov=[jnp.full((m, s, s), jnp.nan, dtype) for m, s in
@@ -177,8 +205,8 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
             return agq_at_mode(*parts, data2, setup.grid, setup.log_w)
         return laplace_at_mode(*parts, data2)
 
-    def objective2(q, v, known_mode=False):
-        parts = mode_and_factor(q, data2, v, n_theta, p, known_mode)
+    def objective2(q, v):
+        parts = mode_and_factor(q, data2, v, n_theta, p)
         return criterion(parts), jax.lax.stop_gradient(parts[3])
 
     # θ = 0 is a stationary point of the objective (it depends on θ through ΛΛ'), so a
@@ -201,11 +229,12 @@ def glmm_pipeline(y, weights, setup: GLMMSetup) -> dict:
         objective2, params2, u1, n_theta, setup.outer.sizes, hinv0, **tols
     )
 
-    hessian = jax.hessian(lambda q: objective2(q, v, True)[0])(params)
-    theta, beta, dispersion, v, factor = parts = mode_and_factor(
-        params, data2, v, n_theta, p, known_mode=True
-    )
-    value = criterion(parts)
+    def at_v(q):
+        parts = mode_and_factor(q, data2, v, n_theta, p, known_mode=True)
+        return criterion(parts), parts[4]
+
+    hessian, value, factor = _hessian_value_factor(at_v, params)
+    theta, beta, _ = unpack(params, n_theta, p)
     sym = 0.5 * (hessian + hessian.T)
     params_cov = 2.0 * jnp.linalg.pinv(sym)  # −2 log L has Hessian 2·(information)
     blocks = inverse_diagonal_blocks(setup.outer, factor)

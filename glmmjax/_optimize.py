@@ -58,6 +58,8 @@ class _State(NamedTuple):
     small_steps: jnp.ndarray
     halvings: jnp.ndarray
     carry: object
+    trial_pending: jnp.ndarray  # evaluating ``final_trial``'s point (see minimize)
+    final_status: jnp.ndarray  # the status to report after that evaluation
 
 
 def _cubic_backtrack(t, f0, slope0, f1, slope1):
@@ -86,6 +88,8 @@ def minimize(
     carry=None,
     first_step: float | None = None,
     expensive: bool = False,
+    final_trial=None,
+    trial_tol: float = 1e-10,
 ) -> Solution:
     """Minimize ``fun(x, *args)`` by BFGS with a backtracking Armijo line search.
 
@@ -127,6 +131,13 @@ def minimize(
     called as ``fun(x, carry, *args)`` and returns ``(f, new_carry)``; each evaluation
     receives the carry of the last accepted point (e.g. an inner solution to warm-start
     from), and ``Solution.carry`` holds the final point's.
+
+    ``final_trial`` (off by default): a function x -> x'. Once the search stops (for any
+    reason but a non-finite start), f is evaluated once more at x' = final_trial(x)
+    when x' differs from x, and x' replaces x if f(x') <= f(x) + ``trial_tol``·(1 + |f|)
+    (e.g. variance parameters near zero tried at exactly zero). The evaluation runs in
+    the loop's own body, so it adds nothing to the compiled program; a separate call
+    of ``fun`` after the loop would compile the objective a second time.
     """
     def value_and_grad(x, c, *a):
         """((f, ∇f), new carry) at x."""
@@ -208,20 +219,44 @@ def minimize(
             -1,
         )
         one = jnp.ones((), dtype)
+        status = jnp.where(accept, accepted_status, rejected_status).astype(jnp.int32)
+        direction = jnp.where(accept, new_direction, state.direction)
+        step = jnp.where(accept, one, shorter)
+        pending = jnp.zeros((), bool)
+        final_status = state.final_status
+        if final_trial is not None:
+            # The trial point's evaluation: keep it if f does not increase beyond
+            # rounding; either way the search ends with the status it stopped with.
+            pending_now = state.trial_pending
+            keep = finite & (f_new <= state.f + trial_tol * (1.0 + jnp.abs(state.f)))
+            accept = jnp.where(pending_now, keep, accept)
+            status = jnp.where(pending_now, state.final_status, status)
+            # Just stopped: schedule the trial point as the next evaluation.
+            x_next = jnp.where(accept, trial, state.x)
+            moved = final_trial(x_next)
+            start = (~pending_now & (status >= 0) & (status != Status.NON_FINITE)
+                     & jnp.any(moved != x_next))
+            final_status = jnp.where(start, status, state.final_status)
+            status = jnp.where(start, -1, status)
+            direction = jnp.where(start, moved - x_next, direction)
+            step = jnp.where(start, one, step)
+            pending = start
         return _State(
             x=jnp.where(accept, trial, state.x),
             f=jnp.where(accept, f_new, state.f),
             g=jnp.where(accept, g_new, state.g),
             hinv=jnp.where(accept, hinv, state.hinv),
-            direction=jnp.where(accept, new_direction, state.direction),
-            step=jnp.where(accept, one, shorter),
+            direction=direction,
+            step=step,
             k=jnp.where(accept, k, state.k),
-            status=jnp.where(accept, accepted_status, rejected_status).astype(jnp.int32),
+            status=status,
             evals=state.evals + 1,
             small_steps=jnp.where(accept, small_steps, state.small_steps),
             halvings=jnp.where(accept, 0, halvings),
             carry=jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), carry_new,
                                          state.carry),
+            trial_pending=pending,
+            final_status=final_status,
         )
 
     preconditioned = inverse_hessian is not None
@@ -231,7 +266,8 @@ def minimize(
         step=jnp.zeros((), dtype), k=jnp.zeros((), jnp.int32),
         status=-jnp.ones((), jnp.int32), evals=jnp.zeros((), jnp.int32),
         small_steps=jnp.zeros((), jnp.int32), halvings=jnp.zeros((), jnp.int32),
-        carry=carry,
+        carry=carry, trial_pending=jnp.zeros((), bool),
+        final_status=-jnp.ones((), jnp.int32),
     )
     state = jax.lax.while_loop(lambda st: st.status < 0, body, state)
     return Solution(state.x, state.f, state.g, state.k, state.status, state.evals, state.hinv,
