@@ -20,6 +20,7 @@ from ._lmm import (
     check_lmm_design,
     fit_lmm_arrays,
     lmm_model_from_arrays,
+    moment_theta,
     random_effects,
 )
 from ._optimize import Status
@@ -216,5 +217,7 @@ def fit_lmm_design(design: Design, reml: bool = True) -> LMMResult:
     check_lmm_design(design)
     structure = build_structure_for(design, design.X.shape[1] + 1)
     y = np.asarray(design.response, dtype=float) - design.offset
-    solution, theta, pls, effects = fit_lmm_arrays(structure, design.weights, design.X, y, reml)
+    theta0 = moment_theta(design.terms, design.X, y, design.weights)
+    solution, theta, pls, effects = fit_lmm_arrays(structure, design.weights, design.X, y, reml,
+                                                   theta0)
     return lmm_result(design, structure, reml, solution, theta, pls, effects)

@@ -30,7 +30,7 @@ from ._cholesky import (
     selected_inverse,
     solve_upper,
 )
-from ._covariance import diagonal_mask, initial_theta, theta_to_factors
+from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta, theta_to_factors
 from ._design import DataError, Design
 from ._jit import program
 from ._optimize import minimize
@@ -283,7 +283,7 @@ def _minimize_theta(model: LinearMixedModel, theta0, gtol, loose_gtol, carry=Non
     solution = minimize(
         objective, phi0, (model, mask), gtol=gtol, loose_gtol=loose_gtol,
         inverse_hessian=_inverse_hessian_guess(model.structure, theta0.dtype),
-        xtol=1e-7, expensive=True, carry=carry,
+        xtol=1e-7, decrease_tol=1e-12, expensive=True, carry=carry,
     )
     slope = _log_scale_slope(solution.x, mask)
     return solution._replace(x=_from_log_scale(solution.x, mask), grad=solution.grad / slope)
@@ -371,6 +371,52 @@ def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
 
 def start_theta(structure: ReStructure) -> np.ndarray:
     return initial_theta(structure.sizes)
+
+
+# Moment starts are kept within these bounds for diagonal entries of θ: θ = 0 is a
+# stationary point of the criterion (it depends on Λ through ΛΛ'), so no start sits on it.
+_MOMENT_FLOOR, _MOMENT_CAP = 0.05, 100.0
+
+
+def moment_theta(terms, X, y, weights) -> np.ndarray:
+    """A start for θ from moments of the least-squares residuals e (numpy, no tracing).
+
+    For each column k of a term's model matrix, with g_l = Σ z_k·e and a_l = Σ z_k² over
+    the observations of level l, E Σ_l g_l² ≈ τ_k²·Σ_l a_l² + s²·Σ_l a_l, where s² is
+    the residual variance (random effects included) and the overlap of τ_k² with s² is
+    removed with the average z_k²; then θ_kk = τ_k / σ_e, with σ_e² the part of s² no
+    term explains, and zero correlations. Crude (crossed and nested terms leak into each
+    other's sums), but it puts BFGS's first point near the optimum: InstEval's REML fit
+    takes 6 evaluations from it instead of 8 from lme4's start at identity factors
+    (sleepstudy 8 instead of 11, penicillin 9 instead of 14, dyestuff2 4 instead of 9).
+    """
+    X = np.asarray(X, dtype=float)
+    root_w = np.sqrt(np.asarray(weights, dtype=float))
+    beta, *_ = np.linalg.lstsq(X * root_w[:, None], y * root_w, rcond=None)
+    e = (y - X @ beta) * root_w
+    n, p = X.shape
+    s2 = float(e @ e) / max(n - p, 1)
+    variances = []
+    for term in terms:
+        z = np.asarray(term.z, dtype=float) * root_w[:, None]
+        tau2 = np.zeros(z.shape[1])
+        for k in range(z.shape[1]):
+            g = np.bincount(term.refs, weights=z[:, k] * e, minlength=term.n_levels)
+            a = np.bincount(term.refs, weights=z[:, k] ** 2, minlength=term.n_levels)
+            denominator = np.sum(a**2) - np.sum(a) * np.mean(z[:, k] ** 2)
+            if denominator > 0:
+                tau2[k] = max((np.sum(g**2) - s2 * np.sum(a)) / denominator, 0.0)
+        variances.append(tau2)
+    explained = sum(float(np.mean(np.asarray(t.z, dtype=float) ** 2 @ v))
+                    for t, v in zip(terms, variances))
+    sigma2 = max(s2 - explained, 0.05 * s2)
+    parts = []
+    for term, tau2 in zip(terms, variances):
+        rows, cols = _tril_indices_colmajor(term.z.shape[1])
+        diagonal = np.clip(np.sqrt(tau2 / sigma2), _MOMENT_FLOOR, _MOMENT_CAP)
+        parts.append(np.where(rows == cols, diagonal[rows], 0.0))
+    theta = np.concatenate(parts)
+    return theta if np.all(np.isfinite(theta)) else initial_theta(tuple(t.size for t in terms))
 
 
 @program

@@ -89,6 +89,7 @@ def minimize(
     first_step: float | None = None,
     expensive: bool = False,
     final_trial=None,
+    decrease_tol: float | None = None,
     trial_tol: float = 1e-10,
 ) -> Solution:
     """Minimize ``fun(x, *args)`` by BFGS with a backtracking Armijo line search.
@@ -131,6 +132,12 @@ def minimize(
     called as ``fun(x, carry, *args)`` and returns ``(f, new_carry)``; each evaluation
     receives the carry of the last accepted point (e.g. an inner solution to warm-start
     from), and ``Solution.carry`` holds the final point's.
+
+    ``decrease_tol`` (off by default): also stop with CONVERGED once the decrease the
+    quasi-Newton model predicts for the next step, −½·∇f'·d, is below
+    ``decrease_tol``·(1 + |f|) while max|∇f| <= the loose bound: the iterate is fixed to
+    f's rounding, and further steps would follow the gradient's noise (an LMM started
+    near its optimum otherwise takes up to 30 more evaluations).
 
     ``final_trial`` (off by default): a function x -> x'. Once the search stops (for any
     reason but a non-finite start), f is evaluated once more at x' = final_trial(x)
@@ -196,6 +203,13 @@ def minimize(
         # test scales with |f|.
         loose = loose_gtol * jnp.maximum(1.0, jnp.abs(f_new) / 1e4)
         converged = (gmax <= gtol) | ((small_steps >= 3) & (gmax <= loose))
+        if decrease_tol is not None:
+            # The quasi-Newton model predicts a decrease of −½·∇f'·d from the next
+            # step: once that is below f's rounding, further steps chase noise.
+            predicted = -0.5 * jnp.dot(g_new, new_direction)
+            converged = converged | (
+                ~first_eval & (predicted <= decrease_tol * (1.0 + jnp.abs(f_new)))
+                & (gmax <= loose))
         if xtol is not None:
             tiny_step = jnp.all(jnp.abs(new_direction) <= xtol * (1.0 + jnp.abs(trial)))
             converged = converged | ((state.step == 1) & tiny_step & (gmax <= loose))
