@@ -1,10 +1,17 @@
 """``program``: ``eqx.filter_jit`` for glmmjax's large fit programs, with the XLA
-options that make them compile fast on CPU.
+options that make them compile fast on CPU, run with single-threaded LAPACK.
 
 XLA:CPU's newer MLIR fusion emitters take about twice as long to compile a fit as the
 classic ones (InstEval's LMM fit: 4.7 s against 2.3 s under the same load) and gave no
 faster code in our fits (2.55 s against 2.57 s for the same fit). The choice is passed
 to each program's compilation, never set globally: users' own JAX code is untouched.
+
+XLA:CPU runs its Cholesky factorizations and triangular solves in the OpenBLAS that
+SciPy bundles, whose worker threads wait by spinning. Next to XLA's own threads, and
+worse next to any other busy process, they fight over the cores: on this project's
+2-core machine with one other busy process, InstEval's fit took 5.7–10 s with two
+OpenBLAS threads and 1.7–2.2 s with one. Each program call therefore limits OpenBLAS
+to one thread (threadpoolctl) until its results are ready, and restores the setting.
 """
 
 from __future__ import annotations
@@ -13,8 +20,18 @@ import functools
 
 import equinox as eqx
 import jax
+from threadpoolctl import ThreadpoolController
 
 _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+_controller: list = []  # one ThreadpoolController, made once BLAS libraries are loaded
+
+
+def _single_threaded_blas():
+    if not _controller:
+        import scipy.linalg  # noqa: F401  (jaxlib's LAPACK kernels are SciPy's: load them)
+
+        _controller.append(ThreadpoolController())
+    return _controller[0].limit(limits=1, user_api="blas")
 
 
 def program(fun):
@@ -27,9 +44,8 @@ def program(fun):
     tuned = eqx.filter_jit(fun, compiler_options=_CPU_OPTIONS)
     usable = [True]
 
-    @functools.wraps(fun)
-    def call(*args, **kwargs):
-        if not usable[0] or jax.default_backend() != "cpu":
+    def run(*args, **kwargs):
+        if not usable[0]:
             return plain(*args, **kwargs)
         try:
             return tuned(*args, **kwargs)
@@ -38,5 +54,13 @@ def program(fun):
                 raise
             usable[0] = False
             return plain(*args, **kwargs)
+
+    @functools.wraps(fun)
+    def call(*args, **kwargs):
+        if jax.default_backend() != "cpu":
+            return plain(*args, **kwargs)
+        with _single_threaded_blas():
+            # Dispatch is asynchronous: wait for the results inside the limit.
+            return jax.block_until_ready(run(*args, **kwargs))
 
     return call
