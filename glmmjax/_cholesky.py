@@ -197,10 +197,7 @@ def selected_inverse(s: ReStructure, factor: BlockedFactor, n_keep: int):
     R = s.rest_size
     S0, m0 = s.sizes[0], s.n_levels[0]
     dtype = factor.rest.dtype
-    lower = factor.rest[:n_keep, :n_keep]
-    # Two triangular solves (LAPACK trsm) take about half the time of one solve and the
-    # product L⁻ᵀ·L⁻¹ as a general matmul.
-    inverse = cho_solve((lower, True), jnp.eye(n_keep, dtype=dtype))
+    inverse = cholesky_inverse(factor.rest[:n_keep, :n_keep])
     sigma_rr = jnp.zeros((R, R), dtype).at[:n_keep, :n_keep].set(inverse)
     inside = (s.entry_rest < n_keep)[:, None]
     C = jnp.where(inside, _right_solve_rows_transposed(factor.first, factor.coupling_rows,
@@ -223,6 +220,31 @@ def selected_inverse(s: ReStructure, factor: BlockedFactor, n_keep: int):
     sigma_00 = jnp.einsum("jba,jbc->jac", first_inv, first_inv) - jax.ops.segment_sum(
         C[:, :, None] * sigma_r0[:, None, :], s.entry_first, num_segments=m0)
     return sigma_00, sigma_r0, sigma_rr
+
+
+# Below this size cholesky_inverse uses two triangular solves with the identity.
+_SPLIT_INVERSE = 256
+
+
+def cholesky_inverse(lower):
+    """(L·L')⁻¹ from its lower-triangular factor L.
+
+    Two triangular solves with the identity (cho_solve) cost 2n³ flops and ignore that
+    L⁻¹ is triangular. Split L = [[A, 0], [B, C]]: then L⁻¹ = [[A⁻¹, 0], [−C⁻¹·B·A⁻¹,
+    C⁻¹]] and (L·L')⁻¹ = L⁻ᵀ·L⁻¹ by blocks, about 2n³/3 flops in fewer, larger
+    calls: InstEval's rest (n = 1158) 72 ms instead of 152 ms with one OpenBLAS thread.
+    """
+    n = lower.shape[0]
+    eye = jnp.eye(n, dtype=lower.dtype)
+    if n < _SPLIT_INVERSE:
+        return cho_solve((lower, True), eye)
+    k = n // 2
+    a_inv = solve_triangular(lower[:k, :k], eye[:k, :k], lower=True)
+    c_inv = solve_triangular(lower[k:, k:], eye[k:, k:], lower=True)
+    b_inv = -c_inv @ (lower[k:, :k] @ a_inv)
+    top = a_inv.T @ a_inv + b_inv.T @ b_inv
+    off = c_inv.T @ b_inv
+    return jnp.block([[top, off.T], [off, c_inv.T @ c_inv]])
 
 
 def _right_solve_rows_transposed(first, rows, levels):
