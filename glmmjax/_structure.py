@@ -84,16 +84,17 @@ def _pairs_within_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Only one of (a, b) and (b, a) is listed: the Schur update and the selected inverse
     are symmetric, so half the gathers suffice (see ``_coupling_gram``).
     """
+    # int32 throughout: these arrays have millions of entries on large crossed designs.
     order = np.argsort(groups, kind="stable").astype(np.int32)
     sorted_groups = groups[order]
-    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-    counts = np.diff(np.r_[starts, len(groups)])
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]).astype(np.int32)
+    counts = np.diff(np.r_[starts, np.int32(len(groups))]).astype(np.int32)
     # Position i in its group (of size c, starting at s) pairs with s+i .. s+c-1.
-    position = np.arange(len(groups)) - np.repeat(starts, counts)
+    position = np.arange(len(groups), dtype=np.int32) - np.repeat(starts, counts)
     count_of = np.repeat(counts, counts) - position
     a = np.repeat(np.arange(len(groups), dtype=np.int32), count_of)
-    first_of = np.cumsum(count_of) - count_of
-    b = a + (np.arange(a.size, dtype=np.int32) - np.repeat(first_of, count_of).astype(np.int32))
+    first_of = (np.cumsum(count_of, dtype=np.int64) - count_of).astype(np.int32)
+    b = a + (np.arange(a.size, dtype=np.int32) - np.repeat(first_of, count_of))
     return order[a], order[b]
 
 
@@ -161,13 +162,14 @@ def build_structure(
         a = b = flat = np.zeros(0, dtype=np.int32)
     else:
         a, b = _pairs_within_groups(entry_first)
-        flat = entry_rest[a].astype(np.int64) * rest_size + entry_rest[b]
+        index_type = np.int32 if rest_size**2 < 2**31 - 1 else np.int64
+        flat = entry_rest[a].astype(index_type) * rest_size + entry_rest[b]
         if padding is not None:
             n_updates = padding["updates"]
             a, b = pad(a, n_updates), pad(b, n_updates)
             flat = pad(flat, n_updates, rest_size * rest_size)
-        a, b = a.astype(np.int32), b.astype(np.int32)
-        flat = flat.astype(np.int32 if rest_size**2 < 2**31 - 1 else np.int64)
+        a, b = a.astype(np.int32, copy=False), b.astype(np.int32, copy=False)
+        flat = flat.astype(index_type, copy=False)
 
     as_float = [pad(np.asarray(t.z, dtype=np.float64), target_obs) for t in terms]
     return ReStructure(
