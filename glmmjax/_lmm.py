@@ -216,12 +216,20 @@ def _criterion_jvp(primals, tangents):
         value, tangent = jax.jvp(_plain_criterion, (theta, model), (dtheta, dmodel))
         solution = _plain_solution(theta, model)
         return (value, solution), (tangent, _zero_tangent(solution))
+    solution, contracted = _solution_and_contraction(theta, model)
+    if isinstance(dtheta, SymbolicZero):
+        return (solution.criterion, solution), (jnp.zeros_like(solution.criterion),
+                                                _zero_tangent(solution))
+    _, tangent = jax.jvp(contracted, (theta,), (dtheta,))
+    return (solution.criterion, solution), (tangent, _zero_tangent(solution))
+
+
+def _solution_and_contraction(theta, model: LinearMixedModel):
+    """The PLS solution at θ and the map θ' ↦ ⟨W, Ω(θ')⟩ whose derivative at θ is the
+    criterion's (see :func:`_criterion_jvp`)."""
     s = model.structure
     logdet_z, logdet_x, r2, factor = lmm_pieces(theta, model)
     solution = _solution_from_factor(model, theta, logdet_z, logdet_x, r2, factor)
-    value = solution.criterion
-    if isinstance(dtheta, SymbolicZero):
-        return (value, solution), (jnp.zeros_like(value), _zero_tangent(solution))
     R, p = s.rest_size, model.n_fixef
     if model.reml:
         n_keep, scale = R - 1, model.nobs - p
@@ -229,7 +237,7 @@ def _criterion_jvp(primals, tangents):
         n_keep, scale = R - 1 - p, model.nobs
     sigma_00, sigma_r0, sigma_rr = selected_inverse(s, factor, n_keep)
     u_first = solution.u_first
-    x_rest = jnp.concatenate([solution.u_rest, solution.beta, -jnp.ones(1, value.dtype)])
+    x_rest = jnp.concatenate([solution.u_rest, solution.beta, -jnp.ones(1, r2.dtype)])
     c = scale / r2
     w_00 = sigma_00 + c * u_first[:, :, None] * u_first[:, None, :]
     w_r0 = 2.0 * (sigma_r0 + c * x_rest[s.entry_rest][:, None] * u_first[s.entry_first])
@@ -239,11 +247,42 @@ def _criterion_jvp(primals, tangents):
         diag_blocks, rows, rest = omega_blocks(th, model.products, s)
         return jnp.sum(w_00 * diag_blocks) + jnp.sum(w_r0 * rows) + jnp.sum(w_rr * rest)
 
-    _, tangent = jax.jvp(contracted, (theta,), (dtheta,))
-    return (value, solution), (tangent, _zero_tangent(solution))
+    return solution, contracted
 
 
 criterion_and_solution.defjvp(_criterion_jvp, symbolic_zeros=True)
+
+
+@jax.custom_vjp
+def _fit_criterion(theta, model: LinearMixedModel):
+    """:func:`criterion_and_solution` for BFGS, differentiable in reverse mode only.
+
+    Its gradient is formed in the forward pass (the gradient of the cheap contraction,
+    :func:`_solution_and_contraction`): reverse mode through the custom JVP would first
+    linearize and then transpose the whole rule, which on InstEval made a third of the
+    fit program's tracing and compile time.
+    """
+    return criterion_and_solution(theta, model)
+
+
+def _fit_criterion_fwd(theta, model):
+    solution, contracted = _solution_and_contraction(theta, model)
+    zeros = jax.tree_util.tree_map(_zero_cotangent, model)
+    return (solution.criterion, solution), (jax.grad(contracted)(theta), zeros)
+
+
+def _fit_criterion_bwd(residuals, cotangents):
+    gradient, model_zeros = residuals
+    return cotangents[0] * gradient, model_zeros
+
+
+def _zero_cotangent(leaf):
+    if jnp.issubdtype(leaf.dtype, jnp.inexact):
+        return jnp.zeros_like(leaf)
+    return np.zeros(leaf.shape, dtype=jax.dtypes.float0)
+
+
+_fit_criterion.defvjp(_fit_criterion_fwd, _fit_criterion_bwd)
 
 
 def _modes(s: ReStructure, factor):
@@ -333,7 +372,7 @@ def _log_scale_criterion(phi, model, mask):
 
 
 def _log_scale_with_solution(phi, _carry, model, mask):
-    return criterion_and_solution(_from_log_scale(phi, mask), model)
+    return _fit_criterion(_from_log_scale(phi, mask), model)
 
 
 def _inverse_hessian_guess(structure: ReStructure, dtype):
