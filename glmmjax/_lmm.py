@@ -322,7 +322,7 @@ def _minimize_theta(model: LinearMixedModel, theta0, gtol, loose_gtol, carry=Non
     solution = minimize(
         objective, phi0, (model, mask), gtol=gtol, loose_gtol=loose_gtol,
         inverse_hessian=_inverse_hessian_guess(model.structure, theta0.dtype),
-        xtol=1e-7, decrease_tol=1e-12, expensive=True, carry=carry,
+        xtol=1e-7, decrease_tol=1e-14, expensive=True, carry=carry,
     )
     slope = _log_scale_slope(solution.x, mask)
     return solution._replace(x=_from_log_scale(solution.x, mask), grad=solution.grad / slope)
@@ -368,7 +368,7 @@ def _log_scale_slope(phi, mask):
 
 
 def _log_scale_criterion(phi, model, mask):
-    return lmm_criterion(_from_log_scale(phi, mask), model)
+    return _fit_criterion(_from_log_scale(phi, mask), model)[0]
 
 
 def _log_scale_with_solution(phi, _carry, model, mask):

@@ -41,7 +41,9 @@ def test_lmm_batch_equals_single_fits(sleepstudy):
         rel_close(batch.fixef_se.iloc[k], alone.fixef_se, 1e-6)
         rel_close(batch.models["criterion"][k], alone.criterion, 1e-10)
         rel_close(batch.models["sigma"][k], alone.sigma, 1e-7)
-        rel_close(batch.theta[k], alone.theta_values, 1e-6, atol=1e-8)
+        # The criteria agree to 1e-10, but θ's small off-diagonal entry (~0.02) lies in
+        # a flat direction: the two optimizers (lmer starts from moments) pin it to ~1e-6.
+        rel_close(batch.theta[k], alone.theta_values, 1e-6, atol=1e-6)
         assert batch.models["converged"][k]
     tidy = batch.coefficients
     assert list(tidy.columns) == ["model", "term", "estimate", "std_error", "statistic", "p_value"]
