@@ -137,7 +137,8 @@ def minimize(
     quasi-Newton model predicts for the next step, −½·∇f'·d, is below
     ``decrease_tol``·(1 + |f|) while max|∇f| <= the loose bound: the iterate is fixed to
     f's rounding, and further steps would follow the gradient's noise (an LMM started
-    near its optimum otherwise takes up to 30 more evaluations).
+    near its optimum otherwise takes up to 30 more evaluations); likewise stop when a
+    step whose predicted decrease is below that bound is rejected.
 
     ``final_trial`` (off by default): a function x -> x'. Once the search stops (for any
     reason but a non-finite start), f is evaluated once more at x' = final_trial(x)
@@ -232,6 +233,14 @@ def minimize(
                       Status.LINE_SEARCH_FAILED),
             -1,
         )
+        if decrease_tol is not None:
+            # A rejected step whose whole predicted gain, −½·∇f'·d at the current point,
+            # is below f's rounding was rejected on noise: backtracking cannot help.
+            noise = -0.5 * slope * state.step <= decrease_tol * (1.0 + jnp.abs(state.f))
+            flat_enough = jnp.max(jnp.abs(state.g)) <= loose_gtol * jnp.maximum(
+                1.0, jnp.abs(state.f) / 1e4)
+            rejected_status = jnp.where(~first_eval & noise & flat_enough,
+                                        Status.CONVERGED, rejected_status)
         one = jnp.ones((), dtype)
         status = jnp.where(accept, accepted_status, rejected_status).astype(jnp.int32)
         direction = jnp.where(accept, new_direction, state.direction)
