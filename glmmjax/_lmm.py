@@ -425,9 +425,10 @@ def moment_theta(terms, X, y, weights) -> np.ndarray:
     the residual variance (random effects included) and the overlap of τ_k² with s² is
     removed with the average z_k²; then θ_kk = τ_k / σ_e, with σ_e² the part of s² no
     term explains, and zero correlations. Crude (crossed and nested terms leak into each
-    other's sums), but it puts BFGS's first point near the optimum: InstEval's REML fit
-    takes 6 evaluations from it instead of 8 from lme4's start at identity factors
-    (sleepstudy 8 instead of 11, penicillin 9 instead of 14, dyestuff2 4 instead of 9).
+    other's sums), but it puts BFGS's first point near the optimum. REML evaluations
+    from it (with :func:`fit_theta`'s stopping rules), against lme4's start at identity
+    factors before: InstEval 7 (9), sleepstudy 12 (12), penicillin 10 (15), pastes 10
+    (12), dyestuff2 5 (10).
     """
     X = np.asarray(X, dtype=float)
     root_w = np.sqrt(np.asarray(weights, dtype=float))
