@@ -38,6 +38,7 @@ import pandas as pd
 from jax.scipy.linalg import solve_triangular
 from scipy import stats
 
+from ._jit import program
 from ._lmm import build_structure_for, lmm_model_from_arrays, lmm_pieces
 
 DDF_METHODS = ("satterthwaite", "kenward-roger")
@@ -84,7 +85,7 @@ def beta_vcov(varpar, model):
     return sigma**2 * (L_inv.T @ L_inv)
 
 
-@eqx.filter_jit
+@program
 def _varpar_derivatives(model, varpar):
     # Forward over forward: compiles faster than jax.hessian's reverse pass here.
     hessian = jax.jacfwd(jax.jacfwd(varpar_deviance))(varpar, model)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import warnings
 from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +31,7 @@ import pandas as pd
 
 from ._design import DataError, build_design
 from ._families import Binomial, Family, get_family
+from ._jit import program
 from ._precision import with_x64
 
 __all__ = ["GLMFit", "fit_glm", "irls", "glm", "GLMConvergenceWarning", "SeparationWarning"]
@@ -421,7 +421,7 @@ def _null_eta(X, y, weights, offset, family, dispersion, null_model, tol, max_it
     )
 
 
-_fit_glm_jit = eqx.filter_jit(fit_glm)
+_fit_glm_jit = program(fit_glm)
 
 
 # ---- numpy side: aliasing, null deviance, separation ----------------------------------

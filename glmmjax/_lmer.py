@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from functools import cached_property
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +13,7 @@ import pandas as pd
 from ._cholesky import factorize, inverse_diagonal_blocks
 from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
 from ._design import Design, build_design
+from ._jit import program
 from ._lmm import (
     SINGULAR_TOL,
     build_structure_for,
@@ -97,7 +97,7 @@ class LMMResult(MixedModelResult):
         return anova_table(self, ddf)
 
 
-@eqx.filter_jit
+@program
 def _conditional_blocks(structure, weights, X, y, theta):
     model = lmm_model_from_arrays(structure, weights, X, y, True)
     factor = factorize(theta, model.products, structure)

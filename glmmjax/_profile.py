@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +33,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from ._covariance import diagonal_mask
+from ._jit import program
 from ._lmm import solve_pls
 from ._optimize import minimize
 
@@ -165,7 +165,7 @@ def _glmm_objective(omega, data, v0, n_theta, n_beta, grid, log_w, use_agq):
     return laplace_objective(params, data, v0, n_theta, n_beta)
 
 
-@eqx.filter_jit
+@program
 def _constrained_minimum(fun, free0, mask, fixed, hinv, args):
     def objective(free):
         return fun(jnp.where(mask, fixed, free), *args)
