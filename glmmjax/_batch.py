@@ -122,7 +122,9 @@ def _lmm_one(y, setup: _LMMSetup) -> dict:
 
 
 def _glmm_one(y, weights, setup) -> dict:
-    out = glmm_pipeline(y, weights, setup)
+    # Forward-over-reverse Hessian: a batch pays its run time many times, its
+    # compilation once (see glmmjax._glmm_fit._hessian_value_factor).
+    out = glmm_pipeline(y, weights, setup, forward_hessian=False)
     return dict(
         params=out["params"], beta=out["beta"], beta_cov=out["beta_cov"], value=out["value"],
         status=out["status"], iterations=out["iterations"],

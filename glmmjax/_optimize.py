@@ -91,6 +91,7 @@ def minimize(
     final_trial=None,
     decrease_tol: float | None = None,
     trial_tol: float = 1e-10,
+    forward: bool = False,
 ) -> Solution:
     """Minimize ``fun(x, *args)`` by BFGS with a backtracking Armijo line search.
 
@@ -146,9 +147,22 @@ def minimize(
     (e.g. variance parameters near zero tried at exactly zero). The evaluation runs in
     the loop's own body, so it adds nothing to the compiled program; a separate call
     of ``fun`` after the loop would compile the objective a second time.
+
+    ``forward`` (off by default): the gradient by forward mode (one batched JVP per
+    coordinate of x) instead of reverse mode. For an objective in very few variables
+    whose reverse pass is large to compile (the GLMM's nAGQ=0 stage, one or two θ):
+    no transposed program, no stored residuals.
     """
     def value_and_grad(x, c, *a):
         """((f, ∇f), new carry) at x."""
+        if forward:
+            def with_value(x_):
+                out = fun(x_, *a) if carry is None else fun(x_, c, *a)
+                f_, aux = (out, None) if carry is None else out
+                return f_, (f_, aux)
+
+            g, (f, c_new) = jax.jacfwd(with_value, has_aux=True)(x)
+            return (f, g), (c if carry is None else c_new)
         if carry is None:
             return jax.value_and_grad(fun)(x, *a), c
         (f, c_new), g = jax.value_and_grad(fun, has_aux=True)(x, c, *a)
