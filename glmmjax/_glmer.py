@@ -20,7 +20,7 @@ import pandas as pd
 from ._covariance import canonical_theta, diagonal_mask
 from ._design import build_design
 from ._families import Family, Gaussian, get_family
-from ._glmm_fit import glmm_pipeline_jit, make_setup
+from ._glmm_fit import conditional_covariances_jit, glmm_pipeline_jit, make_setup
 from ._lmm import SINGULAR_TOL, random_effects
 from ._optimize import Status
 from ._pirls import split
@@ -175,7 +175,8 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1) -> GLMMResult:
         design.response, design.weights, design.response_levels, design.rows
     )
     setup = make_setup(design, family, n_agq)
-    out = glmm_pipeline_jit(jnp.asarray(y), jnp.asarray(w), setup)
+    y_in, w_in = jnp.asarray(y), jnp.asarray(w)
+    out = glmm_pipeline_jit(y_in, w_in, setup, with_cond_cov=False)
     out = jax.tree_util.tree_map(np.asarray, out)
     n_theta, p = setup.n_theta, setup.p
     has_disp = setup.has_dispersion
@@ -216,7 +217,20 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1) -> GLMMResult:
             for b in random_effects(jnp.asarray(theta_raw), s_outer, u_first, u_rest)
         ]
     # (nAGQ=0 reports no conditional variances: its inner factor includes the β block.)
-    cond_cov = [np.asarray(c) for c in out["cond_cov"]]
+    # Otherwise they come from a small program of their own, compiled on request only.
+    cached_cov = []
+
+    def effect_cov():
+        if not cached_cov:
+            if n_agq == 0:
+                cached_cov.append([np.asarray(c) for c in out["cond_cov"]])
+            else:
+                with jax.enable_x64(setup.X.dtype == np.float64):
+                    blocks = conditional_covariances_jit(
+                        jnp.asarray(params), jnp.asarray(v), y_in, w_in, setup)
+                    cached_cov.append([np.asarray(c) for c in blocks])
+        return cached_cov[0]
+
     singular = bool(np.any(np.abs(theta[diagonal_mask(s_outer.sizes)]) < SINGULAR_TOL))
     method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
 
@@ -234,7 +248,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1) -> GLMMResult:
         beta_cov=np.asarray(beta_cov),
         scale=None,
         effects=tuple(effects),
-        effect_cov=lambda: cond_cov,
+        effect_cov=effect_cov,
         criterion=float(value),
         n_params=n_theta + p + int(has_disp),
         convergence=convergence,

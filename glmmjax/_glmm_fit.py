@@ -21,13 +21,14 @@ from ._eta_terms import loglik_constant
 from ._jit import program
 from ._laplace import (
     agq_at_mode,
+    dispersion_value,
     gauss_hermite_grid,
     laplace_at_mode,
     mode_and_factor,
     unpack,
 )
 from ._optimize import minimize
-from ._pirls import GLMMData, inner_size, linear_predictor
+from ._pirls import GLMMData, hessian_factor, inner_size, linear_predictor
 from ._structure import ReStructure, build_structure
 
 _BOUNDARY_TRY = 1e-3
@@ -144,7 +145,8 @@ def _forward_hessian_by_size(n_rows: int, k: int) -> bool:
     return n_rows * k * k <= _FORWARD_HESSIAN_MAX
 
 
-def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = None) -> dict:
+def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = None,
+                  with_cond_cov: bool = True) -> dict:
     """Fit one GLMM to response ``y`` (pure; jit- and vmap-able). Returns arrays.
 
     Newton's loop is compiled twice (stage 1's BFGS and stage 2's, each of which also
@@ -154,6 +156,10 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     ``forward_hessian``: how the final Hessian is formed (see
     :func:`_hessian_value_factor`); None chooses by the model's size. Batches
     (``fit_many``) pass False: there the run time counts, not the compile time.
+
+    ``with_cond_cov=False`` leaves out the conditional covariances of the random
+    effects (``glmer`` computes them on request with :func:`conditional_covariances`,
+    a small program of its own, instead of compiling them into every fit).
     """
     dtype = setup.X.dtype
     n, p = setup.X.shape
@@ -262,16 +268,34 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     theta, beta, _ = unpack(params, n_theta, p)
     sym = 0.5 * (hessian + hessian.T)
     params_cov = 2.0 * jnp.linalg.pinv(sym)  # −2 log L has Hessian 2·(information)
-    blocks = inverse_diagonal_blocks(setup.outer, factor)
-    factors = theta_to_factors(theta, setup.outer.sizes)
-    cond_cov = [jnp.einsum("ab,lbc,dc->lad", lam, blk, lam) for lam, blk in zip(factors, blocks)]
-    return dict(
+    out = dict(
         params=params, beta=beta, beta_cov=params_cov[n_theta : n_theta + p, n_theta : n_theta + p],
         params_cov=params_cov, value=value, hessian=hessian, v=v, status=sol2.status,
         iterations=sol2.iterations, n_evaluations=sol2.n_evaluations, grad=sol2.grad,
-        cond_cov=cond_cov, eta=linear_predictor(v, theta, beta, data2),
+        eta=linear_predictor(v, theta, beta, data2),
     )
+    if with_cond_cov:
+        out["cond_cov"] = _cond_cov_from_factor(theta, factor, setup.outer)
+    return out
 
 
-# Compiled with XLA:CPU's classic emitters (see glmmjax._jit).
+def _cond_cov_from_factor(theta, factor, outer: ReStructure) -> list:
+    blocks = inverse_diagonal_blocks(outer, factor)
+    factors = theta_to_factors(theta, outer.sizes)
+    return [jnp.einsum("ab,lbc,dc->lad", lam, blk, lam) for lam, blk in zip(factors, blocks)]
+
+
+def conditional_covariances(params, v, y, weights, setup: GLMMSetup) -> list:
+    """Conditional covariances of the random effects, (m_t, S_t, S_t) per term, at a
+    Laplace/AGQ fit (``params`` and its mode ``v`` from :func:`glmm_pipeline`): the
+    same factor as the fit's, formed once more."""
+    n, p = setup.X.shape
+    data2 = GLMMData(setup.outer, setup.X, jnp.zeros((n, 0), setup.X.dtype), y, weights,
+                     setup.offset, setup.family)
+    theta, beta, log_disp = unpack(params, setup.n_theta, p)
+    factor = hessian_factor(v, theta, beta, dispersion_value(log_disp, data2), data2)
+    return _cond_cov_from_factor(theta, factor, setup.outer)
+
+
+conditional_covariances_jit = program(conditional_covariances)
 glmm_pipeline_jit = program(glmm_pipeline)
