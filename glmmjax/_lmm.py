@@ -32,6 +32,7 @@ from ._cholesky import (
 )
 from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta, theta_to_factors
 from ._design import DataError, Design
+from ._host_products import host_cross_products
 from ._jit import program
 from ._optimize import minimize
 from ._structure import ReStructure, build_structure
@@ -460,44 +461,60 @@ def moment_theta(terms, X, y, weights) -> np.ndarray:
 
 
 @program
-def _fit_program(structure, weights, X, y, reml, theta0):
-    """The whole fit in one program: cross-products, BFGS (carrying the PLS solution of
-    its last accepted point, so the optimum is not factored again), b = Λu; and the
-    boundary point to try, if any. Its compile time is most of a first fit on large
-    data (InstEval), so nothing that is rarely needed is compiled into it."""
-    model = lmm_model_from_arrays(structure, weights, X, y, reml)
+def _fit_program(model: LinearMixedModel, theta0):
+    """The whole fit in one program: BFGS (carrying the PLS solution of its last
+    accepted point, so the optimum is not factored again), b = Λu, and the boundary
+    point to try, if any. Its compile time is most of a first fit on large data
+    (InstEval), so nothing that is rarely needed is compiled into it, and the
+    cross-products come in ready-made (:func:`host_lmm_model`)."""
     carry = jax.tree_util.tree_map(
         lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(_plain_solution, theta0, model))
     solution = _minimize_theta(model, theta0, 1e-8, 1e-3, carry=carry)
     pls = solution.carry
     theta = solution.x
-    trial, try_it = boundary_trial(theta, structure)
-    effects = random_effects(theta, structure, pls.u_first, pls.u_rest)
+    trial, try_it = boundary_trial(theta, model.structure)
+    effects = random_effects(theta, model.structure, pls.u_first, pls.u_rest)
     return solution._replace(carry=None), theta, pls, effects, trial, try_it
 
 
 @program
-def _solve_program(structure, weights, X, y, reml, theta):
-    model = lmm_model_from_arrays(structure, weights, X, y, reml)
+def _solve_program(model: LinearMixedModel, theta):
     pls = solve_pls(theta, model)
-    return pls, random_effects(theta, structure, pls.u_first, pls.u_rest)
+    return pls, random_effects(theta, model.structure, pls.u_first, pls.u_rest)
+
+
+def host_lmm_model(structure, weights, X, y, reml: bool) -> LinearMixedModel:
+    """:func:`lmm_model_from_arrays` for float64 data, computed with numpy (no tracing;
+    see :mod:`glmmjax._host_products`)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    dense = np.concatenate([X, np.asarray(y, dtype=np.float64)[:, None]], axis=1)
+    products = jax.tree_util.tree_map(jnp.asarray, host_cross_products(structure, weights, dense))
+    positive = weights > 0
+    return LinearMixedModel(
+        structure=structure,
+        products=products,
+        nobs=jnp.asarray(float(np.sum(positive))),
+        sum_log_weights=jnp.asarray(float(np.sum(np.log(weights[positive])))),
+        n_fixef=X.shape[1],
+        reml=reml,
+    )
 
 
 def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None):
-    """Fit one LMM from arrays; returns (solution, θ, PLSSolution, [b_t]) as JAX arrays
-    (b_t = Λ_t·u_t per term at that θ, relative to σ).
+    """Fit one LMM from float64 arrays; returns (solution, θ, PLSSolution, [b_t]) as JAX
+    arrays (b_t = Λ_t·u_t per term at that θ, relative to σ).
 
     The boundary point (near-zero diagonals of θ set to zero) is evaluated by a second
     program, compiled only for fits that end near the boundary.
     """
     if theta0 is None:
         theta0 = start_theta(structure)
-    dtype = jnp.asarray(X).dtype
-    arrays = (jnp.asarray(weights, dtype), jnp.asarray(X, dtype), jnp.asarray(y, dtype))
+    model = host_lmm_model(structure, weights, X, y, reml)
     solution, theta, pls, effects, trial, try_it = _fit_program(
-        structure, *arrays, reml, jnp.asarray(theta0, dtype))
+        model, jnp.asarray(theta0, jnp.float64))
     if bool(try_it):
-        pls_trial, effects_trial = _solve_program(structure, *arrays, reml, trial)
+        pls_trial, effects_trial = _solve_program(model, trial)
         if bool(keep_trial(pls_trial.criterion, solution.value)):
             theta, pls, effects = trial, pls_trial, effects_trial
     return solution, theta, pls, effects
