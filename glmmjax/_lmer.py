@@ -19,7 +19,7 @@ from ._lmm import (
     build_structure_for,
     check_lmm_design,
     fit_lmm_arrays,
-    lmm_model_from_arrays,
+    host_lmm_model,
     moment_theta,
     random_effects,
 )
@@ -98,8 +98,8 @@ class LMMResult(MixedModelResult):
 
 
 @program
-def _conditional_blocks(structure, weights, X, y, theta):
-    model = lmm_model_from_arrays(structure, weights, X, y, True)
+def _conditional_blocks(model, theta):
+    structure = model.structure
     factor = factorize(theta, model.products, structure)
     blocks = inverse_diagonal_blocks(structure, factor)
     factors = theta_to_factors(theta, structure.sizes)
@@ -137,13 +137,9 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
 
     def effect_cov():
         with jax.enable_x64(True):
-            blocks = _conditional_blocks(
-                structure,
-                jnp.asarray(design.weights),
-                jnp.asarray(design.X),
-                jnp.asarray(np.asarray(design.response, dtype=float)),
-                jnp.asarray(theta),
-            )
+            model = host_lmm_model(structure, design.weights, design.X,
+                                   np.asarray(design.response, dtype=float), True)
+            blocks = _conditional_blocks(model, jnp.asarray(theta))
             return [sigma2 * np.asarray(b) for b in blocks]
 
     return LMMResult(
