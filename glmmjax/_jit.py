@@ -16,7 +16,9 @@ to one thread (threadpoolctl) until its results are ready, and restores the sett
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import equinox as eqx
 import jax
@@ -26,12 +28,34 @@ _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 _controller: list = []  # one ThreadpoolController, made once BLAS libraries are loaded
 
 
-def _single_threaded_blas():
-    if not _controller:
-        import scipy.linalg  # noqa: F401  (jaxlib's LAPACK kernels are SciPy's: load them)
+_lock = threading.Lock()
+_active = {"calls": 0, "limiter": None}
 
-        _controller.append(ThreadpoolController())
-    return _controller[0].limit(limits=1, user_api="blas")
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """OpenBLAS limited to one thread while any program call runs.
+
+    The limit is process-wide, so calls from several Python threads share one: the
+    first to enter sets it and the last to leave restores the user's setting (nested
+    ``threadpool_limits`` contexts restored out of order would otherwise leave it at 1).
+    """
+    with _lock:
+        if _active["calls"] == 0:
+            if not _controller:
+                import scipy.linalg  # noqa: F401  (jaxlib's LAPACK kernels are SciPy's)
+
+                _controller.append(ThreadpoolController())
+            _active["limiter"] = _controller[0].limit(limits=1, user_api="blas")
+        _active["calls"] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _active["calls"] -= 1
+            if _active["calls"] == 0:
+                _active["limiter"].restore_original_limits()
+                _active["limiter"] = None
 
 
 def program(fun):
