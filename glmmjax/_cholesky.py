@@ -192,7 +192,8 @@ def selected_inverse(s: ReStructure, factor: BlockedFactor, n_keep: int):
     and only the diagonal blocks of P⁻¹_00 and the entries of P⁻¹_r0 where L_r0 has
     its rows are formed, by the same same-level pairs as the Schur update. Returns
     ((m0, S0, S0), (E, S0), (R, R)) laid out as :func:`omega_blocks`, zero outside P.
-    Cost: two triangular solves with the dense rest, plus the pairs.
+    Cost: the inverse of the dense rest's factor (:func:`cholesky_inverse`), plus the
+    pairs.
     """
     R = s.rest_size
     S0, m0 = s.sizes[0], s.n_levels[0]

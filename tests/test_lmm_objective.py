@@ -138,3 +138,22 @@ def test_jit_equals_eager(name):
             np.testing.assert_allclose(
                 float(eager), _compiled(name)[reml]["value"], rtol=1e-13
             )
+
+
+def test_derivative_in_the_response_matches_finite_differences():
+    """The criterion's rule also handles tangents in the data (plain autodiff there)."""
+    structure, weights, X, y, theta = _arrays("sleepstudy")
+    with jax.enable_x64(True):
+        def criterion(y):
+            model = lmm_model_from_arrays(structure, jnp.asarray(weights), jnp.asarray(X), y,
+                                          True)
+            return lmm_criterion(jnp.asarray(theta), model)
+
+        y = jnp.asarray(y)
+        direction = jnp.linspace(-1.0, 1.0, y.shape[0])
+        _, tangent = jax.jvp(criterion, (y,), (direction,))
+        h = 1e-4
+        central = (criterion(y + h * direction) - criterion(y - h * direction)) / (2 * h)
+        np.testing.assert_allclose(float(tangent), float(central), rtol=1e-6)
+        np.testing.assert_allclose(float(jax.grad(criterion)(y) @ direction), float(tangent),
+                                   rtol=1e-10)
