@@ -33,7 +33,6 @@ from ._cholesky import (
 )
 from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta, theta_to_factors
 from ._design import DataError, Design
-from ._host_products import host_cross_products
 from ._jit import program
 from ._optimize import minimize
 from ._structure import ReStructure, build_structure
@@ -316,7 +315,7 @@ def _minimize_theta(model: LinearMixedModel, theta0, gtol, loose_gtol, carry=Non
     objective = _log_scale_criterion if carry is None else _log_scale_with_solution
     solution = minimize(
         objective, phi0, (model, mask), gtol=gtol, loose_gtol=loose_gtol,
-        inverse_hessian=_inverse_hessian_guess(model.structure, theta0.dtype),
+        inverse_hessian=jnp.asarray(inverse_hessian_guess(model.structure), theta0.dtype),
         xtol=1e-7, decrease_tol=1e-14, expensive=True, carry=carry,
     )
     slope = _log_scale_slope(solution.x, mask)
@@ -370,7 +369,7 @@ def _log_scale_with_solution(phi, _carry, model, mask):
     return _fit_criterion(_from_log_scale(phi, mask), model)
 
 
-def _inverse_hessian_guess(structure: ReStructure, dtype):
+def inverse_hessian_guess(structure: ReStructure) -> np.ndarray:
     """diag(1 / (2·m_t)) for the θ entries of a term with m_t levels.
 
     Near the optimum the criterion's Hessian in θ is close to diagonal with entries of
@@ -384,7 +383,7 @@ def _inverse_hessian_guess(structure: ReStructure, dtype):
         np.full(size * (size + 1) // 2, 1.0 / (2.0 * max(m, 1)))
         for size, m in zip(structure.sizes, structure.n_levels)
     ])
-    return jnp.diag(jnp.asarray(scale, dtype))
+    return np.diag(scale)
 
 
 def solve_pls(theta, model: LinearMixedModel) -> PLSSolution:
@@ -481,30 +480,41 @@ def _solve_program(model: LinearMixedModel, theta):
 def host_lmm_model(structure, weights, X, y, reml: bool) -> LinearMixedModel:
     """:func:`lmm_model_from_arrays` for float64 data, computed with numpy (no tracing;
     see :mod:`glmmjax._host_products`)."""
-    weights = np.asarray(weights, dtype=np.float64)
-    X = np.asarray(X, dtype=np.float64)
-    dense = np.concatenate([X, np.asarray(y, dtype=np.float64)[:, None]], axis=1)
-    products = jax.tree_util.tree_map(jnp.asarray, host_cross_products(structure, weights, dense))
-    positive = weights > 0
+    from ._host_lmm import host_model
+
+    model = host_model(structure, weights, X, y, reml)
     return LinearMixedModel(
         structure=structure,
-        products=products,
-        nobs=jnp.asarray(float(np.sum(positive))),
-        sum_log_weights=jnp.asarray(float(np.sum(np.log(weights[positive])))),
-        n_fixef=X.shape[1],
+        products=jax.tree_util.tree_map(jnp.asarray, model.products),
+        nobs=jnp.asarray(model.nobs),
+        sum_log_weights=jnp.asarray(model.sum_log_weights),
+        n_fixef=model.n_fixef,
         reml=reml,
     )
 
 
-def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None):
-    """Fit one LMM from float64 arrays; returns (solution, θ, PLSSolution, [b_t]) as JAX
-    arrays (b_t = Λ_t·u_t per term at that θ, relative to σ).
+def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, engine: str | None = None):
+    """Fit one LMM from float64 arrays; returns (solution, θ, PLSSolution, [b_t]) (b_t =
+    Λ_t·u_t per term at that θ, relative to σ).
 
-    The boundary point (near-zero diagonals of θ set to zero) is evaluated by a second
-    program, compiled only for fits that end near the boundary.
+    ``engine``: "host" evaluates criterion and gradient with numpy/LAPACK in a Python
+    BFGS loop (:mod:`glmmjax._host_lmm`: nothing to compile, the default when JAX's
+    default backend is the CPU); "jax" runs the compiled fit program (the default on
+    accelerators). Both take the same steps and agree to rounding.
+
+    On the "jax" engine the boundary point (near-zero diagonals of θ set to zero) is
+    evaluated by a second program, compiled only for fits that end near the boundary.
     """
     if theta0 is None:
         theta0 = start_theta(structure)
+    if engine is None:
+        engine = "host" if jax.default_backend() == "cpu" else "jax"
+    if engine == "host":
+        from . import _host_lmm
+
+        return _host_lmm.fit(_host_lmm.host_model(structure, weights, X, y, reml), theta0)
+    if engine != "jax":
+        raise ValueError(f"engine must be 'host' or 'jax', not {engine!r}")
     model = host_lmm_model(structure, weights, X, y, reml)
     solution, theta, pls, effects, trial, try_it = _fit_program(
         model, jnp.asarray(theta0, jnp.float64))

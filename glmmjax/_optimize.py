@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Status(enum.IntEnum):
@@ -62,14 +63,32 @@ class _State(NamedTuple):
     final_status: jnp.ndarray  # the status to report after that evaluation
 
 
-def _cubic_backtrack(t, f0, slope0, f1, slope1):
+class _Options(NamedTuple):
+    """:func:`minimize`'s settings (documented there), as :func:`_advance` needs them."""
+
+    max_iterations: int
+    gtol: float
+    ftol: float
+    loose_gtol: float
+    max_halvings: int
+    max_step: float
+    xtol: float | None
+    first_step: float | None
+    expensive: bool
+    final_trial: object
+    decrease_tol: float | None
+    trial_tol: float
+    preconditioned: bool
+
+
+def _cubic_backtrack(xp, t, f0, slope0, f1, slope1):
     """Step length minimizing the cubic with f(0) = f0, f'(0) = slope0, f(t) = f1,
     f'(t) = slope1 (Nocedal & Wright eq. 3.59), safeguarded to [0.01·t, 0.5·t]."""
     d1 = slope0 + slope1 - 3.0 * (f1 - f0) / t
-    d2 = jnp.sqrt(jnp.maximum(d1 * d1 - slope0 * slope1, 0.0))
+    d2 = xp.sqrt(xp.maximum(d1 * d1 - slope0 * slope1, 0.0))
     cubic = t - t * (slope1 + d2 - d1) / (slope1 - slope0 + 2.0 * d2)
-    cubic = jnp.where(jnp.isfinite(cubic) & jnp.isfinite(f1), cubic, 0.5 * t)
-    return jnp.clip(cubic, 0.01 * t, 0.5 * t)
+    cubic = xp.where(xp.isfinite(cubic) & xp.isfinite(f1), cubic, 0.5 * t)
+    return xp.clip(cubic, 0.01 * t, 0.5 * t)
 
 
 def minimize(
@@ -168,144 +187,214 @@ def minimize(
         (f, c_new), g = jax.value_and_grad(fun, has_aux=True)(x, c, *a)
         return (f, g), c_new
 
-    x0 = jnp.asarray(x0)
-    dtype = x0.dtype
-    n = x0.shape[0]
-    eye = jnp.eye(n, dtype=dtype)
-    inf = jnp.asarray(jnp.inf, dtype)
+    options = _Options(max_iterations, gtol, ftol, loose_gtol, max_halvings, max_step, xtol,
+                       first_step, expensive, final_trial, decrease_tol, trial_tol,
+                       inverse_hessian is not None)
 
     def body(state: _State):
         trial = state.x + state.step * state.direction
         (f_new, g_new), carry_new = value_and_grad(trial, state.carry, *args)
-        first_eval = state.evals == 0
-        finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new))
-        slope = jnp.dot(state.g, state.direction)
-        armijo = finite & (f_new <= state.f + 1e-4 * state.step * slope)
-        accept = first_eval | armijo
-        if expensive:
-            flat = finite & (f_new <= state.f + ftol * (1.0 + jnp.abs(state.f)))
-            accept = accept | (flat & (jnp.max(jnp.abs(g_new)) <= gtol))
+        return _advance(state, trial, f_new, g_new, carry_new, options, jnp, _select_traced)
 
-        # BFGS update for an accepted step (skipped for the very first evaluation).
-        s = trial - state.x
-        y = g_new - state.g
-        sy = jnp.dot(s, y)
-        good_curvature = (~first_eval) & (sy > 1e-12 * jnp.sqrt(jnp.dot(s, s) * jnp.dot(y, y)))
-        rho = 1.0 / jnp.where(sy > 0, sy, 1.0)
-        hinv = jnp.where(
-            (state.k == 0) & good_curvature & (not preconditioned),
-            eye * sy / jnp.maximum(jnp.dot(y, y), 1e-300),  # Nocedal & Wright eq. 6.20
-            state.hinv,
-        )
-        v = eye - rho * jnp.outer(s, y)
-        updated = v @ hinv @ v.T + rho * jnp.outer(s, s)
-        hinv = jnp.where(good_curvature, updated, hinv)
-
-        new_direction = -hinv @ g_new
-        descent = jnp.dot(new_direction, g_new) < 0
-        hinv = jnp.where(descent, hinv, eye)
-        new_direction = jnp.where(descent, new_direction, -g_new)
-        largest = jnp.max(jnp.abs(new_direction))
-        cap = max_step if first_step is None else jnp.where(first_eval, first_step, max_step)
-        new_direction = new_direction * jnp.minimum(1.0, cap / jnp.maximum(largest, 1e-300))
-
-        gmax = jnp.max(jnp.abs(g_new))
-        tiny_change = jnp.abs(state.f - f_new) <= ftol * (1.0 + jnp.abs(f_new))
-        small_steps = jnp.where(tiny_change & ~first_eval, state.small_steps + 1, 0)
-        k = state.k + jnp.where(first_eval, 0, 1)
-        # On large objectives (InstEval's REML criterion is 2.4e5) rounding leaves the
-        # gradient far above any absolute tolerance once f stops changing, so the loose
-        # test scales with |f|.
-        loose = loose_gtol * jnp.maximum(1.0, jnp.abs(f_new) / 1e4)
-        converged = (gmax <= gtol) | ((small_steps >= 3) & (gmax <= loose))
-        if decrease_tol is not None:
-            # The quasi-Newton model predicts a decrease of −½·∇f'·d from the next
-            # step: once that is below f's rounding, further steps chase noise.
-            predicted = -0.5 * jnp.dot(g_new, new_direction)
-            converged = converged | (
-                ~first_eval & (predicted <= decrease_tol * (1.0 + jnp.abs(f_new)))
-                & (gmax <= loose))
-        if xtol is not None:
-            tiny_step = jnp.all(jnp.abs(new_direction) <= xtol * (1.0 + jnp.abs(trial)))
-            converged = converged | ((state.step == 1) & tiny_step & (gmax <= loose))
-        accepted_status = jnp.where(
-            first_eval & ~finite,
-            Status.NON_FINITE,
-            jnp.where(converged, Status.CONVERGED,
-                      jnp.where(k >= max_iterations, Status.MAX_ITERATIONS, -1)),
-        )
-        halvings = state.halvings + 1
-        shorter = 0.5 * state.step
-        if expensive:
-            shorter = _cubic_backtrack(state.step, state.f, slope, f_new,
-                                       jnp.dot(g_new, state.direction))
-        rejected_status = jnp.where(
-            halvings >= max_halvings,
-            jnp.where(jnp.max(jnp.abs(state.g))
-                      <= loose_gtol * jnp.maximum(1.0, jnp.abs(state.f) / 1e4),
-                      Status.CONVERGED,
-                      Status.LINE_SEARCH_FAILED),
-            -1,
-        )
-        if decrease_tol is not None:
-            # A rejected step whose whole predicted gain, −½·∇f'·d at the current point,
-            # is below f's rounding was rejected on noise: backtracking cannot help.
-            noise = -0.5 * slope * state.step <= decrease_tol * (1.0 + jnp.abs(state.f))
-            flat_enough = jnp.max(jnp.abs(state.g)) <= loose_gtol * jnp.maximum(
-                1.0, jnp.abs(state.f) / 1e4)
-            rejected_status = jnp.where(~first_eval & noise & flat_enough,
-                                        Status.CONVERGED, rejected_status)
-        one = jnp.ones((), dtype)
-        status = jnp.where(accept, accepted_status, rejected_status).astype(jnp.int32)
-        direction = jnp.where(accept, new_direction, state.direction)
-        step = jnp.where(accept, one, shorter)
-        pending = jnp.zeros((), bool)
-        final_status = state.final_status
-        if final_trial is not None:
-            # The trial point's evaluation: keep it if f does not increase beyond
-            # rounding; either way the search ends with the status it stopped with.
-            pending_now = state.trial_pending
-            keep = finite & (f_new <= state.f + trial_tol * (1.0 + jnp.abs(state.f)))
-            accept = jnp.where(pending_now, keep, accept)
-            status = jnp.where(pending_now, state.final_status, status)
-            # Just stopped: schedule the trial point as the next evaluation.
-            x_next = jnp.where(accept, trial, state.x)
-            moved = final_trial(x_next)
-            start = (~pending_now & (status >= 0) & (status != Status.NON_FINITE)
-                     & jnp.any(moved != x_next))
-            final_status = jnp.where(start, status, state.final_status)
-            status = jnp.where(start, -1, status)
-            direction = jnp.where(start, moved - x_next, direction)
-            step = jnp.where(start, one, step)
-            pending = start
-        return _State(
-            x=jnp.where(accept, trial, state.x),
-            f=jnp.where(accept, f_new, state.f),
-            g=jnp.where(accept, g_new, state.g),
-            hinv=jnp.where(accept, hinv, state.hinv),
-            direction=direction,
-            step=step,
-            k=jnp.where(accept, k, state.k),
-            status=status,
-            evals=state.evals + 1,
-            small_steps=jnp.where(accept, small_steps, state.small_steps),
-            halvings=jnp.where(accept, 0, halvings),
-            carry=jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), carry_new,
-                                         state.carry),
-            trial_pending=pending,
-            final_status=final_status,
-        )
-
-    preconditioned = inverse_hessian is not None
-    hinv0 = eye if inverse_hessian is None else jnp.asarray(inverse_hessian, dtype)
-    state = _State(
-        x=x0, f=inf, g=jnp.zeros_like(x0), hinv=hinv0, direction=jnp.zeros_like(x0),
-        step=jnp.zeros((), dtype), k=jnp.zeros((), jnp.int32),
-        status=-jnp.ones((), jnp.int32), evals=jnp.zeros((), jnp.int32),
-        small_steps=jnp.zeros((), jnp.int32), halvings=jnp.zeros((), jnp.int32),
-        carry=carry, trial_pending=jnp.zeros((), bool),
-        final_status=-jnp.ones((), jnp.int32),
-    )
+    state = _initial_state(jnp.asarray(x0), inverse_hessian, carry, jnp)
     state = jax.lax.while_loop(lambda st: st.status < 0, body, state)
     return Solution(state.x, state.f, state.g, state.k, state.status, state.evals, state.hinv,
                     state.carry)
+
+
+def minimize_host(
+    value_and_grad,
+    x0,
+    args=(),
+    *,
+    max_iterations: int = 500,
+    gtol: float = 1e-6,
+    ftol: float = 1e-13,
+    loose_gtol: float = 1e-3,
+    max_halvings: int = 40,
+    inverse_hessian=None,
+    max_step: float = 4.0,
+    xtol: float | None = None,
+    carry=None,
+    first_step: float | None = None,
+    expensive: bool = False,
+    final_trial=None,
+    decrease_tol: float | None = None,
+    trial_tol: float = 1e-10,
+) -> Solution:
+    """:func:`minimize`'s algorithm in a Python loop over numpy arrays (float64).
+
+    For objectives evaluated on the host with their own exact gradient (the LMM
+    criterion of :mod:`glmmjax._host_lmm`): nothing is traced or compiled, and the
+    steps, stopping rules and reported status are those of :func:`minimize`, since both
+    run :func:`_advance`. ``value_and_grad(x, *args)`` returns (f, ∇f); with ``carry``
+    it is called as ``value_and_grad(x, carry, *args)`` and returns ((f, ∇f), carry).
+    ``final_trial`` maps numpy arrays to numpy arrays.
+    """
+    options = _Options(max_iterations, gtol, ftol, loose_gtol, max_halvings, max_step, xtol,
+                       first_step, expensive, final_trial, decrease_tol, trial_tol,
+                       inverse_hessian is not None)
+    state = _initial_state(np.asarray(x0, dtype=np.float64), inverse_hessian, carry, np)
+    # Rejected trial points may be infinite: their arithmetic is meant to give inf/nan.
+    with np.errstate(all="ignore"):
+        while state.status < 0:
+            trial = state.x + state.step * state.direction
+            if carry is None:
+                f_new, g_new = value_and_grad(trial, *args)
+                carry_new = None
+            else:
+                (f_new, g_new), carry_new = value_and_grad(trial, state.carry, *args)
+            state = _advance(state, trial, np.asarray(f_new, np.float64),
+                             np.asarray(g_new, np.float64), carry_new, options, np,
+                             lambda accept, new, old: new if accept else old)
+    return Solution(state.x, state.f, state.g, state.k, state.status, state.evals, state.hinv,
+                    state.carry)
+
+
+def _select_traced(accept, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
+
+
+def _initial_state(x0, inverse_hessian, carry, xp) -> _State:
+    dtype = x0.dtype
+    hinv0 = (xp.eye(x0.shape[0], dtype=dtype) if inverse_hessian is None
+             else xp.asarray(inverse_hessian, dtype))
+    int_zero = xp.zeros((), xp.int32)
+    return _State(
+        x=x0, f=xp.asarray(xp.inf, dtype), g=xp.zeros_like(x0), hinv=hinv0,
+        direction=xp.zeros_like(x0), step=xp.zeros((), dtype), k=int_zero,
+        status=-xp.ones((), xp.int32), evals=int_zero, small_steps=int_zero,
+        halvings=int_zero, carry=carry, trial_pending=xp.zeros((), bool),
+        final_status=-xp.ones((), xp.int32),
+    )
+
+
+def _advance(state: _State, trial, f_new, g_new, carry_new, o: _Options, xp,
+             select) -> _State:
+    """One pass of the search after evaluating f and ∇f at ``trial``: accept or reject
+    the point, update the BFGS approximation and choose the next trial point.
+
+    ``xp`` is ``jax.numpy`` inside :func:`minimize`'s compiled loop and ``numpy`` in
+    :func:`minimize_host`'s Python loop: one algorithm, two executors. ``select(accept,
+    new, old)`` picks the carry of the point kept.
+    """
+    dtype = state.x.dtype
+    eye = xp.eye(state.x.shape[0], dtype=dtype)
+    first_eval = state.evals == 0
+    finite = xp.isfinite(f_new) & xp.all(xp.isfinite(g_new))
+    slope = xp.dot(state.g, state.direction)
+    armijo = finite & (f_new <= state.f + 1e-4 * state.step * slope)
+    accept = first_eval | armijo
+    if o.expensive:
+        flat = finite & (f_new <= state.f + o.ftol * (1.0 + xp.abs(state.f)))
+        accept = accept | (flat & (xp.max(xp.abs(g_new)) <= o.gtol))
+
+    # BFGS update for an accepted step (skipped for the very first evaluation).
+    s = trial - state.x
+    y = g_new - state.g
+    sy = xp.dot(s, y)
+    good_curvature = (~first_eval) & (sy > 1e-12 * xp.sqrt(xp.dot(s, s) * xp.dot(y, y)))
+    rho = 1.0 / xp.where(sy > 0, sy, 1.0)
+    hinv = xp.where(
+        (state.k == 0) & good_curvature & (not o.preconditioned),
+        eye * sy / xp.maximum(xp.dot(y, y), 1e-300),  # Nocedal & Wright eq. 6.20
+        state.hinv,
+    )
+    v = eye - rho * xp.outer(s, y)
+    updated = v @ hinv @ v.T + rho * xp.outer(s, s)
+    hinv = xp.where(good_curvature, updated, hinv)
+
+    new_direction = -hinv @ g_new
+    descent = xp.dot(new_direction, g_new) < 0
+    hinv = xp.where(descent, hinv, eye)
+    new_direction = xp.where(descent, new_direction, -g_new)
+    largest = xp.max(xp.abs(new_direction))
+    cap = o.max_step if o.first_step is None else xp.where(first_eval, o.first_step, o.max_step)
+    new_direction = new_direction * xp.minimum(1.0, cap / xp.maximum(largest, 1e-300))
+
+    gmax = xp.max(xp.abs(g_new))
+    tiny_change = xp.abs(state.f - f_new) <= o.ftol * (1.0 + xp.abs(f_new))
+    small_steps = xp.where(tiny_change & ~first_eval, state.small_steps + 1, 0)
+    k = state.k + xp.where(first_eval, 0, 1)
+    # On large objectives (InstEval's REML criterion is 2.4e5) rounding leaves the
+    # gradient far above any absolute tolerance once f stops changing, so the loose
+    # test scales with |f|.
+    loose = o.loose_gtol * xp.maximum(1.0, xp.abs(f_new) / 1e4)
+    converged = (gmax <= o.gtol) | ((small_steps >= 3) & (gmax <= loose))
+    if o.decrease_tol is not None:
+        # The quasi-Newton model predicts a decrease of −½·∇f'·d from the next
+        # step: once that is below f's rounding, further steps chase noise.
+        predicted = -0.5 * xp.dot(g_new, new_direction)
+        converged = converged | (
+            ~first_eval & (predicted <= o.decrease_tol * (1.0 + xp.abs(f_new)))
+            & (gmax <= loose))
+    if o.xtol is not None:
+        tiny_step = xp.all(xp.abs(new_direction) <= o.xtol * (1.0 + xp.abs(trial)))
+        converged = converged | ((state.step == 1) & tiny_step & (gmax <= loose))
+    accepted_status = xp.where(
+        first_eval & ~finite,
+        Status.NON_FINITE,
+        xp.where(converged, Status.CONVERGED,
+                  xp.where(k >= o.max_iterations, Status.MAX_ITERATIONS, -1)),
+    )
+    halvings = state.halvings + 1
+    shorter = 0.5 * state.step
+    if o.expensive:
+        shorter = _cubic_backtrack(xp, state.step, state.f, slope, f_new,
+                                   xp.dot(g_new, state.direction))
+    rejected_status = xp.where(
+        halvings >= o.max_halvings,
+        xp.where(xp.max(xp.abs(state.g))
+                  <= o.loose_gtol * xp.maximum(1.0, xp.abs(state.f) / 1e4),
+                  Status.CONVERGED,
+                  Status.LINE_SEARCH_FAILED),
+        -1,
+    )
+    if o.decrease_tol is not None:
+        # A rejected step whose whole predicted gain, −½·∇f'·d at the current point,
+        # is below f's rounding was rejected on noise: backtracking cannot help.
+        noise = -0.5 * slope * state.step <= o.decrease_tol * (1.0 + xp.abs(state.f))
+        flat_enough = xp.max(xp.abs(state.g)) <= o.loose_gtol * xp.maximum(
+            1.0, xp.abs(state.f) / 1e4)
+        rejected_status = xp.where(~first_eval & noise & flat_enough,
+                                    Status.CONVERGED, rejected_status)
+    one = xp.ones((), dtype)
+    status = xp.where(accept, accepted_status, rejected_status).astype(xp.int32)
+    direction = xp.where(accept, new_direction, state.direction)
+    step = xp.where(accept, one, shorter)
+    pending = xp.zeros((), bool)
+    final_status = state.final_status
+    if o.final_trial is not None:
+        # The trial point's evaluation: keep it if f does not increase beyond
+        # rounding; either way the search ends with the status it stopped with.
+        pending_now = state.trial_pending
+        keep = finite & (f_new <= state.f + o.trial_tol * (1.0 + xp.abs(state.f)))
+        accept = xp.where(pending_now, keep, accept)
+        status = xp.where(pending_now, state.final_status, status)
+        # Just stopped: schedule the trial point as the next evaluation.
+        x_next = xp.where(accept, trial, state.x)
+        moved = o.final_trial(x_next)
+        start = (~pending_now & (status >= 0) & (status != Status.NON_FINITE)
+                 & xp.any(moved != x_next))
+        final_status = xp.where(start, status, state.final_status)
+        status = xp.where(start, -1, status)
+        direction = xp.where(start, moved - x_next, direction)
+        step = xp.where(start, one, step)
+        pending = start
+    return _State(
+        x=xp.where(accept, trial, state.x),
+        f=xp.where(accept, f_new, state.f),
+        g=xp.where(accept, g_new, state.g),
+        hinv=xp.where(accept, hinv, state.hinv),
+        direction=direction,
+        step=step,
+        k=xp.where(accept, k, state.k),
+        status=status,
+        evals=state.evals + 1,
+        small_steps=xp.where(accept, small_steps, state.small_steps),
+        halvings=xp.where(accept, 0, halvings),
+        carry=select(accept, carry_new, state.carry),
+        trial_pending=pending,
+        final_status=final_status,
+    )
+

@@ -1,0 +1,324 @@
+"""The LMM criterion, its gradient and the fit, evaluated with numpy and LAPACK on the host.
+
+Same mathematics as the traceable version (:mod:`glmmjax._cholesky`, :mod:`glmmjax._lmm`),
+which stays the one that ``jax.grad``/``jax.hessian``/``vmap`` work on (Satterthwaite and
+Kenward–Roger df, ``fit_many``, the bootstrap, accelerators). A single float64 fit on
+the CPU runs here instead: its cost is a handful of evaluations dominated by one dense
+Cholesky and one inverse of the rest, which LAPACK does as fast as XLA, and nothing has
+to be traced or compiled first (on InstEval, compiling the fit program took longer than
+all of its evaluations). :func:`glmmjax._optimize.minimize_host` runs the same BFGS
+steps and stopping rules as the compiled fit; tests/test_host_lmm.py checks criterion,
+gradient and fit against the JAX version.
+
+Notation as in :mod:`glmmjax._cholesky`: Ω(θ) = Λ'AΛ + J with A = [Z X y]'W[Z X y],
+first term (block diagonal, m0 blocks of S0) and the dense "rest" (R×R).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import scipy.linalg
+
+from ._cholesky import CrossProducts
+from ._covariance import _tril_indices_colmajor, diagonal_mask
+from ._host_products import host_cross_products
+from ._lmm import _BOUNDARY_TRY, _LOG_FLOOR, PLSSolution, inverse_hessian_guess
+from ._optimize import minimize_host
+from ._structure import ReStructure
+
+
+@dataclasses.dataclass(frozen=True)
+class HostLMM:
+    """An LMM's cross-products and structure as numpy arrays (see ``LinearMixedModel``)."""
+
+    structure: ReStructure
+    products: CrossProducts
+    nobs: float
+    sum_log_weights: float
+    n_fixef: int
+    reml: bool
+
+
+def host_model(structure: ReStructure, weights, X, y, reml: bool) -> HostLMM:
+    """The model for float64 data: cross-products by numpy (``_host_products``)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    dense = np.concatenate([X, np.asarray(y, dtype=np.float64)[:, None]], axis=1)
+    positive = weights > 0
+    return HostLMM(structure, host_cross_products(structure, weights, dense),
+                   float(np.sum(positive)), float(np.sum(np.log(weights[positive]))),
+                   X.shape[1], reml)
+
+
+def factors_of(theta, sizes) -> list:
+    """Λ_t per term from θ (numpy twin of ``theta_to_factors``)."""
+    factors, start = [], 0
+    for size in sizes:
+        count = size * (size + 1) // 2
+        rows, cols = _tril_indices_colmajor(size)
+        block = np.zeros((size, size))
+        block[rows, cols] = theta[start : start + count]
+        factors.append(block)
+        start += count
+    return factors
+
+
+def _segment_sum(values, ids, n_segments):
+    flat = values.reshape(values.shape[0], -1)
+    out = np.empty((n_segments, flat.shape[1]))
+    for k in range(flat.shape[1]):
+        out[:, k] = np.bincount(ids, weights=flat[:, k], minlength=n_segments)
+    return out.reshape((n_segments,) + values.shape[1:])
+
+
+def _rest_times_lambda(s: ReStructure, factors, matrix):
+    """M·Λ_r: the random-effects columns of the rest (R×R) times their factors."""
+    out = matrix.copy()
+    for t in range(1, s.n_terms):
+        start, size, m = s.offsets[t], s.sizes[t], s.n_levels[t]
+        block = matrix[:, start : start + m * size].reshape(-1, m, size)
+        out[:, start : start + m * size] = (block @ factors[t]).reshape(-1, m * size)
+    return out
+
+
+def _coupling_rows_of(s: ReStructure, products: CrossProducts, factors):
+    """Λ_r'·A_r0 in ``entry_rest`` order, before the first term's factor: (E, S0)."""
+    rows = [np.einsum("ba,ibc->iac", factors[t], products.coupling[t - 1]).reshape(
+        -1, s.sizes[0]) for t in range(1, s.n_terms)]
+    rows.append(products.dense_first.reshape(-1, s.sizes[0]))
+    return np.concatenate(rows, axis=0)
+
+
+@dataclasses.dataclass
+class _Factor:
+    first: np.ndarray  # (m0, S0, S0) lower factors of the first term's blocks
+    first_inv: np.ndarray  # their inverses
+    coupling_rows: np.ndarray  # (E, S0) rows of L_r0
+    rest: np.ndarray  # (R, R) lower factor of the Schur complement
+    half_rows: np.ndarray  # Λ_r'·A_r0, (E, S0), for the gradient
+    rest_lambda: np.ndarray  # A_rr·Λ_r, (R, R), for the gradient
+
+
+def _factorize(theta, model: HostLMM) -> _Factor | None:
+    """The blocked Cholesky factor of Ω(θ); None where Ω is not positive definite."""
+    s, products = model.structure, model.products
+    factors = factors_of(theta, s.sizes)
+    lam0 = factors[0]
+    S0 = s.sizes[0]
+    diag_blocks = np.einsum("ba,jbc,cd->jad", lam0, products.first, lam0) + np.eye(S0)
+    half_rows = _coupling_rows_of(s, products, factors)
+    rest_lambda = _rest_times_lambda(s, factors, products.rest)
+    rest = _rest_times_lambda(s, factors, rest_lambda.T)  # Λ_r'·A_rr·Λ_r (A symmetric)
+    rest[np.arange(s.n_re_rest), np.arange(s.n_re_rest)] += 1.0
+    try:
+        first = np.linalg.cholesky(diag_blocks)
+    except np.linalg.LinAlgError:
+        return None
+    levels = s.entry_first
+    if S0 == 1:
+        first_inv = 1.0 / first
+        coupling_rows = (half_rows * lam0[0, 0]) * first_inv[levels, 0]
+    else:
+        first_inv = np.linalg.inv(first)
+        coupling_rows = np.einsum("eab,eb->ea", first_inv[levels], half_rows @ lam0)
+    schur = rest - _coupling_gram(s, coupling_rows)
+    try:
+        rest_factor = scipy.linalg.cholesky(schur, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    return _Factor(first, first_inv, coupling_rows, rest_factor, half_rows, rest_lambda)
+
+
+def _coupling_gram(s: ReStructure, coupling_rows):
+    """L_r0·L_r0' (R×R) from the rows of L_r0."""
+    R = s.rest_size
+    if s.dense_update:
+        S0 = s.sizes[0]
+        dense = np.zeros((R, s.n_levels[0] * S0))
+        dense[s.entry_rest[:, None], s.entry_first[:, None] * S0 + np.arange(S0)] = coupling_rows
+        return dense @ dense.T
+    products = np.einsum("ea,ea->e", coupling_rows[s.update_a], coupling_rows[s.update_b])
+    products[s.update_a == s.update_b] *= 0.5
+    gram = np.bincount(s.update_flat, weights=products, minlength=R * R)[: R * R]
+    gram = gram.reshape(R, R)
+    return gram + gram.T
+
+
+def _solve_upper(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
+    """L'·x = b, split as (m0, S0) and (R,)."""
+    x_rest = scipy.linalg.solve_triangular(factor.rest, rhs_rest, lower=True, trans="T",
+                                           check_finite=False)
+    contrib = factor.coupling_rows * x_rest[s.entry_rest][:, None]
+    reduced = rhs_first - _segment_sum(contrib, s.entry_first, s.n_levels[0])
+    x_first = np.einsum("jba,jb->ja", factor.first_inv, reduced)
+    return x_first, x_rest
+
+
+def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int):
+    """P⁻¹ on the pattern of Ω (``glmmjax._cholesky.selected_inverse``)."""
+    R = s.rest_size
+    S0, m0 = s.sizes[0], s.n_levels[0]
+    sigma_rr = np.zeros((R, R))
+    if n_keep > 0:
+        # (L·L')⁻¹ from L by LAPACK (one triangle, n³/3 + n³/3 flops).
+        inverse, info = scipy.linalg.lapack.dpotri(factor.rest[:n_keep, :n_keep], lower=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"LAPACK dpotri failed (info {info})")
+        sigma_rr[:n_keep, :n_keep] = np.tril(inverse) + np.tril(inverse, -1).T
+    inside = (s.entry_rest < n_keep)[:, None]
+    C = np.where(inside, np.einsum("ea,eab->eb", factor.coupling_rows,
+                                   factor.first_inv[s.entry_first]), 0.0)
+    if s.dense_update:
+        column = s.entry_first[:, None] * S0 + np.arange(S0)
+        dense = np.zeros((R, m0 * S0))
+        dense[s.entry_rest[:, None], column] = C
+        sigma_r0 = -(sigma_rr @ dense)[s.entry_rest[:, None], column]
+    else:
+        weights = sigma_rr.reshape(-1)[s.update_flat]
+        weights = np.where(s.update_a == s.update_b, 0.5, 1.0) * weights
+        E = s.entry_rest.shape[0]
+        both = np.concatenate([weights[:, None] * C[s.update_b], weights[:, None] * C[s.update_a]])
+        sigma_r0 = -_segment_sum(both, np.concatenate([s.update_a, s.update_b]), E)
+    sigma_00 = np.einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - _segment_sum(
+        C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
+    return sigma_00, sigma_r0, sigma_rr
+
+
+def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w_00, w_r0,
+              w_rr):
+    """∂/∂θ of ⟨W, Ω(θ)⟩ at fixed W (blocks as in ``_lmm._solution_and_contraction``).
+
+    With Λ block diagonal and A, W symmetric, ∂⟨W, Λ'AΛ⟩/∂Λ = 2·A·Λ·W; the derivative
+    in a term's factor Λ_t sums that matrix's diagonal blocks over the term's levels,
+    and only those blocks are formed (O(R²·S) for the dense rest).
+    """
+    factors = factors_of(theta, s.sizes)
+    lam0 = factors[0]
+    S0 = s.sizes[0]
+    # First term: its diagonal blocks and its coupling rows (w_r0 counts both triangles).
+    grads = [2.0 * np.einsum("jab,bc,jcd->ad", products.first, lam0, w_00)
+             + np.einsum("ea,eb->ab", factor.half_rows, w_r0)]
+    start_row = 0
+    for t in range(1, s.n_terms):
+        size, m = s.sizes[t], s.n_levels[t]
+        coupling = products.coupling[t - 1]  # (pairs, S_t, S0)
+        n_rows = coupling.shape[0] * size
+        w_pairs = w_r0[start_row : start_row + n_rows].reshape(-1, size, S0)
+        start_row += n_rows
+        g = np.einsum("ibc,cd,iad->ba", coupling, lam0, w_pairs)
+        lo, hi = s.offsets[t], s.offsets[t] + m * size
+        rows = factor.rest_lambda[lo:hi].reshape(m, size, -1)
+        g += 2.0 * np.einsum("lar,rlb->ab", rows, w_rr[:, lo:hi].reshape(-1, m, size))
+        grads.append(g)
+    parts = []
+    for size, g in zip(s.sizes, grads):
+        rows, cols = _tril_indices_colmajor(size)
+        parts.append(g[rows, cols])
+    return np.concatenate(parts)
+
+
+def evaluate(theta, model: HostLMM, gradient: bool = True):
+    """(criterion, ∂criterion/∂θ, :class:`PLSSolution` of numpy arrays) at θ; an
+    infinite criterion (and no solution) where Ω(θ) is not positive definite. With
+    ``gradient=False`` the gradient is None (no selected inverse is formed)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    s = model.structure
+    factor = _factorize(theta, model)
+    if factor is None or not np.all(np.isfinite(factor.rest)):
+        return np.inf, np.full(theta.shape, np.nan), None
+    R, p = s.rest_size, model.n_fixef
+    diag = np.diagonal(factor.rest)
+    logdet_z = (2.0 * np.sum(np.log(np.diagonal(factor.first, axis1=1, axis2=2)))
+                + 2.0 * np.sum(np.log(diag[: R - p - 1])))
+    logdet_x = 2.0 * np.sum(np.log(diag[R - p - 1 : R - 1]))
+    r2 = diag[R - 1] ** 2
+    n = model.nobs
+    if model.reml:
+        dof = n - p
+        criterion = logdet_z + logdet_x + dof * (1.0 + np.log(2.0 * np.pi * r2 / dof))
+        n_keep, scale = R - 1, dof
+    else:
+        criterion = logdet_z + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
+        n_keep, scale = R - 1 - p, n
+    criterion -= model.sum_log_weights
+    rhs_rest = np.zeros(R)
+    rhs_rest[R - 1] = -factor.rest[R - 1, R - 1]
+    u_first, x_rest = _solve_upper(s, factor, np.zeros((s.n_levels[0], s.sizes[0])), rhs_rest)
+    solution = PLSSolution(
+        beta=x_rest[R - 1 - p : R - 1], u_first=u_first, u_rest=x_rest[: R - 1 - p], r2=r2,
+        logdet_z=logdet_z, logdet_x=logdet_x, criterion=criterion,
+        fixef_factor=factor.rest[R - 1 - p : R - 1, R - 1 - p : R - 1])
+    if not gradient:
+        return criterion, None, solution
+    sigma_00, sigma_r0, sigma_rr = _selected_inverse(s, factor, n_keep)
+    v_rest = np.concatenate([solution.u_rest, solution.beta, [-1.0]])
+    c = scale / r2
+    w_00 = sigma_00 + c * u_first[:, :, None] * u_first[:, None, :]
+    w_r0 = 2.0 * (sigma_r0 + c * v_rest[s.entry_rest][:, None] * u_first[s.entry_first])
+    w_rr = sigma_rr + c * np.outer(v_rest, v_rest)
+    return criterion, _gradient(s, model.products, theta, factor, w_00, w_r0, w_rr), solution
+
+
+# -- the fit ------------------------------------------------------------------------------
+
+
+def _from_log_scale(phi, mask):
+    a = np.log(_LOG_FLOOR)
+    diag = np.where(phi >= a, np.exp(np.minimum(phi, 700.0)), _LOG_FLOOR * (1.0 + phi - a))
+    return np.where(mask, diag, phi)
+
+
+def _to_log_scale(theta, mask):
+    a = np.log(_LOG_FLOOR)
+    above = np.log(np.maximum(theta, _LOG_FLOOR))
+    below = a + theta / _LOG_FLOOR - 1.0
+    return np.where(mask, np.where(theta >= _LOG_FLOOR, above, below), theta)
+
+
+def _log_scale_slope(phi, mask):
+    a = np.log(_LOG_FLOOR)
+    return np.where(mask, np.where(phi >= a, np.exp(np.minimum(phi, 700.0)), _LOG_FLOOR), 1.0)
+
+
+def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
+    """b_t = Λ_t·u_t per term, (m_t, S_t) each (numpy twin of ``_lmm.random_effects``)."""
+    factors = factors_of(theta, structure.sizes)
+    effects = [u_first @ factors[0].T]
+    for t in range(1, structure.n_terms):
+        start, m, size = structure.offsets[t], structure.n_levels[t], structure.sizes[t]
+        effects.append(u_rest[start : start + m * size].reshape(m, size) @ factors[t].T)
+    return effects
+
+
+def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3):
+    """Minimize the criterion over θ as ``_lmm._fit_program`` does (same coordinates,
+    metric, steps and stopping rules), then try near-zero diagonals at exactly zero.
+
+    Returns (solution with ``x``/``grad`` in θ, θ, :class:`PLSSolution`, [b_t]) in numpy.
+    """
+    s = model.structure
+    mask = diagonal_mask(s.sizes)
+
+    def value_and_grad(phi, carry):
+        f, g, solution = evaluate(_from_log_scale(phi, mask), model)
+        return (f, g * _log_scale_slope(phi, mask)), (carry if solution is None else solution)
+
+    theta0 = np.asarray(theta0, dtype=np.float64)
+    solution = minimize_host(
+        value_and_grad, _to_log_scale(theta0, mask), gtol=gtol, loose_gtol=loose_gtol,
+        inverse_hessian=inverse_hessian_guess(s), xtol=1e-7, decrease_tol=1e-14,
+        expensive=True, carry=())
+    pls = solution.carry
+    if not isinstance(pls, PLSSolution):  # not even the start was finite
+        raise FloatingPointError("the LMM criterion is not finite at the starting θ")
+    theta = _from_log_scale(solution.x, mask)
+    solution = solution._replace(x=theta, grad=solution.grad / _log_scale_slope(solution.x, mask),
+                                 carry=None)
+    trial = np.where(mask & (np.abs(theta) < _BOUNDARY_TRY), 0.0, theta)
+    if np.any(trial != theta):
+        f_trial, _, pls_trial = evaluate(trial, model, gradient=False)
+        if np.isfinite(f_trial) and f_trial <= solution.value + 1e-10 * (1 + abs(solution.value)):
+            theta, pls = trial, pls_trial
+    return solution, theta, pls, random_effects(theta, s, pls.u_first, pls.u_rest)
