@@ -20,10 +20,12 @@ import dataclasses
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse
 
 from ._cholesky import CrossProducts
 from ._covariance import _tril_indices_colmajor, diagonal_mask
 from ._host_products import host_cross_products
+from ._jit import single_threaded_blas
 from ._lmm import _BOUNDARY_TRY, _LOG_FLOOR, PLSSolution, inverse_hessian_guess
 from ._optimize import minimize_host
 from ._structure import ReStructure
@@ -73,8 +75,23 @@ def _segment_sum(values, ids, n_segments):
     return out.reshape((n_segments,) + values.shape[1:])
 
 
+def _rest_scale(s: ReStructure, factors):
+    """Λ_r's diagonal as a vector when every later term is scalar (else None): then
+    products with Λ_r are column scalings, one pass over the rest instead of a reshape
+    and matmul per term."""
+    if any(size != 1 for size in s.sizes[1:]):
+        return None
+    scale = np.ones(s.rest_size)
+    for t in range(1, s.n_terms):
+        scale[s.offsets[t] : s.offsets[t] + s.n_levels[t]] = factors[t][0, 0]
+    return scale
+
+
 def _rest_times_lambda(s: ReStructure, factors, matrix):
     """M·Λ_r: the random-effects columns of the rest (R×R) times their factors."""
+    scale = _rest_scale(s, factors)
+    if scale is not None:
+        return matrix * scale
     out = matrix.copy()
     for t in range(1, s.n_terms):
         start, size, m = s.offsets[t], s.sizes[t], s.n_levels[t]
@@ -125,10 +142,16 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
         coupling_rows = np.einsum("eab,eb->ea", first_inv[levels], half_rows @ lam0)
     schur = rest - _coupling_gram(s, coupling_rows)
     try:
-        rest_factor = scipy.linalg.cholesky(schur, lower=True, check_finite=False)
+        rest_factor = scipy.linalg.cholesky(schur, lower=True, overwrite_a=True,
+                                            check_finite=False)
     except np.linalg.LinAlgError:
         return None
     return _Factor(first, first_inv, coupling_rows, rest_factor, half_rows, rest_lambda)
+
+
+def _diagonal_pairs(s: ReStructure):
+    """Positions of the pairs (e, e) in the update lists (their products count once)."""
+    return np.flatnonzero(s.update_a == s.update_b)
 
 
 def _coupling_gram(s: ReStructure, coupling_rows):
@@ -139,11 +162,14 @@ def _coupling_gram(s: ReStructure, coupling_rows):
         dense = np.zeros((R, s.n_levels[0] * S0))
         dense[s.entry_rest[:, None], s.entry_first[:, None] * S0 + np.arange(S0)] = coupling_rows
         return dense @ dense.T
-    products = np.einsum("ea,ea->e", coupling_rows[s.update_a], coupling_rows[s.update_b])
-    products[s.update_a == s.update_b] *= 0.5
-    gram = np.bincount(s.update_flat, weights=products, minlength=R * R)[: R * R]
-    gram = gram.reshape(R, R)
-    return gram + gram.T
+    # Sparse times sparse (scipy's SpGEMM), about 2.5x faster than gathering the pairs'
+    # products and summing them into the R×R bins on InstEval.
+    S0 = coupling_rows.shape[1]
+    columns = (s.entry_first[:, None] * S0 + np.arange(S0)).ravel()
+    rows = np.repeat(s.entry_rest, S0)
+    lower = scipy.sparse.csr_matrix((coupling_rows.ravel(), (rows, columns)),
+                                    shape=(R, s.n_levels[0] * S0))
+    return (lower @ lower.T).toarray()
 
 
 def _solve_upper(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
@@ -166,7 +192,10 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int):
         inverse, info = scipy.linalg.lapack.dpotri(factor.rest[:n_keep, :n_keep], lower=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"LAPACK dpotri failed (info {info})")
-        sigma_rr[:n_keep, :n_keep] = np.tril(inverse) + np.tril(inverse, -1).T
+        # dpotri fills the lower triangle; the upper one is the factor's, zero.
+        inverse += inverse.T
+        inverse[np.diag_indices(n_keep)] *= 0.5
+        sigma_rr[:n_keep, :n_keep] = inverse
     inside = (s.entry_rest < n_keep)[:, None]
     C = np.where(inside, np.einsum("ea,eab->eb", factor.coupling_rows,
                                    factor.first_inv[s.entry_first]), 0.0)
@@ -176,11 +205,17 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int):
         dense[s.entry_rest[:, None], column] = C
         sigma_r0 = -(sigma_rr @ dense)[s.entry_rest[:, None], column]
     else:
+        # Σ_rr at each pair (r_a, r_b), both ways round (pairs are listed once).
         weights = sigma_rr.reshape(-1)[s.update_flat]
-        weights = np.where(s.update_a == s.update_b, 0.5, 1.0) * weights
+        weights[_diagonal_pairs(s)] *= 0.5
         E = s.entry_rest.shape[0]
-        both = np.concatenate([weights[:, None] * C[s.update_b], weights[:, None] * C[s.update_a]])
-        sigma_r0 = -_segment_sum(both, np.concatenate([s.update_a, s.update_b]), E)
+        sigma_r0 = np.empty((E, S0))
+        for k in range(S0):
+            column = np.ascontiguousarray(C[:, k])
+            sigma_r0[:, k] = -(np.bincount(s.update_a, weights=weights * column[s.update_b],
+                                           minlength=E)
+                               + np.bincount(s.update_b, weights=weights * column[s.update_a],
+                                             minlength=E))
     sigma_00 = np.einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - _segment_sum(
         C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
     return sigma_00, sigma_r0, sigma_rr
@@ -210,7 +245,8 @@ def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w
         g = np.einsum("ibc,cd,iad->ba", coupling, lam0, w_pairs)
         lo, hi = s.offsets[t], s.offsets[t] + m * size
         rows = factor.rest_lambda[lo:hi].reshape(m, size, -1)
-        g += 2.0 * np.einsum("lar,rlb->ab", rows, w_rr[:, lo:hi].reshape(-1, m, size))
+        # W is symmetric: its columns of the term are read as (contiguous) rows.
+        g += 2.0 * np.einsum("lar,lbr->ab", rows, w_rr[lo:hi].reshape(m, size, -1))
         grads.append(g)
     parts = []
     for size, g in zip(s.sizes, grads):
@@ -306,6 +342,13 @@ def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3):
         return (f, g * _log_scale_slope(phi, mask)), (carry if solution is None else solution)
 
     theta0 = np.asarray(theta0, dtype=np.float64)
+    with single_threaded_blas():
+        solution, theta, pls = _minimize(model, value_and_grad, theta0, mask, gtol, loose_gtol)
+    return solution, theta, pls, random_effects(theta, s, pls.u_first, pls.u_rest)
+
+
+def _minimize(model: HostLMM, value_and_grad, theta0, mask, gtol, loose_gtol):
+    s = model.structure
     solution = minimize_host(
         value_and_grad, _to_log_scale(theta0, mask), gtol=gtol, loose_gtol=loose_gtol,
         inverse_hessian=inverse_hessian_guess(s), xtol=1e-7, decrease_tol=1e-14,
@@ -321,4 +364,4 @@ def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3):
         f_trial, _, pls_trial = evaluate(trial, model, gradient=False)
         if np.isfinite(f_trial) and f_trial <= solution.value + 1e-10 * (1 + abs(solution.value)):
             theta, pls = trial, pls_trial
-    return solution, theta, pls, random_effects(theta, s, pls.u_first, pls.u_rest)
+    return solution, theta, pls

@@ -33,7 +33,7 @@ _active = {"calls": 0, "limiter": None}
 
 
 @contextlib.contextmanager
-def _single_threaded_blas():
+def single_threaded_blas():
     """OpenBLAS limited to one thread while any program call runs.
 
     The limit is process-wide, so calls from several Python threads share one: the
@@ -83,7 +83,7 @@ def program(fun):
     def call(*args, **kwargs):
         if jax.default_backend() != "cpu":
             return plain(*args, **kwargs)
-        with _single_threaded_blas():
+        with single_threaded_blas():
             # Dispatch is asynchronous: wait for the results inside the limit.
             return jax.block_until_ready(run(*args, **kwargs))
 

@@ -18,9 +18,9 @@ def _blas_threads():
 def test_single_threaded_blas_nests_and_restores():
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         before = _blas_threads()
-        with _jit._single_threaded_blas():
+        with _jit.single_threaded_blas():
             assert all(n == 1 for n in _blas_threads())
-            with _jit._single_threaded_blas():
+            with _jit.single_threaded_blas():
                 assert all(n == 1 for n in _blas_threads())
             assert all(n == 1 for n in _blas_threads())
         assert _blas_threads() == before
