@@ -365,3 +365,38 @@ def _minimize(model: HostLMM, value_and_grad, theta0, mask, gtol, loose_gtol):
         if np.isfinite(f_trial) and f_trial <= solution.value + 1e-10 * (1 + abs(solution.value)):
             theta, pls = trial, pls_trial
     return solution, theta, pls
+
+
+def conditional_covariances(theta, model: HostLMM) -> list:
+    """Λ_t·(diagonal blocks of (L_Z·L_Z')⁻¹)·Λ_t' per term, (m_t, S_t, S_t) each, relative
+    to σ² (numpy twin of ``_cholesky.inverse_diagonal_blocks`` and ``_lmer``'s program).
+
+    With Y = L_rr⁻¹·L_r0 (dense: formed once per fit), block j of the first term is
+    L00_j⁻ᵀ·(I + Y_j'Y_j)·L00_j⁻¹ and the rest is L_rr⁻ᵀ·L_rr⁻¹.
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    s = model.structure
+    factor = _factorize(theta, model)
+    if factor is None:
+        raise np.linalg.LinAlgError("Ω(θ) is not positive definite at the fitted θ")
+    R_re, S0, m0 = s.n_re_rest, s.sizes[0], s.n_levels[0]
+    first_inv = factor.first_inv
+    blocks = [np.einsum("jba,jbc->jac", first_inv, first_inv)]
+    if R_re:
+        keep = s.entry_rest < R_re
+        coupling = np.zeros((R_re, m0 * S0))
+        columns = s.entry_first[keep][:, None] * S0 + np.arange(S0)
+        coupling[s.entry_rest[keep][:, None], columns] = factor.coupling_rows[keep]
+        rest_factor = factor.rest[:R_re, :R_re]
+        Y = scipy.linalg.solve_triangular(rest_factor, coupling, lower=True,
+                                          check_finite=False).reshape(R_re, m0, S0)
+        YL = np.einsum("rjb,jbc->jrc", Y, first_inv)
+        blocks[0] = blocks[0] + np.einsum("jra,jrc->jac", YL, YL)
+        rest_inv = scipy.linalg.solve_triangular(rest_factor, np.eye(R_re), lower=True,
+                                                 check_finite=False)
+        for t in range(1, s.n_terms):
+            start, size, m = s.offsets[t], s.sizes[t], s.n_levels[t]
+            cols = rest_inv[:, start : start + m * size].reshape(R_re, m, size)
+            blocks.append(np.einsum("rla,rlb->lab", cols, cols))
+    factors = factors_of(theta, s.sizes)
+    return [np.einsum("ab,lbc,dc->lad", lam, block, lam) for lam, block in zip(factors, blocks)]

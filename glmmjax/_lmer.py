@@ -13,7 +13,7 @@ import pandas as pd
 from ._cholesky import factorize, inverse_diagonal_blocks
 from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
 from ._design import Design, build_design
-from ._jit import program
+from ._jit import program, single_threaded_blas
 from ._lmm import (
     SINGULAR_TOL,
     build_structure_for,
@@ -136,9 +136,16 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
     singular = bool(np.any(np.abs(theta[diagonal_mask(structure.sizes)]) < SINGULAR_TOL))
 
     def effect_cov():
+        y = np.asarray(design.response, dtype=float)
+        if jax.default_backend() == "cpu":
+            from ._host_lmm import conditional_covariances, host_model
+
+            with single_threaded_blas():
+                blocks = conditional_covariances(
+                    theta, host_model(structure, design.weights, design.X, y, True))
+            return [sigma2 * b for b in blocks]
         with jax.enable_x64(True):
-            model = host_lmm_model(structure, design.weights, design.X,
-                                   np.asarray(design.response, dtype=float), True)
+            model = host_lmm_model(structure, design.weights, design.X, y, True)
             blocks = _conditional_blocks(model, jnp.asarray(theta))
             return [sigma2 * np.asarray(b) for b in blocks]
 

@@ -147,3 +147,18 @@ def test_minimize_host_takes_the_compiled_steps(options):
     np.testing.assert_allclose(on_host.x, np.asarray(compiled.x), rtol=1e-12)
     assert int(on_host.n_evaluations) == int(compiled.n_evaluations)
     assert int(on_host.status) == int(compiled.status)
+
+
+@pytest.mark.parametrize("name, formula, dense_update", [CASES[0], CASES[2], CASES[4]])
+def test_conditional_covariances_equal_jax(name, formula, dense_update):
+    from glmmjax._lmer import _conditional_blocks
+
+    design, structure, weights, y, host = _models(name, formula, dense_update, True, False)
+    theta = np.abs(np.random.default_rng(3).normal(size=structure.n_theta)) + 0.3
+    blocks = _host_lmm.conditional_covariances(theta, host)
+    with jax.enable_x64(True):
+        model = host_lmm_model(structure, weights, design.X, y, True)
+        expected = _conditional_blocks(model, jnp.asarray(theta))
+    assert len(blocks) == len(expected) == structure.n_terms
+    for a, b in zip(blocks, expected):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-10, atol=1e-13)
