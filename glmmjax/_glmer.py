@@ -21,6 +21,11 @@ from ._covariance import canonical_theta, diagonal_mask
 from ._design import build_design
 from ._families import Family, Gaussian, get_family
 from ._glmm_fit import conditional_covariances_jit, glmm_pipeline_jit, make_setup
+from ._host_glmm import conditional_covariances as host_conditional_covariances
+from ._host_glmm import fit as host_fit
+from ._host_glmm import host_kind
+from ._host_lmm import random_effects as host_random_effects
+from ._jit import single_threaded_blas
 from ._lmm import SINGULAR_TOL, random_effects
 from ._optimize import Status
 from ._pirls import split
@@ -174,13 +179,22 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1) -> GLMMResult:
     y, w, success_level = family.prepare_response(
         design.response, design.weights, design.response_levels, design.rows
     )
-    setup = make_setup(design, family, n_agq)
-    y_in, w_in = jnp.asarray(y), jnp.asarray(w)
-    out = glmm_pipeline_jit(y_in, w_in, setup, with_cond_cov=False)
+    host = n_agq == 1 and host_kind(family) is not None and jax.default_backend() == "cpu"
+    if host:
+        # Binomial-logit and Poisson-log Laplace fits on the CPU: no compilation
+        # (glmmjax._host_glmm); the compiled pipeline for everything else.
+        out = host_fit(design, family, y, w)
+        host_model = out.pop("model")
+        s_outer = host_model.structure.original
+        n_theta, p, has_disp = s_outer.n_theta, design.X.shape[1], False
+    else:
+        setup = make_setup(design, family, n_agq)
+        y_in, w_in = jnp.asarray(y), jnp.asarray(w)
+        out = glmm_pipeline_jit(y_in, w_in, setup, with_cond_cov=False)
+        n_theta, p = setup.n_theta, setup.p
+        has_disp = setup.has_dispersion
+        s_outer = setup.outer
     out = jax.tree_util.tree_map(np.asarray, out)
-    n_theta, p = setup.n_theta, setup.p
-    has_disp = setup.has_dispersion
-    s_outer = setup.outer
     params, hessian, v = out["params"], out["hessian"], out["v"]
     theta_raw = params[:n_theta]
     beta, beta_cov = out["beta"], out["beta_cov"]
@@ -210,12 +224,17 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1) -> GLMMResult:
         hessian_positive_definite=pd_hess,
     )
     theta = canonical_theta(theta_raw, s_outer.sizes)
-    u_first, u_rest, _ = split(jnp.asarray(v), setup.inner if n_agq == 0 else s_outer)
-    with jax.enable_x64(True):
-        effects = [
-            np.asarray(b)
-            for b in random_effects(jnp.asarray(theta_raw), s_outer, u_first, u_rest)
-        ]
+    if host:
+        q0 = s_outer.n_levels[0] * s_outer.sizes[0]
+        effects = host_random_effects(theta_raw, s_outer, v[:q0].reshape(-1, s_outer.sizes[0]),
+                                      v[q0:])
+    else:
+        u_first, u_rest, _ = split(jnp.asarray(v), setup.inner if n_agq == 0 else s_outer)
+        with jax.enable_x64(True):
+            effects = [
+                np.asarray(b)
+                for b in random_effects(jnp.asarray(theta_raw), s_outer, u_first, u_rest)
+            ]
     # (nAGQ=0 reports no conditional variances: its inner factor includes the β block.)
     # Otherwise they come from a small program of their own, compiled on request only.
     cached_cov = []
@@ -224,6 +243,9 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1) -> GLMMResult:
         if not cached_cov:
             if n_agq == 0:
                 cached_cov.append([np.asarray(c) for c in out["cond_cov"]])
+            elif host:
+                with single_threaded_blas():
+                    cached_cov.append(host_conditional_covariances(params, v, host_model))
             else:
                 with jax.enable_x64(setup.X.dtype == np.float64):
                     blocks = conditional_covariances_jit(

@@ -43,12 +43,31 @@ class HostLMM:
     reml: bool
 
 
+class PlainStructure:
+    """A :class:`ReStructure`'s fields as plain attributes (and the original as
+    ``original``): reading an equinox Module's attribute costs microseconds, and the
+    host engines read them thousands of times per fit (30 ms of verbagg's 0.35 s)."""
+
+    def __init__(self, structure: ReStructure):
+        for field in dataclasses.fields(structure):
+            setattr(self, field.name, getattr(structure, field.name))
+        self.original = structure
+        self.n_terms = structure.n_terms
+        self.n_re_rest = structure.n_re_rest
+        self.n_theta = structure.n_theta
+
+
+def plain_structure(structure) -> PlainStructure:
+    return structure if isinstance(structure, PlainStructure) else PlainStructure(structure)
+
+
 def host_model(structure: ReStructure, weights, X, y, reml: bool) -> HostLMM:
     """The model for float64 data: cross-products by numpy (``_host_products``)."""
     weights = np.asarray(weights, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     dense = np.concatenate([X, np.asarray(y, dtype=np.float64)[:, None]], axis=1)
     positive = weights > 0
+    structure = plain_structure(structure)
     return HostLMM(structure, host_cross_products(structure, weights, dense),
                    float(np.sum(positive)), float(np.sum(np.log(weights[positive]))),
                    X.shape[1], reml)
@@ -68,7 +87,7 @@ def factors_of(theta, sizes) -> list:
 
 
 def _segment_sum(values, ids, n_segments):
-    flat = values.reshape(values.shape[0], -1)
+    flat = values.reshape(values.shape[0], int(np.prod(values.shape[1:])))
     out = np.empty((n_segments, flat.shape[1]))
     for k in range(flat.shape[1]):
         out[:, k] = np.bincount(ids, weights=flat[:, k], minlength=n_segments)

@@ -18,11 +18,10 @@ from ._structure import ReStructure
 
 def _segment_sum(values, ids, n_segments):
     """Σ of ``values`` (n, ...) over observations with equal ``ids``, (n_segments, ...)."""
-    flat = values.reshape(values.shape[0], -1)
-    out = np.stack(
-        [np.bincount(ids, weights=flat[:, k], minlength=n_segments) for k in range(flat.shape[1])],
-        axis=1,
-    )
+    flat = values.reshape(values.shape[0], int(np.prod(values.shape[1:])))
+    out = np.zeros((n_segments, flat.shape[1]))  # (no columns: GLMM stages without dense)
+    for k in range(flat.shape[1]):
+        out[:, k] = np.bincount(ids, weights=flat[:, k], minlength=n_segments)
     return out.reshape((n_segments,) + values.shape[1:])
 
 
