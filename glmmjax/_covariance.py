@@ -7,6 +7,8 @@ covariance of term t's random effects is σ²·Λ_t·Λ_t'.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -16,8 +18,12 @@ def theta_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(s * (s + 1) // 2 for s in sizes)
 
 
+@functools.cache
 def _tril_indices_colmajor(size: int) -> tuple[np.ndarray, np.ndarray]:
+    # Cached: the host engines build Λ from θ thousands of times per fit. Read-only.
     cols, rows = np.triu_indices(size)  # column-major lower triangle
+    rows.flags.writeable = False
+    cols.flags.writeable = False
     return rows, cols
 
 

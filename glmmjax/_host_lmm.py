@@ -25,7 +25,7 @@ import scipy.sparse
 from ._cholesky import CrossProducts
 from ._covariance import _tril_indices_colmajor, diagonal_mask
 from ._host_products import host_cross_products
-from ._jit import single_threaded_blas
+from ._jit import blas_limit_for
 from ._lmm import _BOUNDARY_TRY, _LOG_FLOOR, PLSSolution, inverse_hessian_guess
 from ._optimize import minimize_host
 from ._structure import ReStructure
@@ -361,7 +361,7 @@ def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3):
         return (f, g * _log_scale_slope(phi, mask)), (carry if solution is None else solution)
 
     theta0 = np.asarray(theta0, dtype=np.float64)
-    with single_threaded_blas():
+    with blas_limit_for(s.rest_size):
         solution, theta, pls = _minimize(model, value_and_grad, theta0, mask, gtol, loose_gtol)
     return solution, theta, pls, random_effects(theta, s, pls.u_first, pls.u_rest)
 

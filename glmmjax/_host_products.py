@@ -10,6 +10,8 @@ milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ._cholesky import CrossProducts
@@ -23,6 +25,27 @@ def _segment_sum(values, ids, n_segments):
     for k in range(flat.shape[1]):
         out[:, k] = np.bincount(ids, weights=flat[:, k], minlength=n_segments)
     return out.reshape((n_segments,) + values.shape[1:])
+
+
+def _rest_pattern(s):
+    """Each observation's indices in the rest (n, w), their model-matrix values, and the
+    flat (R·R) positions of their products. Kept on a host engine's structure (its
+    ``PlainStructure``), which forms the products at every Newton step."""
+    cached = getattr(s, "_rest_pattern", None)
+    if cached is not None:
+        return cached
+    R = s.rest_size
+    index = np.concatenate(
+        [s.offsets[t] + np.asarray(s.refs[t])[:, None] * s.sizes[t] + np.arange(s.sizes[t])
+         for t in range(1, s.n_terms)], axis=1)
+    values = np.concatenate([np.asarray(z, dtype=np.float64) for z in s.z[1:]], axis=1)
+    flat = (index[:, :, None] * R + index[:, None, :]).ravel()
+    pattern = (index, values, flat)
+    try:
+        s._rest_pattern = pattern
+    except (AttributeError, TypeError, dataclasses.FrozenInstanceError):
+        pass  # a ReStructure (frozen): recomputed per call, as before
+    return pattern
 
 
 def host_cross_products(s: ReStructure, weights, dense) -> CrossProducts:
@@ -45,12 +68,8 @@ def host_cross_products(s: ReStructure, weights, dense) -> CrossProducts:
     rest = np.zeros((R, R))
     rest[dense_start:, dense_start:] = dense.T @ (dense * weights[:, None])
     if s.n_terms > 1:
-        index = np.concatenate(
-            [s.offsets[t] + refs[t][:, None] * s.sizes[t] + np.arange(s.sizes[t])
-             for t in range(1, s.n_terms)], axis=1)
-        values = np.concatenate(z[1:], axis=1)
+        index, values, flat = _rest_pattern(s)
         wv = values * weights[:, None]
-        flat = (index[:, :, None] * R + index[:, None, :]).ravel()
         rest += np.bincount(flat, weights=(wv[:, :, None] * values[:, None, :]).ravel(),
                             minlength=R * R).reshape(R, R)
         re_dense = np.zeros((R, s.n_dense))

@@ -58,6 +58,17 @@ def single_threaded_blas():
                 _active["limiter"] = None
 
 
+# Dense matrices below this size never reach OpenBLAS's threaded code paths, so the
+# host engines skip the limit (finding the BLAS libraries costs ~30 ms on first use).
+_SMALL_DENSE = 128
+
+
+def blas_limit_for(size: int):
+    """:func:`single_threaded_blas` when a host computation factors dense matrices of
+    ``size`` rows or more, else a no-op context."""
+    return single_threaded_blas() if size >= _SMALL_DENSE else contextlib.nullcontext()
+
+
 def program(fun):
     """Jit ``fun`` (equinox's filtering) with :data:`_CPU_OPTIONS` on the CPU backend.
 
