@@ -99,3 +99,26 @@ def test_glmer_uses_the_host_engine_for_logit_and_log_only(monkeypatch):
     assert _host_glmm.host_kind(get_family("binomial")) == "binomial_logit"
     assert _host_glmm.host_kind(glmmjax.families.Binomial(link="probit")) is None
     assert _host_glmm.host_kind(get_family("gamma")) is None
+
+
+def test_boundary_fit_equals_compiled_pipeline():
+    """No group effect in the data: both engines end at θ = 0 exactly, with one value."""
+    import pandas as pd
+
+    rng = np.random.default_rng(11)
+    data = pd.DataFrame({"x": rng.normal(size=400), "g": np.repeat(np.arange(40), 10)})
+    data["y"] = (rng.random(400) < 1 / (1 + np.exp(-(0.3 + 0.8 * data["x"])))).astype(float)
+    family = get_family("binomial")
+    design = build_design("y ~ x + (1 | g)", data, require_random=True, numeric_response=False)
+    y, w, _ = family.prepare_response(design.response, design.weights,
+                                      design.response_levels, design.rows)
+    host = _host_glmm.fit(design, family, y, w)
+    with jax.enable_x64(True):
+        compiled = glmm_pipeline_jit(jnp.asarray(y), jnp.asarray(w), make_setup(design, family, 1),
+                                     with_cond_cov=False)
+    assert host["params"][0] == 0.0 == float(compiled["params"][0])
+    np.testing.assert_allclose(host["value"], float(compiled["value"]), rtol=1e-12)
+    np.testing.assert_allclose(host["params"][1:], np.asarray(compiled["params"])[1:], rtol=1e-6)
+    with pytest.warns(glmmjax.SingularFitWarning):
+        fit = glmmjax.glmer("y ~ x + (1 | g)", data, family="binomial")
+    assert fit.is_singular and fit.converged
