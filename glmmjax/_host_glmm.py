@@ -328,26 +328,33 @@ def host_models(design, family, y, weights):
     return stage1, stage2
 
 
-def mode_derivatives(params, v, model: HostGLMM):
-    """dv̂/dψ at the mode v̂ (columns per parameter ψ = (θ, β)), by the implicit function
-    theorem: −Ω⁻¹·∂(∇g/2)/∂ψ, with ∂(∇g/2)/∂β_j = Λ'Z'(W∘x_j) and ∂(∇g/2)/∂θ_k =
-    −Λ_k'Z'ℓ' + Λ'Z'(W∘ZΛ_k·u) (Λ_k = Λ(e_k): Λ is linear in θ). Start points for
-    the finite-difference Hessian's inner solves: one Newton step from them suffices."""
+def mode_derivatives(params, v, model: HostGLMM, factor=None):
+    """dv̂/dψ at the mode v̂ (columns per outer parameter ψ = (θ, β_outer)), by the
+    implicit function theorem: −Ω⁻¹·∂(∇g/2)/∂ψ, with ∂(∇g/2)/∂θ_k =
+    [−Λ_k'Z'ℓ' + Λ'Z'(W∘ZΛ_k·u); X_in'(W∘ZΛ_k·u)] (Λ_k = Λ(e_k): Λ is linear in θ) and
+    ∂(∇g/2)/∂β_j = [Λ'Z'(W∘x_j); X_in'(W∘x_j)]. Start points for the next inner
+    solves (BFGS trial points, the finite-difference Hessian): v̂ + (dv̂/dψ)·Δψ is one or
+    two Newton steps closer than v̂. ``factor``: Ω's factor at v̂, if at hand."""
     s = model.structure
     n_theta = s.n_theta
     theta = params[:n_theta]
     point = _Point(theta, params[n_theta:], v, model)
-    factor, _ = _factor(theta, model, point.w)
+    if factor is None:
+        factor, _ = _factor(theta, model, point.w)
+
+    def mixed(r, minus=None):
+        parts = lambda_z_transpose_times(point.factors, s, r)
+        if minus is not None:
+            parts = [b - a for a, b in zip(minus, parts)]
+        return _flat(parts[0], parts[1:], model.inner.T @ r if model.inner.shape[1] else None)
+
     columns = []
     for k in range(n_theta):
         unit = lmm.factors_of(np.eye(n_theta)[k], s.sizes)
-        first = lambda_z_transpose_times(unit, s, point.l1)
-        second = lambda_z_transpose_times(
-            point.factors, s, point.w * z_lambda_times(unit, s, point.u_terms))
-        columns.append(_flat(second[0] - first[0], [b - a for a, b in zip(first[1:], second[1:])]))
+        shift = point.w * z_lambda_times(unit, s, point.u_terms)
+        columns.append(mixed(shift, lambda_z_transpose_times(unit, s, point.l1)))
     for j in range(model.X.shape[1]):
-        parts = lambda_z_transpose_times(point.factors, s, point.w * model.X[:, j])
-        columns.append(_flat(parts[0], parts[1:]))
+        columns.append(mixed(point.w * model.X[:, j]))
     return np.stack([-_solve(s, factor, c) for c in columns], axis=1)
 
 
