@@ -19,12 +19,18 @@ def theta_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @functools.cache
-def _tril_indices_colmajor(size: int) -> tuple[np.ndarray, np.ndarray]:
-    # Cached: the host engines build Λ from θ thousands of times per fit. Read-only.
+def _tril_indices_cached(size: int) -> tuple[np.ndarray, np.ndarray]:
     cols, rows = np.triu_indices(size)  # column-major lower triangle
-    rows.flags.writeable = False
-    cols.flags.writeable = False
     return rows, cols
+
+
+def _tril_indices_colmajor(size: int) -> tuple[np.ndarray, np.ndarray]:
+    # The host engines build Λ from θ thousands of times per fit, so the indices are
+    # cached, and copied on the way out: JAX caches constants made from numpy arrays by
+    # identity, and an index array first converted under x64 (int64) and reused
+    # without it broke a float32 trace.
+    rows, cols = _tril_indices_cached(size)
+    return rows.copy(), cols.copy()
 
 
 def theta_to_factors(theta, sizes: tuple[int, ...]) -> list:
