@@ -176,6 +176,7 @@ def lmer(
     *,
     weights=None,
     offset=None,
+    engine: str | None = None,
 ) -> LMMResult:
     """Fit a linear mixed model with lme4's formula syntax.
 
@@ -190,6 +191,9 @@ def lmer(
         reml: REML (True, lme4's default) or maximum likelihood.
         weights: prior weights (column name or array): residual variance σ²/wᵢ.
         offset: a known term added to the linear predictor (column name or array).
+        engine: ``"host"`` (numpy and LAPACK in a Python BFGS loop: nothing to compile;
+            the default on a CPU backend) or ``"jax"`` (one compiled XLA program; the
+            default on accelerators, and faster when one structure is refitted often).
 
     Returns:
         An :class:`LMMResult`; check ``.converged`` and ``.is_singular``.
@@ -209,18 +213,18 @@ def lmer(
         10.467
     """
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True)
-    result = fit_lmm_design(design, reml)
+    result = fit_lmm_design(design, reml, engine=engine)
     warn_if_singular(result)
     return result
 
 
 @with_x64
-def fit_lmm_design(design: Design, reml: bool = True) -> LMMResult:
+def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None) -> LMMResult:
     """Fit an LMM to an already built design (used by ``lmer`` and ``MixedModel``)."""
     check_lmm_design(design)
     structure = build_structure_for(design, design.X.shape[1] + 1)
     y = np.asarray(design.response, dtype=float) - design.offset
     theta0 = moment_theta(design.terms, design.X, y, design.weights)
     solution, theta, pls, effects = fit_lmm_arrays(structure, design.weights, design.X, y, reml,
-                                                   theta0)
+                                                   theta0, engine=engine)
     return lmm_result(design, structure, reml, solution, theta, pls, effects)

@@ -122,3 +122,17 @@ def test_boundary_fit_equals_compiled_pipeline():
     with pytest.warns(glmmjax.SingularFitWarning):
         fit = glmmjax.glmer("y ~ x + (1 | g)", data, family="binomial")
     assert fit.is_singular and fit.converged
+
+
+def test_engine_argument():
+    data = glmmjax.datasets.load("cbpp")
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    host = glmmjax.glmer(formula, data)
+    compiled = glmmjax.glmer(formula, data, engine="jax")
+    np.testing.assert_allclose(host.fixef, compiled.fixef, rtol=1e-5)
+    np.testing.assert_allclose(host.fixef_se, compiled.fixef_se, rtol=1e-5)
+    np.testing.assert_allclose(host.deviance, compiled.deviance, rtol=1e-12)
+    with pytest.raises(ValueError, match="engine='host' fits Laplace"):
+        glmmjax.glmer(formula, data, n_agq=5, engine="host")
+    with pytest.raises(ValueError, match="engine must be"):
+        glmmjax.glmer(formula, data, engine="gpu")

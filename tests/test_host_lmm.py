@@ -162,3 +162,13 @@ def test_conditional_covariances_equal_jax(name, formula, dense_update):
     assert len(blocks) == len(expected) == structure.n_terms
     for a, b in zip(blocks, expected):
         np.testing.assert_allclose(a, np.asarray(b), rtol=1e-10, atol=1e-13)
+
+
+def test_lmer_engine_argument():
+    data = glmmjax.datasets.load("sleepstudy")
+    host = glmmjax.lmer("Reaction ~ Days + (Days | Subject)", data, engine="host")
+    compiled = glmmjax.lmer("Reaction ~ Days + (Days | Subject)", data, engine="jax")
+    np.testing.assert_allclose(host.deviance, compiled.deviance, rtol=1e-12)
+    np.testing.assert_allclose(host.fixef, compiled.fixef, rtol=1e-7)
+    with pytest.raises(ValueError, match="engine must be"):
+        glmmjax.lmer("Reaction ~ Days + (Days | Subject)", data, engine="cuda")
