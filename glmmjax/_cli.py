@@ -247,7 +247,8 @@ def _demo(out) -> int:
         seconds = time.perf_counter() - start
         print(f"# {name}: {kind}({formula!r}"
               + (f", family={family!r}" if family else "")
-              + f") in {seconds:.1f} s (including compilation)", file=out)
+              + f") in {seconds:.1f} s (first call: any tracing and compilation included)",
+              file=out)
         print(result.summary().rstrip("\n"), file=out)
         print(file=out)
     return 0
