@@ -26,7 +26,14 @@ from ._cholesky import CrossProducts
 from ._covariance import _tril_indices_colmajor, diagonal_mask
 from ._host_products import host_cross_products
 from ._jit import blas_limit_for
-from ._lmm import _BOUNDARY_TRY, _LOG_FLOOR, PLSSolution, inverse_hessian_guess
+from ._lmm import (
+    _BOUNDARY_TRY,
+    PLSSolution,
+    _from_log_scale,
+    _log_scale_slope,
+    _to_log_scale,
+    inverse_hessian_guess,
+)
 from ._optimize import minimize_host
 from ._structure import ReStructure
 
@@ -319,24 +326,6 @@ def evaluate(theta, model: HostLMM, gradient: bool = True):
 # -- the fit ------------------------------------------------------------------------------
 
 
-def _from_log_scale(phi, mask):
-    a = np.log(_LOG_FLOOR)
-    diag = np.where(phi >= a, np.exp(np.minimum(phi, 700.0)), _LOG_FLOOR * (1.0 + phi - a))
-    return np.where(mask, diag, phi)
-
-
-def _to_log_scale(theta, mask):
-    a = np.log(_LOG_FLOOR)
-    above = np.log(np.maximum(theta, _LOG_FLOOR))
-    below = a + theta / _LOG_FLOOR - 1.0
-    return np.where(mask, np.where(theta >= _LOG_FLOOR, above, below), theta)
-
-
-def _log_scale_slope(phi, mask):
-    a = np.log(_LOG_FLOOR)
-    return np.where(mask, np.where(phi >= a, np.exp(np.minimum(phi, 700.0)), _LOG_FLOOR), 1.0)
-
-
 def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
     """b_t = Λ_t·u_t per term, (m_t, S_t) each (numpy twin of ``_lmm.random_effects``)."""
     factors = factors_of(theta, structure.sizes)
@@ -357,8 +346,8 @@ def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3):
     mask = diagonal_mask(s.sizes)
 
     def value_and_grad(phi, carry):
-        f, g, solution = evaluate(_from_log_scale(phi, mask), model)
-        return (f, g * _log_scale_slope(phi, mask)), (carry if solution is None else solution)
+        f, g, solution = evaluate(_from_log_scale(phi, mask, np), model)
+        return (f, g * _log_scale_slope(phi, mask, np)), (carry if solution is None else solution)
 
     theta0 = np.asarray(theta0, dtype=np.float64)
     with blas_limit_for(s.rest_size):
@@ -369,14 +358,14 @@ def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3):
 def _minimize(model: HostLMM, value_and_grad, theta0, mask, gtol, loose_gtol):
     s = model.structure
     solution = minimize_host(
-        value_and_grad, _to_log_scale(theta0, mask), gtol=gtol, loose_gtol=loose_gtol,
+        value_and_grad, _to_log_scale(theta0, mask, np), gtol=gtol, loose_gtol=loose_gtol,
         inverse_hessian=inverse_hessian_guess(s), xtol=1e-7, decrease_tol=1e-14,
         expensive=True, carry=())
     pls = solution.carry
     if not isinstance(pls, PLSSolution):  # not even the start was finite
         raise FloatingPointError("the LMM criterion is not finite at the starting θ")
-    theta = _from_log_scale(solution.x, mask)
-    solution = solution._replace(x=theta, grad=solution.grad / _log_scale_slope(solution.x, mask),
+    theta = _from_log_scale(solution.x, mask, np)
+    solution = solution._replace(x=theta, grad=solution.grad / _log_scale_slope(solution.x, mask, np),
                                  carry=None)
     trial = np.where(mask & (np.abs(theta) < _BOUNDARY_TRY), 0.0, theta)
     if np.any(trial != theta):

@@ -335,30 +335,30 @@ def keep_trial(f_trial, f_best):
     return jnp.isfinite(f_trial) & (f_trial <= f_best + 1e-10 * (1 + jnp.abs(f_best)))
 
 
-def _from_log_scale(phi, mask):
+def _from_log_scale(phi, mask, xp=jnp):
     """θ from the optimizer's coordinates φ: exp(φ) for a diagonal entry above
     _LOG_FLOOR = c, below it the tangent line c·(1 + φ − log c), which reaches 0 (and
     negative values) at finite φ. The criterion is even in a scalar θ near 0, hence
     quadratic in φ there, so a fit at the boundary converges as fast as on the plain
-    scale instead of marching φ to −∞."""
+    scale instead of marching φ to −∞. ``xp``: jax.numpy, or numpy for the host engine."""
     a = np.log(_LOG_FLOOR)
-    diag = jnp.where(phi >= a, jnp.exp(jnp.minimum(phi, 700.0)),
+    diag = xp.where(phi >= a, xp.exp(xp.minimum(phi, 700.0)),
                      _LOG_FLOOR * (1.0 + phi - a))
-    return jnp.where(mask, diag, phi)
+    return xp.where(mask, diag, phi)
 
 
-def _to_log_scale(theta, mask):
+def _to_log_scale(theta, mask, xp=jnp):
     a = np.log(_LOG_FLOOR)
-    above = jnp.log(jnp.maximum(theta, _LOG_FLOOR))
+    above = xp.log(xp.maximum(theta, _LOG_FLOOR))
     below = a + theta / _LOG_FLOOR - 1.0
-    return jnp.where(mask, jnp.where(theta >= _LOG_FLOOR, above, below), theta)
+    return xp.where(mask, xp.where(theta >= _LOG_FLOOR, above, below), theta)
 
 
-def _log_scale_slope(phi, mask):
+def _log_scale_slope(phi, mask, xp=jnp):
     """dθ/dφ."""
     a = np.log(_LOG_FLOOR)
-    diag = jnp.where(phi >= a, jnp.exp(jnp.minimum(phi, 700.0)), _LOG_FLOOR)
-    return jnp.where(mask, diag, 1.0)
+    diag = xp.where(phi >= a, xp.exp(xp.minimum(phi, 700.0)), _LOG_FLOOR)
+    return xp.where(mask, diag, 1.0)
 
 
 def _log_scale_criterion(phi, model, mask):

@@ -8,6 +8,7 @@ gradient norm and the iteration count travel with the solution.
 from __future__ import annotations
 
 import enum
+import inspect
 from typing import NamedTuple
 
 import jax
@@ -202,26 +203,7 @@ def minimize(
                     state.carry)
 
 
-def minimize_host(
-    value_and_grad,
-    x0,
-    args=(),
-    *,
-    max_iterations: int = 500,
-    gtol: float = 1e-6,
-    ftol: float = 1e-13,
-    loose_gtol: float = 1e-3,
-    max_halvings: int = 40,
-    inverse_hessian=None,
-    max_step: float = 4.0,
-    xtol: float | None = None,
-    carry=None,
-    first_step: float | None = None,
-    expensive: bool = False,
-    final_trial=None,
-    decrease_tol: float | None = None,
-    trial_tol: float = 1e-10,
-) -> Solution:
+def minimize_host(value_and_grad, x0, args=(), *, carry=None, **options) -> Solution:
     """:func:`minimize`'s algorithm in a Python loop over numpy arrays (float64).
 
     For objectives evaluated on the host with their own exact gradient (the LMM
@@ -229,11 +211,17 @@ def minimize_host(
     steps, stopping rules and reported status are those of :func:`minimize`, since both
     run :func:`_advance`. ``value_and_grad(x, *args)`` returns (f, ∇f); with ``carry``
     it is called as ``value_and_grad(x, carry, *args)`` and returns ((f, ∇f), carry).
-    ``final_trial`` maps numpy arrays to numpy arrays.
+    ``final_trial`` maps numpy arrays to numpy arrays. ``options``: :func:`minimize`'s
+    keyword options, with its defaults (``forward`` does not apply here).
     """
-    options = _Options(max_iterations, gtol, ftol, loose_gtol, max_halvings, max_step, xtol,
-                       first_step, expensive, final_trial, decrease_tol, trial_tol,
-                       inverse_hessian is not None)
+    settings = dict(_MINIMIZE_DEFAULTS)
+    unknown = set(options) - set(settings)
+    if unknown:
+        raise TypeError(f"minimize_host got unknown options {sorted(unknown)}")
+    settings.update(options)
+    inverse_hessian = settings.pop("inverse_hessian")
+    settings.pop("forward")
+    options = _Options(**settings, preconditioned=inverse_hessian is not None)
     state = _initial_state(np.asarray(x0, dtype=np.float64), inverse_hessian, carry, np)
     # Rejected trial points may be infinite: their arithmetic is meant to give inf/nan.
     with np.errstate(all="ignore"):
@@ -249,6 +237,14 @@ def minimize_host(
                              lambda accept, new, old: new if accept else old)
     return Solution(state.x, state.f, state.g, state.k, state.status, state.evals, state.hinv,
                     state.carry)
+
+
+# minimize's keyword options and their defaults (carry aside), shared by minimize_host.
+_MINIMIZE_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(minimize).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "carry"
+}
 
 
 def _select_traced(accept, new, old):
