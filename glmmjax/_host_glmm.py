@@ -83,7 +83,7 @@ def log_likelihood_constant(kind: str, y, weights) -> float:
     return float(-np.sum(weights * gammaln(y + 1.0)))
 
 
-def terms(kind: str, y, eta, weights):
+def row_terms(kind: str, y, eta, weights):
     """(ℓ without its constant, ℓ', W = −ℓ'', W' = dW/dη) per observation (closed forms
     of :func:`glmmjax._eta_terms.kernel_terms`, with the third derivative)."""
     if kind == "binomial_logit":
@@ -199,7 +199,7 @@ class _Point:
         if beta_in.shape[0]:
             eta = eta + model.inner @ beta_in
         self.eta = eta
-        self.kernel, self.l1, self.w, self.w1 = terms(model.kind, model.y, eta, model.weights)
+        self.kernel, self.l1, self.w, self.w1 = row_terms(model.kind, model.y, eta, model.weights)
         penalty = sum(float(np.sum(u**2)) for u in self.u_terms)
         self.g = -2.0 * (float(np.sum(self.kernel)) + model.constant) + penalty
 
@@ -379,15 +379,47 @@ def hessian(objective_gradient, x, v, dv=None):
     return 0.5 * (H + H.T)
 
 
+def moment_start(random_terms, model: HostGLMM):
+    """Start values: β from the GLM without random effects (IRLS), and θ from one Newton
+    step per level at that fit, b̂_l = Σ z·ℓ' / Σ z²·W, whose variance is about
+    σ² + mean(1/Σ z²·W) (per column of each term, correlations 0, each SD kept within
+    [0.1, 5]; as ``_glmm_batch._theta_start`` for one scalar term). From it the
+    nAGQ=0 stage needs fewer evaluations than from θ = 1 (verbagg 8 instead of 12,
+    cbpp 5 instead of 7). Falls back to θ = 1 where the moments are not finite."""
+    kind, X, y, w, offset = model.kind, model.X, model.y, model.weights, model.offset
+    eta = link(kind, start_mean(kind, y, w))
+    beta = np.linalg.lstsq(X, np.where(np.isfinite(eta), eta, 0.0) - offset, rcond=None)[0]
+    for _ in range(25):
+        _, l1, W, _ = row_terms(kind, y, X @ beta + offset, w)
+        step = np.linalg.lstsq(X.T @ (X * W[:, None]), X.T @ l1, rcond=None)[0]
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-8 * (1.0 + np.max(np.abs(beta))):
+            break
+    _, l1, W, _ = row_terms(kind, y, X @ beta + offset, w)
+    parts = []
+    for term in random_terms:
+        z = np.asarray(term.z, dtype=np.float64)
+        rows, cols = _tril_indices_colmajor(z.shape[1])
+        sd = np.ones(z.shape[1])
+        for k in range(z.shape[1]):
+            precision = np.maximum(
+                np.bincount(term.refs, weights=z[:, k] ** 2 * W, minlength=term.n_levels), 1e-8)
+            b = np.bincount(term.refs, weights=z[:, k] * l1, minlength=term.n_levels) / precision
+            sd[k] = np.sqrt(np.clip(np.mean(b**2) - np.mean(1.0 / precision), 0.01, 25.0))
+        parts.append(np.where(rows == cols, sd[rows], 0.0))
+    theta = np.concatenate(parts)
+    if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(beta))):
+        return initial_theta(tuple(t.size for t in random_terms)), np.linalg.pinv(X) @ (
+            np.where(np.isfinite(eta), eta, 0.0) - offset)
+    return theta, beta
+
+
 def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3) -> dict:
     """Fit a GLMM by Laplace on the host; returns the pipeline's output dict (numpy)."""
     stage1, stage2 = host_models(design, family, y, weights)
     s1, s2 = stage1.structure, stage2.structure
     n_theta, p = s2.n_theta, stage2.X.shape[1]
-    kind = stage1.kind
-    mean = start_mean(kind, stage1.y, stage1.weights)
-    eta = np.where(np.isfinite(link(kind, mean)), link(kind, mean), 0.0) - stage1.offset
-    beta0 = np.linalg.pinv(stage2.X) @ eta
+    theta0, beta0 = moment_start(design.terms, stage2)
     q1 = s1.n_levels[0] * s1.sizes[0] + s1.rest_size
     v0 = np.zeros(q1)
     v0[q1 - p :] = beta0
@@ -401,7 +433,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
         return (value, grad), (v, factor.rest[-p:, -p:])
 
     with blas_limit_for(s1.rest_size):
-        sol1 = minimize_host(objective1, initial_theta(s2.sizes), carry=(v0, np.eye(p)),
+        sol1 = minimize_host(objective1, theta0, carry=(v0, np.eye(p)),
                              gtol=max(gtol, loose_gtol), loose_gtol=loose_gtol,
                              first_step=_FIRST_STEP, expensive=True)
         v1, L_x = sol1.carry
