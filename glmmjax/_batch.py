@@ -293,7 +293,7 @@ def fit_many(
             Y_fit = Y - design.offset[:, None]
             rest = structure.rest_size
             method = "REML" if reml else "ML"
-        elif precision == "float64" and scalar_path_applies(design, family, n_agq):
+        elif scalar_path_applies(design, family, n_agq):
             # One scalar term (e.g. (1 | g)): Newton with exact Hessians, a few uniform
             # iterations per model (see _glmm_batch); same estimates as glmer.
             setup = make_scalar_setup(design, family, dtype)

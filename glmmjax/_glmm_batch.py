@@ -42,6 +42,17 @@ MAX_HALVINGS = 30
 _BOUNDARY_TRY = 1e-3  # as the general pipeline: |θ| below this is tried at exactly 0
 
 
+def _tol(value: float, dtype, eps_multiple: float = 10.0) -> float:
+    """A relative tolerance set for float64, raised to a multiple of the machine epsilon
+    where the arithmetic is coarser (float32 batches: the float64 settings, 1e-13 to
+    1e-10, are below float32's resolution, and its loops would never stop)."""
+    return max(value, eps_multiple * float(np.finfo(np.dtype(dtype)).eps))
+
+
+def _tiny(dtype) -> float:
+    return float(np.finfo(np.dtype(dtype)).tiny)
+
+
 class ScalarSetup(eqx.Module):
     """Design arrays in the padded (levels, rows-per-level) layout; no response."""
 
@@ -173,7 +184,7 @@ def _level_terms(a, u, y, w, setup, floor: bool = False):
     h = 1.0 + theta**2 * jnp.sum(setup.z**2 * weight, axis=1)
     if not floor:
         return g, G, h
-    floored = jnp.maximum(weight, 1e-10 * (1.0 + jnp.abs(weight)))
+    floored = jnp.maximum(weight, _tol(1e-10, weight.dtype) * (1.0 + jnp.abs(weight)))
     return g, G, h, 1.0 + theta**2 * jnp.sum(setup.z**2 * floored, axis=1)
 
 
@@ -191,7 +202,7 @@ def conditional_modes(a, u0, y, w, setup):
         step = -G_u / hf_u
         # Near the mode a step changes g_j by less than its rounding error; such a
         # step is taken, not halved 30 times.
-        slack = 1e-13 * (1.0 + jnp.abs(g_u))
+        slack = _tol(1e-13, u.dtype, 100.0) * (1.0 + jnp.abs(g_u))
 
         def good(g_t):
             return jnp.isfinite(g_t) & (g_t <= g_u + slack)
@@ -212,7 +223,8 @@ def conditional_modes(a, u0, y, w, setup):
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
         # Quadratic convergence: the step just taken leaves an error of order step²
         # (1e-10 here), which moves ∇F by ~1e-8 and the estimates by ~1e-11.
-        small = jnp.all(ok) & (jnp.max(jnp.abs(step)) <= 1e-5)
+        small = jnp.all(ok) & (jnp.max(jnp.abs(step))
+                               <= max(1e-5, 10.0 * float(np.sqrt(np.finfo(np.dtype(u.dtype)).eps))))
         stuck = ~jnp.any(ok)
         return (keep(u + t * step, u), tuple(map(keep, terms, (g_u, G_u, h_u, hf_u))), k + 1,
                 small | stuck, small)
@@ -377,7 +389,7 @@ def _newton_direction(g, H):
     direction descends even where the objective is not convex."""
     lam, V = jnp.linalg.eigh(0.5 * (H + H.T))
     scale = jnp.max(jnp.abs(lam))
-    lam = jnp.maximum(jnp.abs(lam), 1e-10 * scale + 1e-300)
+    lam = jnp.maximum(jnp.abs(lam), _tol(1e-10, lam.dtype) * scale + _tiny(lam.dtype))
     return -V @ ((V.T @ g) / lam)
 
 
@@ -417,7 +429,7 @@ def newton_minimize(value_fn, derivs_fn, a0, aux0, *, max_step=2.0, final_tol=1e
         f_t, aux_t, ok_t = value_fn(trial, st.aux)
         first = st.evals == 0
         # The last step may not decrease f beyond rounding; allow for that.
-        slack = jnp.where(st.final, 1e-11 * (1.0 + jnp.abs(st.f)), 0.0)
+        slack = jnp.where(st.final, _tol(1e-11, dtype) * (1.0 + jnp.abs(st.f)), 0.0)
         armijo = jnp.isfinite(f_t) & (f_t <= st.f + 1e-4 * st.t * jnp.dot(st.g, st.d) + slack)
         accept = first | armijo
         g_t, H_t, aux_t = jax.lax.cond(
@@ -426,8 +438,8 @@ def newton_minimize(value_fn, derivs_fn, a0, aux0, *, max_step=2.0, final_tol=1e
         finite = jnp.isfinite(f_t) & jnp.all(jnp.isfinite(g_t)) & jnp.all(jnp.isfinite(H_t))
         d = _newton_direction(g_t, H_t)
         decrement = -jnp.dot(g_t, d)
-        final = (decrement <= final_tol * (1.0 + jnp.abs(f_t))) & (decrement >= 0)
-        d = d * jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
+        final = (decrement <= _tol(final_tol, dtype) * (1.0 + jnp.abs(f_t))) & (decrement >= 0)
+        d = d * jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), _tiny(dtype)))
         k = st.k + jnp.where(first, 0, 1)
         accepted_status = jnp.where(
             ~finite, Status.NON_FINITE,
@@ -531,7 +543,7 @@ def fit_scalar(y, w, setup: ScalarSetup) -> dict:
         a, aux, f, g, H, ok, _ = state
         a_zero = a.at[0].set(0.0)
         f_zero, aux_zero, ok_zero = value_fn(a_zero, aux)
-        better = jnp.isfinite(f_zero) & (f_zero <= f + 1e-10 * (1.0 + jnp.abs(f)))
+        better = jnp.isfinite(f_zero) & (f_zero <= f + _tol(1e-10, f.dtype) * (1.0 + jnp.abs(f)))
         g_zero, H_zero, aux_zero = derivs_fn(a_zero, aux_zero)
         pick = lambda new, old: jnp.where(better, new, old)  # noqa: E731
         return (pick(a_zero, a), jax.tree_util.tree_map(pick, aux_zero, aux), pick(f_zero, f),

@@ -220,6 +220,20 @@ def test_scalar_glmm_path_equals_glmer_and_flags_a_failure():
         assert batch.converged[k] and batch.models["status"][k] == "converged"
 
 
+def test_scalar_glmm_path_in_float32_is_close_to_float64():
+    """float32 batches of one-scalar-term GLMMs take the scalar path too (its stopping
+    tolerances rise to float32's resolution) and stay close to float64."""
+    data, eta, rng = _scalar_glmm_data()
+    Y = (rng.uniform(size=(300, 4)) < 1 / (1 + np.exp(-eta[:, None]))).astype(float)
+    f64 = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", chunk_size=4)
+    f32 = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", chunk_size=4,
+                           precision="float32")
+    assert f32.converged.all() and f64.converged.all()
+    np.testing.assert_allclose(f32.fixef.to_numpy(), f64.fixef.to_numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(f32.theta, f64.theta, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(f32.fixef_se.to_numpy(), f64.fixef_se.to_numpy(), rtol=1e-2)
+
+
 @pytest.mark.slow
 def test_scalar_glmm_path_poisson_with_offset_equals_glmer():
     data, eta, rng = _scalar_glmm_data(seed=6)
