@@ -281,10 +281,14 @@ def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w
     return np.concatenate(parts)
 
 
-def evaluate(theta, model: HostLMM, gradient: bool = True):
+def evaluate(theta, model: HostLMM, gradient: bool = True, r2_weight: float | None = None):
     """(criterion, ∂criterion/∂θ, :class:`PLSSolution` of numpy arrays) at θ; an
     infinite criterion (and no solution) where Ω(θ) is not positive definite. With
-    ``gradient=False`` the gradient is None (no selected inverse is formed)."""
+    ``gradient=False`` the gradient is None (no selected inverse is formed).
+
+    ``r2_weight`` = c: the gradient returned is that of log|P| + c·r²(θ) instead of the
+    profiled criterion's (whose c is (n − p)/r² or n/r² at θ): with c = 1/σ², the
+    (RE)ML deviance at a fixed σ (Satterthwaite's, :func:`varpar_derivatives`)."""
     theta = np.asarray(theta, dtype=np.float64)
     s = model.structure
     factor = _factorize(theta, model)
@@ -316,7 +320,7 @@ def evaluate(theta, model: HostLMM, gradient: bool = True):
         return criterion, None, solution
     sigma_00, sigma_r0, sigma_rr = _selected_inverse(s, factor, n_keep)
     v_rest = np.concatenate([solution.u_rest, solution.beta, [-1.0]])
-    c = scale / r2
+    c = scale / r2 if r2_weight is None else r2_weight
     w_00 = sigma_00 + c * u_first[:, :, None] * u_first[:, None, :]
     w_r0 = 2.0 * (sigma_r0 + c * v_rest[s.entry_rest][:, None] * u_first[s.entry_first])
     w_rr = sigma_rr + c * np.outer(v_rest, v_rest)
@@ -408,3 +412,48 @@ def conditional_covariances(theta, model: HostLMM) -> list:
             blocks.append(np.einsum("rla,rlb->lab", cols, cols))
     factors = factors_of(theta, s.sizes)
     return [np.einsum("ab,lbc,dc->lad", lam, block, lam) for lam, block in zip(factors, blocks)]
+
+
+def varpar_derivatives(theta, sigma, model: HostLMM):
+    """Satterthwaite's pieces on the host (as ``_ddf._varpar_derivatives``): the Hessian
+    of the (RE)ML deviance d(ψ) in ψ = (θ, σ) with σ not profiled out, Var(β̂) =
+    σ²·(L_X L_X')⁻¹ and its Jacobian in ψ, (p, p, k).
+
+    d's gradient is exact (θ: :func:`evaluate` with ``r2_weight`` = 1/σ²; σ: −2r²/σ³ +
+    2·n_eff/σ), its Hessian and Var(β̂)'s Jacobian in θ come from central differences
+    (steps 1e-4·max(1, |ψ_j|)); lmerTest differentiates d itself twice numerically."""
+    psi = np.append(np.asarray(theta, dtype=np.float64), float(sigma))
+    k = psi.shape[0]
+    s = model.structure
+    n_eff = model.nobs - (model.n_fixef if model.reml else 0)
+
+    def gradient(point):
+        theta_, sigma_ = point[:-1], point[-1]
+        _, grad, solution = evaluate(theta_, model, r2_weight=1.0 / sigma_**2)
+        if solution is None:
+            raise np.linalg.LinAlgError("Ω(θ) is not positive definite near the estimate")
+        return np.append(grad, -2.0 * solution.r2 / sigma_**3 + 2.0 * n_eff / sigma_)
+
+    def unscaled_vcov(theta_):
+        _, _, solution = evaluate(theta_, model, gradient=False)
+        if solution is None:
+            raise np.linalg.LinAlgError("Ω(θ) is not positive definite near the estimate")
+        inverse = scipy.linalg.solve_triangular(np.tril(solution.fixef_factor),
+                                                np.eye(model.n_fixef), lower=True)
+        return inverse.T @ inverse
+
+    with blas_limit_for(s.rest_size):
+        hessian = np.empty((k, k))
+        jacobian = np.empty((model.n_fixef, model.n_fixef, k))
+        base = unscaled_vcov(psi[:-1])
+        for j in range(k):
+            step = 1e-4 * max(1.0, abs(psi[j]))
+            up, down = psi.copy(), psi.copy()
+            up[j] += step
+            down[j] -= step
+            hessian[:, j] = (gradient(up) - gradient(down)) / (2.0 * step)
+            if j < k - 1:
+                jacobian[:, :, j] = sigma**2 * (unscaled_vcov(up[:-1])
+                                                 - unscaled_vcov(down[:-1])) / (2.0 * step)
+        jacobian[:, :, k - 1] = 2.0 * sigma * base
+    return 0.5 * (hessian + hessian.T), jacobian, sigma**2 * base

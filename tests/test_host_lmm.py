@@ -172,3 +172,21 @@ def test_lmer_engine_argument():
     np.testing.assert_allclose(host.fixef, compiled.fixef, rtol=1e-7)
     with pytest.raises(ValueError, match="engine must be"):
         glmmjax.lmer("Reaction ~ Days + (Days | Subject)", data, engine="cuda")
+
+
+@pytest.mark.parametrize("name, formula, reml", [
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)", True),
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)", False),
+    ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", True),
+])
+def test_satterthwaite_pieces_host_equal_autodiff(name, formula, reml):
+    from glmmjax._ddf import satterthwaite_pieces
+
+    fit = glmmjax.lmer(formula, glmmjax.datasets.load(name), reml=reml)
+    host = satterthwaite_pieces(fit, engine="host")
+    exact = satterthwaite_pieces(fit, engine="jax")
+    np.testing.assert_allclose(host.hessian, exact.hessian, rtol=1e-6,
+                               atol=1e-7 * np.max(np.abs(exact.hessian)))
+    np.testing.assert_allclose(host.jacobian, exact.jacobian, rtol=1e-6,
+                               atol=1e-8 * np.max(np.abs(exact.jacobian)))
+    np.testing.assert_allclose(host.vcov, exact.vcov, rtol=1e-10)
