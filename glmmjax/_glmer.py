@@ -255,9 +255,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     )
     theta = canonical_theta(theta_raw, s_outer.sizes)
     if host:
-        q0 = s_outer.n_levels[0] * s_outer.sizes[0]
-        effects = host_random_effects(theta_raw, s_outer, v[:q0].reshape(-1, s_outer.sizes[0]),
-                                      v[q0:])
+        effects = host_random_effects(theta_raw, s_outer, *split(v, s_outer)[:2])
     else:
         u_first, u_rest, _ = split(jnp.asarray(v), setup.inner if n_agq == 0 else s_outer)
         with jax.enable_x64(True):

@@ -23,7 +23,7 @@ Implemented for the two families whose log-likelihood terms have closed forms he
 binomial with logit link and Poisson with log link, as in :mod:`glmmjax._eta_terms`
 (they are most GLMMs); ``glmer`` uses the compiled pipeline for the others, for AGQ and
 on accelerators. Standard errors come from central differences of the exact gradient
-(see :func:`hessian`), which agree with the pipeline's autodiff Hessian to 1e-6 relative
+(``fit``), which agree with the pipeline's autodiff Hessian to 1e-6 relative
 in the tests (``glmer(engine="jax")`` gives the autodiff one). Starting values differ
 from the pipeline's (:func:`moment_start`); the optimum does not.
 """
@@ -39,11 +39,12 @@ from scipy.special import gammaln
 from . import _host_lmm as lmm
 from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta
 from ._families import Binomial, Poisson
-from ._host_products import host_cross_products
+from ._host_products import host_cross_products, segment_sum
 from ._jit import blas_limit_for
 from ._links import Log, Logit
 from ._optimize import minimize_host
-from ._structure import ReStructure, build_structure
+from ._pirls import split
+from ._structure import ReStructure, build_structure, plain_structure
 
 MAX_NEWTON = 60
 NEWTON_TOL = 1e-10  # as _pirls
@@ -106,33 +107,11 @@ def row_terms(kind: str, y, eta, weights):
     return value, weights * (y - mu), w, w
 
 
-def start_mean(kind: str, y, weights):
-    """R's mustart for the family (as ``Family.initialize``)."""
-    if kind == "binomial_logit":
-        return (weights * y + 0.5) / (weights + 1.0)
-    return y + 0.1
-
-
 def link(kind: str, mu):
     return np.log(mu / (1.0 - mu)) if kind == "binomial_logit" else np.log(mu)
 
 
 # -- ZΛ products --------------------------------------------------------------------------
-
-
-def _split(v, s: ReStructure):
-    m0, S0 = s.n_levels[0], s.sizes[0]
-    q0 = m0 * S0
-    return v[:q0].reshape(m0, S0), v[q0 : q0 + s.n_re_rest], v[q0 + s.n_re_rest :]
-
-
-def _term_values(s: ReStructure, u_first, u_rest):
-    """u per term as (m_t, S_t) arrays."""
-    out = [u_first]
-    for t in range(1, s.n_terms):
-        start, m, size = s.offsets[t], s.n_levels[t], s.sizes[t]
-        out.append(u_rest[start : start + m * size].reshape(m, size))
-    return out
 
 
 def z_lambda_times(factors, s: ReStructure, u_terms):
@@ -146,7 +125,7 @@ def z_lambda_times(factors, s: ReStructure, u_terms):
 
 def lambda_z_transpose_times(factors, s: ReStructure, r):
     """Λ'Z'r per term, (m_t, S_t) each."""
-    return [lmm._segment_sum(s.z[t] * r[:, None], s.refs[t], s.n_levels[t]) @ factors[t]
+    return [segment_sum(s.z[t] * r[:, None], s.refs[t], s.n_levels[t]) @ factors[t]
             for t in range(s.n_terms)]
 
 
@@ -175,14 +154,8 @@ def _factor(theta, model: HostGLMM, w):
 
 def _solve(s: ReStructure, factor, rhs):
     """Ω·x = rhs for a flat rhs laid out as the inner variable."""
-    m0, S0 = s.n_levels[0], s.sizes[0]
-    b_first = rhs[: m0 * S0].reshape(m0, S0)
-    b_rest = rhs[m0 * S0 :]
-    y_first = np.einsum("jab,jb->ja", factor.first_inv, b_first)
-    contrib = np.sum(factor.coupling_rows * y_first[s.entry_first], axis=1)
-    y_rest = scipy.linalg.solve_triangular(
-        factor.rest, b_rest - np.bincount(s.entry_rest, weights=contrib, minlength=s.rest_size),
-        lower=True, check_finite=False)
+    q0 = s.n_levels[0] * s.sizes[0]
+    y_first, y_rest = lmm._solve_lower(s, factor, rhs[:q0].reshape(-1, s.sizes[0]), rhs[q0:])
     x_first, x_rest = lmm._solve_upper(s, factor, y_first, y_rest)
     return np.concatenate([x_first.reshape(-1), x_rest])
 
@@ -193,8 +166,8 @@ class _Point:
     def __init__(self, theta, beta, v, model: HostGLMM):
         s = model.structure
         self.factors = lmm.factors_of(theta, s.sizes)
-        u_first, u_rest, beta_in = _split(v, s)
-        self.u_terms = _term_values(s, u_first, u_rest)
+        u_first, u_rest, beta_in = split(v, s)
+        self.u_terms = lmm.term_values(s, u_first, u_rest)
         eta = model.offset + z_lambda_times(self.factors, s, self.u_terms)
         if model.X.shape[1]:
             eta = eta + model.X @ beta
@@ -269,8 +242,8 @@ def laplace(theta, beta, model: HostGLMM, v0, gradient: bool = True):
     parts = lambda_z_transpose_times(point.factors, s, hw)
     rhs = _flat(parts[0], parts[1:], model.inner.T @ hw if model.inner.shape[1] else None)
     a = 0.5 * _solve(s, factor, rhs)
-    a_first, a_rest, a_beta = _split(a, s)
-    a_terms = _term_values(s, a_first, a_rest)
+    a_first, a_rest, a_beta = split(a, s)
+    a_terms = lmm.term_values(s, a_first, a_rest)
     t = z_lambda_times(point.factors, s, a_terms)
     if a_beta.shape[0]:
         t = t + model.inner @ a_beta
@@ -323,26 +296,24 @@ def host_models(design, family, y, weights):
     offset = np.asarray(design.offset, dtype=np.float64)
     constant = log_likelihood_constant(kind, y, weights)
     empty = np.zeros((n, 0))
-    stage1 = HostGLMM(lmm.plain_structure(build_structure(design.terms, p)), empty, X, y,
+    stage1 = HostGLMM(plain_structure(build_structure(design.terms, p)), empty, X, y,
                       weights, offset, kind, constant)
-    stage2 = HostGLMM(lmm.plain_structure(build_structure(design.terms, 0)), X, empty, y,
+    stage2 = HostGLMM(plain_structure(build_structure(design.terms, 0)), X, empty, y,
                       weights, offset, kind, constant)
     return stage1, stage2
 
 
-def mode_derivatives(params, v, model: HostGLMM, factor=None):
+def mode_derivatives(params, v, model: HostGLMM):
     """dv̂/dψ at the mode v̂ (columns per outer parameter ψ = (θ, β_outer)), by the
     implicit function theorem: −Ω⁻¹·∂(∇g/2)/∂ψ, with ∂(∇g/2)/∂θ_k =
     [−Λ_k'Z'ℓ' + Λ'Z'(W∘ZΛ_k·u); X_in'(W∘ZΛ_k·u)] (Λ_k = Λ(e_k): Λ is linear in θ) and
-    ∂(∇g/2)/∂β_j = [Λ'Z'(W∘x_j); X_in'(W∘x_j)]. Start points for the next inner
-    solves (BFGS trial points, the finite-difference Hessian): v̂ + (dv̂/dψ)·Δψ is one or
-    two Newton steps closer than v̂. ``factor``: Ω's factor at v̂, if at hand."""
+    ∂(∇g/2)/∂β_j = [Λ'Z'(W∘x_j); X_in'(W∘x_j)]. Start points for the finite-difference
+    Hessian's inner solves: from v̂ + (dv̂/dψ)·Δψ one Newton step suffices."""
     s = model.structure
     n_theta = s.n_theta
     theta = params[:n_theta]
     point = _Point(theta, params[n_theta:], v, model)
-    if factor is None:
-        factor, _ = _factor(theta, model, point.w)
+    factor, _ = _factor(theta, model, point.w)
 
     def mixed(r, minus=None):
         parts = lambda_z_transpose_times(point.factors, s, r)
@@ -360,28 +331,7 @@ def mode_derivatives(params, v, model: HostGLMM, factor=None):
     return np.stack([-_solve(s, factor, c) for c in columns], axis=1)
 
 
-def hessian(objective_gradient, x, v, dv=None):
-    """Central differences of the exact gradient, symmetrized; steps 1e-4·max(1, |x_j|).
-    ``dv``: the mode's derivatives (:func:`mode_derivatives`) for warm starts.
-
-    The truncation error is O(step²) times the third derivatives and the rounding error
-    about 1e-16·|∇L|/step, so the Hessian is good to about 1e-7 relative, far below
-    what standard errors need (a forward-over-forward autodiff Hessian would need the
-    compiled program this module exists to avoid)."""
-    k = x.shape[0]
-    H = np.empty((k, k))
-    for j in range(k):
-        step = 1e-4 * max(1.0, abs(x[j]))
-        up, down = x.copy(), x.copy()
-        up[j] += step
-        down[j] -= step
-        shift = 0.0 if dv is None else step * dv[:, j]
-        H[:, j] = (objective_gradient(up, v + shift)
-                   - objective_gradient(down, v - shift)) / (2.0 * step)
-    return 0.5 * (H + H.T)
-
-
-def moment_start(random_terms, model: HostGLMM):
+def moment_start(random_terms, model: HostGLMM, family):
     """Start values: β from the GLM without random effects (IRLS), and θ from one Newton
     step per level at that fit, b̂_l = Σ z·ℓ' / Σ z²·W, whose variance is about
     σ² + mean(1/Σ z²·W) (per column of each term, correlations 0, each SD kept within
@@ -389,7 +339,7 @@ def moment_start(random_terms, model: HostGLMM):
     nAGQ=0 stage needs fewer evaluations than from θ = 1 (verbagg 8 instead of 12,
     cbpp 5 instead of 7). Falls back to θ = 1 where the moments are not finite."""
     kind, X, y, w, offset = model.kind, model.X, model.y, model.weights, model.offset
-    eta = link(kind, start_mean(kind, y, w))
+    eta = link(kind, family.initialize(y, w))
     beta = np.linalg.lstsq(X, np.where(np.isfinite(eta), eta, 0.0) - offset, rcond=None)[0]
     for _ in range(25):
         _, l1, W, _ = row_terms(kind, y, X @ beta + offset, w)
@@ -421,7 +371,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
     stage1, stage2 = host_models(design, family, y, weights)
     s1, s2 = stage1.structure, stage2.structure
     n_theta, p = s2.n_theta, stage2.X.shape[1]
-    theta0, beta0 = moment_start(design.terms, stage2)
+    theta0, beta0 = moment_start(design.terms, stage2, family)
     q1 = s1.n_levels[0] * s1.sizes[0] + s1.rest_size
     v0 = np.zeros(q1)
     v0[q1 - p :] = beta0
@@ -465,8 +415,12 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
                              gtol=gtol, loose_gtol=loose_gtol, expensive=True,
                              final_trial=to_boundary)
         params, v = sol2.x, sol2.carry
-        H = hessian(lambda x, u: objective2(x, u)[0][1], params, v,
-                    mode_derivatives(params, v, stage2))
+        # Central differences of the exact gradient (module docstring), each inner solve
+        # starting from the mode's first-order prediction.
+        dv = mode_derivatives(params, v, stage2)
+        H = lmm.central_differences(
+            lambda x: objective2(x, v + dv @ (x - params))[0][1], params)
+        H = 0.5 * (H + H.T)
     params_cov = 2.0 * np.linalg.pinv(H)
     return dict(
         params=params, beta=params[n_theta:], beta_cov=params_cov[n_theta:, n_theta:],

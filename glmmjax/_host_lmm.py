@@ -24,7 +24,7 @@ import scipy.sparse
 
 from ._cholesky import CrossProducts
 from ._covariance import _tril_indices_colmajor, diagonal_mask
-from ._host_products import host_cross_products
+from ._host_products import host_cross_products, segment_sum
 from ._jit import blas_limit_for
 from ._lmm import (
     _BOUNDARY_TRY,
@@ -35,7 +35,7 @@ from ._lmm import (
     inverse_hessian_guess,
 )
 from ._optimize import minimize_host
-from ._structure import ReStructure
+from ._structure import ReStructure, plain_structure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,24 +48,6 @@ class HostLMM:
     sum_log_weights: float
     n_fixef: int
     reml: bool
-
-
-class PlainStructure:
-    """A :class:`ReStructure`'s fields as plain attributes (and the original as
-    ``original``): reading an equinox Module's attribute costs microseconds, and the
-    host engines read them thousands of times per fit (30 ms of verbagg's 0.35 s)."""
-
-    def __init__(self, structure: ReStructure):
-        for field in dataclasses.fields(structure):
-            setattr(self, field.name, getattr(structure, field.name))
-        self.original = structure
-        self.n_terms = structure.n_terms
-        self.n_re_rest = structure.n_re_rest
-        self.n_theta = structure.n_theta
-
-
-def plain_structure(structure) -> PlainStructure:
-    return structure if isinstance(structure, PlainStructure) else PlainStructure(structure)
 
 
 def host_model(structure: ReStructure, weights, X, y, reml: bool) -> HostLMM:
@@ -91,14 +73,6 @@ def factors_of(theta, sizes) -> list:
         factors.append(block)
         start += count
     return factors
-
-
-def _segment_sum(values, ids, n_segments):
-    flat = values.reshape(values.shape[0], int(np.prod(values.shape[1:])))
-    out = np.empty((n_segments, flat.shape[1]))
-    for k in range(flat.shape[1]):
-        out[:, k] = np.bincount(ids, weights=flat[:, k], minlength=n_segments)
-    return out.reshape((n_segments,) + values.shape[1:])
 
 
 def _rest_scale(s: ReStructure, factors):
@@ -175,9 +149,12 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
     return _Factor(first, first_inv, coupling_rows, rest_factor, half_rows, rest_lambda)
 
 
-def _diagonal_pairs(s: ReStructure):
-    """Positions of the pairs (e, e) in the update lists (their products count once)."""
-    return np.flatnonzero(s.update_a == s.update_b)
+def _diagonal_pairs(s):
+    """Positions of the pairs (e, e) in the update lists (their products count once);
+    kept in the (plain) structure's cache: 2 M comparisons on InstEval."""
+    if "diagonal_pairs" not in s.cache:
+        s.cache["diagonal_pairs"] = np.flatnonzero(s.update_a == s.update_b)
+    return s.cache["diagonal_pairs"]
 
 
 def _coupling_gram(s: ReStructure, coupling_rows):
@@ -198,12 +175,22 @@ def _coupling_gram(s: ReStructure, coupling_rows):
     return (lower @ lower.T).toarray()
 
 
+def _solve_lower(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
+    """L·x = b, split as (m0, S0) and (R,)."""
+    x_first = np.einsum("jab,jb->ja", factor.first_inv, rhs_first)
+    contrib = np.sum(factor.coupling_rows * x_first[s.entry_first], axis=1)
+    x_rest = scipy.linalg.solve_triangular(
+        factor.rest, rhs_rest - np.bincount(s.entry_rest, weights=contrib, minlength=s.rest_size),
+        lower=True, check_finite=False)
+    return x_first, x_rest
+
+
 def _solve_upper(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     """L'·x = b, split as (m0, S0) and (R,)."""
     x_rest = scipy.linalg.solve_triangular(factor.rest, rhs_rest, lower=True, trans="T",
                                            check_finite=False)
     contrib = factor.coupling_rows * x_rest[s.entry_rest][:, None]
-    reduced = rhs_first - _segment_sum(contrib, s.entry_first, s.n_levels[0])
+    reduced = rhs_first - segment_sum(contrib, s.entry_first, s.n_levels[0])
     x_first = np.einsum("jba,jb->ja", factor.first_inv, reduced)
     return x_first, x_rest
 
@@ -242,7 +229,7 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int):
                                            minlength=E)
                                + np.bincount(s.update_b, weights=weights * column[s.update_a],
                                              minlength=E))
-    sigma_00 = np.einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - _segment_sum(
+    sigma_00 = np.einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - segment_sum(
         C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
     return sigma_00, sigma_r0, sigma_rr
 
@@ -330,14 +317,33 @@ def evaluate(theta, model: HostLMM, gradient: bool = True, r2_weight: float | No
 # -- the fit ------------------------------------------------------------------------------
 
 
+def term_values(s: ReStructure, u_first, u_rest) -> list:
+    """A vector over the random effects, split per term into (m_t, S_t) arrays."""
+    out = [u_first]
+    for t in range(1, s.n_terms):
+        start, m, size = s.offsets[t], s.n_levels[t], s.sizes[t]
+        out.append(u_rest[start : start + m * size].reshape(m, size))
+    return out
+
+
 def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
     """b_t = Λ_t·u_t per term, (m_t, S_t) each (numpy twin of ``_lmm.random_effects``)."""
     factors = factors_of(theta, structure.sizes)
-    effects = [u_first @ factors[0].T]
-    for t in range(1, structure.n_terms):
-        start, m, size = structure.offsets[t], structure.n_levels[t], structure.sizes[t]
-        effects.append(u_rest[start : start + m * size].reshape(m, size) @ factors[t].T)
-    return effects
+    return [u @ lam.T for u, lam in zip(term_values(structure, u_first, u_rest), factors)]
+
+
+def central_differences(function, x, relative_step: float = 1e-4):
+    """∂function/∂x by central differences (steps relative_step·max(1, |x_j|)), with the
+    derivative in x_j on the result's last axis. Applied to exact gradients it gives
+    Hessians good to about 1e-7 relative (truncation O(step²), rounding ~1e-16/step)."""
+    columns = []
+    for j in range(x.shape[0]):
+        step = relative_step * max(1.0, abs(x[j]))
+        up, down = x.copy(), x.copy()
+        up[j] += step
+        down[j] -= step
+        columns.append((function(up) - function(down)) / (2.0 * step))
+    return np.stack(columns, axis=-1)
 
 
 def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3):
@@ -420,40 +426,25 @@ def varpar_derivatives(theta, sigma, model: HostLMM):
     σ²·(L_X L_X')⁻¹ and its Jacobian in ψ, (p, p, k).
 
     d's gradient is exact (θ: :func:`evaluate` with ``r2_weight`` = 1/σ²; σ: −2r²/σ³ +
-    2·n_eff/σ), its Hessian and Var(β̂)'s Jacobian in θ come from central differences
-    (steps 1e-4·max(1, |ψ_j|)); lmerTest differentiates d itself twice numerically."""
+    2·n_eff/σ); its Hessian and Var(β̂)'s Jacobian come from central differences of
+    both, one evaluation per point; lmerTest differentiates d itself twice numerically."""
     psi = np.append(np.asarray(theta, dtype=np.float64), float(sigma))
-    k = psi.shape[0]
-    s = model.structure
-    n_eff = model.nobs - (model.n_fixef if model.reml else 0)
+    k, p = psi.shape[0], model.n_fixef
+    n_eff = model.nobs - (p if model.reml else 0)
 
-    def gradient(point):
+    def gradient_and_vcov(point):
+        """(∇_ψ d, Var(β̂)) at ψ, flat: both from one evaluation."""
         theta_, sigma_ = point[:-1], point[-1]
         _, grad, solution = evaluate(theta_, model, r2_weight=1.0 / sigma_**2)
         if solution is None:
             raise np.linalg.LinAlgError("Ω(θ) is not positive definite near the estimate")
-        return np.append(grad, -2.0 * solution.r2 / sigma_**3 + 2.0 * n_eff / sigma_)
+        inverse = scipy.linalg.solve_triangular(np.tril(solution.fixef_factor), np.eye(p),
+                                                lower=True)
+        return np.concatenate([grad, [-2.0 * solution.r2 / sigma_**3 + 2.0 * n_eff / sigma_],
+                               sigma_**2 * (inverse.T @ inverse).ravel()])
 
-    def unscaled_vcov(theta_):
-        _, _, solution = evaluate(theta_, model, gradient=False)
-        if solution is None:
-            raise np.linalg.LinAlgError("Ω(θ) is not positive definite near the estimate")
-        inverse = scipy.linalg.solve_triangular(np.tril(solution.fixef_factor),
-                                                np.eye(model.n_fixef), lower=True)
-        return inverse.T @ inverse
-
-    with blas_limit_for(s.rest_size):
-        hessian = np.empty((k, k))
-        jacobian = np.empty((model.n_fixef, model.n_fixef, k))
-        base = unscaled_vcov(psi[:-1])
-        for j in range(k):
-            step = 1e-4 * max(1.0, abs(psi[j]))
-            up, down = psi.copy(), psi.copy()
-            up[j] += step
-            down[j] -= step
-            hessian[:, j] = (gradient(up) - gradient(down)) / (2.0 * step)
-            if j < k - 1:
-                jacobian[:, :, j] = sigma**2 * (unscaled_vcov(up[:-1])
-                                                 - unscaled_vcov(down[:-1])) / (2.0 * step)
-        jacobian[:, :, k - 1] = 2.0 * sigma * base
-    return 0.5 * (hessian + hessian.T), jacobian, sigma**2 * base
+    with blas_limit_for(model.structure.rest_size):
+        derivatives = central_differences(gradient_and_vcov, psi)
+        vcov = gradient_and_vcov(psi)[k:].reshape(p, p)
+    hessian = derivatives[:k]
+    return 0.5 * (hessian + hessian.T), derivatives[k:].reshape(p, p, k), vcov

@@ -10,15 +10,13 @@ milliseconds.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from ._cholesky import CrossProducts
-from ._structure import ReStructure
+from ._structure import PlainStructure, ReStructure, plain_structure
 
 
-def _segment_sum(values, ids, n_segments):
+def segment_sum(values, ids, n_segments):
     """Σ of ``values`` (n, ...) over observations with equal ``ids``, (n_segments, ...)."""
     flat = values.reshape(values.shape[0], int(np.prod(values.shape[1:])))
     out = np.zeros((n_segments, flat.shape[1]))  # (no columns: GLMM stages without dense)
@@ -27,42 +25,36 @@ def _segment_sum(values, ids, n_segments):
     return out.reshape((n_segments,) + values.shape[1:])
 
 
-def _rest_pattern(s):
+def _rest_pattern(s: PlainStructure):
     """Each observation's indices in the rest (n, w), their model-matrix values, and the
-    flat (R·R) positions of their products. Kept on a host engine's structure (its
-    ``PlainStructure``), which forms the products at every Newton step."""
-    cached = getattr(s, "_rest_pattern", None)
-    if cached is not None:
-        return cached
-    R = s.rest_size
-    index = np.concatenate(
-        [s.offsets[t] + np.asarray(s.refs[t])[:, None] * s.sizes[t] + np.arange(s.sizes[t])
-         for t in range(1, s.n_terms)], axis=1)
-    values = np.concatenate([np.asarray(z, dtype=np.float64) for z in s.z[1:]], axis=1)
-    flat = (index[:, :, None] * R + index[:, None, :]).ravel()
-    pattern = (index, values, flat)
-    try:
-        s._rest_pattern = pattern
-    except (AttributeError, TypeError, dataclasses.FrozenInstanceError):
-        pass  # a ReStructure (frozen): recomputed per call, as before
-    return pattern
+    flat (R·R) positions of their products; kept in the structure's cache (the GLMM
+    host engine forms the products at every Newton step)."""
+    if "rest_pattern" not in s.cache:
+        R = s.rest_size
+        index = np.concatenate(
+            [s.offsets[t] + np.asarray(s.refs[t])[:, None] * s.sizes[t] + np.arange(s.sizes[t])
+             for t in range(1, s.n_terms)], axis=1)
+        values = np.concatenate([np.asarray(z, dtype=np.float64) for z in s.z[1:]], axis=1)
+        s.cache["rest_pattern"] = (index, values, (index[:, :, None] * R + index[:, None, :]).ravel())
+    return s.cache["rest_pattern"]
 
 
 def host_cross_products(s: ReStructure, weights, dense) -> CrossProducts:
     """:func:`glmmjax._cholesky.cross_products` in numpy (float64 arrays)."""
+    s = plain_structure(s)
     weights = np.asarray(weights, dtype=np.float64)
     dense = np.asarray(dense, dtype=np.float64)
     z = [np.asarray(t, dtype=np.float64) for t in s.z]
     refs = [np.asarray(r) for r in s.refs]
     m0 = s.n_levels[0]
     z0 = z[0] * weights[:, None]
-    first = _segment_sum(z0[:, :, None] * z[0][:, None, :], refs[0], m0)
+    first = segment_sum(z0[:, :, None] * z[0][:, None, :], refs[0], m0)
     coupling = tuple(
-        _segment_sum(z[t][:, :, None] * z0[:, None, :], np.asarray(s.obs_pair[t - 1]),
+        segment_sum(z[t][:, :, None] * z0[:, None, :], np.asarray(s.obs_pair[t - 1]),
                      np.asarray(s.pair_first[t - 1]).shape[0])
         for t in range(1, s.n_terms)
     )
-    dense_first = _segment_sum(dense[:, :, None] * z0[:, None, :], refs[0], m0)
+    dense_first = segment_sum(dense[:, :, None] * z0[:, None, :], refs[0], m0)
     R = s.rest_size
     dense_start = R - s.n_dense
     rest = np.zeros((R, R))
