@@ -19,6 +19,7 @@ in parameters and data (:func:`glmmjax._pirls.at_mode`).
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax.numpy as jnp
 
 from ._laplace import agq_objective, gauss_hermite_grid, laplace_objective
@@ -34,6 +35,10 @@ def log_likelihood(model, params: Params):
     if model.is_lmm:
         return -0.5 * lmm_deviance(model, params)
     return -0.5 * glmm_deviance(model, params)
+
+
+# Called eagerly, one compiled program per model structure; inlined inside the caller's jit.
+log_likelihood_compiled = eqx.filter_jit(log_likelihood)
 
 
 def lmm_arrays(model):

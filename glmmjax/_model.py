@@ -223,9 +223,9 @@ class MixedModel(eqx.Module):
             -871.8141
         """
         from ._arrays import as_params
-        from ._marginal import log_likelihood
+        from ._marginal import log_likelihood_compiled
 
-        return log_likelihood(self, as_params(self, params))
+        return log_likelihood_compiled(self, as_params(self, params))
 
     @property
     def n_theta(self) -> int:

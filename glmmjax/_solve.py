@@ -332,8 +332,16 @@ def solve(model, *, optimizer=None, max_steps: int = 500, info: bool = False):
         raise ValueError(
             "solve() needs n_agq >= 1: nAGQ=0 is a fitting shortcut, not a likelihood "
             "to differentiate; build the model with n_agq=1 (Laplace)")
-    if model.is_lmm:
-        params, solve_info = _solve_lmm(model, optimizer, int(max_steps))
-    else:
-        params, solve_info = _solve_glmm(model, optimizer, int(max_steps))
+    params, solve_info = _solve_compiled(model, optimizer, int(max_steps))
     return (params, solve_info) if info else params
+
+
+def _solve_any(model, optimizer, max_steps):
+    if model.is_lmm:
+        return _solve_lmm(model, optimizer, max_steps)
+    return _solve_glmm(model, optimizer, max_steps)
+
+
+# Called eagerly, the fit runs as one compiled program (op by op it takes minutes);
+# inside the caller's jit this is inlined.
+_solve_compiled = eqx.filter_jit(_solve_any)
