@@ -17,7 +17,7 @@ from ._glm_result import GLMResult
 from ._glmer import GLMMResult, glmer
 from ._lmer import LMMResult, lmer
 from ._model import MixedModel
-from ._results import Convergence, MixedModelResult, SingularFitWarning
+from ._results import Convergence, ConvergenceWarning, MixedModelResult, SingularFitWarning
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "Convergence",
+    "ConvergenceWarning",
     "DataError",
     "LMMResult",
     "MixedModel",

@@ -33,18 +33,21 @@ from ._design import DataError, build_design
 from ._families import Binomial, Family, get_family
 from ._jit import program
 from ._precision import with_x64
+from ._results import ConvergenceWarning
 
 __all__ = ["GLMFit", "fit_glm", "irls", "glm", "GLMConvergenceWarning", "SeparationWarning"]
 
 _MAX_HALVINGS = 40
 
 
-class GLMConvergenceWarning(UserWarning):
-    """The GLM fit stopped before meeting its convergence criterion."""
+class GLMConvergenceWarning(ConvergenceWarning):
+    """The GLM fit stopped before meeting its convergence criterion (a
+    :class:`~glmmjax.ConvergenceWarning`)."""
 
 
 class SeparationWarning(UserWarning):
-    """(Quasi-)complete separation: some coefficients of a binomial model are infinite."""
+    """(Quasi-)complete separation: some coefficients of a binomial model (or of a count
+    model, from zeros) are infinite; the warning names them."""
 
 
 class IRLSResult(NamedTuple):
@@ -456,12 +459,18 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
     return aliased
 
 
-def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                      counts: bool = False) -> np.ndarray:
     """Coefficients that are infinite because of (quasi-)complete separation.
 
     The MLE of a binomial GLM fails to exist iff some direction d ≠ 0 has x_i'd ≥ 0
     where every trial succeeded, x_i'd ≤ 0 where every trial failed, x_i'd = 0 where
     both occurred, and x_i'd ≠ 0 somewhere (Albert & Anderson, 1984; Konis, 2007).
+    ``counts=True`` asks the same of a count model with log link (Poisson, negative
+    binomial): there zeros play the failures' part and y > 0 the mixed rows', so d
+    with x_i'd ≤ 0 on the zeros and x_i'd = 0 elsewhere sends those means to 0. The
+    same holds with random effects added (a GLMM's likelihood increases along d for
+    every value of the random effects), so ``glmer`` asks it of X alone.
     We solve one linear program for the *sparsest* such direction in the L1 sense,
     normalized by Σ|x_i'd| = 1 on the separated side: it is infeasible when the MLE
     exists, and otherwise its non-zero entries name the coefficients that diverge.
@@ -475,7 +484,10 @@ def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.n
     scale = np.max(np.abs(X), axis=0)
     scale[scale == 0] = 1.0
     Xs = X / scale
-    sign = np.where(y >= 1, 1.0, np.where(y <= 0, -1.0, 0.0))
+    if counts:
+        sign = np.where(y <= 0, -1.0, 0.0)
+    else:
+        sign = np.where(y >= 1, 1.0, np.where(y <= 0, -1.0, 0.0))
     pure = sign != 0
     if not np.any(pure):
         return np.zeros(p, dtype=bool)
