@@ -79,7 +79,7 @@ class HostGLMM:
 def log_likelihood_constant(kind: str, y, weights) -> float:
     """:func:`glmmjax._eta_terms.loglik_constant` in numpy."""
     if kind == "binomial_logit":
-        trials, successes = np.round(weights), np.round(weights * y)
+        trials, successes = weights, weights * y  # not rounded (Binomial._counts)
         log_choose = gammaln(trials + 1) - gammaln(successes + 1) - gammaln(trials - successes + 1)
         edge = (successes == 0) | (successes == trials)
         return float(np.sum(np.where(edge, 0.0, log_choose)))
@@ -90,8 +90,8 @@ def row_terms(kind: str, y, eta, weights):
     """(ℓ without its constant, ℓ', W = −ℓ'', W' = dW/dη) per observation (closed forms
     of :func:`glmmjax._eta_terms.kernel_terms`, with the third derivative)."""
     if kind == "binomial_logit":
-        s = np.round(weights * y)
-        f = np.round(weights) - s
+        s = weights * y
+        f = weights - s
         # log σ(η) = min(η, 0) − log(1 + e^−|η|), accurate in both tails.
         e = np.exp(-np.abs(eta))
         log1pe = np.log1p(e)

@@ -33,13 +33,17 @@ class ConvergenceWarning(UserWarning):
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` that points a warning raised by its caller at the first frame
-    outside glmmjax (the user's call), however deep inside the package it is raised."""
+    outside glmmjax (the user's call), however deep inside the package it is raised
+    (equinox's method wrappers in between are skipped too)."""
     import os
     import sys
 
-    package = os.path.dirname(os.path.abspath(__file__))
+    import equinox
+
+    inside = (os.path.dirname(os.path.abspath(__file__)),
+              os.path.dirname(os.path.abspath(equinox.__file__)))
     frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
         frame, level = frame.f_back, level + 1
     return level
 
