@@ -313,7 +313,8 @@ class MixedModelResult:
             index = self.design.rows
         else:
             X, offset, parts = new_data_design(
-                self.design, newdata, allow_new_levels=allow_new_levels or not include_re
+                self.design, newdata, allow_new_levels=allow_new_levels or not include_re,
+                need_groups=include_re,
             )
             index = newdata.index
         if not include_re:
