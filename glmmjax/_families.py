@@ -74,12 +74,18 @@ def _row_list(rows, bad: np.ndarray) -> list:
     return labels + (["..."] if bad.size > 5 else [])
 
 
+def _plain(value):
+    """A value as Python prints it (3.0, (3.0, -4.0)), not numpy's repr."""
+    array = np.asarray(value)
+    return array.item() if array.ndim == 0 else tuple(array.tolist())
+
+
 def _raise_bad_rows(message: str, bad_mask: np.ndarray, rows, y: np.ndarray) -> None:
     bad = np.flatnonzero(bad_mask)
     if bad.size:
         raise DataError(
             f"{message}; {bad.size} row(s) fail, e.g. rows {_row_list(rows, bad)} "
-            f"with values {list(np.asarray(y)[bad[:5]])}"
+            f"with values {[_plain(v) for v in np.asarray(y)[bad[:5]]]}"
         )
 
 
@@ -90,7 +96,7 @@ def _check_weights(weights: np.ndarray, rows) -> np.ndarray:
         idx = np.flatnonzero(bad)
         raise DataError(
             f"weights must be finite and non-negative; rows {_row_list(rows, idx)} have "
-            f"{list(weights[idx[:5]])}"
+            f"{weights[idx[:5]].tolist()}"
         )
     return weights
 

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from ._design import DataError, build_design
-from ._families import Binomial, Family, get_family
+from ._families import Binomial, Family, NegativeBinomial, Poisson, get_family
+from ._formula import FormulaError
 from ._jit import program
 from ._precision import with_x64
 from ._results import ConvergenceWarning
@@ -509,9 +510,15 @@ def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray,
     return np.abs(direction) > 1e-9 * np.max(np.abs(direction))
 
 
-def _looks_separated(mu: np.ndarray, weights: np.ndarray, converged: bool) -> bool:
+def _looks_separated(mu: np.ndarray, weights: np.ndarray, converged: bool,
+                     y: np.ndarray | None = None) -> bool:
+    """Worth the linear program: no convergence, or fitted means at the boundary
+    (binomial: 0 or 1; counts, given ``y``: 0 where y = 0)."""
     used = weights > 0
-    extreme = (mu[used] < 1e-10) | (mu[used] > 1 - 1e-10)
+    if y is not None:
+        extreme = (mu[used] < 1e-10) & (y[used] == 0)
+    else:
+        extreme = (mu[used] < 1e-10) | (mu[used] > 1 - 1e-10)
     return (not converged) or bool(np.any(extreme))
 
 
@@ -564,7 +571,15 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
     from ._glm_result import GLMResult
 
     fam = get_family(family)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
     design = build_design(formula, data, weights=weights, offset=offset, numeric_response=False)
+    if design.formula.random:
+        raise FormulaError(
+            f"glm fits no random effects, but the formula has {[str(t) for t in design.formula.random]}; "
+            "use glmmjax.lmer or glmmjax.glmer, or remove them")
     y, prior, success_level = fam.prepare_response(
         design.response, design.weights, design.response_levels, design.rows
     )
@@ -599,15 +614,19 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             stacklevel=2,
         )
     separated: tuple[str, ...] = ()
-    if isinstance(fam, Binomial) and _looks_separated(fit.mu, prior, converged):
-        mask = detect_separation(X, y, prior)
+    counts = isinstance(fam, (Poisson, NegativeBinomial)) and fam.link.name == "log"
+    if ((isinstance(fam, Binomial) and _looks_separated(fit.mu, prior, converged))
+            or (counts and _looks_separated(fit.mu, prior, converged, y))):
+        mask = detect_separation(X, y, prior, counts=counts)
         kept_names = [n for n, a in zip(design.fixef_names, aliased) if not a]
         separated = tuple(n for n, m in zip(kept_names, mask) if m)
         if separated:
             warnings.warn(
                 f"(quasi-)complete separation: the maximum likelihood estimates of "
-                f"{list(separated)} are infinite; the fitted probabilities of some "
-                "observations are 0 or 1 and their reported estimates and standard "
+                f"{list(separated)} are infinite; the fitted "
+                + ("means of some zero counts are 0" if counts else
+                   "probabilities of some observations are 0 or 1")
+                + " and their reported estimates and standard "
                 "errors are meaningless (consider penalized or Bayesian fits, or "
                 "removing those terms)",
                 SeparationWarning,

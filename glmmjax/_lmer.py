@@ -217,6 +217,8 @@ def lmer(
         >>> round(fit.fixef["Days"], 3)
         10.467
     """
+    if not isinstance(reml, (bool, np.bool_)):
+        raise ValueError(f"reml must be True (REML) or False (maximum likelihood), got {reml!r}")
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True)
     result = fit_lmm_design(design, reml, engine=engine, max_iter=max_iter)
     warn_if_singular(result)
