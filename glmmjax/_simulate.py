@@ -101,6 +101,7 @@ def simulate(
             if prior.shape != (len(index),):
                 raise ValueError(f"weights must have one value per row used in fitting "
                                  f"({len(index)}), got shape {prior.shape}")
+    else:
         X, offset, parts = new_data_design(
             design, newdata, allow_new_levels=allow_new_levels or not include_re
         )
