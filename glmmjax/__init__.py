@@ -18,7 +18,7 @@ from ._glmer import GLMMResult, glmer
 from ._lmer import LMMResult, lmer
 from ._model import MixedModel
 from ._params import Params
-from ._results import Convergence, MixedModelResult, SingularFitWarning
+from ._results import Convergence, ConvergenceWarning, MixedModelResult, SingularFitWarning
 from ._solve import SolveInfo, solve
 
 __version__ = "0.1.0"
@@ -46,6 +46,7 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "Convergence",
+    "ConvergenceWarning",
     "DataError",
     "LMMResult",
     "MixedModel",

@@ -174,7 +174,12 @@ def _response_matrix(responses, data: pd.DataFrame) -> tuple[np.ndarray, list]:
         if missing:
             raise DataError(f"response column(s) {missing} are not in data")
         return data[list(responses)].to_numpy(dtype=float), list(responses)
-    matrix = np.asarray(responses, dtype=float)
+    try:
+        matrix = np.asarray(responses, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise DataError(
+            "responses must be a numeric (n_rows, n_models) array, a DataFrame, or a list of "
+            f"column names of data; got {type(responses).__name__}: {err}") from None
     if matrix.ndim == 1:
         matrix = matrix[:, None]
     if matrix.ndim != 2 or matrix.shape[0] != len(data):
@@ -266,6 +271,9 @@ def fit_many(
         have NaN estimates; the others are fitted exactly as alone.
     """
     check_precision(precision)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
+            chunk_size, (int, np.integer)) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     if family is not None:
         family = get_family(family)
         if isinstance(family, Gaussian) and family.link.name == "identity":
@@ -450,6 +458,11 @@ def _sd_columns(theta: np.ndarray, terms, sigma: np.ndarray) -> dict:
 
 
 def _padded_designs(formula: str, datasets: list, family, weights):
+    if weights is not None and (not isinstance(weights, (list, tuple))
+                                or len(weights) != len(datasets)):
+        raise DataError(f"weights must be a list with one entry (an array, a column name or "
+                        f"None) per dataset ({len(datasets)}), got {type(weights).__name__}"
+                        + (f" of length {len(weights)}" if hasattr(weights, "__len__") else ""))
     designs = []
     for index, frame in enumerate(datasets):
         try:

@@ -457,6 +457,12 @@ class BayesModel:
                             ("num_samples", num_samples)):
             if not isinstance(value, (int, np.integer)) or value < (0 if name == "num_warmup" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(target_accept, (int, float, np.floating)) and 0 < target_accept < 1):
+            raise ValueError(f"target_accept must be a probability in (0, 1), got "
+                             f"{target_accept!r}")
+        if (isinstance(max_tree_depth, bool) or not isinstance(max_tree_depth, (int, np.integer))
+                or max_tree_depth < 1):
+            raise ValueError(f"max_tree_depth must be a positive integer, got {max_tree_depth!r}")
         total = num_warmup + num_samples
         settings = Settings(
             num_warmup=int(num_warmup),

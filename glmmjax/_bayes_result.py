@@ -477,7 +477,9 @@ class BayesResult:
         try:
             import arviz as az
         except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError("to_inference_data needs ArviZ: pip install arviz") from err
+            raise ImportError(
+                "to_inference_data needs ArviZ: pip install 'glmmjax[bayes]' (or arviz)"
+            ) from err
         layout = self.layout
         coords = {"obs": np.arange(len(self.bayes_model.model.y))}
         dims = {"y": ["obs"]}

@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                      "inverse_gaussian, negative_binomial, beta")
     fit.add_argument("--n-agq", type=int, default=1, metavar="N",
                      help="adaptive Gauss-Hermite points for glmer (default 1: Laplace)")
+    fit.add_argument("--max-iter", type=int, default=None, metavar="N",
+                     help="iteration cap: BFGS iterations for lmer/glmer (default 500), "
+                     "IRLS iterations for glm (default 25); a fit that reaches it is "
+                     "reported as not converged")
     fit.add_argument("--json", action="store_true",
                      help="print a JSON document instead of the summary")
     return parser
@@ -132,7 +136,7 @@ def read_csv(path: str, group_columns: Collection[str] = ()) -> pd.DataFrame:
 
 
 def fit_formula(formula: str, data: pd.DataFrame, family: str | None = None,
-                reml: bool | None = None, n_agq: int = 1):
+                reml: bool | None = None, n_agq: int = 1, max_iter: int | None = None):
     """Fit ``formula`` with the function R would use: glm, lmer or glmer.
 
     Returns:
@@ -147,17 +151,21 @@ def fit_formula(formula: str, data: pd.DataFrame, family: str | None = None,
 
     has_random = bool(glmmjax.parse_formula(formula).random)
     gaussian = family is None or family.lower() == "gaussian"
+    cap = {} if max_iter is None else {"max_iter": max_iter}
+    if n_agq != 1 and not (has_random and not gaussian):
+        raise _UsageError(f"--n-agq {n_agq} applies to generalized linear mixed models only "
+                          "(random-effects terms and a non-gaussian --family)")
     if has_random and gaussian:
-        return "lmer", glmmjax.lmer(formula, data, reml=True if reml is None else reml)
+        return "lmer", glmmjax.lmer(formula, data, reml=True if reml is None else reml, **cap)
     if reml:
         raise _UsageError("--reml applies to linear mixed models only (a formula with "
                           "random-effects terms and the gaussian family)")
     if not has_random:
-        return "glm", glmmjax.glm(formula, data, family=family or "gaussian")
+        return "glm", glmmjax.glm(formula, data, family=family or "gaussian", **cap)
     if not hasattr(glmmjax, "glmer"):
         raise _UsageError(f"--family {family} with random-effects terms needs glmmjax.glmer, "
                           "which this version of glmmjax does not have yet")
-    return "glmer", glmmjax.glmer(formula, data, family=family, n_agq=n_agq)
+    return "glmer", glmmjax.glmer(formula, data, family=family, n_agq=n_agq, **cap)
 
 
 def _number(value):
@@ -262,7 +270,7 @@ def _fit(args, out, err) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         kind, result = fit_formula(args.formula, data, family=args.family, reml=args.reml,
-                                   n_agq=args.n_agq)
+                                   n_agq=args.n_agq, max_iter=args.max_iter)
     messages = _report_warnings(caught, err)
     if args.json:
         doc = result_document(kind, result)

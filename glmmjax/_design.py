@@ -9,12 +9,20 @@ Z is never built.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import formulaic
 import numpy as np
 import pandas as pd
 
-from ._formula import FormulaError, ParsedFormula, RandomTermSpec, _arithmetic, parse_formula
+from ._formula import (
+    FormulaError,
+    ParsedFormula,
+    RandomTermSpec,
+    _arithmetic,
+    _required,
+    parse_formula,
+)
 
 
 class DataError(ValueError):
@@ -97,6 +105,20 @@ def _check_frame(data) -> pd.DataFrame:
     return data
 
 
+def _check_labels(data: pd.DataFrame, used: set) -> None:
+    """Column names used by the model must be unique, and so must the row labels:
+    rows are matched by label (weights, dropped rows, refits), which duplicates break."""
+    doubled = sorted(c for c in used if int(np.sum(data.columns == c)) > 1)
+    if doubled:
+        raise DataError(f"data has several columns named {doubled}; column names used by "
+                        "the model must be unique")
+    if not data.index.is_unique:
+        repeated = list(pd.unique(data.index[data.index.duplicated()]))[:5]
+        raise DataError(
+            f"data's index has duplicated labels (e.g. {repeated}); glmmjax matches rows "
+            "by label: use data.reset_index(drop=True)")
+
+
 def _level_order(values: pd.Series) -> list:
     if isinstance(values.dtype, pd.CategoricalDtype):
         present = set(values.dropna().unique())
@@ -137,7 +159,11 @@ def _numeric_matrix(spec_or_expr, data: pd.DataFrame, what: str):
         else:
             matrix = spec_or_expr.get_model_matrix(data, na_action="raise")
     except Exception as err:
-        raise FormulaError(f"cannot build the {what} from {spec_or_expr!s}: {err}") from err
+        # The cause first; a fitted spec is named by its formula, not its 450-character
+        # repr.
+        source = spec_or_expr if isinstance(spec_or_expr, str) else getattr(
+            spec_or_expr, "formula", spec_or_expr)
+        raise FormulaError(f"{err} (building the {what} from {str(source)!r})") from err
     values = np.asarray(matrix.to_numpy(dtype=float), dtype=np.float64)
     return values, list(matrix.columns), matrix.model_spec
 
@@ -190,9 +216,22 @@ def _vector_argument(value, data: pd.DataFrame, name: str) -> pd.Series | None:
     reject_tracer(value, name)
     if isinstance(value, str):
         if value not in data.columns:
-            raise DataError(f"{name}={value!r} is not a column of data")
-        return data[value].astype(float)
-    array = np.asarray(value, dtype=float)
+            raise DataError(f"{name}={value!r} is not a column of data; available columns: "
+                            f"{list(data.columns)}")
+        column = data[value]
+        if isinstance(column, pd.DataFrame):
+            raise DataError(f"{name}={value!r} names {column.shape[1]} columns of data "
+                            "(duplicated column name); rename them")
+        if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
+            raise DataError(
+                f"{name}={value!r} must be a numeric column, got {column.dtype} values such "
+                f"as {list(pd.unique(column.dropna()))[:3]}")
+        return column.astype(float)
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{name} must be numeric (a column name or one number per row of "
+                        f"data): {err}") from None
     if array.shape != (len(data),):
         raise DataError(f"{name} must have one value per row of data ({len(data)}), "
                         f"got shape {array.shape}")
@@ -233,6 +272,7 @@ def build_design(
             f"column(s) {missing} used in the formula are not in data; "
             f"available columns: {list(data.columns)}"
         )
+    _check_labels(data, used | {v for v in (weights, offset) if isinstance(v, str)})
     columns = sorted(used)
     w = _vector_argument(weights, data, "weights")
     o = _vector_argument(offset, data, "offset")
@@ -295,7 +335,7 @@ def build_design(
         if bad.size:
             raise DataError(
                 f"weights must be finite and non-negative; rows {list(frame.index[bad[:5]])} "
-                f"have {list(prior_weights[bad[:5]])}"
+                f"have {prior_weights[bad[:5]].tolist()}"
             )
 
     terms = []
@@ -355,23 +395,91 @@ def _new_level_labels(design: Design, term: TermDesign, newdata: pd.DataFrame) -
     return labels
 
 
-def new_data_design(design: Design, newdata: pd.DataFrame, *, allow_new_levels: bool):
+def _predictor_columns(design: Design) -> list[str]:
+    """Columns that X, the offsets and the random-effects model matrices read (not the
+    response, not the grouping factors)."""
+    names = set(_required(design.formula.fixed))
+    for expr in design.formula.offsets:
+        names |= _required(_arithmetic(expr))
+    for term in design.terms:
+        names |= _required(term.spec.expr)
+    return sorted(names)
+
+
+def _check_new_levels(x_spec, newdata: pd.DataFrame) -> None:
+    """A fixed-effect factor's level not seen in fitting has no coefficient: an error
+    naming the column and the level (as R's predict), where formulaic would cast it to
+    NaN and code it as the reference level."""
+    for factor, (kind, state) in getattr(x_spec, "encoder_state", {}).items():
+        if getattr(kind, "value", kind) != "categorical" or factor not in newdata.columns:
+            continue
+        known = list(state.get("categories", []))
+        values = newdata[factor].dropna()
+        unseen = pd.unique(values[~values.isin(known)])
+        if len(unseen):
+            raise DataError(
+                f"newdata column {factor!r} has level(s) {list(unseen)[:5]} not seen in "
+                f"fitting; the fixed effects know only {known[:10]}")
+
+
+def new_data_design(design: Design, newdata: pd.DataFrame, *, allow_new_levels: bool,
+                    need_groups: bool = True):
     """Rebuild X, the offset and each term's (refs, z) on new data for prediction.
 
     Levels not seen in fitting get ref -1 (their random effects are taken as zero) when
-    ``allow_new_levels``; otherwise they are an error naming the level.
+    ``allow_new_levels``; otherwise they are an error naming the level. A row with a
+    missing value in a predictor gets NaN in X (so its prediction is NaN, as R's NA);
+    a new level of a fixed-effect factor is an error naming it. ``need_groups=False``
+    (population-level predictions) lets grouping columns be absent.
     """
     newdata = _check_frame(newdata)
-    X, _, _ = _numeric_matrix(design.x_spec, newdata, "fixed-effects matrix")
-    offset = np.zeros(len(newdata))
-    for expr in design.formula.offsets:
-        offset += _evaluate(expr, newdata).to_numpy(dtype=float)
+    columns = _predictor_columns(design)
+    missing = [c for c in columns if c not in newdata.columns]
+    if need_groups:
+        missing += [c for t in design.terms for c in t.spec.group_columns
+                    if c not in newdata.columns and c not in missing]
+    if missing:
+        raise DataError(f"newdata lacks column(s) {missing} that the model uses; it has "
+                        f"{list(newdata.columns)}")
+    incomplete = newdata[columns].isna().any(axis=1).to_numpy() if columns else np.zeros(
+        len(newdata), bool)
+    complete = newdata.loc[~incomplete] if incomplete.any() else newdata
+
+    def rows_of(build, width):
+        """``build(complete)`` (rows × width) spread over all rows, NaN where incomplete."""
+        out = np.full((len(newdata), width), np.nan)
+        if len(complete):
+            out[~incomplete] = build(complete).reshape(len(complete), width)
+        return out
+
+    _check_new_levels(design.x_spec, complete)
+    with warnings.catch_warnings():
+        # Unseen levels of factors inside expressions (C(f), f:x) that the check above
+        # could not match to a column: formulaic would code them as the reference level.
+        warnings.filterwarnings("error", message=".*categories outside of the nominated levels")
+        try:
+            X = rows_of(lambda frame: _numeric_matrix(design.x_spec, frame,
+                                                      "fixed-effects matrix")[0],
+                        design.X.shape[1])
+        except FormulaError as err:
+            raise DataError(f"newdata: {err}") from None
+
+    def offsets(frame):
+        total = np.zeros(len(frame))
+        for expr in design.formula.offsets:
+            total += _evaluate(expr, frame).to_numpy(dtype=float)
+        return total
+
+    offset = rows_of(offsets, 1)[:, 0]
     term_parts = []
     for term in design.terms:
-        missing = [c for c in term.spec.group_columns if c not in newdata.columns]
-        if missing:
-            raise DataError(f"newdata lacks grouping column(s) {missing} of term {term.spec}")
-        z, _, _ = _numeric_matrix(term.z_spec, newdata, f"random-effects term {term.spec}")
+        if not all(c in newdata.columns for c in term.spec.group_columns):
+            # Only without need_groups: population-level predictions.
+            term_parts.append((np.full(len(newdata), -1, np.int64),
+                               np.zeros((len(newdata), term.size))))
+            continue
+        z = rows_of(lambda frame, term=term: _numeric_matrix(
+            term.z_spec, frame, f"random-effects term {term.spec}")[0], term.size)
         labels = _new_level_labels(design, term, newdata)
         lookup = {name: i for i, name in enumerate(term.levels)}
         refs = labels.map(lookup)

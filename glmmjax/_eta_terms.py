@@ -45,9 +45,9 @@ def _sigmoids(eta):
 
 
 def _binomial_counts(y, weights):
-    # As Binomial.loglik_eta (R's dbinom on rounded counts).
-    trials = jnp.round(weights)
-    successes = jnp.round(weights * y)
+    # As Binomial.loglik_eta: the counts as given (non-integer ones are not rounded).
+    trials = weights
+    successes = weights * y
     return successes, trials - successes
 
 

@@ -74,12 +74,18 @@ def _row_list(rows, bad: np.ndarray) -> list:
     return labels + (["..."] if bad.size > 5 else [])
 
 
+def _plain(value):
+    """A value as Python prints it (3.0, (3.0, -4.0)), not numpy's repr."""
+    array = np.asarray(value)
+    return array.item() if array.ndim == 0 else tuple(array.tolist())
+
+
 def _raise_bad_rows(message: str, bad_mask: np.ndarray, rows, y: np.ndarray) -> None:
     bad = np.flatnonzero(bad_mask)
     if bad.size:
         raise DataError(
             f"{message}; {bad.size} row(s) fail, e.g. rows {_row_list(rows, bad)} "
-            f"with values {list(np.asarray(y)[bad[:5]])}"
+            f"with values {[_plain(v) for v in np.asarray(y)[bad[:5]]]}"
         )
 
 
@@ -90,7 +96,7 @@ def _check_weights(weights: np.ndarray, rows) -> np.ndarray:
         idx = np.flatnonzero(bad)
         raise DataError(
             f"weights must be finite and non-negative; rows {_row_list(rows, idx)} have "
-            f"{list(weights[idx[:5]])}"
+            f"{weights[idx[:5]].tolist()}"
         )
     return weights
 
@@ -179,8 +185,19 @@ class Family(eqx.Module):
         return jnp.isfinite(mu)
 
     def initialize(self, y, weights):
-        """Starting means for IRLS (R's ``mustart``)."""
-        return y
+        """Starting means for IRLS (R's ``mustart``): y itself where the link maps it
+        to a finite η inside the mean space; elsewhere (log link at y = 0, logit at 0
+        or 1, ...) halfway to the weighted mean of y, and the mean itself if that is
+        still outside. So a family that writes no ``initialize`` starts safely."""
+        y = _float(y)
+        w = jnp.where(weights > 0, weights, 0.0)
+        mean = jnp.sum(w * y) / jnp.maximum(jnp.sum(w), jnp.finfo(y.dtype).tiny)
+
+        def usable(mu):
+            return self.valid_mu(mu) & jnp.isfinite(self.link.link(mu))
+
+        halfway = 0.5 * (y + mean)
+        return jnp.where(usable(y), y, jnp.where(usable(halfway), halfway, mean))
 
     def simulate(self, key, mu, weights, dispersion):
         """Draw responses with ``mu``'s shape, on the scale of y."""
@@ -280,9 +297,13 @@ class Binomial(Family):
 
     @staticmethod
     def _counts(y, weights):
-        # R's binomial()$aic: dbinom(round(m*y), round(m), mu), m = trials.
-        trials = jnp.round(weights)
-        successes = jnp.round(weights * y)
+        # Counts as given, not rounded: with non-integer successes (R warns
+        # "non-integer #successes") the estimates are those of the kernel
+        # s·log μ + f·log(1 − μ), as R's and statsmodels' IRLS use it, and the binomial
+        # coefficient is its log-gamma extension (statsmodels' loglik; R's AIC rounds).
+        # Whole counts give R's dbinom exactly.
+        trials = weights
+        successes = weights * y
         log_choose = gammaln(trials + 1) - gammaln(successes + 1) - gammaln(trials - successes + 1)
         # C(n, 0) = C(n, n) = 1 exactly: keeps 0/1 data free of log-gamma rounding, which
         # would swamp log-likelihoods of order 1e-14 deep in a tail.
@@ -351,6 +372,7 @@ class Binomial(Family):
                 "cbind(successes, failures) needs non-negative counts", bad, rows,
                 [tuple(r) for r in response],
             )
+            _warn_non_integer(successes, rows)
             trials = successes + failures
             y = np.where(trials > 0, successes / np.where(trials > 0, trials, 1.0), 0.0)
             return y, weights * trials, None
@@ -360,14 +382,24 @@ class Binomial(Family):
             "weights), or cbind(successes, failures)",
             (y < 0) | (y > 1), rows, y,
         )
-        counts = weights * y
-        if np.any(np.abs(counts - np.round(counts)) > 1e-7):
-            warnings.warn(
-                "non-integer number of successes (weights * y) in a binomial model",
-                UserWarning,
-                stacklevel=3,
-            )
+        _warn_non_integer(weights * y, rows)
         return y, weights, None
+
+
+def _warn_non_integer(successes: np.ndarray, rows) -> None:
+    """R's warning for a binomial response whose counts are not whole numbers (the
+    fit goes on with the exact, non-rounded likelihood kernel)."""
+    bad = np.flatnonzero(np.abs(successes - np.round(successes)) > 1e-7)
+    if bad.size:
+        from ._results import user_stacklevel
+
+        warnings.warn(
+            f"non-integer #successes in a binomial glm! ({bad.size} row(s), e.g. rows "
+            f"{_row_list(rows, bad)} with {[float(v) for v in np.asarray(successes)[bad[:5]]]} "
+            "successes); the likelihood uses these counts as they are, not rounded",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 class Poisson(Family):

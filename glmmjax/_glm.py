@@ -30,21 +30,25 @@ import numpy as np
 import pandas as pd
 
 from ._design import DataError, build_design
-from ._families import Binomial, Family, get_family
+from ._families import Binomial, Family, NegativeBinomial, Poisson, get_family
+from ._formula import FormulaError
 from ._jit import program
 from ._precision import with_x64
+from ._results import ConvergenceWarning
 
 __all__ = ["GLMFit", "fit_glm", "irls", "glm", "GLMConvergenceWarning", "SeparationWarning"]
 
 _MAX_HALVINGS = 40
 
 
-class GLMConvergenceWarning(UserWarning):
-    """The GLM fit stopped before meeting its convergence criterion."""
+class GLMConvergenceWarning(ConvergenceWarning):
+    """The GLM fit stopped before meeting its convergence criterion (a
+    :class:`~glmmjax.ConvergenceWarning`)."""
 
 
 class SeparationWarning(UserWarning):
-    """(Quasi-)complete separation: some coefficients of a binomial model are infinite."""
+    """(Quasi-)complete separation: some coefficients of a binomial model (or of a count
+    model, from zeros) are infinite; the warning names them."""
 
 
 class IRLSResult(NamedTuple):
@@ -456,12 +460,18 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
     return aliased
 
 
-def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                      counts: bool = False) -> np.ndarray:
     """Coefficients that are infinite because of (quasi-)complete separation.
 
     The MLE of a binomial GLM fails to exist iff some direction d ≠ 0 has x_i'd ≥ 0
     where every trial succeeded, x_i'd ≤ 0 where every trial failed, x_i'd = 0 where
     both occurred, and x_i'd ≠ 0 somewhere (Albert & Anderson, 1984; Konis, 2007).
+    ``counts=True`` asks the same of a count model with log link (Poisson, negative
+    binomial): there zeros play the failures' part and y > 0 the mixed rows', so d
+    with x_i'd ≤ 0 on the zeros and x_i'd = 0 elsewhere sends those means to 0. The
+    same holds with random effects added (a GLMM's likelihood increases along d for
+    every value of the random effects), so ``glmer`` asks it of X alone.
     We solve one linear program for the *sparsest* such direction in the L1 sense,
     normalized by Σ|x_i'd| = 1 on the separated side: it is infeasible when the MLE
     exists, and otherwise its non-zero entries name the coefficients that diverge.
@@ -475,7 +485,10 @@ def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.n
     scale = np.max(np.abs(X), axis=0)
     scale[scale == 0] = 1.0
     Xs = X / scale
-    sign = np.where(y >= 1, 1.0, np.where(y <= 0, -1.0, 0.0))
+    if counts:
+        sign = np.where(y <= 0, -1.0, 0.0)
+    else:
+        sign = np.where(y >= 1, 1.0, np.where(y <= 0, -1.0, 0.0))
     pure = sign != 0
     if not np.any(pure):
         return np.zeros(p, dtype=bool)
@@ -497,9 +510,15 @@ def detect_separation(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.n
     return np.abs(direction) > 1e-9 * np.max(np.abs(direction))
 
 
-def _looks_separated(mu: np.ndarray, weights: np.ndarray, converged: bool) -> bool:
+def _looks_separated(mu: np.ndarray, weights: np.ndarray, converged: bool,
+                     y: np.ndarray | None = None) -> bool:
+    """Worth the linear program: no convergence, or fitted means at the boundary
+    (binomial: 0 or 1; counts, given ``y``: 0 where y = 0)."""
     used = weights > 0
-    extreme = (mu[used] < 1e-10) | (mu[used] > 1 - 1e-10)
+    if y is not None:
+        extreme = (mu[used] < 1e-10) & (y[used] == 0)
+    else:
+        extreme = (mu[used] < 1e-10) | (mu[used] > 1 - 1e-10)
     return (not converged) or bool(np.any(extreme))
 
 
@@ -552,7 +571,15 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
     from ._glm_result import GLMResult
 
     fam = get_family(family)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
     design = build_design(formula, data, weights=weights, offset=offset, numeric_response=False)
+    if design.formula.random:
+        raise FormulaError(
+            f"glm fits no random effects, but the formula has {[str(t) for t in design.formula.random]}; "
+            "use glmmjax.lmer or glmmjax.glmer, or remove them")
     y, prior, success_level = fam.prepare_response(
         design.response, design.weights, design.response_levels, design.rows
     )
@@ -587,15 +614,19 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             stacklevel=2,
         )
     separated: tuple[str, ...] = ()
-    if isinstance(fam, Binomial) and _looks_separated(fit.mu, prior, converged):
-        mask = detect_separation(X, y, prior)
+    counts = isinstance(fam, (Poisson, NegativeBinomial)) and fam.link.name == "log"
+    if ((isinstance(fam, Binomial) and _looks_separated(fit.mu, prior, converged))
+            or (counts and _looks_separated(fit.mu, prior, converged, y))):
+        mask = detect_separation(X, y, prior, counts=counts)
         kept_names = [n for n, a in zip(design.fixef_names, aliased) if not a]
         separated = tuple(n for n, m in zip(kept_names, mask) if m)
         if separated:
             warnings.warn(
                 f"(quasi-)complete separation: the maximum likelihood estimates of "
-                f"{list(separated)} are infinite; the fitted probabilities of some "
-                "observations are 0 or 1 and their reported estimates and standard "
+                f"{list(separated)} are infinite; the fitted "
+                + ("means of some zero counts are 0" if counts else
+                   "probabilities of some observations are 0 or 1")
+                + " and their reported estimates and standard "
                 "errors are meaningless (consider penalized or Bayesian fits, or "
                 "removing those terms)",
                 SeparationWarning,

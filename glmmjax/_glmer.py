@@ -10,6 +10,7 @@ errors come from the exact autodiff Hessian of −2 log L in all parameters.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -18,8 +19,18 @@ import numpy as np
 import pandas as pd
 
 from ._covariance import canonical_theta, diagonal_mask
-from ._design import build_design
-from ._families import Family, Gaussian, get_family
+from ._design import DataError, build_design
+from ._families import (
+    Beta,
+    Binomial,
+    Family,
+    Gamma,
+    Gaussian,
+    InverseGaussian,
+    NegativeBinomial,
+    Poisson,
+    get_family,
+)
 from ._glmm_fit import conditional_covariances_jit, glmm_pipeline_jit, make_setup
 from ._host_glmm import conditional_covariances as host_conditional_covariances
 from ._host_glmm import fit as host_fit
@@ -30,7 +41,13 @@ from ._lmm import SINGULAR_TOL, random_effects
 from ._optimize import Status
 from ._pirls import split
 from ._precision import with_x64
-from ._results import Convergence, MixedModelResult, warn_if_singular
+from ._results import (
+    Convergence,
+    MixedModelResult,
+    user_stacklevel,
+    warn_if_not_converged,
+    warn_if_singular,
+)
 
 _BOUNDARY_TRY = 1e-3
 MAX_AGQ_DIM = 3
@@ -43,7 +60,9 @@ class GLMMResult(MixedModelResult):
     Extra attributes: ``family`` (the family object), ``dispersion`` (the family's
     extra parameter: Gamma/inverse Gaussian φ, negative binomial θ, beta precision φ;
     None for binomial and Poisson), ``success_level`` (for a categorical binomial
-    response, the level counted as success), ``n_agq``.
+    response, the level counted as success), ``n_agq``, ``separated`` (fixed effects
+    whose estimates are infinite because of separation; such a fit reports
+    ``converged=False``).
     """
 
     family: Family | None = None
@@ -53,6 +72,7 @@ class GLMMResult(MixedModelResult):
     y: np.ndarray | None = None
     prior_weights: np.ndarray | None = None
     params_cov: np.ndarray | None = None
+    separated: tuple = ()
 
     def _header(self) -> str:
         how = {
@@ -128,6 +148,7 @@ def glmer(
     weights=None,
     offset=None,
     engine: str | None = None,
+    max_iter: int = 500,
 ) -> GLMMResult:
     """Fit a generalized linear mixed model by maximum likelihood.
 
@@ -145,12 +166,22 @@ def glmer(
         offset: a known term added to the linear predictor.
         engine: ``"host"`` or ``"jax"`` to choose how a fit runs (see the note);
             None (default) picks the host engine where it applies.
+        max_iter: the cap on BFGS iterations in each of the two stages.
 
     Returns:
         A :class:`GLMMResult`; ``.converged`` and ``.convergence`` report the final
         gradient and whether the Hessian is positive definite.
 
+    Raises:
+        DataError: a response with no information (binomial: only successes or only
+            failures; counts: all zero; Gamma, inverse Gaussian, beta: constant), all
+            weights zero, or a response outside the family's support.
+
     Warns:
+        SeparationWarning: (quasi-)complete separation; names the fixed effects whose
+            estimates are infinite (``result.separated``; ``converged`` is False).
+        ConvergenceWarning: the optimizer stopped short; the message says why, with
+            the final gradient.
         SingularFitWarning: a variance component is estimated on the boundary (see
             ``result.singular_message()``).
 
@@ -184,15 +215,94 @@ def glmer(
     design = build_design(
         formula, data, weights=weights, offset=offset, require_random=True, numeric_response=False
     )
-    result = fit_glmm_design(design, family, n_agq, engine=engine)
+    result = fit_glmm_design(design, family, n_agq, engine=engine, max_iter=max_iter)
     warn_if_singular(result)
     return result
 
 
+def check_glmm_response(family: Family, y: np.ndarray, weights: np.ndarray, design) -> None:
+    """Refuse responses that carry no information about the model (before any fit): the
+    optimizer would stop anywhere and report numbers that look like estimates."""
+    name = design.formula.response.strip()
+    used = weights > 0
+    if not np.any(used):
+        raise DataError(
+            "all weights are zero (weights=, or cbind() rows with no trials): nothing to "
+            "fit; weights must be finite, non-negative and positive on some rows")
+    y = y[used]
+    if isinstance(family, Binomial) and (np.all(y <= 0) or np.all(y >= 1)):
+        which = "failures (0)" if np.all(y <= 0) else "successes (1)"
+        raise DataError(
+            f"binomial response {name!r} has only {which} on every row used: the "
+            "intercept's maximum likelihood estimate is infinite and nothing can be "
+            "estimated")
+    if isinstance(family, (Poisson, NegativeBinomial)) and np.all(y == 0):
+        raise DataError(
+            f"count response {name!r} is zero on every row used: the intercept's "
+            "maximum likelihood estimate is -inf and nothing can be estimated")
+    if isinstance(family, (Gamma, InverseGaussian, Beta)) and np.ptp(y) == 0:
+        raise DataError(
+            f"response {name!r} is constant ({y[0]:g} on every row used): its "
+            "dispersion estimate would be 0 (beta: infinite precision) and the "
+            "likelihood unbounded")
+
+
+def separated_coefficients(result: GLMMResult, y, weights) -> tuple:
+    """Fixed effects whose estimates are infinite because of (quasi-)complete separation
+    (:func:`glmmjax._glm.detect_separation` on X; binomial models, and counts with a
+    log link). The linear program runs only where the fit looks separated: some fitted
+    mean at 0 or 1 (counts: 0 where y = 0), or no convergence."""
+    from ._glm import detect_separation
+
+    family = result.family
+    counts = isinstance(family, (Poisson, NegativeBinomial)) and family.link.name == "log"
+    if not (isinstance(family, Binomial) or counts):
+        return ()
+    used = weights > 0
+    mu = result.fitted().to_numpy()[used]
+    if counts:
+        extreme = (mu < 1e-8) & (y[used] == 0)
+    else:
+        extreme = (mu < 1e-8) | (mu > 1.0 - 1e-8)
+    if result.converged and not np.any(extreme):
+        return ()
+    mask = detect_separation(np.asarray(result.design.X), np.asarray(y), np.asarray(weights),
+                             counts=counts)
+    return tuple(n for n, m in zip(result.design.fixef_names, mask) if m)
+
+
+def report_convergence(result: GLMMResult, y, weights) -> GLMMResult:
+    """Mark a separated fit as not converged and warn; warn on any other
+    non-convergence."""
+    from ._glm import SeparationWarning
+
+    separated = separated_coefficients(result, y, weights)
+    if not separated:
+        warn_if_not_converged(result, "glmer")
+        return result
+    message = (f"(quasi-)complete separation: the maximum likelihood estimates of "
+               f"{list(separated)} are infinite")
+    warnings.warn(
+        f"{message}; some fitted means are 0 or 1 (counts: 0) and the reported estimates "
+        "and standard errors of those coefficients are meaningless (consider removing "
+        "those terms, or a Bayesian fit with priors: glmmjax.bayes)",
+        SeparationWarning,
+        stacklevel=user_stacklevel(),
+    )
+    convergence = dataclasses.replace(result.convergence, converged=False, message=message)
+    return dataclasses.replace(result, convergence=convergence, separated=separated)
+
+
 @with_x64
 def fit_glmm_design(design, family: Family, n_agq: int = 1,
-                    engine: str | None = None) -> GLMMResult:
-    """Fit a GLMM to an already built design (used by ``glmer`` and ``MixedModel``)."""
+                    engine: str | None = None, max_iter: int = 500) -> GLMMResult:
+    """Fit a GLMM to an already built design (used by ``glmer`` and ``MixedModel``).
+
+    Warns with :class:`~glmmjax.SeparationWarning` or
+    :class:`~glmmjax.ConvergenceWarning` when the estimates are not a finite minimum."""
+    from ._lmer import check_max_iter
+
+    max_iter = check_max_iter(max_iter)
     n_agq = _validate_agq(n_agq, design)
     host_possible = n_agq == 1 and host_kind(family) is not None
     if engine not in (None, "host", "jax"):
@@ -205,6 +315,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     y, w, success_level = family.prepare_response(
         design.response, design.weights, design.response_levels, design.rows
     )
+    check_glmm_response(family, y, w, design)
     if engine is None:
         host = (host_possible and design.nobs <= HOST_MAX_ROWS
                 and jax.default_backend() == "cpu")
@@ -213,12 +324,12 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     if host:
         # Binomial-logit and Poisson-log Laplace fits on the CPU: no compilation
         # (glmmjax._host_glmm); the compiled pipeline for everything else.
-        out = host_fit(design, family, y, w)
+        out = host_fit(design, family, y, w, max_iter=max_iter)
         host_model = out.pop("model")
         s_outer = host_model.structure.original
         n_theta, p, has_disp = s_outer.n_theta, design.X.shape[1], False
     else:
-        setup = make_setup(design, family, n_agq)
+        setup = make_setup(design, family, n_agq, max_iter=max_iter)
         y_in, w_in = jnp.asarray(y), jnp.asarray(w)
         out = glmm_pipeline_jit(y_in, w_in, setup, with_cond_cov=False)
         n_theta, p = setup.n_theta, setup.p
@@ -288,7 +399,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         with jax.enable_x64(True):
             return np.asarray(family.link.inverse(jnp.asarray(eta_values)))
 
-    return GLMMResult(
+    result = GLMMResult(
         design=design,
         method=method,
         family_name=family.name,
@@ -312,3 +423,4 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         prior_weights=np.asarray(w),
         params_cov=params_cov,
     )
+    return report_convergence(result, np.asarray(y), np.asarray(w))

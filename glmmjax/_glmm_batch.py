@@ -137,8 +137,8 @@ def _row_terms(eta, y, w, setup: ScalarSetup):
     :func:`constant_part` adds it to the final value."""
     kind = _closed_form(setup)
     if kind == "logit":
-        trials = jnp.round(w)
-        successes = jnp.round(w * y)
+        trials = w  # not rounded, as Binomial._counts
+        successes = w * y
         e = jnp.exp(-jnp.abs(eta))
         softplus = jnp.maximum(eta, 0.0) + jnp.log1p(e)
         mu = jnp.where(eta >= 0, 1.0, e) / (1.0 + e)

@@ -54,6 +54,7 @@ class GLMMSetup(eqx.Module):
     has_dispersion: bool = eqx.field(static=True)
     gtol: float = eqx.field(static=True, default=1e-6)
     loose_gtol: float = eqx.field(static=True, default=1e-3)
+    max_iter: int = eqx.field(static=True, default=500)  # BFGS iterations per stage
 
     @property
     def n_theta(self) -> int:
@@ -64,7 +65,7 @@ class GLMMSetup(eqx.Module):
         return self.X.shape[1]
 
 
-def make_setup(design, family, n_agq: int, dtype=np.float64) -> GLMMSetup:
+def make_setup(design, family, n_agq: int, dtype=np.float64, max_iter: int = 500) -> GLMMSetup:
     """Arrays in ``dtype``; float32 gets optimizer tolerances its rounding can meet."""
     X = np.asarray(design.X, dtype=dtype)
     grid, log_w = gauss_hermite_grid(max(n_agq, 1), design.terms[0].size)
@@ -81,12 +82,13 @@ def make_setup(design, family, n_agq: int, dtype=np.float64) -> GLMMSetup:
         has_dispersion=bool(family.has_dispersion and family.dispersion_method != "fixed"),
         gtol=1e-6 if dtype == np.float64 else 1e-2,
         loose_gtol=1e-3 if dtype == np.float64 else 1.0,
+        max_iter=int(max_iter),
     )
 
 
 def minimize_with_boundary(objective, params0, carry0, n_theta, sizes, inverse_hessian=None,
                            *, gtol=1e-6, loose_gtol=1e-3, boundary=True, first_step=None,
-                           forward=False):
+                           forward=False, max_iterations=500):
     """BFGS, then near-zero diagonal entries of θ tried at exactly zero.
 
     ``objective(params, carry) -> (value, carry)`` finds the inner mode starting from
@@ -105,7 +107,7 @@ def minimize_with_boundary(objective, params0, carry0, n_theta, sizes, inverse_h
     solution = minimize(objective, params0, inverse_hessian=inverse_hessian, gtol=gtol,
                         loose_gtol=loose_gtol, carry=carry0, first_step=first_step,
                         expensive=True, final_trial=to_boundary if boundary else None,
-                        forward=forward)
+                        forward=forward, max_iterations=max_iterations)
     return solution, solution.x, solution.carry
 
 
@@ -170,7 +172,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     empty = jnp.zeros((n, 0), dtype)
     n_disp = int(setup.has_dispersion)
     constant = loglik_constant(setup.family, y, weights)
-    tols = dict(gtol=setup.gtol, loose_gtol=setup.loose_gtol)
+    tols = dict(gtol=setup.gtol, loose_gtol=setup.loose_gtol, max_iterations=setup.max_iter)
     if forward_hessian is None:
         forward_hessian = _small(setup)
 
@@ -204,7 +206,8 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     # in another; same run time.
     final = setup.n_agq == 0
     tols1 = tols if final else dict(gtol=max(setup.gtol, setup.loose_gtol),
-                                    loose_gtol=setup.loose_gtol)
+                                    loose_gtol=setup.loose_gtol,
+                                    max_iterations=setup.max_iter)
     sol1, params1, (v1, L_x) = minimize_with_boundary(
         objective1, params1, (v0, jnp.zeros((p, p), dtype)), n_theta, setup.outer.sizes,
         boundary=final, first_step=_FIRST_STEP, forward=True, **tols1

@@ -79,7 +79,7 @@ class HostGLMM:
 def log_likelihood_constant(kind: str, y, weights) -> float:
     """:func:`glmmjax._eta_terms.loglik_constant` in numpy."""
     if kind == "binomial_logit":
-        trials, successes = np.round(weights), np.round(weights * y)
+        trials, successes = weights, weights * y  # not rounded (Binomial._counts)
         log_choose = gammaln(trials + 1) - gammaln(successes + 1) - gammaln(trials - successes + 1)
         edge = (successes == 0) | (successes == trials)
         return float(np.sum(np.where(edge, 0.0, log_choose)))
@@ -90,8 +90,8 @@ def row_terms(kind: str, y, eta, weights):
     """(ℓ without its constant, ℓ', W = −ℓ'', W' = dW/dη) per observation (closed forms
     of :func:`glmmjax._eta_terms.kernel_terms`, with the third derivative)."""
     if kind == "binomial_logit":
-        s = np.round(weights * y)
-        f = np.round(weights) - s
+        s = weights * y
+        f = weights - s
         # log σ(η) = min(η, 0) − log(1 + e^−|η|), accurate in both tails.
         e = np.exp(-np.abs(eta))
         log1pe = np.log1p(e)
@@ -366,7 +366,8 @@ def moment_start(random_terms, model: HostGLMM, family):
     return theta, beta
 
 
-def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3) -> dict:
+def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3,
+        max_iter: int = 500) -> dict:
     """Fit a GLMM by Laplace on the host; returns the pipeline's output dict (numpy)."""
     stage1, stage2 = host_models(design, family, y, weights)
     s1, s2 = stage1.structure, stage2.structure
@@ -387,7 +388,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
     with blas_limit_for(s1.rest_size):
         sol1 = minimize_host(objective1, theta0, carry=(v0, np.eye(p)),
                              gtol=max(gtol, loose_gtol), loose_gtol=loose_gtol,
-                             first_step=_FIRST_STEP, expensive=True)
+                             first_step=_FIRST_STEP, expensive=True, max_iterations=max_iter)
         v1, L_x = sol1.carry
         L_x_inv = scipy.linalg.solve_triangular(L_x, np.eye(p), lower=True)
         beta_cov1 = L_x_inv.T @ L_x_inv
@@ -413,7 +414,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
 
         sol2 = minimize_host(objective2, params2, carry=v1[: q1 - p], inverse_hessian=hinv0,
                              gtol=gtol, loose_gtol=loose_gtol, expensive=True,
-                             final_trial=to_boundary)
+                             final_trial=to_boundary, max_iterations=max_iter)
         params, v = sol2.x, sol2.carry
         # Central differences of the exact gradient (module docstring), each inner solve
         # starting from the mode's first-order prediction.

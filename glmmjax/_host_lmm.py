@@ -346,7 +346,8 @@ def central_differences(function, x, relative_step: float = 1e-4):
     return np.stack(columns, axis=-1)
 
 
-def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3):
+def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3,
+        max_iter: int = 500):
     """Minimize the criterion over θ as ``_lmm._fit_program`` does (same coordinates,
     metric, steps and stopping rules), then try near-zero diagonals at exactly zero.
 
@@ -361,14 +362,16 @@ def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3):
 
     theta0 = np.asarray(theta0, dtype=np.float64)
     with blas_limit_for(s.rest_size):
-        solution, theta, pls = _minimize(model, value_and_grad, theta0, mask, gtol, loose_gtol)
+        solution, theta, pls = _minimize(model, value_and_grad, theta0, mask, gtol, loose_gtol,
+                                         max_iter)
     return solution, theta, pls, random_effects(theta, s, pls.u_first, pls.u_rest)
 
 
-def _minimize(model: HostLMM, value_and_grad, theta0, mask, gtol, loose_gtol):
+def _minimize(model: HostLMM, value_and_grad, theta0, mask, gtol, loose_gtol, max_iter=500):
     s = model.structure
     solution = minimize_host(
         value_and_grad, _to_log_scale(theta0, mask, np), gtol=gtol, loose_gtol=loose_gtol,
+        max_iterations=max_iter,
         inverse_hessian=inverse_hessian_guess(s), xtol=1e-7, decrease_tol=1e-14,
         expensive=True, carry=())
     pls = solution.carry

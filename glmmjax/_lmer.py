@@ -12,7 +12,7 @@ import pandas as pd
 
 from ._cholesky import factorize, inverse_diagonal_blocks
 from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
-from ._design import Design, build_design
+from ._design import DataError, Design, build_design
 from ._jit import blas_limit_for, program
 from ._lmm import (
     SINGULAR_TOL,
@@ -25,7 +25,7 @@ from ._lmm import (
 )
 from ._optimize import Status
 from ._precision import with_x64
-from ._results import Convergence, MixedModelResult, warn_if_singular
+from ._results import Convergence, MixedModelResult, warn_if_not_converged, warn_if_singular
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -177,6 +177,7 @@ def lmer(
     weights=None,
     offset=None,
     engine: str | None = None,
+    max_iter: int = 500,
 ) -> LMMResult:
     """Fit a linear mixed model with lme4's formula syntax.
 
@@ -194,14 +195,18 @@ def lmer(
         engine: ``"host"`` (numpy and LAPACK in a Python BFGS loop: nothing to compile;
             the default on a CPU backend) or ``"jax"`` (one compiled XLA program; the
             default on accelerators, and faster when one structure is refitted often).
+        max_iter: the cap on BFGS iterations over θ (lme4's ``maxfun`` plays this role).
 
     Returns:
         An :class:`LMMResult`; check ``.converged`` and ``.is_singular``.
 
     Raises:
-        FormulaError, DataError: before any computation, naming the problem.
+        FormulaError, DataError: before any computation, naming the problem (also a
+            constant response, all-zero weights, a ``cbind()`` response).
 
     Warns:
+        ConvergenceWarning: the optimizer stopped short (the message says why, with
+            the final gradient); ``result.converged`` is False.
         SingularFitWarning: a variance component is estimated on the boundary (see
             ``result.singular_message()``).
 
@@ -212,19 +217,63 @@ def lmer(
         >>> round(fit.fixef["Days"], 3)
         10.467
     """
+    if not isinstance(reml, (bool, np.bool_)):
+        raise ValueError(f"reml must be True (REML) or False (maximum likelihood), got {reml!r}")
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True)
-    result = fit_lmm_design(design, reml, engine=engine)
+    result = fit_lmm_design(design, reml, engine=engine, max_iter=max_iter)
     warn_if_singular(result)
     return result
 
 
+def check_max_iter(max_iter) -> int:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    return int(max_iter)
+
+
+def check_lmm_response(design: Design) -> None:
+    """A Gaussian response an LMM can be fitted to (lme4's checks, and a few more)."""
+    name = design.formula.response.strip()
+    response = np.asarray(design.response)
+    if response.ndim != 1:
+        raise DataError(
+            f"response {name!r} has {response.shape[1]} columns; cbind(successes, failures) "
+            "is for binomial models: use glmer(..., family='binomial'), or lmer with a "
+            "single numeric response")
+    if response.dtype == object:
+        raise DataError(f"response {name!r} must be numeric for lmer")
+    used = design.weights > 0
+    if not np.any(used):
+        raise DataError("all weights are zero; an LMM needs positive weights on some rows "
+                        "(weights=: finite, non-negative, not all zero)")
+    y = np.asarray(response, dtype=float)[used] - design.offset[used]
+    if np.ptp(y) == 0:
+        raise DataError(
+            f"response {name!r} is constant ({y[0]:g} in every row used): there is no "
+            "variation for the random effects or the residual (lme4: 'Response is "
+            "constant')")
+    X = design.X[used]
+    beta = np.linalg.lstsq(X, y, rcond=None)[0]
+    residual = y - X @ beta
+    if np.sum(residual**2) <= 1e-24 * np.sum(y**2):
+        raise DataError(
+            f"the fixed effects {list(design.fixef_names)} fit response {name!r} exactly "
+            "(zero residual variance): the LMM likelihood is unbounded; remove terms")
+
+
 @with_x64
-def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None) -> LMMResult:
-    """Fit an LMM to an already built design (used by ``lmer`` and ``MixedModel``)."""
+def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
+                   max_iter: int = 500) -> LMMResult:
+    """Fit an LMM to an already built design (used by ``lmer`` and ``MixedModel``);
+    warns with :class:`~glmmjax.ConvergenceWarning` when the optimizer stops short."""
+    max_iter = check_max_iter(max_iter)
+    check_lmm_response(design)
     check_lmm_design(design)
     structure = build_structure_for(design, design.X.shape[1] + 1)
     y = np.asarray(design.response, dtype=float) - design.offset
     theta0 = moment_theta(design.terms, design.X, y, design.weights)
     solution, theta, pls, effects = fit_lmm_arrays(structure, design.weights, design.X, y, reml,
-                                                   theta0, engine=engine)
-    return lmm_result(design, structure, reml, solution, theta, pls, effects)
+                                                   theta0, engine=engine, max_iter=max_iter)
+    result = lmm_result(design, structure, reml, solution, theta, pls, effects)
+    warn_if_not_converged(result, "lmer")
+    return result

@@ -306,7 +306,8 @@ def fit_theta(model: LinearMixedModel, theta0, gtol=1e-8, loose_gtol=1e-3):
     return solution, jnp.where(keep, trial, solution.x)
 
 
-def _minimize_theta(model: LinearMixedModel, theta0, gtol, loose_gtol, carry=None):
+def _minimize_theta(model: LinearMixedModel, theta0, gtol, loose_gtol, carry=None,
+                    max_iterations: int = 500):
     """BFGS in the log-scale coordinates; with ``carry`` (a :class:`PLSSolution` of the
     right shapes), ``solution.carry`` is the PLS solution at the optimum."""
     theta0 = jnp.asarray(theta0)
@@ -317,6 +318,7 @@ def _minimize_theta(model: LinearMixedModel, theta0, gtol, loose_gtol, carry=Non
         objective, phi0, (model, mask), gtol=gtol, loose_gtol=loose_gtol,
         inverse_hessian=jnp.asarray(inverse_hessian_guess(model.structure), theta0.dtype),
         xtol=1e-7, decrease_tol=1e-14, expensive=True, carry=carry,
+        max_iterations=max_iterations,
     )
     slope = _log_scale_slope(solution.x, mask)
     return solution._replace(x=_from_log_scale(solution.x, mask), grad=solution.grad / slope)
@@ -455,7 +457,7 @@ def moment_theta(terms, X, y, weights) -> np.ndarray:
 
 
 @program
-def _fit_program(model: LinearMixedModel, theta0):
+def _fit_program(model: LinearMixedModel, theta0, max_iterations: int = 500):
     """The whole fit in one program: BFGS (carrying the PLS solution of its last
     accepted point, so the optimum is not factored again), b = Λu, and the boundary
     point to try, if any. Its compile time is most of a first fit on large data
@@ -463,7 +465,8 @@ def _fit_program(model: LinearMixedModel, theta0):
     cross-products come in ready-made (:func:`host_lmm_model`)."""
     carry = jax.tree_util.tree_map(
         lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(_plain_solution, theta0, model))
-    solution = _minimize_theta(model, theta0, 1e-8, 1e-3, carry=carry)
+    solution = _minimize_theta(model, theta0, 1e-8, 1e-3, carry=carry,
+                               max_iterations=max_iterations)
     pls = solution.carry
     theta = solution.x
     trial, try_it = boundary_trial(theta, model.structure)
@@ -493,7 +496,8 @@ def host_lmm_model(structure, weights, X, y, reml: bool) -> LinearMixedModel:
     )
 
 
-def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, engine: str | None = None):
+def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, engine: str | None = None,
+                   max_iter: int = 500):
     """Fit one LMM from float64 arrays; returns (solution, θ, PLSSolution, [b_t]) (b_t =
     Λ_t·u_t per term at that θ, relative to σ).
 
@@ -512,12 +516,13 @@ def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, engine: st
     if engine == "host":
         from . import _host_lmm
 
-        return _host_lmm.fit(_host_lmm.host_model(structure, weights, X, y, reml), theta0)
+        return _host_lmm.fit(_host_lmm.host_model(structure, weights, X, y, reml), theta0,
+                             max_iter=max_iter)
     if engine != "jax":
         raise ValueError(f"engine must be 'host' or 'jax', not {engine!r}")
     model = host_lmm_model(structure, weights, X, y, reml)
     solution, theta, pls, effects, trial, try_it = _fit_program(
-        model, jnp.asarray(theta0, jnp.float64))
+        model, jnp.asarray(theta0, jnp.float64), int(max_iter))
     if bool(try_it):
         pls_trial, effects_trial = _solve_program(model, trial)
         if bool(keep_trial(pls_trial.criterion, solution.value)):

@@ -24,6 +24,46 @@ class SingularFitWarning(UserWarning):
     fit"); ``result.singular_message()`` says which and what to do."""
 
 
+class ConvergenceWarning(UserWarning):
+    """A fit whose optimizer stopped before reaching a minimum (iteration cap, failed
+    line search, a non-finite objective, a Hessian that is not positive definite, or
+    estimates that are infinite): its numbers are not maximum-likelihood estimates.
+    ``result.convergence`` says why."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised by its caller at the first frame
+    outside glmmjax (the user's call), however deep inside the package it is raised
+    (equinox's method wrappers in between are skipped too)."""
+    import os
+    import sys
+
+    import equinox
+
+    inside = (os.path.dirname(os.path.abspath(__file__)),
+              os.path.dirname(os.path.abspath(equinox.__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_if_not_converged(result, what: str) -> None:
+    """Warn with :class:`ConvergenceWarning` naming the cause and the final gradient."""
+    if result.converged:
+        return
+    import warnings
+
+    c = result.convergence
+    warnings.warn(
+        f"{what} did not converge: {c.message} (max|gradient| = {c.grad_max:.2e} after "
+        f"{c.iterations} iterations); the estimates are not a minimum of the criterion. "
+        f"{c.advice}",
+        ConvergenceWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
 def warn_if_singular(result, stacklevel: int = 3) -> None:
     """Warn, as lme4 does, when a fit is singular."""
     if result.is_singular:
@@ -47,6 +87,8 @@ class Convergence:
     iterations: int
     n_evaluations: int
     hessian_positive_definite: bool | None = None
+    advice: str = ("Check the model (scale of the predictors, separation, too many "
+                   "random effects), or raise max_iter.")
 
     def __str__(self) -> str:
         hess = ""
@@ -271,7 +313,8 @@ class MixedModelResult:
             index = self.design.rows
         else:
             X, offset, parts = new_data_design(
-                self.design, newdata, allow_new_levels=allow_new_levels or not include_re
+                self.design, newdata, allow_new_levels=allow_new_levels or not include_re,
+                need_groups=include_re,
             )
             index = newdata.index
         if not include_re:
@@ -437,9 +480,13 @@ class MixedModelResult:
         if self.n_dropped:
             lines.append(f"  ({self.n_dropped} rows with missing values dropped)")
         lines.append("")
-        crit = "REML criterion at convergence" if self.method == "REML" else None
-        if crit:
-            lines.append(f"{crit}: {self.criterion:.4f}")
+        if not self.converged:
+            # lme4 prints "at convergence" regardless; a user must not mistake these
+            # numbers for estimates.
+            lines.append(f"NOT CONVERGED: {self.convergence.message}")
+        if self.method == "REML":
+            where = "at convergence" if self.converged else "(not converged)"
+            lines.append(f"REML criterion {where}: {self.criterion:.4f}")
         else:
             lines.append(
                 f"     AIC      BIC   logLik deviance\n"

@@ -82,8 +82,10 @@ def simulate(
     Returns:
         A DataFrame with columns ``sim_1 ... sim_n`` indexed like the data.
     """
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
     rng = np.random.default_rng(seed)
     design = result.design
     if newdata is None:
@@ -94,6 +96,11 @@ def simulate(
             design.weights if result.family_name == "gaussian" else result.prior_weights,
             dtype=float,
         )
+        if weights is not None:
+            prior = np.asarray(weights, dtype=float)
+            if prior.shape != (len(index),):
+                raise ValueError(f"weights must have one value per row used in fitting "
+                                 f"({len(index)}), got shape {prior.shape}")
     else:
         X, offset, parts = new_data_design(
             design, newdata, allow_new_levels=allow_new_levels or not include_re
@@ -101,7 +108,8 @@ def simulate(
         index = newdata.index
         prior = np.ones(len(newdata)) if weights is None else np.asarray(weights, dtype=float)
         if prior.shape != (len(newdata),):
-            raise ValueError(f"weights must have one value per row of newdata ({len(newdata)})")
+            raise ValueError(f"weights must have one value per row of newdata ({len(newdata)}), "
+                             f"got shape {prior.shape}")
     eta = np.tile(X @ result.beta + offset, (n, 1))
     factors = re_covariance_factors(result)
     for (refs, z), b_hat, L, term in zip(parts, result.effects, factors, design.terms):

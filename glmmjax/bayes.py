@@ -7,7 +7,7 @@ non-centred form, which NUTS samples well); the family's full log-likelihood as 
 observation model (every family and link, binomial trials, offsets, prior weights);
 optionally an AR(1) error or latent term within groups.
 
-Needs NumPyro (``pip install "glmmjax[bayes]"``); ``to_inference_data`` also needs ArviZ.
+Needs NumPyro and, for ``to_inference_data``, ArviZ: ``pip install "glmmjax[bayes]"`` installs both.
 
 Parameter names (``priors=`` keys, summary rows): ``b_<coef>``, ``sd_<group>__<coef>``,
 ``cor_<group>`` (the LKJ prior of a term) and ``cor_<group>__<c1>__<c2>``,

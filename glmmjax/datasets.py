@@ -76,6 +76,9 @@ def load(name: str) -> pd.DataFrame:
     Raises:
         ValueError: for an unknown name; the message lists the valid ones.
     """
+    if not isinstance(name, str):
+        raise ValueError(f"name must be a dataset name (a string), got {name!r}; "
+                         f"available: {', '.join(NAMES)}")
     key = name.lower()
     if key not in _FACTORS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(NAMES)}")
