@@ -18,9 +18,9 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ._covariance import diagonal_mask
+from ._distributions import chi2_sf
 
 __all__ = ["anova", "compare", "NotedTable"]
 
@@ -175,8 +175,8 @@ def _boundary_p(small: _Entry, big: _Entry, chisq: float, df: int) -> float:
         return math.nan
     if np.linalg.matrix_rank(big.design.X) != np.linalg.matrix_rank(small.design.X):
         return math.nan
-    lower = (1.0 if chisq <= 0 else 0.0) if df == 1 else stats.chi2.sf(chisq, df - 1)
-    return 0.5 * lower + 0.5 * stats.chi2.sf(chisq, df)
+    lower = (1.0 if chisq <= 0 else 0.0) if df == 1 else chi2_sf(chisq, df - 1)
+    return 0.5 * lower + 0.5 * chi2_sf(chisq, df)
 
 
 def anova(*models, names=None) -> pd.DataFrame:
@@ -244,7 +244,7 @@ def anova(*models, names=None) -> pd.DataFrame:
             df = e.npar - prev.npar
             row["Chisq"] = chisq
             row["Df"] = df
-            row["Pr(>Chisq)"] = stats.chi2.sf(chisq, df)
+            row["Pr(>Chisq)"] = chi2_sf(chisq, df)
             row["Pr(>Chisq) boundary"] = _boundary_p(prev, e, chisq, df)
             boundary_note |= bool(np.isfinite(row["Pr(>Chisq) boundary"]))
         rows.append(row)

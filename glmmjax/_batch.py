@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 from jax.scipy.linalg import solve_triangular
 from jax.sharding import Mesh, PartitionSpec
-from scipy import stats
 
 from ._covariance import canonical_theta, initial_theta
 from ._design import DataError, build_design
+from ._distributions import norm_sf
 from ._families import Family, Gaussian, get_family
 from ._formula import parse_formula
 from ._glmm_batch import applies as scalar_path_applies
@@ -400,7 +400,7 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
             else:
                 status[k] = "converged"
     stat = beta / se
-    pval = 2 * stats.norm.sf(np.abs(stat))
+    pval = 2 * norm_sf(np.abs(stat))
     coefficients = pd.DataFrame({
         "model": np.repeat(names, p),
         "term": np.tile(fixef_names, K),

@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.scipy.linalg import solve_triangular
-from scipy import stats
 
+from ._distributions import f_sf, t_sf
 from ._jit import program
 from ._lmm import build_structure_for, lmm_model_from_arrays, lmm_pieces
 
@@ -377,7 +377,7 @@ def coef_table(result, ddf: str) -> pd.DataFrame:
             "Std. Error": se,
             "df": df,
             "t value": t,
-            "Pr(>|t|)": 2.0 * stats.t.sf(np.abs(t), df),
+            "Pr(>|t|)": 2.0 * t_sf(np.abs(t), df),
         },
         index=names,
     )
@@ -487,7 +487,7 @@ def anova_table(result, ddf: str) -> pd.DataFrame:
             # lmerTest reports KR's scaled F but sums of squares from the unscaled one.
             F, ndf, den, _, F_ss = kenward_roger_f_test(result._kenward_roger, L, beta)
         rows.append(
-            (name, F_ss * sigma2 * ndf, F_ss * sigma2, ndf, den, F, stats.f.sf(F, ndf, den))
+            (name, F_ss * sigma2 * ndf, F_ss * sigma2, ndf, den, F, f_sf(F, ndf, den))
         )
     from ._anova import NotedTable
 

@@ -96,8 +96,9 @@ def _check_frame(data) -> pd.DataFrame:
         for key, value in data.items():
             reject_tracer(value, f"data[{key!r}]")
     if isinstance(data, pd.DataFrame) and len(data):
-        for column in data.columns[data.dtypes == object]:
-            reject_tracer(data[column].iloc[0], f"column {column!r}")
+        for position, dtype in enumerate(data.dtypes):
+            if dtype == np.dtype(object):
+                reject_tracer(data.iat[0, position], f"column {data.columns[position]!r}")
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if data.shape[0] == 0:

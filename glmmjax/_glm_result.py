@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ._design import Design, new_data_design
+from ._distributions import norm_ppf, norm_sf, t_ppf, t_sf
 from ._families import Family
 from ._glm import GLMFit
 from ._precision import with_x64
@@ -109,9 +109,9 @@ class GLMResult:
         stat = self.fixef / self.fixef_se
         self.statistic = stat.rename("t value" if self.uses_t else "z value")
         if self.uses_t:
-            p = 2.0 * stats.t.sf(np.abs(stat.to_numpy()), self.df_residual)
+            p = 2.0 * t_sf(np.abs(stat.to_numpy()), self.df_residual)
         else:
-            p = 2.0 * stats.norm.sf(np.abs(stat.to_numpy()))
+            p = 2.0 * norm_sf(np.abs(stat.to_numpy()))
         self.pvalues = pd.Series(p, index=names, name="Pr(>|t|)" if self.uses_t else "Pr(>|z|)")
 
     # ---- aliases and fitted quantities ----------------------------------------------
@@ -153,8 +153,8 @@ class GLMResult:
             raise ValueError(f"level must be in (0, 1), got {level}")
         upper = 0.5 + level / 2
         if self.uses_t:
-            return float(stats.t.ppf(upper, self.df_residual))
-        return float(stats.norm.ppf(upper))
+            return float(t_ppf(upper, self.df_residual))
+        return float(norm_ppf(upper))
 
     def conf_int(self, level: float = 0.95) -> pd.DataFrame:
         """Wald intervals β̂ ± q·SE (q from t with df_residual where the dispersion is a

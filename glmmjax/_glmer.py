@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ._blas import single_threaded_blas
 from ._covariance import canonical_theta, diagonal_mask
 from ._design import DataError, build_design
 from ._families import (
@@ -36,7 +37,6 @@ from ._host_glmm import conditional_covariances as host_conditional_covariances
 from ._host_glmm import fit as host_fit
 from ._host_glmm import host_kind
 from ._host_lmm import random_effects as host_random_effects
-from ._jit import blas_limit_for
 from ._lmm import SINGULAR_TOL, random_effects
 from ._optimize import Status
 from ._pirls import split
@@ -383,7 +383,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
             if n_agq == 0:
                 cached_cov.append([np.asarray(c) for c in out["cond_cov"]])
             elif host:
-                with blas_limit_for(s_outer.rest_size):
+                with single_threaded_blas():
                     cached_cov.append(host_conditional_covariances(params, v, host_model))
             else:
                 with jax.enable_x64(setup.X.dtype == np.float64):

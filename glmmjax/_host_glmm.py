@@ -37,10 +37,10 @@ import scipy.linalg
 from scipy.special import gammaln
 
 from . import _host_lmm as lmm
+from ._blas import single_threaded_blas
 from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta
 from ._families import Binomial, Poisson
 from ._host_products import host_cross_products, segment_sum
-from ._jit import blas_limit_for
 from ._links import Log, Logit
 from ._optimize import minimize_host
 from ._pirls import split
@@ -366,6 +366,7 @@ def moment_start(random_terms, model: HostGLMM, family):
     return theta, beta
 
 
+@single_threaded_blas()  # moment start and cross-products included
 def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3,
         max_iter: int = 500) -> dict:
     """Fit a GLMM by Laplace on the host; returns the pipeline's output dict (numpy)."""
@@ -385,7 +386,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
             return (np.inf, np.full(theta.shape, np.nan)), carry
         return (value, grad), (v, factor.rest[-p:, -p:])
 
-    with blas_limit_for(s1.rest_size):
+    with single_threaded_blas():
         sol1 = minimize_host(objective1, theta0, carry=(v0, np.eye(p)),
                              gtol=max(gtol, loose_gtol), loose_gtol=loose_gtol,
                              first_step=_FIRST_STEP, expensive=True, max_iterations=max_iter)

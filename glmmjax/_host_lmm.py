@@ -22,10 +22,10 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
+from ._blas import single_threaded_blas
 from ._cholesky import CrossProducts
 from ._covariance import _tril_indices_colmajor, diagonal_mask
 from ._host_products import host_cross_products, segment_sum
-from ._jit import blas_limit_for
 from ._lmm import (
     _BOUNDARY_TRY,
     PLSSolution,
@@ -361,7 +361,7 @@ def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3,
         return (f, g * _log_scale_slope(phi, mask, np)), (carry if solution is None else solution)
 
     theta0 = np.asarray(theta0, dtype=np.float64)
-    with blas_limit_for(s.rest_size):
+    with single_threaded_blas():
         solution, theta, pls = _minimize(model, value_and_grad, theta0, mask, gtol, loose_gtol,
                                          max_iter)
     return solution, theta, pls, random_effects(theta, s, pls.u_first, pls.u_rest)
@@ -446,7 +446,7 @@ def varpar_derivatives(theta, sigma, model: HostLMM):
         return np.concatenate([grad, [-2.0 * solution.r2 / sigma_**3 + 2.0 * n_eff / sigma_],
                                sigma_**2 * (inverse.T @ inverse).ravel()])
 
-    with blas_limit_for(model.structure.rest_size):
+    with single_threaded_blas():
         derivatives = central_differences(gradient_and_vcov, psi)
         vcov = gradient_and_vcov(psi)[k:].reshape(p, p)
     hessian = derivatives[:k]

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ._blas import single_threaded_blas
 from ._cholesky import factorize, inverse_diagonal_blocks
 from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
 from ._design import DataError, Design, build_design
-from ._jit import blas_limit_for, program
+from ._jit import program
 from ._lmm import (
     SINGULAR_TOL,
     build_structure_for,
@@ -140,7 +141,7 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
         if jax.default_backend() == "cpu":
             from ._host_lmm import conditional_covariances, host_model
 
-            with blas_limit_for(structure.rest_size):
+            with single_threaded_blas():
                 blocks = conditional_covariances(
                     theta, host_model(structure, design.weights, design.X, y, True))
             return [sigma2 * b for b in blocks]

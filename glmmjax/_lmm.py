@@ -515,9 +515,11 @@ def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, engine: st
         engine = "host" if jax.default_backend() == "cpu" else "jax"
     if engine == "host":
         from . import _host_lmm
+        from ._blas import single_threaded_blas
 
-        return _host_lmm.fit(_host_lmm.host_model(structure, weights, X, y, reml), theta0,
-                             max_iter=max_iter)
+        with single_threaded_blas():
+            return _host_lmm.fit(_host_lmm.host_model(structure, weights, X, y, reml), theta0,
+                                 max_iter=max_iter)
     if engine != "jax":
         raise ValueError(f"engine must be 'host' or 'jax', not {engine!r}")
     model = host_lmm_model(structure, weights, X, y, reml)

@@ -13,10 +13,10 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ._covariance import theta_names, varcorr_frame
 from ._design import Design, new_data_design
+from ._distributions import norm_sf
 
 
 class SingularFitWarning(UserWarning):
@@ -465,7 +465,7 @@ class MixedModelResult:
         stat = est / se
         table[self._statistic_name()] = stat
         if self.scale is None:
-            table["Pr(>|z|)"] = 2 * stats.norm.sf(np.abs(stat))
+            table["Pr(>|z|)"] = 2 * norm_sf(np.abs(stat))
         return table
 
     def _header(self) -> str:
