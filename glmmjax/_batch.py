@@ -38,7 +38,7 @@ from ._structure import build_structure
 _RESPONSE = "__glmmjax_response__"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class BatchResult:
     """Results of :func:`fit_many`, one entry per response (model).
 
@@ -64,6 +64,28 @@ class BatchResult:
 
     def __len__(self) -> int:
         return len(self.models)
+
+    def __repr__(self) -> str:
+        # Short on purpose: the frames hold one row per model (or per coefficient).
+        from ._display import plural, short_repr
+
+        n = len(self.models)
+        converged = int(np.sum(self.converged))
+        failed = n - converged
+        return short_repr("BatchResult", [
+            ("models", f"{n:,} fitted by {self.method}"),
+            ("terms", ", ".join(map(str, self.fixef.columns))),
+            ("converged", f"{converged:,} of {n:,}"
+             + (f" ({plural(failed, 'model')} flagged: see .models['status'])" if failed else "")),
+            ("chunks", f"{self.chunk_size:,} models per chunk on "
+                       f"{plural(self.n_devices, 'device')}"),
+        ])
+
+    def _repr_html_(self) -> str:
+        from ._display import html_summary
+
+        head = self.models.head(10).to_html()
+        return html_summary("BatchResult", repr(self)) + head
 
     @property
     def converged(self) -> np.ndarray:

@@ -560,10 +560,28 @@ class BayesResult:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (
-            f"<BayesResult {self.bayes_model.model.design.formula.text!r}: "
-            f"{self.num_chains} chains × {self.num_samples} draws>"
-        )
+        # Short on purpose: the draws are arrays of (chains, draws, ...).
+        from ._display import plural, short_repr
+
+        model = self.bayes_model.model
+        family = model.family
+        groups = ", ".join(f"{t.group} ({t.n_levels})" for t in model.design.terms)
+        sampling = (f"{self.num_chains} chains × {self.num_samples} draws, "
+                    f"{plural(self.divergences, 'divergent transition')}, "
+                    f"{self.seconds:.1f} s")
+        return short_repr("BayesResult: NUTS (NumPyro)", [
+            ("formula", model.design.formula.text),
+            ("family", "gaussian (identity)" if family is None
+             else f"{family.name} ({family.link.name})"),
+            ("nobs", model.design.nobs),
+            ("groups", groups or None),
+            ("sampling", sampling),
+        ])
+
+    def _repr_html_(self) -> str:
+        from ._display import html_summary
+
+        return html_summary("BayesResult", self.summary())
 
     def __str__(self) -> str:
         return self.summary()
