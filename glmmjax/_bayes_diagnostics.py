@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from ._stacklevel import external_stacklevel
+
 
 class ParetoKWarning(UserWarning):
     """PSIS-LOO is unreliable for some observations (Pareto k̂ above the threshold)."""
@@ -279,7 +281,7 @@ def waic(loglik) -> InformationCriterion:
             f"{int(np.sum(p_i > 0.4))} of {n} observations have a WAIC penalty above 0.4; "
             "WAIC may be unreliable, prefer loo()",
             ParetoKWarning,
-            stacklevel=3,
+            stacklevel=external_stacklevel(),
         )
     return InformationCriterion(
         "waic", float(elpd_i.sum()), float(math.sqrt(n * np.var(elpd_i))), float(p_i.sum()), elpd_i
@@ -310,7 +312,7 @@ def loo(loglik, reff: float = 1.0) -> InformationCriterion:
             f"{bad} of {n} observations have a Pareto k above {threshold:.2f}: PSIS-LOO is "
             "unreliable for them (influential observations or a misspecified model)",
             ParetoKWarning,
-            stacklevel=3,
+            stacklevel=external_stacklevel(),
         )
     return InformationCriterion(
         "loo",

@@ -23,6 +23,7 @@ from ._bayes_model import BayesModel, SamplingWarning
 from ._design import DataError, new_data_design
 from ._families import Gaussian
 from ._precision import precision_scope
+from ._stacklevel import external_stacklevel
 
 _KINDS = ("fixef", "sd", "cor", "family", "ranef")
 _BATCH = 256  # draws per batch when mapping over draws (bounds memory: batch × n)
@@ -216,7 +217,7 @@ class BayesResult:
                     f"posterior {what} may be unreliable; run more draws."
                 )
         for message in messages:
-            warnings.warn(message, SamplingWarning, stacklevel=3)
+            warnings.warn(message, SamplingWarning, stacklevel=external_stacklevel())
         return messages
 
     # ---- per-draw parameters -------------------------------------------------------

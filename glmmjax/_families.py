@@ -48,6 +48,7 @@ from jax.scipy.special import betaln, digamma, gammaln, polygamma, xlog1py, xlog
 
 from ._design import DataError
 from ._links import LINKS, Link, canonical_link_name, get_link
+from ._stacklevel import external_stacklevel
 
 __all__ = [
     "Family",
@@ -365,7 +366,7 @@ class Binomial(Family):
             warnings.warn(
                 "non-integer number of successes (weights * y) in a binomial model",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=external_stacklevel(),
             )
         return y, weights, None
 

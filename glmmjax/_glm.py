@@ -33,6 +33,7 @@ from ._design import DataError, build_design
 from ._families import Binomial, Family, get_family
 from ._jit import program
 from ._precision import with_x64
+from ._stacklevel import external_stacklevel
 
 __all__ = ["GLMFit", "fit_glm", "irls", "glm", "GLMConvergenceWarning", "SeparationWarning"]
 
@@ -566,7 +567,7 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             f"coefficients {names} are not estimable (their columns are linear combinations "
             "of earlier ones) and are reported as NaN",
             UserWarning,
-            stacklevel=2,
+            stacklevel=external_stacklevel(),
         )
     X = X_full[:, ~aliased]
     offset_values = np.asarray(design.offset, dtype=np.float64)
@@ -584,7 +585,7 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             f"glm did not converge in {int(fit.iterations)} iterations; the estimates may "
             "be unreliable (try max_iter= or check the model)",
             GLMConvergenceWarning,
-            stacklevel=2,
+            stacklevel=external_stacklevel(),
         )
     separated: tuple[str, ...] = ()
     if isinstance(fam, Binomial) and _looks_separated(fit.mu, prior, converged):
@@ -599,7 +600,7 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
                 "errors are meaningless (consider penalized or Bayesian fits, or "
                 "removing those terms)",
                 SeparationWarning,
-                stacklevel=2,
+                stacklevel=external_stacklevel(),
             )
     return GLMResult(
         fit=fit,

@@ -25,15 +25,18 @@ class SingularFitWarning(UserWarning):
     fit"); ``result.singular_message()`` says which and what to do."""
 
 
-def warn_if_singular(result, stacklevel: int = 3) -> None:
-    """Warn, as lme4 does, when a fit is singular."""
+def warn_if_singular(result, stacklevel: int | None = None) -> None:
+    """Warn, as lme4 does, when a fit is singular (at the user's line unless
+    ``stacklevel`` says otherwise)."""
     if result.is_singular:
         import warnings
+
+        from ._stacklevel import external_stacklevel
 
         warnings.warn(
             f"boundary (singular) fit: {result.singular_message()}",
             SingularFitWarning,
-            stacklevel=stacklevel,
+            stacklevel=external_stacklevel() if stacklevel is None else stacklevel,
         )
 
 
