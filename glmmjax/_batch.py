@@ -221,7 +221,7 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[s
         y = Y[:, k]
         bad = ~np.isfinite(y)
         if bad.any():
-            reasons.append(f"non-finite response in rows {list(rows[np.flatnonzero(bad)[:5]])}")
+            reasons.append(f"non-finite response in rows {np.asarray(rows)[np.flatnonzero(bad)[:5]].tolist()}")
             continue
         if family is not None:
             try:

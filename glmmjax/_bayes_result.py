@@ -21,6 +21,7 @@ from . import _bayes_ar1 as ar1_lib
 from . import _bayes_diagnostics as diag
 from ._bayes_model import BayesModel, SamplingWarning
 from ._design import DataError, new_data_design
+from ._display import plural
 from ._families import Gaussian
 from ._precision import precision_scope
 from ._stacklevel import external_stacklevel
@@ -202,7 +203,7 @@ class BayesResult:
             high = table[table["rhat"] > 1.01]
             if len(high):
                 messages.append(
-                    f"R-hat above 1.01 for {len(high)} parameter(s) (max {high['rhat'].max():.3f}"
+                    f"R-hat above 1.01 for {plural(len(high), 'parameter')} (max {high['rhat'].max():.3f}"
                     f", e.g. {', '.join(high.index[:3])}): the chains have not mixed; run longer "
                     "chains (num_warmup, num_samples), or try sample(dense_mass=True) when "
                     "the data inform each group's effects well (many rows per level)."
@@ -212,8 +213,8 @@ class BayesResult:
             low = table[table[column] < floor]
             if len(low):
                 messages.append(
-                    f"{column.replace('_', ' ')} below {floor} (100 per chain) for {len(low)} "
-                    f"parameter(s) (min {low[column].min():.0f}, e.g. {', '.join(low.index[:3])}): "
+                    f"{column.replace('_', ' ')} below {floor} (100 per chain) for "
+                    f"{plural(len(low), 'parameter')} (min {low[column].min():.0f}, e.g. {', '.join(low.index[:3])}): "
                     f"posterior {what} may be unreliable; run more draws."
                 )
         for message in messages:

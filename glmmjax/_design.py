@@ -270,7 +270,7 @@ def build_design(
         if bad.size:
             raise DataError(
                 f"weights must be finite and non-negative; rows {list(frame.index[bad[:5]])} "
-                f"have {list(prior_weights[bad[:5]])}"
+                f"have {prior_weights[bad[:5]].tolist()}"
             )
 
     terms = []

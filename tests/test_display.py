@@ -124,3 +124,21 @@ def test_batch_and_bootstrap_reprs():
     boot = _sleep().bootstrap(4, seed=1, progress=False)
     _short(repr(boot), ["BootstrapResult", "replicates", "sigma"])
     assert "<table" in boot._repr_html_()
+
+
+def test_messages_show_plain_numbers():
+    frame = glmmjax.datasets.load("sleepstudy")
+    frame["Reaction"] = -frame["Reaction"]
+    with pytest.raises(glmmjax.DataError) as err:
+        glmmjax.glm("Reaction ~ Days", frame, family="poisson")
+    assert "np." not in str(err.value) and "180 rows fail" in str(err.value)
+    assert "[-249.56, -258.7047" in str(err.value)
+    with pytest.raises(glmmjax.DataError) as err:
+        glmmjax.glm("Reaction ~ Days", frame.iloc[:3], family="gaussian",
+                    weights=np.array([1.0, -1.0, 1.0]))
+    assert "np." not in str(err.value) and "[-1.0]" in str(err.value)
+    frame.loc[0, "Reaction"] = 1.0
+    frame["Reaction"] = frame["Reaction"].abs().round()
+    frame.loc[5, "Reaction"] = -3.0
+    with pytest.raises(glmmjax.DataError, match="1 row fails"):
+        glmmjax.glm("Reaction ~ Days", frame, family="poisson")
