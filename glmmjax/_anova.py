@@ -34,7 +34,10 @@ class NotedTable(pd.DataFrame):
         return NotedTable
 
     def __repr__(self) -> str:
-        text = super().__repr__()
+        from ._display import format_table
+
+        # Every column shown, each formatted as a whole; p-values as R's format.pval.
+        text = format_table(self, stars=True, na="")
         heading = self.attrs.get("heading", "")
         note = self.attrs.get("note", "")
         return (f"{heading}\n" if heading else "") + text + (f"\n\nNote: {note}" if note else "")

@@ -126,14 +126,17 @@ def significance_stars(p) -> list[str]:
 
 SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
 
-_P_COLUMNS = ("Pr(>|t|)", "Pr(>|z|)", "Pr(>F)", "Pr(>Chisq)", "p_value", "p value")
+_P_COLUMNS = ("Pr(>|t|)", "Pr(>|z|)", "Pr(>F)", "Pr(>Chisq)", "Pr(>Chisq) boundary",
+              "p_value", "p value")
 _INTEGER_LIKE = ("Df", "df", "NumDF", "npar", "Chi Df")
 
 
-def format_table(frame: pd.DataFrame, digits: int = 5, stars: bool = False) -> str:
+def format_table(frame: pd.DataFrame, digits: int = 5, stars: bool = False,
+                 na: str = "NA") -> str:
     """A coefficient-style table as text: each numeric column formatted as a whole
     (:func:`format_column`; p-value columns by :func:`format_pvalues`), right-aligned,
-    optionally with R's significance stars after the p-value column."""
+    optionally with R's significance stars after the (last) p-value column; missing
+    values print as ``na``."""
     columns = {}
     star_marks = None
     for name in frame.columns:
@@ -160,9 +163,15 @@ def format_table(frame: pd.DataFrame, digits: int = 5, stars: bool = False) -> s
         if stars and star_marks is not None:
             row += " " + star_marks[r]
         lines.append(row.rstrip())
+    if na != "NA":
+        lines = [lines[0]] + [_blank_na(line, na) for line in lines[1:]]
     if stars and star_marks is not None and any(star_marks):
         lines += ["---", SIGNIF_LEGEND]
     return "\n".join(lines)
+
+
+def _blank_na(line: str, na: str) -> str:
+    return re.sub(r"(?<= )NA(?= |$)", lambda m: na.rjust(2), line)
 
 
 def plural(n: int, word: str, plural_word: str | None = None) -> str:
