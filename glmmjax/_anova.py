@@ -21,13 +21,15 @@ import pandas as pd
 from scipy import stats
 
 from ._covariance import diagonal_mask
+from ._display import RFrame
 
 __all__ = ["anova", "compare", "NotedTable"]
 
 
-class NotedTable(pd.DataFrame):
+class NotedTable(RFrame):
     """A DataFrame whose printed form shows ``attrs["heading"]`` above and
-    ``attrs["note"]`` below the table (lme4 prints such notes as messages)."""
+    ``attrs["note"]`` below the table (lme4 prints such notes as messages); its rows
+    may also be looked up by R's names (``ci.loc["(Intercept)"]``)."""
 
     @property
     def _constructor(self):

@@ -33,6 +33,7 @@ from ._glmm_fit import glmm_pipeline, make_setup
 from ._lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from ._optimize import Status
 from ._precision import check_precision, float_dtype, precision_scope
+from ._progress import noted
 from ._structure import build_structure
 
 _RESPONSE = "__glmmjax_response__"
@@ -169,7 +170,8 @@ def _sharded(fn, n_devices: int):
 
     Cached, so that every call of ``fit_many`` with the same structure reuses one
     compiled program."""
-    batched = jax.vmap(fn, in_axes=(0,) + (None,) * (fn.__code__.co_argcount - 1))
+    batched = noted(jax.vmap(fn, in_axes=(0,) + (None,) * (fn.__code__.co_argcount - 1)),
+                    "the batched fit")
     if n_devices <= 1:
         return eqx.filter_jit(batched)
     mesh = Mesh(np.array(jax.local_devices()[:n_devices]), ("batch",))

@@ -338,7 +338,7 @@ class BayesModel:
         num_samples: int = 1000,
         seed: int = 0,
         chain_method: str = "vectorized",
-        progress_bar: bool = False,
+        progress_bar: bool | None = None,
         target_accept: float = 0.99,
         max_tree_depth: int = 10,
         dense_mass: bool = False,
@@ -356,7 +356,8 @@ class BayesModel:
                 compiled single-chain program, which compiles about twice as fast on
                 a CPU). Either way the compiled sampler is reused for any later model
                 of the same structure, sizes and settings.
-            progress_bar: show a progress bar (tqdm) of the iterations.
+            progress_bar: show a progress bar (tqdm) of the iterations; None (default):
+                in interactive sessions (a terminal, IPython, Jupyter) only.
             target_accept: NUTS's target acceptance probability (the step size is
                 adapted to reach it). 0.99 by default, stricter than brms's 0.8 and
                 rstanarm's 0.95: with non-centred random effects, terms whose levels
@@ -382,7 +383,10 @@ class BayesModel:
             A :class:`~glmmjax.bayes.BayesResult`.
         """
         from ._bayes_result import BayesResult
+        from ._progress import interactive, quiet
 
+        if progress_bar is None:
+            progress_bar = interactive() and not quiet()
         samples, diverging, num_steps, elapsed = self._run(
             None, num_chains, num_warmup, num_samples, seed, chain_method, progress_bar,
             target_accept, max_tree_depth, dense_mass, precision,

@@ -231,7 +231,8 @@ def r_names(obj):
     ``vcov``, its columns)."""
     if isinstance(obj, pd.Series):
         return pd.Series(obj.to_numpy(), index=[r_name(i) for i in obj.index], name=obj.name)
-    out = pd.DataFrame(obj).copy()
+    # copy() keeps a NotedTable (confint's heading and note) a NotedTable.
+    out = obj.copy() if isinstance(obj, pd.DataFrame) else pd.DataFrame(obj)
     out.index = [r_name(i) for i in out.index]
     if list(obj.columns) == list(obj.index):
         out.columns = list(out.index)
@@ -243,6 +244,11 @@ def check_names(names: str) -> str:
     if names not in ("glmmjax", "r"):
         raise ValueError(f"names must be 'glmmjax' (formulaic's) or 'r', got {names!r}")
     return names
+
+
+def resolve_alias(key, labels):
+    """``key``, or the label among ``labels`` whose R name it is."""
+    return _translate(key, list(labels))
 
 
 def _translate(key, labels):
@@ -315,6 +321,8 @@ def with_r_aliases(obj, names: str = "glmmjax"):
     """Wrap a result's table for R-name lookup, or rename it to R's names."""
     if check_names(names) == "r":
         return r_names(obj)
+    if isinstance(obj, (RSeries, RFrame)):
+        return obj
     if isinstance(obj, pd.Series):
         return RSeries(obj)
     out = RFrame(obj)

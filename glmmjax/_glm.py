@@ -33,6 +33,7 @@ from ._design import DataError, build_design
 from ._families import Binomial, Family, get_family
 from ._jit import program
 from ._precision import with_x64
+from ._progress import noted
 from ._stacklevel import external_stacklevel
 
 __all__ = ["GLMFit", "fit_glm", "irls", "glm", "GLMConvergenceWarning", "SeparationWarning"]
@@ -422,7 +423,7 @@ def _null_eta(X, y, weights, offset, family, dispersion, null_model, tol, max_it
     )
 
 
-_fit_glm_jit = program(fit_glm)
+_fit_glm_jit = program(noted(fit_glm, "the GLM fit"))
 
 
 # ---- numpy side: aliasing, null deviance, separation ----------------------------------

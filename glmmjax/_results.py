@@ -300,7 +300,7 @@ class MixedModelResult:
     # -- inference, simulation, diagnostics ------------------------------------------------
     def confint(self, method: str = "profile", level: float = 0.95, parm=None, *,
                 n_boot: int = 500, seed: int | None = None,
-                names: str = "glmmjax") -> pd.DataFrame:
+                names: str = "glmmjax", progress: bool | None = None) -> pd.DataFrame:
         """Confidence intervals for the variance parameters and fixed effects.
 
         Rows are named as lme4's ``confint(oldNames = FALSE)`` with glmmjax's
@@ -319,6 +319,8 @@ class MixedModelResult:
             names: ``"glmmjax"`` (formulaic's coefficient names; R's are accepted as
                 aliases on lookup) or ``"r"`` (rows named as R: ``(Intercept)``,
                 ``period2``, ``sd_(Intercept)|Subject``).
+            progress: a progress bar over the parameters while profiling (None: in
+                interactive sessions only).
 
         Returns:
             A DataFrame with columns like ``"2.5 %"`` and ``"97.5 %"``; ``attrs["note"]``
@@ -340,7 +342,8 @@ class MixedModelResult:
         check_names(names)
         key = str(method).lower()
         if key == "profile":
-            return with_r_aliases(_profile.profile_confint(self, level, parm), names)
+            table = _profile.profile_confint(self, level, parm, progress=progress)
+            return with_r_aliases(table, names)
         if key == "wald":
             return with_r_aliases(_profile.wald_confint(self, level, parm), names)
         if key in ("boot", "bootstrap"):
