@@ -202,7 +202,7 @@ def main(n_stores: int = QUICK["n_stores"], n_regions: int = QUICK["n_regions"],
         num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples, seed=seed,
         chain_method=chain_method, progress_bar=progress_bar, warn=verbose,
     )
-    draws = np.exp(fit.posterior_predict(future, seed=seed))
+    draws = np.exp(fit.posterior_predict(future, seed=seed).to_numpy())
     stores = interval_table(draws, future["store"], future["sales"].to_numpy())
     regions = interval_table(draws, future["region"], future["sales"].to_numpy())
     if out is None:

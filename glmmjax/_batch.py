@@ -100,8 +100,20 @@ class BatchResult:
         return rows.set_index("model")["p_value"]
 
 
-def p_adjust_bh(p_values) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values (R's ``p.adjust(p, "BH")``); NaNs stay NaN."""
+def p_adjust_bh(p_values) -> np.ndarray | pd.Series:
+    """Benjamini–Hochberg adjusted p-values (R's ``p.adjust(p, "BH")``); NaNs stay NaN.
+
+    A pandas Series comes back as a Series with the same index and name (the models of
+    :meth:`BatchResult.p_values`), anything else as a numpy array.
+
+    Example:
+        >>> import glmmjax, pandas as pd
+        >>> glmmjax.p_adjust_bh(pd.Series([0.01, 0.04, 0.03], index=["a", "b", "c"])).round(3).to_dict()
+        {'a': 0.03, 'b': 0.04, 'c': 0.04}
+    """
+    if isinstance(p_values, pd.Series):
+        return pd.Series(p_adjust_bh(p_values.to_numpy(dtype=float)), index=p_values.index,
+                         name=p_values.name)
     p = np.asarray(p_values, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)

@@ -346,8 +346,10 @@ class BayesResult:
         offset=None,
         num_draws: int | None = None,
         seed: int = 0,
-    ) -> np.ndarray:
-        """Posterior predictive draws, (draws, rows of newdata).
+    ) -> pd.DataFrame:
+        """Posterior predictive draws: a DataFrame with one row per draw and one column
+        per row of ``newdata`` (its index labels; the fitting data's row labels when
+        None). ``.to_numpy()`` gives the (draws, rows) array.
 
         Args:
             newdata: rows to predict (the fitting data when None). Levels of a grouping
@@ -368,7 +370,7 @@ class BayesResult:
             seed: random seed.
 
         Returns:
-            numpy array (draws, n_new).
+            DataFrame (draws, rows): index ``draw`` (0, 1, ...), columns the rows' labels.
 
         Raises:
             DataError: unseen levels with ``allow_new_levels=False``, bad weights, or (AR(1))
@@ -387,7 +389,10 @@ class BayesResult:
             params["key"] = np.random.default_rng(seed).integers(
                 0, 2**32, size=(n_draws, 2), dtype=np.uint32
             )
-            return _map_draws(lambda p: fn(p.pop("key"), p), params)
+            values = _map_draws(lambda p: fn(p.pop("key"), p), params)
+        rows = self.bayes_model.model.design.rows if newdata is None else newdata.index
+        return pd.DataFrame(values, columns=rows,
+                            index=pd.RangeIndex(values.shape[0], name="draw"))
 
     def _finish(self, key, eta, weights, dispersion, type):
         family = self.bayes_model.family

@@ -133,6 +133,7 @@ def test_forecasts_continue_the_series(tmp_path_factory):
     assert np.std(unseen, axis=0).mean() > np.std(known, axis=0).mean()
     in_sample = fit.posterior_predict(num_draws=50)
     assert in_sample.shape == (50, len(fit.bayes_model.data.y))
+    assert in_sample.columns.equals(result["history"].index)  # the data's row labels
 
 
 @pytest.mark.slow
