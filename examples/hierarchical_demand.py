@@ -30,7 +30,7 @@ for 90% intervals, which the simulated future (kept out of the fit) should fall 
 Run:  python examples/hierarchical_demand.py [--out fan.png]          (a few minutes)
       python examples/hierarchical_demand.py --full                     (about an hour)
 
-The default size (30 stores in 5 regions, 91 days, 4 chains of 300 + 300 iterations)
+The default size (20 stores in 4 regions, 70 days, 4 chains of 250 + 250 iterations)
 runs in a few minutes on a 2-core CPU; ``--full`` is the size above (100 stores in 10
 regions, half a year, 500 + 500 iterations), about an hour of NUTS on the same CPU and
 minutes on a GPU. ``--stores``, ``--days``, ... set each size by hand.
@@ -172,7 +172,7 @@ def plot(history, future, draws, out) -> pathlib.Path | None:
     return pathlib.Path(out)
 
 
-QUICK = {"n_stores": 30, "n_regions": 5, "n_days": 91, "num_warmup": 300, "num_samples": 300}
+QUICK = {"n_stores": 20, "n_regions": 4, "n_days": 70, "num_warmup": 250, "num_samples": 250}
 FULL = {"n_stores": 100, "n_regions": 10, "n_days": 182, "num_warmup": 500, "num_samples": 500}
 
 

@@ -473,9 +473,26 @@ class BayesResult:
 
         return fn
 
+    # ---- plots ------------------------------------------------------------------------------
+    def plot_posterior(self, kind: str = "fixef", axes=None, prob: float = 0.95):
+        """Histograms of the marginal posteriors of one kind of parameter (``"fixef"``,
+        ``"sd"``, ``"cor"``, ``"family"``) with ``prob`` intervals (needs matplotlib)."""
+        from ._plots import plot_posterior
+
+        return plot_posterior(self, kind=kind, axes=axes, prob=prob)
+
+    def plot_ppc(self, num_draws: int = 50, ax=None, seed: int = 0):
+        """Posterior predictive check: densities of replicated data sets over the
+        observed response (needs matplotlib)."""
+        from ._plots import plot_ppc
+
+        return plot_ppc(self, num_draws=num_draws, ax=ax, seed=seed)
+
     # ---- ArviZ ------------------------------------------------------------------------------
-    def to_inference_data(self):
+    def to_inference_data(self, posterior_predictive: bool = True, seed: int = 0):
         """An ``arviz.InferenceData`` with the posterior (named parameters), the
+        posterior predictive draws of y (one replicated data set per draw, so that
+        ``az.plot_ppc`` works; ``posterior_predictive=False`` leaves them out), the
         pointwise log-likelihood, the observed data and sampler statistics.
 
         Raises:
@@ -492,7 +509,13 @@ class BayesResult:
             coords[f"{label}_level"] = list(layout.levels[t])
             coords[f"{label}_coef"] = list(layout.coef_names[t])
             dims[f"r_{label}"] = [f"{label}_level", f"{label}_coef"]
+        extra = {}
+        if posterior_predictive:
+            draws = self.posterior_predict(seed=seed).to_numpy()
+            extra["posterior_predictive"] = {
+                "y": draws.reshape(self.num_chains, self.num_samples, -1)}
         return az.from_dict(
+            **extra,
             posterior=dict(self.draws),
             log_likelihood={"y": self.log_likelihood()},
             observed_data={"y": np.asarray(self.bayes_model.model.y)},

@@ -267,6 +267,13 @@ class GLMResult:
             lines.append(f"Warning: separation; infinite estimates for {list(self.separated)}")
         return "\n".join(lines) + "\n"
 
+    def plot_effect(self, term: str, ax=None, level: float = 0.95, n_points: int = 50):
+        """Predicted means across ``term`` (other predictors at their mean or first
+        level) with ``level`` Wald intervals (needs matplotlib)."""
+        from ._plots import plot_effect
+
+        return plot_effect(self, term, ax=ax, level=level, n_points=n_points)
+
     def print_summary(self) -> None:
         print(self.summary())
 

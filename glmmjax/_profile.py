@@ -452,3 +452,44 @@ def wald_confint(result, level: float = 0.95, parm=None) -> pd.DataFrame:
     lower[-p:] = result.beta - z * se
     upper[-p:] = result.beta + z * se
     return _interval_frame(names, lower, upper, level).iloc[sorted(wanted)]
+
+
+def profile_frame(result, parm=None, level: float = 0.99, n_points: int = 6,
+                  progress: bool | None = None) -> pd.DataFrame:
+    """The profiles themselves (lme4's ``as.data.frame(profile(fit))``): ζ at points
+    between the ``level`` profile bounds of each parameter, the estimate (ζ = 0)
+    included.
+
+    Returns:
+        A tidy DataFrame with columns ``parameter``, ``value`` (on the reported scale:
+        SD, correlation, σ, β) and ``zeta``. Parameters that cannot be profiled (a
+        correlation of ±1 or of a zero SD) are left out.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if int(n_points) < 2:
+        raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
+    names = parameter_names(result)
+    wanted = _select(names, parm, result)
+    z = stats.norm.ppf(0.5 * (1.0 + level))
+    if getattr(result, "family", None) is None:
+        problem, kinds, values = _lmm_problem(result)
+    else:
+        problem, kinds, values = _glmm_problem(result)
+    rows = []
+    for i in bar(sorted(wanted), enabled=progress, desc="profiling", unit="parameter"):
+        kind, estimate = kinds[i], problem.omega_hat[i]
+        if kind == "cor" and (not np.isfinite(values[i]) or abs(np.tanh(estimate)) > 1 - 1e-6):
+            continue
+        limits = {"sd": (0.0, None), "cor": (-_MAX_ATANH, _MAX_ATANH)}.get(kind, (None, None))
+        points = [estimate]
+        for side in (-1, 1):
+            if kind == "sd" and side < 0 and estimate <= 1e-8:
+                continue
+            end = _find_bound(problem, i, side, z, *limits)
+            if np.isfinite(end) and end != estimate:
+                points += list(np.linspace(estimate, end, int(n_points) + 1)[1:])
+        for x in sorted(points):
+            zeta = 0.0 if x == estimate else problem.zeta(i, x)
+            rows.append((names[i], _omega_to_value(kind, x), zeta))
+    return pd.DataFrame(rows, columns=["parameter", "value", "zeta"])

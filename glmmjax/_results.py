@@ -353,6 +353,16 @@ class MixedModelResult:
             return with_r_aliases(table, names)
         raise ValueError(f"method must be 'profile', 'wald' or 'boot', got {method!r}")
 
+    def profile(self, parm=None, level: float = 0.99, n_points: int = 6, *,
+                progress: bool | None = None) -> pd.DataFrame:
+        """Profile ζ of each parameter (lme4's ``profile``), as a tidy DataFrame with
+        columns ``parameter``, ``value`` and ``zeta``, from the ``level`` lower to the
+        upper profile bound; see :func:`glmmjax._profile.profile_frame`. Plot it with
+        :meth:`plot_profile`."""
+        from ._profile import profile_frame
+
+        return profile_frame(self, parm, level, n_points, progress)
+
     def simulate(self, n: int = 1, newdata: pd.DataFrame | None = None, *,
                  include_re: bool = True, seed: int | None = None, weights=None,
                  allow_new_levels: bool = False) -> pd.DataFrame:
@@ -419,6 +429,22 @@ class MixedModelResult:
         from ._plots import plot_ranef_qq
 
         return plot_ranef_qq(self, term=term, axes=axes)
+
+    def plot_profile(self, parm=None, level: float = 0.95, axes=None, *,
+                     progress: bool | None = None):
+        """Profile-likelihood plot, as lme4's ``xyplot(profile(fit))``: ζ against each
+        parameter, with the ``level`` interval marked (needs matplotlib)."""
+        from ._plots import plot_profile
+
+        return plot_profile(self, parm=parm, level=level, axes=axes, progress=progress)
+
+    def plot_effect(self, term: str, ax=None, level: float = 0.95, n_points: int = 50):
+        """Population-level predictions (random effects at zero) across ``term``, other
+        predictors at their mean or reference level, with ``level`` Wald intervals
+        (needs matplotlib)."""
+        from ._plots import plot_effect
+
+        return plot_effect(self, term, ax=ax, level=level, n_points=n_points)
 
     def plot_caterpillar(self, term: str | None = None, level: float = 0.95, axes=None):
         """Caterpillar plot: sorted conditional modes with intervals (needs matplotlib)."""

@@ -117,6 +117,32 @@ def test_loo_waic_and_inference_data(tmp_path_factory):
     assert theirs["p_loo"] == pytest.approx(loo.p, abs=1e-6)
 
 
+def test_repr_plots_and_posterior_predictive_group(tmp_path_factory):
+    fit = _demand(tmp_path_factory)["fit"]
+    text = repr(fit)
+    assert len(text.splitlines()) <= 8 and "array(" not in text
+    for piece in ["BayesResult", "log_sales ~ promo", "store (6), region (3)",
+                  "2 chains × 100 draws"]:
+        assert piece in text, text
+    assert fit._repr_html_().startswith("<div")
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for axes in (fit.plot_posterior("sd"), fit.plot_ppc(num_draws=10)):
+        axes = np.atleast_1d(axes)
+        axes[0].figure.canvas.draw()
+        assert all(ax.has_data() for ax in axes)
+        plt.close(axes[0].figure)
+    az = pytest.importorskip("arviz")
+    idata = fit.to_inference_data()
+    n = len(fit.bayes_model.data.y)
+    assert idata.posterior_predictive["y"].shape == (2, 100, n)
+    ax = np.atleast_1d(az.plot_ppc(idata, num_pp_samples=10))[0]
+    ax.figure.canvas.draw()
+    plt.close(ax.figure)
+
+
 def test_forecasts_continue_the_series(tmp_path_factory):
     """Forecast spread grows with the horizon (the AR(1) error forgets the last
     residual), and a store never seen gets a wider interval than a known one."""
