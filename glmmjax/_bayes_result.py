@@ -583,7 +583,7 @@ class BayesResult:
             lines += ["Further Distributional Parameters:", block([layout.dispersion], [layout.dispersion]), ""]
         lines.append(
             f"Draws were sampled using NUTS (NumPyro) in {self.seconds:.1f} s; "
-            f"{self.divergences} divergent transitions after warmup. For each parameter, "
+            f"{plural(self.divergences, 'divergent transition')} after warmup. For each parameter, "
             "Bulk_ESS and Tail_ESS are effective sample size measures, and Rhat is the "
             "potential scale reduction factor on split chains (at convergence, Rhat = 1)."
         )
