@@ -17,7 +17,9 @@ from ._glm_result import GLMResult
 from ._glmer import GLMMResult, glmer
 from ._lmer import LMMResult, lmer
 from ._model import MixedModel
+from ._params import Params
 from ._results import Convergence, MixedModelResult, SingularFitWarning
+from ._solve import SolveInfo, solve
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,9 @@ __all__ = [
     "DataError",
     "LMMResult",
     "MixedModel",
+    "Params",
+    "SolveInfo",
+    "solve",
     "MixedModelResult",
     "lmer",
     "FormulaError",

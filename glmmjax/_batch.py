@@ -200,6 +200,9 @@ def _sharded(fn, n_devices: int):
 
 # -- input handling ------------------------------------------------------------------------
 def _response_matrix(responses, data: pd.DataFrame) -> tuple[np.ndarray, list]:
+    from ._design import reject_tracer
+
+    reject_tracer(responses, "responses")
     if isinstance(responses, pd.DataFrame):
         return responses.to_numpy(dtype=float), list(responses.columns)
     if isinstance(responses, (list, tuple)) and responses and all(isinstance(r, str) for r in responses):

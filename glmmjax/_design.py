@@ -83,6 +83,13 @@ class Design:
 
 
 def _check_frame(data) -> pd.DataFrame:
+    reject_tracer(data, "data")
+    if isinstance(data, dict):
+        for key, value in data.items():
+            reject_tracer(value, f"data[{key!r}]")
+    if isinstance(data, pd.DataFrame) and len(data):
+        for column in data.columns[data.dtypes == object]:
+            reject_tracer(data[column].iloc[0], f"column {column!r}")
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if data.shape[0] == 0:
@@ -160,9 +167,27 @@ def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:
                 )
 
 
+NOT_DIFFERENTIABLE = (
+    "lmer, glmer, glm and fit_many fit on the host with numpy and cannot run under "
+    "jax.grad, jax.jit or jax.vmap; to differentiate, build glmmjax.MixedModel."
+    "from_formula(...) or MixedModel.from_arrays(...) and use model.log_likelihood(params) "
+    "or glmmjax.solve(model)"
+)
+
+
+def reject_tracer(value, name: str) -> None:
+    """A clear error, before any numpy conversion, for JAX tracers given to a front door."""
+    import sys
+
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{name} is a JAX tracer: {NOT_DIFFERENTIABLE}")
+
+
 def _vector_argument(value, data: pd.DataFrame, name: str) -> pd.Series | None:
     if value is None:
         return None
+    reject_tracer(value, name)
     if isinstance(value, str):
         if value not in data.columns:
             raise DataError(f"{name}={value!r} is not a column of data")

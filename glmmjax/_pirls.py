@@ -256,16 +256,26 @@ def at_mode(theta, beta, dispersion, data: GLMMData, v):
 
 @at_mode.def_jvp
 def _at_mode_jvp(primals, tangents):
+    """v̇ = −H⁻¹·(∂(∇g/2)/∂ψ·ψ̇ + ∂(∇g/2)/∂D·Ḋ): the total derivative of the mode, in the
+    parameters ψ and in the data D (y, X, weights, offset, Z: any float leaf of
+    ``data``). Leaving the data out gives wrong gradients whenever a data leaf is
+    differentiated, e.g. a network's output entering as the offset."""
     theta, beta, dispersion, data, v_in = primals
-    t_theta, t_beta, t_disp, _, _ = tangents
-    # Call at_mode again so that derivatives of this rule (second order) see v̂(ψ).
+    t_theta, t_beta, t_disp, t_data, _ = tangents
+    # Call at_mode again so that derivatives of this rule (second order) see v̂(ψ, D).
     v = at_mode(theta, beta, dispersion, data, v_in)
     zeros = lambda x, t: jnp.zeros_like(x) if t is None else t  # noqa: E731
     t_theta, t_beta, t_disp = zeros(theta, t_theta), zeros(beta, t_beta), zeros(dispersion, t_disp)
+    dynamic, static = eqx.partition(data, eqx.is_inexact_array)
+    t_dynamic = jax.tree_util.tree_map(
+        lambda p, t: None if p is None else (jnp.zeros_like(p) if t is None else t),
+        dynamic, t_data if t_data is not None else jax.tree_util.tree_map(lambda _: None, dynamic),
+        is_leaf=lambda x: x is None,
+    )
     _, mixed = jax.jvp(
-        lambda a, b, c: half_gradient(v, a, b, c, data),
-        (theta, beta, dispersion),
-        (t_theta, t_beta, t_disp),
+        lambda a, b, c, d: half_gradient(v, a, b, c, eqx.combine(d, static)),
+        (theta, beta, dispersion, dynamic),
+        (t_theta, t_beta, t_disp, t_dynamic),
     )
     factor = hessian_factor(v, theta, beta, dispersion, data)
     return v, -_solve(data.structure, factor, mixed)

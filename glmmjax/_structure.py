@@ -233,3 +233,81 @@ def stack_structures(term_lists: list, n_dense: int) -> ReStructure:
     padded = [build_structure(terms, n_dense, dense_update=dense, padding=padding)
               for terms in term_lists]
     return jax.tree_util.tree_map(lambda *a: np.stack(a), *padded)
+
+
+class ArrayTerm:
+    """A random-effects term given by arrays alone (``MixedModel.from_arrays``): the
+    level index of each observation, its (n, S) model matrix and the number of levels.
+    Duck-types the parts of :class:`glmmjax._design.TermDesign` that
+    :func:`build_structure` reads."""
+
+    def __init__(self, refs, z, n_levels: int):
+        self.refs = refs
+        self.z = z
+        self.n_levels = int(n_levels)
+
+    @property
+    def size(self) -> int:
+        return self.z.shape[1]
+
+
+def is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def structure_for_arrays(terms, n_dense: int) -> ReStructure:
+    """:func:`build_structure` for :class:`ArrayTerm` s whose level indices may be traced.
+
+    With concrete indices this is :func:`build_structure` (the sparse coupling pattern,
+    found with numpy). Under ``jax.jit`` the indices are abstract, so the pattern cannot
+    depend on their values: every level of a later term is taken to meet every level of
+    the first (all m_0·m_t pairs, each observation's pair computed by arithmetic), and
+    the Schur update is formed densely. Same factor, more work when terms are large:
+    build models with several crossed terms outside ``jit`` where you can.
+    """
+    if not any(is_traced(t.refs) for t in terms):
+        concrete = [ArrayTerm(np.asarray(t.refs), np.asarray(t.z), t.n_levels) for t in terms]
+        return build_structure(tuple(concrete), n_dense)
+    first = terms[0]
+    m0 = first.n_levels
+    sizes = tuple(t.size for t in terms)
+    n_levels = tuple(t.n_levels for t in terms)
+    offsets, position = [0], 0
+    for term in terms[1:]:
+        offsets.append(position)
+        position += term.n_levels * term.size
+    rest_size = position + n_dense
+    pair_first, pair_level, obs_pair, entry_rest, entry_first = [], [], [], [], []
+    for term, offset in zip(terms[1:], offsets[1:]):
+        m = term.n_levels
+        j = np.repeat(np.arange(m0, dtype=np.int32), m)
+        level = np.tile(np.arange(m, dtype=np.int32), m0)
+        pair_first.append(j)
+        pair_level.append(level)
+        obs_pair.append((jnp.asarray(first.refs, jnp.int32) * m
+                         + jnp.asarray(term.refs, jnp.int32)).astype(jnp.int32))
+        comps = np.arange(term.size)
+        entry_rest.append((offset + level[:, None] * term.size + comps).ravel())
+        entry_first.append(np.repeat(j, term.size))
+    dense_start = rest_size - n_dense
+    entry_rest.append(np.tile(dense_start + np.arange(n_dense), m0))
+    entry_first.append(np.repeat(np.arange(m0), n_dense))
+    empty = np.zeros(0, dtype=np.int32)
+    return ReStructure(
+        sizes=sizes,
+        n_levels=n_levels,
+        offsets=tuple(offsets),
+        n_dense=n_dense,
+        rest_size=rest_size,
+        dense_update=True,
+        refs=tuple(jnp.asarray(t.refs, jnp.int32) for t in terms),
+        z=tuple(t.z for t in terms),
+        pair_first=tuple(pair_first),
+        pair_level=tuple(pair_level),
+        obs_pair=tuple(obs_pair),
+        entry_rest=np.concatenate(entry_rest).astype(np.int32),
+        entry_first=np.concatenate(entry_first).astype(np.int32),
+        update_a=empty,
+        update_b=empty,
+        update_flat=empty,
+    )
