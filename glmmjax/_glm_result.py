@@ -30,10 +30,11 @@ class GLMResult:
         fixef_se: standard errors; ``statistic`` (z, or t where the dispersion is
             estimated from Pearson residuals), ``pvalues``.
         vcov: Var(β̂) as a DataFrame (estimable coefficients only).
-        deviance, null_deviance, df_residual, df_null, dispersion, loglik, aic, bic,
-        nobs, n_dropped, converged, iterations, family, success_level (the level of a
-        categorical response counted as success, else None), separated (names of
-        coefficients that diverge because of separation).
+        deviance: the residual deviance (also ``null_deviance``, ``df_residual``,
+            ``df_null``, ``dispersion``, ``loglik``, ``aic``, ``bic``, ``nobs``,
+            ``n_dropped``, ``converged``, ``iterations``, ``family``).
+        success_level: the level of a categorical response counted as success, else None.
+        separated: names of coefficients that diverge because of separation.
 
     Example:
         >>> import glmmjax
