@@ -559,7 +559,8 @@ class MixedModelResult:
         if self.scale is not None:
             rows.append(("Residual", "", self.scale**2, self.scale, ""))
         frame = pd.DataFrame(rows, columns=["Groups", "Name", "Variance", "Std.Dev.", "Corr"])
-        return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        text = frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        return "\n".join(line.rstrip() for line in text.splitlines())
 
     def _criterion_text(self) -> str:
         if self.method == "REML":
