@@ -225,7 +225,7 @@ def psis(log_ratios, reff: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     return lw, k_hat
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class InformationCriterion:
     """Expected log pointwise predictive density (elpd) by WAIC or PSIS-LOO.
 
@@ -250,6 +250,11 @@ class InformationCriterion:
     def ic(self) -> float:
         """On the deviance scale: −2·elpd (what R's ``loo``/``waic`` call looic/waic)."""
         return -2.0 * self.elpd
+
+    def __repr__(self) -> str:
+        # Short on purpose: `pointwise` and `pareto_k` hold one value per observation.
+        return (f"<InformationCriterion {self.method}: elpd {self.elpd:.2f} (se {self.se:.2f}), "
+                f"p {self.p:.2f}, n {np.size(self.pointwise)}>")
 
     def __str__(self) -> str:
         lines = [

@@ -329,6 +329,21 @@ class BayesModel:
         jitter in the unconstrained space, so chains start apart."""
         return functools.partial(_init_site, centres=self._init_centres(), radius=radius)
 
+    def __repr__(self) -> str:
+        # Short on purpose: the data arrays stay out of it.
+        from ._display import short_repr
+
+        design = self.model.design
+        family = self.family
+        return short_repr("BayesModel", [
+            ("formula", design.formula.text),
+            ("family", f"{family.name} ({family.link.name})"),
+            ("nobs", design.nobs),
+            ("groups", ", ".join(f"{t.group} ({t.n_levels})" for t in design.terms) or None),
+            ("priors", f"{len(self.priors)} parameters (prior_table() lists them)"),
+            ("ar1", None if self.ar1 is None else "AR(1) over the series index"),
+        ])
+
     # ---- sampling ---------------------------------------------------------------------------
     def sample(
         self,

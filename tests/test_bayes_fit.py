@@ -125,6 +125,10 @@ def test_repr_plots_and_posterior_predictive_group(tmp_path_factory):
                   "2 chains × 100 draws"]:
         assert piece in text, text
     assert fit._repr_html_().startswith("<div")
+    model_text = repr(fit.bayes_model)
+    assert "BayesModel" in model_text and "AR(1)" in model_text and "array(" not in model_text
+    ic = bayes.InformationCriterion("loo", -10.0, 1.0, 2.0, np.zeros(500))
+    assert repr(ic) == "<InformationCriterion loo: elpd -10.00 (se 1.00), p 2.00, n 500>"
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
