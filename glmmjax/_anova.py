@@ -20,21 +20,26 @@ import numpy as np
 import pandas as pd
 
 from ._covariance import diagonal_mask
+from ._display import RFrame
 from ._distributions import chi2_sf
 
 __all__ = ["anova", "compare", "NotedTable"]
 
 
-class NotedTable(pd.DataFrame):
+class NotedTable(RFrame):
     """A DataFrame whose printed form shows ``attrs["heading"]`` above and
-    ``attrs["note"]`` below the table (lme4 prints such notes as messages)."""
+    ``attrs["note"]`` below the table (lme4 prints such notes as messages); its rows
+    may also be looked up by R's names (``ci.loc["(Intercept)"]``)."""
 
     @property
     def _constructor(self):
         return NotedTable
 
     def __repr__(self) -> str:
-        text = super().__repr__()
+        from ._display import format_table
+
+        # Every column shown, each formatted as a whole; p-values as R's format.pval.
+        text = format_table(self, stars=True, na="")
         heading = self.attrs.get("heading", "")
         note = self.attrs.get("note", "")
         return (f"{heading}\n" if heading else "") + text + (f"\n\nNote: {note}" if note else "")

@@ -33,12 +33,13 @@ from ._glmm_fit import glmm_pipeline, make_setup
 from ._lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from ._optimize import Status
 from ._precision import check_precision, float_dtype, precision_scope
+from ._progress import noted
 from ._structure import build_structure
 
 _RESPONSE = "__glmmjax_response__"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class BatchResult:
     """Results of :func:`fit_many`, one entry per response (model).
 
@@ -65,6 +66,28 @@ class BatchResult:
     def __len__(self) -> int:
         return len(self.models)
 
+    def __repr__(self) -> str:
+        # Short on purpose: the frames hold one row per model (or per coefficient).
+        from ._display import plural, short_repr
+
+        n = len(self.models)
+        converged = int(np.sum(self.converged))
+        failed = n - converged
+        return short_repr("BatchResult", [
+            ("models", f"{n:,} fitted by {self.method}"),
+            ("terms", ", ".join(map(str, self.fixef.columns))),
+            ("converged", f"{converged:,} of {n:,}"
+             + (f" ({plural(failed, 'model')} flagged: see .models['status'])" if failed else "")),
+            ("chunks", f"{self.chunk_size:,} models per chunk on "
+                       f"{plural(self.n_devices, 'device')}"),
+        ])
+
+    def _repr_html_(self) -> str:
+        from ._display import html_summary
+
+        head = self.models.head(10).to_html()
+        return html_summary("BatchResult", repr(self)) + head
+
     @property
     def converged(self) -> np.ndarray:
         return self.models["converged"].to_numpy()
@@ -77,8 +100,20 @@ class BatchResult:
         return rows.set_index("model")["p_value"]
 
 
-def p_adjust_bh(p_values) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values (R's ``p.adjust(p, "BH")``); NaNs stay NaN."""
+def p_adjust_bh(p_values) -> np.ndarray | pd.Series:
+    """Benjamini–Hochberg adjusted p-values (R's ``p.adjust(p, "BH")``); NaNs stay NaN.
+
+    A pandas Series comes back as a Series with the same index and name (the models of
+    :meth:`BatchResult.p_values`), anything else as a numpy array.
+
+    Example:
+        >>> import glmmjax, pandas as pd
+        >>> glmmjax.p_adjust_bh(pd.Series([0.01, 0.04, 0.03], index=["a", "b", "c"])).round(3).to_dict()
+        {'a': 0.03, 'b': 0.04, 'c': 0.04}
+    """
+    if isinstance(p_values, pd.Series):
+        return pd.Series(p_adjust_bh(p_values.to_numpy(dtype=float)), index=p_values.index,
+                         name=p_values.name)
     p = np.asarray(p_values, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
@@ -147,7 +182,8 @@ def _sharded(fn, n_devices: int):
 
     Cached, so that every call of ``fit_many`` with the same structure reuses one
     compiled program."""
-    batched = jax.vmap(fn, in_axes=(0,) + (None,) * (fn.__code__.co_argcount - 1))
+    batched = noted(jax.vmap(fn, in_axes=(0,) + (None,) * (fn.__code__.co_argcount - 1)),
+                    "the batched fit")
     if n_devices <= 1:
         return eqx.filter_jit(batched)
     mesh = Mesh(np.array(jax.local_devices()[:n_devices]), ("batch",))
@@ -207,7 +243,7 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[s
         y = Y[:, k]
         bad = ~np.isfinite(y)
         if bad.any():
-            reasons.append(f"non-finite response in rows {list(rows[np.flatnonzero(bad)[:5]])}")
+            reasons.append(f"non-finite response in rows {np.asarray(rows)[np.flatnonzero(bad)[:5]].tolist()}")
             continue
         if family is not None:
             try:

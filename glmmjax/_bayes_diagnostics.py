@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from ._stacklevel import external_stacklevel
+
 
 class ParetoKWarning(UserWarning):
     """PSIS-LOO is unreliable for some observations (Pareto k̂ above the threshold)."""
@@ -223,7 +225,7 @@ def psis(log_ratios, reff: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     return lw, k_hat
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class InformationCriterion:
     """Expected log pointwise predictive density (elpd) by WAIC or PSIS-LOO.
 
@@ -248,6 +250,11 @@ class InformationCriterion:
     def ic(self) -> float:
         """On the deviance scale: −2·elpd (what R's ``loo``/``waic`` call looic/waic)."""
         return -2.0 * self.elpd
+
+    def __repr__(self) -> str:
+        # Short on purpose: `pointwise` and `pareto_k` hold one value per observation.
+        return (f"<InformationCriterion {self.method}: elpd {self.elpd:.2f} (se {self.se:.2f}), "
+                f"p {self.p:.2f}, n {np.size(self.pointwise)}>")
 
     def __str__(self) -> str:
         lines = [
@@ -279,7 +286,7 @@ def waic(loglik) -> InformationCriterion:
             f"{int(np.sum(p_i > 0.4))} of {n} observations have a WAIC penalty above 0.4; "
             "WAIC may be unreliable, prefer loo()",
             ParetoKWarning,
-            stacklevel=3,
+            stacklevel=external_stacklevel(),
         )
     return InformationCriterion(
         "waic", float(elpd_i.sum()), float(math.sqrt(n * np.var(elpd_i))), float(p_i.sum()), elpd_i
@@ -310,7 +317,7 @@ def loo(loglik, reff: float = 1.0) -> InformationCriterion:
             f"{bad} of {n} observations have a Pareto k above {threshold:.2f}: PSIS-LOO is "
             "unreliable for them (influential observations or a misspecified model)",
             ParetoKWarning,
-            stacklevel=3,
+            stacklevel=external_stacklevel(),
         )
     return InformationCriterion(
         "loo",

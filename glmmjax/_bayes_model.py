@@ -329,6 +329,21 @@ class BayesModel:
         jitter in the unconstrained space, so chains start apart."""
         return functools.partial(_init_site, centres=self._init_centres(), radius=radius)
 
+    def __repr__(self) -> str:
+        # Short on purpose: the data arrays stay out of it.
+        from ._display import short_repr
+
+        design = self.model.design
+        family = self.family
+        return short_repr("BayesModel", [
+            ("formula", design.formula.text),
+            ("family", f"{family.name} ({family.link.name})"),
+            ("nobs", design.nobs),
+            ("groups", ", ".join(f"{t.group} ({t.n_levels})" for t in design.terms) or None),
+            ("priors", f"{len(self.priors)} parameters (prior_table() lists them)"),
+            ("ar1", None if self.ar1 is None else "AR(1) over the series index"),
+        ])
+
     # ---- sampling ---------------------------------------------------------------------------
     def sample(
         self,
@@ -338,7 +353,7 @@ class BayesModel:
         num_samples: int = 1000,
         seed: int = 0,
         chain_method: str = "vectorized",
-        progress_bar: bool = False,
+        progress_bar: bool | None = None,
         target_accept: float = 0.99,
         max_tree_depth: int = 10,
         dense_mass: bool = False,
@@ -356,7 +371,8 @@ class BayesModel:
                 compiled single-chain program, which compiles about twice as fast on
                 a CPU). Either way the compiled sampler is reused for any later model
                 of the same structure, sizes and settings.
-            progress_bar: show a progress bar (tqdm) of the iterations.
+            progress_bar: show a progress bar (tqdm) of the iterations; None (default):
+                in interactive sessions (a terminal, IPython, Jupyter) only.
             target_accept: NUTS's target acceptance probability (the step size is
                 adapted to reach it). 0.99 by default, stricter than brms's 0.8 and
                 rstanarm's 0.95: with non-centred random effects, terms whose levels
@@ -382,7 +398,10 @@ class BayesModel:
             A :class:`~glmmjax.bayes.BayesResult`.
         """
         from ._bayes_result import BayesResult
+        from ._progress import interactive, quiet
 
+        if progress_bar is None:
+            progress_bar = interactive() and not quiet()
         samples, diverging, num_steps, elapsed = self._run(
             None, num_chains, num_warmup, num_samples, seed, chain_method, progress_bar,
             target_accept, max_tree_depth, dense_mass, precision,

@@ -21,8 +21,10 @@ from . import _bayes_ar1 as ar1_lib
 from . import _bayes_diagnostics as diag
 from ._bayes_model import BayesModel, SamplingWarning
 from ._design import DataError, new_data_design
+from ._display import plural
 from ._families import Gaussian
 from ._precision import precision_scope
+from ._stacklevel import external_stacklevel
 
 _KINDS = ("fixef", "sd", "cor", "family", "ranef")
 _BATCH = 256  # draws per batch when mapping over draws (bounds memory: batch × n)
@@ -201,7 +203,7 @@ class BayesResult:
             high = table[table["rhat"] > 1.01]
             if len(high):
                 messages.append(
-                    f"R-hat above 1.01 for {len(high)} parameter(s) (max {high['rhat'].max():.3f}"
+                    f"R-hat above 1.01 for {plural(len(high), 'parameter')} (max {high['rhat'].max():.3f}"
                     f", e.g. {', '.join(high.index[:3])}): the chains have not mixed; run longer "
                     "chains (num_warmup, num_samples), or try sample(dense_mass=True) when "
                     "the data inform each group's effects well (many rows per level)."
@@ -211,12 +213,12 @@ class BayesResult:
             low = table[table[column] < floor]
             if len(low):
                 messages.append(
-                    f"{column.replace('_', ' ')} below {floor} (100 per chain) for {len(low)} "
-                    f"parameter(s) (min {low[column].min():.0f}, e.g. {', '.join(low.index[:3])}): "
+                    f"{column.replace('_', ' ')} below {floor} (100 per chain) for "
+                    f"{plural(len(low), 'parameter')} (min {low[column].min():.0f}, e.g. {', '.join(low.index[:3])}): "
                     f"posterior {what} may be unreliable; run more draws."
                 )
         for message in messages:
-            warnings.warn(message, SamplingWarning, stacklevel=3)
+            warnings.warn(message, SamplingWarning, stacklevel=external_stacklevel())
         return messages
 
     # ---- per-draw parameters -------------------------------------------------------
@@ -344,8 +346,10 @@ class BayesResult:
         offset=None,
         num_draws: int | None = None,
         seed: int = 0,
-    ) -> np.ndarray:
-        """Posterior predictive draws, (draws, rows of newdata).
+    ) -> pd.DataFrame:
+        """Posterior predictive draws: a DataFrame with one row per draw and one column
+        per row of ``newdata`` (its index labels; the fitting data's row labels when
+        None). ``.to_numpy()`` gives the (draws, rows) array.
 
         Args:
             newdata: rows to predict (the fitting data when None). Levels of a grouping
@@ -366,7 +370,7 @@ class BayesResult:
             seed: random seed.
 
         Returns:
-            numpy array (draws, n_new).
+            DataFrame (draws, rows): index ``draw`` (0, 1, ...), columns the rows' labels.
 
         Raises:
             DataError: unseen levels with ``allow_new_levels=False``, bad weights, or (AR(1))
@@ -385,7 +389,10 @@ class BayesResult:
             params["key"] = np.random.default_rng(seed).integers(
                 0, 2**32, size=(n_draws, 2), dtype=np.uint32
             )
-            return _map_draws(lambda p: fn(p.pop("key"), p), params)
+            values = _map_draws(lambda p: fn(p.pop("key"), p), params)
+        rows = self.bayes_model.model.design.rows if newdata is None else newdata.index
+        return pd.DataFrame(values, columns=rows,
+                            index=pd.RangeIndex(values.shape[0], name="draw"))
 
     def _finish(self, key, eta, weights, dispersion, type):
         family = self.bayes_model.family
@@ -466,9 +473,26 @@ class BayesResult:
 
         return fn
 
+    # ---- plots ------------------------------------------------------------------------------
+    def plot_posterior(self, kind: str = "fixef", axes=None, prob: float = 0.95):
+        """Histograms of the marginal posteriors of one kind of parameter (``"fixef"``,
+        ``"sd"``, ``"cor"``, ``"family"``) with ``prob`` intervals (needs matplotlib)."""
+        from ._plots import plot_posterior
+
+        return plot_posterior(self, kind=kind, axes=axes, prob=prob)
+
+    def plot_ppc(self, num_draws: int = 50, ax=None, seed: int = 0):
+        """Posterior predictive check: densities of replicated data sets over the
+        observed response (needs matplotlib)."""
+        from ._plots import plot_ppc
+
+        return plot_ppc(self, num_draws=num_draws, ax=ax, seed=seed)
+
     # ---- ArviZ ------------------------------------------------------------------------------
-    def to_inference_data(self):
+    def to_inference_data(self, posterior_predictive: bool = True, seed: int = 0):
         """An ``arviz.InferenceData`` with the posterior (named parameters), the
+        posterior predictive draws of y (one replicated data set per draw, so that
+        ``az.plot_ppc`` works; ``posterior_predictive=False`` leaves them out), the
         pointwise log-likelihood, the observed data and sampler statistics.
 
         Raises:
@@ -487,7 +511,13 @@ class BayesResult:
             coords[f"{label}_level"] = list(layout.levels[t])
             coords[f"{label}_coef"] = list(layout.coef_names[t])
             dims[f"r_{label}"] = [f"{label}_level", f"{label}_coef"]
+        extra = {}
+        if posterior_predictive:
+            draws = self.posterior_predict(seed=seed).to_numpy()
+            extra["posterior_predictive"] = {
+                "y": draws.reshape(self.num_chains, self.num_samples, -1)}
         return az.from_dict(
+            **extra,
             posterior=dict(self.draws),
             log_likelihood={"y": self.log_likelihood()},
             observed_data={"y": np.asarray(self.bayes_model.model.y)},
@@ -555,17 +585,35 @@ class BayesResult:
             lines += ["Further Distributional Parameters:", block([layout.dispersion], [layout.dispersion]), ""]
         lines.append(
             f"Draws were sampled using NUTS (NumPyro) in {self.seconds:.1f} s; "
-            f"{self.divergences} divergent transitions after warmup. For each parameter, "
+            f"{plural(self.divergences, 'divergent transition')} after warmup. For each parameter, "
             "Bulk_ESS and Tail_ESS are effective sample size measures, and Rhat is the "
             "potential scale reduction factor on split chains (at convergence, Rhat = 1)."
         )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (
-            f"<BayesResult {self.bayes_model.model.design.formula.text!r}: "
-            f"{self.num_chains} chains × {self.num_samples} draws>"
-        )
+        # Short on purpose: the draws are arrays of (chains, draws, ...).
+        from ._display import plural, short_repr
+
+        model = self.bayes_model.model
+        family = model.family
+        groups = ", ".join(f"{t.group} ({t.n_levels})" for t in model.design.terms)
+        sampling = (f"{self.num_chains} chains × {self.num_samples} draws, "
+                    f"{plural(self.divergences, 'divergent transition')}, "
+                    f"{self.seconds:.1f} s")
+        return short_repr("BayesResult: NUTS (NumPyro)", [
+            ("formula", model.design.formula.text),
+            ("family", "gaussian (identity)" if family is None
+             else f"{family.name} ({family.link.name})"),
+            ("nobs", model.design.nobs),
+            ("groups", groups or None),
+            ("sampling", sampling),
+        ])
+
+    def _repr_html_(self) -> str:
+        from ._display import html_summary
+
+        return html_summary("BayesResult", self.summary())
 
     def __str__(self) -> str:
         return self.summary()

@@ -27,6 +27,8 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy
 
+from ._progress import compile_note
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -110,6 +112,7 @@ def run_chains(model, settings: Settings, keys, args, ys, centres):
         ``(samples, diverging, num_steps, step_size)``: constrained samples by site,
         (C, N, ...); (C, N) divergences and leapfrog steps; (C,) adapted step sizes.
     """
+    compile_note("the NUTS sampler")  # runs while jax traces, i.e. before compiling
     shared = ys.ndim == 1
     y_axis = None if shared else 0
     y0 = ys if shared else ys[0]

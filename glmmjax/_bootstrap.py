@@ -17,7 +17,7 @@ import pandas as pd
 from ._batch import BatchResult, fit_many
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class BootstrapResult:
     """Bootstrap replicates of a fit's parameters.
 
@@ -35,6 +35,24 @@ class BootstrapResult:
     @property
     def n_failed(self) -> int:
         return int((~self.batch.converged).sum())
+
+    def __repr__(self) -> str:
+        # Short on purpose: `replicates` has one row per refit.
+        from ._display import plural, short_repr
+
+        n = len(self.replicates)
+        return short_repr("BootstrapResult", [
+            ("replicates", f"{n:,} ({plural(self.n_failed, 'refit')} not converged)"
+             if self.n_failed else f"{n:,}, all converged"),
+            ("statistics", ", ".join(map(str, self.replicates.columns))),
+            ("methods", "summary(), confint(level=0.95)"),
+        ])
+
+    def _repr_html_(self) -> str:
+        from ._display import html_summary
+
+        return html_summary("BootstrapResult", repr(self)) + self.summary().to_html(
+            float_format=lambda v: f"{v:.5g}")
 
     def summary(self) -> pd.DataFrame:
         """Original value, bootstrap mean, SD and bias of every statistic."""

@@ -231,14 +231,31 @@ def result_document(kind: str, result) -> dict:
 # -- commands ----------------------------------------------------------------------------
 
 
-def _report_warnings(caught, stream) -> list[str]:
+def _report_warnings(caught, stream, in_summary=()) -> list[str]:
+    """Print the caught warnings on ``stream`` and return their messages; categories in
+    ``in_summary`` are returned but not printed (the summary printed after says it)."""
     # Deprecations concern developers of glmmjax's dependencies, not the user's model.
     developer = (DeprecationWarning, PendingDeprecationWarning)
-    messages = [" ".join(str(w.message).split()) for w in caught
-                if not issubclass(w.category, developer)]
-    for message in messages:
-        print(f"glmmjax: warning: {message}", file=stream)
+    messages = []
+    for w in caught:
+        if issubclass(w.category, developer):
+            continue
+        message = " ".join(str(w.message).split())
+        messages.append(message)
+        if not (in_summary and issubclass(w.category, in_summary)):
+            print(f"glmmjax: warning: {message}", file=stream)
     return messages
+
+
+def _dropped_rows(data: pd.DataFrame, result) -> list:
+    """Labels (0-based data row numbers for a CSV) of the rows the fit left out."""
+    design = getattr(result, "design", None) or getattr(result, "_design", None)
+    rows = getattr(design, "rows", None)
+    if rows is None:
+        return []
+    kept = set(pd.Index(rows).tolist())
+    return [int(r) if isinstance(r, (int, np.integer)) else str(r)
+            for r in data.index if r not in kept]
 
 
 def _demo(out) -> int:
@@ -251,8 +268,12 @@ def _demo(out) -> int:
             continue
         data = glmmjax.datasets.load(name)
         start = time.perf_counter()
-        kind, result = fit_formula(formula, data, family=family)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kind, result = fit_formula(formula, data, family=family)
         seconds = time.perf_counter() - start
+        # A singular fit is reported once, by the summary.
+        _report_warnings(caught, sys.stderr, in_summary=(glmmjax.SingularFitWarning,))
         print(f"# {name}: {kind}({formula!r}"
               + (f", family={family!r}" if family else "")
               + f") in {seconds:.1f} s (first call: any tracing and compilation included)",
@@ -271,9 +292,16 @@ def _fit(args, out, err) -> int:
         warnings.simplefilter("always")
         kind, result = fit_formula(args.formula, data, family=args.family, reml=args.reml,
                                    n_agq=args.n_agq, max_iter=args.max_iter)
-    messages = _report_warnings(caught, err)
+    from ._results import SingularFitWarning
+
+    # In text mode the summary states a singular fit: say it once, there.
+    messages = _report_warnings(caught, err,
+                                in_summary=() if args.json else (SingularFitWarning,))
     if args.json:
         doc = result_document(kind, result)
+        dropped = _dropped_rows(data, result)
+        doc["n_dropped"] = len(dropped)
+        doc["dropped_rows"] = dropped
         doc["warnings"] = messages
         print(json.dumps(doc, indent=2, allow_nan=False), file=out)
     else:

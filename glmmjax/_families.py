@@ -70,7 +70,8 @@ def _float(x):
 
 
 def _row_list(rows, bad: np.ndarray) -> list:
-    labels = list(rows[bad[:5]]) if rows is not None else list(bad[:5])
+    # .tolist(): plain Python numbers in messages, never np.int64(3)
+    labels = (np.asarray(rows)[bad[:5]] if rows is not None else bad[:5]).tolist()
     return labels + (["..."] if bad.size > 5 else [])
 
 
@@ -84,8 +85,9 @@ def _raise_bad_rows(message: str, bad_mask: np.ndarray, rows, y: np.ndarray) -> 
     bad = np.flatnonzero(bad_mask)
     if bad.size:
         raise DataError(
-            f"{message}; {bad.size} row(s) fail, e.g. rows {_row_list(rows, bad)} "
-            f"with values {[_plain(v) for v in np.asarray(y)[bad[:5]]]}"
+            f"{message}; {bad.size} {'row fails' if bad.size == 1 else 'rows fail'}, "
+            f"e.g. rows {_row_list(rows, bad)} "
+            f"with values {np.asarray(y)[bad[:5]].tolist()}"
         )
 
 

@@ -34,7 +34,9 @@ from ._families import Binomial, Family, NegativeBinomial, Poisson, get_family
 from ._formula import FormulaError
 from ._jit import program
 from ._precision import with_x64
+from ._progress import noted
 from ._results import ConvergenceWarning
+from ._stacklevel import external_stacklevel
 
 __all__ = ["GLMFit", "fit_glm", "irls", "glm", "GLMConvergenceWarning", "SeparationWarning"]
 
@@ -425,7 +427,7 @@ def _null_eta(X, y, weights, offset, family, dispersion, null_model, tol, max_it
     )
 
 
-_fit_glm_jit = program(fit_glm)
+_fit_glm_jit = program(noted(fit_glm, "the GLM fit"))
 
 
 # ---- numpy side: aliasing, null deviance, separation ----------------------------------
@@ -593,7 +595,7 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             f"coefficients {names} are not estimable (their columns are linear combinations "
             "of earlier ones) and are reported as NaN",
             UserWarning,
-            stacklevel=2,
+            stacklevel=external_stacklevel(),
         )
     X = X_full[:, ~aliased]
     offset_values = np.asarray(design.offset, dtype=np.float64)
@@ -611,7 +613,7 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             f"glm did not converge in {int(fit.iterations)} iterations; the estimates may "
             "be unreliable (try max_iter= or check the model)",
             GLMConvergenceWarning,
-            stacklevel=2,
+            stacklevel=external_stacklevel(),
         )
     separated: tuple[str, ...] = ()
     counts = isinstance(fam, (Poisson, NegativeBinomial)) and fam.link.name == "log"
@@ -630,7 +632,7 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
                 "errors are meaningless (consider penalized or Bayesian fits, or "
                 "removing those terms)",
                 SeparationWarning,
-                stacklevel=2,
+                stacklevel=external_stacklevel(),
             )
     return GLMResult(
         fit=fit,

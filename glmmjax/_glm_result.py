@@ -12,35 +12,13 @@ import numpy as np
 import pandas as pd
 
 from ._design import Design, new_data_design
+from ._display import check_names, format_table, html_summary, plural, short_repr, with_r_aliases
 from ._distributions import norm_ppf, norm_sf, t_ppf, t_sf
 from ._families import Family
 from ._glm import GLMFit
 from ._precision import with_x64
 
 __all__ = ["GLMResult"]
-
-
-def _format_p(p: float) -> str:
-    if not np.isfinite(p):
-        return "NA"
-    if p < 2e-16:
-        return "< 2e-16"
-    if p < 1e-4:
-        return f"{p:.2e}"
-    return f"{p:.4f}".rstrip("0").rstrip(".") if p >= 1e-3 else f"{p:.6f}"
-
-
-def _stars(p: float) -> str:
-    if not np.isfinite(p):
-        return ""
-    for cut, mark in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
-        if p < cut:
-            return mark
-    return ""
-
-
-def _sig(x: float, digits: int = 5) -> str:
-    return f"{x:.{digits}g}" if np.isfinite(x) else "NA"
 
 
 class GLMResult:
@@ -52,10 +30,11 @@ class GLMResult:
         fixef_se: standard errors; ``statistic`` (z, or t where the dispersion is
             estimated from Pearson residuals), ``pvalues``.
         vcov: Var(β̂) as a DataFrame (estimable coefficients only).
-        deviance, null_deviance, df_residual, df_null, dispersion, loglik, aic, bic,
-        nobs, n_dropped, converged, iterations, family, success_level (the level of a
-        categorical response counted as success, else None), separated (names of
-        coefficients that diverge because of separation).
+        deviance: the residual deviance (also ``null_deviance``, ``df_residual``,
+            ``df_null``, ``dispersion``, ``loglik``, ``aic``, ``bic``, ``nobs``,
+            ``n_dropped``, ``converged``, ``iterations``, ``family``).
+        success_level: the level of a categorical response counted as success, else None.
+        separated: names of coefficients that diverge because of separation.
 
     Example:
         >>> import glmmjax
@@ -83,9 +62,11 @@ class GLMResult:
         se = np.full(len(names), np.nan)
         coef[~self._aliased] = fit.coef
         se[~self._aliased] = np.sqrt(np.diag(fit.vcov))
-        self.fixef = pd.Series(coef, index=names, name="Estimate")
-        self.fixef_se = pd.Series(se, index=names, name="Std. Error")
-        self.vcov = pd.DataFrame(np.asarray(fit.vcov), index=self._names, columns=self._names)
+        # R's names (`(Intercept)`, `period2`) are accepted as aliases on lookup.
+        self.fixef = with_r_aliases(pd.Series(coef, index=names, name="Estimate"))
+        self.fixef_se = with_r_aliases(pd.Series(se, index=names, name="Std. Error"))
+        self.vcov = with_r_aliases(pd.DataFrame(np.asarray(fit.vcov), index=self._names,
+                                         columns=self._names))
         self.nobs = int(np.sum(self._weights > 0))
         self.n_dropped = int(design.n_dropped)
         self.rank = int(np.sum(~self._aliased))
@@ -112,7 +93,8 @@ class GLMResult:
             p = 2.0 * t_sf(np.abs(stat.to_numpy()), self.df_residual)
         else:
             p = 2.0 * norm_sf(np.abs(stat.to_numpy()))
-        self.pvalues = pd.Series(p, index=names, name="Pr(>|t|)" if self.uses_t else "Pr(>|z|)")
+        self.pvalues = with_r_aliases(pd.Series(p, index=names,
+                                         name="Pr(>|t|)" if self.uses_t else "Pr(>|z|)"))
 
     # ---- aliases and fitted quantities ----------------------------------------------
     @property
@@ -156,19 +138,22 @@ class GLMResult:
             return float(t_ppf(upper, self.df_residual))
         return float(norm_ppf(upper))
 
-    def conf_int(self, level: float = 0.95) -> pd.DataFrame:
+    def conf_int(self, level: float = 0.95, names: str = "glmmjax") -> pd.DataFrame:
         """Wald intervals β̂ ± q·SE (q from t with df_residual where the dispersion is a
-        Pearson estimate, else normal)."""
+        Pearson estimate, else normal). ``names="r"`` names the rows as R does."""
         q = self._quantile(level)
         lo, hi = (1 - level) / 2, (1 + level) / 2
-        return pd.DataFrame(
+        return with_r_aliases(pd.DataFrame(
             {f"{100 * lo:.3g} %": self.fixef - q * self.fixef_se,
              f"{100 * hi:.3g} %": self.fixef + q * self.fixef_se}
-        )
+        ), check_names(names))
 
-    def coef_table(self) -> pd.DataFrame:
-        """Estimate, Std. Error, z (or t) value and p-value per coefficient."""
-        return pd.concat([self.fixef, self.fixef_se, self.statistic, self.pvalues], axis=1)
+    def coef_table(self, names: str = "glmmjax") -> pd.DataFrame:
+        """Estimate, Std. Error, z (or t) value and p-value per coefficient
+        (``names="r"``: rows named as R names them, ``(Intercept)``, ``period2``)."""
+        table = pd.concat([pd.Series(self.fixef), pd.Series(self.fixef_se),
+                           pd.Series(self.statistic), pd.Series(self.pvalues)], axis=1)
+        return with_r_aliases(table, check_names(names))
 
     def exp_coef_table(self, level: float = 0.95) -> pd.DataFrame:
         """exp(β̂) with exponentiated Wald intervals: odds ratios for logit links, rate
@@ -243,31 +228,17 @@ class GLMResult:
         return pd.DataFrame({"fit": fit, "se_fit": se}, index=index)
 
     # ---- printing -----------------------------------------------------------------------
-    def summary(self) -> str:
-        """A text summary laid out like R's ``summary.glm``."""
+    def summary(self, names: str = "glmmjax") -> str:
+        """A text summary laid out like R's ``summary.glm`` (``names="r"``: coefficients
+        named as R names them)."""
         fam = self.family
         lines = ["", "Call:", f"glm(formula = {self.formula}, family = {fam})", ""]
         if self.success_level is not None:
             lines += [f"Response: {self.response_name} == {self.success_level!r} counts as "
                       "success", ""]
-        table = self.coef_table()
-        cells = []
-        for name, row in table.iterrows():
-            p = row.iloc[3]
-            cells.append([
-                str(name), _sig(row.iloc[0]), _sig(row.iloc[1]),
-                f"{row.iloc[2]:.3f}" if np.isfinite(row.iloc[2]) else "NA",
-                _format_p(p), _stars(p),
-            ])
-        header = ["", "Estimate", "Std. Error", table.columns[2], table.columns[3], ""]
-        widths = [max(len(r[i]) for r in [header, *cells]) for i in range(6)]
-        fmt_row = lambda r: " ".join(  # noqa: E731
-            [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, 5)] + [r[5]]
-        ).rstrip()
         lines.append("Coefficients:")
-        lines.append(fmt_row(header))
-        lines += [fmt_row(r) for r in cells]
-        lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1", ""]
+        # Each column formatted as a whole; p-values as R's format.pval.
+        lines += [format_table(self.coef_table(names=names), stars=True), ""]
         method = fam.dispersion_method
         if method == "none":
             lines.append(f"(Dispersion parameter for {fam.name} family taken to be 1)")
@@ -287,7 +258,8 @@ class GLMResult:
             f"Residual deviance: {self.deviance:.{5}g}  on {self.df_residual}  degrees of freedom",
         ]
         if self.n_dropped:
-            lines.append(f"  ({self.n_dropped} observations deleted due to missingness)")
+            lines.append(f"  ({plural(self.n_dropped, 'observation')} deleted due to "
+                         "missingness)")
         lines.append(f"AIC: {self.aic:.5g}   BIC: {self.bic:.5g}   logLik: {self.loglik:.5g} "
                      f"(df = {self.df})")
         lines += ["", f"Number of iterations: {self.iterations}"
@@ -296,6 +268,13 @@ class GLMResult:
             lines.append(f"Warning: separation; infinite estimates for {list(self.separated)}")
         return "\n".join(lines) + "\n"
 
+    def plot_effect(self, term: str, ax=None, level: float = 0.95, n_points: int = 50):
+        """Predicted means across ``term`` (other predictors at their mean or first
+        level) with ``level`` Wald intervals (needs matplotlib)."""
+        from ._plots import plot_effect
+
+        return plot_effect(self, term, ax=ax, level=level, n_points=n_points)
+
     def print_summary(self) -> None:
         print(self.summary())
 
@@ -303,5 +282,17 @@ class GLMResult:
         return self.summary()
 
     def __repr__(self) -> str:
-        return (f"<GLMResult {self.family} n={self.nobs} deviance={self.deviance:.6g} "
-                f"AIC={self.aic:.6g}>")
+        status = "yes" if self.converged else "NO (see summary())"
+        if self.separated:
+            status += f"; separation: infinite estimates for {', '.join(self.separated)}"
+        return short_repr("GLMResult", [
+            ("formula", self.formula),
+            ("family", str(self.family)),
+            ("nobs", self.nobs if not self.n_dropped
+             else f"{self.nobs} ({plural(self.n_dropped, 'row')} with missing values dropped)"),
+            ("criterion", f"deviance {self.deviance:.6g}, AIC {self.aic:.6g}"),
+            ("converged", f"{status} ({plural(self.iterations, 'iteration')})"),
+        ])
+
+    def _repr_html_(self) -> str:
+        return html_summary("GLMResult", self.summary())

@@ -53,7 +53,7 @@ _BOUNDARY_TRY = 1e-3
 MAX_AGQ_DIM = 3
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class GLMMResult(MixedModelResult):
     """A fitted GLMM (see :class:`MixedModelResult` for the shared accessors).
 
@@ -88,6 +88,12 @@ class GLMMResult(MixedModelResult):
         if self.success_level is not None:
             lines.append(f" Success: {self.success_level!r}")
         return "\n".join(lines)
+
+    def _family_text(self) -> str:
+        text = f"{self.family_name} ({self.link_name})"
+        if self.dispersion is not None:
+            text += f", {self.family.dispersion_name} {self.dispersion:.6g}"
+        return text
 
     def observed_response(self) -> np.ndarray:
         return self.y

@@ -29,6 +29,7 @@ from ._laplace import (
 )
 from ._optimize import minimize
 from ._pirls import GLMMData, hessian_factor, inner_size, linear_predictor
+from ._progress import noted
 from ._structure import ReStructure, build_structure
 
 _BOUNDARY_TRY = 1e-3
@@ -303,4 +304,4 @@ def conditional_covariances(params, v, y, weights, setup: GLMMSetup) -> list:
 
 
 conditional_covariances_jit = program(conditional_covariances)
-glmm_pipeline_jit = program(glmm_pipeline)
+glmm_pipeline_jit = program(noted(glmm_pipeline, "the GLMM fit"))

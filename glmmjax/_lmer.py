@@ -29,7 +29,7 @@ from ._precision import with_x64
 from ._results import Convergence, MixedModelResult, warn_if_not_converged, warn_if_singular
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class LMMResult(MixedModelResult):
     """A fitted linear mixed model (see :class:`MixedModelResult` for the accessors)."""
 
@@ -51,28 +51,31 @@ class LMMResult(MixedModelResult):
 
         return kenward_roger_pieces(self)
 
-    def coef_table(self, ddf: str | None = None) -> pd.DataFrame:
+    def coef_table(self, ddf: str | None = None, names: str = "glmmjax") -> pd.DataFrame:
         """Estimates, standard errors and t values; with ``ddf="satterthwaite"`` or
         ``"kenward-roger"`` also denominator df and ``Pr(>|t|)`` (as lmerTest's
         ``summary(fit, ddf = ...)``; Kenward–Roger also adjusts the standard errors,
-        as pbkrtest's ``vcovAdj``)."""
+        as pbkrtest's ``vcovAdj``). ``names="r"`` names the rows as R does."""
         from ._ddf import check_ddf, coef_table
+        from ._display import check_names, with_r_aliases
 
         ddf = check_ddf(ddf)
+        check_names(names)
         if ddf is None:
-            return super().coef_table()
-        return coef_table(self, ddf)
+            return super().coef_table(names=names)
+        return with_r_aliases(coef_table(self, ddf), names)
 
-    def summary(self, ddf: str | None = None) -> str:
-        """lme4's summary layout; ``ddf`` adds lmerTest's df and p-value columns."""
+    def summary(self, ddf: str | None = None, names: str = "glmmjax") -> str:
+        """lme4's summary layout; ``ddf`` adds lmerTest's df and p-value columns;
+        ``names="r"`` names the coefficients as R does."""
         from ._ddf import check_ddf
 
         ddf = check_ddf(ddf)
         if ddf is None:
-            return super().summary()
+            return super().summary(names=names)
         method = "Satterthwaite" if ddf == "satterthwaite" else "Kenward-Roger"
         return self._summary(
-            self.coef_table(ddf), f"Fixed effects (t tests use {method}'s method):"
+            self.coef_table(ddf, names=names), f"Fixed effects (t tests use {method}'s method):"
         )
 
     def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:

@@ -16,6 +16,8 @@ dense Cholesky.
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -35,6 +37,7 @@ from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta, t
 from ._design import DataError, Design
 from ._jit import program
 from ._optimize import minimize
+from ._progress import noted
 from ._structure import ReStructure, build_structure
 
 # lme4's isSingular() tolerance on the diagonal of Λ.
@@ -457,6 +460,7 @@ def moment_theta(terms, X, y, weights) -> np.ndarray:
 
 
 @program
+@functools.partial(noted, what="the LMM fit")
 def _fit_program(model: LinearMixedModel, theta0, max_iterations: int = 500):
     """The whole fit in one program: BFGS (carrying the PLS solution of its last
     accepted point, so the optimum is not factored again), b = Λu, and the boundary

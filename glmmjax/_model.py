@@ -281,3 +281,23 @@ class MixedModel(eqx.Module):
         y, w = jnp.asarray(self.y), jnp.asarray(self.weights)
         return jnp.sum(family.loglik_eta(y, eta, w, dispersion))
 
+
+    def __repr__(self) -> str:
+        # Short on purpose (equinox would print every array leaf): formula, family, sizes.
+        from ._display import short_repr
+
+        design = getattr(self, "design", None)
+        family = self.family
+        kind = "LMM, " + ("REML" if self.reml else "ML") if family is None else "GLMM"
+        formula = getattr(getattr(design, "formula", None), "text", None)
+        terms = getattr(design, "terms", None) or ()
+        groups = ", ".join(f"{t.group} ({t.n_levels})" for t in terms) or None
+        shape = getattr(self.X, "shape", None)
+        return short_repr(f"MixedModel: {kind}", [
+            ("formula", formula),
+            ("family", "gaussian (identity)" if family is None
+             else f"{family.name} ({family.link.name})"),
+            ("nobs", shape[0] if shape else None),
+            ("fixed", f"{shape[1]} coefficients" if shape and len(shape) > 1 else None),
+            ("groups", groups),
+        ])

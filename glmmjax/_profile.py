@@ -24,6 +24,7 @@ bound 0; a correlation whose profile stays below it up to ±1 gets ±1.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -33,9 +34,11 @@ import pandas as pd
 from scipy import optimize, stats
 
 from ._covariance import diagonal_mask
+from ._display import resolve_alias as r_alias
 from ._jit import program
 from ._lmm import solve_pls
 from ._optimize import minimize
+from ._progress import bar, noted
 
 # Inner optimizations stop at max|∇| below this (deviance units).
 _GTOL = 1e-7
@@ -166,6 +169,7 @@ def _glmm_objective(omega, data, v0, n_theta, n_beta, grid, log_w, use_agq):
 
 
 @program
+@functools.partial(noted, what="the profile's constrained fits")
 def _constrained_minimum(fun, free0, mask, fixed, hinv, args):
     def objective(free):
         return fun(jnp.where(mask, fixed, free), *args)
@@ -357,8 +361,10 @@ def _omega_to_value(kind: str, w: float) -> float:
     return float(w)
 
 
-def profile_confint(result, level: float = 0.95, parm=None) -> pd.DataFrame:
-    """Profile-likelihood intervals (see the module docstring)."""
+def profile_confint(result, level: float = 0.95, parm=None,
+                    progress: bool | None = None) -> pd.DataFrame:
+    """Profile-likelihood intervals (see the module docstring); ``progress`` shows a bar
+    over the parameters (None: in interactive sessions)."""
     names = parameter_names(result)
     wanted = _select(names, parm, result)
     z = stats.norm.ppf(0.5 * (1.0 + level))
@@ -371,9 +377,9 @@ def profile_confint(result, level: float = 0.95, parm=None) -> pd.DataFrame:
         problem, kinds, values = _lmm_problem(result)
     else:
         problem, kinds, values = _glmm_problem(result)
-    for i, name in enumerate(names):
-        if i in wanted:
-            lower[i], upper[i] = _variance_bounds(problem, i, kinds[i], values[i], z, notes, name)
+    todo = [i for i in range(len(names)) if i in wanted]
+    for i in bar(todo, enabled=progress, desc="profiling", unit="parameter"):
+        lower[i], upper[i] = _variance_bounds(problem, i, kinds[i], values[i], z, notes, names[i])
     if np.any(on_boundary):
         notes.append("standard deviations estimated at zero have the one-sided lower bound 0")
     table = _interval_frame(names, lower, upper, level).iloc[sorted(wanted)]
@@ -419,6 +425,7 @@ def _select(names: list[str], parm, result) -> set[int]:
         parm = [parm]
     index = []
     for p in parm:
+        p = r_alias(p, names)  # R's names too: "(Intercept)", "sd_(Intercept)|Subject"
         if p not in names:
             raise ValueError(f"unknown parameter {p!r}; parameters are {names}")
         index.append(names.index(p))
@@ -445,3 +452,44 @@ def wald_confint(result, level: float = 0.95, parm=None) -> pd.DataFrame:
     lower[-p:] = result.beta - z * se
     upper[-p:] = result.beta + z * se
     return _interval_frame(names, lower, upper, level).iloc[sorted(wanted)]
+
+
+def profile_frame(result, parm=None, level: float = 0.99, n_points: int = 6,
+                  progress: bool | None = None) -> pd.DataFrame:
+    """The profiles themselves (lme4's ``as.data.frame(profile(fit))``): ζ at points
+    between the ``level`` profile bounds of each parameter, the estimate (ζ = 0)
+    included.
+
+    Returns:
+        A tidy DataFrame with columns ``parameter``, ``value`` (on the reported scale:
+        SD, correlation, σ, β) and ``zeta``. Parameters that cannot be profiled (a
+        correlation of ±1 or of a zero SD) are left out.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if int(n_points) < 2:
+        raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
+    names = parameter_names(result)
+    wanted = _select(names, parm, result)
+    z = stats.norm.ppf(0.5 * (1.0 + level))
+    if getattr(result, "family", None) is None:
+        problem, kinds, values = _lmm_problem(result)
+    else:
+        problem, kinds, values = _glmm_problem(result)
+    rows = []
+    for i in bar(sorted(wanted), enabled=progress, desc="profiling", unit="parameter"):
+        kind, estimate = kinds[i], problem.omega_hat[i]
+        if kind == "cor" and (not np.isfinite(values[i]) or abs(np.tanh(estimate)) > 1 - 1e-6):
+            continue
+        limits = {"sd": (0.0, None), "cor": (-_MAX_ATANH, _MAX_ATANH)}.get(kind, (None, None))
+        points = [estimate]
+        for side in (-1, 1):
+            if kind == "sd" and side < 0 and estimate <= 1e-8:
+                continue
+            end = _find_bound(problem, i, side, z, *limits)
+            if np.isfinite(end) and end != estimate:
+                points += list(np.linspace(estimate, end, int(n_points) + 1)[1:])
+        for x in sorted(points):
+            zeta = 0.0 if x == estimate else problem.zeta(i, x)
+            rows.append((names[i], _omega_to_value(kind, x), zeta))
+    return pd.DataFrame(rows, columns=["parameter", "value", "zeta"])

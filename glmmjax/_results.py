@@ -16,6 +16,7 @@ import pandas as pd
 
 from ._covariance import theta_names, varcorr_frame
 from ._design import Design, new_data_design
+from ._display import check_names, format_table, html_summary, plural, short_repr, with_r_aliases
 from ._distributions import norm_sf
 
 
@@ -64,15 +65,18 @@ def warn_if_not_converged(result, what: str) -> None:
     )
 
 
-def warn_if_singular(result, stacklevel: int = 3) -> None:
-    """Warn, as lme4 does, when a fit is singular."""
+def warn_if_singular(result, stacklevel: int | None = None) -> None:
+    """Warn, as lme4 does, when a fit is singular (at the user's line unless
+    ``stacklevel`` says otherwise)."""
     if result.is_singular:
         import warnings
+
+        from ._stacklevel import external_stacklevel
 
         warnings.warn(
             f"boundary (singular) fit: {result.singular_message()}",
             SingularFitWarning,
-            stacklevel=stacklevel,
+            stacklevel=external_stacklevel() if stacklevel is None else stacklevel,
         )
 
 
@@ -100,8 +104,9 @@ class Convergence:
         )
 
 
-def _format_table(frame: pd.DataFrame, digits: int = 4) -> str:
-    return frame.to_string(float_format=lambda v: f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e5 else f"{v:.{digits}f}")
+def _format_table(frame: pd.DataFrame) -> str:
+    # Each column formatted as a whole (R's format), p-values as R's format.pval.
+    return format_table(frame, stars=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -153,7 +158,8 @@ class MixedModelResult:
 
     @property
     def fixef(self) -> pd.Series:
-        return pd.Series(self.beta, index=list(self.design.fixef_names), name="estimate")
+        """β̂ by coefficient name; R's names work too (``fit.fixef["(Intercept)"]``)."""
+        return with_r_aliases(pd.Series(self.beta, index=list(self.design.fixef_names), name="estimate"))
 
     @property
     def coef(self) -> pd.Series:
@@ -162,12 +168,12 @@ class MixedModelResult:
     @property
     def fixef_se(self) -> pd.Series:
         se = np.sqrt(np.diag(self.beta_cov))
-        return pd.Series(se, index=list(self.design.fixef_names), name="std_error")
+        return with_r_aliases(pd.Series(se, index=list(self.design.fixef_names), name="std_error"))
 
     @property
     def vcov(self) -> pd.DataFrame:
         names = list(self.design.fixef_names)
-        return pd.DataFrame(self.beta_cov, index=names, columns=names)
+        return with_r_aliases(pd.DataFrame(self.beta_cov, index=names, columns=names))
 
     @property
     def theta(self) -> pd.Series:
@@ -336,7 +342,8 @@ class MixedModelResult:
 
     # -- inference, simulation, diagnostics ------------------------------------------------
     def confint(self, method: str = "profile", level: float = 0.95, parm=None, *,
-                n_boot: int = 500, seed: int | None = None) -> pd.DataFrame:
+                n_boot: int = 500, seed: int | None = None,
+                names: str = "glmmjax", progress: bool | None = None) -> pd.DataFrame:
         """Confidence intervals for the variance parameters and fixed effects.
 
         Rows are named as lme4's ``confint(oldNames = FALSE)`` with glmmjax's
@@ -352,6 +359,11 @@ class MixedModelResult:
             parm: parameter names to compute (default all), or ``"beta_"`` /
                 ``"theta_"`` for the fixed effects / variance parameters.
             n_boot, seed: bootstrap replicates and seed (``method="boot"``).
+            names: ``"glmmjax"`` (formulaic's coefficient names; R's are accepted as
+                aliases on lookup) or ``"r"`` (rows named as R: ``(Intercept)``,
+                ``period2``, ``sd_(Intercept)|Subject``).
+            progress: a progress bar over the parameters while profiling (None: in
+                interactive sessions only).
 
         Returns:
             A DataFrame with columns like ``"2.5 %"`` and ``"97.5 %"``; ``attrs["note"]``
@@ -370,16 +382,29 @@ class MixedModelResult:
 
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level!r}")
+        check_names(names)
         key = str(method).lower()
         if key == "profile":
-            return _profile.profile_confint(self, level, parm)
+            table = _profile.profile_confint(self, level, parm, progress=progress)
+            return with_r_aliases(table, names)
         if key == "wald":
-            return _profile.wald_confint(self, level, parm)
+            return with_r_aliases(_profile.wald_confint(self, level, parm), names)
         if key in ("boot", "bootstrap"):
             from ._simulate import bootstrap_confint
 
-            return bootstrap_confint(self, level, n_boot=n_boot, seed=seed, parm=parm)
+            table = bootstrap_confint(self, level, n_boot=n_boot, seed=seed, parm=parm)
+            return with_r_aliases(table, names)
         raise ValueError(f"method must be 'profile', 'wald' or 'boot', got {method!r}")
+
+    def profile(self, parm=None, level: float = 0.99, n_points: int = 6, *,
+                progress: bool | None = None) -> pd.DataFrame:
+        """Profile ζ of each parameter (lme4's ``profile``), as a tidy DataFrame with
+        columns ``parameter``, ``value`` and ``zeta``, from the ``level`` lower to the
+        upper profile bound; see :func:`glmmjax._profile.profile_frame`. Plot it with
+        :meth:`plot_profile`."""
+        from ._profile import profile_frame
+
+        return profile_frame(self, parm, level, n_points, progress)
 
     def simulate(self, n: int = 1, newdata: pd.DataFrame | None = None, *,
                  include_re: bool = True, seed: int | None = None, weights=None,
@@ -448,6 +473,22 @@ class MixedModelResult:
 
         return plot_ranef_qq(self, term=term, axes=axes)
 
+    def plot_profile(self, parm=None, level: float = 0.95, axes=None, *,
+                     progress: bool | None = None):
+        """Profile-likelihood plot, as lme4's ``xyplot(profile(fit))``: ζ against each
+        parameter, with the ``level`` interval marked (needs matplotlib)."""
+        from ._plots import plot_profile
+
+        return plot_profile(self, parm=parm, level=level, axes=axes, progress=progress)
+
+    def plot_effect(self, term: str, ax=None, level: float = 0.95, n_points: int = 50):
+        """Population-level predictions (random effects at zero) across ``term``, other
+        predictors at their mean or reference level, with ``level`` Wald intervals
+        (needs matplotlib)."""
+        from ._plots import plot_effect
+
+        return plot_effect(self, term, ax=ax, level=level, n_points=n_points)
+
     def plot_caterpillar(self, term: str | None = None, level: float = 0.95, axes=None):
         """Caterpillar plot: sorted conditional modes with intervals (needs matplotlib)."""
         from ._plots import plot_caterpillar
@@ -458,27 +499,31 @@ class MixedModelResult:
     def _statistic_name(self) -> str:
         return "t value" if self.scale is not None else "z value"
 
-    def coef_table(self) -> pd.DataFrame:
-        """Estimates, standard errors and Wald statistics (with p-values for GLMMs)."""
-        est, se = self.fixef, self.fixef_se
+    def coef_table(self, names: str = "glmmjax") -> pd.DataFrame:
+        """Estimates, standard errors and Wald statistics (with p-values for GLMMs).
+
+        ``names="r"`` names the rows as R does (``(Intercept)``, ``period2``); with the
+        default, R's names are accepted as aliases on lookup."""
+        est, se = pd.Series(self.fixef), pd.Series(self.fixef_se)
         table = pd.DataFrame({"Estimate": est, "Std. Error": se})
         stat = est / se
         table[self._statistic_name()] = stat
         if self.scale is None:
             table["Pr(>|z|)"] = 2 * norm_sf(np.abs(stat))
-        return table
+        return with_r_aliases(table, names)
 
     def _header(self) -> str:
         return f"Mixed model fit by {self.method}"
 
-    def summary(self) -> str:
-        """A text summary in the layout of lme4's ``summary(merMod)``."""
-        return self._summary(self.coef_table())
+    def summary(self, names: str = "glmmjax") -> str:
+        """A text summary in the layout of lme4's ``summary(merMod)`` (``names="r"``:
+        coefficients named as R names them)."""
+        return self._summary(self.coef_table(names=names))
 
     def _summary(self, coef_table: pd.DataFrame, fixed_heading: str = "Fixed effects:") -> str:
         lines = [self._header(), f"Formula: {self.formula}"]
         if self.n_dropped:
-            lines.append(f"  ({self.n_dropped} rows with missing values dropped)")
+            lines.append(f"  ({plural(self.n_dropped, 'row')} with missing values dropped)")
         lines.append("")
         if not self.converged:
             # lme4 prints "at convergence" regardless; a user must not mistake these
@@ -561,10 +606,35 @@ class MixedModelResult:
         if self.scale is not None:
             rows.append(("Residual", "", self.scale**2, self.scale, ""))
         frame = pd.DataFrame(rows, columns=["Groups", "Name", "Variance", "Std.Dev.", "Corr"])
-        return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        text = frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        return "\n".join(line.rstrip() for line in text.splitlines())
+
+    def _criterion_text(self) -> str:
+        if self.method == "REML":
+            return f"REML criterion {self.criterion:.6g}"
+        return f"deviance {self.criterion:.6g}, AIC {self.aic:.6g}, logLik {self.loglik:.6g}"
+
+    def _family_text(self) -> str | None:
+        return None
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.formula!r} by {self.method}, nobs={self.nobs}>"
+        # Short on purpose: typing `fit` must not print the design's arrays.
+        groups = ", ".join(f"{k} ({v})" for k, v in self.ngroups.items())
+        status = "yes" if self.converged else f"NO ({self.convergence.message})"
+        if self.singular:
+            status += "; singular fit (a variance component on the boundary)"
+        return short_repr(f"{type(self).__name__}: fit by {self.method}", [
+            ("formula", self.formula),
+            ("family", self._family_text()),
+            ("nobs", self.nobs if not self.n_dropped
+             else f"{self.nobs} ({plural(self.n_dropped, 'row')} with missing values dropped)"),
+            ("groups", groups),
+            ("criterion", self._criterion_text()),
+            ("converged", status),
+        ])
+
+    def _repr_html_(self) -> str:
+        return html_summary(f"{type(self).__name__}", self.summary())
 
     def __str__(self) -> str:
         return self.summary()

@@ -78,6 +78,11 @@ def test_benjamini_hochberg_matches_statsmodels():
     expected = multitest.multipletests(p[ok], method="fdr_bh")[1]
     np.testing.assert_allclose(adjusted[ok], expected, rtol=1e-12)
     assert np.isnan(adjusted[7])
+    # A Series (say, batch.p_values("Days")) keeps its index and name.
+    series = pd.Series(p, index=[f"gene{i}" for i in range(50)], name="p_value")
+    by_name = glmmjax.p_adjust_bh(series)
+    assert by_name.index.equals(series.index) and by_name.name == "p_value"
+    np.testing.assert_allclose(by_name.to_numpy(), adjusted, rtol=0, equal_nan=True)
 
 
 def test_bad_response_shapes(sleepstudy):

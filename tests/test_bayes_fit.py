@@ -117,6 +117,36 @@ def test_loo_waic_and_inference_data(tmp_path_factory):
     assert theirs["p_loo"] == pytest.approx(loo.p, abs=1e-6)
 
 
+def test_repr_plots_and_posterior_predictive_group(tmp_path_factory):
+    fit = _demand(tmp_path_factory)["fit"]
+    text = repr(fit)
+    assert len(text.splitlines()) <= 8 and "array(" not in text
+    for piece in ["BayesResult", "log_sales ~ promo", "store (6), region (3)",
+                  "2 chains × 100 draws"]:
+        assert piece in text, text
+    assert fit._repr_html_().startswith("<div")
+    model_text = repr(fit.bayes_model)
+    assert "BayesModel" in model_text and "AR(1)" in model_text and "array(" not in model_text
+    ic = bayes.InformationCriterion("loo", -10.0, 1.0, 2.0, np.zeros(500))
+    assert repr(ic) == "<InformationCriterion loo: elpd -10.00 (se 1.00), p 2.00, n 500>"
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for axes in (fit.plot_posterior("sd"), fit.plot_ppc(num_draws=10)):
+        axes = np.atleast_1d(axes)
+        axes[0].figure.canvas.draw()
+        assert all(ax.has_data() for ax in axes)
+        plt.close(axes[0].figure)
+    az = pytest.importorskip("arviz")
+    idata = fit.to_inference_data()
+    n = len(fit.bayes_model.data.y)
+    assert idata.posterior_predictive["y"].shape == (2, 100, n)
+    ax = np.atleast_1d(az.plot_ppc(idata, num_pp_samples=10))[0]
+    ax.figure.canvas.draw()
+    plt.close(ax.figure)
+
+
 def test_forecasts_continue_the_series(tmp_path_factory):
     """Forecast spread grows with the horizon (the AR(1) error forgets the last
     residual), and a store never seen gets a wider interval than a known one."""
@@ -133,6 +163,7 @@ def test_forecasts_continue_the_series(tmp_path_factory):
     assert np.std(unseen, axis=0).mean() > np.std(known, axis=0).mean()
     in_sample = fit.posterior_predict(num_draws=50)
     assert in_sample.shape == (50, len(fit.bayes_model.data.y))
+    assert in_sample.columns.equals(result["history"].index)  # the data's row labels
 
 
 @pytest.mark.slow

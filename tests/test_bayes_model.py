@@ -246,7 +246,10 @@ def test_result_paths_latent_ar1_binomial_and_new_levels():
         expected = bm.family.loglik_eta(bm.model.y, eta, bm.model.weights, None)
     np.testing.assert_allclose(ll[0, 0], expected, rtol=1e-12)
     new = pd.DataFrame({"g": ["g0", "g0", "new"], "t": [10, 12, 0], "x": [0.0, 1.0, -1.0]})
-    draws = fit.posterior_predict(new, weights=np.array([8, 8, 4]))
+    frame = fit.posterior_predict(new.set_index(pd.Index([7, 8, 9])),
+                                  weights=np.array([8, 8, 4]))
+    assert list(frame.columns) == [7, 8, 9] and frame.index.name == "draw"
+    draws = frame.to_numpy()
     assert draws.shape == (40, 3)
     assert np.all((draws >= 0) & (draws <= 1))
     assert np.allclose(draws[:, 2] * 4, np.round(draws[:, 2] * 4))

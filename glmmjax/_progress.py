@@ -1,0 +1,75 @@
+"""Feedback where people wait: a note before a compilation, progress bars in sessions.
+
+Compiled paths (GLMM families other than the host engine's, quadrature, GLMs,
+``fit_many``, the bootstrap, profiles, NUTS) trace and compile an XLA program on their
+first call for a model structure, which takes seconds to tens of seconds on a CPU with
+nothing on screen. :func:`noted` wraps such a program's Python function so that, while
+JAX traces it (that is, only when a compilation follows), one line says so on stderr.
+
+Set the environment variable ``GLMMJAX_QUIET=1`` to silence the notes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+
+_LAST: dict[str, float] = {}
+# A program may be traced several times in a row (say, for two argument layouts): one
+# note per burst is enough.
+_BURST_SECONDS = 10.0
+
+
+def quiet() -> bool:
+    return os.environ.get("GLMMJAX_QUIET", "") not in ("", "0")
+
+
+def interactive() -> bool:
+    """True in a terminal, IPython or Jupyter session (where progress bars help)."""
+    if "ipykernel" in sys.modules or hasattr(sys, "ps1"):
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def compile_note(what: str) -> None:
+    """Say, once per burst of compilations, that ``what`` is being compiled."""
+    if quiet():
+        return
+    now = time.monotonic()
+    if now - _LAST.get(what, -1e9) < _BURST_SECONDS:
+        return
+    _LAST[what] = now
+    print(
+        f"glmmjax: compiling {what} for this model structure (first call only: later "
+        "calls with the same shapes and options reuse it) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def noted(fun, what: str):
+    """``fun``, saying :func:`compile_note` ``(what)`` whenever it is traced."""
+
+    @functools.wraps(fun)
+    def traced(*args, **kwargs):
+        compile_note(what)
+        return fun(*args, **kwargs)
+
+    return traced
+
+
+def bar(iterable, *, enabled: bool | None, **tqdm_options):
+    """``iterable`` wrapped in a tqdm bar when ``enabled`` (None: in interactive
+    sessions only)."""
+    if enabled is None:
+        enabled = interactive() and not quiet()
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **tqdm_options)
