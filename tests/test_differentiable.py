@@ -424,3 +424,32 @@ def test_glmm_solve_under_vmap_and_with_optax():
     assert bool(info.converged)
     np.testing.assert_allclose(model.log_likelihood(with_lbfgs),
                                model.log_likelihood(reference), rtol=1e-8)
+
+
+@pytest.mark.slow
+def test_boundary_fit_differentiates_on_the_active_set():
+    """dyestuff2's REML fit is singular (θ = 0): θ stays at 0 under small changes of the
+    weights, so its derivative is 0 and β̂'s is that of the fit on the boundary."""
+    model = MixedModel.from_formula("Yield ~ 1 + (1 | Batch)", glmmjax.datasets.load("dyestuff2"))
+    params, info = _jit("solve_info")(model)
+    assert bool(info.singular) and float(params.theta[0]) == 0.0
+    w0 = jnp.asarray(model.weights)
+
+    def fitted(w):
+        out = glmmjax.solve(eqx.tree_at(lambda m: m.weights, model, w))
+        return jnp.concatenate([out.beta, out.theta, out.log_dispersion])
+
+    jacobian = jax.jit(jax.jacobian(fitted))(w0)
+    assert np.all(jacobian[1] == 0.0)
+    solve = _jit("solve")
+    for row in (0, 11):
+        e = np.zeros(w0.shape[0])
+        e[row] = 1e-4
+        up = solve(eqx.tree_at(lambda m: m.weights, model, w0 + e))
+        down = solve(eqx.tree_at(lambda m: m.weights, model, w0 - e))
+        assert float(up.theta[0]) == float(down.theta[0]) == 0.0
+        np.testing.assert_allclose(jacobian[0, row], (up.beta[0] - down.beta[0]) / 2e-4,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(jacobian[2, row], (up.log_dispersion[0]
+                                                      - down.log_dispersion[0]) / 2e-4,
+                                   rtol=1e-6)
