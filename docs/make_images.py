@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-import shutil
 import sys
 import warnings
 
@@ -65,9 +64,8 @@ def main(only=None):
                          num_samples=300, chain_method="sequential", seed=1, warn=False)
         save(post.plot_posterior("sd"), "posterior.png")
         save(post.plot_ppc(num_draws=40), "ppc.png")
-    demand = pathlib.Path("/tmp/hierarchical_demand.png")
-    if only in (None, "demand") and demand.exists():
-        shutil.copy(demand, IMAGES / "demand.png")
+    if only in (None, "demand"):
+        example("hierarchical_demand").main(out=IMAGES / "demand.png", verbose=False)
 
 
 if __name__ == "__main__":

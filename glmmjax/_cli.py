@@ -144,8 +144,7 @@ def fit_formula(formula: str, data: pd.DataFrame, family: str | None = None,
 
     Raises:
         FormulaError, DataError: from glmmjax, for bad input.
-        ValueError: a GLMM is asked for and this glmmjax has no ``glmer``; ``--reml``
-            for a model that is not a linear mixed model.
+        ValueError: ``--reml`` for a model that is not a linear mixed model.
     """
     import glmmjax
 
@@ -162,9 +161,6 @@ def fit_formula(formula: str, data: pd.DataFrame, family: str | None = None,
                           "random-effects terms and the gaussian family)")
     if not has_random:
         return "glm", glmmjax.glm(formula, data, family=family or "gaussian", **cap)
-    if not hasattr(glmmjax, "glmer"):
-        raise _UsageError(f"--family {family} with random-effects terms needs glmmjax.glmer, "
-                          "which this version of glmmjax does not have yet")
     return "glmer", glmmjax.glmer(formula, data, family=family, n_agq=n_agq, **cap)
 
 
@@ -262,10 +258,6 @@ def _demo(out) -> int:
     import glmmjax
 
     for name, formula, family in DEMO_MODELS:
-        if family is not None and not hasattr(glmmjax, "glmer"):
-            print(f"# {name}: skipped ({family} GLMM needs glmmjax.glmer, not available yet)",
-                  file=out)
-            continue
         data = glmmjax.datasets.load(name)
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-from ._families import Binomial, Poisson
+from ._families import Binomial, Poisson, count_times_log
 from ._links import Log, Logit
 
 
@@ -57,11 +57,11 @@ def kernel_terms(family, y, eta, weights, dispersion):
     if kind == "binomial_logit":
         s, f = _binomial_counts(y, weights)
         log_mu, log_1m, mu, one_m = _sigmoids(eta)
-        value = jnp.where(s > 0, s * log_mu, 0.0) + jnp.where(f > 0, f * log_1m, 0.0)
+        value = count_times_log(s, log_mu) + count_times_log(f, log_1m)
         return value, s * one_m - f * mu, (s + f) * mu * one_m
     if kind == "poisson_log":
         mu = jnp.exp(eta)
-        value = weights * (jnp.where(y > 0, y * eta, 0.0) - mu)
+        value = weights * (count_times_log(y, eta) - mu)
         return value, weights * (y - mu), weights * mu
 
     def total(e):
@@ -80,9 +80,9 @@ def kernel(family, y, eta, weights, dispersion):
     if kind == "binomial_logit":
         s, f = _binomial_counts(y, weights)
         log_mu, log_1m, _, _ = _sigmoids(eta)
-        return jnp.where(s > 0, s * log_mu, 0.0) + jnp.where(f > 0, f * log_1m, 0.0)
+        return count_times_log(s, log_mu) + count_times_log(f, log_1m)
     if kind == "poisson_log":
-        return weights * (jnp.where(y > 0, y * eta, 0.0) - jnp.exp(eta))
+        return weights * (count_times_log(y, eta) - jnp.exp(eta))
     return family.loglik_eta(y, eta, weights, dispersion)
 
 

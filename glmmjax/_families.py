@@ -103,6 +103,17 @@ def _check_weights(weights: np.ndarray, rows) -> np.ndarray:
     return weights
 
 
+def count_times_log(count, log_p):
+    """``count · log_p`` with 0 · (−∞) = 0, differentiable in the count at 0.
+
+    A mask on the product (``where(count > 0, count · log_p, 0)``) would give the
+    count a zero derivative at 0 and at the binomial's upper edge, where data
+    gradients (d log L / d y) need ``log_p``; masking only the non-finite factor
+    keeps both the value and those gradients right."""
+    safe = jnp.where((count == 0) & ~jnp.isfinite(log_p), 0.0, log_p)
+    return count * safe
+
+
 class Family(eqx.Module):
     """Abstract response distribution with a link.
 
@@ -310,7 +321,9 @@ class Binomial(Family):
         # C(n, 0) = C(n, n) = 1 exactly: keeps 0/1 data free of log-gamma rounding, which
         # would swamp log-likelihoods of order 1e-14 deep in a tail.
         edge = (successes == 0) | (successes == trials)
-        return trials, successes, jnp.where(edge, 0.0, log_choose)
+        # (The difference is exactly 0 but keeps log_choose's derivative in the data.)
+        return trials, successes, jnp.where(edge, log_choose - jax.lax.stop_gradient(log_choose),
+                                            log_choose)
 
     def loglik(self, y, mu, weights, dispersion=None):
         trials, successes, log_choose = self._counts(y, weights)
@@ -324,8 +337,8 @@ class Binomial(Family):
         log_1m = self.link.log1m_inverse(eta)
         return (
             log_choose
-            + jnp.where(successes > 0, successes * log_mu, 0.0)
-            + jnp.where(failures > 0, failures * log_1m, 0.0)
+            + count_times_log(successes, log_mu)
+            + count_times_log(failures, log_1m)
         )
 
     def unit_deviance(self, y, mu, dispersion=None):
@@ -418,7 +431,7 @@ class Poisson(Family):
     def loglik_eta(self, y, eta, weights, dispersion=None):
         log_mu = self.link.log_inverse(eta)
         return weights * (
-            jnp.where(y > 0, y * log_mu, 0.0) - self.link.inverse(eta) - gammaln(y + 1.0)
+            count_times_log(y, log_mu) - self.link.inverse(eta) - gammaln(y + 1.0)
         )
 
     def unit_deviance(self, y, mu, dispersion=None):
@@ -591,7 +604,7 @@ class NegativeBinomial(Family):
         return weights * (
             log_coef
             - theta * jax.nn.softplus(log_ratio)
-            - jnp.where(y > 0, y * jax.nn.softplus(-log_ratio), 0.0)
+            - count_times_log(y, jax.nn.softplus(-log_ratio))
         )
 
     def unit_deviance(self, y, mu, dispersion=None):

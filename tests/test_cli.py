@@ -124,12 +124,15 @@ def test_input_errors_are_one_line_with_status_2(args, expected, sleepstudy_csv,
     assert expected in lines[0]
 
 
-def test_glmm_needs_glmer(sleepstudy_csv, monkeypatch, capsys):
-    monkeypatch.delattr(glmmjax, "glmer", raising=False)
+def test_glmm_bad_response_is_a_usage_error_naming_rows(sleepstudy_csv, capsys):
+    # Reaction times are not counts: the Poisson GLMM is refused before any fitting,
+    # with the rows at fault, and the CLI exits with its usage-error status.
     code = main(["fit", "Reaction ~ Days + (1 | Subject)", "--family", "poisson",
                  "--data", sleepstudy_csv])
     assert code == 2
-    assert "glmer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Poisson response must be a non-negative integer count" in err
+    assert "rows [0, 1, 2" in err
 
 
 def test_demo(capsys):
