@@ -22,10 +22,12 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 
-from ._laplace import agq_objective, gauss_hermite_grid, laplace_objective
+from ._covariance import theta_to_factors
+from ._families import Gaussian
+from ._laplace import agq_objective, gauss_hermite_grid, laplace_objective, mode_and_factor
 from ._lmm import lmm_model_from_arrays, lmm_pieces
 from ._params import Params
-from ._pirls import GLMMData, inner_size
+from ._pirls import GLMMData, conditional_mode, inner_size, split
 
 _LOG_2PI = 1.8378770664093453
 
@@ -98,3 +100,32 @@ def glmm_deviance(model, params: Params, v0=None):
         return agq_objective(x, data, v0, n_theta, p, grid.astype(x.dtype),
                              log_w.astype(x.dtype))
     return laplace_objective(x, data, v0, n_theta, p)
+
+
+def conditional_modes(model, params: Params):
+    """The random effects' conditional modes b̂_t = Λ_t·û_t at ``params``, per term.
+
+    GLMM: the mode of the Laplace approximation's integrand (lme4's ``ranef``), with
+    the implicit-function derivative in parameters and data. LMM: the conditional mean
+    E[b | y] at (β, θ), the minimizer of |W^½(y − Xβ − ZΛu)|² + |u|², which does not
+    depend on σ² (solved as a Gaussian GLMM with unit dispersion: one Newton step).
+    """
+    s = model.structure
+    v0 = jnp.zeros(inner_size(s), jnp.result_type(params.beta, float))
+    if model.is_lmm:
+        data = eqx.tree_at(lambda d: d.family, glmm_data(model), Gaussian(),
+                           is_leaf=lambda x: x is None)
+        v = conditional_mode(params.theta, params.beta, jnp.ones((), v0.dtype), data, v0)
+    else:
+        n_theta, p = params.theta.shape[0], params.beta.shape[0]
+        v = mode_and_factor(glmm_vector(params), glmm_data(model), v0, n_theta, p)[3]
+    u_first, u_rest, _ = split(v, s)
+    factors = theta_to_factors(params.theta, s.sizes)
+    effects = [u_first @ factors[0].T]
+    for t in range(1, s.n_terms):
+        start, m, size = s.offsets[t], s.n_levels[t], s.sizes[t]
+        effects.append(u_rest[start : start + m * size].reshape(m, size) @ factors[t].T)
+    return tuple(effects)
+
+
+conditional_modes_compiled = eqx.filter_jit(conditional_modes)

@@ -227,6 +227,32 @@ class MixedModel(eqx.Module):
 
         return log_likelihood_compiled(self, as_params(self, params))
 
+    def conditional_modes(self, params: Params) -> tuple:
+        """The random effects at ``params``: one ``(levels, coefficients)`` array per
+        term, in the model's term order (θ's order; see :attr:`term_order`), so that
+        ``model.linear_predictor(params.beta, model.conditional_modes(params))`` is the
+        conditional linear predictor.
+
+        For a GLMM these are the conditional modes of the Laplace approximation (lme4's
+        ``ranef``); for an LMM the conditional means E[b | y] at (β, θ) (σ² does not
+        enter). A pure JAX function like :meth:`log_likelihood`: its derivatives in
+        the parameters and the data include the mode's own (implicit) change.
+
+        Example:
+            >>> import jax, glmmjax
+            >>> with jax.enable_x64(True):
+            ...     model = glmmjax.MixedModel.from_formula(
+            ...         "Reaction ~ Days + (Days | Subject)",
+            ...         glmmjax.datasets.load("sleepstudy"))
+            ...     (b,) = model.conditional_modes(glmmjax.solve(model))
+            ...     print(b.shape)
+            (18, 2)
+        """
+        from ._arrays import as_params
+        from ._marginal import conditional_modes_compiled
+
+        return conditional_modes_compiled(self, as_params(self, params))
+
     @property
     def n_theta(self) -> int:
         return self.structure.n_theta
