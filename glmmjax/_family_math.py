@@ -184,6 +184,16 @@ def mean_derivatives(link, xp, eta):
     raise NotImplementedError(f"no closed forms for the link {link.name!r}")
 
 
+def inverse_link(link, xp, eta):
+    """μ = g⁻¹(η) for the built-in links."""
+    name = type(link).__name__
+    if name == "Logit":
+        return _sigmoids(xp, eta)[2]
+    if name == "Log":
+        return xp.exp(eta)
+    return mean_derivatives(link, xp, eta)[0]
+
+
 def _log_derivatives(h, h1, h2, h3):
     """Derivatives of log h from those of h (value not included)."""
     f1 = h1 / h

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from . import _family_math as fm
 from ._covariance import canonical_theta, diagonal_mask
 from ._design import DataError, build_design
 from ._engine import check_engine, choose_glmm, fit_glmm
@@ -317,6 +318,8 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
 
     def inverse_link(eta_values):
+        if fm.supported(family):  # numpy closed form: no JAX operation to compile
+            return fm.inverse_link(family.link, np, np.asarray(eta_values, dtype=np.float64))
         with jax.enable_x64(True):
             return np.asarray(family.link.inverse(jnp.asarray(eta_values)))
 
