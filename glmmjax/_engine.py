@@ -18,6 +18,11 @@ import numpy as np
 
 ENGINES = ("host", "jax")
 
+# Near-zero diagonal entries of θ (below this) are tried at exactly zero at the end of
+# every fit, LMM and GLMM, host and compiled: the boundary of the parameter space is
+# where singular fits end, and BFGS only approaches it.
+BOUNDARY_TRY = 1e-3
+
 # Up to this many rows a fit runs on the host engine by default. Its numpy passes over
 # the rows are not fused or threaded as XLA's are, so on very large data the compiled
 # program's run time wins over its compile time (benchmarks/README.md has the figures).
@@ -114,6 +119,20 @@ def _default_backend() -> str:
     import jax
 
     return jax.default_backend()
+
+
+def choose_lmm(engine: str | None) -> str:
+    """``"host"`` or ``"jax"`` for an LMM fit or its inference (Satterthwaite's
+    derivatives, conditional covariances): the host engine on the CPU, the compiled one
+    on accelerators, unless the user chose.
+
+    Raises:
+        ValueError: an unknown ``engine``.
+    """
+    check_engine(engine)
+    if engine is not None:
+        return engine
+    return "host" if _default_backend() == "cpu" else "jax"
 
 
 def choose_glmm(design, family, n_agq: int, engine: str | None) -> str:

@@ -43,7 +43,6 @@ from ._results import (
     warn_if_singular,
 )
 
-_BOUNDARY_TRY = 1e-3
 MAX_AGQ_DIM = 3
 
 
@@ -172,19 +171,21 @@ def glmer(
             ``result.singular_message()``).
 
     Note:
-        On the CPU, Laplace fits of binomial-logit and Poisson-log models with up to
-        200,000 rows run by default on the host engine (:mod:`glmmjax._host_glmm`): numpy and
-        LAPACK evaluations of the same objective with its exact gradient, nothing to
-        compile (verbagg in about 0.3 s), standard errors from central differences of
-        that gradient (they agree with the autodiff Hessian's to about 1e-6). Other
-        families and links, quadrature (``n_agq > 1``), nAGQ=0, larger data,
-        accelerators and ``engine="jax"`` use the compiled pipeline: the first fit of a
-        model structure (its shapes, family, n_agq) traces and compiles the whole fit
-        as one XLA program, with the Hessian by automatic differentiation, which takes
-        longer than the fit itself on small data (about 13 s for verbagg on the
-        benchmark machine); later fits of the same structure reuse it. To keep
+        On the CPU, Laplace fits of every built-in family and link (dispersion
+        parameters included) with up to 200,000 rows run by default on the host engine
+        (:mod:`glmmjax._host_glmm`): numpy and LAPACK evaluations of the same objective
+        with its exact gradient, nothing to compile, standard errors from central
+        differences of that gradient (they agree with the autodiff Hessian's to about
+        1e-6). User-defined families and links, quadrature (``n_agq > 1``), nAGQ=0,
+        larger data, accelerators and ``engine="jax"`` use the compiled pipeline: the
+        first fit of a model structure (its shapes, family, n_agq) traces and compiles
+        the whole fit as one XLA program, with the Hessian by automatic
+        differentiation, which takes longer than the fit itself on small data (figures
+        in benchmarks/README.md); later fits of the same structure reuse it. To keep
         compiled programs across processes, turn on JAX's persistent cache before
         fitting: ``jax.config.update("jax_compilation_cache_dir", "/some/dir")``.
+        ``result.engine`` and ``result.opt_summary`` say which engine fitted the model
+        and how its optimizer ran.
 
     Example:
         >>> import glmmjax
@@ -197,7 +198,8 @@ def glmer(
     if isinstance(family, Gaussian) and family.link.name == "identity":
         from ._lmer import lmer
 
-        return lmer(formula, data, reml=False, weights=weights, offset=offset)
+        return lmer(formula, data, reml=False, weights=weights, offset=offset, engine=engine,
+                    max_iter=max_iter)
     design = build_design(
         formula, data, weights=weights, offset=offset, require_random=True, numeric_response=False
     )

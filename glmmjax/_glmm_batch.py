@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _family_math as fm
+from ._engine import BOUNDARY_TRY
 from ._eta_terms import closed_form
 from ._optimize import Status
 
 MAX_OUTER = 60
 MAX_INNER = 50
 MAX_HALVINGS = 30
-_BOUNDARY_TRY = 1e-3  # as the general pipeline: |θ| below this is tried at exactly 0
 
 
 def _tol(value: float, dtype, eps_multiple: float = 10.0) -> float:
@@ -534,7 +534,7 @@ def fit_scalar(y, w, setup: ScalarSetup) -> dict:
         return (pick(a_zero, a), jax.tree_util.tree_map(pick, aux_zero, aux), pick(f_zero, f),
                 pick(g_zero, g), pick(H_zero, H), pick(ok_zero, ok), jnp.ones((), bool))
 
-    near = (jnp.abs(a[0]) < _BOUNDARY_TRY) & (a[0] != 0)
+    near = (jnp.abs(a[0]) < BOUNDARY_TRY) & (a[0] != 0)
     a, aux, f, g, H, inner_ok, _ = jax.lax.while_loop(
         lambda state: near & ~state[-1], boundary, (a, aux, f, g, H, inner_ok, ~near)
     )

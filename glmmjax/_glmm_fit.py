@@ -17,7 +17,7 @@ from jax.scipy.linalg import solve_triangular
 
 from ._cholesky import inverse_diagonal_blocks
 from ._covariance import diagonal_mask, initial_theta, theta_to_factors
-from ._engine import GLMMFit, opt_summary
+from ._engine import BOUNDARY_TRY, GLMMFit, opt_summary
 from ._eta_terms import loglik_constant
 from ._jit import program
 from ._laplace import (
@@ -33,7 +33,6 @@ from ._pirls import GLMMData, hessian_factor, inner_size, linear_predictor
 from ._progress import noted
 from ._structure import ReStructure, build_structure
 
-_BOUNDARY_TRY = 1e-3
 # Stage 1 starts unpreconditioned from θ = identity factors: a first step of at most 0.5
 # in any of θ, log dispersion (see minimize's ``first_step``).
 _FIRST_STEP = 0.5
@@ -103,7 +102,7 @@ def minimize_with_boundary(objective, params0, carry0, n_theta, sizes, inverse_h
 
     def to_boundary(params):
         theta = params[:n_theta]
-        near = jnp.asarray(mask) & (jnp.abs(theta) < _BOUNDARY_TRY)
+        near = jnp.asarray(mask) & (jnp.abs(theta) < BOUNDARY_TRY)
         return params.at[:n_theta].set(jnp.where(near, 0.0, theta))
 
     solution = minimize(objective, params0, inverse_hessian=inverse_hessian, gtol=gtol,
@@ -254,7 +253,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     # boundary check returns it to exactly zero if that is the optimum.
     theta1 = params1[:n_theta]
     diagonal = jnp.asarray(diagonal_mask(setup.outer.sizes))
-    theta1 = jnp.where(diagonal & (jnp.abs(theta1) < _BOUNDARY_TRY), 0.1, theta1)
+    theta1 = jnp.where(diagonal & (jnp.abs(theta1) < BOUNDARY_TRY), 0.1, theta1)
     params2 = jnp.concatenate([theta1, beta1, params1[n_theta:]])
     hinv1 = sol1.inverse_hessian
     k = n_theta + p + n_disp

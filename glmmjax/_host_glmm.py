@@ -48,7 +48,7 @@ from . import _family_math as fm
 from . import _host_lmm as lmm
 from ._blas import single_threaded_blas
 from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta
-from ._engine import GLMMFit, opt_summary
+from ._engine import BOUNDARY_TRY, GLMMFit, opt_summary
 from ._host_products import host_cross_products, segment_sum
 from ._optimize import minimize_host
 from ._pirls import split
@@ -56,7 +56,6 @@ from ._structure import ReStructure, build_structure, plain_structure
 
 MAX_NEWTON = 60
 NEWTON_TOL = 1e-10  # as _pirls
-_BOUNDARY_TRY = 1e-3  # as _glmm_fit: |θ| below this is tried at exactly 0
 _FIRST_STEP = 0.5  # as _glmm_fit's stage 1
 
 
@@ -483,7 +482,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
         beta_cov1 = L_x_inv.T @ L_x_inv
         theta1 = sol1.x[:n_theta].copy()
         diagonal = diagonal_mask(s2.sizes)
-        theta1[diagonal & (np.abs(theta1) < _BOUNDARY_TRY)] = 0.1
+        theta1[diagonal & (np.abs(theta1) < BOUNDARY_TRY)] = 0.1
         params2 = np.concatenate([theta1, v1[q1 - p :], sol1.x[n_theta:]])
         k = n_theta + p + n_disp
         keep = np.r_[np.arange(n_theta), n_theta + p + np.arange(n_disp)]
@@ -500,7 +499,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
 
         def to_boundary(params):
             theta = params[:n_theta]
-            near = diagonal & (np.abs(theta) < _BOUNDARY_TRY)
+            near = diagonal & (np.abs(theta) < BOUNDARY_TRY)
             return np.concatenate([np.where(near, 0.0, theta), params[n_theta:]])
 
         sol2 = minimize_host(objective2, params2, carry=v1[: q1 - p], inverse_hessian=hinv0,
