@@ -20,7 +20,7 @@ import pandas as pd
 from . import _family_math as fm
 from ._covariance import canonical_theta, diagonal_mask
 from ._design import DataError, build_design
-from ._engine import check_engine, choose_glmm, fit_glmm
+from ._engine import choose_glmm, fit_glmm
 from ._families import (
     Beta,
     Binomial,
@@ -292,13 +292,12 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
 
     max_iter = check_max_iter(max_iter)
     n_agq = _validate_agq(n_agq, design)
-    check_engine(engine)
+    engine = choose_glmm(design, family, n_agq, engine)
     y, w, success_level = family.prepare_response(
         design.response, design.weights, design.response_levels, design.rows
     )
     check_glmm_response(family, y, w, design)
-    out = fit_glmm(design, family, n_agq, y, w, choose_glmm(design, family, n_agq, engine),
-                   max_iter)
+    out = fit_glmm(design, family, n_agq, y, w, engine, max_iter)
     sizes = tuple(t.size for t in design.terms)
     sym = 0.5 * (out.hessian + out.hessian.T)
     pd_hess = bool(np.all(np.linalg.eigvalsh(sym) > 0)) if sym.size else True
