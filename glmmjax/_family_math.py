@@ -210,7 +210,10 @@ def log_mean_derivatives(link, xp, eta):
     if name in _POWER_OF_LOG:  # μ = η^c: m = c·log η
         c = _POWER_OF_LOG[name]
         r = 1.0 / eta
-        return c * xp.log(eta), c * r, -c * r * r, 2.0 * c * r**3
+        # μ = η² is a mean for either sign of η (as in loglik_eta and glmmTMB; the
+        # optimum may put η of zero counts at 0): m = 2·log|η|, same derivatives.
+        log_eta = xp.log(xp.abs(eta)) if name == "Sqrt" else xp.log(eta)
+        return c * log_eta, c * r, -c * r * r, 2.0 * c * r**3
     mu, m1, m2, m3 = mean_derivatives(link, xp, eta)
     return (xp.log(mu),) + _log_derivatives(mu, m1, m2, m3)
 

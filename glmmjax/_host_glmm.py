@@ -359,35 +359,40 @@ def _start_mean(family, y, weights):
 
 def _glm_start(model: HostGLMM, dispersion):
     """β of the GLM without random effects at a fixed dispersion: Newton's method (W
-    floored positive, for likelihoods that are not concave) with step halving."""
+    floored positive, for likelihoods that are not concave) with step halving, from
+    the least-squares fit of g(μ₀) or, where that leaves η outside the link's domain
+    (a sqrt or inverse link with η ≤ 0), from the constant η = g(ȳ)."""
     family, X, y, w, offset = model.family, model.X, model.y, model.weights, model.offset
     with np.errstate(all="ignore"):
+        mean_eta = fm.link_function(family.link, np, np.sum(w * y) / np.sum(w))
         eta = fm.link_function(family.link, np, _start_mean(family, y, w))
-        if not np.all(np.isfinite(eta)):
-            mean = np.sum(w * y) / np.sum(w)
-            eta = np.where(np.isfinite(eta), eta, fm.link_function(family.link, np, mean))
-    beta = np.linalg.lstsq(X, np.where(np.isfinite(eta), eta, 0.0) - offset, rcond=None)[0]
+        eta = np.where(np.isfinite(eta), eta, mean_eta)
 
-    def loglik(b):
-        with np.errstate(all="ignore"):
+        def loglik(b):
             value = float(np.sum(row_terms(model, X @ b + offset, dispersion).value))
-        return value if np.isfinite(value) else -np.inf
+            return value if np.isfinite(value) else -np.inf
 
-    current = loglik(beta)
-    for _ in range(25):
-        terms = row_terms(model, X @ beta + offset, dispersion)
-        W = np.maximum(terms.w, 1e-10 * (1.0 + np.abs(terms.w)))
-        step = np.linalg.lstsq(X.T @ (X * W[:, None]), X.T @ terms.d1, rcond=None)[0]
-        for _ in range(30):
-            trial = loglik(beta + step)
-            if trial >= current:
+        beta = np.linalg.lstsq(X, eta - offset, rcond=None)[0]
+        current = loglik(beta)
+        if not np.isfinite(current):
+            beta = np.linalg.lstsq(X, np.full(y.shape, mean_eta) - offset, rcond=None)[0]
+            current = loglik(beta)
+        for _ in range(25):
+            terms = row_terms(model, X @ beta + offset, dispersion)
+            W = np.maximum(terms.w, 1e-10 * (1.0 + np.abs(terms.w)))
+            step = np.linalg.lstsq(X.T @ (X * W[:, None]), X.T @ terms.d1, rcond=None)[0]
+            if not np.all(np.isfinite(step)):
                 break
-            step = 0.5 * step
-        else:
-            break
-        beta, current = beta + step, trial
-        if np.max(np.abs(step)) < 1e-8 * (1.0 + np.max(np.abs(beta))):
-            break
+            for _ in range(30):
+                trial = loglik(beta + step)
+                if trial >= current:
+                    break
+                step = 0.5 * step
+            else:
+                break
+            beta, current = beta + step, trial
+            if np.max(np.abs(step)) < 1e-8 * (1.0 + np.max(np.abs(beta))):
+                break
     return beta
 
 
@@ -473,7 +478,9 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
             return (np.inf, np.full(params.shape, np.nan)), carry
         return (value, grad), (v, factor.rest[-p:, -p:])
 
-    with single_threaded_blas():
+    # Trial points (line searches, the inner Newton's halvings, the central differences)
+    # may leave a link's domain; their non-finite values are rejected, not errors.
+    with single_threaded_blas(), np.errstate(all="ignore"):
         sol1 = minimize_host(objective1, np.concatenate([theta0, disp0]), carry=(v0, np.eye(p)),
                              gtol=max(gtol, loose_gtol), loose_gtol=loose_gtol,
                              first_step=_FIRST_STEP, expensive=True, max_iterations=max_iter)

@@ -21,7 +21,11 @@ from conftest import REFERENCE, cached, load_reference, rel_close
 import glmmjax
 
 MODELS = ["owls_nb2", "gamma_log", "beta_logit", "cbpp_probit", "contraception_probit",
-          "cbpp_cloglog", "sleepstudy_gaussian_log"]
+          "cbpp_cloglog", "beta_probit", "sleepstudy_gaussian_log"]
+# Not compared: grouseticks_poisson_sqrt. Both glmmjax engines agree (−2 log L 2470.56,
+# intercept 1.667) and sit far below glmmTMB's 2953.77 (intercept 0.729); with μ = η²
+# the likelihood is symmetric in the sign of η and which optimum glmmTMB reports is not
+# understood yet (issue 15 report).
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,10 @@ models <- list(
            dataset = "contraception"),
   describe("cbpp_cloglog", cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp,
            binomial(link = "cloglog"), "binomial", "cloglog", dataset = "cbpp"),
+  describe("beta_probit", y ~ x + (1 | g), beta_data, beta_family(link = "probit"), "beta",
+           "probit", file = "data/beta_glmm.csv"),
+  describe("grouseticks_poisson_sqrt", TICKS ~ YEAR + cHEIGHT + (1 | LOCATION), grouseticks,
+           poisson(link = "sqrt"), "poisson", "sqrt", dataset = "grouseticks"),
   describe("sleepstudy_gaussian_log", Reaction ~ Days + (1 | Subject), sleepstudy,
            gaussian(link = "log"), "gaussian", "log", dataset = "sleepstudy")
 )
