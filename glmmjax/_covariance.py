@@ -14,10 +14,6 @@ import numpy as np
 import pandas as pd
 
 
-def theta_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(s * (s + 1) // 2 for s in sizes)
-
-
 @functools.cache
 def _tril_indices_cached(size: int) -> tuple[np.ndarray, np.ndarray]:
     cols, rows = np.triu_indices(size)  # column-major lower triangle

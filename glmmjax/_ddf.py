@@ -42,6 +42,7 @@ import pandas as pd
 from jax.scipy.linalg import solve_triangular
 
 from ._distributions import f_sf, t_sf
+from ._engine import choose_lmm
 from ._jit import program
 from ._lmm import build_structure_for, lmm_model_from_arrays, lmm_pieces
 
@@ -130,9 +131,7 @@ def satterthwaite_pieces(result, engine: str | None = None) -> SatterthwaitePiec
     """``engine``: "host" (numpy: exact gradients, central differences for the Hessian
     and Jacobian; nothing to compile; the default on a CPU backend) or "jax" (both by
     forward-mode autodiff in one compiled program)."""
-    if engine is None:
-        engine = "host" if jax.default_backend() == "cpu" else "jax"
-    if engine == "host":
+    if choose_lmm(engine) == "host":
         from ._host_lmm import host_model, varpar_derivatives
 
         design = result.design

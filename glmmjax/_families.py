@@ -47,6 +47,7 @@ import numpy as np
 from jax.scipy.special import betaln, digamma, gammaln, polygamma, xlog1py, xlogy
 
 from ._design import DataError
+from ._family_math import count_times_log, log_binomial_coefficient
 from ._links import LINKS, Link, canonical_link_name, get_link
 
 __all__ = [
@@ -101,17 +102,6 @@ def _check_weights(weights: np.ndarray, rows) -> np.ndarray:
             f"{weights[idx[:5]].tolist()}"
         )
     return weights
-
-
-def count_times_log(count, log_p):
-    """``count · log_p`` with 0 · (−∞) = 0, differentiable in the count at 0.
-
-    A mask on the product (``where(count > 0, count · log_p, 0)``) would give the
-    count a zero derivative at 0 and at the binomial's upper edge, where data
-    gradients (d log L / d y) need ``log_p``; masking only the non-finite factor
-    keeps both the value and those gradients right."""
-    safe = jnp.where((count == 0) & ~jnp.isfinite(log_p), 0.0, log_p)
-    return count * safe
 
 
 class Family(eqx.Module):
@@ -317,13 +307,7 @@ class Binomial(Family):
         # Whole counts give R's dbinom exactly.
         trials = weights
         successes = weights * y
-        log_choose = gammaln(trials + 1) - gammaln(successes + 1) - gammaln(trials - successes + 1)
-        # C(n, 0) = C(n, n) = 1 exactly: keeps 0/1 data free of log-gamma rounding, which
-        # would swamp log-likelihoods of order 1e-14 deep in a tail.
-        edge = (successes == 0) | (successes == trials)
-        # (The difference is exactly 0 but keeps log_choose's derivative in the data.)
-        return trials, successes, jnp.where(edge, log_choose - jax.lax.stop_gradient(log_choose),
-                                            log_choose)
+        return trials, successes, log_binomial_coefficient(jnp, trials, successes)
 
     def loglik(self, y, mu, weights, dispersion=None):
         trials, successes, log_choose = self._counts(y, weights)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._blas import single_threaded_blas
+from . import _family_math as fm
 from ._covariance import canonical_theta, diagonal_mask
 from ._design import DataError, build_design
+from ._engine import choose_glmm, fit_glmm
 from ._families import (
     Beta,
     Binomial,
@@ -32,14 +32,8 @@ from ._families import (
     Poisson,
     get_family,
 )
-from ._glmm_fit import conditional_covariances_jit, glmm_pipeline_jit, make_setup
-from ._host_glmm import conditional_covariances as host_conditional_covariances
-from ._host_glmm import fit as host_fit
-from ._host_glmm import host_kind
-from ._host_lmm import random_effects as host_random_effects
-from ._lmm import SINGULAR_TOL, random_effects
+from ._lmm import SINGULAR_TOL
 from ._optimize import Status
-from ._pirls import split
 from ._precision import with_x64
 from ._results import (
     Convergence,
@@ -49,7 +43,6 @@ from ._results import (
     warn_if_singular,
 )
 
-_BOUNDARY_TRY = 1e-3
 MAX_AGQ_DIM = 3
 
 
@@ -107,20 +100,6 @@ class GLMMResult(MixedModelResult):
 
     def _disp_arg(self):
         return None if self.dispersion is None else jnp.asarray(self.dispersion)
-
-
-class _Outcome(NamedTuple):
-    status: np.ndarray
-    grad: np.ndarray
-    iterations: np.ndarray
-    n_evaluations: np.ndarray
-
-
-# Up to this many rows a Laplace fit runs on the host engine. Its numpy passes over the
-# rows are not fused or threaded as XLA's are: on the 1,000,000-row benchmark model it
-# took 11.1 s (first call) / 9.5 s (warm) against the compiled pipeline's 10.2 s / 4.3 s,
-# while on verbagg (7,584 rows) 0.3 s against 13 s.
-HOST_MAX_ROWS = 200_000
 
 
 def _validate_agq(n_agq, design) -> int:
@@ -192,19 +171,21 @@ def glmer(
             ``result.singular_message()``).
 
     Note:
-        On the CPU, Laplace fits of binomial-logit and Poisson-log models with up to
-        200,000 rows run by default on the host engine (:mod:`glmmjax._host_glmm`): numpy and
-        LAPACK evaluations of the same objective with its exact gradient, nothing to
-        compile (verbagg in about 0.3 s), standard errors from central differences of
-        that gradient (they agree with the autodiff Hessian's to about 1e-6). Other
-        families and links, quadrature (``n_agq > 1``), nAGQ=0, larger data,
-        accelerators and ``engine="jax"`` use the compiled pipeline: the first fit of a
-        model structure (its shapes, family, n_agq) traces and compiles the whole fit
-        as one XLA program, with the Hessian by automatic differentiation, which takes
-        longer than the fit itself on small data (about 13 s for verbagg on the
-        benchmark machine); later fits of the same structure reuse it. To keep
+        On the CPU, Laplace fits of every built-in family and link (dispersion
+        parameters included) with up to 200,000 rows run by default on the host engine
+        (:mod:`glmmjax._host_glmm`): numpy and LAPACK evaluations of the same objective
+        with its exact gradient, nothing to compile, standard errors from central
+        differences of that gradient (they agree with the autodiff Hessian's to about
+        1e-6). User-defined families and links, quadrature (``n_agq > 1``), nAGQ=0,
+        larger data, accelerators and ``engine="jax"`` use the compiled pipeline: the
+        first fit of a model structure (its shapes, family, n_agq) traces and compiles
+        the whole fit as one XLA program, with the Hessian by automatic
+        differentiation, which takes longer than the fit itself on small data (figures
+        in benchmarks/README.md); later fits of the same structure reuse it. To keep
         compiled programs across processes, turn on JAX's persistent cache before
         fitting: ``jax.config.update("jax_compilation_cache_dir", "/some/dir")``.
+        ``result.engine`` and ``result.opt_summary`` say which engine fitted the model
+        and how its optimizer ran.
 
     Example:
         >>> import glmmjax
@@ -217,7 +198,8 @@ def glmer(
     if isinstance(family, Gaussian) and family.link.name == "identity":
         from ._lmer import lmer
 
-        return lmer(formula, data, reml=False, weights=weights, offset=offset)
+        return lmer(formula, data, reml=False, weights=weights, offset=offset, engine=engine,
+                    max_iter=max_iter)
     design = build_design(
         formula, data, weights=weights, offset=offset, require_random=True, numeric_response=False
     )
@@ -310,54 +292,16 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
 
     max_iter = check_max_iter(max_iter)
     n_agq = _validate_agq(n_agq, design)
-    host_possible = n_agq == 1 and host_kind(family) is not None
-    if engine not in (None, "host", "jax"):
-        raise ValueError(f"engine must be None, 'host' or 'jax', not {engine!r}")
-    if engine == "host" and not host_possible:
-        raise ValueError(
-            "engine='host' fits Laplace (n_agq=1) GLMMs of the binomial family with logit "
-            f"link or the Poisson family with log link; this is {family.name} with "
-            f"{family.link.name} link and n_agq={n_agq}. Use engine=None or 'jax'.")
+    engine = choose_glmm(design, family, n_agq, engine)
     y, w, success_level = family.prepare_response(
         design.response, design.weights, design.response_levels, design.rows
     )
     check_glmm_response(family, y, w, design)
-    if engine is None:
-        host = (host_possible and design.nobs <= HOST_MAX_ROWS
-                and jax.default_backend() == "cpu")
-    else:
-        host = engine == "host"
-    if host:
-        # Binomial-logit and Poisson-log Laplace fits on the CPU: no compilation
-        # (glmmjax._host_glmm); the compiled pipeline for everything else.
-        out = host_fit(design, family, y, w, max_iter=max_iter)
-        host_model = out.pop("model")
-        s_outer = host_model.structure.original
-        n_theta, p, has_disp = s_outer.n_theta, design.X.shape[1], False
-    else:
-        setup = make_setup(design, family, n_agq, max_iter=max_iter)
-        y_in, w_in = jnp.asarray(y), jnp.asarray(w)
-        out = glmm_pipeline_jit(y_in, w_in, setup, with_cond_cov=False)
-        n_theta, p = setup.n_theta, setup.p
-        has_disp = setup.has_dispersion
-        s_outer = setup.outer
-    out = jax.tree_util.tree_map(np.asarray, out)
-    params, hessian, v = out["params"], out["hessian"], out["v"]
-    theta_raw = params[:n_theta]
-    beta, beta_cov = out["beta"], out["beta_cov"]
-    sym = 0.5 * (hessian + hessian.T)
+    out = fit_glmm(design, family, n_agq, y, w, engine, max_iter)
+    sizes = tuple(t.size for t in design.terms)
+    sym = 0.5 * (out.hessian + out.hessian.T)
     pd_hess = bool(np.all(np.linalg.eigvalsh(sym) > 0)) if sym.size else True
-    params_cov = out.get("params_cov")
-    value = float(out["value"])
-    if has_disp:
-        dispersion = float(np.exp(params[-1]))
-    elif family.dispersion_method == "fixed":
-        dispersion = float(family.theta)
-    else:
-        dispersion = None
-    solution = _Outcome(out["status"], out["grad"], out["iterations"], out["n_evaluations"])
-    status = Status(int(solution.status))
-    grad_max = float(np.max(np.abs(np.asarray(solution.grad))))
+    status = Status(out.opt.status)
     converged = status == Status.CONVERGED and pd_hess
     message = status.describe()
     if status == Status.CONVERGED and not pd_hess:
@@ -365,43 +309,18 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     convergence = Convergence(
         converged=converged,
         message=message,
-        grad_max=grad_max,
-        iterations=int(solution.iterations),
-        n_evaluations=int(solution.n_evaluations),
+        grad_max=out.opt.grad_max,
+        iterations=out.opt.iterations,
+        n_evaluations=out.opt.n_evaluations,
         hessian_positive_definite=pd_hess,
     )
-    theta = canonical_theta(theta_raw, s_outer.sizes)
-    if host:
-        effects = host_random_effects(theta_raw, s_outer, *split(v, s_outer)[:2])
-    else:
-        u_first, u_rest, _ = split(jnp.asarray(v), setup.inner if n_agq == 0 else s_outer)
-        with jax.enable_x64(True):
-            effects = [
-                np.asarray(b)
-                for b in random_effects(jnp.asarray(theta_raw), s_outer, u_first, u_rest)
-            ]
-    # (nAGQ=0 reports no conditional variances: its inner factor includes the β block.)
-    # Otherwise they come from a small program of their own, compiled on request only.
-    cached_cov = []
-
-    def effect_cov():
-        if not cached_cov:
-            if n_agq == 0:
-                cached_cov.append([np.asarray(c) for c in out["cond_cov"]])
-            elif host:
-                with single_threaded_blas():
-                    cached_cov.append(host_conditional_covariances(params, v, host_model))
-            else:
-                with jax.enable_x64(setup.X.dtype == np.float64):
-                    blocks = conditional_covariances_jit(
-                        jnp.asarray(params), jnp.asarray(v), y_in, w_in, setup)
-                    cached_cov.append([np.asarray(c) for c in blocks])
-        return cached_cov[0]
-
-    singular = bool(np.any(np.abs(theta[diagonal_mask(s_outer.sizes)]) < SINGULAR_TOL))
+    theta = canonical_theta(out.params[: out.n_theta], sizes)
+    singular = bool(np.any(np.abs(theta[diagonal_mask(sizes)]) < SINGULAR_TOL))
     method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
 
     def inverse_link(eta_values):
+        if fm.supported(family):  # numpy closed form: no JAX operation to compile
+            return fm.inverse_link(family.link, np, np.asarray(eta_values, dtype=np.float64))
         with jax.enable_x64(True):
             return np.asarray(family.link.inverse(jnp.asarray(eta_values)))
 
@@ -411,22 +330,24 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         family_name=family.name,
         link_name=family.link.name,
         theta_values=theta,
-        beta=np.asarray(beta),
-        beta_cov=np.asarray(beta_cov),
+        beta=np.asarray(out.beta),
+        beta_cov=np.asarray(out.beta_cov),
         scale=None,
-        effects=tuple(effects),
-        effect_cov=effect_cov,
-        criterion=float(value),
-        n_params=n_theta + p + int(has_disp),
+        effects=out.effects,
+        effect_cov=out.conditional_covariances,
+        criterion=out.value,
+        n_params=out.n_theta + design.X.shape[1] + int(out.estimated_dispersion),
         convergence=convergence,
         singular=singular,
         linear_predictor_fn=inverse_link,
         family=family,
-        dispersion=dispersion,
+        dispersion=None if out.dispersion is None else float(out.dispersion),
         success_level=success_level,
         n_agq=n_agq,
         y=np.asarray(y),
         prior_weights=np.asarray(w),
-        params_cov=params_cov,
+        params_cov=out.params_cov,
+        engine=out.engine,
+        opt_summary=out.opt,
     )
     return report_convergence(result, np.asarray(y), np.asarray(w))

@@ -33,13 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._families import Binomial, Poisson
+from . import _family_math as fm
+from ._engine import BOUNDARY_TRY
+from ._eta_terms import closed_form
 from ._optimize import Status
 
 MAX_OUTER = 60
 MAX_INNER = 50
 MAX_HALVINGS = 30
-_BOUNDARY_TRY = 1e-3  # as the general pipeline: |θ| below this is tried at exactly 0
 
 
 def _tol(value: float, dtype, eps_multiple: float = 10.0) -> float:
@@ -119,33 +120,20 @@ def make_scalar_setup(design, family, dtype=np.float64) -> ScalarSetup:
 
 
 # -- per-row log-likelihood and its η-derivatives --------------------------------------------
-def _closed_form(setup: ScalarSetup) -> str | None:
-    family = setup.family
-    if type(family) is Binomial and family.link.name == "logit":
-        return "logit"
-    if type(family) is Poisson and family.link.name == "log":
-        return "log"
-    return None
+def _closed_form(setup: ScalarSetup) -> bool:
+    return closed_form(setup.family)
 
 
 def _row_terms(eta, y, w, setup: ScalarSetup):
     """ℓ (up to a constant in η), ℓ' and W = −ℓ'' per slot; padding slots give zeros.
 
-    Canonical binomial-logit and Poisson-log are written out (one exp and one log1p
-    per row, instead of the family's log-gamma constants and autodiff); other
-    families differentiate ``loglik_eta``. The optimization never needs the constant:
-    :func:`constant_part` adds it to the final value."""
-    kind = _closed_form(setup)
-    if kind == "logit":
-        trials = w  # not rounded, as Binomial._counts
-        successes = w * y
-        e = jnp.exp(-jnp.abs(eta))
-        softplus = jnp.maximum(eta, 0.0) + jnp.log1p(e)
-        mu = jnp.where(eta >= 0, 1.0, e) / (1.0 + e)
-        return successes * eta - trials * softplus, successes - trials * mu, trials * e / (1.0 + e) ** 2
-    if kind == "log":
-        mu = jnp.exp(eta)
-        return w * (y * eta - mu), w * (y - mu), w * mu
+    Canonical binomial-logit and Poisson-log use the closed forms of
+    :mod:`glmmjax._family_math` (one exp and one log1p per row, instead of the family's
+    log-gamma constants and autodiff); other families differentiate ``loglik_eta``. The
+    optimization never needs the constant: :func:`constant_part` adds it to the final
+    value."""
+    if _closed_form(setup):
+        return tuple(fm.row_terms(setup.family, jnp, y, eta, w)[:3])
 
     def total(e):
         ll = setup.family.loglik_eta(y, e, w, jnp.asarray(setup.dispersion, e.dtype))
@@ -160,7 +148,7 @@ def _row_terms(eta, y, w, setup: ScalarSetup):
 
 def constant_part(a, u, y, w, setup):
     """−2 Σ (ℓ − ℓ as in :func:`_row_terms`): the η-free constant of the log-likelihood."""
-    if _closed_form(setup) is None:
+    if not _closed_form(setup):
         return jnp.zeros((), y.dtype)
     eta = _eta(a, u, setup)
     full = setup.family.loglik_eta(y, eta, w, jnp.asarray(setup.dispersion, eta.dtype))
@@ -280,17 +268,14 @@ def value_gradient_hessian(a, u_hat, y, w, setup):
 
 def _row_derivatives(eta, y, w, setup: ScalarSetup):
     """ℓ', W = −ℓ'', W' and W'' per slot (η-derivatives of the log-likelihood)."""
-    kind = _closed_form(setup)
-    if kind == "logit":
-        trials = jnp.round(w)
-        e = jnp.exp(-jnp.abs(eta))
-        mu = jnp.where(eta >= 0, 1.0, e) / (1.0 + e)
-        v = e / (1.0 + e) ** 2  # μ(1 − μ) without cancellation
-        return (jnp.round(w * y) - trials * mu, trials * v, trials * v * (1.0 - 2.0 * mu),
-                trials * v * (1.0 - 6.0 * v))
-    if kind == "log":
-        mu = w * jnp.exp(eta)
-        return w * y - mu, mu, mu, mu
+    if _closed_form(setup):
+        # W'' by forward mode through the closed-form W' (counts not rounded, as
+        # Binomial._counts).
+        def third(e):
+            return fm.row_terms(setup.family, jnp, y, e, w, third=True)
+
+        terms, tangent = jax.jvp(third, (eta,), (jnp.ones_like(eta),))
+        return terms.d1, terms.w, terms.w1, tangent.w1
 
     def total(e):
         ll = setup.family.loglik_eta(y, e, w, jnp.asarray(setup.dispersion, e.dtype))
@@ -549,7 +534,7 @@ def fit_scalar(y, w, setup: ScalarSetup) -> dict:
         return (pick(a_zero, a), jax.tree_util.tree_map(pick, aux_zero, aux), pick(f_zero, f),
                 pick(g_zero, g), pick(H_zero, H), pick(ok_zero, ok), jnp.ones((), bool))
 
-    near = (jnp.abs(a[0]) < _BOUNDARY_TRY) & (a[0] != 0)
+    near = (jnp.abs(a[0]) < BOUNDARY_TRY) & (a[0] != 0)
     a, aux, f, g, H, inner_ok, _ = jax.lax.while_loop(
         lambda state: near & ~state[-1], boundary, (a, aux, f, g, H, inner_ok, ~near)
     )

@@ -17,6 +17,7 @@ from jax.scipy.linalg import solve_triangular
 
 from ._cholesky import inverse_diagonal_blocks
 from ._covariance import diagonal_mask, initial_theta, theta_to_factors
+from ._engine import BOUNDARY_TRY, GLMMFit, opt_summary
 from ._eta_terms import loglik_constant
 from ._jit import program
 from ._laplace import (
@@ -27,12 +28,11 @@ from ._laplace import (
     mode_and_factor,
     unpack,
 )
-from ._optimize import minimize
+from ._optimize import Solution, minimize
 from ._pirls import GLMMData, hessian_factor, inner_size, linear_predictor
 from ._progress import noted
 from ._structure import ReStructure, build_structure
 
-_BOUNDARY_TRY = 1e-3
 # Stage 1 starts unpreconditioned from θ = identity factors: a first step of at most 0.5
 # in any of θ, log dispersion (see minimize's ``first_step``).
 _FIRST_STEP = 0.5
@@ -102,7 +102,7 @@ def minimize_with_boundary(objective, params0, carry0, n_theta, sizes, inverse_h
 
     def to_boundary(params):
         theta = params[:n_theta]
-        near = jnp.asarray(mask) & (jnp.abs(theta) < _BOUNDARY_TRY)
+        near = jnp.asarray(mask) & (jnp.abs(theta) < BOUNDARY_TRY)
         return params.at[:n_theta].set(jnp.where(near, 0.0, theta))
 
     solution = minimize(objective, params0, inverse_hessian=inverse_hessian, gtol=gtol,
@@ -189,6 +189,8 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
         [jnp.asarray(initial_theta(setup.outer.sizes), dtype), jnp.zeros(n_disp, dtype)]
     )
 
+    params1_start = params1
+
     def parts1(q, v, known_mode=False):
         return mode_and_factor(q, data0, v, n_theta, 0, known_mode)
 
@@ -225,7 +227,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
 
         hessian, value, _ = _hessian_value_factor(at_v1, params1, forward_hessian)
         return dict(
-            params=params1, beta=beta1, beta_cov=beta_cov1,
+            params=params1, beta=beta1, beta_cov=beta_cov1, initial=params1_start,
             value=value, hessian=hessian, v=v1,
             status=sol1.status, iterations=sol1.iterations,
             n_evaluations=sol1.n_evaluations, grad=sol1.grad,
@@ -251,7 +253,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     # boundary check returns it to exactly zero if that is the optimum.
     theta1 = params1[:n_theta]
     diagonal = jnp.asarray(diagonal_mask(setup.outer.sizes))
-    theta1 = jnp.where(diagonal & (jnp.abs(theta1) < _BOUNDARY_TRY), 0.1, theta1)
+    theta1 = jnp.where(diagonal & (jnp.abs(theta1) < BOUNDARY_TRY), 0.1, theta1)
     params2 = jnp.concatenate([theta1, beta1, params1[n_theta:]])
     hinv1 = sol1.inverse_hessian
     k = n_theta + p + n_disp
@@ -278,7 +280,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
         params=params, beta=beta, beta_cov=params_cov[n_theta : n_theta + p, n_theta : n_theta + p],
         params_cov=params_cov, value=value, hessian=hessian, v=v, status=sol2.status,
         iterations=sol2.iterations, n_evaluations=sol2.n_evaluations, grad=sol2.grad,
-        eta=linear_predictor(v, theta, beta, data2),
+        initial=params2, eta=linear_predictor(v, theta, beta, data2),
     )
     if with_cond_cov:
         out["cond_cov"] = _cond_cov_from_factor(theta, factor, setup.outer)
@@ -305,3 +307,50 @@ def conditional_covariances(params, v, y, weights, setup: GLMMSetup) -> list:
 
 conditional_covariances_jit = program(conditional_covariances)
 glmm_pipeline_jit = program(noted(glmm_pipeline, "the GLMM fit"))
+
+
+def fit(design, family, n_agq: int, y, weights, max_iter: int = 500) -> GLMMFit:
+    """Fit one GLMM with the compiled pipeline (``glmer``'s compiled engine)."""
+    from ._lmm import random_effects
+    from ._pirls import split
+
+    setup = make_setup(design, family, n_agq, max_iter=max_iter)
+    y_in, w_in = jnp.asarray(y), jnp.asarray(weights)
+    out = glmm_pipeline_jit(y_in, w_in, setup, with_cond_cov=False)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    n_theta = setup.n_theta
+    params, v = out["params"], out["v"]
+    if setup.has_dispersion:
+        dispersion = float(np.exp(params[-1]))
+    else:
+        dispersion = getattr(family, "theta", None)
+    u_first, u_rest, _ = split(jnp.asarray(v), setup.inner if n_agq == 0 else setup.outer)
+    with jax.enable_x64(True):
+        effects = tuple(np.asarray(b) for b in random_effects(
+            jnp.asarray(params[:n_theta]), setup.outer, u_first, u_rest))
+    cache = []
+
+    def conditional_cov():
+        # nAGQ=0 reports no conditional variances (its inner factor includes the β
+        # block); otherwise a small program of its own, compiled on request only.
+        if not cache:
+            if n_agq == 0:
+                cache.append([np.full((m, s, s), np.nan) for m, s in
+                              zip(setup.outer.n_levels, setup.outer.sizes)])
+            else:
+                with jax.enable_x64(setup.X.dtype == np.float64):
+                    blocks = conditional_covariances_jit(
+                        jnp.asarray(params), jnp.asarray(v), y_in, w_in, setup)
+                    cache.append([np.asarray(c) for c in blocks])
+        return cache[0]
+
+    solution = Solution(params, out["value"], out["grad"], out["iterations"], out["status"],
+                        out["n_evaluations"], None)
+    return GLMMFit(
+        engine="jax", params=params, n_theta=n_theta, beta=out["beta"],
+        beta_cov=out["beta_cov"], params_cov=out.get("params_cov"), hessian=out["hessian"],
+        value=float(out["value"]), v=v, effects=effects, dispersion=dispersion,
+        estimated_dispersion=setup.has_dispersion,
+        opt=opt_summary("jax", solution, out["initial"]),
+        conditional_covariances=conditional_cov,
+    )

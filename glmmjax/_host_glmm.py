@@ -19,13 +19,22 @@ dW/dη, D' = −2ℓ', D'' = 2W:
 (Λ_k = ∂Λ/∂θ_k; the last term is the LMM's contraction, ``_host_lmm._gradient``).
 tests/test_host_glmm.py checks values and gradients against the JAX objective.
 
-Implemented for the two families whose log-likelihood terms have closed forms here,
-binomial with logit link and Poisson with log link, as in :mod:`glmmjax._eta_terms`
-(they are most GLMMs); ``glmer`` uses the compiled pipeline for the others, for AGQ and
-on accelerators. Standard errors come from central differences of the exact gradient
-(``fit``), which agree with the pipeline's autodiff Hessian to 1e-6 relative
-in the tests (``glmer(engine="jax")`` gives the autodiff one). Starting values differ
-from the pipeline's (:func:`moment_start`); the optimum does not.
+With a dispersion parameter φ estimated (ψ = log φ an outer parameter, as in the
+compiled pipeline), ψ enters g directly and W = −ℓ''(η; φ):
+
+    ∂L/∂ψ = Σ [−2 ∂ℓ/∂ψ + h ∂W/∂ψ + 2 t ∂ℓ'/∂ψ]
+
+(the last term is the mode's response, ∂v̂/∂ψ = Ω⁻¹[Λ'Z'; X']∂ℓ'/∂ψ, seen through
+log|M|).
+
+Every built-in family and link is covered: the per-row terms ℓ, ℓ', W, W' and their
+dispersion derivatives are the closed forms of :mod:`glmmjax._family_math` (the same
+text the compiled engine runs with ``jax.numpy``). User-defined families and links,
+quadrature and accelerators use the compiled pipeline (:mod:`glmmjax._engine` decides).
+Standard errors come from central differences of the exact gradient (``fit``), which
+agree with the pipeline's autodiff Hessian to 1e-6 relative in the tests
+(``glmer(engine="jax")`` gives the autodiff one). Starting values differ from the
+pipeline's (:func:`moment_start`); the optimum does not.
 """
 
 from __future__ import annotations
@@ -34,31 +43,31 @@ import dataclasses
 
 import numpy as np
 import scipy.linalg
-from scipy.special import gammaln
 
+from . import _family_math as fm
 from . import _host_lmm as lmm
 from ._blas import single_threaded_blas
 from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta
-from ._families import Binomial, Poisson
+from ._engine import BOUNDARY_TRY, GLMMFit, opt_summary
 from ._host_products import host_cross_products, segment_sum
-from ._links import Log, Logit
 from ._optimize import minimize_host
 from ._pirls import split
 from ._structure import ReStructure, build_structure, plain_structure
 
 MAX_NEWTON = 60
 NEWTON_TOL = 1e-10  # as _pirls
-_BOUNDARY_TRY = 1e-3
 _FIRST_STEP = 0.5  # as _glmm_fit's stage 1
 
 
-def host_kind(family) -> str | None:
-    """"binomial_logit" / "poisson_log" where this module applies, else None."""
-    if type(family) is Binomial and type(family.link) is Logit:
-        return "binomial_logit"
-    if type(family) is Poisson and type(family.link) is Log:
-        return "poisson_log"
-    return None
+def applies(family) -> bool:
+    """Whether this engine has the family's closed forms (every built-in family and
+    link; not user-defined ones)."""
+    return fm.supported(family)
+
+
+def estimates_dispersion(family) -> bool:
+    """Whether the fit has log φ among its outer parameters (as the compiled pipeline)."""
+    return bool(family.has_dispersion and family.dispersion_method != "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,43 +81,29 @@ class HostGLMM:
     y: np.ndarray
     weights: np.ndarray
     offset: np.ndarray
-    kind: str
-    constant: float  # Σ(ℓ − kernel): the part of the log-likelihood free of η
+    family: object
+    constant: float  # Σ(ℓ − value): the part of the log-likelihood free of η and φ
+
+    @property
+    def n_dispersion(self) -> int:
+        return int(estimates_dispersion(self.family))
+
+    def dispersion(self, log_dispersion):
+        """φ on its natural scale: exp(ψ), the family's fixed value, or None."""
+        if log_dispersion.shape[0]:
+            return float(np.exp(log_dispersion[0]))
+        return getattr(self.family, "theta", None)
 
 
-def log_likelihood_constant(kind: str, y, weights) -> float:
-    """:func:`glmmjax._eta_terms.loglik_constant` in numpy."""
-    if kind == "binomial_logit":
-        trials, successes = weights, weights * y  # not rounded (Binomial._counts)
-        log_choose = gammaln(trials + 1) - gammaln(successes + 1) - gammaln(trials - successes + 1)
-        edge = (successes == 0) | (successes == trials)
-        return float(np.sum(np.where(edge, 0.0, log_choose)))
-    return float(-np.sum(weights * gammaln(y + 1.0)))
+def log_likelihood_constant(family, y, weights) -> float:
+    """:func:`glmmjax._family_math.loglik_constant` as a float."""
+    return float(fm.loglik_constant(family, np, y, weights))
 
 
-def row_terms(kind: str, y, eta, weights):
-    """(ℓ without its constant, ℓ', W = −ℓ'', W' = dW/dη) per observation (closed forms
-    of :func:`glmmjax._eta_terms.kernel_terms`, with the third derivative)."""
-    if kind == "binomial_logit":
-        s = weights * y
-        f = weights - s
-        # log σ(η) = min(η, 0) − log(1 + e^−|η|), accurate in both tails.
-        e = np.exp(-np.abs(eta))
-        log1pe = np.log1p(e)
-        inv = 1.0 / (1.0 + e)
-        mu = np.where(eta >= 0, inv, e * inv)
-        n = s + f
-        value = s * np.minimum(eta, 0.0) + f * np.minimum(-eta, 0.0) - n * log1pe
-        w = n * (e * inv * inv)
-        return value, s - n * mu, w, w * (1.0 - 2.0 * mu)
-    mu = np.exp(eta)
-    value = weights * (np.where(y > 0, y * eta, 0.0) - mu)
-    w = weights * mu
-    return value, weights * (y - mu), w, w
-
-
-def link(kind: str, mu):
-    return np.log(mu / (1.0 - mu)) if kind == "binomial_logit" else np.log(mu)
+def row_terms(model: HostGLMM, eta, dispersion, *, third=False, dispersion_derivatives=False):
+    """The family's per-row terms at η (:func:`glmmjax._family_math.row_terms`)."""
+    return fm.row_terms(model.family, np, model.y, eta, model.weights, dispersion, third=third,
+                        dispersion_derivatives=dispersion_derivatives)
 
 
 # -- ZΛ products --------------------------------------------------------------------------
@@ -161,10 +156,11 @@ def _solve(s: ReStructure, factor, rhs):
 
 
 class _Point:
-    """η and the likelihood terms at (θ, β, v)."""
+    """η and the likelihood terms at (θ, β, dispersion, v)."""
 
-    def __init__(self, theta, beta, v, model: HostGLMM):
+    def __init__(self, theta, beta, dispersion, v, model: HostGLMM):
         s = model.structure
+        self.dispersion = dispersion
         self.factors = lmm.factors_of(theta, s.sizes)
         u_first, u_rest, beta_in = split(v, s)
         self.u_terms = lmm.term_values(s, u_first, u_rest)
@@ -174,9 +170,10 @@ class _Point:
         if beta_in.shape[0]:
             eta = eta + model.inner @ beta_in
         self.eta = eta
-        self.kernel, self.l1, self.w, self.w1 = row_terms(model.kind, model.y, eta, model.weights)
+        terms = row_terms(model, eta, dispersion)
+        self.l1, self.w = terms.d1, terms.w
         penalty = sum(float(np.sum(u**2)) for u in self.u_terms)
-        self.g = -2.0 * (float(np.sum(self.kernel)) + model.constant) + penalty
+        self.g = -2.0 * (float(np.sum(terms.value)) + model.constant) + penalty
 
     def half_gradient(self, v, model: HostGLMM):
         """∇g/2 = [u − Λ'Z'ℓ'; −X_in'ℓ']."""
@@ -186,12 +183,12 @@ class _Point:
         return np.concatenate([grad, -(model.inner.T @ self.l1)])
 
 
-def conditional_mode(theta, beta, model: HostGLMM, v0):
+def conditional_mode(theta, beta, dispersion, model: HostGLMM, v0):
     """v̂ by Newton with step halving from ``v0`` (as :func:`glmmjax._pirls._newton`),
     and whether it converged."""
     s = model.structure
     v = np.asarray(v0, dtype=np.float64)
-    point = _Point(theta, beta, v, model)
+    point = _Point(theta, beta, dispersion, v, model)
     value = point.g
     if not np.isfinite(value):
         return v, False
@@ -208,7 +205,7 @@ def conditional_mode(theta, beta, model: HostGLMM, v0):
         t = 1.0
         for _ in range(30):
             trial = v + t * step
-            trial_point = _Point(theta, beta, trial, model)
+            trial_point = _Point(theta, beta, dispersion, trial, model)
             if np.isfinite(trial_point.g) and trial_point.g <= value:
                 break
             t *= 0.5
@@ -220,13 +217,14 @@ def conditional_mode(theta, beta, model: HostGLMM, v0):
     return v, False
 
 
-def laplace(theta, beta, model: HostGLMM, v0, gradient: bool = True):
-    """(L, ∂L/∂(θ, β_outer) or None, v̂, factor of Ω at v̂, converged) — see the module
-    docstring. L is +inf where the inner problem fails."""
+def laplace(theta, beta, log_dispersion, model: HostGLMM, v0, gradient: bool = True):
+    """(L, ∂L/∂(θ, β_outer, ψ) or None, v̂, factor of Ω at v̂, converged) — see the
+    module docstring. L is +inf where the inner problem fails."""
     s = model.structure
     theta = np.asarray(theta, dtype=np.float64)
-    v, ok = conditional_mode(theta, beta, model, v0)
-    point = _Point(theta, beta, v, model)
+    dispersion = model.dispersion(log_dispersion)
+    v, ok = conditional_mode(theta, beta, dispersion, model, v0)
+    point = _Point(theta, beta, dispersion, v, model)
     factor, products = _factor(theta, model, point.w)
     if factor is None or not np.isfinite(point.g):
         return np.inf, None, v, None, False
@@ -236,9 +234,12 @@ def laplace(theta, beta, model: HostGLMM, v0, gradient: bool = True):
     value = point.g + logdet
     if not gradient:
         return value, None, v, factor, ok
+    estimated = log_dispersion.shape[0] > 0
+    terms = row_terms(model, point.eta, dispersion, third=True,
+                      dispersion_derivatives=estimated)
     sigma_00, sigma_r0, sigma_rr = lmm._selected_inverse(s, factor, R_re)
     h = _leverages(s, point.factors, sigma_00, sigma_r0, sigma_rr)
-    hw = h * point.w1
+    hw = h * terms.w1
     parts = lambda_z_transpose_times(point.factors, s, hw)
     rhs = _flat(parts[0], parts[1:], model.inner.T @ hw if model.inner.shape[1] else None)
     a = 0.5 * _solve(s, factor, rhs)
@@ -256,9 +257,12 @@ def laplace(theta, beta, model: HostGLMM, v0, gradient: bool = True):
     for size, gq, ga in zip(s.sizes, outer_q, outer_a):
         rows, cols = _tril_indices_colmajor(size)
         grads.append((gq - ga)[rows, cols])
-    grad_theta = np.concatenate(grads) + contraction
-    grad = np.concatenate([grad_theta, model.X.T @ q]) if model.X.shape[1] else grad_theta
-    return value, grad, v, factor, ok
+    pieces = [np.concatenate(grads) + contraction]
+    if model.X.shape[1]:
+        pieces.append(model.X.T @ q)
+    if estimated:
+        pieces.append([np.sum(-2.0 * terms.value_psi + h * terms.w_psi + 2.0 * t * terms.d1_psi)])
+    return value, np.concatenate(pieces), v, factor, ok
 
 
 def _leverages(s: ReStructure, factors, sigma_00, sigma_r0, sigma_rr):
@@ -288,31 +292,38 @@ def _leverages(s: ReStructure, factors, sigma_00, sigma_r0, sigma_rr):
 
 def host_models(design, family, y, weights):
     """The two stages' models: nAGQ=0 (β inner) and Laplace (β outer)."""
-    kind = host_kind(family)
     X = np.asarray(design.X, dtype=np.float64)
     n, p = X.shape
     y = np.asarray(y, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
     offset = np.asarray(design.offset, dtype=np.float64)
-    constant = log_likelihood_constant(kind, y, weights)
+    constant = log_likelihood_constant(family, y, weights)
     empty = np.zeros((n, 0))
     stage1 = HostGLMM(plain_structure(build_structure(design.terms, p)), empty, X, y,
-                      weights, offset, kind, constant)
+                      weights, offset, family, constant)
     stage2 = HostGLMM(plain_structure(build_structure(design.terms, 0)), X, empty, y,
-                      weights, offset, kind, constant)
+                      weights, offset, family, constant)
     return stage1, stage2
 
 
+def _outer_split(params, model: HostGLMM):
+    """(θ, β_outer, log dispersion) from params laid out as the compiled pipeline's."""
+    n_theta, p = model.structure.n_theta, model.X.shape[1]
+    return params[:n_theta], params[n_theta : n_theta + p], params[n_theta + p :]
+
+
 def mode_derivatives(params, v, model: HostGLMM):
-    """dv̂/dψ at the mode v̂ (columns per outer parameter ψ = (θ, β_outer)), by the
-    implicit function theorem: −Ω⁻¹·∂(∇g/2)/∂ψ, with ∂(∇g/2)/∂θ_k =
-    [−Λ_k'Z'ℓ' + Λ'Z'(W∘ZΛ_k·u); X_in'(W∘ZΛ_k·u)] (Λ_k = Λ(e_k): Λ is linear in θ) and
-    ∂(∇g/2)/∂β_j = [Λ'Z'(W∘x_j); X_in'(W∘x_j)]. Start points for the finite-difference
-    Hessian's inner solves: from v̂ + (dv̂/dψ)·Δψ one Newton step suffices."""
+    """dv̂/dψ at the mode v̂ (columns per outer parameter ψ = (θ, β_outer, log φ)), by
+    the implicit function theorem: −Ω⁻¹·∂(∇g/2)/∂ψ, with ∂(∇g/2)/∂θ_k =
+    [−Λ_k'Z'ℓ' + Λ'Z'(W∘ZΛ_k·u); X_in'(W∘ZΛ_k·u)] (Λ_k = Λ(e_k): Λ is linear in θ),
+    ∂(∇g/2)/∂β_j = [Λ'Z'(W∘x_j); X_in'(W∘x_j)] and ∂(∇g/2)/∂log φ = −[Λ'Z'; X_in']∂ℓ'/∂log φ.
+    Start points for the finite-difference Hessian's inner solves: from v̂ + (dv̂/dψ)·Δψ
+    one Newton step suffices."""
     s = model.structure
     n_theta = s.n_theta
-    theta = params[:n_theta]
-    point = _Point(theta, params[n_theta:], v, model)
+    theta, beta, log_dispersion = _outer_split(params, model)
+    dispersion = model.dispersion(log_dispersion)
+    point = _Point(theta, beta, dispersion, v, model)
     factor, _ = _factor(theta, model, point.w)
 
     def mixed(r, minus=None):
@@ -328,26 +339,104 @@ def mode_derivatives(params, v, model: HostGLMM):
         columns.append(mixed(shift, lambda_z_transpose_times(unit, s, point.l1)))
     for j in range(model.X.shape[1]):
         columns.append(mixed(point.w * model.X[:, j]))
+    if log_dispersion.shape[0]:
+        terms = row_terms(model, point.eta, dispersion, dispersion_derivatives=True)
+        columns.append(mixed(-terms.d1_psi))
     return np.stack([-_solve(s, factor, c) for c in columns], axis=1)
 
 
-def moment_start(random_terms, model: HostGLMM, family):
-    """Start values: β from the GLM without random effects (IRLS), and θ from one Newton
-    step per level at that fit, b̂_l = Σ z·ℓ' / Σ z²·W, whose variance is about
+def _start_mean(family, y, weights):
+    """Starting means (R's ``mustart``) in numpy, inside the family's mean space."""
+    name = type(family).__name__
+    if name == "Binomial":
+        return (weights * y + 0.5) / (weights + 1.0)
+    if name == "Poisson":
+        return y + 0.1
+    if name == "NegativeBinomial":
+        return y + (y == 0) / 6.0
+    return y
+
+
+def _glm_start(model: HostGLMM, dispersion):
+    """β of the GLM without random effects at a fixed dispersion: Newton's method (W
+    floored positive, for likelihoods that are not concave) with step halving, from
+    the least-squares fit of g(μ₀) or, where that leaves η outside the link's domain
+    (a sqrt or inverse link with η ≤ 0), from the constant η = g(ȳ)."""
+    family, X, y, w, offset = model.family, model.X, model.y, model.weights, model.offset
+    with np.errstate(all="ignore"):
+        mean_eta = fm.link_function(family.link, np, np.sum(w * y) / np.sum(w))
+        eta = fm.link_function(family.link, np, _start_mean(family, y, w))
+        eta = np.where(np.isfinite(eta), eta, mean_eta)
+
+        def loglik(b):
+            value = float(np.sum(row_terms(model, X @ b + offset, dispersion).value))
+            return value if np.isfinite(value) else -np.inf
+
+        beta = np.linalg.lstsq(X, eta - offset, rcond=None)[0]
+        current = loglik(beta)
+        if not np.isfinite(current):
+            beta = np.linalg.lstsq(X, np.full(y.shape, mean_eta) - offset, rcond=None)[0]
+            current = loglik(beta)
+        for _ in range(25):
+            terms = row_terms(model, X @ beta + offset, dispersion)
+            W = np.maximum(terms.w, 1e-10 * (1.0 + np.abs(terms.w)))
+            step = np.linalg.lstsq(X.T @ (X * W[:, None]), X.T @ terms.d1, rcond=None)[0]
+            if not np.all(np.isfinite(step)):
+                break
+            for _ in range(30):
+                trial = loglik(beta + step)
+                if trial >= current:
+                    break
+                step = 0.5 * step
+            else:
+                break
+            beta, current = beta + step, trial
+            if np.max(np.abs(step)) < 1e-8 * (1.0 + np.max(np.abs(beta))):
+                break
+    return beta
+
+
+def _dispersion_start(model: HostGLMM, mu) -> float:
+    """Moment estimates at the GLM fit: Pearson's for Gaussian, Gamma and inverse
+    Gaussian (variance φV(μ)), MASS::theta.ml's start for the negative binomial size,
+    the method of moments for the beta precision."""
+    name = type(model.family).__name__
+    y, w = model.y, model.weights
+    used = w > 0
+    dof = max(int(np.sum(used)) - model.X.shape[1], 1)
+    if name == "NegativeBinomial":
+        value = np.sum(w) / np.sum(w * (y / mu - 1.0) ** 2)
+    elif name == "Beta":
+        ratio = np.sum(w * mu * (1.0 - mu)) / np.sum(w * (y - mu) ** 2)
+        value = max(ratio - 1.0, 0.5)
+    else:
+        power = {"Gaussian": 0.0, "Gamma": 2.0, "InverseGaussian": 3.0}[name]
+        value = np.sum(w * (y - mu) ** 2 / mu**power) / dof
+    return float(np.clip(value, 1e-4, 1e6)) if np.isfinite(value) else 1.0
+
+
+def moment_start(random_terms, model: HostGLMM):
+    """Start values (θ, β, log dispersion): β from the GLM without random effects, the
+    dispersion by moments at that fit (:func:`_dispersion_start`), and θ from one
+    Newton step per level at that fit, b̂_l = Σ z·ℓ' / Σ z²·W, whose variance is about
     σ² + mean(1/Σ z²·W) (per column of each term, correlations 0, each SD kept within
     [0.1, 5]; as ``_glmm_batch._theta_start`` for one scalar term). From it the
     nAGQ=0 stage needs fewer evaluations than from θ = 1 (verbagg 8 instead of 12,
     cbpp 5 instead of 7). Falls back to θ = 1 where the moments are not finite."""
-    kind, X, y, w, offset = model.kind, model.X, model.y, model.weights, model.offset
-    eta = link(kind, family.initialize(y, w))
-    beta = np.linalg.lstsq(X, np.where(np.isfinite(eta), eta, 0.0) - offset, rcond=None)[0]
-    for _ in range(25):
-        _, l1, W, _ = row_terms(kind, y, X @ beta + offset, w)
-        step = np.linalg.lstsq(X.T @ (X * W[:, None]), X.T @ l1, rcond=None)[0]
-        beta = beta + step
-        if np.max(np.abs(step)) < 1e-8 * (1.0 + np.max(np.abs(beta))):
-            break
-    _, l1, W, _ = row_terms(kind, y, X @ beta + offset, w)
+    X, offset = model.X, model.offset
+    estimated = estimates_dispersion(model.family)
+    dispersion = 1.0 if estimated else model.dispersion(np.zeros(0))
+    beta = _glm_start(model, dispersion)
+    log_dispersion = np.zeros(0)
+    if estimated:
+        eta = X @ beta + offset
+        mu = np.exp(fm.log_mean_derivatives(model.family.link, np, eta)[0]) if type(
+            model.family).__name__ != "Gaussian" else fm.mean_derivatives(
+            model.family.link, np, eta)[0]
+        dispersion = _dispersion_start(model, mu)
+        log_dispersion = np.array([np.log(dispersion)])
+    terms = row_terms(model, X @ beta + offset, dispersion)
+    l1, W = terms.d1, np.maximum(terms.w, 1e-8)
     parts = []
     for term in random_terms:
         z = np.asarray(term.z, dtype=np.float64)
@@ -361,56 +450,63 @@ def moment_start(random_terms, model: HostGLMM, family):
         parts.append(np.where(rows == cols, sd[rows], 0.0))
     theta = np.concatenate(parts)
     if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(beta))):
-        return initial_theta(tuple(t.size for t in random_terms)), np.linalg.pinv(X) @ (
-            np.where(np.isfinite(eta), eta, 0.0) - offset)
-    return theta, beta
+        theta = initial_theta(tuple(t.size for t in random_terms))
+        beta = np.zeros_like(beta) if not np.all(np.isfinite(beta)) else beta
+    return theta, beta, log_dispersion
 
 
 @single_threaded_blas()  # moment start and cross-products included
 def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3,
-        max_iter: int = 500) -> dict:
-    """Fit a GLMM by Laplace on the host; returns the pipeline's output dict (numpy)."""
+        max_iter: int = 500) -> GLMMFit:
+    """Fit a GLMM by Laplace on the host, in the compiled pipeline's two stages (nAGQ=0
+    over (θ, log φ), then Laplace over (θ, β, log φ) preconditioned by the first)."""
     stage1, stage2 = host_models(design, family, y, weights)
     s1, s2 = stage1.structure, stage2.structure
     n_theta, p = s2.n_theta, stage2.X.shape[1]
-    theta0, beta0 = moment_start(design.terms, stage2, family)
+    theta0, beta0, disp0 = moment_start(design.terms, stage2)
+    n_disp = disp0.shape[0]
     q1 = s1.n_levels[0] * s1.sizes[0] + s1.rest_size
     v0 = np.zeros(q1)
     v0[q1 - p :] = beta0
     empty = np.zeros(0)
 
-    # Stage 1 (nAGQ=0): θ only; a start and a preconditioner for stage 2.
-    def objective1(theta, carry):
-        value, grad, v, factor, _ = laplace(theta, empty, stage1, carry[0])
+    # Stage 1 (nAGQ=0): (θ, log φ); a start and a preconditioner for stage 2.
+    def objective1(params, carry):
+        value, grad, v, factor, _ = laplace(params[:n_theta], empty, params[n_theta:],
+                                            stage1, carry[0])
         if factor is None:
-            return (np.inf, np.full(theta.shape, np.nan)), carry
+            return (np.inf, np.full(params.shape, np.nan)), carry
         return (value, grad), (v, factor.rest[-p:, -p:])
 
-    with single_threaded_blas():
-        sol1 = minimize_host(objective1, theta0, carry=(v0, np.eye(p)),
+    # Trial points (line searches, the inner Newton's halvings, the central differences)
+    # may leave a link's domain; their non-finite values are rejected, not errors.
+    with single_threaded_blas(), np.errstate(all="ignore"):
+        sol1 = minimize_host(objective1, np.concatenate([theta0, disp0]), carry=(v0, np.eye(p)),
                              gtol=max(gtol, loose_gtol), loose_gtol=loose_gtol,
                              first_step=_FIRST_STEP, expensive=True, max_iterations=max_iter)
         v1, L_x = sol1.carry
         L_x_inv = scipy.linalg.solve_triangular(L_x, np.eye(p), lower=True)
         beta_cov1 = L_x_inv.T @ L_x_inv
-        theta1 = sol1.x.copy()
+        theta1 = sol1.x[:n_theta].copy()
         diagonal = diagonal_mask(s2.sizes)
-        theta1[diagonal & (np.abs(theta1) < _BOUNDARY_TRY)] = 0.1
-        params2 = np.concatenate([theta1, v1[q1 - p :]])
-        hinv0 = np.zeros((n_theta + p, n_theta + p))
-        hinv0[:n_theta, :n_theta] = sol1.inverse_hessian
-        hinv0[n_theta:, n_theta:] = 0.5 * beta_cov1
+        theta1[diagonal & (np.abs(theta1) < BOUNDARY_TRY)] = 0.1
+        params2 = np.concatenate([theta1, v1[q1 - p :], sol1.x[n_theta:]])
+        k = n_theta + p + n_disp
+        keep = np.r_[np.arange(n_theta), n_theta + p + np.arange(n_disp)]
+        hinv0 = np.zeros((k, k))
+        hinv0[np.ix_(keep, keep)] = sol1.inverse_hessian
+        hinv0[n_theta : n_theta + p, n_theta : n_theta + p] = 0.5 * beta_cov1
 
-        # Stage 2: Laplace in (θ, β).
+        # Stage 2: Laplace in (θ, β, log φ).
         def objective2(params, u):
-            value, grad, v, factor, _ = laplace(params[:n_theta], params[n_theta:], stage2, u)
+            value, grad, v, factor, _ = laplace(*_outer_split(params, stage2), stage2, u)
             if factor is None:
                 return (np.inf, np.full(params.shape, np.nan)), u
             return (value, grad), v
 
         def to_boundary(params):
             theta = params[:n_theta]
-            near = diagonal & (np.abs(theta) < _BOUNDARY_TRY)
+            near = diagonal & (np.abs(theta) < BOUNDARY_TRY)
             return np.concatenate([np.where(near, 0.0, theta), params[n_theta:]])
 
         sol2 = minimize_host(objective2, params2, carry=v1[: q1 - p], inverse_hessian=hinv0,
@@ -424,11 +520,23 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
             lambda x: objective2(x, v + dv @ (x - params))[0][1], params)
         H = 0.5 * (H + H.T)
     params_cov = 2.0 * np.linalg.pinv(H)
-    return dict(
-        params=params, beta=params[n_theta:], beta_cov=params_cov[n_theta:, n_theta:],
-        params_cov=params_cov, value=sol2.value, hessian=H, v=v, status=sol2.status,
-        iterations=sol2.iterations, n_evaluations=sol2.n_evaluations, grad=sol2.grad,
-        model=stage2,
+    theta, beta, log_dispersion = _outer_split(params, stage2)
+    effects = lmm.random_effects(theta, s2.original, *split(v, s2)[:2])
+    cache = []
+
+    def conditional_cov():
+        if not cache:
+            with single_threaded_blas():
+                cache.append(conditional_covariances(params, v, stage2))
+        return cache[0]
+
+    return GLMMFit(
+        engine="host", params=params, n_theta=n_theta, beta=beta,
+        beta_cov=params_cov[n_theta : n_theta + p, n_theta : n_theta + p],
+        params_cov=params_cov, hessian=H, value=float(sol2.value), v=v,
+        effects=tuple(effects), dispersion=stage2.dispersion(log_dispersion),
+        estimated_dispersion=bool(n_disp), opt=opt_summary("host", sol2, params2),
+        conditional_covariances=conditional_cov,
     )
 
 
@@ -436,8 +544,8 @@ def conditional_covariances(params, v, model: HostGLMM) -> list:
     """Conditional covariances of the random effects at the mode (as the compiled
     ``_glmm_fit.conditional_covariances``)."""
     s = model.structure
-    theta = np.asarray(params[: s.n_theta], dtype=np.float64)
-    point = _Point(theta, params[s.n_theta :], v, model)
+    theta, beta, log_dispersion = _outer_split(np.asarray(params, dtype=np.float64), model)
+    point = _Point(theta, beta, model.dispersion(log_dispersion), v, model)
     products = host_cross_products(s, point.w, model.inner)
     holder = lmm.HostLMM(s, products, 0.0, 0.0, 0, False)
     return lmm.conditional_covariances(theta, holder)

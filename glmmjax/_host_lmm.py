@@ -25,9 +25,9 @@ import scipy.sparse
 from ._blas import single_threaded_blas
 from ._cholesky import CrossProducts
 from ._covariance import _tril_indices_colmajor, diagonal_mask
+from ._engine import BOUNDARY_TRY
 from ._host_products import host_cross_products, segment_sum
 from ._lmm import (
-    _BOUNDARY_TRY,
     PLSSolution,
     _from_log_scale,
     _log_scale_slope,
@@ -380,7 +380,7 @@ def _minimize(model: HostLMM, value_and_grad, theta0, mask, gtol, loose_gtol, ma
     theta = _from_log_scale(solution.x, mask, np)
     solution = solution._replace(x=theta, grad=solution.grad / _log_scale_slope(solution.x, mask, np),
                                  carry=None)
-    trial = np.where(mask & (np.abs(theta) < _BOUNDARY_TRY), 0.0, theta)
+    trial = np.where(mask & (np.abs(theta) < BOUNDARY_TRY), 0.0, theta)
     if np.any(trial != theta):
         f_trial, _, pls_trial = evaluate(trial, model, gradient=False)
         if np.isfinite(f_trial) and f_trial <= solution.value + 1e-10 * (1 + abs(solution.value)):

@@ -112,8 +112,3 @@ def agq_at_mode(theta, beta, dispersion, v, factor, data: GLMMData, grid, log_w)
     per_node = jax.lax.map(level_terms, grid)  # (K, m0)
     log_integral = logsumexp(per_node + jnp.asarray(log_w, dtype=v.dtype)[:, None], axis=0)
     return logdet_first(factor) - 2.0 * jnp.sum(log_integral)
-
-
-def fitted_eta(params, data: GLMMData, v0, n_theta: int, n_beta: int):
-    theta, beta, dispersion, v, _ = mode_and_factor(params, data, v0, n_theta, n_beta)
-    return linear_predictor(v, theta, beta, data), v

@@ -14,6 +14,7 @@ from ._blas import single_threaded_blas
 from ._cholesky import factorize, inverse_diagonal_blocks
 from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
 from ._design import DataError, Design, build_design
+from ._engine import choose_lmm, opt_summary
 from ._jit import program
 from ._lmm import (
     SINGULAR_TOL,
@@ -111,8 +112,9 @@ def _conditional_blocks(model, theta):
 
 
 def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
-               effects=None) -> LMMResult:
-    """Turn the optimizer's output into an :class:`LMMResult` (numpy values)."""
+               effects=None, engine: str | None = None, theta0=None) -> LMMResult:
+    """Turn the optimizer's output into an :class:`LMMResult` (numpy values);
+    ``engine`` and the start ``theta0`` go into its ``opt_summary``."""
     n = design.nobs
     p = design.X.shape[1]
     raw_theta = np.asarray(theta)
@@ -141,7 +143,7 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
 
     def effect_cov():
         y = np.asarray(design.response, dtype=float)
-        if jax.default_backend() == "cpu":
+        if choose_lmm(None) == "host":
             from ._host_lmm import conditional_covariances, host_model
 
             with single_threaded_blas():
@@ -169,6 +171,10 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
         convergence=convergence,
         singular=singular,
         reml=reml,
+        engine=engine,
+        opt_summary=None if engine is None else dataclasses.replace(
+            opt_summary(engine, solution, raw_theta if theta0 is None else theta0),
+            final=np.array(raw_theta, dtype=np.float64), objective=float(pls.criterion)),
     )
 
 
@@ -276,8 +282,9 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
     structure = build_structure_for(design, design.X.shape[1] + 1)
     y = np.asarray(design.response, dtype=float) - design.offset
     theta0 = moment_theta(design.terms, design.X, y, design.weights)
+    engine = choose_lmm(engine)
     solution, theta, pls, effects = fit_lmm_arrays(structure, design.weights, design.X, y, reml,
                                                    theta0, engine=engine, max_iter=max_iter)
-    result = lmm_result(design, structure, reml, solution, theta, pls, effects)
+    result = lmm_result(design, structure, reml, solution, theta, pls, effects, engine, theta0)
     warn_if_not_converged(result, "lmer")
     return result

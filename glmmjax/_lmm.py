@@ -35,6 +35,7 @@ from ._cholesky import (
 )
 from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta, theta_to_factors
 from ._design import DataError, Design
+from ._engine import BOUNDARY_TRY, choose_lmm
 from ._jit import program
 from ._optimize import minimize
 from ._progress import noted
@@ -43,7 +44,6 @@ from ._structure import ReStructure, build_structure
 # lme4's isSingular() tolerance on the diagonal of Λ.
 SINGULAR_TOL = 1e-4
 # Diagonal entries of θ below this are tried at exactly zero after convergence.
-_BOUNDARY_TRY = 1e-3
 # Diagonal θ entries are optimized on the log scale above this, linearly below it (see
 # _from_log_scale; 0.01 and 0.3 took more evaluations on dyestuff2 and InstEval).
 _LOG_FLOOR = 0.1
@@ -52,7 +52,8 @@ _LOG_FLOOR = 0.1
 class LinearMixedModel(eqx.Module):
     """An LMM as a pytree: its cross-products and structure, nothing else.
 
-    Build it with :func:`build_lmm`; ``objective(theta)`` is the criterion to minimize.
+    Build it with :func:`lmm_model_from_arrays` (or :func:`host_lmm_model`, cross-products
+    formed on the host); ``objective(theta)`` is the criterion to minimize.
     Under ``jax.vmap`` every array field may carry a batch axis (many responses).
     """
 
@@ -331,7 +332,7 @@ def boundary_trial(theta, structure: ReStructure):
     """θ with its near-zero diagonal entries set to exactly zero, and whether that
     changed anything (lme4 also ends on the boundary when the optimum is there)."""
     mask = jnp.asarray(diagonal_mask(structure.sizes))
-    trial = jnp.where(mask & (jnp.abs(theta) < _BOUNDARY_TRY), 0.0, theta)
+    trial = jnp.where(mask & (jnp.abs(theta) < BOUNDARY_TRY), 0.0, theta)
     return trial, jnp.any(trial != theta)
 
 
@@ -515,17 +516,13 @@ def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, engine: st
     """
     if theta0 is None:
         theta0 = start_theta(structure)
-    if engine is None:
-        engine = "host" if jax.default_backend() == "cpu" else "jax"
-    if engine == "host":
+    if choose_lmm(engine) == "host":
         from . import _host_lmm
         from ._blas import single_threaded_blas
 
         with single_threaded_blas():
             return _host_lmm.fit(_host_lmm.host_model(structure, weights, X, y, reml), theta0,
                                  max_iter=max_iter)
-    if engine != "jax":
-        raise ValueError(f"engine must be 'host' or 'jax', not {engine!r}")
     model = host_lmm_model(structure, weights, X, y, reml)
     solution, theta, pls, effects, trial, try_it = _fit_program(
         model, jnp.asarray(theta0, jnp.float64), int(max_iter))
@@ -534,11 +531,3 @@ def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, engine: st
         if bool(keep_trial(pls_trial.criterion, solution.value)):
             theta, pls, effects = trial, pls_trial, effects_trial
     return solution, theta, pls, effects
-
-
-def criterion_function(structure, weights, X, y, reml: bool):
-    """θ ↦ criterion, jit-compiled, for profiling and diagnostics."""
-    model = lmm_model_from_arrays(
-        structure, jnp.asarray(weights), jnp.asarray(X), jnp.asarray(y), reml
-    )
-    return jax.jit(lambda theta: lmm_criterion(theta, model))

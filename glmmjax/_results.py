@@ -133,6 +133,8 @@ class MixedModelResult:
     singular: bool
     extra_params: dict = dataclasses.field(default_factory=dict)
     linear_predictor_fn: object = None  # eta -> response mean, None for identity
+    engine: str | None = None  # "host" or "jax": the engine that fitted the model
+    opt_summary: object = None  # glmmjax._engine.OptSummary: how the optimizer ran
 
     # -- basic accessors ---------------------------------------------------------------
     @property

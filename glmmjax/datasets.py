@@ -46,6 +46,8 @@ _FACTORS: dict[str, dict[str, list[str] | None]] = {
     },
     "grouseticks": {"INDEX": None, "BROOD": None, "YEAR": None, "LOCATION": None},
     "salamanders": {"site": None, "mined": ["yes", "no"], "spp": None},
+    "owls": {"Nest": None, "FoodTreatment": ["Deprived", "Satiated"],
+             "SexParent": ["Female", "Male"]},
     "contraception": {
         "woman": None,
         "district": None,

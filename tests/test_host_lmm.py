@@ -170,8 +170,19 @@ def test_lmer_engine_argument():
     compiled = glmmjax.lmer("Reaction ~ Days + (Days | Subject)", data, engine="jax")
     np.testing.assert_allclose(host.deviance, compiled.deviance, rtol=1e-12)
     np.testing.assert_allclose(host.fixef, compiled.fixef, rtol=1e-7)
+    assert (host.engine, compiled.engine) == ("host", "jax")
+    for fit in (host, compiled):  # the optimizer summary: start, end, objective
+        summary = fit.opt_summary
+        assert summary.converged and summary.optimizer == f"BFGS ({fit.engine})"
+        np.testing.assert_allclose(summary.final, fit.theta_values, rtol=1e-12)
+        np.testing.assert_allclose(summary.objective, fit.criterion, rtol=1e-12)
+        assert summary.initial.shape == summary.final.shape and summary.iterations > 0
     with pytest.raises(ValueError, match="engine must be"):
         glmmjax.lmer("Reaction ~ Days + (Days | Subject)", data, engine="cuda")
+    # glmer hands a Gaussian identity-link model to lmer, with the user's engine.
+    ml = glmmjax.glmer("Reaction ~ Days + (Days | Subject)", data, family="gaussian",
+                       engine="jax")
+    assert ml.engine == "jax" and ml.method == "ML"
 
 
 @pytest.mark.parametrize("name, formula, reml", [

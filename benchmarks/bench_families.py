@@ -1,0 +1,159 @@
+"""First call of a GLMM of each family and link, against glmmTMB's, same machine, same run.
+
+For every model a fresh Python process measures ``import glmmjax`` with the modules a
+fit loads (JAX among them) and the first ``glmer`` fit (then a second fit), as a user
+fitting one model in a notebook waits for them; the median over ``--repeats`` fresh processes is printed. In the same run one R
+session loads glmmTMB, makes one warm-up fit of another model (cbpp, binomial-logit), and
+times glmmTMB's first fit of each model (glmmTMB's templates are compiled in advance, so
+a warm R session is its best case). Ratios: glmmTMB time / glmmjax time, for
+import + fit and for the fit alone.
+
+Models (issue 15):
+
+* owls_nb2: ``SiblingNegotiation ~ FoodTreatment * SexParent + offset(log(BroodSize))
+  + (1 | Nest)``, negative binomial (NB2, size estimated), glmmTMB's Owls (599 rows);
+* gamma_log: ``y ~ x + (1 | g)``, Gamma with log link (tests/reference/data/gamma_glmm.csv);
+* beta_logit: ``y ~ x + (1 | g)``, beta with logit link (tests/reference/data/beta_glmm.csv);
+* contraception_probit: ``use ~ age + I(age^2) + urban + livch + (1 | district)``,
+  binomial with probit link (1,934 rows);
+* cbpp_cloglog: ``cbind(incidence, size - incidence) ~ period + (1 | herd)``, binomial
+  with cloglog link.
+
+Run from the repository root (R with glmmTMB and mlmRev must be installed):
+
+    python benchmarks/bench_families.py
+    python benchmarks/bench_families.py --models owls_nb2 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "tests" / "reference"
+
+# name: (formula, glmmjax family, link, data (bundled name or reference CSV),
+#        R family expression, R data expression)
+MODELS = {
+    "owls_nb2": (
+        "SiblingNegotiation ~ FoodTreatment * SexParent + offset(log(BroodSize)) + (1 | Nest)",
+        "negative_binomial", "log", "owls", "nbinom2", "Owls"),
+    "gamma_log": ("y ~ x + (1 | g)", "gamma", "log", "data/gamma_glmm.csv",
+                  'Gamma(link = "log")',
+                  'read.csv("data/gamma_glmm.csv", colClasses = c(g = "factor"))'),
+    "beta_logit": ("y ~ x + (1 | g)", "beta", "logit", "data/beta_glmm.csv", "beta_family()",
+                   'read.csv("data/beta_glmm.csv", colClasses = c(g = "factor"))'),
+    "contraception_probit": ("use ~ age + I(age^2) + urban + livch + (1 | district)",
+                             "binomial", "probit", "contraception",
+                             'binomial(link = "probit")', "Contraception"),
+    "cbpp_cloglog": ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "binomial",
+                     "cloglog", "cbpp", 'binomial(link = "cloglog")', "cbpp"),
+}
+
+
+def _worker(name: str) -> None:
+    formula, family, link, source, _, _ = MODELS[name]
+    start = time.perf_counter()
+    import glmmjax
+    import glmmjax._glmer  # noqa: F401  (``import glmmjax`` is lazy: the fit's modules,
+    import glmmjax._host_glmm  # noqa: F401  JAX included, load on first use)
+
+    t_import = time.perf_counter()
+    if source.endswith(".csv"):
+        import pandas as pd
+
+        data = pd.read_csv(REFERENCE / source, dtype={"g": str})
+    else:
+        data = glmmjax.datasets.load(source)
+    t_data = time.perf_counter()
+    fit = glmmjax.glmer(formula, data, family=glmmjax.families.get_family(family, link=link))
+    t_first = time.perf_counter()
+    glmmjax.glmer(formula, data, family=glmmjax.families.get_family(family, link=link))
+    t_second = time.perf_counter()
+    print(json.dumps({
+        "import": t_import - start, "first_fit": t_first - t_data,
+        "second_fit": t_second - t_first,
+        "import_and_fit": t_first - start - (t_data - t_import),
+        "deviance": fit.deviance, "engine": fit.engine, "converged": fit.converged,
+    }))
+
+
+def _python(name: str) -> dict:
+    # This checkout's glmmjax, whatever else is installed.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    done = subprocess.run([sys.executable, __file__, "--worker", name], stdout=subprocess.PIPE,
+                          text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _glmmtmb(names) -> dict:
+    """glmmTMB's first fit of each model in one warm R session: {name: (seconds, −2 log L)}."""
+    lines = [
+        "suppressPackageStartupMessages({library(glmmTMB); library(lme4); library(mlmRev)})",
+        "data(Owls, package = 'glmmTMB'); data(Contraception, package = 'mlmRev')",
+        "invisible(glmmTMB(cbind(incidence, size - incidence) ~ period + (1 | herd), "
+        "data = cbpp, family = binomial))  # warm-up",
+    ]
+    for name in names:
+        formula, _, _, _, family, data = MODELS[name]
+        lines += [
+            f"d <- {data}",
+            "t0 <- proc.time()[['elapsed']]",
+            f"f <- glmmTMB({formula}, data = d, family = {family})",
+            "t1 <- proc.time()[['elapsed']]",
+            f"cat(sprintf('RESULT %s %.6f %.10f\\n', '{name}', t1 - t0, -2 * as.numeric(logLik(f))))",
+        ]
+    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as script:
+        script.write("\n".join(lines) + "\n")
+    try:
+        done = subprocess.run(["Rscript", script.name], cwd=REFERENCE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, check=True)
+    finally:
+        os.unlink(script.name)
+    out = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            _, name, seconds, deviance = line.split()
+            out[name] = (float(seconds), float(deviance))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", choices=list(MODELS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker)
+        return
+    print(describe())
+    tmb = _glmmtmb(args.models)
+    print(f"{'model':22s} {'import+fit':>10s} {'fit':>7s} {'2nd fit':>7s} {'glmmTMB':>8s} "
+          f"{'ratio i+f':>9s} {'ratio fit':>9s}  engine  Δdeviance (ours − glmmTMB)")
+    for name in args.models:
+        runs = [_python(name) for _ in range(args.repeats)]
+        med = {k: statistics.median(r[k] for r in runs)
+               for k in ("import_and_fit", "first_fit", "second_fit")}
+        seconds, deviance = tmb[name]
+        print(f"{name:22s} {med['import_and_fit']:9.2f}s {med['first_fit']:6.2f}s "
+              f"{med['second_fit']:6.2f}s {seconds:7.2f}s {seconds / med['import_and_fit']:8.2f}x "
+              f"{seconds / med['first_fit']:8.2f}x  {runs[0]['engine']:6s}  "
+              f"{runs[0]['deviance'] - deviance:+.2e}")
+    print(f"load average at end {', '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"medians of {args.repeats} fresh processes")
+
+
+if __name__ == "__main__":
+    main()

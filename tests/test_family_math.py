@@ -1,0 +1,124 @@
+"""The closed-form row terms of every built-in family and link (:mod:`glmmjax._family_math`)
+against autodiff of the family's own log-likelihood (``Family.loglik_eta``): the value
+(plus the η- and dispersion-free constant), ℓ', W = −ℓ'', W' = −ℓ''' and the derivatives
+of ℓ, ℓ' and W in the log of the dispersion, on seeded random inputs, with numpy (the
+host engine) and with jax.numpy (the compiled one). A failure names the family and link.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from glmmjax import _family_math as fm
+from glmmjax._families import FAMILIES
+
+# (family, link, dispersion, η range) for every family and each of its allowed links.
+_ETA = {
+    "positive": (0.3, 3.0),  # links whose inverse needs η > 0 (and a positive mean)
+    "log": (-2.0, 2.5),
+    "unit": (-4.0, 4.0),
+    "identity_unit": (0.05, 0.95),
+    "log_unit": (-3.0, -0.05),
+}
+
+
+def _cases():
+    cases = []
+    for key, cls in FAMILIES.items():
+        for link in cls.allowed_links or ("identity", "log", "inverse", "logit", "probit"):
+            unit = key in ("binomial", "beta")
+            if unit:
+                rng = {"identity": "identity_unit", "log": "log_unit"}.get(link, "unit")
+            elif link == "log" or (key == "gaussian" and link in ("identity", "logit", "probit")):
+                rng = "log" if link == "log" else "unit"
+            else:
+                rng = "positive"
+            dispersion = {"gaussian": 0.7, "gamma": 0.4, "inverse_gaussian": 0.3,
+                          "negative_binomial": 2.5, "beta": 6.0}.get(key)
+            cases.append(pytest.param(key, link, dispersion, _ETA[rng], id=f"{key}-{link}"))
+    return cases
+
+
+def _data(key, n, rng):
+    if key == "binomial":
+        trials = rng.integers(1, 6, n).astype(float)
+        successes = np.minimum(rng.integers(0, 6, n), trials)
+        successes[:2], successes[2:4] = 0, trials[2:4]
+        return successes / trials, trials
+    if key in ("poisson", "negative_binomial"):
+        y = rng.poisson(2.0, n).astype(float)
+        y[:2] = 0.0
+        return y, rng.uniform(0.5, 2.0, n)
+    if key == "beta":
+        return rng.uniform(0.05, 0.95, n), rng.uniform(0.5, 2.0, n)
+    if key == "gaussian":
+        return rng.normal(1.0, 1.0, n), rng.uniform(0.5, 2.0, n)
+    return rng.gamma(2.0, 1.0, n), rng.uniform(0.5, 2.0, n)
+
+
+@pytest.mark.parametrize("key, link, dispersion, eta_range", _cases())
+def test_row_terms_equal_autodiff(key, link, dispersion, eta_range):
+    family = FAMILIES[key](link=link)
+    rng = np.random.default_rng(sum(map(ord, key + link)))
+    n = 12
+    y, weights = _data(key, n, rng)
+    eta = rng.uniform(*eta_range, n)
+    estimated = dispersion is not None
+    with jax.enable_x64(True):
+        yj, wj = jnp.asarray(y), jnp.asarray(weights)
+
+        def ll(e, log_disp):
+            disp = None if dispersion is None else jnp.exp(log_disp)
+            return family.loglik_eta(yj, e, wj, disp)
+
+        e0, psi0 = jnp.asarray(eta), jnp.log(dispersion if estimated else 1.0)
+        ones = jnp.ones_like(e0)
+        d1 = lambda e, p: jax.jvp(lambda x: ll(x, p), (e,), (ones,))[1]  # noqa: E731
+        d2 = lambda e, p: jax.jvp(lambda x: d1(x, p), (e,), (ones,))[1]  # noqa: E731
+        d3 = lambda e, p: jax.jvp(lambda x: d2(x, p), (e,), (ones,))[1]  # noqa: E731
+        expected = dict(value=ll(e0, psi0), d1=d1(e0, psi0), w=-d2(e0, psi0), w1=-d3(e0, psi0))
+        if estimated:
+            one = jnp.ones(())
+            for name, f in (("value_psi", ll), ("d1_psi", d1), ("w_psi", lambda e, p: -d2(e, p))):
+                expected[name] = jax.jvp(lambda p, f=f: f(e0, p), (psi0,), (one,))[1]
+        expected = {k: np.asarray(v, dtype=np.float64) for k, v in expected.items()}
+        total = float(np.sum(expected.pop("value")))
+        # The same text with numpy (host engine) and jax.numpy (compiled engine).
+        for xp in (np, jnp):
+            terms = fm.row_terms(family, xp, xp.asarray(y), xp.asarray(eta), xp.asarray(weights),
+                                 dispersion, third=True, dispersion_derivatives=estimated)
+            constant = float(fm.loglik_constant(family, xp, xp.asarray(y), xp.asarray(weights)))
+            got = {k: None if v is None else np.asarray(v, dtype=np.float64)
+                   for k, v in terms._asdict().items()}
+            where = f"{key}-{link} ({xp.__name__})"
+            np.testing.assert_allclose(np.sum(got["value"]) + constant, total, rtol=1e-12,
+                                       err_msg=f"{where}: value")
+            for name, want in expected.items():
+                np.testing.assert_allclose(got[name], want, rtol=1e-8,
+                                           atol=1e-10 * (1 + np.max(np.abs(want))),
+                                           err_msg=f"{where}: {name}")
+
+
+def test_tails_stay_finite():
+    """Binomial with each unit link far into both tails: finite terms, and W ≥ 0 for
+    the log-concave links (the cauchit likelihood is not concave in its tails)."""
+    eta = np.r_[-40.0, -30.0, -8.0, 8.0, 30.0, 40.0]
+    y, weights = np.r_[0.0, 1.0, 0.0, 1.0, 0.0, 1.0], np.ones(6)
+    for link in ("logit", "probit", "cloglog", "loglog", "cauchit"):
+        family = FAMILIES["binomial"](link=link)
+        terms = fm.row_terms(family, np, y, eta, weights, third=True)
+        for name in ("value", "d1", "w", "w1"):
+            assert np.all(np.isfinite(getattr(terms, name))), (link, name)
+        assert link == "cauchit" or np.all(terms.w >= 0), link
+
+
+def test_user_defined_family_is_not_covered():
+    from glmmjax.families import Poisson
+
+    class MyPoisson(Poisson):
+        pass
+
+    assert fm.supported(Poisson()) and not fm.supported(MyPoisson())
