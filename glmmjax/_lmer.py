@@ -26,7 +26,13 @@ from ._lmm import (
 )
 from ._optimize import Status
 from ._precision import with_x64
-from ._results import Convergence, MixedModelResult, warn_if_not_converged, warn_if_singular
+from ._results import (
+    Convergence,
+    MixedModelResult,
+    warn_if_not_converged,
+    warn_if_singular,
+    with_dropped_rows,
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -63,7 +69,7 @@ class LMMResult(MixedModelResult):
         check_names(names)
         if ddf is None:
             return super().coef_table(names=names)
-        return with_r_aliases(coef_table(self, ddf), names)
+        return with_r_aliases(with_dropped_rows(coef_table(self, ddf), self.design), names)
 
     def summary(self, ddf: str | None = None, names: str = "glmmjax") -> str:
         """lme4's summary layout; ``ddf`` adds lmerTest's df and p-value columns;
@@ -223,7 +229,8 @@ def lmer(
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (maximum likelihood), got {reml!r}")
-    design = build_design(formula, data, weights=weights, offset=offset, require_random=True)
+    design = build_design(formula, data, weights=weights, offset=offset, require_random=True,
+                          drop_aliased=True)
     result = fit_lmm_design(design, reml, engine=engine, max_iter=max_iter)
     warn_if_singular(result)
     return result
