@@ -260,13 +260,6 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[s
     return reasons
 
 
-# Models per chunk of the general GLMM pipeline on a CPU, at most: such a chunk takes
-# tens of seconds (200 NB2 random-slope models of 500 rows: ~45 s on 2 cores), and
-# smaller chunks let the bar move and Ctrl-C act between chunks at little cost (the
-# vmapped optimizer runs until the chunk's slowest model is done anyway).
-_CPU_GLMM_CHUNK = 64
-
-
 def _auto_chunk(n_models: int, n_obs: int, rest: int, n_devices: int, cap: int = 4096) -> int:
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -337,7 +330,6 @@ def fit_many(
     devices = len(jax.local_devices()) if n_devices is None else int(n_devices)
     devices = max(1, min(devices, len(jax.local_devices())))
     n, p = design.X.shape
-    cap = 4096
     with precision_scope(precision):
         if family is None:
             structure = build_structure(design.terms, p + 1)
@@ -368,10 +360,8 @@ def fit_many(
             Y_fit = Y
             rest = setup.inner.rest_size
             method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
-            if jax.default_backend() == "cpu":
-                cap = _CPU_GLMM_CHUNK
         if chunk_size is None:
-            chunk_size = _auto_chunk(max(len(usable), 1), n, rest, devices, cap)
+            chunk_size = _auto_chunk(max(len(usable), 1), n, rest, devices)
         chunk_size = int(np.ceil(int(chunk_size) / devices) * devices)
         outputs = _run_chunks(fn, Y_fit, usable, chunk_size, extra, dtype, progress)
     return _assemble(design, family, names, reasons, usable, outputs, method, chunk_size,

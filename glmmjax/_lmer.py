@@ -26,6 +26,7 @@ from ._lmm import (
 )
 from ._optimize import Status
 from ._precision import with_x64
+from ._rescale import column_scales, scaled_design, unscale_lmm_result
 from ._results import (
     Convergence,
     MixedModelResult,
@@ -280,11 +281,17 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
     max_iter = check_max_iter(max_iter)
     check_lmm_response(design)
     check_lmm_design(design)
-    structure = build_structure_for(design, design.X.shape[1] + 1)
-    y = np.asarray(design.response, dtype=float) - design.offset
-    theta0 = moment_theta(design.terms, design.X, y, design.weights)
-    solution, theta, pls, effects = fit_lmm_arrays(structure, design.weights, design.X, y, reml,
+    # Columns far from unit scale (x·1e8) are fitted rescaled by powers of two and the
+    # result mapped back exactly (see glmmjax._rescale).
+    scales = column_scales(design)
+    fitted = design if scales is None else scaled_design(design, scales)
+    structure = build_structure_for(fitted, fitted.X.shape[1] + 1)
+    y = np.asarray(fitted.response, dtype=float) - fitted.offset
+    theta0 = moment_theta(fitted.terms, fitted.X, y, fitted.weights)
+    solution, theta, pls, effects = fit_lmm_arrays(structure, fitted.weights, fitted.X, y, reml,
                                                    theta0, engine=engine, max_iter=max_iter)
-    result = lmm_result(design, structure, reml, solution, theta, pls, effects)
+    result = lmm_result(fitted, structure, reml, solution, theta, pls, effects)
+    if scales is not None:
+        result = unscale_lmm_result(result, design, scales)
     warn_if_not_converged(result, "lmer")
     return result
