@@ -124,3 +124,11 @@ def test_every_column_aliased_is_an_error():
                          "g": np.repeat(["a", "b", "c", "d"], 5)})
     with pytest.raises(glmmjax.DataError, match="every fixed-effect column"):
         glmmjax.lmer("y ~ 0 + z + (1 | g)", data)
+
+
+def test_lmer_inference_skips_dropped_columns():
+    with pytest.warns(RankDeficiencyWarning):
+        fit = glmmjax.lmer("Reaction ~ Days + Days2 + (1 | Subject)", _sleep())
+    table = fit.coef_table(ddf="satterthwaite")
+    assert np.isnan(table.loc["Days2"]).all() and np.isfinite(table.loc["Days"]).all()
+    assert list(fit.anova().index) == ["Days"]  # Days2 has no column left to test
