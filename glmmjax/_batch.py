@@ -10,6 +10,7 @@ is flagged, never dropped, and never spoils its chunk.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -22,6 +23,7 @@ import pandas as pd
 from jax.scipy.linalg import solve_triangular
 from jax.sharding import Mesh, PartitionSpec
 
+from ._blas import single_threaded_blas
 from ._covariance import canonical_theta, initial_theta
 from ._design import DataError, build_design
 from ._distributions import norm_sf
@@ -33,7 +35,7 @@ from ._glmm_fit import glmm_pipeline, make_setup
 from ._lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from ._optimize import Status
 from ._precision import check_precision, float_dtype, precision_scope
-from ._progress import noted
+from ._progress import noted, quiet, wait_interruptibly
 from ._structure import build_structure
 
 _RESPONSE = "__glmmjax_response__"
@@ -233,7 +235,7 @@ def _design_for(formula: str, data: pd.DataFrame, weights, offset):
     parse_formula(f"{_RESPONSE} ~ {rhs}")  # syntax errors before anything else
     frame = data.assign(**{_RESPONSE: 0.0})
     return build_design(f"{_RESPONSE} ~ {rhs}", frame, weights=weights, offset=offset,
-                        require_random=True)
+                        require_random=True, drop_aliased=True)
 
 
 def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[str]:
@@ -258,13 +260,15 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[s
     return reasons
 
 
-def _auto_chunk(n_models: int, n_obs: int, rest: int, n_devices: int) -> int:
+def _auto_chunk(n_models: int, n_obs: int, rest: int, n_devices: int, cap: int = 4096) -> int:
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         memory = 8 * 2**30
     per_model = 8 * (60 * n_obs + 12 * rest * rest) + 1
-    chunk = int(max(1, min(n_models, 0.2 * memory // per_model, 4096)))
+    chunk = int(max(1, min(n_models, 0.2 * memory // per_model, cap)))
+    # Equal chunks rather than full ones and a short, padded last one.
+    chunk = int(np.ceil(n_models / np.ceil(n_models / chunk)))
     return int(np.ceil(chunk / n_devices) * n_devices)
 
 
@@ -364,26 +368,41 @@ def fit_many(
                      devices, setup if family is not None else None)
 
 
+def _cpu_blas_limit():
+    """OpenBLAS held to one thread while an XLA:CPU program runs (see _run_chunks)."""
+    return single_threaded_blas() if jax.default_backend() == "cpu" else contextlib.nullcontext()
+
+
 def _run_chunks(fn, Y, usable, chunk_size, extra, dtype, progress):
+    """Fit the usable models chunk by chunk.
+
+    On the CPU the chunks run with OpenBLAS held to one thread (as every other glmmjax
+    program call, see glmmjax._blas): XLA:CPU calls LAPACK from its own worker threads,
+    and a threaded OpenBLAS under them both oversubscribes the cores and had its
+    thread count changed underneath it by concurrent glmmjax calls. Each chunk is
+    waited for in short sleeps, so Ctrl-C stops a batch between chunks (and during
+    one) instead of being ignored until the end; a bar shows the chunks done.
+    """
     if not usable:
         return None
     order = np.asarray(usable)
     n_chunks = int(np.ceil(len(order) / chunk_size))
     iterator = range(n_chunks)
-    if progress or (progress is None and n_chunks > 1):
+    if progress or (progress is None and n_chunks > 1 and not quiet()):
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="fitting models", unit="chunk")
     pieces = []
-    for c in iterator:
-        idx = order[c * chunk_size : (c + 1) * chunk_size]
-        # Pad the last chunk with copies of its first model so the shape (and the
-        # compiled program) stays the same; the copies are discarded.
-        padded = np.concatenate([idx, np.full(chunk_size - len(idx), idx[0])])
-        block = jnp.asarray(np.ascontiguousarray(Y[:, padded].T), dtype)
-        out = jax.tree_util.tree_map(np.asarray, fn(block, *extra))
-        keep = len(idx)
-        pieces.append(jax.tree_util.tree_map(lambda a, k=keep: a[:k], out))
+    with _cpu_blas_limit():
+        for c in iterator:
+            idx = order[c * chunk_size : (c + 1) * chunk_size]
+            # Pad the last chunk with copies of its first model so the shape (and the
+            # compiled program) stays the same; the copies are discarded.
+            padded = np.concatenate([idx, np.full(chunk_size - len(idx), idx[0])])
+            block = jnp.asarray(np.ascontiguousarray(Y[:, padded].T), dtype)
+            out = jax.tree_util.tree_map(np.asarray, wait_interruptibly(fn(block, *extra)))
+            keep = len(idx)
+            pieces.append(jax.tree_util.tree_map(lambda a, k=keep: a[:k], out))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *pieces)
 
 
@@ -435,7 +454,19 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
                     status[k] = "non-finite objective"
             else:
                 status[k] = "converged"
-    stat = beta / se
+    if design.dropped_fixef:
+        # Aliased columns were not fitted (glmmjax._rank): NaN in every model, as lme4's
+        # fixef(add.dropped = TRUE).
+        from ._rank import all_fixef_names
+
+        fixef_names = list(all_fixef_names(design))
+        p = len(fixef_names)
+        kept = list(design.x_columns)
+        beta_kept, se_kept = beta, se
+        beta, se = np.full((K, p), np.nan), np.full((K, p), np.nan)
+        beta[:, kept], se[:, kept] = beta_kept, se_kept
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stat = beta / se
     pval = 2 * norm_sf(np.abs(stat))
     coefficients = pd.DataFrame({
         "model": np.repeat(names, p),
@@ -504,7 +535,7 @@ def _padded_designs(formula: str, datasets: list, family, weights):
         try:
             designs.append(build_design(
                 formula, frame, weights=None if weights is None else weights[index],
-                require_random=True, numeric_response=family is None,
+                require_random=True, numeric_response=family is None, drop_aliased=True,
             ))
         except ValueError as err:
             raise type(err)(f"dataset {index}: {err}") from err
@@ -593,7 +624,9 @@ def fit_datasets(
             setup = _LMMSetup(X=X.astype(dtype), weights=W.astype(dtype), structure=structure,
                               reml=reml, gtol=1e-8 if precision == "float64" else 1e-2,
                               loose_gtol=1e-3 if precision == "float64" else 1.0)
-            out = eqx.filter_jit(jax.vmap(_lmm_one))(jnp.asarray(Y, dtype), setup)
+            with _cpu_blas_limit():
+                out = wait_interruptibly(
+                    eqx.filter_jit(jax.vmap(_lmm_one))(jnp.asarray(Y, dtype), setup))
             method = "REML" if reml else "ML"
         else:
             setups = [make_setup(dataclasses.replace(d, terms=t), family, n_agq, dtype)
@@ -601,9 +634,10 @@ def fit_datasets(
             inner = _stack_structures(term_lists, p)
             outer = _stack_structures(term_lists, 0)
             setup = _stacked_glmm_setup(setups, X, offsets, inner, outer, dtype)
-            out = eqx.filter_jit(jax.vmap(_glmm_one))(
-                jnp.asarray(Y, dtype), jnp.asarray(W, dtype), setup
-            )
+            with _cpu_blas_limit():
+                out = wait_interruptibly(eqx.filter_jit(jax.vmap(_glmm_one))(
+                    jnp.asarray(Y, dtype), jnp.asarray(W, dtype), setup
+                ))
             method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
     out = jax.tree_util.tree_map(np.asarray, out)
     names = list(range(len(designs)))

@@ -45,6 +45,7 @@ from ._design import DataError
 from ._families import Family, Gaussian
 from ._model import MixedModel
 from ._precision import precision_scope
+from ._progress import wait_interruptibly
 
 
 def _init_site(site=None, *, centres, radius):
@@ -518,7 +519,8 @@ class BayesModel:
                         self.glmm, settings, keys[group], args,
                         jnp.asarray(ys if shared else ys[group], dtype=dtype), centres,
                     )
-                    outputs.append(jax.tree_util.tree_map(np.asarray, out))
+                    # Waited for in Python, so that Ctrl-C stops a long run.
+                    outputs.append(jax.tree_util.tree_map(np.asarray, wait_interruptibly(out)))
             finally:
                 _PROGRESS["bar"], _PROGRESS["offset"] = None, 0
                 if bar is not None:

@@ -123,8 +123,7 @@ def bootstrap(result, n: int = 1000, seed: int = 0, *, chunk_size=None, progress
     reml = getattr(result, "reml", True)
     formula = "~" + design.formula.text.split("~", 1)[1]
     batch = fit_many(formula, data, Y, family=family, reml=reml,
-                     n_agq=getattr(result, "n_agq", 1),
-                     weights=None if family is None and np.all(design.weights == 1) else design.weights,
+                     n_agq=getattr(result, "n_agq", 1), weights=refit_weights(result),
                      offset=design.offset_argument, chunk_size=chunk_size, progress=progress, precision=precision)
     replicates = batch.fixef.reset_index(drop=True).copy()
     stat_cols = [c for c in batch.models.columns if c.startswith(("sd_", "cor_"))]
@@ -136,6 +135,21 @@ def bootstrap(result, n: int = 1000, seed: int = 0, *, chunk_size=None, progress
         replicates[c] = batch.models[c].to_numpy()
     original = _original_statistics(result, list(replicates.columns))
     return BootstrapResult(replicates=replicates, original=original, batch=batch)
+
+
+def refit_weights(result) -> np.ndarray | None:
+    """The prior weights a replicate is refitted with (None: all one).
+
+    A GLMM's are its prior weights after the response was read: for
+    ``cbind(successes, failures)`` the trials (times any weights), since the simulated
+    responses are proportions of them; the formula's own offset terms and the
+    ``offset=`` argument are rebuilt by ``fit_many`` from the same data.
+    """
+    if getattr(result, "family", None) is None:
+        weights = np.asarray(result.design.weights, dtype=float)
+    else:
+        weights = np.asarray(result.prior_weights, dtype=float)
+    return None if np.all(weights == 1) else weights
 
 
 def design_frame(result) -> pd.DataFrame:

@@ -384,12 +384,22 @@ def coef_table(result, ddf: str) -> pd.DataFrame:
 
 def _term_columns(design) -> dict[str, np.ndarray]:
     slices = design.x_spec.term_slices
+    # Positions in the fitted X of the model matrix's columns (-1: dropped as aliased,
+    # see glmmjax._rank); a term left with no column is not tested.
+    n_all = design.X.shape[1] + len(design.dropped_fixef)
+    fitted = np.arange(n_all)
+    if design.x_columns is not None:
+        fitted = np.full(n_all, -1)
+        fitted[list(design.x_columns)] = np.arange(design.X.shape[1])
     out = {}
     for term, sl in slices.items():
         name = str(term)
         if name in ("1", "0"):
             continue
-        out[name] = np.arange(design.X.shape[1])[sl]
+        columns = fitted[sl]
+        columns = columns[columns >= 0]
+        if columns.size:
+            out[name] = columns
     return out
 
 

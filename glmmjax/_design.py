@@ -84,6 +84,10 @@ class Design:
     response_levels: tuple[str, ...] | None = None
     source_data: pd.DataFrame | None = None  # the caller's frame (not copied), for refits
     offset_argument: np.ndarray | None = None  # the ``offset=`` argument on kept rows
+    # Aliased columns dropped before a mixed-model fit (glmmjax._rank, as lme4): their
+    # names, and the positions of the kept columns in the full model matrix.
+    dropped_fixef: tuple[str, ...] = ()
+    x_columns: tuple[int, ...] | None = None
 
     @property
     def nobs(self) -> int:
@@ -247,12 +251,15 @@ def build_design(
     offset=None,
     require_random: bool = False,
     numeric_response: bool = True,
+    drop_aliased: bool = False,
 ) -> Design:
     """Build X, the response, weights, offset and the random-effects terms.
 
     Rows with a missing value in any used column (or in weights/offset) are dropped; the
     count is on the returned design. A categorical response is returned as strings with
-    its levels in ``response_levels`` when ``numeric_response`` is False.
+    its levels in ``response_levels`` when ``numeric_response`` is False. With
+    ``drop_aliased`` (mixed models), columns of X that are linear combinations of earlier
+    ones are dropped with lme4's warning (see :mod:`glmmjax._rank`).
 
     Raises:
         FormulaError: malformed formula, or a term that cannot be evaluated.
@@ -352,7 +359,7 @@ def build_design(
     # lme4 orders terms by decreasing number of levels (stable), which we follow so θ
     # lines up with lme4's and the largest term gets the block-diagonal part of L.
     terms.sort(key=lambda t: -t.n_levels)
-    return Design(
+    design = Design(
         formula=parsed,
         response=response,
         X=X,
@@ -367,6 +374,11 @@ def build_design(
         source_data=data,
         offset_argument=None if o is None else o.loc[frame.index].to_numpy(),
     )
+    if drop_aliased:
+        from ._rank import drop_aliased_columns
+
+        design = drop_aliased_columns(design)
+    return design
 
 
 def _new_level_labels(design: Design, term: TermDesign, newdata: pd.DataFrame) -> pd.Series:
@@ -461,9 +473,11 @@ def new_data_design(design: Design, newdata: pd.DataFrame, *, allow_new_levels: 
         try:
             X = rows_of(lambda frame: _numeric_matrix(design.x_spec, frame,
                                                       "fixed-effects matrix")[0],
-                        design.X.shape[1])
+                        design.X.shape[1] + len(design.dropped_fixef))
         except FormulaError as err:
             raise DataError(f"newdata: {err}") from None
+    if design.x_columns is not None:
+        X = X[:, list(design.x_columns)]
 
     def offsets(frame):
         total = np.zeros(len(frame))

@@ -201,7 +201,8 @@ def glmer(
         return lmer(formula, data, reml=False, weights=weights, offset=offset, engine=engine,
                     max_iter=max_iter)
     design = build_design(
-        formula, data, weights=weights, offset=offset, require_random=True, numeric_response=False
+        formula, data, weights=weights, offset=offset, require_random=True, numeric_response=False,
+        drop_aliased=True,
     )
     result = fit_glmm_design(design, family, n_agq, engine=engine, max_iter=max_iter)
     warn_if_singular(result)

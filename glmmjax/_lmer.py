@@ -27,7 +27,14 @@ from ._lmm import (
 )
 from ._optimize import Status
 from ._precision import with_x64
-from ._results import Convergence, MixedModelResult, warn_if_not_converged, warn_if_singular
+from ._rescale import column_scales, scaled_design, unscale_lmm_result
+from ._results import (
+    Convergence,
+    MixedModelResult,
+    warn_if_not_converged,
+    warn_if_singular,
+    with_dropped_rows,
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -64,7 +71,7 @@ class LMMResult(MixedModelResult):
         check_names(names)
         if ddf is None:
             return super().coef_table(names=names)
-        return with_r_aliases(coef_table(self, ddf), names)
+        return with_r_aliases(with_dropped_rows(coef_table(self, ddf), self.design), names)
 
     def summary(self, ddf: str | None = None, names: str = "glmmjax") -> str:
         """lme4's summary layout; ``ddf`` adds lmerTest's df and p-value columns;
@@ -229,7 +236,8 @@ def lmer(
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (maximum likelihood), got {reml!r}")
-    design = build_design(formula, data, weights=weights, offset=offset, require_random=True)
+    design = build_design(formula, data, weights=weights, offset=offset, require_random=True,
+                          drop_aliased=True)
     result = fit_lmm_design(design, reml, engine=engine, max_iter=max_iter)
     warn_if_singular(result)
     return result
@@ -279,12 +287,18 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
     max_iter = check_max_iter(max_iter)
     check_lmm_response(design)
     check_lmm_design(design)
-    structure = build_structure_for(design, design.X.shape[1] + 1)
-    y = np.asarray(design.response, dtype=float) - design.offset
-    theta0 = moment_theta(design.terms, design.X, y, design.weights)
+    # Columns far from unit scale (x·1e8) are fitted rescaled by powers of two and the
+    # result mapped back exactly (see glmmjax._rescale).
+    scales = column_scales(design)
+    fitted = design if scales is None else scaled_design(design, scales)
+    structure = build_structure_for(fitted, fitted.X.shape[1] + 1)
+    y = np.asarray(fitted.response, dtype=float) - fitted.offset
+    theta0 = moment_theta(fitted.terms, fitted.X, y, fitted.weights)
     engine = choose_lmm(engine)
-    solution, theta, pls, effects = fit_lmm_arrays(structure, design.weights, design.X, y, reml,
+    solution, theta, pls, effects = fit_lmm_arrays(structure, fitted.weights, fitted.X, y, reml,
                                                    theta0, engine=engine, max_iter=max_iter)
-    result = lmm_result(design, structure, reml, solution, theta, pls, effects, engine, theta0)
+    result = lmm_result(fitted, structure, reml, solution, theta, pls, effects, engine, theta0)
+    if scales is not None:
+        result = unscale_lmm_result(result, design, scales)
     warn_if_not_converged(result, "lmer")
     return result

@@ -84,7 +84,7 @@ class MixedModel(eqx.Module):
                 family = None
         design = build_design(
             formula, data, weights=weights, offset=offset, require_random=True,
-            numeric_response=family is None,
+            numeric_response=family is None, drop_aliased=True,
         )
         return cls.from_design(design, family, reml=reml, n_agq=n_agq)
 

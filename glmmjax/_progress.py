@@ -73,3 +73,26 @@ def bar(iterable, *, enabled: bool | None, **tqdm_options):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, **tqdm_options)
+
+
+def wait_interruptibly(tree, poll_seconds: float = 0.05):
+    """``tree`` once every JAX array in it is computed, waiting in short sleeps.
+
+    ``jax.block_until_ready`` (and ``np.asarray`` on a pending result) waits inside
+    XLA, where Python's signal handlers cannot run: a Ctrl-C during a long batch, NUTS
+    run or bootstrap would be ignored until the computation ends. Polling
+    ``Array.is_ready`` from Python lets a ``KeyboardInterrupt`` through within
+    ``poll_seconds``. (The interrupted computation itself still finishes in the
+    background: XLA cannot cancel it.)
+    """
+    import jax
+
+    delay = 0.0005
+    for leaf in jax.tree_util.tree_leaves(tree):
+        is_ready = getattr(leaf, "is_ready", None)
+        if is_ready is None:
+            continue
+        while not is_ready():
+            time.sleep(delay)
+            delay = min(2 * delay, poll_seconds)
+    return tree

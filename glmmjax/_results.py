@@ -168,6 +168,21 @@ class MixedModelResult:
         return self.fixef
 
     @property
+    def dropped_fixef(self) -> tuple[str, ...]:
+        """Fixed-effect columns dropped before fitting because they were linear
+        combinations of earlier ones (lme4's rank-deficiency message); empty if none."""
+        return tuple(self.design.dropped_fixef)
+
+    @property
+    def fixef_with_dropped(self) -> pd.Series:
+        """β̂ over every column of the model matrix, NaN for the dropped (aliased) ones:
+        lme4's ``fixef(fit, add.dropped = TRUE)``. :attr:`fixef` omits them, as lme4's
+        ``fixef(fit)``; :attr:`vcov` covers the kept columns."""
+        from ._rank import all_fixef_names
+
+        return with_r_aliases(self.fixef.reindex(list(all_fixef_names(self.design))))
+
+    @property
     def fixef_se(self) -> pd.Series:
         se = np.sqrt(np.diag(self.beta_cov))
         return with_r_aliases(pd.Series(se, index=list(self.design.fixef_names), name="std_error"))
@@ -512,7 +527,7 @@ class MixedModelResult:
         table[self._statistic_name()] = stat
         if self.scale is None:
             table["Pr(>|z|)"] = 2 * norm_sf(np.abs(stat))
-        return with_r_aliases(table, names)
+        return with_r_aliases(with_dropped_rows(table, self.design), names)
 
     def _header(self) -> str:
         return f"Mixed model fit by {self.method}"
@@ -548,6 +563,12 @@ class MixedModelResult:
         lines.append(fixed_heading)
         lines.append(_format_table(coef_table))
         lines.append("")
+        if self.dropped_fixef:
+            count = len(self.dropped_fixef)
+            suffix = "" if count == 1 else "s"
+            lines.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so "
+                         f"dropping {count} column{suffix} / coefficient{suffix} "
+                         f"({', '.join(self.dropped_fixef)}: NA above)")
         lines.append(f"Convergence: {self.convergence}")
         if self.singular:
             lines.append(f"boundary (singular) fit: {self.singular_message()}")
@@ -640,3 +661,13 @@ class MixedModelResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def with_dropped_rows(table: pd.DataFrame, design) -> pd.DataFrame:
+    """A coefficient table with NaN rows for the columns dropped as aliased, in the
+    model matrix's order (R's NA rows)."""
+    if not design.dropped_fixef:
+        return table
+    from ._rank import all_fixef_names
+
+    return table.reindex(list(all_fixef_names(design)))

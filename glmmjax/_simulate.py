@@ -249,9 +249,12 @@ def _batch_name(name: str, groups: dict) -> str:
 def _refit_loop(result, n_boot: int, seed):
     import warnings
 
+    from ._progress import bar
+
     sims = simulate(result, n_boot, include_re=False, seed=seed, as_array=True)
     estimates, failed = [], 0
-    for i in range(n_boot):
+    # A Python loop of refits: Ctrl-C stops it between refits; a bar in sessions.
+    for i in bar(range(n_boot), enabled=None, desc="bootstrap refits", unit="refit"):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
