@@ -51,7 +51,11 @@ def solve_costs(name, model):
 
     w0 = jnp.asarray(model.weights)
     solve = jax.jit(beta)
-    vjp = jax.jit(lambda w: jax.vjp(beta, w)[1](jnp.ones_like(beta(w)))[0])
+    def vjp(w):
+        out, pullback = jax.vjp(beta, w)
+        return pullback(jnp.ones_like(out))[0]
+
+    vjp = jax.jit(vjp)
     c_s, t_s = _timed(solve, w0, repeat=3)
     c_j, t_j = _timed(vjp, w0, repeat=3)
     print(f"{name:<28} solve: first {c_s:6.2f} s, warm {t_s * 1e3:8.1f} ms | solve + VJP in "

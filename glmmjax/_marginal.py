@@ -22,10 +22,9 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 
-from ._covariance import theta_to_factors
 from ._families import Gaussian
 from ._laplace import agq_objective, gauss_hermite_grid, laplace_objective, mode_and_factor
-from ._lmm import lmm_model_from_arrays, lmm_pieces
+from ._lmm import lmm_model_from_arrays, lmm_pieces, random_effects
 from ._params import Params
 from ._pirls import GLMMData, conditional_mode, inner_size, split
 
@@ -73,13 +72,13 @@ def lmm_deviance(model, params: Params):
     return value - lmm.sum_log_weights
 
 
-def glmm_data(model) -> GLMMData:
+def glmm_data(model, family=None) -> GLMMData:
     n = model.X.shape[0]
     X = jnp.asarray(model.X)
     return GLMMData(
         structure=model.structure, X=X, dense=jnp.zeros((n, 0), X.dtype),
         y=jnp.asarray(model.y), weights=jnp.asarray(model.weights),
-        offset=jnp.asarray(model.offset), family=model.family,
+        offset=jnp.asarray(model.offset), family=model.family if family is None else family,
     )
 
 
@@ -113,19 +112,13 @@ def conditional_modes(model, params: Params):
     s = model.structure
     v0 = jnp.zeros(inner_size(s), jnp.result_type(params.beta, float))
     if model.is_lmm:
-        data = eqx.tree_at(lambda d: d.family, glmm_data(model), Gaussian(),
-                           is_leaf=lambda x: x is None)
+        data = glmm_data(model, family=Gaussian())
         v = conditional_mode(params.theta, params.beta, jnp.ones((), v0.dtype), data, v0)
     else:
         n_theta, p = params.theta.shape[0], params.beta.shape[0]
         v = mode_and_factor(glmm_vector(params), glmm_data(model), v0, n_theta, p)[3]
     u_first, u_rest, _ = split(v, s)
-    factors = theta_to_factors(params.theta, s.sizes)
-    effects = [u_first @ factors[0].T]
-    for t in range(1, s.n_terms):
-        start, m, size = s.offsets[t], s.n_levels[t], s.sizes[t]
-        effects.append(u_rest[start : start + m * size].reshape(m, size) @ factors[t].T)
-    return tuple(effects)
+    return tuple(random_effects(params.theta, s, u_first, u_rest))
 
 
 conditional_modes_compiled = eqx.filter_jit(conditional_modes)

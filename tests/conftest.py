@@ -24,6 +24,18 @@ def lmm_reference():
 _FITS: dict = {}
 
 
+def load_example(name: str):
+    """The module ``examples/<name>.py`` (the examples are scripts, not a package)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def cached(key, make):
     """Return ``make()`` once per session for ``key`` (fits are expensive to compile)."""
     if key not in _FITS:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
-
-EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_example
 
 
 def test_neural_glmm_beats_the_plain_network_on_known_users(capsys):
-    example = _load("neural_glmm")
+    example = load_example("neural_glmm")
     table = example.main(n_users=150, n_new_users=60, steps=150, users_per_batch=16)
     printed = capsys.readouterr().out
     assert "learned σ_user" in printed and "MLP alone" in printed
@@ -42,7 +31,7 @@ def test_minibatch_padding_drops_rows_exactly():
 
     import glmmjax
 
-    example = _load("neural_glmm")
+    example = load_example("neural_glmm")
     data = example.simulate(20, 0, seed=3)
     with jax.enable_x64(True):
         net = example.NeuralGLMM(jax.random.PRNGKey(0))
@@ -59,7 +48,7 @@ def test_minibatch_padding_drops_rows_exactly():
 
 @pytest.mark.slow
 def test_influence_jacobian_tracks_case_deletion(tmp_path, capsys):
-    example = _load("influence")
+    example = load_example("influence")
     out = tmp_path / "influence.png"
     result = example.main(out=out)
     printed = capsys.readouterr().out

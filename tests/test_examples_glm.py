@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import numpy as np
-
-EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_example
 
 
 def test_customer_conversion(tmp_path, capsys):
-    example = _load("customer_conversion")
+    example = load_example("customer_conversion")
     out = tmp_path / "roc.png"
     result = example.main(n=3000, out=out)
     assert out.stat().st_size > 1000

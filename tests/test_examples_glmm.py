@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import numpy as np
-
-EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_example
 
 
 # Compiling the GLMM and the GLM takes ~20 s on an idle 2-core CPU (was ~30-60 s before
 # the GLMM speed work), so the example runs with the default suite.
 def test_ab_test(tmp_path, capsys):
-    example = _load("ab_test")
+    example = load_example("ab_test")
     out = tmp_path / "ab.png"
     table = example.main(n_users=150, out=out)
     printed = capsys.readouterr().out
@@ -37,7 +26,7 @@ def test_ab_test(tmp_path, capsys):
 
 
 def test_population_averaged_effect_is_attenuated():
-    example = _load("ab_test")
+    example = load_example("ab_test")
     effect = example.population_averaged_effect()
     assert 0 < effect < example.TREATMENT_EFFECT
     # The usual approximation β/√(1 + 0.346σ²) lands close to the exact value.
