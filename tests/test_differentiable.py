@@ -453,3 +453,15 @@ def test_boundary_fit_differentiates_on_the_active_set():
         np.testing.assert_allclose(jacobian[2, row], (up.log_dispersion[0]
                                                       - down.log_dispersion[0]) / 2e-4,
                                    rtol=1e-6)
+
+
+def test_conditional_modes_equal_lmer_ranef():
+    model = _sleepstudy(True)
+    params, _ = _jit("solve_info")(model)
+    (b,) = model.conditional_modes(params)
+    fit = glmmjax.lmer(SLEEP, glmmjax.datasets.load("sleepstudy"))
+    np.testing.assert_allclose(np.asarray(b), fit.ranef["Subject"].to_numpy(), rtol=1e-5,
+                               atol=1e-4)
+    # And they give the conditional linear predictor.
+    eta = model.linear_predictor(params.beta, (b,))
+    np.testing.assert_allclose(np.asarray(eta), np.asarray(fit.fitted()), rtol=1e-6)
