@@ -124,7 +124,10 @@ def bootstrap(result, n: int = 1000, seed: int = 0, *, chunk_size=None, progress
     formula = "~" + design.formula.text.split("~", 1)[1]
     batch = fit_many(formula, data, Y, family=family, reml=reml,
                      n_agq=getattr(result, "n_agq", 1), weights=refit_weights(result),
-                     offset=design.offset_argument, chunk_size=chunk_size, progress=progress, precision=precision)
+                     offset=design.offset_argument, chunk_size=chunk_size, progress=progress,
+                     precision=precision,
+                     # Replicates need estimates only: no per-model df to compute.
+                     ddf=None)
     replicates = batch.fixef.reset_index(drop=True).copy()
     stat_cols = [c for c in batch.models.columns if c.startswith(("sd_", "cor_"))]
     if family is None:

@@ -39,11 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.scipy.linalg import solve_triangular
 
 from ._distributions import f_sf, t_sf
 from ._engine import choose_lmm
 from ._jit import program
+from ._linalg import solve_triangular
 from ._lmm import build_structure_for, lmm_model_from_arrays, lmm_pieces
 
 DDF_METHODS = ("satterthwaite", "kenward-roger")

@@ -33,6 +33,7 @@ from ._design import DataError, build_design
 from ._families import Binomial, Family, NegativeBinomial, Poisson, get_family
 from ._formula import FormulaError
 from ._jit import program
+from ._linalg import cholesky, solve_triangular
 from ._precision import with_x64
 from ._progress import noted
 from ._results import ConvergenceWarning
@@ -125,9 +126,9 @@ def _solve_spd(matrix, rhs):
     Written with ``cholesky`` and two triangular solves rather than
     ``cho_factor``/``cho_solve``, which take about four times as long to compile.
     """
-    lower = jnp.linalg.cholesky(matrix)
-    half = jax.scipy.linalg.solve_triangular(lower, rhs, lower=True)
-    return jax.scipy.linalg.solve_triangular(lower, half, lower=True, trans=1), lower
+    lower = cholesky(matrix)
+    half = solve_triangular(lower, rhs, lower=True)
+    return solve_triangular(lower, half, lower=True, trans=1), lower
 
 
 def irls(X, y, weights, offset, family: Family, dispersion=1.0, eta_start=None, *,

@@ -13,7 +13,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 
 from ._cholesky import inverse_diagonal_blocks
 from ._covariance import diagonal_mask, initial_theta, theta_to_factors
@@ -28,6 +27,7 @@ from ._laplace import (
     mode_and_factor,
     unpack,
 )
+from ._linalg import solve_triangular
 from ._optimize import Solution, minimize
 from ._pirls import GLMMData, hessian_factor, inner_size, linear_predictor
 from ._progress import noted
