@@ -22,6 +22,7 @@ import pandas as pd
 from jax.scipy.linalg import solve_triangular
 from jax.sharding import Mesh, PartitionSpec
 
+from ._cov_structures import term_structures
 from ._covariance import canonical_theta, initial_theta
 from ._design import DataError, build_design
 from ._distributions import norm_sf
@@ -143,7 +144,7 @@ class _LMMSetup(eqx.Module):
 def _lmm_one(y, setup: _LMMSetup) -> dict:
     s = setup.structure
     model = lmm_model_from_arrays(s, setup.weights, setup.X, y, setup.reml)
-    theta0 = jnp.asarray(initial_theta(s.sizes), y.dtype)
+    theta0 = jnp.asarray(initial_theta(s.structures), y.dtype)
     solution, theta = fit_theta(model, theta0, setup.gtol, setup.loose_gtol)
     pls = solve_pls(theta, model)
     n, p = model.nobs, model.n_fixef
@@ -392,8 +393,8 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
     p = design.X.shape[1]
     fixef_names = list(design.fixef_names)
     terms = design.terms
-    sizes = tuple(t.size for t in terms)
-    n_theta = sum(s * (s + 1) // 2 for s in sizes)
+    sizes = term_structures(terms)
+    n_theta = sum(c.n_params for c in sizes)
     beta = np.full((K, p), np.nan)
     se = np.full((K, p), np.nan)
     theta = np.full((K, n_theta), np.nan)
