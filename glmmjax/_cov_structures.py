@@ -79,6 +79,13 @@ class CovarianceStructure:
         """Σ_ij G_ij·∂Λ_ij/∂θ_k for a gradient G = ∂f/∂Λ_t (numpy, host engines)."""
         raise NotImplementedError
 
+    def jacobian(self, params) -> np.ndarray:
+        """∂Λ_t/∂θ_k, (k, S, S) numpy: the pullback of each unit matrix."""
+        S = self.size
+        units = np.eye(S * S).reshape(S * S, S, S)
+        columns = np.stack([self.pullback(params, unit) for unit in units])  # (S², k)
+        return columns.T.reshape(-1, S, S)
+
     def scale_mask(self) -> np.ndarray:
         """True where θ_t holds a relative SD (or, for ``us``, a diagonal of Λ_t)."""
         raise NotImplementedError
@@ -139,6 +146,12 @@ class Unstructured(CovarianceStructure):
 
     def pullback(self, params, grad) -> np.ndarray:
         return grad[tril_indices(self.size)]
+
+    def jacobian(self, params) -> np.ndarray:
+        rows, cols = tril_indices(self.size)
+        out = np.zeros((rows.size, self.size, self.size))
+        out[np.arange(rows.size), rows, cols] = 1.0
+        return out
 
     def scale_mask(self) -> np.ndarray:
         rows, cols = tril_indices(self.size)
@@ -418,3 +431,16 @@ def term_structures(terms) -> tuple[CovarianceStructure, ...]:
 
 def all_unstructured(covariances) -> bool:
     return all(isinstance(c, Unstructured) for c in as_structures(covariances))
+
+
+def factor_derivatives(theta, covariances) -> list[list[np.ndarray]]:
+    """Per θ entry k, the per-term matrices ∂Λ_t/∂θ_k (zero for the other terms)."""
+    structures = as_structures(covariances)
+    out, start = [], 0
+    for t, cov in enumerate(structures):
+        block = cov.jacobian(np.asarray(theta[start : start + cov.n_params], dtype=np.float64))
+        for d in block:
+            out.append([d if u == t else np.zeros((c.size, c.size))
+                        for u, c in enumerate(structures)])
+        start += cov.n_params
+    return out

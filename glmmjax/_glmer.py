@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from ._blas import single_threaded_blas
-from ._cov_structures import all_unstructured, term_structures
 from ._covariance import canonical_theta, diagonal_mask
 from ._design import DataError, build_design
 from ._families import (
@@ -314,14 +313,6 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     host_possible = n_agq == 1 and host_kind(family) is not None
     if engine not in (None, "host", "jax"):
         raise ValueError(f"engine must be None, 'host' or 'jax', not {engine!r}")
-    if not all_unstructured(term_structures(design.terms)):
-        # The host engine's mode derivatives take Λ linear in θ (lme4's θ); structured
-        # covariances (diag, cs, ar1) run on the compiled pipeline.
-        if engine == "host":
-            warnings.warn("engine='host' does not fit structured covariances (diag, cs, ar1) "
-                          "in GLMMs yet; this fit runs on engine='jax'", UserWarning,
-                          stacklevel=user_stacklevel())
-        engine = "jax"
     if engine == "host" and not host_possible:
         raise ValueError(
             "engine='host' fits Laplace (n_agq=1) GLMMs of the binomial family with logit "
