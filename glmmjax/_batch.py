@@ -475,9 +475,16 @@ def _sd_columns(theta: np.ndarray, terms, sigma: np.ndarray) -> dict:
     """Random-effect SDs and correlations per model, named ``sd_<coef>|<group>``."""
     columns = {}
     start = 0
-    for term in terms:
+    for term, structure in zip(terms, term_structures(terms)):
         size = term.size
-        count = size * (size + 1) // 2
+        count = structure.n_params
+        if structure.name != "us":  # its SDs and correlation parameter (glmmTMB's)
+            names = structure.profile_names(term.group, term.coef_names)
+            values = np.array([structure.natural(t, s)[1] for t, s in
+                               zip(theta[:, start : start + count], sigma)]).reshape(-1, count)
+            columns.update({name: values[:, i] for i, name in enumerate(names)})
+            start += count
+            continue
         cols, rows = np.triu_indices(size)
         factor = np.zeros((theta.shape[0], size, size))
         factor[:, rows, cols] = theta[:, start : start + count]

@@ -237,3 +237,26 @@ def test_bayes_and_kenward_roger_say_what_they_cannot_take():
     assert np.all(np.isfinite(fit.coef_table(ddf="satterthwaite").to_numpy(dtype=float)))
     with pytest.raises(DataError, match=r"diag\(1 \+ Days \| Subject\) has a covariance"):
         bayes.build("Reaction ~ Days + diag(1 + Days | Subject)", data)
+
+
+@pytest.mark.slow
+def test_fit_many_equals_single_fits():
+    model = MODELS["gaussian_ar1"]
+    data = _reference_data(model)
+    rng = np.random.default_rng(5)
+    responses = pd.DataFrame({f"y{k}": data["y"] + 0.3 * rng.normal(size=len(data))
+                              for k in range(3)})
+    batch = gj.fit_many(model["formula"], data, responses=responses, reml=False)
+    for k, column in enumerate(responses):
+        single = gj.lmer(model["formula"], data.assign(y=responses[column]), reml=False,
+                         engine="host")
+        np.testing.assert_allclose(np.asarray(batch.theta)[k], single.theta_values, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_profile_intervals_of_ar1_parameters():
+    fit = _fit(MODELS["gaussian_ar1"], engine="host")
+    ci = fit.confint(method="profile", parm=["sd_ar1|subject", "rho_ar1|subject"])
+    sd, rho = fit.sigma * fit.theta_values[0], np.tanh(fit.theta_values[1])
+    assert ci.iloc[0, 0] < sd < ci.iloc[0, 1]
+    assert -1 < ci.iloc[1, 0] < rho < ci.iloc[1, 1] < 1
