@@ -152,7 +152,6 @@ def test_lmm_jax_engine_against_glmmtmb(name):
     _check_against_reference(_fit(model, engine="jax"), model)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", GLMM_REFERENCES)
 def test_glmm_against_glmmtmb(name):
     model = MODELS[name]
@@ -177,6 +176,7 @@ def test_diag_equals_double_bar_and_host_equals_jax_criterion():
     np.testing.assert_allclose(diag.theta_values, bars.theta_values, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_host_criterion_and_gradient_match_jax():
     from glmmjax._design import build_design
     from glmmjax._host_lmm import evaluate, host_model
