@@ -260,3 +260,53 @@ def test_profile_intervals_of_ar1_parameters():
     sd, rho = fit.sigma * fit.theta_values[0], np.tanh(fit.theta_values[1])
     assert ci.iloc[0, 0] < sd < ci.iloc[0, 1]
     assert -1 < ci.iloc[1, 0] < rho < ci.iloc[1, 1] < 1
+
+
+@pytest.mark.parametrize("family", ["Gamma", "negative_binomial"])
+def test_host_laplace_gradient_with_a_dispersion_and_structured_terms(family):
+    # The merged host engine: a structure's pullback beside the dispersion's derivative.
+    from glmmjax._design import build_design
+    from glmmjax._families import get_family
+    from glmmjax._host_glmm import host_models, laplace
+
+    rng = np.random.default_rng(11)
+    n_g, n_t = 12, 4
+    data = pd.DataFrame({"g": np.repeat([f"g{i}" for i in range(n_g)], n_t),
+                         "t": np.tile([str(t) for t in range(n_t)], n_g)})
+    data["x"] = rng.normal(size=len(data))
+    data["t"] = pd.Categorical(data["t"], categories=[str(t) for t in range(n_t)])
+    mu = np.exp(0.5 + 0.3 * data["x"] + rng.normal(0, 0.4, size=len(data)))
+    data["y"] = rng.gamma(2.0, mu / 2.0) if family == "Gamma" else rng.poisson(mu)
+    design = build_design("y ~ x + ar1(t + 0 | g) + cs(1 + x | g)", data)
+    fam = get_family(family, "log")
+    y, w, _ = fam.prepare_response(design.response, design.weights, design.response_levels,
+                                   design.rows)
+    _, model = host_models(design, fam, y, w)
+    n_theta = model.structure.n_theta
+    params = np.array([0.7, 0.5, 0.6, 0.4, -0.3, 0.4, 0.3, np.log(1.5)])
+    assert params.shape[0] == n_theta + 2 + 1
+    v0 = np.zeros(model.structure.n_levels[0] * model.structure.sizes[0]
+                  + model.structure.rest_size)
+
+    def value(p):
+        return laplace(p[:n_theta], p[n_theta:-1], p[-1:], model, v0)[0]
+
+    grad = laplace(params[:n_theta], params[n_theta:-1], params[-1:], model, v0)[1]
+    step = 1e-5
+    numeric = [(value(params + step * e) - value(params - step * e)) / (2 * step)
+               for e in np.eye(params.shape[0])]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_rescaled_slope_in_a_cs_term_is_exact():
+    # lmer's column rescaling (x·1e8) maps a structured term's SDs, not its correlations.
+    from glmmjax._rescale import column_scales
+
+    data = _sleepstudy()
+    data["Dbig"] = data["Days"] * 1e8
+    plain = gj.lmer("Reaction ~ Days + cs(1 + Days | Subject)", data, engine="host")
+    big = gj.lmer("Reaction ~ Dbig + cs(1 + Dbig | Subject)", data, engine="host")
+    assert big.converged and column_scales(big.design) is not None
+    np.testing.assert_allclose(big.theta.to_numpy() * [1, 1e8, 1], plain.theta.to_numpy(),
+                               rtol=1e-5)
+    assert big.criterion == pytest.approx(plain.criterion + 2 * np.log(1e8), abs=1e-6)
