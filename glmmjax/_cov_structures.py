@@ -27,6 +27,15 @@ Structures (glmmTMB's names and covariances; ρ's transform is ours):
 - ``ar1``: stationary AR(1) over S equally spaced times, Σ_ij = σ²θ_1²·ρ^|i−j|,
   ρ = tanh(η); Λ = θ_1·L with L the closed-form Cholesky factor of the AR(1)
   correlation (L_i0 = ρ^i, L_ij = ρ^(i−j)·√(1−ρ²) for 1 ≤ j ≤ i).
+- ``toep``: heterogeneous Toeplitz, Σ = D·R·D with R_ij = ρ_|i−j| (S − 1 lag
+  correlations). θ_t = (S relative SDs, η_1..η_{S−1}) with φ_k = tanh(η_k) the partial
+  autocorrelations, mapped to ρ by the Durbin–Levinson recursion: every φ in (−1, 1)^{S−1}
+  gives a positive definite R and every such R has one φ. Λ = D·chol(R).
+- ``ou``: Ornstein–Uhlenbeck (continuous-time AR(1)) over S increasing times t_i (the
+  numbers in a factor's level labels, as glmmTMB's ``numFactor``):
+  Σ_ij = σ²θ_1²·exp(−κ|t_i − t_j|), κ = exp(η). The process is Markov, so its Cholesky
+  factor is closed-form as ar1's: L_ij = r_(j+1..i)·w_j with r_k = exp(−κ(t_k − t_(k−1))),
+  r_(j+1..i) their product, w_0 = 1 and w_j = √(1 − r_j²).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-STRUCTURE_NAMES = ("us", "diag", "cs", "homcs", "ar1")
+STRUCTURE_NAMES = ("us", "diag", "cs", "homcs", "ar1", "toep", "ou")
 
 
 @functools.cache
@@ -66,6 +75,9 @@ class CovarianceStructure:
     size: int
 
     name = "?"
+    # Summaries print the whole correlation matrix (as for ``us``) rather than one
+    # correlation parameter on the term's first row (glmmTMB's layout for cs and ar1).
+    shows_correlation_matrix = False
 
     @property
     def n_params(self) -> int:
@@ -438,6 +450,199 @@ class AR1(CovarianceStructure):
 
     def from_natural(self, omega, scale):
         return jnp.stack([omega[0] / scale, omega[1]])
+
+
+def _cholesky_jacobian(L, dR):
+    """dL/dθ_k from dR/dθ_k for L = chol(R): dL = L·Φ(L⁻¹·dR·L⁻ᵀ), Φ taking the lower
+    triangle with its diagonal halved. dR: (k, S, S); returns (k, S, S)."""
+    import scipy.linalg
+
+    out = []
+    for d in dR:
+        inner = scipy.linalg.solve_triangular(L, d, lower=True)
+        inner = scipy.linalg.solve_triangular(L, inner.T, lower=True).T
+        phi = np.tril(inner) - 0.5 * np.diag(np.diag(inner))
+        out.append(L @ phi)
+    return np.stack(out) if out else np.zeros((0,) + L.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Toeplitz(CovarianceStructure):
+    """``toep``: one SD per effect, one correlation per lag (partial autocorrelations)."""
+
+    name = "toep"
+    shows_correlation_matrix = True
+
+    @property
+    def n_params(self) -> int:
+        return 2 * self.size - 1
+
+    def lag_correlations(self, eta, xp=jnp):
+        """ρ_1..ρ_{S−1} from η (Durbin–Levinson: ρ_k = Σ_j a_j·ρ_(k−j) + φ_k·v_(k−1) with
+        a the AR(k−1) coefficients and v_(k−1) = Π(1 − φ_i²), then a updated to order k).
+        Written with + − × and tanh only, so that it also runs on complex numbers (the
+        host's exact derivative by complex step)."""
+        rho, a, v = [], [], 1.0
+        for k in range(self.size - 1):
+            phi = xp.tanh(eta[k])
+            previous = [1.0] + rho  # ρ_0..ρ_(k)
+            value = phi * v
+            for j, coef in enumerate(a):  # a_(j+1) · ρ_(k−j)
+                value = value + coef * previous[k - j]
+            rho.append(value)
+            a = [coef - phi * a[k - 1 - j] for j, coef in enumerate(a)] + [phi]
+            v = v * (1.0 - phi * phi)
+        return rho
+
+    def _correlation(self, rho, xp):
+        i, j = np.indices((self.size, self.size))
+        lag = np.abs(i - j)
+        values = xp.stack([xp.ones_like(rho[0])] + list(rho))  # S ≥ 2: rho has a lag
+        return values[lag]
+
+    def factor(self, params, xp=jnp):
+        S = self.size
+        sd = xp.abs(params[:S])
+        R = self._correlation(self.lag_correlations(params[S:], xp), xp)
+        return sd[:, None] * xp.linalg.cholesky(R)
+
+    def jacobian(self, params) -> np.ndarray:
+        S = self.size
+        params = np.asarray(params, dtype=np.float64)
+        sd, eta = np.abs(params[:S]), params[S:]
+        L = np.linalg.cholesky(self._correlation(self.lag_correlations(eta, np), np))
+        out = np.zeros((self.n_params, S, S))
+        for i in range(S):
+            out[i, i] = np.sign(params[i]) * L[i]
+        # dρ/dη_k by complex step (exact to rounding: the recursion is analytic).
+        h = 1e-30
+        dR = []
+        for k in range(S - 1):
+            shifted = eta.astype(complex)
+            shifted[k] += 1j * h
+            d_rho = [np.imag(r) / h for r in self.lag_correlations(shifted, np)]
+            dR.append(self._correlation(d_rho, np) - np.eye(S))
+        out[S:] = sd[None, :, None] * _cholesky_jacobian(L, np.asarray(dR))
+        return out
+
+    def pullback(self, params, grad) -> np.ndarray:
+        return np.einsum("kab,ab->k", self.jacobian(params), grad)
+
+    def scale_mask(self) -> np.ndarray:
+        return np.append(np.ones(self.size, dtype=bool), np.zeros(self.size - 1, dtype=bool))
+
+    def start(self, sds) -> np.ndarray:
+        return np.append(np.asarray(sds, dtype=np.float64), np.zeros(self.size - 1))
+
+    def row_scaled(self, d) -> np.ndarray:
+        return np.append(np.asarray(d, dtype=np.float64), np.ones(self.size - 1))
+
+    def param_names(self, group: str, coefs) -> list[str]:
+        return ([f"{group}.{c}" for c in coefs]
+                + [f"{group}.atanh(pacf{k})" for k in range(1, self.size)])
+
+    def profile_names(self, label: str, coefs) -> list[str]:
+        return ([f"sd_{c}|{label}" for c in coefs]
+                + [f"pacf{k}_toep|{label}" for k in range(1, self.size)])
+
+    def correlation_summary(self, params) -> str:
+        rho = self.lag_correlations(np.asarray(params, dtype=np.float64)[self.size :], np)
+        return "toep: rho " + ", ".join(f"{float(r):.3g}" for r in rho)
+
+    def natural(self, params, scale: float):
+        # Profiles run over the partial autocorrelations (they vary freely); lag 1's is
+        # the lag-1 correlation itself.
+        params = np.asarray(params, dtype=np.float64)
+        S = self.size
+        sd = list(scale * np.abs(params[:S]))
+        eta = [float(e) for e in params[S:]]
+        return (sd + eta, sd + [float(np.tanh(e)) for e in eta],
+                ["sd"] * S + ["cor"] * (S - 1))
+
+    def from_natural(self, omega, scale):
+        return jnp.concatenate([omega[: self.size] / scale, omega[self.size :]])
+
+
+@dataclasses.dataclass(frozen=True)
+class OrnsteinUhlenbeck(CovarianceStructure):
+    """``ou``: one SD, correlation exp(−κ·|t_i − t_j|) over the given increasing times."""
+
+    times: tuple = ()
+    name = "ou"
+
+    @property
+    def n_params(self) -> int:
+        return 2
+
+    def _gaps(self) -> np.ndarray:
+        return np.diff(np.asarray(self.times, dtype=np.float64))
+
+    def _correlation_factor(self, kappa, xp):
+        """L, and (numpy only) dL/dκ."""
+        t = np.asarray(self.times, dtype=np.float64)
+        i, j = np.indices((self.size, self.size))
+        lower = i >= j
+        distance, gaps = np.where(lower, t[i] - t[j], 0.0), self._gaps()
+        if not _is_numpy(xp):  # constants in the traced dtype (float32 batches)
+            distance, gaps = xp.asarray(distance, kappa.dtype), xp.asarray(gaps, kappa.dtype)
+        decay = xp.exp(-kappa * distance)
+        r2 = xp.exp(-2.0 * kappa * gaps)
+        w = xp.concatenate([xp.ones_like(r2[:1]), xp.sqrt(1.0 - r2)])
+        L = xp.where(lower, decay * w[None, :], 0.0)
+        if not _is_numpy(xp):
+            return L, None
+        d_w = np.concatenate([[0.0], self._gaps() * r2 / w[1:]])
+        dL = np.where(lower, -distance * decay * w[None, :] + decay * d_w[None, :], 0.0)
+        return L, dL
+
+    def factor(self, params, xp=jnp):
+        L, _ = self._correlation_factor(xp.exp(params[1]), xp)
+        return xp.abs(params[0]) * L
+
+    def pullback(self, params, grad) -> np.ndarray:
+        params = np.asarray(params, dtype=np.float64)
+        kappa = float(np.exp(params[1]))
+        L, dL = self._correlation_factor(kappa, np)
+        return np.array([np.sign(params[0]) * np.sum(grad * L),
+                         abs(params[0]) * np.sum(grad * dL) * kappa])
+
+    def unit_correlation(self, params) -> float:
+        """The correlation at distance 1, exp(−κ) (glmmTMB's e^{−θ})."""
+        return float(np.exp(-np.exp(np.asarray(params, dtype=np.float64)[1])))
+
+    def scale_mask(self) -> np.ndarray:
+        return np.array([True, False])
+
+    def start(self, sds) -> np.ndarray:
+        # κ with correlation 1/2 across the median gap: neither independent nor one effect.
+        return np.array([_homogeneous_sd(sds), float(np.log(np.log(2.0) / np.median(
+            self._gaps())))])
+
+    def row_scaled(self, d) -> np.ndarray | None:
+        d = np.asarray(d, dtype=np.float64)
+        return np.array([d[0], 1.0]) if np.all(d == d[0]) else None
+
+    def param_names(self, group: str, coefs) -> list[str]:
+        return [f"{group}.sd", f"{group}.log(rate)"]
+
+    def profile_names(self, label: str, coefs) -> list[str]:
+        return [f"sd_ou|{label}", f"rho_ou|{label}"]
+
+    def correlation_summary(self, params) -> str:
+        return f"ou: rho {self.unit_correlation(params):.3g} per unit time"
+
+    def natural(self, params, scale: float):
+        # ω = atanh of the correlation at distance 1, which lies in (0, 1).
+        params = np.asarray(params, dtype=np.float64)
+        sd = scale * abs(params[0])
+        rho = self.unit_correlation(params)
+        return [sd, float(np.arctanh(rho))], [sd, rho], ["sd", "cor"]
+
+    def from_natural(self, omega, scale):
+        # Correlations at distance 1 of 0 or below are the independent limit (κ → ∞):
+        # clipped to a tiny positive value, so a profile there stays finite and flat.
+        rho = jnp.clip(jnp.tanh(omega[1]), 1e-12, 1.0 - 1e-15)
+        return jnp.stack([omega[0] / scale, jnp.log(-jnp.log(rho))])
 
 
 def as_structures(covariances) -> tuple[CovarianceStructure, ...]:

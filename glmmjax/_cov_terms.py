@@ -14,6 +14,8 @@ from ._cov_structures import (
     CompoundSymmetry,
     CovarianceStructure,
     Diagonal,
+    OrnsteinUhlenbeck,
+    Toeplitz,
     Unstructured,
 )
 from ._formula import FormulaError
@@ -27,34 +29,65 @@ def _level_label(name: str) -> str:
     return name
 
 
-def _check_factor_of_times(spec, z: np.ndarray, coef_names) -> None:
-    """ar1 needs the indicator columns of one factor (no intercept), at least two
-    levels, and — where the levels are numbers — equally spaced increasing times."""
+def _indicator_columns(spec, z: np.ndarray, coef_names, example: str) -> None:
+    """ar1 and ou need the indicator columns of one factor (no intercept), at least
+    two levels."""
     what = f"{spec.structure}() in term {spec}"
     indicator = np.all((z == 0) | (z == 1)) and np.all(z.sum(axis=1) == 1)
     if "1" in [c.strip() for c in spec.expr.split("+")] or not indicator:
         raise FormulaError(
-            f"{what} needs a factor of ordered, equally spaced times without an intercept, "
-            f"e.g. ar1(time + 0 | group) with time a categorical column; got columns "
-            f"{list(coef_names)[:5]}")
+            f"{what} needs a factor of ordered{example} times without an intercept, "
+            f"e.g. {spec.structure}(time + 0 | group) with time a categorical column; got "
+            f"columns {list(coef_names)[:5]}")
     if z.shape[1] < 2:
         raise FormulaError(f"{what} needs a factor with at least two times; got "
                            f"{list(coef_names)}")
+
+
+def _increasing(spec, times, labels) -> np.ndarray:
+    steps = np.diff(times)
+    if np.any(steps <= 0):
+        raise FormulaError(
+            f"{spec.structure}() in term {spec}: the time factor's levels {labels} are not "
+            "in increasing order; order its categories by time (pd.Categorical(..., "
+            "categories=sorted times))")
+    return steps
+
+
+def _check_factor_of_times(spec, z: np.ndarray, coef_names) -> None:
+    """ar1: a factor's indicator columns, where the levels are numbers equally spaced
+    increasing times."""
+    _indicator_columns(spec, z, coef_names, ", equally spaced")
     labels = [_level_label(c) for c in coef_names]
     try:
         times = np.array([float(label) for label in labels])
     except ValueError:
         return  # named levels (e.g. "early" < "late"): their order is the time order
-    steps = np.diff(times)
-    if np.any(steps <= 0):
-        raise FormulaError(
-            f"{what}: the time factor's levels {labels} are not in increasing order; "
-            "order its categories by time (pd.Categorical(..., categories=sorted times))")
+    steps = _increasing(spec, times, labels)
     if not np.allclose(steps, steps[0], rtol=1e-9, atol=0.0):
         raise FormulaError(
-            f"{what} assumes equally spaced times, but the levels {labels} have gaps "
-            f"(steps {sorted(set(np.round(steps, 12).tolist()))}); use ou(time + 0 | "
-            "group) for unequally spaced times, or include the missing times as levels")
+            f"{spec.structure}() in term {spec} assumes equally spaced times, but the levels "
+            f"{labels} have gaps (steps {sorted(set(np.round(steps, 12).tolist()))}); use "
+            "ou(time + 0 | group) for unequally spaced times, or include the missing times "
+            "as levels")
+
+
+def _times_of_levels(spec, z: np.ndarray, coef_names) -> tuple[float, ...]:
+    """ou: the times are the numbers in the factor's level labels (glmmTMB's numFactor)."""
+    _indicator_columns(spec, z, coef_names, "")
+    labels = [_level_label(c) for c in coef_names]
+    try:
+        times = np.array([float(label) for label in labels])
+    except ValueError:
+        raise FormulaError(
+            f"ou() in term {spec} reads the times from the factor's level labels, which "
+            f"must be numbers; got {labels[:5]}. Make the column categorical with the "
+            "times as its categories, e.g. pd.Categorical(df.time.astype(str), "
+            "categories=[str(t) for t in sorted(df.time.unique())])") from None
+    if not np.all(np.isfinite(times)):
+        raise FormulaError(f"ou() in term {spec}: the times {labels} must be finite")
+    _increasing(spec, times, labels)
+    return tuple(float(t) for t in times)
 
 
 def term_covariance(spec, z: np.ndarray, coef_names) -> CovarianceStructure:
@@ -75,5 +108,14 @@ def term_covariance(spec, z: np.ndarray, coef_names) -> CovarianceStructure:
     if name == "ar1":
         _check_factor_of_times(spec, z, coef_names)
         return AR1(size)
+    if name == "toep":
+        if size < 2:
+            raise FormulaError(
+                f"toep() in term {spec} needs at least two random effects per level (it "
+                f"models their correlation at each lag); this term has one "
+                f"({list(coef_names)}): use ({spec.expr} | {spec.group})")
+        return Toeplitz(size)
+    if name == "ou":
+        return OrnsteinUhlenbeck(size, _times_of_levels(spec, z, coef_names))
     raise FormulaError(f"unknown covariance structure {name!r} in term {spec}; valid: "
                        f"{', '.join(STRUCTURE_NAMES)}")

@@ -643,7 +643,7 @@ class MixedModelResult:
                                          labels)
         for label, t in zip(labels, self.design.terms):
             sub = vc[vc["group"] == label]
-            if label in structured:
+            if label in structured and not t.covariance.shows_correlation_matrix:
                 # glmmTMB's layout: a structure's correlation parameter once, on the
                 # first row, with its name ("0.640 (ar1)"); none for diag.
                 rho = self._structure_correlation(label)

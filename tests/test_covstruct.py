@@ -1,4 +1,4 @@
-"""Structured random-effects covariances (diag, cs, homcs, ar1): the maps θ_t ↦ Λ_t,
+"""Structured random-effects covariances (diag, cs, homcs, ar1, toep, ou): the maps θ_t ↦ Λ_t,
 their gradients on both engines, fits against glmmTMB 1.1.5 (tests/reference/
 covstruct_reference.R), displays, and the errors for terms a structure cannot take."""
 
@@ -16,7 +16,14 @@ import pytest
 
 import glmmjax as gj
 from glmmjax import datasets
-from glmmjax._cov_structures import AR1, CompoundSymmetry, Diagonal, Unstructured
+from glmmjax._cov_structures import (
+    AR1,
+    CompoundSymmetry,
+    Diagonal,
+    OrnsteinUhlenbeck,
+    Toeplitz,
+    Unstructured,
+)
 from glmmjax._formula import FormulaError
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
@@ -30,7 +37,7 @@ def _x64():
 
 
 STRUCTURES = [Unstructured(3), Diagonal(3), CompoundSymmetry(4), CompoundSymmetry(3, True),
-              AR1(5)]
+              AR1(5), Toeplitz(4), OrnsteinUhlenbeck(4, (0.0, 0.5, 2.0, 5.0))]
 
 
 def _random_params(cov, seed):
@@ -79,6 +86,22 @@ def test_structured_covariances_are_the_documented_ones():
     # ρ's range keeps R positive definite: ρ → −1/(S−1) and → 1 at the ends.
     assert float(cs.rho(-40.0, np)) == pytest.approx(-0.5)
     assert float(cs.rho(40.0, np)) == pytest.approx(1.0)
+    # toep: the partial autocorrelations φ give the lag correlations (Durbin–Levinson:
+    # ρ_1 = φ_1, ρ_2 = φ_1² + φ_2(1 − φ_1²)); R = Toeplitz(1, ρ_1, ρ_2).
+    phi = np.array([0.6, -0.3])
+    sds = np.array([0.5, 1.0, 2.0])
+    lam = Toeplitz(3).factor(np.append(sds, np.arctanh(phi)), np)
+    r1, r2 = phi[0], phi[0] ** 2 + phi[1] * (1 - phi[0] ** 2)
+    R = np.array([[1, r1, r2], [r1, 1, r1], [r2, r1, 1]])
+    np.testing.assert_allclose(lam @ lam.T, np.diag(sds) @ R @ np.diag(sds), rtol=1e-13)
+    # ou: exp(−κ|t_i − t_j|) at the given times; equally spaced, it is ar1 with ρ = e^{−κ}.
+    times = (0.0, 0.5, 2.0, 5.0)
+    lam = OrnsteinUhlenbeck(4, times).factor(np.array([d, eta]), np)
+    distance = np.abs(np.subtract.outer(times, times))
+    np.testing.assert_allclose(lam @ lam.T, d**2 * np.exp(-np.exp(eta) * distance), rtol=1e-13)
+    spaced = OrnsteinUhlenbeck(4, (0.0, 1.0, 2.0, 3.0)).factor(np.array([d, eta]), np)
+    ar1 = AR1(4).factor(np.array([d, np.arctanh(np.exp(-np.exp(eta)))]), np)
+    np.testing.assert_allclose(spaced, ar1, rtol=1e-13, atol=1e-15)
 
 
 def _sleepstudy():
@@ -213,7 +236,11 @@ def test_summary_and_varcorr_show_the_structure():
     ("Reaction ~ Days + ar1(backf + 0 | Subject)", "not in increasing order"),
     ("Reaction ~ Days + cs(1 | Subject)", "at least two random effects"),
     ("Reaction ~ Days + toeplitz(dayf + 0 | Subject)", "unknown covariance structure 'toeplitz'"),
-    ("Reaction ~ Days + ou(dayf + 0 | Subject)", "not implemented here yet"),
+    ("Reaction ~ Days + exp(dayf + 0 | Subject)", "not implemented here yet"),
+    ("Reaction ~ Days + toep(1 | Subject)", "at least two random effects"),
+    ("Reaction ~ Days + ou(namedf + 0 | Subject)", "must be numbers"),
+    ("Reaction ~ Days + ou(backf + 0 | Subject)", "not in increasing order"),
+    ("Reaction ~ Days + ou(Days | Subject)", "needs a factor of ordered times"),
     ("Reaction ~ Days + diag(1 + Days || Subject)", "'||' inside diag()"),
 ])
 def test_structures_on_terms_they_cannot_take(formula, message):
@@ -222,6 +249,7 @@ def test_structures_on_terms_they_cannot_take(formula, message):
     data["gapf"] = pd.Categorical((days * days).astype(str),
                                   categories=[str(d * d) for d in range(10)])
     data["backf"] = pd.Categorical(days.astype(str), categories=[str(d) for d in range(9, -1, -1)])
+    data["namedf"] = "day" + days.astype(str)
     with pytest.raises(FormulaError, match=re.escape(message)):
         gj.lmer(formula, data)
 
@@ -310,3 +338,18 @@ def test_rescaled_slope_in_a_cs_term_is_exact():
     np.testing.assert_allclose(big.theta.to_numpy() * [1, 1e8, 1], plain.theta.to_numpy(),
                                rtol=1e-5)
     assert big.criterion == pytest.approx(plain.criterion + 2 * np.log(1e8), abs=1e-6)
+
+
+def test_ou_on_equal_spacing_is_ar1_and_toep_nests_it():
+    model = MODELS["gaussian_ar1"]
+    data = _reference_data(model)
+    ar1 = gj.lmer(model["formula"], data, reml=False, engine="host")
+    ou = gj.lmer(model["formula"].replace("ar1(", "ou("), data, reml=False, engine="host")
+    toep = gj.lmer(model["formula"].replace("ar1(", "toep("), data, reml=False, engine="host")
+    assert ou.criterion == pytest.approx(ar1.criterion, rel=1e-9)
+    assert ou.covariance_structures["subject"] == (
+        ar1.covariance_structures["subject"].replace("ar1", "ou") + " per unit time")
+    assert toep.criterion < ar1.criterion
+    assert list(toep.theta.index[-2:]) == ["subject.atanh(pacf4)", "subject.atanh(pacf5)"]
+    # toep prints its correlation matrix, as us does (not one parameter with its name).
+    assert "(toep)" not in toep.summary() and "(ou)" in ou.summary()

@@ -5,8 +5,10 @@
 #
 # Every model is fitted with glmmTMB 1.1.5 (ML, REML = FALSE, its default), whose
 # structures glmmjax implements with the same syntax: diag, cs (heterogeneous compound
-# symmetry) and ar1 (stationary AR(1) over the levels of a factor of equally spaced
-# times). glmmTMB 1.1.5 has no homogeneous compound symmetry (homcs came later); its
+# symmetry), ar1 (stationary AR(1) over the levels of a factor of equally spaced
+# times), toep (heterogeneous Toeplitz) and ou (Ornstein-Uhlenbeck over unequally spaced
+# times: glmmTMB reads them from a numFactor's levels, glmmjax from the numbers in a
+# categorical column's levels; the formula written to the JSON is glmmjax's). glmmTMB 1.1.5 has no homogeneous compound symmetry (homcs came later); its
 # reference here is the equivalent unstructured model (1 | g) + (1 | g:t), whose
 # covariance over the times of one g is s_g^2 11' + s_gt^2 I: homcs with
 # sd = sqrt(s_g^2 + s_gt^2) and rho = s_g^2 / sd^2 (>= 0).
@@ -74,6 +76,46 @@ draw <- function(m, sigma) t(chol(sigma)) %*% matrix(rnorm(nrow(sigma) * m), nro
             row.names = FALSE, quote = FALSE)
 }
 
+# Gaussian, 30 subjects x 5 unequally spaced times x 2 replicates, OU subject-time
+# effects (correlation 0.6 at distance 1).
+ou_cor <- function(t, rho) rho^abs(outer(t, t, "-"))
+ou_times <- c(0, 0.5, 1.5, 3, 5)
+{
+  m <- 30; k <- length(ou_times)
+  b <- draw(m, 1.1^2 * ou_cor(ou_times, 0.6))
+  g <- rep(sprintf("s%02d", 1:m), each = k * 2)
+  i <- rep(rep(1:k, each = 2), m)
+  x <- round(rnorm(m * k * 2), 6)
+  y <- 1 + 0.5 * x + b[cbind(i, rep(1:m, each = k * 2))] + rnorm(m * k * 2, sd = 0.6)
+  write_csv17(data.frame(y = y, x = x, time = ou_times[i], subject = g),
+              "data/covstruct_gaussian_ou.csv")
+}
+# Poisson, 50 groups x the same times, one count each, OU group-time effects.
+{
+  m <- 50; k <- length(ou_times)
+  b <- draw(m, 0.7^2 * ou_cor(ou_times, 0.5))
+  g <- rep(sprintf("g%02d", 1:m), each = k)
+  i <- rep(1:k, m)
+  x <- round(rnorm(m * k), 6)
+  y <- rpois(m * k, exp(0.8 + 0.3 * x + b[cbind(i, rep(1:m, each = k))]))
+  write.csv(data.frame(y = y, x = x, time = ou_times[i], group = g),
+            "data/covstruct_poisson_ou.csv", row.names = FALSE, quote = FALSE)
+}
+# Binomial, 80 clusters x 4 visits, 12 trials each, heterogeneous Toeplitz effects
+# (glmmTMB 1.1.5's toep fails on the cs data above: "infinite or missing values" in
+# its Hessian check).
+{
+  m <- 80; k <- 4
+  sds <- c(0.6, 0.9, 0.8, 0.7)
+  b <- draw(m, diag(sds) %*% toeplitz(c(1, 0.6, 0.3, 0.1)) %*% diag(sds))
+  g <- rep(sprintf("c%02d", 1:m), each = k)
+  i <- rep(1:k, m)
+  x <- round(rnorm(m * k), 6)
+  s <- rbinom(m * k, 12, plogis(-0.2 + 0.4 * x + b[cbind(i, rep(1:m, each = k))]))
+  write.csv(data.frame(s = s, n = 12, x = x, visit = paste0("v", i), cluster = g),
+            "data/covstruct_binomial_toep.csv", row.names = FALSE, quote = FALSE)
+}
+
 data(sleepstudy, package = "lme4")
 sleepstudy$dayf <- factor(sleepstudy$Days)
 gauss <- read.csv("data/covstruct_gaussian.csv", colClasses = c(subject = "character"))
@@ -82,6 +124,13 @@ pois <- read.csv("data/covstruct_poisson.csv", colClasses = c(group = "character
 pois$timef <- factor(pois$time)
 binom <- read.csv("data/covstruct_binomial.csv", colClasses = c(cluster = "character"))
 binom$cond <- factor(binom$cond)
+binom_toep <- read.csv("data/covstruct_binomial_toep.csv",
+                       colClasses = c(cluster = "character"))
+binom_toep$visit <- factor(binom_toep$visit)
+gauss_ou <- read.csv("data/covstruct_gaussian_ou.csv", colClasses = c(subject = "character"))
+gauss_ou$times <- numFactor(gauss_ou$time)
+pois_ou <- read.csv("data/covstruct_poisson_ou.csv", colClasses = c(group = "character"))
+pois_ou$times <- numFactor(pois_ou$time)
 
 structure_of <- function(m, i) {
   names(m$modelInfo$reStruc[[1]][[i]]$blockCode)
@@ -137,7 +186,17 @@ models <- list(
   reference("binomial_cs", "cbind(s, n - s) ~ cond + cs(cond + 0 | cluster)", binom,
             list(data = "data/covstruct_binomial.csv"), family = binomial()),
   reference("binomial_diag", "cbind(s, n - s) ~ cond + diag(cond + 0 | cluster)", binom,
-            list(data = "data/covstruct_binomial.csv"), family = binomial())
+            list(data = "data/covstruct_binomial.csv"), family = binomial()),
+  reference("gaussian_toep", "y ~ x + toep(timef + 0 | subject)", gauss,
+            list(data = "data/covstruct_gaussian.csv")),
+  reference("binomial_toep", "cbind(s, n - s) ~ x + toep(visit + 0 | cluster)", binom_toep,
+            list(data = "data/covstruct_binomial_toep.csv"), family = binomial()),
+  reference("gaussian_ou", "y ~ x + ou(timef + 0 | subject)", gauss_ou,
+            list(data = "data/covstruct_gaussian_ou.csv"),
+            tmb_formula = "y ~ x + ou(times + 0 | subject)"),
+  reference("poisson_ou", "y ~ x + ou(timef + 0 | group)", pois_ou,
+            list(data = "data/covstruct_poisson_ou.csv"), family = poisson(),
+            tmb_formula = "y ~ x + ou(times + 0 | group)")
 )
 names(models) <- vapply(models, function(m) m$name, "")
 save_json(list(versions = list(R = R.version.string,
