@@ -1,8 +1,8 @@
 """How long is the first fit of a model with a structured covariance, against glmmTMB?
 
 The models are the references of tests/reference/covstruct_reference.R (glmmTMB 1.1.5:
-sleepstudy with diag, cs and ar1 on a factor of days; simulated Gaussian ar1 and homcs,
-Poisson ar1, binomial cs and diag). For each model and repeat, a fresh Python process
+sleepstudy with diag, cs and ar1 on a factor of days; simulated Gaussian ar1, homcs,
+toep and ou (unequally spaced times), Poisson ar1 and ou, binomial cs, diag and toep). For each model and repeat, a fresh Python process
 imports glmmjax and loads the data (not timed), looks up the fitting function (which imports
 what it needs; not timed, as R's ``library()``), then times its first fit (the call a
 user waits for, compilation included where the engine compiles) and a second one; a
@@ -35,8 +35,11 @@ from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "reference"
 MODELS = json.loads((REFERENCE / "covstruct.json").read_text())["models"]
-# glmmTMB's formula where it differs from glmmjax's (homcs: its lme4-style equivalent).
-TMB_FORMULA = {"gaussian_homcs": "y ~ x + (1 | subject) + (1 | subject:timef)"}
+# glmmTMB's formula where it differs from glmmjax's (homcs: its lme4-style equivalent; ou:
+# the times as a numFactor).
+TMB_FORMULA = {"gaussian_homcs": "y ~ x + (1 | subject) + (1 | subject:timef)",
+               "gaussian_ou": "y ~ x + ou(times + 0 | subject)",
+               "poisson_ou": "y ~ x + ou(times + 0 | group)"}
 
 PYTHON_WORKER = r"""
 import json, pathlib, sys, time
@@ -78,6 +81,8 @@ data(sleepstudy, package = "lme4")
 sleepstudy$dayf <- factor(sleepstudy$Days)
 data <- if (args[3] == "sleepstudy") sleepstudy else read.csv(args[3])
 if (!is.null(data$time)) data$timef <- factor(data$time)
+if (!is.null(data$time)) data$times <- numFactor(data$time)
+if (!is.null(data$visit)) data$visit <- factor(data$visit)
 if (!is.null(data$cond)) data$cond <- factor(data$cond)
 family <- get(args[4])()
 times <- c()

@@ -353,3 +353,10 @@ def test_ou_on_equal_spacing_is_ar1_and_toep_nests_it():
     assert list(toep.theta.index[-2:]) == ["subject.atanh(pacf4)", "subject.atanh(pacf5)"]
     # toep prints its correlation matrix, as us does (not one parameter with its name).
     assert "(toep)" not in toep.summary() and "(ou)" in ou.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["binomial_toep", "poisson_ou"])
+def test_glmm_jax_engine_against_glmmtmb(name):
+    model = MODELS[name]
+    _check_against_reference(_fit(model, engine="jax"), model)
