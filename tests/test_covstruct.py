@@ -360,3 +360,11 @@ def test_ou_on_equal_spacing_is_ar1_and_toep_nests_it():
 def test_glmm_jax_engine_against_glmmtmb(name):
     model = MODELS[name]
     _check_against_reference(_fit(model, engine="jax"), model)
+
+
+@pytest.mark.slow
+def test_profile_interval_of_the_ou_correlation():
+    fit = _fit(MODELS["gaussian_ou"], engine="host")
+    ci = fit.confint(method="profile", parm=["rho_ou|subject"])
+    rho = np.exp(-np.exp(fit.theta_values[1]))
+    assert 0 < ci.iloc[0, 0] < rho < ci.iloc[0, 1] < 1
