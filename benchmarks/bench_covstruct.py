@@ -2,7 +2,8 @@
 
 The models are the references of tests/reference/covstruct_reference.R (glmmTMB 1.1.5:
 sleepstudy with diag, cs and ar1 on a factor of days; simulated Gaussian ar1, homcs,
-toep and ou (unequally spaced times), Poisson ar1 and ou, binomial cs, diag and toep). For each model and repeat, a fresh Python process
+toep and ou (unequally spaced times), Poisson ar1 and ou, binomial cs, diag and toep,
+spatial exp and gau (Gaussian) and exp (Poisson) on a 3 x 3 grid). For each model and repeat, a fresh Python process
 imports glmmjax and loads the data (not timed), looks up the fitting function (which imports
 what it needs; not timed, as R's ``library()``), then times its first fit (the call a
 user waits for, compilation included where the engine compiles) and a second one; a
@@ -59,6 +60,8 @@ else:
     if "time" in data:
         data["timef"] = pd.Categorical(data["time"].astype(str),
                                        categories=[str(t) for t in sorted(data["time"].unique())])
+    if "cx" in data:
+        data["pos"] = pd.Categorical([f"({x},{y})" for x, y in zip(data["cx"], data["cy"])])
 # Looking the function up imports what it needs (jax, scipy): untimed, as R's library().
 lmer, glmer = gj.lmer, gj.glmer
 if model["family"] == "gaussian":
@@ -83,6 +86,7 @@ data <- if (args[3] == "sleepstudy") sleepstudy else read.csv(args[3])
 if (!is.null(data$time)) data$timef <- factor(data$time)
 if (!is.null(data$time)) data$times <- numFactor(data$time)
 if (!is.null(data$visit)) data$visit <- factor(data$visit)
+if (!is.null(data$cx)) data$pos <- numFactor(data$cx, data$cy)
 if (!is.null(data$cond)) data$cond <- factor(data$cond)
 family <- get(args[4])()
 times <- c()

@@ -36,6 +36,10 @@ Structures (glmmTMB's names and covariances; ρ's transform is ours):
   Σ_ij = σ²θ_1²·exp(−κ|t_i − t_j|), κ = exp(η). The process is Markov, so its Cholesky
   factor is closed-form as ar1's: L_ij = r_(j+1..i)·w_j with r_k = exp(−κ(t_k − t_(k−1))),
   r_(j+1..i) their product, w_0 = 1 and w_j = √(1 − r_j²).
+- ``exp`` and ``gau``: spatial correlation over S points (coordinates in a factor's level
+  labels, "(x,y)" as glmmTMB's ``numFactor``): Σ_ij = σ²θ_1²·exp(−d_ij/ℓ) or
+  σ²θ_1²·exp(−(d_ij/ℓ)²), d the Euclidean distance, ℓ = exp(η) (glmmTMB's scale);
+  Λ = θ_1·chol(C).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-STRUCTURE_NAMES = ("us", "diag", "cs", "homcs", "ar1", "toep", "ou")
+STRUCTURE_NAMES = ("us", "diag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau")
 
 
 @functools.cache
@@ -643,6 +647,80 @@ class OrnsteinUhlenbeck(CovarianceStructure):
         # clipped to a tiny positive value, so a profile there stays finite and flat.
         rho = jnp.clip(jnp.tanh(omega[1]), 1e-12, 1.0 - 1e-15)
         return jnp.stack([omega[0] / scale, jnp.log(-jnp.log(rho))])
+
+
+@dataclasses.dataclass(frozen=True)
+class Spatial(CovarianceStructure):
+    """``exp`` or ``gau``: one SD, a correlation decaying with distance over a length
+    scale ℓ. ``coords``: the S points, a tuple of coordinate tuples."""
+
+    kind: str = "exp"
+    coords: tuple = ()
+    shows_correlation_matrix = True
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.kind
+
+    @property
+    def n_params(self) -> int:
+        return 2
+
+    def distances(self) -> np.ndarray:
+        points = np.asarray(self.coords, dtype=np.float64)
+        return np.sqrt(np.sum((points[:, None, :] - points[None, :, :]) ** 2, axis=-1))
+
+    def _correlation(self, log_scale, xp):
+        d = self.distances()
+        if not _is_numpy(xp):
+            d = xp.asarray(d, log_scale.dtype)
+        r = d * xp.exp(-log_scale)
+        return xp.exp(-r) if self.kind == "exp" else xp.exp(-r * r), r
+
+    def factor(self, params, xp=jnp):
+        C, _ = self._correlation(params[1], xp)
+        return xp.abs(params[0]) * xp.linalg.cholesky(C)
+
+    def jacobian(self, params) -> np.ndarray:
+        params = np.asarray(params, dtype=np.float64)
+        C, r = self._correlation(params[1], np)
+        L = np.linalg.cholesky(C)
+        dC = C * (r if self.kind == "exp" else 2.0 * r * r)  # ∂C/∂log ℓ
+        return np.stack([np.sign(params[0]) * L,
+                         abs(params[0]) * _cholesky_jacobian(L, dC[None])[0]])
+
+    def pullback(self, params, grad) -> np.ndarray:
+        return np.einsum("kab,ab->k", self.jacobian(params), grad)
+
+    def scale_mask(self) -> np.ndarray:
+        return np.array([True, False])
+
+    def start(self, sds) -> np.ndarray:
+        # ℓ at the nearest points' distance: correlation e^{-1} between neighbours, and a
+        # well-conditioned C for gau (whose C is near singular for large ℓ).
+        d = self.distances()
+        return np.array([_homogeneous_sd(sds), float(np.log(np.min(d[d > 0])))])
+
+    def row_scaled(self, d) -> np.ndarray | None:
+        d = np.asarray(d, dtype=np.float64)
+        return np.array([d[0], 1.0]) if np.all(d == d[0]) else None
+
+    def param_names(self, group: str, coefs) -> list[str]:
+        return [f"{group}.sd", f"{group}.log(scale)"]
+
+    def profile_names(self, label: str, coefs) -> list[str]:
+        return [f"sd_{self.kind}|{label}", f"logscale_{self.kind}|{label}"]
+
+    def correlation_summary(self, params) -> str:
+        return f"{self.kind}: scale {float(np.exp(np.asarray(params)[1])):.3g}"
+
+    def natural(self, params, scale: float):
+        params = np.asarray(params, dtype=np.float64)
+        sd = scale * abs(params[0])
+        return [sd, float(params[1])], [sd, float(params[1])], ["sd", "log_scale"]
+
+    def from_natural(self, omega, scale):
+        return jnp.stack([omega[0] / scale, omega[1]])
 
 
 def as_structures(covariances) -> tuple[CovarianceStructure, ...]:

@@ -15,6 +15,7 @@ from ._cov_structures import (
     CovarianceStructure,
     Diagonal,
     OrnsteinUhlenbeck,
+    Spatial,
     Toeplitz,
     Unstructured,
 )
@@ -29,18 +30,18 @@ def _level_label(name: str) -> str:
     return name
 
 
-def _indicator_columns(spec, z: np.ndarray, coef_names, example: str) -> None:
-    """ar1 and ou need the indicator columns of one factor (no intercept), at least
+def _indicator_columns(spec, z: np.ndarray, coef_names, levels: str) -> None:
+    """ar1, ou, exp and gau need the indicator columns of one factor (no intercept), at least
     two levels."""
     what = f"{spec.structure}() in term {spec}"
     indicator = np.all((z == 0) | (z == 1)) and np.all(z.sum(axis=1) == 1)
     if "1" in [c.strip() for c in spec.expr.split("+")] or not indicator:
         raise FormulaError(
-            f"{what} needs a factor of ordered{example} times without an intercept, "
-            f"e.g. {spec.structure}(time + 0 | group) with time a categorical column; got "
+            f"{what} needs a factor of {levels} without an intercept, e.g. "
+            f"{spec.structure}(time + 0 | group) with time a categorical column; got "
             f"columns {list(coef_names)[:5]}")
     if z.shape[1] < 2:
-        raise FormulaError(f"{what} needs a factor with at least two times; got "
+        raise FormulaError(f"{what} needs a factor with at least two levels; got "
                            f"{list(coef_names)}")
 
 
@@ -57,7 +58,7 @@ def _increasing(spec, times, labels) -> np.ndarray:
 def _check_factor_of_times(spec, z: np.ndarray, coef_names) -> None:
     """ar1: a factor's indicator columns, where the levels are numbers equally spaced
     increasing times."""
-    _indicator_columns(spec, z, coef_names, ", equally spaced")
+    _indicator_columns(spec, z, coef_names, "ordered, equally spaced times")
     labels = [_level_label(c) for c in coef_names]
     try:
         times = np.array([float(label) for label in labels])
@@ -74,7 +75,7 @@ def _check_factor_of_times(spec, z: np.ndarray, coef_names) -> None:
 
 def _times_of_levels(spec, z: np.ndarray, coef_names) -> tuple[float, ...]:
     """ou: the times are the numbers in the factor's level labels (glmmTMB's numFactor)."""
-    _indicator_columns(spec, z, coef_names, "")
+    _indicator_columns(spec, z, coef_names, "ordered times")
     labels = [_level_label(c) for c in coef_names]
     try:
         times = np.array([float(label) for label in labels])
@@ -88,6 +89,27 @@ def _times_of_levels(spec, z: np.ndarray, coef_names) -> tuple[float, ...]:
         raise FormulaError(f"ou() in term {spec}: the times {labels} must be finite")
     _increasing(spec, times, labels)
     return tuple(float(t) for t in times)
+
+
+def _coordinates_of_levels(spec, z: np.ndarray, coef_names) -> tuple[tuple[float, ...], ...]:
+    """exp/gau: the points are the numbers in the factor's level labels, "(x,y)" or "x,y"
+    (glmmTMB's numFactor writes "(x,y)")."""
+    _indicator_columns(spec, z, coef_names, "points (coordinates in its level labels)")
+    labels = [_level_label(c) for c in coef_names]
+    try:
+        points = [tuple(float(v) for v in label.strip().strip("()").split(","))
+                  for label in labels]
+    except ValueError:
+        raise FormulaError(
+            f"{spec.structure}() in term {spec} reads coordinates from the factor's level "
+            f"labels, which must be numbers like '(x,y)' or 'x,y'; got {labels[:5]}") from None
+    if len({len(p) for p in points}) != 1 or not np.all(np.isfinite(points)):
+        raise FormulaError(f"{spec.structure}() in term {spec}: the levels {labels[:5]} do "
+                           "not all give finite coordinates of the same dimension")
+    if len(set(points)) != len(points):
+        raise FormulaError(f"{spec.structure}() in term {spec}: two levels give the same "
+                           "point; each level must be a distinct position")
+    return tuple(points)
 
 
 def term_covariance(spec, z: np.ndarray, coef_names) -> CovarianceStructure:
@@ -117,5 +139,7 @@ def term_covariance(spec, z: np.ndarray, coef_names) -> CovarianceStructure:
         return Toeplitz(size)
     if name == "ou":
         return OrnsteinUhlenbeck(size, _times_of_levels(spec, z, coef_names))
+    if name in ("exp", "gau"):
+        return Spatial(size, kind=name, coords=_coordinates_of_levels(spec, z, coef_names))
     raise FormulaError(f"unknown covariance structure {name!r} in term {spec}; valid: "
                        f"{', '.join(STRUCTURE_NAMES)}")

@@ -1,4 +1,4 @@
-"""Structured random-effects covariances (diag, cs, homcs, ar1, toep, ou): the maps θ_t ↦ Λ_t,
+"""Structured random-effects covariances (diag, cs, homcs, ar1, toep, ou, exp, gau): the maps θ_t ↦ Λ_t,
 their gradients on both engines, fits against glmmTMB 1.1.5 (tests/reference/
 covstruct_reference.R), displays, and the errors for terms a structure cannot take."""
 
@@ -21,6 +21,7 @@ from glmmjax._cov_structures import (
     CompoundSymmetry,
     Diagonal,
     OrnsteinUhlenbeck,
+    Spatial,
     Toeplitz,
     Unstructured,
 )
@@ -37,7 +38,9 @@ def _x64():
 
 
 STRUCTURES = [Unstructured(3), Diagonal(3), CompoundSymmetry(4), CompoundSymmetry(3, True),
-              AR1(5), Toeplitz(4), OrnsteinUhlenbeck(4, (0.0, 0.5, 2.0, 5.0))]
+              AR1(5), Toeplitz(4), OrnsteinUhlenbeck(4, (0.0, 0.5, 2.0, 5.0)),
+              Spatial(4, kind="exp", coords=((0.0, 0.0), (1.0, 0.0), (0.0, 2.0), (3.0, 1.0))),
+              Spatial(3, kind="gau", coords=((0.0,), (1.0,), (2.5,)))]
 
 
 def _random_params(cov, seed):
@@ -102,6 +105,14 @@ def test_structured_covariances_are_the_documented_ones():
     spaced = OrnsteinUhlenbeck(4, (0.0, 1.0, 2.0, 3.0)).factor(np.array([d, eta]), np)
     ar1 = AR1(4).factor(np.array([d, np.arctanh(np.exp(-np.exp(eta)))]), np)
     np.testing.assert_allclose(spaced, ar1, rtol=1e-13, atol=1e-15)
+    # exp and gau: exp(−d/ℓ) and exp(−(d/ℓ)²) in the Euclidean distance, ℓ = e^η
+    # (glmmTMB's parameterization, checked against its fits' correlations below).
+    points = ((0.0, 0.0), (3.0, 4.0), (1.0, 0.0))
+    distance = np.array([[0, 5, 1], [5, 0, np.sqrt(20)], [1, np.sqrt(20), 0]])
+    for kind, corr in (("exp", np.exp(-distance / np.exp(eta))),
+                       ("gau", np.exp(-((distance / np.exp(eta)) ** 2)))):
+        lam = Spatial(3, kind=kind, coords=points).factor(np.array([d, eta]), np)
+        np.testing.assert_allclose(lam @ lam.T, d**2 * corr, rtol=1e-13, atol=1e-15)
 
 
 def _sleepstudy():
@@ -121,6 +132,11 @@ def _reference_data(model):
     if "time" in data:
         data["timef"] = pd.Categorical(data["time"].astype(str),
                                        categories=[str(t) for t in sorted(data["time"].unique())])
+    if "cx" in data:  # points "(x,y)" in numFactor's level order (by y, then x)
+        data["pos"] = pd.Categorical(
+            [f"({x},{y})" for x, y in zip(data["cx"], data["cy"])],
+            categories=[f"({x},{y})" for y in sorted(data["cy"].unique())
+                        for x in sorted(data["cx"].unique())])
     return data
 
 
@@ -236,7 +252,10 @@ def test_summary_and_varcorr_show_the_structure():
     ("Reaction ~ Days + ar1(backf + 0 | Subject)", "not in increasing order"),
     ("Reaction ~ Days + cs(1 | Subject)", "at least two random effects"),
     ("Reaction ~ Days + toeplitz(dayf + 0 | Subject)", "unknown covariance structure 'toeplitz'"),
-    ("Reaction ~ Days + exp(dayf + 0 | Subject)", "not implemented here yet"),
+    ("Reaction ~ Days + mat(dayf + 0 | Subject)", "not implemented here yet"),
+    ("Reaction ~ Days + exp(namedf + 0 | Subject)", "must be numbers like '(x,y)'"),
+    ("Reaction ~ Days + gau(mixedf + 0 | Subject)", "same dimension"),
+    ("Reaction ~ Days + exp(Days | Subject)", "needs a factor of points"),
     ("Reaction ~ Days + toep(1 | Subject)", "at least two random effects"),
     ("Reaction ~ Days + ou(namedf + 0 | Subject)", "must be numbers"),
     ("Reaction ~ Days + ou(backf + 0 | Subject)", "not in increasing order"),
@@ -250,6 +269,7 @@ def test_structures_on_terms_they_cannot_take(formula, message):
                                   categories=[str(d * d) for d in range(10)])
     data["backf"] = pd.Categorical(days.astype(str), categories=[str(d) for d in range(9, -1, -1)])
     data["namedf"] = "day" + days.astype(str)
+    data["mixedf"] = np.where(days < 5, "(" + days.astype(str) + ",1)", days.astype(str))
     with pytest.raises(FormulaError, match=re.escape(message)):
         gj.lmer(formula, data)
 

@@ -8,7 +8,10 @@
 # symmetry), ar1 (stationary AR(1) over the levels of a factor of equally spaced
 # times), toep (heterogeneous Toeplitz) and ou (Ornstein-Uhlenbeck over unequally spaced
 # times: glmmTMB reads them from a numFactor's levels, glmmjax from the numbers in a
-# categorical column's levels; the formula written to the JSON is glmmjax's). glmmTMB 1.1.5 has no homogeneous compound symmetry (homcs came later); its
+# categorical column's levels; the formula written to the JSON is glmmjax's), and the
+# spatial exp and gau over points whose coordinates are written in the levels ("(x,y)",
+# numFactor's labels, which glmmjax reads too; the tests build that column, pos, from cx
+# and cy in numFactor's level order). glmmTMB 1.1.5 has no homogeneous compound symmetry (homcs came later); its
 # reference here is the equivalent unstructured model (1 | g) + (1 | g:t), whose
 # covariance over the times of one g is s_g^2 11' + s_gt^2 I: homcs with
 # sd = sqrt(s_g^2 + s_gt^2) and rho = s_g^2 / sd^2 (>= 0).
@@ -115,6 +118,22 @@ ou_times <- c(0, 0.5, 1.5, 3, 5)
   write.csv(data.frame(s = s, n = 12, x = x, visit = paste0("v", i), cluster = g),
             "data/covstruct_binomial_toep.csv", row.names = FALSE, quote = FALSE)
 }
+# Spatial: 30 plots x 9 points of a 3 x 3 grid x 2 replicates, exponential-correlation
+# plot-point effects (scale 1.5); a Gaussian response and a Poisson count from the same
+# effects.
+{
+  grid <- expand.grid(cx = 0:2, cy = 0:2)
+  m <- 30; k <- nrow(grid)
+  b <- draw(m, exp(-as.matrix(dist(grid)) / 1.5))
+  g <- rep(sprintf("p%02d", 1:m), each = k * 2)
+  i <- rep(rep(1:k, each = 2), m)
+  x <- round(rnorm(m * k * 2), 6)
+  effect <- b[cbind(i, rep(1:m, each = k * 2))]
+  y <- 1 + 0.5 * x + effect + rnorm(m * k * 2, sd = 0.5)
+  count <- rpois(m * k * 2, exp(0.3 + 0.3 * x + 0.6 * effect))
+  write_csv17(data.frame(y = y, count = count, x = x, cx = grid$cx[i], cy = grid$cy[i],
+                         plot = g), "data/covstruct_spatial.csv")
+}
 
 data(sleepstudy, package = "lme4")
 sleepstudy$dayf <- factor(sleepstudy$Days)
@@ -127,6 +146,8 @@ binom$cond <- factor(binom$cond)
 binom_toep <- read.csv("data/covstruct_binomial_toep.csv",
                        colClasses = c(cluster = "character"))
 binom_toep$visit <- factor(binom_toep$visit)
+spatial <- read.csv("data/covstruct_spatial.csv", colClasses = c(plot = "character"))
+spatial$pos <- numFactor(spatial$cx, spatial$cy)
 gauss_ou <- read.csv("data/covstruct_gaussian_ou.csv", colClasses = c(subject = "character"))
 gauss_ou$times <- numFactor(gauss_ou$time)
 pois_ou <- read.csv("data/covstruct_poisson_ou.csv", colClasses = c(group = "character"))
@@ -196,7 +217,13 @@ models <- list(
             tmb_formula = "y ~ x + ou(times + 0 | subject)"),
   reference("poisson_ou", "y ~ x + ou(timef + 0 | group)", pois_ou,
             list(data = "data/covstruct_poisson_ou.csv"), family = poisson(),
-            tmb_formula = "y ~ x + ou(times + 0 | group)")
+            tmb_formula = "y ~ x + ou(times + 0 | group)"),
+  reference("spatial_exp", "y ~ x + exp(pos + 0 | plot)", spatial,
+            list(data = "data/covstruct_spatial.csv")),
+  reference("spatial_gau", "y ~ x + gau(pos + 0 | plot)", spatial,
+            list(data = "data/covstruct_spatial.csv")),
+  reference("spatial_poisson_exp", "count ~ x + exp(pos + 0 | plot)", spatial,
+            list(data = "data/covstruct_spatial.csv"), family = poisson())
 )
 names(models) <- vapply(models, function(m) m$name, "")
 save_json(list(versions = list(R = R.version.string,
