@@ -376,7 +376,7 @@ def test_ou_on_equal_spacing_is_ar1_and_toep_nests_it():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["binomial_toep", "poisson_ou"])
+@pytest.mark.parametrize("name", ["binomial_toep", "poisson_ou", "spatial_poisson_exp"])
 def test_glmm_jax_engine_against_glmmtmb(name):
     model = MODELS[name]
     _check_against_reference(_fit(model, engine="jax"), model)
