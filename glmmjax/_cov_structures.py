@@ -456,6 +456,17 @@ class AR1(CovarianceStructure):
         return jnp.stack([omega[0] / scale, omega[1]])
 
 
+def _cholesky(C, xp):
+    """chol(C); on the host, NaN where C is not numerically positive definite (a trial
+    point the optimizer then rejects, as the compiled engine's NaN from LAPACK)."""
+    if not _is_numpy(xp):
+        return xp.linalg.cholesky(C)
+    try:
+        return np.linalg.cholesky(C)
+    except np.linalg.LinAlgError:
+        return np.full(C.shape, np.nan)
+
+
 def _cholesky_jacobian(L, dR):
     """dL/dθ_k from dR/dθ_k for L = chol(R): dL = L·Φ(L⁻¹·dR·L⁻ᵀ), Φ taking the lower
     triangle with its diagonal halved. dR: (k, S, S); returns (k, S, S)."""
@@ -508,14 +519,16 @@ class Toeplitz(CovarianceStructure):
         S = self.size
         sd = xp.abs(params[:S])
         R = self._correlation(self.lag_correlations(params[S:], xp), xp)
-        return sd[:, None] * xp.linalg.cholesky(R)
+        return sd[:, None] * _cholesky(R, xp)
 
     def jacobian(self, params) -> np.ndarray:
         S = self.size
         params = np.asarray(params, dtype=np.float64)
         sd, eta = np.abs(params[:S]), params[S:]
-        L = np.linalg.cholesky(self._correlation(self.lag_correlations(eta, np), np))
+        L = _cholesky(self._correlation(self.lag_correlations(eta, np), np), np)
         out = np.zeros((self.n_params, S, S))
+        if not np.all(np.isfinite(L)):
+            return np.full(out.shape, np.nan)
         for i in range(S):
             out[i, i] = np.sign(params[i]) * L[i]
         # dρ/dη_k by complex step (exact to rounding: the recursion is analytic).
@@ -679,12 +692,14 @@ class Spatial(CovarianceStructure):
 
     def factor(self, params, xp=jnp):
         C, _ = self._correlation(params[1], xp)
-        return xp.abs(params[0]) * xp.linalg.cholesky(C)
+        return xp.abs(params[0]) * _cholesky(C, xp)
 
     def jacobian(self, params) -> np.ndarray:
         params = np.asarray(params, dtype=np.float64)
         C, r = self._correlation(params[1], np)
-        L = np.linalg.cholesky(C)
+        L = _cholesky(C, np)
+        if not np.all(np.isfinite(L)):
+            return np.full((2,) + C.shape, np.nan)
         dC = C * (r if self.kind == "exp" else 2.0 * r * r)  # ∂C/∂log ℓ
         return np.stack([np.sign(params[0]) * L,
                          abs(params[0]) * _cholesky_jacobian(L, dC[None])[0]])

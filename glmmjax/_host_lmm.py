@@ -116,6 +116,8 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
     """The blocked Cholesky factor of Ω(θ); None where Ω is not positive definite."""
     s, products = model.structure, model.products
     factors = factors_of(theta, s.structures)
+    if not all(np.all(np.isfinite(f)) for f in factors):
+        return None  # a structure with no factor there (toep or gau near singular)
     lam0 = factors[0]
     S0 = s.sizes[0]
     diag_blocks = np.einsum("ba,jbc,cd->jad", lam0, products.first, lam0) + np.eye(S0)

@@ -388,3 +388,21 @@ def test_profile_interval_of_the_ou_correlation():
     ci = fit.confint(method="profile", parm=["rho_ou|subject"])
     rho = np.exp(-np.exp(fit.theta_values[1]))
     assert 0 < ci.iloc[0, 0] < rho < ci.iloc[0, 1] < 1
+
+
+def test_a_numerically_singular_correlation_is_a_rejected_point_on_the_host():
+    # gau over a long scale (and toep at a partial autocorrelation of 1) has no Cholesky
+    # factor in floating point: the host criterion is +inf there, as for a non-positive
+    # definite Ω, so line searches step back instead of raising.
+    from glmmjax._design import build_design
+    from glmmjax._host_lmm import evaluate, host_model
+    from glmmjax._lmm import build_structure_for
+
+    model = MODELS["spatial_gau"]
+    design = build_design(model["formula"], _reference_data(model))
+    structure = build_structure_for(design, design.X.shape[1] + 1)
+    host = host_model(structure, design.weights, design.X,
+                      np.asarray(design.response, float), False)
+    assert evaluate(np.array([1.0, 5.0]), host)[0] == np.inf
+    assert np.isfinite(evaluate(np.array([1.0, 0.0]), host)[0])
+    assert np.all(np.isnan(Toeplitz(3).factor(np.array([1.0, 1.0, 1.0, 40.0, 0.0]), np)))
