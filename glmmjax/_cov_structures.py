@@ -470,15 +470,16 @@ def _cholesky(C, xp):
 def _cholesky_jacobian(L, dR):
     """dL/dθ_k from dR/dθ_k for L = chol(R): dL = L·Φ(L⁻¹·dR·L⁻ᵀ), Φ taking the lower
     triangle with its diagonal halved. dR: (k, S, S); returns (k, S, S)."""
-    import scipy.linalg
+    L_inv = np.linalg.inv(L)  # S is small: one inverse for every k
+    inner = L_inv @ dR @ L_inv.T
+    phi = np.tril(inner) - 0.5 * inner * np.eye(L.shape[0])
+    return L @ phi
 
-    out = []
-    for d in dR:
-        inner = scipy.linalg.solve_triangular(L, d, lower=True)
-        inner = scipy.linalg.solve_triangular(L, inner.T, lower=True).T
-        phi = np.tril(inner) - 0.5 * np.diag(np.diag(inner))
-        out.append(L @ phi)
-    return np.stack(out) if out else np.zeros((0,) + L.shape)
+
+def _read_only(*arrays):
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays if len(arrays) > 1 else arrays[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,28 +519,46 @@ class Toeplitz(CovarianceStructure):
     def factor(self, params, xp=jnp):
         S = self.size
         sd = xp.abs(params[:S])
+        if _is_numpy(xp):
+            return sd[:, None] * self._host_cholesky(tuple(np.asarray(params[S:], float)))
         R = self._correlation(self.lag_correlations(params[S:], xp), xp)
         return sd[:, None] * _cholesky(R, xp)
+
+    # The host engines ask for Λ_t and its Jacobian several times at one θ (inner
+    # solves, factorization, gradient): the correlation's factor and its derivatives
+    # are cached per η (read-only arrays).
+    @functools.lru_cache(maxsize=32)  # noqa: B019 (structures are few and long-lived)
+    def _host_cholesky(self, eta: tuple) -> np.ndarray:
+        return _read_only(_cholesky(self._correlation(self.lag_correlations(np.array(eta), np),
+                                                      np), np))
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019
+    def _host_cholesky_derivatives(self, eta: tuple) -> np.ndarray:
+        """dL/dη_k, (S − 1, S, S); dρ/dη by complex step (exact to rounding: the
+        recursion is analytic)."""
+        S, L = self.size, self._host_cholesky(eta)
+        if not np.all(np.isfinite(L)):
+            return _read_only(np.full((S - 1, S, S), np.nan))
+        h = 1e-30
+        dR = []
+        for k in range(S - 1):
+            shifted = np.array(eta, dtype=complex)
+            shifted[k] += 1j * h
+            d_rho = [np.imag(r) / h for r in self.lag_correlations(shifted, np)]
+            dR.append(self._correlation(d_rho, np) - np.eye(S))
+        return _read_only(_cholesky_jacobian(L, np.asarray(dR)))
 
     def jacobian(self, params) -> np.ndarray:
         S = self.size
         params = np.asarray(params, dtype=np.float64)
-        sd, eta = np.abs(params[:S]), params[S:]
-        L = _cholesky(self._correlation(self.lag_correlations(eta, np), np), np)
+        sd, eta = np.abs(params[:S]), tuple(params[S:])
+        L = self._host_cholesky(eta)
         out = np.zeros((self.n_params, S, S))
         if not np.all(np.isfinite(L)):
             return np.full(out.shape, np.nan)
         for i in range(S):
             out[i, i] = np.sign(params[i]) * L[i]
-        # dρ/dη_k by complex step (exact to rounding: the recursion is analytic).
-        h = 1e-30
-        dR = []
-        for k in range(S - 1):
-            shifted = eta.astype(complex)
-            shifted[k] += 1j * h
-            d_rho = [np.imag(r) / h for r in self.lag_correlations(shifted, np)]
-            dR.append(self._correlation(d_rho, np) - np.eye(S))
-        out[S:] = sd[None, :, None] * _cholesky_jacobian(L, np.asarray(dR))
+        out[S:] = sd[None, :, None] * self._host_cholesky_derivatives(eta)
         return out
 
     def pullback(self, params, grad) -> np.ndarray:
@@ -613,13 +632,19 @@ class OrnsteinUhlenbeck(CovarianceStructure):
         return L, dL
 
     def factor(self, params, xp=jnp):
+        if _is_numpy(xp):
+            return abs(params[0]) * self._host_factor(float(np.exp(params[1])))[0]
         L, _ = self._correlation_factor(xp.exp(params[1]), xp)
         return xp.abs(params[0]) * L
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 (as Toeplitz's: one θ, many requests)
+    def _host_factor(self, kappa: float):
+        return _read_only(*self._correlation_factor(kappa, np))
 
     def pullback(self, params, grad) -> np.ndarray:
         params = np.asarray(params, dtype=np.float64)
         kappa = float(np.exp(params[1]))
-        L, dL = self._correlation_factor(kappa, np)
+        L, dL = self._host_factor(kappa)
         return np.array([np.sign(params[0]) * np.sum(grad * L),
                          abs(params[0]) * np.sum(grad * dL) * kappa])
 
@@ -691,18 +716,25 @@ class Spatial(CovarianceStructure):
         return xp.exp(-r) if self.kind == "exp" else xp.exp(-r * r), r
 
     def factor(self, params, xp=jnp):
+        if _is_numpy(xp):
+            return abs(params[0]) * self._host_cholesky(float(params[1]))[0]
         C, _ = self._correlation(params[1], xp)
         return xp.abs(params[0]) * _cholesky(C, xp)
 
-    def jacobian(self, params) -> np.ndarray:
-        params = np.asarray(params, dtype=np.float64)
-        C, r = self._correlation(params[1], np)
+    @functools.lru_cache(maxsize=32)  # noqa: B019 (as Toeplitz's: one θ, many requests)
+    def _host_cholesky(self, log_scale: float):
+        """(L, dL/dlog ℓ), read-only."""
+        C, r = self._correlation(log_scale, np)
         L = _cholesky(C, np)
         if not np.all(np.isfinite(L)):
-            return np.full((2,) + C.shape, np.nan)
+            return _read_only(L, np.full(C.shape, np.nan))
         dC = C * (r if self.kind == "exp" else 2.0 * r * r)  # ∂C/∂log ℓ
-        return np.stack([np.sign(params[0]) * L,
-                         abs(params[0]) * _cholesky_jacobian(L, dC[None])[0]])
+        return _read_only(L, _cholesky_jacobian(L, dC[None])[0])
+
+    def jacobian(self, params) -> np.ndarray:
+        params = np.asarray(params, dtype=np.float64)
+        L, dL = self._host_cholesky(float(params[1]))
+        return np.stack([np.sign(params[0]) * L, abs(params[0]) * dL])
 
     def pullback(self, params, grad) -> np.ndarray:
         return np.einsum("kab,ab->k", self.jacobian(params), grad)
