@@ -26,6 +26,7 @@ from ._batch_inference import between_within_df, check_batch_ddf
 from ._batch_inference import describe as describe_ddf
 from ._batch_inference import p_values as batch_p_values
 from ._blas import single_threaded_blas
+from ._cov_structures import term_structures
 from ._covariance import canonical_theta, initial_theta
 from ._design import DataError, build_design
 from ._families import Family, Gaussian, get_family
@@ -152,7 +153,7 @@ class _LMMSetup(eqx.Module):
 def _lmm_one(y, setup: _LMMSetup) -> dict:
     s = setup.structure
     model = lmm_model_from_arrays(s, setup.weights, setup.X, y, setup.reml)
-    theta0 = jnp.asarray(initial_theta(s.sizes), y.dtype)
+    theta0 = jnp.asarray(initial_theta(s.structures), y.dtype)
     solution, theta = fit_theta(model, theta0, setup.gtol, setup.loose_gtol)
     pls = solve_pls(theta, model)
     n, p = model.nobs, model.n_fixef
@@ -444,8 +445,8 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
     p = design.X.shape[1]
     fixef_names = list(design.fixef_names)
     terms = design.terms
-    sizes = tuple(t.size for t in terms)
-    n_theta = sum(s * (s + 1) // 2 for s in sizes)
+    sizes = term_structures(terms)
+    n_theta = sum(c.n_params for c in sizes)
     beta = np.full((K, p), np.nan)
     se = np.full((K, p), np.nan)
     theta = np.full((K, n_theta), np.nan)
@@ -545,9 +546,16 @@ def _sd_columns(theta: np.ndarray, terms, sigma: np.ndarray) -> dict:
     """Random-effect SDs and correlations per model, named ``sd_<coef>|<group>``."""
     columns = {}
     start = 0
-    for term in terms:
+    for term, structure in zip(terms, term_structures(terms)):
         size = term.size
-        count = size * (size + 1) // 2
+        count = structure.n_params
+        if structure.name != "us":  # its SDs and correlation parameter (glmmTMB's)
+            names = structure.profile_names(term.group, term.coef_names)
+            values = np.array([structure.natural(t, s)[1] for t, s in
+                               zip(theta[:, start : start + count], sigma)]).reshape(-1, count)
+            columns.update({name: values[:, i] for i, name in enumerate(names)})
+            start += count
+            continue
         cols, rows = np.triu_indices(size)
         factor = np.zeros((theta.shape[0], size, size))
         factor[:, rows, cols] = theta[:, start : start + count]

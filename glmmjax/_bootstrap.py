@@ -99,16 +99,13 @@ def simulate_responses(result, n: int, seed: int) -> np.ndarray:
 
 def _term_covariances(result) -> list[np.ndarray]:
     """Λ_tΛ_t' per term (relative to σ for LMMs)."""
-    out, start = [], 0
-    for term in result.design.terms:
-        size = term.size
-        count = size * (size + 1) // 2
-        cols, rows = np.triu_indices(size)
-        factor = np.zeros((size, size))
-        factor[rows, cols] = result.theta_values[start : start + count]
-        start += count
-        out.append(factor @ factor.T)
-    return out
+    from ._cov_structures import term_structures
+    from ._covariance import split_theta
+
+    structures = term_structures(result.design.terms)
+    factors = [cov.factor(np.asarray(part, dtype=np.float64), np) for cov, part in
+               zip(structures, split_theta(result.theta_values, structures))]
+    return [f @ f.T for f in factors]
 
 
 def bootstrap(result, n: int = 1000, seed: int = 0, *, chunk_size=None, progress=None,

@@ -144,7 +144,7 @@ def omega_blocks(theta, products: CrossProducts, structure: ReStructure):
     LMM criterion (:mod:`glmmjax._lmm`) contracts these with selected entries of Ω⁻¹.
     """
     s = structure
-    factors = theta_to_factors(theta, s.sizes)
+    factors = theta_to_factors(theta, s.structures)
     lam0 = factors[0]
     S0 = s.sizes[0]
     eye = jnp.eye(S0, dtype=products.first.dtype)

@@ -224,6 +224,11 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
     w = np.asarray(design.weights, dtype=float)
     if np.any(w <= 0):
         raise ValueError("Kenward-Roger needs positive weights for every observation")
+    structured = [str(t.spec) for t in design.terms if getattr(t.covariance, "name", "us") != "us"]
+    if structured:
+        raise ValueError(
+            f"Kenward-Roger degrees of freedom are implemented for unstructured covariances; "
+            f"this model has {', '.join(structured)}. Use ddf='satterthwaite'.")
     Z, layout = _dense_z(design)
     q = Z.shape[1]
     if q > MAX_KR_RANDOM_EFFECTS:

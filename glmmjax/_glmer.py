@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import _family_math as fm
+from ._cov_structures import term_structures
 from ._covariance import canonical_theta, diagonal_mask
 from ._design import DataError, build_design
 from ._engine import choose_glmm, fit_glmm
@@ -299,7 +300,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     )
     check_glmm_response(family, y, w, design)
     out = fit_glmm(design, family, n_agq, y, w, engine, max_iter)
-    sizes = tuple(t.size for t in design.terms)
+    structures = term_structures(design.terms)
     sym = 0.5 * (out.hessian + out.hessian.T)
     pd_hess = bool(np.all(np.linalg.eigvalsh(sym) > 0)) if sym.size else True
     status = Status(out.opt.status)
@@ -315,8 +316,8 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         n_evaluations=out.opt.n_evaluations,
         hessian_positive_definite=pd_hess,
     )
-    theta = canonical_theta(out.params[: out.n_theta], sizes)
-    singular = bool(np.any(np.abs(theta[diagonal_mask(sizes)]) < SINGULAR_TOL))
+    theta = canonical_theta(out.params[: out.n_theta], structures)
+    singular = bool(np.any(np.abs(theta[diagonal_mask(structures)]) < SINGULAR_TOL))
     method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
 
     def inverse_link(eta_values):

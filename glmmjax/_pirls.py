@@ -56,7 +56,7 @@ class GLMMData(eqx.Module):
 
 def z_lambda_times(theta, s: ReStructure, u_first, u_rest):
     """ZΛu as an (n,) vector, from u split as (m0, S0) and (R_re,)."""
-    factors = theta_to_factors(theta, s.sizes)
+    factors = theta_to_factors(theta, s.structures)
     out = jnp.sum(s.z[0] * (u_first @ factors[0].T)[s.refs[0]], axis=1)
     for t in range(1, s.n_terms):
         start, m, size = s.offsets[t], s.n_levels[t], s.sizes[t]
@@ -67,7 +67,7 @@ def z_lambda_times(theta, s: ReStructure, u_first, u_rest):
 
 def lambda_z_transpose_times(theta, s: ReStructure, r):
     """Λ'Z'r split as ((m0, S0), (R_re,)) for an (n,) vector r."""
-    factors = theta_to_factors(theta, s.sizes)
+    factors = theta_to_factors(theta, s.structures)
     first = jax.ops.segment_sum(s.z[0] * r[:, None], s.refs[0], num_segments=s.n_levels[0])
     first = first @ factors[0]
     rest = [
