@@ -98,8 +98,8 @@ class GLMFit(NamedTuple):
 
 
 def _deviance(family: Family, y, eta, weights, dispersion):
-    unit = family.unit_deviance_eta(y, eta, dispersion)
-    return jnp.sum(jnp.where(weights > 0, weights * unit, 0.0))
+    return jnp.sum(jnp.where(weights > 0, family.deviance_eta(y, eta, weights, dispersion),
+                             0.0))
 
 
 def _working_system(family: Family, X, y, weights, offset, eta, dispersion):

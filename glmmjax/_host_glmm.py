@@ -194,8 +194,15 @@ def conditional_mode(theta, beta, dispersion, model: HostGLMM, v0):
         return v, False
     for _ in range(MAX_NEWTON):
         grad = point.half_gradient(v, model)
-        w = np.maximum(point.w, 1e-10 * (1.0 + np.abs(point.w)))  # as _pirls: steps only
-        factor, _ = _factor(theta, model, w)
+        # Exact Newton wherever Ω is positive definite, also for log-likelihoods that
+        # are not concave in η (NB1 at outlying counts has W < 0 on some rows): with W
+        # floored there, Newton converges only linearly and can stop short of the mode,
+        # which makes L depend on the start. Floored W (as _pirls) where Ω is not
+        # positive definite.
+        factor = _factor(theta, model, point.w)[0] if np.any(point.w < 0) else None
+        if factor is None:
+            w = np.maximum(point.w, 1e-10 * (1.0 + np.abs(point.w)))
+            factor, _ = _factor(theta, model, w)
         if factor is None:
             return v, False
         step = -_solve(s, factor, grad)
@@ -404,7 +411,9 @@ def _dispersion_start(model: HostGLMM, mu) -> float:
     y, w = model.y, model.weights
     used = w > 0
     dof = max(int(np.sum(used)) - model.X.shape[1], 1)
-    if name == "NegativeBinomial":
+    if hasattr(model.family, "moment_dispersion"):  # glmmTMB's families
+        value = float(model.family.moment_dispersion(np, y, mu, w))
+    elif name == "NegativeBinomial":
         value = np.sum(w) / np.sum(w * (y / mu - 1.0) ** 2)
     elif name == "Beta":
         ratio = np.sum(w * mu * (1.0 - mu)) / np.sum(w * (y - mu) ** 2)
@@ -430,9 +439,7 @@ def moment_start(random_terms, model: HostGLMM):
     log_dispersion = np.zeros(0)
     if estimated:
         eta = X @ beta + offset
-        mu = np.exp(fm.log_mean_derivatives(model.family.link, np, eta)[0]) if type(
-            model.family).__name__ != "Gaussian" else fm.mean_derivatives(
-            model.family.link, np, eta)[0]
+        mu = fm.inverse_link(model.family.link, np, eta)
         dispersion = _dispersion_start(model, mu)
         log_dispersion = np.array([np.log(dispersion)])
     terms = row_terms(model, X @ beta + offset, dispersion)

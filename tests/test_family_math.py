@@ -29,32 +29,38 @@ def _cases():
     cases = []
     for key, cls in FAMILIES.items():
         for link in cls.allowed_links or ("identity", "log", "inverse", "logit", "probit"):
-            unit = key in ("binomial", "beta")
+            unit = key in ("binomial", "beta", "betabinomial")
             if unit:
                 rng = {"identity": "identity_unit", "log": "log_unit"}.get(link, "unit")
-            elif link == "log" or (key == "gaussian" and link in ("identity", "logit", "probit")):
+            elif link == "log" or (key in ("gaussian", "t_family")
+                                   and link in ("identity", "logit", "probit")):
                 rng = "log" if link == "log" else "unit"
             else:
                 rng = "positive"
             dispersion = {"gaussian": 0.7, "gamma": 0.4, "inverse_gaussian": 0.3,
-                          "negative_binomial": 2.5, "beta": 6.0}.get(key)
+                          "negative_binomial": 2.5, "beta": 6.0, "nbinom1": 1.7,
+                          "truncated_nbinom2": 1.3, "truncated_nbinom1": 0.8,
+                          "genpois": 1.6, "betabinomial": 4.0, "lognormal": 0.9,
+                          "t_family": 0.8}.get(key)
             cases.append(pytest.param(key, link, dispersion, _ETA[rng], id=f"{key}-{link}"))
     return cases
 
 
 def _data(key, n, rng):
-    if key == "binomial":
+    if key.startswith("truncated"):
+        return rng.poisson(2.0, n).astype(float) + 1.0, rng.uniform(0.5, 2.0, n)
+    if key in ("binomial", "betabinomial"):
         trials = rng.integers(1, 6, n).astype(float)
         successes = np.minimum(rng.integers(0, 6, n), trials)
         successes[:2], successes[2:4] = 0, trials[2:4]
         return successes / trials, trials
-    if key in ("poisson", "negative_binomial"):
+    if key in ("poisson", "negative_binomial", "nbinom1", "genpois"):
         y = rng.poisson(2.0, n).astype(float)
         y[:2] = 0.0
         return y, rng.uniform(0.5, 2.0, n)
     if key == "beta":
         return rng.uniform(0.05, 0.95, n), rng.uniform(0.5, 2.0, n)
-    if key == "gaussian":
+    if key in ("gaussian", "t_family"):
         return rng.normal(1.0, 1.0, n), rng.uniform(0.5, 2.0, n)
     return rng.gamma(2.0, 1.0, n), rng.uniform(0.5, 2.0, n)
 
