@@ -29,6 +29,7 @@ in its summary is −2 log L), and deviance residuals raise.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +56,7 @@ class _LikelihoodFamily(Family):
     has_dispersion = True
     dispersion_method = "ml"
     joint_vcov = True
+    irls = False  # glm fits by Newton's method on the log-likelihood (glmmjax._glm)
 
     def fixed_dispersion(self):
         """The dispersion when it is not estimated (None: it always is)."""
@@ -402,7 +404,7 @@ class StudentT(_LikelihoodFamily):
         link: ``"identity"`` (default), ``"log"`` or ``"inverse"``.
     """
 
-    df: float
+    df: float = eqx.field(static=True)  # a model choice, as the link: not a traced leaf
 
     name = "t_family"
     canonical_link = "identity"
