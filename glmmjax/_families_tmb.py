@@ -96,6 +96,11 @@ class _CountFamily(_LikelihoodFamily):
     allowed_links = ("log", "sqrt", "identity")
     positive = False  # zero-truncated: counts ≥ 1
 
+    @property
+    def truncated(self) -> bool:
+        """Zero-truncated: E[y] = μ/P(y > 0) is not the mean parameter μ."""
+        return self.positive
+
     def valid_mu(self, mu):
         return jnp.isfinite(mu) & (mu > 0)
 

@@ -92,9 +92,12 @@ class GLMMResult(MixedModelResult):
         return self.y
 
     def _pearson_sd(self):
-        mu = self.fitted().to_numpy()
+        # The family's mean parameter g⁻¹(η) (for zero-truncated families not the
+        # fitted E[y]); its variance function gives Var y.
+        eta = self.fitted(type="link").to_numpy()
         with jax.enable_x64(True):
-            var = np.asarray(self.family.variance(jnp.asarray(mu), self._disp_arg()))
+            mu = self.family.link.inverse(jnp.asarray(eta))
+            var = np.asarray(self.family.variance(mu, self._disp_arg()))
         scale = self.dispersion if self.family.dispersion_method == "pearson" else 1.0
         return np.sqrt(scale * var / self.prior_weights)
 
@@ -319,11 +322,20 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     singular = bool(np.any(np.abs(theta[diagonal_mask(sizes)]) < SINGULAR_TOL))
     method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
 
-    def inverse_link(eta_values):
+    def mean_parameter(eta_values):
         if fm.supported(family):  # numpy closed form: no JAX operation to compile
             return fm.inverse_link(family.link, np, np.asarray(eta_values, dtype=np.float64))
         with jax.enable_x64(True):
             return np.asarray(family.link.inverse(jnp.asarray(eta_values)))
+
+    def inverse_link(eta_values):
+        # E[y]: for zero-truncated families μ/P(y > 0), as glmmTMB 1.1.5's response scale.
+        mu = mean_parameter(eta_values)
+        if not getattr(family, "truncated", False):
+            return mu
+        with jax.enable_x64(True):
+            disp = None if out.dispersion is None else jnp.asarray(out.dispersion)
+            return np.asarray(family.response_mean(jnp.asarray(mu), disp))
 
     result = GLMMResult(
         design=design,

@@ -86,3 +86,19 @@ def test_lognormal_glm_matches_r_optimum(reference):
     rel_close(fit.fixef, want["fixef"], 1e-4)
     rel_close(fit.dispersion, want["dispersion"], 1e-4)
     rel_close(fit.fixef_se, want["fixef_se"], 1e-3)
+
+
+@pytest.mark.parametrize("name", ["salamanders_truncated_poisson_glm", "salamanders_nbinom1_glm",
+                                  pytest.param("cbpp_betabinomial_glm", marks=pytest.mark.slow)])
+def test_glm_matches_glmmtmb(reference, name):
+    ref = reference["glms"][name]
+    tmb = ref["glmmTMB"]
+    fit = glmmjax.glm(ref["formula"], _data(ref), family=_family(ref))
+    assert fit.converged
+    got = -2.0 * fit.loglik
+    assert got <= tmb["minus2loglik"] + 1e-6 * abs(tmb["minus2loglik"])
+    rel_close(got, tmb["minus2loglik"], 1e-6)
+    rel_close(fit.fixef, tmb["fixef"], 1e-4, atol=1e-4 * np.min(tmb["fixef_se"]))
+    rel_close(fit.fixef_se, tmb["fixef_se"], 1e-3)
+    if tmb["dispersion"] != []:
+        rel_close(fit.dispersion, tmb["dispersion"], 1e-4)

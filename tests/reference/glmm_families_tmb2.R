@@ -112,7 +112,33 @@ lognormal_glm <- list(
                fixef_se = arr(sqrt(diag(cov))[1:2]), minus2loglik = 2 * opt$minimum,
                dispersion = exp(opt$estimate[3]), gradient = arr(opt$gradient)))
 
+# GLMs (no random effects) through glmmTMB, for glmmjax.glm.
+describe_glm <- function(name, formula, data, tmb_family, glmmjax_family, link,
+                         dataset = NULL, file = NULL) {
+  fit <- glmmTMB(formula, data = data, family = tmb_family)
+  out <- list(name = name, formula = paste(deparse(formula), collapse = " "),
+              family = glmmjax_family, link = link,
+              glmmTMB = list(fixef = arr(unname(fixef(fit)$cond)),
+                             fixef_se = arr(sqrt(diag(as.matrix(vcov(fit)$cond)))),
+                             minus2loglik = -2 * as.numeric(logLik(fit)),
+                             dispersion = exp(unname(fixef(fit)$disp))))
+  if (!is.null(dataset)) out$dataset <- dataset
+  if (!is.null(file)) out$data <- file
+  out
+}
+glms <- list(
+  describe_glm("salamanders_truncated_poisson_glm", count ~ spp + mined, positive,
+               truncated_poisson, "truncated_poisson", "log",
+               file = "data/salamanders_positive.csv"),
+  describe_glm("salamanders_nbinom1_glm", count ~ spp + mined, Salamanders, nbinom1,
+               "nbinom1", "log", dataset = "salamanders"),
+  describe_glm("cbpp_betabinomial_glm", cbind(incidence, size - incidence) ~ period, cbpp,
+               betabinomial, "betabinomial", "logit", dataset = "cbpp")
+)
+names(glms) <- vapply(glms, function(m) m$name, "")
+
 save_json(list(
+  glms = glms,
   lognormal_glm = lognormal_glm,
   versions = list(R = R.version.string,
                   glmmTMB = as.character(packageVersion("glmmTMB")),
