@@ -573,8 +573,11 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             second level, in category order, counts as success).
         data: pandas DataFrame; rows with missing values in used columns are dropped.
         family: a name (``"gaussian"``, ``"binomial"``, ``"poisson"``, ``"gamma"``,
-            ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``) or a family
-            object such as ``glmmjax.families.Binomial(link="probit")``.
+            ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``; glmmTMB's
+            ``"nbinom1"``, ``"truncated_poisson"``, ``"truncated_nbinom1"``,
+            ``"truncated_nbinom2"``, ``"genpois"``, ``"betabinomial"``,
+            ``"lognormal"``, ``"t_family"``) or a family object such as
+            ``glmmjax.families.Binomial(link="probit")``.
         weights: prior weights (a column name or an array; trials for proportions).
         offset: an offset added to the linear predictor (column name or array).
         tol, max_iter: IRLS convergence tolerance and iteration cap (R's defaults).

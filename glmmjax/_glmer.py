@@ -145,8 +145,11 @@ def glmer(
             (1 | herd)"``; ``offset(...)`` terms are allowed.
         data: a DataFrame (rows with missing values in used columns are dropped).
         family: a name (``"binomial"``, ``"poisson"``, ``"gamma"``,
-            ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``) or a family
-            object such as ``glmmjax.families.Binomial(link="probit")``.
+            ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``; glmmTMB's
+            ``"nbinom1"``, ``"truncated_poisson"``, ``"truncated_nbinom1"``,
+            ``"truncated_nbinom2"``, ``"genpois"``, ``"betabinomial"``,
+            ``"lognormal"``, ``"t_family"``) or a family object such as
+            ``glmmjax.families.Binomial(link="probit")``.
         n_agq: 1 for the Laplace approximation (default); > 1 for adaptive
             Gauss–Hermite quadrature with that many nodes per dimension (one grouping
             factor, up to 3 random effects per level); 0 for lme4's fast nAGQ=0.
