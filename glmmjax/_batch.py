@@ -316,6 +316,10 @@ def fit_many(
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     if family is not None:
         family = get_family(family)
+        if getattr(family, "n_shape", 0):
+            raise ValueError(
+                f"batched fits do not estimate the shape parameter of {family} yet (glmer "
+                "does); fix it, e.g. family=glmmjax.families.StudentT(df=5)")
         if isinstance(family, Gaussian) and family.link.name == "identity":
             family = None
     design = _design_for(formula, data, weights, offset)
@@ -592,6 +596,10 @@ def fit_datasets(
         raise DataError("datasets is empty")
     if family is not None:
         family = get_family(family)
+        if getattr(family, "n_shape", 0):
+            raise ValueError(
+                f"batched fits do not estimate the shape parameter of {family} yet (glmer "
+                "does); fix it, e.g. family=glmmjax.families.StudentT(df=5)")
         if isinstance(family, Gaussian) and family.link.name == "identity":
             family = None
     designs, term_lists = _padded_designs(formula, list(datasets), family, weights)

@@ -401,38 +401,57 @@ class LogNormal(_LikelihoodFamily):
 
 
 class StudentT(_LikelihoodFamily):
-    """glmmTMB's ``t_family``: y = μ + σ·t_ν with the degrees of freedom ν fixed.
+    """glmmTMB's ``t_family``: y = μ + σ·t_ν.
 
     Args:
-        df: ν > 0, fixed (glmmTMB estimates it by default; its fixed-ν fit is
-            ``start = list(psi = log(df)), map = list(psi = factor(NA))``).
+        df: the degrees of freedom ν > 0, fixed; None (default, as glmmTMB) estimates
+            it by maximum likelihood jointly with the other parameters (``glmer`` on the
+            host engine; the fitted model's family then carries ν̂). glmmTMB's fixed-ν
+            fit is ``start = list(psi = log(df)), map = list(psi = factor(NA))``.
         link: ``"identity"`` (default), ``"log"`` or ``"inverse"``.
     """
 
-    df: float = eqx.field(static=True)  # a model choice, as the link: not a traced leaf
+    df: float | None = eqx.field(static=True)  # a model choice, as the link: no leaf
 
     name = "t_family"
     canonical_link = "identity"
     allowed_links = ("identity", "log", "inverse")
     dispersion_name = "sigma"
 
-    def __init__(self, df: float = 3.0, link: str | Link | None = None):
-        if not (np.isfinite(df) and df > 0):
-            raise ValueError(f"df must be a positive number, got {df!r}")
-        self.df = float(df)
+    def __init__(self, df: float | None = None, link: str | Link | None = None):
+        if df is not None and not (np.isfinite(df) and df > 0):
+            raise ValueError(f"df must be a positive number or None (estimated), got {df!r}")
+        self.df = None if df is None else float(df)
         self.link = self._resolve_link(link)
 
+    @property
+    def n_shape(self) -> int:
+        """Extra outer parameters besides the dispersion: log ν when it is estimated."""
+        return int(self.df is None)
+
+    def _df(self) -> float:
+        if self.df is None:
+            raise ValueError(
+                "this StudentT family estimates df: use the fitted model's family "
+                "(fit.family), or StudentT(df=...) for a fixed df")
+        return self.df
+
     def variance(self, mu, dispersion=None):
-        inflation = self.df / (self.df - 2.0) if self.df > 2 else jnp.inf
+        df = self._df()
+        inflation = df / (df - 2.0) if df > 2 else jnp.inf
         return dispersion**2 * inflation * jnp.ones_like(_float(mu))
 
     def loglik_eta(self, y, eta, weights, dispersion=None):
         return tmb.student_t_value(jnp, y, self.link.inverse(eta), self._psi(dispersion),
-                                   weights, self.df)
+                                   weights, self._df())
 
     def simulate(self, key, mu, weights, dispersion=None):
         dtype = _float(mu).dtype
-        return mu + dispersion * jax.random.t(key, self.df, jnp.shape(mu), dtype=dtype)
+        return mu + dispersion * jax.random.t(key, self._df(), jnp.shape(mu), dtype=dtype)
+
+    def shape_start(self) -> float:
+        """The starting ν when it is estimated."""
+        return 10.0
 
     def check_support(self, y, rows):
         _raise_bad_rows("a t_family response must be finite", ~np.isfinite(y), rows, y)
@@ -441,4 +460,5 @@ class StudentT(_LikelihoodFamily):
         return xp.sqrt(xp.sum(weights * (y - mu) ** 2) / xp.sum(weights))
 
     def __str__(self) -> str:
-        return f"{self.name}(df = {self.df:g}, link = {self.link.name})"
+        df = "estimated" if self.df is None else f"{self.df:g}"
+        return f"{self.name}(df = {df}, link = {self.link.name})"

@@ -154,7 +154,7 @@ def student_t_value(xp, y, mu, psi, weights, df):
     sp = _special(xp)
     z = (y - mu) * xp.exp(-psi)
     return weights * (sp.gammaln(0.5 * (df + 1.0)) - sp.gammaln(0.5 * df)
-                      - 0.5 * (math.log(df) + _LOG_PI)
+                      - 0.5 * (xp.log(df) + _LOG_PI)
                       - 0.5 * (df + 1.0) * xp.log1p(z * z / df) - psi)
 
 
@@ -340,6 +340,24 @@ def student_t_partials(xp, y, mu, psi, weights, df, third, need_psi=True):
         -2.0 * c * scale2 * (3.0 * e * e - scale2) * inv**3)
 
 
+def student_t_df_partials(xp, y, mu, psi, weights, df):
+    """(f_κ, f_xκ, f_xxκ) for κ = log ν, the Student-t's estimated degrees of freedom."""
+    sp = _special(xp)
+    e = y - mu
+    scale2 = df * xp.exp(2.0 * psi)  # νσ²
+    sigma2 = scale2 / df
+    big_s = scale2 + e * e
+    inv = 1.0 / big_s
+    e2 = e * e
+    d_nu = (0.5 * (sp.digamma(0.5 * (df + 1.0)) - sp.digamma(0.5 * df) - 1.0 / df
+                   - xp.log1p(e2 / scale2)) + (df + 1.0) * e2 * inv / (2.0 * df))
+    d1_nu = e * (e2 - sigma2) * inv * inv
+    d2_nu = ((e2 - scale2) * big_s - (df + 1.0) * sigma2 * big_s
+             - 2.0 * (df + 1.0) * (e2 - scale2) * sigma2) * inv**3
+    c = df * weights
+    return c * d_nu, c * d1_nu, c * d2_nu
+
+
 # -- row terms ------------------------------------------------------------------------------
 
 #: The families of this module by class name, and the mean variable x each works in.
@@ -361,6 +379,11 @@ def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bo
 
     name = type(family).__name__
     link = family.link
+    df_estimated = name == "StudentT" and family.df is None
+    if df_estimated:  # dispersion = (σ, ν)
+        dispersion, df = dispersion[0], dispersion[1]
+    elif name == "StudentT":
+        df = family.df
     psi = 0.0 * eta if dispersion is None else xp.log(dispersion) + 0.0 * eta
     kind = FAMILIES[name]
     if kind == "log_mu":
@@ -382,11 +405,13 @@ def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bo
     elif name == "BetaBinomial":
         parts = betabinomial_partials(xp, y, a, b, psi, weights, third, need_psi)
     else:
-        parts = student_t_partials(xp, y, x, psi, weights, family.df, third, need_psi)
+        parts = student_t_partials(xp, y, x, psi, weights, df, third, need_psi)
     terms = fm.RowTerms(parts.value, *fm._chain(parts.f1, parts.f2, parts.f3, x1, x2, x3,
                                                 third))
     if not need_psi:
         return terms
-    return terms._replace(**dict(zip(("value_psi", "d1_psi", "w_psi"),
-                                     fm._chain_psi(parts.f_psi, parts.f1_psi, parts.f2_psi,
-                                                   x1, x2))))
+    psi_terms = fm._chain_psi(parts.f_psi, parts.f1_psi, parts.f2_psi, x1, x2)
+    if df_estimated:  # one row per outer parameter: log σ, then log ν
+        kappa_terms = fm._chain_psi(*student_t_df_partials(xp, y, x, psi, weights, df), x1, x2)
+        psi_terms = [xp.stack([a, b]) for a, b in zip(psi_terms, kappa_terms)]
+    return terms._replace(**dict(zip(("value_psi", "d1_psi", "w_psi"), psi_terms)))

@@ -606,6 +606,10 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
     from ._glm_result import GLMResult
 
     fam = get_family(family)
+    if getattr(fam, "n_shape", 0):
+        raise ValueError(
+            f"glm does not estimate the shape parameter of {fam} yet (glmer does); fix it, "
+            "e.g. family=glmmjax.families.StudentT(df=5)")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):

@@ -78,6 +78,8 @@ class GLMMResult(MixedModelResult):
         ]
         if self.dispersion is not None:
             lines.append(f" Dispersion ({self.family.dispersion_name}): {self.dispersion:.6g}")
+        for name, value in self.extra_params.items():
+            lines.append(f" Estimated {name}: {value:.6g}")
         if self.success_level is not None:
             lines.append(f" Success: {self.success_level!r}")
         return "\n".join(lines)
@@ -288,6 +290,17 @@ def report_convergence(result: GLMMResult, y, weights) -> GLMMResult:
     return dataclasses.replace(result, convergence=convergence, separated=separated)
 
 
+def _fix_estimated_shape(family, out):
+    """A family whose shape parameter was estimated with the dispersion (Student-t's
+    ν; ``out.dispersion`` is then (φ, ν)): the result's family carries ν̂ fixed, so
+    simulation, residuals and predictions use it, and ``extra_params`` reports it."""
+    if not getattr(family, "n_shape", 0):
+        return family, out, {}
+    dispersion, shape = (float(v) for v in np.asarray(out.dispersion))
+    fitted = type(family)(shape, link=family.link)
+    return fitted, dataclasses.replace(out, dispersion=dispersion), {"df": shape}
+
+
 @with_x64
 def fit_glmm_design(design, family: Family, n_agq: int = 1,
                     engine: str | None = None, max_iter: int = 500) -> GLMMResult:
@@ -305,6 +318,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     )
     check_glmm_response(family, y, w, design)
     out = fit_glmm(design, family, n_agq, y, w, engine, max_iter)
+    family, out, extra_params = _fix_estimated_shape(family, out)
     sizes = tuple(t.size for t in design.terms)
     sym = 0.5 * (out.hessian + out.hessian.T)
     pd_hess = bool(np.all(np.linalg.eigvalsh(sym) > 0)) if sym.size else True
@@ -352,7 +366,9 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         effects=out.effects,
         effect_cov=out.conditional_covariances,
         criterion=out.value,
-        n_params=out.n_theta + design.X.shape[1] + int(out.estimated_dispersion),
+        n_params=out.n_theta + design.X.shape[1] + int(out.estimated_dispersion)
+        + len(extra_params),
+        extra_params=extra_params,
         convergence=convergence,
         singular=singular,
         linear_predictor_fn=inverse_link,

@@ -70,6 +70,12 @@ def estimates_dispersion(family) -> bool:
     return bool(family.has_dispersion and family.dispersion_method != "fixed")
 
 
+def n_dispersion_parameters(family) -> int:
+    """Outer parameters after β: log φ where it is estimated, and the log of a shape
+    parameter estimated with it (``family.n_shape``: Student-t's ν)."""
+    return int(estimates_dispersion(family)) + getattr(family, "n_shape", 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class HostGLMM:
     """One GLMM's data on the host, for one stage: ``inner`` dense columns (X for
@@ -86,10 +92,13 @@ class HostGLMM:
 
     @property
     def n_dispersion(self) -> int:
-        return int(estimates_dispersion(self.family))
+        return n_dispersion_parameters(self.family)
 
     def dispersion(self, log_dispersion):
-        """φ on its natural scale: exp(ψ), the family's fixed value, or None."""
+        """φ on its natural scale: exp(ψ), the family's fixed value, or None; with a
+        shape parameter estimated too (Student-t's ν), the array (φ, shape)."""
+        if log_dispersion.shape[0] > 1:
+            return np.exp(log_dispersion)
         if log_dispersion.shape[0]:
             return float(np.exp(log_dispersion[0]))
         return getattr(self.family, "theta", None)
@@ -268,7 +277,9 @@ def laplace(theta, beta, log_dispersion, model: HostGLMM, v0, gradient: bool = T
     if model.X.shape[1]:
         pieces.append(model.X.T @ q)
     if estimated:
-        pieces.append([np.sum(-2.0 * terms.value_psi + h * terms.w_psi + 2.0 * t * terms.d1_psi)])
+        # One entry per dispersion parameter (rows of the terms where there are two).
+        pieces.append(np.atleast_1d(np.sum(
+            -2.0 * terms.value_psi + h * terms.w_psi + 2.0 * t * terms.d1_psi, axis=-1)))
     return value, np.concatenate(pieces), v, factor, ok
 
 
@@ -348,7 +359,7 @@ def mode_derivatives(params, v, model: HostGLMM):
         columns.append(mixed(point.w * model.X[:, j]))
     if log_dispersion.shape[0]:
         terms = row_terms(model, point.eta, dispersion, dispersion_derivatives=True)
-        columns.append(mixed(-terms.d1_psi))
+        columns.extend(mixed(-row) for row in np.atleast_2d(terms.d1_psi))
     return np.stack([-_solve(s, factor, c) for c in columns], axis=1)
 
 
@@ -434,15 +445,22 @@ def moment_start(random_terms, model: HostGLMM):
     cbpp 5 instead of 7). Falls back to θ = 1 where the moments are not finite."""
     X, offset = model.X, model.offset
     estimated = estimates_dispersion(model.family)
+    # A shape parameter estimated with the dispersion (Student-t's ν) starts at the
+    # family's choice; the dispersion argument is then the array (φ, shape).
+    shape = [model.family.shape_start()] if getattr(model.family, "n_shape", 0) else []
+
+    def with_shape(value):
+        return np.array([value] + shape) if shape else value
+
     dispersion = 1.0 if estimated else model.dispersion(np.zeros(0))
-    beta = _glm_start(model, dispersion)
+    beta = _glm_start(model, with_shape(dispersion))
     log_dispersion = np.zeros(0)
     if estimated:
         eta = X @ beta + offset
         mu = fm.inverse_link(model.family.link, np, eta)
         dispersion = _dispersion_start(model, mu)
-        log_dispersion = np.array([np.log(dispersion)])
-    terms = row_terms(model, X @ beta + offset, dispersion)
+        log_dispersion = np.log(np.array([dispersion] + shape))
+    terms = row_terms(model, X @ beta + offset, with_shape(dispersion))
     l1, W = terms.d1, np.maximum(terms.w, 1e-8)
     parts = []
     for term in random_terms:

@@ -67,7 +67,7 @@ def _data(key, n, rng):
 
 @pytest.mark.parametrize("key, link, dispersion, eta_range", _cases())
 def test_row_terms_equal_autodiff(key, link, dispersion, eta_range):
-    family = FAMILIES[key](link=link)
+    family = FAMILIES[key](link=link) if key != "t_family" else FAMILIES[key](4.0, link=link)
     rng = np.random.default_rng(sum(map(ord, key + link)))
     n = 12
     y, weights = _data(key, n, rng)
@@ -128,3 +128,38 @@ def test_user_defined_family_is_not_covered():
         pass
 
     assert fm.supported(Poisson()) and not fm.supported(MyPoisson())
+
+
+def test_student_t_df_terms_equal_autodiff():
+    """Student-t with ν estimated: the derivatives in log σ and log ν (stacked rows)."""
+    from glmmjax import _family_math_tmb as tmb
+    from glmmjax.families import StudentT
+
+    rng = np.random.default_rng(5)
+    n = 12
+    y, eta, weights = rng.standard_t(3, n) * 2 + 1, rng.normal(1, 1, n), rng.uniform(0.5, 2, n)
+    sigma, nu = 1.3, 3.5
+    with jax.enable_x64(True):
+        yj, wj = jnp.asarray(y), jnp.asarray(weights)
+
+        def ll(e, log_sigma, log_nu):
+            return tmb.student_t_value(jnp, yj, e, log_sigma, wj, jnp.exp(log_nu))
+
+        e0, ls, ln = jnp.asarray(eta), jnp.log(sigma), jnp.log(nu)
+        ones = jnp.ones_like(e0)
+        d1 = lambda e, a, b: jax.jvp(lambda x: ll(x, a, b), (e,), (ones,))[1]  # noqa: E731
+        d2 = lambda e, a, b: jax.jvp(lambda x: d1(x, a, b), (e,), (ones,))[1]  # noqa: E731
+        one = jnp.ones(())
+        expected = {}
+        for name, f in (("value_psi", ll), ("d1_psi", d1), ("w_psi", lambda *a: -d2(*a))):
+            expected[name] = np.stack([
+                np.asarray(jax.jvp(lambda a, f=f: f(e0, a, ln), (ls,), (one,))[1]),
+                np.asarray(jax.jvp(lambda b, f=f: f(e0, ls, b), (ln,), (one,))[1])])
+        family = StudentT()
+        for xp in (np, jnp):
+            terms = fm.row_terms(family, xp, xp.asarray(y), xp.asarray(eta),
+                                 xp.asarray(weights), xp.asarray([sigma, nu]), third=True,
+                                 dispersion_derivatives=True)
+            for name, want in expected.items():
+                np.testing.assert_allclose(np.asarray(getattr(terms, name)), want, rtol=1e-8,
+                                           atol=1e-10, err_msg=f"{name} ({xp.__name__})")

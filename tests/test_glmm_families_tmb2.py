@@ -1,4 +1,5 @@
 """glmmTMB's own families (issue 20, item 4) on the host engine against glmmTMB 1.1.5
+(Student-t with df fixed and with df estimated jointly, glmmTMB's default)
 (tests/reference/glmm_families_tmb2.R -> glmm_families_tmb2.json), and the lognormal
 GLM against R's dlnorm maximized by optim/nlm (glmmTMB 1.1.5 has no lognormal).
 
@@ -21,7 +22,7 @@ from glmmjax.families import StudentT, get_family
 
 MODELS = ["owls_nbinom1", "salamanders_nbinom1", "salamanders_truncated_poisson",
           "salamanders_truncated_nbinom2", "salamanders_truncated_nbinom1", "owls_genpois",
-          "cbpp_betabinomial", "sleepstudy_t_df5"]
+          "cbpp_betabinomial", "sleepstudy_t_df5", "sleepstudy_t"]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,8 @@ def _data(ref):
 
 
 def _family(ref):
-    if ref["family"] == "t_family":
-        return StudentT(df=ref["df"], link=ref["link"])
+    if ref["family"] == "t_family":  # df fixed, or estimated (glmmTMB's default)
+        return StudentT(df=ref.get("df"), link=ref["link"])
     return get_family(ref["family"], link=ref["link"])
 
 
@@ -73,6 +74,10 @@ def test_host_fit_matches_glmmtmb(reference, name):
     else:
         assert fit.dispersion is None
     rel_close(fit.fixef_se, tmb["fixef_se"], 1e-3)
+    if name == "sleepstudy_t":  # ν estimated jointly, as glmmTMB
+        rel_close(fit.extra_params["df"], tmb["family_params"]["Student-t df"], 1e-4)
+        assert fit.family.df == fit.extra_params["df"]
+        assert fit.n_params == 7  # as glmmTMB's logLik df
 
 
 def test_lognormal_glm_matches_r_optimum(reference):

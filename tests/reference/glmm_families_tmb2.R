@@ -1,6 +1,6 @@
 # glmm_families_tmb2.R -- glmmTMB references for glmmTMB's own families (issue 20, item 4):
 # nbinom1, truncated_poisson, truncated_nbinom2, truncated_nbinom1, genpois, betabinomial,
-# lognormal and t_family (df fixed).
+# lognormal and t_family (df fixed, and df estimated as glmmTMB's default).
 #
 # Produces: glmm_families_tmb2.json and data/{salamanders_positive,lognormal_glmm}.csv
 #           (next to this script).
@@ -11,7 +11,8 @@
 # family (glmmjax's name), link, df (t_family only), and "glmmTMB": fixef_names, fixef,
 # fixef_se, re_sd ({group: {term: sd}}), minus2loglik, dispersion = exp(betad), the
 # family's parameter on glmmTMB's C++ scale (nbinom1/genpois/betabinomial phi,
-# truncated_nbinom2 theta, lognormal and t_family sigma), pdHess, optimizer_convergence,
+# truncated_nbinom2 theta, lognormal and t_family sigma), family_params (glmmTMB's
+# family_params(): Student-t df, estimated in sleepstudy_t), pdHess, optimizer_convergence,
 # fit_seconds (the first fit of that model in this session, nothing compiled before).
 
 suppressPackageStartupMessages({
@@ -58,6 +59,7 @@ describe <- function(name, formula, data, tmb_family, glmmjax_family, link,
       re_sd = lapply(vc, function(m) as.list(attr(m, "stddev"))),
       minus2loglik = -2 * as.numeric(ll),
       dispersion = exp(unname(fixef(fit)$disp)),
+      family_params = as.list(family_params(fit)),
       nobs = nobs(fit),
       pdHess = fit$sdr$pdHess,
       optimizer_convergence = fit$fit$convergence,
@@ -87,7 +89,9 @@ models <- list(
   describe("cbpp_betabinomial", cbpp_formula, cbpp, betabinomial, "betabinomial", "logit",
            dataset = "cbpp"),
   describe("sleepstudy_t_df5", Reaction ~ Days + (Days | Subject), sleepstudy, t_family,
-           "t_family", "identity", dataset = "sleepstudy", df = 5)
+           "t_family", "identity", dataset = "sleepstudy", df = 5),
+  describe("sleepstudy_t", Reaction ~ Days + (Days | Subject), sleepstudy, t_family,
+           "t_family", "identity", dataset = "sleepstudy")
 )
 names(models) <- vapply(models, function(m) m$name, "")
 
