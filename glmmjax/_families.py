@@ -727,6 +727,7 @@ def _register_tmb_families() -> None:
         "betabinomial": tmb.BetaBinomial,
         "lognormal": tmb.LogNormal,
         "t_family": tmb.StudentT,
+        "tweedie": tmb.Tweedie,
     })
 
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
+
 _LOG_PI = math.log(math.pi)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -358,6 +360,97 @@ def student_t_df_partials(xp, y, mu, psi, weights, df):
     return c * d_nu, c * d1_nu, c * d2_nu
 
 
+# -- Tweedie ---------------------------------------------------------------------------------
+
+#: Terms of the Tweedie series in the compiled (static-shape) evaluation: a window of
+#: this many j around the largest term. The terms fall below e^-37 of the largest within
+#: ±9·√j_max, so it is exact while j_max = y^(2−p)/(φ(2−p)) < ~750.
+TWEEDIE_TERMS = 512
+
+
+def _tweedie_series(xp, y, psi, p, n_terms=None):
+    """(log W, E_w[j], E_w[j·ψ₀(−a j)]) of Dunn & Smyth's series W = Σ_j W_j for y > 0
+    (rows with y = 0 get 0): log W_j = j·log z − log j! − log Γ(−a j), a = −(2−p)/(p−1),
+    log z = −a log y − log φ/(p−1) + a log(p−1) − log(2−p); the window of j is centred
+    on the largest term (j_max, as TMB's tweedie_logW) and spans ``n_terms`` values
+    (numpy: enough for every row, ±9√j_max + 10)."""
+    sp = _special(xp)
+    positive = y > 0
+    y_safe = xp.where(positive, y, 1.0)
+    p1, p2 = p - 1.0, 2.0 - p
+    a = -p2 / p1
+    log_z = -a * xp.log(y_safe) - psi / p1 + a * xp.log(p1) - xp.log(p2)
+    j_max = xp.maximum(1.0, xp.exp(p2 * xp.log(y_safe) - psi) / p2)
+    if n_terms is None:  # numpy: as many as the widest row needs
+        n_terms = (int(2 * np.ceil(9.0 * np.sqrt(np.max(j_max))) + 21) if xp is np
+                   else TWEEDIE_TERMS)
+    start = xp.maximum(1.0, xp.floor(j_max) - n_terms // 2)
+    j = start[..., None] + xp.arange(n_terms, dtype=start.dtype)
+    log_w = j * log_z[..., None] - sp.gammaln(j + 1.0) - sp.gammaln(-a * j)
+    top = xp.max(log_w, axis=-1, keepdims=True)
+    weights = xp.exp(log_w - top)
+    total = xp.sum(weights, axis=-1)
+    log_series = top[..., 0] + xp.log(total)
+    mean_j = xp.sum(weights * j, axis=-1) / total
+    mean_jdig = xp.sum(weights * j * sp.digamma(-a * j), axis=-1) / total
+    zero = 0.0 * log_series
+    return (xp.where(positive, log_series, zero), xp.where(positive, mean_j, zero),
+            xp.where(positive, mean_jdig, zero))
+
+
+def _tweedie_mean_part(xp, y, x, p):
+    """A = y μ^(1−p)/(1 − p) − μ^(2−p)/(2 − p) and its derivatives in x = log μ and p."""
+    u1, u2 = xp.exp((1.0 - p) * x), xp.exp((2.0 - p) * x)
+    yu1 = y * u1
+    q1, q2 = 1.0 - p, 2.0 - p
+    a0 = yu1 / q1 - u2 / q2
+    a_x = yu1 - u2
+    a_xx = q1 * yu1 - q2 * u2
+    a_xxx = q1 * q1 * yu1 - q2 * q2 * u2
+    a_p = yu1 * (1.0 / (q1 * q1) - x / q1) + u2 * (x / q2 - 1.0 / (q2 * q2))
+    a_xp = x * (u2 - yu1)
+    a_xxp = u2 * (1.0 + q2 * x) - yu1 * (1.0 + q1 * x)
+    return a0, a_x, a_xx, a_xxx, a_p, a_xp, a_xxp
+
+
+def tweedie_value(xp, y, x, psi, p, weights, n_terms=None):
+    log_series = _tweedie_series(xp, y, psi, p, n_terms)[0]
+    a0 = _tweedie_mean_part(xp, y, x, p)[0]
+    log_y = xp.log(xp.where(y > 0, y, 1.0))
+    return weights * (log_series - log_y + a0 * xp.exp(-psi))
+
+
+def tweedie_partials(xp, y, x, psi, p, weights, third, need_psi=True):
+    """Partials in x = log μ; ``need_psi`` also those in ψ = log φ."""
+    a0, a_x, a_xx, a_xxx, *_ = _tweedie_mean_part(xp, y, x, p)
+    inv_phi = xp.exp(-psi)
+    w = weights * inv_phi
+    out = Partials(tweedie_value(xp, y, x, psi, p, weights), w * a_x, w * a_xx,
+                   w * a_xxx if third else None)
+    if not need_psi:
+        return out
+    _, mean_j, _ = _tweedie_series(xp, y, psi, p)
+    return out._replace(f_psi=weights * (-mean_j / (p - 1.0) - a0 * inv_phi),
+                        f1_psi=-w * a_x, f2_psi=-w * a_xx)
+
+
+def tweedie_power_partials(xp, y, x, psi, p, weights):
+    """(f_ξ, f_xξ, f_xxξ) for ξ = logit(p − 1), the estimated power."""
+    _, mean_j, mean_jdig = _tweedie_series(xp, y, psi, p)
+    p1, p2 = p - 1.0, 2.0 - p
+    a = -p2 / p1
+    a_p = 1.0 / (p1 * p1)
+    positive = y > 0
+    log_y = xp.log(xp.where(positive, y, 1.0))
+    log_z_p = -a_p * log_y + a_p * psi + a_p * xp.log(p1) + a / p1 + 1.0 / p2
+    series_p = xp.where(positive, mean_j * log_z_p + a_p * mean_jdig, 0.0)
+    _, _, _, _, m_p, m_xp, m_xxp = _tweedie_mean_part(xp, y, x, p)
+    inv_phi = xp.exp(-psi)
+    dp = p1 * p2  # dp/dξ = σ(ξ)(1 − σ(ξ)), σ(ξ) = p − 1
+    c = weights * dp
+    return c * (series_p + m_p * inv_phi), c * m_xp * inv_phi, c * m_xxp * inv_phi
+
+
 # -- row terms ------------------------------------------------------------------------------
 
 #: The families of this module by class name, and the mean variable x each works in.
@@ -365,7 +458,7 @@ FAMILIES = {
     "NegativeBinomial1": "log_mu", "TruncatedPoisson": "log_mu",
     "TruncatedNegativeBinomial2": "log_mu", "TruncatedNegativeBinomial1": "log_mu",
     "GeneralizedPoisson": "log_mu", "LogNormal": "log_mu", "BetaBinomial": "unit",
-    "StudentT": "mu",
+    "StudentT": "mu", "Tweedie": "log_mu",
 }
 #: Those without a dispersion parameter.
 NO_DISPERSION = ("TruncatedPoisson",)
@@ -379,11 +472,11 @@ def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bo
 
     name = type(family).__name__
     link = family.link
-    df_estimated = name == "StudentT" and family.df is None
-    if df_estimated:  # dispersion = (σ, ν)
-        dispersion, df = dispersion[0], dispersion[1]
-    elif name == "StudentT":
-        df = family.df
+    shape_estimated = getattr(family, "n_shape", 0) > 0
+    if shape_estimated:  # dispersion = (σ, ν) or (φ, p)
+        dispersion, shape = dispersion[0], dispersion[1]
+    else:
+        shape = family.df if name == "StudentT" else getattr(family, "power", None)
     psi = 0.0 * eta if dispersion is None else xp.log(dispersion) + 0.0 * eta
     kind = FAMILIES[name]
     if kind == "log_mu":
@@ -404,14 +497,19 @@ def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bo
         parts = lognormal_partials(xp, y, x, psi, weights, third, need_psi)
     elif name == "BetaBinomial":
         parts = betabinomial_partials(xp, y, a, b, psi, weights, third, need_psi)
+    elif name == "Tweedie":
+        parts = tweedie_partials(xp, y, x, psi, shape, weights, third, need_psi)
     else:
-        parts = student_t_partials(xp, y, x, psi, weights, df, third, need_psi)
+        parts = student_t_partials(xp, y, x, psi, weights, shape, third, need_psi)
     terms = fm.RowTerms(parts.value, *fm._chain(parts.f1, parts.f2, parts.f3, x1, x2, x3,
                                                 third))
     if not need_psi:
         return terms
     psi_terms = fm._chain_psi(parts.f_psi, parts.f1_psi, parts.f2_psi, x1, x2)
-    if df_estimated:  # one row per outer parameter: log σ, then log ν
-        kappa_terms = fm._chain_psi(*student_t_df_partials(xp, y, x, psi, weights, df), x1, x2)
-        psi_terms = [xp.stack([a, b]) for a, b in zip(psi_terms, kappa_terms)]
+    if shape_estimated:  # one row per outer parameter: log φ, then the shape's
+        shape_partials = (student_t_df_partials(xp, y, x, psi, weights, shape)
+                          if name == "StudentT"
+                          else tweedie_power_partials(xp, y, x, psi, shape, weights))
+        shape_terms = fm._chain_psi(*shape_partials, x1, x2)
+        psi_terms = [xp.stack([a, b]) for a, b in zip(psi_terms, shape_terms)]
     return terms._replace(**dict(zip(("value_psi", "d1_psi", "w_psi"), psi_terms)))

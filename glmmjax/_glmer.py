@@ -298,7 +298,8 @@ def _fix_estimated_shape(family, out):
         return family, out, {}
     dispersion, shape = (float(v) for v in np.asarray(out.dispersion))
     fitted = type(family)(shape, link=family.link)
-    return fitted, dataclasses.replace(out, dispersion=dispersion), {"df": shape}
+    name = "df" if family.name == "t_family" else "power"
+    return fitted, dataclasses.replace(out, dispersion=dispersion), {name: shape}
 
 
 @with_x64

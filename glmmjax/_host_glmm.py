@@ -96,9 +96,12 @@ class HostGLMM:
 
     def dispersion(self, log_dispersion):
         """φ on its natural scale: exp(ψ), the family's fixed value, or None; with a
-        shape parameter estimated too (Student-t's ν), the array (φ, shape)."""
+        shape parameter estimated too (Student-t's ν, Tweedie's power), the array
+        (φ, shape), the shape from its unconstrained outer parameter
+        (``family.shape_value``: ν = e^κ, p = 1 + logistic(ξ))."""
         if log_dispersion.shape[0] > 1:
-            return np.exp(log_dispersion)
+            return np.array([np.exp(log_dispersion[0]),
+                             self.family.shape_value(log_dispersion[1])])
         if log_dispersion.shape[0]:
             return float(np.exp(log_dispersion[0]))
         return getattr(self.family, "theta", None)
@@ -459,7 +462,8 @@ def moment_start(random_terms, model: HostGLMM):
         eta = X @ beta + offset
         mu = fm.inverse_link(model.family.link, np, eta)
         dispersion = _dispersion_start(model, mu)
-        log_dispersion = np.log(np.array([dispersion] + shape))
+        log_dispersion = np.array([np.log(dispersion)] + [
+            model.family.shape_parameter(v) for v in shape])
     terms = row_terms(model, X @ beta + offset, with_shape(dispersion))
     l1, W = terms.d1, np.maximum(terms.w, 1e-8)
     parts = []

@@ -27,6 +27,7 @@ from ._families_tmb import (
     TruncatedNegativeBinomial1,
     TruncatedNegativeBinomial2,
     TruncatedPoisson,
+    Tweedie,
 )
 
 __all__ = [
@@ -47,5 +48,6 @@ __all__ = [
     "TruncatedNegativeBinomial1",
     "TruncatedNegativeBinomial2",
     "TruncatedPoisson",
+    "Tweedie",
     "get_family",
 ]

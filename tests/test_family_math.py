@@ -41,7 +41,7 @@ def _cases():
                           "negative_binomial": 2.5, "beta": 6.0, "nbinom1": 1.7,
                           "truncated_nbinom2": 1.3, "truncated_nbinom1": 0.8,
                           "genpois": 1.6, "betabinomial": 4.0, "lognormal": 0.9,
-                          "t_family": 0.8}.get(key)
+                          "t_family": 0.8, "tweedie": 1.3}.get(key)
             cases.append(pytest.param(key, link, dispersion, _ETA[rng], id=f"{key}-{link}"))
     return cases
 
@@ -60,6 +60,10 @@ def _data(key, n, rng):
         return y, rng.uniform(0.5, 2.0, n)
     if key == "beta":
         return rng.uniform(0.05, 0.95, n), rng.uniform(0.5, 2.0, n)
+    if key == "tweedie":
+        y = rng.gamma(2.0, 1.5, n) * (rng.uniform(size=n) > 0.3)
+        y[:2] = 0.0
+        return y, rng.uniform(0.5, 2.0, n)
     if key in ("gaussian", "t_family"):
         return rng.normal(1.0, 1.0, n), rng.uniform(0.5, 2.0, n)
     return rng.gamma(2.0, 1.0, n), rng.uniform(0.5, 2.0, n)
@@ -67,7 +71,8 @@ def _data(key, n, rng):
 
 @pytest.mark.parametrize("key, link, dispersion, eta_range", _cases())
 def test_row_terms_equal_autodiff(key, link, dispersion, eta_range):
-    family = FAMILIES[key](link=link) if key != "t_family" else FAMILIES[key](4.0, link=link)
+    shape = {"t_family": 4.0, "tweedie": 1.4}.get(key)  # fixed df / power
+    family = FAMILIES[key](link=link) if shape is None else FAMILIES[key](shape, link=link)
     rng = np.random.default_rng(sum(map(ord, key + link)))
     n = 12
     y, weights = _data(key, n, rng)
@@ -130,22 +135,44 @@ def test_user_defined_family_is_not_covered():
     assert fm.supported(Poisson()) and not fm.supported(MyPoisson())
 
 
-def test_student_t_df_terms_equal_autodiff():
-    """Student-t with ν estimated: the derivatives in log σ and log ν (stacked rows)."""
+@pytest.mark.parametrize("key", ["t_family", "tweedie"])
+def test_estimated_shape_terms_equal_autodiff(key):
+    """Student-t with ν and Tweedie with p estimated: the derivatives in log φ (σ) and
+    in the shape's outer parameter (log ν; logit(p − 1)), stacked rows."""
     from glmmjax import _family_math_tmb as tmb
-    from glmmjax.families import StudentT
+    from glmmjax.families import StudentT, Tweedie
 
     rng = np.random.default_rng(5)
     n = 12
-    y, eta, weights = rng.standard_t(3, n) * 2 + 1, rng.normal(1, 1, n), rng.uniform(0.5, 2, n)
-    sigma, nu = 1.3, 3.5
+    weights = rng.uniform(0.5, 2, n)
+    if key == "t_family":
+        family, disp, shape = StudentT(), 1.3, 3.5
+        y, eta = rng.standard_t(3, n) * 2 + 1, rng.normal(1, 1, n)
+        to_shape, from_shape = jnp.exp, np.log
+
+        def value(y, e, log_disp, s, w):
+            return tmb.student_t_value(jnp, y, e, log_disp, w, s)
+    else:
+        family, disp, shape = Tweedie(), 1.3, 1.45
+        y = rng.gamma(2.0, 1.5, n) * (rng.uniform(size=n) > 0.3)
+        eta = rng.normal(0.5, 0.5, n)
+
+        def to_shape(xi):
+            return 1.0 + jax.nn.sigmoid(xi)
+
+        def from_shape(p):
+            return np.log((p - 1.0) / (2.0 - p))
+
+        def value(y, e, log_disp, s, w):
+            return tmb.tweedie_value(jnp, y, e, log_disp, s, w, n_terms=tmb.TWEEDIE_TERMS)
+
     with jax.enable_x64(True):
         yj, wj = jnp.asarray(y), jnp.asarray(weights)
 
-        def ll(e, log_sigma, log_nu):
-            return tmb.student_t_value(jnp, yj, e, log_sigma, wj, jnp.exp(log_nu))
+        def ll(e, log_disp, kappa):
+            return value(yj, e, log_disp, to_shape(kappa), wj)
 
-        e0, ls, ln = jnp.asarray(eta), jnp.log(sigma), jnp.log(nu)
+        e0, ls, ln = jnp.asarray(eta), jnp.log(disp), jnp.asarray(from_shape(shape))
         ones = jnp.ones_like(e0)
         d1 = lambda e, a, b: jax.jvp(lambda x: ll(x, a, b), (e,), (ones,))[1]  # noqa: E731
         d2 = lambda e, a, b: jax.jvp(lambda x: d1(x, a, b), (e,), (ones,))[1]  # noqa: E731
@@ -155,11 +182,10 @@ def test_student_t_df_terms_equal_autodiff():
             expected[name] = np.stack([
                 np.asarray(jax.jvp(lambda a, f=f: f(e0, a, ln), (ls,), (one,))[1]),
                 np.asarray(jax.jvp(lambda b, f=f: f(e0, ls, b), (ln,), (one,))[1])])
-        family = StudentT()
         for xp in (np, jnp):
             terms = fm.row_terms(family, xp, xp.asarray(y), xp.asarray(eta),
-                                 xp.asarray(weights), xp.asarray([sigma, nu]), third=True,
+                                 xp.asarray(weights), xp.asarray([disp, shape]), third=True,
                                  dispersion_derivatives=True)
             for name, want in expected.items():
                 np.testing.assert_allclose(np.asarray(getattr(terms, name)), want, rtol=1e-8,
-                                           atol=1e-10, err_msg=f"{name} ({xp.__name__})")
+                                           atol=1e-10, err_msg=f"{key} {name} ({xp.__name__})")

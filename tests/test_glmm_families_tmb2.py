@@ -1,5 +1,6 @@
 """glmmTMB's own families (issue 20, item 4) on the host engine against glmmTMB 1.1.5
-(Student-t with df fixed and with df estimated jointly, glmmTMB's default)
+(Student-t with df fixed and with df estimated jointly, glmmTMB's default; Tweedie with
+its power estimated)
 (tests/reference/glmm_families_tmb2.R -> glmm_families_tmb2.json), and the lognormal
 GLM against R's dlnorm maximized by optim/nlm (glmmTMB 1.1.5 has no lognormal).
 
@@ -22,7 +23,7 @@ from glmmjax.families import StudentT, get_family
 
 MODELS = ["owls_nbinom1", "salamanders_nbinom1", "salamanders_truncated_poisson",
           "salamanders_truncated_nbinom2", "salamanders_truncated_nbinom1", "owls_genpois",
-          "cbpp_betabinomial", "sleepstudy_t_df5", "sleepstudy_t"]
+          "cbpp_betabinomial", "sleepstudy_t_df5", "sleepstudy_t", "tweedie_log"]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,10 @@ def test_host_fit_matches_glmmtmb(reference, name):
         rel_close(fit.extra_params["df"], tmb["family_params"]["Student-t df"], 1e-4)
         assert fit.family.df == fit.extra_params["df"]
         assert fit.n_params == 7  # as glmmTMB's logLik df
+    if name == "tweedie_log":  # p estimated jointly, as glmmTMB
+        rel_close(fit.extra_params["power"], tmb["family_params"]["Tweedie power"], 1e-4)
+        assert fit.family.power == fit.extra_params["power"]
+        assert fit.n_params == 5
 
 
 def test_lognormal_glm_matches_r_optimum(reference):

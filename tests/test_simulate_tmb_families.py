@@ -11,21 +11,24 @@ import pandas as pd
 import pytest
 
 import glmmjax
-from glmmjax.families import StudentT, get_family
+from glmmjax.families import StudentT, Tweedie, get_family
 
 # (family, dispersion, mean parameter μ): moments checked at one μ with many draws.
 MOMENTS = [("nbinom1", 1.5, 3.0), ("truncated_poisson", None, 0.7),
            ("truncated_nbinom2", 1.2, 1.5), ("truncated_nbinom1", 0.8, 1.5),
            ("genpois", 2.0, 3.0), ("betabinomial", 5.0, 0.3), ("lognormal", 1.5, 2.0),
-           ("t_family", 0.7, 1.0)]
+           ("t_family", 0.7, 1.0), ("tweedie", 1.3, 2.0)]
 
 
 def _family(name):
-    return StudentT(df=6.0) if name == "t_family" else get_family(name)
+    if name == "t_family":
+        return StudentT(df=6.0)
+    return Tweedie(power=1.6) if name == "tweedie" else get_family(name)
 
 
 # Gamma-Poisson and beta draws of 200,000 values take 5-10 s: those cases are slow.
-_SLOW_DRAWS = ("nbinom1", "truncated_nbinom2", "truncated_nbinom1", "genpois", "betabinomial")
+_SLOW_DRAWS = ("nbinom1", "truncated_nbinom2", "truncated_nbinom1", "genpois", "betabinomial",
+               "tweedie")
 
 
 @pytest.mark.parametrize("name, dispersion, mu", [

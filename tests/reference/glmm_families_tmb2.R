@@ -1,8 +1,10 @@
 # glmm_families_tmb2.R -- glmmTMB references for glmmTMB's own families (issue 20, item 4):
 # nbinom1, truncated_poisson, truncated_nbinom2, truncated_nbinom1, genpois, betabinomial,
-# lognormal and t_family (df fixed, and df estimated as glmmTMB's default).
+# lognormal, t_family (df fixed, and df estimated as glmmTMB's default) and tweedie (power
+# estimated).
 #
-# Produces: glmm_families_tmb2.json and data/{salamanders_positive,lognormal_glmm}.csv
+# Produces: glmm_families_tmb2.json and data/{salamanders_positive,lognormal_glmm,
+#           tweedie_glmm}.csv
 #           (next to this script).
 # Run:      cd tests/reference && Rscript glmm_families_tmb2.R     (under a minute)
 #
@@ -12,7 +14,8 @@
 # fixef_se, re_sd ({group: {term: sd}}), minus2loglik, dispersion = exp(betad), the
 # family's parameter on glmmTMB's C++ scale (nbinom1/genpois/betabinomial phi,
 # truncated_nbinom2 theta, lognormal and t_family sigma), family_params (glmmTMB's
-# family_params(): Student-t df, estimated in sleepstudy_t), pdHess, optimizer_convergence,
+# family_params(): Student-t df, estimated in sleepstudy_t; Tweedie power), pdHess,
+# optimizer_convergence,
 # fit_seconds (the first fit of that model in this session, nothing compiled before).
 
 suppressPackageStartupMessages({
@@ -38,6 +41,19 @@ log_var <- log1p((sigma / mu)^2)
 lognormal_data <- write_data(
   data.frame(y = exp(rnorm(length(mu), log(mu) - log_var / 2, sqrt(log_var))), x = x, g = g),
   "lognormal_glmm.csv")$data
+
+# Tweedie (compound Poisson-gamma) data: p = 1.6, phi = 1.2, log mu = 0.3 + 0.5 x + b_g.
+set.seed(20261207)
+tw_groups <- factor(rep(sprintf("g%02d", 1:20), each = 15))
+tw_x <- rnorm(300)
+tw_mu <- exp(0.3 + 0.5 * tw_x + rnorm(20, sd = 0.4)[as.integer(tw_groups)])
+tw_p <- 1.6; tw_phi <- 1.2
+tw_count <- rpois(300, tw_mu^(2 - tw_p) / (tw_phi * (2 - tw_p)))
+tw_y <- ifelse(tw_count > 0,
+               rgamma(300, shape = pmax(tw_count, 1) * (2 - tw_p) / (tw_p - 1),
+                      scale = tw_phi * (tw_p - 1) * tw_mu^(tw_p - 1)), 0)
+tweedie_data <- write_data(data.frame(y = tw_y, x = tw_x, g = tw_groups),
+                           "tweedie_glmm.csv")$data
 
 describe <- function(name, formula, data, tmb_family, glmmjax_family, link,
                      dataset = NULL, file = NULL, df = NULL) {
@@ -91,7 +107,9 @@ models <- list(
   describe("sleepstudy_t_df5", Reaction ~ Days + (Days | Subject), sleepstudy, t_family,
            "t_family", "identity", dataset = "sleepstudy", df = 5),
   describe("sleepstudy_t", Reaction ~ Days + (Days | Subject), sleepstudy, t_family,
-           "t_family", "identity", dataset = "sleepstudy")
+           "t_family", "identity", dataset = "sleepstudy"),
+  describe("tweedie_log", y ~ x + (1 | g), tweedie_data, tweedie, "tweedie", "log",
+           file = "data/tweedie_glmm.csv")
 )
 names(models) <- vapply(models, function(m) m$name, "")
 
