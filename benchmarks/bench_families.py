@@ -23,7 +23,8 @@ glmmTMB's own families (issue 20; the models of tests/reference/glmm_families_tm
 owls_nbinom1, salamanders_nbinom1, salamanders_truncated_poisson / _nbinom2 / _nbinom1
 (``count ~ spp + mined + (1 | site)`` on the positive counts), owls_genpois,
 cbpp_betabinomial, sleepstudy_t_df5 (``Reaction ~ Days + (Days | Subject)``, Student-t
-with df fixed at 5).
+with df fixed at 5), sleepstudy_t (df estimated) and tweedie_log (``y ~ x + (1 | g)``,
+power estimated; tests/reference/data/tweedie_glmm.csv).
 
 Run from the repository root (R with glmmTMB and mlmRev must be installed):
 
@@ -87,6 +88,10 @@ MODELS.update({
                          "sleepstudy",
                          "t_family, start = list(psi = log(5)), map = list(psi = factor(NA))",
                          "sleepstudy"),
+    "sleepstudy_t": ("Reaction ~ Days + (Days | Subject)", "t_family", "identity",
+                     "sleepstudy", "t_family", "sleepstudy"),
+    "tweedie_log": ("y ~ x + (1 | g)", "tweedie", "log", "data/tweedie_glmm.csv", "tweedie",
+                    'read.csv("data/tweedie_glmm.csv", colClasses = c(g = "factor"))'),
 })
 TMB_FAMILIES = [name for name in MODELS if name not in (
     "owls_nb2", "gamma_log", "beta_logit", "contraception_probit", "cbpp_cloglog")]

@@ -368,7 +368,22 @@ def student_t_df_partials(xp, y, mu, psi, weights, df):
 TWEEDIE_TERMS = 512
 
 
+_LAST_SERIES: dict = {}  # numpy: the last series evaluated, by (y, φ, p)
+
+
 def _tweedie_series(xp, y, psi, p, n_terms=None):
+    """:func:`_tweedie_series_terms`, remembered on the host for the last (y, φ, p): the
+    series does not depend on μ, and the inner Newton evaluates it at every step."""
+    if xp is not np or n_terms is not None:
+        return _tweedie_series_terms(xp, y, psi, p, n_terms)
+    psi_value = np.broadcast_to(psi, np.shape(y))
+    key = (id(y), np.shape(y), psi_value.tobytes(), float(p))
+    if _LAST_SERIES.get("key") != key or _LAST_SERIES.get("y") is not y:
+        _LAST_SERIES.update(key=key, y=y, value=_tweedie_series_terms(xp, y, psi, p))
+    return _LAST_SERIES["value"]
+
+
+def _tweedie_series_terms(xp, y, psi, p, n_terms=None):
     """(log W, E_w[j], E_w[j·ψ₀(−a j)]) of Dunn & Smyth's series W = Σ_j W_j for y > 0
     (rows with y = 0 get 0): log W_j = j·log z − log j! − log Γ(−a j), a = −(2−p)/(p−1),
     log z = −a log y − log φ/(p−1) + a log(p−1) − log(2−p); the window of j is centred
