@@ -1,5 +1,6 @@
 """glmmTMB's response families beyond R's: NB1, zero-truncated counts, generalized
-Poisson, beta-binomial, lognormal and Student-t, with glmmTMB's parameterizations.
+Poisson, beta-binomial, lognormal, Student-t and Tweedie, with glmmTMB's
+parameterizations.
 
 ==========================  ==========  ====================================  ==============
 family (glmmTMB name)       dispersion  variance of y                         log P(y)
@@ -11,8 +12,14 @@ TruncatedNegativeBinomial1  φ           of the truncated distribution         N
 GeneralizedPoisson genpois  φ           μφ                                    θ = μ/√φ, λ = 1 − 1/√φ
 BetaBinomial                φ           nμ(1 − μ)(1 + (n − 1)/(φ + 1)) / n²   α = μφ, β = (1 − μ)φ
 LogNormal lognormal         σ           σ² (μ, σ on the data scale)           log y ~ N
-StudentT t_family           σ           σ²ν/(ν − 2), ν fixed                  dt((y − μ)/σ, ν)/σ
+StudentT t_family           σ           σ²ν/(ν − 2)                           dt((y − μ)/σ, ν)/σ
+Tweedie tweedie             φ           φμᵖ, 1 < p < 2                        Dunn-Smyth series
 ==========================  ==========  ====================================  ==============
+
+Student-t's ν and Tweedie's p are fixed by the user or, by default (as glmmTMB),
+estimated jointly with the other parameters by ``glmer`` on the host engine, as a second
+outer parameter after log φ (log ν; logit(p − 1), glmmTMB's ``psi``); the fitted
+model's family then carries the estimate (``fit.family``, ``fit.extra_params``).
 
 μ is the family's mean parameter g⁻¹(η) as glmmTMB defines it (for the truncated
 families, the mean of the *untruncated* distribution, as glmmTMB's conditional mean;

@@ -1,5 +1,6 @@
 """Closed-form per-row terms of glmmTMB's families (NB1, the zero-truncated counts,
-generalized Poisson, beta-binomial, lognormal, Student-t), for numpy or jax.numpy.
+generalized Poisson, beta-binomial, lognormal, Student-t, Tweedie), for numpy or
+jax.numpy.
 
 The companion of :mod:`glmmjax._family_math` (whose ``row_terms`` dispatches here):
 each family's log-density ℓ is written as f(x, ψ) in one variable x of the mean (log μ
@@ -23,7 +24,13 @@ The densities are glmmTMB's (src/glmmTMB.cpp, distrib.h at 1.1.5):
 - genpois: θ = μ/√φ, λ = 1 − 1/√φ, log θ + (y − 1)·log(θ + λy) − θ − λy − log y!;
 - betabinomial: α = μφ, β = (1 − μ)φ, log C(n, s) + log B(s + α, n − s + β) − log B(α, β);
 - lognormal: mean μ and SD σ on the data scale, log-scale variance V = log(1 + σ²/μ²);
-- t_family: location μ, scale σ, df ν fixed: dt((y − μ)/σ, ν)/σ.
+- t_family: location μ, scale σ, df ν: dt((y − μ)/σ, ν)/σ;
+- tweedie: W(y, φ, p)/y · exp((yμ^(1−p)/(1 − p) − μ^(2−p)/(2 − p))/φ), W by Dunn &
+  Smyth's series as TMB's ``tweedie_logW``.
+
+With ν or p estimated (``family.n_shape``) the dispersion argument is the pair (φ, shape)
+and the dispersion terms have two rows: ψ, then the shape's outer parameter (log ν,
+logit(p − 1)).
 """
 
 from __future__ import annotations
