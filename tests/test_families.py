@@ -176,7 +176,7 @@ def test_get_family_names_links_and_errors():
     with pytest.raises(ValueError, match="allowed links"):
         families.get_family("beta", link="log")
     with pytest.raises(ValueError, match="known families"):
-        families.get_family("tweedie")
+        families.get_family("compois")  # not implemented (issue 20 leaves it open)
     with pytest.raises(ValueError, match="theta"):
         families.NegativeBinomial(theta=-1.0)
 
@@ -271,6 +271,11 @@ def test_glmmtmb_families_reject_responses_outside_their_support():
         families.BetaBinomial().prepare_response(np.array([0.5, 1.5, 0.0]), None, None, rows)
     with pytest.raises(ValueError, match="df must be a positive number"):
         families.StudentT(df=0.0)
+    for power in (1.0, 2.0, 2.5, float("nan")):
+        with pytest.raises(ValueError, match=r"power must be a number strictly between 1 and 2"):
+            families.Tweedie(power=power)
+    with pytest.raises(glmmjax.DataError, match=r"tweedie response must be non-negative.*\['c'\]"):
+        families.Tweedie().prepare_response(np.array([0.0, 1.0, -2.0]), None, None, rows)
     with pytest.raises(ValueError, match="link 'logit' is not allowed for the lognormal"):
         families.get_family("lognormal", link="logit")
     with pytest.raises(NotImplementedError, match="no deviance"):
