@@ -292,8 +292,9 @@ def report_convergence(result: GLMMResult, y, weights) -> GLMMResult:
 
 def _fix_estimated_shape(family, out):
     """A family whose shape parameter was estimated with the dispersion (Student-t's
-    ν; ``out.dispersion`` is then (φ, ν)): the result's family carries ν̂ fixed, so
-    simulation, residuals and predictions use it, and ``extra_params`` reports it."""
+    ν, Tweedie's p; ``out.dispersion`` is then (φ, shape)): the result's family carries
+    the estimate fixed, so simulation, residuals and predictions use it (a parametric
+    bootstrap refits with it held fixed), and ``extra_params`` reports it."""
     if not getattr(family, "n_shape", 0):
         return family, out, {}
     dispersion, shape = (float(v) for v in np.asarray(out.dispersion))

@@ -71,8 +71,9 @@ def estimates_dispersion(family) -> bool:
 
 
 def n_dispersion_parameters(family) -> int:
-    """Outer parameters after β: log φ where it is estimated, and the log of a shape
-    parameter estimated with it (``family.n_shape``: Student-t's ν)."""
+    """Outer parameters after β: log φ where it is estimated, and the unconstrained
+    parameter of a shape estimated with it (``family.n_shape``: Student-t's log ν,
+    Tweedie's logit(p − 1))."""
     return int(estimates_dispersion(family)) + getattr(family, "n_shape", 0)
 
 
@@ -448,8 +449,8 @@ def moment_start(random_terms, model: HostGLMM):
     cbpp 5 instead of 7). Falls back to θ = 1 where the moments are not finite."""
     X, offset = model.X, model.offset
     estimated = estimates_dispersion(model.family)
-    # A shape parameter estimated with the dispersion (Student-t's ν) starts at the
-    # family's choice; the dispersion argument is then the array (φ, shape).
+    # A shape parameter estimated with the dispersion (Student-t's ν, Tweedie's p)
+    # starts at the family's choice; the dispersion argument is then (φ, shape).
     shape = [model.family.shape_start()] if getattr(model.family, "n_shape", 0) else []
 
     def with_shape(value):
