@@ -162,6 +162,8 @@ def choose_glmm(design, family, n_agq: int, engine: str | None) -> str:
             f"n_agq={n_agq}. Use engine=None or 'jax'.")
     if engine is not None:
         return engine
+    if getattr(family, "n_shape", 0):
+        return "host"  # the only engine that estimates a shape parameter, any size
     host = host_possible and design.nobs <= HOST_MAX_ROWS and _default_backend() == "cpu"
     return "host" if host else "jax"
 
