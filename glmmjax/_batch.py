@@ -343,6 +343,10 @@ def fit_many(
     check_precision(precision)
     if family is not None:
         family = get_family(family)
+        if getattr(family, "n_shape", 0):
+            raise ValueError(
+                f"batched fits do not estimate the shape parameter of {family} yet (glmer "
+                "does); fix it, e.g. family=glmmjax.families.StudentT(df=5)")
         if isinstance(family, Gaussian) and family.link.name == "identity":
             family = None
     ddf = check_batch_ddf(ddf, lmm=family is None)
@@ -643,6 +647,10 @@ def fit_datasets(
         raise DataError("datasets is empty")
     if family is not None:
         family = get_family(family)
+        if getattr(family, "n_shape", 0):
+            raise ValueError(
+                f"batched fits do not estimate the shape parameter of {family} yet (glmer "
+                "does); fix it, e.g. family=glmmjax.families.StudentT(df=5)")
         if isinstance(family, Gaussian) and family.link.name == "identity":
             family = None
     ddf = check_batch_ddf(ddf, lmm=family is None)

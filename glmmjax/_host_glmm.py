@@ -71,6 +71,13 @@ def estimates_dispersion(family) -> bool:
     return bool(family.has_dispersion and family.dispersion_method != "fixed")
 
 
+def n_dispersion_parameters(family) -> int:
+    """Outer parameters after β: log φ where it is estimated, and the unconstrained
+    parameter of a shape estimated with it (``family.n_shape``: Student-t's log ν,
+    Tweedie's logit(p − 1))."""
+    return int(estimates_dispersion(family)) + getattr(family, "n_shape", 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class HostGLMM:
     """One GLMM's data on the host, for one stage: ``inner`` dense columns (X for
@@ -87,10 +94,16 @@ class HostGLMM:
 
     @property
     def n_dispersion(self) -> int:
-        return int(estimates_dispersion(self.family))
+        return n_dispersion_parameters(self.family)
 
     def dispersion(self, log_dispersion):
-        """φ on its natural scale: exp(ψ), the family's fixed value, or None."""
+        """φ on its natural scale: exp(ψ), the family's fixed value, or None; with a
+        shape parameter estimated too (Student-t's ν, Tweedie's power), the array
+        (φ, shape), the shape from its unconstrained outer parameter
+        (``family.shape_value``: ν = e^κ, p = 1 + logistic(ξ))."""
+        if log_dispersion.shape[0] > 1:
+            return np.array([np.exp(log_dispersion[0]),
+                             self.family.shape_value(log_dispersion[1])])
         if log_dispersion.shape[0]:
             return float(np.exp(log_dispersion[0]))
         return getattr(self.family, "theta", None)
@@ -195,8 +208,15 @@ def conditional_mode(theta, beta, dispersion, model: HostGLMM, v0):
         return v, False
     for _ in range(MAX_NEWTON):
         grad = point.half_gradient(v, model)
-        w = np.maximum(point.w, 1e-10 * (1.0 + np.abs(point.w)))  # as _pirls: steps only
-        factor, _ = _factor(theta, model, w)
+        # Exact Newton wherever Ω is positive definite, also for log-likelihoods that
+        # are not concave in η (NB1 at outlying counts has W < 0 on some rows): with W
+        # floored there, Newton converges only linearly and can stop short of the mode,
+        # which makes L depend on the start. Floored W (as _pirls) where Ω is not
+        # positive definite.
+        factor = _factor(theta, model, point.w)[0] if np.any(point.w < 0) else None
+        if factor is None:
+            w = np.maximum(point.w, 1e-10 * (1.0 + np.abs(point.w)))
+            factor, _ = _factor(theta, model, w)
         if factor is None:
             return v, False
         step = -_solve(s, factor, grad)
@@ -261,7 +281,9 @@ def laplace(theta, beta, log_dispersion, model: HostGLMM, v0, gradient: bool = T
     if model.X.shape[1]:
         pieces.append(model.X.T @ q)
     if estimated:
-        pieces.append([np.sum(-2.0 * terms.value_psi + h * terms.w_psi + 2.0 * t * terms.d1_psi)])
+        # One entry per dispersion parameter (rows of the terms where there are two).
+        pieces.append(np.atleast_1d(np.sum(
+            -2.0 * terms.value_psi + h * terms.w_psi + 2.0 * t * terms.d1_psi, axis=-1)))
     return value, np.concatenate(pieces), v, factor, ok
 
 
@@ -339,7 +361,7 @@ def mode_derivatives(params, v, model: HostGLMM):
         columns.append(mixed(point.w * model.X[:, j]))
     if log_dispersion.shape[0]:
         terms = row_terms(model, point.eta, dispersion, dispersion_derivatives=True)
-        columns.append(mixed(-terms.d1_psi))
+        columns.extend(mixed(-row) for row in np.atleast_2d(terms.d1_psi))
     return np.stack([-_solve(s, factor, c) for c in columns], axis=1)
 
 
@@ -402,7 +424,9 @@ def _dispersion_start(model: HostGLMM, mu) -> float:
     y, w = model.y, model.weights
     used = w > 0
     dof = max(int(np.sum(used)) - model.X.shape[1], 1)
-    if name == "NegativeBinomial":
+    if hasattr(model.family, "moment_dispersion"):  # glmmTMB's families
+        value = float(model.family.moment_dispersion(np, y, mu, w))
+    elif name == "NegativeBinomial":
         value = np.sum(w) / np.sum(w * (y / mu - 1.0) ** 2)
     elif name == "Beta":
         ratio = np.sum(w * mu * (1.0 - mu)) / np.sum(w * (y - mu) ** 2)
@@ -423,17 +447,23 @@ def moment_start(random_terms, model: HostGLMM):
     cbpp 5 instead of 7). Falls back to θ = 1 where the moments are not finite."""
     X, offset = model.X, model.offset
     estimated = estimates_dispersion(model.family)
+    # A shape parameter estimated with the dispersion (Student-t's ν, Tweedie's p)
+    # starts at the family's choice; the dispersion argument is then (φ, shape).
+    shape = [model.family.shape_start()] if getattr(model.family, "n_shape", 0) else []
+
+    def with_shape(value):
+        return np.array([value] + shape) if shape else value
+
     dispersion = 1.0 if estimated else model.dispersion(np.zeros(0))
-    beta = _glm_start(model, dispersion)
+    beta = _glm_start(model, with_shape(dispersion))
     log_dispersion = np.zeros(0)
     if estimated:
         eta = X @ beta + offset
-        mu = np.exp(fm.log_mean_derivatives(model.family.link, np, eta)[0]) if type(
-            model.family).__name__ != "Gaussian" else fm.mean_derivatives(
-            model.family.link, np, eta)[0]
+        mu = fm.inverse_link(model.family.link, np, eta)
         dispersion = _dispersion_start(model, mu)
-        log_dispersion = np.array([np.log(dispersion)])
-    terms = row_terms(model, X @ beta + offset, dispersion)
+        log_dispersion = np.array([np.log(dispersion)] + [
+            model.family.shape_parameter(v) for v in shape])
+    terms = row_terms(model, X @ beta + offset, with_shape(dispersion))
     l1, W = terms.d1, np.maximum(terms.w, 1e-8)
     sds = []
     for term in random_terms:
