@@ -51,6 +51,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from ._linalg import cholesky as small_cholesky
+
 STRUCTURE_NAMES = ("us", "diag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau")
 
 
@@ -240,7 +242,7 @@ class Unstructured(CovarianceStructure):
         R = jnp.eye(S, dtype=omega.dtype)
         R = R.at[rows[off], cols[off]].set(jnp.tanh(omega[off]))
         R = R.at[cols[off], rows[off]].set(jnp.tanh(omega[off]))
-        lam = (sd[:, None] * jnp.linalg.cholesky(R)) / scale
+        lam = (sd[:, None] * small_cholesky(R)) / scale
         return lam[rows, cols]
 
 
@@ -460,7 +462,7 @@ def _cholesky(C, xp):
     """chol(C); on the host, NaN where C is not numerically positive definite (a trial
     point the optimizer then rejects, as the compiled engine's NaN from LAPACK)."""
     if not _is_numpy(xp):
-        return xp.linalg.cholesky(C)
+        return small_cholesky(C)  # no LAPACK call in batch programs (glmmjax._linalg)
     try:
         return np.linalg.cholesky(C)
     except np.linalg.LinAlgError:
