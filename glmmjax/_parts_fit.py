@@ -1,0 +1,145 @@
+"""``glmer``/``lmer`` with ``ziformula=`` or ``dispformula=``: from the designs to a
+:class:`~glmmjax._parts_result.GLMMPartsResult` (the fit itself is
+:mod:`glmmjax._parts_laplace`)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
+from ._engine import check_engine, opt_summary
+from ._lmm import SINGULAR_TOL
+from ._optimize import Solution, Status
+from ._parts_design import PartsDesign, build_parts, check_parts
+from ._parts_laplace import PartsData, dense_terms, parts_pipeline_jit, start_params
+from ._precision import with_x64
+from ._results import Convergence, warn_if_not_converged, warn_if_singular
+
+
+def _part_arrays(part, n: int):
+    if part is None:
+        return np.zeros((n, 0)), np.zeros(n)
+    return np.asarray(part.X, np.float64), np.asarray(part.offset, np.float64)
+
+
+def parts_data(parts: PartsDesign, family, y, weights) -> PartsData:
+    """The engine's arrays from the designs and the prepared response."""
+    n = len(y)
+    X_zi, offset_zi = _part_arrays(parts.zi, n)
+    X_disp, offset_disp = _part_arrays(parts.disp, n)
+    return PartsData(
+        y=np.asarray(y, np.float64), weights=np.asarray(weights, np.float64),
+        X=np.asarray(parts.cond.X, np.float64), offset=np.asarray(parts.cond.offset, np.float64),
+        X_zi=X_zi, offset_zi=offset_zi, X_disp=X_disp, offset_disp=offset_disp,
+        cond=dense_terms(parts.cond.terms, n),
+        zi=dense_terms(parts.zi.terms if parts.zi is not None else (), n),
+        family=family, zero_inflated=parts.zi is not None,
+    )
+
+
+def _effects(theta, terms, u):
+    """Conditional modes b = Λu per term, (m_t, S_t) each, and the slices of u."""
+    out, start = [], 0
+    factors = theta_to_factors(jnp.asarray(theta), tuple(t.size for t in terms))
+    for term, lam in zip(terms, factors):
+        size = term.n_levels * term.size
+        block = np.asarray(u[start : start + size]).reshape(term.n_levels, term.size)
+        out.append(block @ np.asarray(lam).T)
+        start += size
+    return tuple(out)
+
+
+def _effect_covariances(theta, terms, re_cov, offset: int):
+    """Conditional covariances of b per term, (m_t, S_t, S_t): Λ·H⁻¹_block·Λ'."""
+    out, start = [], offset
+    factors = theta_to_factors(jnp.asarray(theta), tuple(t.size for t in terms))
+    for term, lam in zip(terms, factors):
+        lam = np.asarray(lam)
+        blocks = np.empty((term.n_levels, term.size, term.size))
+        for level in range(term.n_levels):
+            idx = slice(start + level * term.size, start + (level + 1) * term.size)
+            blocks[level] = lam @ re_cov[idx, idx] @ lam.T
+        out.append(blocks)
+        start += term.n_levels * term.size
+    return out
+
+
+@with_x64
+def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=None,
+              offset=None, engine=None, max_iter: int = 500, method_name: str = "Laplace"):
+    """Fit a GLMM with zero-inflation and/or a dispersion model (``glmer``'s and
+    ``lmer``'s route when ``ziformula=`` or ``dispformula=`` is given)."""
+    from ._glmer import check_glmm_response
+    from ._lmer import check_max_iter
+    from ._parts_result import GLMMPartsResult
+
+    max_iter = check_max_iter(max_iter)
+    check_engine(engine)
+    if engine == "host":
+        raise ValueError(
+            "engine='host' does not fit models with ziformula= or dispformula= (they run "
+            "on the compiled engine); use engine=None or 'jax'")
+    zi_rhs, disp_rhs = check_parts(family, ziformula, dispformula)
+    parts = build_parts(formula, data, family, zi_rhs, disp_rhs, weights=weights,
+                        offset=offset)
+    design = parts.cond
+    y, w, success_level = family.prepare_response(
+        design.response, design.weights, design.response_levels, design.rows)
+    if parts.zi is None:
+        check_glmm_response(family, y, w, design)
+    data_ = parts_data(parts, family, y, w)
+    params0 = start_params(data_)
+    out = parts_pipeline_jit(jnp.asarray(params0), data_, max_iter=max_iter)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    params, v = out["params"], out["v"]
+    n_theta_c, n_theta_z, p, p_zi, p_disp = data_.layout
+    hessian = 0.5 * (out["hessian"] + out["hessian"].T)
+    pd_hess = bool(np.all(np.linalg.eigvalsh(hessian) > 0)) if hessian.size else True
+    params_cov = 2.0 * np.linalg.pinv(hessian)
+    status = Status(int(out["status"]))
+    message = status.describe()
+    if status == Status.CONVERGED and not pd_hess:
+        message = "stationary point reached but the Hessian is not positive definite"
+    convergence = Convergence(
+        converged=status == Status.CONVERGED and pd_hess, message=message,
+        grad_max=float(np.max(np.abs(out["grad"]))) if out["grad"].size else 0.0,
+        iterations=int(out["iterations"]), n_evaluations=int(out["n_evaluations"]),
+        hessian_positive_definite=pd_hess)
+    cond_sizes = tuple(t.size for t in design.terms)
+    zi_terms = parts.zi.terms if parts.zi is not None else ()
+    zi_sizes = tuple(t.size for t in zi_terms)
+    theta_c = canonical_theta(params[:n_theta_c], cond_sizes)
+    theta_z = canonical_theta(params[n_theta_c : n_theta_c + n_theta_z], zi_sizes) \
+        if zi_sizes else np.zeros(0)
+    singular = bool(
+        np.any(np.abs(theta_c[diagonal_mask(cond_sizes)]) < SINGULAR_TOL)
+        or (zi_sizes and np.any(np.abs(theta_z[diagonal_mask(zi_sizes)]) < SINGULAR_TOL)))
+    n_theta = n_theta_c + n_theta_z
+    b0 = n_theta
+    q_c = data_.cond.q
+    re_cov = out["re_cov"]
+    raw_c = params[:n_theta_c]
+    raw_z = params[n_theta_c:n_theta]
+    solution = Solution(params, out["value"], out["grad"], out["iterations"], out["status"],
+                        out["n_evaluations"], None)
+
+    def effect_cov():
+        return _effect_covariances(raw_c, design.terms, re_cov, 0)
+
+    result = GLMMPartsResult(
+        design=design, method=method_name, family_name=family.name,
+        link_name=family.link.name, theta_values=theta_c,
+        beta=params[b0 : b0 + p], beta_cov=params_cov[b0 : b0 + p, b0 : b0 + p],
+        scale=None, effects=_effects(raw_c, design.terms, v[:q_c]), effect_cov=effect_cov,
+        criterion=float(out["value"]), n_params=int(params.size), convergence=convergence,
+        singular=singular, family=family, dispersion=None, success_level=success_level,
+        n_agq=1, y=np.asarray(y), prior_weights=np.asarray(w), params_cov=params_cov,
+        engine="jax", opt_summary=opt_summary("jax", solution, out["initial"]),
+        parts=parts, layout=data_.layout, params=params, theta_zi_values=theta_z,
+        effects_zi=_effects(raw_z, zi_terms, v[q_c:]),
+    )
+    warn_if_not_converged(result, "glmer")
+    warn_if_singular(result)
+    return result
