@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -13,7 +12,7 @@ from ._engine import check_engine, opt_summary
 from ._lmm import SINGULAR_TOL
 from ._optimize import Solution, Status
 from ._parts_design import PartsDesign, build_parts, check_parts
-from ._parts_laplace import PartsData, dense_terms, parts_pipeline_jit, start_params
+from ._parts_laplace import PartsData, dense_terms, fit, start_params
 from ._precision import with_x64
 from ._results import Convergence, warn_if_not_converged, warn_if_singular
 
@@ -91,8 +90,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
         check_glmm_response(family, y, w, design)
     data_ = parts_data(parts, family, y, w)
     params0 = start_params(data_)
-    out = parts_pipeline_jit(jnp.asarray(params0), data_, max_iter=max_iter)
-    out = jax.tree_util.tree_map(np.asarray, out)
+    out = fit(params0, data_, max_iter=max_iter)
     params, v = out["params"], out["v"]
     n_theta_c, n_theta_z, p, p_zi, p_disp = data_.layout
     hessian = 0.5 * (out["hessian"] + out["hessian"].T)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 
-from ._covariance import initial_theta, theta_to_factors
+from ._covariance import diagonal_mask, initial_theta, theta_to_factors
 from ._jit import program
 from ._progress import noted
 from ._response_parts import dispersion_power, row_loglik
@@ -265,35 +265,71 @@ def laplace_at(params, data: PartsData, v):
     return value + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
 
 
-def parts_pipeline(params0, data: PartsData, max_iter: int = 500, gtol: float = 1e-6):
-    """Fit by BFGS from ``params0``; returns the optimum, the mode, −2 log L, the exact
-    Hessian in the parameters and H⁻¹ (the random effects' conditional covariance)."""
-    from ._glmm_fit import minimize_with_boundary
-
-    v0 = jnp.zeros(data.q, params0.dtype)
-
-    def objective(q, carry):
-        v = conditional_mode(q, data, carry)
+def value_grad_mode(params, v0, data: PartsData, forward: bool = True):
+    """(−2 log L, its gradient in the parameters, the mode û, H at û) at ``params``, the
+    inner Newton starting from ``v0``. The gradient is by forward mode (one JVP per
+    parameter, a handful here): no transposed program, which compiles much faster."""
+    def objective(q):
+        v = conditional_mode(q, data, v0)
         return laplace_at(q, data, v), jax.lax.stop_gradient(v)
+
+    if forward:
+        def with_value(q):
+            value, v = objective(q)
+            return value, (value, v)
+
+        grad, (value, v) = jax.jacfwd(with_value, has_aux=True)(params)
+    else:
+        (value, v), grad = jax.value_and_grad(objective, has_aux=True)(params)
+    _, _, H = _assemble(v, params, data, floor=False)
+    return value, grad, v, H
+
+
+value_grad_mode_jit = program(noted(value_grad_mode, "the zero-inflation/dispersion fit"))
+
+
+def fit(params0, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> dict:
+    """Fit by BFGS (:func:`glmmjax._optimize.minimize_host`: the loop on the host, each
+    evaluation one call of the compiled :func:`value_grad_mode`), then try near-zero
+    variance parameters at exactly zero; the Hessian of −2 log L by central differences
+    of the exact gradient (as the host GLMM engine). Only one program is compiled.
+    Returns numpy arrays: the optimum, mode, −2 log L, Hessian and H⁻¹ (the random
+    effects' conditional covariance) and the optimizer's report."""
+    from ._engine import BOUNDARY_TRY
+    from ._host_lmm import central_differences
+    from ._optimize import minimize_host
 
     sizes = data.cond.sizes + data.zi.sizes
     n_theta = data.cond.n_theta + data.zi.n_theta
-    solution, params, v = minimize_with_boundary(
-        objective, params0, v0, n_theta, sizes, gtol=gtol, loose_gtol=1e-5,
-        boundary=n_theta > 0, first_step=0.5, max_iterations=max_iter)
+    diagonal = diagonal_mask(sizes) if sizes else np.zeros(0, bool)
+    last = {}
 
-    def at_solution(q):
-        return laplace_at(q, data, at_mode(q, data, v))
+    def evaluate(x, v):
+        value, grad, v_new, H = value_grad_mode_jit(jnp.asarray(x), jnp.asarray(v), data)
+        value, grad = float(value), np.asarray(grad)
+        if np.isfinite(value):
+            last["H"] = H
+        return (value, grad), np.asarray(v_new)
 
-    hessian = jax.jacfwd(jax.jacrev(at_solution))(params)
-    _, _, H = _assemble(v, params, data, floor=False)
-    return dict(params=params, v=v, value=at_solution(params), hessian=hessian,
-                re_cov=jnp.linalg.inv(H), status=solution.status,
-                iterations=solution.iterations, n_evaluations=solution.n_evaluations,
-                grad=solution.grad, initial=params0)
+    def to_boundary(x):
+        theta = x[:n_theta]
+        near = diagonal & (np.abs(theta) < BOUNDARY_TRY)
+        return np.concatenate([np.where(near, 0.0, theta), x[n_theta:]])
 
-
-parts_pipeline_jit = program(noted(parts_pipeline, "the zero-inflation/dispersion fit"))
+    v0 = np.zeros(data.q)
+    solution = minimize_host(evaluate, np.asarray(params0, np.float64), carry=v0, gtol=gtol,
+                             loose_gtol=1e-5, expensive=True, first_step=0.5,
+                             final_trial=to_boundary if n_theta else None,
+                             max_iterations=max_iter)
+    params, v = np.asarray(solution.x), np.asarray(solution.carry)
+    hessian = central_differences(lambda x: evaluate(x, v)[0][1], params)
+    (value, _), v_final = evaluate(params, v)
+    _, _, _, H = value_grad_mode_jit(jnp.asarray(params), jnp.asarray(v_final), data)
+    return dict(params=params, v=v_final, value=value, hessian=0.5 * (hessian + hessian.T),
+                re_cov=np.linalg.inv(np.asarray(H)), status=int(solution.status),
+                iterations=int(solution.iterations),
+                n_evaluations=int(solution.n_evaluations), grad=np.asarray(solution.grad),
+                initial=np.asarray(params0))
 
 
 def start_params(data: PartsData) -> np.ndarray:
