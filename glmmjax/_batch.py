@@ -286,6 +286,8 @@ def fit_many(
     precision: str = "float64",
     progress: bool | None = None,
     n_devices: int | None = None,
+    ziformula: str | None = None,
+    dispformula: str | None = None,
 ) -> BatchResult:
     """Fit one mixed-model structure to many responses that share the design.
 
@@ -304,6 +306,9 @@ def fit_many(
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
         n_devices: local devices to split each chunk over (default: all).
+        ziformula, dispformula: glmmTMB's zero-inflation and dispersion models, as in
+            :func:`glmmjax.glmer` (Laplace, float64, one device); coefficients of those
+            parts are named ``zi~name`` and ``d~name``.
 
     Returns:
         A :class:`BatchResult`. Models whose response is unusable (non-finite values,
@@ -311,6 +316,16 @@ def fit_many(
         have NaN estimates; the others are fitted exactly as alone.
     """
     check_precision(precision)
+    if ziformula is not None or dispformula is not None:
+        from ._parts_batch import fit_many_parts
+
+        if precision != "float64" or n_agq != 1:
+            raise ValueError("fit_many with ziformula/dispformula runs in float64 by the "
+                             "Laplace approximation (precision='float64', n_agq=1)")
+        return fit_many_parts(formula, data, responses,
+                              None if family is None else get_family(family), ziformula,
+                              dispformula, weights=weights, offset=offset,
+                              chunk_size=chunk_size, progress=progress)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -12,7 +13,7 @@ from ._engine import check_engine, opt_summary
 from ._lmm import SINGULAR_TOL
 from ._optimize import Solution, Status
 from ._parts_design import PartsDesign, build_parts, check_parts
-from ._parts_laplace import PartsData, dense_terms, fit, start_params
+from ._parts_laplace import PartsData, criterion_at, dense_terms, fit, start_params
 from ._precision import with_x64
 from ._results import Convergence, warn_if_not_converged, warn_if_singular
 
@@ -89,13 +90,15 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
     if parts.zi is None:
         check_glmm_response(family, y, w, design)
     data_ = parts_data(parts, family, y, w)
-    params0 = start_params(data_)
+    params0 = np.asarray(start_params(jax.tree_util.tree_map(jnp.asarray, data_)))
     out = fit(params0, data_, max_iter=max_iter)
     params, v = out["params"], out["v"]
     n_theta_c, n_theta_z, p, p_zi, p_disp = data_.layout
     hessian = 0.5 * (out["hessian"] + out["hessian"].T)
-    pd_hess = bool(np.all(np.linalg.eigvalsh(hessian) > 0)) if hessian.size else True
-    params_cov = 2.0 * np.linalg.pinv(hessian)
+    finite = bool(np.all(np.isfinite(hessian)))
+    pd_hess = finite and (bool(np.all(np.linalg.eigvalsh(hessian) > 0)) if hessian.size
+                          else True)
+    params_cov = 2.0 * np.linalg.pinv(hessian) if finite else np.full_like(hessian, np.nan)
     status = Status(int(out["status"]))
     message = status.describe()
     if status == Status.CONVERGED and not pd_hess:
@@ -137,6 +140,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
         engine="jax", opt_summary=opt_summary("jax", solution, out["initial"]),
         parts=parts, layout=data_.layout, params=params, theta_zi_values=theta_z,
         effects_zi=_effects(raw_z, zi_terms, v[q_c:]),
+        criterion_fn=lambda x: criterion_at(x, data_, v),
     )
     warn_if_not_converged(result, "glmer")
     warn_if_singular(result)

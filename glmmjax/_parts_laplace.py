@@ -288,6 +288,14 @@ def value_grad_mode(params, v0, data: PartsData, forward: bool = True):
 value_grad_mode_jit = program(noted(value_grad_mode, "the zero-inflation/dispersion fit"))
 
 
+def criterion_at(params, data: PartsData, v0) -> float:
+    """−2 log L (Laplace) at ``params``, the inner Newton starting from ``v0``."""
+    with jax.enable_x64(True):
+        value, _, _, _ = value_grad_mode_jit(jnp.asarray(params, jnp.float64),
+                                             jnp.asarray(v0, jnp.float64), data)
+    return float(value)
+
+
 def fit(params0, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     """Fit by BFGS (:func:`glmmjax._optimize.minimize_host`: the loop on the host, each
     evaluation one call of the compiled :func:`value_grad_mode`), then try near-zero
@@ -332,43 +340,70 @@ def fit(params0, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> di
                 initial=np.asarray(params0))
 
 
-def start_params(data: PartsData) -> np.ndarray:
-    """Starting values: β from the family's starting means (as glm's IRLS starts), θ at
-    identity factors (scaled by the residual SD for Gaussian models, whose random
-    effects are not relative to σ here), β_zi = 0 (π = 1/2), and the dispersion model's
-    intercept at a moment estimate of φ."""
+def start_params(data: PartsData):
+    """Starting values (pure JAX, so batches compute them per response): β from the
+    family's starting means (as glm's IRLS starts), θ at identity factors (scaled by
+    the residual SD for Gaussian models, whose random effects are not relative to σ
+    here), β_zi = 0 (π = 1/2), and the dispersion model's intercept at a moment
+    estimate of φ (Pearson families) or the family's own start."""
     family = data.family
-    with jax.enable_x64(True):
-        y, w = jnp.asarray(data.y), jnp.asarray(data.weights)
-        mu0 = family.initialize(y, w)
-        eta0 = family.link.link(mu0)
-        eta0 = np.asarray(jnp.where(jnp.isfinite(eta0), eta0, 0.0)) - np.asarray(data.offset)
-        X = np.asarray(data.X)
-        beta = np.linalg.pinv(X) @ eta0 if X.shape[1] else np.zeros(0)
-        mu = family.link.inverse(jnp.asarray(X @ beta + np.asarray(data.offset)))
-        mu = jnp.where(family.valid_mu(mu), mu, mu0)
-        scale = 1.0
-        log_phi = 0.0
-        if family.has_dispersion:
-            if family.dispersion_method == "pearson":
-                resid = w * (y - mu) ** 2 / family.variance(mu, 1.0)
-                d0 = float(jnp.sum(resid) / jnp.maximum(jnp.sum(w > 0), 1))
-            else:
-                d0 = float(family.dispersion_start(y, mu, w))
-            d0 = float(np.clip(d0 if np.isfinite(d0) else 1.0, 1e-4, 1e4))
-            log_phi = np.log(d0) / dispersion_power(family)
-            if family.name == "gaussian":
-                scale = float(np.sqrt(d0))
-    X_disp = np.asarray(data.X_disp)
+    y, w, offset = data.y, data.weights, data.offset
+    mu0 = family.initialize(y, w)
+    eta0 = family.link.link(mu0)
+    eta0 = jnp.where(jnp.isfinite(eta0), eta0, 0.0) - offset
+    X = data.X
+    beta = jnp.linalg.pinv(X) @ eta0 if X.shape[1] else jnp.zeros(0, y.dtype)
+    mu = family.link.inverse(X @ beta + offset)
+    mu = jnp.where(family.valid_mu(mu), mu, mu0)
+    scale = jnp.ones((), y.dtype)
+    log_phi = jnp.zeros((), y.dtype)
+    if family.has_dispersion:
+        if family.dispersion_method == "pearson":
+            resid = w * (y - mu) ** 2 / family.variance(mu, jnp.ones((), y.dtype))
+            d0 = jnp.sum(resid) / jnp.maximum(jnp.sum(w > 0), 1)
+        else:
+            d0 = family.dispersion_start(y, mu, w)
+        d0 = jnp.clip(jnp.where(jnp.isfinite(d0), d0, 1.0), 1e-4, 1e4)
+        log_phi = jnp.log(d0) / dispersion_power(family)
+        if family.name == "gaussian":
+            scale = jnp.sqrt(d0)
+    X_disp = data.X_disp
     if X_disp.shape[1]:
-        target = np.full(X_disp.shape[0], log_phi) - np.asarray(data.offset_disp)
-        beta_disp = np.linalg.pinv(X_disp) @ target
+        beta_disp = jnp.linalg.pinv(X_disp) @ (log_phi - data.offset_disp)
     else:
-        beta_disp = np.zeros(0)
-    def theta0(sizes):
-        return initial_theta(sizes) if sizes else np.zeros(0)
+        beta_disp = jnp.zeros(0, y.dtype)
 
-    return np.concatenate([
+    def theta0(sizes):
+        return jnp.asarray(initial_theta(sizes) if sizes else np.zeros(0), y.dtype)
+
+    return jnp.concatenate([
         theta0(data.cond.sizes) * scale, theta0(data.zi.sizes),
-        beta, np.zeros(data.X_zi.shape[1]), beta_disp,
-    ]).astype(np.float64)
+        beta, jnp.zeros(data.X_zi.shape[1], y.dtype), beta_disp,
+    ])
+
+
+def batch_pipeline(y, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> dict:
+    """The whole fit in JAX for response ``y`` (vmap-able: ``fit_many``): BFGS in the
+    compiled loop, then the exact Hessian (forward over forward: few parameters)."""
+    from ._glmm_fit import minimize_with_boundary
+
+    data = eqx.tree_at(lambda d: d.y, data, y)
+    params0 = start_params(data)
+    v0 = jnp.zeros(data.q, y.dtype)
+
+    def objective(q, carry):
+        v = conditional_mode(q, data, carry)
+        return laplace_at(q, data, v), jax.lax.stop_gradient(v)
+
+    sizes = data.cond.sizes + data.zi.sizes
+    n_theta = data.cond.n_theta + data.zi.n_theta
+    solution, params, v = minimize_with_boundary(
+        objective, params0, v0, n_theta, sizes, gtol=gtol, loose_gtol=1e-5,
+        boundary=n_theta > 0, first_step=0.5, forward=True, max_iterations=max_iter)
+
+    def at_solution(q):
+        return laplace_at(q, data, at_mode(q, data, v))
+
+    hessian = jax.jacfwd(jax.jacfwd(at_solution))(params)
+    return dict(params=params, value=solution.value, hessian=hessian,
+                status=solution.status, iterations=solution.iterations)

@@ -15,7 +15,7 @@ from ._design import new_data_design
 from ._display import plural, with_r_aliases
 from ._distributions import norm_sf
 from ._glmer import GLMMResult
-from ._response_parts import family_dispersion, is_truncated, response_mean
+from ._response_parts import conditional_mean, family_dispersion, is_truncated, response_mean
 from ._results import _format_table
 
 PARTS = ("cond", "zi", "disp")
@@ -42,6 +42,13 @@ class GLMMPartsResult(GLMMResult):
     params: np.ndarray | None = None
     theta_zi_values: np.ndarray | None = None
     effects_zi: tuple = ()
+    criterion_fn: object = None  # params (layout above, θ raw) -> −2 log L (Laplace)
+
+    def criterion_at(self, params) -> float:
+        """−2 log L (Laplace) at another parameter vector, laid out as :attr:`params`:
+        (θ_cond, θ_zi, β_cond, β_zi, β_disp), θ in lme4's Cholesky order (for a scalar
+        random effect its SD, as glmmTMB's). To compare optima with other software."""
+        return float(self.criterion_fn(np.asarray(params, dtype=np.float64)))
 
     # -- by part --------------------------------------------------------------------------
     def _part_slice(self, part: str) -> slice:
@@ -161,7 +168,9 @@ class GLMMPartsResult(GLMMResult):
         ``type``: ``"response"`` (the mean of y: (1 − π)μ with zero-inflation,
         (1 − π)μ/(1 − f(0)) for a hurdle), ``"conditional"`` (μ of the conditional
         model), ``"zprob"`` (π, the zero-inflation or hurdle probability), ``"link"``
-        (η), ``"zlink"`` (logit π), ``"disp"`` (glmmTMB's dispersion φ).
+        (η), ``"zlink"`` (logit π), ``"disp"`` (glmmTMB's dispersion φ). For a hurdle
+        model ``"conditional"`` is the mean of the zero-truncated distribution, as
+        glmmTMB's.
         """
         if type not in PREDICT_TYPES:
             raise ValueError(f"type must be one of {PREDICT_TYPES}, got {type!r}")
@@ -172,7 +181,7 @@ class GLMMPartsResult(GLMMResult):
                 values = response_mean(family, jnp.asarray(eta), jnp.asarray(zeta),
                                        jnp.asarray(log_phi), zero_inflated=self.zero_inflated)
             elif type == "conditional":
-                values = family.link.inverse(jnp.asarray(eta))
+                values = conditional_mean(family, jnp.asarray(eta), jnp.asarray(log_phi))
             elif type == "zprob":
                 values = (jax.nn.sigmoid(jnp.asarray(zeta)) if self.zero_inflated
                           else jnp.zeros_like(jnp.asarray(eta)))

@@ -111,13 +111,20 @@ def row_loglik(family, y, weights, eta, zeta, log_phi, *, zero_inflated: bool):
     return weights * jnp.where(y == 0, zero, positive)
 
 
-def response_mean(family, eta, zeta, log_phi, *, zero_inflated: bool):
-    """glmmTMB's ``predict(type="response")``: E y = (1 − π)·μ for zero-inflation,
-    (1 − π)·μ/(1 − f(0)) for a hurdle (the truncated part's mean), μ otherwise."""
+def conditional_mean(family, eta, log_phi):
+    """glmmTMB's ``predict(type="conditional")``: μ, or for a truncated family the mean
+    of the zero-truncated distribution, μ/(1 − f(0))."""
     mu = family.link.inverse(eta)
     if is_truncated(family):
         log_positive = family.log_prob_positive(eta, family_dispersion(family, log_phi))
         mu = mu * jnp.exp(-log_positive)
+    return mu
+
+
+def response_mean(family, eta, zeta, log_phi, *, zero_inflated: bool):
+    """glmmTMB's ``predict(type="response")``: E y = (1 − π)·m with m the conditional
+    mean (:func:`conditional_mean`; for a hurdle, the truncated part's mean)."""
+    mu = conditional_mean(family, eta, log_phi)
     if not zero_inflated:
         return mu
     return mu * jax.nn.sigmoid(-zeta)
