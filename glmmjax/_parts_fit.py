@@ -9,12 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
+from ._design import DataError
 from ._engine import check_engine, opt_summary
 from ._lmm import SINGULAR_TOL
 from ._optimize import Solution, Status
 from ._parts_design import PartsDesign, build_parts, check_parts
 from ._parts_laplace import PartsData, criterion_at, dense_terms, fit, start_params
 from ._precision import with_x64
+from ._response_parts import is_truncated
 from ._results import Convergence, warn_if_not_converged, warn_if_singular
 
 
@@ -89,6 +91,11 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
         design.response, design.weights, design.response_levels, design.rows)
     if parts.zi is None:
         check_glmm_response(family, y, w, design)
+        if is_truncated(family) and np.any((y == 0) & (w > 0)):
+            raise DataError(
+                f"response {design.formula.response!r} has zeros, which the zero-truncated "
+                f"{family.name} family cannot produce; add ziformula= (e.g. '~1') for a "
+                "hurdle model of the zeros")
     data_ = parts_data(parts, family, y, w)
     params0 = np.asarray(start_params(jax.tree_util.tree_map(jnp.asarray, data_)))
     out = fit(params0, data_, max_iter=max_iter)

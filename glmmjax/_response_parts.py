@@ -116,6 +116,11 @@ def conditional_mean(family, eta, log_phi):
     of the zero-truncated distribution, μ/(1 − f(0))."""
     mu = family.link.inverse(eta)
     if is_truncated(family):
+        if not hasattr(family, "log_prob_positive"):
+            raise NotImplementedError(
+                f"the truncated family {family.name} does not define log_prob_positive(eta, "
+                "dispersion) = log(1 - f(0)), which its mean needs (see "
+                "glmmjax._response_parts)")
         log_positive = family.log_prob_positive(eta, family_dispersion(family, log_phi))
         mu = mu * jnp.exp(-log_positive)
     return mu

@@ -324,3 +324,9 @@ def test_fit_many_zero_inflated_poisson_equals_glmer_one_by_one():
         np.testing.assert_allclose(batch.fixef.iloc[k], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(batch.fixef_se.iloc[k], want_se, rtol=1e-4)
         np.testing.assert_allclose(batch.models["criterion"][k], fit.criterion, rtol=1e-9)
+
+
+def test_zeros_with_a_truncated_family_need_ziformula(salamanders):
+    with pytest.raises(glmmjax.DataError, match=r"zeros.*zero-truncated.*ziformula"):
+        glmmjax.glmer("count ~ mined + (1|site)", salamanders,
+                      family=TruncatedPoissonForTest(), dispformula="~1")
