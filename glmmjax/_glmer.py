@@ -166,7 +166,9 @@ def glmer(
     Returns:
         A :class:`GLMMResult`; with ``ziformula`` or ``dispformula`` a
         :class:`~glmmjax._parts_result.GLMMPartsResult` (coefficients by part, as
-        glmmTMB's, fitted by the Laplace approximation on the compiled engine); ``.converged`` and ``.convergence`` report the final
+        glmmTMB's, fitted by the Laplace approximation: on the CPU by default by the
+        host engine of :mod:`glmmjax._parts_host`, with ``engine="jax"`` or on
+        accelerators by the compiled :mod:`glmmjax._parts_laplace`); ``.converged`` and ``.convergence`` report the final
         gradient and whether the Hessian is positive definite.
 
     Raises:

@@ -14,7 +14,7 @@ from ._engine import check_engine, opt_summary
 from ._lmm import SINGULAR_TOL
 from ._optimize import Solution, Status
 from ._parts_design import PartsDesign, build_parts, check_parts
-from ._parts_laplace import PartsData, criterion_at, dense_terms, fit, start_params
+from ._parts_laplace import PartsData, criterion_at, dense_terms, fit, start_params_jit
 from ._precision import with_x64
 from ._response_parts import is_truncated
 from ._results import Convergence, warn_if_not_converged, warn_if_singular
@@ -79,10 +79,8 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
 
     max_iter = check_max_iter(max_iter)
     check_engine(engine)
-    if engine == "host":
-        raise ValueError(
-            "engine='host' does not fit models with ziformula= or dispformula= (they run "
-            "on the compiled engine); use engine=None or 'jax'")
+    if engine is None:
+        engine = "host" if jax.default_backend() == "cpu" else "jax"
     zi_rhs, disp_rhs = check_parts(family, ziformula, dispformula)
     parts = build_parts(formula, data, family, zi_rhs, disp_rhs, weights=weights,
                         offset=offset)
@@ -97,8 +95,17 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
                 f"{family.name} family cannot produce; add ziformula= (e.g. '~1') for a "
                 "hurdle model of the zeros")
     data_ = parts_data(parts, family, y, w)
-    params0 = np.asarray(start_params(jax.tree_util.tree_map(jnp.asarray, data_)))
-    out = fit(params0, data_, max_iter=max_iter)
+    # One small compiled program: as eager operations each would compile on its own.
+    params0 = np.asarray(start_params_jit(jax.tree_util.tree_map(jnp.asarray, data_)))
+    if engine == "host":
+        from ._parts_host import fit as fit_host
+
+        out = fit_host(params0, data_, max_iter=max_iter)
+        criterion_fn = out.pop("criterion")
+    else:
+        out = fit(params0, data_, max_iter=max_iter)
+        v_fit = out["v"]
+        criterion_fn = lambda x: criterion_at(x, data_, v_fit)  # noqa: E731
     params, v = out["params"], out["v"]
     n_theta_c, n_theta_z, p, p_zi, p_disp = data_.layout
     hessian = 0.5 * (out["hessian"] + out["hessian"].T)
@@ -144,10 +151,10 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
         criterion=float(out["value"]), n_params=int(params.size), convergence=convergence,
         singular=singular, family=family, dispersion=None, success_level=success_level,
         n_agq=1, y=np.asarray(y), prior_weights=np.asarray(w), params_cov=params_cov,
-        engine="jax", opt_summary=opt_summary("jax", solution, out["initial"]),
+        engine=engine, opt_summary=opt_summary(engine, solution, out["initial"]),
         parts=parts, layout=data_.layout, params=params, theta_zi_values=theta_z,
         effects_zi=_effects(raw_z, zi_terms, v[q_c:]),
-        criterion_fn=lambda x: criterion_at(x, data_, v),
+        criterion_fn=criterion_fn,
     )
     warn_if_not_converged(result, "glmer")
     warn_if_singular(result)

@@ -382,6 +382,9 @@ def start_params(data: PartsData):
     ])
 
 
+start_params_jit = jax.jit(start_params)
+
+
 def batch_pipeline(y, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     """The whole fit in JAX for response ``y`` (vmap-able: ``fit_many``): BFGS in the
     compiled loop, then the exact Hessian (forward over forward: few parameters)."""

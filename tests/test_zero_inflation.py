@@ -330,3 +330,18 @@ def test_zeros_with_a_truncated_family_need_ziformula(salamanders):
     with pytest.raises(glmmjax.DataError, match=r"zeros.*zero-truncated.*ziformula"):
         glmmjax.glmer("count ~ mined + (1|site)", salamanders,
                       family=TruncatedPoissonForTest(), dispformula="~1")
+
+
+@pytest.mark.slow
+def test_host_and_compiled_engines_agree():
+    """The host engine (numpy, default on the CPU) and the compiled one fit the same
+    criterion with the same exact gradient (zero-inflation random effects and a
+    dispersion model both in play)."""
+    data = glmmjax.datasets.load("salamanders")
+    fits = [glmmjax.glmer("count ~ mined + (1|site)", data, family="negative_binomial",
+                          ziformula="~ mined", dispformula="~ mined", engine=engine)
+            for engine in ("host", "jax")]
+    assert [f.engine for f in fits] == ["host", "jax"]
+    np.testing.assert_allclose(fits[0].criterion, fits[1].criterion, rtol=1e-10)
+    np.testing.assert_allclose(fits[0].params, fits[1].params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fits[0].params_cov, fits[1].params_cov, rtol=1e-4, atol=1e-8)
