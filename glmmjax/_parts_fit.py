@@ -101,7 +101,11 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
         from ._parts_host import fit as fit_host
 
         out = fit_host(params0, data_, max_iter=max_iter)
-        criterion_fn = out.pop("criterion")
+        host_criterion = out.pop("criterion")
+
+        def criterion_fn(x):
+            with jax.enable_x64(True):  # the kernel must see float64 arrays as such
+                return host_criterion(x)
     else:
         out = fit(params0, data_, max_iter=max_iter)
         v_fit = out["v"]
