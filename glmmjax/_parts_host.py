@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
+from ._blas import single_threaded_blas
 from ._covariance import _tril_indices_colmajor
 from ._response_parts import row_loglik
 
@@ -280,6 +281,7 @@ class HostParts:
         return np.linalg.inv(self._hessian(A_c, A_z, w_ee, w_ez, w_zz))
 
 
+@single_threaded_blas()  # threaded OpenBLAS spins against XLA's threads (glmmjax._blas)
 def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     """The host engine's fit: :func:`glmmjax._parts_laplace.fit`'s steps with
     :meth:`HostParts.value_grad` as the evaluation."""
