@@ -19,6 +19,10 @@ from ._precision import with_x64
 from ._response_parts import is_truncated
 from ._results import Convergence, warn_if_not_converged, warn_if_singular
 
+# Entries of the dense n × q random-effects matrix (8 bytes each) above which a fit is
+# refused rather than left to run out of memory.
+DENSE_LIMIT = 50_000_000
+
 
 def _part_arrays(part, n: int):
     if part is None:
@@ -94,7 +98,18 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
                 f"response {design.formula.response!r} has zeros, which the zero-truncated "
                 f"{family.name} family cannot produce; add ziformula= (e.g. '~1') for a "
                 "hurdle model of the zeros")
+    if parts.zi is not None and np.all(y[w > 0] == 0):
+        raise DataError(
+            f"response {design.formula.response!r} is zero on every row used: the "
+            "zero-inflation and count models cannot be told apart and nothing can be "
+            "estimated")
     data_ = parts_data(parts, family, y, w)
+    cells = design.nobs * data_.q
+    if cells > DENSE_LIMIT:
+        raise ValueError(
+            f"models with ziformula/dispformula hold the random-effects matrix densely: "
+            f"{design.nobs} rows x {data_.q} random effects = {cells:,} entries exceeds "
+            f"{DENSE_LIMIT:,}; fewer levels (or a sparse engine, not written yet) needed")
     # One small compiled program: as eager operations each would compile on its own.
     params0 = np.asarray(start_params_jit(jax.tree_util.tree_map(jnp.asarray, data_)))
     if engine == "host":

@@ -33,8 +33,22 @@ MAX_NEWTON = 100
 NEWTON_TOL = 1e-10
 
 
-@functools.lru_cache(maxsize=32)
 def _kernels(family, zero_inflated: bool):
+    """:func:`_build_kernel`, cached per (family, zero_inflated) where the family is
+    hashable (a user-defined family holding arrays is not: it gets a fresh kernel)."""
+    try:
+        hash(family)
+    except TypeError:
+        return _build_kernel(family, zero_inflated)
+    return _cached_kernel(family, zero_inflated)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_kernel(family, zero_inflated: bool):
+    return _build_kernel(family, zero_inflated)
+
+
+def _build_kernel(family, zero_inflated: bool):
     """The kernel for this family: a jitted function of (y, w, η, ζ, δ), elementwise
     over rows, returning ℓ, G (3), the rows (η, ζ) of the Hessian in e = (η, ζ, δ)
     (2 × 3) and the derivatives in e of its (η, ζ) block (2 × 2 × 3). One kernel serves
