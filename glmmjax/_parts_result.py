@@ -15,7 +15,13 @@ from ._design import new_data_design
 from ._display import plural, with_r_aliases
 from ._distributions import norm_sf
 from ._glmer import GLMMResult
-from ._response_parts import conditional_mean, family_dispersion, is_truncated, response_mean
+from ._response_parts import (
+    conditional_mean,
+    family_dispersion,
+    is_truncated,
+    response_mean,
+    zero_inflatable,
+)
 from ._results import _format_table
 
 PARTS = ("cond", "zi", "disp")
@@ -208,36 +214,73 @@ class GLMMPartsResult(GLMMResult):
         return pd.Series(self.y - self.fitted().to_numpy(), index=self.design.rows,
                          name="residuals")
 
+    def _draw_effects(self, rng, terms, theta) -> tuple:
+        """New random effects b ~ N(0, ΛΛ') per level of each term."""
+        from ._parts_host import _factors
+
+        out = []
+        for term, lam in zip(terms, _factors(np.asarray(theta), tuple(t.size for t in terms))):
+            out.append(rng.standard_normal((term.n_levels, term.size)) @ lam.T)
+        return tuple(out)
+
+    def _simulate_array(self, n: int, include_re: bool, seed: int | None,
+                        newdata=None, allow_new_levels: bool = False) -> np.ndarray:
+        """(n_obs, n) simulated responses (see :meth:`simulate`)."""
+        if not include_re and newdata is not None:
+            raise ValueError("simulate(include_re=False) draws new random effects for the "
+                             "fitting data's levels; with newdata use include_re=True")
+        family = self.family
+        rng = np.random.default_rng(seed)
+        draws = []
+        with jax.enable_x64(True):
+            if include_re:
+                fixed = self._predictors(newdata, True, allow_new_levels)
+            for _ in range(n):
+                if include_re:
+                    eta, zeta, log_phi = fixed
+                else:
+                    parts = dataclasses.replace(
+                        self, effects=self._draw_effects(rng, self.design.terms,
+                                                         self.theta_values),
+                        effects_zi=self._draw_effects(rng, self._zi_terms(),
+                                                      self.theta_zi_values))
+                    eta, zeta, log_phi = parts._predictors(None, True, False)
+                key = jax.random.PRNGKey(int(rng.integers(0, 2**31 - 1)))
+                k_zero, k_count = jax.random.split(key)
+                mu = family.link.inverse(jnp.asarray(eta))
+                dispersion = family_dispersion(family, jnp.asarray(log_phi))
+                y = family.simulate(k_count, mu, jnp.ones_like(mu), dispersion)
+                if self.zero_inflated:
+                    zero = jax.random.bernoulli(k_zero, jax.nn.sigmoid(jnp.asarray(zeta)))
+                    y = jnp.where(zero, 0.0, y)
+                draws.append(np.asarray(y))
+        return np.column_stack(draws)
+
     def simulate(self, n: int = 1, newdata=None, *, include_re: bool = True,
                  seed: int | None = None, weights=None, allow_new_levels: bool = False):
-        """Responses drawn from the fitted model (conditional on the random effects'
-        modes, ``include_re=True``; or at zero random effects): zeros with probability
-        π, else draws of the family (for a hurdle, of its zero-truncated form).
-        One column per simulation (``sim_1``, ...)."""
+        """Responses drawn from the fitted model: zeros with probability π, else draws
+        of the family (for a hurdle, of its zero-truncated form; the family's own
+        ``simulate`` must draw that). ``include_re=True`` conditions on the random
+        effects' modes; ``False`` draws new ones from N(0, ΛΛ') in both parts for each
+        simulation (fitting data only). One column per simulation (``sim_1``, ...)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if weights is not None:
             raise ValueError("weights= is not supported when simulating models with "
                              "ziformula/dispformula")
-        eta, zeta, log_phi = self._predictors(newdata, include_re, allow_new_levels)
-        family = self.family
-        seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else seed
-        with jax.enable_x64(True):
-            key = jax.random.PRNGKey(seed)
-            mu = family.link.inverse(jnp.asarray(eta))
-            dispersion = family_dispersion(family, jnp.asarray(log_phi))
-            ones = jnp.ones_like(mu)
-            draws = []
-            for k in jax.random.split(key, n):
-                k_zero, k_count = jax.random.split(k)
-                y = family.simulate(k_count, mu, ones, dispersion)
-                if self.zero_inflated:
-                    zero = jax.random.bernoulli(k_zero, jax.nn.sigmoid(jnp.asarray(zeta)))
-                    y = jnp.where(zero, 0.0, y)
-                draws.append(np.asarray(y))
+        sims = self._simulate_array(int(n), include_re, seed, newdata, allow_new_levels)
         index = self.design.rows if newdata is None else newdata.index
-        return pd.DataFrame(np.column_stack(draws), index=index,
-                            columns=[f"sim_{i + 1}" for i in range(n)])
+        return pd.DataFrame(sims, index=index, columns=[f"sim_{i + 1}" for i in range(n)])
+
+    def scaled_residuals(self, n_sim: int = 250, seed: int | None = None, *,
+                         include_re: bool = False, integer: bool | None = None):
+        """Simulation-based scaled residuals (DHARMa's), from :meth:`simulate`: with
+        ``test_zero_inflation()`` among the tests. Counts are treated as discrete."""
+        from ._diagnostics import scaled_residuals
+
+        if integer is None:
+            integer = zero_inflatable(self.family)
+        return scaled_residuals(self, n_sim, seed, include_re=include_re, integer=integer)
 
     # -- tables ---------------------------------------------------------------------------
     def coef_table(self, names: str = "glmmjax", part: str = "cond") -> pd.DataFrame:
@@ -320,5 +363,3 @@ class GLMMPartsResult(GLMMResult):
     def refit(self, *args, **kwargs):
         self._not_here("refit")
 
-    def scaled_residuals(self, *args, **kwargs):
-        self._not_here("scaled_residuals")

@@ -346,3 +346,17 @@ def test_host_and_compiled_engines_agree():
     np.testing.assert_allclose(fits[0].criterion, fits[1].criterion, rtol=1e-10)
     np.testing.assert_allclose(fits[0].params, fits[1].params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fits[0].params_cov, fits[1].params_cov, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_scaled_residuals_see_the_zero_inflation_the_model_removes(salamanders):
+    """DHARMa's zero-inflation test on the salamander counts: excess zeros under a
+    Poisson GLMM, none left under the zero-inflated one (whose simulations draw new
+    random effects in both parts)."""
+    formula = "count ~ mined + (1|site)"
+    poisson = glmmjax.glmer(formula, salamanders, family="poisson")
+    zip_fit = glmmjax.glmer(formula, salamanders, family="poisson", ziformula="~mined")
+    before = poisson.scaled_residuals(n_sim=200, seed=1).test_zero_inflation()
+    after = zip_fit.scaled_residuals(n_sim=200, seed=1).test_zero_inflation()
+    assert before.statistic > 1.2 and before.p_value < 0.01
+    assert abs(after.statistic - 1.0) < 0.05 and after.p_value > 0.1
