@@ -70,10 +70,39 @@ def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformul
         K = len(usable)
         chunk = int(chunk_size or min(max(K, 1), 256))
         out = None
-        if usable:
+        if usable and jax.default_backend() == "cpu":
+            out, chunk = _host_loop(Y, usable, template, max_iter, progress), 1
+        elif usable:
             out = _run_chunks(lambda Yc, d: _batched(Yc, d, int(max_iter)), Y, usable, chunk,
                               (template,), np.float64, progress)
     return _assemble_parts(parts, names, reasons, usable, out, chunk)
+
+
+def _host_loop(Y, usable, template, max_iter, progress) -> dict:
+    """On the CPU: one host-engine fit per model (:mod:`glmmjax._parts_host`), the
+    kernel compiled once for all. A vmapped BFGS runs every model of a chunk for as
+    many iterations as its slowest one needs, and one hard model (a zero-inflation
+    probability running off to 0) held a chunk for minutes; a loop of host fits has no
+    such coupling and, on these sizes, no compile time to amortize."""
+    import equinox as eqx
+
+    from ._parts_host import fit as fit_host
+    from ._parts_laplace import start_params_jit
+    from ._progress import bar
+
+    pieces = []
+    for k in bar(usable, enabled=progress, desc="fitting models", unit="model"):
+        data = eqx.tree_at(lambda d: d.y, template, jnp.asarray(Y[:, k]))
+        out = fit_host(np.asarray(start_params_jit(data)), data, max_iter=max_iter)
+        hessian = out["hessian"]
+        finite = bool(np.all(np.isfinite(hessian)))
+        pieces.append(dict(
+            params=out["params"], value=out["value"], status=out["status"],
+            iterations=out["iterations"],
+            params_cov=2.0 * np.linalg.pinv(hessian) if finite else np.full_like(hessian,
+                                                                                 np.nan),
+            hessian_pd=finite and bool(np.all(np.linalg.eigvalsh(hessian) > 0))))
+    return {key: np.stack([np.asarray(p[key]) for p in pieces]) for key in pieces[0]}
 
 
 def _assemble_parts(parts, names, reasons, usable, out, chunk) -> BatchResult:
