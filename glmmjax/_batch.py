@@ -307,8 +307,9 @@ def fit_many(
         progress: show a tqdm progress bar (default: when there is more than one chunk).
         n_devices: local devices to split each chunk over (default: all).
         ziformula, dispformula: glmmTMB's zero-inflation and dispersion models, as in
-            :func:`glmmjax.glmer` (Laplace, float64, one device); coefficients of those
-            parts are named ``zi~name`` and ``d~name``.
+            :func:`glmmjax.glmer` (Laplace, float64; the models are fitted one after
+            another by the host engine, ``chunk_size`` does not apply); coefficients of
+            those parts are named ``zi~name`` and ``d~name``.
 
     Returns:
         A :class:`BatchResult`. Models whose response is unusable (non-finite values,

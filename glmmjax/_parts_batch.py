@@ -1,6 +1,6 @@
-"""``fit_many`` with ``ziformula=``/``dispformula=``: one compiled program fits a
-zero-inflation or dispersion GLMM (:func:`glmmjax._parts_laplace.batch_pipeline`) and
-is vmapped over the responses, chunk by chunk."""
+"""``fit_many`` with ``ziformula=``/``dispformula=``: the designs are built once, each
+response is fitted by the host engine (:func:`_host_loop`), and the results are
+assembled into a :class:`~glmmjax.BatchResult`."""
 
 from __future__ import annotations
 
@@ -9,30 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._batch import BatchResult, _check_models, _response_matrix, _run_chunks, _sd_columns
+from ._batch import BatchResult, _check_models, _response_matrix, _sd_columns
 from ._covariance import canonical_theta
 from ._design import DataError
 from ._distributions import norm_sf
-from ._jit import program
 from ._optimize import Status
 from ._parts_design import build_parts, check_parts
-from ._parts_laplace import batch_pipeline
-from ._progress import noted
 
 _RESPONSE = "_glmmjax_response_"
-
-
-def _one(y, data, max_iter):
-    out = batch_pipeline(y, data, max_iter=max_iter)
-    hessian = 0.5 * (out["hessian"] + out["hessian"].T)
-    out["params_cov"] = 2.0 * jnp.linalg.pinv(hessian)
-    out["hessian_pd"] = jnp.all(jnp.linalg.eigvalsh(hessian) > 0)
-    del out["hessian"]
-    return out
-
-
-_batched = program(noted(jax.vmap(_one, in_axes=(0, None, None)),
-                         "the zero-inflation/dispersion fit (batched)"))
 
 
 def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformula,
@@ -67,23 +51,16 @@ def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformul
     template = parts_data(parts, family, np.zeros(design.nobs), weights_used)
     with jax.enable_x64(True):
         template = jax.tree_util.tree_map(jnp.asarray, template)
-        K = len(usable)
-        chunk = int(chunk_size or min(max(K, 1), 256))
-        out = None
-        if usable and jax.default_backend() == "cpu":
-            out, chunk = _host_loop(Y, usable, template, max_iter, progress), 1
-        elif usable:
-            out = _run_chunks(lambda Yc, d: _batched(Yc, d, int(max_iter)), Y, usable, chunk,
-                              (template,), np.float64, progress)
-    return _assemble_parts(parts, names, reasons, usable, out, chunk)
+        out = _host_loop(Y, usable, template, max_iter, progress) if usable else None
+    return _assemble_parts(parts, names, reasons, usable, out, 1)
 
 
 def _host_loop(Y, usable, template, max_iter, progress) -> dict:
-    """On the CPU: one host-engine fit per model (:mod:`glmmjax._parts_host`), the
-    kernel compiled once for all. A vmapped BFGS runs every model of a chunk for as
+    """One host-engine fit per model (:mod:`glmmjax._parts_host`), the kernel compiled
+    once for all. A vmapped compiled BFGS (tried) runs every model of a chunk for as
     many iterations as its slowest one needs, and one hard model (a zero-inflation
-    probability running off to 0) held a chunk for minutes; a loop of host fits has no
-    such coupling and, on these sizes, no compile time to amortize."""
+    probability running off to 0) held a chunk of 16 for minutes; a loop of host fits
+    has no such coupling and, on these sizes, no compile time to amortize."""
     import equinox as eqx
 
     from ._parts_host import fit as fit_host

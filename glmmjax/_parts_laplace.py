@@ -383,30 +383,3 @@ def start_params(data: PartsData):
 
 
 start_params_jit = jax.jit(start_params)
-
-
-def batch_pipeline(y, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> dict:
-    """The whole fit in JAX for response ``y`` (vmap-able: ``fit_many``): BFGS in the
-    compiled loop, then the exact Hessian (forward over forward: few parameters)."""
-    from ._glmm_fit import minimize_with_boundary
-
-    data = eqx.tree_at(lambda d: d.y, data, y)
-    params0 = start_params(data)
-    v0 = jnp.zeros(data.q, y.dtype)
-
-    def objective(q, carry):
-        v = conditional_mode(q, data, carry)
-        return laplace_at(q, data, v), jax.lax.stop_gradient(v)
-
-    sizes = data.cond.sizes + data.zi.sizes
-    n_theta = data.cond.n_theta + data.zi.n_theta
-    solution, params, v = minimize_with_boundary(
-        objective, params0, v0, n_theta, sizes, gtol=gtol, loose_gtol=1e-5,
-        boundary=n_theta > 0, first_step=0.5, forward=True, max_iterations=max_iter)
-
-    def at_solution(q):
-        return laplace_at(q, data, at_mode(q, data, v))
-
-    hessian = jax.jacfwd(jax.jacfwd(at_solution))(params)
-    return dict(params=params, value=solution.value, hessian=hessian,
-                status=solution.status, iterations=solution.iterations)
