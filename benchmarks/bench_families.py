@@ -19,10 +19,18 @@ Models (issue 15):
 * cbpp_cloglog: ``cbind(incidence, size - incidence) ~ period + (1 | herd)``, binomial
   with cloglog link.
 
+glmmTMB's own families (issue 20; the models of tests/reference/glmm_families_tmb2.R):
+owls_nbinom1, salamanders_nbinom1, salamanders_truncated_poisson / _nbinom2 / _nbinom1
+(``count ~ spp + mined + (1 | site)`` on the positive counts), owls_genpois,
+cbpp_betabinomial, sleepstudy_t_df5 (``Reaction ~ Days + (Days | Subject)``, Student-t
+with df fixed at 5), sleepstudy_t (df estimated) and tweedie_log (``y ~ x + (1 | g)``,
+power estimated; tests/reference/data/tweedie_glmm.csv).
+
 Run from the repository root (R with glmmTMB and mlmRev must be installed):
 
     python benchmarks/bench_families.py
     python benchmarks/bench_families.py --models owls_nb2 --repeats 5
+    python benchmarks/bench_families.py --tmb-families      # issue 20's models only
 """
 
 from __future__ import annotations
@@ -59,6 +67,40 @@ MODELS = {
     "cbpp_cloglog": ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "binomial",
                      "cloglog", "cbpp", 'binomial(link = "cloglog")', "cbpp"),
 }
+_OWLS = "SiblingNegotiation ~ FoodTreatment * SexParent + offset(log(BroodSize)) + (1 | Nest)"
+_SAL = "count ~ spp + mined + (1 | site)"
+_POSITIVE = ("data/salamanders_positive.csv",
+             'read.csv("data/salamanders_positive.csv", stringsAsFactors = TRUE)')
+MODELS.update({
+    "owls_nbinom1": (_OWLS, "nbinom1", "log", "owls", "nbinom1", "Owls"),
+    "salamanders_nbinom1": (_SAL, "nbinom1", "log", "salamanders", "nbinom1", "Salamanders"),
+    "salamanders_truncated_poisson": (_SAL, "truncated_poisson", "log", _POSITIVE[0],
+                                      "truncated_poisson", _POSITIVE[1]),
+    "salamanders_truncated_nbinom2": (_SAL, "truncated_nbinom2", "log", _POSITIVE[0],
+                                      "truncated_nbinom2", _POSITIVE[1]),
+    "salamanders_truncated_nbinom1": (_SAL, "truncated_nbinom1", "log", _POSITIVE[0],
+                                      "truncated_nbinom1", _POSITIVE[1]),
+    "owls_genpois": (_OWLS, "genpois", "log", "owls", "genpois", "Owls"),
+    "cbpp_betabinomial": ("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                          "betabinomial", "logit", "cbpp", "betabinomial", "cbpp"),
+    # glmmjax "t_family:5" is StudentT(df=5); glmmTMB fixes psi = log(df) with map.
+    "sleepstudy_t_df5": ("Reaction ~ Days + (Days | Subject)", "t_family:5", "identity",
+                         "sleepstudy",
+                         "t_family, start = list(psi = log(5)), map = list(psi = factor(NA))",
+                         "sleepstudy"),
+    "sleepstudy_t": ("Reaction ~ Days + (Days | Subject)", "t_family", "identity",
+                     "sleepstudy", "t_family", "sleepstudy"),
+    "tweedie_log": ("y ~ x + (1 | g)", "tweedie", "log", "data/tweedie_glmm.csv", "tweedie",
+                    'read.csv("data/tweedie_glmm.csv", colClasses = c(g = "factor"))'),
+})
+TMB_FAMILIES = [name for name in MODELS if name not in (
+    "owls_nb2", "gamma_log", "beta_logit", "contraception_probit", "cbpp_cloglog")]
+
+
+def _family(glmmjax, name: str, link: str):
+    if name.startswith("t_family:"):
+        return glmmjax.families.StudentT(df=float(name.split(":")[1]), link=link)
+    return glmmjax.families.get_family(name, link=link)
 
 
 def _worker(name: str) -> None:
@@ -72,13 +114,13 @@ def _worker(name: str) -> None:
     if source.endswith(".csv"):
         import pandas as pd
 
-        data = pd.read_csv(REFERENCE / source, dtype={"g": str})
+        data = pd.read_csv(REFERENCE / source, dtype={"g": str, "site": str})
     else:
         data = glmmjax.datasets.load(source)
     t_data = time.perf_counter()
-    fit = glmmjax.glmer(formula, data, family=glmmjax.families.get_family(family, link=link))
+    fit = glmmjax.glmer(formula, data, family=_family(glmmjax, family, link))
     t_first = time.perf_counter()
-    glmmjax.glmer(formula, data, family=glmmjax.families.get_family(family, link=link))
+    glmmjax.glmer(formula, data, family=_family(glmmjax, family, link))
     t_second = time.perf_counter()
     print(json.dumps({
         "import": t_import - start, "first_fit": t_first - t_data,
@@ -102,6 +144,7 @@ def _glmmtmb(names) -> dict:
     lines = [
         "suppressPackageStartupMessages({library(glmmTMB); library(lme4); library(mlmRev)})",
         "data(Owls, package = 'glmmTMB'); data(Contraception, package = 'mlmRev')",
+        "data(Salamanders, package = 'glmmTMB')",
         "invisible(glmmTMB(cbind(incidence, size - incidence) ~ period + (1 | herd), "
         "data = cbpp, family = binomial))  # warm-up",
     ]
@@ -133,21 +176,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tmb-families", action="store_true",
+                        help="glmmTMB's own families only (issue 20)")
     parser.add_argument("--worker", choices=list(MODELS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker)
         return
+    if args.tmb_families:
+        args.models = TMB_FAMILIES
     print(describe())
     tmb = _glmmtmb(args.models)
-    print(f"{'model':22s} {'import+fit':>10s} {'fit':>7s} {'2nd fit':>7s} {'glmmTMB':>8s} "
+    print(f"{'model':30s} {'import+fit':>10s} {'fit':>7s} {'2nd fit':>7s} {'glmmTMB':>8s} "
           f"{'ratio i+f':>9s} {'ratio fit':>9s}  engine  Δdeviance (ours − glmmTMB)")
     for name in args.models:
         runs = [_python(name) for _ in range(args.repeats)]
         med = {k: statistics.median(r[k] for r in runs)
                for k in ("import_and_fit", "first_fit", "second_fit")}
         seconds, deviance = tmb[name]
-        print(f"{name:22s} {med['import_and_fit']:9.2f}s {med['first_fit']:6.2f}s "
+        print(f"{name:30s} {med['import_and_fit']:9.2f}s {med['first_fit']:6.2f}s "
               f"{med['second_fit']:6.2f}s {seconds:7.2f}s {seconds / med['import_and_fit']:8.2f}x "
               f"{seconds / med['first_fit']:8.2f}x  {runs[0]['engine']:6s}  "
               f"{runs[0]['deviance'] - deviance:+.2e}")

@@ -19,6 +19,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ._cov_structures import term_structures
 from ._covariance import diagonal_mask
 from ._display import RFrame
 from ._distributions import chi2_sf
@@ -68,7 +69,7 @@ class _Entry:
 
             self.design = fit.design
             self.terms = fit.design.terms
-            self.n_variances = int(np.sum(diagonal_mask(tuple(t.size for t in self.terms))))
+            self.n_variances = int(np.sum(diagonal_mask(term_structures(self.terms))))
             self.kind = "lmm" if isinstance(fit, LMMResult) else "glmm"
             self.family = "gaussian" if self.kind == "lmm" else fit.family_name
             self.y = np.asarray(fit.observed_response(), dtype=float)

@@ -137,7 +137,7 @@ def initial_params(model) -> Params:
         target = jnp.where(jnp.isfinite(target), target, 0.0)
     root_w = jnp.sqrt(w)
     beta = jnp.linalg.lstsq(X * root_w[:, None], (target - offset) * root_w)[0]
-    theta = jnp.asarray(initial_theta(model.structure.sizes), dtype)
+    theta = jnp.asarray(initial_theta(model.structure.structures), dtype)
     if model.is_lmm:
         resid = (target - offset - X @ beta) * root_w
         dof = jnp.maximum(jnp.sum(w > 0) - X.shape[1], 1)

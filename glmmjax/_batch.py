@@ -20,18 +20,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.scipy.linalg import solve_triangular
 from jax.sharding import Mesh, PartitionSpec
 
+from ._batch_inference import between_within_df, check_batch_ddf
+from ._batch_inference import describe as describe_ddf
+from ._batch_inference import p_values as batch_p_values
 from ._blas import single_threaded_blas
+from ._cov_structures import term_structures
 from ._covariance import canonical_theta, initial_theta
 from ._design import DataError, build_design
-from ._distributions import norm_sf
 from ._families import Family, Gaussian, get_family
 from ._formula import parse_formula
 from ._glmm_batch import applies as scalar_path_applies
 from ._glmm_batch import fit_scalar, make_scalar_setup
 from ._glmm_fit import glmm_pipeline, make_setup
+from ._jit import batch_program
+from ._linalg import solve_triangular
 from ._lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from ._optimize import Status
 from ._precision import check_precision, float_dtype, precision_scope
@@ -47,13 +51,14 @@ class BatchResult:
 
     Attributes:
         coefficients: tidy DataFrame, one row per model × coefficient: ``model``,
-            ``term``, ``estimate``, ``std_error``, ``statistic`` (Wald), ``p_value``
-            (two-sided, normal reference).
+            ``term``, ``estimate``, ``std_error``, ``statistic`` (estimate / SE),
+            ``df`` (inf for z tests) and ``p_value`` (two-sided).
         models: one row per model: ``loglik``, ``criterion`` (−2 log L, REML criterion
             for REML fits), ``sigma`` or ``dispersion``, the random-effect SDs (and
             correlations), ``converged``, ``iterations``, ``status`` (a reason when a
             model failed).
         theta: (K, n_theta) array; ``fixef``/``fixef_se``: (K, p) DataFrames.
+        inference: how the p-values were computed (``fit_many``'s ``ddf``).
     """
 
     coefficients: pd.DataFrame
@@ -62,6 +67,7 @@ class BatchResult:
     fixef_se: pd.DataFrame
     theta: np.ndarray
     method: str
+    inference: str
     chunk_size: int
     n_devices: int
 
@@ -78,6 +84,7 @@ class BatchResult:
         return short_repr("BatchResult", [
             ("models", f"{n:,} fitted by {self.method}"),
             ("terms", ", ".join(map(str, self.fixef.columns))),
+            ("tests", self.inference),
             ("converged", f"{converged:,} of {n:,}"
              + (f" ({plural(failed, 'model')} flagged: see .models['status'])" if failed else "")),
             ("chunks", f"{self.chunk_size:,} models per chunk on "
@@ -95,7 +102,7 @@ class BatchResult:
         return self.models["converged"].to_numpy()
 
     def p_values(self, term: str) -> pd.Series:
-        """The Wald p-value of ``term`` in every model (indexed by model)."""
+        """The p-value of ``term`` in every model (indexed by model; see ``inference``)."""
         rows = self.coefficients[self.coefficients["term"] == term]
         if rows.empty:
             raise KeyError(f"no coefficient {term!r}; terms are {list(self.fixef.columns)}")
@@ -140,22 +147,38 @@ class _LMMSetup(eqx.Module):
     reml: bool = eqx.field(static=True)
     gtol: float = eqx.field(static=True)
     loose_gtol: float = eqx.field(static=True)
+    satterthwaite: bool = eqx.field(static=True, default=False)
 
 
 def _lmm_one(y, setup: _LMMSetup) -> dict:
     s = setup.structure
     model = lmm_model_from_arrays(s, setup.weights, setup.X, y, setup.reml)
-    theta0 = jnp.asarray(initial_theta(s.sizes), y.dtype)
+    theta0 = jnp.asarray(initial_theta(s.structures), y.dtype)
     solution, theta = fit_theta(model, theta0, setup.gtol, setup.loose_gtol)
     pls = solve_pls(theta, model)
     n, p = model.nobs, model.n_fixef
     sigma2 = pls.r2 / ((n - p) if setup.reml else n)
     L_inv = solve_triangular(pls.fixef_factor, jnp.eye(p, dtype=y.dtype), lower=True)
-    return dict(
+    out = dict(
         theta=theta, beta=pls.beta, beta_cov=sigma2 * L_inv.T @ L_inv, value=pls.criterion,
         sigma=jnp.sqrt(sigma2), status=solution.status, iterations=solution.iterations,
         grad_max=jnp.max(jnp.abs(solution.grad)),
     )
+    if setup.satterthwaite:
+        out["df"] = _satterthwaite_df(model, jnp.append(theta, jnp.sqrt(sigma2)))
+    return out
+
+
+def _satterthwaite_df(model, varpar):
+    """ν_j = 2·V_jj²/(g_j'·A·g_j), A = 2·H⁻¹, per coefficient j (glmmjax._ddf)."""
+    from ._ddf import beta_vcov, varpar_deviance
+
+    hessian = jax.jacfwd(jax.jacfwd(varpar_deviance))(varpar, model)
+    jacobian = jax.jacfwd(beta_vcov)(varpar, model)
+    vcov = beta_vcov(varpar, model)
+    g = jnp.diagonal(jacobian, axis1=0, axis2=1)  # (k, p): ∂V_jj/∂ψ
+    h_inv_g = jnp.linalg.pinv(0.5 * (hessian + hessian.T)) @ g
+    return jnp.diagonal(vcov) ** 2 / jnp.sum(g * h_inv_g, axis=0)
 
 
 def _glmm_one(y, weights, setup) -> dict:
@@ -187,7 +210,7 @@ def _sharded(fn, n_devices: int):
     batched = noted(jax.vmap(fn, in_axes=(0,) + (None,) * (fn.__code__.co_argcount - 1)),
                     "the batched fit")
     if n_devices <= 1:
-        return eqx.filter_jit(batched)
+        return batch_program(batched)
     mesh = Mesh(np.array(jax.local_devices()[:n_devices]), ("batch",))
 
     def run(responses, *rest):
@@ -197,7 +220,7 @@ def _sharded(fn, n_devices: int):
         )
         return local(responses)
 
-    return eqx.filter_jit(run)
+    return batch_program(run)
 
 
 # -- input handling ------------------------------------------------------------------------
@@ -286,6 +309,7 @@ def fit_many(
     precision: str = "float64",
     progress: bool | None = None,
     n_devices: int | None = None,
+    ddf: str | None = "auto",
     ziformula: str | None = None,
     dispformula: str | None = None,
 ) -> BatchResult:
@@ -306,6 +330,12 @@ def fit_many(
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
         n_devices: local devices to split each chunk over (default: all).
+        ddf: the tests of the fixed effects. ``"auto"`` (default): t tests with
+            Satterthwaite's df per model for LMMs (as lmerTest), with the
+            between-within df for GLMMs (as nlme); ``"satterthwaite"`` (LMMs),
+            ``"between-within"``, or None for Wald z tests (as glmer's summary, liberal
+            with few groups). See ``glmmjax._batch_inference``; the choice is recorded
+            in ``BatchResult.inference``.
         ziformula, dispformula: glmmTMB's zero-inflation and dispersion models, as in
             :func:`glmmjax.glmer` (Laplace, float64; the models are fitted one after
             another by the host engine, ``chunk_size`` does not apply); coefficients of
@@ -327,13 +357,18 @@ def fit_many(
                               None if family is None else get_family(family), ziformula,
                               dispformula, weights=weights, offset=offset,
                               chunk_size=chunk_size, progress=progress)
+    if family is not None:
+        family = get_family(family)
+        if getattr(family, "n_shape", 0):
+            raise ValueError(
+                f"batched fits do not estimate the shape parameter of {family} yet (glmer "
+                "does); fix it, e.g. family=glmmjax.families.StudentT(df=5)")
+        if isinstance(family, Gaussian) and family.link.name == "identity":
+            family = None
+    ddf = check_batch_ddf(ddf, lmm=family is None)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    if family is not None:
-        family = get_family(family)
-        if isinstance(family, Gaussian) and family.link.name == "identity":
-            family = None
     design = _design_for(formula, data, weights, offset)
     if family is None:
         check_lmm_design(design)
@@ -354,6 +389,7 @@ def fit_many(
                 structure=structure, reml=reml,
                 gtol=1e-8 if precision == "float64" else 1e-2,
                 loose_gtol=1e-3 if precision == "float64" else 1.0,
+                satterthwaite=ddf == "satterthwaite",
             )
             fn = _sharded(_lmm_one, devices)
             extra = (setup,)
@@ -381,7 +417,7 @@ def fit_many(
         chunk_size = int(np.ceil(int(chunk_size) / devices) * devices)
         outputs = _run_chunks(fn, Y_fit, usable, chunk_size, extra, dtype, progress)
     return _assemble(design, family, names, reasons, usable, outputs, method, chunk_size,
-                     devices, setup if family is not None else None)
+                     devices, setup if family is not None else None, ddf)
 
 
 def _cpu_blas_limit():
@@ -416,19 +452,21 @@ def _run_chunks(fn, Y, usable, chunk_size, extra, dtype, progress):
             # compiled program) stays the same; the copies are discarded.
             padded = np.concatenate([idx, np.full(chunk_size - len(idx), idx[0])])
             block = jnp.asarray(np.ascontiguousarray(Y[:, padded].T), dtype)
-            out = jax.tree_util.tree_map(np.asarray, wait_interruptibly(fn(block, *extra)))
+            out = jax.tree_util.tree_map(np.asarray, wait_interruptibly(
+                fn(block, *extra), what=f"fit_many's chunk {c + 1} of {n_chunks}"))
             keep = len(idx)
             pieces.append(jax.tree_util.tree_map(lambda a, k=keep: a[:k], out))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *pieces)
 
 
-def _assemble(design, family, names, reasons, usable, out, method, chunk_size, devices, setup):
+def _assemble(design, family, names, reasons, usable, out, method, chunk_size, devices, setup,
+              ddf, design_df=None):
     K = len(names)
     p = design.X.shape[1]
     fixef_names = list(design.fixef_names)
     terms = design.terms
-    sizes = tuple(t.size for t in terms)
-    n_theta = sum(s * (s + 1) // 2 for s in sizes)
+    sizes = term_structures(terms)
+    n_theta = sum(c.n_params for c in sizes)
     beta = np.full((K, p), np.nan)
     se = np.full((K, p), np.nan)
     theta = np.full((K, n_theta), np.nan)
@@ -437,9 +475,14 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
     iterations = np.zeros(K, dtype=int)
     status = np.array(reasons, dtype=object)
     converged = np.zeros(K, dtype=bool)
+    df = np.full((K, p), np.inf if ddf is None else np.nan)
+    if ddf == "between-within":
+        df[:] = between_within_df(design) if design_df is None else design_df
     if out is not None:
         idx = np.asarray(usable)
         beta[idx] = out["beta"]
+        if ddf == "satterthwaite":
+            df[idx] = out["df"]
         se[idx] = np.sqrt(np.maximum(np.diagonal(out["beta_cov"], axis1=1, axis2=2), 0))
         value[idx] = out["value"]
         iterations[idx] = out["iterations"]
@@ -478,18 +521,19 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
         fixef_names = list(all_fixef_names(design))
         p = len(fixef_names)
         kept = list(design.x_columns)
-        beta_kept, se_kept = beta, se
-        beta, se = np.full((K, p), np.nan), np.full((K, p), np.nan)
-        beta[:, kept], se[:, kept] = beta_kept, se_kept
+        beta_kept, se_kept, df_kept = beta, se, df
+        beta, se, df = (np.full((K, p), np.nan) for _ in range(3))
+        beta[:, kept], se[:, kept], df[:, kept] = beta_kept, se_kept, df_kept
     with np.errstate(invalid="ignore", divide="ignore"):
         stat = beta / se
-    pval = 2 * norm_sf(np.abs(stat))
+    pval = batch_p_values(stat, df)
     coefficients = pd.DataFrame({
         "model": np.repeat(names, p),
         "term": np.tile(fixef_names, K),
         "estimate": beta.ravel(),
         "std_error": se.ravel(),
         "statistic": stat.ravel(),
+        "df": df.ravel(),
         "p_value": pval.ravel(),
     })
     models = pd.DataFrame({"model": names})
@@ -512,6 +556,7 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
         fixef_se=pd.DataFrame(se, index=names, columns=fixef_names),
         theta=theta,
         method=method,
+        inference=describe_ddf(ddf),
         chunk_size=chunk_size,
         n_devices=devices,
     )
@@ -521,9 +566,16 @@ def _sd_columns(theta: np.ndarray, terms, sigma: np.ndarray) -> dict:
     """Random-effect SDs and correlations per model, named ``sd_<coef>|<group>``."""
     columns = {}
     start = 0
-    for term in terms:
+    for term, structure in zip(terms, term_structures(terms)):
         size = term.size
-        count = size * (size + 1) // 2
+        count = structure.n_params
+        if structure.name != "us":  # its SDs and correlation parameter (glmmTMB's)
+            names = structure.profile_names(term.group, term.coef_names)
+            values = np.array([structure.natural(t, s)[1] for t, s in
+                               zip(theta[:, start : start + count], sigma)]).reshape(-1, count)
+            columns.update({name: values[:, i] for i, name in enumerate(names)})
+            start += count
+            continue
         cols, rows = np.triu_indices(size)
         factor = np.zeros((theta.shape[0], size, size))
         factor[:, rows, cols] = theta[:, start : start + count]
@@ -589,6 +641,7 @@ def fit_datasets(
     n_agq: int = 1,
     weights: list | None = None,
     precision: str = "float64",
+    ddf: str | None = "auto",
 ) -> BatchResult:
     """Fit the same formula to several datasets at once (one model per dataset).
 
@@ -602,14 +655,21 @@ def fit_datasets(
         formula: full lme4 formula with the response, e.g. ``"y ~ x + (1 | g)"``.
         datasets: a list of DataFrames with the formula's columns.
         weights: optional list of per-dataset prior-weight arrays.
+        ddf: the tests of the fixed effects, as :func:`fit_many`'s (the between-within
+            df of GLMMs follow each dataset's own design).
     """
     check_precision(precision)
     if not datasets:
         raise DataError("datasets is empty")
     if family is not None:
         family = get_family(family)
+        if getattr(family, "n_shape", 0):
+            raise ValueError(
+                f"batched fits do not estimate the shape parameter of {family} yet (glmer "
+                "does); fix it, e.g. family=glmmjax.families.StudentT(df=5)")
         if isinstance(family, Gaussian) and family.link.name == "identity":
             family = None
+    ddf = check_batch_ddf(ddf, lmm=family is None)
     designs, term_lists = _padded_designs(formula, list(datasets), family, weights)
     dtype = float_dtype(precision)
     n_max = max(d.nobs for d in designs)
@@ -639,10 +699,11 @@ def fit_datasets(
             structure = _stack_structures(term_lists, p + 1)
             setup = _LMMSetup(X=X.astype(dtype), weights=W.astype(dtype), structure=structure,
                               reml=reml, gtol=1e-8 if precision == "float64" else 1e-2,
-                              loose_gtol=1e-3 if precision == "float64" else 1.0)
+                              loose_gtol=1e-3 if precision == "float64" else 1.0,
+                              satterthwaite=ddf == "satterthwaite")
             with _cpu_blas_limit():
                 out = wait_interruptibly(
-                    eqx.filter_jit(jax.vmap(_lmm_one))(jnp.asarray(Y, dtype), setup))
+                    batch_program(jax.vmap(_lmm_one))(jnp.asarray(Y, dtype), setup))
             method = "REML" if reml else "ML"
         else:
             setups = [make_setup(dataclasses.replace(d, terms=t), family, n_agq, dtype)
@@ -651,15 +712,17 @@ def fit_datasets(
             outer = _stack_structures(term_lists, 0)
             setup = _stacked_glmm_setup(setups, X, offsets, inner, outer, dtype)
             with _cpu_blas_limit():
-                out = wait_interruptibly(eqx.filter_jit(jax.vmap(_glmm_one))(
+                out = wait_interruptibly(batch_program(jax.vmap(_glmm_one))(
                     jnp.asarray(Y, dtype), jnp.asarray(W, dtype), setup
                 ))
             method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
     out = jax.tree_util.tree_map(np.asarray, out)
     names = list(range(len(designs)))
     usable = list(range(len(designs)))
+    design_df = (np.stack([between_within_df(d) for d in designs])
+                 if ddf == "between-within" else None)
     return _assemble(designs[0], family, names, reasons, usable, out, method, len(designs), 1,
-                     setup if family is not None else None)
+                     setup if family is not None else None, ddf, design_df)
 
 
 def _stack_structures(term_lists, n_dense):

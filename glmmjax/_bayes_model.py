@@ -219,6 +219,15 @@ class BayesModel:
         named = [j for j in ones if design.fixef_names[j] == "Intercept"]
         intercept = (named or ones or [None])[0]
         centred = bool(center) and intercept is not None and X.shape[1] > 1
+        structured = [str(t.spec) for t in design.terms
+                      if getattr(t.covariance, "name", "us") != "us"]
+        if structured:
+            # Its priors (SDs, LKJ correlations) are those of unstructured terms.
+            raise DataError(
+                f"glmmjax.bayes fits unstructured random-effects terms; "
+                f"{', '.join(structured)} has a covariance structure. Fit it with "
+                "lmer/glmer, or write the term as (expr | group); for AR(1) over time "
+                "see bayes' ar1= argument")
         ar_kind = None
         self.ar1 = None
         if ar1 is not None:

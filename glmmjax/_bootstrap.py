@@ -99,16 +99,13 @@ def simulate_responses(result, n: int, seed: int) -> np.ndarray:
 
 def _term_covariances(result) -> list[np.ndarray]:
     """Λ_tΛ_t' per term (relative to σ for LMMs)."""
-    out, start = [], 0
-    for term in result.design.terms:
-        size = term.size
-        count = size * (size + 1) // 2
-        cols, rows = np.triu_indices(size)
-        factor = np.zeros((size, size))
-        factor[rows, cols] = result.theta_values[start : start + count]
-        start += count
-        out.append(factor @ factor.T)
-    return out
+    from ._cov_structures import term_structures
+    from ._covariance import split_theta
+
+    structures = term_structures(result.design.terms)
+    factors = [cov.factor(np.asarray(part, dtype=np.float64), np) for cov, part in
+               zip(structures, split_theta(result.theta_values, structures))]
+    return [f @ f.T for f in factors]
 
 
 def bootstrap(result, n: int = 1000, seed: int = 0, *, chunk_size=None, progress=None,
@@ -124,7 +121,10 @@ def bootstrap(result, n: int = 1000, seed: int = 0, *, chunk_size=None, progress
     formula = "~" + design.formula.text.split("~", 1)[1]
     batch = fit_many(formula, data, Y, family=family, reml=reml,
                      n_agq=getattr(result, "n_agq", 1), weights=refit_weights(result),
-                     offset=design.offset_argument, chunk_size=chunk_size, progress=progress, precision=precision)
+                     offset=design.offset_argument, chunk_size=chunk_size, progress=progress,
+                     precision=precision,
+                     # Replicates need estimates only: no per-model df to compute.
+                     ddf=None)
     replicates = batch.fixef.reset_index(drop=True).copy()
     stat_cols = [c for c in batch.models.columns if c.startswith(("sd_", "cor_"))]
     if family is None:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve, solve_triangular
 
 from ._covariance import theta_to_factors
+from ._linalg import cho_solve, cholesky, solve_triangular
 from ._structure import ReStructure
 
 
@@ -144,7 +144,7 @@ def omega_blocks(theta, products: CrossProducts, structure: ReStructure):
     LMM criterion (:mod:`glmmjax._lmm`) contracts these with selected entries of Ω⁻¹.
     """
     s = structure
-    factors = theta_to_factors(theta, s.sizes)
+    factors = theta_to_factors(theta, s.structures)
     lam0 = factors[0]
     S0 = s.sizes[0]
     eye = jnp.eye(S0, dtype=products.first.dtype)
@@ -173,10 +173,10 @@ def factorize(theta, products: CrossProducts, structure: ReStructure) -> Blocked
     """Cholesky factor of Ω(θ) (module docstring), exploiting the block structure."""
     s = structure
     diag_blocks, scaled_rows, rest = omega_blocks(theta, products, s)
-    first = jax.vmap(jnp.linalg.cholesky)(diag_blocks)
+    first = cholesky(diag_blocks)
     coupling_rows = _right_solve_rows(first, scaled_rows, s.entry_first)
     schur = rest - _coupling_gram(s, coupling_rows)
-    return BlockedFactor(first, coupling_rows, jnp.linalg.cholesky(schur))
+    return BlockedFactor(first, coupling_rows, cholesky(schur))
 
 
 def selected_inverse(s: ReStructure, factor: BlockedFactor, n_keep: int):
@@ -238,7 +238,7 @@ def cholesky_inverse(lower):
     n = lower.shape[0]
     eye = jnp.eye(n, dtype=lower.dtype)
     if n < _SPLIT_INVERSE:
-        return cho_solve((lower, True), eye)
+        return cho_solve(lower, eye)
     k = n // 2
     a_inv = solve_triangular(lower[:k, :k], eye[:k, :k], lower=True)
     c_inv = solve_triangular(lower[k:, k:], eye[k:, k:], lower=True)

@@ -1,97 +1,85 @@
 """The relative covariance factor Λ(θ) and the variance components it implies.
 
-Each term t has a lower-triangular S_t×S_t factor Λ_t, repeated over its levels; θ holds
-the lower triangles one after another, column-major within a term (lme4's order). The
-covariance of term t's random effects is σ²·Λ_t·Λ_t'.
+Each term t has an S_t×S_t factor Λ_t, repeated over its levels; the covariance of term
+t's random effects is σ²·Λ_t·Λ_t'. θ holds the terms' parameters one after another. For
+lme4's unstructured terms these are the lower triangle of Λ_t, column-major; structured
+terms (``diag``, ``cs``, ``ar1``, ...) map their own parameters to Λ_t
+(:mod:`glmmjax._cov_structures`).
+
+Every function here takes ``covariances``: the terms' structures, or their sizes S_t
+(ints, meaning unstructured terms, as before structures existed).
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-
-@functools.cache
-def _tril_indices_cached(size: int) -> tuple[np.ndarray, np.ndarray]:
-    cols, rows = np.triu_indices(size)  # column-major lower triangle
-    return rows, cols
+from ._cov_structures import as_structures, tril_indices
 
 
 def _tril_indices_colmajor(size: int) -> tuple[np.ndarray, np.ndarray]:
-    # The host engines build Λ from θ thousands of times per fit, so the indices are
-    # cached, and copied on the way out: JAX caches constants made from numpy arrays by
-    # identity, and an index array first converted under x64 (int64) and reused
-    # without it broke a float32 trace.
-    rows, cols = _tril_indices_cached(size)
-    return rows.copy(), cols.copy()
+    return tril_indices(size)
 
 
-def theta_to_factors(theta, sizes: tuple[int, ...]) -> list:
-    """Split θ into the per-term lower-triangular factors Λ_t (jnp)."""
-    factors, start = [], 0
-    for size in sizes:
-        count = size * (size + 1) // 2
-        rows, cols = _tril_indices_colmajor(size)
-        block = jnp.zeros((size, size), dtype=theta.dtype)
-        factors.append(block.at[rows, cols].set(theta[start : start + count]))
-        start += count
-    return factors
+def split_theta(theta, covariances) -> list:
+    """θ split into the terms' parameter vectors θ_t."""
+    parts, start = [], 0
+    for cov in as_structures(covariances):
+        parts.append(theta[start : start + cov.n_params])
+        start += cov.n_params
+    return parts
 
 
-def initial_theta(sizes: tuple[int, ...]) -> np.ndarray:
-    """lme4's start: identity factors (ones on the diagonal, zeros below)."""
-    parts = []
-    for size in sizes:
-        rows, cols = _tril_indices_colmajor(size)
-        parts.append((rows == cols).astype(np.float64))
-    return np.concatenate(parts)
+def theta_to_factors(theta, covariances) -> list:
+    """The per-term factors Λ_t (jnp)."""
+    return [cov.factor(part, jnp) for cov, part in
+            zip(as_structures(covariances), split_theta(theta, covariances))]
 
 
-def diagonal_mask(sizes: tuple[int, ...]) -> np.ndarray:
-    """True where θ holds a diagonal entry of some Λ_t."""
-    parts = []
-    for size in sizes:
-        rows, cols = _tril_indices_colmajor(size)
-        parts.append(rows == cols)
-    return np.concatenate(parts)
+def initial_theta(covariances) -> np.ndarray:
+    """lme4's start: identity factors (relative SDs 1, correlations 0)."""
+    return np.concatenate([cov.start(np.ones(cov.size)) for cov in as_structures(covariances)])
 
 
-def canonical_theta(theta: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
-    """Flip column signs so every diagonal entry is non-negative.
+def start_from_sds(covariances, sds) -> np.ndarray:
+    """θ from per-term arrays of relative SDs (moment starts), correlations 0."""
+    return np.concatenate([cov.start(sd) for cov, sd in zip(as_structures(covariances), sds)])
 
-    The likelihood depends on Λ only through ΛΛ', which a column sign flip leaves
-    unchanged; we optimize θ unconstrained and report the lme4 convention.
+
+def diagonal_mask(covariances) -> np.ndarray:
+    """True where θ holds a relative SD: a diagonal entry of an unstructured Λ_t or a
+    structured term's SD (non-negative at the optimum, with a boundary at 0)."""
+    return np.concatenate([cov.scale_mask() for cov in as_structures(covariances)])
+
+
+def canonical_theta(theta: np.ndarray, covariances) -> np.ndarray:
+    """The reported θ: every SD non-negative (for unstructured terms, column sign flips).
+
+    The likelihood depends on Λ only through ΛΛ', which these changes leave unchanged;
+    we optimize θ unconstrained and report the lme4 convention.
     """
-    theta = np.array(theta, dtype=np.float64)
-    start = 0
-    for size in sizes:
-        count = size * (size + 1) // 2
-        rows, cols = _tril_indices_colmajor(size)
-        block = np.zeros((size, size))
-        block[rows, cols] = theta[start : start + count]
-        signs = np.where(np.diag(block) < 0, -1.0, 1.0)
-        block = block * signs[None, :]
-        theta[start : start + count] = block[rows, cols]
-        start += count
-    return theta
+    theta = np.asarray(theta, dtype=np.float64)
+    return np.concatenate([cov.canonical(part) for cov, part in
+                           zip(as_structures(covariances), split_theta(theta, covariances))])
 
 
-def theta_names(groups: list[str], coef_names: list[tuple[str, ...]]) -> list[str]:
-    """lme4-style names of θ entries, e.g. ``Subject.Days.(Intercept)``."""
+def theta_names(groups: list[str], coef_names: list[tuple[str, ...]], covariances=None
+                ) -> list[str]:
+    """Names of θ entries: lme4's for unstructured terms (``Subject.Days.(Intercept)``),
+    the SDs' and ``rho`` for structured ones."""
+    if covariances is None:
+        covariances = tuple(len(c) for c in coef_names)
     names = []
-    for group, coefs in zip(groups, coef_names):
-        rows, cols = _tril_indices_colmajor(len(coefs))
-        for r, c in zip(rows, cols):
-            names.append(f"{group}.{coefs[r]}" if r == c else f"{group}.{coefs[r]}.{coefs[c]}")
+    for group, coefs, cov in zip(groups, coef_names, as_structures(covariances)):
+        names.extend(cov.param_names(group, coefs))
     return names
 
 
 def varcorr_frame(
     theta: np.ndarray,
-    sizes: tuple[int, ...],
+    covariances,
     groups: list[str],
     coef_names: list[tuple[str, ...]],
     scale: float | None,
@@ -105,22 +93,41 @@ def varcorr_frame(
     """
     rows = []
     sigma2 = 1.0 if scale is None else scale**2
-    start = 0
-    for size, group, coefs in zip(sizes, groups, coef_names):
-        count = size * (size + 1) // 2
-        r_idx, c_idx = _tril_indices_colmajor(size)
-        factor = np.zeros((size, size))
-        factor[r_idx, c_idx] = theta[start : start + count]
-        start += count
-        cov = sigma2 * factor @ factor.T
-        sd = np.sqrt(np.diag(cov))
+    covariances = as_structures(covariances)
+    for cov, part, group, coefs in zip(covariances, split_theta(theta, covariances), groups,
+                                       coef_names):
+        size = cov.size
+        factor = cov.factor(np.asarray(part, dtype=np.float64), np)
+        matrix = sigma2 * factor @ factor.T
+        sd = np.sqrt(np.diag(matrix))
         for i in range(size):
-            rows.append((group, coefs[i], None, cov[i, i], sd[i]))
+            rows.append((group, coefs[i], None, matrix[i, i], sd[i]))
         for j in range(size):
             for i in range(j + 1, size):
                 denom = sd[i] * sd[j]
-                corr = cov[i, j] / denom if denom > 0 else np.nan
-                rows.append((group, coefs[j], coefs[i], cov[i, j], corr))
+                corr = matrix[i, j] / denom if denom > 0 else np.nan
+                rows.append((group, coefs[j], coefs[i], matrix[i, j], corr))
     if scale is not None:
         rows.append(("Residual", None, None, scale**2, scale))
     return pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
+
+
+def structure_summaries(theta: np.ndarray, covariances, groups: list[str]) -> dict[str, str]:
+    """Per group label, the structure and its correlation parameter where it has one
+    (glmmTMB prints e.g. ``0.64 (ar1)``): ``{"Subject": "ar1: rho 0.64"}``."""
+    out = {}
+    covariances = as_structures(covariances)
+    for cov, part, group in zip(covariances, split_theta(theta, covariances), groups):
+        text = cov.correlation_summary(part)
+        if text is None and cov.name != "us":
+            text = cov.name
+        if text is not None:
+            out[group] = text
+    return out
+
+
+def numpy_factors(theta: np.ndarray, covariances) -> list[np.ndarray]:
+    """The per-term factors Λ_t as numpy arrays (results, simulation, displays)."""
+    structures = as_structures(covariances)
+    return [cov.factor(np.asarray(part, dtype=np.float64), np) for cov, part in
+            zip(structures, split_theta(np.asarray(theta, dtype=np.float64), structures))]

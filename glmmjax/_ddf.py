@@ -39,11 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.scipy.linalg import solve_triangular
 
 from ._distributions import f_sf, t_sf
 from ._engine import choose_lmm
 from ._jit import program
+from ._linalg import solve_triangular
 from ._lmm import build_structure_for, lmm_model_from_arrays, lmm_pieces
 
 DDF_METHODS = ("satterthwaite", "kenward-roger")
@@ -224,6 +224,11 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
     w = np.asarray(design.weights, dtype=float)
     if np.any(w <= 0):
         raise ValueError("Kenward-Roger needs positive weights for every observation")
+    structured = [str(t.spec) for t in design.terms if getattr(t.covariance, "name", "us") != "us"]
+    if structured:
+        raise ValueError(
+            f"Kenward-Roger degrees of freedom are implemented for unstructured covariances; "
+            f"this model has {', '.join(structured)}. Use ddf='satterthwaite'.")
     Z, layout = _dense_z(design)
     q = Z.shape[1]
     if q > MAX_KR_RANDOM_EFFECTS:

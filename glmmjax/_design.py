@@ -15,6 +15,7 @@ import formulaic
 import numpy as np
 import pandas as pd
 
+from ._cov_terms import term_covariance
 from ._formula import (
     FormulaError,
     ParsedFormula,
@@ -40,6 +41,8 @@ class TermDesign:
         levels: names of the grouping factor's levels, in index order.
         coef_names: names of the S columns of ``z``.
         z_spec: formulaic spec that rebuilds ``z`` on new data.
+        covariance: the term's covariance structure (:mod:`glmmjax._cov_structures`);
+            None: unstructured, lme4's.
     """
 
     spec: RandomTermSpec
@@ -48,6 +51,7 @@ class TermDesign:
     levels: tuple[str, ...]
     coef_names: tuple[str, ...]
     z_spec: object
+    covariance: object = None
 
     @property
     def group(self) -> str:
@@ -355,7 +359,8 @@ def build_design(
                 "a random effect needs at least two groups"
             )
         z, names, z_spec = _numeric_matrix(spec.expr, frame, f"random-effects term {spec}")
-        terms.append(TermDesign(spec, refs, z, tuple(levels), tuple(names), z_spec))
+        covariance = term_covariance(spec, z, names)
+        terms.append(TermDesign(spec, refs, z, tuple(levels), tuple(names), z_spec, covariance))
     # lme4 orders terms by decreasing number of levels (stable), which we follow so θ
     # lines up with lme4's and the largest term gets the block-diagonal part of L.
     terms.sort(key=lambda t: -t.n_levels)

@@ -150,6 +150,11 @@ def choose_glmm(design, family, n_agq: int, engine: str | None) -> str:
 
     check_engine(engine)
     host_possible = n_agq == 1 and applies(family)
+    if getattr(family, "n_shape", 0) and (engine == "jax" or not host_possible):
+        raise ValueError(
+            f"{family} estimates its shape parameter jointly, which only the host engine "
+            "does so far (Laplace, n_agq=1, engine=None or 'host'); fix it instead, e.g. "
+            "glmmjax.families.StudentT(df=5)")
     if engine == "host" and not host_possible:
         raise ValueError(
             "engine='host' fits Laplace (n_agq=1) GLMMs of the built-in families and "
@@ -157,6 +162,8 @@ def choose_glmm(design, family, n_agq: int, engine: str | None) -> str:
             f"n_agq={n_agq}. Use engine=None or 'jax'.")
     if engine is not None:
         return engine
+    if getattr(family, "n_shape", 0):
+        return "host"  # the only engine that estimates a shape parameter, any size
     host = host_possible and design.nobs <= HOST_MAX_ROWS and _default_backend() == "cpu"
     return "host" if host else "jax"
 

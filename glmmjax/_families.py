@@ -174,6 +174,10 @@ class Family(eqx.Module):
         """``unit_deviance`` as a function of η (stable where the family overrides)."""
         return self.unit_deviance(y, self.link.inverse(eta), dispersion)
 
+    def deviance_eta(self, y, eta, weights, dispersion=None):
+        """Each row's contribution w·d(y, μ) to the deviance, as a function of η."""
+        return weights * self.unit_deviance_eta(y, eta, dispersion)
+
     def variance_eta(self, eta, dispersion=None):
         """V(g⁻¹(η)), overridden where 1 − μ must not be formed by subtraction."""
         return self.variance(self.link.inverse(eta), dispersion)
@@ -710,6 +714,25 @@ FAMILIES: dict[str, type[Family]] = {
     "beta": Beta,
 }
 
+def _register_tmb_families() -> None:
+    # glmmTMB's families live in their own module, which imports this one.
+    from . import _families_tmb as tmb
+
+    FAMILIES.update({
+        "nbinom1": tmb.NegativeBinomial1,
+        "truncated_poisson": tmb.TruncatedPoisson,
+        "truncated_nbinom2": tmb.TruncatedNegativeBinomial2,
+        "truncated_nbinom1": tmb.TruncatedNegativeBinomial1,
+        "genpois": tmb.GeneralizedPoisson,
+        "betabinomial": tmb.BetaBinomial,
+        "lognormal": tmb.LogNormal,
+        "t_family": tmb.StudentT,
+        "tweedie": tmb.Tweedie,
+    })
+
+
+_register_tmb_families()
+
 _ALIASES = {
     "normal": "gaussian",
     "inverse.gaussian": "inverse_gaussian",
@@ -721,6 +744,15 @@ _ALIASES = {
     "nb": "negative_binomial",
     "nb2": "negative_binomial",
     "beta_family": "beta",
+    "nbinom2": "negative_binomial",
+    "nb1": "nbinom1",
+    "negative_binomial1": "nbinom1",
+    "truncated_negative_binomial2": "truncated_nbinom2",
+    "truncated_negative_binomial1": "truncated_nbinom1",
+    "generalized_poisson": "genpois",
+    "beta_binomial": "betabinomial",
+    "student_t": "t_family",
+    "t": "t_family",
 }
 
 

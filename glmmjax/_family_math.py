@@ -67,8 +67,12 @@ def _builtin(obj, names) -> bool:
 
 def supported(family) -> bool:
     """Whether this module has the closed forms of ``family`` with its link (built-in
-    families and links only; a subclass of either is the user's and is not covered)."""
-    return _builtin(family, _FAMILIES) and _builtin(family.link, _LINKS)
+    families and links only; a subclass of either is the user's and is not covered).
+    glmmTMB's families are in :mod:`glmmjax._family_math_tmb`."""
+    from ._family_math_tmb import FAMILIES as TMB_FAMILIES
+
+    return (_builtin(family, _FAMILIES + tuple(TMB_FAMILIES))
+            and _builtin(family.link, _LINKS))
 
 
 def special(xp):
@@ -475,6 +479,15 @@ def row_terms(family, xp, y, eta, weights, dispersion=None, *, third: bool = Fal
     if not supported(family):
         raise NotImplementedError(f"no closed forms for {family}")
     name = type(family).__name__
+    if name not in _ROW_TERMS:
+        from . import _family_math_tmb as tmb
+
+        if dispersion_derivatives and name in tmb.NO_DISPERSION:
+            raise ValueError(f"the {family.name} family has no dispersion")
+        if dispersion is None:
+            dispersion = family.fixed_dispersion()
+        return tmb.row_terms(family, xp, y, eta, weights, dispersion, third,
+                             dispersion_derivatives)
     if dispersion is None and name == "NegativeBinomial":
         dispersion = family.theta
     if dispersion_derivatives and name in ("Binomial", "Poisson"):

@@ -11,6 +11,7 @@ shorthands, and extracts ``offset(...)`` terms (formulaic has no notion of offse
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import formulaic
 
@@ -25,12 +26,15 @@ class RandomTermSpec:
 
     expr: str
     group: str
+    structure: str = "us"
 
     @property
     def group_columns(self) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.group.split(":"))
 
     def __str__(self) -> str:
+        if self.structure != "us":
+            return f"{self.structure}({self.expr} | {self.group})"
         return f"({self.expr} | {self.group})"
 
 
@@ -191,6 +195,36 @@ def _bar_term(term: str) -> tuple[str, str, bool] | None:
     return None
 
 
+# glmmTMB's structures that this package does not implement yet (for the error message).
+_KNOWN_ELSEWHERE = ("mat", "rr", "propto", "homdiag")
+
+
+def _structured_term(term: str, formula: str) -> tuple[str, str, str] | None:
+    """``name(expr | group)`` -> (name, expr, group) for a covariance structure
+    (glmmTMB's syntax); None for other terms."""
+    match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_.]*)\((.*)\)", term.strip(), flags=re.S)
+    if match is None or not _has_top_level_bar(match.group(2)):
+        return None
+    name = match.group(1)
+    from ._cov_structures import STRUCTURE_NAMES
+
+    if name not in STRUCTURE_NAMES:
+        later = (f" ({name!r} is glmmTMB's, not implemented here yet)"
+                 if name in _KNOWN_ELSEWHERE else "")
+        raise FormulaError(
+            f"unknown covariance structure {name!r} in term {term!r} of {formula!r}{later}; "
+            f"valid: {', '.join(STRUCTURE_NAMES)}, e.g. ar1(time + 0 | subject)")
+    bar = _bar_term(f"({match.group(2)})")
+    if bar is None:
+        raise FormulaError(f"term {term!r} needs the form {name}(expr | group)")
+    expr, group, correlated = bar
+    if not correlated:
+        raise FormulaError(
+            f"term {term!r} uses '||' inside {name}(); the structure sets the "
+            f"correlations: write {name}({expr} | {group})")
+    return name, expr, group
+
+
 def _expand_nesting(group: str) -> list[str]:
     """``a/b/c`` -> ``[a, a:b, a:b:c]`` (lme4's nesting shorthand)."""
     parts = [p.strip() for p in group.split("/")]
@@ -244,6 +278,13 @@ def parse_formula(formula: str) -> ParsedFormula:
     pending = _split_terms(rhs, formula)
     while pending:
         sign, term = pending.pop(0)
+        structured = _structured_term(term, formula)
+        if structured is not None:
+            if sign == "-":
+                raise FormulaError(f"cannot subtract the random-effects term {term!r}")
+            name, expr, group = structured
+            random.extend(RandomTermSpec(expr, grp, name) for grp in _expand_nesting(group))
+            continue
         bar = _bar_term(term)
         inner = _strip_call(term, "")
         if bar is None and inner is not None and any(

@@ -33,6 +33,7 @@ from ._design import DataError, build_design
 from ._families import Binomial, Family, NegativeBinomial, Poisson, get_family
 from ._formula import FormulaError
 from ._jit import program
+from ._linalg import cholesky, solve_triangular
 from ._precision import with_x64
 from ._progress import noted
 from ._results import ConvergenceWarning
@@ -98,8 +99,8 @@ class GLMFit(NamedTuple):
 
 
 def _deviance(family: Family, y, eta, weights, dispersion):
-    unit = family.unit_deviance_eta(y, eta, dispersion)
-    return jnp.sum(jnp.where(weights > 0, weights * unit, 0.0))
+    return jnp.sum(jnp.where(weights > 0, family.deviance_eta(y, eta, weights, dispersion),
+                             0.0))
 
 
 def _working_system(family: Family, X, y, weights, offset, eta, dispersion):
@@ -125,9 +126,9 @@ def _solve_spd(matrix, rhs):
     Written with ``cholesky`` and two triangular solves rather than
     ``cho_factor``/``cho_solve``, which take about four times as long to compile.
     """
-    lower = jnp.linalg.cholesky(matrix)
-    half = jax.scipy.linalg.solve_triangular(lower, rhs, lower=True)
-    return jax.scipy.linalg.solve_triangular(lower, half, lower=True, trans=1), lower
+    lower = cholesky(matrix)
+    half = solve_triangular(lower, rhs, lower=True)
+    return solve_triangular(lower, half, lower=True, trans=1), lower
 
 
 def irls(X, y, weights, offset, family: Family, dispersion=1.0, eta_start=None, *,
@@ -218,15 +219,18 @@ def _fisher_information(family: Family, X, weights, eta, dispersion):
 
 
 def _newton_ml(X, y, weights, offset, family: Family, coef0, dispersion0, *,
-               max_iter: int = 100):
+               max_iter: int = 100, with_dispersion: bool = True):
     """Maximize the log-likelihood over (β, ψ = log dispersion) by damped Newton steps.
 
     The Hessian is assembled from per-observation derivatives of ℓ(η, ψ) (two scalars),
     [X'D_ηη X, X'd_ηψ; ·, Σ d_ψψ], which compiles far faster than ``jax.hessian`` of the
     whole (p + 1)-parameter objective (the log-gamma derivatives dominate compile time).
     Returns (β̂, dispersion, Hessian of −ℓ at the optimum, iterations, converged).
+    ``with_dispersion=False``: β alone, the dispersion held at ``dispersion0`` (families
+    that IRLS does not fit, such as the zero-truncated Poisson).
     """
     p = X.shape[1]
+    k = p + int(with_dispersion)
 
     def point(eta, psi, y_i, w_i):
         ll = family.loglik_eta(y_i, eta, w_i, jnp.exp(psi))
@@ -245,15 +249,23 @@ def _newton_ml(X, y, weights, offset, family: Family, coef0, dispersion0, *,
         in_axes=(0, None, 0, 0),
     )
 
+    fixed_psi = jnp.log(jnp.asarray(dispersion0, X.dtype))
+
+    def psi_of(params):
+        return params[p] if with_dispersion else fixed_psi
+
     def negloglik(params):
         eta = X @ params[:p] + offset
-        return jnp.sum(jax.vmap(point, in_axes=(0, None, 0, 0))(eta, params[p], y, weights))
+        return jnp.sum(jax.vmap(point, in_axes=(0, None, 0, 0))(eta, psi_of(params), y,
+                                                                 weights))
 
     def derivatives(params):
         eta = X @ params[:p] + offset
-        values, g_e, g_s, h_ee, h_es, h_ss = per_obs(eta, params[p], y, weights)
-        grad = jnp.concatenate([X.T @ g_e, jnp.sum(g_s)[None]])
+        values, g_e, g_s, h_ee, h_es, h_ss = per_obs(eta, psi_of(params), y, weights)
         h_bb = (X * h_ee[:, None]).T @ X
+        if not with_dispersion:
+            return jnp.sum(values), X.T @ g_e, h_bb
+        grad = jnp.concatenate([X.T @ g_e, jnp.sum(g_s)[None]])
         h_bp = X.T @ h_es
         hess = jnp.block([[h_bb, h_bp[:, None]], [h_bp[None, :], jnp.sum(h_ss)[None, None]]])
         return jnp.sum(values), grad, hess
@@ -297,12 +309,19 @@ def _newton_ml(X, y, weights, offset, family: Family, coef0, dispersion0, *,
         it, _, _, converged, stalled = state
         return (it < max_iter) & ~converged & ~stalled
 
-    params0 = jnp.concatenate([coef0, jnp.log(jnp.atleast_1d(dispersion0))])
-    hess0 = jnp.eye(p + 1, dtype=params0.dtype)
+    params0 = jnp.concatenate([coef0, jnp.log(jnp.atleast_1d(dispersion0))[:k - p]])
+    hess0 = jnp.eye(k, dtype=params0.dtype)
     it, params, hess, converged, _ = jax.lax.while_loop(
         cond, body, (jnp.asarray(0), params0, hess0, jnp.asarray(False), jnp.asarray(False))
     )
-    return params[:p], jnp.exp(params[p]), hess, it, converged
+    return params[:p], jnp.exp(psi_of(params)), hess, it, converged
+
+
+def family_uses_irls(family: Family) -> bool:
+    """Whether IRLS maximizes the family's likelihood (an exponential-family score);
+    glmmTMB's families that are not (the zero-truncated Poisson) say ``irls = False``
+    and are fitted by Newton's method on their log-likelihood."""
+    return getattr(family, "irls", True)
 
 
 def fit_glm(X, y, weights, offset, family: Family, *, tol: float = 1e-8,
@@ -343,21 +362,30 @@ def fit_glm(X, y, weights, offset, family: Family, *, tol: float = 1e-8,
     method = family.dispersion_method
     nan = jnp.asarray(jnp.nan, dtype)
 
-    if method == "ml":
+    if method == "ml" or not family_uses_irls(family):
         # Start as betareg does: least squares of g(μ_start) − offset on X, then the
         # family's moment estimate of the dispersion; Newton does the rest.
         eta_start = family.link.link(family.initialize(y, weights)) - offset
         gram = (X * weights[:, None]).T @ X
         coef0, _ = _solve_spd(gram, X.T @ (weights * eta_start))
         mu0 = family.link.inverse(X @ coef0 + offset)
-        dispersion0 = family.dispersion_start(y, mu0, weights)
+        with_dispersion = method == "ml"
+        dispersion0 = (family.dispersion_start(y, mu0, weights) if with_dispersion
+                       else jnp.asarray(1.0, dtype))
         coef, dispersion, hessian, iterations, converged = _newton_ml(
-            X, y, weights, offset, family, coef0, dispersion0
+            X, y, weights, offset, family, coef0, dispersion0,
+            with_dispersion=with_dispersion
         )
         eta = X @ coef + offset
         info = _fisher_information(family, X, weights, eta, dispersion)
         cov_unscaled, _ = _solve_spd(info, jnp.eye(p, dtype=dtype))
-        if family.joint_vcov:
+        if not with_dispersion:
+            # The observed information: the Fisher information of IRLS's working model
+            # is not this family's.
+            cov_unscaled, _ = _solve_spd(hessian, jnp.eye(p, dtype=dtype))
+            vcov = cov_unscaled
+            dispersion_se = nan
+        elif family.joint_vcov:
             full, _ = _solve_spd(hessian, jnp.eye(p + 1, dtype=dtype))
             vcov = full[:p, :p]
             dispersion_se = dispersion * jnp.sqrt(full[p, p])
@@ -398,9 +426,12 @@ def fit_glm(X, y, weights, offset, family: Family, *, tol: float = 1e-8,
     both = jax.vmap(lambda e: _deviance(family, y, e, weights, null_dispersion))(
         jnp.stack([eta, eta_null])
     )
-    if method == "ml":
+    if deviance is None:
         deviance = both[0]
-    null_deviance = both[1] if null_model != "none" else jnp.asarray(jnp.nan, dtype)
+    # IRLS fits the null model; families it does not fit have none (glmmTMB gives no
+    # deviance for them either).
+    has_null = null_model != "none" and family_uses_irls(family)
+    null_deviance = both[1] if has_null else jnp.asarray(jnp.nan, dtype)
     return GLMFit(
         coef=coef, vcov=vcov, cov_unscaled=cov_unscaled, dispersion=jnp.asarray(dispersion),
         dispersion_se=jnp.asarray(dispersion_se, dtype), eta=eta, mu=mu, deviance=deviance,
@@ -543,8 +574,11 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             second level, in category order, counts as success).
         data: pandas DataFrame; rows with missing values in used columns are dropped.
         family: a name (``"gaussian"``, ``"binomial"``, ``"poisson"``, ``"gamma"``,
-            ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``) or a family
-            object such as ``glmmjax.families.Binomial(link="probit")``.
+            ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``; glmmTMB's
+            ``"nbinom1"``, ``"truncated_poisson"``, ``"truncated_nbinom1"``,
+            ``"truncated_nbinom2"``, ``"genpois"``, ``"betabinomial"``,
+            ``"lognormal"``, ``"t_family"``, ``"tweedie"``) or a family object such as
+            ``glmmjax.families.Binomial(link="probit")``.
         weights: prior weights (a column name or an array; trials for proportions).
         offset: an offset added to the linear predictor (column name or array).
         tol, max_iter: IRLS convergence tolerance and iteration cap (R's defaults).
@@ -573,6 +607,10 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
     from ._glm_result import GLMResult
 
     fam = get_family(family)
+    if getattr(fam, "n_shape", 0):
+        raise ValueError(
+            f"glm does not estimate the shape parameter of {fam} yet (glmer does); fix it, "
+            "e.g. family=glmmjax.families.StudentT(df=5)")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):

@@ -8,6 +8,8 @@ between ``lmer``-style and ``glm`` results without relearning them.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -104,8 +106,17 @@ class GLMResult:
 
     @property
     def fitted_values(self) -> pd.Series:
-        """μ̂ for the rows used in fitting (indexed by the data's row labels)."""
-        return pd.Series(np.asarray(self._fit.mu), index=self._design.rows)
+        """μ̂ = E[y] for the rows used in fitting (indexed by the data's row labels); for
+        zero-truncated families μ/P(y > 0), not the mean parameter μ (glmmTMB's
+        response scale)."""
+        return pd.Series(self._response_mean(), index=self._design.rows)
+
+    @with_x64
+    def _response_mean(self) -> np.ndarray:
+        mu = np.asarray(self._fit.mu)
+        if not getattr(self.family, "truncated", False):
+            return mu
+        return np.asarray(self.family.response_mean(mu, self._family_dispersion()))
 
     @property
     def linear_predictor(self) -> pd.Series:
@@ -169,11 +180,12 @@ class GLMResult:
         y, w = self._y, self._weights
         mu, eta = np.asarray(self._fit.mu), np.asarray(self._fit.eta)
         disp = self._family_dispersion()
+        mean = self._response_mean()  # E[y]; μ but for zero-truncated families
         if type == "response":
-            values = y - mu
+            values = y - mean
         elif type == "pearson":
             var = np.asarray(self.family.variance(mu, disp))
-            values = (y - mu) * np.sqrt(w) / np.sqrt(var)
+            values = (y - mean) * np.sqrt(w) / np.sqrt(var)
         elif type == "deviance":
             values = np.asarray(self.family.deviance_residuals(y, mu, w, disp))
         elif type == "working":
@@ -219,12 +231,22 @@ class GLMResult:
                 extra = newdata[offset] if isinstance(offset, str) else offset
                 eta = eta + np.asarray(extra, dtype=float)
             index = newdata.index
-        fit = eta if type == "link" else np.asarray(self.family.link.inverse(eta))
+        family = self.family
+        truncated = getattr(family, "truncated", False)
+        disp = self._family_dispersion()
+
+        def response(e):  # E[y] at η (μ/P(y > 0) for zero-truncated families)
+            mu = family.link.inverse(e)
+            return family.response_mean(mu, disp) if truncated else mu
+
+        fit = eta if type == "link" else np.asarray(response(jnp.asarray(eta)))
         if not se_fit:
             return pd.Series(fit, index=index, name=type)
         se = np.sqrt(np.einsum("ij,jk,ik->i", X, np.asarray(self._fit.vcov), X))
         if type == "response":
-            se = se * np.abs(np.asarray(self.family.link.mu_eta(eta)))
+            slope = (jax.vmap(jax.grad(response))(jnp.asarray(eta, dtype=float)) if truncated
+                     else self.family.link.mu_eta(eta))
+            se = se * np.abs(np.asarray(slope))
         return pd.DataFrame({"fit": fit, "se_fit": se}, index=index)
 
     # ---- printing -----------------------------------------------------------------------

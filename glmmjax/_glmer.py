@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import _family_math as fm
+from ._cov_structures import term_structures
 from ._covariance import canonical_theta, diagonal_mask
 from ._design import DataError, build_design
 from ._engine import choose_glmm, fit_glmm
@@ -78,6 +79,8 @@ class GLMMResult(MixedModelResult):
         ]
         if self.dispersion is not None:
             lines.append(f" Dispersion ({self.family.dispersion_name}): {self.dispersion:.6g}")
+        for name, value in self.extra_params.items():
+            lines.append(f" Estimated {name}: {value:.6g}")
         if self.success_level is not None:
             lines.append(f" Success: {self.success_level!r}")
         return "\n".join(lines)
@@ -92,9 +95,12 @@ class GLMMResult(MixedModelResult):
         return self.y
 
     def _pearson_sd(self):
-        mu = self.fitted().to_numpy()
+        # The family's mean parameter g⁻¹(η) (for zero-truncated families not the
+        # fitted E[y]); its variance function gives Var y.
+        eta = self.fitted(type="link").to_numpy()
         with jax.enable_x64(True):
-            var = np.asarray(self.family.variance(jnp.asarray(mu), self._disp_arg()))
+            mu = self.family.link.inverse(jnp.asarray(eta))
+            var = np.asarray(self.family.variance(mu, self._disp_arg()))
         scale = self.dispersion if self.family.dispersion_method == "pearson" else 1.0
         return np.sqrt(scale * var / self.prior_weights)
 
@@ -144,8 +150,11 @@ def glmer(
             (1 | herd)"``; ``offset(...)`` terms are allowed.
         data: a DataFrame (rows with missing values in used columns are dropped).
         family: a name (``"binomial"``, ``"poisson"``, ``"gamma"``,
-            ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``) or a family
-            object such as ``glmmjax.families.Binomial(link="probit")``.
+            ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``; glmmTMB's
+            ``"nbinom1"``, ``"truncated_poisson"``, ``"truncated_nbinom1"``,
+            ``"truncated_nbinom2"``, ``"genpois"``, ``"betabinomial"``,
+            ``"lognormal"``, ``"t_family"``, ``"tweedie"``) or a family object such as
+            ``glmmjax.families.Binomial(link="probit")``.
         n_agq: 1 for the Laplace approximation (default); > 1 for adaptive
             Gauss–Hermite quadrature with that many nodes per dimension (one grouping
             factor, up to 3 random effects per level); 0 for lme4's fast nAGQ=0.
@@ -304,6 +313,19 @@ def report_convergence(result: GLMMResult, y, weights) -> GLMMResult:
     return dataclasses.replace(result, convergence=convergence, separated=separated)
 
 
+def _fix_estimated_shape(family, out):
+    """A family whose shape parameter was estimated with the dispersion (Student-t's
+    ν, Tweedie's p; ``out.dispersion`` is then (φ, shape)): the result's family carries
+    the estimate fixed, so simulation, residuals and predictions use it (a parametric
+    bootstrap refits with it held fixed), and ``extra_params`` reports it."""
+    if not getattr(family, "n_shape", 0):
+        return family, out, {}
+    dispersion, shape = (float(v) for v in np.asarray(out.dispersion))
+    fitted = type(family)(shape, link=family.link)
+    name = "df" if family.name == "t_family" else "power"
+    return fitted, dataclasses.replace(out, dispersion=dispersion), {name: shape}
+
+
 @with_x64
 def fit_glmm_design(design, family: Family, n_agq: int = 1,
                     engine: str | None = None, max_iter: int = 500) -> GLMMResult:
@@ -321,7 +343,8 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     )
     check_glmm_response(family, y, w, design)
     out = fit_glmm(design, family, n_agq, y, w, engine, max_iter)
-    sizes = tuple(t.size for t in design.terms)
+    family, out, extra_params = _fix_estimated_shape(family, out)
+    structures = term_structures(design.terms)
     sym = 0.5 * (out.hessian + out.hessian.T)
     pd_hess = bool(np.all(np.linalg.eigvalsh(sym) > 0)) if sym.size else True
     status = Status(out.opt.status)
@@ -337,15 +360,24 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         n_evaluations=out.opt.n_evaluations,
         hessian_positive_definite=pd_hess,
     )
-    theta = canonical_theta(out.params[: out.n_theta], sizes)
-    singular = bool(np.any(np.abs(theta[diagonal_mask(sizes)]) < SINGULAR_TOL))
+    theta = canonical_theta(out.params[: out.n_theta], structures)
+    singular = bool(np.any(np.abs(theta[diagonal_mask(structures)]) < SINGULAR_TOL))
     method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
 
-    def inverse_link(eta_values):
+    def mean_parameter(eta_values):
         if fm.supported(family):  # numpy closed form: no JAX operation to compile
             return fm.inverse_link(family.link, np, np.asarray(eta_values, dtype=np.float64))
         with jax.enable_x64(True):
             return np.asarray(family.link.inverse(jnp.asarray(eta_values)))
+
+    def inverse_link(eta_values):
+        # E[y]: for zero-truncated families μ/P(y > 0), as glmmTMB 1.1.5's response scale.
+        mu = mean_parameter(eta_values)
+        if not getattr(family, "truncated", False):
+            return mu
+        with jax.enable_x64(True):
+            disp = None if out.dispersion is None else jnp.asarray(out.dispersion)
+            return np.asarray(family.response_mean(jnp.asarray(mu), disp))
 
     result = GLMMResult(
         design=design,
@@ -359,7 +391,9 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         effects=out.effects,
         effect_cov=out.conditional_covariances,
         criterion=out.value,
-        n_params=out.n_theta + design.X.shape[1] + int(out.estimated_dispersion),
+        n_params=out.n_theta + design.X.shape[1] + int(out.estimated_dispersion)
+        + len(extra_params),
+        extra_params=extra_params,
         convergence=convergence,
         singular=singular,
         linear_predictor_fn=inverse_link,

@@ -13,7 +13,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 
 from ._cholesky import inverse_diagonal_blocks
 from ._covariance import diagonal_mask, initial_theta, theta_to_factors
@@ -28,6 +27,7 @@ from ._laplace import (
     mode_and_factor,
     unpack,
 )
+from ._linalg import solve_triangular
 from ._optimize import Solution, minimize
 from ._pirls import GLMMData, hessian_factor, inner_size, linear_predictor
 from ._progress import noted
@@ -87,7 +87,7 @@ def make_setup(design, family, n_agq: int, dtype=np.float64, max_iter: int = 500
     )
 
 
-def minimize_with_boundary(objective, params0, carry0, n_theta, sizes, inverse_hessian=None,
+def minimize_with_boundary(objective, params0, carry0, n_theta, covariances, inverse_hessian=None,
                            *, gtol=1e-6, loose_gtol=1e-3, boundary=True, first_step=None,
                            forward=False, max_iterations=500):
     """BFGS, then near-zero diagonal entries of θ tried at exactly zero.
@@ -98,7 +98,7 @@ def minimize_with_boundary(objective, params0, carry0, n_theta, sizes, inverse_h
     evaluation inside the BFGS loop (``minimize``'s ``final_trial``), so the objective is
     compiled once. Returns (solution, params, carry at params).
     """
-    mask = diagonal_mask(sizes)
+    mask = diagonal_mask(covariances)
 
     def to_boundary(params):
         theta = params[:n_theta]
@@ -186,7 +186,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     q_inner = inner_size(setup.inner)
     v0 = jnp.zeros(q_inner, dtype).at[q_inner - p :].set(_start_beta(y, weights, setup))
     params1 = jnp.concatenate(
-        [jnp.asarray(initial_theta(setup.outer.sizes), dtype), jnp.zeros(n_disp, dtype)]
+        [jnp.asarray(initial_theta(setup.outer.structures), dtype), jnp.zeros(n_disp, dtype)]
     )
 
     params1_start = params1
@@ -212,7 +212,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
                                     loose_gtol=setup.loose_gtol,
                                     max_iterations=setup.max_iter)
     sol1, params1, (v1, L_x) = minimize_with_boundary(
-        objective1, params1, (v0, jnp.zeros((p, p), dtype)), n_theta, setup.outer.sizes,
+        objective1, params1, (v0, jnp.zeros((p, p), dtype)), n_theta, setup.outer.structures,
         boundary=final, first_step=_FIRST_STEP, forward=True, **tols1
     )
     L_x_inv = solve_triangular(L_x, jnp.eye(p, dtype=dtype), lower=True)
@@ -252,7 +252,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     # diagonal that stage 1 put on the boundary restarts slightly inside; stage 2's own
     # boundary check returns it to exactly zero if that is the optimum.
     theta1 = params1[:n_theta]
-    diagonal = jnp.asarray(diagonal_mask(setup.outer.sizes))
+    diagonal = jnp.asarray(diagonal_mask(setup.outer.structures))
     theta1 = jnp.where(diagonal & (jnp.abs(theta1) < BOUNDARY_TRY), 0.1, theta1)
     params2 = jnp.concatenate([theta1, beta1, params1[n_theta:]])
     hinv1 = sol1.inverse_hessian
@@ -265,7 +265,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
         hinv0 = hinv0.at[:n_theta, n_theta + p :].set(hinv1[:n_theta, n_theta:])
         hinv0 = hinv0.at[n_theta + p :, :n_theta].set(hinv1[n_theta:, :n_theta])
     sol2, params, v = minimize_with_boundary(
-        objective2, params2, u1, n_theta, setup.outer.sizes, hinv0, **tols
+        objective2, params2, u1, n_theta, setup.outer.structures, hinv0, **tols
     )
 
     def at_v(q):
@@ -289,7 +289,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
 
 def _cond_cov_from_factor(theta, factor, outer: ReStructure) -> list:
     blocks = inverse_diagonal_blocks(outer, factor)
-    factors = theta_to_factors(theta, outer.sizes)
+    factors = theta_to_factors(theta, outer.structures)
     return [jnp.einsum("ab,lbc,dc->lad", lam, blk, lam) for lam, blk in zip(factors, blocks)]
 
 

@@ -47,7 +47,8 @@ import scipy.linalg
 from . import _family_math as fm
 from . import _host_lmm as lmm
 from ._blas import single_threaded_blas
-from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta
+from ._cov_structures import factor_derivatives, term_structures
+from ._covariance import diagonal_mask, initial_theta, split_theta, start_from_sds
 from ._engine import BOUNDARY_TRY, GLMMFit, opt_summary
 from ._host_products import host_cross_products, segment_sum
 from ._optimize import minimize_host
@@ -70,6 +71,13 @@ def estimates_dispersion(family) -> bool:
     return bool(family.has_dispersion and family.dispersion_method != "fixed")
 
 
+def n_dispersion_parameters(family) -> int:
+    """Outer parameters after β: log φ where it is estimated, and the unconstrained
+    parameter of a shape estimated with it (``family.n_shape``: Student-t's log ν,
+    Tweedie's logit(p − 1))."""
+    return int(estimates_dispersion(family)) + getattr(family, "n_shape", 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class HostGLMM:
     """One GLMM's data on the host, for one stage: ``inner`` dense columns (X for
@@ -86,10 +94,16 @@ class HostGLMM:
 
     @property
     def n_dispersion(self) -> int:
-        return int(estimates_dispersion(self.family))
+        return n_dispersion_parameters(self.family)
 
     def dispersion(self, log_dispersion):
-        """φ on its natural scale: exp(ψ), the family's fixed value, or None."""
+        """φ on its natural scale: exp(ψ), the family's fixed value, or None; with a
+        shape parameter estimated too (Student-t's ν, Tweedie's power), the array
+        (φ, shape), the shape from its unconstrained outer parameter
+        (``family.shape_value``: ν = e^κ, p = 1 + logistic(ξ))."""
+        if log_dispersion.shape[0] > 1:
+            return np.array([np.exp(log_dispersion[0]),
+                             self.family.shape_value(log_dispersion[1])])
         if log_dispersion.shape[0]:
             return float(np.exp(log_dispersion[0]))
         return getattr(self.family, "theta", None)
@@ -161,7 +175,7 @@ class _Point:
     def __init__(self, theta, beta, dispersion, v, model: HostGLMM):
         s = model.structure
         self.dispersion = dispersion
-        self.factors = lmm.factors_of(theta, s.sizes)
+        self.factors = lmm.factors_of(theta, s.structures)
         u_first, u_rest, beta_in = split(v, s)
         self.u_terms = lmm.term_values(s, u_first, u_rest)
         eta = model.offset + z_lambda_times(self.factors, s, self.u_terms)
@@ -194,8 +208,15 @@ def conditional_mode(theta, beta, dispersion, model: HostGLMM, v0):
         return v, False
     for _ in range(MAX_NEWTON):
         grad = point.half_gradient(v, model)
-        w = np.maximum(point.w, 1e-10 * (1.0 + np.abs(point.w)))  # as _pirls: steps only
-        factor, _ = _factor(theta, model, w)
+        # Exact Newton wherever Ω is positive definite, also for log-likelihoods that
+        # are not concave in η (NB1 at outlying counts has W < 0 on some rows): with W
+        # floored there, Newton converges only linearly and can stop short of the mode,
+        # which makes L depend on the start. Floored W (as _pirls) where Ω is not
+        # positive definite.
+        factor = _factor(theta, model, point.w)[0] if np.any(point.w < 0) else None
+        if factor is None:
+            w = np.maximum(point.w, 1e-10 * (1.0 + np.abs(point.w)))
+            factor, _ = _factor(theta, model, w)
         if factor is None:
             return v, False
         step = -_solve(s, factor, grad)
@@ -253,15 +274,16 @@ def laplace(theta, beta, log_dispersion, model: HostGLMM, v0, gradient: bool = T
     outer_q = _weighted_term_outer(s, q, point.u_terms)
     outer_a = _weighted_term_outer(s, d1, a_terms)
     contraction = lmm._gradient(s, products, theta, factor, sigma_00, 2.0 * sigma_r0, sigma_rr)
-    grads = []
-    for size, gq, ga in zip(s.sizes, outer_q, outer_a):
-        rows, cols = _tril_indices_colmajor(size)
-        grads.append((gq - ga)[rows, cols])
+    # ∂/∂θ_t of ⟨G_t, Λ_t(θ_t)⟩: the structure's vector-Jacobian product.
+    grads = [cov.pullback(part, gq - ga) for cov, part, gq, ga in
+             zip(s.structures, split_theta(theta, s.structures), outer_q, outer_a)]
     pieces = [np.concatenate(grads) + contraction]
     if model.X.shape[1]:
         pieces.append(model.X.T @ q)
     if estimated:
-        pieces.append([np.sum(-2.0 * terms.value_psi + h * terms.w_psi + 2.0 * t * terms.d1_psi)])
+        # One entry per dispersion parameter (rows of the terms where there are two).
+        pieces.append(np.atleast_1d(np.sum(
+            -2.0 * terms.value_psi + h * terms.w_psi + 2.0 * t * terms.d1_psi, axis=-1)))
     return value, np.concatenate(pieces), v, factor, ok
 
 
@@ -315,12 +337,11 @@ def _outer_split(params, model: HostGLMM):
 def mode_derivatives(params, v, model: HostGLMM):
     """dv̂/dψ at the mode v̂ (columns per outer parameter ψ = (θ, β_outer, log φ)), by
     the implicit function theorem: −Ω⁻¹·∂(∇g/2)/∂ψ, with ∂(∇g/2)/∂θ_k =
-    [−Λ_k'Z'ℓ' + Λ'Z'(W∘ZΛ_k·u); X_in'(W∘ZΛ_k·u)] (Λ_k = Λ(e_k): Λ is linear in θ),
-    ∂(∇g/2)/∂β_j = [Λ'Z'(W∘x_j); X_in'(W∘x_j)] and ∂(∇g/2)/∂log φ = −[Λ'Z'; X_in']∂ℓ'/∂log φ.
+    [−Λ_k'Z'ℓ' + Λ'Z'(W∘ZΛ_k·u); X_in'(W∘ZΛ_k·u)] (Λ_k = ∂Λ/∂θ_k; Λ(e_k) for lme4's θ,
+    in which Λ is linear), ∂(∇g/2)/∂β_j = [Λ'Z'(W∘x_j); X_in'(W∘x_j)] and ∂(∇g/2)/∂log φ = −[Λ'Z'; X_in']∂ℓ'/∂log φ.
     Start points for the finite-difference Hessian's inner solves: from v̂ + (dv̂/dψ)·Δψ
     one Newton step suffices."""
     s = model.structure
-    n_theta = s.n_theta
     theta, beta, log_dispersion = _outer_split(params, model)
     dispersion = model.dispersion(log_dispersion)
     point = _Point(theta, beta, dispersion, v, model)
@@ -333,15 +354,14 @@ def mode_derivatives(params, v, model: HostGLMM):
         return _flat(parts[0], parts[1:], model.inner.T @ r if model.inner.shape[1] else None)
 
     columns = []
-    for k in range(n_theta):
-        unit = lmm.factors_of(np.eye(n_theta)[k], s.sizes)
+    for unit in factor_derivatives(theta, s.structures):
         shift = point.w * z_lambda_times(unit, s, point.u_terms)
         columns.append(mixed(shift, lambda_z_transpose_times(unit, s, point.l1)))
     for j in range(model.X.shape[1]):
         columns.append(mixed(point.w * model.X[:, j]))
     if log_dispersion.shape[0]:
         terms = row_terms(model, point.eta, dispersion, dispersion_derivatives=True)
-        columns.append(mixed(-terms.d1_psi))
+        columns.extend(mixed(-row) for row in np.atleast_2d(terms.d1_psi))
     return np.stack([-_solve(s, factor, c) for c in columns], axis=1)
 
 
@@ -404,7 +424,9 @@ def _dispersion_start(model: HostGLMM, mu) -> float:
     y, w = model.y, model.weights
     used = w > 0
     dof = max(int(np.sum(used)) - model.X.shape[1], 1)
-    if name == "NegativeBinomial":
+    if hasattr(model.family, "moment_dispersion"):  # glmmTMB's families
+        value = float(model.family.moment_dispersion(np, y, mu, w))
+    elif name == "NegativeBinomial":
         value = np.sum(w) / np.sum(w * (y / mu - 1.0) ** 2)
     elif name == "Beta":
         ratio = np.sum(w * mu * (1.0 - mu)) / np.sum(w * (y - mu) ** 2)
@@ -425,32 +447,38 @@ def moment_start(random_terms, model: HostGLMM):
     cbpp 5 instead of 7). Falls back to θ = 1 where the moments are not finite."""
     X, offset = model.X, model.offset
     estimated = estimates_dispersion(model.family)
+    # A shape parameter estimated with the dispersion (Student-t's ν, Tweedie's p)
+    # starts at the family's choice; the dispersion argument is then (φ, shape).
+    shape = [model.family.shape_start()] if getattr(model.family, "n_shape", 0) else []
+
+    def with_shape(value):
+        return np.array([value] + shape) if shape else value
+
     dispersion = 1.0 if estimated else model.dispersion(np.zeros(0))
-    beta = _glm_start(model, dispersion)
+    beta = _glm_start(model, with_shape(dispersion))
     log_dispersion = np.zeros(0)
     if estimated:
         eta = X @ beta + offset
-        mu = np.exp(fm.log_mean_derivatives(model.family.link, np, eta)[0]) if type(
-            model.family).__name__ != "Gaussian" else fm.mean_derivatives(
-            model.family.link, np, eta)[0]
+        mu = fm.inverse_link(model.family.link, np, eta)
         dispersion = _dispersion_start(model, mu)
-        log_dispersion = np.array([np.log(dispersion)])
-    terms = row_terms(model, X @ beta + offset, dispersion)
+        log_dispersion = np.array([np.log(dispersion)] + [
+            model.family.shape_parameter(v) for v in shape])
+    terms = row_terms(model, X @ beta + offset, with_shape(dispersion))
     l1, W = terms.d1, np.maximum(terms.w, 1e-8)
-    parts = []
+    sds = []
     for term in random_terms:
         z = np.asarray(term.z, dtype=np.float64)
-        rows, cols = _tril_indices_colmajor(z.shape[1])
         sd = np.ones(z.shape[1])
         for k in range(z.shape[1]):
             precision = np.maximum(
                 np.bincount(term.refs, weights=z[:, k] ** 2 * W, minlength=term.n_levels), 1e-8)
             b = np.bincount(term.refs, weights=z[:, k] * l1, minlength=term.n_levels) / precision
             sd[k] = np.sqrt(np.clip(np.mean(b**2) - np.mean(1.0 / precision), 0.01, 25.0))
-        parts.append(np.where(rows == cols, sd[rows], 0.0))
-    theta = np.concatenate(parts)
+        sds.append(sd)
+    structures = term_structures(random_terms)
+    theta = start_from_sds(structures, sds)
     if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(beta))):
-        theta = initial_theta(tuple(t.size for t in random_terms))
+        theta = initial_theta(structures)
         beta = np.zeros_like(beta) if not np.all(np.isfinite(beta)) else beta
     return theta, beta, log_dispersion
 
@@ -488,7 +516,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
         L_x_inv = scipy.linalg.solve_triangular(L_x, np.eye(p), lower=True)
         beta_cov1 = L_x_inv.T @ L_x_inv
         theta1 = sol1.x[:n_theta].copy()
-        diagonal = diagonal_mask(s2.sizes)
+        diagonal = diagonal_mask(s2.structures)
         theta1[diagonal & (np.abs(theta1) < BOUNDARY_TRY)] = 0.1
         params2 = np.concatenate([theta1, v1[q1 - p :], sol1.x[n_theta:]])
         k = n_theta + p + n_disp

@@ -24,7 +24,8 @@ import scipy.sparse
 
 from ._blas import single_threaded_blas
 from ._cholesky import CrossProducts
-from ._covariance import _tril_indices_colmajor, diagonal_mask
+from ._cov_structures import as_structures
+from ._covariance import diagonal_mask, split_theta
 from ._engine import BOUNDARY_TRY
 from ._host_products import host_cross_products, segment_sum
 from ._lmm import (
@@ -62,17 +63,10 @@ def host_model(structure: ReStructure, weights, X, y, reml: bool) -> HostLMM:
                    X.shape[1], reml)
 
 
-def factors_of(theta, sizes) -> list:
+def factors_of(theta, covariances) -> list:
     """Λ_t per term from θ (numpy twin of ``theta_to_factors``)."""
-    factors, start = [], 0
-    for size in sizes:
-        count = size * (size + 1) // 2
-        rows, cols = _tril_indices_colmajor(size)
-        block = np.zeros((size, size))
-        block[rows, cols] = theta[start : start + count]
-        factors.append(block)
-        start += count
-    return factors
+    structures = as_structures(covariances)
+    return [cov.factor(part, np) for cov, part in zip(structures, split_theta(theta, structures))]
 
 
 def _rest_scale(s: ReStructure, factors):
@@ -121,7 +115,9 @@ class _Factor:
 def _factorize(theta, model: HostLMM) -> _Factor | None:
     """The blocked Cholesky factor of Ω(θ); None where Ω is not positive definite."""
     s, products = model.structure, model.products
-    factors = factors_of(theta, s.sizes)
+    factors = factors_of(theta, s.structures)
+    if not all(np.all(np.isfinite(f)) for f in factors):
+        return None  # a structure with no factor there (toep or gau near singular)
     lam0 = factors[0]
     S0 = s.sizes[0]
     diag_blocks = np.einsum("ba,jbc,cd->jad", lam0, products.first, lam0) + np.eye(S0)
@@ -242,7 +238,7 @@ def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w
     in a term's factor Λ_t sums that matrix's diagonal blocks over the term's levels,
     and only those blocks are formed (O(R²·S) for the dense rest).
     """
-    factors = factors_of(theta, s.sizes)
+    factors = factors_of(theta, s.structures)
     lam0 = factors[0]
     S0 = s.sizes[0]
     # First term: its diagonal blocks and its coupling rows (w_r0 counts both triangles).
@@ -261,11 +257,9 @@ def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w
         # W is symmetric: its columns of the term are read as (contiguous) rows.
         g += 2.0 * np.einsum("lar,lbr->ab", rows, w_rr[lo:hi].reshape(m, size, -1))
         grads.append(g)
-    parts = []
-    for size, g in zip(s.sizes, grads):
-        rows, cols = _tril_indices_colmajor(size)
-        parts.append(g[rows, cols])
-    return np.concatenate(parts)
+    # ∂/∂θ_t of ⟨G_t, Λ_t(θ_t)⟩: the structure's vector-Jacobian product.
+    return np.concatenate([cov.pullback(part, g) for cov, part, g in
+                           zip(s.structures, split_theta(theta, s.structures), grads)])
 
 
 def evaluate(theta, model: HostLMM, gradient: bool = True, r2_weight: float | None = None):
@@ -328,7 +322,7 @@ def term_values(s: ReStructure, u_first, u_rest) -> list:
 
 def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
     """b_t = Λ_t·u_t per term, (m_t, S_t) each (numpy twin of ``_lmm.random_effects``)."""
-    factors = factors_of(theta, structure.sizes)
+    factors = factors_of(theta, structure.structures)
     return [u @ lam.T for u, lam in zip(term_values(structure, u_first, u_rest), factors)]
 
 
@@ -354,7 +348,7 @@ def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3,
     Returns (solution with ``x``/``grad`` in θ, θ, :class:`PLSSolution`, [b_t]) in numpy.
     """
     s = model.structure
-    mask = diagonal_mask(s.sizes)
+    mask = diagonal_mask(s.structures)
 
     def value_and_grad(phi, carry):
         f, g, solution = evaluate(_from_log_scale(phi, mask, np), model)
@@ -419,7 +413,7 @@ def conditional_covariances(theta, model: HostLMM) -> list:
             start, size, m = s.offsets[t], s.sizes[t], s.n_levels[t]
             cols = rest_inv[:, start : start + m * size].reshape(R_re, m, size)
             blocks.append(np.einsum("rla,rlb->lab", cols, cols))
-    factors = factors_of(theta, s.sizes)
+    factors = factors_of(theta, s.structures)
     return [np.einsum("ab,lbc,dc->lad", lam, block, lam) for lam, block in zip(factors, blocks)]
 
 

@@ -13,6 +13,12 @@ worse next to any other busy process, they fight over the cores: on this project
 OpenBLAS threads and 1.7–2.2 s with one. Each program call therefore limits OpenBLAS
 to one thread (:func:`glmmjax._blas.single_threaded_blas`) until its results are ready,
 and restores the setting.
+
+:func:`batch_program` compiles the vmapped batch programs (``fit_many``) with the same
+options, but does not wait for their results (``eqx.filter_jit`` does, inside XLA, where
+Ctrl-C cannot reach): the caller waits in Python
+(:func:`glmmjax._progress.wait_interruptibly`), which lets Ctrl-C through and reports a
+computation that stopped making progress instead of hanging.
 """
 
 from __future__ import annotations
@@ -55,5 +61,50 @@ def program(fun):
         with single_threaded_blas():
             # Dispatch is asynchronous: wait for the results inside the limit.
             return jax.block_until_ready(run(*args, **kwargs))
+
+    return call
+
+
+class _Static:
+    """The non-array part of a call's arguments, hashable by value (a jit static)."""
+
+    __slots__ = ("tree", "_key")
+
+    def __init__(self, tree):
+        self.tree = tree
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        self._key = (treedef, tuple(leaves))
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self._key == other._key
+
+
+def batch_program(fun):
+    """``fun`` jitted with equinox's filtering (arrays traced, everything else static)
+    and :data:`_CPU_OPTIONS` on the CPU; returns without waiting for the result."""
+
+    def split_call(dynamic, static):
+        return fun(*eqx.combine(dynamic, static.tree))
+
+    plain = jax.jit(split_call, static_argnums=1)
+    tuned = jax.jit(split_call, static_argnums=1, compiler_options=_CPU_OPTIONS)
+    usable = [True]
+
+    @functools.wraps(fun)
+    def call(*args):
+        dynamic, static = eqx.partition(args, eqx.is_array)
+        static = _Static(static)
+        if jax.default_backend() != "cpu" or not usable[0]:
+            return plain(dynamic, static)
+        try:
+            return tuned(dynamic, static)
+        except jax.errors.JaxRuntimeError as error:
+            if "compile option" not in str(error):
+                raise
+            usable[0] = False
+            return plain(dynamic, static)
 
     return call

@@ -21,10 +21,10 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 from ._cholesky import logdet_first
+from ._linalg import solve_triangular
 from ._pirls import (
     GLMMData,
     at_mode,

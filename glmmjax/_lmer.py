@@ -114,7 +114,7 @@ def _conditional_blocks(model, theta):
     structure = model.structure
     factor = factorize(theta, model.products, structure)
     blocks = inverse_diagonal_blocks(structure, factor)
-    factors = theta_to_factors(theta, structure.sizes)
+    factors = theta_to_factors(theta, structure.structures)
     return [jnp.einsum("ab,lbc,dc->lad", lam, blk, lam) for lam, blk in zip(factors, blocks)]
 
 
@@ -125,7 +125,7 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
     n = design.nobs
     p = design.X.shape[1]
     raw_theta = np.asarray(theta)
-    theta = canonical_theta(raw_theta, structure.sizes)
+    theta = canonical_theta(raw_theta, structure.structures)
     r2 = float(pls.r2)
     sigma2 = r2 / (n - p) if reml else r2 / n
     sigma = float(np.sqrt(sigma2))
@@ -146,7 +146,7 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
         iterations=int(solution.iterations),
         n_evaluations=int(solution.n_evaluations),
     )
-    singular = bool(np.any(np.abs(theta[diagonal_mask(structure.sizes)]) < SINGULAR_TOL))
+    singular = bool(np.any(np.abs(theta[diagonal_mask(structure.structures)]) < SINGULAR_TOL))
 
     def effect_cov():
         y = np.asarray(design.response, dtype=float)

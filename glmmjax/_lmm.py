@@ -33,7 +33,8 @@ from ._cholesky import (
     selected_inverse,
     solve_upper,
 )
-from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta, theta_to_factors
+from ._cov_structures import term_structures
+from ._covariance import diagonal_mask, initial_theta, start_from_sds, theta_to_factors
 from ._design import DataError, Design
 from ._engine import BOUNDARY_TRY, choose_lmm
 from ._jit import program
@@ -88,7 +89,11 @@ def check_lmm_design(design: Design) -> None:
     """lme4's identifiability checks for an LMM, before any tracing."""
     n = design.nobs
     for term in design.terms:
-        if term.n_levels * term.size >= n:
+        # A term with a correlation structure (cs, ar1) separates its variance from the
+        # residual through the correlations, as glmmTMB fits it; lme4's count rule is
+        # for unstructured and diagonal terms.
+        tied = getattr(term.covariance, "name", "us") not in ("us", "diag")
+        if term.n_levels * term.size >= n and not tied:
             raise DataError(
                 f"term {term.spec} has {term.n_levels * term.size} random effects for "
                 f"{n} observations; an LMM needs fewer random effects per term than "
@@ -315,7 +320,7 @@ def _minimize_theta(model: LinearMixedModel, theta0, gtol, loose_gtol, carry=Non
     """BFGS in the log-scale coordinates; with ``carry`` (a :class:`PLSSolution` of the
     right shapes), ``solution.carry`` is the PLS solution at the optimum."""
     theta0 = jnp.asarray(theta0)
-    mask = jnp.asarray(diagonal_mask(model.structure.sizes))
+    mask = jnp.asarray(diagonal_mask(model.structure.structures))
     phi0 = _to_log_scale(theta0, mask)
     objective = _log_scale_criterion if carry is None else _log_scale_with_solution
     solution = minimize(
@@ -331,7 +336,7 @@ def _minimize_theta(model: LinearMixedModel, theta0, gtol, loose_gtol, carry=Non
 def boundary_trial(theta, structure: ReStructure):
     """θ with its near-zero diagonal entries set to exactly zero, and whether that
     changed anything (lme4 also ends on the boundary when the optimum is there)."""
-    mask = jnp.asarray(diagonal_mask(structure.sizes))
+    mask = jnp.asarray(diagonal_mask(structure.structures))
     trial = jnp.where(mask & (jnp.abs(theta) < BOUNDARY_TRY), 0.0, theta)
     return trial, jnp.any(trial != theta)
 
@@ -386,8 +391,8 @@ def inverse_hessian_guess(structure: ReStructure) -> np.ndarray:
     of 26.
     """
     scale = np.concatenate([
-        np.full(size * (size + 1) // 2, 1.0 / (2.0 * max(m, 1)))
-        for size, m in zip(structure.sizes, structure.n_levels)
+        np.full(cov.n_params, 1.0 / (2.0 * max(m, 1)))
+        for cov, m in zip(structure.structures, structure.n_levels)
     ])
     return np.diag(scale)
 
@@ -399,7 +404,7 @@ def solve_pls(theta, model: LinearMixedModel) -> PLSSolution:
 
 def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
     """b_t = Λ_t·u_t per term, each as an (m_t, S_t) array (relative to σ)."""
-    factors = theta_to_factors(theta, structure.sizes)
+    factors = theta_to_factors(theta, structure.structures)
     effects = [u_first @ factors[0].T]
     for t in range(1, structure.n_terms):
         start = structure.offsets[t]
@@ -410,7 +415,7 @@ def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
 
 
 def start_theta(structure: ReStructure) -> np.ndarray:
-    return initial_theta(structure.sizes)
+    return initial_theta(structure.structures)
 
 
 # Moment starts are kept within these bounds for diagonal entries of θ: θ = 0 is a
@@ -451,13 +456,10 @@ def moment_theta(terms, X, y, weights) -> np.ndarray:
     explained = sum(float(np.mean(np.asarray(t.z, dtype=float) ** 2 @ v))
                     for t, v in zip(terms, variances))
     sigma2 = max(s2 - explained, 0.05 * s2)
-    parts = []
-    for term, tau2 in zip(terms, variances):
-        rows, cols = _tril_indices_colmajor(term.z.shape[1])
-        diagonal = np.clip(np.sqrt(tau2 / sigma2), _MOMENT_FLOOR, _MOMENT_CAP)
-        parts.append(np.where(rows == cols, diagonal[rows], 0.0))
-    theta = np.concatenate(parts)
-    return theta if np.all(np.isfinite(theta)) else initial_theta(tuple(t.size for t in terms))
+    structures = term_structures(terms)
+    theta = start_from_sds(structures, [np.clip(np.sqrt(tau2 / sigma2), _MOMENT_FLOOR, _MOMENT_CAP)
+                                        for tau2 in variances])
+    return theta if np.all(np.isfinite(theta)) else initial_theta(structures)
 
 
 @program

@@ -27,7 +27,7 @@ def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformul
     Coefficients are named as glmmTMB's full covariance matrix names them: the
     conditional model's as they are, ``zi~name`` and ``d~name`` for the other parts.
     """
-    from ._parts_fit import parts_data
+    from ._parts_fit import hurdle_zeros, parts_data
 
     if family is None:
         raise ValueError("fit_many with ziformula/dispformula needs a family (e.g. "
@@ -42,7 +42,9 @@ def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformul
     design = parts.cond
     Y_all, names = _response_matrix(responses, data)
     Y = Y_all[data.index.get_indexer(design.rows)]
-    reasons = _check_models(Y, family, design.rows, design.weights)
+    zeros = hurdle_zeros(family, parts, Y)
+    reasons = _check_models(Y if zeros is None else np.where(zeros, 1.0, Y), family,
+                            design.rows, design.weights)
     if parts.zi is None:
         reasons = [r or ("all zero" if np.all(Y[:, k] == 0) else "")
                    for k, r in enumerate(reasons)]
@@ -134,4 +136,5 @@ def _assemble_parts(parts, names, reasons, usable, out, chunk) -> BatchResult:
     return BatchResult(coefficients=coefficients, models=models,
                        fixef=pd.DataFrame(est, index=names, columns=labels),
                        fixef_se=pd.DataFrame(se, index=names, columns=labels), theta=theta,
-                       method="Laplace", chunk_size=chunk, n_devices=1)
+                       method="Laplace", inference="Wald z tests", chunk_size=chunk,
+                       n_devices=1)

@@ -91,15 +91,20 @@ def check_parts(family, ziformula, dispformula) -> tuple[str | None, str | None]
             family other than Gaussian.
         FormulaError: a formula that is not one-sided.
     """
+    if getattr(family, "n_shape", 0):
+        raise ValueError(
+            f"ziformula/dispformula with {family}: its shape parameter (Student-t df, "
+            "Tweedie power) would be estimated, which the zero-inflation/dispersion fit "
+            "does not do yet; fix it, e.g. family=glmmjax.families.StudentT(df=5)")
     zi_rhs = None if ziformula is None else _rhs(ziformula, "ziformula")
     if zi_rhs is not None and _is_zero(zi_rhs):
         zi_rhs = None
     if zi_rhs is not None and not zero_inflatable(family):
         raise ValueError(
             f"ziformula={ziformula!r}: the {family.name} family cannot be zero-inflated; "
-            "ziformula applies to count families (poisson, negative_binomial and the "
-            "other count families) and, as a hurdle, to truncated families "
-            "(truncated_poisson, truncated_nbinom1/2)")
+            "ziformula applies to count families (poisson, negative_binomial, nbinom1, "
+            "genpois) and, as a hurdle, to truncated families (truncated_poisson, "
+            "truncated_nbinom1/2); betabinomial is not zero-inflatable yet")
     disp_rhs = None if dispformula is None else _rhs(dispformula, "dispformula")
     if disp_rhs is not None and not family.has_dispersion:
         if disp_rhs.replace(" ", "") == "1":

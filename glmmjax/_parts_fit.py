@@ -72,6 +72,23 @@ def _effect_covariances(theta, terms, re_cov, offset: int):
     return out
 
 
+def hurdle_zeros(family, parts, response) -> np.ndarray | None:
+    """Where a hurdle model's response is 0 (None for other models): a truncated
+    family's own support check refuses zeros, which the hurdle part models."""
+    if parts.zi is None or not is_truncated(family):
+        return None
+    return np.asarray(response, dtype=np.float64) == 0
+
+
+def prepare_hurdle_response(family, parts, design):
+    """``family.prepare_response``, with a hurdle model's zeros let through."""
+    zeros = hurdle_zeros(family, parts, design.response)
+    response = design.response if zeros is None else np.where(zeros, 1.0, design.response)
+    y, w, level = family.prepare_response(response, design.weights, design.response_levels,
+                                          design.rows)
+    return (y if zeros is None else np.where(zeros, 0.0, y)), w, level
+
+
 @with_x64
 def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=None,
               offset=None, engine=None, max_iter: int = 500, method_name: str = "Laplace"):
@@ -89,8 +106,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
     parts = build_parts(formula, data, family, zi_rhs, disp_rhs, weights=weights,
                         offset=offset)
     design = parts.cond
-    y, w, success_level = family.prepare_response(
-        design.response, design.weights, design.response_levels, design.rows)
+    y, w, success_level = prepare_hurdle_response(family, parts, design)
     if parts.zi is None:
         check_glmm_response(family, y, w, design)
         if is_truncated(family) and np.any((y == 0) & (w > 0)):

@@ -56,7 +56,7 @@ class GLMMData(eqx.Module):
 
 def z_lambda_times(theta, s: ReStructure, u_first, u_rest):
     """ZΛu as an (n,) vector, from u split as (m0, S0) and (R_re,)."""
-    factors = theta_to_factors(theta, s.sizes)
+    factors = theta_to_factors(theta, s.structures)
     out = jnp.sum(s.z[0] * (u_first @ factors[0].T)[s.refs[0]], axis=1)
     for t in range(1, s.n_terms):
         start, m, size = s.offsets[t], s.n_levels[t], s.sizes[t]
@@ -67,7 +67,7 @@ def z_lambda_times(theta, s: ReStructure, u_first, u_rest):
 
 def lambda_z_transpose_times(theta, s: ReStructure, r):
     """Λ'Z'r split as ((m0, S0), (R_re,)) for an (n,) vector r."""
-    factors = theta_to_factors(theta, s.sizes)
+    factors = theta_to_factors(theta, s.structures)
     first = jax.ops.segment_sum(s.z[0] * r[:, None], s.refs[0], num_segments=s.n_levels[0])
     first = first @ factors[0]
     rest = [
@@ -170,6 +170,22 @@ def _solve(s: ReStructure, factor, rhs):
     return jnp.concatenate([x_first.reshape(-1), x_rest])
 
 
+def log_concave(family) -> bool:
+    """Whether ℓ(η) is concave for every y, so W = −ℓ'' ≥ 0 on every row (built-in
+    families and links; others are not assumed to be)."""
+    from ._family_math import supported
+
+    pairs = {"Binomial": ("Logit", "Probit", "Cloglog", "Loglog", "Log", "Identity"),
+             "Poisson": ("Log", "Identity"), "NegativeBinomial": ("Log",),
+             "Gaussian": ("Identity",), "Gamma": ("Log",)}
+    return supported(family) and type(family.link).__name__ in pairs.get(
+        type(family).__name__, ())
+
+
+def _finite_factor(factor) -> jnp.ndarray:
+    return jnp.all(jnp.isfinite(factor.first)) & jnp.all(jnp.isfinite(factor.rest))
+
+
 class _NewtonState(eqx.Module):
     v: jnp.ndarray  # last accepted point
     value: jnp.ndarray  # g(v) without the constant
@@ -201,9 +217,22 @@ def _newton(theta, beta, dispersion, data: GLMMData, v0):
         ll, grad_eta, w = kernel_terms(family, data.y, eta, data.weights, dispersion)
         value = -2.0 * jnp.sum(ll) + _penalty(v, s)
         grad = _half_gradient_from(grad_eta, v, theta, s, layout)
-        # Floor W for the step only (non-concave log-likelihoods); see hessian_factor.
-        w = jnp.maximum(w, 1e-10 * (1.0 + jnp.abs(w)))
-        factor = factorize(theta, cross_products(s, w, layout), s)
+        floored = jnp.maximum(w, 1e-10 * (1.0 + jnp.abs(w)))
+        if log_concave(family):
+            # W ≥ 0 on every row: the floor only guards rounding.
+            return value, grad, factorize(theta, cross_products(s, floored, layout), s)
+
+        # Elsewhere W < 0 on some rows is possible: the exact Newton step wherever Ω is
+        # positive definite (with W floored, Newton converges only linearly and may stop
+        # short of the mode, so L would depend on the start), the floored W otherwise.
+        def exact_or_floored():
+            exact = factorize(theta, cross_products(s, w, layout), s)
+            return jax.lax.cond(_finite_factor(exact), lambda: exact, lambda: factorize(
+                theta, cross_products(s, floored, layout), s))
+
+        factor = jax.lax.cond(
+            jnp.any(w < 0), exact_or_floored,
+            lambda: factorize(theta, cross_products(s, floored, layout), s))
         return value, grad, factor
 
     def cond(state):

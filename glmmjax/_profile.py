@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from ._covariance import diagonal_mask
+from ._cov_structures import Unstructured, as_structures, term_structures
+from ._covariance import diagonal_mask, split_theta
 from ._display import resolve_alias as r_alias
 from ._jit import program
 from ._lmm import solve_pls
@@ -52,65 +53,46 @@ def _tril(size: int):
 
 
 # -- natural parameterization ------------------------------------------------------------
-def omega_to_theta(omega, sizes: tuple[int, ...], scale):
-    """θ from ω = per term (sd on the diagonal, atanh(cor) below it), θ's order.
+def omega_to_theta(omega, covariances, scale):
+    """θ from ω = per term (SDs, atanh of correlations), θ's order.
 
-    Λ_t = diag(sd)·chol(R)/scale, so σ²Λ_tΛ_t' = diag(sd)·R·diag(sd) for scale σ.
+    Unstructured terms: Λ_t = diag(sd)·chol(R)/scale, so σ²Λ_tΛ_t' = diag(sd)·R·diag(sd)
+    for scale σ; structured terms map their SDs and correlation the same way
+    (:meth:`glmmjax._cov_structures.CovarianceStructure.from_natural`).
     """
     parts, start = [], 0
-    for S in sizes:
-        count = S * (S + 1) // 2
-        w = omega[start : start + count]
-        rows, cols = _tril(S)
-        diag = rows == cols
-        sd = w[np.flatnonzero(diag)]
-        if S == 1:
-            parts.append(sd / scale)
-        else:
-            R = jnp.eye(S, dtype=omega.dtype)
-            off = np.flatnonzero(~diag)
-            R = R.at[rows[off], cols[off]].set(jnp.tanh(w[off]))
-            R = R.at[cols[off], rows[off]].set(jnp.tanh(w[off]))
-            lam = (sd[:, None] * jnp.linalg.cholesky(R)) / scale
-            parts.append(lam[rows, cols])
-        start += count
+    for cov in as_structures(covariances):
+        parts.append(cov.from_natural(omega[start : start + cov.n_params], scale))
+        start += cov.n_params
     return jnp.concatenate(parts)
 
 
-def natural_from_theta(theta: np.ndarray, sizes: tuple[int, ...], scale: float):
+def natural_from_theta(theta: np.ndarray, covariances, scale: float):
     """(ω, sd/cor values, kinds) from θ: sd's and correlations on the response scale."""
     omega, values, kinds = [], [], []
-    start = 0
-    for S in sizes:
-        count = S * (S + 1) // 2
-        rows, cols = _tril(S)
-        lam = np.zeros((S, S))
-        lam[rows, cols] = theta[start : start + count]
-        start += count
-        cov = scale**2 * lam @ lam.T
-        sd = np.sqrt(np.diag(cov))
-        for r, c in zip(rows, cols):
-            if r == c:
-                omega.append(sd[r])
-                values.append(sd[r])
-                kinds.append("sd")
-            else:
-                denom = sd[r] * sd[c]
-                cor = cov[r, c] / denom if denom > 0 else math.nan
-                values.append(cor)
-                kinds.append("cor")
-                omega.append(np.arctanh(np.clip(cor, -1.0, 1.0)) if np.isfinite(cor) else 0.0)
+    for cov, part in zip(as_structures(covariances), split_theta(theta, covariances)):
+        w, v, k = cov.natural(part, scale)
+        omega.extend(w)
+        values.extend(v)
+        kinds.extend(k)
     return np.array(omega, dtype=float), np.array(values, dtype=float), kinds
 
 
-def canonical_omega(omega: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
-    """Make every sd in ω non-negative (flipping a sd's sign flips its correlations)."""
+def canonical_omega(omega: np.ndarray, covariances) -> np.ndarray:
+    """Make every sd in ω non-negative (in an unstructured term, flipping a sd's sign
+    flips its correlations; a structured term's covariance depends on |sd| only)."""
     omega = np.array(omega, dtype=float)
     start = 0
-    for S in sizes:
-        rows, cols = _tril(S)
-        count = S * (S + 1) // 2
+    for cov in as_structures(covariances):
+        count = cov.n_params
         block = omega[start : start + count]
+        if not isinstance(cov, Unstructured):
+            mask = cov.scale_mask()
+            block[mask] = np.abs(block[mask])
+            start += count
+            continue
+        S = cov.size
+        rows, cols = _tril(S)
         for a in range(S):
             diag = np.flatnonzero((rows == a) & (cols == a))[0]
             if block[diag] < 0:
@@ -126,13 +108,7 @@ def parameter_names(result) -> list[str]:
     """lme4's oldNames=FALSE names, with glmmjax's coefficient names."""
     names = []
     for label, term in zip(result._group_labels(), result.design.terms):
-        rows, cols = _tril(term.size)
-        coefs = term.coef_names
-        for r, c in zip(rows, cols):
-            if r == c:
-                names.append(f"sd_{coefs[r]}|{label}")
-            else:
-                names.append(f"cor_{coefs[r]}.{coefs[c]}|{label}")
+        names.extend(term_structures([term])[0].profile_names(label, term.coef_names))
     if result.scale is not None and result.family_name == "gaussian":
         names.append("sigma")
     names.extend(result.design.fixef_names)
@@ -148,7 +124,7 @@ def _lmm_objective(omega, model):
     """
     n_theta = model.structure.n_theta
     sigma = jnp.exp(omega[n_theta])
-    theta = omega_to_theta(omega[:n_theta], model.structure.sizes, sigma)
+    theta = omega_to_theta(omega[:n_theta], model.structure.structures, sigma)
     beta = omega[n_theta + 1 :]
     pls = solve_pls(theta, model)
     L_x = pls.fixef_factor
@@ -161,7 +137,7 @@ def _lmm_objective(omega, model):
 def _glmm_objective(omega, data, v0, n_theta, n_beta, grid, log_w, use_agq):
     from ._laplace import agq_objective, laplace_objective
 
-    theta = omega_to_theta(omega[:n_theta], data.structure.sizes, 1.0)
+    theta = omega_to_theta(omega[:n_theta], data.structure.structures, 1.0)
     params = jnp.concatenate([theta, omega[n_theta:]])
     if use_agq:
         return agq_objective(params, data, v0, n_theta, n_beta, grid, log_w)
@@ -294,7 +270,7 @@ def _lmm_problem(result):
     """The ML profile problem of an LMM in (sd's, correlations, σ, β)."""
     from ._ddf import lmm_model_for
 
-    sizes = tuple(t.size for t in result.design.terms)
+    sizes = term_structures(result.design.terms)
     sigma = result.sigma
     omega_var, values, kinds = natural_from_theta(result.theta_values, sizes, sigma)
     omega = np.concatenate([omega_var, [math.log(sigma)], result.beta])
@@ -318,15 +294,15 @@ def _glmm_problem(result):
             "n_agq=0. Refit with n_agq=1 or use method='wald'."
         )
     design = result.design
-    sizes = tuple(t.size for t in design.terms)
-    n_theta = int(sum(s * (s + 1) // 2 for s in sizes))
+    sizes = term_structures(design.terms)
+    n_theta = int(sum(c.n_params for c in sizes))
     p = design.X.shape[1]
     omega_var, values, kinds = natural_from_theta(result.theta_values, sizes, 1.0)
     family = result.family
     has_disp = family.has_dispersion and family.dispersion_method != "fixed"
     log_disp = [math.log(result.dispersion)] if has_disp else []
     omega = np.concatenate([omega_var, result.beta, log_disp])
-    grid, log_w = gauss_hermite_grid(max(result.n_agq, 1), sizes[0])
+    grid, log_w = gauss_hermite_grid(max(result.n_agq, 1), sizes[0].size)
     with jax.enable_x64(True):
         structure = build_structure(design.terms, 0)
         data = GLMMData(
@@ -338,7 +314,7 @@ def _glmm_problem(result):
             offset=jnp.asarray(design.offset),
             family=family,
         )
-        v0 = jnp.zeros(structure.n_levels[0] * sizes[0] + structure.n_re_rest)
+        v0 = jnp.zeros(structure.n_levels[0] * sizes[0].size + structure.n_re_rest)
         jac = np.asarray(
             jax.jacfwd(lambda w: omega_to_theta(w, sizes, 1.0))(jnp.asarray(omega_var))
         )
@@ -371,7 +347,7 @@ def profile_confint(result, level: float = 0.95, parm=None,
     lower = np.full(len(names), np.nan)
     upper = np.full(len(names), np.nan)
     notes = []
-    sizes = tuple(t.size for t in result.design.terms)
+    sizes = term_structures(result.design.terms)
     on_boundary = np.abs(result.theta_values[diagonal_mask(sizes)]) < 1e-4
     if getattr(result, "family", None) is None:
         problem, kinds, values = _lmm_problem(result)

@@ -75,7 +75,19 @@ def bar(iterable, *, enabled: bool | None, **tqdm_options):
     return tqdm(iterable, **tqdm_options)
 
 
-def wait_interruptibly(tree, poll_seconds: float = 0.05):
+class StalledComputationError(RuntimeError):
+    """An XLA:CPU computation stopped using the CPU before it finished (a deadlock)."""
+
+
+# A running XLA:CPU program burns CPU time; one that has used almost none (less than
+# this share of the wall time, which the polling itself stays far below) over
+# STALL_SECONDS while unfinished is parked for good (see glmmjax._linalg).
+STALL_SECONDS = 120.0
+_STALL_CPU_SHARE = 0.01
+
+
+def wait_interruptibly(tree, poll_seconds: float = 0.05, what: str = "the computation",
+                       stall_seconds: float | None = None):
     """``tree`` once every JAX array in it is computed, waiting in short sleeps.
 
     ``jax.block_until_ready`` (and ``np.asarray`` on a pending result) waits inside
@@ -84,15 +96,42 @@ def wait_interruptibly(tree, poll_seconds: float = 0.05):
     ``Array.is_ready`` from Python lets a ``KeyboardInterrupt`` through within
     ``poll_seconds``. (The interrupted computation itself still finishes in the
     background: XLA cannot cancel it.)
+
+    On the CPU backend the wait also watches the process's CPU time: a computation
+    that is not ready although the process used no CPU for ``stall_seconds``
+    (default :data:`STALL_SECONDS`) is deadlocked, and waiting longer would hang the
+    caller forever, so :class:`StalledComputationError` is raised instead. (On a GPU
+    the host legitimately sleeps while the device works; no check there.)
     """
     import jax
 
+    if stall_seconds is None:
+        stall_seconds = STALL_SECONDS
+    watch = jax.default_backend() == "cpu"
     delay = 0.0005
     for leaf in jax.tree_util.tree_leaves(tree):
         is_ready = getattr(leaf, "is_ready", None)
         if is_ready is None:
             continue
+        since_wall, since_cpu = time.monotonic(), time.process_time()
         while not is_ready():
             time.sleep(delay)
             delay = min(2 * delay, poll_seconds)
+            if not watch:
+                continue
+            now_wall = time.monotonic()
+            if now_wall - since_wall < stall_seconds:
+                continue
+            now_cpu = time.process_time()
+            if now_cpu - since_cpu > _STALL_CPU_SHARE * (now_wall - since_wall):
+                since_wall, since_cpu = now_wall, now_cpu  # busy: watch a new window
+            else:
+                raise StalledComputationError(
+                    f"{what} stopped making progress: it is unfinished, yet this process "
+                    f"used almost no CPU for {now_wall - since_wall:.0f} s. XLA:CPU's thread "
+                    "pool is deadlocked (jaxlib 0.10's batched LAPACK kernels wait for work "
+                    "queued behind themselves; see glmmjax._linalg) and waiting longer would "
+                    "never return. Run the work again in a fresh process, in smaller pieces "
+                    "(fit_many's chunk_size=), or with jaxlib 0.11 or newer."
+                )
     return tree

@@ -12,6 +12,9 @@ square is near one, and maps the result back:
   term shifts by 2 Σ log f_j, which is subtracted again (the ML criterion is invariant).
 * Z̃_t = Z_t·D_t for each term: b = D_t b̃, Λ_t = D_t Λ̃_t (rows of the factor, so θ's
   lower-triangular entries scale by their row's d), conditional covariances D C̃ D.
+  A structured term maps its own θ (SDs scale, correlations do not); a structure with
+  one SD shared by its effects (``homcs``, ``ar1``) keeps its columns unless one d
+  scales them all.
 
 Singularity is judged on the rescaled θ, i.e. relative to the predictor's own scale.
 """
@@ -21,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from ._cov_structures import term_structures
 
 # Rescale when some column's root mean square is beyond 2**10 (~1e3, lme4's threshold for
 # its warning) away from one.
@@ -48,7 +53,9 @@ def _powers_of_two(matrix: np.ndarray) -> np.ndarray:
 def column_scales(design) -> ColumnScales | None:
     """The multipliers, or None when every column is within 2**10 of unit scale."""
     fixed = _powers_of_two(design.X)
-    terms = tuple(_powers_of_two(t.z) for t in design.terms)
+    terms = tuple(d if cov.row_scaled(d) is not None else np.ones_like(d)
+                  for d, cov in zip((_powers_of_two(t.z) for t in design.terms),
+                                    term_structures(design.terms)))
     worst = max([np.max(np.abs(np.log2(fixed)), initial=0.0)]
                 + [np.max(np.abs(np.log2(d)), initial=0.0) for d in terms])
     if worst < _MAX_LOG2_SCALE:
@@ -64,12 +71,10 @@ def scaled_design(design, scales: ColumnScales):
                                terms=terms)
 
 
-def theta_row_scales(scales: ColumnScales) -> np.ndarray:
-    """Each θ entry's multiplier: the d of its row in its term's lower-triangular factor."""
-    parts = []
-    for d in scales.terms:
-        _cols, rows = np.triu_indices(len(d))
-        parts.append(d[rows])
+def theta_row_scales(scales: ColumnScales, terms) -> np.ndarray:
+    """Each θ entry's multiplier: for an unstructured term, the d of its row in the
+    lower-triangular factor; for a structured one, its SDs' d (correlations: 1)."""
+    parts = [cov.row_scaled(d) for d, cov in zip(scales.terms, term_structures(terms))]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -89,7 +94,7 @@ def unscale_lmm_result(result, design, scales: ColumnScales):
     return dataclasses.replace(
         result,
         design=design,
-        theta_values=np.asarray(result.theta_values) * theta_row_scales(scales),
+        theta_values=np.asarray(result.theta_values) * theta_row_scales(scales, design.terms),
         beta=np.asarray(result.beta) * f,
         beta_cov=np.asarray(result.beta_cov) * f[:, None] * f[None, :],
         effects=effects,

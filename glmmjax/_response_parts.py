@@ -25,8 +25,10 @@ are classified by name):
   count families by name (:data:`ZERO_INFLATABLE_NAMES`).
 * ``is_truncated`` (class attribute, bool): the family is zero-truncated; its
   ``loglik_eta`` is log f₊(y) for y ≥ 1 (its value at y = 0 is never used), and
-  ``log_prob_positive(eta, dispersion)`` returns log(1 − f(0)) of the untruncated
-  distribution (predictions of the mean need it). Default: a name starting with
+  ``response_mean(mu, dispersion)`` gives the truncated mean E[y | y ≥ 1] (as
+  :mod:`glmmjax._families_tmb`'s truncated families; or ``log_prob_positive(eta,
+  dispersion)`` = log(1 − f(0)) of the untruncated distribution), which predictions of
+  the mean need. Default: a name starting with
   ``truncated_``. ``ziformula=`` with such a family is a hurdle model.
 * ``tmb_dispersion_power`` (class attribute): the family's ``dispersion`` argument is
   φ^power for glmmTMB's φ = exp(δ). 1 (default) where the two agree (Gaussian σ² in
@@ -44,7 +46,6 @@ import numpy as np
 #: Families that accept ``ziformula=`` when they do not say (by ``family.name``).
 ZERO_INFLATABLE_NAMES = frozenset({
     "poisson", "negative_binomial", "nbinom1", "nbinom2", "genpois", "compois",
-    "betabinomial",
 })
 _PHI_POWER_BY_NAME = {"Gamma": -1.0}
 # glmmTMB's dispformula = ~0 for Gaussian models: log φ fixed at log(sqrt(machine
@@ -115,6 +116,9 @@ def conditional_mean(family, eta, log_phi):
     """glmmTMB's ``predict(type="conditional")``: μ, or for a truncated family the mean
     of the zero-truncated distribution, μ/(1 − f(0))."""
     mu = family.link.inverse(eta)
+    if is_truncated(family) and hasattr(family, "response_mean"):
+        # glmmjax's truncated families give E[y | y ≥ 1] from μ (_families_tmb).
+        return family.response_mean(mu, family_dispersion(family, log_phi))
     if is_truncated(family):
         if not hasattr(family, "log_prob_positive"):
             raise NotImplementedError(

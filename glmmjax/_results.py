@@ -14,7 +14,14 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from ._covariance import theta_names, varcorr_frame
+from ._cov_structures import term_structures
+from ._covariance import (
+    numpy_factors,
+    split_theta,
+    structure_summaries,
+    theta_names,
+    varcorr_frame,
+)
 from ._design import Design, new_data_design
 from ._display import check_names, format_table, html_summary, plural, short_repr, with_r_aliases
 from ._distributions import norm_sf
@@ -196,7 +203,9 @@ class MixedModelResult:
     def theta(self) -> pd.Series:
         groups = [t.group for t in self.design.terms]
         coefs = [t.coef_names for t in self.design.terms]
-        return pd.Series(self.theta_values, index=theta_names(groups, coefs), name="theta")
+        return pd.Series(self.theta_values,
+                         index=theta_names(groups, coefs, term_structures(self.design.terms)),
+                         name="theta")
 
     @property
     def sigma(self) -> float:
@@ -208,11 +217,30 @@ class MixedModelResult:
         """Variances, covariances, SDs and correlations as ``as.data.frame(VarCorr())``."""
         return varcorr_frame(
             self.theta_values,
-            tuple(t.size for t in self.design.terms),
+            term_structures(self.design.terms),
             self._group_labels(),
             [t.coef_names for t in self.design.terms],
             self.scale,
         )
+
+    @property
+    def covariance_structures(self) -> dict[str, str]:
+        """The structured terms' covariance structures and correlation parameters, per
+        group label, e.g. ``{"Subject": "ar1: rho 0.64"}`` (glmmTMB prints ``0.64 (ar1)``
+        in ``VarCorr``); unstructured terms are not listed."""
+        return structure_summaries(self.theta_values, term_structures(self.design.terms),
+                                   self._group_labels())
+
+    def _structure_correlation(self, label: str) -> float | None:
+        """The correlation parameter ρ of the structured term with this label."""
+        structures = term_structures(self.design.terms)
+        for lab, cov, part in zip(self._group_labels(), structures,
+                                  split_theta(self.theta_values, structures)):
+            if lab == label and cov.name != "us":
+                values = cov.natural(part, 1.0)[1]
+                kinds = cov.natural(part, 1.0)[2]
+                return values[-1] if kinds[-1] == "cor" else None
+        return None
 
     def _group_labels(self) -> list[str]:
         # lme4 labels repeated grouping factors (from `||`) as g, g.1, g.2 ...
@@ -577,15 +605,14 @@ class MixedModelResult:
     def singular_message(self) -> str:
         """Which variance components sit on the boundary, what that means, what to do."""
         problems = []
-        start = 0
-        for label, term in zip(self._group_labels(), self.design.terms):
-            S = term.size
-            count = S * (S + 1) // 2
-            cols, rows = np.triu_indices(S)
-            lam = np.zeros((S, S))
-            lam[rows, cols] = self.theta_values[start : start + count]
-            start += count
-            zero_diag = np.abs(np.diag(lam)) < 1e-4
+        structures = term_structures(self.design.terms)
+        factors = numpy_factors(self.theta_values, structures)
+        for label, term, lam, cov in zip(self._group_labels(), self.design.terms, factors,
+                                         structures):
+            if cov.name != "us":  # structured: a zero SD zeroes its rows of Λ_t
+                zero_diag = np.all(np.abs(lam) < 1e-4, axis=1)
+            else:
+                zero_diag = np.abs(np.diag(lam)) < 1e-4
             for a in np.flatnonzero(zero_diag):
                 coef = term.coef_names[a]
                 if np.all(np.abs(lam[a]) < 1e-4):
@@ -611,8 +638,21 @@ class MixedModelResult:
     def _random_effects_table(self) -> str:
         vc = self.varcorr
         rows = []
-        for label, t in zip(self._group_labels(), self.design.terms):
+        labels = self._group_labels()
+        structured = structure_summaries(self.theta_values, term_structures(self.design.terms),
+                                         labels)
+        for label, t in zip(labels, self.design.terms):
             sub = vc[vc["group"] == label]
+            if label in structured and not t.covariance.shows_correlation_matrix:
+                # glmmTMB's layout: a structure's correlation parameter once, on the
+                # first row, with its name ("0.640 (ar1)"); none for diag.
+                rho = self._structure_correlation(label)
+                for i, (_, row) in enumerate(sub[sub["var2"].isna()].iterrows()):
+                    corr_text = (f"{rho:6.3f} ({t.covariance.name})"
+                                 if i == 0 and rho is not None else "")
+                    rows.append((label if i == 0 else "", row["var1"], row["vcov"],
+                                 row["sdcor"], corr_text))
+                continue
             var = sub[sub["var2"].isna()]
             cov = sub[~sub["var2"].isna()]
             corr = np.eye(t.size)

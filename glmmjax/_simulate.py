@@ -36,17 +36,12 @@ def _dispersion_of(result):
 
 def re_covariance_factors(result) -> list[np.ndarray]:
     """Per term, L_t with L_t L_t' = Var(b) (σΛ_t for LMMs, Λ_t for GLMMs)."""
-    factors, start = [], 0
+    from ._cov_structures import term_structures
+    from ._covariance import numpy_factors
+
     scale = result.sigma if result.family_name == "gaussian" else 1.0
-    for term in result.design.terms:
-        S = term.size
-        count = S * (S + 1) // 2
-        cols, rows = np.triu_indices(S)
-        lam = np.zeros((S, S))
-        lam[rows, cols] = result.theta_values[start : start + count]
-        start += count
-        factors.append(scale * lam)
-    return factors
+    return [scale * lam for lam in
+            numpy_factors(result.theta_values, term_structures(result.design.terms))]
 
 
 @eqx.filter_jit
@@ -190,9 +185,10 @@ def refit(result, response=None, *, reml: bool | None = None):
 # -- parametric bootstrap (simple loop) --------------------------------------------------
 def natural_parameters(result) -> np.ndarray:
     """The parameters of ``confint``: sd's and correlations, sigma (LMM), β."""
+    from ._cov_structures import term_structures
     from ._profile import natural_from_theta
 
-    sizes = tuple(t.size for t in result.design.terms)
+    sizes = term_structures(result.design.terms)
     lmm = result.family_name == "gaussian" and result.scale is not None
     _, values, _ = natural_from_theta(result.theta_values, sizes, result.sigma if lmm else 1.0)
     parts = [values]

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._covariance import _tril_indices_colmajor, diagonal_mask, initial_theta
+from ._cov_structures import as_structures
+from ._covariance import diagonal_mask, initial_theta, split_theta
 from ._glmm_fit import GLMMSetup, glmm_pipeline
 from ._laplace import gauss_hermite_grid
 from ._lmm import _criterion_from_pieces, _plain_solution, fit_theta, lmm_pieces
@@ -63,30 +64,27 @@ def _stop(tree):
         lambda x: jax.lax.stop_gradient(x) if eqx.is_inexact_array(x) else x, tree)
 
 
-def column_signs(theta, sizes) -> list:
-    """Per term, ±1 per column of Λ_t: −1 where the column's diagonal is negative."""
-    out, start = [], 0
-    for size in sizes:
-        rows, cols = _tril_indices_colmajor(size)
-        block = theta[start : start + size * (size + 1) // 2]
-        diag = block[np.flatnonzero(rows == cols)]  # column c's diagonal, c = 0..S-1
-        out.append(jnp.where(diag < 0, -1.0, 1.0).astype(theta.dtype))
-        start += size * (size + 1) // 2
-    return out
+def column_signs(theta, covariances) -> list:
+    """Per term, ±1 per column of Λ_t: −1 where an unstructured term's column has a
+    negative diagonal (a structured term's Λ_t depends on |SD| only: all +1)."""
+    structures = as_structures(covariances)
+    return [cov.column_signs(part, jnp) for cov, part in
+            zip(structures, split_theta(theta, structures))]
 
 
-def canonical_signs(theta, sizes) -> jnp.ndarray:
-    """±1 per θ entry: −1 for the entries of a column of Λ_t whose diagonal is negative
-    (flipping a column's sign leaves Λ_tΛ_t', hence the likelihood, unchanged)."""
-    signs = [c[_tril_indices_colmajor(size)[1]]
-             for c, size in zip(column_signs(theta, sizes), sizes)]
+def canonical_signs(theta, covariances) -> jnp.ndarray:
+    """±1 per θ entry such that θ·signs is the reported θ (flipping a column's sign
+    leaves Λ_tΛ_t', hence the likelihood, unchanged)."""
+    structures = as_structures(covariances)
+    signs = [cov.entry_signs(part, jnp) for cov, part in
+             zip(structures, split_theta(theta, structures))]
     return jnp.concatenate(signs) if signs else jnp.zeros(0, theta.dtype)
 
 
 def _flip_modes(v, theta, structure):
     """The spherical modes u after flipping Λ's columns to lme4's signs: b = Λu is
     unchanged when a column of Λ and the matching component of u change sign together."""
-    parts = [jnp.tile(c, m) for c, m in zip(column_signs(theta, structure.sizes),
+    parts = [jnp.tile(c, m) for c, m in zip(column_signs(theta, structure.structures),
                                             structure.n_levels)]
     flip = jnp.concatenate(parts)
     return v.at[: flip.shape[0]].multiply(flip)
@@ -152,15 +150,15 @@ def _solve_lmm(model, optimizer, max_steps):
     fixed = _stop(model)
     lmm = lmm_arrays(fixed)
     dtype = lmm.products.rest.dtype
-    theta0 = jnp.asarray(initial_theta(model.structure.sizes), dtype)
+    theta0 = jnp.asarray(initial_theta(model.structure.structures), dtype)
     if optimizer is None:
         solution, theta = fit_theta(lmm, theta0)
         status, iterations = solution.status, solution.iterations
     else:
         theta, status, iterations = _optax_minimize(
             lambda t: _profiled_criterion(t, fixed), theta0, optimizer, max_steps)
-    theta = theta * canonical_signs(theta, model.structure.sizes)
-    active = _boundary(theta, model.structure.sizes)
+    theta = theta * canonical_signs(theta, model.structure.structures)
+    active = _boundary(theta, model.structure.structures)
     theta = _implicit(theta, model, _lmm_residual, active, None, None)
     lmm = lmm_arrays(model)
     pls = _plain_solution(theta, lmm)
@@ -196,7 +194,7 @@ def glmm_setup(model) -> GLMMSetup:
 def _solve_glmm(model, optimizer, max_steps):
     fixed = _stop(model)
     n_theta, p = model.structure.n_theta, model.X.shape[1]
-    sizes = model.structure.sizes
+    sizes = model.structure.structures
     if optimizer is None:
         out = glmm_pipeline(jnp.asarray(fixed.y), jnp.asarray(fixed.weights),
                             glmm_setup(fixed), forward_hessian=False, with_cond_cov=False)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._cov_structures import as_structures, term_structures
 from ._design import TermDesign
 
 # Above this many (entry, entry) products per level, a dense matmul beats gathers.
@@ -61,6 +62,9 @@ class ReStructure(eqx.Module):
     update_a: jnp.ndarray
     update_b: jnp.ndarray
     update_flat: jnp.ndarray
+    # Each term's map θ_t ↦ Λ_t (glmmjax._cov_structures); static, so models that differ
+    # only in their structures compile separately.
+    covariances: tuple = eqx.field(static=True, default=())
 
     @property
     def n_terms(self) -> int:
@@ -77,7 +81,12 @@ class ReStructure(eqx.Module):
 
     @property
     def n_theta(self) -> int:
-        return sum(s * (s + 1) // 2 for s in self.sizes)
+        return sum(c.n_params for c in self.structures)
+
+    @property
+    def structures(self) -> tuple:
+        """The terms' covariance structures (``us`` where none was given)."""
+        return self.covariances or as_structures(self.sizes)
 
 
 class PlainStructure:
@@ -94,6 +103,7 @@ class PlainStructure:
         self.n_terms = structure.n_terms
         self.n_re_rest = structure.n_re_rest
         self.n_theta = structure.n_theta
+        self.structures = structure.structures
         self.cache: dict = {}
 
 
@@ -212,6 +222,7 @@ def build_structure(
         update_a=a,
         update_b=b,
         update_flat=flat,
+        covariances=term_structures(terms),
     )
 
 
@@ -310,4 +321,5 @@ def structure_for_arrays(terms, n_dense: int) -> ReStructure:
         update_a=empty,
         update_b=empty,
         update_flat=empty,
+        covariances=term_structures(terms),
     )

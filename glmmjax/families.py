@@ -18,16 +18,36 @@ from ._families import (
     Poisson,
     get_family,
 )
+from ._families_tmb import (
+    BetaBinomial,
+    GeneralizedPoisson,
+    LogNormal,
+    NegativeBinomial1,
+    StudentT,
+    TruncatedNegativeBinomial1,
+    TruncatedNegativeBinomial2,
+    TruncatedPoisson,
+    Tweedie,
+)
 
 __all__ = [
     "FAMILIES",
     "Beta",
+    "BetaBinomial",
     "Binomial",
     "Family",
     "Gamma",
     "Gaussian",
+    "GeneralizedPoisson",
     "InverseGaussian",
+    "LogNormal",
     "NegativeBinomial",
+    "NegativeBinomial1",
     "Poisson",
+    "StudentT",
+    "TruncatedNegativeBinomial1",
+    "TruncatedNegativeBinomial2",
+    "TruncatedPoisson",
+    "Tweedie",
     "get_family",
 ]

@@ -45,8 +45,16 @@ def test_lmm_batch_equals_single_fits(sleepstudy):
         # a flat direction: the two optimizers (lmer starts from moments) pin it to ~1e-6.
         rel_close(batch.theta[k], alone.theta_values, 1e-6, atol=1e-6)
         assert batch.models["converged"][k]
+        # t tests with Satterthwaite's df per model, as lmer's (= lmerTest's) summary.
+        table = alone.coef_table(ddf="satterthwaite")
+        mine = batch.coefficients[batch.coefficients["model"] == k]
+        rel_close(mine["df"], table["df"], 1e-5)
+        # (p ~ 1e-17 for the intercept: t differs in its 7th digit, p in its 5th.)
+        rel_close(mine["p_value"], table["Pr(>|t|)"], 1e-4)
     tidy = batch.coefficients
-    assert list(tidy.columns) == ["model", "term", "estimate", "std_error", "statistic", "p_value"]
+    assert list(tidy.columns) == ["model", "term", "estimate", "std_error", "statistic", "df",
+                                  "p_value"]
+    assert batch.inference.startswith("t tests, Satterthwaite")
     assert len(tidy) == 4 * 2
 
 
@@ -66,6 +74,13 @@ def test_glmm_batch_equals_glmer_and_flags_bad_models():
     rel_close(batch.fixef.iloc[0], alone.fixef, 1e-8)
     rel_close(batch.fixef_se.iloc[0], alone.fixef_se, 1e-6)
     rel_close(batch.models["criterion"][0], alone.criterion, 1e-10)
+    # t tests on the between-within df: cbpp's period varies within herds (56 rows,
+    # 15 herds, 3 within-herd coefficients: 56 - 15 - 3 = 38 df for every coefficient).
+    first = batch.coefficients[batch.coefficients["model"] == 0]
+    np.testing.assert_array_equal(first["df"], 38.0)
+    from glmmjax._distributions import t_sf
+
+    rel_close(first["p_value"], 2 * t_sf(np.abs(first["statistic"]), 38.0), 1e-12)
     assert batch.converged[:2].all()
 
 

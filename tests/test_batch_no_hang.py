@@ -1,7 +1,10 @@
 """Batches end, show progress and stop on Ctrl-C (issue 16, item 0).
 
 The reported hang: ``fit_many`` on 200 NB2 GLMMs with a random slope never returned,
-every thread asleep on a futex with the main thread in ``BlockUntilReady``. Workloads
+every thread asleep on a futex with the main thread in ``BlockUntilReady``. The cause
+was jaxlib 0.10's batched LAPACK kernels deadlocking XLA:CPU's thread pool (see
+glmmjax._linalg; tests/test_linalg.py checks that batch programs no longer call them,
+and test_batch.py's bootstrap test deadlocked every time before the fix). Workloads
 run here in a subprocess with a ``timeout``, so a hang fails the test instead of
 stalling the suite. The cheap tests check the mechanisms: chunks run with OpenBLAS
 held to one thread (XLA:CPU calls LAPACK from its worker threads), the wait for a
@@ -98,7 +101,7 @@ def _auto(n_models, cap):
 def test_a_long_chunk_stops_on_ctrl_c():
     code = """
         import sys, time, jax, jax.numpy as jnp, numpy as np
-        from glmmjax._batch import _run_chunks
+        from glmmjax._batch import _run_chunks, _sharded
 
         @jax.jit
         def spin(x):
@@ -112,10 +115,12 @@ def test_a_long_chunk_stops_on_ctrl_c():
         print("ready", flush=True)
         start = time.time()
         try:
-            # A batch whose chunk is that computation (np.asarray on a pending result,
-            # as the chunk loop did, ignores Ctrl-C until the end).
-            _run_chunks(lambda block: {"v": spin(x)}, np.zeros((3, 2)), [0, 1], 2, (),
-                        np.float32, progress=False)
+            # A batch whose chunk is that computation, compiled as fit_many compiles
+            # its batches (np.asarray on a pending result, as the chunk loop did, and
+            # eqx.filter_jit, which waits inside XLA, ignore Ctrl-C until the end).
+            batched = _sharded(lambda r: {"v": spin(x + r[0])}, 1)
+            _run_chunks(batched, np.zeros((3, 2)), [0, 1], 2, (), np.float32,
+                        progress=False)
         except KeyboardInterrupt:
             print(f"interrupted after {time.time() - start:.2f}", flush=True)
             sys.stdout.flush()
@@ -150,3 +155,44 @@ def test_several_chunks_show_a_bar_and_finish():
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["6", "6"]
     assert "fitting models" in out.stderr and "3/3" in out.stderr
+
+
+class _NeverReady:
+    def is_ready(self):
+        return False
+
+
+def test_a_computation_that_stops_using_the_cpu_is_reported_not_waited_for():
+    # A deadlocked XLA:CPU program never becomes ready and uses no CPU: the wait
+    # raises instead of hanging the caller forever.
+    from glmmjax._progress import StalledComputationError, wait_interruptibly
+
+    start = time.monotonic()
+    with pytest.raises(StalledComputationError, match="chunk 2 of 3.*no CPU for"):
+        wait_interruptibly([_NeverReady()], what="chunk 2 of 3", stall_seconds=0.3)
+    assert time.monotonic() - start < 5
+
+
+def test_a_busy_computation_is_not_taken_for_a_stalled_one():
+    import threading
+
+    from glmmjax._progress import wait_interruptibly
+
+    done = threading.Event()
+
+    class _ReadyAfterWork:
+        def is_ready(self):
+            return done.is_set()
+
+    def work():
+        # Stands for XLA's worker threads: CPU-bound for about a second.
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            sum(range(10_000))
+        done.set()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    wait_interruptibly([_ReadyAfterWork()], stall_seconds=0.3)
+    thread.join()
+    assert done.is_set()

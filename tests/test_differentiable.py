@@ -135,6 +135,7 @@ def test_lmm_gradients_against_finite_differences(reml):
     _check_data_gradient(model, params)
 
 
+@pytest.mark.slow  # ~8 s idle; weight gradients vs finite differences stay fast
 def test_lmm_weights_jacobian_matches_refits():
     model = _sleepstudy()
     w0 = jnp.asarray(model.weights)

@@ -176,7 +176,7 @@ def test_get_family_names_links_and_errors():
     with pytest.raises(ValueError, match="allowed links"):
         families.get_family("beta", link="log")
     with pytest.raises(ValueError, match="known families"):
-        families.get_family("tweedie")
+        families.get_family("compois")  # not implemented (issue 20 leaves it open)
     with pytest.raises(ValueError, match="theta"):
         families.NegativeBinomial(theta=-1.0)
 
@@ -249,3 +249,61 @@ def test_family_pytrees_hold_only_numbers():
     for name in families.FAMILIES:
         assert jax.tree_util.tree_leaves(families.get_family(name)) == []
     assert jax.tree_util.tree_leaves(families.NegativeBinomial(theta=2.0)) == [2.0]
+
+
+def test_glmmtmb_families_reject_responses_outside_their_support():
+    """glmmTMB's families (issue 20): errors name the rows and what is valid."""
+    rows = pd.Index(["a", "b", "c"])
+    with pytest.raises(glmmjax.DataError, match=r"positive integer count.*hurdle.*rows \['b'\]"):
+        families.TruncatedPoisson().prepare_response(np.array([1.0, 0.0, 3.0]), None, None, rows)
+    with pytest.raises(glmmjax.DataError, match=r"positive integer.*rows \['c'\]"):
+        families.get_family("truncated_nbinom2").prepare_response(
+            np.array([1.0, 2.0, 2.5]), None, None, rows)
+    with pytest.raises(glmmjax.DataError, match=r"non-negative integer.*rows \['a'\]"):
+        families.get_family("nbinom1").prepare_response(np.array([-1.0, 0.0, 3.0]), None,
+                                                        None, rows)
+    with pytest.raises(glmmjax.DataError, match=r"non-negative integer.*rows \['b'\]"):
+        families.get_family("genpois").prepare_response(np.array([1.0, 0.5, 3.0]), None,
+                                                        None, rows)
+    with pytest.raises(glmmjax.DataError, match=r"lognormal response must be positive.*\['a'\]"):
+        families.LogNormal().prepare_response(np.array([0.0, 1.0, 2.0]), None, None, rows)
+    with pytest.raises(glmmjax.DataError, match=r"proportion in \[0, 1\]"):
+        families.BetaBinomial().prepare_response(np.array([0.5, 1.5, 0.0]), None, None, rows)
+    with pytest.raises(ValueError, match="df must be a positive number"):
+        families.StudentT(df=0.0)
+    for power in (1.0, 2.0, 2.5, float("nan")):
+        with pytest.raises(ValueError, match=r"power must be a number strictly between 1 and 2"):
+            families.Tweedie(power=power)
+    with pytest.raises(glmmjax.DataError, match=r"tweedie response must be non-negative.*\['c'\]"):
+        families.Tweedie().prepare_response(np.array([0.0, 1.0, -2.0]), None, None, rows)
+    with pytest.raises(ValueError, match="link 'logit' is not allowed for the lognormal"):
+        families.get_family("lognormal", link="logit")
+    with pytest.raises(NotImplementedError, match="no deviance"):
+        families.get_family("nbinom1").deviance_residuals(jnp.ones(2), jnp.ones(2),
+                                                          jnp.ones(2), 1.0)
+
+
+def test_glmmtmb_family_names_and_aliases():
+    for name, cls in [("nbinom2", families.NegativeBinomial), ("beta_family", families.Beta),
+                      ("nbinom1", families.NegativeBinomial1),
+                      ("truncated_poisson", families.TruncatedPoisson),
+                      ("truncated_nbinom1", families.TruncatedNegativeBinomial1),
+                      ("truncated_nbinom2", families.TruncatedNegativeBinomial2),
+                      ("genpois", families.GeneralizedPoisson),
+                      ("betabinomial", families.BetaBinomial),
+                      ("lognormal", families.LogNormal), ("t_family", families.StudentT),
+                      ("student_t", families.StudentT)]:
+        assert type(families.get_family(name)) is cls, name
+    assert families.get_family("lognormal").link.name == "log"
+    assert families.get_family("t_family").link.name == "identity"
+
+
+def test_student_t_with_estimated_df_is_glmer_only():
+    data = pd.DataFrame({"y": [1.0, 2.0, 0.5, 3.0], "x": [0.0, 1.0, 2.0, 3.0],
+                         "g": ["a", "a", "b", "b"]})
+    with pytest.raises(ValueError, match="glm does not estimate the shape parameter"):
+        glmmjax.glm("y ~ x", data, family="t_family")
+    with pytest.raises(ValueError, match="only the host engine"):
+        glmmjax.glmer("y ~ x + (1 | g)", data, family="t_family", engine="jax")
+    with pytest.raises(ValueError, match="estimates df"):
+        families.StudentT().variance(jnp.ones(2), 1.0)

@@ -29,39 +29,50 @@ def _cases():
     cases = []
     for key, cls in FAMILIES.items():
         for link in cls.allowed_links or ("identity", "log", "inverse", "logit", "probit"):
-            unit = key in ("binomial", "beta")
+            unit = key in ("binomial", "beta", "betabinomial")
             if unit:
                 rng = {"identity": "identity_unit", "log": "log_unit"}.get(link, "unit")
-            elif link == "log" or (key == "gaussian" and link in ("identity", "logit", "probit")):
+            elif link == "log" or (key in ("gaussian", "t_family")
+                                   and link in ("identity", "logit", "probit")):
                 rng = "log" if link == "log" else "unit"
             else:
                 rng = "positive"
             dispersion = {"gaussian": 0.7, "gamma": 0.4, "inverse_gaussian": 0.3,
-                          "negative_binomial": 2.5, "beta": 6.0}.get(key)
+                          "negative_binomial": 2.5, "beta": 6.0, "nbinom1": 1.7,
+                          "truncated_nbinom2": 1.3, "truncated_nbinom1": 0.8,
+                          "genpois": 1.6, "betabinomial": 4.0, "lognormal": 0.9,
+                          "t_family": 0.8, "tweedie": 1.3}.get(key)
             cases.append(pytest.param(key, link, dispersion, _ETA[rng], id=f"{key}-{link}"))
     return cases
 
 
 def _data(key, n, rng):
-    if key == "binomial":
+    if key.startswith("truncated"):
+        return rng.poisson(2.0, n).astype(float) + 1.0, rng.uniform(0.5, 2.0, n)
+    if key in ("binomial", "betabinomial"):
         trials = rng.integers(1, 6, n).astype(float)
         successes = np.minimum(rng.integers(0, 6, n), trials)
         successes[:2], successes[2:4] = 0, trials[2:4]
         return successes / trials, trials
-    if key in ("poisson", "negative_binomial"):
+    if key in ("poisson", "negative_binomial", "nbinom1", "genpois"):
         y = rng.poisson(2.0, n).astype(float)
         y[:2] = 0.0
         return y, rng.uniform(0.5, 2.0, n)
     if key == "beta":
         return rng.uniform(0.05, 0.95, n), rng.uniform(0.5, 2.0, n)
-    if key == "gaussian":
+    if key == "tweedie":
+        y = rng.gamma(2.0, 1.5, n) * (rng.uniform(size=n) > 0.3)
+        y[:2] = 0.0
+        return y, rng.uniform(0.5, 2.0, n)
+    if key in ("gaussian", "t_family"):
         return rng.normal(1.0, 1.0, n), rng.uniform(0.5, 2.0, n)
     return rng.gamma(2.0, 1.0, n), rng.uniform(0.5, 2.0, n)
 
 
 @pytest.mark.parametrize("key, link, dispersion, eta_range", _cases())
 def test_row_terms_equal_autodiff(key, link, dispersion, eta_range):
-    family = FAMILIES[key](link=link)
+    shape = {"t_family": 4.0, "tweedie": 1.4}.get(key)  # fixed df / power
+    family = FAMILIES[key](link=link) if shape is None else FAMILIES[key](shape, link=link)
     rng = np.random.default_rng(sum(map(ord, key + link)))
     n = 12
     y, weights = _data(key, n, rng)
@@ -122,3 +133,59 @@ def test_user_defined_family_is_not_covered():
         pass
 
     assert fm.supported(Poisson()) and not fm.supported(MyPoisson())
+
+
+@pytest.mark.parametrize("key", ["t_family", "tweedie"])
+def test_estimated_shape_terms_equal_autodiff(key):
+    """Student-t with ν and Tweedie with p estimated: the derivatives in log φ (σ) and
+    in the shape's outer parameter (log ν; logit(p − 1)), stacked rows."""
+    from glmmjax import _family_math_tmb as tmb
+    from glmmjax.families import StudentT, Tweedie
+
+    rng = np.random.default_rng(5)
+    n = 12
+    weights = rng.uniform(0.5, 2, n)
+    if key == "t_family":
+        family, disp, shape = StudentT(), 1.3, 3.5
+        y, eta = rng.standard_t(3, n) * 2 + 1, rng.normal(1, 1, n)
+        to_shape, from_shape = jnp.exp, np.log
+
+        def value(y, e, log_disp, s, w):
+            return tmb.student_t_value(jnp, y, e, log_disp, w, s)
+    else:
+        family, disp, shape = Tweedie(), 1.3, 1.45
+        y = rng.gamma(2.0, 1.5, n) * (rng.uniform(size=n) > 0.3)
+        eta = rng.normal(0.5, 0.5, n)
+
+        def to_shape(xi):
+            return 1.0 + jax.nn.sigmoid(xi)
+
+        def from_shape(p):
+            return np.log((p - 1.0) / (2.0 - p))
+
+        def value(y, e, log_disp, s, w):
+            return tmb.tweedie_value(jnp, y, e, log_disp, s, w, n_terms=tmb.TWEEDIE_TERMS)
+
+    with jax.enable_x64(True):
+        yj, wj = jnp.asarray(y), jnp.asarray(weights)
+
+        def ll(e, log_disp, kappa):
+            return value(yj, e, log_disp, to_shape(kappa), wj)
+
+        e0, ls, ln = jnp.asarray(eta), jnp.log(disp), jnp.asarray(from_shape(shape))
+        ones = jnp.ones_like(e0)
+        d1 = lambda e, a, b: jax.jvp(lambda x: ll(x, a, b), (e,), (ones,))[1]  # noqa: E731
+        d2 = lambda e, a, b: jax.jvp(lambda x: d1(x, a, b), (e,), (ones,))[1]  # noqa: E731
+        one = jnp.ones(())
+        expected = {}
+        for name, f in (("value_psi", ll), ("d1_psi", d1), ("w_psi", lambda *a: -d2(*a))):
+            expected[name] = np.stack([
+                np.asarray(jax.jvp(lambda a, f=f: f(e0, a, ln), (ls,), (one,))[1]),
+                np.asarray(jax.jvp(lambda b, f=f: f(e0, ls, b), (ln,), (one,))[1])])
+        for xp in (np, jnp):
+            terms = fm.row_terms(family, xp, xp.asarray(y), xp.asarray(eta),
+                                 xp.asarray(weights), xp.asarray([disp, shape]), third=True,
+                                 dispersion_derivatives=True)
+            for name, want in expected.items():
+                np.testing.assert_allclose(np.asarray(getattr(terms, name)), want, rtol=1e-8,
+                                           atol=1e-10, err_msg=f"{key} {name} ({xp.__name__})")

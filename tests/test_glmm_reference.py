@@ -127,6 +127,7 @@ def test_summary_mentions_family_and_z(glmm_reference):
     assert "Laplace" in text and "binomial" in text and "Pr(>|z|)" in text
 
 
+@pytest.mark.slow  # ~8 s idle; AGQ against lme4 stays in the fast suite
 def test_laplace_equals_one_node_quadrature(glmm_reference):
     """AGQ with one node is the Laplace approximation exactly (same scale)."""
     from glmmjax._laplace import agq_objective, gauss_hermite_grid, laplace_objective

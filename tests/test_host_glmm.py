@@ -34,7 +34,8 @@ def _prepared(name):
     return design, family, y, w
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "grouseticks"
+                                  else n for n in CASES])  # grouseticks: ~20 s idle
 @pytest.mark.parametrize("stage", [1, 2])
 def test_value_and_gradient_equal_jax(name, stage):
     """Stage 1 is lme4's nAGQ=0 (β inside the inner problem), stage 2 the Laplace
@@ -100,6 +101,7 @@ def test_glmer_uses_the_host_engine_for_built_in_families():
     assert not _host_glmm.applies(MyPoisson())
 
 
+@pytest.mark.slow  # ~8 s idle (a compiled GLMM fit)
 def test_boundary_fit_equals_compiled_pipeline():
     """No group effect in the data: both engines end at θ = 0 exactly, with one value."""
     import pandas as pd
