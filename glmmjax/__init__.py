@@ -37,6 +37,7 @@ _LAZY = {
     "glm": "._glm",
     "GLMResult": "._glm_result",
     "GLMMResult": "._glmer",
+    "GLMMPartsResult": "._parts_result",
     "glmer": "._glmer",
     "LMMResult": "._lmer",
     "lmer": "._lmer",
@@ -65,6 +66,7 @@ __all__ = [
     "p_adjust_bh",
     "GLMConvergenceWarning",
     "GLMMResult",
+    "GLMMPartsResult",
     "GLMResult",
     "glmer",
     "SeparationWarning",
@@ -121,5 +123,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._lmer import LMMResult, lmer
     from ._model import MixedModel
     from ._params import Params
+    from ._parts_result import GLMMPartsResult
     from ._results import Convergence, ConvergenceWarning, MixedModelResult, SingularFitWarning
     from ._solve import SolveInfo, solve

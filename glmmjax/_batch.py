@@ -310,6 +310,8 @@ def fit_many(
     progress: bool | None = None,
     n_devices: int | None = None,
     ddf: str | None = "auto",
+    ziformula: str | None = None,
+    dispformula: str | None = None,
 ) -> BatchResult:
     """Fit one mixed-model structure to many responses that share the design.
 
@@ -334,6 +336,10 @@ def fit_many(
             ``"between-within"``, or None for Wald z tests (as glmer's summary, liberal
             with few groups). See ``glmmjax._batch_inference``; the choice is recorded
             in ``BatchResult.inference``.
+        ziformula, dispformula: glmmTMB's zero-inflation and dispersion models, as in
+            :func:`glmmjax.glmer` (Laplace, float64; the models are fitted one after
+            another by the host engine, ``chunk_size`` does not apply); coefficients of
+            those parts are named ``zi~name`` and ``d~name``.
 
     Returns:
         A :class:`BatchResult`. Models whose response is unusable (non-finite values,
@@ -341,6 +347,16 @@ def fit_many(
         have NaN estimates; the others are fitted exactly as alone.
     """
     check_precision(precision)
+    if ziformula is not None or dispformula is not None:
+        from ._parts_batch import fit_many_parts
+
+        if precision != "float64" or n_agq != 1:
+            raise ValueError("fit_many with ziformula/dispformula runs in float64 by the "
+                             "Laplace approximation (precision='float64', n_agq=1)")
+        return fit_many_parts(formula, data, responses,
+                              None if family is None else get_family(family), ziformula,
+                              dispformula, weights=weights, offset=offset,
+                              chunk_size=chunk_size, progress=progress)
     if family is not None:
         family = get_family(family)
         if getattr(family, "n_shape", 0):

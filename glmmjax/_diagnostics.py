@@ -186,8 +186,11 @@ def scaled_residuals(
     from ._simulate import simulate
 
     rng = np.random.default_rng(seed)
-    sims = simulate(result, n_sim, include_re=include_re,
-                    seed=int(rng.integers(0, 2**31 - 1)), as_array=True)
+    sim_seed = int(rng.integers(0, 2**31 - 1))
+    if hasattr(result, "_simulate_array"):  # models with ziformula/dispformula
+        sims = result._simulate_array(n_sim, include_re, sim_seed)
+    else:
+        sims = simulate(result, n_sim, include_re=include_re, seed=sim_seed, as_array=True)
     if integer is None:
         integer = result.family_name in _DISCRETE
     y = result.observed_response()

@@ -140,6 +140,8 @@ def glmer(
     offset=None,
     engine: str | None = None,
     max_iter: int = 500,
+    ziformula: str | None = None,
+    dispformula: str | None = None,
 ) -> GLMMResult:
     """Fit a generalized linear mixed model by maximum likelihood.
 
@@ -161,9 +163,21 @@ def glmer(
         engine: ``"host"`` or ``"jax"`` to choose how a fit runs (see the note);
             None (default) picks the host engine where it applies.
         max_iter: the cap on BFGS iterations in each of the two stages.
+        ziformula: glmmTMB's zero-inflation model, a one-sided formula (``"~ 1"``,
+            ``"~ mined + (1 | site)"``; logit link) for count families; with a
+            truncated family (``truncated_poisson``, ...) it is the hurdle model of
+            P(y = 0). None or ``"~0"``: none.
+        dispformula: glmmTMB's dispersion model, a one-sided formula of fixed effects
+            for log φ (φ as glmmTMB 1.1.5: σ² for Gaussian, shape for Gamma, θ for the
+            negative binomial, precision for beta); ``"~0"`` fixes a Gaussian
+            model's residual variance at about 1.5e-8 (glmmTMB's). None: ``"~1"``.
 
     Returns:
-        A :class:`GLMMResult`; ``.converged`` and ``.convergence`` report the final
+        A :class:`GLMMResult`; with ``ziformula`` or ``dispformula`` a
+        :class:`~glmmjax._parts_result.GLMMPartsResult` (coefficients by part, as
+        glmmTMB's, fitted by the Laplace approximation: on the CPU by default by the
+        host engine of :mod:`glmmjax._parts_host`, with ``engine="jax"`` or on
+        accelerators by the compiled :mod:`glmmjax._parts_laplace`); ``.converged`` and ``.convergence`` report the final
         gradient and whether the Hessian is positive definite.
 
     Raises:
@@ -204,6 +218,14 @@ def glmer(
         -1.398
     """
     family = get_family(family)
+    if ziformula is not None or dispformula is not None:
+        from ._parts_fit import fit_parts
+
+        if n_agq != 1:
+            raise ValueError(f"n_agq={n_agq!r}: models with ziformula/dispformula are fitted "
+                             "by the Laplace approximation only (n_agq=1), as glmmTMB")
+        return fit_parts(formula, data, family, ziformula, dispformula, weights=weights,
+                         offset=offset, engine=engine, max_iter=max_iter)
     if isinstance(family, Gaussian) and family.link.name == "identity":
         from ._lmer import lmer
 

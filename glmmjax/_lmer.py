@@ -195,6 +195,7 @@ def lmer(
     offset=None,
     engine: str | None = None,
     max_iter: int = 500,
+    dispformula: str | None = None,
 ) -> LMMResult:
     """Fit a linear mixed model with lme4's formula syntax.
 
@@ -213,6 +214,10 @@ def lmer(
             the default on a CPU backend) or ``"jax"`` (one compiled XLA program; the
             default on accelerators, and faster when one structure is refitted often).
         max_iter: the cap on BFGS iterations over θ (lme4's ``maxfun`` plays this role).
+        dispformula: glmmTMB's dispersion model: a one-sided formula of fixed effects
+            for log σ²ᵢ (``"~ Days"``), or ``"~0"`` for a residual variance fixed near
+            zero (about 1.5e-8, glmmTMB's). Fitted by maximum likelihood (needs
+            ``reml=False``) as ``glmer(..., family="gaussian", dispformula=...)``.
 
     Returns:
         An :class:`LMMResult`; check ``.converged`` and ``.is_singular``.
@@ -236,6 +241,16 @@ def lmer(
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (maximum likelihood), got {reml!r}")
+    if dispformula is not None:
+        if reml:
+            raise ValueError(
+                f"dispformula={dispformula!r} is fitted by maximum likelihood only; pass "
+                "reml=False (REML with a dispersion model is not implemented)")
+        from ._families import Gaussian
+        from ._parts_fit import fit_parts
+
+        return fit_parts(formula, data, Gaussian(), None, dispformula, weights=weights,
+                         offset=offset, engine=engine, max_iter=max_iter, method_name="ML")
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True,
                           drop_aliased=True)
     result = fit_lmm_design(design, reml, engine=engine, max_iter=max_iter)

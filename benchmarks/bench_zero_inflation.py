@@ -1,0 +1,138 @@
+"""First call of zero-inflation, hurdle and dispersion-model GLMMs against glmmTMB's,
+same machine, same run.
+
+The models are those of tests/reference/glmm_zi_tmb.json (written by
+glmm_zi_tmb.R). For every model a fresh Python process times its first ``glmer`` fit
+(with ``ziformula=``/``dispformula=``; the compiled program is traced and compiled
+then) and a second fit of the same model (compiled program reused). In the same run one
+R session loads glmmTMB, makes one warm-up fit, and times glmmTMB's first fit of each
+model. Ratio: glmmTMB time / glmmjax time (above 1: glmmjax faster).
+
+Run from the repository root (R with glmmTMB must be installed):
+
+    python benchmarks/bench_zero_inflation.py
+    python benchmarks/bench_zero_inflation.py --models salamanders_zip owls_zip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "tests" / "reference"
+MODELS = json.loads((REFERENCE / "glmm_zi_tmb.json").read_text())["models"]
+# No optimum for either tool (glmmTMB: false convergence; glmmjax reports non-convergence).
+SKIP = {"salamanders_zinb2_zi_re"}
+R_FAMILIES = {"poisson": "poisson", "negative_binomial": "nbinom2", "gaussian": "gaussian",
+              "gamma": 'Gamma(link = "log")', "beta": "beta_family()",
+              "truncated_poisson": "truncated_poisson", "truncated_nbinom2": "truncated_nbinom2"}
+R_DATA = {"owls": "Owls", "salamanders": "Salamanders", "sleepstudy": "sleep"}
+
+
+def _worker(name: str) -> None:
+    import warnings
+
+    import pandas as pd
+
+    import glmmjax
+
+    model = MODELS[name]
+    if "dataset" in model:
+        data = glmmjax.datasets.load(model["dataset"])
+    else:
+        data = pd.read_csv(REFERENCE / model["data"], dtype={"g": str})
+    if "obs" in model["formula"]:
+        data = data.assign(obs=[f"o{i}" for i in range(len(data))])
+    family = glmmjax.families.get_family(model["family"], link=model["link"])
+    zi = None if model["ziformula"] == "~0" else model["ziformula"]
+    disp = None if model["dispformula"] == "~1" else model["dispformula"]
+    times, fit = [], None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(2):
+            start = time.perf_counter()
+            fit = glmmjax.glmer(model["formula"], data, family=family, ziformula=zi,
+                                dispformula=disp)
+            times.append(time.perf_counter() - start)
+    print(json.dumps({"first_fit": times[0], "second_fit": times[1],
+                      "deviance": fit.deviance, "converged": fit.converged}))
+
+
+def _python(name: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    done = subprocess.run([sys.executable, __file__, "--worker", name], stdout=subprocess.PIPE,
+                          text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _glmmtmb(names) -> dict:
+    """glmmTMB's first fit of each model in one warm R session: {name: (seconds, −2 log L)}."""
+    lines = [
+        "suppressPackageStartupMessages({library(glmmTMB); library(lme4)})",
+        "data(Owls, package = 'glmmTMB'); data(Salamanders, package = 'glmmTMB')",
+        "sleep <- sleepstudy; sleep$obs <- factor(seq_len(nrow(sleep)))",
+        "invisible(glmmTMB(cbind(incidence, size - incidence) ~ period + (1 | herd), "
+        "data = cbpp, family = binomial))  # warm-up",
+    ]
+    for name in names:
+        model = MODELS[name]
+        data = (R_DATA[model["dataset"]] if "dataset" in model else
+                f'read.csv("{model["data"]}", colClasses = c(g = "factor"))')
+        lines += [
+            f"d <- {data}",
+            "t0 <- proc.time()[['elapsed']]",
+            f"f <- glmmTMB({model['formula']}, data = d, family = {R_FAMILIES[model['family']]}, "
+            f"ziformula = {model['ziformula']}, dispformula = {model['dispformula']})",
+            "t1 <- proc.time()[['elapsed']]",
+            f"cat(sprintf('RESULT %s %.6f %.10f\\n', '{name}', t1 - t0, "
+            "-2 * as.numeric(logLik(f))))",
+        ]
+    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as script:
+        script.write("\n".join(lines) + "\n")
+    try:
+        done = subprocess.run(["Rscript", script.name], cwd=REFERENCE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, check=True)
+    finally:
+        os.unlink(script.name)
+    out = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            _, name, seconds, deviance = line.split()
+            out[name] = (float(seconds), float(deviance))
+    return out
+
+
+def main() -> None:
+    names = [n for n in MODELS if n not in SKIP]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=names, default=names)
+    parser.add_argument("--worker", choices=list(MODELS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker)
+        return
+    print(describe())
+    tmb = _glmmtmb(args.models)
+    print(f"{'model':28s} {'1st fit':>8s} {'2nd fit':>8s} {'glmmTMB':>8s} {'ratio 1st':>9s} "
+          f"{'ratio 2nd':>9s}  Δdeviance (ours − glmmTMB)")
+    for name in args.models:
+        run = _python(name)
+        seconds, deviance = tmb[name]
+        print(f"{name:28s} {run['first_fit']:7.2f}s {run['second_fit']:7.2f}s {seconds:7.2f}s "
+              f"{seconds / run['first_fit']:8.2f}x {seconds / run['second_fit']:8.2f}x  "
+              f"{run['deviance'] - deviance:+.2e}")
+    print(f"load average at end {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""``glmer``/``lmer`` with ``ziformula=`` or ``dispformula=``: from the designs to a
+:class:`~glmmjax._parts_result.GLMMPartsResult` (the fit itself is
+:mod:`glmmjax._parts_laplace`)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
+from ._design import DataError
+from ._engine import check_engine, opt_summary
+from ._lmm import SINGULAR_TOL
+from ._optimize import Solution, Status
+from ._parts_design import PartsDesign, build_parts, check_parts
+from ._parts_laplace import PartsData, criterion_at, dense_terms, fit, start_params_jit
+from ._precision import with_x64
+from ._response_parts import is_truncated
+from ._results import Convergence, warn_if_not_converged, warn_if_singular
+
+# Entries of the dense n × q random-effects matrix (8 bytes each) above which a fit is
+# refused rather than left to run out of memory.
+DENSE_LIMIT = 50_000_000
+
+
+def _part_arrays(part, n: int):
+    if part is None:
+        return np.zeros((n, 0)), np.zeros(n)
+    return np.asarray(part.X, np.float64), np.asarray(part.offset, np.float64)
+
+
+def parts_data(parts: PartsDesign, family, y, weights) -> PartsData:
+    """The engine's arrays from the designs and the prepared response."""
+    n = len(y)
+    X_zi, offset_zi = _part_arrays(parts.zi, n)
+    X_disp, offset_disp = _part_arrays(parts.disp, n)
+    return PartsData(
+        y=np.asarray(y, np.float64), weights=np.asarray(weights, np.float64),
+        X=np.asarray(parts.cond.X, np.float64), offset=np.asarray(parts.cond.offset, np.float64),
+        X_zi=X_zi, offset_zi=offset_zi, X_disp=X_disp, offset_disp=offset_disp,
+        cond=dense_terms(parts.cond.terms, n),
+        zi=dense_terms(parts.zi.terms if parts.zi is not None else (), n),
+        family=family, zero_inflated=parts.zi is not None,
+    )
+
+
+def _effects(theta, terms, u):
+    """Conditional modes b = Λu per term, (m_t, S_t) each, and the slices of u."""
+    out, start = [], 0
+    factors = theta_to_factors(jnp.asarray(theta), tuple(t.size for t in terms))
+    for term, lam in zip(terms, factors):
+        size = term.n_levels * term.size
+        block = np.asarray(u[start : start + size]).reshape(term.n_levels, term.size)
+        out.append(block @ np.asarray(lam).T)
+        start += size
+    return tuple(out)
+
+
+def _effect_covariances(theta, terms, re_cov, offset: int):
+    """Conditional covariances of b per term, (m_t, S_t, S_t): Λ·H⁻¹_block·Λ'."""
+    out, start = [], offset
+    factors = theta_to_factors(jnp.asarray(theta), tuple(t.size for t in terms))
+    for term, lam in zip(terms, factors):
+        lam = np.asarray(lam)
+        blocks = np.empty((term.n_levels, term.size, term.size))
+        for level in range(term.n_levels):
+            idx = slice(start + level * term.size, start + (level + 1) * term.size)
+            blocks[level] = lam @ re_cov[idx, idx] @ lam.T
+        out.append(blocks)
+        start += term.n_levels * term.size
+    return out
+
+
+def hurdle_zeros(family, parts, response) -> np.ndarray | None:
+    """Where a hurdle model's response is 0 (None for other models): a truncated
+    family's own support check refuses zeros, which the hurdle part models."""
+    if parts.zi is None or not is_truncated(family):
+        return None
+    return np.asarray(response, dtype=np.float64) == 0
+
+
+def prepare_hurdle_response(family, parts, design):
+    """``family.prepare_response``, with a hurdle model's zeros let through."""
+    zeros = hurdle_zeros(family, parts, design.response)
+    response = design.response if zeros is None else np.where(zeros, 1.0, design.response)
+    y, w, level = family.prepare_response(response, design.weights, design.response_levels,
+                                          design.rows)
+    return (y if zeros is None else np.where(zeros, 0.0, y)), w, level
+
+
+@with_x64
+def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=None,
+              offset=None, engine=None, max_iter: int = 500, method_name: str = "Laplace"):
+    """Fit a GLMM with zero-inflation and/or a dispersion model (``glmer``'s and
+    ``lmer``'s route when ``ziformula=`` or ``dispformula=`` is given)."""
+    from ._glmer import check_glmm_response
+    from ._lmer import check_max_iter
+    from ._parts_result import GLMMPartsResult
+
+    max_iter = check_max_iter(max_iter)
+    check_engine(engine)
+    if engine is None:
+        engine = "host" if jax.default_backend() == "cpu" else "jax"
+    zi_rhs, disp_rhs = check_parts(family, ziformula, dispformula)
+    parts = build_parts(formula, data, family, zi_rhs, disp_rhs, weights=weights,
+                        offset=offset)
+    design = parts.cond
+    y, w, success_level = prepare_hurdle_response(family, parts, design)
+    if parts.zi is None:
+        check_glmm_response(family, y, w, design)
+        if is_truncated(family) and np.any((y == 0) & (w > 0)):
+            raise DataError(
+                f"response {design.formula.response!r} has zeros, which the zero-truncated "
+                f"{family.name} family cannot produce; add ziformula= (e.g. '~1') for a "
+                "hurdle model of the zeros")
+    if parts.zi is not None and np.all(y[w > 0] == 0):
+        raise DataError(
+            f"response {design.formula.response!r} is zero on every row used: the "
+            "zero-inflation and count models cannot be told apart and nothing can be "
+            "estimated")
+    data_ = parts_data(parts, family, y, w)
+    cells = design.nobs * data_.q
+    if cells > DENSE_LIMIT:
+        raise ValueError(
+            f"models with ziformula/dispformula hold the random-effects matrix densely: "
+            f"{design.nobs} rows x {data_.q} random effects = {cells:,} entries exceeds "
+            f"{DENSE_LIMIT:,}; fewer levels (or a sparse engine, not written yet) needed")
+    # One small compiled program: as eager operations each would compile on its own.
+    params0 = np.asarray(start_params_jit(jax.tree_util.tree_map(jnp.asarray, data_)))
+    if engine == "host":
+        from ._parts_host import fit as fit_host
+
+        out = fit_host(params0, data_, max_iter=max_iter)
+        host_criterion = out.pop("criterion")
+
+        def criterion_fn(x):
+            with jax.enable_x64(True):  # the kernel must see float64 arrays as such
+                return host_criterion(x)
+    else:
+        out = fit(params0, data_, max_iter=max_iter)
+        v_fit = out["v"]
+        criterion_fn = lambda x: criterion_at(x, data_, v_fit)  # noqa: E731
+    params, v = out["params"], out["v"]
+    n_theta_c, n_theta_z, p, p_zi, p_disp = data_.layout
+    hessian = 0.5 * (out["hessian"] + out["hessian"].T)
+    finite = bool(np.all(np.isfinite(hessian)))
+    pd_hess = finite and (bool(np.all(np.linalg.eigvalsh(hessian) > 0)) if hessian.size
+                          else True)
+    params_cov = 2.0 * np.linalg.pinv(hessian) if finite else np.full_like(hessian, np.nan)
+    status = Status(int(out["status"]))
+    message = status.describe()
+    if status == Status.CONVERGED and not pd_hess:
+        message = "stationary point reached but the Hessian is not positive definite"
+    convergence = Convergence(
+        converged=status == Status.CONVERGED and pd_hess, message=message,
+        grad_max=float(np.max(np.abs(out["grad"]))) if out["grad"].size else 0.0,
+        iterations=int(out["iterations"]), n_evaluations=int(out["n_evaluations"]),
+        hessian_positive_definite=pd_hess)
+    cond_sizes = tuple(t.size for t in design.terms)
+    zi_terms = parts.zi.terms if parts.zi is not None else ()
+    zi_sizes = tuple(t.size for t in zi_terms)
+    theta_c = canonical_theta(params[:n_theta_c], cond_sizes)
+    theta_z = canonical_theta(params[n_theta_c : n_theta_c + n_theta_z], zi_sizes) \
+        if zi_sizes else np.zeros(0)
+    singular = bool(
+        np.any(np.abs(theta_c[diagonal_mask(cond_sizes)]) < SINGULAR_TOL)
+        or (zi_sizes and np.any(np.abs(theta_z[diagonal_mask(zi_sizes)]) < SINGULAR_TOL)))
+    n_theta = n_theta_c + n_theta_z
+    b0 = n_theta
+    q_c = data_.cond.q
+    re_cov = out["re_cov"]
+    raw_c = params[:n_theta_c]
+    raw_z = params[n_theta_c:n_theta]
+    solution = Solution(params, out["value"], out["grad"], out["iterations"], out["status"],
+                        out["n_evaluations"], None)
+
+    def effect_cov():
+        return _effect_covariances(raw_c, design.terms, re_cov, 0)
+
+    result = GLMMPartsResult(
+        design=design, method=method_name, family_name=family.name,
+        link_name=family.link.name, theta_values=theta_c,
+        beta=params[b0 : b0 + p], beta_cov=params_cov[b0 : b0 + p, b0 : b0 + p],
+        scale=None, effects=_effects(raw_c, design.terms, v[:q_c]), effect_cov=effect_cov,
+        criterion=float(out["value"]), n_params=int(params.size), convergence=convergence,
+        singular=singular, family=family, dispersion=None, success_level=success_level,
+        n_agq=1, y=np.asarray(y), prior_weights=np.asarray(w), params_cov=params_cov,
+        engine=engine, opt_summary=opt_summary(engine, solution, out["initial"]),
+        parts=parts, layout=data_.layout, params=params, theta_zi_values=theta_z,
+        effects_zi=_effects(raw_z, zi_terms, v[q_c:]),
+        criterion_fn=criterion_fn,
+    )
+    warn_if_not_converged(result, "glmer")
+    warn_if_singular(result)
+    return result
