@@ -56,6 +56,7 @@ def main(only=None):
         example("ab_test").main(out=IMAGES / "ab_test.png", verbose=False)
         example("customer_conversion").main(out=IMAGES / "roc.png", verbose=False)
         example("per_gene_de").main(n_genes=500, out=str(IMAGES / "volcano.png"))
+        example("zero_inflated_counts").main(out=IMAGES / "zero_inflated.png", verbose=False)
     if only in (None, "bayes"):
         from glmmjax import bayes
 

@@ -118,7 +118,7 @@ def plot_zeros(checks: dict, table: pd.DataFrame, out) -> pathlib.Path | None:
     for (label, check), colour in zip(checks.items(), ["tab:red", "tab:orange", "tab:blue"]):
         test = check["zero_inflation"]
         n_sim = len(check["simulated_zeros"])
-        left.hist(check["simulated_zeros"], bins=bins, alpha=0.6, color=colour,
+        left.hist(check["simulated_zeros"], bins=bins, histtype="step", lw=1.8, color=colour,
                   label=f"{label}: observed/simulated {test.statistic:.2f}, "
                         f"{p_text(test.p_value, n_sim)}")
     left.axvline(observed, color="black", lw=2, label=f"observed ({observed})")
