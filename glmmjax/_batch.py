@@ -251,14 +251,14 @@ def _response_matrix(responses, data: pd.DataFrame) -> tuple[np.ndarray, list]:
     return matrix, list(range(matrix.shape[1]))
 
 
-def _design_for(formula: str, data: pd.DataFrame, weights, offset):
+def _design_for(formula: str, data: pd.DataFrame, weights, offset, relmat=None):
     if not isinstance(formula, str):
         raise DataError(f"formula must be a string like '~ x + (1|g)', got {formula!r}")
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
     parse_formula(f"{_RESPONSE} ~ {rhs}")  # syntax errors before anything else
     frame = data.assign(**{_RESPONSE: 0.0})
     return build_design(f"{_RESPONSE} ~ {rhs}", frame, weights=weights, offset=offset,
-                        require_random=True, drop_aliased=True)
+                        require_random=True, drop_aliased=True, relmat=relmat)
 
 
 def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[str]:
@@ -310,6 +310,7 @@ def fit_many(
     progress: bool | None = None,
     n_devices: int | None = None,
     ddf: str | None = "auto",
+    relmat: dict | None = None,
 ) -> BatchResult:
     """Fit one mixed-model structure to many responses that share the design.
 
@@ -334,6 +335,8 @@ def fit_many(
             ``"between-within"``, or None for Wald z tests (as glmer's summary, liberal
             with few groups). See ``glmmjax._batch_inference``; the choice is recorded
             in ``BatchResult.inference``.
+        relmat: known relatedness ``{"animal": K}`` for a term ``(1 | animal)``, as
+            :func:`glmmjax.lmer`; K's factor is computed once for all responses.
 
     Returns:
         A :class:`BatchResult`. Models whose response is unusable (non-finite values,
@@ -353,7 +356,7 @@ def fit_many(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    design = _design_for(formula, data, weights, offset)
+    design = _design_for(formula, data, weights, offset, relmat)
     if family is None:
         check_lmm_design(design)
     Y_all, names = _response_matrix(responses, data)

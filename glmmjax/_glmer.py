@@ -140,6 +140,7 @@ def glmer(
     offset=None,
     engine: str | None = None,
     max_iter: int = 500,
+    relmat: dict | None = None,
 ) -> GLMMResult:
     """Fit a generalized linear mixed model by maximum likelihood.
 
@@ -161,6 +162,8 @@ def glmer(
         engine: ``"host"`` or ``"jax"`` to choose how a fit runs (see the note);
             None (default) picks the host engine where it applies.
         max_iter: the cap on BFGS iterations in each of the two stages.
+        relmat: known relatedness ``{"animal": K}`` for a term ``(1 | animal)``, as
+            :func:`glmmjax.lmer`.
 
     Returns:
         A :class:`GLMMResult`; ``.converged`` and ``.convergence`` report the final
@@ -208,10 +211,10 @@ def glmer(
         from ._lmer import lmer
 
         return lmer(formula, data, reml=False, weights=weights, offset=offset, engine=engine,
-                    max_iter=max_iter)
+                    max_iter=max_iter, relmat=relmat)
     design = build_design(
         formula, data, weights=weights, offset=offset, require_random=True, numeric_response=False,
-        drop_aliased=True,
+        drop_aliased=True, relmat=relmat,
     )
     result = fit_glmm_design(design, family, n_agq, engine=engine, max_iter=max_iter)
     warn_if_singular(result)

@@ -195,6 +195,7 @@ def lmer(
     offset=None,
     engine: str | None = None,
     max_iter: int = 500,
+    relmat: dict | None = None,
 ) -> LMMResult:
     """Fit a linear mixed model with lme4's formula syntax.
 
@@ -213,6 +214,10 @@ def lmer(
             the default on a CPU backend) or ``"jax"`` (one compiled XLA program; the
             default on accelerators, and faster when one structure is refitted often).
         max_iter: the cap on BFGS iterations over θ (lme4's ``maxfun`` plays this role).
+        relmat: known relatedness, ``{"animal": K}``: the term ``(1 | animal)`` gets
+            b ~ N(0, σ²_animal·K) (lme4qtl's and pedigreemm's relmat). K: a symmetric
+            positive semi-definite numpy array, DataFrame (index and columns naming the
+            levels; it may hold more levels than the data) or scipy.sparse matrix.
 
     Returns:
         An :class:`LMMResult`; check ``.converged`` and ``.is_singular``.
@@ -237,7 +242,7 @@ def lmer(
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (maximum likelihood), got {reml!r}")
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True,
-                          drop_aliased=True)
+                          drop_aliased=True, relmat=relmat)
     result = fit_lmm_design(design, reml, engine=engine, max_iter=max_iter)
     warn_if_singular(result)
     return result
