@@ -40,6 +40,7 @@ from ._lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from ._optimize import Status
 from ._precision import check_precision, float_dtype, precision_scope
 from ._progress import noted, quiet, wait_interruptibly
+from ._relmat import rotated_relatedness
 from ._structure import build_structure
 
 _RESPONSE = "__glmmjax_response__"
@@ -370,9 +371,14 @@ def fit_many(
     n, p = design.X.shape
     with precision_scope(precision):
         if family is None:
-            structure = build_structure(design.terms, p + 1)
+            # A known K as the only random term: rotate once, fit scalar blocks.
+            rotation = rotated_relatedness(design)
+            terms, X = design.terms, design.X
+            if rotation is not None:
+                terms, X = rotation[0], rotation[1].T @ design.X
+            structure = build_structure(terms, p + 1)
             setup = _LMMSetup(
-                X=np.asarray(design.X, dtype), weights=np.asarray(design.weights, dtype),
+                X=np.asarray(X, dtype), weights=np.asarray(design.weights, dtype),
                 structure=structure, reml=reml,
                 gtol=1e-8 if precision == "float64" else 1e-2,
                 loose_gtol=1e-3 if precision == "float64" else 1.0,
@@ -381,6 +387,8 @@ def fit_many(
             fn = _sharded(_lmm_one, devices)
             extra = (setup,)
             Y_fit = Y - design.offset[:, None]
+            if rotation is not None:
+                Y_fit = rotation[1].T @ np.where(np.isfinite(Y_fit), Y_fit, 0.0)
             rest = structure.rest_size
             method = "REML" if reml else "ML"
         elif scalar_path_applies(design, family, n_agq):

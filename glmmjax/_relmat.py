@@ -184,3 +184,32 @@ def relatedness_term(spec, K, refs: np.ndarray, levels: list[str]):
     structure = Relatedness(len(labels), digest=digest, matrix=lower)
     return np.zeros_like(refs), z, [f"({name})"], labels, structure
 
+
+
+def rotated_relatedness(design):
+    """For a batch of LMMs whose only random term has a known K (the GWAS/eQTL case):
+    ``(terms, U)`` with U'ZKZ'U = diag(d), else None.
+
+    y ~ N(Xβ, σ²(θ²·ZKZ' + I)) is, after the orthogonal rotation y* = U'y, X* = U'X,
+    y* ~ N(X*β, σ²(θ²·diag(d) + I)): a random intercept with one level per rotated
+    observation and z = √d. The rotation leaves the ML and REML criteria, β̂, its
+    covariance and θ unchanged (|det U| = 1), and it turns every evaluation's q×q
+    factorization into n scalar ones; U is computed once for all responses (FaST-LMM's
+    and GEMMA's device). Needs unit weights (prior weights would enter V as W⁻¹).
+    """
+    if len(design.terms) != 1 or not is_relatedness(design.terms[0]):
+        return None
+    if not np.all(design.weights == 1.0):
+        return None
+    term = design.terms[0]
+    from ._cov_structures import Unstructured
+    from ._design import TermDesign
+
+    rows = term.covariance.matrix[np.argmax(term.z, axis=1)]  # Z·L, z one-hot
+    values, vectors = np.linalg.eigh(rows @ rows.T)
+    n = rows.shape[0]
+    scalar = TermDesign(term.spec, np.arange(n, dtype=np.int32),
+                        np.sqrt(np.clip(values, 0.0, None))[:, None],
+                        tuple(str(i) for i in range(n)), ("(Intercept)",), None,
+                        Unstructured(1))
+    return (scalar,), vectors
