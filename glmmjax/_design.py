@@ -24,7 +24,7 @@ from ._formula import (
     _required,
     parse_formula,
 )
-from ._relmat import check_relmat, relatedness_term
+from ._relmat import check_relmat, is_relatedness, relatedness_term
 
 
 class DataError(ValueError):
@@ -506,11 +506,20 @@ def new_data_design(design: Design, newdata: pd.DataFrame, *, allow_new_levels: 
             term_parts.append((np.full(len(newdata), -1, np.int64),
                                np.zeros((len(newdata), term.size))))
             continue
-        z = rows_of(lambda frame, term=term: _numeric_matrix(
-            term.z_spec, frame, f"random-effects term {term.spec}")[0], term.size)
         labels = _new_level_labels(design, term, newdata)
-        lookup = {name: i for i, name in enumerate(term.levels)}
-        refs = labels.map(lookup)
+        if is_relatedness(term):
+            # The levels are the effects of one group: any level of K (also one without
+            # records at fitting) predicts with its conditional mode.
+            column = labels.map({name: i for i, name in enumerate(term.coef_names)})
+            known = column.notna().to_numpy()
+            z = np.zeros((len(newdata), term.size))
+            z[np.flatnonzero(known), column[known].to_numpy(dtype=np.int64)] = 1.0
+            refs = column.where(column.isna(), 0)
+        else:
+            z = rows_of(lambda frame, term=term: _numeric_matrix(
+                term.z_spec, frame, f"random-effects term {term.spec}")[0], term.size)
+            lookup = {name: i for i, name in enumerate(term.levels)}
+            refs = labels.map(lookup)
         unknown = refs.isna()
         if unknown.any() and not allow_new_levels:
             raise DataError(

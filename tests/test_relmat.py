@@ -117,6 +117,19 @@ def test_levels_without_records_and_sparse_K_give_the_same_fit():
     np.testing.assert_allclose(sparse.deviance, dense.deviance, rtol=1e-12)
 
 
+def test_predict_uses_relatives_for_levels_without_records():
+    data, K = _small()
+    fit = gj.lmer("y ~ x + (1 | animal)", data.iloc[3:], relmat={"animal": K})
+    b = fit.ranef["animal"]["(Intercept)"]
+    new = data.iloc[:4]  # a00 has no records in the fit, a01 has
+    expected = fit.fixef["Intercept"] + fit.fixef["x"] * new["x"] + b[new["animal"]].to_numpy()
+    np.testing.assert_allclose(fit.predict(new), expected, rtol=1e-12)
+    assert abs(b["a00"]) > 0
+    np.testing.assert_allclose(fit.predict(data.iloc[3:]), fit.fitted(), rtol=1e-12)
+    with pytest.raises(gj.DataError, match="'zz'"):
+        fit.predict(new.assign(animal="zz"))
+
+
 def test_singular_K_uses_an_eigen_factor():
     rng = np.random.default_rng(0)
     W = rng.normal(size=(6, 3))
