@@ -55,9 +55,10 @@ class HostLMM:
 def _einsum(spec: str, *operands):
     """np.einsum, contracted pairwise through BLAS when an operand is large (a known
     relatedness term is one level of q effects: q×q blocks, where numpy's default
-    single-loop contraction of three operands costs q⁴); small blocks keep the plain
-    call, whose path search would cost more than the product."""
-    large = max(np.size(o) for o in operands) > 65536
+    single-loop contraction of three operands costs q⁴); small blocks (every S×S block
+    of lme4-style terms, however many levels) keep the plain call, whose path search
+    would cost more than the product."""
+    large = any(np.ndim(o) >= 2 and min(np.shape(o)[-2:]) > 32 for o in operands)
     return np.einsum(spec, *operands, optimize="greedy" if large else False)
 
 def host_model(structure: ReStructure, weights, X, y, reml: bool) -> HostLMM:
