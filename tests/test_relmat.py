@@ -196,3 +196,17 @@ def test_bad_K_is_named():
     with pytest.raises(RelmatError, match="not positive semi-definite"):
         gj.fit_many("~ x + (1 | animal)", data, data[["y"]].to_numpy(),
                     relmat={"animal": indefinite})
+
+
+@pytest.mark.slow  # compiles the batched Laplace fit (~60 s under load)
+def test_fit_many_binomial_with_one_K_equals_single_fits():
+    data, K = _small()
+    rng = np.random.default_rng(0)
+    Y = (data["y"].to_numpy()[:, None] + rng.normal(size=(len(data), 2)) > 1) * 1.0
+    batch = gj.fit_many("~ x + (1 | animal)", data, Y, family="binomial",
+                        relmat={"animal": K})
+    for k in range(2):
+        single = gj.glmer("y ~ x + (1 | animal)", data.assign(y=Y[:, k]), family="binomial",
+                          relmat={"animal": K})
+        np.testing.assert_allclose(batch.models["criterion"].iloc[k], single.deviance, rtol=1e-7)
+        np.testing.assert_allclose(batch.fixef.iloc[k], single.fixef, rtol=1e-5, atol=1e-7)
