@@ -31,6 +31,7 @@ _LAZY = {
     "DataError": "._design",
     "ScaledResiduals": "._diagnostics",
     "FormulaError": "._formula",
+    "RelmatError": "._relmat",
     "parse_formula": "._formula",
     "GLMConvergenceWarning": "._glm",
     "SeparationWarning": "._glm",
@@ -88,6 +89,7 @@ __all__ = [
     "ConvergenceWarning",
     "lmer",
     "FormulaError",
+    "RelmatError",
     "datasets",
     "parse_formula",
 ]
@@ -124,5 +126,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._model import MixedModel
     from ._params import Params
     from ._parts_result import GLMMPartsResult
+    from ._relmat import RelmatError
     from ._results import Convergence, ConvergenceWarning, MixedModelResult, SingularFitWarning
     from ._solve import SolveInfo, solve

@@ -40,6 +40,7 @@ from ._lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from ._optimize import Status
 from ._precision import check_precision, float_dtype, precision_scope
 from ._progress import noted, quiet, wait_interruptibly
+from ._relmat import rotated_relatedness
 from ._structure import build_structure
 
 _RESPONSE = "__glmmjax_response__"
@@ -251,14 +252,14 @@ def _response_matrix(responses, data: pd.DataFrame) -> tuple[np.ndarray, list]:
     return matrix, list(range(matrix.shape[1]))
 
 
-def _design_for(formula: str, data: pd.DataFrame, weights, offset):
+def _design_for(formula: str, data: pd.DataFrame, weights, offset, relmat=None):
     if not isinstance(formula, str):
         raise DataError(f"formula must be a string like '~ x + (1|g)', got {formula!r}")
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
     parse_formula(f"{_RESPONSE} ~ {rhs}")  # syntax errors before anything else
     frame = data.assign(**{_RESPONSE: 0.0})
     return build_design(f"{_RESPONSE} ~ {rhs}", frame, weights=weights, offset=offset,
-                        require_random=True, drop_aliased=True)
+                        require_random=True, drop_aliased=True, relmat=relmat)
 
 
 def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[str]:
@@ -312,6 +313,7 @@ def fit_many(
     ddf: str | None = "auto",
     ziformula: str | None = None,
     dispformula: str | None = None,
+    relmat: dict | None = None,
 ) -> BatchResult:
     """Fit one mixed-model structure to many responses that share the design.
 
@@ -340,6 +342,8 @@ def fit_many(
             :func:`glmmjax.glmer` (Laplace, float64; the models are fitted one after
             another by the host engine, ``chunk_size`` does not apply); coefficients of
             those parts are named ``zi~name`` and ``d~name``.
+        relmat: known relatedness ``{"animal": K}`` for a term ``(1 | animal)``, as
+            :func:`glmmjax.lmer`; K's factor is computed once for all responses.
 
     Returns:
         A :class:`BatchResult`. Models whose response is unusable (non-finite values,
@@ -348,6 +352,9 @@ def fit_many(
     """
     check_precision(precision)
     if ziformula is not None or dispformula is not None:
+        if relmat is not None:
+            raise ValueError("relmat= cannot be combined with ziformula= or dispformula= "
+                             "yet; fit the known-relatedness model without them")
         from ._parts_batch import fit_many_parts
 
         if precision != "float64" or n_agq != 1:
@@ -369,7 +376,7 @@ def fit_many(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    design = _design_for(formula, data, weights, offset)
+    design = _design_for(formula, data, weights, offset, relmat)
     if family is None:
         check_lmm_design(design)
     Y_all, names = _response_matrix(responses, data)
@@ -383,9 +390,14 @@ def fit_many(
     n, p = design.X.shape
     with precision_scope(precision):
         if family is None:
-            structure = build_structure(design.terms, p + 1)
+            # A known K as the only random term: rotate once, fit scalar blocks.
+            rotation = rotated_relatedness(design)
+            terms, X = design.terms, design.X
+            if rotation is not None:
+                terms, X = rotation[0], rotation[1].T @ design.X
+            structure = build_structure(terms, p + 1)
             setup = _LMMSetup(
-                X=np.asarray(design.X, dtype), weights=np.asarray(design.weights, dtype),
+                X=np.asarray(X, dtype), weights=np.asarray(design.weights, dtype),
                 structure=structure, reml=reml,
                 gtol=1e-8 if precision == "float64" else 1e-2,
                 loose_gtol=1e-3 if precision == "float64" else 1.0,
@@ -394,6 +406,8 @@ def fit_many(
             fn = _sharded(_lmm_one, devices)
             extra = (setup,)
             Y_fit = Y - design.offset[:, None]
+            if rotation is not None:
+                Y_fit = rotation[1].T @ np.where(np.isfinite(Y_fit), Y_fit, 0.0)
             rest = structure.rest_size
             method = "REML" if reml else "ML"
         elif scalar_path_applies(design, family, n_agq):

@@ -49,9 +49,12 @@ def cross_products(structure: ReStructure, weights, dense) -> CrossProducts:
     s = structure
     m0 = s.n_levels[0]
     z0, first, coupling = random_blocks(s, weights)
-    dense_first = jax.ops.segment_sum(
-        dense[:, :, None] * z0[:, None, :], s.refs[0], num_segments=m0
-    )
+    if m0 == 1:  # one level of many effects (known relatedness): no (n, S, S) temporary
+        dense_first = (dense.T @ z0)[None]
+    else:
+        dense_first = jax.ops.segment_sum(
+            dense[:, :, None] * z0[:, None, :], s.refs[0], num_segments=m0
+        )
     rest = _rest_cross_products(s, weights, dense)
     return CrossProducts(first, coupling, dense_first, rest)
 
@@ -59,9 +62,12 @@ def cross_products(structure: ReStructure, weights, dense) -> CrossProducts:
 def random_blocks(s: ReStructure, weights):
     """(W·Z0, the first term's diagonal blocks Z0'WZ0, each later term's coupling to it)."""
     z0 = s.z[0] * weights[:, None]
-    first = jax.ops.segment_sum(
-        z0[:, :, None] * s.z[0][:, None, :], s.refs[0], num_segments=s.n_levels[0]
-    )
+    if s.n_levels[0] == 1:
+        first = (z0.T @ s.z[0])[None]
+    else:
+        first = jax.ops.segment_sum(
+            z0[:, :, None] * s.z[0][:, None, :], s.refs[0], num_segments=s.n_levels[0]
+        )
     coupling = tuple(
         jax.ops.segment_sum(
             s.z[t][:, :, None] * z0[:, None, :],

@@ -97,6 +97,10 @@ def varcorr_frame(
     for cov, part, group, coefs in zip(covariances, split_theta(theta, covariances), groups,
                                        coef_names):
         size = cov.size
+        if cov.name == "relmat":  # one variance σ²θ² over the levels' known K
+            sd = float(np.sqrt(sigma2) * abs(float(np.asarray(part)[0])))
+            rows.append((group, "(Intercept)", None, sd**2, sd))
+            continue
         factor = cov.factor(np.asarray(part, dtype=np.float64), np)
         matrix = sigma2 * factor @ factor.T
         sd = np.sqrt(np.diag(matrix))

@@ -24,6 +24,7 @@ from ._formula import (
     _required,
     parse_formula,
 )
+from ._relmat import check_relmat, is_relatedness, relatedness_term
 
 
 class DataError(ValueError):
@@ -256,6 +257,7 @@ def build_design(
     require_random: bool = False,
     numeric_response: bool = True,
     drop_aliased: bool = False,
+    relmat: dict | None = None,
 ) -> Design:
     """Build X, the response, weights, offset and the random-effects terms.
 
@@ -263,7 +265,8 @@ def build_design(
     count is on the returned design. A categorical response is returned as strings with
     its levels in ``response_levels`` when ``numeric_response`` is False. With
     ``drop_aliased`` (mixed models), columns of X that are linear combinations of earlier
-    ones are dropped with lme4's warning (see :mod:`glmmjax._rank`).
+    ones are dropped with lme4's warning (see :mod:`glmmjax._rank`). ``relmat``
+    (``{group: K}``) gives intercept terms a known relatedness (:mod:`glmmjax._relmat`).
 
     Raises:
         FormulaError: malformed formula, or a term that cannot be evaluated.
@@ -271,6 +274,7 @@ def build_design(
             a non-numeric response where a number is needed, bad weights or offset.
     """
     parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    relmat = check_relmat(relmat, parsed)
     data = _check_frame(data)
     if require_random and not parsed.random:
         raise FormulaError(
@@ -359,7 +363,11 @@ def build_design(
                 "a random effect needs at least two groups"
             )
         z, names, z_spec = _numeric_matrix(spec.expr, frame, f"random-effects term {spec}")
-        covariance = term_covariance(spec, z, names)
+        if spec.group in relmat:
+            refs, z, levels, names, covariance = relatedness_term(
+                spec, relmat[spec.group], refs, levels)
+        else:
+            covariance = term_covariance(spec, z, names)
         terms.append(TermDesign(spec, refs, z, tuple(levels), tuple(names), z_spec, covariance))
     # lme4 orders terms by decreasing number of levels (stable), which we follow so θ
     # lines up with lme4's and the largest term gets the block-diagonal part of L.
@@ -498,11 +506,20 @@ def new_data_design(design: Design, newdata: pd.DataFrame, *, allow_new_levels: 
             term_parts.append((np.full(len(newdata), -1, np.int64),
                                np.zeros((len(newdata), term.size))))
             continue
-        z = rows_of(lambda frame, term=term: _numeric_matrix(
-            term.z_spec, frame, f"random-effects term {term.spec}")[0], term.size)
         labels = _new_level_labels(design, term, newdata)
-        lookup = {name: i for i, name in enumerate(term.levels)}
-        refs = labels.map(lookup)
+        if is_relatedness(term):
+            # The levels are the effects of one group: any level of K (also one without
+            # records at fitting) predicts with its conditional mode.
+            column = labels.map({name: i for i, name in enumerate(term.coef_names)})
+            known = column.notna().to_numpy()
+            z = np.zeros((len(newdata), term.size))
+            z[np.flatnonzero(known), column[known].to_numpy(dtype=np.int64)] = 1.0
+            refs = column.where(column.isna(), 0)
+        else:
+            z = rows_of(lambda frame, term=term: _numeric_matrix(
+                term.z_spec, frame, f"random-effects term {term.spec}")[0], term.size)
+            lookup = {name: i for i, name in enumerate(term.levels)}
+            refs = labels.map(lookup)
         unknown = refs.isna()
         if unknown.any() and not allow_new_levels:
             raise DataError(

@@ -142,6 +142,7 @@ def glmer(
     max_iter: int = 500,
     ziformula: str | None = None,
     dispformula: str | None = None,
+    relmat: dict | None = None,
 ) -> GLMMResult:
     """Fit a generalized linear mixed model by maximum likelihood.
 
@@ -171,6 +172,8 @@ def glmer(
             for log φ (φ as glmmTMB 1.1.5: σ² for Gaussian, shape for Gamma, θ for the
             negative binomial, precision for beta); ``"~0"`` fixes a Gaussian
             model's residual variance at about 1.5e-8 (glmmTMB's). None: ``"~1"``.
+        relmat: known relatedness ``{"animal": K}`` for a term ``(1 | animal)``, as
+            :func:`glmmjax.lmer`.
 
     Returns:
         A :class:`GLMMResult`; with ``ziformula`` or ``dispformula`` a
@@ -219,6 +222,9 @@ def glmer(
     """
     family = get_family(family)
     if ziformula is not None or dispformula is not None:
+        if relmat is not None:
+            raise ValueError("relmat= cannot be combined with ziformula= or dispformula= "
+                             "yet; fit the known-relatedness model without them")
         from ._parts_fit import fit_parts
 
         if n_agq != 1:
@@ -230,10 +236,10 @@ def glmer(
         from ._lmer import lmer
 
         return lmer(formula, data, reml=False, weights=weights, offset=offset, engine=engine,
-                    max_iter=max_iter)
+                    max_iter=max_iter, relmat=relmat)
     design = build_design(
         formula, data, weights=weights, offset=offset, require_random=True, numeric_response=False,
-        drop_aliased=True,
+        drop_aliased=True, relmat=relmat,
     )
     result = fit_glmm_design(design, family, n_agq, engine=engine, max_iter=max_iter)
     warn_if_singular(result)

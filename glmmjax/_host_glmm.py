@@ -148,7 +148,7 @@ def _flat(parts_first, parts_rest_terms, beta_part=None):
 def _weighted_term_outer(s: ReStructure, r, x_terms):
     """Per term, Σ_i r_i·z_it ⊗ x_t[l_it] (S_t × S_t): Σ_i r_i (ZΛ_k x)_i for every entry
     (row, column) of Λ_t."""
-    return [np.einsum("i,ia,ib->ab", r, s.z[t], x_terms[t][s.refs[t]])
+    return [lmm._einsum("i,ia,ib->ab", r, s.z[t], x_terms[t][s.refs[t]])
             for t in range(s.n_terms)]
 
 
@@ -291,7 +291,10 @@ def _leverages(s: ReStructure, factors, sigma_00, sigma_r0, sigma_rr):
     """h_i = z_i'Λ·M⁻¹·Λ'z_i from M⁻¹'s selected entries (diagonal blocks of the first
     term, its coupling entries, the dense rest)."""
     a = [s.z[t] @ factors[t] for t in range(s.n_terms)]  # rows of ZΛ per term: (n, S_t)
-    h = np.einsum("ia,iab,ib->i", a[0], sigma_00[s.refs[0]], a[0])
+    if s.n_levels[0] == 1:  # one level of q effects (known relatedness): no (n, q, q)
+        h = np.sum((a[0] @ sigma_00[0]) * a[0], axis=1)
+    else:
+        h = np.einsum("ia,iab,ib->i", a[0], sigma_00[s.refs[0]], a[0])
     entry = 0
     for t in range(1, s.n_terms):
         size = s.sizes[t]

@@ -51,6 +51,16 @@ class HostLMM:
     reml: bool
 
 
+
+def _einsum(spec: str, *operands):
+    """np.einsum, contracted pairwise through BLAS when an operand is large (a known
+    relatedness term is one level of q effects: q×q blocks, where numpy's default
+    single-loop contraction of three operands costs q⁴); small blocks (every S×S block
+    of lme4-style terms, however many levels) keep the plain call, whose path search
+    would cost more than the product."""
+    large = any(np.ndim(o) >= 2 and min(np.shape(o)[-2:]) > 32 for o in operands)
+    return np.einsum(spec, *operands, optimize="greedy" if large else False)
+
 def host_model(structure: ReStructure, weights, X, y, reml: bool) -> HostLMM:
     """The model for float64 data: cross-products by numpy (``_host_products``)."""
     weights = np.asarray(weights, dtype=np.float64)
@@ -96,7 +106,7 @@ def _rest_times_lambda(s: ReStructure, factors, matrix):
 
 def _coupling_rows_of(s: ReStructure, products: CrossProducts, factors):
     """Λ_r'·A_r0 in ``entry_rest`` order, before the first term's factor: (E, S0)."""
-    rows = [np.einsum("ba,ibc->iac", factors[t], products.coupling[t - 1]).reshape(
+    rows = [_einsum("ba,ibc->iac", factors[t], products.coupling[t - 1]).reshape(
         -1, s.sizes[0]) for t in range(1, s.n_terms)]
     rows.append(products.dense_first.reshape(-1, s.sizes[0]))
     return np.concatenate(rows, axis=0)
@@ -120,7 +130,7 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
         return None  # a structure with no factor there (toep or gau near singular)
     lam0 = factors[0]
     S0 = s.sizes[0]
-    diag_blocks = np.einsum("ba,jbc,cd->jad", lam0, products.first, lam0) + np.eye(S0)
+    diag_blocks = _einsum("ba,jbc,cd->jad", lam0, products.first, lam0) + np.eye(S0)
     half_rows = _coupling_rows_of(s, products, factors)
     rest_lambda = _rest_times_lambda(s, factors, products.rest)
     rest = _rest_times_lambda(s, factors, rest_lambda.T)  # Λ_r'·A_rr·Λ_r (A symmetric)
@@ -135,7 +145,7 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
         coupling_rows = (half_rows * lam0[0, 0]) * first_inv[levels, 0]
     else:
         first_inv = np.linalg.inv(first)
-        coupling_rows = np.einsum("eab,eb->ea", first_inv[levels], half_rows @ lam0)
+        coupling_rows = _einsum("eab,eb->ea", first_inv[levels], half_rows @ lam0)
     schur = rest - _coupling_gram(s, coupling_rows)
     try:
         rest_factor = scipy.linalg.cholesky(schur, lower=True, overwrite_a=True,
@@ -173,7 +183,7 @@ def _coupling_gram(s: ReStructure, coupling_rows):
 
 def _solve_lower(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     """L·x = b, split as (m0, S0) and (R,)."""
-    x_first = np.einsum("jab,jb->ja", factor.first_inv, rhs_first)
+    x_first = _einsum("jab,jb->ja", factor.first_inv, rhs_first)
     contrib = np.sum(factor.coupling_rows * x_first[s.entry_first], axis=1)
     x_rest = scipy.linalg.solve_triangular(
         factor.rest, rhs_rest - np.bincount(s.entry_rest, weights=contrib, minlength=s.rest_size),
@@ -187,7 +197,7 @@ def _solve_upper(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
                                            check_finite=False)
     contrib = factor.coupling_rows * x_rest[s.entry_rest][:, None]
     reduced = rhs_first - segment_sum(contrib, s.entry_first, s.n_levels[0])
-    x_first = np.einsum("jba,jb->ja", factor.first_inv, reduced)
+    x_first = _einsum("jba,jb->ja", factor.first_inv, reduced)
     return x_first, x_rest
 
 
@@ -206,7 +216,7 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int):
         inverse[np.diag_indices(n_keep)] *= 0.5
         sigma_rr[:n_keep, :n_keep] = inverse
     inside = (s.entry_rest < n_keep)[:, None]
-    C = np.where(inside, np.einsum("ea,eab->eb", factor.coupling_rows,
+    C = np.where(inside, _einsum("ea,eab->eb", factor.coupling_rows,
                                    factor.first_inv[s.entry_first]), 0.0)
     if s.dense_update:
         column = s.entry_first[:, None] * S0 + np.arange(S0)
@@ -225,7 +235,7 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int):
                                            minlength=E)
                                + np.bincount(s.update_b, weights=weights * column[s.update_a],
                                              minlength=E))
-    sigma_00 = np.einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - segment_sum(
+    sigma_00 = _einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - segment_sum(
         C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
     return sigma_00, sigma_r0, sigma_rr
 
@@ -242,8 +252,8 @@ def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w
     lam0 = factors[0]
     S0 = s.sizes[0]
     # First term: its diagonal blocks and its coupling rows (w_r0 counts both triangles).
-    grads = [2.0 * np.einsum("jab,bc,jcd->ad", products.first, lam0, w_00)
-             + np.einsum("ea,eb->ab", factor.half_rows, w_r0)]
+    grads = [2.0 * _einsum("jab,bc,jcd->ad", products.first, lam0, w_00)
+             + _einsum("ea,eb->ab", factor.half_rows, w_r0)]
     start_row = 0
     for t in range(1, s.n_terms):
         size, m = s.sizes[t], s.n_levels[t]
@@ -251,11 +261,11 @@ def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w
         n_rows = coupling.shape[0] * size
         w_pairs = w_r0[start_row : start_row + n_rows].reshape(-1, size, S0)
         start_row += n_rows
-        g = np.einsum("ibc,cd,iad->ba", coupling, lam0, w_pairs)
+        g = _einsum("ibc,cd,iad->ba", coupling, lam0, w_pairs)
         lo, hi = s.offsets[t], s.offsets[t] + m * size
         rows = factor.rest_lambda[lo:hi].reshape(m, size, -1)
         # W is symmetric: its columns of the term are read as (contiguous) rows.
-        g += 2.0 * np.einsum("lar,lbr->ab", rows, w_rr[lo:hi].reshape(m, size, -1))
+        g += 2.0 * _einsum("lar,lbr->ab", rows, w_rr[lo:hi].reshape(m, size, -1))
         grads.append(g)
     # ∂/∂θ_t of ⟨G_t, Λ_t(θ_t)⟩: the structure's vector-Jacobian product.
     return np.concatenate([cov.pullback(part, g) for cov, part, g in
@@ -396,7 +406,7 @@ def conditional_covariances(theta, model: HostLMM) -> list:
         raise np.linalg.LinAlgError("Ω(θ) is not positive definite at the fitted θ")
     R_re, S0, m0 = s.n_re_rest, s.sizes[0], s.n_levels[0]
     first_inv = factor.first_inv
-    blocks = [np.einsum("jba,jbc->jac", first_inv, first_inv)]
+    blocks = [_einsum("jba,jbc->jac", first_inv, first_inv)]
     if R_re:
         keep = s.entry_rest < R_re
         coupling = np.zeros((R_re, m0 * S0))
@@ -405,16 +415,16 @@ def conditional_covariances(theta, model: HostLMM) -> list:
         rest_factor = factor.rest[:R_re, :R_re]
         Y = scipy.linalg.solve_triangular(rest_factor, coupling, lower=True,
                                           check_finite=False).reshape(R_re, m0, S0)
-        YL = np.einsum("rjb,jbc->jrc", Y, first_inv)
-        blocks[0] = blocks[0] + np.einsum("jra,jrc->jac", YL, YL)
+        YL = _einsum("rjb,jbc->jrc", Y, first_inv)
+        blocks[0] = blocks[0] + _einsum("jra,jrc->jac", YL, YL)
         rest_inv = scipy.linalg.solve_triangular(rest_factor, np.eye(R_re), lower=True,
                                                  check_finite=False)
         for t in range(1, s.n_terms):
             start, size, m = s.offsets[t], s.sizes[t], s.n_levels[t]
             cols = rest_inv[:, start : start + m * size].reshape(R_re, m, size)
-            blocks.append(np.einsum("rla,rlb->lab", cols, cols))
+            blocks.append(_einsum("rla,rlb->lab", cols, cols))
     factors = factors_of(theta, s.structures)
-    return [np.einsum("ab,lbc,dc->lad", lam, block, lam) for lam, block in zip(factors, blocks)]
+    return [_einsum("ab,lbc,dc->lad", lam, block, lam) for lam, block in zip(factors, blocks)]
 
 
 def varpar_derivatives(theta, sigma, model: HostLMM):

@@ -18,6 +18,8 @@ from ._structure import PlainStructure, ReStructure, plain_structure
 
 def segment_sum(values, ids, n_segments):
     """Σ of ``values`` (n, ...) over observations with equal ``ids``, (n_segments, ...)."""
+    if n_segments == 1:  # one level of many effects: a column-by-column loop is q² calls
+        return np.sum(values, axis=0, keepdims=True, dtype=np.float64)
     flat = values.reshape(values.shape[0], int(np.prod(values.shape[1:])))
     out = np.zeros((n_segments, flat.shape[1]))  # (no columns: GLMM stages without dense)
     for k in range(flat.shape[1]):
@@ -48,13 +50,19 @@ def host_cross_products(s: ReStructure, weights, dense) -> CrossProducts:
     refs = [np.asarray(r) for r in s.refs]
     m0 = s.n_levels[0]
     z0 = z[0] * weights[:, None]
-    first = segment_sum(z0[:, :, None] * z[0][:, None, :], refs[0], m0)
+    if m0 == 1:  # one level of many effects (known relatedness): no (n, S, S) temporary
+        first = (z0.T @ z[0])[None]
+    else:
+        first = segment_sum(z0[:, :, None] * z[0][:, None, :], refs[0], m0)
     coupling = tuple(
         segment_sum(z[t][:, :, None] * z0[:, None, :], np.asarray(s.obs_pair[t - 1]),
                      np.asarray(s.pair_first[t - 1]).shape[0])
         for t in range(1, s.n_terms)
     )
-    dense_first = segment_sum(dense[:, :, None] * z0[:, None, :], refs[0], m0)
+    if m0 == 1:
+        dense_first = (dense.T @ z0)[None]
+    else:
+        dense_first = segment_sum(dense[:, :, None] * z0[:, None, :], refs[0], m0)
     R = s.rest_size
     dense_start = R - s.n_dense
     rest = np.zeros((R, R))

@@ -196,6 +196,7 @@ def lmer(
     engine: str | None = None,
     max_iter: int = 500,
     dispformula: str | None = None,
+    relmat: dict | None = None,
 ) -> LMMResult:
     """Fit a linear mixed model with lme4's formula syntax.
 
@@ -218,6 +219,10 @@ def lmer(
             for log σ²ᵢ (``"~ Days"``), or ``"~0"`` for a residual variance fixed near
             zero (about 1.5e-8, glmmTMB's). Fitted by maximum likelihood (needs
             ``reml=False``) as ``glmer(..., family="gaussian", dispformula=...)``.
+        relmat: known relatedness, ``{"animal": K}``: the term ``(1 | animal)`` gets
+            b ~ N(0, σ²_animal·K) (lme4qtl's and pedigreemm's relmat). K: a symmetric
+            positive semi-definite numpy array, DataFrame (index and columns naming the
+            levels; it may hold more levels than the data) or scipy.sparse matrix.
 
     Returns:
         An :class:`LMMResult`; check ``.converged`` and ``.is_singular``.
@@ -242,6 +247,9 @@ def lmer(
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (maximum likelihood), got {reml!r}")
     if dispformula is not None:
+        if relmat is not None:
+            raise ValueError("relmat= cannot be combined with ziformula= or dispformula= "
+                             "yet; fit the known-relatedness model without them")
         if reml:
             raise ValueError(
                 f"dispformula={dispformula!r} is fitted by maximum likelihood only; pass "
@@ -252,7 +260,7 @@ def lmer(
         return fit_parts(formula, data, Gaussian(), None, dispformula, weights=weights,
                          offset=offset, engine=engine, max_iter=max_iter, method_name="ML")
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True,
-                          drop_aliased=True)
+                          drop_aliased=True, relmat=relmat)
     result = fit_lmm_design(design, reml, engine=engine, max_iter=max_iter)
     warn_if_singular(result)
     return result

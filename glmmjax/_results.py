@@ -25,6 +25,7 @@ from ._covariance import (
 from ._design import Design, new_data_design
 from ._display import check_names, format_table, html_summary, plural, short_repr, with_r_aliases
 from ._distributions import norm_sf
+from ._relmat import is_relatedness
 
 
 class SingularFitWarning(UserWarning):
@@ -255,15 +256,15 @@ class MixedModelResult:
     @property
     def ngroups(self) -> dict[str, int]:
         """Number of levels of each grouping factor (each factor once, as lme4's ngrps)."""
-        return {t.group: t.n_levels for t in self.design.terms}
+        # A known-relatedness term holds its levels as the effects of one group.
+        return {t.group: t.size if is_relatedness(t) else t.n_levels
+                for t in self.design.terms}
 
     @property
     def ranef(self) -> dict[str, pd.DataFrame]:
         """Conditional modes of the random effects, one DataFrame per term."""
-        return {
-            label: pd.DataFrame(np.asarray(b), index=list(t.levels), columns=list(t.coef_names))
-            for label, t, b in zip(self._group_labels(), self.design.terms, self.effects)
-        }
+        return {label: _effects_frame(t, np.asarray(b))
+                for label, t, b in zip(self._group_labels(), self.design.terms, self.effects)}
 
     @cached_property
     def ranef_condvar(self) -> dict[str, np.ndarray]:
@@ -276,7 +277,7 @@ class MixedModelResult:
         out = {}
         for (label, cov), t in zip(self.ranef_condvar.items(), self.design.terms):
             sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-            out[label] = pd.DataFrame(sd, index=list(t.levels), columns=list(t.coef_names))
+            out[label] = _effects_frame(t, sd)
         return out
 
     # -- likelihood summaries -------------------------------------------------------------
@@ -711,3 +712,12 @@ def with_dropped_rows(table: pd.DataFrame, design) -> pd.DataFrame:
     from ._rank import all_fixef_names
 
     return table.reindex(list(all_fixef_names(design)))
+
+
+def _effects_frame(term, values: np.ndarray) -> pd.DataFrame:
+    """Per-level values of a term's effects (levels × effects); a known-relatedness term
+    (one group whose q effects are the levels) is shown as lme4qtl does, levels as rows."""
+    if is_relatedness(term):
+        return pd.DataFrame(values.reshape(-1, 1), index=list(term.coef_names),
+                            columns=["(Intercept)"])
+    return pd.DataFrame(values, index=list(term.levels), columns=list(term.coef_names))
