@@ -70,6 +70,7 @@ class BatchResult:
     inference: str
     chunk_size: int
     n_devices: int
+    n_processes: int = 1
 
     def __len__(self) -> int:
         return len(self.models)
@@ -88,7 +89,8 @@ class BatchResult:
             ("converged", f"{converged:,} of {n:,}"
              + (f" ({plural(failed, 'model')} flagged: see .models['status'])" if failed else "")),
             ("chunks", f"{self.chunk_size:,} models per chunk on "
-                       f"{plural(self.n_devices, 'device')}"),
+                       f"{plural(self.n_devices, 'device')}"
+                       + (f" in {self.n_processes} processes" if self.n_processes > 1 else "")),
         ])
 
     def _repr_html_(self) -> str:
@@ -310,6 +312,7 @@ def fit_many(
     progress: bool | None = None,
     n_devices: int | None = None,
     ddf: str | None = "auto",
+    distributed: bool = False,
 ) -> BatchResult:
     """Fit one mixed-model structure to many responses that share the design.
 
@@ -334,6 +337,12 @@ def fit_many(
             ``"between-within"``, or None for Wald z tests (as glmer's summary, liberal
             with few groups). See ``glmmjax._batch_inference``; the choice is recorded
             in ``BatchResult.inference``.
+        distributed: split the models over the processes of ``jax.distributed`` (call
+            ``jax.distributed.initialize()`` first, on every process, and call
+            ``fit_many`` on every process with the same arguments): each process fits
+            the models of :func:`glmmjax.process_share` on its local devices, then the
+            results are gathered (:func:`glmmjax.gather_batches`), so every process
+            returns the whole batch, equal to a single-process run.
 
     Returns:
         A :class:`BatchResult`. Models whose response is unusable (non-finite values,
@@ -353,10 +362,18 @@ def fit_many(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if not isinstance(distributed, (bool, np.bool_)):
+        raise ValueError(f"distributed must be True or False, got {distributed!r}")
     design = _design_for(formula, data, weights, offset)
     if family is None:
         check_lmm_design(design)
     Y_all, names = _response_matrix(responses, data)
+    if distributed:
+        from ._distributed import process_share
+
+        # Each process its share; the models keep their names (positions) of the whole.
+        share = process_share(len(names))
+        Y_all, names = Y_all[:, share], names[share]
     positions = data.index.get_indexer(design.rows)
     Y = Y_all[positions]
     reasons = _check_models(Y, family, design.rows, design.weights)
@@ -400,8 +417,13 @@ def fit_many(
             chunk_size = _auto_chunk(max(len(usable), 1), n, rest, devices)
         chunk_size = int(np.ceil(int(chunk_size) / devices) * devices)
         outputs = _run_chunks(fn, Y_fit, usable, chunk_size, extra, dtype, progress)
-    return _assemble(design, family, names, reasons, usable, outputs, method, chunk_size,
-                     devices, setup if family is not None else None, ddf)
+    result = _assemble(design, family, names, reasons, usable, outputs, method, chunk_size,
+                       devices, setup if family is not None else None, ddf)
+    if distributed:
+        from ._distributed import gather_batches
+
+        return gather_batches(result)
+    return result
 
 
 def _cpu_blas_limit():
