@@ -62,8 +62,9 @@ class MemoryEstimate:
 
     def __str__(self) -> str:
         share = self.bytes_per_device / self.available if self.available else float("nan")
+        part = "under 0.1%" if share < 0.001 else f"{share:.1%}"
         return (f"≈{_size(self.bytes_per_device)} per device for chunks of "
-                f"{self.chunk_size:,} models ({share:.1%} of {_size(self.available)} "
+                f"{self.chunk_size:,} models ({part} of {_size(self.available)} "
                 f"{self.source})")
 
 
