@@ -515,6 +515,8 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
         converged[idx] = ok & np.isfinite(value[idx])
         inner_ok = out.get("inner_converged", np.ones(len(idx), bool))
         hessian_pd = out.get("hessian_pd", np.ones(len(idx), bool))
+        # A NaN Hessian also fails the positive-definiteness test; say which it was.
+        cov_finite = np.isfinite(out["beta_cov"]).all(axis=(1, 2))
         for j, k in enumerate(idx):
             if not converged[k]:
                 code = Status(int(codes[j]))
@@ -523,6 +525,9 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
                 elif not inner_ok[j]:
                     status[k] = ("the conditional modes (inner Newton) did not converge: "
                                  "the Laplace value is not at the mode")
+                elif not cov_finite[j]:
+                    status[k] = ("non-finite Hessian at the optimum: no standard errors "
+                                 "(the estimates themselves are the optimizer's)")
                 elif not hessian_pd[j]:
                     status[k] = ("Hessian not positive definite at the optimum: standard "
                                  "errors unreliable (a variance at zero, or a flat direction)")

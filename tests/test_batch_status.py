@@ -26,20 +26,23 @@ def test_each_failure_has_its_reason():
     data = _data()
     design = _batch._design_for("~ x + (1 | g)", data, None, None)
     family = glmmjax.families.Poisson()
-    reasons = ["", "", "", "", "", "a Poisson response must be a non-negative integer count"]
-    usable = [0, 1, 2, 3, 4]
+    reasons = ["", "", "", "", "", "a Poisson response must be a non-negative integer count",
+               ""]
+    usable = [0, 1, 2, 3, 4, 6]
     k = len(usable)
+    beta_cov = np.tile(np.eye(2), (k, 1, 1))
+    beta_cov[5] = np.nan
     out = dict(
-        beta=np.ones((k, 2)), beta_cov=np.tile(np.eye(2), (k, 1, 1)),
-        value=np.array([10.0, 10.0, 10.0, 10.0, np.nan]), iterations=np.full(k, 5),
+        beta=np.ones((k, 2)), beta_cov=beta_cov,
+        value=np.array([10.0, 10.0, 10.0, 10.0, np.nan, 10.0]), iterations=np.full(k, 5),
         params=np.ones((k, 1)),
         status=np.array([Status.CONVERGED, Status.MAX_ITERATIONS, Status.CONVERGED,
-                         Status.CONVERGED, Status.CONVERGED]),
-        inner_converged=np.array([True, True, False, True, True]),
-        hessian_pd=np.array([True, True, True, False, True]),
+                         Status.CONVERGED, Status.CONVERGED, Status.CONVERGED]),
+        inner_converged=np.array([True, True, False, True, True, True]),
+        hessian_pd=np.array([True, True, True, False, True, False]),
     )
     setup = types.SimpleNamespace(has_dispersion=False)
-    result = _batch._assemble(design, family, list(range(6)), reasons, usable, out, "Laplace",
+    result = _batch._assemble(design, family, list(range(7)), reasons, usable, out, "Laplace",
                               8, 1, setup, None)
     status = list(result.models["status"])
     assert status[0] == "converged"
@@ -48,7 +51,8 @@ def test_each_failure_has_its_reason():
     assert status[3].startswith("Hessian not positive definite at the optimum")
     assert status[4] == "non-finite objective at the optimum"
     assert status[5] == reasons[5]
-    assert list(result.converged) == [True, False, False, False, False, False]
+    assert status[6].startswith("non-finite Hessian at the optimum")
+    assert list(result.converged) == [True] + [False] * 6
     assert np.isnan(result.fixef.iloc[5]).all()
 
 
