@@ -198,9 +198,11 @@ def _inner_tolerance(dtype) -> float:
 
 
 def _glmm_one(y, weights, setup) -> dict:
-    # Forward-over-reverse Hessian: a batch pays its run time many times, its
-    # compilation once (see glmmjax._glmm_fit._hessian_value_factor).
-    out = glmm_pipeline(y, weights, setup, forward_hessian=False)
+    # Forward-over-forward Hessian. Forward-over-reverse (chosen before for run time)
+    # gave a NaN Hessian for every model of a vmapped batch of 4 or more (8 NB2 or
+    # Poisson random-slope GLMMs, 200 rows: all flagged, no standard errors), while 2
+    # models or a single fit were fine; tests/test_batch_status.py checks the batch.
+    out = glmm_pipeline(y, weights, setup, forward_hessian=True)
     decrement = mode_decrement(out["params"], out["v"], y, weights, setup)
     return dict(
         params=out["params"], beta=out["beta"], beta_cov=out["beta_cov"], value=out["value"],

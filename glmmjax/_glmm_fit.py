@@ -137,7 +137,9 @@ def _hessian_value_factor(objective, params, forward: bool):
     compiles about 1.5 s faster and traces 0.5 s faster (the reverse pass turns gathers
     into scatters, slow to compile on CPU) but runs 0.1 s (XLA's default emitters) to
     0.2 s (classic emitters) slower; the run time grows with rows·k², so large models
-    and batches use forward over reverse.
+    use forward over reverse. Batches use forward over forward: vmapped over 4 or more
+    models, forward over reverse gave a NaN Hessian for every model (issue 19; see
+    glmmjax._batch._glmm_one).
     """
     def value_aux(q):
         value, factor = objective(q)
@@ -168,7 +170,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
 
     ``forward_hessian``: how the final Hessian is formed (see
     :func:`_hessian_value_factor`); None chooses by the model's size. Batches
-    (``fit_many``) pass False: there the run time counts, not the compile time.
+    (``fit_many``) pass True (see :func:`_hessian_value_factor`).
 
     ``with_cond_cov=False`` leaves out the conditional covariances of the random
     effects (``glmer`` computes them on request with :func:`conditional_covariances`,

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import pytest
 
 import glmmjax
 from glmmjax import _batch
@@ -89,3 +90,24 @@ def _decrements(make_setup, mode_decrement, GLMMData, conditional_mode):
                 mode_decrement(params, v + 0.1, y, w, setup))
 
     return [float(d) for d in decrements(params)]
+
+
+@pytest.mark.slow
+def test_general_path_batches_have_finite_standard_errors_equal_to_single_fits():
+    # A batch of 8 random-slope GLMMs had a NaN Hessian (so no SEs, every model flagged)
+    # with the forward-over-reverse Hessian; 2 models did not show it.
+    rng = np.random.default_rng(1)
+    levels, per_level, k = 20, 10, 8
+    g = np.repeat(np.arange(levels), per_level)
+    t = np.tile(np.arange(per_level), levels).astype(float)
+    data = pd.DataFrame({"g": [f"g{i}" for i in g], "t": t})
+    Y = np.empty((len(data), k))
+    for j in range(k):
+        b = rng.normal(0, [0.5, 0.1], (levels, 2))
+        Y[:, j] = rng.poisson(np.exp(1.0 + 0.1 * t + b[g, 0] + b[g, 1] * t))
+    batch = glmmjax.fit_many("~ t + (t | g)", data, Y, family="poisson", chunk_size=8)
+    assert batch.converged.all(), batch.models["status"].tolist()
+    for j in (0, 5):
+        alone = glmmjax.glmer("y ~ t + (t | g)", data.assign(y=Y[:, j]), family="poisson")
+        np.testing.assert_allclose(batch.fixef.iloc[j], alone.fixef, rtol=1e-6)
+        np.testing.assert_allclose(batch.fixef_se.iloc[j], alone.fixef_se, rtol=1e-4)
