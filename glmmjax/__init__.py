@@ -23,6 +23,8 @@ _LAZY = {
     "fit_datasets": "._batch",
     "fit_many": "._batch",
     "p_adjust_bh": "._batch",
+    "gather_batches": "._distributed",
+    "process_share": "._distributed",
     "BootstrapResult": "._bootstrap",
     "confusion_matrix": "._classification",
     "plot_roc": "._classification",
@@ -65,6 +67,8 @@ __all__ = [
     "fit_datasets",
     "fit_many",
     "p_adjust_bh",
+    "gather_batches",
+    "process_share",
     "GLMConvergenceWarning",
     "GLMMResult",
     "GLMMPartsResult",
@@ -118,6 +122,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._classification import confusion_matrix, plot_roc, roc_auc, roc_curve
     from ._design import DataError
     from ._diagnostics import ScaledResiduals
+    from ._distributed import gather_batches, process_share
     from ._formula import FormulaError, parse_formula
     from ._glm import GLMConvergenceWarning, SeparationWarning, glm
     from ._glm_result import GLMResult

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import os
 
 import equinox as eqx
 import jax
@@ -25,6 +24,8 @@ from jax.sharding import Mesh, PartitionSpec
 from ._batch_inference import between_within_df, check_batch_ddf
 from ._batch_inference import describe as describe_ddf
 from ._batch_inference import p_values as batch_p_values
+from ._batch_memory import MemoryEstimate
+from ._batch_memory import plan as plan_memory
 from ._blas import single_threaded_blas
 from ._cov_structures import term_structures
 from ._covariance import canonical_theta, initial_theta
@@ -33,7 +34,7 @@ from ._families import Family, Gaussian, get_family
 from ._formula import parse_formula
 from ._glmm_batch import applies as scalar_path_applies
 from ._glmm_batch import fit_scalar, make_scalar_setup
-from ._glmm_fit import glmm_pipeline, make_setup
+from ._glmm_fit import glmm_pipeline, make_setup, mode_decrement
 from ._jit import batch_program
 from ._linalg import solve_triangular
 from ._lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
@@ -60,6 +61,11 @@ class BatchResult:
             model failed).
         theta: (K, n_theta) array; ``fixef``/``fixef_se``: (K, p) DataFrames.
         inference: how the p-values were computed (``fit_many``'s ``ddf``).
+        chunk_size, n_devices, n_processes: how the batch ran (``n_devices`` counts
+            every process's devices).
+        memory: the :class:`~glmmjax._batch_memory.MemoryEstimate` that chose the
+            chunk size (estimated bytes per model and per device, memory available);
+            printed in the repr.
     """
 
     coefficients: pd.DataFrame
@@ -71,6 +77,8 @@ class BatchResult:
     inference: str
     chunk_size: int
     n_devices: int
+    n_processes: int = 1
+    memory: MemoryEstimate | None = None
 
     def __len__(self) -> int:
         return len(self.models)
@@ -89,8 +97,9 @@ class BatchResult:
             ("converged", f"{converged:,} of {n:,}"
              + (f" ({plural(failed, 'model')} flagged: see .models['status'])" if failed else "")),
             ("chunks", f"{self.chunk_size:,} models per chunk on "
-                       f"{plural(self.n_devices, 'device')}"),
-        ])
+                       f"{plural(self.n_devices, 'device')}"
+                       + (f" in {self.n_processes} processes" if self.n_processes > 1 else "")),
+        ] + ([("memory", str(self.memory))] if self.memory is not None else []))
 
     def _repr_html_(self) -> str:
         from ._display import html_summary
@@ -182,16 +191,26 @@ def _satterthwaite_df(model, varpar):
     return jnp.diagonal(vcov) ** 2 / jnp.sum(g * h_inv_g, axis=0)
 
 
+def _inner_tolerance(dtype) -> float:
+    """The largest inner Newton decrement taken for a found mode: 1e-6 in the deviance's
+    units for float64 (the Laplace value is then off by about that much, far below the
+    criterion's tolerance), a multiple of the machine epsilon where that is coarser."""
+    return max(1e-6, 1e5 * float(np.finfo(np.dtype(dtype)).eps))
+
+
 def _glmm_one(y, weights, setup) -> dict:
-    # Forward-over-reverse Hessian: a batch pays its run time many times, its
-    # compilation once (see glmmjax._glmm_fit._hessian_value_factor).
-    out = glmm_pipeline(y, weights, setup, forward_hessian=False)
+    # Forward-over-forward Hessian. Forward-over-reverse (chosen before for run time)
+    # gave a NaN Hessian for every model of a vmapped batch of 4 or more (8 NB2 or
+    # Poisson random-slope GLMMs, 200 rows: all flagged, no standard errors), while 2
+    # models or a single fit were fine; tests/test_batch_status.py checks the batch.
+    out = glmm_pipeline(y, weights, setup, forward_hessian=True)
+    decrement = mode_decrement(out["params"], out["v"], y, weights, setup)
     return dict(
         params=out["params"], beta=out["beta"], beta_cov=out["beta_cov"], value=out["value"],
         status=out["status"], iterations=out["iterations"],
         grad_max=jnp.max(jnp.abs(out["grad"])),
         hessian_pd=jnp.all(jnp.linalg.eigvalsh(0.5 * (out["hessian"] + out["hessian"].T)) > 0),
-        inner_converged=jnp.ones((), bool),
+        inner_converged=jnp.isfinite(decrement) & (decrement <= _inner_tolerance(y.dtype)),
     )
 
 
@@ -284,18 +303,6 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[s
     return reasons
 
 
-def _auto_chunk(n_models: int, n_obs: int, rest: int, n_devices: int, cap: int = 4096) -> int:
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = 8 * 2**30
-    per_model = 8 * (60 * n_obs + 12 * rest * rest) + 1
-    chunk = int(max(1, min(n_models, 0.2 * memory // per_model, cap)))
-    # Equal chunks rather than full ones and a short, padded last one.
-    chunk = int(np.ceil(n_models / np.ceil(n_models / chunk)))
-    return int(np.ceil(chunk / n_devices) * n_devices)
-
-
 def fit_many(
     formula: str,
     data: pd.DataFrame,
@@ -314,6 +321,7 @@ def fit_many(
     ziformula: str | None = None,
     dispformula: str | None = None,
     relmat: dict | None = None,
+    distributed: bool = False,
 ) -> BatchResult:
     """Fit one mixed-model structure to many responses that share the design.
 
@@ -326,8 +334,12 @@ def fit_many(
             trials; counts for Poisson and negative binomial).
         family: None for linear mixed models (REML unless ``reml=False``), else a GLMM
             family fitted by Laplace (or AGQ with ``n_agq > 1``).
-        chunk_size: models per compiled call (default: chosen from the problem size
-            and the machine's memory; a multiple of the device count).
+        chunk_size: models per compiled call (a multiple of the device count). None
+            (default): chosen from an estimate of each model's working memory (from n,
+            the terms' sizes and levels, the precision) and the memory available (the
+            GPU's, or the host's on the CPU): a chunk takes at most a fifth of it per
+            device and 4,096 models. The estimate is recorded in ``BatchResult.memory``
+            and shown in its repr; see ``glmmjax._batch_memory`` and docs/batches.md.
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
@@ -344,6 +356,12 @@ def fit_many(
             those parts are named ``zi~name`` and ``d~name``.
         relmat: known relatedness ``{"animal": K}`` for a term ``(1 | animal)``, as
             :func:`glmmjax.lmer`; K's factor is computed once for all responses.
+        distributed: split the models over the processes of ``jax.distributed`` (call
+            ``jax.distributed.initialize()`` first, on every process, and call
+            ``fit_many`` on every process with the same arguments): each process fits
+            the models of :func:`glmmjax.process_share` on its local devices, then the
+            results are gathered (:func:`glmmjax.gather_batches`), so every process
+            returns the whole batch, equal to a single-process run.
 
     Returns:
         A :class:`BatchResult`. Models whose response is unusable (non-finite values,
@@ -376,10 +394,18 @@ def fit_many(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if not isinstance(distributed, (bool, np.bool_)):
+        raise ValueError(f"distributed must be True or False, got {distributed!r}")
     design = _design_for(formula, data, weights, offset, relmat)
     if family is None:
         check_lmm_design(design)
     Y_all, names = _response_matrix(responses, data)
+    if distributed:
+        from ._distributed import process_share
+
+        # Each process its share; the models keep their names (positions) of the whole.
+        share = process_share(len(names))
+        Y_all, names = Y_all[:, share], names[share]
     positions = data.index.get_indexer(design.rows)
     Y = Y_all[positions]
     reasons = _check_models(Y, family, design.rows, design.weights)
@@ -408,7 +434,7 @@ def fit_many(
             Y_fit = Y - design.offset[:, None]
             if rotation is not None:
                 Y_fit = rotation[1].T @ np.where(np.isfinite(Y_fit), Y_fit, 0.0)
-            rest = structure.rest_size
+            shape = ("lmm", n, structure.sizes, structure.n_levels, structure.rest_size)
             method = "REML" if reml else "ML"
         elif scalar_path_applies(design, family, n_agq):
             # One scalar term (e.g. (1 | g)): Newton with exact Hessians, a few uniform
@@ -417,21 +443,28 @@ def fit_many(
             fn = _sharded(_glmm_scalar_one, devices)
             extra = (jnp.asarray(design.weights, dtype), setup)
             Y_fit = Y
-            rest = p + 1
+            shape = ("scalar", n, (1,), (design.terms[0].n_levels,), p + 1)
             method = "Laplace"
         else:
             setup = make_setup(design, family, n_agq, dtype)
             fn = _sharded(_glmm_one, devices)
             extra = (jnp.asarray(design.weights, dtype), setup)
             Y_fit = Y
-            rest = setup.inner.rest_size
+            shape = ("general", n, setup.inner.sizes, setup.inner.n_levels,
+                     setup.inner.rest_size)
             method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
-        if chunk_size is None:
-            chunk_size = _auto_chunk(max(len(usable), 1), n, rest, devices)
-        chunk_size = int(np.ceil(int(chunk_size) / devices) * devices)
-        outputs = _run_chunks(fn, Y_fit, usable, chunk_size, extra, dtype, progress)
-    return _assemble(design, family, names, reasons, usable, outputs, method, chunk_size,
-                     devices, setup if family is not None else None, ddf)
+        n_theta = sum(c.n_params for c in term_structures(design.terms))
+        memory = plan_memory(len(usable), *shape, n_theta, np.dtype(dtype).itemsize, devices,
+                             chunk_size, jax.local_devices()[0])
+        outputs = _run_chunks(fn, Y_fit, usable, memory.chunk_size, extra, dtype, progress)
+    result = _assemble(design, family, names, reasons, usable, outputs, method,
+                       memory.chunk_size, devices, setup if family is not None else None, ddf)
+    result = dataclasses.replace(result, memory=memory)
+    if distributed:
+        from ._distributed import gather_batches
+
+        return gather_batches(result)
+    return result
 
 
 def _cpu_blas_limit():
@@ -514,17 +547,24 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
         converged[idx] = ok & np.isfinite(value[idx])
         inner_ok = out.get("inner_converged", np.ones(len(idx), bool))
         hessian_pd = out.get("hessian_pd", np.ones(len(idx), bool))
+        # A NaN Hessian also fails the positive-definiteness test; say which it was.
+        cov_finite = np.isfinite(out["beta_cov"]).all(axis=(1, 2))
         for j, k in enumerate(idx):
             if not converged[k]:
                 code = Status(int(codes[j]))
                 if code != Status.CONVERGED:
                     status[k] = code.describe()
                 elif not inner_ok[j]:
-                    status[k] = "the conditional modes (inner Newton) did not converge"
+                    status[k] = ("the conditional modes (inner Newton) did not converge: "
+                                 "the Laplace value is not at the mode")
+                elif not cov_finite[j]:
+                    status[k] = ("non-finite Hessian at the optimum: no standard errors "
+                                 "(the estimates themselves are the optimizer's)")
                 elif not hessian_pd[j]:
-                    status[k] = "Hessian not positive definite"
+                    status[k] = ("Hessian not positive definite at the optimum: standard "
+                                 "errors unreliable (a variance at zero, or a flat direction)")
                 else:
-                    status[k] = "non-finite objective"
+                    status[k] = "non-finite objective at the optimum"
             else:
                 status[k] = "converged"
     if design.dropped_fixef:

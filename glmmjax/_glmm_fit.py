@@ -29,7 +29,14 @@ from ._laplace import (
 )
 from ._linalg import solve_triangular
 from ._optimize import Solution, minimize
-from ._pirls import GLMMData, hessian_factor, inner_size, linear_predictor
+from ._pirls import (
+    GLMMData,
+    half_gradient,
+    hessian_factor,
+    inner_size,
+    linear_predictor,
+    solve_inner,
+)
 from ._progress import noted
 from ._structure import ReStructure, build_structure
 
@@ -130,7 +137,9 @@ def _hessian_value_factor(objective, params, forward: bool):
     compiles about 1.5 s faster and traces 0.5 s faster (the reverse pass turns gathers
     into scatters, slow to compile on CPU) but runs 0.1 s (XLA's default emitters) to
     0.2 s (classic emitters) slower; the run time grows with rows·k², so large models
-    and batches use forward over reverse.
+    use forward over reverse. Batches use forward over forward: vmapped over 4 or more
+    models, forward over reverse gave a NaN Hessian for every model (issue 19; see
+    glmmjax._batch._glmm_one).
     """
     def value_aux(q):
         value, factor = objective(q)
@@ -161,7 +170,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
 
     ``forward_hessian``: how the final Hessian is formed (see
     :func:`_hessian_value_factor`); None chooses by the model's size. Batches
-    (``fit_many``) pass False: there the run time counts, not the compile time.
+    (``fit_many``) pass True (see :func:`_hessian_value_factor`).
 
     ``with_cond_cov=False`` leaves out the conditional covariances of the random
     effects (``glmer`` computes them on request with :func:`conditional_covariances`,
@@ -285,6 +294,30 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     if with_cond_cov:
         out["cond_cov"] = _cond_cov_from_factor(theta, factor, setup.outer)
     return out
+
+
+def mode_decrement(params, v, y, weights, setup: GLMMSetup):
+    """The inner Newton decrement g'H⁻¹g (g, H: half gradient and Hessian of the
+    penalized deviance in the random effects) at a fit's final ``params`` and mode ``v``.
+
+    About zero when ``v`` is the conditional mode at ``params``, as the Laplace (or AGQ)
+    value assumes; the inner Newton stops without saying whether it got there (a cap on
+    iterations, a stalled step halving), so batches check its result afterwards. A
+    non-finite value means the Hessian in the random effects is not positive definite
+    there (possible for families with W < 0 on some rows).
+    """
+    n, p = setup.X.shape
+    empty = jnp.zeros((n, 0), setup.X.dtype)
+    if setup.n_agq == 0:  # β is inner: it is part of v
+        data = GLMMData(setup.inner, empty, setup.X, y, weights, setup.offset, setup.family)
+        theta, beta, log_disp = unpack(params, setup.n_theta, 0)
+    else:
+        data = GLMMData(setup.outer, setup.X, empty, y, weights, setup.offset, setup.family)
+        theta, beta, log_disp = unpack(params, setup.n_theta, p)
+    dispersion = dispersion_value(log_disp, data)
+    grad = half_gradient(v, theta, beta, dispersion, data)
+    factor = hessian_factor(v, theta, beta, dispersion, data)
+    return jnp.dot(grad, solve_inner(data.structure, factor, grad))
 
 
 def _cond_cov_from_factor(theta, factor, outer: ReStructure) -> list:

@@ -160,7 +160,7 @@ def hessian_factor(v, theta, beta, dispersion, data: GLMMData, positive: bool = 
     return factorize(theta, cross_products(s, w, layout), s)
 
 
-def _solve(s: ReStructure, factor, rhs):
+def solve_inner(s: ReStructure, factor, rhs):
     """Solve Ω·x = rhs for a flat rhs laid out like the inner variable."""
     m0, S0 = s.n_levels[0], s.sizes[0]
     rhs_first = rhs[: m0 * S0].reshape(m0, S0)
@@ -243,7 +243,7 @@ def _newton(theta, beta, dispersion, data: GLMMData, v0):
         trial = state.v + state.t * state.step
         value, grad, factor = evaluate(trial)
         ok = jnp.isfinite(value) & (first | (value <= state.value))
-        step = -_solve(s, factor, grad)
+        step = -solve_inner(s, factor, grad)
         # Newton decrement (squared), a scale-free measure of distance to the mode.
         decrement = -jnp.dot(grad, step)
         stalled = ~first & (jnp.abs(state.value - value) <= 1e-14 * (1 + jnp.abs(value)))
@@ -307,7 +307,7 @@ def _at_mode_jvp(primals, tangents):
         (t_theta, t_beta, t_disp, t_dynamic),
     )
     factor = hessian_factor(v, theta, beta, dispersion, data)
-    return v, -_solve(data.structure, factor, mixed)
+    return v, -solve_inner(data.structure, factor, mixed)
 
 
 def conditional_mode(theta, beta, dispersion, data: GLMMData, v0):

@@ -93,9 +93,9 @@ def test_auto_chunks_are_equal_and_capped():
 
 
 def _auto(n_models, cap):
-    from glmmjax._batch import _auto_chunk
+    from glmmjax._batch_memory import choose_chunk_size
 
-    return _auto_chunk(n_models, 100, 4, 1, cap)
+    return choose_chunk_size(n_models, per_model=50_000, n_devices=1, available=2**33, cap=cap)
 
 
 def test_a_long_chunk_stops_on_ctrl_c():
