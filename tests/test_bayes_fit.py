@@ -203,6 +203,7 @@ SBC_PRIORS = {
 }
 
 
+@pytest.mark.slow  # ~10 s idle of NUTS over many replicates
 def test_posterior_intervals_are_calibrated():
     """Simulation-based calibration (Cook, Gelman & Rubin 2006; Talts et al. 2018):
     truths from the prior, data from the model given them, a posterior per data set by

@@ -140,6 +140,7 @@ def test_jit_equals_eager(name):
             )
 
 
+@pytest.mark.slow  # ~9 s idle; data gradients (y, X, weights, offset) stay fast in test_differentiable.py
 def test_derivative_in_the_response_matches_finite_differences():
     """The criterion's rule also handles tangents in the data (plain autodiff there)."""
     structure, weights, X, y, theta = _arrays("sleepstudy")
