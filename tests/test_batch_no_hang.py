@@ -60,9 +60,9 @@ def test_fit_many_of_200_nb2_random_slope_models_returns():
     out = _run(NB_SLOPE_WORKLOAD.format(K=200, n=500, G=50), timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     words = out.stdout.split()
-    # Every model keeps its row, a status and its estimates. (How many are flagged
-    # "Hessian not positive definite" depends on the chunk size today: see issue 16's
-    # closing note.)
+    # Every model keeps its row, a status and its estimates. (Batches of 4+ general-path
+    # models used to get all-NaN Hessians, flagging them all; fixed by the batch's
+    # forward-over-forward Hessian, tests/test_batch_status.py.)
     assert words == ["models", "200", "with_status", "200", "finite", "200"], out.stdout
 
 
