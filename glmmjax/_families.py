@@ -70,10 +70,11 @@ def _float(x):
     return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
-def _row_list(rows, bad: np.ndarray) -> list:
-    # .tolist(): plain Python numbers in messages, never np.int64(3)
+def _row_list(rows, bad: np.ndarray) -> str:
+    """The first five row labels as "[0, 1, 2, 3, 4, ...]" (plain Python values: never
+    np.int64(3), and no quoted '...')."""
     labels = (np.asarray(rows)[bad[:5]] if rows is not None else bad[:5]).tolist()
-    return labels + (["..."] if bad.size > 5 else [])
+    return "[" + ", ".join([repr(v) for v in labels] + (["..."] if bad.size > 5 else [])) + "]"
 
 
 def _plain(value):

@@ -606,3 +606,10 @@ def test_bayes_extra_installs_arviz():
         "optional-dependencies"]
     assert any(req.startswith("arviz") for req in extras["bayes"])
     assert any(req.startswith("numpyro") for req in extras["bayes"])
+
+
+def test_many_bad_rows_are_listed_without_a_quoted_ellipsis():
+    data = pd.DataFrame({"y": [-1.0] * 8, "x": np.arange(8.0)})
+    with pytest.raises(glmmjax.DataError) as err:
+        glmmjax.glm("y ~ x", data, family="poisson")
+    assert "rows [0, 1, 2, 3, 4, ...]" in str(err.value) and "'...'" not in str(err.value)
