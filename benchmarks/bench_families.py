@@ -39,13 +39,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
+from _runs import python_worker, r_results
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "tests" / "reference"
@@ -132,11 +130,7 @@ def _worker(name: str) -> None:
 
 def _python(name: str) -> dict:
     # This checkout's glmmjax, whatever else is installed.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    done = subprocess.run([sys.executable, __file__, "--worker", name], stdout=subprocess.PIPE,
-                          text=True, check=True, env=env)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return python_worker(__file__, name, ROOT)
 
 
 def _glmmtmb(names) -> dict:
@@ -157,19 +151,7 @@ def _glmmtmb(names) -> dict:
             "t1 <- proc.time()[['elapsed']]",
             f"cat(sprintf('RESULT %s %.6f %.10f\\n', '{name}', t1 - t0, -2 * as.numeric(logLik(f))))",
         ]
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as script:
-        script.write("\n".join(lines) + "\n")
-    try:
-        done = subprocess.run(["Rscript", script.name], cwd=REFERENCE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, check=True)
-    finally:
-        os.unlink(script.name)
-    out = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            _, name, seconds, deviance = line.split()
-            out[name] = (float(seconds), float(deviance))
-    return out
+    return r_results(lines, REFERENCE)
 
 
 def main() -> None:

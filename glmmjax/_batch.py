@@ -222,6 +222,13 @@ def _glmm_scalar_one(y, weights, setup) -> dict:
 
 
 @functools.cache
+def _stacked(fn):
+    """``fn`` vmapped over the leading axis of every argument (stacked datasets), one
+    compiled program per structure across calls of ``fit_datasets``."""
+    return batch_program(jax.vmap(fn))
+
+
+@functools.cache
 def _sharded(fn, n_devices: int):
     """vmap ``fn`` over the leading axis of its first argument; split over devices.
 
@@ -757,7 +764,7 @@ def fit_datasets(
                               satterthwaite=ddf == "satterthwaite")
             with _cpu_blas_limit():
                 out = wait_interruptibly(
-                    batch_program(jax.vmap(_lmm_one))(jnp.asarray(Y, dtype), setup))
+                    _stacked(_lmm_one)(jnp.asarray(Y, dtype), setup))
             method = "REML" if reml else "ML"
         else:
             setups = [make_setup(dataclasses.replace(d, terms=t), family, n_agq, dtype)
@@ -766,7 +773,7 @@ def fit_datasets(
             outer = _stack_structures(term_lists, 0)
             setup = _stacked_glmm_setup(setups, X, offsets, inner, outer, dtype)
             with _cpu_blas_limit():
-                out = wait_interruptibly(batch_program(jax.vmap(_glmm_one))(
+                out = wait_interruptibly(_stacked(_glmm_one)(
                     jnp.asarray(Y, dtype), jnp.asarray(W, dtype), setup
                 ))
             method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")

@@ -33,18 +33,13 @@ from ._blas import single_threaded_blas
 _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def program(fun):
-    """Jit ``fun`` (equinox's filtering) with :data:`_CPU_OPTIONS` on the CPU backend.
-
-    A jaxlib that does not know an option rejects the compilation before anything runs;
-    the program is then compiled with XLA's defaults (and stays so).
-    """
-    plain = eqx.filter_jit(fun)
-    tuned = eqx.filter_jit(fun, compiler_options=_CPU_OPTIONS)
+def _prefer_cpu_options(plain, tuned):
+    """Call ``tuned`` (compiled with :data:`_CPU_OPTIONS`) on the CPU backend, ``plain``
+    elsewhere, and ``plain`` for good once a jaxlib rejects an option."""
     usable = [True]
 
     def run(*args, **kwargs):
-        if not usable[0]:
+        if jax.default_backend() != "cpu" or not usable[0]:
             return plain(*args, **kwargs)
         try:
             return tuned(*args, **kwargs)
@@ -54,10 +49,22 @@ def program(fun):
             usable[0] = False
             return plain(*args, **kwargs)
 
+    return run
+
+
+def program(fun):
+    """Jit ``fun`` (equinox's filtering) with :data:`_CPU_OPTIONS` on the CPU backend.
+
+    A jaxlib that does not know an option rejects the compilation before anything runs;
+    the program is then compiled with XLA's defaults (and stays so).
+    """
+    run = _prefer_cpu_options(eqx.filter_jit(fun),
+                              eqx.filter_jit(fun, compiler_options=_CPU_OPTIONS))
+
     @functools.wraps(fun)
     def call(*args, **kwargs):
         if jax.default_backend() != "cpu":
-            return plain(*args, **kwargs)
+            return run(*args, **kwargs)
         with single_threaded_blas():
             # Dispatch is asynchronous: wait for the results inside the limit.
             return jax.block_until_ready(run(*args, **kwargs))
@@ -89,22 +96,13 @@ def batch_program(fun):
     def split_call(dynamic, static):
         return fun(*eqx.combine(dynamic, static.tree))
 
-    plain = jax.jit(split_call, static_argnums=1)
-    tuned = jax.jit(split_call, static_argnums=1, compiler_options=_CPU_OPTIONS)
-    usable = [True]
+    run = _prefer_cpu_options(
+        jax.jit(split_call, static_argnums=1),
+        jax.jit(split_call, static_argnums=1, compiler_options=_CPU_OPTIONS))
 
     @functools.wraps(fun)
     def call(*args):
         dynamic, static = eqx.partition(args, eqx.is_array)
-        static = _Static(static)
-        if jax.default_backend() != "cpu" or not usable[0]:
-            return plain(dynamic, static)
-        try:
-            return tuned(dynamic, static)
-        except jax.errors.JaxRuntimeError as error:
-            if "compile option" not in str(error):
-                raise
-            usable[0] = False
-            return plain(dynamic, static)
+        return run(dynamic, _Static(static))
 
     return call

@@ -22,7 +22,7 @@ from ._response_parts import (
     response_mean,
     zero_inflatable,
 )
-from ._results import _format_table
+from ._results import _format_table, add_random_effects
 
 PARTS = ("cond", "zi", "disp")
 _HEADINGS = {"cond": "Conditional model:", "zi": "Zero-inflation model:",
@@ -127,14 +127,8 @@ class GLMMPartsResult(GLMMResult):
 
     # -- predictions ----------------------------------------------------------------------
     def _part_eta(self, part: str, X, offset, term_parts, effects) -> np.ndarray:
-        eta = X @ self.params[self._part_slice(part)] + offset
-        for (refs, z), b in zip(term_parts, effects):
-            b = np.asarray(b)
-            known = refs >= 0
-            contribution = np.zeros(len(refs))
-            contribution[known] = np.sum(z[known] * b[refs[known]], axis=1)
-            eta = eta + contribution
-        return eta
+        return add_random_effects(X @ self.params[self._part_slice(part)] + offset,
+                                  term_parts, effects)
 
     def _predictors(self, newdata, include_re: bool, allow_new_levels: bool):
         """(η, ζ, log φ) on the fitting data or ``newdata``."""

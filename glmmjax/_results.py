@@ -112,6 +112,17 @@ class Convergence:
         )
 
 
+def add_random_effects(eta, term_parts, effects) -> np.ndarray:
+    """η plus Z·b, term by term; rows of a level unseen in the fit (ref −1) get none."""
+    for (refs, z), b in zip(term_parts, effects):
+        b = np.asarray(b)
+        known = refs >= 0
+        contribution = np.zeros(len(refs))
+        contribution[known] = np.sum(z[known] * b[refs[known]], axis=1)
+        eta = eta + contribution
+    return eta
+
+
 def _format_table(frame: pd.DataFrame) -> str:
     # Each column formatted as a whole (R's format), p-values as R's format.pval.
     return format_table(frame, stars=True)
@@ -306,14 +317,7 @@ class MixedModelResult:
 
     # -- fitted values and prediction -----------------------------------------------------
     def _linear_predictor(self, X, offset, term_parts) -> np.ndarray:
-        eta = X @ self.beta + offset
-        for (refs, z), b in zip(term_parts, self.effects):
-            b = np.asarray(b)
-            known = refs >= 0
-            contribution = np.zeros(len(refs))
-            contribution[known] = np.sum(z[known] * b[refs[known]], axis=1)
-            eta = eta + contribution
-        return eta
+        return add_random_effects(X @ self.beta + offset, term_parts, self.effects)
 
     def _to_response(self, eta):
         return eta if self.linear_predictor_fn is None else self.linear_predictor_fn(eta)
