@@ -168,6 +168,28 @@ def choose_glmm(design, family, n_agq: int, engine: str | None) -> str:
     return "host" if host else "jax"
 
 
+def choose_glm(family, engine: str | None) -> str:
+    """``"host"`` or ``"jax"`` for a GLM fit: the host engine's IRLS
+    (:mod:`glmmjax._glm_host`) on the CPU for the families it covers, whatever the size
+    (its passes over the rows are BLAS calls), the compiled program otherwise.
+
+    Raises:
+        ValueError: an unknown ``engine``, or ``engine="host"`` for a family it does not fit.
+    """
+    from ._glm_host import applies
+
+    check_engine(engine)
+    if engine == "host" and not applies(family):
+        raise ValueError(
+            "engine='host' fits GLMs of the built-in exponential families with a dispersion "
+            "that is 1, fixed or Pearson's (gaussian, binomial, poisson, gamma, "
+            f"inverse_gaussian, negative_binomial with theta given); this is {family}. "
+            "Use engine=None or 'jax'.")
+    if engine is not None:
+        return engine
+    return "host" if applies(family) and _default_backend() == "cpu" else "jax"
+
+
 def fit_glmm(design, family, n_agq: int, y, weights, engine: str, max_iter: int) -> GLMMFit:
     """Run the chosen GLMM engine."""
     if engine == "host":

@@ -1,0 +1,156 @@
+"""The host GLM engine (glmmjax._glm_host) against the compiled one.
+
+Kernel parity (every family and link it covers, against the families' JAX methods
+evaluated eagerly: fast, and a failure names the kernel) and whole-fit parity, host
+against ``engine="jax"`` (a few shapes fast, every family and link slow). Agreement with
+R is tested through ``glm()``'s default engine in test_glm.py.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import glmmjax
+from glmmjax import _glm_host
+from glmmjax.families import Binomial, Gamma, Gaussian, InverseGaussian, NegativeBinomial, Poisson
+
+CASES = [
+    (Gaussian, "identity"), (Gaussian, "log"), (Gaussian, "inverse"),
+    (Binomial, "logit"), (Binomial, "probit"), (Binomial, "cloglog"), (Binomial, "loglog"),
+    (Binomial, "cauchit"), (Binomial, "log"),
+    (Poisson, "log"), (Poisson, "sqrt"), (Poisson, "identity"),
+    (Gamma, "inverse"), (Gamma, "log"), (Gamma, "identity"),
+    (InverseGaussian, "1/mu^2"), (InverseGaussian, "log"), (InverseGaussian, "inverse"),
+    (NegativeBinomial, "log"), (NegativeBinomial, "sqrt"),
+]
+
+
+def make_family(cls, link):
+    return cls(theta=2.5, link=link) if cls is NegativeBinomial else cls(link=link)
+
+
+def case_id(case):
+    return f"{case[0].__name__}-{case[1]}"
+
+
+def simulate(family, n=80, seed=1):
+    """Data the family fits well with its link (a mean inside the link's domain)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, n)
+    name = type(family).__name__
+    if name == "Binomial":
+        p = np.clip(0.35 + 0.2 * x, 0.05, 0.95) * (0.6 if family.link.name == "log" else 1)
+        trials = rng.integers(1, 8, n).astype(float)
+        y = rng.binomial(trials.astype(int), p) / trials
+        return pd.DataFrame({"y": y, "x": x, "w": trials})
+    mean = 3.0 + x
+    if name == "Gaussian":
+        y = mean + 0.3 * rng.standard_normal(n)
+    elif name == "Poisson":
+        y = rng.poisson(mean).astype(float)
+    elif name == "NegativeBinomial":
+        y = rng.negative_binomial(2.5, 2.5 / (2.5 + mean)).astype(float)
+    elif name == "Gamma":
+        y = rng.gamma(4.0, mean / 4.0)
+    else:
+        y = rng.wald(mean, 20.0)
+    return pd.DataFrame({"y": y, "x": x, "w": np.ones(n)})
+
+
+def link_grid(family, mu):
+    return np.asarray(family.link.link(jnp.asarray(mu)))
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_kernels_equal_the_families_jax_methods(case):
+    family = make_family(*case)
+    data = simulate(family)
+    y, w = data["y"].to_numpy(), data["w"].to_numpy()
+    with jax.enable_x64(True):
+        # η over the family's mean space, tails included for the unit families.
+        mu = (np.linspace(1e-6, 1 - 1e-6, len(y)) if type(family).__name__ == "Binomial"
+              else np.linspace(0.2, 9.0, len(y)))
+        eta = link_grid(family, mu)
+        if family.link.name in ("logit", "probit", "cloglog", "loglog", "cauchit"):
+            eta = np.concatenate([eta[:-4], [-40.0, -12.0, 12.0, 40.0]])
+        point = _glm_host.evaluate(family, y, w, eta)
+        disp = getattr(family, "theta", None) or 1.0
+        j_eta = jnp.asarray(eta)
+        np.testing.assert_allclose(point.mu, family.link.inverse(j_eta), rtol=1e-12,
+                                   atol=1e-300, err_msg="mu")
+        np.testing.assert_allclose(point.mu_eta, family.link.mu_eta(j_eta), rtol=1e-10,
+                                   atol=1e-300, err_msg="mu_eta")
+        np.testing.assert_allclose(point.var, family.variance_eta(j_eta, disp), rtol=1e-10,
+                                   atol=1e-300, err_msg="variance")
+        deviance = float(jnp.sum(family.deviance_eta(jnp.asarray(y), j_eta, jnp.asarray(w),
+                                                     disp)))
+        np.testing.assert_allclose(point.deviance, deviance, rtol=1e-11, err_msg="deviance")
+        valid = bool(jnp.all(family.link.valid_eta(j_eta)
+                             & family.valid_mu(family.link.inverse(j_eta))))
+        assert point.valid == valid
+        np.testing.assert_allclose(_glm_host.initial_mean(family, y, w),
+                                   family.initialize(jnp.asarray(y), jnp.asarray(w)),
+                                   rtol=1e-14, err_msg="initialize")
+
+
+def test_invalid_steps_are_seen_as_invalid():
+    """A Poisson-identity step to a negative mean, a Gamma-inverse step through η = 0."""
+    y, w = np.array([1.0, 2.0]), np.ones(2)
+    assert not _glm_host.evaluate(Poisson(link="identity"), y, w, np.array([1.0, -0.5])).valid
+    assert not _glm_host.evaluate(Gamma(), y, w, np.array([1.0, 0.0])).valid
+    assert _glm_host.evaluate(Gamma(), y, w, np.array([1.0, 0.5])).valid
+
+
+def fit_both(family, data):
+    kwargs = dict(family=family, weights="w")
+    host = glmmjax.glm("y ~ x", data, engine="host", **kwargs)
+    compiled = glmmjax.glm("y ~ x", data, engine="jax", **kwargs)
+    return host, compiled
+
+
+def assert_same_fit(host, compiled):
+    np.testing.assert_allclose(host.coef, compiled.coef, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(host.vcov, compiled.vcov, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(host.deviance, compiled.deviance, rtol=1e-10)
+    np.testing.assert_allclose(host.null_deviance, compiled.null_deviance, rtol=1e-10)
+    np.testing.assert_allclose(host.loglik, compiled.loglik, rtol=1e-10)
+    np.testing.assert_allclose(host.dispersion, compiled.dispersion, rtol=1e-9)
+    assert host.iterations == compiled.iterations
+    assert host.converged and compiled.converged
+
+
+@pytest.mark.parametrize("case", [(Binomial, "logit"), (Gamma, "log")], ids=case_id)
+def test_whole_fits_equal_the_compiled_engine(case):
+    family = make_family(*case)
+    assert_same_fit(*fit_both(family, simulate(family)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_whole_fits_equal_the_compiled_engine_every_family(case):
+    family = make_family(*case)
+    assert_same_fit(*fit_both(family, simulate(family)))
+
+
+def test_engine_choice_and_bad_engine():
+    from glmmjax._engine import choose_glm
+
+    assert choose_glm(Binomial(), None) == "host"
+    assert choose_glm(NegativeBinomial(), None) == "jax"  # θ by maximum likelihood
+    assert choose_glm(glmmjax.families.Beta(), None) == "jax"
+    with pytest.raises(ValueError, match="engine='host' fits GLMs"):
+        choose_glm(NegativeBinomial(), "host")
+    with pytest.raises(ValueError, match="engine must be"):
+        choose_glm(Binomial(), "gpu")
+
+
+def test_non_convergence_is_reported_by_the_host_engine():
+    family = Poisson()
+    data = simulate(family)
+    with pytest.warns(glmmjax.ConvergenceWarning, match="did not converge in 1 iterations"):
+        fit = glmmjax.glm("y ~ x", data, family=family, max_iter=1, engine="host")
+    assert not fit.converged
