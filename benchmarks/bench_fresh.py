@@ -33,8 +33,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
+from _runs import fresh_process_env
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = {
     "verbagg": ("glmer", "verbagg",
@@ -73,9 +77,8 @@ def _worker(name: str) -> None:
 
 
 def _run(name: str, blas_threads: int | None) -> dict:
-    env = dict(os.environ)
-    if blas_threads:
-        env["OPENBLAS_NUM_THREADS"] = str(blas_threads)
+    env = fresh_process_env(ROOT, {"OPENBLAS_NUM_THREADS": str(blas_threads)}
+                            if blas_threads else None)
     done = subprocess.run([sys.executable, __file__, "--worker", name], env=env,
                           stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

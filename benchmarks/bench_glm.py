@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import fresh_process_env  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,8 +91,7 @@ def run_worker(path: str, n: int, p: int, engine: str) -> dict:
     done = subprocess.run(
         [sys.executable, __file__, "--worker", path, "--n", str(n), "--p", str(p),
          "--engine", engine],
-        stdout=subprocess.PIPE, text=True, check=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        stdout=subprocess.PIPE, text=True, check=True, env=fresh_process_env(ROOT))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
