@@ -23,7 +23,15 @@ from ._covariance import (
     varcorr_frame,
 )
 from ._design import Design, new_data_design
-from ._display import check_names, format_table, html_summary, plural, short_repr, with_r_aliases
+from ._display import (
+    check_names,
+    format_table,
+    html_summary,
+    plural,
+    short_repr,
+    show,
+    with_r_aliases,
+)
 from ._distributions import norm_sf
 from ._relmat import is_relatedness
 
@@ -66,7 +74,7 @@ def warn_if_not_converged(result, what: str) -> None:
     c = result.convergence
     warnings.warn(
         f"{what} did not converge: {c.message} (max|gradient| = {c.grad_max:.2e} after "
-        f"{c.iterations} iterations); the estimates are not a minimum of the criterion. "
+        f"{plural(c.iterations, 'iteration')}); the estimates are not a minimum of the criterion. "
         f"{c.advice}",
         ConvergenceWarning,
         stacklevel=user_stacklevel(),
@@ -107,8 +115,9 @@ class Convergence:
         if self.hessian_positive_definite is not None:
             hess = f", Hessian {'positive definite' if self.hessian_positive_definite else 'NOT positive definite'}"
         return (
-            f"{self.message} after {self.iterations} iterations "
-            f"({self.n_evaluations} evaluations), max|gradient| = {self.grad_max:.2e}{hess}"
+            f"{self.message} after {plural(self.iterations, 'iteration')} "
+            f"({plural(self.n_evaluations, 'evaluation')}), "
+            f"max|gradient| = {self.grad_max:.2e}{hess}"
         )
 
 
@@ -431,7 +440,7 @@ class MixedModelResult:
         from . import _profile
 
         if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
+            raise ValueError(f"level must be in (0, 1), got {show(level)}")
         check_names(names)
         key = str(method).lower()
         if key == "profile":
