@@ -25,6 +25,7 @@ from ._covariance import (
 from ._design import Design, new_data_design
 from ._display import (
     check_names,
+    format_column,
     format_table,
     html_summary,
     plural,
@@ -682,9 +683,7 @@ class MixedModelResult:
                 )
         if self.scale is not None:
             rows.append(("Residual", "", self.scale**2, self.scale, ""))
-        frame = pd.DataFrame(rows, columns=["Groups", "Name", "Variance", "Std.Dev.", "Corr"])
-        text = frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-        return "\n".join(line.rstrip() for line in text.splitlines())
+        return variance_table(rows)
 
     def _criterion_text(self) -> str:
         if self.method == "REML":
@@ -715,6 +714,26 @@ class MixedModelResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def variance_table(rows) -> str:
+    """lme4's random-effects table: Groups and Name left-aligned, Variance and Std.Dev.
+    each formatted as a column (R's ``format(digits = 4)``: one number of decimals per
+    column), the correlations left-aligned so that their lower triangle lines up."""
+    header = ("Groups", "Name", "Variance", "Std.Dev.", "Corr")
+    groups, names, variances, sds, corrs = (list(col) for col in zip(*rows)) if rows else (
+        [], [], [], [], [])
+    columns = [[str(g) for g in groups], [str(n) for n in names],
+               format_column(variances, digits=4), format_column(sds, digits=4),
+               [str(c) if c else "" for c in corrs]]
+    widths = [max([len(h)] + [len(v) for v in col]) for h, col in zip(header, columns)]
+    aligns = (str.ljust, str.ljust, str.rjust, str.rjust, str.ljust)
+
+    def line(cells):
+        return " " + " ".join(align(c, w) for align, c, w in zip(aligns, cells, widths))
+
+    lines = [line(header)] + [line(cells) for cells in zip(*columns)]
+    return "\n".join(text.rstrip() for text in lines)
 
 
 def with_dropped_rows(table: pd.DataFrame, design) -> pd.DataFrame:

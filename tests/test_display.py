@@ -206,3 +206,22 @@ def test_zero_inflated_repr_is_short_and_names_its_parts():
     assert html.startswith("<div") and "Zero-inflation model:" in html
     text = fit.summary(names="r")
     assert "(Intercept)" in text and "Zero-inflation model:" in text and "np." not in text
+
+
+def test_variance_table_as_lme4_prints_it():
+    from glmmjax._results import variance_table
+
+    rows = [("Subject", "Intercept", 612.1, 24.741, ""),
+            ("", "Days", 35.07, 5.922, f"{0.066:6.3f}"),
+            ("", "x", 36.75, 6.062, f"{-0.114:6.3f} {0.058:6.3f}"),
+            ("Residual", "", 654.94, 25.592, "")]
+    # lme4: one number of decimals per column (format(digits = 4)), text left-aligned and
+    # the correlations' lower triangle in columns.
+    assert variance_table(rows).splitlines() == [
+        " Groups   Name      Variance Std.Dev. Corr",
+        " Subject  Intercept   612.10   24.741",
+        "          Days         35.07    5.922  0.066",
+        "          x            36.75    6.062 -0.114  0.058",
+        " Residual             654.94   25.592",
+    ]
+    assert " Residual             654.94   25.592" in _sleep().summary()
