@@ -48,3 +48,15 @@ def test_profile_confint_shows_progress(capsys):
     assert list(ci.index) == ["sigma", "Intercept"]
     err = capsys.readouterr().err
     assert "profiling" in err and "2/2" in err
+
+
+def test_zero_inflated_kernels_say_they_compile(capsys, monkeypatch):
+    # Every kernel of the zero-inflation/dispersion host fit is built by _cpu_jit (a
+    # first glmer(..., ziformula=) call compiles for seconds).
+    from glmmjax._parts_host import _cpu_jit
+
+    monkeypatch.setattr(_progress, "_LAST", {})
+    double = _cpu_jit(lambda x: 2 * x)
+    double(jnp.ones(5))
+    double(jnp.ones(5))
+    assert capsys.readouterr().err.count("compiling the zero-inflation/dispersion fit") == 1
