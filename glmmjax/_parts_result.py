@@ -208,6 +208,15 @@ class GLMMPartsResult(GLMMResult):
         return pd.Series(self.y - self.fitted().to_numpy(), index=self.design.rows,
                          name="residuals")
 
+    def plot_residuals(self, ax=None, type: str = "response"):
+        """Response residuals against fitted values (for DHARMa's simulated residuals,
+        which suit zero-inflated models, see :meth:`scaled_residuals`)."""
+        return super().plot_residuals(ax=ax, type=type)
+
+    def plot_qq(self, ax=None, type: str = "response"):
+        """Normal QQ plot of the response residuals."""
+        return super().plot_qq(ax=ax, type=type)
+
     def _draw_effects(self, rng, terms, theta) -> tuple:
         """New random effects b ~ N(0, ΛΛ') per level of each term."""
         from ._parts_host import _factors
