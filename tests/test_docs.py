@@ -7,8 +7,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -73,3 +75,27 @@ def test_a_page_per_capability_covers_it(page, must):
         assert piece in text, (page, piece)
     nav = (ROOT / "mkdocs.yml").read_text()
     assert page in nav, page
+
+
+_FENCE = re.compile(r"(?:<!-- docs-test: (.*?) -->\n)?```(\w*)\n(.*?)```", re.S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_docs_snippets_run(page):
+    """Each page's Python blocks run in order in one namespace, as a reader would run
+    them (blocks marked ``<!-- docs-test: skip (why) -->`` need several processes)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    pytest.importorskip("numpyro")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    namespace: dict = {"__name__": "docs"}
+    for number, match in enumerate(_FENCE.finditer((ROOT / "docs" / page).read_text())):
+        marker, language, text = match.groups()
+        if language != "python" or (marker or "").startswith("skip"):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exec(compile(text, f"{page} block {number}", "exec"), namespace)  # noqa: S102
+    plt.close("all")
