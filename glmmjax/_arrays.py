@@ -69,7 +69,8 @@ def _term(k: int, entry, n: int) -> ArrayTerm:
                 f"{bad[:5].tolist()} hold {refs[bad[:5]].tolist()}")
         refs = refs.astype(np.int32)
     if not isinstance(n_levels, (int, np.integer)) or n_levels < 1:
-        raise DataError(f"terms[{k}] n_levels must be a positive integer, got {n_levels!r}")
+        from ._display import show
+        raise DataError(f"terms[{k}] n_levels must be a positive integer, got {show(n_levels)}")
     return ArrayTerm(refs, z, int(n_levels))
 
 
@@ -97,9 +98,10 @@ def model_arrays(cls, X, y, terms, family, weights, offset, reml: bool, n_agq: i
         y_np, w_np = np.asarray(y, dtype=float), np.asarray(weights, dtype=float)
         family.prepare_response(y_np, w_np)
     if not isinstance(n_agq, (int, np.integer)) or isinstance(n_agq, bool) or n_agq < 1:
+        from ._display import show
         raise ValueError(
             f"n_agq must be a positive integer (1 = Laplace, > 1 = adaptive quadrature), "
-            f"got {n_agq!r}")
+            f"got {show(n_agq)}")
     if family is not None and n_agq > 1 and len(array_terms) > 1:
         raise ValueError(
             "n_agq > 1 (adaptive quadrature) needs a single random-effects term; use "

@@ -96,7 +96,7 @@ class BatchResult:
             ("tests", self.inference),
             ("converged", f"{converged:,} of {n:,}"
              + (f" ({plural(failed, 'model')} flagged: see .models['status'])" if failed else "")),
-            ("chunks", f"{self.chunk_size:,} models per chunk on "
+            ("chunks", f"{plural(self.chunk_size, 'model')} per chunk on "
                        f"{plural(self.n_devices, 'device')}"
                        + (f" in {self.n_processes} processes" if self.n_processes > 1 else "")),
         ] + ([("memory", str(self.memory))] if self.memory is not None else []))

@@ -61,10 +61,12 @@ class MemoryEstimate:
         return self.bytes_per_model * int(np.ceil(self.chunk_size / self.n_devices))
 
     def __str__(self) -> str:
+        from ._display import plural
+
         share = self.bytes_per_device / self.available if self.available else float("nan")
         part = "under 0.1%" if share < 0.001 else f"{share:.1%}"
         return (f"≈{_size(self.bytes_per_device)} per device for chunks of "
-                f"{self.chunk_size:,} models ({part} of {_size(self.available)} "
+                f"{plural(self.chunk_size, 'model')} ({part} of {_size(self.available)} "
                 f"{self.source})")
 
 

@@ -341,7 +341,7 @@ class BayesModel:
 
     def __repr__(self) -> str:
         # Short on purpose: the data arrays stay out of it.
-        from ._display import short_repr
+        from ._display import plural, short_repr
 
         design = self.model.design
         family = self.family
@@ -350,7 +350,7 @@ class BayesModel:
             ("family", f"{family.name} ({family.link.name})"),
             ("nobs", design.nobs),
             ("groups", ", ".join(f"{t.group} ({t.n_levels})" for t in design.terms) or None),
-            ("priors", f"{len(self.priors)} parameters (prior_table() lists them)"),
+            ("priors", f"{plural(len(self.priors), 'parameter')} (prior_table() lists them)"),
             ("ar1", None if self.ar1 is None else "AR(1) over the series index"),
         ])
 

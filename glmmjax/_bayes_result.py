@@ -560,7 +560,8 @@ class BayesResult:
             f"  Links: mu = {family.link.name}",
             f"Formula: {model.design.formula.text}",
             f"   Data: {model.design.nobs} observations",
-            f"  Draws: {self.num_chains} chains, each with iter = {self.num_warmup + self.num_samples}; "
+            f"  Draws: {plural(self.num_chains, 'chain')}, each with iter = "
+            f"{self.num_warmup + self.num_samples}; "
             f"warmup = {self.num_warmup}; thin = 1;",
             f"         total post-warmup draws = {draws}",
         ]
@@ -598,7 +599,7 @@ class BayesResult:
         model = self.bayes_model.model
         family = model.family
         groups = ", ".join(f"{t.group} ({t.n_levels})" for t in model.design.terms)
-        sampling = (f"{self.num_chains} chains × {self.num_samples} draws, "
+        sampling = (f"{plural(self.num_chains, 'chain')} × {plural(self.num_samples, 'draw')}, "
                     f"{plural(self.divergences, 'divergent transition')}, "
                     f"{self.seconds:.1f} s")
         return short_repr("BayesResult: NUTS (NumPyro)", [

@@ -112,7 +112,8 @@ def bootstrap(result, n: int = 1000, seed: int = 0, *, chunk_size=None, progress
               precision: str = "float64") -> BootstrapResult:
     """Parametric bootstrap: simulate ``n`` responses, refit them all in one batch."""
     if not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+        from ._display import show
+        raise ValueError(f"n must be an integer >= 2, got {show(n)}")
     design = result.design
     Y = simulate_responses(result, int(n), seed)
     data = design_frame(result)

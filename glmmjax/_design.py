@@ -9,6 +9,7 @@ Z is never built.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 
 import formulaic
@@ -441,16 +442,28 @@ def _check_new_levels(x_spec, newdata: pd.DataFrame) -> None:
     """A fixed-effect factor's level not seen in fitting has no coefficient: an error
     naming the column and the level (as R's predict), where formulaic would cast it to
     NaN and code it as the reference level."""
+    from ._display import show
+
     for factor, (kind, state) in getattr(x_spec, "encoder_state", {}).items():
-        if getattr(kind, "value", kind) != "categorical" or factor not in newdata.columns:
+        if getattr(kind, "value", kind) != "categorical":
+            continue
+        # ``C(x)`` and ``C(x, ...)`` read the column x (often a numeric one).
+        column = factor if factor in newdata.columns else _c_column(factor)
+        if column not in newdata.columns:
             continue
         known = list(state.get("categories", []))
-        values = newdata[factor].dropna()
+        values = newdata[column].dropna()
         unseen = pd.unique(values[~values.isin(known)])
         if len(unseen):
             raise DataError(
-                f"newdata column {factor!r} has level(s) {list(unseen)[:5]} not seen in "
-                f"fitting; the fixed effects know only {known[:10]}")
+                f"newdata column {column!r} has level(s) {show(list(unseen)[:5])} not seen "
+                f"in fitting; the fixed effects know only {show(known[:10])}")
+
+
+def _c_column(factor: str) -> str | None:
+    """The column read by a formulaic ``C(column, ...)`` factor, else None."""
+    match = re.fullmatch(r"C\(\s*([A-Za-z_][\w.]*)\s*(,.*)?\)", factor)
+    return match.group(1) if match else None
 
 
 def new_data_design(design: Design, newdata: pd.DataFrame, *, allow_new_levels: bool,

@@ -180,12 +180,18 @@ def plural(n: int, word: str, plural_word: str | None = None) -> str:
 
 
 def show(value) -> str:
-    """A number as a person writes it (no ``np.float64(...)`` in messages)."""
-    if isinstance(value, (np.generic,)):
+    """A value as a person writes it in a message: numbers without ``np.float64(...)``
+    (NumPy 2's repr of its scalars), strings quoted, lists and arrays element by
+    element."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple, pd.Index)):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):
         return f"{value:.6g}"
-    return repr(value) if isinstance(value, str) else str(value)
+    return repr(value)
 
 
 # -- short reprs and notebook HTML ---------------------------------------------------------

@@ -60,10 +60,12 @@ class OptSummary:
         return self.status == 0
 
     def __str__(self) -> str:
+        from ._display import plural
         from ._optimize import Status
 
         return (f"{self.optimizer}: {Status(self.status).describe()} after "
-                f"{self.iterations} iterations ({self.n_evaluations} evaluations), "
+                f"{plural(self.iterations, 'iteration')} "
+                f"({plural(self.n_evaluations, 'evaluation')}), "
                 f"objective {self.objective:.10g}, max|gradient| {self.grad_max:.2e}")
 
 

@@ -428,7 +428,8 @@ class StudentT(_LikelihoodFamily):
 
     def __init__(self, df: float | None = None, link: str | Link | None = None):
         if df is not None and not (np.isfinite(df) and df > 0):
-            raise ValueError(f"df must be a positive number or None (estimated), got {df!r}")
+            from ._display import show
+            raise ValueError(f"df must be a positive number or None (estimated), got {show(df)}")
         self.df = None if df is None else float(df)
         self.link = self._resolve_link(link)
 
@@ -505,9 +506,10 @@ class Tweedie(_LikelihoodFamily):
 
     def __init__(self, power: float | None = None, link: str | Link | None = None):
         if power is not None and not (np.isfinite(power) and 1.0 < power < 2.0):
+            from ._display import show
             raise ValueError(
                 f"the Tweedie power must be a number strictly between 1 and 2 (glmmTMB's "
-                f"tweedie), or None to estimate it; got {power!r}")
+                f"tweedie), or None to estimate it; got {show(power)}")
         self.power = None if power is None else float(power)
         self.link = self._resolve_link(link)
 

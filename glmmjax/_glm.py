@@ -618,9 +618,11 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             f"glm does not estimate the shape parameter of {fam} yet (glmer does); fix it, "
             "e.g. family=glmmjax.families.StudentT(df=5)")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        from ._display import show
+        raise ValueError(f"max_iter must be a positive integer, got {show(max_iter)}")
     if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol must be a positive number, got {tol!r}")
+        from ._display import show
+        raise ValueError(f"tol must be a positive number, got {show(tol)}")
     design = build_design(formula, data, weights=weights, offset=offset, numeric_response=False)
     if design.formula.random:
         raise FormulaError(

@@ -14,7 +14,16 @@ import numpy as np
 import pandas as pd
 
 from ._design import Design, new_data_design
-from ._display import check_names, format_table, html_summary, plural, short_repr, with_r_aliases
+from ._display import (
+    check_names,
+    format_column,
+    format_table,
+    html_summary,
+    plural,
+    short_repr,
+    show,
+    with_r_aliases,
+)
 from ._distributions import norm_ppf, norm_sf, t_ppf, t_sf
 from ._families import Family
 from ._glm import GLMFit
@@ -143,7 +152,7 @@ class GLMResult:
     # ---- tables -----------------------------------------------------------------------
     def _quantile(self, level: float) -> float:
         if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level}")
+            raise ValueError(f"level must be in (0, 1), got {show(level)}")
         upper = 0.5 + level / 2
         if self.uses_t:
             return float(t_ppf(upper, self.df_residual))
@@ -274,10 +283,16 @@ class GLMResult:
                      if np.isfinite(self.dispersion_se) else "")
             lines.append(f"({fam.dispersion_name} of the {fam.name} family {label} "
                          f"{self.dispersion:.6g}{extra})")
+        # R formats the two deviances (and the two df) together: one number of decimals.
+        null_dev, dev = format_column([self.null_deviance, self.deviance], digits=5)
+        width = max(len(null_dev), len(dev))
+        df_width = max(len(str(self.df_null)), len(str(self.df_residual)))
         lines += [
             "",
-            f"    Null deviance: {self.null_deviance:.{5}g}  on {self.df_null}  degrees of freedom",
-            f"Residual deviance: {self.deviance:.{5}g}  on {self.df_residual}  degrees of freedom",
+            f"    Null deviance: {null_dev:>{width}}  on {self.df_null:>{df_width}}  "
+            "degrees of freedom",
+            f"Residual deviance: {dev:>{width}}  on {self.df_residual:>{df_width}}  "
+            "degrees of freedom",
         ]
         if self.n_dropped:
             lines.append(f"  ({plural(self.n_dropped, 'observation')} deleted due to "

@@ -110,7 +110,8 @@ class GLMMResult(MixedModelResult):
 
 def _validate_agq(n_agq, design) -> int:
     if not isinstance(n_agq, (int, np.integer)) or isinstance(n_agq, bool) or n_agq < 0:
-        raise ValueError(f"n_agq must be a non-negative integer (0, 1 = Laplace, or > 1), got {n_agq!r}")
+        from ._display import show
+        raise ValueError(f"n_agq must be a non-negative integer (0, 1 = Laplace, or > 1), got {show(n_agq)}")
     if n_agq > 1:
         if len(design.terms) != 1:
             raise ValueError(

@@ -268,7 +268,8 @@ def lmer(
 
 def check_max_iter(max_iter) -> int:
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        from ._display import show
+        raise ValueError(f"max_iter must be a positive integer, got {show(max_iter)}")
     return int(max_iter)
 
 

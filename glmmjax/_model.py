@@ -310,7 +310,7 @@ class MixedModel(eqx.Module):
 
     def __repr__(self) -> str:
         # Short on purpose (equinox would print every array leaf): formula, family, sizes.
-        from ._display import short_repr
+        from ._display import plural, short_repr
 
         design = getattr(self, "design", None)
         family = self.family
@@ -324,6 +324,6 @@ class MixedModel(eqx.Module):
             ("family", "gaussian (identity)" if family is None
              else f"{family.name} ({family.link.name})"),
             ("nobs", shape[0] if shape else None),
-            ("fixed", f"{shape[1]} coefficients" if shape and len(shape) > 1 else None),
+            ("fixed", plural(shape[1], "coefficient") if shape and len(shape) > 1 else None),
             ("groups", groups),
         ])

@@ -27,6 +27,7 @@ from scipy.linalg import cho_factor, cho_solve
 from ._blas import single_threaded_blas
 from ._covariance import _tril_indices_colmajor
 from ._jit import _CPU_OPTIONS
+from ._progress import noted
 from ._response_parts import row_loglik
 
 MAX_NEWTON = 100
@@ -89,6 +90,8 @@ def _cpu_jit(fun):
     about half the compile time of these derivative-heavy kernels), falling back to the
     defaults where the jaxlib does not know the option. Unlike :func:`glmmjax._jit.program`
     no per-call BLAS limit or wait: the host fit sets the limit once around its loop."""
+    # Seconds of compilation on a first fit: say so, as the compiled paths do.
+    fun = noted(fun, "the zero-inflation/dispersion fit")
     tuned = jax.jit(fun, compiler_options=_CPU_OPTIONS)
     plain = jax.jit(fun)
     usable = [jax.default_backend() == "cpu"]

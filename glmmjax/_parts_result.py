@@ -12,7 +12,7 @@ import pandas as pd
 
 from ._covariance import varcorr_frame
 from ._design import new_data_design
-from ._display import plural, with_r_aliases
+from ._display import plural, show, with_r_aliases
 from ._distributions import norm_sf
 from ._glmer import GLMMResult
 from ._response_parts import (
@@ -208,6 +208,15 @@ class GLMMPartsResult(GLMMResult):
         return pd.Series(self.y - self.fitted().to_numpy(), index=self.design.rows,
                          name="residuals")
 
+    def plot_residuals(self, ax=None, type: str = "response"):
+        """Response residuals against fitted values (for DHARMa's simulated residuals,
+        which suit zero-inflated models, see :meth:`scaled_residuals`)."""
+        return super().plot_residuals(ax=ax, type=type)
+
+    def plot_qq(self, ax=None, type: str = "response"):
+        """Normal QQ plot of the response residuals."""
+        return super().plot_qq(ax=ax, type=type)
+
     def _draw_effects(self, rng, terms, theta) -> tuple:
         """New random effects b ~ N(0, ΛΛ') per level of each term."""
         from ._parts_host import _factors
@@ -258,7 +267,7 @@ class GLMMPartsResult(GLMMResult):
         effects' modes; ``False`` draws new ones from N(0, ΛΛ') in both parts for each
         simulation (fitting data only). One column per simulation (``sim_1``, ...)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+            raise ValueError(f"n must be a positive integer, got {show(n)}")
         if weights is not None:
             raise ValueError("weights= is not supported when simulating models with "
                              "ziformula/dispformula")
@@ -339,6 +348,10 @@ class GLMMPartsResult(GLMMResult):
         text = f"{self.family_name} ({self.link_name})"
         if self.parts.zi is not None:
             text += ", hurdle" if is_truncated(self.family) else ", zero-inflated"
+            text += f" {self.parts.zi.formula}"
+        disp = self.parts.disp
+        if disp is not None and disp.formula != "~ 1":
+            text += f", dispersion {disp.formula}"
         return text
 
     def _not_here(self, what: str):

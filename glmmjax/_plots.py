@@ -204,6 +204,9 @@ def effect_table(result, term: str, level: float = 0.95, n_points: int = 50):
     if isinstance(column.dtype, pd.CategoricalDtype):
         grid[term] = pd.Categorical(levels, categories=column.cat.categories)
     z = stats.norm.ppf(0.5 * (1.0 + level))
+    if getattr(result, "parts", None) is not None:  # zero-inflation / dispersion models
+        fit, lower, upper = _parts_effect(result, grid, z)
+        return pd.DataFrame({term: levels, "fit": fit, "lower": lower, "upper": upper})
     if hasattr(result, "beta_cov"):  # mixed models
         from ._design import new_data_design
 
@@ -223,6 +226,53 @@ def effect_table(result, term: str, level: float = 0.95, n_points: int = 50):
                   np.asarray(inverse(eta + z * se), dtype=float)]
     return pd.DataFrame({term: levels, "fit": fit,
                          "lower": np.minimum(*bounds), "upper": np.maximum(*bounds)})
+
+
+def _parts_effect(result, grid: pd.DataFrame, z: float):
+    """The mean of y (glmmTMB's ``predict(type="response")``: (1 − π)μ, or the hurdle
+    mean) at ``grid`` with random effects at zero, and Wald intervals by the delta method
+    on the conditional model's link scale, from the covariance of the fixed effects of
+    every part (the zero part moves the mean too)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ._design import new_data_design
+    from ._response_parts import response_mean
+
+    n = len(grid)
+    pieces = []  # (X, offset, parameter indices) for cond, zi, disp: the predictors
+    for part in ("cond", "zi", "disp"):
+        indices = np.arange(len(result.params))[result._part_slice(part)]
+        design = result.design if part == "cond" else getattr(result.parts, part)
+        design = design if part == "cond" or design is None else design.design
+        if design is None:
+            X, offset = np.zeros((n, 0)), np.zeros(n)
+        elif design.X.shape[1] == 0:  # a fixed dispersion: a constant offset
+            X, offset = np.zeros((n, 0)), np.full(n, design.offset[0])
+        else:
+            X, offset, _ = new_data_design(design, grid, allow_new_levels=True,
+                                           need_groups=False)
+        pieces.append((np.asarray(X, dtype=float), np.asarray(offset, dtype=float), indices))
+    index = np.concatenate([indices for _, _, indices in pieces])
+    link = result.family.link
+
+    def link_of_mean(beta):
+        predictors, start = [], 0
+        for X, offset, indices in pieces:
+            predictors.append(X @ beta[start:start + len(indices)] + offset)
+            start += len(indices)
+        return link.link(response_mean(result.family, *predictors,
+                                       zero_inflated=result.zero_inflated))
+
+    with jax.enable_x64(True):
+        beta = jnp.asarray(result.params[index], dtype=jnp.float64)
+        eta = np.asarray(link_of_mean(beta))
+        jac = np.asarray(jax.jacfwd(link_of_mean)(beta))
+        se = np.sqrt(np.einsum("ij,jk,ik->i", jac, result.params_cov[np.ix_(index, index)], jac))
+        fit = np.asarray(link.inverse(eta), dtype=float)
+        bounds = [np.asarray(link.inverse(eta - z * se), dtype=float),
+                  np.asarray(link.inverse(eta + z * se), dtype=float)]
+    return fit, np.minimum(*bounds), np.maximum(*bounds)
 
 
 def plot_effect(result, term: str, ax=None, level: float = 0.95, n_points: int = 50):

@@ -36,6 +36,7 @@ from scipy import optimize, stats
 from ._cov_structures import Unstructured, as_structures, term_structures
 from ._covariance import diagonal_mask, split_theta
 from ._display import resolve_alias as r_alias
+from ._display import show
 from ._jit import program
 from ._lmm import solve_pls
 from ._optimize import minimize
@@ -442,7 +443,7 @@ def profile_frame(result, parm=None, level: float = 0.99, n_points: int = 6,
         correlation of ±1 or of a zero SD) are left out.
     """
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+        raise ValueError(f"level must be in (0, 1), got {show(level)}")
     if int(n_points) < 2:
         raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
     names = parameter_names(result)

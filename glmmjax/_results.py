@@ -23,7 +23,16 @@ from ._covariance import (
     varcorr_frame,
 )
 from ._design import Design, new_data_design
-from ._display import check_names, format_table, html_summary, plural, short_repr, with_r_aliases
+from ._display import (
+    check_names,
+    format_column,
+    format_table,
+    html_summary,
+    plural,
+    short_repr,
+    show,
+    with_r_aliases,
+)
 from ._distributions import norm_sf
 from ._relmat import is_relatedness
 
@@ -66,7 +75,7 @@ def warn_if_not_converged(result, what: str) -> None:
     c = result.convergence
     warnings.warn(
         f"{what} did not converge: {c.message} (max|gradient| = {c.grad_max:.2e} after "
-        f"{c.iterations} iterations); the estimates are not a minimum of the criterion. "
+        f"{plural(c.iterations, 'iteration')}); the estimates are not a minimum of the criterion. "
         f"{c.advice}",
         ConvergenceWarning,
         stacklevel=user_stacklevel(),
@@ -107,8 +116,9 @@ class Convergence:
         if self.hessian_positive_definite is not None:
             hess = f", Hessian {'positive definite' if self.hessian_positive_definite else 'NOT positive definite'}"
         return (
-            f"{self.message} after {self.iterations} iterations "
-            f"({self.n_evaluations} evaluations), max|gradient| = {self.grad_max:.2e}{hess}"
+            f"{self.message} after {plural(self.iterations, 'iteration')} "
+            f"({plural(self.n_evaluations, 'evaluation')}), "
+            f"max|gradient| = {self.grad_max:.2e}{hess}"
         )
 
 
@@ -431,7 +441,7 @@ class MixedModelResult:
         from . import _profile
 
         if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
+            raise ValueError(f"level must be in (0, 1), got {show(level)}")
         check_names(names)
         key = str(method).lower()
         if key == "profile":
@@ -673,9 +683,7 @@ class MixedModelResult:
                 )
         if self.scale is not None:
             rows.append(("Residual", "", self.scale**2, self.scale, ""))
-        frame = pd.DataFrame(rows, columns=["Groups", "Name", "Variance", "Std.Dev.", "Corr"])
-        text = frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-        return "\n".join(line.rstrip() for line in text.splitlines())
+        return variance_table(rows)
 
     def _criterion_text(self) -> str:
         if self.method == "REML":
@@ -706,6 +714,26 @@ class MixedModelResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def variance_table(rows) -> str:
+    """lme4's random-effects table: Groups and Name left-aligned, Variance and Std.Dev.
+    each formatted as a column (R's ``format(digits = 4)``: one number of decimals per
+    column), the correlations left-aligned so that their lower triangle lines up."""
+    header = ("Groups", "Name", "Variance", "Std.Dev.", "Corr")
+    groups, names, variances, sds, corrs = (list(col) for col in zip(*rows)) if rows else (
+        [], [], [], [], [])
+    columns = [[str(g) for g in groups], [str(n) for n in names],
+               format_column(variances, digits=4), format_column(sds, digits=4),
+               [str(c) if c else "" for c in corrs]]
+    widths = [max([len(h)] + [len(v) for v in col]) for h, col in zip(header, columns)]
+    aligns = (str.ljust, str.ljust, str.rjust, str.rjust, str.ljust)
+
+    def line(cells):
+        return " " + " ".join(align(c, w) for align, c, w in zip(aligns, cells, widths))
+
+    lines = [line(header)] + [line(cells) for cells in zip(*columns)]
+    return "\n".join(text.rstrip() for text in lines)
 
 
 def with_dropped_rows(table: pd.DataFrame, design) -> pd.DataFrame:

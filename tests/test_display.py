@@ -3,13 +3,15 @@ names as aliases, short reprs and notebook HTML for every result type."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import cached, load_reference
 
 import glmmjax
-from glmmjax._display import format_column, format_pvalues, plural, r_name, r_names
+from glmmjax._display import format_column, format_pvalues, plural, r_name, r_names, show
 
 
 @pytest.mark.parametrize("case", load_reference("display")["pval"])
@@ -142,3 +144,84 @@ def test_messages_show_plain_numbers():
     frame.loc[5, "Reaction"] = -3.0
     with pytest.raises(glmmjax.DataError, match="1 row fails"):
         glmmjax.glm("Reaction ~ Days", frame, family="poisson")
+
+
+@pytest.mark.parametrize("call", [
+    lambda fit: fit.confint("wald", level=np.float64(1.5)),
+    lambda fit: fit.bootstrap(np.int64(1)),
+    lambda fit: fit.simulate(np.int64(0)),
+    lambda fit: glmmjax.families.NegativeBinomial(theta=np.float64(-1.0)),
+    lambda fit: glmmjax.families.StudentT(df=np.float64(-2.0)),
+    lambda fit: glmmjax.families.Tweedie(power=np.float64(3.5)),
+    lambda fit: glmmjax.lmer("Reaction ~ Days + (1 | Subject)",
+                             glmmjax.datasets.load("sleepstudy"), max_iter=np.int64(0)),
+    lambda fit: glmmjax.glm("Reaction ~ Days", glmmjax.datasets.load("sleepstudy"),
+                            tol=np.float64(-1.0)),
+])
+def test_arguments_echoed_as_plain_numbers(call):
+    # NumPy 2 writes its scalars as np.float64(1.5): messages echo arguments as written.
+    with pytest.raises(ValueError) as err:
+        call(_sleep())
+    assert "np." not in str(err.value) and "got" in str(err.value), str(err.value)
+
+
+def test_unseen_level_of_a_numeric_factor_named_plainly():
+    data = glmmjax.datasets.load("sleepstudy")
+    data["f"] = (data["Days"] % 3).astype(float)
+    fit = glmmjax.lmer("Reaction ~ C(f) + (1 | Subject)", data)
+    new = data.iloc[:3].assign(f=[7.0, 8.0, 0.0])
+    # Formulaic's own message was "{np.float64(8.0), np.float64(7.0)} ... cast to nan".
+    with pytest.raises(glmmjax.DataError, match=r"newdata column 'f' has level\(s\) \[7, 8\]") as err:
+        fit.predict(new)
+    assert "np." not in str(err.value)
+
+
+def test_counts_in_words():
+    assert show(np.float64(1.5)) == "1.5" and show([np.int64(3), "a"]) == "[3, 'a']"
+    # Intercept-only model: "1 coefficient"; a 2-model batch on one chunk: "2 models".
+    model = glmmjax.MixedModel.from_formula("Yield ~ 1 + (1 | Batch)",
+                                            glmmjax.datasets.load("dyestuff"))
+    assert "1 coefficient\n" in repr(model) + "\n" and "1 coefficients" not in repr(model)
+    from glmmjax._batch_memory import MemoryEstimate
+
+    fields = {f.name for f in dataclasses.fields(MemoryEstimate)}
+    estimate = MemoryEstimate(**{name: 1 for name in fields} | {"source": "host memory"})
+    assert "chunks of 1 model (" in str(estimate)
+
+
+def test_glm_deviances_share_their_decimals_as_r():
+    text = _cbpp_glm().summary()
+    # R 4.x, summary(glm(cbind(incidence, size - incidence) ~ period, cbpp, binomial)):
+    assert "    Null deviance: 154.82  on 55  degrees of freedom" in text
+    assert "Residual deviance: 114.10  on 52  degrees of freedom" in text
+
+
+def test_zero_inflated_repr_is_short_and_names_its_parts():
+    sal = glmmjax.datasets.load("salamanders").iloc[:200]
+    fit = cached("display_zip", lambda: glmmjax.glmer(
+        "count ~ mined + (1 | site)", sal, family="poisson", ziformula="~ 1"))
+    _short(repr(fit), ["GLMMPartsResult", "poisson (log), zero-inflated ~ 1", "site (23)",
+                       "converged  yes"])
+    html = fit._repr_html_()
+    assert html.startswith("<div") and "Zero-inflation model:" in html
+    text = fit.summary(names="r")
+    assert "(Intercept)" in text and "Zero-inflation model:" in text and "np." not in text
+
+
+def test_variance_table_as_lme4_prints_it():
+    from glmmjax._results import variance_table
+
+    rows = [("Subject", "Intercept", 612.1, 24.741, ""),
+            ("", "Days", 35.07, 5.922, f"{0.066:6.3f}"),
+            ("", "x", 36.75, 6.062, f"{-0.114:6.3f} {0.058:6.3f}"),
+            ("Residual", "", 654.94, 25.592, "")]
+    # lme4: one number of decimals per column (format(digits = 4)), text left-aligned and
+    # the correlations' lower triangle in columns.
+    assert variance_table(rows).splitlines() == [
+        " Groups   Name      Variance Std.Dev. Corr",
+        " Subject  Intercept   612.10   24.741",
+        "          Days         35.07    5.922  0.066",
+        "          x            36.75    6.062 -0.114  0.058",
+        " Residual             654.94   25.592",
+    ]
+    assert " Residual             654.94   25.592" in _sleep().summary()

@@ -57,3 +57,26 @@ def test_effect_plots_numeric_and_categorical():
     _rendered(glm.plot_effect("period"))
     with pytest.raises(ValueError, match="term must be a column"):
         fit.plot_effect("nope")
+
+
+def _zip():
+    # Shared with test_display.py (same key, same fit).
+    sal = glmmjax.datasets.load("salamanders").iloc[:200]
+    return cached("display_zip", lambda: glmmjax.glmer(
+        "count ~ mined + (1 | site)", sal, family="poisson", ziformula="~ 1"))
+
+
+def test_zero_inflated_effects_are_of_the_mean_of_y():
+    fit = _zip()
+    table = glmmjax._plots.effect_table(fit, "mined")
+    data = fit.design.source_data.loc[fit.design.rows]
+    grid = table[["mined"]].assign(**{c: data[c].iloc[0] for c in data if c != "mined"})
+    # (1 − π)μ, as glmmTMB's predict(type = "response", re.form = NA); not μ alone.
+    expected = fit.predict(grid, include_re=False, type="response").to_numpy()
+    np.testing.assert_allclose(table["fit"], expected, rtol=1e-10)
+    conditional = fit.predict(grid, include_re=False, type="conditional").to_numpy()
+    assert np.all(np.abs(table["fit"] - conditional) > 0.01)
+    assert np.all(table["lower"] < table["fit"]) and np.all(table["fit"] < table["upper"])
+    _rendered(fit.plot_effect("mined"))
+    _rendered(fit.plot_residuals())
+    _rendered(fit.plot_qq())

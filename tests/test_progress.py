@@ -48,3 +48,41 @@ def test_profile_confint_shows_progress(capsys):
     assert list(ci.index) == ["sigma", "Intercept"]
     err = capsys.readouterr().err
     assert "profiling" in err and "2/2" in err
+
+
+def test_zero_inflated_kernels_say_they_compile(capsys, monkeypatch):
+    # Every kernel of the zero-inflation/dispersion host fit is built by _cpu_jit (a
+    # first glmer(..., ziformula=) call compiles for seconds).
+    from glmmjax._parts_host import _cpu_jit
+
+    monkeypatch.setattr(_progress, "_LAST", {})
+    double = _cpu_jit(lambda x: 2 * x)
+    double(jnp.ones(5))
+    double(jnp.ones(5))
+    assert capsys.readouterr().err.count("compiling the zero-inflation/dispersion fit") == 1
+
+
+def test_nuts_progress_bar_on_by_default_in_sessions(monkeypatch):
+    import pytest
+
+    pytest.importorskip("numpyro")
+    from glmmjax import bayes
+    from glmmjax._bayes_model import BayesModel
+
+    chosen = []
+
+    def run(self, ys, num_chains, num_warmup, num_samples, seed, chain_method, progress_bar,
+            *rest):
+        chosen.append(progress_bar)
+        raise KeyboardInterrupt  # stop before sampling
+
+    monkeypatch.setattr(BayesModel, "_run", run)
+    model = bayes.build("Yield ~ 1 + (1 | Batch)", glmmjax.datasets.load("dyestuff"))
+    for session, quiet, expected in [(True, None, True), (False, None, False),
+                                     (True, "1", False)]:
+        monkeypatch.setattr(_progress, "interactive", lambda session=session: session)
+        if quiet:
+            monkeypatch.setenv("GLMMJAX_QUIET", quiet)
+        with pytest.raises(KeyboardInterrupt):
+            model.sample(num_chains=1, num_warmup=10, num_samples=10)
+        assert chosen.pop() is expected

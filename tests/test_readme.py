@@ -3,7 +3,8 @@ would run them), and its sample outputs are what the code prints today.
 
 Markers, as HTML comments on the line before a fence:
 ``<!-- readme-test: slow -->`` runs the block only in the full suite (``-m slow``);
-``<!-- readme-test: skip (why) -->`` never runs it; ``<!-- checked: EXPR -->`` before an
+``<!-- readme-test: subprocess (why) -->`` runs it alone in a fresh Python process (for
+blocks that change global state); ``<!-- readme-test: skip (why) -->`` never runs it; ``<!-- checked: EXPR -->`` before an
 output block compares it with ``str(EXPR)`` evaluated after the preceding snippets (the
 convergence line's counts may differ: optimizer details change, the estimates must not).
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -39,6 +42,11 @@ def _run(include_slow: bool):
     checked = 0
     for number, (kind, argument, language, text) in enumerate(_blocks()):
         if kind == "readme-test" and argument.startswith("skip"):
+            continue
+        if kind == "readme-test" and argument.startswith("subprocess"):
+            run = subprocess.run([sys.executable, "-c", text], capture_output=True, text=True,
+                                 timeout=120)
+            assert run.returncode == 0, f"README block {number}:\n{run.stderr}"
             continue
         if kind == "readme-test" and argument == "slow" and not include_slow:
             # Later fast blocks must not depend on a slow one: run each fast block with
