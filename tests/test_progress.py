@@ -25,11 +25,13 @@ def test_note_only_while_tracing(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
-def test_compiled_glm_says_so_and_host_lmm_does_not(capsys, monkeypatch):
+def test_compiled_glm_says_so_and_host_fits_do_not(capsys, monkeypatch):
     monkeypatch.setattr(_progress, "_LAST", {})
     frame = pd.DataFrame({"x": np.arange(11.0), "y": np.r_[0, 1, 0, 0, 1, 0, 1, 1, 0, 1, 1]})
-    glmmjax.glm("y ~ x", frame, family="binomial")
+    glmmjax.glm("y ~ x", frame, family="binomial", engine="jax")
     assert "compiling the GLM fit" in capsys.readouterr().err
+    glmmjax.glm("y ~ x", frame, family="binomial")  # the host engine's IRLS
+    assert "compiling" not in capsys.readouterr().err
     glmmjax.lmer("Reaction ~ Days + (1 | Subject)", glmmjax.datasets.load("sleepstudy"))
     assert "compiling" not in capsys.readouterr().err  # the host engine compiles nothing
 
