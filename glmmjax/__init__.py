@@ -31,6 +31,7 @@ _LAZY = {
     "roc_auc": "._classification",
     "roc_curve": "._classification",
     "DataError": "._design",
+    "effect_table": "._plots",
     "ScaledResiduals": "._diagnostics",
     "FormulaError": "._formula",
     "RelmatError": "._relmat",
@@ -80,6 +81,7 @@ __all__ = [
     "glm",
     "links",
     "plot_roc",
+    "effect_table",
     "roc_auc",
     "roc_curve",
     "Convergence",
@@ -131,6 +133,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._model import MixedModel
     from ._params import Params
     from ._parts_result import GLMMPartsResult
+    from ._plots import effect_table
     from ._relmat import RelmatError
     from ._results import Convergence, ConvergenceWarning, MixedModelResult, SingularFitWarning
     from ._solve import SolveInfo, solve

@@ -80,3 +80,14 @@ def test_zero_inflated_effects_are_of_the_mean_of_y():
     _rendered(fit.plot_effect("mined"))
     _rendered(fit.plot_residuals())
     _rendered(fit.plot_qq())
+
+
+def test_effect_table_is_public_and_matches_predictions():
+    import glmmjax
+
+    fit = glmmjax.lmer("Reaction ~ Days + (1 | Subject)", glmmjax.datasets.load("sleepstudy"))
+    table = glmmjax.effect_table(fit, "Days", n_points=3)
+    assert list(table.columns) == ["Days", "fit", "lower", "upper"]
+    beta = fit.fixef.to_numpy()
+    np.testing.assert_allclose(table["fit"], beta[0] + beta[1] * table["Days"], rtol=1e-12)
+    assert (table["lower"] < table["fit"]).all() and (table["fit"] < table["upper"]).all()
