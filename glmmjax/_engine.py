@@ -171,8 +171,9 @@ def choose_glmm(design, family, n_agq: int, engine: str | None) -> str:
 
 
 def choose_glm(family, engine: str | None) -> str:
-    """``"host"`` or ``"jax"`` for a GLM fit: the host engine's IRLS
-    (:mod:`glmmjax._glm_host`) on the CPU for the families it covers, whatever the size
+    """``"host"`` or ``"jax"`` for a GLM fit: the host engine (:mod:`glmmjax._glm_host`:
+    IRLS, and Newton for the negative binomial's θ) on the CPU for the families it
+    covers, whatever the size
     (its passes over the rows are BLAS calls), the compiled program otherwise.
 
     Raises:
@@ -183,9 +184,9 @@ def choose_glm(family, engine: str | None) -> str:
     check_engine(engine)
     if engine == "host" and not applies(family):
         raise ValueError(
-            "engine='host' fits GLMs of the built-in exponential families with a dispersion "
-            "that is 1, fixed or Pearson's (gaussian, binomial, poisson, gamma, "
-            f"inverse_gaussian, negative_binomial with theta given); this is {family}. "
+            "engine='host' fits GLMs of the built-in exponential families (gaussian, "
+            "binomial, poisson, gamma, inverse_gaussian, negative_binomial with theta given "
+            f"or estimated) with their built-in links; this is {family}. "
             "Use engine=None or 'jax'.")
     if engine is not None:
         return engine

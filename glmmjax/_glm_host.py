@@ -11,9 +11,10 @@ of a million rows here.
 
 Covered: the exponential families that IRLS fits with a dispersion that is 1, fixed
 or Pearson's (Gaussian, binomial, Poisson, Gamma, inverse Gaussian, negative binomial
-with a given θ) with every built-in link. Families whose dispersion is estimated by
-maximum likelihood, glmmTMB's families and user-defined ones use the compiled engine
-(:func:`applies`).
+with a given θ) with every built-in link, and the negative binomial with θ estimated
+(``MASS::glm.nb``), by the compiled engine's damped Newton iterations in (β, log θ)
+with the exact Hessian. The beta family, glmmTMB's families and user-defined ones use
+the compiled engine (:func:`applies`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ _MAX_HALVINGS = 40
 
 def applies(family) -> bool:
     """Whether the host engine fits this family (see the module's docstring)."""
-    return (fm.supported(family) and type(family).__name__ in _IRLS_FAMILIES
-            and family.dispersion_method in ("none", "fixed", "pearson"))
+    if not (fm.supported(family) and type(family).__name__ in _IRLS_FAMILIES):
+        return False
+    return family.dispersion_method in ("none", "fixed", "pearson") or _nb_ml(family)
+
+
+def _nb_ml(family) -> bool:
+    return type(family).__name__ == "NegativeBinomial" and family.dispersion_method == "ml"
 
 
 def _theta(family):
@@ -185,15 +191,21 @@ def working_system(X, y, weights, offset, point: _Point):
 
 
 def weighted_gram(X, w, rows: int = 4096):
-    """X'WX as Σ (√W X)'(√W X) over blocks of rows: each block stays in cache and no
-    n × p temporary is written (at 10⁶ × 21 that write alone, page faults included,
-    costs more than BLAS's products)."""
-    root_w = np.sqrt(w)
+    """X'WX over blocks of rows: each block stays in cache and no n × p temporary is
+    written (at 10⁶ × 21 that write alone, page faults included, costs more than BLAS's
+    products). Non-negative weights as (√W X)'(√W X), BLAS's symmetric rank-k update;
+    weights of either sign (a Newton Hessian away from the optimum) as (W X)'X."""
     gram = np.zeros((X.shape[1], X.shape[1]))
+    if np.all(w >= 0):
+        root_w = np.sqrt(w)
+        for start in range(0, X.shape[0], rows):
+            block = X[start:start + rows] * root_w[start:start + rows, None]
+            gram += block.T @ block
+        return gram
     for start in range(0, X.shape[0], rows):
-        block = X[start:start + rows] * root_w[start:start + rows, None]
-        gram += block.T @ block
-    return gram
+        block = X[start:start + rows]
+        gram += (block * w[start:start + rows, None]).T @ block
+    return 0.5 * (gram + gram.T)
 
 
 def _solve_spd(matrix, rhs):
@@ -272,6 +284,10 @@ def fit_glm(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int =
 def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
     from ._glm import GLMFit
 
+    if _nb_ml(family):
+        return _fit_nb_ml(X, y, weights, offset, family, tol=tol, max_iter=max_iter,
+                          null_model=null_model)
+
     X = np.asarray(X, dtype=np.float64)
     y, weights, offset = (np.asarray(a, dtype=np.float64) for a in (y, weights, offset))
     n_used = int(np.sum(weights > 0))
@@ -315,6 +331,122 @@ def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
         coef=coef, vcov=vcov, cov_unscaled=cov_unscaled, dispersion=np.asarray(dispersion),
         dispersion_se=np.asarray(np.nan), eta=eta, mu=mu, deviance=np.asarray(dev),
         loglik=np.asarray(loglik(family, y, eta, weights, loglik_dispersion)),
+        iterations=np.asarray(iterations), converged=np.asarray(converged),
+        null_deviance=np.asarray(null_deviance),
+    )
+
+
+# ---- negative binomial with θ by maximum likelihood (MASS::glm.nb) --------------------
+
+
+def _nb_theta_second_derivative(family, y, eta, weights, theta):
+    """Σ ∂²ℓ/∂ψ² at ψ = log θ (the one term :mod:`glmmjax._family_math` does not give):
+    θ·∂ℓ/∂θ + θ²·∂²ℓ/∂θ², with
+    ∂²ℓ/∂θ² = w·[ψ₁(y + θ) − ψ₁(θ) + 1/θ − 1/(θ + μ) − (μ − y)/(θ + μ)²]."""
+    from scipy.special import polygamma
+
+    mu = fm.inverse_link(family.link, np, eta)
+    terms = fm.row_terms(family, np, y, eta, weights, theta, dispersion_derivatives=True)
+    second = weights * (polygamma(1, y + theta) - polygamma(1, theta) + 1.0 / theta
+                        - 1.0 / (theta + mu) - (mu - y) / (theta + mu) ** 2)
+    return float(np.sum(terms.value_psi) + theta * theta * np.sum(second))
+
+
+def _nb_derivatives(X, y, weights, offset, family, params):
+    """−ℓ, its gradient and Hessian in (β, ψ = log θ), as the compiled ``_newton_ml``."""
+    p = X.shape[1]
+    eta = X @ params[:p] + offset
+    theta = float(np.exp(params[p]))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        terms = fm.row_terms(family, np, y, eta, weights, theta, dispersion_derivatives=True)
+        h_pp = -_nb_theta_second_derivative(family, y, eta, weights, theta)
+    grad = -np.concatenate([X.T @ terms.d1, [np.sum(terms.value_psi)]])
+    h_bp = -(X.T @ terms.d1_psi)
+    hess = np.block([[weighted_gram(X, terms.w), h_bp[:, None]], [h_bp[None, :], h_pp]])
+    return -float(np.sum(terms.value)), grad, hess
+
+
+def _nb_value(X, y, weights, offset, family, params) -> float:
+    p = X.shape[1]
+    eta = X @ params[:p] + offset
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        value = fm.row_terms(family, np, y, eta, weights, float(np.exp(params[p]))).value
+    total = -float(np.sum(value))
+    return total if np.isfinite(total) else np.inf
+
+
+def _newton_nb(X, y, weights, offset, family, params, max_iter: int = 100):
+    """Damped Newton in (β, ψ) step for step as :func:`glmmjax._glm._newton_ml`."""
+    hess = np.eye(len(params))
+    converged = False
+    it = 0
+    while it < max_iter:
+        value, grad, hess = _nb_derivatives(X, y, weights, offset, family, params)
+        step = _solve_spd(hess, grad)
+        decrement = float(grad @ step)
+        newton_ok = bool(np.all(np.isfinite(step))) and decrement > 0
+        if not newton_ok:
+            step = grad / (np.abs(np.diag(hess)) + 1.0)
+            decrement = np.inf
+        done = decrement < 1e-18
+        t = 2.0
+        new_params = params
+        while True:
+            t *= 0.5
+            new_params = params - t * step
+            if _nb_value(X, y, weights, offset, family, new_params) <= \
+                    value + 1e-13 * abs(value) or t <= 1e-12:
+                break
+        stalled = t <= 1e-12
+        it += 1
+        if done or stalled:
+            converged = done or decrement < 1e-8
+            break
+        params = new_params
+    return params, hess, it, converged
+
+
+def _fit_nb_ml(X, y, weights, offset, family, *, tol, max_iter, null_model):
+    from ._families import NegativeBinomial
+    from ._glm import GLMFit
+
+    X = np.asarray(X, dtype=np.float64)
+    y, weights, offset = (np.asarray(a, dtype=np.float64) for a in (y, weights, offset))
+    p = X.shape[1]
+    # Start as the compiled engine: least squares of g(μ_start) − offset on X, then
+    # MASS::theta.ml's moment estimate n / Σ w (y/μ − 1)².
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eta_start = fm.link_function(family.link, np, initial_mean(family, y, weights)) - offset
+    gram = weighted_gram(X, weights)
+    coef0 = _solve_spd(gram, X.T @ (weights * eta_start))
+    mu0 = fm.inverse_link(family.link, np, X @ coef0 + offset)
+    theta0 = np.sum(weights) / np.sum(weights * (y / mu0 - 1.0) ** 2)
+    params, hess, iterations, converged = _newton_nb(
+        X, y, weights, offset, family, np.concatenate([coef0, [np.log(theta0)]]))
+    coef, theta = params[:p], float(np.exp(params[p]))
+    fixed = NegativeBinomial(theta=theta, link=family.link)
+    eta = X @ coef + offset
+    point = evaluate(fixed, y, weights, eta)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        fisher = np.where(weights > 0, weights * point.mu_eta**2 / point.var, 0.0)
+    cov_unscaled = _solve_spd(weighted_gram(X, fisher), np.eye(p))
+    null_deviance = float("nan")
+    if null_model != "none":
+        if null_model == "mean":
+            mean = np.sum(weights * y) / np.sum(weights)
+            with np.errstate(divide="ignore"):
+                eta_null = fm.link_function(family.link, np, np.full_like(y, mean))
+        elif null_model == "offset":
+            eta_null = offset
+        else:
+            eta_null = irls(np.ones((len(y), 1)), y, weights, offset, fixed, tol=tol,
+                            max_iter=max_iter)[1].eta
+        null_deviance = evaluate(fixed, y, weights, eta_null).deviance
+    return GLMFit(
+        coef=coef, vcov=cov_unscaled, cov_unscaled=cov_unscaled,
+        dispersion=np.asarray(theta), dispersion_se=np.asarray(theta / np.sqrt(hess[p, p])),
+        eta=eta, mu=point.mu, deviance=np.asarray(point.deviance),
+        loglik=np.asarray(loglik(family, y, eta, weights, theta)),
         iterations=np.asarray(iterations), converged=np.asarray(converged),
         null_deviance=np.asarray(null_deviance),
     )

@@ -140,10 +140,10 @@ def test_engine_choice_and_bad_engine():
     from glmmjax._engine import choose_glm
 
     assert choose_glm(Binomial(), None) == "host"
-    assert choose_glm(NegativeBinomial(), None) == "jax"  # θ by maximum likelihood
+    assert choose_glm(NegativeBinomial(), None) == "host"  # θ by maximum likelihood
     assert choose_glm(glmmjax.families.Beta(), None) == "jax"
     with pytest.raises(ValueError, match="engine='host' fits GLMs"):
-        choose_glm(NegativeBinomial(), "host")
+        choose_glm(glmmjax.families.Beta(), "host")
     with pytest.raises(ValueError, match="engine must be"):
         choose_glm(Binomial(), "gpu")
 
@@ -154,3 +154,31 @@ def test_non_convergence_is_reported_by_the_host_engine():
     with pytest.warns(glmmjax.ConvergenceWarning, match="did not converge in 1 iterations"):
         fit = glmmjax.glm("y ~ x", data, family=family, max_iter=1, engine="host")
     assert not fit.converged
+
+
+def test_negative_binomial_theta_curvature_equals_finite_differences():
+    """The one closed form the host adds for glm.nb: Σ ∂²ℓ/∂ψ², ψ = log θ."""
+    family = NegativeBinomial()
+    data = simulate(NegativeBinomial(theta=2.5))
+    y, w = data["y"].to_numpy(), data["w"].to_numpy()
+    eta = np.log(3.0 + data["x"].to_numpy())
+    from glmmjax import _family_math as fm
+
+    def score(psi):
+        return np.sum(fm.row_terms(family, np, y, eta, w, np.exp(psi),
+                                   dispersion_derivatives=True).value_psi)
+
+    psi, h = np.log(2.5), 1e-5
+    numeric = (score(psi + h) - score(psi - h)) / (2 * h)
+    exact = _glm_host._nb_theta_second_derivative(family, y, eta, w, 2.5)
+    np.testing.assert_allclose(exact, numeric, rtol=1e-7)
+
+
+@pytest.mark.parametrize("link", ["log", "sqrt"])
+def test_negative_binomial_with_estimated_theta_equals_the_compiled_engine(link):
+    family = NegativeBinomial(link=link)
+    data = simulate(NegativeBinomial(theta=2.5, link=link))
+    host = glmmjax.glm("y ~ x", data, family=family)
+    compiled = glmmjax.glm("y ~ x", data, family=family, engine="jax")
+    assert_same_fit(host, compiled)
+    np.testing.assert_allclose(host.dispersion_se, compiled.dispersion_se, rtol=1e-8)
