@@ -302,6 +302,43 @@ class MixedModelResult:
         return out
 
     # -- likelihood summaries -------------------------------------------------------------
+    @cached_property
+    def model(self):
+        """The fitted model as a :class:`~glmmjax.MixedModel` (built once, from this fit's
+        design): the pure JAX objective behind the fit, for JAX programs.
+        ``fit.model.log_likelihood(fit.params)`` is :attr:`loglik` (Laplace or AGQ for
+        GLMMs, the REML log-likelihood for REML fits)."""
+        from ._model import MixedModel
+
+        if getattr(self, "parts", None) is not None:
+            raise NotImplementedError(
+                "zero-inflation and dispersion models have no MixedModel counterpart yet; "
+                "their objective is fit.criterion_fn (−2 log L in fit.params)")
+        return MixedModel.from_design(self.design, getattr(self, "family", None),
+                                      reml=bool(getattr(self, "reml", False)),
+                                      n_agq=int(getattr(self, "n_agq", 1)))
+
+    @property
+    def params(self):
+        """The estimates as :class:`~glmmjax.Params` for :attr:`model` (β, θ in the
+        model's order, the log of the estimated dispersion: σ² for LMMs)."""
+        from ._params import Params
+
+        model = self.model
+        if model.is_lmm:
+            log_dispersion = np.array([2.0 * math.log(self.sigma)])
+        elif model.family.has_dispersion and model.family.dispersion_method != "fixed":
+            log_dispersion = np.array([math.log(self.dispersion)])
+        else:
+            log_dispersion = np.zeros(0)
+        if self.extra_params:
+            raise NotImplementedError(
+                f"Params has no field for {sorted(self.extra_params)} (estimated shape "
+                "parameters), so this fit has no MixedModel counterpart yet")
+        return Params(beta=np.asarray(self.beta, dtype=float),
+                      theta=np.asarray(self.theta_values, dtype=float),
+                      log_dispersion=log_dispersion)
+
     @property
     def loglik(self) -> float:
         """Log-likelihood at the optimum (the REML log-likelihood for REML fits)."""
