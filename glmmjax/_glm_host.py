@@ -12,9 +12,10 @@ of a million rows here.
 Covered: the exponential families that IRLS fits with a dispersion that is 1, fixed
 or Pearson's (Gaussian, binomial, Poisson, Gamma, inverse Gaussian, negative binomial
 with a given θ) with every built-in link, and the negative binomial with θ estimated
-(``MASS::glm.nb``), by the compiled engine's damped Newton iterations in (β, log θ)
-with the exact Hessian. The beta family, glmmTMB's families and user-defined ones use
-the compiled engine (:func:`applies`).
+(``MASS::glm.nb``) and beta regression (φ estimated, as glmmTMB's ``beta_family``), by
+the compiled engine's damped Newton iterations in (β, log dispersion) with the exact
+Hessian. glmmTMB's families and user-defined ones use the compiled engine
+(:func:`applies`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from . import _family_math as fm
 from ._blas import single_threaded_blas
 
 _IRLS_FAMILIES = ("Gaussian", "Binomial", "Poisson", "Gamma", "InverseGaussian",
-                  "NegativeBinomial")
+                  "NegativeBinomial", "Beta")
 _MAX_HALVINGS = 40
 
 
@@ -37,14 +38,17 @@ def applies(family) -> bool:
     """Whether the host engine fits this family (see the module's docstring)."""
     if not (fm.supported(family) and type(family).__name__ in _IRLS_FAMILIES):
         return False
-    return family.dispersion_method in ("none", "fixed", "pearson") or _nb_ml(family)
+    return family.dispersion_method in ("none", "fixed", "pearson") or _ml(family)
 
 
-def _nb_ml(family) -> bool:
-    return type(family).__name__ == "NegativeBinomial" and family.dispersion_method == "ml"
+def _ml(family) -> bool:
+    """The negative binomial's θ or the beta's φ by maximum likelihood."""
+    return (type(family).__name__ in ("NegativeBinomial", "Beta")
+            and family.dispersion_method == "ml")
 
 
 def _theta(family):
+    """A negative binomial's given θ (None for other families or θ estimated)."""
     return family.theta if type(family).__name__ == "NegativeBinomial" else None
 
 
@@ -87,9 +91,12 @@ def saturated(family, y):
     return None
 
 
-def evaluate(family, y, weights, eta, saturated_part=None) -> _Point:
+def evaluate(family, y, weights, eta, saturated_part=None, dispersion=None) -> _Point:
     """μ, dμ/dη, V(μ) (R's variance function), Σ w·d(y, μ) and validity at η;
-    ``saturated_part``: :func:`saturated` of y, if computed already."""
+    ``saturated_part``: :func:`saturated` of y, if computed already; ``dispersion``: the
+    NB θ or beta φ the deviance is taken at (default: the family's fixed θ)."""
+    if dispersion is None:
+        dispersion = _theta(family)
     name = _name(family)
     if saturated_part is None:
         saturated_part = saturated(family, y)
@@ -104,6 +111,10 @@ def evaluate(family, y, weights, eta, saturated_part=None) -> _Point:
             mu_eta = var = e * inv * inv
             softplus = np.maximum(eta, 0.0) + np.log1p(e)
             unit = saturated_part - 2.0 * (y * eta - softplus)
+        elif name == "Beta":
+            mu, one_m, _, _, mu_eta = _binomial_means(family.link, eta)
+            var = mu * one_m
+            unit = beta_unit_deviance(y, mu, one_m, dispersion)
         elif name == "Binomial":
             mu, one_m, log_mu, log_1m, mu_eta = _binomial_means(family.link, eta)
             var = mu * one_m
@@ -115,13 +126,41 @@ def evaluate(family, y, weights, eta, saturated_part=None) -> _Point:
                 mu_eta = mu
             else:
                 mu, mu_eta = fm.mean_derivatives(family.link, np, eta)[:2]
-            var, unit = _variance_and_unit_deviance(family, y, mu, saturated_part)
+            var, unit = _variance_and_unit_deviance(family, y, mu, saturated_part, dispersion)
         d = np.sum(np.where(weights > 0, weights * unit, 0.0))
         valid = bool(np.all(valid_eta(family, eta) & valid_mu(family, mu)))
     return _Point(eta, mu, mu_eta, var, float(d), valid)
 
 
-def _variance_and_unit_deviance(family, y, mu, sat):
+def _beta_density(y, log_y, log_1my, mu, one_m, phi):
+    from scipy.special import gammaln
+
+    a, b = mu * phi, one_m * phi
+    return gammaln(phi) - gammaln(a) - gammaln(b) + (a - 1.0) * log_y + (b - 1.0) * log_1my
+
+
+def beta_unit_deviance(y, mu, one_m, phi):
+    """2·[ℓ(y; μ*) − ℓ(y; μ)] for precision φ, μ* the saturated model's mean (not y: the
+    root of ψ(μφ) − ψ((1 − μ)φ) = logit y, by the compiled twin's clipped Newton steps in
+    logit μ, 30 of them)."""
+    from scipy.special import digamma, expit, polygamma
+
+    log_y, log_1my = np.log(y), np.log1p(-y)
+    target = log_y - log_1my
+    t = target.copy()
+    for _ in range(30):
+        m = expit(t)
+        a, b = m * phi, (1.0 - m) * phi
+        f = digamma(a) - digamma(b) - target
+        slope = phi * m * (1.0 - m) * (polygamma(1, a) + polygamma(1, b))
+        t = t - np.clip(f / slope, -2.0, 2.0)
+    best = expit(t)
+    gap = (_beta_density(y, log_y, log_1my, best, 1.0 - best, phi)
+           - _beta_density(y, log_y, log_1my, mu, one_m, phi))
+    return 2.0 * np.maximum(gap, 0.0)
+
+
+def _variance_and_unit_deviance(family, y, mu, sat, theta):
     """V(μ) and d(y, μ) per unit weight (R's dev.resids / w), families but the binomial;
     ``sat`` is :func:`saturated` of y."""
     name = _name(family)
@@ -133,7 +172,7 @@ def _variance_and_unit_deviance(family, y, mu, sat):
         return mu * mu, sat + 2.0 * (np.log(mu) + (y - mu) / mu)
     if name == "InverseGaussian":
         return mu**3, (y - mu) ** 2 / (y * mu * mu)
-    theta = _theta(family)  # negative binomial
+    # negative binomial
     return (mu + mu * mu / theta,
             sat - 2.0 * (xlogy(y, mu) + (y + theta) * np.log((y + theta) / (mu + theta))))
 
@@ -145,6 +184,8 @@ def valid_mu(family, mu):
         return finite
     if name == "Binomial":
         return finite & (mu >= 0) & (mu <= 1)
+    if name == "Beta":
+        return finite & (mu > 0) & (mu < 1)
     return finite & (mu > 0)
 
 
@@ -219,7 +260,8 @@ def _solve_spd(matrix, rhs):
     return scipy.linalg.cho_solve(factor, rhs, check_finite=False)
 
 
-def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25):
+def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25,
+         dispersion=None):
     """IRLS as :func:`glmmjax._glm.irls` (dispersion 1 or the family's fixed θ).
 
     Returns (coef, the final point (η, μ, deviance, ...), cov_unscaled, working weights,
@@ -230,7 +272,7 @@ def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25
         eta = fm.link_function(family.link, np, initial_mean(family, y, weights))
     coef = np.zeros(p)
     sat = saturated(family, y)
-    point = evaluate(family, y, weights, eta, sat)
+    point = evaluate(family, y, weights, eta, sat, dispersion)
     xtwx, w = np.eye(p), np.zeros_like(y)
     converged = False
     it = 0
@@ -244,7 +286,7 @@ def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25
         # invalid, infinite, or (after the first) raises the deviance.
         t, k = 1.0, 0
         coef_new = coef_full
-        trial = evaluate(family, y, weights, eta_full, sat)
+        trial = evaluate(family, y, weights, eta_full, sat, dispersion)
         while k < _MAX_HALVINGS:
             rising = (trial.deviance - dev_old) / (abs(trial.deviance) + 0.1) > 1e-10
             if trial.valid and np.isfinite(trial.deviance) and (first or not rising):
@@ -252,7 +294,8 @@ def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25
             k += 1
             t *= 0.5
             coef_new = coef + t * (coef_full - coef)
-            trial = evaluate(family, y, weights, point.eta + t * (eta_full - point.eta), sat)
+            trial = evaluate(family, y, weights, point.eta + t * (eta_full - point.eta), sat,
+                             dispersion)
         it += 1
         converged = abs(trial.deviance - dev_old) / (abs(trial.deviance) + 0.1) < tol
         coef, point = coef_new, trial
@@ -284,9 +327,9 @@ def fit_glm(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int =
 def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
     from ._glm import GLMFit
 
-    if _nb_ml(family):
-        return _fit_nb_ml(X, y, weights, offset, family, tol=tol, max_iter=max_iter,
-                          null_model=null_model)
+    if _ml(family):
+        return _fit_ml(X, y, weights, offset, family, tol=tol, max_iter=max_iter,
+                       null_model=null_model)
 
     X = np.asarray(X, dtype=np.float64)
     y, weights, offset = (np.asarray(a, dtype=np.float64) for a in (y, weights, offset))
@@ -336,37 +379,45 @@ def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
     )
 
 
-# ---- negative binomial with θ by maximum likelihood (MASS::glm.nb) --------------------
+# ---- NB θ and beta φ by maximum likelihood (MASS::glm.nb, betareg / glmmTMB) -----------
 
 
-def _nb_theta_second_derivative(family, y, eta, weights, theta):
-    """Σ ∂²ℓ/∂ψ² at ψ = log θ (the one term :mod:`glmmjax._family_math` does not give):
-    θ·∂ℓ/∂θ + θ²·∂²ℓ/∂θ², with
-    ∂²ℓ/∂θ² = w·[ψ₁(y + θ) − ψ₁(θ) + 1/θ − 1/(θ + μ) − (μ − y)/(θ + μ)²]."""
+def _dispersion_curvature(family, y, eta, weights, dispersion):
+    """Σ ∂²ℓ/∂ψ² at ψ = log of the dispersion (the one term :mod:`glmmjax._family_math`
+    does not give): Σ value_psi + d²·Σ ∂²ℓ/∂d², with, for NB2 (d = θ),
+    ∂²ℓ/∂θ² = w·[ψ₁(y + θ) − ψ₁(θ) + 1/θ − 1/(θ + μ) − (μ − y)/(θ + μ)²] and, for the
+    beta (d = φ), ∂²ℓ/∂φ² = w·[ψ₁(φ) − μ²ψ₁(μφ) − (1 − μ)²ψ₁((1 − μ)φ)]."""
     from scipy.special import polygamma
 
-    mu = fm.inverse_link(family.link, np, eta)
-    terms = fm.row_terms(family, np, y, eta, weights, theta, dispersion_derivatives=True)
-    second = weights * (polygamma(1, y + theta) - polygamma(1, theta) + 1.0 / theta
-                        - 1.0 / (theta + mu) - (mu - y) / (theta + mu) ** 2)
-    return float(np.sum(terms.value_psi) + theta * theta * np.sum(second))
+    d = dispersion
+    terms = fm.row_terms(family, np, y, eta, weights, d, dispersion_derivatives=True)
+    if type(family).__name__ == "Beta":
+        mu, one_m = _binomial_means(family.link, eta)[:2]
+        second = weights * (polygamma(1, d) - mu * mu * polygamma(1, mu * d)
+                            - one_m * one_m * polygamma(1, one_m * d))
+    else:
+        mu = fm.inverse_link(family.link, np, eta)
+        second = weights * (polygamma(1, y + d) - polygamma(1, d) + 1.0 / d
+                            - 1.0 / (d + mu) - (mu - y) / (d + mu) ** 2)
+    return float(np.sum(terms.value_psi) + d * d * np.sum(second))
 
 
-def _nb_derivatives(X, y, weights, offset, family, params):
-    """−ℓ, its gradient and Hessian in (β, ψ = log θ), as the compiled ``_newton_ml``."""
+def _ml_derivatives(X, y, weights, offset, family, params):
+    """−ℓ, its gradient and Hessian in (β, ψ), as the compiled ``_newton_ml``."""
     p = X.shape[1]
     eta = X @ params[:p] + offset
-    theta = float(np.exp(params[p]))
+    dispersion = float(np.exp(params[p]))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        terms = fm.row_terms(family, np, y, eta, weights, theta, dispersion_derivatives=True)
-        h_pp = -_nb_theta_second_derivative(family, y, eta, weights, theta)
+        terms = fm.row_terms(family, np, y, eta, weights, dispersion,
+                             dispersion_derivatives=True)
+        h_pp = -_dispersion_curvature(family, y, eta, weights, dispersion)
     grad = -np.concatenate([X.T @ terms.d1, [np.sum(terms.value_psi)]])
     h_bp = -(X.T @ terms.d1_psi)
     hess = np.block([[weighted_gram(X, terms.w), h_bp[:, None]], [h_bp[None, :], h_pp]])
     return -float(np.sum(terms.value)), grad, hess
 
 
-def _nb_value(X, y, weights, offset, family, params) -> float:
+def _ml_value(X, y, weights, offset, family, params) -> float:
     p = X.shape[1]
     eta = X @ params[:p] + offset
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -375,26 +426,24 @@ def _nb_value(X, y, weights, offset, family, params) -> float:
     return total if np.isfinite(total) else np.inf
 
 
-def _newton_nb(X, y, weights, offset, family, params, max_iter: int = 100):
-    """Damped Newton in (β, ψ) step for step as :func:`glmmjax._glm._newton_ml`."""
+def _newton_ml(X, y, weights, offset, family, params, max_iter: int = 100):
+    """Damped Newton in (β, ψ), step for step as :func:`glmmjax._glm._newton_ml`."""
     hess = np.eye(len(params))
     converged = False
     it = 0
     while it < max_iter:
-        value, grad, hess = _nb_derivatives(X, y, weights, offset, family, params)
+        value, grad, hess = _ml_derivatives(X, y, weights, offset, family, params)
         step = _solve_spd(hess, grad)
         decrement = float(grad @ step)
-        newton_ok = bool(np.all(np.isfinite(step))) and decrement > 0
-        if not newton_ok:
+        if not (np.all(np.isfinite(step)) and decrement > 0):
             step = grad / (np.abs(np.diag(hess)) + 1.0)
             decrement = np.inf
         done = decrement < 1e-18
         t = 2.0
-        new_params = params
         while True:
             t *= 0.5
             new_params = params - t * step
-            if _nb_value(X, y, weights, offset, family, new_params) <= \
+            if _ml_value(X, y, weights, offset, family, new_params) <= \
                     value + 1e-13 * abs(value) or t <= 1e-12:
                 break
         stalled = t <= 1e-12
@@ -406,30 +455,38 @@ def _newton_nb(X, y, weights, offset, family, params, max_iter: int = 100):
     return params, hess, it, converged
 
 
-def _fit_nb_ml(X, y, weights, offset, family, *, tol, max_iter, null_model):
-    from ._families import NegativeBinomial
+def _fit_ml(X, y, weights, offset, family, *, tol, max_iter, null_model):
     from ._glm import GLMFit
 
     X = np.asarray(X, dtype=np.float64)
     y, weights, offset = (np.asarray(a, dtype=np.float64) for a in (y, weights, offset))
     p = X.shape[1]
-    # Start as the compiled engine: least squares of g(μ_start) − offset on X, then
-    # MASS::theta.ml's moment estimate n / Σ w (y/μ − 1)².
+    beta_family = type(family).__name__ == "Beta"
+    # Start as the compiled engine: least squares of g(μ_start) − offset on X, then the
+    # family's moment estimate (MASS::theta.ml's n / Σ w (y/μ − 1)²; for the beta,
+    # Var y = μ(1 − μ)/(1 + φ)).
     with np.errstate(divide="ignore", invalid="ignore"):
         eta_start = fm.link_function(family.link, np, initial_mean(family, y, weights)) - offset
-    gram = weighted_gram(X, weights)
-    coef0 = _solve_spd(gram, X.T @ (weights * eta_start))
+    coef0 = _solve_spd(weighted_gram(X, weights), X.T @ (weights * eta_start))
     mu0 = fm.inverse_link(family.link, np, X @ coef0 + offset)
-    theta0 = np.sum(weights) / np.sum(weights * (y / mu0 - 1.0) ** 2)
-    params, hess, iterations, converged = _newton_nb(
-        X, y, weights, offset, family, np.concatenate([coef0, [np.log(theta0)]]))
-    coef, theta = params[:p], float(np.exp(params[p]))
-    fixed = NegativeBinomial(theta=theta, link=family.link)
+    if beta_family:
+        ratio = np.sum(weights * mu0 * (1.0 - mu0)) / np.sum(weights * (y - mu0) ** 2)
+        start = max(ratio - 1.0, 0.5)
+    else:
+        start = np.sum(weights) / np.sum(weights * (y / mu0 - 1.0) ** 2)
+    params, hess, iterations, converged = _newton_ml(
+        X, y, weights, offset, family, np.concatenate([coef0, [np.log(start)]]))
+    coef, dispersion = params[:p], float(np.exp(params[p]))
     eta = X @ coef + offset
-    point = evaluate(fixed, y, weights, eta)
+    point = evaluate(family, y, weights, eta, dispersion=dispersion)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         fisher = np.where(weights > 0, weights * point.mu_eta**2 / point.var, 0.0)
     cov_unscaled = _solve_spd(weighted_gram(X, fisher), np.eye(p))
+    if family.joint_vcov:
+        full = _solve_spd(hess, np.eye(p + 1))
+        vcov, dispersion_se = full[:p, :p], dispersion * np.sqrt(full[p, p])
+    else:
+        vcov, dispersion_se = cov_unscaled, dispersion / np.sqrt(hess[p, p])
     null_deviance = float("nan")
     if null_model != "none":
         if null_model == "mean":
@@ -439,14 +496,14 @@ def _fit_nb_ml(X, y, weights, offset, family, *, tol, max_iter, null_model):
         elif null_model == "offset":
             eta_null = offset
         else:
-            eta_null = irls(np.ones((len(y), 1)), y, weights, offset, fixed, tol=tol,
-                            max_iter=max_iter)[1].eta
-        null_deviance = evaluate(fixed, y, weights, eta_null).deviance
+            eta_null = irls(np.ones((len(y), 1)), y, weights, offset, family, tol=tol,
+                            max_iter=max_iter, dispersion=dispersion)[1].eta
+        null_deviance = evaluate(family, y, weights, eta_null, dispersion=dispersion).deviance
     return GLMFit(
-        coef=coef, vcov=cov_unscaled, cov_unscaled=cov_unscaled,
-        dispersion=np.asarray(theta), dispersion_se=np.asarray(theta / np.sqrt(hess[p, p])),
+        coef=coef, vcov=vcov, cov_unscaled=cov_unscaled,
+        dispersion=np.asarray(dispersion), dispersion_se=np.asarray(dispersion_se),
         eta=eta, mu=point.mu, deviance=np.asarray(point.deviance),
-        loglik=np.asarray(loglik(family, y, eta, weights, theta)),
+        loglik=np.asarray(loglik(family, y, eta, weights, dispersion)),
         iterations=np.asarray(iterations), converged=np.asarray(converged),
         null_deviance=np.asarray(null_deviance),
     )

@@ -141,9 +141,10 @@ def test_engine_choice_and_bad_engine():
 
     assert choose_glm(Binomial(), None) == "host"
     assert choose_glm(NegativeBinomial(), None) == "host"  # θ by maximum likelihood
-    assert choose_glm(glmmjax.families.Beta(), None) == "jax"
+    assert choose_glm(glmmjax.families.Beta(), None) == "host"  # φ by maximum likelihood
+    assert choose_glm(glmmjax.families.get_family("nbinom1"), None) == "jax"
     with pytest.raises(ValueError, match="engine='host' fits GLMs"):
-        choose_glm(glmmjax.families.Beta(), "host")
+        choose_glm(glmmjax.families.get_family("nbinom1"), "host")
     with pytest.raises(ValueError, match="engine must be"):
         choose_glm(Binomial(), "gpu")
 
@@ -156,22 +157,45 @@ def test_non_convergence_is_reported_by_the_host_engine():
     assert not fit.converged
 
 
-def test_negative_binomial_theta_curvature_equals_finite_differences():
-    """The one closed form the host adds for glm.nb: Σ ∂²ℓ/∂ψ², ψ = log θ."""
-    family = NegativeBinomial()
-    data = simulate(NegativeBinomial(theta=2.5))
-    y, w = data["y"].to_numpy(), data["w"].to_numpy()
-    eta = np.log(3.0 + data["x"].to_numpy())
+def beta_data(n=80, seed=3):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, n)
+    mu = 1 / (1 + np.exp(-(0.2 + 0.8 * x)))
+    return pd.DataFrame({"y": rng.beta(mu * 9, (1 - mu) * 9), "x": x, "w": np.ones(n)})
+
+
+@pytest.mark.parametrize("family", [NegativeBinomial(), glmmjax.families.Beta()],
+                         ids=["nb2", "beta"])
+def test_dispersion_curvature_equals_finite_differences(family):
+    """The one closed form the host adds for ML dispersions: Σ ∂²ℓ/∂ψ², ψ = log θ or
+    log φ."""
     from glmmjax import _family_math as fm
+
+    if type(family).__name__ == "Beta":
+        data, eta, d = beta_data(), None, 9.0
+        eta = 0.1 + 0.7 * data["x"].to_numpy()
+    else:
+        data, d = simulate(NegativeBinomial(theta=2.5)), 2.5
+        eta = np.log(3.0 + data["x"].to_numpy())
+    y, w = data["y"].to_numpy(), data["w"].to_numpy()
 
     def score(psi):
         return np.sum(fm.row_terms(family, np, y, eta, w, np.exp(psi),
                                    dispersion_derivatives=True).value_psi)
 
-    psi, h = np.log(2.5), 1e-5
+    psi, h = np.log(d), 1e-5
     numeric = (score(psi + h) - score(psi - h)) / (2 * h)
-    exact = _glm_host._nb_theta_second_derivative(family, y, eta, w, 2.5)
+    exact = _glm_host._dispersion_curvature(family, y, eta, w, d)
     np.testing.assert_allclose(exact, numeric, rtol=1e-7)
+
+
+def test_beta_regression_equals_the_compiled_engine():
+    family = glmmjax.families.Beta()
+    data = beta_data()
+    host = glmmjax.glm("y ~ x", data, family=family)
+    compiled = glmmjax.glm("y ~ x", data, family=family, engine="jax")
+    assert_same_fit(host, compiled)
+    np.testing.assert_allclose(host.dispersion_se, compiled.dispersion_se, rtol=1e-8)
 
 
 @pytest.mark.parametrize("link", ["log", "sqrt"])
