@@ -1,11 +1,9 @@
 """``single_threaded_blas``: OpenBLAS held to one thread while glmmjax computes.
 
 OpenBLAS (NumPy's and SciPy's wheels each bundle one) threads even small factorizations
-and its idle workers wait by spinning. On this project's 2-core machine that costs
-several-fold as soon as anything else runs: verbagg's host-engine fit (a 24-level
-dense block, 64% of the time in ``dpotri``) took 0.85–1.5 s with OpenBLAS's default
-threads at load 3–7 against 0.17–0.19 s with one thread at any load; InstEval's compiled
-fit 5.7–10 s against 1.7–2.2 s with one other busy process. The host engines and every
+and its idle workers wait by spinning. On a machine with few cores that costs
+several-fold as soon as anything else runs (verbagg's host fit and InstEval's compiled
+fit: benchmarks/README.md, "Design measurements"). The host engines and every
 XLA program call (XLA:CPU runs its Cholesky factorizations in SciPy's OpenBLAS) therefore
 hold BLAS to one thread, and restore the user's setting when they finish.
 

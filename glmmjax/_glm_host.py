@@ -5,9 +5,9 @@ working weights formed without dividing by dμ/dη, the same halving of invalid 
 rising steps, the same convergence rule |D − D_old|/(|D| + 0.1) < ε and Var(β̂) from
 the last weighted least-squares solve) with the closed forms of
 :mod:`glmmjax._family_math`, so the two engines agree to rounding (a parity test
-checks every family and link) while a first fit here pays no XLA compilation: on a
-2-core CPU compiling the IRLS program costs 3–10 s, about the time of the whole fit
-of a million rows here.
+checks every family and link) while a first fit here pays no XLA compilation, which
+on a small CPU takes seconds: longer than the whole fit of a million rows here
+(benchmarks/README.md).
 
 Covered: the exponential families that IRLS fits with a dispersion that is 1, fixed
 or Pearson's (Gaussian, binomial, Poisson, Gamma, inverse Gaussian, negative binomial

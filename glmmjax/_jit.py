@@ -1,16 +1,15 @@
 """``program``: ``eqx.filter_jit`` for glmmjax's large fit programs, with the XLA
 options that make them compile fast on CPU, run with single-threaded LAPACK.
 
-XLA:CPU's newer MLIR fusion emitters take about twice as long to compile a fit as the
-classic ones (InstEval's LMM fit: 4.7 s against 2.3 s under the same load) and gave no
-faster code in our fits (2.55 s against 2.57 s for the same fit). The choice is passed
-to each program's compilation, never set globally: users' own JAX code is untouched.
+XLA:CPU's newer MLIR fusion emitters took about twice as long to compile a fit as the
+classic ones and gave no faster code in our fits (figures in benchmarks/README.md,
+"Design measurements"). The choice is passed to each program's compilation, never set
+globally: users' own JAX code is untouched.
 
 XLA:CPU runs its Cholesky factorizations and triangular solves in the OpenBLAS that
 SciPy bundles, whose worker threads wait by spinning. Next to XLA's own threads, and
-worse next to any other busy process, they fight over the cores: on this project's
-2-core machine with one other busy process, InstEval's fit took 5.7–10 s with two
-OpenBLAS threads and 1.7–2.2 s with one. Each program call therefore limits OpenBLAS
+worse next to any other busy process, they fight over the cores (a several-fold
+slowdown on a 2-core CPU: benchmarks/README.md). Each program call therefore limits OpenBLAS
 to one thread (:func:`glmmjax._blas.single_threaded_blas`) until its results are ready,
 and restores the setting.
 

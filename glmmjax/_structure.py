@@ -93,8 +93,8 @@ class PlainStructure:
     """A :class:`ReStructure`'s fields as plain attributes (and the original as
     ``original``), for the host engines (:mod:`glmmjax._host_lmm`,
     :mod:`glmmjax._host_glmm`): reading an equinox Module's attribute costs
-    microseconds, and they read them thousands of times per fit (30 ms of verbagg's
-    0.35 s). ``cache`` holds index arrays they derive from the structure once."""
+    microseconds, and they read them thousands of times per fit (a tenth of a small
+    fit's time). ``cache`` holds index arrays they derive from the structure once."""
 
     def __init__(self, structure: ReStructure):
         for field in dataclasses.fields(structure):
