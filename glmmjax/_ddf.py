@@ -11,8 +11,8 @@ and Var(β̂)(ψ) = σ²·(L_X L_X')⁻¹. A = 2·[∇²d(ψ̂)]⁻¹ is the asy
 For a contrast l, with v = l'Vl and gᵢ = l'(∂V/∂ψᵢ)l, the degrees of freedom are
 ν = 2v²/(g'Ag). lmerTest takes the Hessian and the Jacobian by finite differences of d
 and V. On the CPU glmmjax takes central differences of d's *exact* gradient and of V
-(:func:`glmmjax._host_lmm.varpar_derivatives`: nothing to compile; sleepstudy 0.02 s
-instead of 2 s, InstEval 2.1 s instead of 10.6 s); on accelerators, or with
+(:func:`glmmjax._host_lmm.varpar_derivatives`: nothing to compile, several times
+faster on a CPU; benchmarks/README.md); on accelerators, or with
 ``engine="jax"``, both are exact (``jax.jacfwd`` through the blocked Cholesky). The two
 agree to about 1e-6 relative (tests/test_host_lmm.py), and with lmerTest in its last
 digits. F tests of several contrasts

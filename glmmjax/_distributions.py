@@ -2,8 +2,8 @@
 
 The same special functions that ``scipy.stats`` evaluates for these distributions
 (``ndtr``, ``stdtr``, ``chdtrc``, ``fdtrc`` and their inverses), called directly:
-importing ``scipy.stats`` costs 0.4–0.5 s, ``scipy.special`` after ``scipy.linalg``
-about 0.03 s, and every fitted result computes p-values. Arguments outside a
+importing ``scipy.stats`` costs over ten times as much as ``scipy.special`` after
+``scipy.linalg`` (benchmarks/README.md), and every fitted result computes p-values. Arguments outside a
 distribution's domain give what ``scipy.stats`` gives: NaN for degrees of freedom
 ≤ 0, survival 1 below the support's lower end.
 """

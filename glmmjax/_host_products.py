@@ -3,9 +3,9 @@
 Same blocks as :func:`glmmjax._cholesky.cross_products` (which stays the traceable
 version, used under ``vmap`` by ``fit_many`` and the bootstrap). A single ``lmer`` fit
 forms them once, so doing that on the host keeps the segment sums over every
-observation out of the compiled fit program: on InstEval that program compiled in
-1.57 s instead of 2.34 s (load 1.5), and ``np.bincount`` forms the blocks in a few
-milliseconds.
+observation out of the compiled fit program, which then compiles about a third
+faster on InstEval (benchmarks/README.md), and ``np.bincount`` forms the blocks in a
+few milliseconds.
 """
 
 from __future__ import annotations
