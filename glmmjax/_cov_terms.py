@@ -14,6 +14,7 @@ from ._cov_structures import (
     CompoundSymmetry,
     CovarianceStructure,
     Diagonal,
+    Matern,
     OrnsteinUhlenbeck,
     Spatial,
     Toeplitz,
@@ -31,7 +32,7 @@ def _level_label(name: str) -> str:
 
 
 def _indicator_columns(spec, z: np.ndarray, coef_names, levels: str) -> None:
-    """ar1, ou, exp and gau need the indicator columns of one factor (no intercept), at least
+    """ar1, ou, exp, gau and mat need the indicator columns of one factor (no intercept), at least
     two levels."""
     what = f"{spec.structure}() in term {spec}"
     indicator = np.all((z == 0) | (z == 1)) and np.all(z.sum(axis=1) == 1)
@@ -92,7 +93,7 @@ def _times_of_levels(spec, z: np.ndarray, coef_names) -> tuple[float, ...]:
 
 
 def _coordinates_of_levels(spec, z: np.ndarray, coef_names) -> tuple[tuple[float, ...], ...]:
-    """exp/gau: the points are the numbers in the factor's level labels, "(x,y)" or "x,y"
+    """exp/gau/mat: the points are the numbers in the factor's level labels, "(x,y)" or "x,y"
     (glmmTMB's numFactor writes "(x,y)")."""
     _indicator_columns(spec, z, coef_names, "points (coordinates in its level labels)")
     labels = [_level_label(c) for c in coef_names]
@@ -141,5 +142,7 @@ def term_covariance(spec, z: np.ndarray, coef_names) -> CovarianceStructure:
         return OrnsteinUhlenbeck(size, _times_of_levels(spec, z, coef_names))
     if name in ("exp", "gau"):
         return Spatial(size, kind=name, coords=_coordinates_of_levels(spec, z, coef_names))
+    if name == "mat":
+        return Matern(size, coords=_coordinates_of_levels(spec, z, coef_names))
     raise FormulaError(f"unknown covariance structure {name!r} in term {spec}; valid: "
                        f"{', '.join(STRUCTURE_NAMES)}")

@@ -1,4 +1,4 @@
-"""Structured random-effects covariances (diag, cs, homcs, ar1, toep, ou, exp, gau): the maps θ_t ↦ Λ_t,
+"""Structured random-effects covariances (diag, cs, homcs, ar1, toep, ou, exp, gau, mat): the maps θ_t ↦ Λ_t,
 their gradients on both engines, fits against glmmTMB 1.1.5 (tests/reference/
 covstruct_reference.R), displays, and the errors for terms a structure cannot take."""
 
@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.special
 
 import glmmjax as gj
 from glmmjax import datasets
@@ -20,6 +21,7 @@ from glmmjax._cov_structures import (
     AR1,
     CompoundSymmetry,
     Diagonal,
+    Matern,
     OrnsteinUhlenbeck,
     Spatial,
     Toeplitz,
@@ -40,7 +42,8 @@ def _x64():
 STRUCTURES = [Unstructured(3), Diagonal(3), CompoundSymmetry(4), CompoundSymmetry(3, True),
               AR1(5), Toeplitz(4), OrnsteinUhlenbeck(4, (0.0, 0.5, 2.0, 5.0)),
               Spatial(4, kind="exp", coords=((0.0, 0.0), (1.0, 0.0), (0.0, 2.0), (3.0, 1.0))),
-              Spatial(3, kind="gau", coords=((0.0,), (1.0,), (2.5,)))]
+              Spatial(3, kind="gau", coords=((0.0,), (1.0,), (2.5,))),
+              Matern(4, coords=((0.0, 0.0), (1.0, 0.0), (0.0, 2.0), (3.0, 1.0)))]
 
 
 def _random_params(cov, seed):
@@ -113,6 +116,18 @@ def test_structured_covariances_are_the_documented_ones():
                        ("gau", np.exp(-((distance / np.exp(eta)) ** 2)))):
         lam = Spatial(3, kind=kind, coords=points).factor(np.array([d, eta]), np)
         np.testing.assert_allclose(lam @ lam.T, d**2 * corr, rtol=1e-13, atol=1e-15)
+    # mat: (u^ν K_ν(u)) / (Γ(ν) 2^(ν−1)), u = d/φ, φ = e^η, ν = e^η₂ (TMB's matern(), as
+    # glmmTMB's fits' correlations below); ν = 1/2 is exp.
+    for nu in (0.5, 0.03, 1.7, 12.0):
+        u = distance / np.exp(eta)
+        with np.errstate(invalid="ignore"):
+            corr = np.where(distance > 0, u**nu * scipy.special.kv(nu, u), 0.0)
+        corr = corr / (scipy.special.gamma(nu) * 2 ** (nu - 1)) + np.eye(3)
+        lam = Matern(3, coords=points).factor(np.array([d, eta, np.log(nu)]), np)
+        np.testing.assert_allclose(lam @ lam.T, d**2 * corr, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        Matern(3, coords=points).factor(np.array([d, eta, np.log(0.5)]), np),
+        Spatial(3, kind="exp", coords=points).factor(np.array([d, eta]), np), rtol=1e-13)
 
 
 def _sleepstudy():
@@ -252,7 +267,8 @@ def test_summary_and_varcorr_show_the_structure():
     ("Reaction ~ Days + ar1(backf + 0 | Subject)", "not in increasing order"),
     ("Reaction ~ Days + cs(1 | Subject)", "at least two random effects"),
     ("Reaction ~ Days + toeplitz(dayf + 0 | Subject)", "unknown covariance structure 'toeplitz'"),
-    ("Reaction ~ Days + mat(dayf + 0 | Subject)", "not implemented here yet"),
+    ("Reaction ~ Days + rr(dayf + 0 | Subject)", "not implemented here yet"),
+    ("Reaction ~ Days + mat(namedf + 0 | Subject)", "must be numbers like '(x,y)'"),
     ("Reaction ~ Days + exp(namedf + 0 | Subject)", "must be numbers like '(x,y)'"),
     ("Reaction ~ Days + gau(mixedf + 0 | Subject)", "same dimension"),
     ("Reaction ~ Days + exp(Days | Subject)", "needs a factor of points"),
@@ -376,7 +392,8 @@ def test_ou_on_equal_spacing_is_ar1_and_toep_nests_it():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["binomial_toep", "poisson_ou", "spatial_poisson_exp"])
+@pytest.mark.parametrize("name", ["binomial_toep", "poisson_ou", "spatial_poisson_exp",
+                                  "spatial_poisson_mat"])
 def test_glmm_jax_engine_against_glmmtmb(name):
     model = MODELS[name]
     _check_against_reference(_fit(model, engine="jax"), model)
