@@ -34,6 +34,9 @@ _LAZY = {
     "ScaledResiduals": "._diagnostics",
     "FormulaError": "._formula",
     "RelmatError": "._relmat",
+    "cor_ar1": "._residual_ar1",
+    "CorAR1": "._residual_ar1",
+    "AR1ResidualLMMResult": "._residual_ar1",
     "parse_formula": "._formula",
     "GLMConvergenceWarning": "._glm",
     "SeparationWarning": "._glm",
@@ -94,6 +97,9 @@ __all__ = [
     "lmer",
     "FormulaError",
     "RelmatError",
+    "cor_ar1",
+    "CorAR1",
+    "AR1ResidualLMMResult",
     "datasets",
     "parse_formula",
 ]
@@ -132,5 +138,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._params import Params
     from ._parts_result import GLMMPartsResult
     from ._relmat import RelmatError
+    from ._residual_ar1 import AR1ResidualLMMResult, CorAR1, cor_ar1
     from ._results import Convergence, ConvergenceWarning, MixedModelResult, SingularFitWarning
     from ._solve import SolveInfo, solve
