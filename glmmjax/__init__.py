@@ -35,6 +35,7 @@ _LAZY = {
     "FormulaError": "._formula",
     "RelmatError": "._relmat",
     "cor_ar1": "._residual_ar1",
+    "num_factor": "._cov_terms",
     "CorAR1": "._residual_ar1",
     "AR1ResidualLMMResult": "._residual_ar1",
     "parse_formula": "._formula",
@@ -98,6 +99,7 @@ __all__ = [
     "FormulaError",
     "RelmatError",
     "cor_ar1",
+    "num_factor",
     "CorAR1",
     "AR1ResidualLMMResult",
     "datasets",
@@ -126,6 +128,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._batch import BatchResult, fit_datasets, fit_many, p_adjust_bh
     from ._bootstrap import BootstrapResult
     from ._classification import confusion_matrix, plot_roc, roc_auc, roc_curve
+    from ._cov_terms import num_factor
     from ._design import DataError
     from ._diagnostics import ScaledResiduals
     from ._distributed import gather_batches, process_share

@@ -419,3 +419,25 @@ def test_a_numerically_singular_correlation_is_a_rejected_point_on_the_host():
     assert evaluate(np.array([1.0, 5.0]), host)[0] == np.inf
     assert np.isfinite(evaluate(np.array([1.0, 0.0]), host)[0])
     assert np.all(np.isnan(Toeplitz(3).factor(np.array([1.0, 1.0, 1.0, 40.0, 0.0]), np)))
+
+
+def test_num_factor_gives_times_and_points_from_columns():
+    # glmmTMB's numFactor: "(t)" levels ordered by t; "(x,y)" ordered by y, then x.
+    times = gj.num_factor(pd.Series([2.0, 0.5, 0.0, 2.0]))
+    assert list(times.categories) == ["(0)", "(0.5)", "(2)"]
+    assert list(times) == ["(2)", "(0.5)", "(0)", "(2)"]
+    points = gj.num_factor([0, 1, 0, 1], [0, 0, 1, 1])
+    assert list(points.categories) == ["(0,0)", "(1,0)", "(0,1)", "(1,1)"]
+    for name in ("gaussian_ou", "spatial_exp"):
+        model = MODELS[name]
+        data = _reference_data(model)
+        if name == "gaussian_ou":
+            data["timef"] = gj.num_factor(data["time"])
+        else:
+            data["pos"] = gj.num_factor(data["cx"], data["cy"])
+        _check_against_reference(gj.lmer(model["formula"], data, reml=False, engine="host"),
+                                 model)
+    with pytest.raises(ValueError, match="argument 1 must be a finite numeric column"):
+        gj.num_factor(["a", "b"])
+    with pytest.raises(ValueError, match="differ in length"):
+        gj.num_factor([0, 1], [0, 1, 2])
