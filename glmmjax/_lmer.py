@@ -318,9 +318,10 @@ def check_lmm_response(design: Design) -> None:
 
 @with_x64
 def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
-                   max_iter: int = 500) -> LMMResult:
+                   max_iter: int = 500, theta0=None) -> LMMResult:
     """Fit an LMM to an already built design (used by ``lmer`` and ``MixedModel``);
-    warns with :class:`~glmmjax.ConvergenceWarning` when the optimizer stops short."""
+    warns with :class:`~glmmjax.ConvergenceWarning` when the optimizer stops short.
+    ``theta0``: a start for θ (a nearby model's estimate; default: moment estimates)."""
     max_iter = check_max_iter(max_iter)
     check_lmm_response(design)
     check_lmm_design(design)
@@ -330,7 +331,8 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
     fitted = design if scales is None else scaled_design(design, scales)
     structure = build_structure_for(fitted, fitted.X.shape[1] + 1)
     y = np.asarray(fitted.response, dtype=float) - fitted.offset
-    theta0 = moment_theta(fitted.terms, fitted.X, y, fitted.weights)
+    if theta0 is None or scales is not None:  # a rescaled design has its own θ scale
+        theta0 = moment_theta(fitted.terms, fitted.X, y, fitted.weights)
     engine = choose_lmm(engine)
     solution, theta, pls, effects = fit_lmm_arrays(structure, fitted.weights, fitted.X, y, reml,
                                                    theta0, engine=engine, max_iter=max_iter)

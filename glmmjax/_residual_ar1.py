@@ -127,6 +127,25 @@ def series_of(design: Design, correlation: CorAR1) -> Series:
     return Series(order, lags, int(codes.max()) + 1)
 
 
+def objective_result(cache: dict, objective, eta: float):
+    """The fit at atanh(ρ) = ``eta`` (evaluated through ``objective``, so cached)."""
+    objective(eta)
+    return cache[eta][0]
+
+
+def _lag_correlation(series: Series, fit) -> float:
+    """The lag-1 correlation of the residuals of ``fit`` (the fit at ρ = 0, its rows in
+    series order) within series, clipped to ±0.9."""
+    r = np.asarray(fit.design.response, dtype=np.float64) - fit.fitted().to_numpy()
+    follows = series.lags == 1
+    if not np.any(follows):
+        return 0.0
+    previous = np.append(0, np.arange(len(r) - 1))
+    value = np.sum(r[follows] * r[previous][follows]) / max(np.sum(r * r), 1e-300) \
+        * len(r) / np.sum(follows)
+    return float(np.clip(value, -0.9, 0.9)) if np.isfinite(value) else 0.0
+
+
 def _label(rows, group, position) -> str:
     return "(all rows)" if group is None else repr(rows[group].iloc[int(position)])
 
@@ -167,11 +186,20 @@ def fit_with_ar1(design: Design, reml: bool, correlation: CorAR1, engine, max_it
                         "correlation to estimate")
     engine = engine or "host"
 
+    start = {}
+
     def fit_at(eta):
         whitened, logdet = whiten(design, series, math.tanh(eta))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = fit_lmm_design(whitened, reml, engine=engine, max_iter=max_iter)
+            # Warm start from the last ρ's θ: nearby ρ, nearby θ (a few BFGS steps).
+            result = fit_lmm_design(whitened, reml, engine=engine, max_iter=max_iter,
+                                    theta0=start.get("theta"))
+        # Not from the boundary (a zero SD, e.g. at ρ near ±1): the optimizer works on
+        # log SDs, and would stay there.
+        theta = np.asarray(result.theta_values, dtype=np.float64)
+        keep = result.converged and not result.singular and np.all(np.isfinite(theta))
+        start["theta"] = theta if keep else None
         return result, result.criterion + logdet
 
     cache = {}
@@ -181,9 +209,21 @@ def fit_with_ar1(design: Design, reml: bool, correlation: CorAR1, engine, max_it
             cache[eta] = fit_at(eta)
         return cache[eta][1]
 
-    # atanh(ρ) in (−4, 4): |ρ| up to 0.9993; Brent's bounded search to 1e-9 in atanh(ρ).
-    search = scipy.optimize.minimize_scalar(objective, bounds=(-4.0, 4.0), method="bounded",
-                                            options={"xatol": 1e-9, "maxiter": 200})
+    # Brent's search in atanh(ρ) from a bracket around the lag-1 correlation of the
+    # independent-errors fit's residuals (a few evaluations fewer than a bounded search
+    # from (−4, 4)); where it leaves |atanh ρ| ≤ 4 (|ρ| ≤ 0.9993), the bounded search.
+    eta0 = math.atanh(_lag_correlation(series, objective_result(cache, objective, 0.0)))
+    try:
+        search = scipy.optimize.minimize_scalar(
+            objective, bracket=(eta0 - 0.25, eta0 + 0.25), method="brent",
+            options={"xtol": 1e-6, "maxiter": 200})
+        inside = abs(float(search.x)) <= 4.0 and np.isfinite(search.fun)
+    except (ValueError, RuntimeError):
+        inside = False
+    if not inside:
+        search = scipy.optimize.minimize_scalar(objective, bounds=(-4.0, 4.0),
+                                                method="bounded",
+                                                options={"xatol": 1e-9, "maxiter": 200})
     eta = float(search.x)
     result, criterion = cache.get(eta) or fit_at(eta)
     rho = math.tanh(eta)
