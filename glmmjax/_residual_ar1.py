@@ -29,9 +29,11 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import scipy.optimize
 
 from ._design import DataError, Design
 from ._lmer import LMMResult
+from ._precision import with_x64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,22 +129,20 @@ def series_of(design: Design, correlation: CorAR1) -> Series:
     return Series(order, lags, int(codes.max()) + 1)
 
 
-def objective_result(cache: dict, objective, eta: float):
-    """The fit at atanh(ρ) = ``eta`` (evaluated through ``objective``, so cached)."""
-    objective(eta)
-    return cache[eta][0]
-
-
-def _lag_correlation(series: Series, fit) -> float:
-    """The lag-1 correlation of the residuals of ``fit`` (the fit at ρ = 0, its rows in
-    series order) within series, clipped to ±0.9."""
-    r = np.asarray(fit.design.response, dtype=np.float64) - fit.fitted().to_numpy()
+def _lag_correlation(design: Design, series: Series) -> float:
+    """A start for ρ: the lag-1 correlation within series of the least-squares residuals
+    with each series' mean removed (as a random intercept would), clipped to ±0.9."""
+    y = np.asarray(design.response, dtype=np.float64) - design.offset
+    X = np.asarray(design.X, dtype=np.float64)
+    r = (y - X @ np.linalg.lstsq(X, y, rcond=None)[0])[series.order]
+    codes = np.cumsum(series.lags == 0) - 1  # the series of each sorted row
+    r = r - (np.bincount(codes, r) / np.bincount(codes))[codes]
     follows = series.lags == 1
-    if not np.any(follows):
-        return 0.0
     previous = np.append(0, np.arange(len(r) - 1))
-    value = np.sum(r[follows] * r[previous][follows]) / max(np.sum(r * r), 1e-300) \
-        * len(r) / np.sum(follows)
+    denominator = np.sum(r * r)
+    if not np.any(follows) or denominator <= 0:
+        return 0.0
+    value = np.sum(r[follows] * r[previous][follows]) / denominator * len(r) / np.sum(follows)
     return float(np.clip(value, -0.9, 0.9)) if np.isfinite(value) else 0.0
 
 
@@ -173,63 +173,44 @@ def whiten(design: Design, series: Series, rho: float) -> tuple[Design, float]:
     return whitened, float(np.sum(np.log(scale[follows] ** 2)))
 
 
+@with_x64
 def fit_with_ar1(design: Design, reml: bool, correlation: CorAR1, engine, max_iter: int):
     """Fit the LMM of ``design`` with residual AR(1) (see the module docstring)."""
-    import scipy.optimize
-
-    from ._lmer import fit_lmm_design
+    from ._lmer import check_lmm_response, fit_lmm_design
     from ._results import warn_if_not_converged, warn_if_singular
 
     series = series_of(design, correlation)
     if not np.any(series.lags > 0):
         raise DataError("cor_ar1: every group has a single row, so there is no residual "
                         "correlation to estimate")
-    engine = engine or "host"
-
-    start = {}
-
-    def fit_at(eta):
-        whitened, logdet = whiten(design, series, math.tanh(eta))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # Warm start from the last ρ's θ: nearby ρ, nearby θ (a few BFGS steps).
-            result = fit_lmm_design(whitened, reml, engine=engine, max_iter=max_iter,
-                                    theta0=start.get("theta"))
-        # Not from the boundary (a zero SD, e.g. at ρ near ±1): the optimizer works on
-        # log SDs, and would stay there.
-        theta = np.asarray(result.theta_values, dtype=np.float64)
-        keep = result.converged and not result.singular and np.all(np.isfinite(theta))
-        start["theta"] = theta if keep else None
-        return result, result.criterion + logdet
-
-    cache = {}
-
-    def objective(eta):
-        if eta not in cache:
-            cache[eta] = fit_at(eta)
-        return cache[eta][1]
-
-    # Brent's search in atanh(ρ) from a bracket around the lag-1 correlation of the
-    # independent-errors fit's residuals (a few evaluations fewer than a bounded search
-    # from (−4, 4)); where it leaves |atanh ρ| ≤ 4 (|ρ| ≤ 0.9993), the bounded search.
-    eta0 = math.atanh(_lag_correlation(series, objective_result(cache, objective, 0.0)))
+    check_lmm_response(design)
+    profile = _Profile(design, series, reml, max_iter)
+    # Brent's search in atanh(ρ) from a bracket around a moment estimate of ρ (a few
+    # evaluations fewer than a bounded search from (−4, 4)); where it leaves
+    # |atanh ρ| ≤ 4 (|ρ| ≤ 0.9993), the bounded search.
+    eta0 = math.atanh(_lag_correlation(design, series))
     try:
         search = scipy.optimize.minimize_scalar(
-            objective, bracket=(eta0 - 0.25, eta0 + 0.25), method="brent",
+            profile, bracket=(eta0 - 0.25, eta0 + 0.25), method="brent",
             options={"xtol": 1e-6, "maxiter": 200})
         inside = abs(float(search.x)) <= 4.0 and np.isfinite(search.fun)
     except (ValueError, RuntimeError):
         inside = False
     if not inside:
-        search = scipy.optimize.minimize_scalar(objective, bounds=(-4.0, 4.0),
+        search = scipy.optimize.minimize_scalar(profile, bounds=(-4.0, 4.0),
                                                 method="bounded",
                                                 options={"xatol": 1e-9, "maxiter": 200})
     eta = float(search.x)
-    result, criterion = cache.get(eta) or fit_at(eta)
     rho = math.tanh(eta)
+    # The fit at ρ̂ through lmer's own path (checks, rescaling, engine, results).
+    whitened, logdet = whiten(design, series, rho)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fit_lmm_design(whitened, reml, engine=engine or "host", max_iter=max_iter,
+                                theta0=profile.thetas.get(eta))
     fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-    fields.update(design=design, criterion=criterion, n_params=result.n_params + 1,
-                  extra_params={"rho": rho})
+    fields.update(design=design, criterion=result.criterion + logdet,
+                  n_params=result.n_params + 1, extra_params={"rho": rho})
     out = AR1ResidualLMMResult(**fields, correlation=correlation, rho=rho,
                                rho_search=search)
     if abs(eta) > 4.0 - 1e-6:
@@ -238,6 +219,46 @@ def fit_with_ar1(design: Design, reml: bool, correlation: CorAR1, engine, max_it
     warn_if_not_converged(out, "lmer")
     warn_if_singular(out)
     return out
+
+
+class _Profile:
+    """The criterion profiled over θ at atanh(ρ) = η: one host LMM fit of the whitened
+    data (no results built), warm-started from the last η's θ; cached per η."""
+
+    def __init__(self, design: Design, series: Series, reml: bool, max_iter: int):
+        self.design, self.series, self.reml, self.max_iter = design, series, reml, max_iter
+        self.values, self.thetas, self.last = {}, {}, None
+
+    def __call__(self, eta: float) -> float:
+        eta = float(eta)
+        if eta in self.values:
+            return self.values[eta]
+        from ._covariance import diagonal_mask
+        from ._lmm import build_structure_for, fit_lmm_arrays, moment_theta
+
+        whitened, logdet = whiten(self.design, self.series, math.tanh(eta))
+        structure = build_structure_for(whitened, whitened.X.shape[1] + 1)
+        y = np.asarray(whitened.response, dtype=np.float64) - whitened.offset
+        theta0 = self.last
+        if theta0 is None:
+            theta0 = moment_theta(whitened.terms, whitened.X, y, whitened.weights)
+        try:
+            _, theta, pls, _ = fit_lmm_arrays(structure, whitened.weights, whitened.X, y,
+                                              self.reml, theta0, engine="host",
+                                              max_iter=self.max_iter)
+            value = float(pls.criterion) + logdet
+        except FloatingPointError:
+            theta, value = None, math.inf
+        # Warm starts not from the boundary (a zero SD, e.g. at ρ near ±1): the
+        # optimizer works on log SDs and would stay there.
+        mask = diagonal_mask(structure.structures)
+        ok = theta is not None and np.all(np.isfinite(theta)) and np.all(
+            np.abs(np.asarray(theta)[mask]) > 1e-6)
+        self.last = np.asarray(theta, dtype=np.float64) if ok else None
+        if theta is not None:
+            self.thetas[eta] = np.asarray(theta, dtype=np.float64)
+        self.values[eta] = value if np.isfinite(value) else math.inf
+        return self.values[eta]
 
 
 class _Refused:
