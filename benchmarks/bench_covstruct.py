@@ -3,7 +3,7 @@
 The models are the references of tests/reference/covstruct_reference.R (glmmTMB 1.1.5:
 sleepstudy with diag, cs and ar1 on a factor of days; simulated Gaussian ar1, homcs,
 toep and ou (unequally spaced times), Poisson ar1 and ou, binomial cs, diag and toep,
-spatial exp and gau (Gaussian) and exp (Poisson) on a 3 x 3 grid). For each model and repeat, a fresh Python process
+spatial exp, gau and mat (Gaussian) and exp and mat (Poisson) on a 3 x 3 grid). For each model and repeat, a fresh Python process
 imports glmmjax and loads the data (not timed), looks up the fitting function (which imports
 what it needs; not timed, as R's ``library()``), then times its first fit (the call a
 user waits for, compilation included where the engine compiles) and a second one; a

@@ -35,6 +35,10 @@ _LAZY = {
     "ScaledResiduals": "._diagnostics",
     "FormulaError": "._formula",
     "RelmatError": "._relmat",
+    "cor_ar1": "._residual_ar1",
+    "num_factor": "._cov_terms",
+    "CorAR1": "._residual_ar1",
+    "AR1ResidualLMMResult": "._residual_ar1",
     "parse_formula": "._formula",
     "GLMConvergenceWarning": "._glm",
     "SeparationWarning": "._glm",
@@ -96,6 +100,10 @@ __all__ = [
     "lmer",
     "FormulaError",
     "RelmatError",
+    "cor_ar1",
+    "num_factor",
+    "CorAR1",
+    "AR1ResidualLMMResult",
     "datasets",
     "parse_formula",
 ]
@@ -122,6 +130,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._batch import BatchResult, fit_datasets, fit_many, p_adjust_bh
     from ._bootstrap import BootstrapResult
     from ._classification import confusion_matrix, plot_roc, roc_auc, roc_curve
+    from ._cov_terms import num_factor
     from ._design import DataError
     from ._diagnostics import ScaledResiduals
     from ._distributed import gather_batches, process_share
@@ -135,5 +144,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._parts_result import GLMMPartsResult
     from ._plots import effect_table
     from ._relmat import RelmatError
+    from ._residual_ar1 import AR1ResidualLMMResult, CorAR1, cor_ar1
     from ._results import Convergence, ConvergenceWarning, MixedModelResult, SingularFitWarning
     from ._solve import SolveInfo, solve

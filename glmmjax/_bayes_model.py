@@ -31,6 +31,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Predictive
 
 from . import _bayes_ar1 as ar1_lib
+from . import _bayes_structures as structures_lib
 from ._bayes_priors import (
     Layout,
     data_scale,
@@ -165,7 +166,12 @@ class GLMMModel:
             u = numpyro.sample(
                 f"z_{label}", dist.Normal(0.0, 1.0).expand((n_levels, size)).to_event(2)
             )
-            if size > 1:
+            cov = layout.structure(t)
+            if cov is not None:
+                values = [numpyro.sample(p.name, priors[p.name]) for p in layout.structure_params(t)]
+                factor = cov.factor(structures_lib.theta_of(cov, sd, values, jnp), jnp)
+                effects = u @ factor.T
+            elif size > 1:
                 chol = numpyro.sample(f"L_{label}", priors[f"cor_{label}"])
                 effects = u @ (sd[:, None] * chol).T
             else:
@@ -219,15 +225,6 @@ class BayesModel:
         named = [j for j in ones if design.fixef_names[j] == "Intercept"]
         intercept = (named or ones or [None])[0]
         centred = bool(center) and intercept is not None and X.shape[1] > 1
-        structured = [str(t.spec) for t in design.terms
-                      if getattr(t.covariance, "name", "us") != "us"]
-        if structured:
-            # Its priors (SDs, LKJ correlations) are those of unstructured terms.
-            raise DataError(
-                f"glmmjax.bayes fits unstructured random-effects terms; "
-                f"{', '.join(structured)} has a covariance structure. Fit it with "
-                "lmer/glmer, or write the term as (expr | group); for AR(1) over time "
-                "see bayes' ar1= argument")
         ar_kind = None
         self.ar1 = None
         if ar1 is not None:
@@ -248,6 +245,8 @@ class BayesModel:
             dispersion=dispersion_parameter(family),
             ar1=ar_kind,
             ar1_grid=None if self.ar1 is None else self.ar1.grid,
+            structures=tuple(t.covariance if structures_lib.is_structured(t.covariance)
+                             else None for t in design.terms),
         )
         self.glmm = GLMMModel(self.layout)
         self.scale = data_scale(X, model.y, model.weights, model.offset, family, intercept)
@@ -306,8 +305,9 @@ class BayesModel:
         names = [layout.fixef_site(j) for j in range(len(layout.fixef_names))]
         for t, label in enumerate(layout.labels):
             names += layout.sd_names(t) + [f"z_{label}"]
-            if len(layout.coef_names[t]) > 1:
+            if layout.has_lkj(t):
                 names.append(f"L_{label}")
+            names += [p.name for p in layout.structure_params(t)]
         if layout.dispersion is not None:
             names.append(layout.dispersion)
         if layout.ar1 is not None:
@@ -325,6 +325,8 @@ class BayesModel:
             for name in layout.sd_names(t):
                 centres[name] = 0.5 * (scale.sd_y if scale.identity_gaussian and scale.sd_y > 0
                                        else scale.scale)
+            for param in layout.structure_params(t):
+                centres[param.name] = structures_lib.centre(layout.structure(t), param)
         if layout.dispersion is not None and scale.dispersion_guess is not None:
             centres[layout.dispersion] = scale.dispersion_guess
         if layout.ar1 is not None:
@@ -557,6 +559,22 @@ class BayesModel:
         return out
 
     # ---- derived quantities ---------------------------------------------------------------
+    def structured_factor(self, t: int, samples: dict) -> np.ndarray:
+        """Term t's covariance factor Λ_t per draw, (..., S, S), for a structured term."""
+        layout = self.layout
+        cov = layout.structure(t)
+        sd = np.stack([np.asarray(samples[n], dtype=np.float64) for n in layout.sd_names(t)],
+                      axis=-1)
+        values = [np.asarray(samples[p.name], dtype=np.float64)
+                  for p in layout.structure_params(t)]
+        batch = sd.shape[:-1]
+        flat_sd = sd.reshape(-1, sd.shape[-1])
+        flat_values = [v.reshape(-1) for v in values]
+        factors = [cov.factor(structures_lib.theta_of(cov, flat_sd[i],
+                                                      [v[i] for v in flat_values], np), np)
+                   for i in range(flat_sd.shape[0])]
+        return np.asarray(factors).reshape(batch + (cov.size, cov.size))
+
     def derived(self, samples: dict) -> dict:
         """Named parameters from sampled sites (numpy, any leading batch shape):
         ``b_*`` (uncentred), ``sd_*``, ``cor_*``, ``r_<group>`` (levels × coefficients),
@@ -575,7 +593,12 @@ class BayesModel:
             for i, name in enumerate(names):
                 out[name] = sd[..., i]
             u = np.asarray(samples[f"z_{label}"])
-            if len(names) > 1:
+            if layout.structure(t) is not None:
+                for param in layout.structure_params(t):
+                    out[param.name] = np.asarray(samples[param.name])
+                factor = self.structured_factor(t, samples)
+                out[f"r_{label}"] = np.einsum("...ms,...ks->...mk", u, factor)
+            elif len(names) > 1:
                 chol = np.asarray(samples[f"L_{label}"])
                 corr = chol @ np.swapaxes(chol, -1, -2)
                 for i, j, name in layout.cor_pairs(t):

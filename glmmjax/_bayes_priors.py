@@ -42,6 +42,11 @@ given):
   on the shape 1/φ; beta φ: Gamma(0.01, 0.01) (brms); negative binomial θ:
   InverseGamma(0.4, 0.3) (brms's prior on the shape).
 * ``ar1_rho``: Uniform(−1, 1); ``ar1_sd``: half-Student-t(3, 0, 2.5).
+* structured terms (``diag``, ``cs``, ``ar1``, ``toep``, ``ou``, ``exp``, ``gau``,
+  ``mat``) and relmat terms: the SDs as above (``sd_<group>`` where the structure has one
+  SD), and their correlation parameters (``rho_<group>``, ``pacf<k>_<group>``,
+  ``scale_<group>``, ``range_<group>``, ``nu_<group>``) as listed in
+  :mod:`glmmjax._bayes_structures`.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.util import promote_shapes
 from scipy import special
 
+from . import _bayes_structures as structures_lib
 from ._families import Family, Gaussian
 
 
@@ -221,6 +227,18 @@ class Layout:
     dispersion: str | None  # "sigma", "phi", "theta" or None
     ar1: str | None  # "errors" (Gaussian), "latent" (other families) or None
     ar1_grid: tuple[int, int] | None = None  # (longest series, number of series), static
+    # Per term, its covariance structure where it has one (diag, cs, ar1, ..., relmat;
+    # glmmjax._bayes_structures), None for lme4's unstructured terms.
+    structures: tuple = ()
+
+    def structure(self, t: int):
+        """Term t's covariance structure, or None (unstructured)."""
+        cov = self.structures[t] if t < len(self.structures) else None
+        return cov if structures_lib.is_structured(cov) else None
+
+    def structure_params(self, t: int) -> list:
+        cov = self.structure(t)
+        return [] if cov is None else structures_lib.structure_params(cov, self.labels[t])
 
     def fixef_site(self, j: int) -> str:
         """Name of the sampled site of fixed effect j (the centred intercept is
@@ -230,9 +248,18 @@ class Layout:
         return f"b_{self.fixef_names[j]}"
 
     def sd_names(self, t: int) -> list[str]:
+        cov = self.structure(t)
+        if cov is not None and structures_lib.sd_count(cov, cov.size) == 1:
+            return [f"sd_{self.labels[t]}"]
         return [f"sd_{self.labels[t]}__{c}" for c in self.coef_names[t]]
 
+    def has_lkj(self, t: int) -> bool:
+        """An unstructured term with correlations (an LKJ prior, ``cor_<group>``)."""
+        return self.structure(t) is None and len(self.coef_names[t]) > 1
+
     def cor_pairs(self, t: int) -> list[tuple[int, int, str]]:
+        if not self.has_lkj(t):
+            return []
         coefs = self.coef_names[t]
         return [
             (i, j, f"cor_{self.labels[t]}__{coefs[j]}__{coefs[i]}")
@@ -243,10 +270,11 @@ class Layout:
     def prior_keys(self) -> list[str]:
         """Every parameter that has a prior, in model order."""
         keys = [f"b_{name}" for name in self.fixef_names]
-        for t, size in enumerate(len(c) for c in self.coef_names):
+        for t in range(len(self.coef_names)):
             keys += self.sd_names(t)
-            if size > 1:
+            if self.has_lkj(t):
                 keys.append(f"cor_{self.labels[t]}")
+            keys += [p.name for p in self.structure_params(t)]
         if self.dispersion is not None:
             keys.append(self.dispersion)
         if self.ar1 is not None:
@@ -261,10 +289,10 @@ class Layout:
             f"b_{name}" for j, name in enumerate(self.fixef_names) if j != self.intercept_index
         ]
         out = {"b": slopes, "sd": [], "cor": []}
-        for t, coefs in enumerate(self.coef_names):
+        for t in range(len(self.coef_names)):
             out[f"sd_{self.labels[t]}"] = self.sd_names(t)
             out["sd"] += self.sd_names(t)
-            if len(coefs) > 1:
+            if self.has_lkj(t):
                 out["cor"].append(f"cor_{self.labels[t]}")
         return {k: v for k, v in out.items() if v and k not in self.prior_keys()}
 
@@ -361,8 +389,10 @@ def default_priors(layout: Layout, family: Family, scale: DataScale) -> dict:
     for t, coefs in enumerate(layout.coef_names):
         for key in layout.sd_names(t):
             priors[key] = HalfStudentT(3.0, sd_scale)
-        if len(coefs) > 1:
+        if layout.has_lkj(t):
             priors[f"cor_{layout.labels[t]}"] = LKJ(len(coefs), 2.0)
+        for param in layout.structure_params(t):
+            priors[param.name] = structures_lib.default_prior(layout.structure(t), param)
     if layout.dispersion == "sigma":
         priors["sigma"] = HalfStudentT(3.0, sd_scale)
     elif layout.dispersion == "theta":
@@ -414,6 +444,12 @@ def _check_prior(key: str, prior, layout: Layout, sizes: dict[str, int]):
         )
     if key == "ar1_rho" and not (np.all(lower >= -1) and np.all(upper <= 1)):
         raise ValueError(f"ar1_rho lies in (-1, 1): its prior must too, got {prior!r}")
+    for t in range(len(layout.labels)):
+        for param in layout.structure_params(t):
+            if key == param.name and not (np.all(lower >= param.lower)
+                                          and np.all(upper <= param.upper)):
+                raise ValueError(f"{key!r} lies in ({param.lower:.4g}, {param.upper:.4g}): "
+                                 f"its prior must too, got {prior!r}")
     return prior
 
 

@@ -120,8 +120,10 @@ class BayesResult:
             return [f"b_{n}" for n in layout.fixef_names]
         if kind == "sd":
             return [n for t in range(len(layout.labels)) for n in layout.sd_names(t)]
-        if kind == "cor":
-            return [name for t in range(len(layout.labels)) for *_, name in layout.cor_pairs(t)]
+        if kind == "cor":  # LKJ correlations, and structured terms' correlation parameters
+            return [name for t in range(len(layout.labels))
+                    for name in [n for *_, n in layout.cor_pairs(t)]
+                    + [p.name for p in layout.structure_params(t)]]
         if kind == "family":
             return [n for n in (layout.dispersion, "ar1_rho", "ar1_sd") if n in self.draws]
         raise ValueError(f"kind must be one of {('all',) + _KINDS}, got {kind!r}")
@@ -237,7 +239,12 @@ class BayesResult:
         factors = []
         for t, label in enumerate(layout.labels):
             sd = np.stack([flat(self.draws[n]) for n in layout.sd_names(t)], axis=-1)
-            if len(layout.coef_names[t]) > 1:
+            if layout.structure(t) is not None:
+                factors.append(self.bayes_model.structured_factor(
+                    t, {k: flat(v) for k, v in self.samples.items()
+                        if k in layout.sd_names(t)
+                        or k in [p.name for p in layout.structure_params(t)]}))
+            elif len(layout.coef_names[t]) > 1:
                 factors.append(sd[..., :, None] * flat(self.samples[f"L_{label}"]))
             else:
                 factors.append(sd[..., :, None])
@@ -573,9 +580,14 @@ class BayesResult:
             lines.append(f"~{label} (Number of levels: {len(layout.levels[t])})")
             names = layout.sd_names(t)
             labels = [f"sd({c})" for c in layout.coef_names[t]]
+            if layout.structure(t) is not None and len(names) == 1:
+                labels = [f"sd({layout.structure(t).name})"]
             for i, j, name in layout.cor_pairs(t):
                 names.append(name)
                 labels.append(f"cor({layout.coef_names[t][j]},{layout.coef_names[t][i]})")
+            for param in layout.structure_params(t):
+                names.append(param.name)
+                labels.append(f"{param.name[: -len(label) - 1]}({layout.structure(t).name})")
             lines += [block(names, labels), ""]
         lines.append("Regression Coefficients:")
         lines += [block(self._names("fixef"), list(layout.fixef_names)), ""]

@@ -40,6 +40,9 @@ Structures (glmmTMB's names and covariances; ρ's transform is ours):
   labels, "(x,y)" as glmmTMB's ``numFactor``): Σ_ij = σ²θ_1²·exp(−d_ij/ℓ) or
   σ²θ_1²·exp(−(d_ij/ℓ)²), d the Euclidean distance, ℓ = exp(η) (glmmTMB's scale);
   Λ = θ_1·chol(C).
+- ``mat``: spatial Matérn over the same points, C_ij = u^ν·K_ν(u)/(Γ(ν)·2^(ν−1)) with
+  u = d_ij/φ, range φ = exp(η_1) and smoothness ν = exp(η_2) both estimated (glmmTMB 1.1.5's
+  ``mat``, TMB's ``matern``; K_ν and its ν-derivative in :mod:`glmmjax._matern`).
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from . import _matern as matern
 from ._linalg import cholesky as small_cholesky
 
-STRUCTURE_NAMES = ("us", "diag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau")
+STRUCTURE_NAMES = ("us", "diag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau", "mat")
 
 
 @functools.cache
@@ -770,6 +774,87 @@ class Spatial(CovarianceStructure):
 
     def from_natural(self, omega, scale):
         return jnp.stack([omega[0] / scale, omega[1]])
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Matern(Spatial):
+    """``mat``: one SD, the Matérn correlation over the points with range φ = e^{η_1} and
+    smoothness ν = e^{η_2}, both estimated (glmmTMB's theta: log SD, log φ, log ν)."""
+
+    kind: str = "mat"
+
+    @property
+    def n_params(self) -> int:
+        return 3
+
+    def _pairs(self):
+        rows, cols = np.triu_indices(self.size, k=1)
+        return rows, cols, self.distances()[rows, cols]  # distinct points: all > 0
+
+    def _matrix(self, values, xp):
+        rows, cols, _ = self._pairs()
+        if _is_numpy(xp):
+            out = np.eye(self.size)
+            out[rows, cols] = out[cols, rows] = values
+            return out
+        eye = jnp.eye(self.size, dtype=values.dtype)
+        return eye.at[rows, cols].set(values).at[cols, rows].set(values)
+
+    def factor(self, params, xp=jnp):
+        if _is_numpy(xp):
+            return abs(params[0]) * self._host_cholesky(float(params[1]), float(params[2]))[0]
+        _, _, d = self._pairs()
+        u = jnp.asarray(d, params.dtype) * jnp.exp(-params[1])
+        C = self._matrix(jnp.exp(matern.log_correlation(u, jnp.exp(params[2]), jnp)), jnp)
+        return jnp.abs(params[0]) * _cholesky(C, jnp)
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 (as Toeplitz's: one θ, many requests)
+    def _host_cholesky(self, log_range: float, log_nu: float):
+        """(L, dL/d(log φ, log ν)), read-only."""
+        _, _, d = self._pairs()
+        corr, d_range, d_nu = matern.correlation_and_derivatives(d, log_range, log_nu)
+        C = self._matrix(corr, np)
+        L = _cholesky(C, np)
+        if not np.all(np.isfinite(L)):
+            return _read_only(L, np.full((2,) + C.shape, np.nan))
+        dC = np.stack([self._matrix(d_range, np), self._matrix(d_nu, np)]) - np.eye(self.size)
+        return _read_only(L, _cholesky_jacobian(L, dC))
+
+    def jacobian(self, params) -> np.ndarray:
+        params = np.asarray(params, dtype=np.float64)
+        L, dL = self._host_cholesky(float(params[1]), float(params[2]))
+        return np.concatenate([(np.sign(params[0]) * L)[None], abs(params[0]) * dL])
+
+    def scale_mask(self) -> np.ndarray:
+        return np.array([True, False, False])
+
+    def start(self, sds) -> np.ndarray:
+        # ν = 1/2 (the exponential correlation) and φ at the nearest points' distance, as exp.
+        return np.append(super().start(sds), math.log(0.5))
+
+    def row_scaled(self, d) -> np.ndarray | None:
+        d = np.asarray(d, dtype=np.float64)
+        return np.array([d[0], 1.0, 1.0]) if np.all(d == d[0]) else None
+
+    def param_names(self, group: str, coefs) -> list[str]:
+        return [f"{group}.sd", f"{group}.log(range)", f"{group}.log(nu)"]
+
+    def profile_names(self, label: str, coefs) -> list[str]:
+        return [f"sd_mat|{label}", f"logrange_mat|{label}", f"lognu_mat|{label}"]
+
+    def correlation_summary(self, params) -> str:
+        params = np.asarray(params, dtype=np.float64)
+        return f"mat: range {math.exp(params[1]):.3g}, nu {math.exp(params[2]):.3g}"
+
+    def natural(self, params, scale: float):
+        params = np.asarray(params, dtype=np.float64)
+        sd = scale * abs(params[0])
+        return ([sd, float(params[1]), float(params[2])], [sd, float(params[1]), float(params[2])],
+                ["sd", "log_range", "log_nu"])
+
+    def from_natural(self, omega, scale):
+        return jnp.stack([omega[0] / scale, omega[1], omega[2]])
 
 
 def as_structures(covariances) -> tuple[CovarianceStructure, ...]:

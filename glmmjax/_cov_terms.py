@@ -7,6 +7,7 @@ apply to its term fails with an error naming the term and what would be valid.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from ._cov_structures import (
     AR1,
@@ -14,6 +15,7 @@ from ._cov_structures import (
     CompoundSymmetry,
     CovarianceStructure,
     Diagonal,
+    Matern,
     OrnsteinUhlenbeck,
     Spatial,
     Toeplitz,
@@ -31,7 +33,7 @@ def _level_label(name: str) -> str:
 
 
 def _indicator_columns(spec, z: np.ndarray, coef_names, levels: str) -> None:
-    """ar1, ou, exp and gau need the indicator columns of one factor (no intercept), at least
+    """ar1, ou, exp, gau and mat need the indicator columns of one factor (no intercept), at least
     two levels."""
     what = f"{spec.structure}() in term {spec}"
     indicator = np.all((z == 0) | (z == 1)) and np.all(z.sum(axis=1) == 1)
@@ -73,18 +75,56 @@ def _check_factor_of_times(spec, z: np.ndarray, coef_names) -> None:
             "as levels")
 
 
+def num_factor(*columns) -> pd.Categorical:
+    """Times or coordinates from numeric columns as the factor that ``ou``, ``exp``,
+    ``gau`` and ``mat`` read (glmmTMB's ``numFactor``): one column gives levels "(t)"
+    ordered by t, several give "(x,y)" ordered as numFactor orders them (by the last
+    coordinate, then the one before, ...).
+
+    Example: ``data["pos"] = glmmjax.num_factor(data["x"], data["y"])``, then
+    ``lmer("z ~ 1 + exp(pos + 0 | plot)", data)``; ``data["times"] =
+    glmmjax.num_factor(data["day"])`` for ``ou(times + 0 | subject)``.
+    """
+    if not columns:
+        raise ValueError("num_factor needs at least one numeric column")
+    arrays = []
+    for k, column in enumerate(columns):
+        try:
+            values = None if isinstance(column, str) else np.asarray(column, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = None
+        if values is None or values.ndim != 1 or not np.all(np.isfinite(values)):
+            raise ValueError(f"num_factor: argument {k + 1} must be a finite numeric column "
+                             f"(a Series or 1-d array), got {column!r:.60}")
+        arrays.append(values)
+    if len({a.size for a in arrays}) != 1:
+        raise ValueError(f"num_factor: the columns differ in length {[a.size for a in arrays]}")
+    points = np.column_stack(arrays)
+    unique = np.unique(points, axis=0)
+    unique = unique[np.lexsort(unique.T)]  # numFactor's order: last coordinate first
+
+    def label(point):
+        return "(" + ",".join(np.format_float_positional(v, trim="-") for v in point) + ")"
+
+    labels = [label(p) for p in unique]
+    index = {tuple(p): i for i, p in enumerate(unique)}
+    codes = np.array([index[tuple(p)] for p in points])
+    return pd.Categorical.from_codes(codes, categories=labels)
+
+
 def _times_of_levels(spec, z: np.ndarray, coef_names) -> tuple[float, ...]:
     """ou: the times are the numbers in the factor's level labels (glmmTMB's numFactor)."""
     _indicator_columns(spec, z, coef_names, "ordered times")
     labels = [_level_label(c) for c in coef_names]
-    try:
-        times = np.array([float(label) for label in labels])
+    try:  # "3.5" or num_factor's (numFactor's) "(3.5)"
+        times = np.array([float(label.strip().removeprefix("(").removesuffix(")"))
+                          for label in labels])
     except ValueError:
         raise FormulaError(
             f"ou() in term {spec} reads the times from the factor's level labels, which "
-            f"must be numbers; got {labels[:5]}. Make the column categorical with the "
-            "times as its categories, e.g. pd.Categorical(df.time.astype(str), "
-            "categories=[str(t) for t in sorted(df.time.unique())])") from None
+            f"must be numbers; got {labels[:5]}. Make the column with "
+            "glmmjax.num_factor(df.time) (glmmTMB's numFactor), or categorical with the "
+            "times as its categories") from None
     if not np.all(np.isfinite(times)):
         raise FormulaError(f"ou() in term {spec}: the times {labels} must be finite")
     _increasing(spec, times, labels)
@@ -92,7 +132,7 @@ def _times_of_levels(spec, z: np.ndarray, coef_names) -> tuple[float, ...]:
 
 
 def _coordinates_of_levels(spec, z: np.ndarray, coef_names) -> tuple[tuple[float, ...], ...]:
-    """exp/gau: the points are the numbers in the factor's level labels, "(x,y)" or "x,y"
+    """exp/gau/mat: the points are the numbers in the factor's level labels, "(x,y)" or "x,y"
     (glmmTMB's numFactor writes "(x,y)")."""
     _indicator_columns(spec, z, coef_names, "points (coordinates in its level labels)")
     labels = [_level_label(c) for c in coef_names]
@@ -141,5 +181,7 @@ def term_covariance(spec, z: np.ndarray, coef_names) -> CovarianceStructure:
         return OrnsteinUhlenbeck(size, _times_of_levels(spec, z, coef_names))
     if name in ("exp", "gau"):
         return Spatial(size, kind=name, coords=_coordinates_of_levels(spec, z, coef_names))
+    if name == "mat":
+        return Matern(size, coords=_coordinates_of_levels(spec, z, coef_names))
     raise FormulaError(f"unknown covariance structure {name!r} in term {spec}; valid: "
                        f"{', '.join(STRUCTURE_NAMES)}")

@@ -196,7 +196,7 @@ def _bar_term(term: str) -> tuple[str, str, bool] | None:
 
 
 # glmmTMB's structures that this package does not implement yet (for the error message).
-_KNOWN_ELSEWHERE = ("mat", "rr", "propto", "homdiag")
+_KNOWN_ELSEWHERE = ("rr", "propto", "homdiag")
 
 
 def _structured_term(term: str, formula: str) -> tuple[str, str, str] | None:

@@ -130,7 +130,9 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
         return None  # a structure with no factor there (toep or gau near singular)
     lam0 = factors[0]
     S0 = s.sizes[0]
-    diag_blocks = _einsum("ba,jbc,cd->jad", lam0, products.first, lam0) + np.eye(S0)
+    # Λ0'·A_j·Λ0 per level as broadcast matmuls: einsum's single loop over three operands
+    # costs S⁴ per level (0.9 ms against 11 µs for 30 levels of S = 9).
+    diag_blocks = lam0.T @ products.first @ lam0 + np.eye(S0)
     half_rows = _coupling_rows_of(s, products, factors)
     rest_lambda = _rest_times_lambda(s, factors, products.rest)
     rest = _rest_times_lambda(s, factors, rest_lambda.T)  # Λ_r'·A_rr·Λ_r (A symmetric)
@@ -252,7 +254,7 @@ def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w
     lam0 = factors[0]
     S0 = s.sizes[0]
     # First term: its diagonal blocks and its coupling rows (w_r0 counts both triangles).
-    grads = [2.0 * _einsum("jab,bc,jcd->ad", products.first, lam0, w_00)
+    grads = [2.0 * np.sum(products.first @ lam0 @ w_00, axis=0)
              + _einsum("ea,eb->ab", factor.half_rows, w_r0)]
     start_row = 0
     for t in range(1, s.n_terms):
@@ -424,7 +426,7 @@ def conditional_covariances(theta, model: HostLMM) -> list:
             cols = rest_inv[:, start : start + m * size].reshape(R_re, m, size)
             blocks.append(_einsum("rla,rlb->lab", cols, cols))
     factors = factors_of(theta, s.structures)
-    return [_einsum("ab,lbc,dc->lad", lam, block, lam) for lam, block in zip(factors, blocks)]
+    return [lam @ block @ lam.T for lam, block in zip(factors, blocks)]
 
 
 def varpar_derivatives(theta, sigma, model: HostLMM):

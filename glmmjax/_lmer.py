@@ -197,6 +197,7 @@ def lmer(
     max_iter: int = 500,
     dispformula: str | None = None,
     relmat: dict | None = None,
+    correlation=None,
 ) -> LMMResult:
     """Fit a linear mixed model with lme4's formula syntax.
 
@@ -223,6 +224,11 @@ def lmer(
             b ~ N(0, σ²_animal·K) (lme4qtl's and pedigreemm's relmat). K: a symmetric
             positive semi-definite numpy array, DataFrame (index and columns naming the
             levels; it may hold more levels than the data) or scipy.sparse matrix.
+        correlation: residual correlation within groups, nlme's ``corAR1``:
+            ``glmmjax.cor_ar1(time="Days", group="Subject")`` gives the residuals of one
+            group correlation ρ^|t_i − t_j| at integer times (see
+            :mod:`glmmjax._residual_ar1`); each group must be nested in every grouping
+            factor of the random effects.
 
     Returns:
         An :class:`LMMResult`; check ``.converged`` and ``.is_singular``.
@@ -246,6 +252,10 @@ def lmer(
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (maximum likelihood), got {reml!r}")
+    if correlation is not None and (dispformula is not None or relmat is not None
+                                    or weights is not None):
+        raise ValueError("correlation= cannot be combined with dispformula=, relmat= or "
+                         "weights= yet")
     if dispformula is not None:
         if relmat is not None:
             raise ValueError("relmat= cannot be combined with ziformula= or dispformula= "
@@ -261,6 +271,10 @@ def lmer(
                          offset=offset, engine=engine, max_iter=max_iter, method_name="ML")
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True,
                           drop_aliased=True, relmat=relmat)
+    if correlation is not None:
+        from ._residual_ar1 import fit_with_ar1
+
+        return fit_with_ar1(design, reml, correlation, engine, check_max_iter(max_iter))
     result = fit_lmm_design(design, reml, engine=engine, max_iter=max_iter)
     warn_if_singular(result)
     return result
@@ -305,9 +319,10 @@ def check_lmm_response(design: Design) -> None:
 
 @with_x64
 def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
-                   max_iter: int = 500) -> LMMResult:
+                   max_iter: int = 500, theta0=None) -> LMMResult:
     """Fit an LMM to an already built design (used by ``lmer`` and ``MixedModel``);
-    warns with :class:`~glmmjax.ConvergenceWarning` when the optimizer stops short."""
+    warns with :class:`~glmmjax.ConvergenceWarning` when the optimizer stops short.
+    ``theta0``: a start for θ (a nearby model's estimate; default: moment estimates)."""
     max_iter = check_max_iter(max_iter)
     check_lmm_response(design)
     check_lmm_design(design)
@@ -317,7 +332,8 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
     fitted = design if scales is None else scaled_design(design, scales)
     structure = build_structure_for(fitted, fitted.X.shape[1] + 1)
     y = np.asarray(fitted.response, dtype=float) - fitted.offset
-    theta0 = moment_theta(fitted.terms, fitted.X, y, fitted.weights)
+    if theta0 is None or scales is not None:  # a rescaled design has its own θ scale
+        theta0 = moment_theta(fitted.terms, fitted.X, y, fitted.weights)
     engine = choose_lmm(engine)
     solution, theta, pls, effects = fit_lmm_arrays(structure, fitted.weights, fitted.X, y, reml,
                                                    theta0, engine=engine, max_iter=max_iter)

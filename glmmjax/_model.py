@@ -72,11 +72,13 @@ class MixedModel(eqx.Module):
         n_agq: int = 1,
         weights=None,
         offset=None,
+        relmat: dict | None = None,
     ) -> MixedModel:
         """Parse ``formula`` against ``data`` and check everything (no JAX tracing).
 
         ``family=None`` (or Gaussian with identity link) gives a linear mixed model;
-        ``n_agq`` chooses the GLMM likelihood (1 Laplace, > 1 adaptive quadrature).
+        ``n_agq`` chooses the GLMM likelihood (1 Laplace, > 1 adaptive quadrature);
+        ``relmat``: known relatedness, as ``lmer``'s.
         """
         if family is not None:
             family = get_family(family)
@@ -84,7 +86,7 @@ class MixedModel(eqx.Module):
                 family = None
         design = build_design(
             formula, data, weights=weights, offset=offset, require_random=True,
-            numeric_response=family is None, drop_aliased=True,
+            numeric_response=family is None, drop_aliased=True, relmat=relmat,
         )
         return cls.from_design(design, family, reml=reml, n_agq=n_agq)
 

@@ -699,9 +699,12 @@ class MixedModelResult:
                 # glmmTMB's layout: a structure's correlation parameter once, on the
                 # first row, with its name ("0.640 (ar1)"); none for diag.
                 rho = self._structure_correlation(label)
+                # A known relatedness K has no estimated correlation: tagged so that the
+                # row is not read as an independent random intercept.
+                tag = "(relmat)" if t.covariance.name == "relmat" else ""
                 for i, (_, row) in enumerate(sub[sub["var2"].isna()].iterrows()):
                     corr_text = (f"{rho:6.3f} ({t.covariance.name})"
-                                 if i == 0 and rho is not None else "")
+                                 if i == 0 and rho is not None else tag if i == 0 else "")
                     rows.append((label if i == 0 else "", row["var1"], row["vcov"],
                                  row["sdcor"], corr_text))
                 continue

@@ -73,6 +73,7 @@ def build(
     weights=None,
     offset=None,
     center: bool = True,
+    relmat: dict | None = None,
 ) -> BayesModel:
     """Build the Bayesian model (priors included) of a mixed model.
 
@@ -90,6 +91,11 @@ def build(
             integer (or daily date) time column within each group: Gaussian errors, or
             a latent AR(1) term on η for other families.
         weights, offset: prior weights (binomial: trials) and offset, with a formula.
+        relmat: known relatedness ``{"animal": K}`` (as ``lmer``'s), with a formula.
+            Structured terms (``diag``, ``cs``, ``ar1``, ``toep``, ``ou``, ``exp``,
+            ``gau``, ``mat``) and relmat terms take the same covariance factor as in
+            ``lmer``/``glmer``, with priors on their SDs and correlation parameters
+            (:mod:`glmmjax._bayes_structures`).
         center: sample the intercept at the predictors' means (as brms and rstanarm
             do; faster sampling). Results always report the usual intercept.
 
@@ -102,9 +108,11 @@ def build(
     if isinstance(model, str):
         if data is None:
             raise ValueError("a formula needs data=")
-        model = MixedModel.from_formula(model, data, family, weights=weights, offset=offset)
-    elif family is not None or weights is not None or offset is not None:
-        raise ValueError("family, weights and offset are set when building the MixedModel")
+        model = MixedModel.from_formula(model, data, family, weights=weights, offset=offset,
+                                        relmat=relmat)
+    elif family is not None or weights is not None or offset is not None or relmat is not None:
+        raise ValueError("family, weights, offset and relmat are set when building the "
+                         "MixedModel")
     return BayesModel(model, priors=priors, ar1=ar1, data=data, center=center)
 
 
@@ -123,6 +131,7 @@ def fit(
     weights=None,
     offset=None,
     center: bool = True,
+    relmat: dict | None = None,
     **sample_options,
 ) -> BayesResult:
     """Build the Bayesian model and sample it with NUTS: ``build(...).sample(...)``.
@@ -141,6 +150,7 @@ def fit(
         >>> fit.posterior_summary("fixef")                          # doctest: +SKIP
     """
     bayes_model = build(
-        model, data, family, priors=priors, ar1=ar1, weights=weights, offset=offset, center=center
+        model, data, family, priors=priors, ar1=ar1, weights=weights, offset=offset, center=center,
+        relmat=relmat,
     )
     return bayes_model.sample(**sample_options)

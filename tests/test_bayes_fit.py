@@ -66,6 +66,13 @@ def test_hierarchical_demand_example(tmp_path_factory, capsys):
     assert np.all(stores["lower"] < stores["median"]) and np.all(stores["median"] < stores["upper"])
     assert stores["covered"].sum() >= 4  # 90% intervals, six stores
     assert np.allclose(regions["actual"].sum(), stores["actual"].sum())
+    # The REML fit with residual AR(1) beside it, and the forecasts compared.
+    assert "residual AR(1) within store" in printed
+    assert -1 < result["frequentist_fit"].rho < 1
+    comparison = result["forecast_comparison"]
+    assert comparison.shape == (4, 3) and np.all(np.isfinite(comparison.to_numpy(dtype=float)))
+    freq = result["frequentist_intervals"]["store"]
+    assert np.all(freq["lower"] < freq["median"]) and np.all(freq["median"] < freq["upper"])
 
 
 def test_summaries_and_sampling_warnings(tmp_path_factory):

@@ -1,4 +1,4 @@
-"""Structured random-effects covariances (diag, cs, homcs, ar1, toep, ou, exp, gau): the maps θ_t ↦ Λ_t,
+"""Structured random-effects covariances (diag, cs, homcs, ar1, toep, ou, exp, gau, mat): the maps θ_t ↦ Λ_t,
 their gradients on both engines, fits against glmmTMB 1.1.5 (tests/reference/
 covstruct_reference.R), displays, and the errors for terms a structure cannot take."""
 
@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.special
 
 import glmmjax as gj
 from glmmjax import datasets
@@ -20,6 +21,7 @@ from glmmjax._cov_structures import (
     AR1,
     CompoundSymmetry,
     Diagonal,
+    Matern,
     OrnsteinUhlenbeck,
     Spatial,
     Toeplitz,
@@ -40,7 +42,8 @@ def _x64():
 STRUCTURES = [Unstructured(3), Diagonal(3), CompoundSymmetry(4), CompoundSymmetry(3, True),
               AR1(5), Toeplitz(4), OrnsteinUhlenbeck(4, (0.0, 0.5, 2.0, 5.0)),
               Spatial(4, kind="exp", coords=((0.0, 0.0), (1.0, 0.0), (0.0, 2.0), (3.0, 1.0))),
-              Spatial(3, kind="gau", coords=((0.0,), (1.0,), (2.5,)))]
+              Spatial(3, kind="gau", coords=((0.0,), (1.0,), (2.5,))),
+              Matern(4, coords=((0.0, 0.0), (1.0, 0.0), (0.0, 2.0), (3.0, 1.0)))]
 
 
 def _random_params(cov, seed):
@@ -113,6 +116,18 @@ def test_structured_covariances_are_the_documented_ones():
                        ("gau", np.exp(-((distance / np.exp(eta)) ** 2)))):
         lam = Spatial(3, kind=kind, coords=points).factor(np.array([d, eta]), np)
         np.testing.assert_allclose(lam @ lam.T, d**2 * corr, rtol=1e-13, atol=1e-15)
+    # mat: (u^ν K_ν(u)) / (Γ(ν) 2^(ν−1)), u = d/φ, φ = e^η, ν = e^η₂ (TMB's matern(), as
+    # glmmTMB's fits' correlations below); ν = 1/2 is exp.
+    for nu in (0.5, 0.03, 1.7, 12.0):
+        u = distance / np.exp(eta)
+        with np.errstate(invalid="ignore"):
+            corr = np.where(distance > 0, u**nu * scipy.special.kv(nu, u), 0.0)
+        corr = corr / (scipy.special.gamma(nu) * 2 ** (nu - 1)) + np.eye(3)
+        lam = Matern(3, coords=points).factor(np.array([d, eta, np.log(nu)]), np)
+        np.testing.assert_allclose(lam @ lam.T, d**2 * corr, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        Matern(3, coords=points).factor(np.array([d, eta, np.log(0.5)]), np),
+        Spatial(3, kind="exp", coords=points).factor(np.array([d, eta]), np), rtol=1e-13)
 
 
 def _sleepstudy():
@@ -252,7 +267,8 @@ def test_summary_and_varcorr_show_the_structure():
     ("Reaction ~ Days + ar1(backf + 0 | Subject)", "not in increasing order"),
     ("Reaction ~ Days + cs(1 | Subject)", "at least two random effects"),
     ("Reaction ~ Days + toeplitz(dayf + 0 | Subject)", "unknown covariance structure 'toeplitz'"),
-    ("Reaction ~ Days + mat(dayf + 0 | Subject)", "not implemented here yet"),
+    ("Reaction ~ Days + rr(dayf + 0 | Subject)", "not implemented here yet"),
+    ("Reaction ~ Days + mat(namedf + 0 | Subject)", "must be numbers like '(x,y)'"),
     ("Reaction ~ Days + exp(namedf + 0 | Subject)", "must be numbers like '(x,y)'"),
     ("Reaction ~ Days + gau(mixedf + 0 | Subject)", "same dimension"),
     ("Reaction ~ Days + exp(Days | Subject)", "needs a factor of points"),
@@ -274,17 +290,13 @@ def test_structures_on_terms_they_cannot_take(formula, message):
         gj.lmer(formula, data)
 
 
-def test_bayes_and_kenward_roger_say_what_they_cannot_take():
-    from glmmjax import bayes
-    from glmmjax._design import DataError
-
+def test_kenward_roger_says_what_it_cannot_take():
+    # (glmmjax.bayes takes structured terms: tests/test_bayes_structured.py.)
     data = _sleepstudy()
     fit = gj.lmer("Reaction ~ Days + diag(1 + Days | Subject)", data, engine="host")
     with pytest.raises(ValueError, match="satterthwaite"):
         fit.coef_table(ddf="kenward-roger")
     assert np.all(np.isfinite(fit.coef_table(ddf="satterthwaite").to_numpy(dtype=float)))
-    with pytest.raises(DataError, match=r"diag\(1 \+ Days \| Subject\) has a covariance"):
-        bayes.build("Reaction ~ Days + diag(1 + Days | Subject)", data)
 
 
 @pytest.mark.slow
@@ -376,7 +388,8 @@ def test_ou_on_equal_spacing_is_ar1_and_toep_nests_it():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["binomial_toep", "poisson_ou", "spatial_poisson_exp"])
+@pytest.mark.parametrize("name", ["binomial_toep", "poisson_ou", "spatial_poisson_exp",
+                                  "spatial_poisson_mat"])
 def test_glmm_jax_engine_against_glmmtmb(name):
     model = MODELS[name]
     _check_against_reference(_fit(model, engine="jax"), model)
@@ -406,3 +419,25 @@ def test_a_numerically_singular_correlation_is_a_rejected_point_on_the_host():
     assert evaluate(np.array([1.0, 5.0]), host)[0] == np.inf
     assert np.isfinite(evaluate(np.array([1.0, 0.0]), host)[0])
     assert np.all(np.isnan(Toeplitz(3).factor(np.array([1.0, 1.0, 1.0, 40.0, 0.0]), np)))
+
+
+def test_num_factor_gives_times_and_points_from_columns():
+    # glmmTMB's numFactor: "(t)" levels ordered by t; "(x,y)" ordered by y, then x.
+    times = gj.num_factor(pd.Series([2.0, 0.5, 0.0, 2.0]))
+    assert list(times.categories) == ["(0)", "(0.5)", "(2)"]
+    assert list(times) == ["(2)", "(0.5)", "(0)", "(2)"]
+    points = gj.num_factor([0, 1, 0, 1], [0, 0, 1, 1])
+    assert list(points.categories) == ["(0,0)", "(1,0)", "(0,1)", "(1,1)"]
+    for name in ("gaussian_ou", "spatial_exp"):
+        model = MODELS[name]
+        data = _reference_data(model)
+        if name == "gaussian_ou":
+            data["timef"] = gj.num_factor(data["time"])
+        else:
+            data["pos"] = gj.num_factor(data["cx"], data["cy"])
+        _check_against_reference(gj.lmer(model["formula"], data, reml=False, engine="host"),
+                                 model)
+    with pytest.raises(ValueError, match="argument 1 must be a finite numeric column"):
+        gj.num_factor(["a", "b"])
+    with pytest.raises(ValueError, match="differ in length"):
+        gj.num_factor([0, 1], [0, 1, 2])

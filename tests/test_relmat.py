@@ -221,3 +221,12 @@ def test_relmat_with_zero_inflation_or_dispersion_formulas_is_refused():
     with pytest.raises(ValueError, match="relmat= cannot be combined"):
         gj.lmer("y ~ 1 + (1 | animal)", data, reml=False, dispformula="~1",
                      relmat={"animal": K})
+
+
+def test_summary_tags_the_relatedness_term():
+    fit = _fit(MODELS["pedigree_lmm_reml"])
+    row = next(line for line in fit.summary().splitlines() if line.strip().startswith("animal"))
+    assert row.rstrip().endswith("(relmat)")
+    assert fit.covariance_structures == {"animal": "relmat"}
+    plain = gj.lmer("y ~ x + (1 | animal)", _data(MODELS["pedigree_lmm_reml"]["data"]))
+    assert "(relmat)" not in plain.summary()

@@ -11,7 +11,9 @@
 # categorical column's levels; the formula written to the JSON is glmmjax's), and the
 # spatial exp and gau over points whose coordinates are written in the levels ("(x,y)",
 # numFactor's labels, which glmmjax reads too; the tests build that column, pos, from cx
-# and cy in numFactor's level order). glmmTMB 1.1.5 has no homogeneous compound symmetry (homcs came later); its
+# and cy in numFactor's level order), and the Matern mat on the same points (TMB's
+# matern(d, phi, nu) = (d/phi)^nu K_nu(d/phi) / (Gamma(nu) 2^(nu - 1)); glmmTMB's theta is
+# log sd, log phi, log nu, the smoothness nu estimated, not fixed). glmmTMB 1.1.5 has no homogeneous compound symmetry (homcs came later); its
 # reference here is the equivalent unstructured model (1 | g) + (1 | g:t), whose
 # covariance over the times of one g is s_g^2 11' + s_gt^2 I: homcs with
 # sd = sqrt(s_g^2 + s_gt^2) and rho = s_g^2 / sd^2 (>= 0).
@@ -223,6 +225,10 @@ models <- list(
   reference("spatial_gau", "y ~ x + gau(pos + 0 | plot)", spatial,
             list(data = "data/covstruct_spatial.csv")),
   reference("spatial_poisson_exp", "count ~ x + exp(pos + 0 | plot)", spatial,
+            list(data = "data/covstruct_spatial.csv"), family = poisson()),
+  reference("spatial_mat", "y ~ x + mat(pos + 0 | plot)", spatial,
+            list(data = "data/covstruct_spatial.csv")),
+  reference("spatial_poisson_mat", "count ~ x + mat(pos + 0 | plot)", spatial,
             list(data = "data/covstruct_spatial.csv"), family = poisson())
 )
 names(models) <- vapply(models, function(m) m$name, "")
