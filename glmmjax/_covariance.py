@@ -99,7 +99,7 @@ def varcorr_frame(
         size = cov.size
         if cov.name == "relmat":  # one variance σ²θ² over the levels' known K
             sd = float(np.sqrt(sigma2) * abs(float(np.asarray(part)[0])))
-            rows.append((group, "(Intercept)", None, sd**2, sd))
+            rows.append((group, "Intercept", None, sd**2, sd))
             continue
         factor = cov.factor(np.asarray(part, dtype=np.float64), np)
         matrix = sigma2 * factor @ factor.T

@@ -68,10 +68,10 @@ class Relatedness(CovarianceStructure):
         return np.array([float(np.sqrt(np.mean(np.square(sds))))])
 
     def param_names(self, group: str, coefs) -> list[str]:
-        return [f"{group}.(Intercept)"]
+        return [f"{group}.Intercept"]
 
     def profile_names(self, label: str, coefs) -> list[str]:
-        return [f"sd_(Intercept)|{label}"]
+        return [f"sd_Intercept|{label}"]
 
     def natural(self, params, scale: float):
         sd = [float(scale * abs(np.asarray(params, dtype=np.float64)[0]))]
@@ -210,6 +210,6 @@ def rotated_relatedness(design):
     n = rows.shape[0]
     scalar = TermDesign(term.spec, np.arange(n, dtype=np.int32),
                         np.sqrt(np.clip(values, 0.0, None))[:, None],
-                        tuple(str(i) for i in range(n)), ("(Intercept)",), None,
+                        tuple(str(i) for i in range(n)), ("Intercept",), None,
                         Unstructured(1))
     return (scalar,), vectors

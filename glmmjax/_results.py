@@ -661,6 +661,11 @@ class MixedModelResult:
         factors = numpy_factors(self.theta_values, structures)
         for label, term, lam, cov in zip(self._group_labels(), self.design.terms, factors,
                                          structures):
+            if is_relatedness(term):  # one variance scaling K: zero or not, as a whole
+                if np.all(np.abs(lam) < 1e-4):
+                    problems.append(f"the variance of the {label} effects (covariance "
+                                    f"proportional to the known relatedness matrix) is zero")
+                continue
             if cov.name != "us":  # structured: a zero SD zeroes its rows of Λ_t
                 zero_diag = np.all(np.abs(lam) < 1e-4, axis=1)
             else:
@@ -787,9 +792,11 @@ def with_dropped_rows(table: pd.DataFrame, design) -> pd.DataFrame:
 
 
 def _effects_frame(term, values: np.ndarray) -> pd.DataFrame:
-    """Per-level values of a term's effects (levels × effects); a known-relatedness term
-    (one group whose q effects are the levels) is shown as lme4qtl does, levels as rows."""
+    """Per-level values of a term's effects (levels × effects), looked up by glmmjax's or
+    R's names (``ranef["Subject"]["(Intercept)"]``); a known-relatedness term (one group
+    whose q effects are the levels) is shown as lme4qtl does, levels as rows."""
     if is_relatedness(term):
-        return pd.DataFrame(values.reshape(-1, 1), index=list(term.coef_names),
-                            columns=["(Intercept)"])
-    return pd.DataFrame(values, index=list(term.levels), columns=list(term.coef_names))
+        return with_r_aliases(pd.DataFrame(values.reshape(-1, 1),
+                                           index=list(term.coef_names), columns=["Intercept"]))
+    return with_r_aliases(pd.DataFrame(values, index=list(term.levels),
+                                       columns=list(term.coef_names)))

@@ -65,6 +65,9 @@ def test_r_names_are_aliases_on_lookup(make):
     r_table = fit.coef_table(names="r")
     assert list(r_table.index) == ["(Intercept)", "period2", "period3", "period4"]
     assert "(Intercept)" in fit.summary(names="r") and "period[T.2]" in fit.summary()
+    if hasattr(fit, "ranef"):
+        ranef = fit.ranef["herd"]
+        assert ranef["(Intercept)"].equals(ranef["Intercept"])
     # Anything computed from the tables is plain pandas again.
     assert type(fit.fixef * 2) is pd.Series
     with pytest.raises(KeyError):

@@ -230,3 +230,17 @@ def test_summary_tags_the_relatedness_term():
     assert fit.covariance_structures == {"animal": "relmat"}
     plain = gj.lmer("y ~ x + (1 | animal)", _data(MODELS["pedigree_lmm_reml"]["data"]))
     assert "(relmat)" not in plain.summary()
+
+
+def test_a_zero_relatedness_variance_is_named_once():
+    """A boundary fit of a relmat term says so in one clause, not one per animal."""
+    rng = np.random.default_rng(0)
+    ids = [f"a{i}" for i in range(30)]
+    W = rng.standard_normal((30, 60))
+    K = pd.DataFrame(W @ W.T / 60, index=ids, columns=ids)
+    data = pd.DataFrame({"animal": ids * 2, "y": rng.standard_normal(60)})
+    with pytest.warns(gj.SingularFitWarning) as caught:
+        fit = gj.lmer("y ~ 1 + (1 | animal)", data, relmat={"animal": K})
+    message = str(caught[0].message)
+    assert "the variance of the animal effects" in message and "a0" not in message
+    assert fit.singular_message().count("is zero") == 1
