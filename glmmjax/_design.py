@@ -300,9 +300,9 @@ def build_design(
     for extra in (w, o):
         if extra is not None:
             keep &= extra.notna()
-    # Only the used columns, and no row selection without missing values: at 10⁶ rows a
-    # copy of every column of the frame costs a large part of a GLM's fit.
-    frame = data[columns] if keep.all() else data.loc[keep, columns]
+    # No copy of the frame when no row is dropped: at 10⁶ rows a copy costs a large part
+    # of a GLM's fit.
+    frame = data if keep.all() else data.loc[keep]
     n_dropped = int((~keep).sum())
     if frame.shape[0] == 0:
         raise DataError("no rows left after dropping rows with missing values")
