@@ -36,6 +36,8 @@ from ._glmm_batch import applies as scalar_path_applies
 from ._glmm_batch import fit_scalar, make_scalar_setup
 from ._glmm_batch_blocked import applies as blocked_path_applies
 from ._glmm_batch_blocked import fit_blocked, make_blocked_setup
+from ._glmm_batch_crossed import applies as crossed_path_applies
+from ._glmm_batch_crossed import fit_crossed, make_crossed_setup
 from ._glmm_fit import glmm_pipeline, make_setup, mode_decrement
 from ._jit import batch_program
 from ._linalg import solve_triangular
@@ -47,8 +49,8 @@ from ._relmat import rotated_relatedness
 from ._structure import build_structure
 
 _RESPONSE = "__glmmjax_response__"
-# The blocked Newton path (glmmjax._glmm_batch_blocked) where it applies; benchmarks set
-# False to time the general pipeline it replaces.
+# The blocked Newton paths (glmmjax._glmm_batch_blocked, _glmm_batch_crossed) where they
+# apply; benchmarks and tests set False to run the general pipeline they replace.
 BLOCKED_PATH = True
 
 
@@ -230,6 +232,12 @@ def _glmm_blocked_one(y, weights, setup) -> dict:
     """One vector random-effects term (e.g. (x | g)), any dispersion: the blocked
     Newton fit of glmmjax._glmm_batch_blocked."""
     return fit_blocked(y, weights, setup)
+
+
+def _glmm_crossed_one(y, weights, setup) -> dict:
+    """Several scalar terms, crossed or nested (e.g. (1 | a) + (1 | b)): the Newton fit
+    of glmmjax._glmm_batch_crossed."""
+    return fit_crossed(y, weights, setup)
 
 
 @functools.cache
@@ -502,6 +510,14 @@ def fit_many(
             setup = make_blocked_setup(design, family, dtype)
             fn = _glmm_blocked_one
             shape = ("general", n, (setup.size,), (design.terms[0].n_levels,), p)
+            method = "Laplace"
+        elif BLOCKED_PATH and crossed_path_applies(design, family, n_agq):
+            # Several scalar terms (crossed or nested): the first term's diagonal block
+            # and a small dense Schur complement (see _glmm_batch_crossed).
+            setup = make_crossed_setup(design, family, dtype)
+            fn = _glmm_crossed_one
+            shape = ("general", n, (1,), (design.terms[0].n_levels,),
+                     setup.Z2.shape[1] + p)
             method = "Laplace"
         else:
             setup = make_setup(design, family, n_agq, dtype)

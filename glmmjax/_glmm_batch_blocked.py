@@ -277,8 +277,8 @@ def gradient_hessian(a, u_hat, y, w, setup):
 
 
 # -- Newton with an inner line search ------------------------------------------------------
-def newton_line_search(value_fn, derivs_fn, a0, aux0, *, max_step=2.0, final_tol=1e-11,
-                       max_iterations=MAX_OUTER):
+def newton_line_search(value_fn, derivs_fn, a0, aux0, *, boundary_fn=None, max_step=2.0,
+                       final_tol=1e-11, max_iterations=MAX_OUTER):
     """Minimize by Newton's method with the exact Hessian and Armijo backtracking.
 
     Unlike :func:`glmmjax._glmm_batch.newton_minimize` (one trial point per loop pass,
@@ -286,33 +286,44 @@ def newton_line_search(value_fn, derivs_fn, a0, aux0, *, max_step=2.0, final_tol
     then backtracks in a loop of value evaluations only: under ``vmap`` a ``cond`` on a
     per-model predicate evaluates both branches, so there every trial point paid for a
     Hessian. ``value_fn(a, aux) -> (f, aux, ok)``, ``derivs_fn(a, aux) -> (g, H, aux)``.
+
     Once the Newton decrement is below ``final_tol``·(1 + |f|) one last full step is
-    taken (its error is of the order of the square of an already tiny step) and the
-    next pass only evaluates the derivatives there (for the standard errors): the
-    derivatives are traced once. Returns (a, aux, f, g, H, iterations, status, inner_ok).
+    taken (its error is of the order of the square of an already tiny step). Then, with
+    ``boundary_fn`` (a -> a with near-zero SDs set to exactly zero, as the single fit's
+    boundary check), one pass tries that point and keeps it where the value is no worse;
+    a last pass evaluates the derivatives at the final point (for the standard errors).
+    All of it runs in the one loop, so ``value_fn`` and ``derivs_fn`` are traced once
+    each (compile time). Returns (a, aux, f, g, H, iterations, status, inner_ok).
     """
     dtype = a0.dtype
     P = a0.shape[0]
     f0, aux0, ok0 = value_fn(a0, aux0)
+    NEWTON, BOUNDARY, DONE = 0, 1, 2
 
     def body(st):
-        a, aux, f, ok, _, _, k, done_step, _ = st
+        a, aux, f, ok, _, _, k, phase, _ = st
         g, H, aux = derivs_fn(a, aux)
         finite = jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(H))
         d = _newton_direction(g, H)
         decrement = -jnp.dot(g, d)
         final = (decrement <= _tol(final_tol, dtype) * (1.0 + jnp.abs(f))) & (decrement >= 0)
         d = d * jnp.minimum(1.0, max_step / jnp.maximum(jnp.max(jnp.abs(d)), _tiny(dtype)))
-        # The last step may not decrease f beyond rounding; allow for that.
-        slack = jnp.where(final, _tol(1e-11, dtype) * (1.0 + jnp.abs(f)), 0.0)
         slope = jnp.dot(g, d)
+        # The last step (and the boundary trial) may not decrease f beyond rounding.
+        tolerance = _tol(1e-10 if boundary_fn is not None else 1e-11, dtype) * (1.0 + jnp.abs(f))
+        slack = jnp.where(final, _tol(1e-11, dtype) * (1.0 + jnp.abs(f)), 0.0)
+        at_boundary = phase == BOUNDARY
+        if boundary_fn is not None:
+            d = jnp.where(at_boundary, boundary_fn(a) - a, d)
 
-        def armijo(t, f_t):
-            return jnp.isfinite(f_t) & (f_t <= f + 1e-4 * t * slope + slack)
+        def accept(t, f_t):
+            armijo = f_t <= f + 1e-4 * t * slope + slack
+            return jnp.isfinite(f_t) & jnp.where(at_boundary, f_t <= f + tolerance, armijo)
 
         def search_cond(c):
             t, f_t, _, _, tries = c
-            return (~armijo(t, f_t)) & (tries <= MAX_HALVINGS) & finite & ~done_step
+            more = (tries == 0) | ((tries <= MAX_HALVINGS) & ~at_boundary)
+            return (~accept(t, f_t)) & more & finite & (phase != DONE)
 
         def search_body(c):
             # The first pass tries the full step (t = 1): value_fn is traced once here.
@@ -324,23 +335,35 @@ def newton_line_search(value_fn, derivs_fn, a0, aux0, *, max_step=2.0, final_tol
         t, f_t, aux_t, ok_t, _ = jax.lax.while_loop(
             search_cond, search_body, (2.0 * jnp.ones((), dtype), jnp.asarray(jnp.inf, dtype),
                                        aux, ok, jnp.zeros((), jnp.int32)))
-        moved = finite & ~done_step & armijo(t, f_t)
-        k_new = k + jnp.where(done_step, 0, 1)
+        moved = finite & (phase != DONE) & accept(t, f_t)
+        newton = phase == NEWTON
+        k_new = k + jnp.where(newton, 1, 0)
+        has_boundary = jnp.any(boundary_fn(a) != a) if boundary_fn is not None else False
+        # The next phase: after the final Newton step the boundary trial (where some SD
+        # is near zero), after a move the derivatives at the new point (DONE).
+        after_final = jnp.where(has_boundary, BOUNDARY, DONE) if boundary_fn is not None else DONE
+        next_phase = jnp.where(newton & final & moved, after_final,
+                               jnp.where(at_boundary & moved, DONE, phase))
+        # Where the final step is rejected, the current point is as good: the boundary
+        # trial (if any) from here.
+        next_phase = jnp.where(newton & final & ~moved & finite, after_final, next_phase)
         status = jnp.where(
-            done_step, Status.CONVERGED,
+            phase == DONE, Status.CONVERGED,
             jnp.where(~finite, Status.NON_FINITE,
-                      jnp.where(moved, jnp.where(final, -2, jnp.where(
-                          k_new >= max_iterations, Status.MAX_ITERATIONS, -1)),
-                          jnp.where(final, Status.CONVERGED, Status.LINE_SEARCH_FAILED))))
+                      jnp.where(at_boundary & ~moved, Status.CONVERGED,
+                                jnp.where(newton & ~moved & ~final, Status.LINE_SEARCH_FAILED,
+                                          jnp.where(newton & ~final & (k_new >= max_iterations),
+                                                    Status.MAX_ITERATIONS, -1)))))
+        # A rejected final step at a point without a boundary to try: converged here.
+        status = jnp.where((status == -1) & newton & final & ~moved & (after_final == DONE),
+                           Status.CONVERGED, status)
         pick = lambda new, old: jnp.where(moved, new, old)  # noqa: E731
-        # -2: the final step was taken; one more pass for the derivatives there.
         return (pick(a + t * d, a), jax.tree_util.tree_map(pick, aux_t, aux), pick(f_t, f),
-                pick(ok_t, ok), g, H, k_new, status == -2,
-                jnp.where(status == -2, -1, status).astype(jnp.int32))
+                pick(ok_t, ok), g, H, k_new, next_phase.astype(jnp.int32),
+                status.astype(jnp.int32))
 
     zero = jnp.zeros((), jnp.int32)
-    state = (a0, aux0, f0, ok0, jnp.zeros(P, dtype), jnp.eye(P, dtype=dtype), zero,
-             jnp.zeros((), bool),
+    state = (a0, aux0, f0, ok0, jnp.zeros(P, dtype), jnp.eye(P, dtype=dtype), zero, zero,
              jnp.where(jnp.isfinite(f0), -1, Status.NON_FINITE).astype(jnp.int32))
     a, aux, f, ok, g, H, k, _, status = jax.lax.while_loop(lambda st: st[-1] < 0, body, state)
     return a, aux, f, g, H, k, status, ok
@@ -399,22 +422,28 @@ def _moment_starts(beta, yp, wp, setup: BlockedSetup):
     theta = jnp.zeros(setup.n_theta, dtype).at[np.flatnonzero(rows == cols)].set(sd)
     if not setup.has_dispersion:
         return theta, jnp.zeros(0, dtype)
-    mu = jnp.exp(setup.family.link.log_inverse(eta)) if hasattr(
-        setup.family.link, "log_inverse") else setup.family.link.inverse(eta)
-    real = wp > 0
-    n_eff = jnp.maximum(jnp.sum(real) - setup.p, 1.0)
-    resid2 = jnp.where(real, (yp - mu) ** 2, 0.0)
-    if setup.family.name == "negative_binomial":
+    return theta, _dispersion_start(eta, yp, wp, setup)
+
+
+def _dispersion_start(eta, y, w, setup):
+    """log dispersion at the GLM fit η: negative binomial θ from Var y = μ + μ²/θ,
+    Pearson's estimate for the families with one, else 0 (rows of weight 0 left out)."""
+    family = setup.family
+    mu = family.link.inverse(eta)
+    real = w > 0
+    resid2 = jnp.where(real, (y - mu) ** 2, 0.0)
+    if family.name == "negative_binomial":
         excess = jnp.sum(resid2 - jnp.where(real, mu, 0.0))
-        log_disp = jnp.log(jnp.clip(jnp.sum(jnp.where(real, mu**2, 0.0)) / excess, 0.05, 1e4))
-        log_disp = jnp.where(excess > 0, log_disp, jnp.log(1e4))
-    elif setup.family.dispersion_method == "pearson":
-        variance = setup.family.variance(mu, None)
-        pearson = jnp.sum(jnp.where(real, resid2 / variance, 0.0)) / n_eff
+        size = jnp.sum(jnp.where(real, mu**2, 0.0)) / jnp.where(excess > 0, excess, 1.0)
+        log_disp = jnp.where(excess > 0, jnp.log(jnp.clip(size, 0.05, 1e4)), jnp.log(1e4))
+    elif family.dispersion_method == "pearson":
+        n_eff = jnp.maximum(jnp.sum(real) - setup.p, 1.0)
+        variance = jnp.where(real, family.variance(mu, None), 1.0)
+        pearson = jnp.sum(resid2 / variance) / n_eff
         log_disp = jnp.log(jnp.clip(pearson, 1e-8, 1e8))
     else:
-        log_disp = jnp.zeros((), dtype)
-    return theta, jnp.where(jnp.isfinite(log_disp), log_disp, 0.0)[None]
+        log_disp = jnp.zeros((), eta.dtype)
+    return jnp.where(jnp.isfinite(log_disp), log_disp, 0.0)[None]
 
 
 def fit_blocked(y, w, setup: BlockedSetup) -> dict:
@@ -441,29 +470,16 @@ def fit_blocked(y, w, setup: BlockedSetup) -> dict:
         g, H, r = gradient_hessian(a, aux[1], yp, wp, setup)
         return g, H, (a, aux[1], r)
 
-    a, aux, f, g, H, k, status, inner_ok = newton_line_search(value_fn, derivs_fn, a0, aux0)
-
-    # As the single fit: near-zero diagonal entries of Λ are tried at exactly zero (a
-    # while_loop that runs at most once: under vmap a cond would run both branches for
-    # every model).
+    # As the single fit: near-zero diagonal entries of Λ are tried at exactly zero.
     diagonal = jnp.asarray(rows == cols)
-    theta = a[: setup.n_theta]
-    near_mask = diagonal & (jnp.abs(theta) < BOUNDARY_TRY) & (theta != 0)
-    near = jnp.any(near_mask)
 
-    def boundary(state):
-        a, aux, f, g, H, ok, _ = state
-        a_zero = a.at[: setup.n_theta].set(jnp.where(near_mask, 0.0, theta))
-        f_zero, aux_zero, ok_zero = value_fn(a_zero, aux)
-        better = jnp.isfinite(f_zero) & (f_zero <= f + _tol(1e-10, f.dtype) * (1.0 + jnp.abs(f)))
-        g_zero, H_zero, aux_zero = derivs_fn(a_zero, aux_zero)
-        pick = lambda new, old: jnp.where(better, new, old)  # noqa: E731
-        return (pick(a_zero, a), jax.tree_util.tree_map(pick, aux_zero, aux), pick(f_zero, f),
-                pick(g_zero, g), pick(H_zero, H), pick(ok_zero, ok), jnp.ones((), bool))
+    def boundary_fn(a):
+        theta = a[: setup.n_theta]
+        return a.at[: setup.n_theta].set(
+            jnp.where(diagonal & (jnp.abs(theta) < BOUNDARY_TRY), 0.0, theta))
 
-    a, aux, f, g, H, inner_ok, _ = jax.lax.while_loop(
-        lambda state: near & ~state[-1], boundary, (a, aux, f, g, H, inner_ok, ~near)
-    )
+    a, aux, f, g, H, k, status, inner_ok = newton_line_search(
+        value_fn, derivs_fn, a0, aux0, boundary_fn=boundary_fn)
     constant = (fm.loglik_constant(setup.family, jnp, yp * setup.mask, wp)
                 if fm.supported(setup.family) else 0.0)
     params_cov = 2.0 * jnp.linalg.pinv(H)
