@@ -26,14 +26,20 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-import glmmjax
-import glmmjax._batch as batch_module
+# This checkout's glmmjax, not an installed one (the script's own folder comes first on
+# sys.path otherwise, and an editable install elsewhere would win).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import glmmjax  # noqa: E402
+import glmmjax._batch as batch_module  # noqa: E402
 
 SHAPES = {
     "nb2-slope": dict(formula="~ x + (x | g)", family="nbinom2"),
@@ -105,7 +111,7 @@ def main():
 
     spec = SHAPES[args.shape]
     data, Y = simulate(args.shape, args.models)
-    print(f"load average at start: {os.getloadavg()}")
+    print(f"load average at start: {os.getloadavg()}; glmmjax from {glmmjax.__file__}")
 
     def run():
         start = time.perf_counter()
