@@ -97,6 +97,34 @@ def time_r(shape: str, data: pd.DataFrame, Y: np.ndarray, n_fits: int) -> float 
         return float(out.stdout.split()[-1])
 
 
+def compare_float32(spec, data, Y, args):
+    """float32 against float64 on the same models: differences in units of the float64
+    standard errors (β), relative (θ, dispersion), and the share converged."""
+    fits = {}
+    for precision in ("float64", "float32"):
+        start = time.perf_counter()
+        fits[precision] = glmmjax.fit_many(spec["formula"], data, Y, family=spec["family"],
+                                           progress=False, precision=precision)
+        print(f"[{args.shape} {precision}] {args.models} models: "
+              f"{time.perf_counter() - start:.1f} s with compilation; "
+              f"{int(fits[precision].converged.sum())} converged; method {fits[precision].method}")
+    f64, f32 = fits["float64"], fits["float32"]
+    both = f64.converged & f32.converged
+    z = np.abs(f32.fixef.to_numpy() - f64.fixef.to_numpy()) / f64.fixef_se.to_numpy()
+    se = np.abs(f32.fixef_se.to_numpy() / f64.fixef_se.to_numpy() - 1)
+    dtheta = np.abs(f32.theta - f64.theta)
+    crit = np.abs(f32.models["criterion"].to_numpy() - f64.models["criterion"].to_numpy())
+    print(f"[{args.shape}] float32 vs float64 on {int(both.sum())} models converged in both: "
+          f"|Δβ|/SE median {np.median(z[both]):.1e}, max {np.max(z[both]):.1e}; "
+          f"SE relative median {np.median(se[both]):.1e}, max {np.max(se[both]):.1e}; "
+          f"|Δθ| median {np.median(dtheta[both]):.1e}, max {np.max(dtheta[both]):.1e}; "
+          f"|Δcriterion| median {np.median(crit[both]):.1e}, max {np.max(crit[both]):.1e}")
+    if "dispersion" in f64.models:
+        d = np.abs(f32.models["dispersion"] / f64.models["dispersion"] - 1).to_numpy()
+        print(f"[{args.shape}] dispersion relative difference median {np.median(d[both]):.1e}, "
+              f"max {np.max(d[both]):.1e}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", choices=sorted(SHAPES), default="nb2-slope")
@@ -105,6 +133,8 @@ def main():
     parser.add_argument("--path", choices=["auto", "general"], default="auto")
     parser.add_argument("--precision", choices=["float64", "float32"], default="float64")
     parser.add_argument("--no-warm", action="store_true", help="skip the second call")
+    parser.add_argument("--compare-float32", action="store_true",
+                        help="fit in float64 and float32, print their differences")
     args = parser.parse_args()
     if args.path == "general":
         batch_module.BLOCKED_PATH = False
@@ -112,6 +142,9 @@ def main():
     spec = SHAPES[args.shape]
     data, Y = simulate(args.shape, args.models)
     print(f"load average at start: {os.getloadavg()}; glmmjax from {glmmjax.__file__}")
+    if args.compare_float32:
+        compare_float32(spec, data, Y, args)
+        return
 
     def run():
         start = time.perf_counter()

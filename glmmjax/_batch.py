@@ -582,7 +582,7 @@ def _run_chunks(fn, Y, usable, chunk_size, extra, dtype, progress):
             padded = np.concatenate([idx, np.full(chunk_size - len(idx), idx[0])])
             block = jnp.asarray(np.ascontiguousarray(Y[:, padded].T), dtype)
             args = extra
-            if isinstance(extra[0], np.ndarray) and extra[0].shape == Y.shape:
+            if extra and isinstance(extra[0], np.ndarray) and extra[0].shape == Y.shape:
                 # Per-model prior weights (missing responses): chunked as the responses.
                 args = (jnp.asarray(np.ascontiguousarray(extra[0][:, padded].T), dtype),
                         *extra[1:])

@@ -148,3 +148,16 @@ def test_dense_cholesky_and_its_derivatives():
         X = np.linalg.inv(np.asarray(S))
         np.testing.assert_allclose(jax.grad(f)(0.0), np.trace(X @ dS), rtol=1e-10)
         np.testing.assert_allclose(second, -np.trace(X @ dS @ X @ dS), rtol=1e-10)
+
+
+@pytest.mark.slow
+def test_missing_responses_on_the_scalar_path_equal_single_fits():
+    data, rng = slope_data(n_groups=10, per_group=8, seed=7)
+    g = data["g"].cat.codes.to_numpy()
+    eta = -0.2 + 0.5 * data["x"].to_numpy()[:, None] + rng.normal(0, 0.7, (10, 3))[g]
+    Y = (rng.uniform(size=eta.shape) < 1 / (1 + np.exp(-eta))).astype(float)
+    Y[[2, 11, 30, 31], 1] = np.nan
+    batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", chunk_size=3)
+    for k in range(3):
+        keep = ~np.isnan(Y[:, k])
+        assert_equals_alone(batch, k, "y ~ x + (1 | g)", data[keep], Y[keep, k], "binomial")
