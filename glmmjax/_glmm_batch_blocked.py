@@ -297,12 +297,16 @@ def newton_line_search(value_fn, derivs_fn, a0, aux0, *, boundary_fn=None, max_s
     """
     dtype = a0.dtype
     P = a0.shape[0]
-    f0, aux0, ok0 = value_fn(a0, aux0)
-    NEWTON, BOUNDARY, DONE = 0, 1, 2
+    # INIT: the first pass only evaluates the start (a zero step), so value_fn appears
+    # once in the program, inside the line search (its derivatives at the start, with
+    # the modes not yet found, are discarded).
+    NEWTON, BOUNDARY, DONE, INIT = 0, 1, 2, 3
 
     def body(st):
         a, aux, f, ok, _, _, k, phase, _ = st
-        g, H, aux = derivs_fn(a, aux)
+        init = phase == INIT
+        g, H, aux_d = derivs_fn(a, aux)
+        aux = jax.tree_util.tree_map(lambda new, old: jnp.where(init, old, new), aux_d, aux)
         finite = jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(H))
         d = _newton_direction(g, H)
         decrement = -jnp.dot(g, d)
@@ -315,15 +319,18 @@ def newton_line_search(value_fn, derivs_fn, a0, aux0, *, boundary_fn=None, max_s
         at_boundary = phase == BOUNDARY
         if boundary_fn is not None:
             d = jnp.where(at_boundary, boundary_fn(a) - a, d)
+        d = jnp.where(init, 0.0, d)
+        usable = finite | init
 
         def accept(t, f_t):
             armijo = f_t <= f + 1e-4 * t * slope + slack
-            return jnp.isfinite(f_t) & jnp.where(at_boundary, f_t <= f + tolerance, armijo)
+            rule = jnp.where(at_boundary, f_t <= f + tolerance, armijo)
+            return jnp.isfinite(f_t) & (init | rule)
 
         def search_cond(c):
             t, f_t, _, _, tries = c
-            more = (tries == 0) | ((tries <= MAX_HALVINGS) & ~at_boundary)
-            return (~accept(t, f_t)) & more & finite & (phase != DONE)
+            more = (tries == 0) | ((tries <= MAX_HALVINGS) & (phase == NEWTON))
+            return (~accept(t, f_t)) & more & usable & (phase != DONE)
 
         def search_body(c):
             # The first pass tries the full step (t = 1): value_fn is traced once here.
@@ -335,7 +342,7 @@ def newton_line_search(value_fn, derivs_fn, a0, aux0, *, boundary_fn=None, max_s
         t, f_t, aux_t, ok_t, _ = jax.lax.while_loop(
             search_cond, search_body, (2.0 * jnp.ones((), dtype), jnp.asarray(jnp.inf, dtype),
                                        aux, ok, jnp.zeros((), jnp.int32)))
-        moved = finite & (phase != DONE) & accept(t, f_t)
+        moved = usable & (phase != DONE) & accept(t, f_t)
         newton = phase == NEWTON
         k_new = k + jnp.where(newton, 1, 0)
         has_boundary = jnp.any(boundary_fn(a) != a) if boundary_fn is not None else False
@@ -344,16 +351,20 @@ def newton_line_search(value_fn, derivs_fn, a0, aux0, *, boundary_fn=None, max_s
         after_final = jnp.where(has_boundary, BOUNDARY, DONE) if boundary_fn is not None else DONE
         next_phase = jnp.where(newton & final & moved, after_final,
                                jnp.where(at_boundary & moved, DONE, phase))
+        next_phase = jnp.where(init, NEWTON, next_phase)
         # Where the final step is rejected, the current point is as good: the boundary
         # trial (if any) from here.
         next_phase = jnp.where(newton & final & ~moved & finite, after_final, next_phase)
         status = jnp.where(
             phase == DONE, Status.CONVERGED,
-            jnp.where(~finite, Status.NON_FINITE,
-                      jnp.where(at_boundary & ~moved, Status.CONVERGED,
-                                jnp.where(newton & ~moved & ~final, Status.LINE_SEARCH_FAILED,
-                                          jnp.where(newton & ~final & (k_new >= max_iterations),
-                                                    Status.MAX_ITERATIONS, -1)))))
+            jnp.where(init, jnp.where(moved, -1, Status.NON_FINITE),
+                      jnp.where(~finite, Status.NON_FINITE,
+                                jnp.where(at_boundary & ~moved, Status.CONVERGED,
+                                          jnp.where(newton & ~moved & ~final,
+                                                    Status.LINE_SEARCH_FAILED,
+                                                    jnp.where(newton & ~final
+                                                              & (k_new >= max_iterations),
+                                                              Status.MAX_ITERATIONS, -1))))))
         # A rejected final step at a point without a boundary to try: converged here.
         status = jnp.where((status == -1) & newton & final & ~moved & (after_final == DONE),
                            Status.CONVERGED, status)
@@ -363,8 +374,8 @@ def newton_line_search(value_fn, derivs_fn, a0, aux0, *, boundary_fn=None, max_s
                 status.astype(jnp.int32))
 
     zero = jnp.zeros((), jnp.int32)
-    state = (a0, aux0, f0, ok0, jnp.zeros(P, dtype), jnp.eye(P, dtype=dtype), zero, zero,
-             jnp.where(jnp.isfinite(f0), -1, Status.NON_FINITE).astype(jnp.int32))
+    state = (a0, aux0, jnp.asarray(jnp.inf, dtype), jnp.ones((), bool), jnp.zeros(P, dtype),
+             jnp.eye(P, dtype=dtype), zero, jnp.asarray(INIT, jnp.int32), -jnp.ones((), jnp.int32))
     a, aux, f, ok, g, H, k, _, status = jax.lax.while_loop(lambda st: st[-1] < 0, body, state)
     return a, aux, f, g, H, k, status, ok
 

@@ -120,8 +120,11 @@ def test_crossed_logistic_terms_equal_single_fits():
     eta = -0.3 + 0.6 * x[:, None] + rng.normal(0, 0.8, (10, 3))[a] + rng.normal(0, 0.5, (6, 3))[b]
     Y = (rng.uniform(size=eta.shape) < 1 / (1 + np.exp(-eta))).astype(float)
     Y[[0, 7], 2] = np.nan
+    # A fourth model completely separated by x: flagged, and no harm to the others.
+    Y = np.column_stack([Y, (x > 0).astype(float)])
     batch = glmmjax.fit_many("~ x + (1 | a) + (1 | b)", data, Y, family="binomial",
                              chunk_size=3)
+    assert not batch.converged[3] and batch.models["status"][3] != "converged"
     for k in range(3):
         keep = ~np.isnan(Y[:, k])
         assert_equals_alone(batch, k, "y ~ x + (1 | a) + (1 | b)", data[keep], Y[keep, k],
