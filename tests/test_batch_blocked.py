@@ -164,3 +164,17 @@ def test_missing_responses_on_the_scalar_path_equal_single_fits():
     for k in range(3):
         keep = ~np.isnan(Y[:, k])
         assert_equals_alone(batch, k, "y ~ x + (1 | g)", data[keep], Y[keep, k], "binomial")
+
+
+@pytest.mark.slow
+def test_gamma_random_intercepts_take_the_blocked_path_and_equal_single_fits():
+    # A dispersion family with one scalar term: the scalar path does not apply.
+    rng = np.random.default_rng(4)
+    g = np.repeat(np.arange(10), 8)
+    x = rng.normal(size=80)
+    data = pd.DataFrame({"x": x, "g": pd.Categorical(g)})
+    Y = rng.gamma(4.0, np.exp(1 + 0.3 * x[:, None] + rng.normal(0, 0.4, (10, 2))[g]) / 4.0)
+    batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="Gamma", chunk_size=2)
+    for k in range(2):
+        alone = assert_equals_alone(batch, k, "y ~ x + (1 | g)", data, Y[:, k], "Gamma")
+        rel_close(batch.models["dispersion"][k], alone.dispersion, 1e-6)
