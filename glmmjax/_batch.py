@@ -34,6 +34,10 @@ from ._families import Family, Gaussian, get_family
 from ._formula import parse_formula
 from ._glmm_batch import applies as scalar_path_applies
 from ._glmm_batch import fit_scalar, make_scalar_setup
+from ._glmm_batch_blocked import applies as blocked_path_applies
+from ._glmm_batch_blocked import fit_blocked, make_blocked_setup
+from ._glmm_batch_crossed import applies as crossed_path_applies
+from ._glmm_batch_crossed import fit_crossed, make_crossed_setup
 from ._glmm_fit import glmm_pipeline, make_setup, mode_decrement
 from ._jit import batch_program
 from ._linalg import solve_triangular
@@ -45,6 +49,9 @@ from ._relmat import rotated_relatedness
 from ._structure import build_structure
 
 _RESPONSE = "__glmmjax_response__"
+# The blocked Newton paths (glmmjax._glmm_batch_blocked, _glmm_batch_crossed) where they
+# apply; benchmarks and tests set False to run the general pipeline they replace.
+BLOCKED_PATH = True
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -221,6 +228,18 @@ def _glmm_scalar_one(y, weights, setup) -> dict:
                                 "grad_max", "hessian_pd", "inner_converged")}
 
 
+def _glmm_blocked_one(y, weights, setup) -> dict:
+    """One vector random-effects term (e.g. (x | g)), any dispersion: the blocked
+    Newton fit of glmmjax._glmm_batch_blocked."""
+    return fit_blocked(y, weights, setup)
+
+
+def _glmm_crossed_one(y, weights, setup) -> dict:
+    """Several scalar terms, crossed or nested (e.g. (1 | a) + (1 | b)): the Newton fit
+    of glmmjax._glmm_batch_crossed."""
+    return fit_crossed(y, weights, setup)
+
+
 @functools.cache
 def _stacked(fn):
     """``fn`` vmapped over the leading axis of every argument (stacked datasets), one
@@ -229,23 +248,28 @@ def _stacked(fn):
 
 
 @functools.cache
-def _sharded(fn, n_devices: int):
-    """vmap ``fn`` over the leading axis of its first argument; split over devices.
+def _sharded(fn, n_devices: int, n_batched: int = 1):
+    """vmap ``fn`` over the leading axis of its first ``n_batched`` arguments (the
+    responses; with 2, also per-model prior weights: models with missing responses);
+    split over devices.
 
     Cached, so that every call of ``fit_many`` with the same structure reuses one
     compiled program."""
-    batched = noted(jax.vmap(fn, in_axes=(0,) + (None,) * (fn.__code__.co_argcount - 1)),
+    n_rest = fn.__code__.co_argcount - n_batched
+    batched = noted(jax.vmap(fn, in_axes=(0,) * n_batched + (None,) * n_rest),
                     "the batched fit")
     if n_devices <= 1:
         return batch_program(batched)
     mesh = Mesh(np.array(jax.local_devices()[:n_devices]), ("batch",))
 
-    def run(responses, *rest):
+    def run(*args):
+        per_model, rest = args[:n_batched], args[n_batched:]
         local = jax.shard_map(
-            lambda r: batched(r, *rest), mesh=mesh, in_specs=PartitionSpec("batch"),
+            lambda *r: batched(*r, *rest), mesh=mesh,
+            in_specs=(PartitionSpec("batch"),) * n_batched,
             out_specs=PartitionSpec("batch"), check_vma=False,
         )
-        return local(responses)
+        return local(*per_model)
 
     return batch_program(run)
 
@@ -288,18 +312,31 @@ def _design_for(formula: str, data: pd.DataFrame, weights, offset, relmat=None):
                         require_random=True, drop_aliased=True, relmat=relmat)
 
 
-def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[str]:
-    """A failure reason per model ('' when the response is usable)."""
+def _check_models(Y: np.ndarray, family: Family | None, rows, weights,
+                  n_fixef: int = 0) -> list[str]:
+    """A failure reason per model ('' when the response is usable).
+
+    GLMMs (``family`` given) take NaN as a missing response: the model is fitted on its
+    other rows (see :func:`_missing_as_weight_zero`), and only checked on those. LMMs
+    and infinite values are flagged."""
     reasons = []
+    rows = np.asarray(rows)
     for k in range(Y.shape[1]):
         y = Y[:, k]
-        bad = ~np.isfinite(y)
+        present = ~np.isnan(y) if family is not None else np.ones(len(y), bool)
+        bad = ~np.isfinite(y) & present
         if bad.any():
-            reasons.append(f"non-finite response in rows {np.asarray(rows)[np.flatnonzero(bad)[:5]].tolist()}")
+            reasons.append(f"non-finite response in rows {rows[np.flatnonzero(bad)[:5]].tolist()}")
             continue
+        if not present.all():
+            if present.sum() <= n_fixef:
+                reasons.append(f"only {int(present.sum())} non-missing responses for "
+                               f"{n_fixef} fixed effects")
+                continue
+            y = y[present]
         if family is not None:
             try:
-                family.prepare_response(y, weights, None, rows)
+                family.prepare_response(y, np.asarray(weights)[present], None, rows[present])
             except DataError as err:
                 reasons.append(str(err))
                 continue
@@ -308,6 +345,23 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights) -> list[s
             continue
         reasons.append("")
     return reasons
+
+
+def _missing_as_weight_zero(Y: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray | None]:
+    """Missing (NaN) responses as rows of prior weight 0: (Y with each model's NaNs
+    replaced by one of its observed values, so that every row stays in the family's
+    support; per-model weights (n, K)), or (Y, None) when nothing is missing. A row of
+    weight 0 adds nothing to the likelihood, so each model is the fit of its observed
+    rows alone (a level left without rows gets a random effect of exactly 0, which adds
+    nothing either)."""
+    missing = np.isnan(Y)
+    if not missing.any():
+        return Y, None
+    observed = np.where(missing, np.nan, Y)
+    fill = np.nanmin(np.where(np.all(missing, axis=0, keepdims=True), 0.0, observed), axis=0)
+    Y = np.where(missing, np.where(np.isfinite(fill), fill, 0.0)[None, :], Y)
+    W = np.asarray(weights, dtype=float)[:, None] * ~missing
+    return Y, W
 
 
 def fit_many(
@@ -415,7 +469,7 @@ def fit_many(
         Y_all, names = Y_all[:, share], names[share]
     positions = data.index.get_indexer(design.rows)
     Y = Y_all[positions]
-    reasons = _check_models(Y, family, design.rows, design.weights)
+    reasons = _check_models(Y, family, design.rows, design.weights, design.X.shape[1])
     usable = [k for k, r in enumerate(reasons) if not r]
     dtype = float_dtype(precision)
     devices = len(jax.local_devices()) if n_devices is None else int(n_devices)
@@ -447,19 +501,40 @@ def fit_many(
             # One scalar term (e.g. (1 | g)): Newton with exact Hessians, a few uniform
             # iterations per model (see _glmm_batch); same estimates as glmer.
             setup = make_scalar_setup(design, family, dtype)
-            fn = _sharded(_glmm_scalar_one, devices)
-            extra = (jnp.asarray(design.weights, dtype), setup)
-            Y_fit = Y
+            fn = _glmm_scalar_one
             shape = ("scalar", n, (1,), (design.terms[0].n_levels,), p + 1)
+            method = "Laplace"
+        elif BLOCKED_PATH and blocked_path_applies(design, family, n_agq):
+            # One vector term (e.g. (x | g)) or a family with a dispersion: levelwise
+            # S×S blocks, Newton with exact Hessians (see _glmm_batch_blocked).
+            setup = make_blocked_setup(design, family, dtype)
+            fn = _glmm_blocked_one
+            shape = ("general", n, (setup.size,), (design.terms[0].n_levels,), p)
+            method = "Laplace"
+        elif BLOCKED_PATH and crossed_path_applies(design, family, n_agq):
+            # Several scalar terms (crossed or nested): the first term's diagonal block
+            # and a small dense Schur complement (see _glmm_batch_crossed).
+            setup = make_crossed_setup(design, family, dtype)
+            fn = _glmm_crossed_one
+            shape = ("general", n, (1,), (design.terms[0].n_levels,),
+                     setup.Z2.shape[1] + p)
             method = "Laplace"
         else:
             setup = make_setup(design, family, n_agq, dtype)
-            fn = _sharded(_glmm_one, devices)
-            extra = (jnp.asarray(design.weights, dtype), setup)
-            Y_fit = Y
+            fn = _glmm_one
             shape = ("general", n, setup.inner.sizes, setup.inner.n_levels,
                      setup.inner.rest_size)
             method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
+        if family is not None:
+            # Missing responses (NaN) as rows of weight 0, per model; the weights are
+            # then batched with the responses (another compiled program).
+            Y_fit, W_fit = _missing_as_weight_zero(Y, design.weights)
+            if W_fit is None:
+                fn = _sharded(fn, devices)
+                extra = (jnp.asarray(design.weights, dtype), setup)
+            else:
+                fn = _sharded(fn, devices, 2)
+                extra = (W_fit, setup)
         n_theta = sum(c.n_params for c in term_structures(design.terms))
         memory = plan_memory(len(usable), *shape, n_theta, np.dtype(dtype).itemsize, devices,
                              chunk_size, jax.local_devices()[0])
@@ -506,8 +581,13 @@ def _run_chunks(fn, Y, usable, chunk_size, extra, dtype, progress):
             # compiled program) stays the same; the copies are discarded.
             padded = np.concatenate([idx, np.full(chunk_size - len(idx), idx[0])])
             block = jnp.asarray(np.ascontiguousarray(Y[:, padded].T), dtype)
+            args = extra
+            if extra and isinstance(extra[0], np.ndarray) and extra[0].shape == Y.shape:
+                # Per-model prior weights (missing responses): chunked as the responses.
+                args = (jnp.asarray(np.ascontiguousarray(extra[0][:, padded].T), dtype),
+                        *extra[1:])
             out = jax.tree_util.tree_map(np.asarray, wait_interruptibly(
-                fn(block, *extra), what=f"fit_many's chunk {c + 1} of {n_chunks}"))
+                fn(block, *args), what=f"fit_many's chunk {c + 1} of {n_chunks}"))
             keep = len(idx)
             pieces.append(jax.tree_util.tree_map(lambda a, k=keep: a[:k], out))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *pieces)

@@ -93,7 +93,7 @@ def _decrements(make_setup, mode_decrement, GLMMData, conditional_mode):
 
 
 @pytest.mark.slow
-def test_general_path_batches_have_finite_standard_errors_equal_to_single_fits():
+def test_general_path_batches_have_finite_standard_errors_equal_to_single_fits(monkeypatch):
     # A batch of 8 random-slope GLMMs had a NaN Hessian (so no SEs, every model flagged)
     # with the forward-over-reverse Hessian; 2 models did not show it.
     rng = np.random.default_rng(1)
@@ -105,6 +105,8 @@ def test_general_path_batches_have_finite_standard_errors_equal_to_single_fits()
     for j in range(k):
         b = rng.normal(0, [0.5, 0.1], (levels, 2))
         Y[:, j] = rng.poisson(np.exp(1.0 + 0.1 * t + b[g, 0] + b[g, 1] * t))
+    # The general pipeline itself (this structure now takes the blocked path by default).
+    monkeypatch.setattr("glmmjax._batch.BLOCKED_PATH", False)
     batch = glmmjax.fit_many("~ t + (t | g)", data, Y, family="poisson", chunk_size=8)
     assert batch.converged.all(), batch.models["status"].tolist()
     for j in (0, 5):
