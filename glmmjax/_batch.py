@@ -454,7 +454,9 @@ def fit_many(
     ddf = check_batch_ddf(ddf, lmm=family is None)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        from ._display import show
+
+        raise ValueError(f"chunk_size must be a positive integer or None, got {show(chunk_size)}")
     if not isinstance(distributed, (bool, np.bool_)):
         raise ValueError(f"distributed must be True or False, got {distributed!r}")
     design = _design_for(formula, data, weights, offset, relmat)

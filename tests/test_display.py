@@ -153,6 +153,8 @@ def test_messages_show_plain_numbers():
     lambda fit: fit.confint("wald", level=np.float64(1.5)),
     lambda fit: fit.bootstrap(np.int64(1)),
     lambda fit: fit.simulate(np.int64(0)),
+    lambda fit: glmmjax.fit_many("~ Days + (1 | Subject)", glmmjax.datasets.load("sleepstudy"),
+                                 np.zeros((180, 1)), chunk_size=np.int64(0)),
     lambda fit: glmmjax.families.NegativeBinomial(theta=np.float64(-1.0)),
     lambda fit: glmmjax.families.StudentT(df=np.float64(-2.0)),
     lambda fit: glmmjax.families.Tweedie(power=np.float64(3.5)),
