@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
+from ._cov_structures import as_structures
+from ._covariance import canonical_theta, diagonal_mask, split_theta
 from ._design import DataError
 from ._engine import check_engine, opt_summary
 from ._lmm import SINGULAR_TOL
@@ -45,10 +46,17 @@ def parts_data(parts: PartsDesign, family, y, weights) -> PartsData:
     )
 
 
+def _factors(theta, terms) -> list[np.ndarray]:
+    """Λ_t per term, in numpy (eager JAX operations would each compile on a first fit)."""
+    sizes = tuple(t.size for t in terms)
+    return [cov.factor(part, np) for cov, part in
+            zip(as_structures(sizes), split_theta(np.asarray(theta, np.float64), sizes))]
+
+
 def _effects(theta, terms, u):
     """Conditional modes b = Λu per term, (m_t, S_t) each, and the slices of u."""
     out, start = [], 0
-    factors = theta_to_factors(jnp.asarray(theta), tuple(t.size for t in terms))
+    factors = _factors(theta, terms)
     for term, lam in zip(terms, factors):
         size = term.n_levels * term.size
         block = np.asarray(u[start : start + size]).reshape(term.n_levels, term.size)
@@ -60,7 +68,7 @@ def _effects(theta, terms, u):
 def _effect_covariances(theta, terms, re_cov, offset: int):
     """Conditional covariances of b per term, (m_t, S_t, S_t): Λ·H⁻¹_block·Λ'."""
     out, start = [], offset
-    factors = theta_to_factors(jnp.asarray(theta), tuple(t.size for t in terms))
+    factors = _factors(theta, terms)
     for term, lam in zip(terms, factors):
         lam = np.asarray(lam)
         blocks = np.empty((term.n_levels, term.size, term.size))

@@ -1,7 +1,8 @@
 """Host engine for GLMMs with zero-inflation and/or a dispersion model: the Laplace
-criterion of :mod:`glmmjax._parts_laplace` and its exact gradient in numpy, with only
-two small elementwise JAX kernels compiled (the per-row log-likelihood and its
-derivatives), so a first fit spends little time compiling.
+criterion of :mod:`glmmjax._parts_laplace` and its exact gradient in numpy. The per-row
+log-likelihood and its derivatives come from closed forms in numpy for the built-in
+families (:mod:`glmmjax._parts_rows`: nothing is compiled); a user-defined family gets
+one elementwise JAX kernel (:func:`_build_kernel`), compiled on its first fit.
 
 Notation as in :mod:`glmmjax._parts_laplace`: rows i with predictors eᵢ = (ηᵢ, ζᵢ, δᵢ),
 Gᵢ = ∇ℓᵢ, Wᵢ = −∇²_{ηζ}ℓᵢ (2×2), H = I + Σᵢ aᵢWᵢaᵢ' with aᵢ the q×2 matrix whose
@@ -27,6 +28,7 @@ from scipy.linalg import cho_factor, cho_solve
 from ._blas import single_threaded_blas
 from ._covariance import _tril_indices_colmajor
 from ._jit import _CPU_OPTIONS
+from ._parts_rows import RowKernel, supported
 from ._response_parts import row_loglik
 
 MAX_NEWTON = 100
@@ -34,8 +36,12 @@ NEWTON_TOL = 1e-10
 
 
 def _kernels(family, zero_inflated: bool):
-    """:func:`_build_kernel`, cached per (family, zero_inflated) where the family is
-    hashable (a user-defined family holding arrays is not: it gets a fresh kernel)."""
+    """The per-row kernel: :class:`glmmjax._parts_rows.RowKernel` (numpy, closed forms)
+    for the built-in families, else :func:`_build_kernel`, cached per (family,
+    zero_inflated) where the family is hashable (a user-defined family holding arrays
+    is not: it gets a fresh kernel)."""
+    if supported(family):
+        return RowKernel(family, zero_inflated)
     try:
         hash(family)
     except TypeError:
@@ -49,7 +55,12 @@ def _cached_kernel(family, zero_inflated: bool):
 
 
 def _build_kernel(family, zero_inflated: bool):
-    """The kernel for this family: a jitted function of (y, w, η, ζ, δ), elementwise
+    """:func:`kernel_function` compiled for the CPU."""
+    return _cpu_jit(kernel_function(family, zero_inflated))
+
+
+def kernel_function(family, zero_inflated: bool):
+    """The kernel for this family: a function of (y, w, η, ζ, δ), elementwise
     over rows, returning ℓ, G (3), the rows (η, ζ) of the Hessian in e = (η, ζ, δ)
     (2 × 3) and the derivatives in e of its (η, ζ) block (2 × 2 × 3). One kernel serves
     the Newton steps and the gradient: a second, smaller one would cost a second
@@ -81,7 +92,7 @@ def _build_kernel(family, zero_inflated: bool):
         third = jnp.concatenate([t_ez, t_d[:, :, None]], axis=2)
         return ell(y, w, ez, delta), g, hess_rows(y, w, ez, delta), third
 
-    return _cpu_jit(jax.vmap(full))
+    return jax.vmap(full)
 
 
 def _cpu_jit(fun):
@@ -132,17 +143,21 @@ class HostParts:
         self.layout = data.layout
         self.q_c, self.q = data.cond.q, data.q
         self.kernel = _kernels(data.family, data.zero_inflated)
+        self.in_numpy = isinstance(self.kernel, RowKernel)
         self.n = self.y.shape[0]
 
-    def _call(self, eta, zeta, log_phi):
-        """The kernel's (ℓ, G, Hessian rows, third derivatives) as numpy arrays."""
+    def _call(self, eta, zeta, log_phi, third: bool = True):
+        """The kernel's (ℓ, G, Hessian rows, third derivatives) as numpy arrays (the
+        numpy kernel leaves the third derivatives out, None, unless ``third``)."""
+        if self.in_numpy:
+            return self.kernel(self.y, self.w, eta, zeta, log_phi, third=third)
         # The caller (fit_parts) runs under x64: no context switch per call here.
         out = self.kernel(self.y, self.w, eta, zeta, log_phi)
         return [np.asarray(o) for o in jax.device_get(out)]
 
     def _newton_terms(self, eta, zeta, log_phi):
         """ℓ, G_η, G_ζ, W_ηη, W_ηζ, W_ζζ per row."""
-        ll, g, h, _ = self._call(eta, zeta, log_phi)
+        ll, g, h, _ = self._call(eta, zeta, log_phi, third=False)
         return ll, g[:, 0], g[:, 1], -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1]
 
     # -- Λ, A and their derivatives ----------------------------------------------------
