@@ -66,13 +66,13 @@ def _host_loop(Y, usable, template, max_iter, progress) -> dict:
     import equinox as eqx
 
     from ._parts_host import fit as fit_host
-    from ._parts_laplace import start_params_jit
+    from ._parts_host import start_values
     from ._progress import bar
 
     pieces = []
     for k in bar(usable, enabled=progress, desc="fitting models", unit="model"):
         data = eqx.tree_at(lambda d: d.y, template, jnp.asarray(Y[:, k]))
-        out = fit_host(np.asarray(start_params_jit(data)), data, max_iter=max_iter)
+        out = fit_host(start_values(data), data, max_iter=max_iter)
         hessian = out["hessian"]
         finite = bool(np.all(np.isfinite(hessian)))
         pieces.append(dict(

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._cov_structures import as_structures
@@ -15,7 +14,8 @@ from ._engine import check_engine, opt_summary
 from ._lmm import SINGULAR_TOL
 from ._optimize import Solution, Status
 from ._parts_design import PartsDesign, build_parts, check_parts
-from ._parts_laplace import PartsData, criterion_at, dense_terms, fit, start_params_jit
+from ._parts_host import start_values
+from ._parts_laplace import PartsData, criterion_at, dense_terms, fit
 from ._precision import with_x64
 from ._response_parts import is_truncated
 from ._results import Convergence, warn_if_not_converged, warn_if_singular
@@ -134,8 +134,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
             f"models with ziformula/dispformula hold the random-effects matrix densely: "
             f"{design.nobs} rows x {data_.q} random effects = {cells:,} entries exceeds "
             f"{DENSE_LIMIT:,}; fewer levels (or a sparse engine, not written yet) needed")
-    # One small compiled program: as eager operations each would compile on its own.
-    params0 = np.asarray(start_params_jit(jax.tree_util.tree_map(jnp.asarray, data_)))
+    params0 = start_values(data_)
     if engine == "host":
         from ._parts_host import fit as fit_host
 

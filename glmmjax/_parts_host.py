@@ -95,6 +95,19 @@ def kernel_function(family, zero_inflated: bool):
     return jax.vmap(full)
 
 
+def start_values(data) -> np.ndarray:
+    """The start of a fit: :func:`glmmjax._parts_rows.start_params` (numpy, nothing
+    compiled) for the built-in families, else the compiled
+    :func:`glmmjax._parts_laplace.start_params`."""
+    from ._parts_laplace import start_params_jit
+    from ._parts_rows import start_params
+
+    if supported(data.family):
+        return start_params(data)
+    with jax.enable_x64(True):
+        return np.asarray(start_params_jit(jax.tree_util.tree_map(jnp.asarray, data)))
+
+
 def _cpu_jit(fun):
     """``jax.jit`` with XLA:CPU's classic emitters (:data:`glmmjax._jit._CPU_OPTIONS`:
     about half the compile time of these derivative-heavy kernels), falling back to the

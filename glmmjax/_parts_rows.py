@@ -180,3 +180,90 @@ class RowKernel:
         t[zero, 0, 1, 0], t[zero, 0, 1, 1], t[zero, 0, 1, 2] = eez, ezz, ezd
         t[zero, 1, 0] = t[zero, 0, 1]
         t[zero, 1, 1, 0], t[zero, 1, 1, 1], t[zero, 1, 1, 2] = ezz, k - s2[zero], zzd
+
+
+# -- start values -------------------------------------------------------------------------
+
+_UNIT_OPEN = ("Beta", "BetaBinomial")  # 0 < μ < 1
+_REAL_MEAN = ("Gaussian", "StudentT")  # any finite μ
+_PEARSON_VARIANCE = {"Gaussian": lambda mu: np.ones_like(mu), "Gamma": lambda mu: mu * mu,
+                     "InverseGaussian": lambda mu: mu**3}
+
+
+def _valid_mu(family, mu):
+    """``family.valid_mu`` in numpy (the built-in families')."""
+    name = type(family).__name__
+    finite = np.isfinite(mu)
+    if name in _REAL_MEAN:
+        return finite
+    if name == "Binomial":
+        return finite & (mu >= 0) & (mu <= 1)
+    if name in _UNIT_OPEN:
+        return finite & (mu > 0) & (mu < 1)
+    return finite & (mu > 0)
+
+
+def _initial_mean(family, y, weights):
+    """``family.initialize`` in numpy: the families' own formulas are arithmetic (they
+    take numpy arrays as they are); the base class's is written out here."""
+    from ._families import Family
+
+    if type(family).initialize is not Family.initialize:
+        return np.asarray(family.initialize(y, weights), np.float64)
+    w = np.where(weights > 0, weights, 0.0)
+    mean = np.sum(w * y) / max(np.sum(w), np.finfo(np.float64).tiny)
+
+    def usable(mu):
+        return _valid_mu(family, mu) & np.isfinite(fm.link_function(family.link, np, mu))
+
+    halfway = 0.5 * (y + mean)
+    return np.where(usable(y), y, np.where(usable(halfway), halfway, mean))
+
+
+def _dispersion_start(family, y, mu, w):
+    """``family.dispersion_start`` in numpy (ML-dispersion families)."""
+    name = type(family).__name__
+    if hasattr(family, "moment_dispersion"):  # glmmTMB's families
+        return family.moment_dispersion(np, y, mu, w)
+    if name == "NegativeBinomial":
+        return np.sum(w) / np.sum(w * (y / mu - 1.0) ** 2)
+    if name == "Beta":
+        return max(np.sum(w * mu * (1.0 - mu)) / np.sum(w * (y - mu) ** 2) - 1.0, 0.5)
+    return 1.0
+
+
+def start_params(data) -> np.ndarray:
+    """:func:`glmmjax._parts_laplace.start_params` in numpy for the families this module
+    covers (:func:`supported`), so that a first fit compiles nothing."""
+    from ._covariance import initial_theta
+
+    family = data.family
+    y, w, offset = (np.asarray(a, np.float64) for a in (data.y, data.weights, data.offset))
+    X = np.asarray(data.X, np.float64)
+    with np.errstate(all="ignore"):
+        mu0 = _initial_mean(family, y, w)
+        eta0 = fm.link_function(family.link, np, mu0)
+        eta0 = np.where(np.isfinite(eta0), eta0, 0.0) - offset
+        beta = np.linalg.pinv(X) @ eta0 if X.shape[1] else np.zeros(0)
+        mu = fm.inverse_link(family.link, np, X @ beta + offset)
+        mu = np.where(_valid_mu(family, mu), mu, mu0)
+        scale, log_phi = 1.0, 0.0
+        if family.has_dispersion:
+            if family.dispersion_method == "pearson":
+                variance = _PEARSON_VARIANCE[type(family).__name__](mu)
+                d0 = np.sum(w * (y - mu) ** 2 / variance) / max(np.sum(w > 0), 1)
+            else:
+                d0 = _dispersion_start(family, y, mu, w)
+            d0 = float(np.clip(d0 if np.isfinite(d0) else 1.0, 1e-4, 1e4))
+            log_phi = np.log(d0) / dispersion_power(family)
+            if family.name == "gaussian":
+                scale = np.sqrt(d0)
+        X_disp = np.asarray(data.X_disp, np.float64)
+        beta_disp = (np.linalg.pinv(X_disp) @ (log_phi - np.asarray(data.offset_disp))
+                     if X_disp.shape[1] else np.zeros(0))
+
+    def theta0(sizes):
+        return initial_theta(sizes) if sizes else np.zeros(0)
+
+    return np.concatenate([theta0(data.cond.sizes) * scale, theta0(data.zi.sizes), beta,
+                           np.zeros(np.shape(data.X_zi)[1]), beta_disp])

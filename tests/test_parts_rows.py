@@ -144,3 +144,33 @@ def test_host_engine_uses_the_numpy_kernel_for_builtin_families():
     assert isinstance(_kernels(F.NegativeBinomial(), True), RowKernel)
     assert not isinstance(_kernels(type("P", (F.Poisson,), {})(), True), RowKernel)
     assert HostParts  # imported for the engine's use of the same kernels
+
+
+def _parts_data(family, zero_inflated, seed=0):
+    from glmmjax._parts_laplace import DenseTerms, PartsData
+
+    y, w, *_ = _inputs(family, zero_inflated, seed)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.normal(size=N)
+    levels = np.arange(N) % 4
+    J = (levels[:, None] == np.arange(4)).astype(float)
+    cond = DenseTerms((J,), (np.ones((N, 1)),), (1,), (4,))
+    X = np.column_stack([np.ones(N), x])
+    return PartsData(y=y, weights=w, X=X, offset=0.1 * x, X_zi=X[:, :1] if zero_inflated
+                     else np.zeros((N, 0)), offset_zi=np.zeros(N), X_disp=X,
+                     offset_disp=np.zeros(N), cond=cond, zi=DenseTerms((), (), (), ()),
+                     family=family, zero_inflated=zero_inflated)
+
+
+@pytest.mark.parametrize("family,zero_inflated", CASES,
+                         ids=[_case_id(f, z) for f, z in CASES])
+def test_numpy_start_values_equal_the_compiled_ones(family, zero_inflated):
+    from glmmjax._parts_laplace import start_params
+    from glmmjax._parts_rows import start_params as start_numpy
+
+    data = _parts_data(family, zero_inflated)
+    with jax.enable_x64(True), jax.disable_jit():
+        expected = np.asarray(start_params(jax.tree_util.tree_map(jax.numpy.asarray, data)))
+    got = start_numpy(data)
+    assert np.all(np.isfinite(expected))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
