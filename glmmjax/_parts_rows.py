@@ -87,8 +87,8 @@ class RowKernel:
         self.has_dispersion = bool(family.has_dispersion)
 
     def _log_density(self, y, eta, delta, third: bool):
-        """(f, f_η, f_ηη, f_ηηη, f_δ, f_ηδ, f_ηηδ) of log f(y; η, δ) per row, the δ
-        ones zero for a family without a dispersion."""
+        """(f, f_η, f_ηη, f_ηηη, f_δ, f_ηδ, f_ηηδ) of log f(y; η, δ) per row (f without
+        :func:`_row_constant`), the δ ones zero for a family without a dispersion."""
         family = self.family
         ones = np.ones_like(y)
         zero = np.zeros_like(eta)
@@ -101,9 +101,18 @@ class RowKernel:
         else:
             t = fm.row_terms(family, np, y, eta, ones, None, third=third)
             d_delta = (zero, zero, zero)
-        value = t.value + _row_constant(family, y)
         f3 = -t.w1 if third else None
-        return (value + zero, t.d1 + zero, -t.w + zero, f3, *(d + zero for d in d_delta))
+        return (t.value + zero, t.d1 + zero, -t.w + zero, f3, *(d + zero for d in d_delta))
+
+    def _rows(self, y):
+        """What depends on y alone, kept for the last y seen (a fit calls the kernel
+        with one y hundreds of times): y == 0, the y at which f is evaluated (a
+        truncated density at a harmless 1 where y = 0, as row_loglik) and the constant."""
+        if getattr(self, "_y", None) is not y:
+            y_used = np.where(y > 0, y, 1.0) if self.truncated else y
+            self._y, self._zero = y, y == 0
+            self._y_used, self._constant = y_used, _row_constant(self.family, y_used)
+        return self._zero, self._y_used, self._constant
 
     def __call__(self, y, w, eta, zeta, delta, third: bool = True):
         y, w = np.asarray(y, np.float64), np.asarray(w, np.float64)
@@ -111,75 +120,81 @@ class RowKernel:
         zeta = np.broadcast_to(np.asarray(zeta, np.float64), eta.shape)
         delta = np.broadcast_to(np.asarray(delta, np.float64), eta.shape)
         n = eta.shape[0]
+        zero, y_used, constant = self._rows(y)
         with np.errstate(all="ignore"):
-            y_used = np.where(y > 0, y, 1.0) if self.truncated else y
             f, f1, f2, f3, fd, f1d, f2d = self._log_density(y_used, eta, delta, third)
-            ll = np.zeros(n)
+            f = f + constant
             g = np.zeros((n, 3))
             h = np.zeros((n, 2, 3))
             t = np.zeros((n, 2, 2, 3)) if third else None
             if not self.zero_inflated:
-                ll[:] = f
+                ll = f
                 g[:, 0], g[:, 2] = f1, fd
                 h[:, 0, 0], h[:, 0, 2] = f2, f1d
                 if third:
                     t[:, 0, 0, 0], t[:, 0, 0, 2] = f3, f2d
             else:
-                self._mixture(y, zeta, (f, f1, f2, f3, fd, f1d, f2d), ll, g, h, t)
-            ll *= w
+                ll = self._mixture(zero, zeta, (f, f1, f2, f3, fd, f1d, f2d), g, h, t)
+            ll = w * ll
             g *= w[:, None]
             h *= w[:, None, None]
             if third:
                 t *= w[:, None, None, None]
         return ll, g, h, t
 
-    def _mixture(self, y, zeta, parts, ll, g, h, t):
-        """Fill the outputs of a zero-inflated or hurdle model (module docstring)."""
+    def _mixture(self, zero, zeta, parts, g, h, t):
+        """ℓ of a zero-inflated or hurdle model, and its derivatives written into g, h,
+        t (module docstring). Each case is formed on every row and the rows' own case
+        chosen by ``where``: cheaper than indexing on these sizes."""
         f, f1, f2, f3, fd, f1d, f2d = parts
         third = t is not None
-        s = _sigmoid(zeta)  # π
-        s1 = s * _sigmoid(-zeta)  # π(1 − π)
-        s2 = s1 * (1.0 - 2.0 * s)
-        zero = y == 0
-        # Rows with y > 0 (and a hurdle's zeros in ζ): log σ(∓ζ) + [log f].
-        positive = ~zero
-        ll[positive] = (_log_sigmoid(-zeta) + f)[positive]
-        g[positive, 0], g[positive, 1], g[positive, 2] = f1[positive], -s[positive], fd[positive]
-        h[positive, 0, 0], h[positive, 0, 2] = f2[positive], f1d[positive]
-        h[:, 1, 1] = -s1  # every row: ∂²/∂ζ² of log σ(±ζ) is −π(1 − π) ...
+        s, s_neg = _sigmoid(zeta), _sigmoid(-zeta)  # π, 1 − π
+        s1 = s * s_neg
+        s2 = s1 * (s_neg - s)
+        # Every row: ∂²/∂ζ² of log σ(±ζ) is −π(1 − π), its ∂/∂ζ −π(1 − π)(1 − 2π).
+        h[:, 1, 1] = -s1
         if third:
-            t[positive, 0, 0, 0], t[positive, 0, 0, 2] = f3[positive], f2d[positive]
-            t[:, 1, 1, 1] = -s2  # ... and its ∂/∂ζ
-        if self.truncated:  # hurdle zeros: log σ(ζ)
-            ll[zero] = _log_sigmoid(zeta)[zero]
-            g[zero, 1] = 1.0 - s[zero]
-            return
-        # Zero-inflated zeros: L(ζ, a) − softplus(ζ), a = log f(0) = f on these rows.
-        a, a1, a2, a3 = f[zero], f1[zero], f2[zero], None if f3 is None else f3[zero]
-        ad, a1d, a2d = fd[zero], f1d[zero], f2d[zero]
-        z = zeta[zero]
-        r, one_r = _sigmoid(z - a), _sigmoid(a - z)
-        c = r * one_r
+            t[:, 1, 1, 1] = -s2
+        if self.truncated:
+            # y > 0: log σ(−ζ) + log f₊(y); y = 0: log σ(ζ).
+            g[:, 0] = np.where(zero, 0.0, f1)
+            g[:, 1] = np.where(zero, s_neg, -s)
+            g[:, 2] = np.where(zero, 0.0, fd)
+            h[:, 0, 0] = np.where(zero, 0.0, f2)
+            h[:, 0, 2] = np.where(zero, 0.0, f1d)
+            if third:
+                t[:, 0, 0, 0] = np.where(zero, 0.0, f3)
+                t[:, 0, 0, 2] = np.where(zero, 0.0, f2d)
+            return np.where(zero, _log_sigmoid(zeta), _log_sigmoid(-zeta) + f)
+        # y = 0: L(ζ, a) − softplus(ζ) with a = log f(0) = f on these rows; y > 0 as a
+        # hurdle's positive rows.
+        a, a1, a2, a3, ad, a1d, a2d = f, f1, f2, f3, fd, f1d, f2d
+        r, one_r = _sigmoid(zeta - a), _sigmoid(a - zeta)
+        c = np.where(zero, r * one_r, 0.0)  # 0 on y > 0 rows: their mixture terms vanish
         k = c * (one_r - r)
-        ll[zero] = np.logaddexp(z, a) - np.logaddexp(0.0, z)
-        g[zero, 0], g[zero, 1], g[zero, 2] = one_r * a1, r - s[zero], one_r * ad
-        h[zero, 0, 0] = c * a1 * a1 + one_r * a2
-        h[zero, 0, 1] = h[zero, 1, 0] = -c * a1
-        h[zero, 0, 2] = c * a1 * ad + one_r * a1d
-        h[zero, 1, 1] = c - s1[zero]
-        h[zero, 1, 2] = -c * ad
-        if not third:
-            return
-        ee = -k * a1**3 + 3.0 * c * a1 * a2 + one_r * a3  # ∂³/∂η³
-        eez = k * a1 * a1 - c * a2  # ∂³/∂η²∂ζ
-        eed = -k * a1 * a1 * ad + c * (2.0 * a1 * a1d + a2 * ad) + one_r * a2d
-        ezz = -k * a1  # ∂³/∂η∂ζ²
-        ezd = k * a1 * ad - c * a1d
-        zzd = -k * ad
-        t[zero, 0, 0, 0], t[zero, 0, 0, 1], t[zero, 0, 0, 2] = ee, eez, eed
-        t[zero, 0, 1, 0], t[zero, 0, 1, 1], t[zero, 0, 1, 2] = eez, ezz, ezd
-        t[zero, 1, 0] = t[zero, 0, 1]
-        t[zero, 1, 1, 0], t[zero, 1, 1, 1], t[zero, 1, 1, 2] = ezz, k - s2[zero], zzd
+        weight = np.where(zero, one_r, 1.0)  # ∂L/∂a on zeros, 1 on y > 0
+        g[:, 0] = weight * a1
+        g[:, 1] = np.where(zero, r, 0.0) - s
+        g[:, 2] = weight * ad
+        h[:, 0, 0] = c * a1 * a1 + weight * a2
+        h[:, 0, 1] = h[:, 1, 0] = -c * a1
+        h[:, 0, 2] = c * a1 * ad + weight * a1d
+        h[:, 1, 1] += c
+        h[:, 1, 2] = -c * ad
+        if third:
+            eez = k * a1 * a1 - c * a2  # ∂³/∂η²∂ζ
+            ezz = -k * a1  # ∂³/∂η∂ζ²
+            ezd = k * a1 * ad - c * a1d
+            t[:, 0, 0, 0] = -k * a1**3 + 3.0 * c * a1 * a2 + weight * a3
+            t[:, 0, 0, 1] = eez
+            t[:, 0, 0, 2] = -k * a1 * a1 * ad + c * (2.0 * a1 * a1d + a2 * ad) + weight * a2d
+            t[:, 0, 1, 0], t[:, 0, 1, 1], t[:, 0, 1, 2] = eez, ezz, ezd
+            t[:, 1, 0] = t[:, 0, 1]
+            t[:, 1, 1, 0] = ezz
+            t[:, 1, 1, 1] += k
+            t[:, 1, 1, 2] = -k * ad
+        zero_value = np.logaddexp(zeta, a) - np.logaddexp(0.0, zeta)
+        return np.where(zero, zero_value, _log_sigmoid(-zeta) + f)
 
 
 # -- start values -------------------------------------------------------------------------
