@@ -157,6 +157,8 @@ class HostParts:
         self.q_c, self.q = data.cond.q, data.q
         self.kernel = _kernels(data.family, data.zero_inflated)
         self.in_numpy = isinstance(self.kernel, RowKernel)
+        self._unit_matrices: dict = {}
+        self._last_matrix: dict = {}
         self.n = self.y.shape[0]
 
     def _call(self, eta, zeta, log_phi, third: bool = True):
@@ -176,13 +178,25 @@ class HostParts:
     # -- Λ, A and their derivatives ----------------------------------------------------
     def _random_matrix(self, theta, terms, derivative: int | None = None):
         """A = ZΛ(θ) (n, q_part), or ∂A/∂θ_derivative (Λ is linear in θ: the factor of
-        the unit vector). numpy only: eager JAX operations here would each compile."""
+        the unit vector, the same at every θ, so kept). The last A of each part is kept
+        too: the Newton steps and the gradient of one evaluation share it. numpy only:
+        eager JAX operations here would each compile."""
         if not terms.sizes:
             return np.zeros((self.n, 0))
         if derivative is not None:
-            unit = np.zeros(len(theta))
-            unit[derivative] = 1.0
-            theta = unit
+            key = (id(terms), derivative)
+            if key not in self._unit_matrices:
+                unit = np.zeros(len(theta))
+                unit[derivative] = 1.0
+                self._unit_matrices[key] = self._build_random_matrix(unit, terms)
+            return self._unit_matrices[key]
+        theta = np.array(theta, np.float64)
+        last = self._last_matrix.get(id(terms))
+        if last is None or not np.array_equal(last[0], theta):
+            last = self._last_matrix[id(terms)] = (theta, self._build_random_matrix(theta, terms))
+        return last[1]
+
+    def _build_random_matrix(self, theta, terms):
         blocks = []
         for J, z, lam in zip(terms.indicators, terms.z, _factors(theta, terms.sizes)):
             zl = np.asarray(z) @ lam
@@ -207,16 +221,22 @@ class HostParts:
 
     @staticmethod
     def _hessian(A_c, A_z, w_ee, w_ez, w_zz):
-        cc = A_c.T @ (w_ee[:, None] * A_c)
-        cz = A_c.T @ (w_ez[:, None] * A_z)
-        zz = A_z.T @ (w_zz[:, None] * A_z)
-        H = np.block([[cc, cz], [cz.T, zz]])
-        H[np.diag_indices_from(H)] += 1.0
+        q_c = A_c.shape[1]
+        q = q_c + A_z.shape[1]
+        H = np.empty((q, q))
+        H[:q_c, :q_c] = A_c.T @ (w_ee[:, None] * A_c)
+        if q > q_c:
+            H[:q_c, q_c:] = A_c.T @ (w_ez[:, None] * A_z)
+            H[q_c:, :q_c] = H[:q_c, q_c:].T
+            H[q_c:, q_c:] = A_z.T @ (w_zz[:, None] * A_z)
+        H.flat[:: q + 1] += 1.0
         return H
 
     # -- the inner problem --------------------------------------------------------------
     def mode(self, params, v0):
-        """û by Newton's method with step halving (as :func:`_parts_laplace._newton`)."""
+        """û by Newton's method with step halving (as :func:`_parts_laplace._newton`),
+        and the rows' Newton terms there (None once converged: the caller evaluates the
+        rows at û with the third derivatives anyway)."""
         theta_c, theta_z, beta, beta_zi, beta_disp = self.split(params)
         A_c = self._random_matrix(theta_c, self.cond)
         A_z = self._random_matrix(theta_z, self.zi)
@@ -250,10 +270,8 @@ class HostParts:
                                         lower=True)
                 step = -cho_solve(factor, grad)
                 decrement = -grad @ step
-                if decrement < NEWTON_TOL:
-                    v = v + step
-                    out = terms(v)
-                    break
+                if decrement < NEWTON_TOL:  # the caller re-evaluates the rows at û
+                    return v + step, None
                 t = 1.0
                 while True:
                     trial_out = terms(v + t * step)

@@ -63,13 +63,8 @@ def _row_constant(family, y):
     return 0.0
 
 
-def _sigmoid(x):
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-def _log_sigmoid(x):
-    return np.minimum(x, 0.0) - np.log1p(np.exp(-np.abs(x)))
+_sigmoid = scipy.special.expit  # one ufunc each, accurate in both tails
+_log_sigmoid = scipy.special.log_expit
 
 
 class RowKernel:
@@ -117,8 +112,9 @@ class RowKernel:
     def __call__(self, y, w, eta, zeta, delta, third: bool = True):
         y, w = np.asarray(y, np.float64), np.asarray(w, np.float64)
         eta = np.asarray(eta, np.float64)
-        zeta = np.broadcast_to(np.asarray(zeta, np.float64), eta.shape)
-        delta = np.broadcast_to(np.asarray(delta, np.float64), eta.shape)
+        zeta, delta = (np.asarray(a, np.float64) for a in (zeta, delta))
+        if zeta.shape != eta.shape or delta.shape != eta.shape:
+            zeta, delta = (np.broadcast_to(a, eta.shape) for a in (zeta, delta))
         n = eta.shape[0]
         zero, y_used, constant = self._rows(y)
         with np.errstate(all="ignore"):
