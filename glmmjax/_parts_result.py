@@ -21,6 +21,7 @@ from ._response_parts import (
     family_dispersion,
     is_truncated,
     response_mean,
+    weights_are_trials,
     zero_inflatable,
 )
 from ._results import _format_table, add_random_effects
@@ -33,13 +34,13 @@ PREDICT_TYPES = ("response", "conditional", "zprob", "link", "zlink", "disp")
 
 @functools.lru_cache(maxsize=16)
 def _draw_program(family, zero_inflated: bool):
-    """One compiled draw of the responses from (seed, η, ζ, log φ): zeros with
+    """One compiled draw of the responses from (seed, η, ζ, log φ, trials): zeros with
     probability π, else the family's draws. One program, not its operations one by one
     (each of which would compile on its own, seconds on a first simulation)."""
-    def draw(seed, eta, zeta, log_phi):
+    def draw(seed, eta, zeta, log_phi, trials):
         k_zero, k_count = jax.random.split(jax.random.PRNGKey(seed))
         mu = family.link.inverse(eta)
-        y = family.simulate(k_count, mu, jnp.ones_like(mu), family_dispersion(family, log_phi))
+        y = family.simulate(k_count, mu, trials, family_dispersion(family, log_phi))
         if zero_inflated:
             y = jnp.where(jax.random.bernoulli(k_zero, jax.nn.sigmoid(zeta)), 0.0, y)
         return y
@@ -247,6 +248,11 @@ class GLMMPartsResult(GLMMResult):
                 draw = _draw_program(self.family, self.zero_inflated)
             except TypeError:  # a family holding arrays is not hashable: not kept
                 draw = _draw_program.__wrapped__(self.family, self.zero_inflated)
+            # Binomial-type families draw successes out of their trials (the prior
+            # weights of the fitting rows; one trial on new data); others take none.
+            trials = np.ones(len(self.y) if newdata is None else len(newdata))
+            if newdata is None and weights_are_trials(self.family):
+                trials = np.asarray(self.prior_weights, np.float64)
             if include_re:
                 fixed = self._predictors(newdata, True, allow_new_levels)
             for _ in range(n):
@@ -260,7 +266,7 @@ class GLMMPartsResult(GLMMResult):
                                                       self.theta_zi_values))
                     eta, zeta, log_phi = parts._predictors(None, True, False)
                 seed_k = np.uint32(rng.integers(0, 2**31 - 1))
-                draws.append(np.asarray(draw(seed_k, eta, zeta, log_phi)))
+                draws.append(np.asarray(draw(seed_k, eta, zeta, log_phi, trials)))
         return np.column_stack(draws)
 
     def simulate(self, n: int = 1, newdata=None, *, include_re: bool = True,

@@ -42,7 +42,7 @@ import numpy as np
 import scipy.special
 
 from . import _family_math as fm
-from ._response_parts import dispersion_power, is_truncated
+from ._response_parts import dispersion_power, is_truncated, weights_are_trials
 
 
 def supported(family) -> bool:
@@ -52,14 +52,14 @@ def supported(family) -> bool:
     return fm.supported(family) and not getattr(family, "n_shape", 0)
 
 
-def _row_constant(family, y):
+def _row_constant(family, y, inner):
     """The part of log f(y) that :func:`glmmjax._family_math.row_terms` leaves out (its
-    ``loglik_constant`` per row, unit weights)."""
+    ``loglik_constant`` per row, with the weights ``inner`` the density takes)."""
     name = type(family).__name__
     if name == "Poisson":
         return -scipy.special.gammaln(y + 1.0)
     if name == "Binomial":
-        return fm.log_binomial_coefficient(np, np.ones_like(y), y)
+        return fm.log_binomial_coefficient(np, inner, inner * y)
     return 0.0
 
 
@@ -80,34 +80,40 @@ class RowKernel:
         self.truncated = is_truncated(family)
         self.power = dispersion_power(family)
         self.has_dispersion = bool(family.has_dispersion)
+        self.trials = weights_are_trials(family)
 
-    def _log_density(self, y, eta, delta, third: bool):
+    def _log_density(self, y, inner, eta, delta, third: bool):
         """(f, f_η, f_ηη, f_ηηη, f_δ, f_ηδ, f_ηηδ) of log f(y; η, δ) per row (f without
         :func:`_row_constant`), the δ ones zero for a family without a dispersion."""
         family = self.family
-        ones = np.ones_like(y)
         zero = np.zeros_like(eta)
         if self.has_dispersion:
             dispersion = np.exp(self.power * delta)
-            t = fm.row_terms(family, np, y, eta, ones, dispersion, third=third,
+            t = fm.row_terms(family, np, y, eta, inner, dispersion, third=third,
                              dispersion_derivatives=True)
             p = self.power
             d_delta = (p * t.value_psi, p * t.d1_psi, -p * t.w_psi)
         else:
-            t = fm.row_terms(family, np, y, eta, ones, None, third=third)
+            t = fm.row_terms(family, np, y, eta, inner, None, third=third)
             d_delta = (zero, zero, zero)
         f3 = -t.w1 if third else None
         return (t.value + zero, t.d1 + zero, -t.w + zero, f3, *(d + zero for d in d_delta))
 
-    def _rows(self, y):
-        """What depends on y alone, kept for the last y seen (a fit calls the kernel
-        with one y hundreds of times): y == 0, the y at which f is evaluated (a
-        truncated density at a harmless 1 where y = 0, as row_loglik) and the constant."""
-        if getattr(self, "_y", None) is not y:
+    def _rows(self, y, w):
+        """What depends on the data alone, kept for the last (y, w) seen (a fit calls
+        the kernel with them hundreds of times): y == 0, the y at which f is evaluated
+        (a truncated density at a harmless 1 where y = 0, as row_loglik), the weights
+        the density takes and those that multiply ℓ (trials go into the density, other
+        weights multiply: :func:`glmmjax._response_parts.weights_are_trials`), and the
+        constant."""
+        if getattr(self, "_y", None) is not y or self._w is not w:
             y_used = np.where(y > 0, y, 1.0) if self.truncated else y
-            self._y, self._zero = y, y == 0
-            self._y_used, self._constant = y_used, _row_constant(self.family, y_used)
-        return self._zero, self._y_used, self._constant
+            ones = np.ones_like(y)
+            inner, outer = (w, ones) if self.trials else (ones, w)
+            self._y, self._w, self._zero, self._y_used = y, w, y == 0, y_used
+            self._inner, self._outer = inner, outer
+            self._constant = _row_constant(self.family, y_used, inner)
+        return self._zero, self._y_used, self._inner, self._outer, self._constant
 
     def __call__(self, y, w, eta, zeta, delta, third: bool = True):
         y, w = np.asarray(y, np.float64), np.asarray(w, np.float64)
@@ -116,9 +122,9 @@ class RowKernel:
         if zeta.shape != eta.shape or delta.shape != eta.shape:
             zeta, delta = (np.broadcast_to(a, eta.shape) for a in (zeta, delta))
         n = eta.shape[0]
-        zero, y_used, constant = self._rows(y)
+        zero, y_used, inner, w, constant = self._rows(y, w)
         with np.errstate(all="ignore"):
-            f, f1, f2, f3, fd, f1d, f2d = self._log_density(y_used, eta, delta, third)
+            f, f1, f2, f3, fd, f1d, f2d = self._log_density(y_used, inner, eta, delta, third)
             f = f + constant
             g = np.zeros((n, 3))
             h = np.zeros((n, 2, 3))

@@ -116,9 +116,9 @@ class _Synthetic(F.Poisson):
 class _SyntheticKernel(RowKernel):
     def __init__(self):  # skip RowKernel's check of the family: the density is below
         self.family, self.zero_inflated, self.truncated = _Synthetic(), True, False
-        self.power, self.has_dispersion = 1.0, True
+        self.power, self.has_dispersion, self.trials = 1.0, True, False
 
-    def _log_density(self, y, eta, delta, third):
+    def _log_density(self, y, inner, eta, delta, third):
         e = np.exp(eta - delta)
         return (-e + 0.5 * eta * delta, -e + 0.5 * delta, -e, -e if third else None,
                 e + 0.5 * eta, e + 0.5, e)
@@ -174,3 +174,25 @@ def test_numpy_start_values_equal_the_compiled_ones(family, zero_inflated):
     got = start_numpy(data)
     assert np.all(np.isfinite(expected))
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.filterwarnings("ignore::glmmjax.SingularFitWarning")  # herd's SD is 0 here
+def test_betabinomial_trials_enter_the_density():
+    """A binomial-type family's weights are its trials: with dispformula='~1' the parts
+    engine fits the same model as the plain betabinomial GLMM (it used to multiply a
+    one-trial density by the trials)."""
+    import glmmjax
+
+    data = glmmjax.datasets.load("cbpp")
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    plain = glmmjax.glmer(formula, data, family="betabinomial")
+    parts = glmmjax.glmer(formula, data, family="betabinomial", dispformula="~1")
+    assert type(parts).__name__ == "GLMMPartsResult"
+    np.testing.assert_allclose(parts.deviance, plain.deviance, rtol=1e-10)
+    np.testing.assert_allclose(parts.fixef["cond"], plain.fixef, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(parts.fixef["disp"].iloc[0]), plain.dispersion,
+                               rtol=1e-6)
+    # Simulated successes out of each row's trials: proportions in steps of 1/size.
+    sims = parts.simulate(3, seed=1).to_numpy() * data["size"].to_numpy()[:, None]
+    np.testing.assert_allclose(sims, np.round(sims), atol=1e-9)
+    assert sims.max() > 1
