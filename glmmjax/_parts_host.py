@@ -285,8 +285,10 @@ class HostParts:
         return v, out
 
     # -- criterion and gradient -------------------------------------------------------------
-    def value_grad(self, params, v0):
-        """(−2 log L, its exact gradient, the mode) at ``params`` (module docstring)."""
+    def value_grad(self, params, v0, sensitivity: bool = False):
+        """(−2 log L, its exact gradient, the mode) at ``params`` (module docstring);
+        with ``sensitivity`` also dû/dψ = −H⁻¹[s₁ … s_p] (q × p; None where H is not
+        positive definite), which extrapolates the mode to nearby parameters."""
         params = np.asarray(params, np.float64)
         v, _ = self.mode(params, v0)
         eta, zeta, log_phi, A_c, A_z = self.predictors(params, v)
@@ -302,7 +304,8 @@ class HostParts:
         try:
             factor = cho_factor(H, lower=True)
         except np.linalg.LinAlgError:
-            return np.nan, np.full(params.shape, np.nan), v
+            failed = np.nan, np.full(params.shape, np.nan), v
+            return (*failed, None) if sensitivity else failed
         logdet = 2.0 * np.sum(np.log(np.diagonal(factor[0])))
         value = -2.0 * np.sum(ll) + v @ v + logdet
         q_c = self.q_c
@@ -338,7 +341,10 @@ class HostParts:
                 s -= np.concatenate([np.zeros(q_c), dA_z.T @ g_z])
                 explicit += 2.0 * np.sum(w_ez * np.sum(UH[:, q_c:] * dA_z, axis=1)
                                          + w_zz * np.sum(VH[:, q_c:] * dA_z, axis=1))
+            s_columns.append(s)
             return explicit - z @ s
+
+        s_columns: list = []
 
         zeros = np.zeros(self.n)
         theta_c, theta_z, _, _, _ = self.split(params)
@@ -355,7 +361,11 @@ class HostParts:
             grad.append(component(zeros, column, zeros))
         for column in self.X_disp.T:
             grad.append(component(zeros, zeros, column))
-        return value, np.array(grad), v
+        if not sensitivity:
+            return value, np.array(grad), v
+        S = (-cho_solve(factor, np.column_stack(s_columns)) if s_columns
+             else np.zeros((self.q, 0)))
+        return value, np.array(grad), v, S
 
     def re_covariance(self, params, v):
         """H⁻¹ at the mode ``v``."""
@@ -378,22 +388,29 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     n_theta = data.cond.n_theta + data.zi.n_theta
     diagonal = diagonal_mask(sizes) if sizes else np.zeros(0, bool)
 
-    def evaluate(x, v):
-        value, grad, v_new = model.value_grad(x, v)
-        return (value, grad), v_new
+    def evaluate(x, carry):
+        """Criterion and gradient at x, the inner Newton started from the last accepted
+        point's mode moved along its sensitivity: û(x) ≈ û(x₀) + (dû/dψ)(x − x₀), which
+        saves about one Newton step per evaluation."""
+        x0, v0, S = carry
+        start = v0 if S is None or not S.size else v0 + S @ (x - x0)
+        value, grad, v_new, S_new = model.value_grad(x, start, sensitivity=True)
+        return (value, grad), (np.array(x, np.float64), v_new, S_new)
 
     def to_boundary(x):
         theta = x[:n_theta]
         near = diagonal & (np.abs(theta) < BOUNDARY_TRY)
         return np.concatenate([np.where(near, 0.0, theta), x[n_theta:]])
 
-    solution = minimize_host(evaluate, np.asarray(params0, np.float64), carry=np.zeros(data.q),
+    x0 = np.asarray(params0, np.float64)
+    solution = minimize_host(evaluate, x0, carry=(x0, np.zeros(data.q), None),
                              gtol=gtol, loose_gtol=1e-5, expensive=True, first_step=0.5,
                              final_trial=to_boundary if n_theta else None,
                              max_iterations=max_iter)
-    params, v = np.asarray(solution.x), np.asarray(solution.carry)
-    hessian = central_differences(lambda x: evaluate(x, v)[0][1], params)
-    (value, _), v_final = evaluate(params, v)
+    params, carry = np.asarray(solution.x), solution.carry
+    v = carry[1]
+    hessian = central_differences(lambda x: evaluate(x, carry)[0][1], params)
+    (value, _), (_, v_final, _) = evaluate(params, carry)
     return dict(params=params, v=v_final, value=value, hessian=0.5 * (hessian + hessian.T),
                 re_cov=model.re_covariance(params, v_final), status=int(solution.status),
                 iterations=int(solution.iterations),
