@@ -196,3 +196,20 @@ def test_betabinomial_trials_enter_the_density():
     sims = parts.simulate(3, seed=1).to_numpy() * data["size"].to_numpy()[:, None]
     np.testing.assert_allclose(sims, np.round(sims), atol=1e-9)
     assert sims.max() > 1
+
+
+def test_user_defined_family_fits_through_the_jax_kernel():
+    """A family the closed forms do not cover (here a subclass, the user's) goes through
+    the compiled kernel and the compiled start values; it fits the same model as the
+    built-in family through the numpy ones."""
+    import glmmjax
+
+    class MyPoisson(F.Poisson):
+        pass
+
+    data = glmmjax.datasets.load("salamanders").iloc[::4].reset_index(drop=True)
+    fits = [glmmjax.glmer("count ~ mined + (1 | site)", data, family=family,
+                          ziformula="~ mined") for family in (MyPoisson(), F.Poisson())]
+    np.testing.assert_allclose(fits[0].criterion, fits[1].criterion, rtol=1e-10)
+    np.testing.assert_allclose(fits[0].params, fits[1].params, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fits[0].params_cov, fits[1].params_cov, rtol=1e-4)
