@@ -220,7 +220,7 @@ def html_summary(title: str, text: str) -> str:
 # -- R's coefficient names ------------------------------------------------------------------
 
 _CONTRAST = re.compile(r"\[(?:T\.)?([^\[\]]*)\]")
-_INTERCEPT = re.compile(r"(?:(?<=^)|(?<=[_.:|]))Intercept(?=$|[.:|])")
+_INTERCEPT = re.compile(r"(?:(?<=^)|(?<=[_.:|~]))Intercept(?=$|[.:|])")
 
 
 def r_name(name) -> str:

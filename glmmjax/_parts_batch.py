@@ -66,13 +66,13 @@ def _host_loop(Y, usable, template, max_iter, progress) -> dict:
     import equinox as eqx
 
     from ._parts_host import fit as fit_host
-    from ._parts_laplace import start_params_jit
+    from ._parts_host import start_values
     from ._progress import bar
 
     pieces = []
     for k in bar(usable, enabled=progress, desc="fitting models", unit="model"):
         data = eqx.tree_at(lambda d: d.y, template, jnp.asarray(Y[:, k]))
-        out = fit_host(np.asarray(start_params_jit(data)), data, max_iter=max_iter)
+        out = fit_host(start_values(data), data, max_iter=max_iter)
         hessian = out["hessian"]
         finite = bool(np.all(np.isfinite(hessian)))
         pieces.append(dict(
@@ -99,6 +99,7 @@ def _assemble_parts(parts, names, reasons, usable, out, chunk) -> BatchResult:
     K, k = len(names), len(labels)
     est, se = np.full((K, k), np.nan), np.full((K, k), np.nan)
     theta = np.full((K, n_theta_c), np.nan)
+    theta_zi = np.full((K, n_theta_z), np.nan)
     value = np.full(K, np.nan)
     iterations = np.zeros(K, int)
     converged = np.zeros(K, bool)
@@ -110,6 +111,10 @@ def _assemble_parts(parts, names, reasons, usable, out, chunk) -> BatchResult:
         diag = np.diagonal(out["params_cov"], axis1=1, axis2=2)[:, n_theta:]
         se[idx] = np.sqrt(np.maximum(diag, 0))
         theta[idx] = np.array([canonical_theta(t, cond_sizes) for t in params[:, :n_theta_c]])
+        if zi_terms:
+            zi_sizes = tuple(t.size for t in zi_terms)
+            theta_zi[idx] = np.array([canonical_theta(t, zi_sizes)
+                                      for t in params[:, n_theta_c:n_theta]])
         value[idx] = out["value"]
         iterations[idx] = out["iterations"]
         ok = (out["status"] == Status.CONVERGED) & out["hessian_pd"] & np.isfinite(out["value"])
@@ -130,6 +135,9 @@ def _assemble_parts(parts, names, reasons, usable, out, chunk) -> BatchResult:
     models = pd.DataFrame({"model": names, "criterion": value, "loglik": -0.5 * value})
     for label, values in _sd_columns(theta, design.terms, np.ones(K)).items():
         models[label] = values
+    if zi_terms:  # the zero-inflation part's random effects, as zi~sd_<coef>|<group>
+        for label, values in _sd_columns(theta_zi, zi_terms, np.ones(K)).items():
+            models[f"zi~{label}"] = values
     models["converged"] = converged
     models["iterations"] = iterations
     models["status"] = status

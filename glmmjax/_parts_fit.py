@@ -5,16 +5,17 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
+from ._cov_structures import as_structures
+from ._covariance import canonical_theta, diagonal_mask, split_theta
 from ._design import DataError
 from ._engine import check_engine, opt_summary
 from ._lmm import SINGULAR_TOL
 from ._optimize import Solution, Status
 from ._parts_design import PartsDesign, build_parts, check_parts
-from ._parts_laplace import PartsData, criterion_at, dense_terms, fit, start_params_jit
+from ._parts_host import start_values
+from ._parts_laplace import PartsData, criterion_at, dense_terms, fit
 from ._precision import with_x64
 from ._response_parts import is_truncated
 from ._results import Convergence, warn_if_not_converged, warn_if_singular
@@ -45,10 +46,17 @@ def parts_data(parts: PartsDesign, family, y, weights) -> PartsData:
     )
 
 
+def _factors(theta, terms) -> list[np.ndarray]:
+    """Λ_t per term, in numpy (eager JAX operations would each compile on a first fit)."""
+    sizes = tuple(t.size for t in terms)
+    return [cov.factor(part, np) for cov, part in
+            zip(as_structures(sizes), split_theta(np.asarray(theta, np.float64), sizes))]
+
+
 def _effects(theta, terms, u):
     """Conditional modes b = Λu per term, (m_t, S_t) each, and the slices of u."""
     out, start = [], 0
-    factors = theta_to_factors(jnp.asarray(theta), tuple(t.size for t in terms))
+    factors = _factors(theta, terms)
     for term, lam in zip(terms, factors):
         size = term.n_levels * term.size
         block = np.asarray(u[start : start + size]).reshape(term.n_levels, term.size)
@@ -60,7 +68,7 @@ def _effects(theta, terms, u):
 def _effect_covariances(theta, terms, re_cov, offset: int):
     """Conditional covariances of b per term, (m_t, S_t, S_t): Λ·H⁻¹_block·Λ'."""
     out, start = [], offset
-    factors = theta_to_factors(jnp.asarray(theta), tuple(t.size for t in terms))
+    factors = _factors(theta, terms)
     for term, lam in zip(terms, factors):
         lam = np.asarray(lam)
         blocks = np.empty((term.n_levels, term.size, term.size))
@@ -126,8 +134,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
             f"models with ziformula/dispformula hold the random-effects matrix densely: "
             f"{design.nobs} rows x {data_.q} random effects = {cells:,} entries exceeds "
             f"{DENSE_LIMIT:,}; fewer levels (or a sparse engine, not written yet) needed")
-    # One small compiled program: as eager operations each would compile on its own.
-    params0 = np.asarray(start_params_jit(jax.tree_util.tree_map(jnp.asarray, data_)))
+    params0 = start_values(data_)
     if engine == "host":
         from ._parts_host import fit as fit_host
 

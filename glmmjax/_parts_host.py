@@ -1,7 +1,8 @@
 """Host engine for GLMMs with zero-inflation and/or a dispersion model: the Laplace
-criterion of :mod:`glmmjax._parts_laplace` and its exact gradient in numpy, with only
-two small elementwise JAX kernels compiled (the per-row log-likelihood and its
-derivatives), so a first fit spends little time compiling.
+criterion of :mod:`glmmjax._parts_laplace` and its exact gradient in numpy. The per-row
+log-likelihood and its derivatives come from closed forms in numpy for the built-in
+families (:mod:`glmmjax._parts_rows`: nothing is compiled); a user-defined family gets
+one elementwise JAX kernel (:func:`_build_kernel`), compiled on its first fit.
 
 Notation as in :mod:`glmmjax._parts_laplace`: rows i with predictors eᵢ = (ηᵢ, ζᵢ, δᵢ),
 Gᵢ = ∇ℓᵢ, Wᵢ = −∇²_{ηζ}ℓᵢ (2×2), H = I + Σᵢ aᵢWᵢaᵢ' with aᵢ the q×2 matrix whose
@@ -27,16 +28,24 @@ from scipy.linalg import cho_factor, cho_solve
 from ._blas import single_threaded_blas
 from ._covariance import _tril_indices_colmajor
 from ._jit import _CPU_OPTIONS
+from ._parts_rows import RowKernel, supported
 from ._progress import noted
 from ._response_parts import row_loglik
 
 MAX_NEWTON = 100
 NEWTON_TOL = 1e-10
+# Largest (max/min diagonal of H's Cholesky factor)² at which the inner Newton's start
+# is extrapolated along dû/dψ (:func:`fit`).
+MAX_EXTRAPOLATION_CONDITION = 1e8
 
 
 def _kernels(family, zero_inflated: bool):
-    """:func:`_build_kernel`, cached per (family, zero_inflated) where the family is
-    hashable (a user-defined family holding arrays is not: it gets a fresh kernel)."""
+    """The per-row kernel: :class:`glmmjax._parts_rows.RowKernel` (numpy, closed forms)
+    for the built-in families, else :func:`_build_kernel`, cached per (family,
+    zero_inflated) where the family is hashable (a user-defined family holding arrays
+    is not: it gets a fresh kernel)."""
+    if supported(family):
+        return RowKernel(family, zero_inflated)
     try:
         hash(family)
     except TypeError:
@@ -50,7 +59,12 @@ def _cached_kernel(family, zero_inflated: bool):
 
 
 def _build_kernel(family, zero_inflated: bool):
-    """The kernel for this family: a jitted function of (y, w, η, ζ, δ), elementwise
+    """:func:`kernel_function` compiled for the CPU."""
+    return _cpu_jit(kernel_function(family, zero_inflated))
+
+
+def kernel_function(family, zero_inflated: bool):
+    """The kernel for this family: a function of (y, w, η, ζ, δ), elementwise
     over rows, returning ℓ, G (3), the rows (η, ζ) of the Hessian in e = (η, ζ, δ)
     (2 × 3) and the derivatives in e of its (η, ζ) block (2 × 2 × 3). One kernel serves
     the Newton steps and the gradient: a second, smaller one would cost a second
@@ -82,7 +96,20 @@ def _build_kernel(family, zero_inflated: bool):
         third = jnp.concatenate([t_ez, t_d[:, :, None]], axis=2)
         return ell(y, w, ez, delta), g, hess_rows(y, w, ez, delta), third
 
-    return _cpu_jit(jax.vmap(full))
+    return jax.vmap(full)
+
+
+def start_values(data) -> np.ndarray:
+    """The start of a fit: :func:`glmmjax._parts_rows.start_params` (numpy, nothing
+    compiled) for the built-in families, else the compiled
+    :func:`glmmjax._parts_laplace.start_params`."""
+    from ._parts_laplace import start_params_jit
+    from ._parts_rows import start_params
+
+    if supported(data.family):
+        return start_params(data)
+    with jax.enable_x64(True):
+        return np.asarray(start_params_jit(jax.tree_util.tree_map(jnp.asarray, data)))
 
 
 def _cpu_jit(fun):
@@ -135,29 +162,47 @@ class HostParts:
         self.layout = data.layout
         self.q_c, self.q = data.cond.q, data.q
         self.kernel = _kernels(data.family, data.zero_inflated)
+        self.in_numpy = isinstance(self.kernel, RowKernel)
+        self._unit_matrices: dict = {}
+        self._last_matrix: dict = {}
         self.n = self.y.shape[0]
 
-    def _call(self, eta, zeta, log_phi):
-        """The kernel's (ℓ, G, Hessian rows, third derivatives) as numpy arrays."""
+    def _call(self, eta, zeta, log_phi, third: bool = True):
+        """The kernel's (ℓ, G, Hessian rows, third derivatives) as numpy arrays (the
+        numpy kernel leaves the third derivatives out, None, unless ``third``)."""
+        if self.in_numpy:
+            return self.kernel(self.y, self.w, eta, zeta, log_phi, third=third)
         # The caller (fit_parts) runs under x64: no context switch per call here.
         out = self.kernel(self.y, self.w, eta, zeta, log_phi)
         return [np.asarray(o) for o in jax.device_get(out)]
 
     def _newton_terms(self, eta, zeta, log_phi):
         """ℓ, G_η, G_ζ, W_ηη, W_ηζ, W_ζζ per row."""
-        ll, g, h, _ = self._call(eta, zeta, log_phi)
+        ll, g, h, _ = self._call(eta, zeta, log_phi, third=False)
         return ll, g[:, 0], g[:, 1], -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1]
 
     # -- Λ, A and their derivatives ----------------------------------------------------
     def _random_matrix(self, theta, terms, derivative: int | None = None):
         """A = ZΛ(θ) (n, q_part), or ∂A/∂θ_derivative (Λ is linear in θ: the factor of
-        the unit vector). numpy only: eager JAX operations here would each compile."""
+        the unit vector, the same at every θ, so kept). The last A of each part is kept
+        too: the Newton steps and the gradient of one evaluation share it. numpy only:
+        eager JAX operations here would each compile."""
         if not terms.sizes:
             return np.zeros((self.n, 0))
         if derivative is not None:
-            unit = np.zeros(len(theta))
-            unit[derivative] = 1.0
-            theta = unit
+            key = (id(terms), derivative)
+            if key not in self._unit_matrices:
+                unit = np.zeros(len(theta))
+                unit[derivative] = 1.0
+                self._unit_matrices[key] = self._build_random_matrix(unit, terms)
+            return self._unit_matrices[key]
+        theta = np.array(theta, np.float64)
+        last = self._last_matrix.get(id(terms))
+        if last is None or not np.array_equal(last[0], theta):
+            last = self._last_matrix[id(terms)] = (theta, self._build_random_matrix(theta, terms))
+        return last[1]
+
+    def _build_random_matrix(self, theta, terms):
         blocks = []
         for J, z, lam in zip(terms.indicators, terms.z, _factors(theta, terms.sizes)):
             zl = np.asarray(z) @ lam
@@ -182,16 +227,22 @@ class HostParts:
 
     @staticmethod
     def _hessian(A_c, A_z, w_ee, w_ez, w_zz):
-        cc = A_c.T @ (w_ee[:, None] * A_c)
-        cz = A_c.T @ (w_ez[:, None] * A_z)
-        zz = A_z.T @ (w_zz[:, None] * A_z)
-        H = np.block([[cc, cz], [cz.T, zz]])
-        H[np.diag_indices_from(H)] += 1.0
+        q_c = A_c.shape[1]
+        q = q_c + A_z.shape[1]
+        H = np.empty((q, q))
+        H[:q_c, :q_c] = A_c.T @ (w_ee[:, None] * A_c)
+        if q > q_c:
+            H[:q_c, q_c:] = A_c.T @ (w_ez[:, None] * A_z)
+            H[q_c:, :q_c] = H[:q_c, q_c:].T
+            H[q_c:, q_c:] = A_z.T @ (w_zz[:, None] * A_z)
+        H.flat[:: q + 1] += 1.0
         return H
 
     # -- the inner problem --------------------------------------------------------------
     def mode(self, params, v0):
-        """û by Newton's method with step halving (as :func:`_parts_laplace._newton`)."""
+        """û by Newton's method with step halving (as :func:`_parts_laplace._newton`),
+        and the rows' Newton terms there (None once converged: the caller evaluates the
+        rows at û with the third derivatives anyway)."""
         theta_c, theta_z, beta, beta_zi, beta_disp = self.split(params)
         A_c = self._random_matrix(theta_c, self.cond)
         A_z = self._random_matrix(theta_z, self.zi)
@@ -225,10 +276,8 @@ class HostParts:
                                         lower=True)
                 step = -cho_solve(factor, grad)
                 decrement = -grad @ step
-                if decrement < NEWTON_TOL:
-                    v = v + step
-                    out = terms(v)
-                    break
+                if decrement < NEWTON_TOL:  # the caller re-evaluates the rows at û
+                    return v + step, None
                 t = 1.0
                 while True:
                     trial_out = terms(v + t * step)
@@ -242,8 +291,10 @@ class HostParts:
         return v, out
 
     # -- criterion and gradient -------------------------------------------------------------
-    def value_grad(self, params, v0):
-        """(−2 log L, its exact gradient, the mode) at ``params`` (module docstring)."""
+    def value_grad(self, params, v0, sensitivity: bool = False):
+        """(−2 log L, its exact gradient, the mode) at ``params`` (module docstring);
+        with ``sensitivity`` also dû/dψ = −H⁻¹[s₁ … s_p] (q × p; None where H is not
+        positive definite), which extrapolates the mode to nearby parameters."""
         params = np.asarray(params, np.float64)
         v, _ = self.mode(params, v0)
         eta, zeta, log_phi, A_c, A_z = self.predictors(params, v)
@@ -259,7 +310,8 @@ class HostParts:
         try:
             factor = cho_factor(H, lower=True)
         except np.linalg.LinAlgError:
-            return np.nan, np.full(params.shape, np.nan), v
+            failed = np.nan, np.full(params.shape, np.nan), v
+            return (*failed, None) if sensitivity else failed
         logdet = 2.0 * np.sum(np.log(np.diagonal(factor[0])))
         value = -2.0 * np.sum(ll) + v @ v + logdet
         q_c = self.q_c
@@ -295,7 +347,10 @@ class HostParts:
                 s -= np.concatenate([np.zeros(q_c), dA_z.T @ g_z])
                 explicit += 2.0 * np.sum(w_ez * np.sum(UH[:, q_c:] * dA_z, axis=1)
                                          + w_zz * np.sum(VH[:, q_c:] * dA_z, axis=1))
+            s_columns.append(s)
             return explicit - z @ s
+
+        s_columns: list = []
 
         zeros = np.zeros(self.n)
         theta_c, theta_z, _, _, _ = self.split(params)
@@ -312,7 +367,16 @@ class HostParts:
             grad.append(component(zeros, column, zeros))
         for column in self.X_disp.T:
             grad.append(component(zeros, zeros, column))
-        return value, np.array(grad), v
+        if not sensitivity:
+            return value, np.array(grad), v
+        # Not where H is ill-conditioned (a dispersion fixed near 0 pins the random
+        # effects: H's entries span 12 orders): there the solve amplifies the mode's
+        # rounding, each start moves the criterion's noise (1e-4), and BFGS keeps
+        # finding spurious decreases until its iteration limit.
+        diagonal = np.diagonal(factor[0])
+        if not s_columns or (diagonal.max() / diagonal.min()) ** 2 > MAX_EXTRAPOLATION_CONDITION:
+            return value, np.array(grad), v, None
+        return value, np.array(grad), v, -cho_solve(factor, np.column_stack(s_columns))
 
     def re_covariance(self, params, v):
         """H⁻¹ at the mode ``v``."""
@@ -335,22 +399,29 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     n_theta = data.cond.n_theta + data.zi.n_theta
     diagonal = diagonal_mask(sizes) if sizes else np.zeros(0, bool)
 
-    def evaluate(x, v):
-        value, grad, v_new = model.value_grad(x, v)
-        return (value, grad), v_new
+    def evaluate(x, carry):
+        """Criterion and gradient at x, the inner Newton started from the last accepted
+        point's mode moved along its sensitivity: û(x) ≈ û(x₀) + (dû/dψ)(x − x₀), which
+        saves about one Newton step per evaluation."""
+        x0, v0, S = carry
+        start = v0 if S is None else v0 + S @ (x - x0)
+        value, grad, v_new, S_new = model.value_grad(x, start, sensitivity=True)
+        return (value, grad), (np.array(x, np.float64), v_new, S_new)
 
     def to_boundary(x):
         theta = x[:n_theta]
         near = diagonal & (np.abs(theta) < BOUNDARY_TRY)
         return np.concatenate([np.where(near, 0.0, theta), x[n_theta:]])
 
-    solution = minimize_host(evaluate, np.asarray(params0, np.float64), carry=np.zeros(data.q),
+    x0 = np.asarray(params0, np.float64)
+    solution = minimize_host(evaluate, x0, carry=(x0, np.zeros(data.q), None),
                              gtol=gtol, loose_gtol=1e-5, expensive=True, first_step=0.5,
                              final_trial=to_boundary if n_theta else None,
                              max_iterations=max_iter)
-    params, v = np.asarray(solution.x), np.asarray(solution.carry)
-    hessian = central_differences(lambda x: evaluate(x, v)[0][1], params)
-    (value, _), v_final = evaluate(params, v)
+    params, carry = np.asarray(solution.x), solution.carry
+    v = carry[1]
+    hessian = central_differences(lambda x: evaluate(x, carry)[0][1], params)
+    (value, _), (_, v_final, _) = evaluate(params, carry)
     return dict(params=params, v=v_final, value=value, hessian=0.5 * (hessian + hessian.T),
                 re_cov=model.re_covariance(params, v_final), status=int(solution.status),
                 iterations=int(solution.iterations),

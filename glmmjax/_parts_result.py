@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from ._response_parts import (
     family_dispersion,
     is_truncated,
     response_mean,
+    weights_are_trials,
     zero_inflatable,
 )
 from ._results import _format_table, add_random_effects
@@ -28,6 +30,22 @@ PARTS = ("cond", "zi", "disp")
 _HEADINGS = {"cond": "Conditional model:", "zi": "Zero-inflation model:",
              "disp": "Dispersion model:"}
 PREDICT_TYPES = ("response", "conditional", "zprob", "link", "zlink", "disp")
+
+
+@functools.lru_cache(maxsize=16)
+def _draw_program(family, zero_inflated: bool):
+    """One compiled draw of the responses from (seed, η, ζ, log φ, trials): zeros with
+    probability π, else the family's draws. One program, not its operations one by one
+    (each of which would compile on its own, seconds on a first simulation)."""
+    def draw(seed, eta, zeta, log_phi, trials):
+        k_zero, k_count = jax.random.split(jax.random.PRNGKey(seed))
+        mu = family.link.inverse(eta)
+        y = family.simulate(k_count, mu, trials, family_dispersion(family, log_phi))
+        if zero_inflated:
+            y = jnp.where(jax.random.bernoulli(k_zero, jax.nn.sigmoid(zeta)), 0.0, y)
+        return y
+
+    return jax.jit(draw)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -232,10 +250,18 @@ class GLMMPartsResult(GLMMResult):
         if not include_re and newdata is not None:
             raise ValueError("simulate(include_re=False) draws new random effects for the "
                              "fitting data's levels; with newdata use include_re=True")
-        family = self.family
         rng = np.random.default_rng(seed)
         draws = []
         with jax.enable_x64(True):
+            try:
+                draw = _draw_program(self.family, self.zero_inflated)
+            except TypeError:  # a family holding arrays is not hashable: not kept
+                draw = _draw_program.__wrapped__(self.family, self.zero_inflated)
+            # Binomial-type families draw successes out of their trials (the prior
+            # weights of the fitting rows; one trial on new data); others take none.
+            trials = np.ones(len(self.y) if newdata is None else len(newdata))
+            if newdata is None and weights_are_trials(self.family):
+                trials = np.asarray(self.prior_weights, np.float64)
             if include_re:
                 fixed = self._predictors(newdata, True, allow_new_levels)
             for _ in range(n):
@@ -248,15 +274,8 @@ class GLMMPartsResult(GLMMResult):
                         effects_zi=self._draw_effects(rng, self._zi_terms(),
                                                       self.theta_zi_values))
                     eta, zeta, log_phi = parts._predictors(None, True, False)
-                key = jax.random.PRNGKey(int(rng.integers(0, 2**31 - 1)))
-                k_zero, k_count = jax.random.split(key)
-                mu = family.link.inverse(jnp.asarray(eta))
-                dispersion = family_dispersion(family, jnp.asarray(log_phi))
-                y = family.simulate(k_count, mu, jnp.ones_like(mu), dispersion)
-                if self.zero_inflated:
-                    zero = jax.random.bernoulli(k_zero, jax.nn.sigmoid(jnp.asarray(zeta)))
-                    y = jnp.where(zero, 0.0, y)
-                draws.append(np.asarray(y))
+                seed_k = np.uint32(rng.integers(0, 2**31 - 1))
+                draws.append(np.asarray(draw(seed_k, eta, zeta, log_phi, trials)))
         return np.column_stack(draws)
 
     def simulate(self, n: int = 1, newdata=None, *, include_re: bool = True,
@@ -358,11 +377,55 @@ class GLMMPartsResult(GLMMResult):
         raise NotImplementedError(
             f"{what} is not available for models with ziformula/dispformula yet")
 
-    def bootstrap(self, *args, **kwargs):
-        self._not_here("bootstrap")
+    def bootstrap(self, n: int = 1000, seed: int = 0, *, progress=None):
+        """Parametric bootstrap: ``n`` responses simulated from the fit (new random
+        effects in both parts, zeros with probability π), each refitted
+        (:func:`glmmjax.fit_many` with this model's ``ziformula``/``dispformula``).
+        Returns a :class:`~glmmjax.BootstrapResult`: ``replicates`` holds the fixed
+        effects of every part (``zi~<name>``, ``d~<name>``) and the random-effect SDs
+        (``sd_<coef>|<group>``, ``zi~sd_...``), with ``summary()`` and percentile
+        ``confint()``."""
+        from ._parts_inference import bootstrap
 
-    def confint(self, *args, **kwargs):
-        self._not_here("confint")
+        return bootstrap(self, n, seed, progress=progress)
+
+    def confint(self, method: str = "wald", level: float = 0.95, parm=None, *,
+                n_boot: int = 500, seed: int | None = None, names: str = "glmmjax",
+                progress: bool | None = None) -> pd.DataFrame:
+        """Confidence intervals, rows named as :func:`glmmjax.fit_many` names these
+        models' parameters: the random-effect SDs (``sd_<coef>|<group>``,
+        ``zi~sd_...``), then the fixed effects of every part (the conditional model's
+        as they are, ``zi~<name>``, ``d~<name>``, the latter on glmmTMB's log φ scale).
+
+        Args:
+            method: ``"wald"`` (β̂ ± z·SE from the joint covariance, as glmmTMB's
+                ``confint(method = "Wald")`` for the fixed effects; NaN for the SDs) or
+                ``"boot"`` (percentiles of ``n_boot`` parametric bootstrap refits).
+                Profile intervals are not available for these models yet.
+            level: confidence level.
+            parm: parameter names (default all), or ``"beta_"`` / ``"theta_"``.
+            names: ``"glmmjax"`` or ``"r"`` (R's coefficient names).
+        """
+        from ._display import check_names
+
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level!r}")
+        check_names(names)
+        key = str(method).lower()
+        if key == "wald":
+            from ._parts_inference import wald_confint
+
+            return with_r_aliases(wald_confint(self, level, parm), names)
+        if key in ("boot", "bootstrap"):
+            from ._parts_inference import bootstrap_confint
+
+            return with_r_aliases(bootstrap_confint(self, level, parm, n_boot, seed,
+                                                    progress), names)
+        if key == "profile":
+            raise NotImplementedError(
+                "profile intervals are not available for models with ziformula/dispformula "
+                "yet; use method='wald' or method='boot'")
+        raise ValueError(f"method must be 'wald', 'boot' or 'profile', got {method!r}")
 
     def profile(self, *args, **kwargs):
         self._not_here("profile")

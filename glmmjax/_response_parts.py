@@ -15,7 +15,9 @@ The log-likelihood of one row, with f the family's density at dispersion φ_i, i
   y = 0: log π,  y > 0: log(1 − π) + log f₊(y), f₊ the zero-truncated density;
 * neither: log f(y);
 
-times the row's prior weight (as glmmTMB). log π and log(1 − π) are log-sigmoids of ±ζ
+times the row's prior weight (as glmmTMB) — except for binomial-type families
+(binomial, betabinomial: :func:`weights_are_trials`), whose weights are the numbers of
+trials and enter f itself. log π and log(1 − π) are log-sigmoids of ±ζ
 and the zero case is a log-sum-exp, so the value and its derivatives are finite at any ζ.
 
 Family protocol (what a family declares to take part; families without the attributes
@@ -69,6 +71,16 @@ def zero_inflatable(family) -> bool:
     return family.name in ZERO_INFLATABLE_NAMES or is_truncated(family)
 
 
+def weights_are_trials(family) -> bool:
+    """Whether the family's prior weights are numbers of trials (binomial, betabinomial:
+    y is a proportion of them), which its density takes, rather than multipliers of
+    the log-likelihood. A family may say so with a ``weights_are_trials`` attribute."""
+    flag = getattr(family, "weights_are_trials", None)
+    if flag is not None:
+        return bool(flag)
+    return family.name in ("binomial", "betabinomial")
+
+
 def dispersion_power(family) -> float:
     """The power p with the family's ``dispersion`` argument = φ^p, φ = exp(δ)."""
     power = getattr(family, "tmb_dispersion_power", None)
@@ -95,13 +107,15 @@ def row_loglik(family, y, weights, eta, zeta, log_phi, *, zero_inflated: bool):
     """
     dispersion = family_dispersion(family, log_phi)
     ones = jnp.ones_like(y)
+    # Trials go into the density; other weights multiply the row's log-likelihood.
+    inner, outer = (weights, ones) if weights_are_trials(family) else (ones, weights)
     truncated = is_truncated(family)
     # A truncated density is used for y ≥ 1 only: evaluate it at a harmless count where
     # y = 0, so that neither the value nor its derivatives carry a NaN into jnp.where.
     y_used = jnp.where(y > 0, y, 1.0) if truncated else y
-    log_f = family.loglik_eta(y_used, eta, ones, dispersion)
+    log_f = family.loglik_eta(y_used, eta, inner, dispersion)
     if not zero_inflated:
-        return weights * log_f
+        return outer * log_f
     log_pi = jax.nn.log_sigmoid(zeta)
     log_not_pi = jax.nn.log_sigmoid(-zeta)
     positive = log_not_pi + log_f
@@ -109,7 +123,7 @@ def row_loglik(family, y, weights, eta, zeta, log_phi, *, zero_inflated: bool):
         zero = log_pi
     else:
         zero = jnp.logaddexp(log_pi, positive)
-    return weights * jnp.where(y == 0, zero, positive)
+    return outer * jnp.where(y == 0, zero, positive)
 
 
 def conditional_mean(family, eta, log_phi):
