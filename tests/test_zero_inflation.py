@@ -1,8 +1,9 @@
 """Zero-inflation, hurdles and dispersion models (``ziformula=``, ``dispformula=``)
 against glmmTMB 1.1.5 (tests/reference/glmm_zi_tmb.R writes the JSON).
 
-Every reference fit compiles its own program (several seconds), so those tests are
-marked slow; the per-row likelihood and the input checks are fast.
+The host engine's per-row terms are numpy closed forms (glmmjax/_parts_rows.py): the
+reference fits compile nothing and take well under a second each, so they run in the
+fast suite; only the comparison with the compiled engine is slow.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def test_lmer_dispformula_needs_ml():
                      dispformula="~Days")
 
 
-# ---- slow: against glmmTMB --------------------------------------------------------------
+# ---- against glmmTMB --------------------------------------------------------------
 
 def _tmb_params(fit, reference) -> np.ndarray:
     """glmmTMB's estimates in our parameter layout (θ_cond, θ_zi, β, β_zi, β_d); every
@@ -207,7 +208,6 @@ def _check_estimates(fit, reference):
 
 
 # sleepstudy_gaussian_disp0 has its own test below.
-@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n, m in MODELS.items()
                                   if m["glmmTMB"]["minus2loglik"] is not None
                                   and n != "sleepstudy_gaussian_disp0"])
@@ -234,7 +234,6 @@ def test_matches_glmmtmb(name):
                                    rtol=1e-3 if better else 1e-4, atol=1e-10, err_msg=kind)
 
 
-@pytest.mark.slow
 def test_gaussian_with_zero_dispersion():
     """dispformula='~0' with an observation-level random effect: the residual variance
     is fixed at 1.5e-8, so the data pin the random effects to a subspace and H's Schur
@@ -253,7 +252,6 @@ def test_gaussian_with_zero_dispersion():
     assert fit.fixef["disp"].empty and fit.n_params == reference["df"]
 
 
-@pytest.mark.slow
 def test_zinb_with_random_effects_in_both_parts_is_reported_as_not_converged():
     """glmmTMB 1.1.5 ends this fit with "false convergence" and a NaN likelihood: the
     zero-inflation intercept runs off towards −∞ while its random effect's SD grows, so
@@ -266,7 +264,6 @@ def test_zinb_with_random_effects_in_both_parts_is_reported_as_not_converged():
     assert not fit.converged
 
 
-@pytest.mark.slow
 def test_lmer_dispformula_equals_glmer_gaussian():
     model = MODELS["sleepstudy_gaussian_disp"]
     fit = glmmjax.lmer(model["formula"], glmmjax.datasets.load("sleepstudy"), reml=False,
@@ -277,7 +274,6 @@ def test_lmer_dispformula_equals_glmer_gaussian():
     assert "Dispersion model:" in text and "Conditional model:" in text
 
 
-@pytest.mark.slow
 def test_summary_simulate_and_predict_on_new_data():
     model = MODELS["salamanders_zip_zi_re"]
     fit = _fit(model)
@@ -299,7 +295,6 @@ def test_summary_simulate_and_predict_on_new_data():
     assert abs(observed - expected) < 0.02 * expected
 
 
-@pytest.mark.slow
 def test_fit_many_zero_inflated_poisson_equals_glmer_one_by_one():
     rng = np.random.default_rng(7)
     data = glmmjax.datasets.load("salamanders").iloc[::4].reset_index(drop=True)
@@ -348,7 +343,6 @@ def test_host_and_compiled_engines_agree():
     np.testing.assert_allclose(fits[0].params_cov, fits[1].params_cov, rtol=1e-4, atol=1e-8)
 
 
-@pytest.mark.slow
 def test_scaled_residuals_see_the_zero_inflation_the_model_removes(salamanders):
     """DHARMa's zero-inflation test on the salamander counts: excess zeros under a
     Poisson GLMM, none left under the zero-inflated one (whose simulations draw new
