@@ -270,6 +270,8 @@ def test_scalar_glmm_path_poisson_with_offset_equals_glmer():
     assert batch.converged.all()
 
 
+@pytest.mark.slow  # 12–17 s of autodiff compilation; the scalar path's fits are checked
+# against glmer in the fast suite (test_scalar_glmm_path_equals_glmer_and_flags_a_failure)
 def test_scalar_glmm_closed_form_hessian_equals_autodiff():
     import equinox as eqx
     import jax

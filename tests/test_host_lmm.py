@@ -188,7 +188,10 @@ def test_lmer_engine_argument():
 @pytest.mark.parametrize("name, formula, reml", [
     ("sleepstudy", "Reaction ~ Days + (Days | Subject)", True),
     ("sleepstudy", "Reaction ~ Days + (Days | Subject)", False),
-    ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", True),
+    # Crossed terms: 12 s of autodiff compilation; the host df for crossed designs are
+    # also checked against lmerTest (test_ddf.py).
+    pytest.param("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", True,
+                 marks=pytest.mark.slow),
 ])
 def test_satterthwaite_pieces_host_equal_autodiff(name, formula, reml):
     from glmmjax._ddf import satterthwaite_pieces
