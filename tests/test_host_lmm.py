@@ -188,8 +188,8 @@ def test_lmer_engine_argument():
 @pytest.mark.parametrize("name, formula, reml", [
     ("sleepstudy", "Reaction ~ Days + (Days | Subject)", True),
     ("sleepstudy", "Reaction ~ Days + (Days | Subject)", False),
-    # Crossed terms: 12 s of autodiff compilation; the host df for crossed designs are
-    # also checked against lmerTest (test_ddf.py).
+    # Crossed terms: 12 s of autodiff compilation, so slow (as test_ddf.py's penicillin
+    # comparison with lmerTest); the fast suite keeps sleepstudy's REML and ML.
     pytest.param("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", True,
                  marks=pytest.mark.slow),
 ])
