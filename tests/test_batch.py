@@ -154,6 +154,8 @@ def test_sharding_over_four_cpu_devices(tmp_path):
     assert result["diff"] < 1e-9
 
 
+@pytest.mark.slow  # the example end to end (12 s); its pieces are fast tests here and in
+# test_batch_inference.py
 def test_per_gene_example_runs_tiny(tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
     import per_gene_de

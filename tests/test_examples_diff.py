@@ -7,6 +7,7 @@ import pytest
 from conftest import load_example
 
 
+@pytest.mark.slow  # a training run (10 s); the API it uses is tested in test_differentiable.py
 def test_neural_glmm_beats_the_plain_network_on_known_users(capsys):
     example = load_example("neural_glmm")
     table = example.main(n_users=150, n_new_users=60, steps=150, users_per_batch=16)
