@@ -103,8 +103,8 @@ def check_parts(family, ziformula, dispformula) -> tuple[str | None, str | None]
         raise ValueError(
             f"ziformula={ziformula!r}: the {family.name} family cannot be zero-inflated; "
             "ziformula applies to count families (poisson, negative_binomial, nbinom1, "
-            "genpois) and, as a hurdle, to truncated families (truncated_poisson, "
-            "truncated_nbinom1/2); betabinomial is not zero-inflatable yet")
+            "genpois, betabinomial) and, as a hurdle, to truncated families "
+            "(truncated_poisson, truncated_nbinom1/2)")
     disp_rhs = None if dispformula is None else _rhs(dispformula, "dispformula")
     if disp_rhs is not None and not family.has_dispersion:
         if disp_rhs.replace(" ", "") == "1":

@@ -48,6 +48,7 @@ import numpy as np
 #: Families that accept ``ziformula=`` when they do not say (by ``family.name``).
 ZERO_INFLATABLE_NAMES = frozenset({
     "poisson", "negative_binomial", "nbinom1", "nbinom2", "genpois", "compois",
+    "betabinomial",  # zeros of the successes: y = 0 whatever the trials
 })
 _PHI_POWER_BY_NAME = {"Gamma": -1.0}
 # glmmTMB's dispformula = ~0 for Gaussian models: log φ fixed at log(sqrt(machine

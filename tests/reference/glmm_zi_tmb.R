@@ -110,7 +110,9 @@ models <- list(
   describe("gamma_log_disp", y ~ x + (1 | g), gamma_data, Gamma(link = "log"), "gamma", "log",
            dispformula = ~x, file = "data/gamma_glmm.csv"),
   describe("beta_logit_disp", y ~ x + (1 | g), beta_data, beta_family(), "beta", "logit",
-           dispformula = ~x, file = "data/beta_glmm.csv")
+           dispformula = ~x, file = "data/beta_glmm.csv"),
+  describe("cbpp_zi_betabinomial", cbind(incidence, size - incidence) ~ period + (1 | herd),
+           cbpp, betabinomial, "betabinomial", "logit", ziformula = ~1, dataset = "cbpp")
 )
 names(models) <- vapply(models, function(m) m$name, "")
 
