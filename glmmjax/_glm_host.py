@@ -305,6 +305,27 @@ def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25
     return coef, point, cov_unscaled, w, it, bool(converged)
 
 
+def _null_deviance(family, y, weights, offset, null_model, tol, max_iter, dispersion=None):
+    """R's null deviance: of the weighted mean ("mean"), the intercept-only fit with the
+    offset ("intercept", IRLS at the fit's dispersion), η = offset ("offset"); NaN for
+    "none"."""
+    if null_model == "none":
+        return float("nan")
+    if null_model == "mean":
+        mean = np.sum(weights * y) / np.sum(weights)
+        with np.errstate(divide="ignore"):
+            eta_null = fm.link_function(family.link, np, np.full_like(y, mean))
+    elif null_model == "offset":
+        eta_null = offset
+    elif null_model == "intercept":
+        eta_null = irls(np.ones((len(y), 1)), y, weights, offset, family, tol=tol,
+                        max_iter=max_iter, dispersion=dispersion)[1].eta
+    else:
+        raise ValueError("null_model must be 'none', 'mean', 'intercept' or 'offset', "
+                         f"got {null_model!r}")
+    return evaluate(family, y, weights, eta_null, dispersion=dispersion).deviance
+
+
 def loglik(family, y, eta, weights, dispersion) -> float:
     terms = fm.row_terms(family, np, y, eta, weights,
                          dispersion if _name(family) not in ("Binomial", "Poisson") else None)
@@ -355,21 +376,7 @@ def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
         loglik_dispersion = (dev / n_used if _name(family) == "Gaussian"
                              else dev / float(np.sum(weights)))
     vcov = dispersion * cov_unscaled
-    null_deviance = float("nan")
-    if null_model != "none":
-        if null_model == "mean":
-            mean = np.sum(weights * y) / np.sum(weights)
-            with np.errstate(divide="ignore"):
-                eta_null = fm.link_function(family.link, np, np.full_like(y, mean))
-        elif null_model == "offset":
-            eta_null = offset
-        elif null_model == "intercept":
-            eta_null = irls(np.ones((len(y), 1)), y, weights, offset, family, tol=tol,
-                            max_iter=max_iter)[1].eta
-        else:
-            raise ValueError("null_model must be 'none', 'mean', 'intercept' or 'offset', "
-                             f"got {null_model!r}")
-        null_deviance = evaluate(family, y, weights, eta_null).deviance
+    null_deviance = _null_deviance(family, y, weights, offset, null_model, tol, max_iter)
     return GLMFit(
         coef=coef, vcov=vcov, cov_unscaled=cov_unscaled, dispersion=np.asarray(dispersion),
         dispersion_se=np.asarray(np.nan), eta=eta, mu=mu, deviance=np.asarray(dev),
@@ -487,18 +494,8 @@ def _fit_ml(X, y, weights, offset, family, *, tol, max_iter, null_model):
         vcov, dispersion_se = full[:p, :p], dispersion * np.sqrt(full[p, p])
     else:
         vcov, dispersion_se = cov_unscaled, dispersion / np.sqrt(hess[p, p])
-    null_deviance = float("nan")
-    if null_model != "none":
-        if null_model == "mean":
-            mean = np.sum(weights * y) / np.sum(weights)
-            with np.errstate(divide="ignore"):
-                eta_null = fm.link_function(family.link, np, np.full_like(y, mean))
-        elif null_model == "offset":
-            eta_null = offset
-        else:
-            eta_null = irls(np.ones((len(y), 1)), y, weights, offset, family, tol=tol,
-                            max_iter=max_iter, dispersion=dispersion)[1].eta
-        null_deviance = evaluate(family, y, weights, eta_null, dispersion=dispersion).deviance
+    null_deviance = _null_deviance(family, y, weights, offset, null_model, tol, max_iter,
+                                   dispersion)
     return GLMFit(
         coef=coef, vcov=vcov, cov_unscaled=cov_unscaled,
         dispersion=np.asarray(dispersion), dispersion_se=np.asarray(dispersion_se),

@@ -86,10 +86,10 @@ def applies(design, family, n_agq: int) -> bool:
     return counts.min() > 0 and counts.max() * len(counts) <= 4 * len(design.terms[0].refs)
 
 
-def make_scalar_setup(design, family, dtype=np.float64) -> ScalarSetup:
-    term = design.terms[0]
-    refs = np.asarray(term.refs)
-    m = term.n_levels
+def padded_layout(refs, m: int):
+    """Rows by level, padded to the largest level: (index, mask), both (m, width); a
+    padding slot repeats the level's first row and has mask 0."""
+    refs = np.asarray(refs)
     counts = np.bincount(refs, minlength=m)
     width = int(counts.max())
     order = np.argsort(refs, kind="stable")
@@ -101,6 +101,13 @@ def make_scalar_setup(design, family, dtype=np.float64) -> ScalarSetup:
         index[j, : counts[j]] = rows
         index[j, counts[j] :] = rows[0]
         mask[j, : counts[j]] = 1.0
+    return index, mask
+
+
+def make_scalar_setup(design, family, dtype=np.float64) -> ScalarSetup:
+    term = design.terms[0]
+    m = term.n_levels
+    index, mask = padded_layout(term.refs, m)
     X = np.asarray(design.X, dtype=np.float64)
     z = np.asarray(term.z[:, 0], dtype=np.float64)
     offset = np.asarray(design.offset, dtype=np.float64)

@@ -36,7 +36,7 @@ import numpy as np
 from . import _family_math as fm
 from ._engine import BOUNDARY_TRY
 from ._eta_terms import kernel_terms
-from ._glmm_batch import _newton_direction, _tiny, _tol, newton_minimize
+from ._glmm_batch import _newton_direction, _tiny, _tol, newton_minimize, padded_layout
 from ._linalg import SMALL, cho_solve, cholesky
 from ._optimize import Status
 
@@ -92,19 +92,8 @@ def applies(design, family, n_agq: int) -> bool:
 
 def make_blocked_setup(design, family, dtype=np.float64) -> BlockedSetup:
     term = design.terms[0]
-    refs = np.asarray(term.refs)
     m = term.n_levels
-    counts = np.bincount(refs, minlength=m)
-    width = int(counts.max())
-    order = np.argsort(refs, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    index = np.empty((m, width), dtype=np.int64)
-    mask = np.zeros((m, width))
-    for j in range(m):
-        rows = order[starts[j] : starts[j] + counts[j]]
-        index[j, : counts[j]] = rows
-        index[j, counts[j] :] = rows[0]
-        mask[j, : counts[j]] = 1.0
+    index, mask = padded_layout(term.refs, m)
     X = np.asarray(design.X, dtype=np.float64)
     Z = np.asarray(term.z, dtype=np.float64)
     offset = np.asarray(design.offset, dtype=np.float64)
