@@ -86,6 +86,26 @@ def applies(design, family, n_agq: int) -> bool:
     return counts.min() > 0 and counts.max() * len(counts) <= 4 * len(design.terms[0].refs)
 
 
+def warm_started(conditional_modes, gradient_hessian, y, w, setup):
+    """The outer Newton's value and derivative functions over aux = (a where the modes
+    were found, the modes, dû/da there): a trial point starts its inner Newton from the
+    first-order prediction û + (dû/da)·Δa, one or two iterations closer than the old
+    modes (the old modes where the prediction is not finite)."""
+
+    def value_fn(a, aux):
+        a_ref, u_ref, r = aux
+        predicted = u_ref + r @ (a - a_ref)
+        start = jnp.where(jnp.all(jnp.isfinite(predicted)), predicted, u_ref)
+        u_hat, value, ok = conditional_modes(a, start, y, w, setup)
+        return value, (a, u_hat, r), ok
+
+    def derivs_fn(a, aux):
+        g, H, r = gradient_hessian(a, aux[1], y, w, setup)
+        return g, H, (a, aux[1], r)
+
+    return value_fn, derivs_fn
+
+
 def padded_layout(refs, m: int):
     """Rows by level, padded to the largest level: (index, mask), both (m, width); a
     padding slot repeats the level's first row and has mask 0."""
@@ -510,21 +530,10 @@ def fit_scalar(y, w, setup: ScalarSetup) -> dict:
     beta0, glm_status = _glm_start(y, w, setup)
     a0 = jnp.concatenate([_theta_start(beta0, yp, wp, setup)[None], beta0])
     m = setup.index.shape[0]
-    # aux = (a where the modes were found, the modes, their derivative dû/da): a trial
-    # point starts its inner Newton from the first-order prediction, one or two
-    # iterations closer than the old modes.
+    # aux for warm_started: (a, the modes there, their derivative dû/da).
     aux0 = (a0, jnp.zeros(m, y.dtype), jnp.zeros((m, a0.shape[0]), y.dtype))
 
-    def value_fn(a, aux):
-        a_ref, u_ref, r = aux
-        predicted = u_ref + r @ (a - a_ref)
-        start = jnp.where(jnp.all(jnp.isfinite(predicted)), predicted, u_ref)
-        u_hat, value, ok = conditional_modes(a, start, yp, wp, setup)
-        return value, (a, u_hat, r), ok
-
-    def derivs_fn(a, aux):
-        g, H, r = gradient_hessian(a, aux[1], yp, wp, setup)
-        return g, H, (a, aux[1], r)
+    value_fn, derivs_fn = warm_started(conditional_modes, gradient_hessian, yp, wp, setup)
 
     a, aux, f, g, H, k, status, inner_ok = newton_minimize(value_fn, derivs_fn, a0, aux0)
 

@@ -36,7 +36,14 @@ import numpy as np
 from . import _family_math as fm
 from ._engine import BOUNDARY_TRY
 from ._eta_terms import kernel_terms
-from ._glmm_batch import _newton_direction, _tiny, _tol, newton_minimize, padded_layout
+from ._glmm_batch import (
+    _newton_direction,
+    _tiny,
+    _tol,
+    newton_minimize,
+    padded_layout,
+    warm_started,
+)
 from ._linalg import SMALL, cho_solve, cholesky
 from ._optimize import Status
 
@@ -455,20 +462,10 @@ def fit_blocked(y, w, setup: BlockedSetup) -> dict:
     theta0, log_disp0 = _moment_starts(beta0, yp, wp, setup)
     a0 = jnp.concatenate([theta0, beta0, log_disp0])
     m, S, P = setup.index.shape[0], setup.size, a0.shape[0]
-    # aux = (a where the modes were found, the modes, dû/da there): a trial point starts
-    # its inner Newton from the first-order prediction.
+    # aux for warm_started: (a, the modes there, their derivative dû/da).
     aux0 = (a0, jnp.zeros((m, S), dtype), jnp.zeros((m, S, P), dtype))
 
-    def value_fn(a, aux):
-        a_ref, u_ref, r = aux
-        predicted = u_ref + r @ (a - a_ref)
-        start = jnp.where(jnp.all(jnp.isfinite(predicted)), predicted, u_ref)
-        u_hat, value, ok = conditional_modes(a, start, yp, wp, setup)
-        return value, (a, u_hat, r), ok
-
-    def derivs_fn(a, aux):
-        g, H, r = gradient_hessian(a, aux[1], yp, wp, setup)
-        return g, H, (a, aux[1], r)
+    value_fn, derivs_fn = warm_started(conditional_modes, gradient_hessian, yp, wp, setup)
 
     # As the single fit: near-zero diagonal entries of Λ are tried at exactly zero.
     diagonal = jnp.asarray(rows == cols)

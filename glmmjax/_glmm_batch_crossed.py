@@ -24,7 +24,7 @@ import numpy as np
 from . import _family_math as fm
 from ._engine import BOUNDARY_TRY
 from ._eta_terms import kernel_terms
-from ._glmm_batch import _tol, newton_minimize
+from ._glmm_batch import _tol, newton_minimize, warm_started
 from ._glmm_batch_blocked import MAX_HALVINGS, MAX_INNER, newton_line_search
 
 MAX_DESIGN = 4_000_000  # largest rows × random-effect columns of the dense layout
@@ -334,16 +334,7 @@ def fit_crossed(y, w, setup: CrossedSetup) -> dict:
     q = setup.Z1.shape[1] + setup.Z2.shape[1]
     aux0 = (a0, jnp.zeros(q, dtype), jnp.zeros((q, a0.shape[0]), dtype))
 
-    def value_fn(a, aux):
-        a_ref, u_ref, r = aux
-        predicted = u_ref + r @ (a - a_ref)
-        start = jnp.where(jnp.all(jnp.isfinite(predicted)), predicted, u_ref)
-        u_hat, value, ok = conditional_modes(a, start, y, w, setup)
-        return value, (a, u_hat, r), ok
-
-    def derivs_fn(a, aux):
-        g, H, r = gradient_hessian(a, aux[1], y, w, setup)
-        return g, H, (a, aux[1], r)
+    value_fn, derivs_fn = warm_started(conditional_modes, gradient_hessian, y, w, setup)
 
     T = setup.n_theta
 
