@@ -1,6 +1,6 @@
 """Fresh-process runs shared by the first-call benchmarks (bench_families.py,
-bench_zero_inflation.py, bench_glm.py, bench_fresh.py; bench_covstruct.py does the same
-itself)."""
+bench_zero_inflation.py, bench_glm.py, bench_fresh.py, bench_covstruct.py,
+bench_corar1.py)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ import sys
 import tempfile
 
 from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
-from bench_covstruct import _byte_compile, _environment, _run
+from _runs import fresh_process_env
+from bench_covstruct import _run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "reference"
@@ -90,8 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     print(describe())
     with tempfile.TemporaryDirectory() as tmp:
-        env = _environment(pathlib.Path(tmp) / "pycache")
-        _byte_compile(env)
+        env = fresh_process_env(ROOT)
         py_worker = pathlib.Path(tmp) / "worker.py"
         py_worker.write_text(PYTHON_WORKER)
         r_worker = pathlib.Path(tmp) / "worker.R"

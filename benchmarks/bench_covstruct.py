@@ -10,7 +10,7 @@ user waits for, compilation included where the engine compiles) and a second one
 fresh R process loads glmmTMB and the data (not timed), then times glmmTMB's first and
 second fit of the same model. Medians over ``--repeats`` are printed with the ratio
 glmmTMB / glmmjax (above 1: glmmjax is faster). glmmjax's modules are byte-compiled first
-(as in an installed package; see ``_environment``), and R's packages are installed
+(as in an installed package; see ``_runs.fresh_process_env``), and R's packages are installed
 byte-compiled too.
 
 homcs has no glmmTMB 1.1.5 structure; its glmmTMB time is that of the equivalent
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ import sys
 import tempfile
 
 from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
+from _runs import fresh_process_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "reference"
@@ -102,24 +102,6 @@ cat(toJSON(list(first = times[1], second = times[2], m2ll = 2 * fit$fit$objectiv
 """
 
 
-def _environment(pycache: pathlib.Path) -> dict:
-    # This checkout's glmmjax, whatever else is installed, byte-compiled as an installed
-    # package is: with PYTHONDONTWRITEBYTECODE set (as in some sandboxes) every fresh
-    # process would compile the modules the first fit imports from source, tens of
-    # milliseconds on the first call that no user pays. The bytecode goes to a temporary
-    # prefix, not into the checkout.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-        PYTHONPYCACHEPREFIX=str(pycache))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
-def _byte_compile(env: dict) -> None:
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "glmmjax")],
-                   env=env, check=True, capture_output=True)
-
-
 def _run(command, env=None) -> dict:
     out = subprocess.run(command, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -134,8 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     print(describe())
     with tempfile.TemporaryDirectory() as tmp:
-        env = _environment(pathlib.Path(tmp) / "pycache")
-        _byte_compile(env)
+        env = fresh_process_env(ROOT)
         py_worker = pathlib.Path(tmp) / "worker.py"
         py_worker.write_text(PYTHON_WORKER)
         r_worker = pathlib.Path(tmp) / "worker.R"
