@@ -483,12 +483,31 @@ def newton_minimize(value_fn, derivs_fn, a0, aux0, *, max_step=2.0, final_tol=1e
 
 
 # -- the per-model fit --------------------------------------------------------------------
-def _glm_start(y, w, setup: ScalarSetup):
-    """β of the GLM without random effects (Newton from the usual moment start)."""
-    family = setup.family
-    mu = family.initialize(y, w)
-    eta0 = family.link.link(mu)
+def glm_start(y, w, setup, terms):
+    """β of the GLM without random effects: Newton on −2ℓ over the padded rows from the
+    usual moment start (least squares of the linked starting means), for the scalar and
+    blocked paths. ``terms(beta)`` gives (ℓ, ℓ', W) per padded row (levels × width).
+    Returns (β, status); β is the moment start where Newton did not give a finite one."""
+    eta0 = setup.family.link.link(setup.family.initialize(y, w))
     beta0 = setup.X_pinv @ (jnp.where(jnp.isfinite(eta0), eta0, 0.0) - setup.offset_rows)
+    X = setup.X
+
+    def value_fn(beta, aux):
+        return -2.0 * jnp.sum(terms(beta)[0]), aux, jnp.ones((), bool)
+
+    def derivs_fn(beta, aux):
+        _, grad, weight = terms(beta)
+        return (-2.0 * jnp.einsum("mwp,mw->p", X, grad),
+                2.0 * jnp.einsum("mwp,mw,mwq->pq", X, weight, X), aux)
+
+    # Only a start: the outer Newton refines β, so a loose tolerance saves iterations.
+    beta, *_, status, _ = newton_minimize(value_fn, derivs_fn, beta0, jnp.zeros((), y.dtype),
+                                          max_step=4.0, final_tol=1e-5)
+    return jnp.where(jnp.all(jnp.isfinite(beta)), beta, beta0), status
+
+
+def _glm_start(y, w, setup: ScalarSetup):
+    """:func:`glm_start` on the scalar path's rows."""
     yp, wp = y[setup.index], w[setup.index] * setup.mask
     zero_u = jnp.zeros(setup.index.shape[0], y.dtype)
 
@@ -496,19 +515,7 @@ def _glm_start(y, w, setup: ScalarSetup):
         a = jnp.concatenate([jnp.zeros(1, beta.dtype), beta])
         return _row_terms(_eta(a, zero_u, setup), yp, wp, setup)
 
-    def value_fn(beta, aux):
-        return -2.0 * jnp.sum(terms(beta)[0]), aux, jnp.ones((), bool)
-
-    def derivs_fn(beta, aux):
-        _, grad, weight = terms(beta)
-        X = setup.X
-        return (-2.0 * jnp.einsum("mwp,mw->p", X, grad),
-                2.0 * jnp.einsum("mwp,mw,mwq->pq", X, weight, X), aux)
-
-    # Only a start: the outer Newton refines β, so a loose tolerance saves iterations.
-    beta, *_, status, _ = newton_minimize(value_fn, derivs_fn, beta0, zero_u, max_step=4.0,
-                                          final_tol=1e-5)
-    return jnp.where(jnp.all(jnp.isfinite(beta)), beta, beta0), status
+    return glm_start(y, w, setup, terms)
 
 
 def _theta_start(beta, yp, wp, setup: ScalarSetup):

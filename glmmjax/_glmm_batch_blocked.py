@@ -40,7 +40,7 @@ from ._glmm_batch import (
     _newton_direction,
     _tiny,
     _tol,
-    newton_minimize,
+    glm_start,
     padded_layout,
     warm_started,
 )
@@ -378,30 +378,15 @@ def newton_line_search(value_fn, derivs_fn, a0, aux0, *, boundary_fn=None, max_s
 
 # -- the per-model fit --------------------------------------------------------------------
 def _glm_start(y, w, setup: BlockedSetup):
-    """β of the GLM without random effects (Newton from the usual moment start), at the
-    fixed dispersion (1 where it is estimated: only a start)."""
-    family = setup.family
-    mu = family.initialize(y, w)
-    eta0 = family.link.link(mu)
-    beta0 = setup.X_pinv @ (jnp.where(jnp.isfinite(eta0), eta0, 0.0) - setup.offset_rows)
+    """:func:`glmmjax._glmm_batch.glm_start` on the blocked path's rows, at the fixed
+    dispersion (1 where it is estimated: only a start)."""
     yp, wp = y[setup.index], w[setup.index] * setup.mask
     dispersion = jnp.asarray(setup.dispersion, y.dtype)
 
     def terms(beta):
         return _row_terms(setup.X @ beta + setup.offset, yp, wp, dispersion, setup)
 
-    def value_fn(beta, aux):
-        return -2.0 * jnp.sum(terms(beta)[0]), aux, jnp.ones((), bool)
-
-    def derivs_fn(beta, aux):
-        _, d1, W = terms(beta)
-        X = setup.X
-        return (-2.0 * jnp.einsum("mwp,mw->p", X, d1),
-                2.0 * jnp.einsum("mwp,mw,mwq->pq", X, W, X), aux)
-
-    beta, *_ = newton_minimize(value_fn, derivs_fn, beta0, jnp.zeros((), y.dtype),
-                               max_step=4.0, final_tol=1e-5)
-    return jnp.where(jnp.all(jnp.isfinite(beta)), beta, beta0)
+    return glm_start(y, w, setup, terms)[0]
 
 
 def _moment_starts(beta, yp, wp, setup: BlockedSetup):
