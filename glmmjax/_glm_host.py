@@ -389,15 +389,17 @@ def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
 # ---- NB θ and beta φ by maximum likelihood (MASS::glm.nb, betareg / glmmTMB) -----------
 
 
-def _dispersion_curvature(family, y, eta, weights, dispersion):
+def _dispersion_curvature(family, y, eta, weights, dispersion, terms=None):
     """Σ ∂²ℓ/∂ψ² at ψ = log of the dispersion (the one term :mod:`glmmjax._family_math`
     does not give): Σ value_psi + d²·Σ ∂²ℓ/∂d², with, for NB2 (d = θ),
     ∂²ℓ/∂θ² = w·[ψ₁(y + θ) − ψ₁(θ) + 1/θ − 1/(θ + μ) − (μ − y)/(θ + μ)²] and, for the
-    beta (d = φ), ∂²ℓ/∂φ² = w·[ψ₁(φ) − μ²ψ₁(μφ) − (1 − μ)²ψ₁((1 − μ)φ)]."""
+    beta (d = φ), ∂²ℓ/∂φ² = w·[ψ₁(φ) − μ²ψ₁(μφ) − (1 − μ)²ψ₁((1 − μ)φ)]. ``terms``: the
+    row terms with dispersion derivatives at this point, if computed already."""
     from scipy.special import polygamma
 
     d = dispersion
-    terms = fm.row_terms(family, np, y, eta, weights, d, dispersion_derivatives=True)
+    if terms is None:
+        terms = fm.row_terms(family, np, y, eta, weights, d, dispersion_derivatives=True)
     if type(family).__name__ == "Beta":
         mu, one_m = _binomial_means(family.link, eta)[:2]
         second = weights * (polygamma(1, d) - mu * mu * polygamma(1, mu * d)
@@ -417,7 +419,7 @@ def _ml_derivatives(X, y, weights, offset, family, params):
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         terms = fm.row_terms(family, np, y, eta, weights, dispersion,
                              dispersion_derivatives=True)
-        h_pp = -_dispersion_curvature(family, y, eta, weights, dispersion)
+        h_pp = -_dispersion_curvature(family, y, eta, weights, dispersion, terms)
     grad = -np.concatenate([X.T @ terms.d1, [np.sum(terms.value_psi)]])
     h_bp = -(X.T @ terms.d1_psi)
     hess = np.block([[weighted_gram(X, terms.w), h_bp[:, None]], [h_bp[None, :], h_pp]])
