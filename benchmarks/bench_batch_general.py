@@ -39,7 +39,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import glmmjax  # noqa: E402
-import glmmjax._batch as batch_module  # noqa: E402
+import glmmjax._batching.fit_many as batch_module  # noqa: E402
 
 SHAPES = {
     "nb2-slope": dict(formula="~ x + (x | g)", family="nbinom2"),

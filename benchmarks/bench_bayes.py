@@ -40,7 +40,7 @@ from numpyro.infer import MCMC, NUTS
 
 import glmmjax
 from glmmjax import bayes
-from glmmjax._bayes_diagnostics import ess_bulk
+from glmmjax._bayes.diagnostics import ess_bulk
 
 FORMULA = "cbind(s, 10 - s) ~ x + (1 + x | g)"
 

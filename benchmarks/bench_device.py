@@ -53,8 +53,8 @@ def main():
     print(f"devices: {jax.devices()}; jax {jax.__version__}", flush=True)
 
     if "insteval" not in args.skip:
-        from glmmjax._design import build_design
-        from glmmjax._lmm import build_structure_for, fit_lmm_arrays, moment_theta
+        from glmmjax._engines.compiled.lmm import build_structure_for, fit_lmm_arrays, moment_theta
+        from glmmjax._model.design import build_design
 
         data = glmmjax.datasets.load("insteval")
         formula = "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept:service)"

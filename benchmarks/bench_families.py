@@ -105,8 +105,8 @@ def _worker(name: str) -> None:
     formula, family, link, source, _, _ = MODELS[name]
     start = time.perf_counter()
     import glmmjax
+    import glmmjax._engines.host.glmm  # noqa: F401  JAX included, load on first use)
     import glmmjax._glmer  # noqa: F401  (``import glmmjax`` is lazy: the fit's modules,
-    import glmmjax._host_glmm  # noqa: F401  JAX included, load on first use)
 
     t_import = time.perf_counter()
     if source.endswith(".csv"):

@@ -51,8 +51,8 @@ def _worker(K: int, csv: str) -> None:
     import warnings
 
     import glmmjax
-    import glmmjax._parts_batch  # noqa: F401  (import glmmjax is lazy)
-    import glmmjax._parts_host  # noqa: F401
+    import glmmjax._batching.parts  # noqa: F401  (import glmmjax is lazy)
+    import glmmjax._engines.host.parts  # noqa: F401
 
     data, Y = _data_and_responses(K)
     frame = data[["site", "mined"]].copy()

@@ -47,9 +47,9 @@ def _worker(name: str) -> None:
 
     start = time.perf_counter()
     import glmmjax
+    import glmmjax._engines.host.parts  # noqa: F401
     import glmmjax._glmer  # noqa: F401  (``import glmmjax`` is lazy: the fit's modules
     import glmmjax._parts_fit  # noqa: F401  load on first use)
-    import glmmjax._parts_host  # noqa: F401
 
     t_import = time.perf_counter() - start
 

@@ -17,46 +17,46 @@ __version__ = "0.1.0"
 
 # Public name -> the private module that defines it. Submodules map to themselves.
 _LAZY = {
-    "anova": "._anova",
-    "compare": "._anova",
-    "BatchResult": "._batch",
-    "fit_datasets": "._batch",
-    "fit_many": "._batch",
-    "p_adjust_bh": "._batch",
-    "gather_batches": "._distributed",
-    "process_share": "._distributed",
-    "BootstrapResult": "._bootstrap",
-    "confusion_matrix": "._classification",
-    "plot_roc": "._classification",
-    "roc_auc": "._classification",
-    "roc_curve": "._classification",
-    "DataError": "._design",
-    "effect_table": "._plots",
-    "ScaledResiduals": "._diagnostics",
-    "FormulaError": "._formula",
-    "RelmatError": "._relmat",
+    "anova": "._inference.anova",
+    "compare": "._inference.anova",
+    "BatchResult": "._batching.fit_many",
+    "fit_datasets": "._batching.fit_many",
+    "fit_many": "._batching.fit_many",
+    "p_adjust_bh": "._batching.fit_many",
+    "gather_batches": "._batching.distributed",
+    "process_share": "._batching.distributed",
+    "BootstrapResult": "._inference.bootstrap",
+    "confusion_matrix": "._inference.classification",
+    "plot_roc": "._inference.classification",
+    "roc_auc": "._inference.classification",
+    "roc_curve": "._inference.classification",
+    "DataError": "._model.design",
+    "effect_table": "._results.plots",
+    "ScaledResiduals": "._inference.diagnostics",
+    "FormulaError": "._model.formula",
+    "RelmatError": "._model.relmat",
     "cor_ar1": "._residual_ar1",
-    "num_factor": "._cov_terms",
+    "num_factor": "._model.cov_terms",
     "CorAR1": "._residual_ar1",
     "AR1ResidualLMMResult": "._residual_ar1",
-    "parse_formula": "._formula",
+    "parse_formula": "._model.formula",
     "GLMConvergenceWarning": "._glm",
     "SeparationWarning": "._glm",
     "glm": "._glm",
-    "GLMResult": "._glm_result",
+    "GLMResult": "._results.glm",
     "GLMMResult": "._glmer",
-    "GLMMPartsResult": "._parts_result",
+    "GLMMPartsResult": "._results.parts",
     "glmer": "._glmer",
     "LMMResult": "._lmer",
     "lmer": "._lmer",
-    "MixedModel": "._model",
-    "Params": "._params",
+    "MixedModel": "._model.model",
+    "Params": "._model.params",
     "SolveInfo": "._solve",
     "solve": "._solve",
-    "Convergence": "._results",
-    "ConvergenceWarning": "._results",
-    "MixedModelResult": "._results",
-    "SingularFitWarning": "._results",
+    "Convergence": "._results.mixed",
+    "ConvergenceWarning": "._results.mixed",
+    "MixedModelResult": "._results.mixed",
+    "SingularFitWarning": "._results.mixed",
 }
 # Submodules reached as attributes; ``bayes`` needs the optional NumPyro and is not in
 # ``__all__`` (``from glmmjax import *`` must not require it).
@@ -126,24 +126,29 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from . import datasets, families, links
-    from ._anova import anova, compare
-    from ._batch import BatchResult, fit_datasets, fit_many, p_adjust_bh
-    from ._bootstrap import BootstrapResult
-    from ._classification import confusion_matrix, plot_roc, roc_auc, roc_curve
-    from ._cov_terms import num_factor
-    from ._design import DataError
-    from ._diagnostics import ScaledResiduals
-    from ._distributed import gather_batches, process_share
-    from ._formula import FormulaError, parse_formula
+    from ._batching.distributed import gather_batches, process_share
+    from ._batching.fit_many import BatchResult, fit_datasets, fit_many, p_adjust_bh
     from ._glm import GLMConvergenceWarning, SeparationWarning, glm
-    from ._glm_result import GLMResult
     from ._glmer import GLMMResult, glmer
+    from ._inference.anova import anova, compare
+    from ._inference.bootstrap import BootstrapResult
+    from ._inference.classification import confusion_matrix, plot_roc, roc_auc, roc_curve
+    from ._inference.diagnostics import ScaledResiduals
     from ._lmer import LMMResult, lmer
-    from ._model import MixedModel
-    from ._params import Params
-    from ._parts_result import GLMMPartsResult
-    from ._plots import effect_table
-    from ._relmat import RelmatError
+    from ._model.cov_terms import num_factor
+    from ._model.design import DataError
+    from ._model.formula import FormulaError, parse_formula
+    from ._model.model import MixedModel
+    from ._model.params import Params
+    from ._model.relmat import RelmatError
     from ._residual_ar1 import AR1ResidualLMMResult, CorAR1, cor_ar1
-    from ._results import Convergence, ConvergenceWarning, MixedModelResult, SingularFitWarning
+    from ._results.glm import GLMResult
+    from ._results.mixed import (
+        Convergence,
+        ConvergenceWarning,
+        MixedModelResult,
+        SingularFitWarning,
+    )
+    from ._results.parts import GLMMPartsResult
+    from ._results.plots import effect_table
     from ._solve import SolveInfo, solve

@@ -175,7 +175,7 @@ def _series(series: pd.Series) -> dict:
 
 def result_document(kind: str, result) -> dict:
     """A JSON-ready dict of a fit's estimates (NaN and infinities become None)."""
-    from ._results import MixedModelResult
+    from ._results.mixed import MixedModelResult
 
     doc = {"model": kind, "formula": result.formula}
     if isinstance(result, MixedModelResult):
@@ -276,7 +276,7 @@ def _demo(out) -> int:
 
 
 def _fit(args, out, err) -> int:
-    from ._formula import parse_formula
+    from ._model.formula import parse_formula
 
     groups = {c for term in parse_formula(args.formula).random for c in term.group_columns}
     data = read_csv(args.data, groups)
@@ -284,7 +284,7 @@ def _fit(args, out, err) -> int:
         warnings.simplefilter("always")
         kind, result = fit_formula(args.formula, data, family=args.family, reml=args.reml,
                                    n_agq=args.n_agq, max_iter=args.max_iter)
-    from ._results import SingularFitWarning
+    from ._results.mixed import SingularFitWarning
 
     # In text mode the summary states a singular fit: say it once, there.
     messages = _report_warnings(caught, err,

@@ -29,16 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import _glm_host
-from ._design import DataError, build_design
-from ._engine import choose_glm
-from ._families import Binomial, Family, NegativeBinomial, Poisson, get_family
-from ._formula import FormulaError
-from ._jit import program
-from ._linalg import cholesky, solve_triangular
+from ._engines.compiled.jit import program
+from ._engines.compiled.linalg import cholesky, solve_triangular
+from ._engines.host import glm as _glm_host
+from ._engines.seam import choose_glm
+from ._families.base import Binomial, Family, NegativeBinomial, Poisson, get_family
+from ._model.design import DataError, build_design
+from ._model.formula import FormulaError
 from ._precision import with_x64
 from ._progress import noted
-from ._results import ConvergenceWarning
+from ._results.mixed import ConvergenceWarning
 from ._stacklevel import external_stacklevel
 
 __all__ = ["GLMFit", "fit_glm", "irls", "glm", "GLMConvergenceWarning", "SeparationWarning"]
@@ -609,7 +609,7 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
         >>> print(round(float(fit.coef["Intercept"]), 4))
         -1.269
     """
-    from ._glm_result import GLMResult
+    from ._results.glm import GLMResult
 
     fam = get_family(family)
     engine = choose_glm(fam, engine)
@@ -618,10 +618,10 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             f"glm does not estimate the shape parameter of {fam} yet (glmer does); fix it, "
             "e.g. family=glmmjax.families.StudentT(df=5)")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        from ._display import show
+        from ._results.display import show
         raise ValueError(f"max_iter must be a positive integer, got {show(max_iter)}")
     if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
-        from ._display import show
+        from ._results.display import show
         raise ValueError(f"tol must be a positive number, got {show(tol)}")
     design = build_design(formula, data, weights=weights, offset=offset, numeric_response=False)
     if design.formula.random:

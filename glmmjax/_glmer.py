@@ -3,7 +3,7 @@
 The fit runs in two stages, as lme4 does: first the fast nAGQ=0 criterion (β found with
 the random effects in the inner problem) over θ and the dispersion, then the Laplace or
 AGQ criterion over (θ, β, log dispersion) from there, by BFGS with exact gradients
-(implicit differentiation through the inner mode, :mod:`glmmjax._pirls`). Standard
+(implicit differentiation through the inner mode, :mod:`glmmjax._engines.compiled.pirls`). Standard
 errors come from the exact autodiff Hessian of −2 log L in all parameters.
 """
 
@@ -17,12 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import _family_math as fm
-from ._cov_structures import term_structures
-from ._covariance import canonical_theta, diagonal_mask
-from ._design import DataError, build_design
-from ._engine import choose_glmm, fit_glmm
-from ._families import (
+from ._engines.compiled.lmm import SINGULAR_TOL
+from ._engines.compiled.optimize import Status
+from ._engines.seam import choose_glmm, fit_glmm
+from ._families import math as fm
+from ._families.base import (
     Beta,
     Binomial,
     Family,
@@ -33,16 +32,17 @@ from ._families import (
     Poisson,
     get_family,
 )
-from ._lmm import SINGULAR_TOL
-from ._optimize import Status
+from ._model.cov_structures import term_structures
+from ._model.covariance import canonical_theta, diagonal_mask
+from ._model.design import DataError, build_design
 from ._precision import with_x64
-from ._results import (
+from ._results.mixed import (
     Convergence,
     MixedModelResult,
-    user_stacklevel,
     warn_if_not_converged,
     warn_if_singular,
 )
+from ._stacklevel import external_stacklevel
 
 MAX_AGQ_DIM = 3
 
@@ -110,7 +110,7 @@ class GLMMResult(MixedModelResult):
 
 def _validate_agq(n_agq, design) -> int:
     if not isinstance(n_agq, (int, np.integer)) or isinstance(n_agq, bool) or n_agq < 0:
-        from ._display import show
+        from ._results.display import show
         raise ValueError(f"n_agq must be a non-negative integer (0, 1 = Laplace, or > 1), got {show(n_agq)}")
     if n_agq > 1:
         if len(design.terms) != 1:
@@ -178,10 +178,10 @@ def glmer(
 
     Returns:
         A :class:`GLMMResult`; with ``ziformula`` or ``dispformula`` a
-        :class:`~glmmjax._parts_result.GLMMPartsResult` (coefficients by part, as
+        :class:`~glmmjax._results.parts.GLMMPartsResult` (coefficients by part, as
         glmmTMB's, fitted by the Laplace approximation: on the CPU by default by the
-        host engine of :mod:`glmmjax._parts_host`, with ``engine="jax"`` or on
-        accelerators by the compiled :mod:`glmmjax._parts_laplace`); ``.converged`` and ``.convergence`` report the final
+        host engine of :mod:`glmmjax._engines.host.parts`, with ``engine="jax"`` or on
+        accelerators by the compiled :mod:`glmmjax._engines.compiled.parts`); ``.converged`` and ``.convergence`` report the final
         gradient and whether the Hessian is positive definite.
 
     Raises:
@@ -200,7 +200,7 @@ def glmer(
     Note:
         On the CPU, Laplace fits of every built-in family and link (dispersion
         parameters included) with up to 200,000 rows run by default on the host engine
-        (:mod:`glmmjax._host_glmm`): numpy and LAPACK evaluations of the same objective
+        (:mod:`glmmjax._engines.host.glmm`): numpy and LAPACK evaluations of the same objective
         with its exact gradient, nothing to compile, standard errors from central
         differences of that gradient (they agree with the autodiff Hessian's to about
         1e-6). User-defined families and links, quadrature (``n_agq > 1``), nAGQ=0,
@@ -314,7 +314,7 @@ def report_convergence(result: GLMMResult, y, weights) -> GLMMResult:
         "and standard errors of those coefficients are meaningless (consider removing "
         "those terms, or a Bayesian fit with priors: glmmjax.bayes)",
         SeparationWarning,
-        stacklevel=user_stacklevel(),
+        stacklevel=external_stacklevel(),
     )
     convergence = dataclasses.replace(result.convergence, converged=False, message=message)
     return dataclasses.replace(result, convergence=convergence, separated=separated)

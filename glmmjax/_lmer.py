@@ -10,13 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._blas import single_threaded_blas
-from ._cholesky import factorize, inverse_diagonal_blocks
-from ._covariance import canonical_theta, diagonal_mask, theta_to_factors
-from ._design import DataError, Design, build_design
-from ._engine import choose_lmm, opt_summary
-from ._jit import program
-from ._lmm import (
+from ._engines.blas import single_threaded_blas
+from ._engines.compiled.cholesky import factorize, inverse_diagonal_blocks
+from ._engines.compiled.jit import program
+from ._engines.compiled.lmm import (
     SINGULAR_TOL,
     build_structure_for,
     check_lmm_design,
@@ -25,10 +22,13 @@ from ._lmm import (
     moment_theta,
     random_effects,
 )
-from ._optimize import Status
+from ._engines.compiled.optimize import Status
+from ._engines.seam import choose_lmm, opt_summary
+from ._model.covariance import canonical_theta, diagonal_mask, theta_to_factors
+from ._model.design import DataError, Design, build_design
+from ._model.rescale import column_scales, scaled_design, unscale_lmm_result
 from ._precision import with_x64
-from ._rescale import column_scales, scaled_design, unscale_lmm_result
-from ._results import (
+from ._results.mixed import (
     Convergence,
     MixedModelResult,
     warn_if_not_converged,
@@ -46,16 +46,16 @@ class LMMResult(MixedModelResult):
     def _header(self) -> str:
         return f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'}"
 
-    # -- denominator degrees of freedom (see glmmjax._ddf) --------------------------------
+    # -- denominator degrees of freedom (see glmmjax._inference.ddf) --------------------------------
     @cached_property
     def _satterthwaite(self):
-        from ._ddf import satterthwaite_pieces
+        from ._inference.ddf import satterthwaite_pieces
 
         return satterthwaite_pieces(self)
 
     @cached_property
     def _kenward_roger(self):
-        from ._ddf import kenward_roger_pieces
+        from ._inference.ddf import kenward_roger_pieces
 
         return kenward_roger_pieces(self)
 
@@ -64,8 +64,8 @@ class LMMResult(MixedModelResult):
         ``"kenward-roger"`` also denominator df and ``Pr(>|t|)`` (as lmerTest's
         ``summary(fit, ddf = ...)``; Kenward–Roger also adjusts the standard errors,
         as pbkrtest's ``vcovAdj``). ``names="r"`` names the rows as R does."""
-        from ._ddf import check_ddf, coef_table
-        from ._display import check_names, with_r_aliases
+        from ._inference.ddf import check_ddf, coef_table
+        from ._results.display import check_names, with_r_aliases
 
         ddf = check_ddf(ddf)
         check_names(names)
@@ -76,7 +76,7 @@ class LMMResult(MixedModelResult):
     def summary(self, ddf: str | None = None, names: str = "glmmjax") -> str:
         """lme4's summary layout; ``ddf`` adds lmerTest's df and p-value columns;
         ``names="r"`` names the coefficients as R does."""
-        from ._ddf import check_ddf
+        from ._inference.ddf import check_ddf
 
         ddf = check_ddf(ddf)
         if ddf is None:
@@ -101,7 +101,7 @@ class LMMResult(MixedModelResult):
             >>> round(float(fit.anova()["DenDF"].iloc[0]), 2)
             17.0
         """
-        from ._ddf import anova_table, check_ddf
+        from ._inference.ddf import anova_table, check_ddf
 
         ddf = check_ddf(ddf)
         if ddf is None:
@@ -151,7 +151,7 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
     def effect_cov():
         y = np.asarray(design.response, dtype=float)
         if choose_lmm(None) == "host":
-            from ._host_lmm import conditional_covariances, host_model
+            from ._engines.host.lmm import conditional_covariances, host_model
 
             with single_threaded_blas():
                 blocks = conditional_covariances(
@@ -264,7 +264,7 @@ def lmer(
             raise ValueError(
                 f"dispformula={dispformula!r} is fitted by maximum likelihood only; pass "
                 "reml=False (REML with a dispersion model is not implemented)")
-        from ._families import Gaussian
+        from ._families.base import Gaussian
         from ._parts_fit import fit_parts
 
         return fit_parts(formula, data, Gaussian(), None, dispformula, weights=weights,
@@ -282,7 +282,7 @@ def lmer(
 
 def check_max_iter(max_iter) -> int:
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        from ._display import show
+        from ._results.display import show
         raise ValueError(f"max_iter must be a positive integer, got {show(max_iter)}")
     return int(max_iter)
 
@@ -327,7 +327,7 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
     check_lmm_response(design)
     check_lmm_design(design)
     # Columns far from unit scale (x·1e8) are fitted rescaled by powers of two and the
-    # result mapped back exactly (see glmmjax._rescale).
+    # result mapped back exactly (see glmmjax._model.rescale).
     scales = column_scales(design)
     fitted = design if scales is None else scaled_design(design, scales)
     structure = build_structure_for(fitted, fitted.X.shape[1] + 1)

@@ -1,24 +1,24 @@
 """``glmer``/``lmer`` with ``ziformula=`` or ``dispformula=``: from the designs to a
-:class:`~glmmjax._parts_result.GLMMPartsResult` (the fit itself is
-:mod:`glmmjax._parts_laplace`)."""
+:class:`~glmmjax._results.parts.GLMMPartsResult` (the fit itself is
+:mod:`glmmjax._engines.compiled.parts`)."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from ._cov_structures import as_structures
-from ._covariance import canonical_theta, diagonal_mask, split_theta
-from ._design import DataError
-from ._engine import check_engine, opt_summary
-from ._lmm import SINGULAR_TOL
-from ._optimize import Solution, Status
-from ._parts_design import PartsDesign, build_parts, check_parts
-from ._parts_host import start_values
-from ._parts_laplace import PartsData, criterion_at, dense_terms, fit
+from ._engines.compiled.lmm import SINGULAR_TOL
+from ._engines.compiled.optimize import Solution, Status
+from ._engines.compiled.parts import PartsData, criterion_at, dense_terms, fit
+from ._engines.host.parts import start_values
+from ._engines.seam import check_engine, opt_summary
+from ._families.response_parts import is_truncated
+from ._model.cov_structures import as_structures
+from ._model.covariance import canonical_theta, diagonal_mask, split_theta
+from ._model.design import DataError
+from ._model.parts_design import PartsDesign, build_parts, check_parts
 from ._precision import with_x64
-from ._response_parts import is_truncated
-from ._results import Convergence, warn_if_not_converged, warn_if_singular
+from ._results.mixed import Convergence, warn_if_not_converged, warn_if_singular
 
 # Entries of the dense n × q random-effects matrix (8 bytes each) above which a fit is
 # refused rather than left to run out of memory.
@@ -104,7 +104,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
     ``lmer``'s route when ``ziformula=`` or ``dispformula=`` is given)."""
     from ._glmer import check_glmm_response
     from ._lmer import check_max_iter
-    from ._parts_result import GLMMPartsResult
+    from ._results.parts import GLMMPartsResult
 
     max_iter = check_max_iter(max_iter)
     check_engine(engine)
@@ -136,7 +136,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
             f"{DENSE_LIMIT:,}; fewer levels (or a sparse engine, not written yet) needed")
     params0 = start_values(data_)
     if engine == "host":
-        from ._parts_host import fit as fit_host
+        from ._engines.host.parts import fit as fit_host
 
         out = fit_host(params0, data_, max_iter=max_iter)
         host_criterion = out.pop("criterion")

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 import scipy.optimize
 
-from ._design import DataError, Design
 from ._lmer import LMMResult
+from ._model.design import DataError, Design
 from ._precision import with_x64
 
 
@@ -177,7 +177,7 @@ def whiten(design: Design, series: Series, rho: float) -> tuple[Design, float]:
 def fit_with_ar1(design: Design, reml: bool, correlation: CorAR1, engine, max_iter: int):
     """Fit the LMM of ``design`` with residual AR(1) (see the module docstring)."""
     from ._lmer import check_lmm_response, fit_lmm_design
-    from ._results import warn_if_not_converged, warn_if_singular
+    from ._results.mixed import warn_if_not_converged, warn_if_singular
 
     series = series_of(design, correlation)
     if not np.any(series.lags > 0):
@@ -233,8 +233,8 @@ class _Profile:
         eta = float(eta)
         if eta in self.values:
             return self.values[eta]
-        from ._covariance import diagonal_mask
-        from ._lmm import build_structure_for, fit_lmm_arrays, moment_theta
+        from ._engines.compiled.lmm import build_structure_for, fit_lmm_arrays, moment_theta
+        from ._model.covariance import diagonal_mask
 
         whitened, logdet = whiten(self.design, self.series, math.tanh(eta))
         structure = build_structure_for(whitened, whitened.X.shape[1] + 1)

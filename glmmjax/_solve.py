@@ -27,15 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cov_structures import as_structures
-from ._covariance import diagonal_mask, initial_theta, split_theta
-from ._glmm_fit import GLMMSetup, glmm_pipeline
-from ._laplace import gauss_hermite_grid
-from ._lmm import _criterion_from_pieces, _plain_solution, fit_theta, lmm_pieces
-from ._marginal import glmm_data, glmm_deviance, lmm_arrays
-from ._optimize import Status
-from ._params import Params
-from ._pirls import inner_size
+from ._engines.compiled.glmm import GLMMSetup, glmm_pipeline
+from ._engines.compiled.laplace import gauss_hermite_grid
+from ._engines.compiled.lmm import _criterion_from_pieces, _plain_solution, fit_theta, lmm_pieces
+from ._engines.compiled.marginal import glmm_data, glmm_deviance, lmm_arrays
+from ._engines.compiled.optimize import Status
+from ._engines.compiled.pirls import inner_size
+from ._model.cov_structures import as_structures
+from ._model.covariance import diagonal_mask, initial_theta, split_theta
+from ._model.params import Params
 
 
 class SolveInfo(eqx.Module):
@@ -232,7 +232,7 @@ def _solve_glmm(model, optimizer, max_steps):
 
 
 def _glmm_start(model):
-    from ._arrays import initial_params
+    from ._model.arrays import initial_params
 
     params = initial_params(model)
     return jnp.concatenate([params.theta, params.beta, params.log_dispersion])
@@ -320,7 +320,7 @@ def solve(model, *, optimizer=None, max_steps: int = 500, info: bool = False):
         >>> [round(float(b), 3) for b in params.beta]
         [251.405, 10.467]
     """
-    from ._model import MixedModel
+    from ._model.model import MixedModel
 
     if not isinstance(model, MixedModel):
         raise TypeError(f"solve() takes a glmmjax.MixedModel, got {type(model).__name__}")

@@ -37,13 +37,13 @@ except ImportError as err:  # pragma: no cover - exercised with numpyro hidden
 
 import pandas as pd
 
-from ._bayes_diagnostics import InformationCriterion, ParetoKWarning, ess_bulk, ess_tail, rhat
-from ._bayes_model import BayesData, BayesModel, SamplingWarning
-from ._bayes_priors import HalfStudentT
-from ._bayes_priors import __doc__ as _PRIORS_DOC
-from ._bayes_result import BayesResult
-from ._families import Family
-from ._model import MixedModel
+from ._bayes.diagnostics import InformationCriterion, ParetoKWarning, ess_bulk, ess_tail, rhat
+from ._bayes.model import BayesData, BayesModel, SamplingWarning
+from ._bayes.priors import HalfStudentT
+from ._bayes.priors import __doc__ as _PRIORS_DOC
+from ._bayes.result import BayesResult
+from ._families.base import Family
+from ._model.model import MixedModel
 from ._precision import with_x64
 
 __all__ = [
@@ -95,7 +95,7 @@ def build(
             Structured terms (``diag``, ``cs``, ``ar1``, ``toep``, ``ou``, ``exp``,
             ``gau``, ``mat``) and relmat terms take the same covariance factor as in
             ``lmer``/``glmer``, with priors on their SDs and correlation parameters
-            (:mod:`glmmjax._bayes_structures`).
+            (:mod:`glmmjax._bayes.structures`).
         center: sample the intercept at the predictors' means (as brms and rstanarm
             do; faster sampling). Results always report the usual intercept.
 

@@ -6,7 +6,7 @@ Example:
     Binomial(link=Probit())
 """
 
-from ._families import (
+from ._families.base import (
     FAMILIES,
     Beta,
     Binomial,
@@ -18,7 +18,7 @@ from ._families import (
     Poisson,
     get_family,
 )
-from ._families_tmb import (
+from ._families.tmb import (
     BetaBinomial,
     GeneralizedPoisson,
     LogNormal,

@@ -6,7 +6,7 @@ Example:
     Logit()
 """
 
-from ._links import (
+from ._families.links import (
     LINKS,
     Cauchit,
     Cloglog,

@@ -29,11 +29,11 @@ import pytest
 from scipy.special import logsumexp
 
 import glmmjax
-from glmmjax._design import build_design
-from glmmjax._families import get_family
-from glmmjax._laplace import agq_objective, gauss_hermite_grid, laplace_objective
-from glmmjax._pirls import GLMMData
-from glmmjax._structure import build_structure
+from glmmjax._engines.compiled.laplace import agq_objective, gauss_hermite_grid, laplace_objective
+from glmmjax._engines.compiled.pirls import GLMMData
+from glmmjax._families.base import get_family
+from glmmjax._model.design import build_design
+from glmmjax._model.structure import build_structure
 
 FAMILY = get_family("binomial")
 

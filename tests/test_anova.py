@@ -87,7 +87,7 @@ def test_non_nested_models(sleepstudy):
 
 
 def test_random_effects_nesting(sleepstudy):
-    from glmmjax._anova import _Entry, nesting_problem
+    from glmmjax._inference.anova import _Entry, nesting_problem
 
     m0, m1 = m0_fit(sleepstudy), m1_fit(sleepstudy)
     small, big = _Entry(m0, "m0"), _Entry(m1, "m1")

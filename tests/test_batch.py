@@ -78,7 +78,7 @@ def test_glmm_batch_equals_glmer_and_flags_bad_models():
     # 15 herds, 3 within-herd coefficients: 56 - 15 - 3 = 38 df for every coefficient).
     first = batch.coefficients[batch.coefficients["model"] == 0]
     np.testing.assert_array_equal(first["df"], 38.0)
-    from glmmjax._distributions import t_sf
+    from glmmjax._families.distributions import t_sf
 
     rel_close(first["p_value"], 2 * t_sf(np.abs(first["statistic"]), 38.0), 1e-12)
     assert batch.converged[:2].all()
@@ -209,7 +209,7 @@ def test_stacked_datasets_need_matching_columns(sleepstudy):
         glmmjax.fit_datasets("Reaction ~ Days + (1 | Subject)", [parts[0], bad])
 
 
-# -- the batch-specialized path for one scalar random-effect term (_glmm_batch) ----------
+# -- the batch-specialized path for one scalar random-effect term (_batching.scalar) ----------
 def _scalar_glmm_data(seed=5):
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(30), 10)
@@ -279,9 +279,9 @@ def test_scalar_glmm_closed_form_hessian_equals_autodiff():
     import jax
     import jax.numpy as jnp
 
-    from glmmjax import _glmm_batch as gb
-    from glmmjax._batch import _design_for
-    from glmmjax._families import NegativeBinomial, get_family
+    from glmmjax._batching import scalar as gb
+    from glmmjax._batching.fit_many import _design_for
+    from glmmjax._families.base import NegativeBinomial, get_family
 
     data, eta, rng = _scalar_glmm_data(seed=7)
     design = _design_for("~ x + (1 | g)", data, None, None)

@@ -1,4 +1,4 @@
-"""The blocked batch path (glmmjax._glmm_batch_blocked): one vector random-effects term
+"""The blocked batch path (glmmjax._batching.blocked): one vector random-effects term
 or a family with a dispersion, per-model Newton. Each model of a batch equals its single
 glmer fit; missing responses are rows of weight 0 (issue 19)."""
 
@@ -10,7 +10,7 @@ import pytest
 from conftest import rel_close
 
 import glmmjax
-import glmmjax._batch as batch_module
+import glmmjax._batching.fit_many as batch_module
 
 
 def slope_data(n_groups=12, per_group=10, seed=3):
@@ -94,10 +94,10 @@ def test_missing_responses_become_weight_zero_rows():
 
 
 def test_blocked_path_applies_to_vector_terms_and_dispersion_families():
-    from glmmjax._batch import _design_for
-    from glmmjax._families import get_family
-    from glmmjax._glmm_batch import applies as scalar_applies
-    from glmmjax._glmm_batch_blocked import applies
+    from glmmjax._batching.blocked import applies
+    from glmmjax._batching.fit_many import _design_for
+    from glmmjax._batching.scalar import applies as scalar_applies
+    from glmmjax._families.base import get_family
 
     data, _ = slope_data(n_groups=4, per_group=3)
     slope = _design_for("~ x + (x | g)", data, None, None)
@@ -135,7 +135,7 @@ def test_dense_cholesky_and_its_derivatives():
     import jax
     import jax.numpy as jnp
 
-    from glmmjax._glmm_batch_crossed import dense_cholesky, inv_spd, log_det_spd
+    from glmmjax._batching.crossed import dense_cholesky, inv_spd, log_det_spd
 
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)

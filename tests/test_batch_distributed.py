@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 import glmmjax
-from glmmjax._distributed import concatenate_batches
+from glmmjax._batching.distributed import concatenate_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,7 +144,7 @@ def test_each_process_fits_its_share_and_the_shares_make_the_batch(monkeypatch):
     # test_batch.py's compiled LMM program (sleepstudy, random slope, chunks of 4).
     import jax
 
-    from glmmjax import _distributed
+    from glmmjax._batching import distributed as _distributed
 
     data = glmmjax.datasets.load("sleepstudy")
     rng = np.random.default_rng(0)

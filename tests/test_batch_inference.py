@@ -1,4 +1,4 @@
-"""fit_many's tests of the fixed effects (glmmjax._batch_inference): calibrated with few
+"""fit_many's tests of the fixed effects (glmmjax._batching.inference): calibrated with few
 groups, where Wald z tests are not (issue 19, item 4)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 import glmmjax
-from glmmjax._batch_inference import between_within_df, check_batch_ddf
-from glmmjax._design import build_design
-from glmmjax._formula import parse_formula
+from glmmjax._batching.inference import between_within_df, check_batch_ddf
+from glmmjax._model.design import build_design
+from glmmjax._model.formula import parse_formula
 
 # 400 null models: the share of p < 0.05 has SD 0.011, so a calibrated test lands in
 # [0.014, 0.086] (± 3.3 SD) except once in a thousand runs. z tests give about 0.10

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import glmmjax
-from glmmjax._batch_memory import (
+from glmmjax._batching.memory import (
     MemoryEstimate,
     bytes_per_model,
     choose_chunk_size,
@@ -72,12 +72,12 @@ def _measured_bytes_per_model(engine, formula, data, family=None):
     import jax
     import jax.numpy as jnp
 
-    from glmmjax import _batch
-    from glmmjax._families import get_family
-    from glmmjax._glmm_batch import make_scalar_setup
-    from glmmjax._glmm_fit import make_setup
+    from glmmjax._batching import fit_many as _batch
+    from glmmjax._batching.scalar import make_scalar_setup
+    from glmmjax._engines.compiled.glmm import make_setup
+    from glmmjax._families.base import get_family
+    from glmmjax._model.structure import build_structure
     from glmmjax._precision import precision_scope
-    from glmmjax._structure import build_structure
 
     design = _batch._design_for(formula, data, None, None)
     n, p = design.X.shape

@@ -3,7 +3,7 @@
 The reported hang: ``fit_many`` on 200 NB2 GLMMs with a random slope never returned,
 every thread asleep on a futex with the main thread in ``BlockUntilReady``. The cause
 was jaxlib 0.10's batched LAPACK kernels deadlocking XLA:CPU's thread pool (see
-glmmjax._linalg; tests/test_linalg.py checks that batch programs no longer call them,
+glmmjax._engines.compiled.linalg; tests/test_linalg.py checks that batch programs no longer call them,
 and test_batch.py's bootstrap test deadlocked every time before the fix). Workloads
 run here in a subprocess with a ``timeout``, so a hang fails the test instead of
 stalling the suite. The cheap tests check the mechanisms: chunks run with OpenBLAS
@@ -67,7 +67,8 @@ def test_fit_many_of_200_nb2_random_slope_models_returns():
 
 
 def test_chunks_run_with_one_blas_thread_and_restore_it():
-    from glmmjax import _batch, _blas
+    from glmmjax._batching import fit_many as _batch
+    from glmmjax._engines import blas as _blas
 
     seen = []
 
@@ -93,7 +94,7 @@ def test_auto_chunks_are_equal_and_capped():
 
 
 def _auto(n_models, cap):
-    from glmmjax._batch_memory import choose_chunk_size
+    from glmmjax._batching.memory import choose_chunk_size
 
     return choose_chunk_size(n_models, per_model=50_000, n_devices=1, available=2**33, cap=cap)
 
@@ -101,7 +102,7 @@ def _auto(n_models, cap):
 def test_a_long_chunk_stops_on_ctrl_c():
     code = """
         import sys, time, jax, jax.numpy as jnp, numpy as np
-        from glmmjax._batch import _run_chunks, _sharded
+        from glmmjax._batching.fit_many import _run_chunks, _sharded
 
         @jax.jit
         def spin(x):

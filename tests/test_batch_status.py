@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import glmmjax
-from glmmjax import _batch
-from glmmjax._optimize import Status
+from glmmjax._batching import fit_many as _batch
+from glmmjax._engines.compiled.optimize import Status
 
 
 def _data(levels=6, per_level=4):
@@ -60,8 +60,8 @@ def test_each_failure_has_its_reason():
 def test_the_general_path_checks_its_inner_mode():
     # The general pipeline's inner Newton reports nothing; the batch checks its result:
     # the Newton decrement at the final mode is ~0, and large at any other point.
-    from glmmjax._glmm_fit import make_setup, mode_decrement
-    from glmmjax._pirls import GLMMData, conditional_mode
+    from glmmjax._engines.compiled.glmm import make_setup, mode_decrement
+    from glmmjax._engines.compiled.pirls import GLMMData, conditional_mode
     from glmmjax._precision import precision_scope
 
     with precision_scope("float64"):
@@ -106,7 +106,7 @@ def test_general_path_batches_have_finite_standard_errors_equal_to_single_fits(m
         b = rng.normal(0, [0.5, 0.1], (levels, 2))
         Y[:, j] = rng.poisson(np.exp(1.0 + 0.1 * t + b[g, 0] + b[g, 1] * t))
     # The general pipeline itself (this structure now takes the blocked path by default).
-    monkeypatch.setattr("glmmjax._batch.BLOCKED_PATH", False)
+    monkeypatch.setattr("glmmjax._batching.fit_many.BLOCKED_PATH", False)
     batch = glmmjax.fit_many("~ t + (t | g)", data, Y, family="poisson", chunk_size=8)
     assert batch.converged.all(), batch.models["status"].tolist()
     for j in (0, 5):

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from glmmjax import _bayes_diagnostics as diag
+from glmmjax._bayes import diagnostics as diag
 
 
 def _ar_draws(seed=0, chains=4, draws=400):

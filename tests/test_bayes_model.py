@@ -18,10 +18,10 @@ dist = pytest.importorskip("numpyro.distributions")
 
 import glmmjax  # noqa: E402
 from glmmjax import bayes  # noqa: E402
-from glmmjax._bayes_ar1 import forecast_index, forecast_process, latent_process  # noqa: E402
-from glmmjax._bayes_model import GaussianAR1  # noqa: E402
-from glmmjax._bayes_result import BayesResult  # noqa: E402
-from glmmjax._design import DataError  # noqa: E402
+from glmmjax._bayes.ar1 import forecast_index, forecast_process, latent_process  # noqa: E402
+from glmmjax._bayes.model import GaussianAR1  # noqa: E402
+from glmmjax._bayes.result import BayesResult  # noqa: E402
+from glmmjax._model.design import DataError  # noqa: E402
 
 
 def _frame(seed=0, n_groups=4, per_group=6):

@@ -19,7 +19,7 @@ from numpyro.infer.util import log_density  # noqa: E402
 
 import glmmjax as gj  # noqa: E402
 from glmmjax import bayes  # noqa: E402
-from glmmjax._bayes_structures import structure_params  # noqa: E402
+from glmmjax._bayes.structures import structure_params  # noqa: E402
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import glmmjax
-from glmmjax._bootstrap import refit_weights
+from glmmjax._inference.bootstrap import refit_weights
 
 N_BOOT = 24
 

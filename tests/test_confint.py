@@ -9,7 +9,7 @@ import pytest
 from conftest import cached, load_reference, rel_close
 
 import glmmjax
-from glmmjax import _simulate
+from glmmjax._inference import simulate as _simulate
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_profile_on_the_boundary():
     assert "one-sided" in ci.attrs["note"]
     # The upper bound is where the ML deviance has risen by χ²₁(0.95).
     ml = fit.refit(reml=False)
-    from glmmjax._profile import _lmm_problem
+    from glmmjax._inference.profile import _lmm_problem
 
     problem, *_ = _lmm_problem(fit)
     rel_close(problem.deviance_at(0, upper) - problem.base, 3.841458820694124, 1e-6)

@@ -17,7 +17,7 @@ import scipy.special
 
 import glmmjax as gj
 from glmmjax import datasets
-from glmmjax._cov_structures import (
+from glmmjax._model.cov_structures import (
     AR1,
     CompoundSymmetry,
     Diagonal,
@@ -27,7 +27,7 @@ from glmmjax._cov_structures import (
     Toeplitz,
     Unstructured,
 )
-from glmmjax._formula import FormulaError
+from glmmjax._model.formula import FormulaError
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 MODELS = json.loads((REFERENCE / "covstruct.json").read_text())["models"]
@@ -232,9 +232,13 @@ def test_diag_equals_double_bar_and_host_equals_jax_criterion():
 
 @pytest.mark.slow
 def test_host_criterion_and_gradient_match_jax():
-    from glmmjax._design import build_design
-    from glmmjax._host_lmm import evaluate, host_model
-    from glmmjax._lmm import build_structure_for, lmm_criterion, lmm_model_from_arrays
+    from glmmjax._engines.compiled.lmm import (
+        build_structure_for,
+        lmm_criterion,
+        lmm_model_from_arrays,
+    )
+    from glmmjax._engines.host.lmm import evaluate, host_model
+    from glmmjax._model.design import build_design
 
     data = _sleepstudy().iloc[::2]
     design = build_design("Reaction ~ Days + (1 | Subject) + ar1(dayf + 0 | Subject)", data)
@@ -325,9 +329,9 @@ def test_profile_intervals_of_ar1_parameters():
 @pytest.mark.parametrize("family", ["Gamma", "negative_binomial"])
 def test_host_laplace_gradient_with_a_dispersion_and_structured_terms(family):
     # The merged host engine: a structure's pullback beside the dispersion's derivative.
-    from glmmjax._design import build_design
-    from glmmjax._families import get_family
-    from glmmjax._host_glmm import host_models, laplace
+    from glmmjax._engines.host.glmm import host_models, laplace
+    from glmmjax._families.base import get_family
+    from glmmjax._model.design import build_design
 
     rng = np.random.default_rng(11)
     n_g, n_t = 12, 4
@@ -360,7 +364,7 @@ def test_host_laplace_gradient_with_a_dispersion_and_structured_terms(family):
 
 def test_rescaled_slope_in_a_cs_term_is_exact():
     # lmer's column rescaling (x·1e8) maps a structured term's SDs, not its correlations.
-    from glmmjax._rescale import column_scales
+    from glmmjax._model.rescale import column_scales
 
     data = _sleepstudy()
     data["Dbig"] = data["Days"] * 1e8
@@ -407,9 +411,9 @@ def test_a_numerically_singular_correlation_is_a_rejected_point_on_the_host():
     # gau over a long scale (and toep at a partial autocorrelation of 1) has no Cholesky
     # factor in floating point: the host criterion is +inf there, as for a non-positive
     # definite Ω, so line searches step back instead of raising.
-    from glmmjax._design import build_design
-    from glmmjax._host_lmm import evaluate, host_model
-    from glmmjax._lmm import build_structure_for
+    from glmmjax._engines.compiled.lmm import build_structure_for
+    from glmmjax._engines.host.lmm import evaluate, host_model
+    from glmmjax._model.design import build_design
 
     model = MODELS["spatial_gau"]
     design = build_design(model["formula"], _reference_data(model))

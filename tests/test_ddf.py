@@ -9,8 +9,8 @@ import pytest
 from conftest import REFERENCE, cached, load_reference, rel_close
 
 import glmmjax
-from glmmjax import _ddf
-from glmmjax._design import build_design
+from glmmjax._inference import ddf as _ddf
+from glmmjax._model.design import build_design
 
 # Penicillin is slow here only for its fit (shared with test_lmm_reference.py) and its
 # Satterthwaite compile (exact second derivatives, ~7 s per model structure).

@@ -2,7 +2,7 @@
 
 For small designs we build the dense Z (n × Σ m_t S_t) from each term's refs and z, the
 dense Λ(θ) and Ω(θ) = [[Λ'Z'WZΛ + I, Λ'Z'WD], [D'WZΛ, D'WD]] in numpy, and check that
-the blocked factor of glmmjax._cholesky, reassembled densely, is the Cholesky factor of
+the blocked factor of glmmjax._engines.compiled.cholesky, reassembled densely, is the Cholesky factor of
 Ω; and that the profiled REML/ML criterion equals Bates et al. (2015) computed densely
 (penalized least squares solved directly, no Cholesky of ours involved).
 """
@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glmmjax._cholesky import cross_products, factorize
-from glmmjax._design import build_design
-from glmmjax._lmm import lmm_model_from_arrays, lmm_pieces
-from glmmjax._structure import build_structure
+from glmmjax._engines.compiled.cholesky import cross_products, factorize
+from glmmjax._engines.compiled.lmm import lmm_model_from_arrays, lmm_pieces
+from glmmjax._model.design import build_design
+from glmmjax._model.structure import build_structure
 
 
 def _crossed_frame(n_g: int, n_h: int, n: int, seed: int) -> pd.DataFrame:

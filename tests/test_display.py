@@ -11,7 +11,7 @@ import pytest
 from conftest import cached, load_reference
 
 import glmmjax
-from glmmjax._display import format_column, format_pvalues, plural, r_name, r_names, show
+from glmmjax._results.display import format_column, format_pvalues, plural, r_name, r_names, show
 
 
 @pytest.mark.parametrize("case", load_reference("display")["pval"])
@@ -187,7 +187,7 @@ def test_counts_in_words():
     model = glmmjax.MixedModel.from_formula("Yield ~ 1 + (1 | Batch)",
                                             glmmjax.datasets.load("dyestuff"))
     assert "1 coefficient\n" in repr(model) + "\n" and "1 coefficients" not in repr(model)
-    from glmmjax._batch_memory import MemoryEstimate
+    from glmmjax._batching.memory import MemoryEstimate
 
     fields = {f.name for f in dataclasses.fields(MemoryEstimate)}
     estimate = MemoryEstimate(**{name: 1 for name in fields} | {"source": "host memory"})
@@ -214,7 +214,7 @@ def test_zero_inflated_repr_is_short_and_names_its_parts():
 
 
 def test_variance_table_as_lme4_prints_it():
-    from glmmjax._results import variance_table
+    from glmmjax._results.mixed import variance_table
 
     rows = [("Subject", "Intercept", 612.1, 24.741, ""),
             ("", "Days", 35.07, 5.922, f"{0.066:6.3f}"),

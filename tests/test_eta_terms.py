@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import glmmjax
-from glmmjax._eta_terms import kernel, kernel_terms, loglik_constant
+from glmmjax._engines.compiled.eta_terms import kernel, kernel_terms, loglik_constant
 
 
 def _autodiff_terms(family, y, eta, weights):

@@ -1,4 +1,4 @@
-"""The closed-form row terms of every built-in family and link (:mod:`glmmjax._family_math`)
+"""The closed-form row terms of every built-in family and link (:mod:`glmmjax._families.math`)
 against autodiff of the family's own log-likelihood (``Family.loglik_eta``): the value
 (plus the η- and dispersion-free constant), ℓ', W = −ℓ'', W' = −ℓ''' and the derivatives
 of ℓ, ℓ' and W in the log of the dispersion, on seeded random inputs, with numpy (the
@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glmmjax import _family_math as fm
-from glmmjax._families import FAMILIES
+from glmmjax._families import math as fm
+from glmmjax._families.base import FAMILIES
 
 # (family, link, dispersion, η range) for every family and each of its allowed links.
 _ETA = {
@@ -139,7 +139,7 @@ def test_user_defined_family_is_not_covered():
 def test_estimated_shape_terms_equal_autodiff(key):
     """Student-t with ν and Tweedie with p estimated: the derivatives in log φ (σ) and
     in the shape's outer parameter (log ν; logit(p − 1)), stacked rows."""
-    from glmmjax import _family_math_tmb as tmb
+    from glmmjax._families import math_tmb as tmb
     from glmmjax.families import StudentT, Tweedie
 
     rng = np.random.default_rng(5)

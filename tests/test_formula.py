@@ -11,8 +11,8 @@ import pytest
 
 import glmmjax
 from glmmjax import DataError, FormulaError, parse_formula
-from glmmjax._design import build_design
-from glmmjax._formula import RandomTermSpec
+from glmmjax._model.design import build_design
+from glmmjax._model.formula import RandomTermSpec
 
 
 def _frame(n: int = 12, seed: int = 0) -> pd.DataFrame:

@@ -318,7 +318,7 @@ def test_r_arithmetic_in_formulas():
     parsed = glmmjax.parse_formula("y ~ I(age^2) + (a + b)^2 + offset(log(t^2))")
     assert "I(age**2)" in parsed.fixed and "(a + b)^2" in parsed.fixed
     assert parsed.offsets == ("log(t**2)",)
-    from glmmjax._design import build_design
+    from glmmjax._model.design import build_design
 
     cbpp = glmmjax.datasets.load("cbpp")
     design = build_design("cbind(incidence, size - incidence) ~ period", cbpp)

@@ -1,4 +1,4 @@
-"""The host GLM engine (glmmjax._glm_host) against the compiled one.
+"""The host GLM engine (glmmjax._engines.host.glm) against the compiled one.
 
 Kernel parity (every family and link it covers, against the families' JAX methods
 evaluated eagerly: fast, and a failure names the kernel) and whole-fit parity, host
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import glmmjax
-from glmmjax import _glm_host
+from glmmjax._engines.host import glm as _glm_host
 from glmmjax.families import Binomial, Gamma, Gaussian, InverseGaussian, NegativeBinomial, Poisson
 
 CASES = [
@@ -137,7 +137,7 @@ def test_whole_fits_equal_the_compiled_engine_every_family(case):
 
 
 def test_engine_choice_and_bad_engine():
-    from glmmjax._engine import choose_glm
+    from glmmjax._engines.seam import choose_glm
 
     assert choose_glm(Binomial(), None) == "host"
     assert choose_glm(NegativeBinomial(), None) == "host"  # θ by maximum likelihood
@@ -169,7 +169,7 @@ def beta_data(n=80, seed=3):
 def test_dispersion_curvature_equals_finite_differences(family):
     """The one closed form the host adds for ML dispersions: Σ ∂²ℓ/∂ψ², ψ = log θ or
     log φ."""
-    from glmmjax import _family_math as fm
+    from glmmjax._families import math as fm
 
     if type(family).__name__ == "Beta":
         data, eta, d = beta_data(), None, 9.0

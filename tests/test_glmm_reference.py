@@ -130,7 +130,11 @@ def test_summary_mentions_family_and_z(glmm_reference):
 @pytest.mark.slow  # ~8 s idle; AGQ against lme4 stays in the fast suite
 def test_laplace_equals_one_node_quadrature(glmm_reference):
     """AGQ with one node is the Laplace approximation exactly (same scale)."""
-    from glmmjax._laplace import agq_objective, gauss_hermite_grid, laplace_objective
+    from glmmjax._engines.compiled.laplace import (
+        agq_objective,
+        gauss_hermite_grid,
+        laplace_objective,
+    )
 
     ref = glmm_reference["cbpp_laplace"]
     fit = fit_reference(ref)
@@ -148,8 +152,8 @@ def test_laplace_equals_one_node_quadrature(glmm_reference):
 def _laplace_inputs(fit):
     import jax.numpy as jnp
 
-    from glmmjax._pirls import GLMMData
-    from glmmjax._structure import build_structure
+    from glmmjax._engines.compiled.pirls import GLMMData
+    from glmmjax._model.structure import build_structure
 
     d = fit.design
     s = build_structure(d.terms, 0)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import glmmjax
-from glmmjax import _host_glmm
-from glmmjax._design import build_design
-from glmmjax._families import get_family
-from glmmjax._glmm_fit import glmm_pipeline_jit, make_setup
-from glmmjax._laplace import laplace_objective
-from glmmjax._pirls import GLMMData
+from glmmjax._engines.compiled.glmm import glmm_pipeline_jit, make_setup
+from glmmjax._engines.compiled.laplace import laplace_objective
+from glmmjax._engines.compiled.pirls import GLMMData
+from glmmjax._engines.host import glmm as _host_glmm
+from glmmjax._families.base import get_family
+from glmmjax._model.design import build_design
 
 CASES = {
     "cbpp": ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "binomial"),

@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 
 import glmmjax
-from glmmjax import _host_lmm
-from glmmjax._design import build_design
-from glmmjax._lmm import fit_lmm_arrays, host_lmm_model, lmm_criterion, moment_theta, solve_pls
-from glmmjax._optimize import Status, minimize, minimize_host
-from glmmjax._structure import build_structure
+from glmmjax._engines.compiled.lmm import (
+    fit_lmm_arrays,
+    host_lmm_model,
+    lmm_criterion,
+    moment_theta,
+    solve_pls,
+)
+from glmmjax._engines.compiled.optimize import Status, minimize, minimize_host
+from glmmjax._engines.host import lmm as _host_lmm
+from glmmjax._model.design import build_design
+from glmmjax._model.structure import build_structure
 
 CASES = [
     ("sleepstudy", "Reaction ~ Days + (Days | Subject)", None),
@@ -120,7 +126,7 @@ _A = np.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
     {"max_iterations": 3},
 ])
 def test_minimize_host_takes_the_compiled_steps(options):
-    """One algorithm (``_optimize._advance``) in both loops: same iterates (to the
+    """One algorithm (``compiled.optimize._advance``) in both loops: same iterates (to the
     rounding of XLA's fused arithmetic), evaluation counts and status when both see the
     same values and gradients."""
     def host(x):
@@ -194,7 +200,7 @@ def test_lmer_engine_argument():
                  marks=pytest.mark.slow),
 ])
 def test_satterthwaite_pieces_host_equal_autodiff(name, formula, reml):
-    from glmmjax._ddf import satterthwaite_pieces
+    from glmmjax._inference.ddf import satterthwaite_pieces
 
     fit = glmmjax.lmer(formula, glmmjax.datasets.load(name), reml=reml)
     host = satterthwaite_pieces(fit, engine="host")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import glmmjax
-from glmmjax._cholesky import cross_products
-from glmmjax._design import build_design
-from glmmjax._host_products import host_cross_products
-from glmmjax._lmm import build_structure_for
+from glmmjax._engines.compiled.cholesky import cross_products
+from glmmjax._engines.compiled.lmm import build_structure_for
+from glmmjax._engines.host.products import host_cross_products
+from glmmjax._model.design import build_design
 
 
 @pytest.mark.parametrize("name, formula", [

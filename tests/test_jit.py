@@ -10,7 +10,7 @@ import scipy.linalg  # noqa: F401  (its OpenBLAS is limited too: load it before 
 import threadpoolctl
 
 import glmmjax
-from glmmjax import _blas
+from glmmjax._engines import blas as _blas
 
 
 def _blas_threads():
@@ -65,7 +65,8 @@ def _record_threads_during(monkeypatch, module, name, seen):
 def test_host_fits_run_with_one_blas_thread_from_their_first_product(monkeypatch):
     """The whole host fit, cross-products and start values included, whatever the size
     of its dense blocks (OpenBLAS threads small ones too)."""
-    from glmmjax import _host_glmm, _host_lmm
+    from glmmjax._engines.host import glmm as _host_glmm
+    from glmmjax._engines.host import lmm as _host_lmm
 
     seen = []
     _record_threads_during(monkeypatch, _host_lmm, "host_model", seen)

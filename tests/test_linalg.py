@@ -1,4 +1,4 @@
-"""glmmjax._linalg: small Cholesky factors and triangular solves written in jax.numpy
+"""glmmjax._engines.compiled.linalg: small Cholesky factors and triangular solves written in jax.numpy
 (jaxlib's batched LAPACK kernels deadlock XLA:CPU's thread pool, see the module) equal
 LAPACK's, with the same derivatives."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.scipy.linalg import solve_triangular as lapack_solve
 
-from glmmjax import _linalg
+from glmmjax._engines.compiled import linalg as _linalg
 
 
 def _spd(rng, batch, n):
@@ -77,7 +77,7 @@ def test_batch_programs_make_no_small_lapack_calls():
     # The vmapped LMM fit of fit_many: its blocks are 2×2 (one per subject) and its
     # dense rest 3×3, so no LAPACK factorization or solve may be left in it.
     import glmmjax
-    from glmmjax import _batch
+    from glmmjax._batching import fit_many as _batch
 
     sleep = glmmjax.datasets.load("sleepstudy")
     design = _batch._design_for("~ Days + (Days | Subject)", sleep, None, None)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import glmmjax
-from glmmjax._design import build_design
-from glmmjax._lmm import build_structure_for, lmm_criterion, lmm_model_from_arrays
+from glmmjax._engines.compiled.lmm import build_structure_for, lmm_criterion, lmm_model_from_arrays
+from glmmjax._model.design import build_design
 
 # θ away from the optimum (non-zero gradient), with a negative off-diagonal entry.
 CASES = {

@@ -1,5 +1,5 @@
-"""The host parts engine's numpy kernel (glmmjax._parts_rows) against the JAX kernel it
-replaces (autodiff of _response_parts.row_loglik to third order), for every built-in
+"""The host parts engine's numpy kernel (glmmjax._engines.host.parts_rows) against the JAX kernel it
+replaces (autodiff of _families.response_parts.row_loglik to third order), for every built-in
 family a zero-inflation, hurdle or dispersion model accepts."""
 
 import jax
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from glmmjax import families as F
-from glmmjax._parts_host import HostParts, _build_kernel
-from glmmjax._parts_rows import RowKernel, supported
+from glmmjax._engines.host.parts import HostParts, _build_kernel
+from glmmjax._engines.host.parts_rows import RowKernel, supported
 
 N = 24
 # (family, zero_inflated): every count family zero-inflated, every truncated family as a
@@ -139,7 +139,7 @@ def test_user_defined_family_keeps_the_jax_kernel():
 
 
 def test_host_engine_uses_the_numpy_kernel_for_builtin_families():
-    from glmmjax._parts_host import _kernels
+    from glmmjax._engines.host.parts import _kernels
 
     assert isinstance(_kernels(F.NegativeBinomial(), True), RowKernel)
     assert not isinstance(_kernels(type("P", (F.Poisson,), {})(), True), RowKernel)
@@ -147,7 +147,7 @@ def test_host_engine_uses_the_numpy_kernel_for_builtin_families():
 
 
 def _parts_data(family, zero_inflated, seed=0):
-    from glmmjax._parts_laplace import DenseTerms, PartsData
+    from glmmjax._engines.compiled.parts import DenseTerms, PartsData
 
     y, w, *_ = _inputs(family, zero_inflated, seed)
     rng = np.random.default_rng(seed + 1)
@@ -165,8 +165,8 @@ def _parts_data(family, zero_inflated, seed=0):
 @pytest.mark.parametrize("family,zero_inflated", CASES,
                          ids=[_case_id(f, z) for f, z in CASES])
 def test_numpy_start_values_equal_the_compiled_ones(family, zero_inflated):
-    from glmmjax._parts_laplace import start_params
-    from glmmjax._parts_rows import start_params as start_numpy
+    from glmmjax._engines.compiled.parts import start_params
+    from glmmjax._engines.host.parts_rows import start_params as start_numpy
 
     data = _parts_data(family, zero_inflated)
     with jax.enable_x64(True), jax.disable_jit():

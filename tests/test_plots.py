@@ -43,14 +43,14 @@ def test_profile_matches_confint_and_plots():
 
 def test_effect_plots_numeric_and_categorical():
     fit = _sleep()
-    table = glmmjax._plots.effect_table(fit, "Days", n_points=5)
+    table = glmmjax._results.plots.effect_table(fit, "Days", n_points=5)
     expected = fit.fixef["Intercept"] + fit.fixef["Days"] * np.linspace(0, 9, 5)
     np.testing.assert_allclose(table["fit"], expected, rtol=1e-10)
     assert np.all(table["lower"] < table["fit"]) and np.all(table["fit"] < table["upper"])
     _rendered(fit.plot_effect("Days"))
     cbpp = glmmjax.datasets.load("cbpp")
     glm = glmmjax.glm("cbind(incidence, size - incidence) ~ period", cbpp, family="binomial")
-    table = glmmjax._plots.effect_table(glm, "period")
+    table = glmmjax._results.plots.effect_table(glm, "period")
     np.testing.assert_allclose(table["fit"], glm.predict(table.assign(
         size=1, incidence=0), type="response"), rtol=1e-10)
     assert np.all((table["lower"] > 0) & (table["upper"] < 1))
@@ -68,7 +68,7 @@ def _zip():
 
 def test_zero_inflated_effects_are_of_the_mean_of_y():
     fit = _zip()
-    table = glmmjax._plots.effect_table(fit, "mined")
+    table = glmmjax._results.plots.effect_table(fit, "mined")
     data = fit.design.source_data.loc[fit.design.rows]
     grid = table[["mined"]].assign(**{c: data[c].iloc[0] for c in data if c != "mined"})
     # (1 − π)μ, as glmmTMB's predict(type = "response", re.form = NA); not μ alone.

@@ -55,7 +55,7 @@ def test_profile_confint_shows_progress(capsys):
 def test_zero_inflated_kernels_say_they_compile(capsys, monkeypatch):
     # Every kernel of the zero-inflation/dispersion host fit is built by _cpu_jit (a
     # first glmer(..., ziformula=) call compiles for seconds).
-    from glmmjax._parts_host import _cpu_jit
+    from glmmjax._engines.host.parts import _cpu_jit
 
     monkeypatch.setattr(_progress, "_LAST", {})
     double = _cpu_jit(lambda x: 2 * x)
@@ -69,7 +69,7 @@ def test_nuts_progress_bar_on_by_default_in_sessions(monkeypatch):
 
     pytest.importorskip("numpyro")
     from glmmjax import bayes
-    from glmmjax._bayes_model import BayesModel
+    from glmmjax._bayes.model import BayesModel
 
     chosen = []
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import load_reference
 
 import glmmjax
-from glmmjax._rank import RankDeficiencyWarning, aliased_columns
+from glmmjax._model.rank import RankDeficiencyWarning, aliased_columns
 
 REF = load_reference("rank_deficient")["models"]
 

@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse
 
 import glmmjax as gj
-from glmmjax._relmat import Relatedness, RelmatError, relatedness_factor
+from glmmjax._model.relmat import Relatedness, RelmatError, relatedness_factor
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 MODELS = json.loads((REFERENCE / "relmat.json").read_text())["models"]

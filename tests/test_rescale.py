@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import glmmjax
-from glmmjax._rescale import column_scales
+from glmmjax._model.rescale import column_scales
 
 BIG = 1e8
 

@@ -12,7 +12,7 @@ from conftest import cached, rel_close
 from scipy import stats
 
 import glmmjax
-from glmmjax._diagnostics import ScaledResiduals, pit_residuals
+from glmmjax._inference.diagnostics import ScaledResiduals, pit_residuals
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_singular_fit_warns_and_explains(sleepstudy):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not slope_fit(sleepstudy).is_singular
-        glmmjax._results.warn_if_singular(slope_fit(sleepstudy))
+        glmmjax._results.mixed.warn_if_singular(slope_fit(sleepstudy))
 
 
 # -- GLMMs (the cbpp fit is shared with tests/test_glmm_reference.py) --------------------

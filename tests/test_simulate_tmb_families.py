@@ -1,4 +1,4 @@
-"""Simulation from glmmTMB's families (glmmjax._families_tmb): the draws have the
+"""Simulation from glmmTMB's families (glmmjax._families.tmb): the draws have the
 family's mean and variance, and a GLM fitted to a large simulated sample recovers the
 coefficients and the dispersion it was drawn with."""
 

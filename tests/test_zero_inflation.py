@@ -1,7 +1,7 @@
 """Zero-inflation, hurdles and dispersion models (``ziformula=``, ``dispformula=``)
 against glmmTMB 1.1.5 (tests/reference/glmm_zi_tmb.R writes the JSON).
 
-The host engine's per-row terms are numpy closed forms (glmmjax/_parts_rows.py): the
+The host engine's per-row terms are numpy closed forms (glmmjax/_engines/host/parts_rows.py): the
 reference fits compile nothing and take well under a second each, so they run in the
 fast suite; only the comparison with the compiled engine is slow.
 """
@@ -19,10 +19,10 @@ import pytest
 from scipy import stats
 
 import glmmjax
-from glmmjax._display import r_name
-from glmmjax._families import Poisson, get_family
-from glmmjax._formula import FormulaError
-from glmmjax._response_parts import is_truncated, row_loglik, zero_inflatable
+from glmmjax._families.base import Poisson, get_family
+from glmmjax._families.response_parts import is_truncated, row_loglik, zero_inflatable
+from glmmjax._model.formula import FormulaError
+from glmmjax._results.display import r_name
 
 REFERENCE = Path(__file__).parent / "reference"
 MODELS = json.loads((REFERENCE / "glmm_zi_tmb.json").read_text())["models"]
@@ -31,7 +31,7 @@ MODELS = json.loads((REFERENCE / "glmm_zi_tmb.json").read_text())["models"]
 class TruncatedPoissonForTest(Poisson):
     """Zero-truncated Poisson written here (the library's own comes with the new
     families): log f₊(y) = log f(y) − log(1 − e^{−μ}), the protocol of
-    :mod:`glmmjax._response_parts`."""
+    :mod:`glmmjax._families.response_parts`."""
 
     name = "truncated_poisson"
     is_truncated = True

@@ -1,0 +1,1 @@
+"""Many models at once: ``fit_many`` and its batch-specialized solvers."""

@@ -1,0 +1,1 @@
+"""The Bayesian path (NumPyro): model, priors, sampler, results, diagnostics."""

@@ -1,0 +1,1 @@
+"""The fitting engines and the seam that chooses one (see ``seam``)."""

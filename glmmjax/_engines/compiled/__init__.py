@@ -1,0 +1,1 @@
+"""The compiled engine: JAX programs (jit, vmap, exact gradients)."""

@@ -1,0 +1,1 @@
+"""The host engine: numpy/LAPACK twins of the compiled kernels, nothing to compile."""

@@ -1,0 +1,429 @@
+"""Host engine for GLMMs with zero-inflation and/or a dispersion model: the Laplace
+criterion of :mod:`glmmjax._engines.compiled.parts` and its exact gradient in numpy. The per-row
+log-likelihood and its derivatives come from closed forms in numpy for the built-in
+families (:mod:`glmmjax._engines.host.parts_rows`: nothing is compiled); a user-defined family gets
+one elementwise JAX kernel (:func:`_build_kernel`), compiled on its first fit.
+
+Notation as in :mod:`glmmjax._engines.compiled.parts`: rows i with predictors eᵢ = (ηᵢ, ζᵢ, δᵢ),
+Gᵢ = ∇ℓᵢ, Wᵢ = −∇²_{ηζ}ℓᵢ (2×2), H = I + Σᵢ aᵢWᵢaᵢ' with aᵢ the q×2 matrix whose
+columns are row i of [A_c | 0] and [0 | A_z]. The gradient of
+F(ψ) = g(û(ψ), ψ) + log|H(û(ψ), ψ)| in each parameter ψⱼ is
+
+    ∂ⱼg|_u + 2Σᵢ tr(aᵢ'H⁻¹∂ⱼaᵢ·Wᵢ) + Σᵢ Σₘ cᵢₘ ∂ⱼeᵢₘ|_u − (H⁻¹r)'sⱼ,
+
+with Pᵢ = aᵢ'H⁻¹aᵢ, cᵢₘ = tr(Pᵢ ∂Wᵢ/∂eₘ) (third derivatives of ℓ), r = Σᵢ aᵢ(cᵢη, cᵢζ)',
+and sⱼ = ∂ⱼ(∇ᵤg/2)|_u; the last term is the random effects' response û'(ψ) (implicit
+function theorem), taken through log|H| only, since ∇ᵤg = 0 at the mode.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve
+
+from ..._families.response_parts import row_loglik
+from ..._model.covariance import _tril_indices_colmajor
+from ..._progress import noted
+from ..blas import single_threaded_blas
+from ..compiled.jit import _CPU_OPTIONS
+from .parts_rows import RowKernel, supported
+
+MAX_NEWTON = 100
+NEWTON_TOL = 1e-10
+# Largest (max/min diagonal of H's Cholesky factor)² at which the inner Newton's start
+# is extrapolated along dû/dψ (:func:`fit`).
+MAX_EXTRAPOLATION_CONDITION = 1e8
+
+
+def _kernels(family, zero_inflated: bool):
+    """The per-row kernel: :class:`glmmjax._engines.host.parts_rows.RowKernel` (numpy, closed forms)
+    for the built-in families, else :func:`_build_kernel`, cached per (family,
+    zero_inflated) where the family is hashable (a user-defined family holding arrays
+    is not: it gets a fresh kernel)."""
+    if supported(family):
+        return RowKernel(family, zero_inflated)
+    try:
+        hash(family)
+    except TypeError:
+        return _build_kernel(family, zero_inflated)
+    return _cached_kernel(family, zero_inflated)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_kernel(family, zero_inflated: bool):
+    return _build_kernel(family, zero_inflated)
+
+
+def _build_kernel(family, zero_inflated: bool):
+    """:func:`kernel_function` compiled for the CPU."""
+    return _cpu_jit(kernel_function(family, zero_inflated))
+
+
+def kernel_function(family, zero_inflated: bool):
+    """The kernel for this family: a function of (y, w, η, ζ, δ), elementwise
+    over rows, returning ℓ, G (3), the rows (η, ζ) of the Hessian in e = (η, ζ, δ)
+    (2 × 3) and the derivatives in e of its (η, ζ) block (2 × 2 × 3). One kernel serves
+    the Newton steps and the gradient: a second, smaller one would cost a second
+    compilation, more than the third derivatives cost to evaluate on these sizes. Only derivatives that involve η or ζ at least
+    twice are formed: a family's terms in δ alone (the negative binomial's log
+    binomial coefficient in θ, whose betaln has large derivative graphs) are then
+    differentiated once, which keeps these kernels quick to compile.
+    """
+    def ell(y, w, ez, d):
+        return row_loglik(family, y, w, ez[0], ez[1], d, zero_inflated=zero_inflated)
+
+    grad_ez = jax.grad(ell, argnums=2)
+    grad_d = jax.grad(ell, argnums=3)
+
+    def hess_rows(y, w, ez, d):
+        """∂G_{ηζ}/∂(η, ζ, δ): (2, 3)."""
+        by_ez = jax.jacfwd(grad_ez, argnums=2)(y, w, ez, d)
+        by_d = jax.jacfwd(grad_ez, argnums=3)(y, w, ez, d)
+        return jnp.concatenate([by_ez, by_d[:, None]], axis=1)
+
+    def block(y, w, ez, d):
+        return jax.jacfwd(grad_ez, argnums=2)(y, w, ez, d)
+
+    def full(y, w, eta, zeta, delta):
+        ez = jnp.stack([eta, zeta])
+        g = jnp.concatenate([grad_ez(y, w, ez, delta), grad_d(y, w, ez, delta)[None]])
+        t_ez = jax.jacfwd(block, argnums=2)(y, w, ez, delta)
+        t_d = jax.jacfwd(block, argnums=3)(y, w, ez, delta)
+        third = jnp.concatenate([t_ez, t_d[:, :, None]], axis=2)
+        return ell(y, w, ez, delta), g, hess_rows(y, w, ez, delta), third
+
+    return jax.vmap(full)
+
+
+def start_values(data) -> np.ndarray:
+    """The start of a fit: :func:`glmmjax._engines.host.parts_rows.start_params` (numpy, nothing
+    compiled) for the built-in families, else the compiled
+    :func:`glmmjax._engines.compiled.parts.start_params`."""
+    from ..compiled.parts import start_params_jit
+    from .parts_rows import start_params
+
+    if supported(data.family):
+        return start_params(data)
+    with jax.enable_x64(True):
+        return np.asarray(start_params_jit(jax.tree_util.tree_map(jnp.asarray, data)))
+
+
+def _cpu_jit(fun):
+    """``jax.jit`` with XLA:CPU's classic emitters (:data:`glmmjax._engines.compiled.jit._CPU_OPTIONS`:
+    about half the compile time of these derivative-heavy kernels), falling back to the
+    defaults where the jaxlib does not know the option. Unlike :func:`glmmjax._engines.compiled.jit.program`
+    no per-call BLAS limit or wait: the host fit sets the limit once around its loop."""
+    # Seconds of compilation on a first fit: say so, as the compiled paths do.
+    fun = noted(fun, "the zero-inflation/dispersion fit")
+    tuned = jax.jit(fun, compiler_options=_CPU_OPTIONS)
+    plain = jax.jit(fun)
+    usable = [jax.default_backend() == "cpu"]
+
+    def call(*args):
+        if usable[0]:
+            try:
+                return tuned(*args)
+            except jax.errors.JaxRuntimeError as error:
+                if "compile option" not in str(error):
+                    raise
+                usable[0] = False
+        return plain(*args)
+
+    return call
+
+
+def _factors(theta, sizes) -> list[np.ndarray]:
+    """Λ_t per term from θ (numpy; :func:`glmmjax._model.covariance.theta_to_factors`)."""
+    factors, start = [], 0
+    for size in sizes:
+        count = size * (size + 1) // 2
+        rows, cols = _tril_indices_colmajor(size)
+        block = np.zeros((size, size))
+        block[rows, cols] = theta[start : start + count]
+        factors.append(block)
+        start += count
+    return factors
+
+
+class HostParts:
+    """The numpy side of one model: design arrays and the kernels."""
+
+    def __init__(self, data):
+        as_np = lambda x: np.asarray(x, np.float64)  # noqa: E731
+        self.y, self.w = as_np(data.y), as_np(data.weights)
+        self.X, self.offset = as_np(data.X), as_np(data.offset)
+        self.X_zi, self.offset_zi = as_np(data.X_zi), as_np(data.offset_zi)
+        self.X_disp, self.offset_disp = as_np(data.X_disp), as_np(data.offset_disp)
+        self.cond, self.zi = data.cond, data.zi
+        self.layout = data.layout
+        self.q_c, self.q = data.cond.q, data.q
+        self.kernel = _kernels(data.family, data.zero_inflated)
+        self.in_numpy = isinstance(self.kernel, RowKernel)
+        self._unit_matrices: dict = {}
+        self._last_matrix: dict = {}
+        self.n = self.y.shape[0]
+
+    def _call(self, eta, zeta, log_phi, third: bool = True):
+        """The kernel's (ℓ, G, Hessian rows, third derivatives) as numpy arrays (the
+        numpy kernel leaves the third derivatives out, None, unless ``third``)."""
+        if self.in_numpy:
+            return self.kernel(self.y, self.w, eta, zeta, log_phi, third=third)
+        # The caller (fit_parts) runs under x64: no context switch per call here.
+        out = self.kernel(self.y, self.w, eta, zeta, log_phi)
+        return [np.asarray(o) for o in jax.device_get(out)]
+
+    def _newton_terms(self, eta, zeta, log_phi):
+        """ℓ, G_η, G_ζ, W_ηη, W_ηζ, W_ζζ per row."""
+        ll, g, h, _ = self._call(eta, zeta, log_phi, third=False)
+        return ll, g[:, 0], g[:, 1], -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1]
+
+    # -- Λ, A and their derivatives ----------------------------------------------------
+    def _random_matrix(self, theta, terms, derivative: int | None = None):
+        """A = ZΛ(θ) (n, q_part), or ∂A/∂θ_derivative (Λ is linear in θ: the factor of
+        the unit vector, the same at every θ, so kept). The last A of each part is kept
+        too: the Newton steps and the gradient of one evaluation share it. numpy only:
+        eager JAX operations here would each compile."""
+        if not terms.sizes:
+            return np.zeros((self.n, 0))
+        if derivative is not None:
+            key = (id(terms), derivative)
+            if key not in self._unit_matrices:
+                unit = np.zeros(len(theta))
+                unit[derivative] = 1.0
+                self._unit_matrices[key] = self._build_random_matrix(unit, terms)
+            return self._unit_matrices[key]
+        theta = np.array(theta, np.float64)
+        last = self._last_matrix.get(id(terms))
+        if last is None or not np.array_equal(last[0], theta):
+            last = self._last_matrix[id(terms)] = (theta, self._build_random_matrix(theta, terms))
+        return last[1]
+
+    def _build_random_matrix(self, theta, terms):
+        blocks = []
+        for J, z, lam in zip(terms.indicators, terms.z, _factors(theta, terms.sizes)):
+            zl = np.asarray(z) @ lam
+            blocks.append((np.asarray(J)[:, :, None] * zl[:, None, :]).reshape(self.n, -1))
+        return np.concatenate(blocks, axis=1)
+
+    def split(self, params):
+        out, start = [], 0
+        for size in self.layout:
+            out.append(params[start : start + size])
+            start += size
+        return out
+
+    def predictors(self, params, v):
+        theta_c, theta_z, beta, beta_zi, beta_disp = self.split(params)
+        A_c = self._random_matrix(theta_c, self.cond)
+        A_z = self._random_matrix(theta_z, self.zi)
+        eta = self.X @ beta + self.offset + A_c @ v[: self.q_c]
+        zeta = self.X_zi @ beta_zi + self.offset_zi + A_z @ v[self.q_c :]
+        log_phi = self.X_disp @ beta_disp + self.offset_disp
+        return eta, zeta, log_phi, A_c, A_z
+
+    @staticmethod
+    def _hessian(A_c, A_z, w_ee, w_ez, w_zz):
+        q_c = A_c.shape[1]
+        q = q_c + A_z.shape[1]
+        H = np.empty((q, q))
+        H[:q_c, :q_c] = A_c.T @ (w_ee[:, None] * A_c)
+        if q > q_c:
+            H[:q_c, q_c:] = A_c.T @ (w_ez[:, None] * A_z)
+            H[q_c:, :q_c] = H[:q_c, q_c:].T
+            H[q_c:, q_c:] = A_z.T @ (w_zz[:, None] * A_z)
+        H.flat[:: q + 1] += 1.0
+        return H
+
+    # -- the inner problem --------------------------------------------------------------
+    def mode(self, params, v0):
+        """û by Newton's method with step halving (as :func:`glmmjax._engines.compiled.parts._newton`),
+        and the rows' Newton terms there (None once converged: the caller evaluates the
+        rows at û with the third derivatives anyway)."""
+        theta_c, theta_z, beta, beta_zi, beta_disp = self.split(params)
+        A_c = self._random_matrix(theta_c, self.cond)
+        A_z = self._random_matrix(theta_z, self.zi)
+        base_eta = self.X @ beta + self.offset
+        base_zeta = self.X_zi @ beta_zi + self.offset_zi
+        log_phi = self.X_disp @ beta_disp + self.offset_disp
+
+        def terms(v):
+            eta = base_eta + A_c @ v[: self.q_c]
+            zeta = base_zeta + A_z @ v[self.q_c :]
+            return self._newton_terms(eta, zeta, log_phi)
+
+        def objective(v, out):
+            return -2.0 * np.sum(out[0]) + v @ v
+
+        v = np.array(v0, np.float64)
+        out = terms(v)
+        value = objective(v, out)
+        with np.errstate(all="ignore"):
+            for _ in range(MAX_NEWTON):
+                ll, g_e, g_z, w_ee, w_ez, w_zz = out
+                grad = v - np.concatenate([A_c.T @ g_e, A_z.T @ g_z])
+                try:
+                    factor = cho_factor(self._hessian(A_c, A_z, w_ee, w_ez, w_zz), lower=True)
+                except np.linalg.LinAlgError:
+                    w_ee2 = np.maximum(w_ee, 1e-10 * (1 + np.abs(w_ee)))
+                    w_zz2 = np.maximum(w_zz, 1e-10 * (1 + np.abs(w_zz)))
+                    bound = 0.999 * np.sqrt(w_ee2 * w_zz2)
+                    factor = cho_factor(self._hessian(A_c, A_z, w_ee2,
+                                                      np.clip(w_ez, -bound, bound), w_zz2),
+                                        lower=True)
+                step = -cho_solve(factor, grad)
+                decrement = -grad @ step
+                if decrement < NEWTON_TOL:  # the caller re-evaluates the rows at û
+                    return v + step, None
+                t = 1.0
+                while True:
+                    trial_out = terms(v + t * step)
+                    trial = objective(v + t * step, trial_out)
+                    if np.isfinite(trial) and trial <= value:
+                        break
+                    t *= 0.5
+                    if t < 1e-8:
+                        return v, out
+                v, out, value = v + t * step, trial_out, trial
+        return v, out
+
+    # -- criterion and gradient -------------------------------------------------------------
+    def value_grad(self, params, v0, sensitivity: bool = False):
+        """(−2 log L, its exact gradient, the mode) at ``params`` (module docstring);
+        with ``sensitivity`` also dû/dψ = −H⁻¹[s₁ … s_p] (q × p; None where H is not
+        positive definite), which extrapolates the mode to nearby parameters."""
+        params = np.asarray(params, np.float64)
+        v, _ = self.mode(params, v0)
+        eta, zeta, log_phi, A_c, A_z = self.predictors(params, v)
+        ll, g, h, t = self._call(eta, zeta, log_phi)
+        g_e, g_z, g_d = g.T
+        w_ee, w_ez, w_zz = -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1]
+        h_ed, h_zd = h[:, 0, 2], h[:, 1, 2]
+        # ∂W/∂eₘ = −∂³ℓ: W's entries (ηη, ηζ, ζζ) by m = η, ζ, δ.
+        t_ee_e, t_ee_z, t_ee_d = -t[:, 0, 0, 0], -t[:, 0, 0, 1], -t[:, 0, 0, 2]
+        t_ez_e, t_ez_z, t_ez_d = -t[:, 0, 1, 0], -t[:, 0, 1, 1], -t[:, 0, 1, 2]
+        t_zz_e, t_zz_z, t_zz_d = -t[:, 1, 1, 0], -t[:, 1, 1, 1], -t[:, 1, 1, 2]
+        H = self._hessian(A_c, A_z, w_ee, w_ez, w_zz)
+        try:
+            factor = cho_factor(H, lower=True)
+        except np.linalg.LinAlgError:
+            failed = np.nan, np.full(params.shape, np.nan), v
+            return (*failed, None) if sensitivity else failed
+        logdet = 2.0 * np.sum(np.log(np.diagonal(factor[0])))
+        value = -2.0 * np.sum(ll) + v @ v + logdet
+        q_c = self.q_c
+        H_inv = cho_solve(factor, np.eye(self.q))
+        # Rows of [A_c | 0]·H⁻¹ and [0 | A_z]·H⁻¹ (aᵢ's columns times H⁻¹).
+        UH = A_c @ H_inv[:q_c]
+        VH = A_z @ H_inv[q_c:]
+        p_ee = np.sum(UH[:, :q_c] * A_c, axis=1)
+        p_ez = np.sum(UH[:, q_c:] * A_z, axis=1)
+        p_zz = np.sum(VH[:, q_c:] * A_z, axis=1)
+
+        def trace(t_ee, t_ez, t_zz):
+            return p_ee * t_ee + 2.0 * p_ez * t_ez + p_zz * t_zz
+
+        c_e = trace(t_ee_e, t_ez_e, t_zz_e)
+        c_z = trace(t_ee_z, t_ez_z, t_zz_z)
+        c_d = trace(t_ee_d, t_ez_d, t_zz_d)
+        r = np.concatenate([A_c.T @ c_e, A_z.T @ c_z])
+        z = cho_solve(factor, r)
+
+        def component(d_eta, d_zeta, d_delta, dA_c=None, dA_z=None):
+            """Gradient in one parameter from its ∂e|_u and ∂A (θ only)."""
+            explicit = -2.0 * np.sum(g_e * d_eta + g_z * d_zeta + g_d * d_delta)
+            explicit += np.sum(c_e * d_eta + c_z * d_zeta + c_d * d_delta)
+            dg_e = -w_ee * d_eta - w_ez * d_zeta + h_ed * d_delta
+            dg_z = -w_ez * d_eta - w_zz * d_zeta + h_zd * d_delta
+            s = -np.concatenate([A_c.T @ dg_e, A_z.T @ dg_z])
+            if dA_c is not None:
+                s -= np.concatenate([dA_c.T @ g_e, np.zeros(self.q - q_c)])
+                explicit += 2.0 * np.sum(w_ee * np.sum(UH[:, :q_c] * dA_c, axis=1)
+                                         + w_ez * np.sum(VH[:, :q_c] * dA_c, axis=1))
+            if dA_z is not None:
+                s -= np.concatenate([np.zeros(q_c), dA_z.T @ g_z])
+                explicit += 2.0 * np.sum(w_ez * np.sum(UH[:, q_c:] * dA_z, axis=1)
+                                         + w_zz * np.sum(VH[:, q_c:] * dA_z, axis=1))
+            s_columns.append(s)
+            return explicit - z @ s
+
+        s_columns: list = []
+
+        zeros = np.zeros(self.n)
+        theta_c, theta_z, _, _, _ = self.split(params)
+        grad = []
+        for k in range(len(theta_c)):
+            dA = self._random_matrix(theta_c, self.cond, derivative=k)
+            grad.append(component(dA @ v[:q_c], zeros, zeros, dA_c=dA))
+        for k in range(len(theta_z)):
+            dA = self._random_matrix(theta_z, self.zi, derivative=k)
+            grad.append(component(zeros, dA @ v[q_c:], zeros, dA_z=dA))
+        for column in self.X.T:
+            grad.append(component(column, zeros, zeros))
+        for column in self.X_zi.T:
+            grad.append(component(zeros, column, zeros))
+        for column in self.X_disp.T:
+            grad.append(component(zeros, zeros, column))
+        if not sensitivity:
+            return value, np.array(grad), v
+        # Not where H is ill-conditioned (a dispersion fixed near 0 pins the random
+        # effects: H's entries span 12 orders): there the solve amplifies the mode's
+        # rounding, each start moves the criterion's noise (1e-4), and BFGS keeps
+        # finding spurious decreases until its iteration limit.
+        diagonal = np.diagonal(factor[0])
+        if not s_columns or (diagonal.max() / diagonal.min()) ** 2 > MAX_EXTRAPOLATION_CONDITION:
+            return value, np.array(grad), v, None
+        return value, np.array(grad), v, -cho_solve(factor, np.column_stack(s_columns))
+
+    def re_covariance(self, params, v):
+        """H⁻¹ at the mode ``v``."""
+        eta, zeta, log_phi, A_c, A_z = self.predictors(params, v)
+        _, _, _, w_ee, w_ez, w_zz = self._newton_terms(eta, zeta, log_phi)
+        return np.linalg.inv(self._hessian(A_c, A_z, w_ee, w_ez, w_zz))
+
+
+@single_threaded_blas()  # threaded OpenBLAS spins against XLA's threads (glmmjax._engines.blas)
+def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
+    """The host engine's fit: :func:`glmmjax._engines.compiled.parts.fit`'s steps with
+    :meth:`HostParts.value_grad` as the evaluation."""
+    from ..._model.covariance import diagonal_mask
+    from ..compiled.optimize import minimize_host
+    from ..seam import BOUNDARY_TRY
+    from .lmm import central_differences
+
+    model = HostParts(data)
+    sizes = data.cond.sizes + data.zi.sizes
+    n_theta = data.cond.n_theta + data.zi.n_theta
+    diagonal = diagonal_mask(sizes) if sizes else np.zeros(0, bool)
+
+    def evaluate(x, carry):
+        """Criterion and gradient at x, the inner Newton started from the last accepted
+        point's mode moved along its sensitivity: û(x) ≈ û(x₀) + (dû/dψ)(x − x₀), which
+        saves about one Newton step per evaluation."""
+        x0, v0, S = carry
+        start = v0 if S is None else v0 + S @ (x - x0)
+        value, grad, v_new, S_new = model.value_grad(x, start, sensitivity=True)
+        return (value, grad), (np.array(x, np.float64), v_new, S_new)
+
+    def to_boundary(x):
+        theta = x[:n_theta]
+        near = diagonal & (np.abs(theta) < BOUNDARY_TRY)
+        return np.concatenate([np.where(near, 0.0, theta), x[n_theta:]])
+
+    x0 = np.asarray(params0, np.float64)
+    solution = minimize_host(evaluate, x0, carry=(x0, np.zeros(data.q), None),
+                             gtol=gtol, loose_gtol=1e-5, expensive=True, first_step=0.5,
+                             final_trial=to_boundary if n_theta else None,
+                             max_iterations=max_iter)
+    params, carry = np.asarray(solution.x), solution.carry
+    v = carry[1]
+    hessian = central_differences(lambda x: evaluate(x, carry)[0][1], params)
+    (value, _), (_, v_final, _) = evaluate(params, carry)
+    return dict(params=params, v=v_final, value=value, hessian=0.5 * (hessian + hessian.T),
+                re_cov=model.re_covariance(params, v_final), status=int(solution.status),
+                iterations=int(solution.iterations),
+                n_evaluations=int(solution.n_evaluations), grad=np.asarray(solution.grad),
+                initial=np.asarray(params0), criterion=lambda x: model.value_grad(x, v)[0])

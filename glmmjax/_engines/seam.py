@@ -1,0 +1,204 @@
+"""The engine seam: which engine fits a model, and what every engine hands back.
+
+Two engines fit the same objectives (DESIGN.md): the *host* engine (numpy and LAPACK
+in a Python loop, nothing to compile: :mod:`glmmjax._engines.host.lmm`,
+:mod:`glmmjax._engines.host.glmm`) and the *compiled* engine (one XLA program per model
+structure: :mod:`glmmjax._engines.compiled.lmm`, :mod:`glmmjax._engines.compiled.glmm`). :func:`choose` is the one
+place that decides between them, from the backend, the data's size, the family, the
+method and the user's ``engine=``; GLMM engines return a :class:`GLMMFit`, and every
+fit records an :class:`OptSummary` (as MixedModels.jl's ``OptSummary``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+ENGINES = ("host", "jax")
+
+# Near-zero diagonal entries of θ (below this) are tried at exactly zero at the end of
+# every fit, LMM and GLMM, host and compiled: the boundary of the parameter space is
+# where singular fits end, and BFGS only approaches it.
+BOUNDARY_TRY = 1e-3
+
+# Up to this many rows a fit runs on the host engine by default. Its numpy passes over
+# the rows are not fused or threaded as XLA's are, so on very large data the compiled
+# program's run time wins over its compile time (benchmarks/README.md has the figures).
+HOST_MAX_ROWS = 200_000
+
+
+@dataclasses.dataclass(frozen=True)
+class OptSummary:
+    """How the optimizer ran (the final stage of a two-stage GLMM fit).
+
+    Attributes:
+        optimizer: the algorithm and the engine that ran it, e.g. ``"BFGS (host)"``.
+        initial: the parameters it started from (θ in lme4's Cholesky order, then β
+            and log dispersion where they are outer parameters).
+        final: the parameters it ended at, in the same layout.
+        objective: the criterion at ``final`` (deviance −2 log L, or REML criterion).
+        iterations, n_evaluations: optimizer iterations and objective evaluations.
+        status: :class:`glmmjax._engines.compiled.optimize.Status` code (0: converged).
+        grad_max: max |gradient| at ``final``.
+    """
+
+    optimizer: str
+    initial: np.ndarray
+    final: np.ndarray
+    objective: float
+    iterations: int
+    n_evaluations: int
+    status: int
+    grad_max: float
+
+    @property
+    def converged(self) -> bool:
+        """The optimizer's own verdict (a fit may still be marked not converged for a
+        Hessian that is not positive definite, or separation)."""
+        return self.status == 0
+
+    def __str__(self) -> str:
+        from .._results.display import plural
+        from .compiled.optimize import Status
+
+        return (f"{self.optimizer}: {Status(self.status).describe()} after "
+                f"{plural(self.iterations, 'iteration')} "
+                f"({plural(self.n_evaluations, 'evaluation')}), "
+                f"objective {self.objective:.10g}, max|gradient| {self.grad_max:.2e}")
+
+
+def opt_summary(engine: str, solution, initial) -> OptSummary:
+    """An :class:`OptSummary` from a :class:`glmmjax._engines.compiled.optimize.Solution`."""
+    return OptSummary(
+        optimizer=f"BFGS ({engine})",
+        initial=np.array(initial, dtype=np.float64),
+        final=np.array(solution.x, dtype=np.float64),
+        objective=float(solution.value),
+        iterations=int(solution.iterations),
+        n_evaluations=int(solution.n_evaluations),
+        status=int(solution.status),
+        grad_max=float(np.max(np.abs(np.asarray(solution.grad)))) if np.size(solution.grad)
+        else 0.0,
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GLMMFit:
+    """What a GLMM engine returns (numpy arrays).
+
+    ``params`` = (θ raw, β, log dispersion where estimated), ``hessian`` the Hessian of
+    −2 log L in them and ``params_cov`` = 2·H⁻¹; ``v`` the inner mode (u, and β for
+    nAGQ=0); ``effects`` the conditional modes b per term, (m_t, S_t) each;
+    ``dispersion`` the family's dispersion on its natural scale (estimated or fixed,
+    None where the family has none); ``conditional_covariances()`` the conditional
+    covariances of b per term, (m_t, S_t, S_t), computed on request.
+    """
+
+    engine: str
+    params: np.ndarray
+    n_theta: int
+    beta: np.ndarray
+    beta_cov: np.ndarray
+    params_cov: np.ndarray | None
+    hessian: np.ndarray
+    value: float
+    v: np.ndarray
+    effects: tuple
+    dispersion: float | None
+    estimated_dispersion: bool
+    opt: OptSummary
+    conditional_covariances: Callable[[], list]
+
+
+def check_engine(engine) -> None:
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"engine must be None, 'host' or 'jax', not {engine!r}")
+
+
+def _default_backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
+def choose_lmm(engine: str | None) -> str:
+    """``"host"`` or ``"jax"`` for an LMM fit or its inference (Satterthwaite's
+    derivatives, conditional covariances): the host engine on the CPU, the compiled one
+    on accelerators, unless the user chose.
+
+    Raises:
+        ValueError: an unknown ``engine``.
+    """
+    check_engine(engine)
+    if engine is not None:
+        return engine
+    return "host" if _default_backend() == "cpu" else "jax"
+
+
+def choose_glmm(design, family, n_agq: int, engine: str | None) -> str:
+    """``"host"`` or ``"jax"`` for a GLMM fit.
+
+    The host engine fits Laplace (``n_agq == 1``) for every built-in family and link;
+    by default it is used on the CPU up to :data:`HOST_MAX_ROWS` rows. Quadrature,
+    nAGQ=0, user-defined families or links, large data and accelerators use the
+    compiled engine.
+
+    Raises:
+        ValueError: an unknown ``engine``, or ``engine="host"`` for a fit it cannot do.
+    """
+    from .host.glmm import applies
+
+    check_engine(engine)
+    host_possible = n_agq == 1 and applies(family)
+    if getattr(family, "n_shape", 0) and (engine == "jax" or not host_possible):
+        raise ValueError(
+            f"{family} estimates its shape parameter jointly, which only the host engine "
+            "does so far (Laplace, n_agq=1, engine=None or 'host'); fix it instead, e.g. "
+            "glmmjax.families.StudentT(df=5)")
+    if engine == "host" and not host_possible:
+        raise ValueError(
+            "engine='host' fits Laplace (n_agq=1) GLMMs of the built-in families and "
+            f"links; this is {family.name} with {family.link.name} link and "
+            f"n_agq={n_agq}. Use engine=None or 'jax'.")
+    if engine is not None:
+        return engine
+    if getattr(family, "n_shape", 0):
+        return "host"  # the only engine that estimates a shape parameter, any size
+    host = host_possible and design.nobs <= HOST_MAX_ROWS and _default_backend() == "cpu"
+    return "host" if host else "jax"
+
+
+def choose_glm(family, engine: str | None) -> str:
+    """``"host"`` or ``"jax"`` for a GLM fit: the host engine (:mod:`glmmjax._engines.host.glm`:
+    IRLS, and Newton for the negative binomial's θ) on the CPU for the families it
+    covers, whatever the size
+    (its passes over the rows are BLAS calls), the compiled program otherwise.
+
+    Raises:
+        ValueError: an unknown ``engine``, or ``engine="host"`` for a family it does not fit.
+    """
+    from .host.glm import applies
+
+    check_engine(engine)
+    if engine == "host" and not applies(family):
+        raise ValueError(
+            "engine='host' fits GLMs of the built-in exponential families (gaussian, "
+            "binomial, poisson, gamma, inverse_gaussian, negative_binomial with theta given "
+            f"or estimated) with their built-in links; this is {family}. "
+            "Use engine=None or 'jax'.")
+    if engine is not None:
+        return engine
+    return "host" if applies(family) and _default_backend() == "cpu" else "jax"
+
+
+def fit_glmm(design, family, n_agq: int, y, weights, engine: str, max_iter: int) -> GLMMFit:
+    """Run the chosen GLMM engine."""
+    if engine == "host":
+        from .host.glmm import fit
+
+        return fit(design, family, y, weights, max_iter=max_iter)
+    from .compiled.glmm import fit
+
+    return fit(design, family, n_agq, y, weights, max_iter=max_iter)

@@ -1,0 +1,1 @@
+"""Inference on fitted models: ddf, profiles, anova, bootstrap, simulation, diagnostics."""

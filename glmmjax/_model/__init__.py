@@ -1,0 +1,1 @@
+"""The model description: formula, design, random-effects structure and its covariance, parameters."""
