@@ -30,7 +30,7 @@ _LAZY = {
     "plot_roc": "._inference.classification",
     "roc_auc": "._inference.classification",
     "roc_curve": "._inference.classification",
-    "DataError": "._model.design",
+    "DataError": "._errors",
     "effect_table": "._results.plots",
     "ScaledResiduals": "._inference.diagnostics",
     "FormulaError": "._model.formula",
@@ -44,10 +44,10 @@ _LAZY = {
     "SeparationWarning": "._glm",
     "glm": "._glm",
     "GLMResult": "._results.glm",
-    "GLMMResult": "._glmer",
+    "GLMMResult": "._results.glmm",
     "GLMMPartsResult": "._results.parts",
     "glmer": "._glmer",
-    "LMMResult": "._lmer",
+    "LMMResult": "._results.lmm",
     "lmer": "._lmer",
     "MixedModel": "._model.model",
     "Params": "._model.params",
@@ -128,21 +128,23 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from . import datasets, families, links
     from ._batching.distributed import gather_batches, process_share
     from ._batching.fit_many import BatchResult, fit_datasets, fit_many, p_adjust_bh
+    from ._errors import DataError
     from ._glm import GLMConvergenceWarning, SeparationWarning, glm
-    from ._glmer import GLMMResult, glmer
+    from ._glmer import glmer
     from ._inference.anova import anova, compare
     from ._inference.bootstrap import BootstrapResult
     from ._inference.classification import confusion_matrix, plot_roc, roc_auc, roc_curve
     from ._inference.diagnostics import ScaledResiduals
-    from ._lmer import LMMResult, lmer
+    from ._lmer import lmer
     from ._model.cov_terms import num_factor
-    from ._model.design import DataError
     from ._model.formula import FormulaError, parse_formula
     from ._model.model import MixedModel
     from ._model.params import Params
     from ._model.relmat import RelmatError
     from ._residual_ar1 import AR1ResidualLMMResult, CorAR1, cor_ar1
     from ._results.glm import GLMResult
+    from ._results.glmm import GLMMResult
+    from ._results.lmm import LMMResult
     from ._results.mixed import (
         Convergence,
         ConvergenceWarning,

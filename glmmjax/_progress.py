@@ -81,7 +81,7 @@ class StalledComputationError(RuntimeError):
 
 # A running XLA:CPU program burns CPU time; one that has used almost none (less than
 # this share of the wall time, which the polling itself stays far below) over
-# STALL_SECONDS while unfinished is parked for good (see glmmjax._engines.compiled.linalg).
+# STALL_SECONDS while unfinished is parked for good (see glmmjax._linalg).
 STALL_SECONDS = 120.0
 _STALL_CPU_SHARE = 0.01
 
@@ -130,7 +130,7 @@ def wait_interruptibly(tree, poll_seconds: float = 0.05, what: str = "the comput
                     f"{what} stopped making progress: it is unfinished, yet this process "
                     f"used almost no CPU for {now_wall - since_wall:.0f} s. XLA:CPU's thread "
                     "pool is deadlocked (jaxlib 0.10's batched LAPACK kernels wait for work "
-                    "queued behind themselves; see glmmjax._engines.compiled.linalg) and waiting longer would "
+                    "queued behind themselves; see glmmjax._linalg) and waiting longer would "
                     "never return. Run the work again in a fresh process, in smaller pieces "
                     "(fit_many's chunk_size=), or with jaxlib 0.11 or newer."
                 )

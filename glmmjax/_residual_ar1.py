@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import scipy.optimize
 
-from ._lmer import LMMResult
 from ._model.design import DataError, Design
 from ._precision import with_x64
+from ._results.lmm import LMMResult
 
 
 @dataclasses.dataclass(frozen=True)

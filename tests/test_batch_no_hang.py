@@ -3,7 +3,7 @@
 The reported hang: ``fit_many`` on 200 NB2 GLMMs with a random slope never returned,
 every thread asleep on a futex with the main thread in ``BlockUntilReady``. The cause
 was jaxlib 0.10's batched LAPACK kernels deadlocking XLA:CPU's thread pool (see
-glmmjax._engines.compiled.linalg; tests/test_linalg.py checks that batch programs no longer call them,
+glmmjax._linalg; tests/test_linalg.py checks that batch programs no longer call them,
 and test_batch.py's bootstrap test deadlocked every time before the fix). Workloads
 run here in a subprocess with a ``timeout``, so a hang fails the test instead of
 stalling the suite. The cheap tests check the mechanisms: chunks run with OpenBLAS

@@ -14,7 +14,8 @@ import pytest
 
 import glmmjax
 from glmmjax import families
-from glmmjax._glm import detect_separation, fit_glm
+from glmmjax._engines.compiled.glm import fit_glm
+from glmmjax._glm import detect_separation
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 MODELS = json.loads((REFERENCE / "glm.json").read_text())["models"]

@@ -1,4 +1,4 @@
-"""glmmjax._engines.compiled.linalg: small Cholesky factors and triangular solves written in jax.numpy
+"""glmmjax._linalg: small Cholesky factors and triangular solves written in jax.numpy
 (jaxlib's batched LAPACK kernels deadlock XLA:CPU's thread pool, see the module) equal
 LAPACK's, with the same derivatives."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.scipy.linalg import solve_triangular as lapack_solve
 
-from glmmjax._engines.compiled import linalg as _linalg
+from glmmjax import _linalg
 
 
 def _spd(rng, batch, n):

@@ -11,7 +11,7 @@ model). This module carries the scalar path's algorithm over to S×S blocks:
   covariance, lme4's θ), enter only their own rows, so the inner Hessian
   I + Λ'Z_j'WZ_jΛ is block diagonal with one S×S block per level. The conditional
   modes come from a levelwise Newton iteration with per-level step halving, the blocks
-  factored by :func:`glmmjax._engines.compiled.linalg.cholesky` (written out in jax.numpy: no batched
+  factored by :func:`glmmjax._linalg.cholesky` (written out in jax.numpy: no batched
   LAPACK call inside the vmapped program), warm-started from the first-order
   prediction of the previous outer iterate's modes.
 * The outer problem, a = (θ, β, log dispersion), is minimized by the scalar path's
@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._engines.compiled.eta_terms import kernel_terms
-from .._engines.compiled.linalg import SMALL, cho_solve, cholesky
 from .._engines.compiled.optimize import Status
 from .._engines.seam import BOUNDARY_TRY
 from .._families import math as fm
+from .._linalg import SMALL, cho_solve, cholesky
 from .scalar import _newton_direction, _tiny, _tol, glm_start, padded_layout, warm_started
 
 MAX_INNER = 50
@@ -77,7 +77,7 @@ def _tril(size: int):
 
 def applies(design, family, n_agq: int) -> bool:
     """Whether this path fits the structure: one unstructured term of at most
-    :data:`glmmjax._engines.compiled.linalg.SMALL` coefficients, Laplace, groups balanced enough for the
+    :data:`glmmjax._linalg.SMALL` coefficients, Laplace, groups balanced enough for the
     padded layout."""
     from .._model.cov_structures import term_structures
 

@@ -5,7 +5,7 @@ The inner Hessian I + Λ'Z'WZΛ of two or more scalar terms is not block diagona
 its first term's block is diagonal (m₁ levels): with the other terms' q₂ levels (at
 most :data:`MAX_DENSE`) the Schur complement S = D₂ − C'D₁⁻¹C is a small dense q₂×q₂
 matrix, factored by a Cholesky written as a loop in jax.numpy (no batched LAPACK call
-inside the vmapped program, see :mod:`glmmjax._engines.compiled.linalg`). log det H = Σ log D₁ + log det S,
+inside the vmapped program, see :mod:`glmmjax._linalg`). log det H = Σ log D₁ + log det S,
 and Newton steps in u solve through the same factor.
 
 The outer problem a = (θ, β, log dispersion) is minimized by

@@ -24,10 +24,10 @@ from jax.sharding import Mesh, PartitionSpec
 from .._engines.blas import single_threaded_blas
 from .._engines.compiled.glmm import glmm_pipeline, make_setup, mode_decrement
 from .._engines.compiled.jit import batch_program
-from .._engines.compiled.linalg import solve_triangular
 from .._engines.compiled.lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from .._engines.compiled.optimize import Status
 from .._families.base import Family, Gaussian, get_family
+from .._linalg import solve_triangular
 from .._model.cov_structures import term_structures
 from .._model.covariance import canonical_theta, initial_theta
 from .._model.design import DataError, build_design

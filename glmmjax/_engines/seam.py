@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import jax
 
 ENGINES = ("host", "jax")
 
@@ -27,6 +31,39 @@ BOUNDARY_TRY = 1e-3
 # the rows are not fused or threaded as XLA's are, so on very large data the compiled
 # program's run time wins over its compile time (benchmarks/README.md has the figures).
 HOST_MAX_ROWS = 200_000
+
+
+class GLMFit(NamedTuple):
+    """What a GLM engine hands back (host: numpy arrays; compiled: JAX arrays; n observations, p coefficients).
+
+    Attributes:
+        coef: β̂ (p,).
+        vcov: estimated Var(β̂) (p, p), scaled by the dispersion where R scales it.
+        cov_unscaled: (X'WX)⁻¹ (p, p).
+        dispersion: the family's extra parameter (σ², φ or θ; 1 when it has none).
+        dispersion_se: its standard error for ML-estimated dispersions, else NaN.
+        eta, mu: linear predictor (offset included) and fitted means (n,).
+        deviance: Σ w·d(y, μ).
+        loglik: full log-likelihood, as R's logLik reports it.
+        iterations: IRLS iterations (Newton iterations for ML dispersions).
+        converged: bool.
+        null_deviance: deviance of the null model chosen by ``null_model`` (NaN for
+            ``"none"``), with the dispersion held at its estimate.
+    """
+
+    coef: jax.Array
+    vcov: jax.Array
+    cov_unscaled: jax.Array
+    dispersion: jax.Array
+    dispersion_se: jax.Array
+    eta: jax.Array
+    mu: jax.Array
+    deviance: jax.Array
+    loglik: jax.Array
+    iterations: jax.Array
+    converged: jax.Array
+    null_deviance: jax.Array
+
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import betaln, digamma, gammaln, polygamma, xlog1py, xlogy
 
-from .._model.design import DataError
+from .._errors import DataError
 from .links import LINKS, Link, canonical_link_name, get_link
 from .math import count_times_log, log_binomial_coefficient
 

@@ -65,7 +65,7 @@ class _Entry:
             self.n_variances = 0
             self.kind = "lmm" if fit.family.name == "gaussian" else "glmm"
         else:
-            from .._lmer import LMMResult
+            from .._results.lmm import LMMResult
 
             self.design = fit.design
             self.terms = fit.design.terms
@@ -97,8 +97,8 @@ def _names(models, names) -> list[str]:
 
 
 def _prepare(models, names, what: str) -> tuple[list[_Entry], str]:
-    from .._lmer import LMMResult
     from .._results.glm import GLMResult
+    from .._results.lmm import LMMResult
     from .._results.mixed import MixedModelResult
 
     if len(models) < 2:

@@ -41,10 +41,10 @@ import numpy as np
 import pandas as pd
 
 from .._engines.compiled.jit import program
-from .._engines.compiled.linalg import solve_triangular
 from .._engines.compiled.lmm import build_structure_for, lmm_model_from_arrays, lmm_pieces
 from .._engines.seam import choose_lmm
 from .._families.distributions import f_sf, t_sf
+from .._linalg import solve_triangular
 
 DDF_METHODS = ("satterthwaite", "kenward-roger")
 # Kenward–Roger forms Z densely (n × q): refuse beyond this many random effects.

@@ -158,7 +158,8 @@ def refit(result, response=None, *, reml: bool | None = None):
     ``response`` is on the fitted model's y scale (what :func:`simulate` returns;
     binomial: proportions of the prior weights). ``reml`` applies to LMMs only.
     """
-    from .._lmer import LMMResult, fit_lmm_design
+    from .._lmer import fit_lmm_design
+    from .._results.lmm import LMMResult
 
     design = result.design
     if isinstance(result, LMMResult):

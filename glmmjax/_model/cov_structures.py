@@ -54,7 +54,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from .._engines.compiled.linalg import cholesky as small_cholesky
+from .._linalg import cholesky as small_cholesky
 from . import matern
 
 STRUCTURE_NAMES = ("us", "diag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau", "mat")
@@ -466,7 +466,7 @@ def _cholesky(C, xp):
     """chol(C); on the host, NaN where C is not numerically positive definite (a trial
     point the optimizer then rejects, as the compiled engine's NaN from LAPACK)."""
     if not _is_numpy(xp):
-        return small_cholesky(C)  # no LAPACK call in batch programs (glmmjax._engines.compiled.linalg)
+        return small_cholesky(C)  # no LAPACK call in batch programs (glmmjax._linalg)
     try:
         return np.linalg.cholesky(C)
     except np.linalg.LinAlgError:

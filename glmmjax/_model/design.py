@@ -16,6 +16,7 @@ import formulaic
 import numpy as np
 import pandas as pd
 
+from .._errors import DataError
 from .cov_terms import term_covariance
 from .formula import (
     FormulaError,
@@ -26,10 +27,6 @@ from .formula import (
     parse_formula,
 )
 from .relmat import check_relmat, is_relatedness, relatedness_term
-
-
-class DataError(ValueError):
-    """Input data that cannot be used for the requested model."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .._engines.seam import GLMFit
 from .._families.base import Family
 from .._families.distributions import norm_ppf, norm_sf, t_ppf, t_sf
-from .._glm import GLMFit
 from .._model.design import Design, new_data_design
 from .._precision import with_x64
 from .display import (

@@ -20,10 +20,10 @@ from .._families.response_parts import (
     weights_are_trials,
     zero_inflatable,
 )
-from .._glmer import GLMMResult
 from .._model.covariance import varcorr_frame
 from .._model.design import new_data_design
 from .display import plural, show, with_r_aliases
+from .glmm import GLMMResult
 from .mixed import _format_table, add_random_effects
 
 PARTS = ("cond", "zi", "disp")

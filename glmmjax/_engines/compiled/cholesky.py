@@ -18,9 +18,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..._linalg import cho_solve, cholesky, solve_triangular
 from ..._model.covariance import theta_to_factors
 from ..._model.structure import ReStructure
-from .linalg import cho_solve, cholesky, solve_triangular
 
 
 class CrossProducts(eqx.Module):

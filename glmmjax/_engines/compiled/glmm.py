@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._linalg import solve_triangular
 from ..._model.covariance import diagonal_mask, initial_theta, theta_to_factors
 from ..._model.structure import ReStructure, build_structure
 from ..._progress import noted
@@ -29,7 +30,6 @@ from .laplace import (
     mode_and_factor,
     unpack,
 )
-from .linalg import solve_triangular
 from .optimize import Solution, minimize
 from .pirls import (
     GLMMData,

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from ..._linalg import solve_triangular
 from .cholesky import logdet_first
-from .linalg import solve_triangular
 from .pirls import (
     GLMMData,
     at_mode,

@@ -1,6 +1,6 @@
 """The host GLM engine: R's IRLS in numpy, nothing to compile.
 
-It runs :func:`glmmjax._glm.irls`'s algorithm step for step (same starting means,
+It runs :func:`glmmjax._engines.compiled.glm.irls`'s algorithm step for step (same starting means,
 working weights formed without dividing by dμ/dη, the same halving of invalid or
 rising steps, the same convergence rule |D − D_old|/(|D| + 0.1) < ε and Var(β̂) from
 the last weighted least-squares solve) with the closed forms of
@@ -28,6 +28,7 @@ from scipy.special import xlog1py, xlogy
 
 from ..._families import math as fm
 from ..blas import single_threaded_blas
+from ..seam import GLMFit
 
 _IRLS_FAMILIES = ("Gaussian", "Binomial", "Poisson", "Gamma", "InverseGaussian",
                   "NegativeBinomial", "Beta")
@@ -262,7 +263,7 @@ def _solve_spd(matrix, rhs):
 
 def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25,
          dispersion=None):
-    """IRLS as :func:`glmmjax._glm.irls` (dispersion 1 or the family's fixed θ).
+    """IRLS as :func:`glmmjax._engines.compiled.glm.irls` (dispersion 1 or the family's fixed θ).
 
     Returns (coef, the final point (η, μ, deviance, ...), cov_unscaled, working weights,
     iterations, converged).
@@ -335,7 +336,7 @@ def loglik(family, y, eta, weights, dispersion) -> float:
 
 def fit_glm(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25,
             null_model: str = "none"):
-    """:func:`glmmjax._glm.fit_glm` on the host engine (numpy in, a GLMFit of numpy out).
+    """:func:`glmmjax._engines.compiled.glm.fit_glm` on the host engine (numpy in, a GLMFit of numpy out).
 
     BLAS is held to one thread (:mod:`glmmjax._engines.blas`): the products are over blocks of
     a few thousand rows, where threads only add contention when the cores are shared.
@@ -346,7 +347,6 @@ def fit_glm(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int =
 
 
 def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
-    from ..._glm import GLMFit
 
     if _ml(family):
         return _fit_ml(X, y, weights, offset, family, tol=tol, max_iter=max_iter,
@@ -465,7 +465,6 @@ def _newton_ml(X, y, weights, offset, family, params, max_iter: int = 100):
 
 
 def _fit_ml(X, y, weights, offset, family, *, tol, max_iter, null_model):
-    from ..._glm import GLMFit
 
     X = np.asarray(X, dtype=np.float64)
     y, weights, offset = (np.asarray(a, dtype=np.float64) for a in (y, weights, offset))
