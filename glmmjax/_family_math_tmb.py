@@ -480,7 +480,7 @@ FAMILIES = {
     "NegativeBinomial1": "log_mu", "TruncatedPoisson": "log_mu",
     "TruncatedNegativeBinomial2": "log_mu", "TruncatedNegativeBinomial1": "log_mu",
     "GeneralizedPoisson": "log_mu", "LogNormal": "log_mu", "BetaBinomial": "unit",
-    "StudentT": "mu", "Tweedie": "log_mu",
+    "StudentT": "mu", "Tweedie": "log_mu", "ConwayMaxwellPoisson": "log_mu",
 }
 #: Those without a dispersion parameter.
 NO_DISPERSION = ("TruncatedPoisson",)
@@ -515,6 +515,10 @@ def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bo
         parts = nb1_partials(xp, y, x, psi, weights, third, need_psi)
     elif name == "GeneralizedPoisson":
         parts = genpois_partials(xp, y, x, psi, weights, third, need_psi)
+    elif name == "ConwayMaxwellPoisson":
+        from ._family_math_compois import compois_partials
+
+        parts = compois_partials(xp, y, x, psi, weights, third, need_psi)
     elif name == "LogNormal":
         parts = lognormal_partials(xp, y, x, psi, weights, third, need_psi)
     elif name == "BetaBinomial":

@@ -20,6 +20,7 @@ from ._families import (
 )
 from ._families_tmb import (
     BetaBinomial,
+    ConwayMaxwellPoisson,
     GeneralizedPoisson,
     LogNormal,
     NegativeBinomial1,
@@ -35,6 +36,7 @@ __all__ = [
     "Beta",
     "BetaBinomial",
     "Binomial",
+    "ConwayMaxwellPoisson",
     "Family",
     "Gamma",
     "Gaussian",
