@@ -230,11 +230,16 @@ def compois_variance(xp, mu, phi):
 
 
 def compois_partials(xp, y, x, psi, weights, third, need_psi=True):
-    """Partials of ℓ in x = log μ and ψ = log φ (module docstring), numpy."""
+    """Partials of ℓ in x = log μ and ψ = log φ (module docstring), for numpy or
+    jax.numpy (the compiled engine's closed forms)."""
     from ._family_math_tmb import Partials
 
     nu = xp.exp(-psi) + 0.0 * x
-    L, m = loglambda_numpy(x + 0.0 * nu, nu)
+    if xp is np:
+        L, m = loglambda_numpy(x + 0.0 * nu, nu)
+    else:
+        L = loglambda(xp, x + 0.0 * nu, nu)
+        m = moments(xp, L, nu, order=4, with_g=True)
     mu = xp.exp(x)
     k2, k3, k4 = m["k2"], m["k3"], m["k4"]
     e = y - mu
