@@ -719,6 +719,7 @@ FAMILIES: dict[str, type[Family]] = {
 def _register_tmb_families() -> None:
     # glmmTMB's families live in their own module, which imports this one.
     from . import _families_tmb as tmb
+    from ._family_ordbeta import OrderedBeta
 
     FAMILIES.update({
         "nbinom1": tmb.NegativeBinomial1,
@@ -731,6 +732,7 @@ def _register_tmb_families() -> None:
         "lognormal": tmb.LogNormal,
         "t_family": tmb.StudentT,
         "tweedie": tmb.Tweedie,
+        "ordbeta": OrderedBeta,
     })
 
 
@@ -755,6 +757,7 @@ _ALIASES = {
     "generalized_poisson": "genpois",
     "conway_maxwell_poisson": "compois",
     "cmp": "compois",
+    "ordered_beta": "ordbeta",
     "beta_binomial": "betabinomial",
     "student_t": "t_family",
     "t": "t_family",

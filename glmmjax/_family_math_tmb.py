@@ -481,6 +481,7 @@ FAMILIES = {
     "TruncatedNegativeBinomial2": "log_mu", "TruncatedNegativeBinomial1": "log_mu",
     "GeneralizedPoisson": "log_mu", "LogNormal": "log_mu", "BetaBinomial": "unit",
     "StudentT": "mu", "Tweedie": "log_mu", "ConwayMaxwellPoisson": "log_mu",
+    "OrderedBeta": "eta",  # its own row terms: glmmjax._family_ordbeta
 }
 #: Those without a dispersion parameter.
 NO_DISPERSION = ("TruncatedPoisson",)
@@ -493,6 +494,10 @@ def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bo
     from . import _family_math as fm
 
     name = type(family).__name__
+    if name == "OrderedBeta":
+        from ._family_ordbeta import row_terms as ordbeta_row_terms
+
+        return ordbeta_row_terms(family, xp, y, eta, weights, dispersion, third, need_psi)
     link = family.link
     shape_estimated = getattr(family, "n_shape", 0) > 0
     if shape_estimated:  # dispersion = (σ, ν) or (φ, p)

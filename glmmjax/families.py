@@ -18,6 +18,7 @@ from ._families import (
     Poisson,
     get_family,
 )
+from ._family_ordbeta import OrderedBeta
 from ._families_tmb import (
     BetaBinomial,
     ConwayMaxwellPoisson,
@@ -45,6 +46,7 @@ __all__ = [
     "LogNormal",
     "NegativeBinomial",
     "NegativeBinomial1",
+    "OrderedBeta",
     "Poisson",
     "StudentT",
     "TruncatedNegativeBinomial1",

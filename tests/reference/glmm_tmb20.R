@@ -48,6 +48,20 @@ y2 <- rcompois_mean(mu2, 0.5)
 y2[runif(300) < plogis(-1.2 + 0.8 * z)] <- 0  # structural zeros for the ZI model
 over <- write_data(data.frame(y = y2, x = x, z = z, g = groups), "compois_over.csv")$data
 
+# Ordered beta data (glmmTMB's ordbeta, cutpoints on the logit scale c0 = -2, c1 = 2):
+# log-odds 0.3 + 0.8 x + b_g, precision 5.
+set.seed(20261209)
+ob_groups <- factor(rep(sprintf("g%02d", 1:20), each = 15))
+ob_x <- rnorm(300)
+ob_eta <- 0.3 + 0.8 * ob_x + rnorm(20, sd = 0.5)[as.integer(ob_groups)]
+ob_mu <- plogis(ob_eta)
+ob_u <- runif(300)
+ob_y <- ifelse(ob_u < 1 - plogis(ob_eta + 2), 0,
+               ifelse(ob_u > 1 - plogis(ob_eta - 2), 1,
+                      rbeta(300, ob_mu * 5, (1 - ob_mu) * 5)))
+ordbeta_data <- write_data(data.frame(y = ob_y, x = ob_x, g = ob_groups),
+                           "ordbeta_glmm.csv")$data
+
 describe <- function(name, formula, data, tmb_family, glmmjax_family, link, file,
                      ziformula = ~0, start = NULL) {
   t0 <- proc.time()[["elapsed"]]
@@ -95,7 +109,11 @@ models <- list(
            "data/compois_over.csv"),
   describe("compois_zi", y ~ x + (1 | g), over, compois, "compois", "log",
            "data/compois_over.csv", ziformula = ~z),
-  describe("compois_glm", y ~ x, under, compois, "compois", "log", "data/compois_under.csv")
+  describe("compois_glm", y ~ x, under, compois, "compois", "log", "data/compois_under.csv"),
+  # glmmTMB 1.1.5 starts psi at (0, 0), where the interior rows' probability
+  # plogis(eta - psi0) - plogis(eta - psi1) is 0 and the likelihood NaN: start at (-1, 1).
+  describe("ordbeta_glmm", y ~ x + (1 | g), ordbeta_data, ordbeta, "ordbeta", "logit",
+           "data/ordbeta_glmm.csv", start = list(psi = c(-1, 1)))
 )
 names(models) <- vapply(models, function(m) m$name, "")
 

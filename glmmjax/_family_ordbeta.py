@@ -1,0 +1,226 @@
+"""glmmTMB's ordered beta family (``ordbeta``, Kubinec 2022), as glmmTMB 1.1.5 writes it
+(src/glmmTMB.cpp, ``ordbeta_family``): a response in [0, 1] with exact zeros and ones.
+
+With the logit-scale cutpoints c₀ < c₁ (glmmTMB's ``psi``, estimated jointly; its
+``family_params`` reports plogis(psi) as "lower cutoff", "upper cutoff"), μ = σ(η) and
+the beta precision φ = exp(δ):
+
+* y = 0:      ℓ = log(1 − σ(η − c₀))
+* y = 1:      ℓ = log σ(η − c₁)
+* 0 < y < 1:  ℓ = log(σ(η − c₀) − σ(η − c₁)) + log Beta(y; μφ, (1 − μ)φ)
+
+Why ordered beta rather than a cumulative-logit ordinal model (issue 20 lets us choose
+one): glmmTMB 1.1.5 has ``ordbeta`` and no ordinal family, so ordered beta can be
+checked against glmmTMB (the issue's standard of correctness) while an ordinal model
+could not; it also answers the bad-input case the issue raises, proportions with exact
+0 and 1, which the beta family refuses.
+
+The host engine's closed forms are below (:func:`row_terms`): the beta part is
+:func:`glmmjax._family_math._beta`'s, the cutpoint part is written out with
+D = σ(a) − σ(b), a = η − c₀, b = η − c₁, and the derivatives of log D.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._families import _float, _raise_bad_rows
+from ._families_tmb import _LikelihoodFamily
+from ._family_math_tmb import log1mexp
+from ._links import Link
+
+
+def _sig(xp, z):
+    """σ(z), σ', σ'', σ''' at z."""
+    s = 1.0 / (1.0 + xp.exp(-z))
+    s1 = s * (1.0 - s)
+    return s, s1, s1 * (1.0 - 2.0 * s), s1 * (1.0 - 6.0 * s + 6.0 * s * s)
+
+
+def _log_sigmoid(xp, z):
+    return -(xp.maximum(-z, 0.0) + xp.log1p(xp.exp(-xp.abs(z))))
+
+
+def _log_beta_density(xp, y, mu_logit, phi):
+    from ._family_math import special
+
+    sp = special(xp)
+    mu = 1.0 / (1.0 + xp.exp(-mu_logit))
+    alpha, beta = mu * phi, (1.0 - mu) * phi
+    return (sp.gammaln(phi) - sp.gammaln(alpha) - sp.gammaln(beta)
+            + (alpha - 1.0) * xp.log(y) + (beta - 1.0) * xp.log1p(-y))
+
+
+def ordbeta_value(xp, y, eta, phi, c0, c1, weights):
+    """ℓ per row (module docstring), times the weights."""
+    a, b = eta - c0, eta - c1
+    zero, one = y <= 0.0, y >= 1.0
+    mid = ~(zero | one)
+    y_mid = xp.where(mid, y, 0.5)
+    log_d = _log_sigmoid(xp, a) + _log_sigmoid(xp, -b) + log1mexp(xp, b - a)
+    middle = log_d + _log_beta_density(xp, y_mid, eta, phi)
+    value = xp.where(zero, _log_sigmoid(xp, -a), xp.where(one, _log_sigmoid(xp, b), middle))
+    return weights * value
+
+
+def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bool):
+    """:class:`glmmjax._family_math.RowTerms` of the ordered beta: in η, and with
+    ``need_psi`` one row per outer parameter after β: log φ, then c₀ and c₁ when the
+    cutpoints are estimated (``dispersion`` is then (φ, c₀, c₁))."""
+    from . import _family_math as fm
+
+    if family.cutpoints is None:
+        phi, c0, c1 = dispersion[0], dispersion[1], dispersion[2]
+    else:
+        phi, (c0, c1) = dispersion, family.cutpoints
+    zero, one = y <= 0.0, y >= 1.0
+    mid = ~(zero | one)
+    y_mid = xp.where(mid, y, 0.5)
+    ones = 1.0 + 0.0 * eta
+    beta = fm._beta(family.link, xp, y_mid, eta, ones, phi, third, need_psi)
+    a, b = eta - c0, eta - c1
+    sa, sa1, sa2, sa3 = _sig(xp, a)
+    sb, sb1, sb2, sb3 = _sig(xp, b)
+    log_d = _log_sigmoid(xp, a) + _log_sigmoid(xp, -b) + log1mexp(xp, b - a)
+    d = xp.exp(log_d)
+    g1, g2, g3 = (sa1 - sb1) / d, (sa2 - sb2) / d, (sa3 - sb3) / d
+    # ℓ and its η-derivatives on each kind of row.
+    value = xp.where(zero, _log_sigmoid(xp, -a),
+                     xp.where(one, _log_sigmoid(xp, b), log_d + beta.value))
+    d1 = xp.where(zero, -sa, xp.where(one, 1.0 - sb, g1 + beta.d1))
+    w = xp.where(zero, sa1, xp.where(one, sb1, -(g2 - g1 * g1) + beta.w))
+    w1 = None
+    if third:
+        w1 = xp.where(zero, sa2, xp.where(one, sb2,
+                                          -(g3 - 3.0 * g1 * g2 + 2.0 * g1**3) + beta.w1))
+    out = fm.RowTerms(weights * value, weights * d1, weights * w,
+                      weights * w1 if third else None)
+    if not need_psi:
+        return out
+    zero_row = 0.0 * eta
+    rows = [(xp.where(mid, beta.value_psi, zero_row), xp.where(mid, beta.d1_psi, zero_row),
+             xp.where(mid, beta.w_psi, zero_row))]
+    if family.cutpoints is None:
+        def cut_terms(d_t, d1_t, d2_t):
+            l_t = d_t / d
+            l1_t = d1_t / d - g1 * l_t
+            l2_t = d2_t / d - g2 * l_t - 2.0 * g1 * l1_t
+            return l_t, l1_t, -l2_t
+
+        m0 = cut_terms(-sa1, -sa2, -sa3)
+        m1 = cut_terms(sb1, sb2, sb3)
+        rows.append((xp.where(zero, sa, xp.where(one, 0.0, m0[0])),
+                     xp.where(zero, sa1, xp.where(one, 0.0, m0[1])),
+                     xp.where(zero, -sa2, xp.where(one, 0.0, m0[2]))))
+        rows.append((xp.where(zero, 0.0, xp.where(one, sb - 1.0, m1[0])),
+                     xp.where(zero, 0.0, xp.where(one, sb1, m1[1])),
+                     xp.where(zero, 0.0, xp.where(one, -sb2, m1[2]))))
+    stacked = [weights * xp.stack(parts) if len(rows) > 1 else weights * parts[0]
+               for parts in zip(*rows)]
+    return out._replace(value_psi=stacked[0], d1_psi=stacked[1], w_psi=stacked[2])
+
+
+class OrderedBeta(_LikelihoodFamily):
+    """glmmTMB's ``ordbeta``: ordered beta regression for proportions in [0, 1] with
+    exact zeros and ones (module :mod:`glmmjax._family_ordbeta`).
+
+    Args:
+        cutpoints: (c₀, c₁), c₀ < c₁, the logit-scale cutpoints (glmmTMB's ``psi``),
+            fixed; None (default, as glmmTMB) estimates them jointly with the other
+            parameters (``glmer`` on the host engine; the fitted model's family then
+            carries them).
+        link: ``"logit"`` (glmmTMB's, the only one: the cutpoints are on its scale).
+
+    As glmmTMB 1.1.5, the mean (``predict(type="response")``, fitted values) is μ = σ(η),
+    the beta part's mean, and the variance function μ(1 − μ).
+    """
+
+    cutpoints: tuple | None = eqx.field(static=True)
+
+    name = "ordbeta"
+    canonical_link = "logit"
+    allowed_links = ("logit",)
+    dispersion_name = "phi"
+    shape_names = ("lower_cutpoint", "upper_cutpoint")
+
+    def __init__(self, cutpoints=None, link: str | Link | None = None):
+        if cutpoints is not None:
+            from ._display import show
+
+            values = np.asarray(cutpoints, dtype=np.float64).ravel()
+            if values.shape != (2,) or not np.all(np.isfinite(values)) or values[0] >= values[1]:
+                raise ValueError(
+                    "cutpoints must be two finite numbers c0 < c1 (logit scale), or None "
+                    f"to estimate them; got {show(cutpoints)}")
+            cutpoints = (float(values[0]), float(values[1]))
+        self.cutpoints = cutpoints
+        self.link = self._resolve_link(link)
+
+    @property
+    def n_shape(self) -> int:
+        return 2 if self.cutpoints is None else 0
+
+    def _cuts(self):
+        if self.cutpoints is None:
+            raise ValueError(
+                "this OrderedBeta family estimates its cutpoints: use the fitted model's "
+                "family (fit.family), or OrderedBeta(cutpoints=(c0, c1))")
+        return self.cutpoints
+
+    def shape_starts(self):
+        """The starting cutpoints when they are estimated."""
+        return (-1.0, 1.0)
+
+    @staticmethod
+    def shape_values(parameters):
+        return tuple(float(v) for v in parameters)
+
+    @staticmethod
+    def shape_parameters(values):
+        return [float(v) for v in values]
+
+    def with_estimates(self, values):
+        return type(self)(tuple(values), link=self.link)
+
+    def variance(self, mu, dispersion=None):
+        return mu * (1.0 - mu)
+
+    def valid_mu(self, mu):
+        return jnp.isfinite(mu) & (mu > 0) & (mu < 1)
+
+    def initialize(self, y, weights):
+        return 0.02 + 0.96 * y
+
+    def loglik_eta(self, y, eta, weights, dispersion=None):
+        c0, c1 = self._cuts()
+        return ordbeta_value(jnp, y, eta, dispersion, c0, c1, weights)
+
+    def simulate(self, key, mu, weights, dispersion=None):
+        c0, c1 = self._cuts()
+        mu = _float(mu)
+        dtype = mu.dtype
+        eta = jnp.log(mu) - jnp.log1p(-mu)
+        key_u, key_b = jax.random.split(key)
+        u = jax.random.uniform(key_u, jnp.shape(mu), dtype=dtype)
+        p_zero = jax.nn.sigmoid(c0 - eta)
+        p_one = jax.nn.sigmoid(eta - c1)
+        draws = jax.random.beta(key_b, mu * dispersion, (1.0 - mu) * dispersion, dtype=dtype)
+        return jnp.where(u < p_zero, 0.0, jnp.where(u > 1.0 - p_one, 1.0, draws))
+
+    def check_support(self, y, rows):
+        _raise_bad_rows("an ordbeta response must lie in [0, 1] (exact 0 and 1 allowed)",
+                        ~((y >= 0) & (y <= 1)), rows, y)
+
+    def moment_dispersion(self, xp, y, mu, weights):
+        # The beta precision by moments on the rows strictly inside (0, 1).
+        mid = (y > 0) & (y < 1)
+        w = xp.where(mid, weights, 0.0)
+        ratio = xp.sum(w * mu * (1.0 - mu)) / xp.sum(w * (y - mu) ** 2)
+        return xp.maximum(ratio - 1.0, 0.5)
+
+    def __str__(self) -> str:
+        cuts = "estimated" if self.cutpoints is None else "({:g}, {:g})".format(*self.cutpoints)
+        return f"{self.name}(cutpoints = {cuts}, link = {self.link.name})"
