@@ -719,7 +719,6 @@ FAMILIES: dict[str, type[Family]] = {
 def _register_tmb_families() -> None:
     # glmmTMB's families live in their own module, which imports this one.
     from . import _families_tmb as tmb
-    from ._family_ordbeta import OrderedBeta
 
     FAMILIES.update({
         "nbinom1": tmb.NegativeBinomial1,
@@ -732,7 +731,7 @@ def _register_tmb_families() -> None:
         "lognormal": tmb.LogNormal,
         "t_family": tmb.StudentT,
         "tweedie": tmb.Tweedie,
-        "ordbeta": OrderedBeta,
+        "ordbeta": tmb.OrderedBeta,
     })
 
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from . import _family_math_compois as cmp
 from . import _family_math_tmb as tmb
+from . import _family_ordbeta as ordbeta
 from ._families import Binomial, Family, _float, _raise_bad_rows
 from ._links import Link
 
@@ -58,6 +59,7 @@ __all__ = [
     "LogNormal",
     "StudentT",
     "Tweedie",
+    "OrderedBeta",
 ]
 
 
@@ -619,3 +621,106 @@ class Tweedie(_LikelihoodFamily):
     def __str__(self) -> str:
         power = "estimated" if self.power is None else f"{self.power:g}"
         return f"{self.name}(power = {power}, link = {self.link.name})"
+
+
+class OrderedBeta(_LikelihoodFamily):
+    """glmmTMB's ``ordbeta``: ordered beta regression for proportions in [0, 1] with
+    exact zeros and ones (the likelihood: :mod:`glmmjax._family_ordbeta`).
+
+    Args:
+        cutpoints: (c₀, c₁), c₀ < c₁, the logit-scale cutpoints (glmmTMB's ``psi``),
+            fixed; None (default, as glmmTMB) estimates them jointly with the other
+            parameters (``glmer`` on the host engine; the fitted model's family then
+            carries them).
+        link: ``"logit"`` (glmmTMB's, the only one: the cutpoints are on its scale).
+
+    As glmmTMB 1.1.5, the mean (``predict(type="response")``, fitted values) is μ = σ(η),
+    the beta part's mean, and the variance function μ(1 − μ).
+    """
+
+    cutpoints: tuple | None = eqx.field(static=True)
+
+    name = "ordbeta"
+    canonical_link = "logit"
+    allowed_links = ("logit",)
+    dispersion_name = "phi"
+    shape_names = ("lower_cutpoint", "upper_cutpoint")
+
+    def __init__(self, cutpoints=None, link: str | Link | None = None):
+        if cutpoints is not None:
+            from ._display import show
+
+            values = np.asarray(cutpoints, dtype=np.float64).ravel()
+            if values.shape != (2,) or not np.all(np.isfinite(values)) or values[0] >= values[1]:
+                raise ValueError(
+                    "cutpoints must be two finite numbers c0 < c1 (logit scale), or None "
+                    f"to estimate them; got {show(cutpoints)}")
+            cutpoints = (float(values[0]), float(values[1]))
+        self.cutpoints = cutpoints
+        self.link = self._resolve_link(link)
+
+    @property
+    def n_shape(self) -> int:
+        return 2 if self.cutpoints is None else 0
+
+    def _cuts(self):
+        if self.cutpoints is None:
+            raise ValueError(
+                "this OrderedBeta family estimates its cutpoints: use the fitted model's "
+                "family (fit.family), or OrderedBeta(cutpoints=(c0, c1))")
+        return self.cutpoints
+
+    def shape_starts(self):
+        """The starting cutpoints when they are estimated."""
+        return (-1.0, 1.0)
+
+    @staticmethod
+    def shape_values(parameters):
+        return tuple(float(v) for v in parameters)
+
+    @staticmethod
+    def shape_parameters(values):
+        return [float(v) for v in values]
+
+    def with_estimates(self, values):
+        return type(self)(tuple(values), link=self.link)
+
+    def variance(self, mu, dispersion=None):
+        return mu * (1.0 - mu)
+
+    def valid_mu(self, mu):
+        return jnp.isfinite(mu) & (mu > 0) & (mu < 1)
+
+    def initialize(self, y, weights):
+        return 0.02 + 0.96 * y
+
+    def loglik_eta(self, y, eta, weights, dispersion=None):
+        c0, c1 = self._cuts()
+        return ordbeta.ordbeta_value(jnp, y, eta, dispersion, c0, c1, weights)
+
+    def simulate(self, key, mu, weights, dispersion=None):
+        c0, c1 = self._cuts()
+        mu = _float(mu)
+        dtype = mu.dtype
+        eta = jnp.log(mu) - jnp.log1p(-mu)
+        key_u, key_b = jax.random.split(key)
+        u = jax.random.uniform(key_u, jnp.shape(mu), dtype=dtype)
+        p_zero = jax.nn.sigmoid(c0 - eta)
+        p_one = jax.nn.sigmoid(eta - c1)
+        draws = jax.random.beta(key_b, mu * dispersion, (1.0 - mu) * dispersion, dtype=dtype)
+        return jnp.where(u < p_zero, 0.0, jnp.where(u > 1.0 - p_one, 1.0, draws))
+
+    def check_support(self, y, rows):
+        _raise_bad_rows("an ordbeta response must lie in [0, 1] (exact 0 and 1 allowed)",
+                        ~((y >= 0) & (y <= 1)), rows, y)
+
+    def moment_dispersion(self, xp, y, mu, weights):
+        # The beta precision by moments on the rows strictly inside (0, 1).
+        mid = (y > 0) & (y < 1)
+        w = xp.where(mid, weights, 0.0)
+        ratio = xp.sum(w * mu * (1.0 - mu)) / xp.sum(w * (y - mu) ** 2)
+        return xp.maximum(ratio - 1.0, 0.5)
+
+    def __str__(self) -> str:
+        cuts = "estimated" if self.cutpoints is None else "({:g}, {:g})".format(*self.cutpoints)
+        return f"{self.name}(cutpoints = {cuts}, link = {self.link.name})"

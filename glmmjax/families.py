@@ -18,13 +18,13 @@ from ._families import (
     Poisson,
     get_family,
 )
-from ._family_ordbeta import OrderedBeta
 from ._families_tmb import (
     BetaBinomial,
     ConwayMaxwellPoisson,
     GeneralizedPoisson,
     LogNormal,
     NegativeBinomial1,
+    OrderedBeta,
     StudentT,
     TruncatedNegativeBinomial1,
     TruncatedNegativeBinomial2,

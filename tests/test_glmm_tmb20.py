@@ -166,3 +166,112 @@ def test_compois_refuses_bad_counts(bad):
     data = pd.DataFrame({"y": bad * 4, "x": np.arange(12.0), "g": list("abcd") * 3})
     with pytest.raises(ValueError, match="compois response must be a non-negative integer"):
         glmmjax.glmer("y ~ x + (1 | g)", data, family="compois")
+
+
+# -- ordered beta ---------------------------------------------------------------------------
+
+
+def test_ordbeta_row_terms_match_central_differences():
+    from glmmjax import _family_ordbeta as ob
+    from glmmjax.families import OrderedBeta
+
+    family = OrderedBeta()
+    y = np.array([0.0, 1.0, 0.3, 0.8, 0.05, 0.0, 1.0])
+    eta = np.array([0.2, -0.5, 1.0, 0.3, -1.2, 2.0, 0.7])
+    disp = np.array([4.0, -1.3, 1.7])  # φ, c₀, c₁
+
+    def terms(e, d):
+        return ob.row_terms(family, np, y, e, np.ones(7), d, True, True)
+
+    got = terms(eta, disp)
+    rel_close(got.value, ob.ordbeta_value(np, y, eta, 4.0, -1.3, 1.7, 1.0), 1e-14)
+    h = 1e-6
+    up, down = terms(eta + h, disp), terms(eta - h, disp)
+    rel_close(got.d1, (up.value - down.value) / (2 * h), 1e-7, atol=1e-8)
+    rel_close(got.w, -(up.d1 - down.d1) / (2 * h), 1e-7, atol=1e-8)
+    rel_close(got.w1, (up.w - down.w) / (2 * h), 1e-7, atol=1e-8)  # W' = dW/dη
+    for k in range(3):  # log φ, c₀, c₁
+        step = np.zeros(3)
+        step[k] = h
+        if k == 0:
+            u, d = disp * np.exp(step), disp * np.exp(-step)
+        else:
+            u, d = disp + step, disp - step
+        hi, lo = terms(eta, u), terms(eta, d)
+        for field, base in (("value_psi", "value"), ("d1_psi", "d1"), ("w_psi", "w")):
+            diff = (getattr(hi, base) - getattr(lo, base)) / (2 * h)
+            rel_close(getattr(got, field)[k], diff, 1e-7, atol=1e-8), (k, field)
+
+
+def test_ordbeta_glmm_matches_glmmtmb(reference):
+    ref = reference["models"]["ordbeta_glmm"]
+    tmb = ref["glmmTMB"]
+    fit = _fit(ref)
+    assert fit.engine == "host"
+    assert fit.converged, fit.convergence
+    assert fit.deviance <= tmb["minus2loglik"] + 1e-6 * abs(tmb["minus2loglik"])
+    rel_close(fit.deviance, tmb["minus2loglik"], 1e-6)
+    rel_close(fit.fixef, tmb["fixef"], 1e-4)
+    rel_close(fit.fixef_se, tmb["fixef_se"], 1e-3)
+    rel_close(fit.dispersion, tmb["dispersion"], 1e-4)
+    rel_close([fit.extra_params["lower_cutpoint"], fit.extra_params["upper_cutpoint"]],
+              tmb["psi"], 1e-4)
+    assert fit.family.cutpoints == (fit.extra_params["lower_cutpoint"],
+                                    fit.extra_params["upper_cutpoint"])
+    rel_close(fit.varcorr["sdcor"].to_numpy(), [tmb["re_sd"]["g"]["(Intercept)"]], 1e-4)
+    assert fit.n_params == 6  # as glmmTMB's logLik df: β (2), SD, φ, two cutpoints
+    rel_close(fit.aic, tmb["minus2loglik"] + 12, 1e-6)
+    # glmmTMB 1.1.5's response scale is the beta part's mean σ(η).
+    eta = fit.predict(type="link").to_numpy()
+    rel_close(fit.predict(type="response").to_numpy(), 1 / (1 + np.exp(-eta)), 1e-12)
+
+
+@pytest.mark.slow
+def test_ordbeta_simulation_recovers_its_parameters():
+    """Draws from OrderedBeta (zeros, ones and beta values by the cutpoints) refitted by
+    glmer recover β, the SD, φ and the cutpoints on a large sample."""
+    from glmmjax.families import OrderedBeta
+
+    rng = np.random.default_rng(5)
+    n_groups, per = 100, 60
+    g = np.repeat(np.arange(n_groups), per)
+    x = rng.normal(size=g.size)
+    eta = 0.2 + 0.7 * x + rng.normal(scale=0.5, size=n_groups)[g]
+    family = OrderedBeta(cutpoints=(-1.5, 1.8))
+    with jax.enable_x64(True):
+        mu = 1 / (1 + jnp.exp(-jnp.asarray(eta)))
+        y = np.asarray(family.simulate(jax.random.PRNGKey(2), mu, jnp.ones(g.size),
+                                       jnp.asarray(6.0)))
+    assert np.all((y >= 0) & (y <= 1)) and np.any(y == 0) and np.any(y == 1)
+    rel_close(np.mean(y == 0), np.mean(1 / (1 + np.exp(eta + 1.5))), 0.05)
+    data = pd.DataFrame({"y": y, "x": x, "g": [f"g{i}" for i in g]})
+    fit = glmmjax.glmer("y ~ x + (1 | g)", data, family="ordbeta")
+    assert fit.converged
+    z = (fit.fixef.to_numpy() - [0.2, 0.7]) / fit.fixef_se.to_numpy()
+    assert np.all(np.abs(z) < 4), fit.fixef
+    assert abs(fit.dispersion / 6.0 - 1) < 0.05
+    assert abs(fit.extra_params["lower_cutpoint"] + 1.5) < 0.15
+    assert abs(fit.extra_params["upper_cutpoint"] - 1.8) < 0.15
+    assert abs(fit.varcorr["sdcor"].iloc[0] - 0.5) < 0.1
+    sims = np.asarray(fit.simulate(1, seed=3))
+    assert np.all((sims >= 0) & (sims <= 1)) and np.any(sims == 0) and np.any(sims == 1)
+
+
+@pytest.mark.parametrize("bad", [[-0.1, 0.5, 1.0], [0.2, 1.5, 0.0]])
+def test_ordbeta_refuses_responses_outside_the_unit_interval(bad):
+    data = pd.DataFrame({"y": bad * 4, "x": np.arange(12.0), "g": list("abcd") * 3})
+    with pytest.raises(ValueError, match=r"ordbeta response must lie in \[0, 1\]"):
+        glmmjax.glmer("y ~ x + (1 | g)", data, family="ordbeta")
+
+
+def test_ordbeta_bad_cutpoints_and_links():
+    from glmmjax.families import OrderedBeta
+
+    with pytest.raises(ValueError, match="cutpoints must be two finite numbers c0 < c1"):
+        OrderedBeta(cutpoints=(1.0, -1.0))
+    with pytest.raises(ValueError, match="link"):
+        OrderedBeta(link="probit")
+    with pytest.raises(ValueError, match="ziformula"):
+        glmmjax.glmer("y ~ x + (1 | g)", pd.DataFrame({
+            "y": [0.0, 0.5, 1.0] * 4, "x": np.arange(12.0), "g": list("abcd") * 3}),
+            family="ordbeta", ziformula="~1")
