@@ -67,6 +67,7 @@ class GLMMPartsResult(GLMMResult):
     theta_zi_values: np.ndarray | None = None
     effects_zi: tuple = ()
     criterion_fn: object = None  # params (layout above, θ raw) -> −2 log L (Laplace)
+    parts_data: object = None  # glmmjax._parts_laplace.PartsData, for profiling
 
     def criterion_at(self, params) -> float:
         """−2 log L (Laplace) at another parameter vector, laid out as :attr:`params`:
@@ -400,8 +401,11 @@ class GLMMPartsResult(GLMMResult):
         Args:
             method: ``"wald"`` (β̂ ± z·SE from the joint covariance, as glmmTMB's
                 ``confint(method = "Wald")`` for the fixed effects; NaN for the SDs) or
-                ``"boot"`` (percentiles of ``n_boot`` parametric bootstrap refits).
-                Profile intervals are not available for these models yet.
+                ``"boot"`` (percentiles of ``n_boot`` parametric bootstrap refits) or
+                ``"profile"`` (profile likelihood, as glmmTMB's ``confint(method =
+                "profile")``: every fixed effect and scalar random-effect SD; not for
+                REML fits or terms with correlations, see
+                :mod:`glmmjax._parts_profile`).
             level: confidence level.
             parm: parameter names (default all), or ``"beta_"`` / ``"theta_"``.
             names: ``"glmmjax"`` or ``"r"`` (R's coefficient names).
@@ -422,9 +426,9 @@ class GLMMPartsResult(GLMMResult):
             return with_r_aliases(bootstrap_confint(self, level, parm, n_boot, seed,
                                                     progress), names)
         if key == "profile":
-            raise NotImplementedError(
-                "profile intervals are not available for models with ziformula/dispformula "
-                "yet; use method='wald' or method='boot'")
+            from ._parts_profile import profile_confint
+
+            return with_r_aliases(profile_confint(self, level, parm), names)
         raise ValueError(f"method must be 'wald', 'boot' or 'profile', got {method!r}")
 
     def profile(self, *args, **kwargs):

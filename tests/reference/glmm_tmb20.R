@@ -1,5 +1,6 @@
 # glmm_tmb20.R -- glmmTMB references for issue 20's last items: the Conway-Maxwell-Poisson
-# (compois) family, GLMM, zero-inflated GLMM and GLM; ordered beta (ordbeta).
+# (compois) family, GLMM, zero-inflated GLMM and GLM; ordered beta (ordbeta); REML with a
+# dispersion model ("reml"); profile-likelihood intervals of a ZIP GLMM ("profile").
 #
 # Produces: glmm_tmb20.json and data/{compois_under,compois_over,ordbeta_glmm}.csv
 #           (next to this script).
@@ -117,8 +118,53 @@ models <- list(
 )
 names(models) <- vapply(models, function(m) m$name, "")
 
+# REML with a dispersion model (Gaussian; glmmTMB's REML = TRUE integrates the fixed
+# effects out with the random effects). Layout: fixef (cond), fixef_se, disp_fixef,
+# disp_fixef_se (vcov(full = TRUE)), re_sd, minus2loglik (-2 x the REML logLik), df.
+data(sleepstudy, package = "lme4")
+describe_reml <- function(name, formula, dispformula) {
+  t0 <- proc.time()[["elapsed"]]
+  fit <- glmmTMB(formula, sleepstudy, dispformula = dispformula, REML = TRUE)
+  seconds <- proc.time()[["elapsed"]] - t0
+  full <- vcov(fit, full = TRUE)
+  disp <- grep("^d~", colnames(full))
+  vc <- VarCorr(fit)$cond
+  list(name = name, formula = paste(deparse(formula), collapse = " "),
+       dispformula = paste(deparse(dispformula), collapse = " "), dataset = "sleepstudy",
+       glmmTMB = list(
+         fixef = arr(unname(fixef(fit)$cond)),
+         fixef_se = arr(sqrt(diag(as.matrix(vcov(fit)$cond)))),
+         disp_fixef = arr(unname(fixef(fit)$disp)),
+         disp_fixef_se = arr(sqrt(diag(full)[disp])),
+         re_sd = lapply(vc, function(m) as.list(attr(m, "stddev"))),
+         re_cor = lapply(vc, function(m) arr(attr(m, "correlation")[lower.tri(attr(m, "correlation"))])),
+         minus2loglik = -2 * as.numeric(logLik(fit)), df = attr(logLik(fit), "df"),
+         pdHess = fit$sdr$pdHess, fit_seconds = seconds))
+}
+reml <- list(
+  describe_reml("sleepstudy_reml_disp", Reaction ~ Days + (Days | Subject), ~ Days),
+  describe_reml("sleepstudy_reml_disp_intercept", Reaction ~ Days + (1 | Subject), ~ Days)
+)
+names(reml) <- vapply(reml, function(m) m$name, "")
+
+# Profile-likelihood intervals (confint(method = "profile")) of a zero-inflated Poisson
+# GLMM: rows as glmmTMB names them (theta_1|site.1 is log SD), level 0.95.
+data(Salamanders, package = "glmmTMB")
+zip_fit <- glmmTMB(count ~ mined + (1 | site), Salamanders, family = poisson,
+                   ziformula = ~ mined)
+t0 <- proc.time()[["elapsed"]]
+zip_ci <- confint(zip_fit, method = "profile")
+profile_seconds <- proc.time()[["elapsed"]] - t0
+profile <- list(
+  name = "salamanders_zip_profile", dataset = "salamanders",
+  formula = "count ~ mined + (1 | site)", ziformula = "~ mined", family = "poisson",
+  glmmTMB = list(rows = arr(rownames(zip_ci)), lower = arr(unname(zip_ci[, 1])),
+                 upper = arr(unname(zip_ci[, 2])),
+                 minus2loglik = -2 * as.numeric(logLik(zip_fit)),
+                 profile_seconds = profile_seconds))
+
 save_json(list(
   versions = list(R = R.version.string,
                   glmmTMB = as.character(packageVersion("glmmTMB")),
                   TMB = as.character(packageVersion("TMB"))),
-  models = models), "glmm_tmb20.json")
+  models = models, reml = reml, profile = profile), "glmm_tmb20.json")
