@@ -79,7 +79,7 @@ def _end(profiler, j, direction, se, cutoff, lower_limit):
         gt = g(t, start)
         if gt > 0:
             x_prev = cache.get(prev_t, profiler.params)
-            root = brentq(lambda s: g(s, x_prev), prev_t, t, xtol=1e-8 * max(1.0, abs(t)),
+            root = brentq(g, prev_t, t, args=(x_prev,), xtol=1e-8 * max(1.0, abs(t)),
                           rtol=1e-10)
             return root, False
         if t == lower_limit:

@@ -251,13 +251,20 @@ class GLMMPartsResult(GLMMResult):
         if not include_re and newdata is not None:
             raise ValueError("simulate(include_re=False) draws new random effects for the "
                              "fitting data's levels; with newdata use include_re=True")
+        from . import _parts_draws
+
         rng = np.random.default_rng(seed)
         draws = []
         with jax.enable_x64(True):
-            try:
-                draw = _draw_program(self.family, self.zero_inflated)
-            except TypeError:  # a family holding arrays is not hashable: not kept
-                draw = _draw_program.__wrapped__(self.family, self.zero_inflated)
+            if _parts_draws.supported(self.family):  # numpy: nothing to compile
+                def draw(seed_k, eta, zeta, log_phi, trials):
+                    return _parts_draws.draw(self.family, rng, eta, zeta, log_phi, trials,
+                                             self.zero_inflated)
+            else:
+                try:
+                    draw = _draw_program(self.family, self.zero_inflated)
+                except TypeError:  # a family holding arrays is not hashable: not kept
+                    draw = _draw_program.__wrapped__(self.family, self.zero_inflated)
             # Binomial-type families draw successes out of their trials (the prior
             # weights of the fitting rows; one trial on new data); others take none.
             trials = np.ones(len(self.y) if newdata is None else len(newdata))

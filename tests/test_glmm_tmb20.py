@@ -275,3 +275,98 @@ def test_ordbeta_bad_cutpoints_and_links():
         glmmjax.glmer("y ~ x + (1 | g)", pd.DataFrame({
             "y": [0.0, 0.5, 1.0] * 4, "x": np.arange(12.0), "g": list("abcd") * 3}),
             family="ordbeta", ziformula="~1")
+
+
+# -- REML with a dispersion model -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_reml_disp", "sleepstudy_reml_disp_intercept"])
+def test_reml_with_dispformula_matches_glmmtmb(reference, name):
+    """glmmTMB's REML = TRUE: β integrated out with the random effects; β's SEs include
+    the (θ, γ) uncertainty as TMB's sdreport does for integrated parameters."""
+    ref = reference["reml"][name]
+    tmb = ref["glmmTMB"]
+    data = glmmjax.datasets.load(ref["dataset"])
+    fit = glmmjax.lmer(ref["formula"], data, dispformula=ref["dispformula"])
+    assert fit.method == "REML"
+    assert fit.converged, fit.convergence
+    assert fit.criterion <= tmb["minus2loglik"] + 1e-6 * abs(tmb["minus2loglik"])
+    rel_close(fit.criterion, tmb["minus2loglik"], 1e-6)
+    assert fit.n_params == tmb["df"]
+    rel_close(fit.fixef["cond"], tmb["fixef"], 1e-4)
+    rel_close(fit.fixef["disp"], tmb["disp_fixef"], 1e-4)
+    rel_close(fit.fixef_se["cond"], tmb["fixef_se"], 1e-3)
+    rel_close(fit.fixef_se["disp"], tmb["disp_fixef_se"], 1e-3)
+    vc = fit.varcorr
+    sds = vc[vc["var2"].isna()]["sdcor"].to_numpy()
+    rel_close(sds, list(tmb["re_sd"]["Subject"].values()), 1e-4)
+    # Maximum likelihood is another fit: its criterion at the REML estimates is not the
+    # REML criterion.
+    ml = glmmjax.lmer(ref["formula"], data, dispformula=ref["dispformula"], reml=False)
+    assert ml.method == "ML" and abs(ml.criterion - fit.criterion) > 1.0
+
+
+# -- profile-likelihood intervals -----------------------------------------------------------
+
+
+def _zip_fit(reference):
+    ref = reference["profile"]
+    data = glmmjax.datasets.load(ref["dataset"])
+    return cached(("glmm_tmb20", "zip_profile"), lambda: glmmjax.glmer(
+        ref["formula"], data, family=ref["family"], ziformula=ref["ziformula"])), data
+
+
+def _tmb_intervals(reference):
+    tmb = reference["profile"]["glmmTMB"]
+    return pd.DataFrame({"lower": tmb["lower"], "upper": tmb["upper"]}, index=tmb["rows"])
+
+
+def test_profile_interval_ends_are_where_the_profile_meets_the_cutoff(reference):
+    """confint(method="profile") for minedno of a ZIP GLMM. glmmTMB interpolates its
+    profile by a spline: its lower end is 1.2e-3 short, shown by fits with minedno held
+    at each end (an offset): the profile deviance exceeds the χ²₁ cutoff by 0.024 at
+    glmmTMB's end and meets it (within 1e-4) at glmmjax's."""
+    fit, data = _zip_fit(reference)
+    rel_close(fit.criterion, reference["profile"]["glmmTMB"]["minus2loglik"], 1e-6)
+    ci = fit.confint(method="profile", parm="minedno", names="r")
+    assert list(ci.columns) == ["2.5 %", "97.5 %"] and list(ci.index) == ["minedno"]
+    tmb_ci = _tmb_intervals(reference)
+    width = tmb_ci.loc["minedno", "upper"] - tmb_ci.loc["minedno", "lower"]
+    assert np.all(np.abs(ci.loc["minedno"].to_numpy() - tmb_ci.loc["minedno"].to_numpy())
+                  <= 2e-3 * width)
+    mined = (data["mined"] == "no").astype(float).to_numpy()
+    cutoff = 1.959963984540054**2
+    ours, theirs = ci.loc["minedno"].iloc[0], tmb_ci.loc["minedno", "lower"]
+    for end in (ours, theirs):
+        held = glmmjax.glmer("count ~ 1 + (1 | site)", data, family="poisson",
+                             ziformula="~ mined", offset=end * mined)
+        gap = held.criterion - fit.criterion - cutoff
+        if end == ours:
+            assert abs(gap) < 1e-4, gap
+        else:
+            assert gap > 0.01, gap
+
+
+@pytest.mark.slow
+def test_profile_intervals_match_glmmtmb(reference):
+    """Every row: the fixed effects of both parts within 2e-3 of glmmTMB's interval
+    width (its spline interpolation, above), the site SD's ends within 1e-3 relative
+    (glmmTMB profiles log SD)."""
+    fit, _ = _zip_fit(reference)
+    ci = fit.confint(method="profile", names="r")
+    tmb_ci = _tmb_intervals(reference)
+    order = ["(Intercept)", "minedno", "zi~(Intercept)", "zi~minedno"]
+    width = (tmb_ci["upper"] - tmb_ci["lower"]).to_numpy()
+    got = ci.loc[order].to_numpy()
+    want = tmb_ci.loc[order].to_numpy()
+    assert np.all(np.abs(got - want) <= 2e-3 * width[:4, None])
+    sd = ci.loc["sd_(Intercept)|site"].to_numpy()
+    rel_close(np.log(sd), tmb_ci.iloc[4].to_numpy(), 1e-3)
+    assert ci.attrs["note"] == ""
+
+
+def test_profile_intervals_refuse_reml_fits():
+    fit = glmmjax.lmer("Reaction ~ Days + (1 | Subject)", glmmjax.datasets.load("sleepstudy"),
+                       dispformula="~ Days")
+    with pytest.raises(NotImplementedError, match="reml=False"):
+        fit.confint(method="profile")
