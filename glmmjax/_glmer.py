@@ -155,7 +155,8 @@ def glmer(
             ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``; glmmTMB's
             ``"nbinom1"``, ``"truncated_poisson"``, ``"truncated_nbinom1"``,
             ``"truncated_nbinom2"``, ``"genpois"``, ``"betabinomial"``,
-            ``"lognormal"``, ``"t_family"``, ``"tweedie"``) or a family object such as
+            ``"lognormal"``, ``"t_family"``, ``"tweedie"``, ``"compois"``, ``"ordbeta"``) or a family
+            object such as
             ``glmmjax.families.Binomial(link="probit")``.
         n_agq: 1 for the Laplace approximation (default); > 1 for adaptive
             Gauss–Hermite quadrature with that many nodes per dimension (one grouping

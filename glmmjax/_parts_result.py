@@ -325,6 +325,9 @@ class GLMMPartsResult(GLMMResult):
     def _header(self) -> str:
         lines = [f" Family: {self.family_name}  ( {self.link_name} )",
                  f"Formula:          {self.formula}"]
+        if self.method == "REML":  # glmmTMB's REML = TRUE (glmmjax._parts_reml)
+            lines.insert(0, "Linear mixed model fit by REML (fixed effects integrated out, "
+                            "as glmmTMB's REML = TRUE)")
         if self.parts.zi is not None:
             kind = "Hurdle" if is_truncated(self.family) else "Zero inflation"
             lines.append(f"{kind + ':':<18}{self.parts.zi.formula}")
