@@ -370,3 +370,17 @@ def test_profile_intervals_refuse_reml_fits():
                        dispformula="~ Days")
     with pytest.raises(NotImplementedError, match="reml=False"):
         fit.confint(method="profile")
+
+
+@pytest.mark.slow
+def test_fit_many_compois_agrees_with_single_fits(reference):
+    """fit_many's compiled batch (the closed forms through jax.numpy: Newton for log λ
+    in a while loop) reaches the host engine's optimum on simulated responses."""
+    ref = reference["models"]["compois_under"]
+    data = _data(ref)
+    fit = _fit(ref)
+    Y = np.asarray(fit.simulate(2, seed=4))
+    batch = glmmjax.fit_many(ref["formula"], data, Y, family="compois")
+    for k in range(2):
+        single = glmmjax.glmer(ref["formula"], data.assign(y=Y[:, k]), family="compois")
+        rel_close(batch.fixef.iloc[k].to_numpy(), single.fixef.to_numpy(), 1e-5)
