@@ -696,7 +696,8 @@ class Beta(Family):
 
     def check_support(self, y, rows):
         _raise_bad_rows(
-            "a beta response must lie strictly between 0 and 1", ~((y > 0) & (y < 1)), rows, y
+            "a beta response must lie strictly between 0 and 1 (exact 0 and 1 need "
+            "ordered beta: family='ordbeta')", ~((y > 0) & (y < 1)), rows, y
         )
 
     def dispersion_start(self, y, mu, weights):

@@ -134,6 +134,17 @@ def log_z(xp, L, nu, n_terms=None):
 _LAST_SOLVE: dict = {}  # numpy: the last (x, ν, L, L_x, L_ν), a warm start for the next
 
 
+def _newton_numpy(x, nu, L):
+    """Newton's method for L from ``L``; (L, whether the steps converged)."""
+    for _ in range(_NEWTON_STEPS):
+        m = moments(np, L, nu)
+        step = np.clip(-(np.log(m["mean"]) - x) * m["mean"] / m["k2"], -5.0, 5.0)
+        L = L + step
+        if np.all(np.abs(step) <= 1e-13 * np.maximum(1.0, np.abs(L))):
+            return L, True
+    return L, False
+
+
 def loglambda_numpy(x, nu):
     """L = log λ with E[y; L, ν] = eˣ, by Newton's method on log E[y] − x (TMB's
     ``calc_loglambda``, from L = νx; steps capped at 5). A host fit calls it with
@@ -148,12 +159,9 @@ def loglambda_numpy(x, nu):
         L = np.where(np.isfinite(L), L, nu * x)
     else:
         L = nu * x
-    for _ in range(_NEWTON_STEPS):
-        m = moments(np, L, nu)
-        step = np.clip(-(np.log(m["mean"]) - x) * m["mean"] / m["k2"], -5.0, 5.0)
-        L = L + step
-        if np.all(np.abs(step) <= 1e-13 * np.maximum(1.0, np.abs(L))):
-            break
+    L, converged = _newton_numpy(x, nu, L)
+    if not converged and last is not None:  # a poor warm start: from TMB's start
+        L, converged = _newton_numpy(x, nu, nu * x)
     m = moments(np, L, nu, order=4, with_g=True)
     _LAST_SOLVE["value"] = (x, nu, L, np.exp(x) / m["k2"], m["ab"] / m["k2"])
     return L, m

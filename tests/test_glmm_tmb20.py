@@ -264,6 +264,13 @@ def test_ordbeta_refuses_responses_outside_the_unit_interval(bad):
         glmmjax.glmer("y ~ x + (1 | g)", data, family="ordbeta")
 
 
+def test_beta_points_exact_zeros_and_ones_to_ordbeta():
+    data = pd.DataFrame({"y": [0.0, 0.5, 1.0] * 4, "x": np.arange(12.0),
+                         "g": list("abcd") * 3})
+    with pytest.raises(ValueError, match="exact 0 and 1 need ordered beta: family='ordbeta'"):
+        glmmjax.glmer("y ~ x + (1 | g)", data, family="beta")
+
+
 def test_ordbeta_bad_cutpoints_and_links():
     from glmmjax.families import OrderedBeta
 
