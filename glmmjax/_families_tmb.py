@@ -1,6 +1,6 @@
 """glmmTMB's response families beyond R's: NB1, zero-truncated counts, generalized
-Poisson, beta-binomial, lognormal, Student-t and Tweedie, with glmmTMB's
-parameterizations.
+Poisson, Conway–Maxwell–Poisson, beta-binomial, lognormal, Student-t, Tweedie and
+ordered beta, with glmmTMB's parameterizations.
 
 ==========================  ==========  ====================================  ==============
 family (glmmTMB name)       dispersion  variance of y                         log P(y)
@@ -10,7 +10,8 @@ TruncatedPoisson            (none)      of the truncated distribution         P(
 TruncatedNegativeBinomial2  θ           of the truncated distribution         NB2 / (1 − P(0))
 TruncatedNegativeBinomial1  φ           of the truncated distribution         NB1 / (1 − P(0))
 GeneralizedPoisson genpois  φ           μφ                                    θ = μ/√φ, λ = 1 − 1/√φ
-ConwayMaxwellPoisson        φ = 1/ν     of CMP(λ, ν) with mean μ (≈ μφ)           λʸ/(y!)^ν/Z(λ, ν)
+ConwayMaxwellPoisson        φ = 1/ν     of CMP(λ, ν) with mean μ (≈ μφ)       λʸ/(y!)^ν/Z(λ, ν)
+OrderedBeta ordbeta         φ           μ(1 − μ) (glmmTMB's placeholder)      cutpoints + beta
 BetaBinomial                φ           nμ(1 − μ)(1 + (n − 1)/(φ + 1)) / n²   α = μφ, β = (1 − μ)φ
 LogNormal lognormal         σ           σ² (μ, σ on the data scale)           log y ~ N
 StudentT t_family           σ           σ²ν/(ν − 2)                           dt((y − μ)/σ, ν)/σ
