@@ -24,13 +24,16 @@ owls_nbinom1, salamanders_nbinom1, salamanders_truncated_poisson / _nbinom2 / _n
 (``count ~ spp + mined + (1 | site)`` on the positive counts), owls_genpois,
 cbpp_betabinomial, sleepstudy_t_df5 (``Reaction ~ Days + (Days | Subject)``, Student-t
 with df fixed at 5), sleepstudy_t (df estimated) and tweedie_log (``y ~ x + (1 | g)``,
-power estimated; tests/reference/data/tweedie_glmm.csv).
+power estimated; tests/reference/data/tweedie_glmm.csv); compois_under, compois_over
+(Conway–Maxwell–Poisson, ν = 2 and 0.5) and ordbeta_glmm (ordered beta), the models of
+tests/reference/glmm_tmb20.R (``--last-families``).
 
 Run from the repository root (R with glmmTMB and mlmRev must be installed):
 
     python benchmarks/bench_families.py
     python benchmarks/bench_families.py --models owls_nb2 --repeats 5
     python benchmarks/bench_families.py --tmb-families      # issue 20's models only
+    python benchmarks/bench_families.py --last-families     # compois and ordbeta
 """
 
 from __future__ import annotations
@@ -91,6 +94,20 @@ MODELS.update({
     "tweedie_log": ("y ~ x + (1 | g)", "tweedie", "log", "data/tweedie_glmm.csv", "tweedie",
                     'read.csv("data/tweedie_glmm.csv", colClasses = c(g = "factor"))'),
 })
+_CMP_UNDER = 'read.csv("data/compois_under.csv", colClasses = c(g = "factor"))'
+_CMP_OVER = 'read.csv("data/compois_over.csv", colClasses = c(g = "factor"))'
+MODELS.update({
+    # issue 20's last families (tests/reference/glmm_tmb20.R).
+    "compois_under": ("y ~ x + (1 | g)", "compois", "log", "data/compois_under.csv",
+                      "compois", _CMP_UNDER),
+    "compois_over": ("y ~ x + (1 | g)", "compois", "log", "data/compois_over.csv",
+                     "compois", _CMP_OVER),
+    # glmmTMB 1.1.5 starts ordbeta's cutpoints at (0, 0), where the likelihood is NaN.
+    "ordbeta_glmm": ("y ~ x + (1 | g)", "ordbeta", "logit", "data/ordbeta_glmm.csv",
+                     "ordbeta, start = list(psi = c(-1, 1))",
+                     'read.csv("data/ordbeta_glmm.csv", colClasses = c(g = "factor"))'),
+})
+LAST_FAMILIES = ["compois_under", "compois_over", "ordbeta_glmm"]
 TMB_FAMILIES = [name for name in MODELS if name not in (
     "owls_nb2", "gamma_log", "beta_logit", "contraception_probit", "cbpp_cloglog")]
 
@@ -160,6 +177,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tmb-families", action="store_true",
                         help="glmmTMB's own families only (issue 20)")
+    parser.add_argument("--last-families", action="store_true",
+                        help="compois and ordbeta only (issue 20's last families)")
     parser.add_argument("--worker", choices=list(MODELS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -167,6 +186,8 @@ def main() -> None:
         return
     if args.tmb_families:
         args.models = TMB_FAMILIES
+    if args.last_families:
+        args.models = LAST_FAMILIES
     print(describe())
     tmb = _glmmtmb(args.models)
     print(f"{'model':30s} {'import+fit':>10s} {'fit':>7s} {'2nd fit':>7s} {'glmmTMB':>8s} "

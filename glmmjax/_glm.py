@@ -151,7 +151,8 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``; glmmTMB's
             ``"nbinom1"``, ``"truncated_poisson"``, ``"truncated_nbinom1"``,
             ``"truncated_nbinom2"``, ``"genpois"``, ``"betabinomial"``,
-            ``"lognormal"``, ``"t_family"``, ``"tweedie"``) or a family object such as
+            ``"lognormal"``, ``"t_family"``, ``"tweedie"``, ``"compois"``) or a family
+            object such as
             ``glmmjax.families.Binomial(link="probit")``.
         weights: prior weights (a column name or an array; trials for proportions).
         offset: an offset added to the linear predictor (column name or array).

@@ -94,7 +94,8 @@ def glmer(
             ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``; glmmTMB's
             ``"nbinom1"``, ``"truncated_poisson"``, ``"truncated_nbinom1"``,
             ``"truncated_nbinom2"``, ``"genpois"``, ``"betabinomial"``,
-            ``"lognormal"``, ``"t_family"``, ``"tweedie"``) or a family object such as
+            ``"lognormal"``, ``"t_family"``, ``"tweedie"``, ``"compois"``, ``"ordbeta"``) or a family
+            object such as
             ``glmmjax.families.Binomial(link="probit")``.
         n_agq: 1 for the Laplace approximation (default); > 1 for adaptive
             Gauss–Hermite quadrature with that many nodes per dimension (one grouping
@@ -266,7 +267,12 @@ def _fix_estimated_shape(family, out):
     bootstrap refits with it held fixed), and ``extra_params`` reports it."""
     if not getattr(family, "n_shape", 0):
         return family, out, {}
-    dispersion, shape = (float(v) for v in np.asarray(out.dispersion))
+    values = [float(v) for v in np.asarray(out.dispersion)]
+    if hasattr(family, "with_estimates"):  # several shapes (ordered beta's cutpoints)
+        fitted = family.with_estimates(values[1:])
+        return (fitted, dataclasses.replace(out, dispersion=values[0]),
+                dict(zip(family.shape_names, values[1:])))
+    dispersion, shape = values
     fitted = type(family)(shape, link=family.link)
     name = "df" if family.name == "t_family" else "power"
     return fitted, dataclasses.replace(out, dispersion=dispersion), {name: shape}

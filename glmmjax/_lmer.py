@@ -186,15 +186,12 @@ def lmer(
         if relmat is not None:
             raise ValueError("relmat= cannot be combined with ziformula= or dispformula= "
                              "yet; fit the known-relatedness model without them")
-        if reml:
-            raise ValueError(
-                f"dispformula={dispformula!r} is fitted by maximum likelihood only; pass "
-                "reml=False (REML with a dispersion model is not implemented)")
         from ._families.base import Gaussian
         from ._parts_fit import fit_parts
 
         return fit_parts(formula, data, Gaussian(), None, dispformula, weights=weights,
-                         offset=offset, engine=engine, max_iter=max_iter, method_name="ML")
+                         offset=offset, engine=engine, max_iter=max_iter,
+                         method_name="REML" if reml else "ML", reml=bool(reml))
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True,
                           drop_aliased=True, relmat=relmat)
     if correlation is not None:

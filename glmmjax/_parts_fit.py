@@ -99,9 +99,12 @@ def prepare_hurdle_response(family, parts, design):
 
 @with_x64
 def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=None,
-              offset=None, engine=None, max_iter: int = 500, method_name: str = "Laplace"):
+              offset=None, engine=None, max_iter: int = 500, method_name: str = "Laplace",
+              reml: bool = False):
     """Fit a GLMM with zero-inflation and/or a dispersion model (``glmer``'s and
-    ``lmer``'s route when ``ziformula=`` or ``dispformula=`` is given)."""
+    ``lmer``'s route when ``ziformula=`` or ``dispformula=`` is given); ``reml`` (a
+    Gaussian model without ziformula: ``lmer(..., reml=True)``) integrates β out as
+    glmmTMB's ``REML = TRUE`` (:mod:`glmmjax._engines.host.parts_reml`, numpy on either engine)."""
     from ._glmer import check_glmm_response
     from ._lmer import check_max_iter
     from ._results.parts import GLMMPartsResult
@@ -135,7 +138,12 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
             f"{design.nobs} rows x {data_.q} random effects = {cells:,} entries exceeds "
             f"{DENSE_LIMIT:,}; fewer levels (or a sparse engine, not written yet) needed")
     params0 = start_values(data_)
-    if engine == "host":
+    if reml:
+        from ._engines.host.parts_reml import fit_reml
+
+        out = fit_reml(params0, data_, design.terms, max_iter=max_iter)
+        criterion_fn = out.pop("criterion")
+    elif engine == "host":
         from ._engines.host.parts import fit as fit_host
 
         out = fit_host(params0, data_, max_iter=max_iter)
@@ -196,7 +204,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
         engine=engine, opt_summary=opt_summary(engine, solution, out["initial"]),
         parts=parts, layout=data_.layout, params=params, theta_zi_values=theta_z,
         effects_zi=_effects(raw_z, zi_terms, v[q_c:]),
-        criterion_fn=criterion_fn,
+        criterion_fn=criterion_fn, parts_data=data_,
     )
     warn_if_not_converged(result, "glmer")
     warn_if_singular(result)

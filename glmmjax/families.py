@@ -20,9 +20,11 @@ from ._families.base import (
 )
 from ._families.tmb import (
     BetaBinomial,
+    ConwayMaxwellPoisson,
     GeneralizedPoisson,
     LogNormal,
     NegativeBinomial1,
+    OrderedBeta,
     StudentT,
     TruncatedNegativeBinomial1,
     TruncatedNegativeBinomial2,
@@ -35,6 +37,7 @@ __all__ = [
     "Beta",
     "BetaBinomial",
     "Binomial",
+    "ConwayMaxwellPoisson",
     "Family",
     "Gamma",
     "Gaussian",
@@ -43,6 +46,7 @@ __all__ = [
     "LogNormal",
     "NegativeBinomial",
     "NegativeBinomial1",
+    "OrderedBeta",
     "Poisson",
     "StudentT",
     "TruncatedNegativeBinomial1",

@@ -176,7 +176,7 @@ def test_get_family_names_links_and_errors():
     with pytest.raises(ValueError, match="allowed links"):
         families.get_family("beta", link="log")
     with pytest.raises(ValueError, match="known families"):
-        families.get_family("compois")  # not implemented (issue 20 leaves it open)
+        families.get_family("zero_one_beta")
     with pytest.raises(ValueError, match="theta"):
         families.NegativeBinomial(theta=-1.0)
 

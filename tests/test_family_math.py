@@ -29,7 +29,7 @@ def _cases():
     cases = []
     for key, cls in FAMILIES.items():
         for link in cls.allowed_links or ("identity", "log", "inverse", "logit", "probit"):
-            unit = key in ("binomial", "beta", "betabinomial")
+            unit = key in ("binomial", "beta", "betabinomial", "ordbeta")
             if unit:
                 rng = {"identity": "identity_unit", "log": "log_unit"}.get(link, "unit")
             elif link == "log" or (key in ("gaussian", "t_family")
@@ -41,8 +41,14 @@ def _cases():
                           "negative_binomial": 2.5, "beta": 6.0, "nbinom1": 1.7,
                           "truncated_nbinom2": 1.3, "truncated_nbinom1": 0.8,
                           "genpois": 1.6, "betabinomial": 4.0, "lognormal": 0.9,
-                          "t_family": 0.8, "tweedie": 1.3}.get(key)
-            cases.append(pytest.param(key, link, dispersion, _ETA[rng], id=f"{key}-{link}"))
+                          "t_family": 0.8, "tweedie": 1.3, "compois": 0.7,
+                          "ordbeta": 5.0}.get(key)
+            # compois traces Newton and its series through three nested jvps (7-17 s):
+            # slow; its numpy partials are checked fast by central differences
+            # (tests/test_glmm_tmb20.py).
+            marks = pytest.mark.slow if key == "compois" else ()
+            cases.append(pytest.param(key, link, dispersion, _ETA[rng], id=f"{key}-{link}",
+                                      marks=marks))
     return cases
 
 
@@ -54,7 +60,11 @@ def _data(key, n, rng):
         successes = np.minimum(rng.integers(0, 6, n), trials)
         successes[:2], successes[2:4] = 0, trials[2:4]
         return successes / trials, trials
-    if key in ("poisson", "negative_binomial", "nbinom1", "genpois"):
+    if key == "ordbeta":
+        y = rng.uniform(0.05, 0.95, n)
+        y[:2], y[2:4] = 0.0, 1.0
+        return y, rng.uniform(0.5, 2.0, n)
+    if key in ("poisson", "negative_binomial", "nbinom1", "genpois", "compois"):
         y = rng.poisson(2.0, n).astype(float)
         y[:2] = 0.0
         return y, rng.uniform(0.5, 2.0, n)
@@ -71,7 +81,8 @@ def _data(key, n, rng):
 
 @pytest.mark.parametrize("key, link, dispersion, eta_range", _cases())
 def test_row_terms_equal_autodiff(key, link, dispersion, eta_range):
-    shape = {"t_family": 4.0, "tweedie": 1.4}.get(key)  # fixed df / power
+    # fixed df / power / cutpoints
+    shape = {"t_family": 4.0, "tweedie": 1.4, "ordbeta": (-1.0, 1.2)}.get(key)
     family = FAMILIES[key](link=link) if shape is None else FAMILIES[key](shape, link=link)
     rng = np.random.default_rng(sum(map(ord, key + link)))
     n = 12

@@ -17,7 +17,8 @@ from glmmjax.families import StudentT, Tweedie, get_family
 MOMENTS = [("nbinom1", 1.5, 3.0), ("truncated_poisson", None, 0.7),
            ("truncated_nbinom2", 1.2, 1.5), ("truncated_nbinom1", 0.8, 1.5),
            ("genpois", 2.0, 3.0), ("betabinomial", 5.0, 0.3), ("lognormal", 1.5, 2.0),
-           ("t_family", 0.7, 1.0), ("tweedie", 1.3, 2.0)]
+           ("t_family", 0.7, 1.0), ("tweedie", 1.3, 2.0),
+           ("compois", 0.5, 3.0), ("compois", 2.5, 4.0)]
 
 
 def _family(name):
@@ -27,12 +28,12 @@ def _family(name):
 
 
 # Gamma-Poisson and beta draws of 200,000 values take 5-10 s: those cases are slow.
-_SLOW_DRAWS = ("nbinom1", "truncated_nbinom2", "truncated_nbinom1", "genpois", "betabinomial",
+_SLOW_DRAWS = ("compois", "nbinom1", "truncated_nbinom2", "truncated_nbinom1", "genpois", "betabinomial",
                "tweedie")
 
 
 @pytest.mark.parametrize("name, dispersion, mu", [
-    pytest.param(*m, id=m[0], marks=pytest.mark.slow if m[0] in _SLOW_DRAWS else ())
+    pytest.param(*m, id=f"{m[0]}-{m[1]}", marks=pytest.mark.slow if m[0] in _SLOW_DRAWS else ())
     for m in MOMENTS])
 def test_draws_have_the_family_moments(name, dispersion, mu):
     family = _family(name)
@@ -56,7 +57,7 @@ def test_draws_have_the_family_moments(name, dispersion, mu):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, dispersion, _mu", MOMENTS, ids=[m[0] for m in MOMENTS])
+@pytest.mark.parametrize("name, dispersion, _mu", MOMENTS, ids=[f"{m[0]}-{m[1]}" for m in MOMENTS])
 def test_glm_recovers_simulated_parameters(name, dispersion, _mu):
     family = _family(name)
     rng = np.random.default_rng(11)

@@ -167,12 +167,6 @@ def test_two_sided_ziformula_and_unknown_columns(salamanders):
                       ziformula="~ nope")
 
 
-def test_lmer_dispformula_needs_ml():
-    with pytest.raises(ValueError, match="reml=False"):
-        glmmjax.lmer("Reaction ~ Days + (1|Subject)", glmmjax.datasets.load("sleepstudy"),
-                     dispformula="~Days")
-
-
 # ---- against glmmTMB --------------------------------------------------------------
 
 def _tmb_params(fit, reference) -> np.ndarray:

@@ -696,7 +696,8 @@ class Beta(Family):
 
     def check_support(self, y, rows):
         _raise_bad_rows(
-            "a beta response must lie strictly between 0 and 1", ~((y > 0) & (y < 1)), rows, y
+            "a beta response must lie strictly between 0 and 1 (exact 0 and 1 need "
+            "ordered beta: family='ordbeta')", ~((y > 0) & (y < 1)), rows, y
         )
 
     def dispersion_start(self, y, mu, weights):
@@ -726,10 +727,12 @@ def _register_tmb_families() -> None:
         "truncated_nbinom2": tmb.TruncatedNegativeBinomial2,
         "truncated_nbinom1": tmb.TruncatedNegativeBinomial1,
         "genpois": tmb.GeneralizedPoisson,
+        "compois": tmb.ConwayMaxwellPoisson,
         "betabinomial": tmb.BetaBinomial,
         "lognormal": tmb.LogNormal,
         "t_family": tmb.StudentT,
         "tweedie": tmb.Tweedie,
+        "ordbeta": tmb.OrderedBeta,
     })
 
 
@@ -752,6 +755,9 @@ _ALIASES = {
     "truncated_negative_binomial2": "truncated_nbinom2",
     "truncated_negative_binomial1": "truncated_nbinom1",
     "generalized_poisson": "genpois",
+    "conway_maxwell_poisson": "compois",
+    "cmp": "compois",
+    "ordered_beta": "ordbeta",
     "beta_binomial": "betabinomial",
     "student_t": "t_family",
     "t": "t_family",

@@ -480,7 +480,8 @@ FAMILIES = {
     "NegativeBinomial1": "log_mu", "TruncatedPoisson": "log_mu",
     "TruncatedNegativeBinomial2": "log_mu", "TruncatedNegativeBinomial1": "log_mu",
     "GeneralizedPoisson": "log_mu", "LogNormal": "log_mu", "BetaBinomial": "unit",
-    "StudentT": "mu", "Tweedie": "log_mu",
+    "StudentT": "mu", "Tweedie": "log_mu", "ConwayMaxwellPoisson": "log_mu",
+    "OrderedBeta": "eta",  # its own row terms: glmmjax._families.ordbeta
 }
 #: Those without a dispersion parameter.
 NO_DISPERSION = ("TruncatedPoisson",)
@@ -493,6 +494,10 @@ def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bo
     from . import math as fm
 
     name = type(family).__name__
+    if name == "OrderedBeta":
+        from .ordbeta import row_terms as ordbeta_row_terms
+
+        return ordbeta_row_terms(family, xp, y, eta, weights, dispersion, third, need_psi)
     link = family.link
     shape_estimated = getattr(family, "n_shape", 0) > 0
     if shape_estimated:  # dispersion = (σ, ν) or (φ, p)
@@ -515,6 +520,10 @@ def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bo
         parts = nb1_partials(xp, y, x, psi, weights, third, need_psi)
     elif name == "GeneralizedPoisson":
         parts = genpois_partials(xp, y, x, psi, weights, third, need_psi)
+    elif name == "ConwayMaxwellPoisson":
+        from .math_compois import compois_partials
+
+        parts = compois_partials(xp, y, x, psi, weights, third, need_psi)
     elif name == "LogNormal":
         parts = lognormal_partials(xp, y, x, psi, weights, third, need_psi)
     elif name == "BetaBinomial":

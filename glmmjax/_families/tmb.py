@@ -1,6 +1,6 @@
 """glmmTMB's response families beyond R's: NB1, zero-truncated counts, generalized
-Poisson, beta-binomial, lognormal, Student-t and Tweedie, with glmmTMB's
-parameterizations.
+Poisson, Conway–Maxwell–Poisson, beta-binomial, lognormal, Student-t, Tweedie and
+ordered beta, with glmmTMB's parameterizations.
 
 ==========================  ==========  ====================================  ==============
 family (glmmTMB name)       dispersion  variance of y                         log P(y)
@@ -10,6 +10,8 @@ TruncatedPoisson            (none)      of the truncated distribution         P(
 TruncatedNegativeBinomial2  θ           of the truncated distribution         NB2 / (1 − P(0))
 TruncatedNegativeBinomial1  φ           of the truncated distribution         NB1 / (1 − P(0))
 GeneralizedPoisson genpois  φ           μφ                                    θ = μ/√φ, λ = 1 − 1/√φ
+ConwayMaxwellPoisson        φ = 1/ν     of CMP(λ, ν) with mean μ (≈ μφ)       λʸ/(y!)^ν/Z(λ, ν)
+OrderedBeta ordbeta         φ           μ(1 − μ) (glmmTMB's placeholder)      cutpoints + beta
 BetaBinomial                φ           nμ(1 − μ)(1 + (n − 1)/(φ + 1)) / n²   α = μφ, β = (1 − μ)φ
 LogNormal lognormal         σ           σ² (μ, σ on the data scale)           log y ~ N
 StudentT t_family           σ           σ²ν/(ν − 2)                           dt((y − μ)/σ, ν)/σ
@@ -41,7 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import math_compois as cmp
 from . import math_tmb as tmb
+from . import ordbeta
 from .base import Binomial, Family, _float, _raise_bad_rows
 from .links import Link
 
@@ -51,10 +55,12 @@ __all__ = [
     "TruncatedNegativeBinomial2",
     "TruncatedNegativeBinomial1",
     "GeneralizedPoisson",
+    "ConwayMaxwellPoisson",
     "BetaBinomial",
     "LogNormal",
     "StudentT",
     "Tweedie",
+    "OrderedBeta",
 ]
 
 
@@ -320,6 +326,50 @@ class GeneralizedPoisson(_CountFamily):
         return xp.maximum(ratio, 1.05)
 
 
+class ConwayMaxwellPoisson(_CountFamily):
+    """glmmTMB's ``compois``: Conway–Maxwell–Poisson in its mean parameterization, with
+    mean μ and ν = 1/φ (φ > 1 overdispersion, φ < 1 underdispersion, φ = 1 Poisson):
+    P(y) = λʸ/(y!)^ν / Z(λ, ν), λ solving E[y] = μ (:mod:`glmmjax._families.math_compois`:
+    log Z by TMB's series in log space, λ by Newton's method)."""
+
+    name = "compois"
+    dispersion_name = "phi"
+
+    def variance(self, mu, dispersion=None):
+        return cmp.compois_variance(jnp, _float(mu), _float(dispersion))
+
+    def loglik_eta(self, y, eta, weights, dispersion=None):
+        return cmp.compois_value(jnp, y, self.link.log_inverse(eta), self._psi(dispersion),
+                                 weights)
+
+    def simulate(self, key, mu, weights, dispersion=None):
+        """Exact draws by the inverse CDF over the series window around the mode (the
+        window's mass is 1 − e⁻⁴⁰ or more while ~12 SDs of y fit in it), in batches of
+        rows to bound memory."""
+        mu = _float(mu)
+        shape = jnp.shape(mu)
+        nu = jnp.broadcast_to(1.0 / _float(dispersion), shape).reshape(-1)
+        flat = mu.reshape(-1)
+        u = jax.random.uniform(key, flat.shape, dtype=flat.dtype)
+
+        def draw(args):
+            m, n, v = args
+            L = cmp.loglambda(jnp, jnp.log(m), n)
+            j, log_t, _ = cmp._log_terms(jnp, L, n, cmp.COMPOIS_TERMS)
+            p = jax.nn.softmax(log_t, axis=-1)
+            below = jnp.sum(jnp.cumsum(p, axis=-1) < v[..., None], axis=-1)
+            return jnp.take_along_axis(j, jnp.minimum(below, j.shape[-1] - 1)[..., None],
+                                       axis=-1)[..., 0]
+
+        draws = jax.lax.map(draw, (flat, nu, u), batch_size=4096)
+        return draws.reshape(shape)
+
+    def moment_dispersion(self, xp, y, mu, weights):
+        # Var y ≈ μφ: φ = mean of (y − μ)²/μ, kept in [0.05, 20].
+        ratio = xp.sum(weights * (y - mu) ** 2 / mu) / xp.sum(weights)
+        return xp.minimum(xp.maximum(ratio, 0.05), 20.0)
+
+
 class BetaBinomial(_LikelihoodFamily):
     """glmmTMB's ``betabinomial``: successes out of ``weights`` trials with a
     beta(μφ, (1 − μ)φ) success probability. The response is given as for the
@@ -572,3 +622,106 @@ class Tweedie(_LikelihoodFamily):
     def __str__(self) -> str:
         power = "estimated" if self.power is None else f"{self.power:g}"
         return f"{self.name}(power = {power}, link = {self.link.name})"
+
+
+class OrderedBeta(_LikelihoodFamily):
+    """glmmTMB's ``ordbeta``: ordered beta regression for proportions in [0, 1] with
+    exact zeros and ones (the likelihood: :mod:`glmmjax._families.ordbeta`).
+
+    Args:
+        cutpoints: (c₀, c₁), c₀ < c₁, the logit-scale cutpoints (glmmTMB's ``psi``),
+            fixed; None (default, as glmmTMB) estimates them jointly with the other
+            parameters (``glmer`` on the host engine; the fitted model's family then
+            carries them).
+        link: ``"logit"`` (glmmTMB's, the only one: the cutpoints are on its scale).
+
+    As glmmTMB 1.1.5, the mean (``predict(type="response")``, fitted values) is μ = σ(η),
+    the beta part's mean, and the variance function μ(1 − μ).
+    """
+
+    cutpoints: tuple | None = eqx.field(static=True)
+
+    name = "ordbeta"
+    canonical_link = "logit"
+    allowed_links = ("logit",)
+    dispersion_name = "phi"
+    shape_names = ("lower_cutpoint", "upper_cutpoint")
+
+    def __init__(self, cutpoints=None, link: str | Link | None = None):
+        if cutpoints is not None:
+            from .._results.display import show
+
+            values = np.asarray(cutpoints, dtype=np.float64).ravel()
+            if values.shape != (2,) or not np.all(np.isfinite(values)) or values[0] >= values[1]:
+                raise ValueError(
+                    "cutpoints must be two finite numbers c0 < c1 (logit scale), or None "
+                    f"to estimate them; got {show(cutpoints)}")
+            cutpoints = (float(values[0]), float(values[1]))
+        self.cutpoints = cutpoints
+        self.link = self._resolve_link(link)
+
+    @property
+    def n_shape(self) -> int:
+        return 2 if self.cutpoints is None else 0
+
+    def _cuts(self):
+        if self.cutpoints is None:
+            raise ValueError(
+                "this OrderedBeta family estimates its cutpoints: use the fitted model's "
+                "family (fit.family), or OrderedBeta(cutpoints=(c0, c1))")
+        return self.cutpoints
+
+    def shape_starts(self):
+        """The starting cutpoints when they are estimated."""
+        return (-1.0, 1.0)
+
+    @staticmethod
+    def shape_values(parameters):
+        return tuple(float(v) for v in parameters)
+
+    @staticmethod
+    def shape_parameters(values):
+        return [float(v) for v in values]
+
+    def with_estimates(self, values):
+        return type(self)(tuple(values), link=self.link)
+
+    def variance(self, mu, dispersion=None):
+        return mu * (1.0 - mu)
+
+    def valid_mu(self, mu):
+        return jnp.isfinite(mu) & (mu > 0) & (mu < 1)
+
+    def initialize(self, y, weights):
+        return 0.02 + 0.96 * y
+
+    def loglik_eta(self, y, eta, weights, dispersion=None):
+        c0, c1 = self._cuts()
+        return ordbeta.ordbeta_value(jnp, y, eta, dispersion, c0, c1, weights)
+
+    def simulate(self, key, mu, weights, dispersion=None):
+        c0, c1 = self._cuts()
+        mu = _float(mu)
+        dtype = mu.dtype
+        eta = jnp.log(mu) - jnp.log1p(-mu)
+        key_u, key_b = jax.random.split(key)
+        u = jax.random.uniform(key_u, jnp.shape(mu), dtype=dtype)
+        p_zero = jax.nn.sigmoid(c0 - eta)
+        p_one = jax.nn.sigmoid(eta - c1)
+        draws = jax.random.beta(key_b, mu * dispersion, (1.0 - mu) * dispersion, dtype=dtype)
+        return jnp.where(u < p_zero, 0.0, jnp.where(u > 1.0 - p_one, 1.0, draws))
+
+    def check_support(self, y, rows):
+        _raise_bad_rows("an ordbeta response must lie in [0, 1] (exact 0 and 1 allowed)",
+                        ~((y >= 0) & (y <= 1)), rows, y)
+
+    def moment_dispersion(self, xp, y, mu, weights):
+        # The beta precision by moments on the rows strictly inside (0, 1).
+        mid = (y > 0) & (y < 1)
+        w = xp.where(mid, weights, 0.0)
+        ratio = xp.sum(w * mu * (1.0 - mu)) / xp.sum(w * (y - mu) ** 2)
+        return xp.maximum(ratio - 1.0, 0.5)
+
+    def __str__(self) -> str:
+        cuts = "estimated" if self.cutpoints is None else "({:g}, {:g})".format(*self.cutpoints)
+        return f"{self.name}(cutpoints = {cuts}, link = {self.link.name})"

@@ -67,6 +67,7 @@ class GLMMPartsResult(GLMMResult):
     theta_zi_values: np.ndarray | None = None
     effects_zi: tuple = ()
     criterion_fn: object = None  # params (layout above, θ raw) -> −2 log L (Laplace)
+    parts_data: object = None  # glmmjax._engines.compiled.parts.PartsData, for profiling
 
     def criterion_at(self, params) -> float:
         """−2 log L (Laplace) at another parameter vector, laid out as :attr:`params`:
@@ -250,13 +251,20 @@ class GLMMPartsResult(GLMMResult):
         if not include_re and newdata is not None:
             raise ValueError("simulate(include_re=False) draws new random effects for the "
                              "fitting data's levels; with newdata use include_re=True")
+        from .._inference import parts_draws as _parts_draws
+
         rng = np.random.default_rng(seed)
         draws = []
         with jax.enable_x64(True):
-            try:
-                draw = _draw_program(self.family, self.zero_inflated)
-            except TypeError:  # a family holding arrays is not hashable: not kept
-                draw = _draw_program.__wrapped__(self.family, self.zero_inflated)
+            if _parts_draws.supported(self.family):  # numpy: nothing to compile
+                def draw(seed_k, eta, zeta, log_phi, trials):
+                    return _parts_draws.draw(self.family, rng, eta, zeta, log_phi, trials,
+                                             self.zero_inflated)
+            else:
+                try:
+                    draw = _draw_program(self.family, self.zero_inflated)
+                except TypeError:  # a family holding arrays is not hashable: not kept
+                    draw = _draw_program.__wrapped__(self.family, self.zero_inflated)
             # Binomial-type families draw successes out of their trials (the prior
             # weights of the fitting rows; one trial on new data); others take none.
             trials = np.ones(len(self.y) if newdata is None else len(newdata))
@@ -317,6 +325,9 @@ class GLMMPartsResult(GLMMResult):
     def _header(self) -> str:
         lines = [f" Family: {self.family_name}  ( {self.link_name} )",
                  f"Formula:          {self.formula}"]
+        if self.method == "REML":  # glmmTMB's REML = TRUE (glmmjax._engines.host.parts_reml)
+            lines.insert(0, "Linear mixed model fit by REML (fixed effects integrated out, "
+                            "as glmmTMB's REML = TRUE)")
         if self.parts.zi is not None:
             kind = "Hurdle" if is_truncated(self.family) else "Zero inflation"
             lines.append(f"{kind + ':':<18}{self.parts.zi.formula}")
@@ -400,8 +411,11 @@ class GLMMPartsResult(GLMMResult):
         Args:
             method: ``"wald"`` (β̂ ± z·SE from the joint covariance, as glmmTMB's
                 ``confint(method = "Wald")`` for the fixed effects; NaN for the SDs) or
-                ``"boot"`` (percentiles of ``n_boot`` parametric bootstrap refits).
-                Profile intervals are not available for these models yet.
+                ``"boot"`` (percentiles of ``n_boot`` parametric bootstrap refits) or
+                ``"profile"`` (profile likelihood, as glmmTMB's ``confint(method =
+                "profile")``: every fixed effect and scalar random-effect SD; not for
+                REML fits or terms with correlations, see
+                :mod:`glmmjax._inference.parts_profile`).
             level: confidence level.
             parm: parameter names (default all), or ``"beta_"`` / ``"theta_"``.
             names: ``"glmmjax"`` or ``"r"`` (R's coefficient names).
@@ -422,9 +436,9 @@ class GLMMPartsResult(GLMMResult):
             return with_r_aliases(bootstrap_confint(self, level, parm, n_boot, seed,
                                                     progress), names)
         if key == "profile":
-            raise NotImplementedError(
-                "profile intervals are not available for models with ziformula/dispformula "
-                "yet; use method='wald' or method='boot'")
+            from .._inference.parts_profile import profile_confint
+
+            return with_r_aliases(profile_confint(self, level, parm), names)
         raise ValueError(f"method must be 'wald', 'boot' or 'profile', got {method!r}")
 
     def profile(self, *args, **kwargs):

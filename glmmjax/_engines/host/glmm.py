@@ -78,6 +78,30 @@ def n_dispersion_parameters(family) -> int:
     return int(estimates_dispersion(family)) + getattr(family, "n_shape", 0)
 
 
+def shape_starts(family) -> list:
+    """The starting values of the shape parameters estimated with the dispersion (none,
+    Student-t's ν, Tweedie's p, ordered beta's two cutpoints)."""
+    if not getattr(family, "n_shape", 0):
+        return []
+    if hasattr(family, "shape_starts"):
+        return list(family.shape_starts())
+    return [family.shape_start()]
+
+
+def shape_values(family, parameters) -> list:
+    """The shapes from their unconstrained outer parameters."""
+    if hasattr(family, "shape_values"):
+        return list(family.shape_values(parameters))
+    return [family.shape_value(parameters[0])]
+
+
+def shape_parameters(family, values) -> list:
+    """The unconstrained outer parameters of the shapes ``values``."""
+    if hasattr(family, "shape_parameters"):
+        return list(family.shape_parameters(values))
+    return [family.shape_parameter(v) for v in values]
+
+
 @dataclasses.dataclass(frozen=True)
 class HostGLMM:
     """One GLMM's data on the host, for one stage: ``inner`` dense columns (X for
@@ -103,7 +127,7 @@ class HostGLMM:
         (``family.shape_value``: ν = e^κ, p = 1 + logistic(ξ))."""
         if log_dispersion.shape[0] > 1:
             return np.array([np.exp(log_dispersion[0]),
-                             self.family.shape_value(log_dispersion[1])])
+                             *shape_values(self.family, log_dispersion[1:])])
         if log_dispersion.shape[0]:
             return float(np.exp(log_dispersion[0]))
         return getattr(self.family, "theta", None)
@@ -452,7 +476,7 @@ def moment_start(random_terms, model: HostGLMM):
     estimated = estimates_dispersion(model.family)
     # A shape parameter estimated with the dispersion (Student-t's ν, Tweedie's p)
     # starts at the family's choice; the dispersion argument is then (φ, shape).
-    shape = [model.family.shape_start()] if getattr(model.family, "n_shape", 0) else []
+    shape = shape_starts(model.family)
 
     def with_shape(value):
         return np.array([value] + shape) if shape else value
@@ -464,8 +488,8 @@ def moment_start(random_terms, model: HostGLMM):
         eta = X @ beta + offset
         mu = fm.inverse_link(model.family.link, np, eta)
         dispersion = _dispersion_start(model, mu)
-        log_dispersion = np.array([np.log(dispersion)] + [
-            model.family.shape_parameter(v) for v in shape])
+        log_dispersion = np.array([np.log(dispersion)]
+                                  + shape_parameters(model.family, shape))
     terms = row_terms(model, X @ beta + offset, with_shape(dispersion))
     l1, W = terms.d1, np.maximum(terms.w, 1e-8)
     sds = []
