@@ -1,0 +1,705 @@
+"""``fit_many`` on the CPU without compiling anything: a lockstep Laplace fit of many GLMMs
+at once in numpy, vectorized over the models (issues 19 and 20).
+
+Every model shares the design (X, Z, the zero-inflation and dispersion designs) and
+differs in its response. The arrays of one evaluation are (models × rows) and the
+per-row terms ℓ, ℓ', W = −ℓ'', W' and their dispersion / zero-inflation derivatives are
+the closed forms of :mod:`glmmjax._family_math` (and, with zero-inflation, the mixture
+algebra of :mod:`glmmjax._parts_rows`), one call for all models: nothing is traced or
+compiled, so the first call of a batch costs what any later call costs.
+
+Random effects. Row i has J = Σ_t S_t random-effect coefficients (S_t per term); its
+entries of A = ZΛ are aᵢ (J values per model, aᵢ = z_{i,t}'Λ_t per term). The inner
+Hessian H = I + Λ'Z'WZΛ is kept as B blocks of s×s: with one term, one block per level
+(s = S, block diagonal); with several terms (crossed or nested), one dense block
+(s = q, all random effects). Sums over rows into the blocks (Λ'Z'ℓ', Λ'Z'WZΛ) are
+products with fixed sparse scatter matrices; blocks of s ≤ 8 are factored by an
+unrolled Cholesky over the (models × blocks) arrays, larger ones by numpy's stacked LAPACK.
+
+Criterion and gradient: those of :mod:`glmmjax._parts_host` (the host engine of single
+zero-inflation / dispersion fits), the conditional part's random effects only:
+
+    F(ψ) = −2 Σ ℓᵢ(ηᵢ, ζᵢ, δᵢ) + |û|² + log|H(û)|,
+
+with ψ = (θ, β, β_zi, β_d) (β_d: the log dispersion, or the dispersion model's
+coefficients), the exact gradient by the implicit function theorem (third derivatives
+of ℓ in the log-determinant's term). Models without zero-inflation have no ζ; the
+log dispersion of a GLMM is δ = ψ_d on every row (``glmer``'s parameterization).
+
+Outer optimizer: Newton's method per model with the Hessian from forward differences of
+the exact gradient (one more gradient per parameter, each from the mode extrapolated
+along dû/dψ, so one inner Newton step), an Armijo line search, a final full step once
+the Newton decrement is below 1e-10·(1 + |F|), then near-zero diagonal entries of Λ
+tried at exactly zero (kept where F is no worse, as the single fits), and standard
+errors from central differences of the exact gradient (as the single host fits). Models
+move in lockstep, but every step works on the models still running (index subsets): a
+model that converged costs nothing more, and one slow model does not hold the others.
+Failures are flagged per model (status, inner convergence, Hessian).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+
+from . import _family_math as fm
+from ._engine import BOUNDARY_TRY
+from ._optimize import Status
+
+MAX_INNER = 60
+INNER_TOL = 1e-10  # Newton decrement of the inner problem (as _parts_host, _host_glmm)
+MAX_OUTER = 100
+MAX_HALVINGS = 30
+FINAL_TOL = 1e-10  # outer Newton decrement, relative to 1 + |F|
+TRIAL_TOL = 1e-10  # the boundary trial's allowance (as _optimize.minimize_host)
+FD_STEP = 1e-6  # forward differences for the Newton Hessian (relative to max(1, |ψ_j|))
+CD_STEP = 1e-4  # central differences for the standard errors (as _host_lmm)
+SMALL_BLOCK = 8  # blocks up to this size are factored by the unrolled Cholesky
+MAX_DENSE = 400  # largest q of the dense (several terms) layout
+
+
+def applies(design, family, n_agq: int, zero_inflated_terms=()) -> bool:
+    """Whether the lockstep engine fits this structure: Laplace, a built-in family and
+    link with closed forms and no shape parameter, unstructured terms, one term of at
+    most :data:`SMALL_BLOCK` coefficients or several with q ≤ :data:`MAX_DENSE`."""
+    from ._cov_structures import term_structures
+
+    terms = design.terms
+    if n_agq != 1 or not terms or zero_inflated_terms:
+        return False
+    if not fm.supported(family) or getattr(family, "n_shape", 0):
+        return False
+    if any(s.name != "us" for s in term_structures(terms)):
+        return False
+    if len(terms) == 1:
+        return terms[0].size <= SMALL_BLOCK
+    return sum(t.size * t.n_levels for t in terms) <= MAX_DENSE
+
+
+# -- small symmetric positive-definite blocks ------------------------------------------
+def _factor(H):
+    """(log det, inverse, positive definite) of each s×s block of H (..., s, s)."""
+    s = H.shape[-1]
+    if s > SMALL_BLOCK:
+        return _factor_lapack(H)
+    L = np.zeros_like(H)
+    ok = np.ones(H.shape[:-2], bool)
+    for j in range(s):
+        d = H[..., j, j] - np.einsum("...k,...k->...", L[..., j, :j], L[..., j, :j])
+        ok &= d > 0
+        root = np.sqrt(np.where(d > 0, d, 1.0))
+        L[..., j, j] = root
+        for i in range(j + 1, s):
+            L[..., i, j] = (H[..., i, j] - np.einsum("...k,...k->...", L[..., i, :j],
+                                                     L[..., j, :j])) / root
+    # L⁻¹ by forward substitution, then H⁻¹ = L⁻ᵀL⁻¹.
+    M = np.zeros_like(H)
+    for j in range(s):
+        M[..., j, j] = 1.0 / L[..., j, j]
+        for i in range(j + 1, s):
+            M[..., i, j] = -np.einsum("...k,...k->...", L[..., i, j:i], M[..., j:i, j]) / L[..., i, i]
+    inverse = np.einsum("...ki,...kj->...ij", M, M)
+    logdet = 2.0 * np.sum(np.log(np.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    return logdet, inverse, ok
+
+
+def _factor_lapack(H):
+    lead = H.shape[:-2]
+    flat = H.reshape(-1, *H.shape[-2:])
+    try:
+        L = np.linalg.cholesky(flat)
+        ok = np.ones(flat.shape[0], bool)
+    except np.linalg.LinAlgError:
+        L = np.empty_like(flat)
+        ok = np.ones(flat.shape[0], bool)
+        for k in range(flat.shape[0]):
+            try:
+                L[k] = np.linalg.cholesky(flat[k])
+            except np.linalg.LinAlgError:
+                ok[k] = False
+                L[k] = np.eye(flat.shape[-1])
+    logdet = 2.0 * np.sum(np.log(np.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    inverse = np.linalg.inv(np.where(ok[:, None, None], flat, np.eye(flat.shape[-1])))
+    return (logdet.reshape(lead), inverse.reshape(H.shape), ok.reshape(lead))
+
+
+# -- the shared design ---------------------------------------------------------------------
+class Layout:
+    """Where each row's random-effect coefficients sit in the blocks of u and H."""
+
+    def __init__(self, terms, n: int):
+        self.sizes = tuple(int(t.size) for t in terms)
+        self.J = sum(self.sizes)
+        self.z = [np.asarray(t.z, np.float64) for t in terms]
+        self.refs = [np.asarray(t.refs, np.int64) for t in terms]
+        self.n_levels = [int(t.n_levels) for t in terms]
+        self.n = n
+        J = self.J
+        if len(terms) == 1:
+            term = terms[0]
+            self.B, self.s = int(term.n_levels), int(term.size)
+            blk = np.asarray(term.refs, np.int64)
+            loc = np.broadcast_to(np.arange(self.s), (n, self.s)).copy()
+        else:
+            self.B, self.s = 1, int(sum(t.size * t.n_levels for t in terms))
+            blk = np.zeros(n, np.int64)
+            loc = np.empty((n, J), np.int64)
+            start, col = 0, 0
+            for t in terms:
+                for c in range(t.size):
+                    loc[:, col + c] = start + np.asarray(t.refs) * t.size + c
+                start += t.size * t.n_levels
+                col += t.size
+        self.blk, self.loc = blk, loc
+        # (the θ of each term: Λ_t's lower triangle, column by column, lme4's order)
+        self.offsets = np.cumsum((0,) + self.sizes)[:-1]
+        self.G_map = scipy.sparse.csr_matrix(
+            (np.ones(n * J), (np.arange(n * J), (blk[:, None] * self.s + loc).ravel())),
+            shape=(n * J, self.B * self.s))
+        pair = (blk[:, None, None] * self.s * self.s + loc[:, :, None] * self.s
+                + loc[:, None, :]).ravel()
+        self.H_map = scipy.sparse.csr_matrix(
+            (np.ones(n * J * J), (np.arange(n * J * J), pair)),
+            shape=(n * J * J, self.B * self.s * self.s))
+        self.theta_index = []
+        for t, size in enumerate(self.sizes):
+            cols, rws = np.triu_indices(size)
+            self.theta_index += [(t, int(r), int(c)) for r, c in zip(rws, cols)]
+        self.n_theta = len(self.theta_index)
+        self.diagonal = np.array([r == c for _, r, c in self.theta_index], bool)
+
+    def factors(self, theta):
+        """Λ_t per term, (k, S_t, S_t), from θ (k, n_theta)."""
+        out = [np.zeros((theta.shape[0], s, s)) for s in self.sizes]
+        for j, (t, r, c) in enumerate(self.theta_index):
+            out[t][:, r, c] = theta[:, j]
+        return out
+
+    def rows_a(self, theta):
+        """aᵢ per model: (k, n, J)."""
+        parts = [np.einsum("ir,krc->kic", z, lam) for z, lam in zip(self.z, self.factors(theta))]
+        return np.concatenate(parts, axis=2)
+
+    def gather(self, u):
+        """u's entries at each row's coefficients: (k, n, J) from (k, B, s)."""
+        return u[:, self.blk[:, None], self.loc]
+
+    def scatter(self, values):
+        """Σ over rows into the blocks: (k, n, J) -> (k, B, s)."""
+        k = values.shape[0]
+        return np.asarray(values.reshape(k, -1) @ self.G_map).reshape(k, self.B, self.s)
+
+    def scatter_many(self, values):
+        """(k, P, n, J) -> (k, P, B, s)."""
+        k, P = values.shape[:2]
+        out = np.asarray(values.reshape(k * P, -1) @ self.G_map)
+        return out.reshape(k, P, self.B, self.s)
+
+    def hessian(self, a, W):
+        """I + Λ'Z'WZΛ in blocks (k, B, s, s)."""
+        k = a.shape[0]
+        prod = (W[:, :, None, None] * a[:, :, :, None] * a[:, :, None, :]).reshape(k, -1)
+        H = np.asarray(prod @ self.H_map).reshape(k, self.B, self.s, self.s)
+        H += np.eye(self.s)
+        return H
+
+    def inverse_rows(self, inverse):
+        """H⁻¹'s entries between each row's coefficients: (k, n, J, J)."""
+        return inverse[:, self.blk[:, None, None], self.loc[:, :, None], self.loc[:, None, :]]
+
+
+class RowModel:
+    """The per-row terms of one family (with or without zero-inflation)."""
+
+    def __init__(self, family, zero_inflated: bool, has_dispersion: bool, power: float = 1.0):
+        self.family = family
+        self.zero_inflated = zero_inflated
+        self.has_dispersion = has_dispersion
+        self.power = power
+        if zero_inflated:
+            from ._parts_rows import RowKernel
+
+            self.kernel = RowKernel(family, True)
+
+    def __call__(self, y, w, eta, zeta, delta, third: bool):
+        """dict of (k, n) arrays: ll, g_e, W and with ``third`` g_z, g_d, h_ez, h_ed
+        (∂²ℓ/∂η∂ζ, ∂²ℓ/∂η∂δ), W_e, W_z, W_d (∂W/∂η, ∂W/∂ζ, ∂W/∂δ)."""
+        shape = eta.shape
+        with np.errstate(all="ignore"):
+            if self.zero_inflated:
+                d = delta if delta is not None else np.zeros(shape)
+                ll, g, h, t = self.kernel(y.ravel(), w.ravel(), eta.ravel(), zeta.ravel(),
+                                          np.broadcast_to(d, shape).ravel(), third=third)
+                out = dict(ll=ll.reshape(shape), g_e=g[:, 0].reshape(shape),
+                           W=-h[:, 0, 0].reshape(shape))
+                if third:
+                    out.update(g_z=g[:, 1].reshape(shape), g_d=g[:, 2].reshape(shape),
+                               h_ez=h[:, 0, 1].reshape(shape), h_ed=h[:, 0, 2].reshape(shape),
+                               W_e=-t[:, 0, 0, 0].reshape(shape),
+                               W_z=-t[:, 0, 0, 1].reshape(shape),
+                               W_d=-t[:, 0, 0, 2].reshape(shape))
+                return out
+            dispersion = None
+            if self.has_dispersion:
+                dispersion = np.exp(self.power * delta)
+            r = fm.row_terms(self.family, np, y, eta, w, dispersion, third=third,
+                             dispersion_derivatives=third and self.has_dispersion)
+            out = dict(ll=r.value + np.zeros(shape), g_e=r.d1 + np.zeros(shape),
+                       W=r.w + np.zeros(shape))
+            if third:
+                out["W_e"] = r.w1 + np.zeros(shape)
+                if self.has_dispersion:
+                    p = self.power
+                    out.update(g_d=p * r.value_psi, h_ed=p * r.d1_psi, W_d=p * r.w_psi)
+            return out
+
+
+class LockstepModels:
+    """K models sharing a design: the criterion, its gradient and the fit, vectorized.
+
+    Arguments: X (n, p), offset (n,), terms (the conditional part's random-effects
+    terms), Y and Wt (n, K) responses and prior weights, ``rows`` (a :class:`RowModel`),
+    optionally X_zi/offset_zi (zero-inflation) and X_d/offset_d (dispersion).
+    """
+
+    def __init__(self, X, offset, terms, Y, Wt, rows: RowModel, X_zi=None, offset_zi=None,
+                 X_d=None, offset_d=None):
+        n = X.shape[0]
+        self.X = np.asarray(X, np.float64)
+        self.offset = np.asarray(offset, np.float64)
+        self.layout = Layout(terms, n)
+        self.rows = rows
+        self.Y = np.ascontiguousarray(np.asarray(Y, np.float64).T)  # (K, n)
+        self.Wt = np.ascontiguousarray(np.asarray(Wt, np.float64).T)
+        empty = np.zeros((n, 0))
+        self.X_zi = empty if X_zi is None else np.asarray(X_zi, np.float64)
+        self.offset_zi = np.zeros(n) if offset_zi is None else np.asarray(offset_zi, np.float64)
+        self.X_d = empty if X_d is None else np.asarray(X_d, np.float64)
+        self.offset_d = np.zeros(n) if offset_d is None else np.asarray(offset_d, np.float64)
+        L = self.layout
+        self.sizes = (L.n_theta, self.X.shape[1], self.X_zi.shape[1], self.X_d.shape[1])
+        self.P = sum(self.sizes)
+
+    # -- pieces ----------------------------------------------------------------------------
+    def split(self, psi):
+        a, b, c, _ = np.cumsum(self.sizes)
+        return psi[:, :a], psi[:, a:b], psi[:, b:c], psi[:, c:]
+
+    def _predictors(self, psi):
+        theta, beta, beta_zi, beta_d = self.split(psi)
+        base = beta @ self.X.T + self.offset
+        zeta = beta_zi @ self.X_zi.T + self.offset_zi if self.rows.zero_inflated else None
+        delta = beta_d @ self.X_d.T + self.offset_d if self.rows.has_dispersion else None
+        return self.layout.rows_a(theta), base, zeta, delta
+
+    def mode(self, idx, a, base, zeta, delta, u0):
+        """û for the models ``idx`` by Newton's method with per-model step halving.
+
+        Returns (û, converged)."""
+        L = self.layout
+        y, w = self.Y[idx], self.Wt[idx]
+        u = u0.copy()
+        k = u.shape[0]
+        converged = np.zeros(k, bool)
+
+        def terms(sub, v):
+            eta = base[sub] + np.einsum("knj,knj->kn", a[sub], L.gather(v))
+            r = self.rows(y[sub], w[sub], eta, None if zeta is None else zeta[sub],
+                          None if delta is None else delta[sub], third=False)
+            value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=(1, 2))
+            return value, r
+
+        active = np.arange(k)
+        value, r = terms(active, u)
+        for _ in range(MAX_INNER):
+            if active.size == 0:
+                break
+            sub_a = a[active]
+            G = u[active] - L.scatter(sub_a * r["g_e"][:, :, None])
+            W = r["W"]
+            H = L.hessian(sub_a, W)
+            _, inv, ok = _factor(H)
+            ok = ok.all(axis=1)
+            if not ok.all():
+                # Not log-concave here (zero-inflation): steps with W floored.
+                floor = np.maximum(W[~ok], 1e-10 * (1.0 + np.abs(W[~ok])))
+                _, inv_f, _ = _factor(L.hessian(sub_a[~ok], floor))
+                inv[~ok] = inv_f
+            step = -np.einsum("kbst,kbt->kbs", inv, G)
+            decrement = -np.sum(G * step, axis=(1, 2))
+            with np.errstate(invalid="ignore"):
+                done = decrement < INNER_TOL
+            finished = active[done]
+            u[finished] += step[done]
+            converged[finished] = True
+            keep = ~done & np.isfinite(decrement)
+            active, step, value, r = (active[keep], step[keep], value[keep],
+                                      {key: v[keep] for key, v in r.items()})
+            if active.size == 0:
+                break
+            # Step halving per model: the trial points of the models not yet accepted.
+            t = np.ones(active.size)
+            new_value = np.full(active.size, np.nan)
+            new_r = {key: np.empty_like(v) for key, v in r.items()}
+            pending = np.arange(active.size)
+            for _ in range(MAX_HALVINGS):
+                trial = u[active[pending]] + t[pending, None, None] * step[pending]
+                f_t, r_t = terms(active[pending], trial)
+                good = np.isfinite(f_t) & (f_t <= value[pending] + 1e-13 * (1 + np.abs(value[pending])))
+                acc = pending[good]
+                new_value[acc] = f_t[good]
+                for key in new_r:
+                    new_r[key][acc] = r_t[key][good]
+                u[active[acc]] = trial[good]
+                pending = pending[~good]
+                t[pending] *= 0.5
+                if pending.size == 0:
+                    break
+            moved = np.isfinite(new_value)
+            active, value = active[moved], new_value[moved]
+            r = {key: v[moved] for key, v in new_r.items()}
+        return u, converged
+
+    def evaluate(self, idx, psi, u0, gradient: bool = True, sensitivity: bool = False):
+        """F, ∇F, û (and dû/dψ, (k, B, s, P)) of the models ``idx`` at ``psi`` (k, P),
+        the inner Newton started from ``u0`` (k, B, s). Non-finite F where H is not
+        positive definite at the mode or the mode was not found."""
+        L = self.layout
+        a, base, zeta, delta = self._predictors(psi)
+        u, inner_ok = self.mode(idx, a, base, zeta, delta, u0)
+        y, w = self.Y[idx], self.Wt[idx]
+        ug = L.gather(u)
+        eta = base + np.einsum("knj,knj->kn", a, ug)
+        r = self.rows(y, w, eta, zeta, delta, third=gradient)
+        H = L.hessian(a, r["W"])
+        logdet, inv, ok = _factor(H)
+        ok = ok.all(axis=1) & inner_ok
+        value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(u * u, axis=(1, 2)) + logdet.sum(axis=1)
+        value = np.where(ok & np.isfinite(value), value, np.nan)
+        out = dict(value=value, u=u, inner_ok=inner_ok)
+        if not gradient:
+            return out
+        # Gradient (module docstring; notation of glmmjax._parts_host.value_grad).
+        with np.errstate(all="ignore"):
+            Hr = L.inverse_rows(inv)  # (k, n, J, J)
+            PH = np.einsum("knij,knj->kni", Hr, a)  # (H⁻¹aᵢ) at the row's coefficients
+            p_ee = np.einsum("kni,kni->kn", PH, a)
+            c_e = p_ee * r["W_e"]
+            zvec = np.einsum("kbst,kbt->kbs", inv, L.scatter(a * c_e[:, :, None]))
+            zg = L.gather(zvec)
+            az = np.einsum("knj,knj->kn", a, zg)
+            W = r["W"]
+            rho_e = -2.0 * r["g_e"] + c_e - az * W
+            parts = []
+            # θ: Σᵢ z_{i,r}·Q_{i,(t,c)}, Q = u·ρ_η + 2W·(H⁻¹a) + ℓ'·z.
+            Q = ug * rho_e[:, :, None] + 2.0 * W[:, :, None] * PH + r["g_e"][:, :, None] * zg
+            for t, r_, c in L.theta_index:
+                col = L.offsets[t] + c
+                parts.append((Q[:, :, col] @ L.z[t][:, r_])[:, None])
+            parts.append(rho_e @ self.X)
+            if self.rows.zero_inflated:
+                rho_z = -2.0 * r["g_z"] + p_ee * r["W_z"] + az * r["h_ez"]
+                parts.append(rho_z @ self.X_zi)
+            if self.rows.has_dispersion:
+                rho_d = -2.0 * r["g_d"] + p_ee * r["W_d"] + az * r["h_ed"]
+                parts.append(rho_d @ self.X_d)
+            grad = np.concatenate(parts, axis=1)
+        out["grad"] = np.where(ok[:, None], grad, np.nan)
+        if sensitivity:
+            out["S"] = self._sensitivity(a, ug, r, inv)
+        return out
+
+    def _sensitivity(self, a, ug, r, inv):
+        """dû/dψ = −H⁻¹ s_j, s_j = ∂(∇ᵤg/2)/∂ψ_j at fixed u: (k, B, s, P)."""
+        L = self.layout
+        k, n, J = a.shape
+        W, g_e = r["W"], r["g_e"]
+        cols = []
+        aW = a * W[:, :, None]
+        for t, r_, c in L.theta_index:
+            col = L.offsets[t] + c
+            d_eta = ug[:, :, col] * L.z[t][:, r_]
+            s = aW * d_eta[:, :, None]
+            extra = np.zeros_like(a)
+            extra[:, :, col] = -L.z[t][:, r_] * g_e
+            cols.append(s + extra)
+        for j in range(self.X.shape[1]):
+            cols.append(aW * self.X[:, j][None, :, None])
+        if self.rows.zero_inflated:
+            for j in range(self.X_zi.shape[1]):
+                cols.append(-a * (r["h_ez"] * self.X_zi[:, j])[:, :, None])
+        if self.rows.has_dispersion:
+            for j in range(self.X_d.shape[1]):
+                cols.append(-a * (r["h_ed"] * self.X_d[:, j])[:, :, None])
+        s_all = L.scatter_many(np.stack(cols, axis=1))  # (k, P, B, s)
+        S = -np.einsum("kbst,kpbt->kbsp", inv, s_all)
+        return np.where(np.isfinite(S), S, 0.0)
+
+    # -- the fit -------------------------------------------------------------------------
+    def _gradient_at(self, idx, psi, u, S, base_psi):
+        start = u + np.einsum("kbsp,kp->kbs", S, psi - base_psi)
+        return self.evaluate(idx, psi, start)["grad"]
+
+    def _fd_hessian(self, idx, psi, u, S, grad):
+        """Forward differences of the exact gradient, (k, P, P), symmetrized."""
+        k, P = psi.shape
+        H = np.empty((k, P, P))
+        for j in range(P):
+            h = FD_STEP * np.maximum(1.0, np.abs(psi[:, j]))
+            up = psi.copy()
+            up[:, j] += h
+            H[:, :, j] = (self._gradient_at(idx, up, u, S, psi) - grad) / h[:, None]
+        return 0.5 * (H + np.swapaxes(H, 1, 2))
+
+    def central_hessian(self, idx, psi, u, S):
+        k, P = psi.shape
+        H = np.empty((k, P, P))
+        for j in range(P):
+            h = CD_STEP * np.maximum(1.0, np.abs(psi[:, j]))
+            up, down = psi.copy(), psi.copy()
+            up[:, j] += h
+            down[:, j] -= h
+            H[:, :, j] = (self._gradient_at(idx, up, u, S, psi)
+                          - self._gradient_at(idx, down, u, S, psi)) / (2.0 * h[:, None])
+        return 0.5 * (H + np.swapaxes(H, 1, 2))
+
+    def fit(self, psi0, idx=None, max_outer: int = MAX_OUTER) -> dict:
+        """Fit the models ``idx`` (default: all) from ``psi0`` (k, P)."""
+        L = self.layout
+        K = self.Y.shape[0] if idx is None else len(idx)
+        idx = np.arange(K) if idx is None else np.asarray(idx)
+        psi = np.array(psi0, np.float64)
+        u = np.zeros((K, L.B, L.s))
+        ev = self.evaluate(idx, psi, u, sensitivity=True)
+        f, g, u, S = ev["value"], ev["grad"], ev["u"], ev["S"]
+        status = np.full(K, -1)
+        status[~(np.isfinite(f) & np.all(np.isfinite(g), axis=1))] = Status.NON_FINITE
+        iterations = np.zeros(K, int)
+        for _ in range(max_outer):
+            act = np.flatnonzero(status < 0)
+            if act.size == 0:
+                break
+            iterations[act] += 1
+            Hp = self._fd_hessian(idx[act], psi[act], u[act], S[act], g[act])
+            d, decrement = _newton_direction(g[act], Hp)
+            bad = ~np.isfinite(decrement)
+            status[act[bad]] = Status.NON_FINITE
+            act, d, decrement = act[~bad], d[~bad], decrement[~bad]
+            final = decrement <= FINAL_TOL * (1.0 + np.abs(f[act]))
+            scale = np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(d), axis=1), 1e-300))
+            d *= scale[:, None]
+            slope = np.sum(g[act] * d, axis=1)
+            slack = np.where(final, 1e-11 * (1.0 + np.abs(f[act])), 0.0)
+            t = np.ones(act.size)
+            pending = np.arange(act.size)
+            moved = np.zeros(act.size, bool)
+            for _ in range(MAX_HALVINGS + 1):
+                m = act[pending]
+                trial = psi[m] + t[pending, None] * d[pending]
+                start = u[m] + np.einsum("kbsp,kp->kbs", S[m], trial - psi[m])
+                e = self.evaluate(idx[m], trial, start, sensitivity=True)
+                good = (np.isfinite(e["value"]) & np.all(np.isfinite(e["grad"]), axis=1)
+                        & (e["value"] <= f[m] + 1e-4 * t[pending] * slope[pending]
+                           + slack[pending]))
+                acc = m[good]
+                psi[acc], f[acc], g[acc] = trial[good], e["value"][good], e["grad"][good]
+                u[acc], S[acc] = e["u"][good], e["S"][good]
+                moved[pending[good]] = True
+                # A final step not taken: the current point is as good.
+                pending = pending[~good & ~final[pending]]
+                t[pending] *= 0.5
+                if pending.size == 0:
+                    break
+            status[act[final]] = Status.CONVERGED
+            failed = ~moved & ~final
+            status[act[failed]] = Status.LINE_SEARCH_FAILED
+        status[status < 0] = Status.MAX_ITERATIONS
+        # Near-zero diagonal entries of Λ tried at exactly zero (as the single fits).
+        theta = psi[:, : L.n_theta]
+        near = (np.abs(theta) < BOUNDARY_TRY) & L.diagonal
+        tryit = np.flatnonzero(near.any(axis=1) & (status == Status.CONVERGED))
+        if tryit.size:
+            trial = psi[tryit].copy()
+            trial[:, : L.n_theta] = np.where(near[tryit], 0.0, theta[tryit])
+            start = u[tryit] + np.einsum("kbsp,kp->kbs", S[tryit], trial - psi[tryit])
+            e = self.evaluate(idx[tryit], trial, start, sensitivity=True)
+            good = np.isfinite(e["value"]) & (e["value"] <= f[tryit] + TRIAL_TOL * (1 + np.abs(f[tryit])))
+            acc = tryit[good]
+            psi[acc], f[acc], g[acc], u[acc], S[acc] = (trial[good], e["value"][good],
+                                                        e["grad"][good], e["u"][good],
+                                                        e["S"][good])
+        # The mode at the final point, then standard errors from central differences.
+        final_ev = self.evaluate(idx, psi, u, gradient=False)
+        hessian = self.central_hessian(idx, psi, u, S)
+        finite = np.all(np.isfinite(hessian), axis=(1, 2))
+        safe = np.where(finite[:, None, None], hessian, np.eye(self.P))
+        cov = 2.0 * np.linalg.pinv(safe)
+        cov[~finite] = np.nan
+        pd = finite & np.all(np.linalg.eigvalsh(safe) > 0, axis=1)
+        return dict(params=psi, value=f, grad=g, u=u, status=status, iterations=iterations,
+                    params_cov=cov, hessian_pd=pd, inner_converged=final_ev["inner_ok"],
+                    hessian=hessian)
+
+
+def _newton_direction(g, H):
+    """−H⁻¹g per model with H's eigenvalues made positive (|λ|, floored at 1e-8 of the
+    largest): a descent direction where H is indefinite; and the decrement −g'd."""
+    with np.errstate(all="ignore"):
+        finite = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(g), axis=1)
+        Hs = np.where(finite[:, None, None], H, np.eye(H.shape[1]))
+        lam, V = np.linalg.eigh(Hs)
+        lam = np.abs(lam)
+        lam = np.maximum(lam, 1e-8 * np.max(lam, axis=1, keepdims=True) + 1e-300)
+        d = -np.einsum("kij,kj->ki", V, np.einsum("kji,kj->ki", V, np.where(finite[:, None], g, 0)) / lam)
+        decrement = np.where(finite, -np.sum(g * d, axis=1), np.nan)
+    return d, decrement
+
+
+# -- start values ----------------------------------------------------------------------------
+def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
+    """ψ₀ per model: β from a GLM without random effects (Newton, vectorized), the log
+    dispersion from moments at that fit (negative binomial θ from Var y = μ + μ²/θ,
+    Pearson's estimate for the families with one), Λ's diagonal from moments of the
+    one-step random effects per level (as the blocked batch path), zero-inflation 0."""
+    from ._parts_rows import _initial_mean
+
+    idx = np.arange(models.Y.shape[0]) if idx is None else np.asarray(idx)
+    Y, Wt = models.Y[idx], models.Wt[idx]
+    X, offset = models.X, models.offset
+    k, n = Y.shape
+    base_rows = RowModel(family, False, models.rows.has_dispersion, models.rows.power)
+    zero = np.zeros((k, n))
+    with np.errstate(all="ignore"):
+        mu0 = np.stack([_initial_mean(family, Y[j], Wt[j]) for j in range(k)])
+        eta0 = fm.link_function(family.link, np, mu0)
+        eta0 = np.where(np.isfinite(eta0), eta0, 0.0) - offset
+        beta = eta0 @ np.linalg.pinv(X).T
+        delta = zero if models.rows.has_dispersion else None
+
+        def deviance(b):
+            r = base_rows(Y, Wt, b @ X.T + offset, None, delta, third=False)
+            return -2.0 * np.sum(r["ll"], axis=1), r
+
+        dev, r = deviance(beta)
+        dev = np.where(np.isfinite(dev), dev, np.inf)
+        for _ in range(25):
+            W = np.maximum(r["W"], 1e-10 * (1.0 + np.abs(r["W"])))
+            M = np.einsum("ni,kn,nj->kij", X, W, X) + 1e-10 * np.eye(X.shape[1])
+            step = np.linalg.solve(M, (r["g_e"] @ X)[:, :, None])[:, :, 0]
+            t = np.ones(k)
+            new_beta, new_dev, new_r = beta.copy(), dev.copy(), r
+            pending = np.arange(k)
+            for _ in range(20):
+                trial = beta[pending] + t[pending, None] * step[pending]
+                d_t, r_t = deviance(trial)
+                good = np.isfinite(d_t) & (d_t <= dev[pending] + 1e-12 * np.abs(dev[pending]))
+                acc = pending[good]
+                new_beta[acc], new_dev[acc] = trial[good], d_t[good]
+                if acc.size:
+                    new_r = {key: v.copy() for key, v in new_r.items()}
+                    for key in new_r:
+                        new_r[key][acc] = r_t[key][good]
+                pending = pending[~good]
+                t[pending] *= 0.5
+                if pending.size == 0:
+                    break
+            change = np.max(np.abs(new_beta - beta))
+            beta, dev, r = new_beta, new_dev, new_r
+            if change < 1e-8:
+                break
+        eta = beta @ X.T + offset
+        mu = fm.inverse_link(family.link, np, eta)
+        parts = [None, beta, np.zeros((k, models.X_zi.shape[1])), np.zeros((k, 0))]
+        if models.rows.has_dispersion:
+            log_d = _dispersion_start(family, Y, mu, Wt, X.shape[1])
+            pinv_d = np.linalg.pinv(models.X_d)
+            parts[3] = (log_d[:, None] / models.rows.power - models.offset_d) @ pinv_d.T
+        parts[0] = _theta_start(models.layout, r)
+    return np.concatenate(parts, axis=1)
+
+
+def _dispersion_start(family, Y, mu, Wt, p):
+    real = Wt > 0
+    resid2 = np.where(real, (Y - mu) ** 2, 0.0)
+    if family.name in ("negative_binomial", "nbinom2"):
+        excess = np.sum(resid2 - np.where(real, mu, 0.0), axis=1)
+        size = np.sum(np.where(real, mu**2, 0.0), axis=1) / np.where(excess > 0, excess, 1.0)
+        log_d = np.where(excess > 0, np.log(np.clip(size, 0.05, 1e4)), np.log(1e4))
+    elif family.dispersion_method == "pearson":
+        n_eff = np.maximum(np.sum(real, axis=1) - p, 1.0)
+        variance = np.where(real, np.asarray(family.variance(mu, None)), 1.0)
+        pearson = np.sum(resid2 / variance, axis=1) / n_eff
+        log_d = np.log(np.clip(pearson, 1e-8, 1e8))
+    else:
+        log_d = np.zeros(Y.shape[0])
+    return np.where(np.isfinite(log_d), log_d, 0.0)
+
+
+def _theta_start(layout: Layout, r) -> np.ndarray:
+    """Λ's diagonal from moments per term: one Newton step per level at u = 0 gives
+    b̂_j = M_j⁻¹Σzℓ' (M_j = ΣWzz'), whose covariance is about Σ_b + M_j⁻¹; SDs
+    sqrt(mean b̂² − mean diag M⁻¹) clipped to [0.1, 5], correlations 0."""
+    k = r["W"].shape[0]
+    theta = np.zeros((k, layout.n_theta))
+    W = np.maximum(r["W"], 1e-10)
+    for t, (z, size) in enumerate(zip(layout.z, layout.sizes)):
+        levels = layout.refs[t]
+        m = layout.n_levels[t]
+        onehot = scipy.sparse.csr_matrix((np.ones(len(levels)), (np.arange(len(levels)), levels)),
+                                         shape=(len(levels), m))
+        zz = (z[:, :, None] * z[:, None, :]).reshape(len(levels), -1)
+        M = np.asarray((W[:, :, None] * zz[None]).transpose(0, 2, 1).reshape(-1, len(levels))
+                        @ onehot).reshape(k, size, size, m).transpose(0, 3, 1, 2)
+        M = M + 1e-8 * (1.0 + np.trace(M, axis1=2, axis2=3))[:, :, None, None] * np.eye(size)
+        rhs = np.asarray((r["g_e"][:, :, None] * z[None]).transpose(0, 2, 1).reshape(-1, len(levels))
+                          @ onehot).reshape(k, size, m).transpose(0, 2, 1)
+        _, inv, _ = _factor(M)
+        b_hat = np.einsum("kmst,kmt->kms", inv, rhs)
+        var = np.mean(b_hat**2, axis=1) - np.mean(np.diagonal(inv, axis1=2, axis2=3), axis=1)
+        with np.errstate(invalid="ignore"):
+            sd = np.sqrt(np.clip(var, 0.01, 25.0))
+        sd = np.where(np.isfinite(sd), sd, 1.0)
+        for j, (tt, rr, cc) in enumerate(layout.theta_index):
+            if tt == t and rr == cc:
+                theta[:, j] = sd[:, rr]
+    return theta
+
+
+# -- fit_many's entry point --------------------------------------------------------------------
+CHUNK = 2000  # models per lockstep pass (memory: a few (models × rows × J²) arrays)
+
+
+def glmm_models(design, family, Y, W) -> LockstepModels:
+    """The lockstep models of a GLMM ``fit_many`` (no zero-inflation, ``glmer``'s
+    parameterization: ψ = (θ, β, log dispersion))."""
+    has_dispersion = bool(family.has_dispersion and family.dispersion_method != "fixed")
+    n = design.X.shape[0]
+    rows = RowModel(family, False, has_dispersion)
+    return LockstepModels(design.X, design.offset, design.terms, Y, W, rows,
+                          X_d=np.ones((n, 1)) if has_dispersion else None)
+
+
+def fit_glmm_many(design, family, Y, W, progress=None) -> dict:
+    """Fit every column of Y (n, K) with prior weights W (n, K); the outputs
+    :func:`glmmjax._batch._assemble` takes, one row per model."""
+    from ._progress import bar
+
+    models = glmm_models(design, family, Y, W)
+    K = Y.shape[1]
+    chunks = [np.arange(s, min(s + CHUNK, K)) for s in range(0, K, CHUNK)]
+    pieces = []
+    for idx in bar(chunks, enabled=progress if len(chunks) > 1 else False,
+                   desc="fitting models", unit="chunk"):
+        psi0 = start_values(models, family, idx)
+        pieces.append(models.fit(psi0, idx))
+    out = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+    n_theta, p = models.layout.n_theta, design.X.shape[1]
+    constant = np.array([float(fm.loglik_constant(family, np, models.Y[k], models.Wt[k]))
+                         for k in range(K)]) if K else np.zeros(0)
+    cov = out["params_cov"]
+    return dict(params=out["params"], beta=out["params"][:, n_theta : n_theta + p],
+                beta_cov=cov[:, n_theta : n_theta + p, n_theta : n_theta + p],
+                value=out["value"] - 2.0 * constant, status=out["status"],
+                iterations=out["iterations"], grad_max=np.max(np.abs(out["grad"]), axis=1),
+                hessian_pd=out["hessian_pd"], inner_converged=out["inner_converged"],
+                has_dispersion=models.rows.has_dispersion)
