@@ -54,6 +54,7 @@ FINAL_TOL = 1e-10  # outer Newton decrement, relative to 1 + |F|
 TRIAL_TOL = 1e-10  # the boundary trial's allowance (as _optimize.minimize_host)
 FD_STEP = 1e-6  # forward differences for the Newton Hessian (relative to max(1, |ψ_j|))
 CD_STEP = 1e-4  # central differences for the standard errors (as _host_lmm)
+CHORD_RATE = 0.01  # Newton's decrement must fall by this factor to keep the Hessian
 SMALL_BLOCK = 8  # blocks up to this size are factored by the unrolled Cholesky
 MAX_DENSE = 400  # largest q of the dense (several terms) layout
 
@@ -77,6 +78,32 @@ def applies(design, family, n_agq: int, zero_inflated_terms=()) -> bool:
 
 
 # -- small symmetric positive-definite blocks ------------------------------------------
+def _rowdot(a, b):
+    """Σ over the last axis of a·b (broadcasting), unrolled: these axes have 1–8 entries,
+    where einsum's and sum's per-call overheads dominate."""
+    n = max(a.shape[-1], b.shape[-1])
+    if n == 0:
+        return np.zeros(np.broadcast_shapes(a.shape[:-1], b.shape[:-1]))
+    if n > SMALL_BLOCK:
+        return np.sum(a * b, axis=-1)
+    out = a[..., 0] * b[..., 0]
+    for j in range(1, n):
+        out = out + a[..., j] * b[..., j]
+    return out
+
+
+def _matvec(M, v):
+    """M @ v over the last axes ((..., s, s) @ (..., s))."""
+    if M.shape[-1] > SMALL_BLOCK:
+        return np.matmul(M, v[..., None])[..., 0]
+    return _rowdot(M, v[..., None, :])
+
+
+def _extrapolate(S, d):
+    """dû/dψ·Δψ: (k, B, s, P) times (k, P)."""
+    return _rowdot(S, d[:, None, None, :])
+
+
 def _factor(H):
     """(log det, inverse, positive definite) of each s×s block of H (..., s, s)."""
     s = H.shape[-1]
@@ -85,20 +112,22 @@ def _factor(H):
     L = np.zeros_like(H)
     ok = np.ones(H.shape[:-2], bool)
     for j in range(s):
-        d = H[..., j, j] - np.einsum("...k,...k->...", L[..., j, :j], L[..., j, :j])
+        d = H[..., j, j] - _rowdot(L[..., j, :j], L[..., j, :j])
         ok &= d > 0
         root = np.sqrt(np.where(d > 0, d, 1.0))
         L[..., j, j] = root
         for i in range(j + 1, s):
-            L[..., i, j] = (H[..., i, j] - np.einsum("...k,...k->...", L[..., i, :j],
-                                                     L[..., j, :j])) / root
+            L[..., i, j] = (H[..., i, j] - _rowdot(L[..., i, :j], L[..., j, :j])) / root
     # L⁻¹ by forward substitution, then H⁻¹ = L⁻ᵀL⁻¹.
     M = np.zeros_like(H)
     for j in range(s):
         M[..., j, j] = 1.0 / L[..., j, j]
         for i in range(j + 1, s):
-            M[..., i, j] = -np.einsum("...k,...k->...", L[..., i, j:i], M[..., j:i, j]) / L[..., i, i]
-    inverse = np.einsum("...ki,...kj->...ij", M, M)
+            M[..., i, j] = -_rowdot(L[..., i, j:i], M[..., j:i, j]) / L[..., i, i]
+    inverse = np.empty_like(H)
+    for i in range(s):
+        for j in range(i, s):
+            inverse[..., i, j] = inverse[..., j, i] = _rowdot(M[..., j:, i], M[..., j:, j])
     logdet = 2.0 * np.sum(np.log(np.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
     return logdet, inverse, ok
 
@@ -177,8 +206,11 @@ class Layout:
 
     def rows_a(self, theta):
         """aᵢ per model: (k, n, J)."""
-        parts = [np.einsum("ir,krc->kic", z, lam) for z, lam in zip(self.z, self.factors(theta))]
-        return np.concatenate(parts, axis=2)
+        k = theta.shape[0]
+        out = np.zeros((k, self.n, self.J))
+        for j, (t, r, c) in enumerate(self.theta_index):
+            out[:, :, self.offsets[t] + c] += theta[:, j, None] * self.z[t][:, r]
+        return out
 
     def gather(self, u):
         """u's entries at each row's coefficients: (k, n, J) from (k, B, s)."""
@@ -239,6 +271,9 @@ class RowModel:
                                W_z=-t[:, 0, 0, 1].reshape(shape),
                                W_d=-t[:, 0, 0, 2].reshape(shape))
                 return out
+            fast = _fast_rows(self.family, y, w, eta, delta, third)
+            if fast is not None:
+                return fast
             dispersion = None
             if self.has_dispersion:
                 dispersion = np.exp(self.power * delta)
@@ -252,6 +287,63 @@ class RowModel:
                     p = self.power
                     out.update(g_d=p * r.value_psi, h_ed=p * r.d1_psi, W_d=p * r.w_psi)
             return out
+
+
+def _fast_rows(family, y, w, eta, delta, third):
+    """The row terms of the canonical pairs benchmarks and per-gene fits use most
+    (binomial-logit, Poisson-log, negative binomial-log), in fewer array operations
+    than :func:`glmmjax._family_math.row_terms` (same formulas specialized to the link):
+    None for any other pair. ``ll`` leaves out terms free of η and the dispersion; with
+    ``third`` (the evaluations whose value is reported) the negative binomial's log
+    binomial coefficient in θ is included (Newton steps at fixed θ do not need it)."""
+    name, link = type(family).__name__, type(family.link).__name__
+    if not (type(family).__module__.startswith("glmmjax.")
+            and type(family.link).__module__.startswith("glmmjax.")):
+        return None
+    if name == "Binomial" and link == "Logit":
+        e = np.exp(-np.abs(eta))
+        prob = np.where(eta >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        softplus = np.maximum(eta, 0.0) + np.log1p(e)
+        s = w * y
+        W = w * prob * (1.0 - prob)
+        out = dict(ll=s * eta - w * softplus, g_e=s - w * prob, W=W)
+        if third:
+            out["W_e"] = W * (1.0 - 2.0 * prob)
+        return out
+    if name == "Poisson" and link == "Log":
+        mu = np.exp(eta)
+        out = dict(ll=w * (y * eta - mu), g_e=w * (y - mu), W=w * mu)
+        if third:
+            out["W_e"] = out["W"]
+        return out
+    if name == "NegativeBinomial" and link == "Log" and delta is not None:
+        theta = np.exp(delta)
+        if np.any(theta > 1e4):
+            return None
+        ratio = eta - delta
+        e = np.exp(-np.abs(ratio))
+        log1pe = np.log1p(e)
+        p = np.where(ratio >= 0, 1.0 / (1.0 + e), e / (1.0 + e))  # μ/(θ + μ)
+        one_mp = 1.0 - p
+        sp_pos = np.maximum(ratio, 0.0) + log1pe  # softplus(ratio) = −log(θ/(θ + μ))
+        sp_neg = sp_pos - ratio  # softplus(−ratio)
+        yt = y + theta
+        f1 = w * (y - yt * p)
+        pq = p * one_mp
+        W = w * yt * pq
+        ll = w * (-theta * sp_pos - y * sp_neg)
+        out = dict(ll=ll, g_e=f1, W=W)
+        if third:
+            import scipy.special as sc
+
+            out["ll"] = ll + w * (sc.gammaln(yt) - sc.gammaln(theta) - sc.gammaln(y + 1.0))
+            out["W_e"] = W * (one_mp - p)
+            out["g_d"] = w * theta * (sc.digamma(yt) - sc.digamma(theta) - sp_pos + 1.0
+                                      - yt * one_mp / theta)
+            out["h_ed"] = p * f1
+            out["W_d"] = w * pq * (theta - yt * (one_mp - p))
+        return out
+    return None
 
 
 class LockstepModels:
@@ -303,7 +395,7 @@ class LockstepModels:
         converged = np.zeros(k, bool)
 
         def terms(sub, v):
-            eta = base[sub] + np.einsum("knj,knj->kn", a[sub], L.gather(v))
+            eta = base[sub] + _rowdot(a[sub], L.gather(v))
             r = self.rows(y[sub], w[sub], eta, None if zeta is None else zeta[sub],
                           None if delta is None else delta[sub], third=False)
             value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=(1, 2))
@@ -325,7 +417,7 @@ class LockstepModels:
                 floor = np.maximum(W[~ok], 1e-10 * (1.0 + np.abs(W[~ok])))
                 _, inv_f, _ = _factor(L.hessian(sub_a[~ok], floor))
                 inv[~ok] = inv_f
-            step = -np.einsum("kbst,kbt->kbs", inv, G)
+            step = -_matvec(inv, G)
             decrement = -np.sum(G * step, axis=(1, 2))
             with np.errstate(invalid="ignore"):
                 done = decrement < INNER_TOL
@@ -369,7 +461,7 @@ class LockstepModels:
         u, inner_ok = self.mode(idx, a, base, zeta, delta, u0)
         y, w = self.Y[idx], self.Wt[idx]
         ug = L.gather(u)
-        eta = base + np.einsum("knj,knj->kn", a, ug)
+        eta = base + _rowdot(a, ug)
         r = self.rows(y, w, eta, zeta, delta, third=gradient)
         H = L.hessian(a, r["W"])
         logdet, inv, ok = _factor(H)
@@ -382,12 +474,12 @@ class LockstepModels:
         # Gradient (module docstring; notation of glmmjax._parts_host.value_grad).
         with np.errstate(all="ignore"):
             Hr = L.inverse_rows(inv)  # (k, n, J, J)
-            PH = np.einsum("knij,knj->kni", Hr, a)  # (H⁻¹aᵢ) at the row's coefficients
-            p_ee = np.einsum("kni,kni->kn", PH, a)
+            PH = _matvec(Hr, a)  # (H⁻¹aᵢ) at the row's coefficients
+            p_ee = _rowdot(PH, a)
             c_e = p_ee * r["W_e"]
-            zvec = np.einsum("kbst,kbt->kbs", inv, L.scatter(a * c_e[:, :, None]))
+            zvec = _matvec(inv, L.scatter(a * c_e[:, :, None]))
             zg = L.gather(zvec)
-            az = np.einsum("knj,knj->kn", a, zg)
+            az = _rowdot(a, zg)
             W = r["W"]
             rho_e = -2.0 * r["g_e"] + c_e - az * W
             parts = []
@@ -432,12 +524,12 @@ class LockstepModels:
             for j in range(self.X_d.shape[1]):
                 cols.append(-a * (r["h_ed"] * self.X_d[:, j])[:, :, None])
         s_all = L.scatter_many(np.stack(cols, axis=1))  # (k, P, B, s)
-        S = -np.einsum("kbst,kpbt->kbsp", inv, s_all)
+        S = -np.matmul(inv[:, None], s_all[..., None])[..., 0].transpose(0, 2, 3, 1)
         return np.where(np.isfinite(S), S, 0.0)
 
     # -- the fit -------------------------------------------------------------------------
     def _gradient_at(self, idx, psi, u, S, base_psi):
-        start = u + np.einsum("kbsp,kp->kbs", S, psi - base_psi)
+        start = u + _extrapolate(S, psi - base_psi)
         return self.evaluate(idx, psi, start)["grad"]
 
     def _fd_hessian(self, idx, psi, u, S, grad):
@@ -475,13 +567,21 @@ class LockstepModels:
         status = np.full(K, -1)
         status[~(np.isfinite(f) & np.all(np.isfinite(g), axis=1))] = Status.NON_FINITE
         iterations = np.zeros(K, int)
+        hess = np.zeros((K, self.P, self.P))
+        refresh = np.ones(K, bool)
+        last_decrement = np.full(K, np.inf)
         for _ in range(max_outer):
             act = np.flatnonzero(status < 0)
             if act.size == 0:
                 break
             iterations[act] += 1
-            Hp = self._fd_hessian(idx[act], psi[act], u[act], S[act], g[act])
-            d, decrement = _newton_direction(g[act], Hp)
+            # The Hessian by forward differences of the exact gradient (P evaluations),
+            # where ``refresh`` says so.
+            new = act[refresh[act]]
+            if new.size:
+                hess[new] = self._fd_hessian(idx[new], psi[new], u[new], S[new], g[new])
+                refresh[new] = False
+            d, decrement = _newton_direction(g[act], hess[act])
             bad = ~np.isfinite(decrement)
             status[act[bad]] = Status.NON_FINITE
             act, d, decrement = act[~bad], d[~bad], decrement[~bad]
@@ -496,7 +596,7 @@ class LockstepModels:
             for _ in range(MAX_HALVINGS + 1):
                 m = act[pending]
                 trial = psi[m] + t[pending, None] * d[pending]
-                start = u[m] + np.einsum("kbsp,kp->kbs", S[m], trial - psi[m])
+                start = u[m] + _extrapolate(S[m], trial - psi[m])
                 e = self.evaluate(idx[m], trial, start, sensitivity=True)
                 good = (np.isfinite(e["value"]) & np.all(np.isfinite(e["grad"]), axis=1)
                         & (e["value"] <= f[m] + 1e-4 * t[pending] * slope[pending]
@@ -510,6 +610,11 @@ class LockstepModels:
                 t[pending] *= 0.5
                 if pending.size == 0:
                     break
+            # Keep the Hessian (a chord step) while Newton's decrement falls fast; a new
+            # one after a halved step or a slow decrease.
+            slow = decrement > CHORD_RATE * last_decrement[act]
+            refresh[act[(moved & (t < 1.0)) | slow]] = True
+            last_decrement[act] = decrement
             status[act[final]] = Status.CONVERGED
             failed = ~moved & ~final
             status[act[failed]] = Status.LINE_SEARCH_FAILED
@@ -521,7 +626,7 @@ class LockstepModels:
         if tryit.size:
             trial = psi[tryit].copy()
             trial[:, : L.n_theta] = np.where(near[tryit], 0.0, theta[tryit])
-            start = u[tryit] + np.einsum("kbsp,kp->kbs", S[tryit], trial - psi[tryit])
+            start = u[tryit] + _extrapolate(S[tryit], trial - psi[tryit])
             e = self.evaluate(idx[tryit], trial, start, sensitivity=True)
             good = np.isfinite(e["value"]) & (e["value"] <= f[tryit] + TRIAL_TOL * (1 + np.abs(f[tryit])))
             acc = tryit[good]
@@ -539,6 +644,19 @@ class LockstepModels:
         return dict(params=psi, value=f, grad=g, u=u, status=status, iterations=iterations,
                     params_cov=cov, hessian_pd=pd, inner_converged=final_ev["inner_ok"],
                     hessian=hessian)
+
+
+def _bfgs_update(H, s, y):
+    """BFGS's update of Hessian approximations H (k, P, P) with steps s and gradient
+    changes y; unchanged where s'y ≤ 0 (curvature not positive along the step)."""
+    sy = np.sum(s * y, axis=1)
+    Hs = np.matmul(H, s[:, :, None])[:, :, 0]
+    sHs = np.sum(s * Hs, axis=1)
+    ok = (sy > 1e-12 * np.sqrt(np.sum(s * s, axis=1) * np.sum(y * y, axis=1))) & (sHs > 0)
+    with np.errstate(all="ignore"):
+        new = (H - Hs[:, :, None] * Hs[:, None, :] / sHs[:, None, None]
+               + y[:, :, None] * y[:, None, :] / sy[:, None, None])
+    return np.where(ok[:, None, None] & np.isfinite(new), new, H)
 
 
 def _newton_direction(g, H):
