@@ -100,8 +100,16 @@ def _matvec(M, v):
 
 
 def _extrapolate(S, d):
-    """dû/dψ·Δψ: (k, B, s, P) times (k, P)."""
-    return _rowdot(S, d[:, None, None, :])
+    """dû/dψ·Δψ: (k, B·s, P) times (k, P)."""
+    return _rowdot(S, d[:, None, :])
+
+
+def _rowdot_slots(a, b):
+    """Σ_j a[j]·b[j] over the leading (slot) axis."""
+    out = a[0] * b[0]
+    for j in range(1, a.shape[0]):
+        out = out + a[j] * b[j]
+    return out
 
 
 def _factor(H):
@@ -153,17 +161,27 @@ def _factor_lapack(H):
 
 
 # -- the shared design ---------------------------------------------------------------------
+def _transposed_map(n: int, positions, width: int, rows=None):
+    """The (width, n) 0/1 matrix that sums row values into ``positions`` (csr): used as
+    ``(M @ values.T).T`` on (models, rows) arrays, the fastest of the sums tried."""
+    positions = np.asarray(positions)
+    rows = np.arange(n) if rows is None else rows
+    return scipy.sparse.csr_matrix((np.ones(positions.size), (positions, rows)),
+                                   shape=(width, n))
+
+
 class Layout:
-    """Where each row's random-effect coefficients sit in the blocks of u and H."""
+    """Where each row's random-effect coefficients sit in u (models, B·s) and in the
+    blocks of H (models, B, s, s). Per-row arrays of the J coefficients are slot-first:
+    (J, models, rows)."""
 
     def __init__(self, terms, n: int):
         self.sizes = tuple(int(t.size) for t in terms)
-        self.J = sum(self.sizes)
+        self.J = J = sum(self.sizes)
         self.z = [np.asarray(t.z, np.float64) for t in terms]
         self.refs = [np.asarray(t.refs, np.int64) for t in terms]
         self.n_levels = [int(t.n_levels) for t in terms]
         self.n = n
-        J = self.J
         if len(terms) == 1:
             term = terms[0]
             self.B, self.s = int(term.n_levels), int(term.size)
@@ -179,17 +197,26 @@ class Layout:
                     loc[:, col + c] = start + np.asarray(t.refs) * t.size + c
                 start += t.size * t.n_levels
                 col += t.size
-        self.blk, self.loc = blk, loc
+        s = self.s
+        self.width = self.B * s
+        self.flat = [blk * s + loc[:, j] for j in range(J)]  # (n,) index into u
+        self.G_maps = [_transposed_map(n, f, self.width) for f in self.flat]
+        self.pairs = [(i, j) for i in range(J) for j in range(i, J)]
+        self.H_maps = []
+        for i, j in self.pairs:
+            pos = blk * s * s + loc[:, i] * s + loc[:, j]
+            if i == j:
+                self.H_maps.append(_transposed_map(n, pos, self.B * s * s))
+            else:
+                mirror = blk * s * s + loc[:, j] * s + loc[:, i]
+                self.H_maps.append(_transposed_map(
+                    n, np.concatenate([pos, mirror]), self.B * s * s,
+                    np.concatenate([np.arange(n), np.arange(n)])))
+        self.inverse_index = [[(blk * s + loc[:, i]) * s + loc[:, j] for j in range(J)]
+                              for i in range(J)]
+        self.eye_flat = np.eye(s).ravel()
         # (the θ of each term: Λ_t's lower triangle, column by column, lme4's order)
         self.offsets = np.cumsum((0,) + self.sizes)[:-1]
-        self.G_map = scipy.sparse.csr_matrix(
-            (np.ones(n * J), (np.arange(n * J), (blk[:, None] * self.s + loc).ravel())),
-            shape=(n * J, self.B * self.s))
-        pair = (blk[:, None, None] * self.s * self.s + loc[:, :, None] * self.s
-                + loc[:, None, :]).ravel()
-        self.H_map = scipy.sparse.csr_matrix(
-            (np.ones(n * J * J), (np.arange(n * J * J), pair)),
-            shape=(n * J * J, self.B * self.s * self.s))
         self.theta_index = []
         for t, size in enumerate(self.sizes):
             cols, rws = np.triu_indices(size)
@@ -197,63 +224,87 @@ class Layout:
         self.n_theta = len(self.theta_index)
         self.diagonal = np.array([r == c for _, r, c in self.theta_index], bool)
 
-    def factors(self, theta):
-        """Λ_t per term, (k, S_t, S_t), from θ (k, n_theta)."""
-        out = [np.zeros((theta.shape[0], s, s)) for s in self.sizes]
-        for j, (t, r, c) in enumerate(self.theta_index):
-            out[t][:, r, c] = theta[:, j]
-        return out
-
     def rows_a(self, theta):
-        """aᵢ per model: (k, n, J)."""
-        k = theta.shape[0]
-        out = np.zeros((k, self.n, self.J))
+        """aᵢ per model, slot-first: (J, k, n)."""
+        out = np.zeros((self.J, theta.shape[0], self.n))
         for j, (t, r, c) in enumerate(self.theta_index):
-            out[:, :, self.offsets[t] + c] += theta[:, j, None] * self.z[t][:, r]
+            out[self.offsets[t] + c] += theta[:, j, None] * self.z[t][:, r]
         return out
 
     def gather(self, u):
-        """u's entries at each row's coefficients: (k, n, J) from (k, B, s)."""
-        return u[:, self.blk[:, None], self.loc]
+        """u's entries at each row's coefficients: (J, k, n) from (k, B·s)."""
+        return np.stack([u[:, f] for f in self.flat])
 
     def scatter(self, values):
-        """Σ over rows into the blocks: (k, n, J) -> (k, B, s)."""
-        k = values.shape[0]
-        return np.asarray(values.reshape(k, -1) @ self.G_map).reshape(k, self.B, self.s)
-
-    def scatter_many(self, values):
-        """(k, P, n, J) -> (k, P, B, s)."""
-        k, P = values.shape[:2]
-        out = np.asarray(values.reshape(k * P, -1) @ self.G_map)
-        return out.reshape(k, P, self.B, self.s)
+        """Σ over rows into u's positions: (J, k, n) -> (k, B·s)."""
+        out = self.G_maps[0] @ values[0].T
+        for j in range(1, self.J):
+            out += self.G_maps[j] @ values[j].T
+        return np.ascontiguousarray(out.T)
 
     def hessian(self, a, W):
-        """I + Λ'Z'WZΛ in blocks (k, B, s, s)."""
-        k = a.shape[0]
-        prod = (W[:, :, None, None] * a[:, :, :, None] * a[:, :, None, :]).reshape(k, -1)
-        H = np.asarray(prod @ self.H_map).reshape(k, self.B, self.s, self.s)
-        H += np.eye(self.s)
+        """I + Λ'Z'WZΛ, (k, B, s, s)."""
+        k = W.shape[0]
+        out = None
+        for (i, j), M in zip(self.pairs, self.H_maps):
+            prod = W * a[i] * a[j]
+            out = M @ prod.T if out is None else out + M @ prod.T
+        H = out.T.reshape(k, self.B, self.s, self.s) + np.eye(self.s)
         return H
 
     def inverse_rows(self, inverse):
-        """H⁻¹'s entries between each row's coefficients: (k, n, J, J)."""
-        return inverse[:, self.blk[:, None, None], self.loc[:, :, None], self.loc[:, None, :]]
+        """H⁻¹'s entries between each row's coefficients: (J, J, k, n)."""
+        flat = inverse.reshape(inverse.shape[0], -1)
+        return np.stack([np.stack([flat[:, ix] for ix in row]) for row in self.inverse_index])
+
+    def solve(self, inverse, v):
+        """H⁻¹v blockwise: (k, B, s, s) with (k, B·s) -> (k, B·s)."""
+        k = v.shape[0]
+        return _matvec(inverse, v.reshape(k, self.B, self.s)).reshape(k, self.width)
 
 
 class RowModel:
-    """The per-row terms of one family (with or without zero-inflation)."""
+    """The per-row terms of one family (with or without zero-inflation), on (models,
+    rows) arrays."""
 
     def __init__(self, family, zero_inflated: bool, has_dispersion: bool, power: float = 1.0):
         self.family = family
         self.zero_inflated = zero_inflated
         self.has_dispersion = has_dispersion
         self.power = power
+        name, link = type(family).__name__, type(family.link).__name__
+        builtin = (type(family).__module__.startswith("glmmjax.")
+                   and type(family.link).__module__.startswith("glmmjax."))
+        self.fast = None
+        if builtin and not zero_inflated:
+            self.fast = {("Binomial", "Logit"): "binomial", ("Poisson", "Log"): "poisson",
+                         ("NegativeBinomial", "Log"): "nb"}.get((name, link))
+            if self.fast == "nb" and not has_dispersion:
+                self.fast = None
         if zero_inflated:
             from ._parts_rows import RowKernel
 
             self.kernel = RowKernel(family, True)
+        self._cache = None
 
-    def __call__(self, y, w, eta, zeta, delta, third: bool):
+    def constant(self, Y, Wt) -> np.ndarray:
+        """Per model, the part of Σ log f left out of ``ll`` (free of every parameter)."""
+        if self.zero_inflated:
+            return np.zeros(Y.shape[0])
+        out = np.array([float(fm.loglik_constant(self.family, np, y, w)) for y, w in zip(Y, Wt)])
+        if self.fast == "nb":
+            import scipy.special as sc
+
+            out -= np.sum(Wt * sc.gammaln(Y + 1.0), axis=1)
+        return out
+
+    def prepare(self, K: int, n: int):
+        """Room for the negative binomial's log Γ(y + θ) and ψ(y + θ) per model (they
+        change only when θ does: Newton's Hessian columns in β and Λ reuse them)."""
+        if self.fast == "nb":
+            self._cache = (np.full(K, np.nan), np.empty((K, n)), np.empty((K, n)))
+
+    def __call__(self, y, w, eta, zeta, delta, third: bool, idx=None):
         """dict of (k, n) arrays: ll, g_e, W and with ``third`` g_z, g_d, h_ez, h_ed
         (∂²ℓ/∂η∂ζ, ∂²ℓ/∂η∂δ), W_e, W_z, W_d (∂W/∂η, ∂W/∂ζ, ∂W/∂δ)."""
         shape = eta.shape
@@ -271,79 +322,84 @@ class RowModel:
                                W_z=-t[:, 0, 0, 1].reshape(shape),
                                W_d=-t[:, 0, 0, 2].reshape(shape))
                 return out
-            fast = _fast_rows(self.family, y, w, eta, delta, third)
-            if fast is not None:
-                return fast
-            dispersion = None
-            if self.has_dispersion:
-                dispersion = np.exp(self.power * delta)
-            r = fm.row_terms(self.family, np, y, eta, w, dispersion, third=third,
+            if self.fast == "binomial":
+                e = np.exp(-np.abs(eta))
+                prob = np.where(eta >= 0, 1.0, e) / (1.0 + e)
+                s = w * y
+                W = w * prob * (1.0 - prob)
+                out = dict(ll=s * eta - w * (np.maximum(eta, 0.0) + np.log1p(e)),
+                           g_e=s - w * prob, W=W)
+                if third:
+                    out["W_e"] = W * (1.0 - 2.0 * prob)
+                return out
+            if self.fast == "poisson":
+                mu = np.exp(eta)
+                W = w * mu
+                out = dict(ll=w * y * eta - W, g_e=w * y - W, W=W)
+                if third:
+                    out["W_e"] = W
+                return out
+            theta = np.exp(self.power * delta) if self.has_dispersion else None
+            if self.fast == "nb" and np.all(theta <= 1e4):
+                return self._negative_binomial(y, w, eta, delta, theta, third, idx)
+            r = fm.row_terms(self.family, np, y, eta, w, theta, third=third,
                              dispersion_derivatives=third and self.has_dispersion)
             out = dict(ll=r.value + np.zeros(shape), g_e=r.d1 + np.zeros(shape),
                        W=r.w + np.zeros(shape))
+            if self.fast == "nb":  # as the closed form below: log y! left out
+                import scipy.special as sc
+
+                out["ll"] = out["ll"] + w * sc.gammaln(y + 1.0)
             if third:
                 out["W_e"] = r.w1 + np.zeros(shape)
                 if self.has_dispersion:
                     p = self.power
-                    out.update(g_d=p * r.value_psi, h_ed=p * r.d1_psi, W_d=p * r.w_psi)
+                    out.update(g_d=p * r.value_psi + np.zeros(shape),
+                               h_ed=p * r.d1_psi + np.zeros(shape),
+                               W_d=p * r.w_psi + np.zeros(shape))
             return out
 
+    def _negative_binomial(self, y, w, eta, delta, theta, third, idx):
+        """NB2 with the log link (as :func:`glmmjax._family_math._negative_binomial`,
+        μ = e^η, p = μ/(θ + μ)); ``ll`` without log y! and, unless ``third``, without
+        log Γ(y + θ) − log Γ(θ) (constant in the inner Newton, θ fixed)."""
+        import scipy.special as sc
 
-def _fast_rows(family, y, w, eta, delta, third):
-    """The row terms of the canonical pairs benchmarks and per-gene fits use most
-    (binomial-logit, Poisson-log, negative binomial-log), in fewer array operations
-    than :func:`glmmjax._family_math.row_terms` (same formulas specialized to the link):
-    None for any other pair. ``ll`` leaves out terms free of η and the dispersion; with
-    ``third`` (the evaluations whose value is reported) the negative binomial's log
-    binomial coefficient in θ is included (Newton steps at fixed θ do not need it)."""
-    name, link = type(family).__name__, type(family.link).__name__
-    if not (type(family).__module__.startswith("glmmjax.")
-            and type(family.link).__module__.startswith("glmmjax.")):
-        return None
-    if name == "Binomial" and link == "Logit":
-        e = np.exp(-np.abs(eta))
-        prob = np.where(eta >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        softplus = np.maximum(eta, 0.0) + np.log1p(e)
-        s = w * y
-        W = w * prob * (1.0 - prob)
-        out = dict(ll=s * eta - w * softplus, g_e=s - w * prob, W=W)
-        if third:
-            out["W_e"] = W * (1.0 - 2.0 * prob)
-        return out
-    if name == "Poisson" and link == "Log":
         mu = np.exp(eta)
-        out = dict(ll=w * (y * eta - mu), g_e=w * (y - mu), W=w * mu)
-        if third:
-            out["W_e"] = out["W"]
-        return out
-    if name == "NegativeBinomial" and link == "Log" and delta is not None:
-        theta = np.exp(delta)
-        if np.any(theta > 1e4):
-            return None
-        ratio = eta - delta
-        e = np.exp(-np.abs(ratio))
-        log1pe = np.log1p(e)
-        p = np.where(ratio >= 0, 1.0 / (1.0 + e), e / (1.0 + e))  # μ/(θ + μ)
-        one_mp = 1.0 - p
-        sp_pos = np.maximum(ratio, 0.0) + log1pe  # softplus(ratio) = −log(θ/(θ + μ))
-        sp_neg = sp_pos - ratio  # softplus(−ratio)
+        total = mu + theta
+        log_total = np.log(total)
+        p = mu / total
+        one_mp = theta / total
         yt = y + theta
         f1 = w * (y - yt * p)
-        pq = p * one_mp
-        W = w * yt * pq
-        ll = w * (-theta * sp_pos - y * sp_neg)
+        W = w * yt * p * one_mp
+        ll = w * (theta * delta + y * eta - yt * log_total)
         out = dict(ll=ll, g_e=f1, W=W)
-        if third:
-            import scipy.special as sc
-
-            out["ll"] = ll + w * (sc.gammaln(yt) - sc.gammaln(theta) - sc.gammaln(y + 1.0))
-            out["W_e"] = W * (one_mp - p)
-            out["g_d"] = w * theta * (sc.digamma(yt) - sc.digamma(theta) - sp_pos + 1.0
-                                      - yt * one_mp / theta)
-            out["h_ed"] = p * f1
-            out["W_d"] = w * pq * (theta - yt * (one_mp - p))
+        if not third:
+            return out
+        lg, dg = self._gamma_terms(y, theta, yt, idx)
+        out["ll"] = ll + w * (lg - sc.gammaln(theta))
+        out["W_e"] = W * (one_mp - p)
+        out["g_d"] = (w * theta * (dg - sc.digamma(theta) + delta - log_total + 1.0)
+                      - w * yt * one_mp)
+        out["h_ed"] = p * f1
+        out["W_d"] = w * p * one_mp * (theta - yt * (one_mp - p))
         return out
-    return None
+
+    def _gamma_terms(self, y, theta, yt, idx):
+        """log Γ(y + θ), ψ(y + θ), from the cache where θ (one per model) is unchanged."""
+        import scipy.special as sc
+
+        if self._cache is None or idx is None or theta.shape[1] != 1:
+            return sc.gammaln(yt), sc.digamma(yt)
+        known, lg_all, dg_all = self._cache
+        stale = known[idx] != theta[:, 0]
+        if stale.any():
+            rows = idx[stale]
+            lg_all[rows] = sc.gammaln(yt[stale])
+            dg_all[rows] = sc.digamma(yt[stale])
+            known[rows] = theta[stale, 0]
+        return lg_all[idx], dg_all[idx]
 
 
 class LockstepModels:
@@ -351,7 +407,9 @@ class LockstepModels:
 
     Arguments: X (n, p), offset (n,), terms (the conditional part's random-effects
     terms), Y and Wt (n, K) responses and prior weights, ``rows`` (a :class:`RowModel`),
-    optionally X_zi/offset_zi (zero-inflation) and X_d/offset_d (dispersion).
+    optionally X_zi/offset_zi (zero-inflation) and X_d/offset_d (dispersion; an
+    intercept column alone with no offset is one dispersion per model, kept as a
+    (models, 1) column).
     """
 
     def __init__(self, X, offset, terms, Y, Wt, rows: RowModel, X_zi=None, offset_zi=None,
@@ -368,9 +426,12 @@ class LockstepModels:
         self.offset_zi = np.zeros(n) if offset_zi is None else np.asarray(offset_zi, np.float64)
         self.X_d = empty if X_d is None else np.asarray(X_d, np.float64)
         self.offset_d = np.zeros(n) if offset_d is None else np.asarray(offset_d, np.float64)
+        self.scalar_dispersion = (self.X_d.shape[1] == 1 and np.all(self.X_d == 1.0)
+                                  and np.all(self.offset_d == 0.0))
         L = self.layout
         self.sizes = (L.n_theta, self.X.shape[1], self.X_zi.shape[1], self.X_d.shape[1])
         self.P = sum(self.sizes)
+        rows.prepare(*self.Y.shape)
 
     # -- pieces ----------------------------------------------------------------------------
     def split(self, psi):
@@ -381,7 +442,10 @@ class LockstepModels:
         theta, beta, beta_zi, beta_d = self.split(psi)
         base = beta @ self.X.T + self.offset
         zeta = beta_zi @ self.X_zi.T + self.offset_zi if self.rows.zero_inflated else None
-        delta = beta_d @ self.X_d.T + self.offset_d if self.rows.has_dispersion else None
+        delta = None
+        if self.rows.has_dispersion:
+            delta = (beta_d[:, :1].copy() if self.scalar_dispersion
+                     else beta_d @ self.X_d.T + self.offset_d)
         return self.layout.rows_a(theta), base, zeta, delta
 
     def mode(self, idx, a, base, zeta, delta, u0):
@@ -395,10 +459,10 @@ class LockstepModels:
         converged = np.zeros(k, bool)
 
         def terms(sub, v):
-            eta = base[sub] + _rowdot(a[sub], L.gather(v))
+            eta = base[sub] + _rowdot_slots(a[:, sub], L.gather(v))
             r = self.rows(y[sub], w[sub], eta, None if zeta is None else zeta[sub],
-                          None if delta is None else delta[sub], third=False)
-            value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=(1, 2))
+                          None if delta is None else delta[sub], third=False, idx=idx[sub])
+            value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=1)
             return value, r
 
         active = np.arange(k)
@@ -406,8 +470,8 @@ class LockstepModels:
         for _ in range(MAX_INNER):
             if active.size == 0:
                 break
-            sub_a = a[active]
-            G = u[active] - L.scatter(sub_a * r["g_e"][:, :, None])
+            sub_a = a[:, active]
+            G = u[active] - L.scatter(sub_a * r["g_e"])
             W = r["W"]
             H = L.hessian(sub_a, W)
             _, inv, ok = _factor(H)
@@ -415,10 +479,10 @@ class LockstepModels:
             if not ok.all():
                 # Not log-concave here (zero-inflation): steps with W floored.
                 floor = np.maximum(W[~ok], 1e-10 * (1.0 + np.abs(W[~ok])))
-                _, inv_f, _ = _factor(L.hessian(sub_a[~ok], floor))
+                _, inv_f, _ = _factor(L.hessian(sub_a[:, ~ok], floor))
                 inv[~ok] = inv_f
-            step = -_matvec(inv, G)
-            decrement = -np.sum(G * step, axis=(1, 2))
+            step = -L.solve(inv, G)
+            decrement = -np.sum(G * step, axis=1)
             with np.errstate(invalid="ignore"):
                 done = decrement < INNER_TOL
             finished = active[done]
@@ -435,9 +499,10 @@ class LockstepModels:
             new_r = {key: np.empty_like(v) for key, v in r.items()}
             pending = np.arange(active.size)
             for _ in range(MAX_HALVINGS):
-                trial = u[active[pending]] + t[pending, None, None] * step[pending]
+                trial = u[active[pending]] + t[pending, None] * step[pending]
                 f_t, r_t = terms(active[pending], trial)
-                good = np.isfinite(f_t) & (f_t <= value[pending] + 1e-13 * (1 + np.abs(value[pending])))
+                good = np.isfinite(f_t) & (f_t <= value[pending]
+                                           + 1e-13 * (1 + np.abs(value[pending])))
                 acc = pending[good]
                 new_value[acc] = f_t[good]
                 for key in new_r:
@@ -453,41 +518,39 @@ class LockstepModels:
         return u, converged
 
     def evaluate(self, idx, psi, u0, gradient: bool = True, sensitivity: bool = False):
-        """F, ∇F, û (and dû/dψ, (k, B, s, P)) of the models ``idx`` at ``psi`` (k, P),
-        the inner Newton started from ``u0`` (k, B, s). Non-finite F where H is not
+        """F, ∇F, û (and dû/dψ, (k, B·s, P)) of the models ``idx`` at ``psi`` (k, P),
+        the inner Newton started from ``u0`` (k, B·s). F is NaN where H is not
         positive definite at the mode or the mode was not found."""
         L = self.layout
         a, base, zeta, delta = self._predictors(psi)
         u, inner_ok = self.mode(idx, a, base, zeta, delta, u0)
         y, w = self.Y[idx], self.Wt[idx]
         ug = L.gather(u)
-        eta = base + _rowdot(a, ug)
-        r = self.rows(y, w, eta, zeta, delta, third=gradient)
+        eta = base + _rowdot_slots(a, ug)
+        r = self.rows(y, w, eta, zeta, delta, third=gradient, idx=idx)
         H = L.hessian(a, r["W"])
         logdet, inv, ok = _factor(H)
         ok = ok.all(axis=1) & inner_ok
-        value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(u * u, axis=(1, 2)) + logdet.sum(axis=1)
+        value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(u * u, axis=1) + logdet.sum(axis=1)
         value = np.where(ok & np.isfinite(value), value, np.nan)
         out = dict(value=value, u=u, inner_ok=inner_ok)
         if not gradient:
             return out
         # Gradient (module docstring; notation of glmmjax._parts_host.value_grad).
         with np.errstate(all="ignore"):
-            Hr = L.inverse_rows(inv)  # (k, n, J, J)
-            PH = _matvec(Hr, a)  # (H⁻¹aᵢ) at the row's coefficients
-            p_ee = _rowdot(PH, a)
+            Hr = L.inverse_rows(inv)  # (J, J, k, n)
+            PH = np.stack([_rowdot_slots(Hr[i], a) for i in range(L.J)])  # (H⁻¹aᵢ)
+            p_ee = _rowdot_slots(PH, a)
             c_e = p_ee * r["W_e"]
-            zvec = _matvec(inv, L.scatter(a * c_e[:, :, None]))
-            zg = L.gather(zvec)
-            az = _rowdot(a, zg)
-            W = r["W"]
-            rho_e = -2.0 * r["g_e"] + c_e - az * W
+            zg = L.gather(L.solve(inv, L.scatter(a * c_e)))
+            az = _rowdot_slots(a, zg)
+            W, g_e = r["W"], r["g_e"]
+            rho_e = -2.0 * g_e + c_e - az * W
             parts = []
             # θ: Σᵢ z_{i,r}·Q_{i,(t,c)}, Q = u·ρ_η + 2W·(H⁻¹a) + ℓ'·z.
-            Q = ug * rho_e[:, :, None] + 2.0 * W[:, :, None] * PH + r["g_e"][:, :, None] * zg
+            Q = ug * rho_e + 2.0 * W * PH + g_e * zg
             for t, r_, c in L.theta_index:
-                col = L.offsets[t] + c
-                parts.append((Q[:, :, col] @ L.z[t][:, r_])[:, None])
+                parts.append((Q[L.offsets[t] + c] @ L.z[t][:, r_])[:, None])
             parts.append(rho_e @ self.X)
             if self.rows.zero_inflated:
                 rho_z = -2.0 * r["g_z"] + p_ee * r["W_z"] + az * r["h_ez"]
@@ -502,29 +565,28 @@ class LockstepModels:
         return out
 
     def _sensitivity(self, a, ug, r, inv):
-        """dû/dψ = −H⁻¹ s_j, s_j = ∂(∇ᵤg/2)/∂ψ_j at fixed u: (k, B, s, P)."""
+        """dû/dψ = −H⁻¹ s_j, s_j = ∂(∇ᵤg/2)/∂ψ_j at fixed u: (k, B·s, P)."""
         L = self.layout
-        k, n, J = a.shape
         W, g_e = r["W"], r["g_e"]
+        aW = a * W
         cols = []
-        aW = a * W[:, :, None]
         for t, r_, c in L.theta_index:
             col = L.offsets[t] + c
-            d_eta = ug[:, :, col] * L.z[t][:, r_]
-            s = aW * d_eta[:, :, None]
+            z_r = L.z[t][:, r_]
+            s = L.scatter(aW * (ug[col] * z_r))
             extra = np.zeros_like(a)
-            extra[:, :, col] = -L.z[t][:, r_] * g_e
-            cols.append(s + extra)
+            extra[col] = -z_r * g_e
+            cols.append(s + L.scatter(extra))
         for j in range(self.X.shape[1]):
-            cols.append(aW * self.X[:, j][None, :, None])
+            cols.append(L.scatter(aW * self.X[:, j]))
         if self.rows.zero_inflated:
             for j in range(self.X_zi.shape[1]):
-                cols.append(-a * (r["h_ez"] * self.X_zi[:, j])[:, :, None])
+                cols.append(L.scatter(-a * (r["h_ez"] * self.X_zi[:, j])))
         if self.rows.has_dispersion:
+            h_ed = np.broadcast_to(r["h_ed"], W.shape)
             for j in range(self.X_d.shape[1]):
-                cols.append(-a * (r["h_ed"] * self.X_d[:, j])[:, :, None])
-        s_all = L.scatter_many(np.stack(cols, axis=1))  # (k, P, B, s)
-        S = -np.matmul(inv[:, None], s_all[..., None])[..., 0].transpose(0, 2, 3, 1)
+                cols.append(L.scatter(-a * (h_ed * self.X_d[:, j])))
+        S = -np.stack([L.solve(inv, col) for col in cols], axis=-1)
         return np.where(np.isfinite(S), S, 0.0)
 
     # -- the fit -------------------------------------------------------------------------
@@ -561,7 +623,7 @@ class LockstepModels:
         K = self.Y.shape[0] if idx is None else len(idx)
         idx = np.arange(K) if idx is None else np.asarray(idx)
         psi = np.array(psi0, np.float64)
-        u = np.zeros((K, L.B, L.s))
+        u = np.zeros((K, L.width))
         ev = self.evaluate(idx, psi, u, sensitivity=True)
         f, g, u, S = ev["value"], ev["grad"], ev["u"], ev["S"]
         status = np.full(K, -1)
@@ -812,8 +874,7 @@ def fit_glmm_many(design, family, Y, W, progress=None) -> dict:
         pieces.append(models.fit(psi0, idx))
     out = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
     n_theta, p = models.layout.n_theta, design.X.shape[1]
-    constant = np.array([float(fm.loglik_constant(family, np, models.Y[k], models.Wt[k]))
-                         for k in range(K)]) if K else np.zeros(0)
+    constant = models.rows.constant(models.Y, models.Wt)
     cov = out["params_cov"]
     return dict(params=out["params"], beta=out["params"][:, n_theta : n_theta + p],
                 beta_cov=cov[:, n_theta : n_theta + p, n_theta : n_theta + p],
