@@ -52,6 +52,9 @@ _RESPONSE = "__glmmjax_response__"
 # The blocked Newton paths (glmmjax._glmm_batch_blocked, _glmm_batch_crossed) where they
 # apply; benchmarks and tests set False to run the general pipeline they replace.
 BLOCKED_PATH = True
+# The lockstep numpy engine (glmmjax._batch_lockstep) for the shapes it covers on the CPU
+# in float64; tests and benchmarks set False to run the compiled paths.
+LOCKSTEP = True
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -477,6 +480,13 @@ def fit_many(
     devices = len(jax.local_devices()) if n_devices is None else int(n_devices)
     devices = max(1, min(devices, len(jax.local_devices())))
     n, p = design.X.shape
+    if _lockstep_applies(design, family, n_agq, precision):
+        result = _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress)
+        if distributed:
+            from ._distributed import gather_batches
+
+            return gather_batches(result)
+        return result
     with precision_scope(precision):
         if family is None:
             # A known K as the only random term: rotate once, fit scalar blocks.
@@ -549,6 +559,36 @@ def fit_many(
 
         return gather_batches(result)
     return result
+
+
+def _lockstep_applies(design, family, n_agq, precision) -> bool:
+    """The lockstep numpy engine (glmmjax._batch_lockstep): GLMMs on the CPU in float64
+    beyond one scalar term (random slopes, dispersions, crossed or nested terms), where
+    the compiled paths' compilation costs more than the whole fit."""
+    from ._batch_lockstep import applies
+
+    return (LOCKSTEP and family is not None and precision == "float64"
+            and jax.default_backend() == "cpu"
+            and not scalar_path_applies(design, family, n_agq)
+            and applies(design, family, n_agq))
+
+
+def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress):
+    from types import SimpleNamespace
+
+    from ._batch_lockstep import CHUNK, fit_glmm_many
+
+    Y_fit, W_fit = _missing_as_weight_zero(Y, design.weights)
+    if W_fit is None:
+        W_fit = np.broadcast_to(np.asarray(design.weights, float)[:, None], Y.shape)
+    out = None
+    if usable:
+        with np.errstate(all="ignore"):
+            out = fit_glmm_many(design, family, Y_fit[:, usable], W_fit[:, usable], progress)
+    has_dispersion = bool(family.has_dispersion and family.dispersion_method != "fixed")
+    return _assemble(design, family, names, reasons, usable, out, "Laplace",
+                     max(1, min(CHUNK, len(usable))), 1,
+                     SimpleNamespace(has_dispersion=has_dispersion), ddf)
 
 
 def _cpu_blas_limit():

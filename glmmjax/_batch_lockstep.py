@@ -61,22 +61,13 @@ SMALL_BLOCK = 8  # blocks up to this size are factored by the unrolled Cholesky
 MAX_DENSE = 400  # largest q of the dense (several terms) layout
 
 
-def applies(design, family, n_agq: int, zero_inflated_terms=()) -> bool:
+def applies(design, family, n_agq: int) -> bool:
     """Whether the lockstep engine fits this structure: Laplace, a built-in family and
     link with closed forms and no shape parameter, unstructured terms, one term of at
     most :data:`SMALL_BLOCK` coefficients or several with q ≤ :data:`MAX_DENSE`."""
-    from ._cov_structures import term_structures
-
-    terms = design.terms
-    if n_agq != 1 or not terms or zero_inflated_terms:
+    if n_agq != 1 or not fm.supported(family) or getattr(family, "n_shape", 0):
         return False
-    if not fm.supported(family) or getattr(family, "n_shape", 0):
-        return False
-    if any(s.name != "us" for s in term_structures(terms)):
-        return False
-    if len(terms) == 1:
-        return terms[0].size <= SMALL_BLOCK
-    return sum(t.size * t.n_levels for t in terms) <= MAX_DENSE
+    return _terms_apply(design.terms)
 
 
 # -- small symmetric positive-definite blocks ------------------------------------------
@@ -941,23 +932,68 @@ def glmm_models(design, family, Y, W) -> LockstepModels:
 def fit_glmm_many(design, family, Y, W, progress=None) -> dict:
     """Fit every column of Y (n, K) with prior weights W (n, K); the outputs
     :func:`glmmjax._batch._assemble` takes, one row per model."""
+    models = glmm_models(design, family, Y, W)
+    out = _fit_chunks(models, family, Y.shape[1], progress)
+    n_theta, p = models.layout.n_theta, design.X.shape[1]
+    cov = out["params_cov"]
+    return dict(params=out["params"], beta=out["params"][:, n_theta : n_theta + p],
+                beta_cov=cov[:, n_theta : n_theta + p, n_theta : n_theta + p],
+                value=out["value"] - 2.0 * models.rows.constant(models.Y, models.Wt),
+                status=out["status"], iterations=out["iterations"],
+                grad_max=np.max(np.abs(out["grad"]), axis=1), hessian_pd=out["hessian_pd"],
+                inner_converged=out["inner_converged"])
+
+
+def parts_applies(parts, family) -> bool:
+    """Whether the lockstep engine fits a ``ziformula``/``dispformula`` batch: closed
+    forms for the family (:func:`glmmjax._parts_rows.supported`), no random effects in
+    the zero-inflation part, the conditional part's terms as :func:`applies`."""
+    from ._parts_rows import supported
+
+    if not supported(family) or (parts.zi is not None and parts.zi.terms):
+        return False
+    return _terms_apply(parts.cond.terms)
+
+
+def _terms_apply(terms) -> bool:
+    from ._cov_structures import term_structures
+
+    if not terms or any(s.name != "us" for s in term_structures(terms)):
+        return False
+    if len(terms) == 1:
+        return terms[0].size <= SMALL_BLOCK
+    return sum(t.size * t.n_levels for t in terms) <= MAX_DENSE
+
+
+def fit_parts_many(parts, family, Y, W, progress=None) -> dict:
+    """The lockstep fits of a ``ziformula``/``dispformula`` batch (ψ = (θ, β, β_zi,
+    β_d), the host parts engine's parameters); the outputs
+    :func:`glmmjax._parts_batch._assemble_parts` takes."""
+    from ._response_parts import dispersion_power
+
+    design = parts.cond
+    has_dispersion = parts.disp is not None
+    rows = RowModel(family, parts.zi is not None, has_dispersion,
+                    dispersion_power(family) if has_dispersion else 1.0)
+    models = LockstepModels(
+        design.X, design.offset, design.terms, Y, W, rows,
+        X_zi=None if parts.zi is None else parts.zi.X,
+        offset_zi=None if parts.zi is None else parts.zi.offset,
+        X_d=None if parts.disp is None else parts.disp.X,
+        offset_d=None if parts.disp is None else parts.disp.offset)
+    out = _fit_chunks(models, family, Y.shape[1], progress)
+    return dict(params=out["params"], params_cov=out["params_cov"],
+                value=out["value"] - 2.0 * rows.constant(models.Y, models.Wt),
+                status=out["status"], iterations=out["iterations"],
+                hessian_pd=out["hessian_pd"] & out["inner_converged"])
+
+
+def _fit_chunks(models, family, K, progress) -> dict:
     from ._progress import bar
 
-    models = glmm_models(design, family, Y, W)
-    K = Y.shape[1]
     chunks = [np.arange(s, min(s + CHUNK, K)) for s in range(0, K, CHUNK)]
     pieces = []
     for idx in bar(chunks, enabled=progress if len(chunks) > 1 else False,
                    desc="fitting models", unit="chunk"):
-        psi0 = start_values(models, family, idx)
-        pieces.append(models.fit(psi0, idx))
-    out = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
-    n_theta, p = models.layout.n_theta, design.X.shape[1]
-    constant = models.rows.constant(models.Y, models.Wt)
-    cov = out["params_cov"]
-    return dict(params=out["params"], beta=out["params"][:, n_theta : n_theta + p],
-                beta_cov=cov[:, n_theta : n_theta + p, n_theta : n_theta + p],
-                value=out["value"] - 2.0 * constant, status=out["status"],
-                iterations=out["iterations"], grad_max=np.max(np.abs(out["grad"]), axis=1),
-                hessian_pd=out["hessian_pd"], inner_converged=out["inner_converged"],
-                has_dispersion=models.rows.has_dispersion)
+        pieces.append(models.fit(start_values(models, family, idx), idx))
+    return {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ._batch import BatchResult, _check_models, _response_matrix, _sd_columns
+from ._batch_lockstep import CHUNK, fit_parts_many, parts_applies
 from ._covariance import canonical_theta
 from ._design import DataError
 from ._distributions import norm_sf
@@ -17,6 +18,8 @@ from ._optimize import Status
 from ._parts_design import build_parts, check_parts
 
 _RESPONSE = "_glmmjax_response_"
+# The lockstep numpy engine where it applies; tests set False to run the host loop.
+LOCKSTEP = True
 
 
 def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformula,
@@ -50,6 +53,19 @@ def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformul
                    for k, r in enumerate(reasons)]
     usable = [k for k, r in enumerate(reasons) if not r]
     weights_used = np.asarray(design.weights, np.float64)
+    if LOCKSTEP and parts_applies(parts, family):
+        # All models at once in numpy (glmmjax._batch_lockstep), nothing compiled.
+        from ._batch import _missing_as_weight_zero
+
+        Y_fit, W_fit = _missing_as_weight_zero(Y, weights_used)
+        if W_fit is None:
+            W_fit = np.broadcast_to(weights_used[:, None], Y.shape)
+        out = None
+        if usable:
+            with np.errstate(all="ignore"):
+                out = fit_parts_many(parts, family, Y_fit[:, usable], W_fit[:, usable],
+                                     progress)
+        return _assemble_parts(parts, names, reasons, usable, out, max(1, min(CHUNK, len(usable))))
     template = parts_data(parts, family, np.zeros(design.nobs), weights_used)
     with jax.enable_x64(True):
         template = jax.tree_util.tree_map(jnp.asarray, template)
