@@ -328,9 +328,12 @@ class RowModel:
         if self.fast == "nb":
             self._cache = (np.full(K, np.nan), np.empty((K, n)), np.empty((K, n)))
 
-    def __call__(self, y, w, eta, zeta, delta, third: bool, idx=None):
+    def __call__(self, y, w, eta, zeta, delta, third: bool, idx=None, complete=None):
         """dict of (k, n) arrays: ll, g_e, W and with ``third`` g_z, g_d, h_ez, h_ed
-        (∂²ℓ/∂η∂ζ, ∂²ℓ/∂η∂δ), W_e, W_z, W_d (∂W/∂η, ∂W/∂ζ, ∂W/∂δ)."""
+        (∂²ℓ/∂η∂ζ, ∂²ℓ/∂η∂δ), W_e, W_z, W_d (∂W/∂η, ∂W/∂ζ, ∂W/∂δ). ``complete``
+        (default: ``third``): ``ll`` with its terms in the dispersion alone (the inner
+        Newton, at a fixed dispersion, does without them)."""
+        complete = third if complete is None else complete
         shape = eta.shape
         with np.errstate(all="ignore"):
             if self.zero_inflated:
@@ -365,7 +368,7 @@ class RowModel:
                 return out
             theta = np.exp(self.power * delta) if self.has_dispersion else None
             if self.fast == "nb" and np.all(theta <= 1e4):
-                return self._negative_binomial(y, w, eta, delta, theta, third, idx)
+                return self._negative_binomial(y, w, eta, delta, theta, third, idx, complete)
             r = fm.row_terms(self.family, np, y, eta, w, theta, third=third,
                              dispersion_derivatives=third and self.has_dispersion)
             out = dict(ll=r.value + np.zeros(shape), g_e=r.d1 + np.zeros(shape),
@@ -383,10 +386,11 @@ class RowModel:
                                W_d=p * r.w_psi + np.zeros(shape))
             return out
 
-    def _negative_binomial(self, y, w, eta, delta, theta, third, idx):
+    def _negative_binomial(self, y, w, eta, delta, theta, third, idx, complete):
         """NB2 with the log link (as :func:`glmmjax._family_math._negative_binomial`,
         μ = e^η, p = μ/(θ + μ)); ``ll`` without log y! and, unless ``third``, without
-        log Γ(y + θ) − log Γ(θ) (constant in the inner Newton, θ fixed)."""
+        log Γ(y + θ) − log Γ(θ) (constant in the inner Newton, θ fixed) unless
+        ``complete``."""
         import scipy.special as sc
 
         mu = np.exp(eta)
@@ -399,10 +403,12 @@ class RowModel:
         W = w * yt * p * one_mp
         ll = w * (theta * delta + y * eta - yt * log_total)
         out = dict(ll=ll, g_e=f1, W=W)
-        if not third:
+        if not (third or complete):
             return out
         lg, dg = self._gamma_terms(y, theta, yt, idx)
         out["ll"] = ll + w * (lg - sc.gammaln(theta))
+        if not third:
+            return out
         out["W_e"] = W * (one_mp - p)
         out["g_d"] = (w * theta * (dg - sc.digamma(theta) + delta - log_total + 1.0)
                       - w * yt * one_mp)
@@ -575,7 +581,7 @@ class LockstepModels:
         y, w = self.Y[idx], self.Wt[idx]
         ug = L.gather(u)
         eta = base + _rowdot_slots(a, ug)
-        r = self.rows(y, w, eta, zeta, delta, third=gradient, idx=idx)
+        r = self.rows(y, w, eta, zeta, delta, third=gradient, idx=idx, complete=True)
         H = L.hessian(a, r["W"])
         logdet, inv, ok = L.factor(H)
         ok = ok.all(axis=1) & inner_ok
