@@ -832,11 +832,12 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
         beta = eta0 @ np.linalg.pinv(X).T
         delta = zero if models.rows.has_dispersion else None
 
-        def deviance(b):
-            r = base_rows(Y, Wt, b @ X.T + offset, None, delta, third=False)
+        def deviance(b, sub):
+            r = base_rows(Y[sub], Wt[sub], b @ X.T + offset, None,
+                          None if delta is None else delta[sub], third=False)
             return -2.0 * np.sum(r["ll"], axis=1), r
 
-        dev, r = deviance(beta)
+        dev, r = deviance(beta, np.arange(k))
         dev = np.where(np.isfinite(dev), dev, np.inf)
         for _ in range(25):
             W = np.maximum(r["W"], 1e-10 * (1.0 + np.abs(r["W"])))
@@ -847,7 +848,7 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
             pending = np.arange(k)
             for _ in range(20):
                 trial = beta[pending] + t[pending, None] * step[pending]
-                d_t, r_t = deviance(trial)
+                d_t, r_t = deviance(trial, pending)
                 good = np.isfinite(d_t) & (d_t <= dev[pending] + 1e-12 * np.abs(dev[pending]))
                 acc = pending[good]
                 new_beta[acc], new_dev[acc] = trial[good], d_t[good]
