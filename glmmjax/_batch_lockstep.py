@@ -306,13 +306,19 @@ class RowModel:
             if self.fast == "nb" and not has_dispersion:
                 self.fast = None
         if zero_inflated:
-            from ._parts_rows import RowKernel
+            from ._parts_rows import RowKernel, is_truncated
 
             self.kernel = RowKernel(family, True)
+            if builtin and (name, link) == ("Poisson", "Log") and not is_truncated(family):
+                self.fast = "zip"
         self._cache = None
 
     def constant(self, Y, Wt) -> np.ndarray:
         """Per model, the part of Σ log f left out of ``ll`` (free of every parameter)."""
+        if self.fast == "zip":
+            import scipy.special as sc
+
+            return -np.sum(Wt * sc.gammaln(Y + 1.0), axis=1)
         if self.zero_inflated:
             return np.zeros(Y.shape[0])
         out = np.array([float(fm.loglik_constant(self.family, np, y, w)) for y, w in zip(Y, Wt)])
@@ -336,6 +342,8 @@ class RowModel:
         complete = third if complete is None else complete
         shape = eta.shape
         with np.errstate(all="ignore"):
+            if self.fast == "zip":
+                return _zip_rows(y, w, eta, zeta, third)
             if self.zero_inflated:
                 d = delta if delta is not None else np.zeros(shape)
                 ll, g, h, t = self.kernel(y.ravel(), w.ravel(), eta.ravel(), zeta.ravel(),
@@ -430,6 +438,36 @@ class RowModel:
             dg_all[rows] = sc.digamma(yt[stale])
             known[rows] = theta[stale, 0]
         return lg_all[idx], dg_all[idx]
+
+
+def _zip_rows(y, w, eta, zeta, third):
+    """Zero-inflated Poisson with the log link: :class:`glmmjax._parts_rows.RowKernel`'s
+    mixture algebra written out for a = log f(0) = −μ (each of its η-derivatives −μ),
+    ``ll`` without −log y! (:meth:`RowModel.constant`). On zeros, with r = σ(ζ + μ) and
+    c = r(1 − r): ℓ = −μ + softplus(ζ + μ) − softplus(ζ), ℓ_η = −(1 − r)μ,
+    W = (1 − r)μ − cμ²; on y > 0 rows the Poisson's own terms and log σ(−ζ)."""
+    mu = np.exp(eta)
+    zero = y == 0
+    e_z = np.exp(-np.abs(zeta))
+    sp_z = np.maximum(zeta, 0.0) + np.log1p(e_z)
+    x = zeta + mu
+    e = np.exp(-np.abs(x))
+    pos = x >= 0
+    r = np.where(pos, 1.0, e) / (1.0 + e)
+    one_r = np.where(pos, e, 1.0) / (1.0 + e)
+    sp_x = np.maximum(x, 0.0) + np.log1p(e)
+    weight = np.where(zero, one_r, 1.0)
+    zc = np.where(zero, r * one_r, 0.0)
+    mu2 = mu * mu
+    out = dict(ll=w * (y * eta - mu - sp_z + np.where(zero, sp_x, 0.0)),
+               g_e=w * (y - weight * mu), W=w * (weight * mu - zc * mu2))
+    if third:
+        s = np.where(zeta >= 0, 1.0, e_z) / (1.0 + e_z)
+        k = zc * (one_r - r)
+        out.update(g_z=w * (np.where(zero, r, 0.0) - s), h_ez=w * zc * mu,
+                   W_e=w * (weight * mu - 3.0 * zc * mu2 - k * mu2 * mu),
+                   W_z=-w * (k * mu2 + zc * mu))
+    return out
 
 
 class LockstepModels:

@@ -161,3 +161,40 @@ def test_small_blocks_factor_as_lapack():
     assert ok.all()
     np.testing.assert_allclose(logdet, np.linalg.slogdet(M)[1], rtol=1e-12)
     np.testing.assert_allclose(inverse, np.linalg.inv(M), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("family, zero_inflated, dispersion", [
+    ("poisson", True, False), ("nbinom2", False, True), ("binomial", False, False),
+    ("poisson", False, False)])
+def test_closed_form_rows_equal_the_general_kernels(family, zero_inflated, dispersion):
+    # The specialized row terms (ZIP, NB2-log, binomial-logit, Poisson-log) against
+    # glmmjax._parts_rows.RowKernel / glmmjax._family_math.row_terms.
+    from glmmjax._parts_rows import RowKernel
+
+    fam = get_family(family)
+    rng = np.random.default_rng(1)
+    k, n = 3, 7
+    eta, zeta = rng.normal(0, 1, (k, n)), rng.normal(0, 1.5, (k, n))
+    delta = rng.normal(0.5, 0.5, (k, 1))
+    y = (rng.uniform(size=(k, n)) < 0.5).astype(float) if family == "binomial" else \
+        np.where(rng.uniform(size=(k, n)) < 0.3, 0.0, rng.poisson(3.0, (k, n))).astype(float)
+    w = rng.uniform(0.5, 2.0, (k, n))
+    fast = ls.RowModel(fam, zero_inflated, dispersion)
+    assert fast.fast is not None
+    got = fast(y, w, eta, zeta if zero_inflated else None, delta if dispersion else None,
+               third=True)
+    ll, g, h, t = RowKernel(fam, zero_inflated)(
+        y.ravel(), w.ravel(), eta.ravel(), zeta.ravel(),
+        np.broadcast_to(delta, (k, n)).ravel() if dispersion else np.zeros(k * n))
+    want = dict(ll=ll, g_e=g[:, 0], W=-h[:, 0, 0], W_e=-t[:, 0, 0, 0])
+    if zero_inflated:
+        want.update(g_z=g[:, 1], h_ez=h[:, 0, 1], W_z=-t[:, 0, 0, 1])
+    if dispersion:
+        want.update(g_d=g[:, 2], h_ed=h[:, 0, 2], W_d=-t[:, 0, 0, 2])
+    for key, value in want.items():
+        have = np.broadcast_to(got[key], (k, n))
+        if key == "ll":  # the closed forms leave out terms free of the parameters
+            have = have.sum(axis=1) + fast.constant(y, w)
+            value = value.reshape(k, n).sum(axis=1)
+        np.testing.assert_allclose(have, np.reshape(value, have.shape), rtol=1e-10,
+                                   atol=1e-12, err_msg=key)
