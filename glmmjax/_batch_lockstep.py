@@ -29,9 +29,11 @@ log dispersion of a GLMM is δ = ψ_d on every row (``glmer``'s parameterization
 Outer optimizer: Newton's method per model with the Hessian from forward differences of
 the exact gradient (one more gradient per parameter, each from the mode extrapolated
 along dû/dψ, so one inner Newton step), an Armijo line search, a final full step once
-the Newton decrement is below 1e-10·(1 + |F|), then near-zero diagonal entries of Λ
-tried at exactly zero (kept where F is no worse, as the single fits), and standard
-errors from central differences of the exact gradient (as the single host fits). Models
+the Newton decrement is below 1e-10·(1 + |F|) with a fresh Hessian (or 1e-15·(1 + |F|)
+with a kept one: between refreshes the Hessian is kept and BFGS-updated while the
+decrement falls fast), then near-zero diagonal entries of Λ tried at exactly zero (kept
+where F is no worse, as the single fits), and standard errors from forward differences
+of the exact gradient at the optimum. Models
 move in lockstep, but every step works on the models still running (index subsets): a
 model that converged costs nothing more, and one slow model does not hold the others.
 Failures are flagged per model (status, inner convergence, Hessian).
@@ -51,10 +53,11 @@ INNER_TOL = 1e-10
 TRUSTED_TOL = 1e-20  # a start taken as the mode (LockstepModels.evaluate's ``trusted``)  # Newton decrement of the inner problem (as _parts_host, _host_glmm)
 MAX_OUTER = 100
 MAX_HALVINGS = 30
-FINAL_TOL = 1e-10  # outer Newton decrement, relative to 1 + |F|
+FINAL_TOL = 1e-10  # outer Newton decrement, relative to 1 + |F|, with a fresh Hessian
+DONE_TOL = 1e-15  # outer Newton decrement, relative to 1 + |F|, with any Hessian
 TRIAL_TOL = 1e-10  # the boundary trial's allowance (as _optimize.minimize_host)
 FD_STEP = 1e-6  # forward differences for the Newton Hessian (relative to max(1, |ψ_j|))
-CD_STEP = 1e-4  # central differences for the standard errors (as _host_lmm)
+SE_STEP = 1e-6  # forward differences for the standard errors
 CHORD_RATE = 0.3  # keep the Hessian (BFGS-updated) while the decrement falls by this factor
 BFGS = True  # update kept Hessians by BFGS (fewer refreshes; measured)
 SMALL_BLOCK = 8  # blocks up to this size are factored by the unrolled Cholesky
@@ -689,28 +692,15 @@ class LockstepModels:
         start = u + _extrapolate(S, psi - base_psi)
         return self.evaluate(idx, psi, start, trusted=trusted)["grad"]
 
-    def _fd_hessian(self, idx, psi, u, S, grad):
+    def _fd_hessian(self, idx, psi, u, S, grad, step=None):
         """Forward differences of the exact gradient, (k, P, P), symmetrized."""
         k, P = psi.shape
         H = np.empty((k, P, P))
         for j in range(P):
-            h = FD_STEP * np.maximum(1.0, np.abs(psi[:, j]))
+            h = (FD_STEP if step is None else step) * np.maximum(1.0, np.abs(psi[:, j]))
             up = psi.copy()
             up[:, j] += h
             H[:, :, j] = (self._gradient_at(idx, up, u, S, psi) - grad) / h[:, None]
-        return 0.5 * (H + np.swapaxes(H, 1, 2))
-
-    def central_hessian(self, idx, psi, u, S):
-        k, P = psi.shape
-        H = np.empty((k, P, P))
-        for j in range(P):
-            h = CD_STEP * np.maximum(1.0, np.abs(psi[:, j]))
-            up, down = psi.copy(), psi.copy()
-            up[:, j] += h
-            down[:, j] -= h
-            # (not ``trusted``: the mode moves by ~1e-8 over these steps)
-            H[:, :, j] = (self._gradient_at(idx, up, u, S, psi, False)
-                          - self._gradient_at(idx, down, u, S, psi, False)) / (2.0 * h[:, None])
         return 0.5 * (H + np.swapaxes(H, 1, 2))
 
     def fit(self, psi0, idx=None, max_outer: int = MAX_OUTER) -> dict:
@@ -729,6 +719,7 @@ class LockstepModels:
         refresh = np.ones(K, bool)
         fresh = np.zeros(K, bool)
         last_decrement = np.full(K, np.inf)
+        inner = ev["inner_ok"].copy()
         for _ in range(max_outer):
             act = np.flatnonzero(status < 0)
             if act.size == 0:
@@ -742,23 +733,20 @@ class LockstepModels:
                 refresh[new] = False
                 fresh[new] = True
             d, decrement = _newton_direction(g[act], hess[act])
-            # The last step is a Newton step with the Hessian at this point (a kept one
-            # would leave an error of its own inaccuracy times the step).
-            stale = np.flatnonzero((decrement <= FINAL_TOL * (1.0 + np.abs(f[act])))
-                                   & ~fresh[act])
-            if stale.size:
-                m = act[stale]
-                hess[m] = self._fd_hessian(idx[m], psi[m], u[m], S[m], g[m])
-                fresh[m] = True
-                d[stale], decrement[stale] = _newton_direction(g[m], hess[m])
             bad = ~np.isfinite(decrement)
             status[act[bad]] = Status.NON_FINITE
             act, d, decrement = act[~bad], d[~bad], decrement[~bad]
-            final = decrement <= FINAL_TOL * (1.0 + np.abs(f[act]))
+            # Stop after a last step once the decrement is below DONE_TOL, or below
+            # FINAL_TOL with a Hessian computed at this point (a kept one leaves an
+            # error of its own inaccuracy times the step: chord steps first shrink it).
+            scale_f = 1.0 + np.abs(f[act])
+            near = decrement <= FINAL_TOL * scale_f
+            final = (decrement <= DONE_TOL * scale_f) | (near & fresh[act])
             scale = np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(d), axis=1), 1e-300))
             d *= scale[:, None]
             slope = np.sum(g[act] * d, axis=1)
-            slack = np.where(final, 1e-11 * (1.0 + np.abs(f[act])), 0.0)
+            # Near the optimum f changes by less than its rounding: no Armijo decrease.
+            slack = np.where(near, 1e-11 * scale_f, 0.0)
             t = np.ones(act.size)
             pending = np.arange(act.size)
             moved = np.zeros(act.size, bool)
@@ -769,22 +757,25 @@ class LockstepModels:
                 start = u[m] + _extrapolate(S[m], trial - psi[m])
                 e = self.evaluate(idx[m], trial, start, sensitivity=True)
                 good = (np.isfinite(e["value"]) & np.all(np.isfinite(e["grad"]), axis=1)
-                        & (e["value"] <= f[m] + 1e-4 * t[pending] * slope[pending]
-                           + slack[pending]))
+                        & (e["value"] <= f[m] + np.where(near[pending], 0.0, 1e-4 * t[pending]
+                                                         * slope[pending]) + slack[pending]))
                 acc = m[good]
                 psi[acc], f[acc], g[acc] = trial[good], e["value"][good], e["grad"][good]
                 u[acc], S[acc] = e["u"][good], e["S"][good]
+                inner[acc] = e["inner_ok"][good]
                 moved[pending[good]] = True
-                # A final step not taken: the current point is as good.
-                pending = pending[~good & ~final[pending]]
+                # A near step not taken: the current point is as good (or the Hessian
+                # is renewed below).
+                pending = pending[~good & ~near[pending]]
                 t[pending] *= 0.5
                 if pending.size == 0:
                     break
-            # Keep the Hessian (a chord step) while Newton's decrement falls fast; a new
-            # one after a halved step or a slow decrease.
+            # Keep the Hessian (a chord step, BFGS-updated) while Newton's decrement
+            # falls fast; a new one after a halved step, a slow decrease or a rejected
+            # near step.
             fresh[act[moved]] = False
             slow = decrement > CHORD_RATE * last_decrement[act]
-            refresh[act[(moved & (t < 1.0)) | slow]] = True
+            refresh[act[(moved & (t < 1.0)) | slow | (near & ~moved & ~final)]] = True
             last_decrement[act] = decrement
             if BFGS:
                 upd = np.flatnonzero(moved & (t == 1.0) & ~final & ~slow)
@@ -792,7 +783,7 @@ class LockstepModels:
                     hess[act[upd]] = _bfgs_update(hess[act[upd]], psi[act[upd]] - psi_old[upd],
                                                   g[act[upd]] - g_old[upd])
             status[act[final]] = Status.CONVERGED
-            failed = ~moved & ~final
+            failed = ~moved & ~near
             status[act[failed]] = Status.LINE_SEARCH_FAILED
         status[status < 0] = Status.MAX_ITERATIONS
         # Near-zero diagonal entries of Λ tried at exactly zero (as the single fits).
@@ -809,16 +800,16 @@ class LockstepModels:
             psi[acc], f[acc], g[acc], u[acc], S[acc] = (trial[good], e["value"][good],
                                                         e["grad"][good], e["u"][good],
                                                         e["S"][good])
-        # The mode at the final point, then standard errors from central differences.
-        final_ev = self.evaluate(idx, psi, u, gradient=False)
-        hessian = self.central_hessian(idx, psi, u, S)
+        # Standard errors from forward differences of the exact gradient at the optimum
+        # (steps SE_STEP: truncation and rounding errors about 1e-6 relative).
+        hessian = self._fd_hessian(idx, psi, u, S, g, SE_STEP)
         finite = np.all(np.isfinite(hessian), axis=(1, 2))
         safe = np.where(finite[:, None, None], hessian, np.eye(self.P))
         cov = 2.0 * np.linalg.pinv(safe)
         cov[~finite] = np.nan
         pd = finite & np.all(np.linalg.eigvalsh(safe) > 0, axis=1)
         return dict(params=psi, value=f, grad=g, u=u, status=status, iterations=iterations,
-                    params_cov=cov, hessian_pd=pd, inner_converged=final_ev["inner_ok"],
+                    params_cov=cov, hessian_pd=pd, inner_converged=inner,
                     hessian=hessian)
 
 
