@@ -156,26 +156,35 @@ def _factor_lapack(H):
     return (logdet.reshape(lead), inverse.reshape(H.shape), ok.reshape(lead))
 
 
-def _factor_schur(H, m):
-    """:func:`_factor` of H = [[D, C], [C', E]] with D (m × m) diagonal: through the
-    Schur complement E − C'D⁻¹C (crossed scalar terms: the first term's levels)."""
-    d = np.diagonal(H[..., :m, :m], axis1=-2, axis2=-1)
-    ok_d = np.all(d > 0, axis=-1)
-    d_inv = 1.0 / np.where(d > 0, d, 1.0)
-    C = H[..., :m, m:]
-    DC = d_inv[..., :, None] * C
-    schur = H[..., m:, m:] - np.matmul(np.swapaxes(C, -1, -2), DC)
-    logdet_s, s_inv, ok_s = _factor(schur)
-    DCS = np.matmul(DC, s_inv)
-    inverse = np.empty_like(H)
-    inverse[..., :m, :m] = np.matmul(DCS, np.swapaxes(DC, -1, -2))
-    idx = np.arange(m)
-    inverse[..., idx, idx] += d_inv
-    inverse[..., :m, m:] = -DCS
-    inverse[..., m:, :m] = -np.swapaxes(DCS, -1, -2)
-    inverse[..., m:, m:] = s_inv
-    logdet = np.sum(np.log(np.where(d > 0, d, 1.0)), axis=-1) + logdet_s
-    return logdet, inverse, ok_d & ok_s
+class _Schur:
+    """H⁻¹ of H = [[D, C], [C', E]] with D (m × m) diagonal, through the Schur
+    complement S = E − C'D⁻¹C (several terms whose first is scalar: that term's levels
+    are a diagonal block, each row having one of them). Holds D⁻¹ (k, m), D⁻¹C (k, m, q₂),
+    M = D⁻¹CS⁻¹ and S⁻¹ (k, q₂, q₂); H⁻¹ = [[D⁻¹ + MC'D⁻¹, −M], [−M', S⁻¹]]."""
+
+    def __init__(self, d, C, E):
+        ok_d = np.all(d > 0, axis=-1)
+        self.d_inv = 1.0 / np.where(d > 0, d, 1.0)
+        self.C = C
+        self.DC = self.d_inv[:, :, None] * C
+        schur = E - np.matmul(np.swapaxes(C, 1, 2), self.DC)
+        logdet_s, self.S_inv, ok_s = _factor(schur)
+        self.M = np.matmul(self.DC, self.S_inv)
+        self.diag_top = self.d_inv + np.einsum("kiq,kiq->ki", self.M, self.DC)
+        self.logdet = np.sum(np.log(np.where(d > 0, d, 1.0)), axis=-1) + logdet_s
+        self.ok = ok_d & ok_s
+        self.m = d.shape[1]
+
+    def solve(self, v):
+        m = self.m
+        w1 = v[:, :m] * self.d_inv
+        rhs = v[:, m:] - np.matmul(w1[:, None, :], self.C)[:, 0]
+        y2 = np.matmul(self.S_inv, rhs[:, :, None])[:, :, 0]
+        return np.concatenate([w1 - np.matmul(self.DC, y2[:, :, None])[:, :, 0], y2], axis=1)
+
+    def replace(self, mask, other):
+        for key in ("d_inv", "C", "DC", "S_inv", "M", "diag_top", "logdet", "ok"):
+            getattr(self, key)[mask] = getattr(other, key)
 
 
 # -- the shared design ---------------------------------------------------------------------
@@ -216,6 +225,7 @@ class Layout:
                 start += t.size * t.n_levels
                 col += t.size
         s = self.s
+        self.loc = loc
         # Several terms whose first is scalar: that term's levels form a diagonal block
         # of H (each row has one of them), factored through the Schur complement.
         self.n_diag = self.n_levels[0] if len(terms) > 1 and self.sizes[0] == 1 else 0
@@ -235,6 +245,22 @@ class Layout:
                     np.concatenate([np.arange(n), np.arange(n)])))
         self.inverse_index = [[(blk * s + loc[:, i]) * s + loc[:, j] for j in range(J)]
                               for i in range(J)]
+        if self.n_diag:
+            m1, q2 = self.n_diag, s - self.n_diag
+            self.q2 = q2
+            self.schur_maps = []
+            for i, j in self.pairs:
+                if i == 0 and j == 0:
+                    self.schur_maps.append((0, _transposed_map(n, loc[:, 0], m1)))
+                elif i == 0:
+                    self.schur_maps.append((1, _transposed_map(
+                        n, loc[:, 0] * q2 + loc[:, j] - m1, m1 * q2)))
+                else:
+                    pos = (loc[:, i] - m1) * q2 + loc[:, j] - m1
+                    mirror = (loc[:, j] - m1) * q2 + loc[:, i] - m1
+                    both = (pos if i == j else np.concatenate([pos, mirror]))
+                    rows_ = np.arange(n) if i == j else np.concatenate([np.arange(n)] * 2)
+                    self.schur_maps.append((2, _transposed_map(n, both, q2 * q2, rows_)))
         self.eye_flat = np.eye(s).ravel()
         # (the θ of each term: Λ_t's lower triangle, column by column, lme4's order)
         self.offsets = np.cumsum((0,) + self.sizes)[:-1]
@@ -264,8 +290,20 @@ class Layout:
         return np.ascontiguousarray(out.T)
 
     def hessian(self, a, W):
-        """I + Λ'Z'WZΛ, (k, B, s, s)."""
+        """I + Λ'Z'WZΛ, (k, B, s, s); with a diagonal leading block (:class:`_Schur`)
+        its pieces (D's diagonal, C, E)."""
         k = W.shape[0]
+        if self.n_diag:
+            m1, q2 = self.n_diag, self.q2
+            parts = [None, None, None]
+            for (i, j), (target, M) in zip(self.pairs, self.schur_maps):
+                prod = (W * a[i] * a[j]).T
+                parts[target] = M @ prod if parts[target] is None else parts[target] + M @ prod
+            d = parts[0].T + 1.0
+            C = np.zeros((k, m1, q2)) if parts[1] is None else parts[1].T.reshape(k, m1, q2)
+            E = (np.zeros((k, q2, q2)) if parts[2] is None
+                 else parts[2].T.reshape(k, q2, q2)) + np.eye(q2)
+            return d, C, E
         out = None
         for (i, j), M in zip(self.pairs, self.H_maps):
             prod = W * a[i] * a[j]
@@ -275,17 +313,45 @@ class Layout:
 
     def inverse_rows(self, inverse):
         """H⁻¹'s entries between each row's coefficients: (J, J, k, n)."""
+        if isinstance(inverse, _Schur):
+            m1, q2 = self.n_diag, self.q2
+            top = self.loc[:, 0]
+            S_flat = inverse.S_inv.reshape(inverse.S_inv.shape[0], -1)
+            M_flat = inverse.M.reshape(inverse.M.shape[0], -1)
+            out = np.empty((self.J, self.J, S_flat.shape[0], self.n))
+            out[0, 0] = inverse.diag_top[:, top]
+            for j in range(1, self.J):
+                out[0, j] = out[j, 0] = -M_flat[:, top * q2 + self.loc[:, j] - m1]
+                for i in range(1, self.J):
+                    out[i, j] = S_flat[:, (self.loc[:, i] - m1) * q2 + self.loc[:, j] - m1]
+            return out
         flat = inverse.reshape(inverse.shape[0], -1)
         return np.stack([np.stack([flat[:, ix] for ix in row]) for row in self.inverse_index])
 
     def factor(self, H):
-        """(log det, inverse, positive definite) per block of H (k, B, s, s)."""
+        """(log det, inverse, positive definite) per block of H (k, B, s, s): the
+        inverse an array, or a :class:`_Schur` (log det and ok then (k, 1))."""
         if self.n_diag:
-            return _factor_schur(H, self.n_diag)
+            F = _Schur(*H)
+            return F.logdet[:, None], F, F.ok[:, None]
         return _factor(H)
+
+    @staticmethod
+    def replace(inverse, mask, other):
+        """``inverse`` with the models ``mask`` taken from ``other``."""
+        if isinstance(inverse, _Schur):
+            inverse.replace(mask, other)
+        else:
+            inverse[mask] = other
+        return inverse
+
+    def subset_hessian(self, H, mask):
+        return tuple(h[mask] for h in H) if self.n_diag else H[mask]
 
     def solve(self, inverse, v):
         """H⁻¹v blockwise: (k, B, s, s) with (k, B·s) -> (k, B·s)."""
+        if isinstance(inverse, _Schur):
+            return inverse.solve(v)
         k = v.shape[0]
         return _matvec(inverse, v.reshape(k, self.B, self.s)).reshape(k, self.width)
 
@@ -551,7 +617,7 @@ class LockstepModels:
                 # Not log-concave here (zero-inflation): steps with W floored.
                 floor = np.maximum(W[~ok], 1e-10 * (1.0 + np.abs(W[~ok])))
                 _, inv_f, _ = L.factor(L.hessian(sub_a[:, ~ok], floor))
-                inv[~ok] = inv_f
+                inv = L.replace(inv, ~ok, inv_f)
             step = -L.solve(inv, G)
             decrement = -np.sum(G * step, axis=1)
             with np.errstate(invalid="ignore"):
@@ -952,6 +1018,7 @@ def _theta_start(layout: Layout, r) -> np.ndarray:
 
 
 # -- fit_many's entry point --------------------------------------------------------------------
+THREADS = 1  # threads running chunks (None: one per CPU; no gain measured on 2 busy cores)
 CHUNK = 250  # models per lockstep pass: (models × rows) arrays that stay in cache (measured: 250 beat 50, 100 and 1,000)
 
 
@@ -1025,11 +1092,27 @@ def fit_parts_many(parts, family, Y, W, progress=None) -> dict:
 
 
 def _fit_chunks(models, family, K, progress) -> dict:
+    """Chunks of :data:`CHUNK` models, run by :data:`THREADS` threads (numpy releases the
+    GIL in its array loops; each chunk's models are its own rows of every array), BLAS
+    at one thread meanwhile (its tiny products gain nothing from more)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ._blas import single_threaded_blas
     from ._progress import bar
 
     chunks = [np.arange(s, min(s + CHUNK, K)) for s in range(0, K, CHUNK)]
-    pieces = []
-    for idx in bar(chunks, enabled=progress if len(chunks) > 1 else False,
-                   desc="fitting models", unit="chunk"):
-        pieces.append(models.fit(start_values(models, family, idx), idx))
+
+    def one(idx):
+        return models.fit(start_values(models, family, idx), idx)
+
+    workers = max(1, min(THREADS or (os.cpu_count() or 1), len(chunks)))
+    with single_threaded_blas():
+        if workers == 1:
+            pieces = [one(idx) for idx in bar(chunks, enabled=progress if len(chunks) > 1
+                                              else False, desc="fitting models", unit="chunk")]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                pieces = list(bar(pool.map(one, chunks), enabled=progress, total=len(chunks),
+                                  desc="fitting models", unit="chunk"))
     return {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}

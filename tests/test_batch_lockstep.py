@@ -157,10 +157,16 @@ def test_small_blocks_factor_as_lapack():
     E = np.swapaxes(C, -1, -2) @ (C / D[..., None]) + B @ np.swapaxes(B, -1, -2) + np.eye(5)
     M = np.concatenate([np.concatenate([D[..., None] * np.eye(7), C], -1),
                         np.concatenate([np.swapaxes(C, -1, -2), E], -1)], -2)
-    logdet, inverse, ok = ls._factor_schur(M, 7)
-    assert ok.all()
-    np.testing.assert_allclose(logdet, np.linalg.slogdet(M)[1], rtol=1e-12)
-    np.testing.assert_allclose(inverse, np.linalg.inv(M), rtol=1e-9, atol=1e-12)
+    F = ls._Schur(D[:, 0], C[:, 0], E[:, 0])
+    assert F.ok.all()
+    np.testing.assert_allclose(F.logdet, np.linalg.slogdet(M[:, 0])[1], rtol=1e-12)
+    inverse = np.linalg.inv(M[:, 0])
+    v = rng.normal(size=(2, 12))
+    np.testing.assert_allclose(F.solve(v), np.einsum("kij,kj->ki", inverse, v), rtol=1e-10)
+    np.testing.assert_allclose(F.diag_top, np.diagonal(inverse[:, :7, :7], axis1=1, axis2=2),
+                               rtol=1e-10)
+    np.testing.assert_allclose(-F.M, inverse[:, :7, 7:], rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(F.S_inv, inverse[:, 7:, 7:], rtol=1e-10)
 
 
 @pytest.mark.parametrize("family, zero_inflated, dispersion", [
