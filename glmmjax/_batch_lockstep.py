@@ -733,23 +733,25 @@ class LockstepModels:
         L = self.layout
         W, g_e = r["W"], r["g_e"]
         aW = a * W
-        cols = []
+        V = []  # per parameter, the (J, k, n) row values summed into s_j
         for t, r_, c in L.theta_index:
             col = L.offsets[t] + c
             z_r = L.z[t][:, r_]
-            s = L.scatter(aW * (ug[col] * z_r))
-            extra = np.zeros_like(a)
-            extra[col] = -z_r * g_e
-            cols.append(s + L.scatter(extra))
-        for j in range(self.X.shape[1]):
-            cols.append(L.scatter(aW * self.X[:, j]))
+            v = aW * (ug[col] * z_r)
+            v[col] -= z_r * g_e
+            V.append(v)
+        V.extend(aW[None] * self.X.T[:, None, None, :])
         if self.rows.zero_inflated:
-            for j in range(self.X_zi.shape[1]):
-                cols.append(L.scatter(-a * (r["h_ez"] * self.X_zi[:, j])))
+            V.extend(-(a * r["h_ez"])[None] * self.X_zi.T[:, None, None, :])
         if self.rows.has_dispersion:
             h_ed = np.broadcast_to(r["h_ed"], W.shape)
-            for j in range(self.X_d.shape[1]):
-                cols.append(L.scatter(-a * (h_ed * self.X_d[:, j])))
+            V.extend(-(a * h_ed)[None] * self.X_d.T[:, None, None, :])
+        V = np.stack(V)  # (P, J, k, n)
+        P, J, k, n = V.shape
+        summed = L.G_maps[0] @ V[:, 0].reshape(P * k, n).T
+        for j in range(1, J):
+            summed += L.G_maps[j] @ V[:, j].reshape(P * k, n).T
+        cols = summed.T.reshape(P, k, -1)
         S = -np.stack([L.solve(inv, col) for col in cols], axis=-1)
         return np.where(np.isfinite(S), S, 0.0)
 
