@@ -404,6 +404,11 @@ def fit_many(
             GPU's, or the host's on the CPU): a chunk takes at most a fifth of it per
             device and 4,096 models. The estimate is recorded in ``BatchResult.memory``
             and shown in its repr; see ``glmmjax._batch_memory`` and docs/batches.md.
+            GLMMs beyond one scalar term on the CPU in float64 (random slopes,
+            dispersion families, crossed or nested terms, ``ziformula``/``dispformula``)
+            are fitted by the lockstep numpy engine (``glmmjax._batch_lockstep``,
+            nothing compiled): there ``chunk_size`` is the models fitted together
+            (default 250) and ``BatchResult.memory`` is None.
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
@@ -415,9 +420,10 @@ def fit_many(
             with few groups). See ``glmmjax._batch_inference``; the choice is recorded
             in ``BatchResult.inference``.
         ziformula, dispformula: glmmTMB's zero-inflation and dispersion models, as in
-            :func:`glmmjax.glmer` (Laplace, float64; the models are fitted one after
-            another by the host engine, ``chunk_size`` does not apply); coefficients of
-            those parts are named ``zi~name`` and ``d~name``.
+            :func:`glmmjax.glmer` (Laplace, float64; all models at once by the lockstep
+            engine where the zero-inflation part has no random effects, else one after
+            another by the host engine); coefficients of those parts are named
+            ``zi~name`` and ``d~name``.
         relmat: known relatedness ``{"animal": K}`` for a term ``(1 | animal)``, as
             :func:`glmmjax.lmer`; K's factor is computed once for all responses.
         distributed: split the models over the processes of ``jax.distributed`` (call
@@ -481,7 +487,8 @@ def fit_many(
     devices = max(1, min(devices, len(jax.local_devices())))
     n, p = design.X.shape
     if _lockstep_applies(design, family, n_agq, precision):
-        result = _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress)
+        result = _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress,
+                               chunk_size)
         if distributed:
             from ._distributed import gather_batches
 
@@ -573,7 +580,7 @@ def _lockstep_applies(design, family, n_agq, precision) -> bool:
             and applies(design, family, n_agq))
 
 
-def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress):
+def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress, chunk_size):
     from types import SimpleNamespace
 
     from ._batch_lockstep import CHUNK, fit_glmm_many
@@ -584,10 +591,12 @@ def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress):
     out = None
     if usable:
         with np.errstate(all="ignore"):
-            out = fit_glmm_many(design, family, Y_fit[:, usable], W_fit[:, usable], progress)
+            out = fit_glmm_many(design, family, Y_fit[:, usable], W_fit[:, usable], progress,
+                                chunk_size)
     has_dispersion = bool(family.has_dispersion and family.dispersion_method != "fixed")
+    chunk = CHUNK if chunk_size is None else int(chunk_size)
     return _assemble(design, family, names, reasons, usable, out, "Laplace",
-                     max(1, min(CHUNK, len(usable))), 1,
+                     max(1, min(chunk, len(usable))), 1,
                      SimpleNamespace(has_dispersion=has_dispersion), ddf)
 
 

@@ -61,7 +61,8 @@ SE_STEP = 1e-6  # forward differences for the standard errors
 CHORD_RATE = 0.3  # keep the Hessian (BFGS-updated) while the decrement falls by this factor
 BFGS = True  # update kept Hessians by BFGS (fewer refreshes; measured)
 SMALL_BLOCK = 8  # blocks up to this size are factored by the unrolled Cholesky
-MAX_DENSE = 400  # largest q of the dense (several terms) layout
+MAX_DENSE = 100  # largest dense block: q, or q less the first term's levels (_Schur)
+MAX_SCHUR = 50_000  # largest (first term's levels) × (the rest) of a _Schur factor
 
 
 def applies(design, family, n_agq: int) -> bool:
@@ -1034,11 +1035,11 @@ def glmm_models(design, family, Y, W) -> LockstepModels:
                           X_d=np.ones((n, 1)) if has_dispersion else None)
 
 
-def fit_glmm_many(design, family, Y, W, progress=None) -> dict:
+def fit_glmm_many(design, family, Y, W, progress=None, chunk=None) -> dict:
     """Fit every column of Y (n, K) with prior weights W (n, K); the outputs
     :func:`glmmjax._batch._assemble` takes, one row per model."""
     models = glmm_models(design, family, Y, W)
-    out = _fit_chunks(models, family, Y.shape[1], progress)
+    out = _fit_chunks(models, family, Y.shape[1], progress, chunk)
     n_theta, p = models.layout.n_theta, design.X.shape[1]
     cov = out["params_cov"]
     return dict(params=out["params"], beta=out["params"][:, n_theta : n_theta + p],
@@ -1067,10 +1068,14 @@ def _terms_apply(terms) -> bool:
         return False
     if len(terms) == 1:
         return terms[0].size <= SMALL_BLOCK
-    return sum(t.size * t.n_levels for t in terms) <= MAX_DENSE
+    q = sum(t.size * t.n_levels for t in terms)
+    if terms[0].size == 1:  # the first term's levels a diagonal block (_Schur)
+        rest = q - terms[0].n_levels
+        return rest <= MAX_DENSE and rest * terms[0].n_levels <= MAX_SCHUR
+    return q <= MAX_DENSE
 
 
-def fit_parts_many(parts, family, Y, W, progress=None) -> dict:
+def fit_parts_many(parts, family, Y, W, progress=None, chunk=None) -> dict:
     """The lockstep fits of a ``ziformula``/``dispformula`` batch (ψ = (θ, β, β_zi,
     β_d), the host parts engine's parameters); the outputs
     :func:`glmmjax._parts_batch._assemble_parts` takes."""
@@ -1086,14 +1091,14 @@ def fit_parts_many(parts, family, Y, W, progress=None) -> dict:
         offset_zi=None if parts.zi is None else parts.zi.offset,
         X_d=None if parts.disp is None else parts.disp.X,
         offset_d=None if parts.disp is None else parts.disp.offset)
-    out = _fit_chunks(models, family, Y.shape[1], progress)
+    out = _fit_chunks(models, family, Y.shape[1], progress, chunk)
     return dict(params=out["params"], params_cov=out["params_cov"],
                 value=out["value"] - 2.0 * rows.constant(models.Y, models.Wt),
                 status=out["status"], iterations=out["iterations"],
                 hessian_pd=out["hessian_pd"] & out["inner_converged"])
 
 
-def _fit_chunks(models, family, K, progress) -> dict:
+def _fit_chunks(models, family, K, progress, chunk=None) -> dict:
     """Chunks of :data:`CHUNK` models, run by :data:`THREADS` threads (numpy releases the
     GIL in its array loops; each chunk's models are its own rows of every array), BLAS
     at one thread meanwhile (its tiny products gain nothing from more)."""
@@ -1103,7 +1108,8 @@ def _fit_chunks(models, family, K, progress) -> dict:
     from ._blas import single_threaded_blas
     from ._progress import bar
 
-    chunks = [np.arange(s, min(s + CHUNK, K)) for s in range(0, K, CHUNK)]
+    chunk = CHUNK if chunk is None else int(chunk)
+    chunks = [np.arange(s, min(s + chunk, K)) for s in range(0, K, chunk)]
 
     def one(idx):
         return models.fit(start_values(models, family, idx), idx)

@@ -64,8 +64,9 @@ def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformul
         if usable:
             with np.errstate(all="ignore"):
                 out = fit_parts_many(parts, family, Y_fit[:, usable], W_fit[:, usable],
-                                     progress)
-        return _assemble_parts(parts, names, reasons, usable, out, max(1, min(CHUNK, len(usable))))
+                                     progress, chunk_size)
+        chunk = CHUNK if chunk_size is None else int(chunk_size)
+        return _assemble_parts(parts, names, reasons, usable, out, max(1, min(chunk, len(usable))))
     template = parts_data(parts, family, np.zeros(design.nobs), weights_used)
     with jax.enable_x64(True):
         template = jax.tree_util.tree_map(jnp.asarray, template)
