@@ -163,29 +163,51 @@ class _Schur:
     are a diagonal block, each row having one of them). Holds D⁻¹ (k, m), D⁻¹C (k, m, q₂),
     M = D⁻¹CS⁻¹ and S⁻¹ (k, q₂, q₂); H⁻¹ = [[D⁻¹ + MC'D⁻¹, −M], [−M', S⁻¹]]."""
 
-    def __init__(self, d, C, E):
+    def __init__(self, d, C, E, light: bool = False):
         ok_d = np.all(d > 0, axis=-1)
         self.d_inv = 1.0 / np.where(d > 0, d, 1.0)
         self.C = C
         self.DC = self.d_inv[:, :, None] * C
         schur = E - np.matmul(np.swapaxes(C, 1, 2), self.DC)
+        self.m = d.shape[1]
+        self.light = light
+        if light:  # solves only (the inner Newton's steps): no S⁻¹, S kept
+            self.schur = schur
+            self.ok = ok_d & _positive_definite(schur)
+            return
         logdet_s, self.S_inv, ok_s = _factor(schur)
         self.M = np.matmul(self.DC, self.S_inv)
         self.diag_top = self.d_inv + np.einsum("kiq,kiq->ki", self.M, self.DC)
         self.logdet = np.sum(np.log(np.where(d > 0, d, 1.0)), axis=-1) + logdet_s
         self.ok = ok_d & ok_s
-        self.m = d.shape[1]
 
     def solve(self, v):
+        """H⁻¹v for v (..., k, q) (leading axes broadcast)."""
         m = self.m
-        w1 = v[:, :m] * self.d_inv
-        rhs = v[:, m:] - np.matmul(w1[:, None, :], self.C)[:, 0]
-        y2 = np.matmul(self.S_inv, rhs[:, :, None])[:, :, 0]
-        return np.concatenate([w1 - np.matmul(self.DC, y2[:, :, None])[:, :, 0], y2], axis=1)
+        w1 = v[..., :m] * self.d_inv
+        rhs = v[..., m:] - np.matmul(w1[..., None, :], self.C)[..., 0, :]
+        if self.light:
+            safe = np.where(self.ok[:, None, None], self.schur, np.eye(self.schur.shape[-1]))
+            y2 = np.linalg.solve(safe, rhs[..., None])[..., 0]
+        else:
+            y2 = np.matmul(self.S_inv, rhs[..., None])[..., 0]
+        return np.concatenate([w1 - np.matmul(self.DC, y2[..., None])[..., 0], y2], axis=-1)
 
     def replace(self, mask, other):
-        for key in ("d_inv", "C", "DC", "S_inv", "M", "diag_top", "logdet", "ok"):
+        keys = (("d_inv", "C", "DC", "schur", "ok") if self.light else
+                ("d_inv", "C", "DC", "S_inv", "M", "diag_top", "logdet", "ok"))
+        for key in keys:
             getattr(self, key)[mask] = getattr(other, key)
+
+
+def _positive_definite(S):
+    """Whether each matrix of S (k, q, q) is positive definite (a Cholesky per matrix
+    only where the stacked one fails)."""
+    try:
+        np.linalg.cholesky(S)
+        return np.ones(S.shape[0], bool)
+    except np.linalg.LinAlgError:
+        return _factor_lapack(S)[2]
 
 
 # -- the shared design ---------------------------------------------------------------------
@@ -329,12 +351,13 @@ class Layout:
         flat = inverse.reshape(inverse.shape[0], -1)
         return np.stack([np.stack([flat[:, ix] for ix in row]) for row in self.inverse_index])
 
-    def factor(self, H):
+    def factor(self, H, light: bool = False):
         """(log det, inverse, positive definite) per block of H (k, B, s, s): the
-        inverse an array, or a :class:`_Schur` (log det and ok then (k, 1))."""
+        inverse an array, or a :class:`_Schur` (log det and ok then (k, 1); with
+        ``light``, for solves only, no log det)."""
         if self.n_diag:
-            F = _Schur(*H)
-            return F.logdet[:, None], F, F.ok[:, None]
+            F = _Schur(*H, light=light)
+            return (None if light else F.logdet[:, None]), F, F.ok[:, None]
         return _factor(H)
 
     @staticmethod
@@ -350,11 +373,11 @@ class Layout:
         return tuple(h[mask] for h in H) if self.n_diag else H[mask]
 
     def solve(self, inverse, v):
-        """H⁻¹v blockwise: (k, B, s, s) with (k, B·s) -> (k, B·s)."""
+        """H⁻¹v blockwise: (k, B, s, s) with (..., k, B·s) -> (..., k, B·s)."""
         if isinstance(inverse, _Schur):
             return inverse.solve(v)
-        k = v.shape[0]
-        return _matvec(inverse, v.reshape(k, self.B, self.s)).reshape(k, self.width)
+        lead = v.shape[:-1]
+        return _matvec(inverse, v.reshape(lead + (self.B, self.s))).reshape(v.shape)
 
 
 class RowModel:
@@ -612,12 +635,12 @@ class LockstepModels:
             G = u[active] - L.scatter(sub_a * r["g_e"])
             W = r["W"]
             H = L.hessian(sub_a, W)
-            _, inv, ok = L.factor(H)
+            _, inv, ok = L.factor(H, light=True)
             ok = ok.all(axis=1)
             if not ok.all():
                 # Not log-concave here (zero-inflation): steps with W floored.
                 floor = np.maximum(W[~ok], 1e-10 * (1.0 + np.abs(W[~ok])))
-                _, inv_f, _ = L.factor(L.hessian(sub_a[:, ~ok], floor))
+                _, inv_f, _ = L.factor(L.hessian(sub_a[:, ~ok], floor), light=True)
                 inv = L.replace(inv, ~ok, inv_f)
             step = -L.solve(inv, G)
             decrement = -np.sum(G * step, axis=1)
@@ -753,7 +776,7 @@ class LockstepModels:
         for j in range(1, J):
             summed += L.G_maps[j] @ V[:, j].reshape(P * k, n).T
         cols = summed.T.reshape(P, k, -1)
-        S = -np.stack([L.solve(inv, col) for col in cols], axis=-1)
+        S = -np.moveaxis(L.solve(inv, cols), 0, -1)
         return np.where(np.isfinite(S), S, 0.0)
 
     # -- the fit -------------------------------------------------------------------------

@@ -167,6 +167,12 @@ def test_small_blocks_factor_as_lapack():
                                rtol=1e-10)
     np.testing.assert_allclose(-F.M, inverse[:, :7, 7:], rtol=1e-9, atol=1e-13)
     np.testing.assert_allclose(F.S_inv, inverse[:, 7:, 7:], rtol=1e-10)
+    light = ls._Schur(D[:, 0], C[:, 0], E[:, 0], light=True)  # solves only
+    assert light.ok.all()
+    np.testing.assert_allclose(light.solve(v), F.solve(v), rtol=1e-10)
+    many = rng.normal(size=(3, 2, 12))  # several right-hand sides per model at once
+    np.testing.assert_allclose(F.solve(many), np.einsum("kij,pkj->pki", inverse, many),
+                               rtol=1e-10)
 
 
 @pytest.mark.parametrize("family, zero_inflated, dispersion", [
