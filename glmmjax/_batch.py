@@ -322,8 +322,19 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights,
     GLMMs (``family`` given) take NaN as a missing response: the model is fitted on its
     other rows (see :func:`_missing_as_weight_zero`), and only checked on those. LMMs
     and infinite values are flagged."""
-    reasons = []
     rows = np.asarray(rows)
+    if family is not None and Y.size and np.all(np.isfinite(Y)):
+        # Every value at once (the families' support checks are elementwise): where
+        # all pass, only constant responses remain to flag.
+        K = Y.shape[1]
+        try:
+            family.prepare_response(Y.ravel(order="F"), np.tile(np.asarray(weights), K),
+                                    None, np.tile(rows, K))
+        except DataError:
+            pass
+        else:
+            return ["constant response" if c else "" for c in np.ptp(Y, axis=0) == 0]
+    reasons = []
     for k in range(Y.shape[1]):
         y = Y[:, k]
         present = ~np.isnan(y) if family is not None else np.ones(len(y), bool)

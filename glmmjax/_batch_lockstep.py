@@ -947,7 +947,11 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
     base_rows = RowModel(family, False, models.rows.has_dispersion, models.rows.power)
     zero = np.zeros((k, n))
     with np.errstate(all="ignore"):
-        mu0 = np.stack([_initial_mean(family, Y[j], Wt[j]) for j in range(k)])
+        if type(family).__name__ in _ELEMENTWISE_START and type(family).__module__.startswith(
+                "glmmjax."):
+            mu0 = np.asarray(family.initialize(Y, Wt), np.float64)  # elementwise: all at once
+        else:
+            mu0 = np.stack([_initial_mean(family, Y[j], Wt[j]) for j in range(k)])
         eta0 = fm.link_function(family.link, np, mu0)
         eta0 = np.where(np.isfinite(eta0), eta0, 0.0) - offset
         beta = eta0 @ np.linalg.pinv(X).T
@@ -994,6 +998,10 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
             parts[3] = (log_d[:, None] / models.rows.power - models.offset_d) @ pinv_d.T
         parts[0] = _theta_start(models.layout, r)
     return np.concatenate(parts, axis=1)
+
+
+# Built-in families whose ``initialize`` is elementwise arithmetic (numpy in, numpy out).
+_ELEMENTWISE_START = ("Binomial", "Poisson", "NegativeBinomial")
 
 
 def _dispersion_start(family, Y, mu, Wt, p):
