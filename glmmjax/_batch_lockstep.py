@@ -963,6 +963,18 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
             return -2.0 * np.sum(r["ll"], axis=1), r
 
         dev, r = deviance(beta, np.arange(k))
+        bad = ~np.isfinite(dev)
+        if bad.any():
+            # η outside the link's range somewhere (e.g. the Gamma's inverse link below
+            # 0): start those models from their mean, the same η on every row.
+            mean = np.sum(Wt[bad] * Y[bad], axis=1) / np.maximum(np.sum(Wt[bad], axis=1), 1e-300)
+            mean = np.asarray(family.initialize(mean, np.ones_like(mean)), np.float64) \
+                if type(family).__name__ in _ELEMENTWISE_START else mean
+            flat = fm.link_function(family.link, np, mean)[:, None] - offset
+            beta[bad] = np.where(np.isfinite(flat), flat, 0.0) @ np.linalg.pinv(X).T
+            dev[bad], r_bad = deviance(beta[bad], np.flatnonzero(bad))
+            for key in r:
+                r[key][bad] = r_bad[key]
         dev = np.where(np.isfinite(dev), dev, np.inf)
         for _ in range(25):
             W = np.maximum(r["W"], 1e-10 * (1.0 + np.abs(r["W"])))

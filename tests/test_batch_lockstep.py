@@ -210,3 +210,18 @@ def test_closed_form_rows_equal_the_general_kernels(family, zero_inflated, dispe
             value = value.reshape(k, n).sum(axis=1)
         np.testing.assert_allclose(have, np.reshape(value, have.shape), rtol=1e-10,
                                    atol=1e-12, err_msg=key)
+
+
+def test_gamma_random_intercepts_through_the_general_row_terms_equal_single_fits():
+    # A dispersion family without a specialized closed form (glmmjax._family_math).
+    rng = np.random.default_rng(4)
+    g = np.repeat(np.arange(8), 6)
+    x = rng.normal(size=48)
+    data = pd.DataFrame({"x": x, "g": pd.Categorical(g)})
+    Y = rng.gamma(4.0, np.exp(1 + 0.3 * x[:, None] + rng.normal(0, 0.4, (8, 2))[g]) / 4.0)
+    assert ls.RowModel(get_family("Gamma"), False, True).fast is None
+    batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="Gamma")
+    for k in range(2):
+        alone = glmmjax.glmer("y ~ x + (1 | g)", data.assign(y=Y[:, k]), family="Gamma")
+        assert_equals_alone(batch, k, alone)
+        rel_close(batch.models["dispersion"][k], alone.dispersion, 1e-6)
