@@ -254,6 +254,7 @@ class Layout:
         self.n_diag = self.n_levels[0] if len(terms) > 1 and self.sizes[0] == 1 else 0
         self.width = self.B * s
         self.flat = [blk * s + loc[:, j] for j in range(J)]  # (n,) index into u
+        self.flat_all = np.concatenate(self.flat)
         self.G_maps = [_transposed_map(n, f, self.width) for f in self.flat]
         self.pairs = [(i, j) for i in range(J) for j in range(i, J)]
         self.H_maps = []
@@ -303,7 +304,8 @@ class Layout:
 
     def gather(self, u):
         """u's entries at each row's coefficients: (J, k, n) from (k, B·s)."""
-        return np.stack([u[:, f] for f in self.flat])
+        k = u.shape[0]
+        return np.moveaxis(u[:, self.flat_all].reshape(k, self.J, self.n), 1, 0)
 
     def scatter(self, values):
         """Σ over rows into u's positions: (J, k, n) -> (k, B·s)."""
@@ -757,24 +759,28 @@ class LockstepModels:
         L = self.layout
         W, g_e = r["W"], r["g_e"]
         aW = a * W
-        V = []  # per parameter, the (J, k, n) row values summed into s_j
+        J, k, n = a.shape
+        V = np.empty((J, self.P, k, n))  # per slot and parameter, the rows summed into s_j
+        p0 = 0
         for t, r_, c in L.theta_index:
             col = L.offsets[t] + c
             z_r = L.z[t][:, r_]
-            v = aW * (ug[col] * z_r)
-            v[col] -= z_r * g_e
-            V.append(v)
-        V.extend(aW[None] * self.X.T[:, None, None, :])
+            np.multiply(aW, ug[col] * z_r, out=V[:, p0])
+            V[col, p0] -= z_r * g_e
+            p0 += 1
+        blocks = [(self.X, aW)]
         if self.rows.zero_inflated:
-            V.extend(-(a * r["h_ez"])[None] * self.X_zi.T[:, None, None, :])
+            blocks.append((self.X_zi, -(a * r["h_ez"])))
         if self.rows.has_dispersion:
-            h_ed = np.broadcast_to(r["h_ed"], W.shape)
-            V.extend(-(a * h_ed)[None] * self.X_d.T[:, None, None, :])
-        V = np.stack(V)  # (P, J, k, n)
-        P, J, k, n = V.shape
-        summed = L.G_maps[0] @ V[:, 0].reshape(P * k, n).T
+            blocks.append((self.X_d, -(a * np.broadcast_to(r["h_ed"], W.shape))))
+        for X, rows_ in blocks:
+            width = X.shape[1]
+            np.multiply(rows_[:, None], X.T[None, :, None, :], out=V[:, p0 : p0 + width])
+            p0 += width
+        P = self.P
+        summed = L.G_maps[0] @ V[0].reshape(P * k, n).T
         for j in range(1, J):
-            summed += L.G_maps[j] @ V[:, j].reshape(P * k, n).T
+            summed += L.G_maps[j] @ V[j].reshape(P * k, n).T
         cols = summed.T.reshape(P, k, -1)
         S = -np.moveaxis(L.solve(inv, cols), 0, -1)
         return np.where(np.isfinite(S), S, 0.0)
