@@ -1015,7 +1015,30 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
             pinv_d = np.linalg.pinv(models.X_d)
             parts[3] = (log_d[:, None] / models.rows.power - models.offset_d) @ pinv_d.T
         parts[0] = _theta_start(models.layout, r)
+        scale = _attenuation(family, models.layout, parts[0])
+        if scale is not None and not models.rows.zero_inflated:
+            parts[0], parts[1] = parts[0] * scale, parts[1] * scale
     return np.concatenate(parts, axis=1)
+
+
+# c² of the marginal attenuation of binomial GLMM coefficients (Zeger, Liang & Albert
+# 1988): β_marginal ≈ β/√(1 + c²σ²), c² = (16√3/15π)² for the logit link, 1 for probit.
+_ATTENUATION = {"Logit": (16.0 * np.sqrt(3.0) / (15.0 * np.pi)) ** 2, "Probit": 1.0}
+
+
+def _attenuation(family, layout: Layout, theta) -> np.ndarray | None:
+    """Per model, √(1 + c²σ²) for a binomial model with the logit or probit link (σ²:
+    the start's variances of each term's first coefficient, usually its intercept), else
+    None. The GLM start estimates marginal coefficients and the one-step moment start
+    random effects of the same (attenuated) scale; scaling both by it brings them nearer
+    the GLMM's conditional ones (measured on 500 crossed logistic models: 17.6 → 16.1
+    evaluations per model). A start only: the optimum does not depend on it."""
+    c2 = _ATTENUATION.get(type(family.link).__name__)
+    if type(family).__name__ != "Binomial" or c2 is None:
+        return None
+    first = [j for j, (_, r, c) in enumerate(layout.theta_index) if r == 0 and c == 0]
+    sigma2 = np.sum(theta[:, first] ** 2, axis=1, keepdims=True)
+    return np.sqrt(1.0 + c2 * sigma2)
 
 
 # Built-in families whose ``initialize`` is elementwise arithmetic (numpy in, numpy out).
