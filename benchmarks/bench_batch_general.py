@@ -14,8 +14,11 @@ about constant) and the R total is extrapolated to all K. Also printed: the oute
 iterations per model (mean and maximum: a vmapped loop runs as long as its slowest
 model), for the profile of where the time goes.
 
-``--path general`` forces the old general pipeline (vmapped ``glmm_pipeline``) for a
-before/after comparison on the same data.
+By default (CPU, float64) these shapes take the lockstep numpy engine
+(``glmmjax._batching.lockstep``). ``--path compiled`` forces the compiled blocked / crossed
+Newton paths (``glmmjax._batching.blocked``, ``_glmm_batch_crossed``), ``--path
+general`` the old general pipeline (vmapped ``glmm_pipeline``), for before/after
+comparisons on the same data.
 
 Usage: python benchmarks/bench_batch_general.py --shape nb2-slope --models 1000 --r-fits 20
 """
@@ -130,12 +133,14 @@ def main():
     parser.add_argument("--shape", choices=sorted(SHAPES), default="nb2-slope")
     parser.add_argument("--models", type=int, default=1000)
     parser.add_argument("--r-fits", type=int, default=20)
-    parser.add_argument("--path", choices=["auto", "general"], default="auto")
+    parser.add_argument("--path", choices=["auto", "compiled", "general"], default="auto")
     parser.add_argument("--precision", choices=["float64", "float32"], default="float64")
     parser.add_argument("--no-warm", action="store_true", help="skip the second call")
     parser.add_argument("--compare-float32", action="store_true",
                         help="fit in float64 and float32, print their differences")
     args = parser.parse_args()
+    if args.path in ("compiled", "general"):
+        batch_module.LOCKSTEP = False
     if args.path == "general":
         batch_module.BLOCKED_PATH = False
 

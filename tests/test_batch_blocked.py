@@ -13,6 +13,13 @@ import glmmjax
 import glmmjax._batching.fit_many as batch_module
 
 
+@pytest.fixture(autouse=True)
+def compiled_paths(monkeypatch):
+    # These tests cover the compiled batch paths (float32, accelerators); on the CPU in
+    # float64 fit_many takes the lockstep engine, tested in test_batch_lockstep.py.
+    monkeypatch.setattr(batch_module, "LOCKSTEP", False)
+
+
 def slope_data(n_groups=12, per_group=10, seed=3):
     rng = np.random.default_rng(seed)
     groups = np.repeat(np.arange(n_groups), per_group)

@@ -107,6 +107,7 @@ def test_general_path_batches_have_finite_standard_errors_equal_to_single_fits(m
         Y[:, j] = rng.poisson(np.exp(1.0 + 0.1 * t + b[g, 0] + b[g, 1] * t))
     # The general pipeline itself (this structure now takes the blocked path by default).
     monkeypatch.setattr("glmmjax._batching.fit_many.BLOCKED_PATH", False)
+    monkeypatch.setattr("glmmjax._batching.fit_many.LOCKSTEP", False)
     batch = glmmjax.fit_many("~ t + (t | g)", data, Y, family="poisson", chunk_size=8)
     assert batch.converged.all(), batch.models["status"].tolist()
     for j in (0, 5):

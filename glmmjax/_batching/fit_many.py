@@ -52,6 +52,9 @@ _RESPONSE = "__glmmjax_response__"
 # The blocked Newton paths (glmmjax._batching.blocked and .crossed) where they
 # apply; benchmarks and tests set False to run the general pipeline they replace.
 BLOCKED_PATH = True
+# The lockstep numpy engine (glmmjax._batching.lockstep) for the shapes it covers on the CPU
+# in float64; tests and benchmarks set False to run the compiled paths.
+LOCKSTEP = True
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -319,8 +322,19 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights,
     GLMMs (``family`` given) take NaN as a missing response: the model is fitted on its
     other rows (see :func:`_missing_as_weight_zero`), and only checked on those. LMMs
     and infinite values are flagged."""
-    reasons = []
     rows = np.asarray(rows)
+    if family is not None and Y.size and np.all(np.isfinite(Y)):
+        # Every value at once (the families' support checks are elementwise): where
+        # all pass, only constant responses remain to flag.
+        K = Y.shape[1]
+        try:
+            family.prepare_response(Y.ravel(order="F"), np.tile(np.asarray(weights), K),
+                                    None, np.tile(rows, K))
+        except DataError:
+            pass
+        else:
+            return ["constant response" if c else "" for c in np.ptp(Y, axis=0) == 0]
+    reasons = []
     for k in range(Y.shape[1]):
         y = Y[:, k]
         present = ~np.isnan(y) if family is not None else np.ones(len(y), bool)
@@ -401,6 +415,11 @@ def fit_many(
             GPU's, or the host's on the CPU): a chunk takes at most a fifth of it per
             device and 4,096 models. The estimate is recorded in ``BatchResult.memory``
             and shown in its repr; see ``glmmjax._batching.memory`` and docs/batches.md.
+            GLMMs beyond one scalar term on the CPU in float64 (random slopes,
+            dispersion families, crossed or nested terms, ``ziformula``/``dispformula``)
+            are fitted by the lockstep numpy engine (``glmmjax._batching.lockstep``,
+            nothing compiled): there ``chunk_size`` is the models fitted together
+            (default 250) and ``BatchResult.memory`` is None.
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
@@ -412,9 +431,10 @@ def fit_many(
             with few groups). See ``glmmjax._batching.inference``; the choice is recorded
             in ``BatchResult.inference``.
         ziformula, dispformula: glmmTMB's zero-inflation and dispersion models, as in
-            :func:`glmmjax.glmer` (Laplace, float64; the models are fitted one after
-            another by the host engine, ``chunk_size`` does not apply); coefficients of
-            those parts are named ``zi~name`` and ``d~name``.
+            :func:`glmmjax.glmer` (Laplace, float64; all models at once by the lockstep
+            engine where the zero-inflation part has no random effects, else one after
+            another by the host engine); coefficients of those parts are named
+            ``zi~name`` and ``d~name``.
         relmat: known relatedness ``{"animal": K}`` for a term ``(1 | animal)``, as
             :func:`glmmjax.lmer`; K's factor is computed once for all responses.
         distributed: split the models over the processes of ``jax.distributed`` (call
@@ -477,6 +497,14 @@ def fit_many(
     devices = len(jax.local_devices()) if n_devices is None else int(n_devices)
     devices = max(1, min(devices, len(jax.local_devices())))
     n, p = design.X.shape
+    if _lockstep_applies(design, family, n_agq, precision):
+        result = _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress,
+                               chunk_size)
+        if distributed:
+            from .distributed import gather_batches
+
+            return gather_batches(result)
+        return result
     with precision_scope(precision):
         if family is None:
             # A known K as the only random term: rotate once, fit scalar blocks.
@@ -549,6 +577,38 @@ def fit_many(
 
         return gather_batches(result)
     return result
+
+
+def _lockstep_applies(design, family, n_agq, precision) -> bool:
+    """The lockstep numpy engine (glmmjax._batching.lockstep): GLMMs on the CPU in float64
+    beyond one scalar term (random slopes, dispersions, crossed or nested terms), where
+    the compiled paths' compilation costs more than the whole fit."""
+    from .lockstep import applies
+
+    return (LOCKSTEP and family is not None and precision == "float64"
+            and jax.default_backend() == "cpu"
+            and not scalar_path_applies(design, family, n_agq)
+            and applies(design, family, n_agq))
+
+
+def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress, chunk_size):
+    from types import SimpleNamespace
+
+    from .lockstep import CHUNK, fit_glmm_many
+
+    Y_fit, W_fit = _missing_as_weight_zero(Y, design.weights)
+    if W_fit is None:
+        W_fit = np.broadcast_to(np.asarray(design.weights, float)[:, None], Y.shape)
+    out = None
+    if usable:
+        with np.errstate(all="ignore"):
+            out = fit_glmm_many(design, family, Y_fit[:, usable], W_fit[:, usable], progress,
+                                chunk_size)
+    has_dispersion = bool(family.has_dispersion and family.dispersion_method != "fixed")
+    chunk = CHUNK if chunk_size is None else int(chunk_size)
+    return _assemble(design, family, names, reasons, usable, out, "Laplace",
+                     max(1, min(chunk, len(usable))), 1,
+                     SimpleNamespace(has_dispersion=has_dispersion), ddf)
 
 
 def _cpu_blas_limit():

@@ -15,8 +15,11 @@ from .._model.covariance import canonical_theta
 from .._model.design import DataError
 from .._model.parts_design import build_parts, check_parts
 from .fit_many import BatchResult, _check_models, _response_matrix, _sd_columns
+from .lockstep import CHUNK, fit_parts_many, parts_applies
 
 _RESPONSE = "_glmmjax_response_"
+# The lockstep numpy engine where it applies; tests set False to run the host loop.
+LOCKSTEP = True
 
 
 def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformula,
@@ -50,6 +53,20 @@ def fit_many_parts(formula: str, data: pd.DataFrame, responses, family, ziformul
                    for k, r in enumerate(reasons)]
     usable = [k for k, r in enumerate(reasons) if not r]
     weights_used = np.asarray(design.weights, np.float64)
+    if LOCKSTEP and parts_applies(parts, family):
+        # All models at once in numpy (glmmjax._batching.lockstep), nothing compiled.
+        from .fit_many import _missing_as_weight_zero
+
+        Y_fit, W_fit = _missing_as_weight_zero(Y, weights_used)
+        if W_fit is None:
+            W_fit = np.broadcast_to(weights_used[:, None], Y.shape)
+        out = None
+        if usable:
+            with np.errstate(all="ignore"):
+                out = fit_parts_many(parts, family, Y_fit[:, usable], W_fit[:, usable],
+                                     progress, chunk_size)
+        chunk = CHUNK if chunk_size is None else int(chunk_size)
+        return _assemble_parts(parts, names, reasons, usable, out, max(1, min(chunk, len(usable))))
     template = parts_data(parts, family, np.zeros(design.nobs), weights_used)
     with jax.enable_x64(True):
         template = jax.tree_util.tree_map(jnp.asarray, template)
