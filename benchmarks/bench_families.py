@@ -34,6 +34,12 @@ Run from the repository root (R with glmmTMB and mlmRev must be installed):
     python benchmarks/bench_families.py --models owls_nb2 --repeats 5
     python benchmarks/bench_families.py --tmb-families      # issue 20's models only
     python benchmarks/bench_families.py --last-families     # compois and ordbeta
+    python benchmarks/bench_families.py --glm               # glm of glmmTMB's families
+    python benchmarks/bench_families.py --glm --glm-engine jax --repeats 1
+
+``--glm``: GLMs (no random effects) of glmmTMB's families, ``glm`` against glmmTMB
+(owls/salamanders nbinom1, the truncated counts, genpois, betabinomial, Student-t with
+df fixed and estimated, Tweedie, compois and ordered beta; tests/reference/glm_tmb_host.R).
 """
 
 from __future__ import annotations
@@ -108,8 +114,41 @@ MODELS.update({
                      'read.csv("data/ordbeta_glmm.csv", colClasses = c(g = "factor"))'),
 })
 LAST_FAMILIES = ["compois_under", "compois_over", "ordbeta_glmm"]
+_OWLS_GLM = "SiblingNegotiation ~ FoodTreatment * SexParent + offset(log(BroodSize))"
+_SAL_GLM = "count ~ spp + mined"
+# GLMs (no random effects) of glmmTMB's families, ``glm`` against glmmTMB (``--glm``):
+# the models of tests/reference/glm_tmb_host.R and the GLMs of glmm_families_tmb2.R and
+# glmm_tmb20.R (glmmTMB 1.1.5 has no lognormal).
+GLM_MODELS = {
+    "owls_nbinom1_glm": (_OWLS_GLM, "nbinom1", "log", "owls", "nbinom1", "Owls"),
+    "salamanders_nbinom1_glm": (_SAL_GLM, "nbinom1", "log", "salamanders", "nbinom1",
+                                "Salamanders"),
+    "salamanders_truncated_poisson_glm": (_SAL_GLM, "truncated_poisson", "log", _POSITIVE[0],
+                                          "truncated_poisson", _POSITIVE[1]),
+    "salamanders_truncated_nbinom2_glm": (_SAL_GLM, "truncated_nbinom2", "log", _POSITIVE[0],
+                                          "truncated_nbinom2", _POSITIVE[1]),
+    "salamanders_truncated_nbinom1_glm": (_SAL_GLM, "truncated_nbinom1", "log", _POSITIVE[0],
+                                          "truncated_nbinom1", _POSITIVE[1]),
+    "owls_genpois_glm": (_OWLS_GLM, "genpois", "log", "owls", "genpois", "Owls"),
+    "cbpp_betabinomial_glm": ("cbind(incidence, size - incidence) ~ period", "betabinomial",
+                              "logit", "cbpp", "betabinomial", "cbpp"),
+    "sleepstudy_t_df5_glm": ("Reaction ~ Days", "t_family:5", "identity", "sleepstudy",
+                             "t_family, start = list(psi = log(5)), "
+                             "map = list(psi = factor(NA))", "sleepstudy"),
+    "t_glm": ("y ~ x", "t_family", "identity", "data/t_glm.csv", "t_family",
+              'read.csv("data/t_glm.csv")'),
+    "tweedie_glm": ("y ~ x", "tweedie", "log", "data/tweedie_glmm.csv", "tweedie",
+                    'read.csv("data/tweedie_glmm.csv")'),
+    "compois_glm": ("y ~ x", "compois", "log", "data/compois_under.csv", "compois",
+                    'read.csv("data/compois_under.csv")'),
+    "ordbeta_glm": ("y ~ x", "ordbeta", "logit", "data/ordbeta_glmm.csv",
+                    "ordbeta, start = list(psi = c(-1, 1))", 'read.csv("data/ordbeta_glmm.csv")'),
+}
+MODELS.update(GLM_MODELS)
 TMB_FAMILIES = [name for name in MODELS if name not in (
-    "owls_nb2", "gamma_log", "beta_logit", "contraception_probit", "cbpp_cloglog")]
+    "owls_nb2", "gamma_log", "beta_logit", "contraception_probit", "cbpp_cloglog")
+    and name not in GLM_MODELS]
+DEFAULT_MODELS = [name for name in MODELS if name not in GLM_MODELS]
 
 
 def _family(glmmjax, name: str, link: str):
@@ -120,10 +159,15 @@ def _family(glmmjax, name: str, link: str):
 
 def _worker(name: str) -> None:
     formula, family, link, source, _, _ = MODELS[name]
+    engine = os.environ.get("BENCH_GLM_ENGINE") or None  # glm's engine= (``--glm-engine``)
     start = time.perf_counter()
     import glmmjax
-    import glmmjax._engines.host.glmm  # noqa: F401  JAX included, load on first use)
-    import glmmjax._glmer  # noqa: F401  (``import glmmjax`` is lazy: the fit's modules,
+    if name in GLM_MODELS:
+        import glmmjax._glm  # noqa: F401  (the fit's modules, JAX included)
+        import glmmjax._results.glm  # noqa: F401
+    else:
+        import glmmjax._engines.host.glmm  # noqa: F401  JAX included, load on first use)
+        import glmmjax._glmer  # noqa: F401  (``import glmmjax`` is lazy: the fit's modules,
 
     t_import = time.perf_counter()
     if source.endswith(".csv"):
@@ -133,15 +177,26 @@ def _worker(name: str) -> None:
     else:
         data = glmmjax.datasets.load(source)
     t_data = time.perf_counter()
-    fit = glmmjax.glmer(formula, data, family=_family(glmmjax, family, link))
-    t_first = time.perf_counter()
-    glmmjax.glmer(formula, data, family=_family(glmmjax, family, link))
-    t_second = time.perf_counter()
+    if name in GLM_MODELS:
+        from glmmjax._engines.seam import choose_glm
+
+        fam = _family(glmmjax, family, link)
+        fit = glmmjax.glm(formula, data, family=fam, engine=engine)
+        t_first = time.perf_counter()
+        glmmjax.glm(formula, data, family=fam, engine=engine)
+        t_second = time.perf_counter()
+        deviance, fitted_engine = -2.0 * fit.loglik, choose_glm(fam, engine)
+    else:
+        fit = glmmjax.glmer(formula, data, family=_family(glmmjax, family, link))
+        t_first = time.perf_counter()
+        glmmjax.glmer(formula, data, family=_family(glmmjax, family, link))
+        t_second = time.perf_counter()
+        deviance, fitted_engine = fit.deviance, fit.engine
     print(json.dumps({
         "import": t_import - start, "first_fit": t_first - t_data,
         "second_fit": t_second - t_first,
         "import_and_fit": t_first - start - (t_data - t_import),
-        "deviance": fit.deviance, "engine": fit.engine, "converged": fit.converged,
+        "deviance": deviance, "engine": fitted_engine, "converged": fit.converged,
     }))
 
 
@@ -173,12 +228,16 @@ def _glmmtmb(names) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=DEFAULT_MODELS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tmb-families", action="store_true",
                         help="glmmTMB's own families only (issue 20)")
     parser.add_argument("--last-families", action="store_true",
                         help="compois and ordbeta only (issue 20's last families)")
+    parser.add_argument("--glm", action="store_true",
+                        help="GLMs of glmmTMB's families (glm against glmmTMB)")
+    parser.add_argument("--glm-engine", choices=["host", "jax"], default=None,
+                        help="glm's engine= for --glm (default: the seam's choice)")
     parser.add_argument("--worker", choices=list(MODELS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -188,6 +247,10 @@ def main() -> None:
         args.models = TMB_FAMILIES
     if args.last_families:
         args.models = LAST_FAMILIES
+    if args.glm:
+        args.models = list(GLM_MODELS)
+    if args.glm_engine:
+        os.environ["BENCH_GLM_ENGINE"] = args.glm_engine
     print(describe())
     tmb = _glmmtmb(args.models)
     print(f"{'model':30s} {'import+fit':>10s} {'fit':>7s} {'2nd fit':>7s} {'glmmTMB':>8s} "

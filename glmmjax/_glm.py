@@ -129,6 +129,22 @@ def _looks_separated(mu: np.ndarray, weights: np.ndarray, converged: bool,
     return (not converged) or bool(np.any(extreme))
 
 
+def _fix_estimated_shape(family, fit):
+    """A family whose shapes were estimated with the dispersion (Student-t's ν, Tweedie's
+    p, ordered beta's cutpoints; ``fit.dispersion`` is then (φ, shapes...)): the
+    result's family carries the estimates fixed, and ``extra_params`` reports them (as
+    ``glmer``)."""
+    if not getattr(family, "n_shape", 0):
+        return family, fit, {}
+    values = [float(v) for v in np.asarray(fit.dispersion)]
+    fit = fit._replace(dispersion=np.asarray(values[0]))
+    if hasattr(family, "with_estimates"):  # several shapes (ordered beta's cutpoints)
+        return family.with_estimates(values[1:]), fit, dict(zip(family.shape_names,
+                                                                values[1:]))
+    name = "df" if family.name == "t_family" else "power"
+    return type(family)(values[1], link=family.link), fit, {name: values[1]}
+
+
 # ---- public entry point ---------------------------------------------------------------
 
 
@@ -151,15 +167,18 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
             ``"inverse_gaussian"``, ``"negative_binomial"``, ``"beta"``; glmmTMB's
             ``"nbinom1"``, ``"truncated_poisson"``, ``"truncated_nbinom1"``,
             ``"truncated_nbinom2"``, ``"genpois"``, ``"betabinomial"``,
-            ``"lognormal"``, ``"t_family"``, ``"tweedie"``, ``"compois"``) or a family
+            ``"lognormal"``, ``"t_family"``, ``"tweedie"``, ``"compois"``, ``"ordbeta"``) or a family
             object such as
             ``glmmjax.families.Binomial(link="probit")``.
         weights: prior weights (a column name or an array; trials for proportions).
         offset: an offset added to the linear predictor (column name or array).
         tol, max_iter: IRLS convergence tolerance and iteration cap (R's defaults).
-        engine: ``None`` (default: the host engine's numpy IRLS on the CPU for the
-            exponential families with a dispersion that is 1, fixed or Pearson's, the
-            compiled program otherwise), ``"host"`` or ``"jax"``.
+        engine: ``None`` (default: the host engine on the CPU for every built-in
+            family and link: numpy IRLS for the exponential families, Newton on the
+            closed-form log-likelihood for ML dispersions and glmmTMB's families; the
+            compiled program otherwise), ``"host"`` or ``"jax"``. Shapes estimated
+            jointly (``t_family``'s df, ``tweedie``'s power, ``ordbeta``'s cutpoints,
+            reported in ``extra_params``) need the host engine.
 
     Returns:
         :class:`GLMResult`.
@@ -186,10 +205,6 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
 
     fam = get_family(family)
     engine = choose_glm(fam, engine)
-    if getattr(fam, "n_shape", 0):
-        raise ValueError(
-            f"glm does not estimate the shape parameter of {fam} yet (glmer does); fix it, "
-            "e.g. family=glmmjax.families.StudentT(df=5)")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         from ._results.display import show
         raise ValueError(f"max_iter must be a positive integer, got {show(max_iter)}")
@@ -233,6 +248,7 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
         fit = fit_glm_program(X, y, prior, offset_values, fam, tol=tol, max_iter=max_iter,
                               null_model=null_model)
         fit = jax.tree_util.tree_map(np.asarray, fit)
+    fam, fit, extra_params = _fix_estimated_shape(fam, fit)
     converged = bool(fit.converged)
     if not converged:
         warnings.warn(
@@ -273,4 +289,5 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
         separated=separated,
         formula=formula,
         response_name=_response_name(design.formula),
+        extra_params=extra_params,
     )

@@ -142,9 +142,19 @@ def test_engine_choice_and_bad_engine():
     assert choose_glm(Binomial(), None) == "host"
     assert choose_glm(NegativeBinomial(), None) == "host"  # θ by maximum likelihood
     assert choose_glm(glmmjax.families.Beta(), None) == "host"  # φ by maximum likelihood
-    assert choose_glm(glmmjax.families.get_family("nbinom1"), None) == "jax"
+    # glmmTMB's families: Newton on their closed forms (glmmjax._engines.host.glm_tmb).
+    assert choose_glm(glmmjax.families.get_family("nbinom1"), None) == "host"
+    assert choose_glm(glmmjax.families.get_family("compois"), None) == "host"
+    assert choose_glm(glmmjax.families.get_family("tweedie"), None) == "host"  # p estimated
+    with pytest.raises(ValueError, match="only the host"):
+        choose_glm(glmmjax.families.get_family("tweedie"), "jax")
+
+    class UserPoisson(Poisson):  # a user's subclass: no closed forms of ours
+        pass
+
+    assert choose_glm(UserPoisson(), None) == "jax"
     with pytest.raises(ValueError, match="engine='host' fits GLMs"):
-        choose_glm(glmmjax.families.get_family("nbinom1"), "host")
+        choose_glm(UserPoisson(), "host")
     with pytest.raises(ValueError, match="engine must be"):
         choose_glm(Binomial(), "gpu")
 

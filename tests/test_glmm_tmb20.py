@@ -137,8 +137,7 @@ def test_compois_predict_and_simulate(reference):
     assert np.all(values >= 0) and np.all(values == np.round(values))
 
 
-@pytest.mark.slow
-def test_compois_glm_matches_glmmtmb(reference):
+def test_compois_glm_matches_glmmtmb(reference):  # host engine: no compile
     ref = reference["models"]["compois_glm"]
     tmb = ref["glmmTMB"]
     fit = glmmjax.glm(ref["formula"], _data(ref), family="compois")

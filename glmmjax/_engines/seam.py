@@ -209,8 +209,9 @@ def choose_glmm(design, family, n_agq: int, engine: str | None) -> str:
 
 def choose_glm(family, engine: str | None) -> str:
     """``"host"`` or ``"jax"`` for a GLM fit: the host engine (:mod:`glmmjax._engines.host.glm`:
-    IRLS, and Newton for the negative binomial's θ) on the CPU for the families it
-    covers, whatever the size
+    IRLS, and Newton for the negative binomial's θ, the beta's φ and glmmTMB's families)
+    on the CPU for the families it covers (every built-in family and link), whatever
+    the size
     (its passes over the rows are BLAS calls), the compiled program otherwise.
 
     Raises:
@@ -219,12 +220,17 @@ def choose_glm(family, engine: str | None) -> str:
     from .host.glm import applies
 
     check_engine(engine)
+    if getattr(family, "n_shape", 0):
+        if engine == "jax" or not applies(family):
+            raise ValueError(
+                f"{family} estimates its shape parameter jointly, which only the host "
+                "engine does so far (engine=None or 'host'); fix it instead, e.g. "
+                "glmmjax.families.StudentT(df=5)")
+        return "host"  # the only engine that estimates a shape parameter
     if engine == "host" and not applies(family):
         raise ValueError(
-            "engine='host' fits GLMs of the built-in exponential families (gaussian, "
-            "binomial, poisson, gamma, inverse_gaussian, negative_binomial with theta given "
-            f"or estimated) with their built-in links; this is {family}. "
-            "Use engine=None or 'jax'.")
+            "engine='host' fits GLMs of the built-in families (R's and glmmTMB's) with "
+            f"their built-in links; this is {family}. Use engine=None or 'jax'.")
     if engine is not None:
         return engine
     return "host" if applies(family) and _default_backend() == "cpu" else "jax"

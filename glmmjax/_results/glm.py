@@ -46,6 +46,9 @@ class GLMResult:
             ``n_dropped``, ``converged``, ``iterations``, ``family``).
         success_level: the level of a categorical response counted as success, else None.
         separated: names of coefficients that diverge because of separation.
+        extra_params: shapes estimated with the dispersion, by name (``df`` of
+            ``t_family``, ``power`` of ``tweedie``, ``lower_cutpoint`` and
+            ``upper_cutpoint`` of ``ordbeta``); empty for other families.
 
     Example:
         >>> import glmmjax
@@ -56,7 +59,7 @@ class GLMResult:
 
     def __init__(self, *, fit: GLMFit, family: Family, design: Design, y, weights, aliased,
                  null_deviance: float, has_intercept: bool, success_level, separated,
-                 formula: str, response_name: str):
+                 formula: str, response_name: str, extra_params: dict | None = None):
         self._fit = fit
         self.family = family
         self._design = design
@@ -66,6 +69,9 @@ class GLMResult:
         self.formula = formula
         self.response_name = response_name
         self.success_level = success_level
+        # Shapes estimated with the dispersion (Student-t's df, Tweedie's power,
+        # ordered beta's cutpoints), by name; the family carries them fixed.
+        self.extra_params = dict(extra_params or {})
         self.separated = tuple(separated)
         names = list(design.fixef_names)
         self._names = [n for n, a in zip(names, aliased) if not a]
@@ -84,7 +90,8 @@ class GLMResult:
         # R's glm and glm.nb: n − rank; glmmTMB (whose convention the beta family
         # follows, with joint_vcov) also subtracts the dispersion parameter.
         joint = family.dispersion_method == "ml" and family.joint_vcov
-        self.df_residual = self.nobs - self.rank - int(joint)
+        n_extra = len(self.extra_params)
+        self.df_residual = self.nobs - self.rank - int(joint) - n_extra
         self.df_null = self.nobs - int(has_intercept)
         self.deviance = float(fit.deviance)
         self.null_deviance = float(null_deviance)
@@ -92,7 +99,7 @@ class GLMResult:
         self.dispersion_se = float(fit.dispersion_se)
         self.loglik = float(fit.loglik)
         method = family.dispersion_method
-        self.df = self.rank + int(method in ("pearson", "ml"))
+        self.df = self.rank + int(method in ("pearson", "ml")) + n_extra
         self.aic = -2.0 * self.loglik + 2.0 * self.df
         self.bic = -2.0 * self.loglik + np.log(self.nobs) * self.df
         self.converged = bool(fit.converged)
@@ -283,6 +290,8 @@ class GLMResult:
                      if np.isfinite(self.dispersion_se) else "")
             lines.append(f"({fam.dispersion_name} of the {fam.name} family {label} "
                          f"{self.dispersion:.6g}{extra})")
+        for name, value in self.extra_params.items():
+            lines.append(f"({name} of the {fam.name} family estimated {value:.6g})")
         # R formats the two deviances (and the two df) together: one number of decimals.
         null_dev, dev = format_column([self.null_deviance, self.deviance], digits=5)
         width = max(len(null_dev), len(dev))

@@ -14,8 +14,9 @@ or Pearson's (Gaussian, binomial, Poisson, Gamma, inverse Gaussian, negative bin
 with a given θ) with every built-in link, and the negative binomial with θ estimated
 (``MASS::glm.nb``) and beta regression (φ estimated, as glmmTMB's ``beta_family``), by
 the compiled engine's damped Newton iterations in (β, log dispersion) with the exact
-Hessian. glmmTMB's families and user-defined ones use the compiled engine
-(:func:`applies`).
+Hessian; glmmTMB's families (their dispersion and estimated shapes included) by Newton
+on their closed-form row terms (:mod:`glmmjax._engines.host.glm_tmb`). User-defined
+families and links use the compiled engine (:func:`applies`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ _MAX_HALVINGS = 40
 
 def applies(family) -> bool:
     """Whether the host engine fits this family (see the module's docstring)."""
+    from . import glm_tmb
+
+    if glm_tmb.applies(family):
+        return True
     if not (fm.supported(family) and type(family).__name__ in _IRLS_FAMILIES):
         return False
     return family.dispersion_method in ("none", "fixed", "pearson") or _ml(family)
@@ -347,7 +352,14 @@ def fit_glm(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int =
 
 
 def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
+    from . import glm_tmb
 
+    if glm_tmb.applies(family):
+        # Newton's iterations, not IRLS's: their own cap (as the compiled engine's).
+        fit, shapes = glm_tmb.fit_glm(X, y, weights, offset, family)
+        if shapes:  # (φ, shapes...), as the host GLMM engine's dispersion
+            fit = fit._replace(dispersion=np.array([float(fit.dispersion), *shapes]))
+        return fit
     if _ml(family):
         return _fit_ml(X, y, weights, offset, family, tol=tol, max_iter=max_iter,
                        null_model=null_model)
