@@ -203,20 +203,41 @@ def _solve_upper(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     return x_first, x_rest
 
 
-def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int):
-    """P⁻¹ on the pattern of Ω (``glmmjax._engines.compiled.cholesky.selected_inverse``)."""
+def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int, overwrite: bool = False):
+    """P⁻¹ on the pattern of Ω (``glmmjax._engines.compiled.cholesky.selected_inverse``).
+
+    ``overwrite``: the rest's factor is no longer needed, and Σ_rr is formed in its place.
+    Memory, not time, is why: at R = 2,000 every R×R array is 32 MB, and the pairs of a
+    crossed design number millions, so they are visited in chunks."""
     R = s.rest_size
     S0, m0 = s.sizes[0], s.n_levels[0]
-    sigma_rr = np.zeros((R, R))
     if n_keep > 0:
-        # (L·L')⁻¹ from L by LAPACK (one triangle, n³/3 + n³/3 flops).
-        inverse, info = scipy.linalg.lapack.dpotri(factor.rest[:n_keep, :n_keep], lower=1)
+        sigma_rr = factor.rest if overwrite else factor.rest.copy(order="K")
+        # Rows and columns past n_keep become an identity block (its own inverse, zeroed
+        # after), so that LAPACK's dpotri inverts (L·L')⁻¹ in place on the whole array
+        # (n³/3 + n³/3 flops); a C-ordered lower factor is an F-ordered upper one.
+        sigma_rr[n_keep:, :] = 0.0
+        sigma_rr[:, n_keep:] = 0.0
+        sigma_rr[np.arange(n_keep, R), np.arange(n_keep, R)] = 1.0
+        fortran = sigma_rr.flags.f_contiguous
+        inverse, info = scipy.linalg.lapack.dpotri(sigma_rr if fortran else sigma_rr.T,
+                                                   lower=int(fortran), overwrite_c=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"LAPACK dpotri failed (info {info})")
-        # dpotri fills the lower triangle; the upper one is the factor's, zero.
-        inverse += inverse.T
-        inverse[np.diag_indices(n_keep)] *= 0.5
-        sigma_rr[:n_keep, :n_keep] = inverse
+        if not np.shares_memory(inverse, sigma_rr):  # LAPACK worked on a copy
+            sigma_rr[...] = inverse if fortran else inverse.T
+        del inverse
+        sigma_rr[n_keep:, n_keep:] = 0.0
+        # The inverse is in the lower triangle; the upper is copied from it by row blocks
+        # (``+= .T`` would allocate a third R×R array).
+        for lo in range(0, n_keep, _ROW_BLOCK):
+            hi = min(lo + _ROW_BLOCK, n_keep)
+            block = sigma_rr[lo:hi, lo:hi]
+            upper = np.triu_indices(hi - lo, 1)
+            block[upper] = block.T[upper]
+            sigma_rr[lo:hi, hi:n_keep] = sigma_rr[hi:n_keep, lo:hi].T
+    else:
+        sigma_rr = np.zeros((R, R))
     inside = (s.entry_rest < n_keep)[:, None]
     C = np.where(inside, _einsum("ea,eab->eb", factor.coupling_rows,
                                    factor.first_inv[s.entry_first]), 0.0)
@@ -226,20 +247,31 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int):
         dense[s.entry_rest[:, None], column] = C
         sigma_r0 = -(sigma_rr @ dense)[s.entry_rest[:, None], column]
     else:
-        # Σ_rr at each pair (r_a, r_b), both ways round (pairs are listed once).
-        weights = sigma_rr.reshape(-1)[s.update_flat]
-        weights[_diagonal_pairs(s)] *= 0.5
+        # Σ_rr at each pair (r_a, r_b), both ways round (pairs are listed once). Σ_rr is
+        # symmetric, so its memory order does not change the entry a flat index reads.
+        flat_sigma = sigma_rr.reshape(-1, order="A")
+        diagonal = _diagonal_pairs(s)
         E = s.entry_rest.shape[0]
-        sigma_r0 = np.empty((E, S0))
-        for k in range(S0):
-            column = np.ascontiguousarray(C[:, k])
-            sigma_r0[:, k] = -(np.bincount(s.update_a, weights=weights * column[s.update_b],
-                                           minlength=E)
-                               + np.bincount(s.update_b, weights=weights * column[s.update_a],
-                                             minlength=E))
+        sigma_r0 = np.zeros((E, S0))
+        n_pairs = s.update_flat.shape[0]
+        for lo in range(0, n_pairs, _PAIR_CHUNK):
+            hi = min(lo + _PAIR_CHUNK, n_pairs)
+            weights = flat_sigma[s.update_flat[lo:hi]]
+            on_diagonal = diagonal[(diagonal >= lo) & (diagonal < hi)] - lo
+            weights[on_diagonal] *= 0.5
+            a, b = s.update_a[lo:hi], s.update_b[lo:hi]
+            for k in range(S0):
+                column = np.ascontiguousarray(C[:, k])
+                sigma_r0[:, k] -= (np.bincount(a, weights=weights * column[b], minlength=E)
+                                   + np.bincount(b, weights=weights * column[a], minlength=E))
     sigma_00 = _einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - segment_sum(
         C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
     return sigma_00, sigma_r0, sigma_rr
+
+
+# Chunk sizes that bound the temporaries of the selected inverse (see its docstring).
+_ROW_BLOCK = 256
+_PAIR_CHUNK = 1 << 20
 
 
 def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w_00, w_r0,
@@ -308,15 +340,17 @@ def evaluate(theta, model: HostLMM, gradient: bool = True, r2_weight: float | No
     solution = PLSSolution(
         beta=x_rest[R - 1 - p : R - 1], u_first=u_first, u_rest=x_rest[: R - 1 - p], r2=r2,
         logdet_z=logdet_z, logdet_x=logdet_x, criterion=criterion,
-        fixef_factor=factor.rest[R - 1 - p : R - 1, R - 1 - p : R - 1])
+        fixef_factor=factor.rest[R - 1 - p : R - 1, R - 1 - p : R - 1].copy())
     if not gradient:
         return criterion, None, solution
-    sigma_00, sigma_r0, sigma_rr = _selected_inverse(s, factor, n_keep)
+    sigma_00, sigma_r0, sigma_rr = _selected_inverse(s, factor, n_keep, overwrite=True)
     v_rest = np.concatenate([solution.u_rest, solution.beta, [-1.0]])
     c = scale / r2 if r2_weight is None else r2_weight
     w_00 = sigma_00 + c * u_first[:, :, None] * u_first[:, None, :]
     w_r0 = 2.0 * (sigma_r0 + c * v_rest[s.entry_rest][:, None] * u_first[s.entry_first])
-    w_rr = sigma_rr + c * np.outer(v_rest, v_rest)
+    w_rr = sigma_rr  # Σ_rr + c·v·v', in place by row blocks (no R×R temporaries)
+    for lo in range(0, R, _ROW_BLOCK):
+        w_rr[lo : lo + _ROW_BLOCK] += c * np.outer(v_rest[lo : lo + _ROW_BLOCK], v_rest)
     return criterion, _gradient(s, model.products, theta, factor, w_00, w_r0, w_rr), solution
 
 
