@@ -35,6 +35,8 @@ _LAZY = {
     "ScaledResiduals": "._diagnostics",
     "FormulaError": "._formula",
     "RelmatError": "._relmat",
+    "Pedigree": "._pedigree",
+    "PedigreeError": "._pedigree",
     "cor_ar1": "._residual_ar1",
     "num_factor": "._cov_terms",
     "CorAR1": "._residual_ar1",
@@ -100,6 +102,8 @@ __all__ = [
     "lmer",
     "FormulaError",
     "RelmatError",
+    "Pedigree",
+    "PedigreeError",
     "cor_ar1",
     "num_factor",
     "CorAR1",
@@ -142,6 +146,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._model import MixedModel
     from ._params import Params
     from ._parts_result import GLMMPartsResult
+    from ._pedigree import Pedigree, PedigreeError
     from ._plots import effect_table
     from ._relmat import RelmatError
     from ._residual_ar1 import AR1ResidualLMMResult, CorAR1, cor_ar1

@@ -26,6 +26,7 @@ from ._formula import (
     parse_formula,
 )
 from ._relmat import check_relmat, is_relatedness, relatedness_term
+from ._sparse_lmm import sparse_relatedness_term, use_sparse_path
 
 
 class DataError(ValueError):
@@ -262,6 +263,7 @@ def build_design(
     numeric_response: bool = True,
     drop_aliased: bool = False,
     relmat: dict | None = None,
+    sparse_relmat: bool = False,
 ) -> Design:
     """Build X, the response, weights, offset and the random-effects terms.
 
@@ -270,7 +272,9 @@ def build_design(
     its levels in ``response_levels`` when ``numeric_response`` is False. With
     ``drop_aliased`` (mixed models), columns of X that are linear combinations of earlier
     ones are dropped with lme4's warning (see :mod:`glmmjax._rank`). ``relmat``
-    (``{group: K}``) gives intercept terms a known relatedness (:mod:`glmmjax._relmat`).
+    (``{group: K}``) gives intercept terms a known relatedness (:mod:`glmmjax._relmat`);
+    with ``sparse_relmat`` (lmer), a large pedigree or sparse K is kept sparse
+    (:mod:`glmmjax._sparse_lmm`).
 
     Raises:
         FormulaError: malformed formula, or a term that cannot be evaluated.
@@ -369,7 +373,10 @@ def build_design(
                 "a random effect needs at least two groups"
             )
         z, names, z_spec = _numeric_matrix(spec.expr, frame, f"random-effects term {spec}")
-        if spec.group in relmat:
+        if spec.group in relmat and sparse_relmat and use_sparse_path(relmat[spec.group]):
+            refs, z, levels, names, covariance = sparse_relatedness_term(
+                spec, relmat[spec.group], refs, levels)
+        elif spec.group in relmat:
             refs, z, levels, names, covariance = relatedness_term(
                 spec, relmat[spec.group], refs, levels)
         else:

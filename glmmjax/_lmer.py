@@ -35,6 +35,7 @@ from ._results import (
     warn_if_singular,
     with_dropped_rows,
 )
+from ._sparse_lmm import fit_sparse_lmm, is_sparse_relatedness
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -270,7 +271,7 @@ def lmer(
         return fit_parts(formula, data, Gaussian(), None, dispformula, weights=weights,
                          offset=offset, engine=engine, max_iter=max_iter, method_name="ML")
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True,
-                          drop_aliased=True, relmat=relmat)
+                          drop_aliased=True, relmat=relmat, sparse_relmat=correlation is None)
     if correlation is not None:
         from ._residual_ar1 import fit_with_ar1
 
@@ -326,6 +327,11 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
     max_iter = check_max_iter(max_iter)
     check_lmm_response(design)
     check_lmm_design(design)
+    if any(is_sparse_relatedness(t) for t in design.terms):
+        y = np.asarray(design.response, dtype=float) - design.offset
+        if theta0 is None:
+            theta0 = moment_theta(design.terms, design.X, y, design.weights)
+        return fit_sparse_lmm(design, reml, max_iter, theta0)
     # Columns far from unit scale (x·1e8) are fitted rescaled by powers of two and the
     # result mapped back exactly (see glmmjax._rescale).
     scales = column_scales(design)

@@ -1,0 +1,424 @@
+"""Large known-relatedness LMMs (pedigrees, sparse K) with sparse mixed-model equations.
+
+The dense path (:mod:`glmmjax._relmat`) turns ``(1 | animal)`` with K = L·L' into one
+group of q effects: q × q blocks, q³ work per evaluation. For a pedigree of 20,000
+animals that is gigabytes and minutes per evaluation, while the mixed-model equations
+are sparse: Henderson's A⁻¹ has a handful of non-zeros per animal
+(:class:`glmmjax.Pedigree`). Here every term keeps its levels (the relatedness term is a
+random intercept per animal of the pedigree, ancestors without records included) and
+the random effects are written b = Λ(θ)·c with c ~ N(0, σ²·Q⁻¹), Q fixed and sparse:
+
+- a pedigree term: Λ_t = θ·I, Q_t = A⁻¹ (precision form);
+- a sparse K: Λ_t = θ·F with F·F' = K a sparse Cholesky factor (fill-reducing order),
+  Q_t = I;
+- every other term as lme4 has it: Λ_t = I ⊗ λ_t(θ_t), Q_t = I.
+
+With M(θ) = Λ'Z'WZΛ + Q, the criterion of lme4 (log|Λ'Z'WZΛ + I| in its terms) is
+
+    ML:   log|M| − log|Q| + n·(1 + log(2π r²/n))
+    REML: log|M| − log|Q| + log|L_X|² + (n−p)·(1 + log(2π r²/(n−p)))
+
+(minus Σ log wᵢ), since |Λ'Z'WZΛ + Q| / |Q| = |Q^-½Λ'Z'WZΛQ^-½ + I|. M is factored by
+SuperLU (scipy, already a dependency) with a minimum-degree order and diagonal pivots
+(an LDL' in effect, M being symmetric positive definite); β and r² come from the
+(p+1) × (p+1) Schur complement of [Z X y]'W[Z X y]. θ has one or a few entries and is
+optimized without derivatives (Powell, with θ's SDs bounded below by zero), as lme4
+does with bobyqa.
+
+A fit from here is an :class:`~glmmjax.LMMResult` with β, its covariance, σ, VarCorr,
+the BLUPs of every animal (ranef), logLik/AIC/BIC, fitted values, residuals, predict
+and the conditional variances of the BLUPs (computed on request, by solves with M).
+Methods that need the dense machinery (ddf, profile and confint, bootstrap, simulate,
+refit, fit_many) say so; with a pedigree of up to a few thousand animals they are
+available through the dense path (:data:`SPARSE_MIN_LEVELS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+import scipy.sparse
+import scipy.sparse.linalg
+
+from ._cov_structures import CovarianceStructure, term_structures
+from ._covariance import canonical_theta, diagonal_mask, split_theta
+
+# Pedigrees and sparse K with at least this many levels are fitted by the sparse path
+# (smaller ones as a dense K, where every method of the result is available).
+SPARSE_MIN_LEVELS = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseRelatedness(CovarianceStructure):
+    """A random intercept per level (``size`` 1, Λ per level = |θ|) whose levels are
+    correlated by a known K held sparsely: ``precision`` Q = K⁻¹ (a pedigree's A⁻¹,
+    with ``log_det`` = log|K|) or ``lower`` F with F·F' = K. Only the sparse LMM path
+    (this module) knows the correlation; every other path refuses the term
+    (:func:`refuse_sparse_terms`)."""
+
+    digest: str = ""
+    precision: object = dataclasses.field(default=None, compare=False, repr=False)
+    lower: object = dataclasses.field(default=None, compare=False, repr=False)
+    log_det: float = dataclasses.field(default=0.0, compare=False)
+
+    name = "relmat"
+
+    @property
+    def n_params(self) -> int:
+        return 1
+
+    def factor(self, params, xp=jnp):
+        return xp.abs(params[0]) * xp.ones((1, 1))
+
+    def pullback(self, params, grad) -> np.ndarray:
+        return np.array([np.sum(np.asarray(grad)) * np.sign(params[0])])
+
+    def scale_mask(self) -> np.ndarray:
+        return np.ones(1, dtype=bool)
+
+    def start(self, sds) -> np.ndarray:
+        return np.array([float(np.sqrt(np.mean(np.square(np.asarray(sds, float)))))])
+
+    def param_names(self, group: str, coefs) -> list[str]:
+        return [f"{group}.Intercept"]
+
+    def profile_names(self, label: str, coefs) -> list[str]:
+        return [f"sd_Intercept|{label}"]
+
+    def natural(self, params, scale: float):
+        sd = [float(scale * abs(np.asarray(params, dtype=np.float64)[0]))]
+        return sd, list(sd), ["sd"]
+
+    def from_natural(self, omega, scale):
+        return omega / scale
+
+
+def is_sparse_relatedness(term) -> bool:
+    return isinstance(getattr(term, "covariance", None), SparseRelatedness)
+
+
+def refuse_sparse_terms(terms, what: str = "this method") -> None:
+    """A clear error where a path that forms dense blocks meets a sparse relatedness
+    term (it would treat the animals as independent)."""
+    sparse = [str(t.spec) for t in terms if is_sparse_relatedness(t)]
+    if sparse:
+        raise ValueError(
+            f"{', '.join(sparse)} has a known relatedness fitted sparsely (a pedigree or "
+            f"sparse K with at least {SPARSE_MIN_LEVELS} levels); {what} needs the dense "
+            "path, which forms q × q matrices: pass K densely (Pedigree.relationship_matrix())"
+            " if that fits in memory. lmer's fit, summary, VarCorr, ranef, predict and "
+            "logLik work with the sparse path")
+
+
+def _sparse_cholesky(K, name: str):
+    """F with F·F' = K (sparse, lower after a fill-reducing permutation of rows) and
+    log|K|, by SuperLU with diagonal pivots in a symmetric order."""
+    what = f"relmat[{name!r}]"
+    K = scipy.sparse.csc_matrix(K, dtype=np.float64)
+    q = K.shape[0]
+    asym = abs(K - K.T)
+    scale = float(abs(K).max()) or 1.0
+    if asym.nnz and float(asym.max()) > 1e-10 * scale:
+        raise _error(f"{what} is not symmetric (largest |K - K'| = {float(asym.max()):.3g})")
+    if not np.all(np.isfinite(K.data)):
+        raise _error(f"{what} has non-finite entries")
+    try:
+        lu = scipy.sparse.linalg.splu(K, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                                      options={"SymmetricMode": True})
+    except RuntimeError as err:  # exactly singular
+        raise _error(f"{what} is singular ({err}); the sparse path needs a positive definite "
+                     "K: pass a positive semi-definite K densely") from None
+    d = lu.U.diagonal()
+    if not np.array_equal(lu.perm_r, lu.perm_c) or np.any(d <= 1e-12 * scale):
+        raise _error(f"{what} is not positive definite (a pivot of its LDL' factorization is "
+                     f"{float(np.min(d)):.3g}); the sparse path needs a positive definite K: "
+                     "pass a positive semi-definite K densely")
+    # K[p][:, p] = L·D·L' with P the permutation: K = P'·L·D·L'·P, F = P'·L·√D.
+    lower = (lu.L @ scipy.sparse.diags(np.sqrt(d))).tocsr()
+    inverse = np.empty(q, dtype=np.int64)
+    inverse[lu.perm_r] = np.arange(q)
+    return lower[inverse].tocsc(), float(np.sum(np.log(d)))
+
+
+def _error(message: str):
+    from ._relmat import RelmatError
+
+    return RelmatError(message)
+
+
+def sparse_relatedness_term(spec, K, refs: np.ndarray, levels: list[str]):
+    """The term (1 | group) with a pedigree or sparse K: one intercept per level of K
+    (its levels may include ancestors without records); (refs, z, levels, names,
+    structure) as :func:`glmmjax._relmat.relatedness_term` returns them."""
+    from ._pedigree import Pedigree
+
+    name = spec.group
+    if isinstance(K, Pedigree):
+        labels = list(K.labels)
+        precision = K.inverse()
+        log_det = K.log_det()
+        lower = None
+        digest = hashlib.sha1(precision.data.tobytes() + precision.indices.tobytes()
+                              ).hexdigest()
+    else:
+        if K.shape[0] != K.shape[1]:
+            raise _error(f"relmat[{name!r}] must be a square matrix, got shape {K.shape}")
+        if K.shape[0] != len(levels):
+            raise _error(
+                f"relmat[{name!r}] is {K.shape[0]}×{K.shape[0]} but {name!r} has {len(levels)} "
+                "levels; a sparse K has no level names, so it must have one row per level, in "
+                "the order of the levels (sorted), or give a Pedigree")
+        labels = list(levels)
+        lower, log_det = _sparse_cholesky(K, name)
+        precision = None
+        digest = hashlib.sha1(lower.data.tobytes() + lower.indices.tobytes()).hexdigest()
+    position = {label: i for i, label in enumerate(labels)}
+    missing = [level for level in levels if level not in position]
+    if missing:
+        raise _error(
+            f"relmat[{name!r}] (a pedigree of {len(labels)} animals) has no entry for "
+            f"{len(missing)} level(s) of {name!r} in the data: "
+            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    columns = np.array([position[level] for level in levels], dtype=np.int64)[refs]
+    structure = SparseRelatedness(1, digest=f"{digest}:{len(labels)}", precision=precision,
+                                  lower=lower, log_det=log_det)
+    return columns, np.ones((refs.shape[0], 1)), labels, ["Intercept"], structure
+
+
+def use_sparse_path(K) -> bool:
+    """Whether ``lmer`` fits this relmat value sparsely: a pedigree or scipy.sparse K with
+    at least :data:`SPARSE_MIN_LEVELS` levels."""
+    from ._pedigree import Pedigree
+
+    if isinstance(K, Pedigree):
+        return len(K) >= SPARSE_MIN_LEVELS
+    if hasattr(K, "toarray") and hasattr(K, "nnz"):
+        return K.shape[0] >= SPARSE_MIN_LEVELS
+    return False
+
+
+# -- the fit -----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _SparseModel:
+    structures: tuple
+    terms: tuple
+    ztwz: scipy.sparse.csc_matrix
+    ztw_xy: np.ndarray  # (Q, p+1)
+    xy_w_xy: np.ndarray  # (p+1, p+1)
+    precision: scipy.sparse.csc_matrix
+    log_det_precision: float
+    nobs: float
+    sum_log_weights: float
+    n_fixef: int
+    reml: bool
+
+
+def _model(design, reml: bool) -> _SparseModel:
+    terms = design.terms
+    structures = term_structures(terms)
+    weights = np.asarray(design.weights, dtype=np.float64)
+    y = np.asarray(design.response, dtype=np.float64) - design.offset
+    X = np.asarray(design.X, dtype=np.float64)
+    n = X.shape[0]
+    blocks, precisions, log_det_q = [], [], 0.0
+    for term, cov in zip(terms, structures):
+        S = term.size
+        cols = (term.refs[:, None] * S + np.arange(S)[None, :]).ravel()
+        rows = np.repeat(np.arange(n), S)
+        blocks.append(scipy.sparse.csr_matrix((np.asarray(term.z, float).ravel(), (rows, cols)),
+                                              shape=(n, term.n_levels * S)))
+        if isinstance(cov, SparseRelatedness) and cov.precision is not None:
+            precisions.append(scipy.sparse.csc_matrix(cov.precision))
+            log_det_q -= cov.log_det
+        else:
+            precisions.append(scipy.sparse.identity(term.n_levels * S, format="csc"))
+    Z = scipy.sparse.hstack(blocks, format="csr")
+    wz = scipy.sparse.diags(weights) @ Z
+    xy = np.column_stack([X, y])
+    positive = weights > 0
+    return _SparseModel(
+        structures=structures, terms=terms,
+        ztwz=(Z.T @ wz).tocsc(), ztw_xy=np.asarray(wz.T @ xy),
+        xy_w_xy=(xy * weights[:, None]).T @ xy,
+        precision=scipy.sparse.block_diag(precisions, format="csc"),
+        log_det_precision=log_det_q, nobs=float(np.sum(positive)),
+        sum_log_weights=float(np.sum(np.log(weights[positive]))),
+        n_fixef=X.shape[1], reml=reml)
+
+
+def _lambda(theta, model: _SparseModel) -> scipy.sparse.csc_matrix:
+    blocks = []
+    for term, cov, part in zip(model.terms, model.structures,
+                               split_theta(np.asarray(theta, float), model.structures)):
+        if isinstance(cov, SparseRelatedness):
+            scale = abs(float(part[0]))
+            base = (cov.lower if cov.lower is not None
+                    else scipy.sparse.identity(term.n_levels, format="csc"))
+            blocks.append(scale * base)
+        else:
+            lam = np.asarray(cov.factor(np.asarray(part, float), np), dtype=np.float64)
+            if lam.shape[0] == term.size:
+                blocks.append(scipy.sparse.kron(scipy.sparse.identity(term.n_levels),
+                                                scipy.sparse.csr_matrix(lam)))
+            else:  # one group whose effects are the levels (a dense known K)
+                blocks.append(scipy.sparse.csr_matrix(lam))
+    return scipy.sparse.block_diag(blocks, format="csc")
+
+
+@dataclasses.dataclass
+class _Evaluation:
+    criterion: float
+    beta: np.ndarray
+    fixef_factor: np.ndarray
+    r2: float
+    modes: np.ndarray  # c (the effects are Λ·c)
+    lam: scipy.sparse.csc_matrix
+    lu: object
+
+
+def _evaluate(theta, model: _SparseModel, need_modes: bool = False) -> _Evaluation:
+    lam = _lambda(theta, model)
+    M = (lam.T @ model.ztwz @ lam + model.precision).tocsc()
+    lu = scipy.sparse.linalg.splu(M, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                                  options={"SymmetricMode": True})
+    diag = lu.U.diagonal()
+    if np.any(diag <= 0):
+        raise np.linalg.LinAlgError("M is not positive definite")
+    logdet_z = float(np.sum(np.log(diag))) - model.log_det_precision
+    B = np.asarray(lam.T @ model.ztw_xy)
+    C = lu.solve(B)
+    schur = model.xy_w_xy - B.T @ C
+    schur = 0.5 * (schur + schur.T)
+    factor = np.linalg.cholesky(schur)
+    p = model.n_fixef
+    L_x = factor[:p, :p]
+    r2 = float(factor[p, p] ** 2)
+    beta = scipy.linalg.solve_triangular(L_x.T, factor[p, :p], lower=False)
+    n = model.nobs
+    if model.reml:
+        dof = n - p
+        logdet_x = 2.0 * float(np.sum(np.log(np.diag(L_x))))
+        value = logdet_z + logdet_x + dof * (1.0 + np.log(2.0 * np.pi * r2 / dof))
+    else:
+        value = logdet_z + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
+    value -= model.sum_log_weights
+    modes = C[:, p] - C[:, :p] @ beta if need_modes else None
+    return _Evaluation(float(value), beta, L_x, r2, modes, lam, lu)
+
+
+def _objective(theta, model):
+    try:
+        return _evaluate(theta, model).criterion
+    except (np.linalg.LinAlgError, RuntimeError):
+        return np.inf
+
+
+def _gradient(theta, model, bounds) -> np.ndarray:
+    """Central differences (one-sided at a bound) of the criterion: for the report."""
+    grad = np.zeros(theta.size)
+    for k in range(theta.size):
+        h = 1e-5 * max(1.0, abs(theta[k]))
+        up, down = theta.copy(), theta.copy()
+        up[k] += h
+        lower = bounds[k][0]
+        if lower is not None and theta[k] - h < lower:
+            grad[k] = (_objective(up, model) - _objective(theta, model)) / h
+            grad[k] = min(grad[k], 0.0)  # pushing into the bound is no failure
+            continue
+        down[k] -= h
+        grad[k] = (_objective(up, model) - _objective(down, model)) / (2 * h)
+    return grad
+
+
+def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0):
+    """Fit an LMM with a sparse relatedness term (see the module docstring) and return
+    an :class:`~glmmjax.LMMResult`."""
+    from ._lmer import LMMResult
+    from ._lmm import SINGULAR_TOL
+    from ._optimize import Status
+    from ._results import Convergence, warn_if_not_converged
+
+    model = _model(design, reml)
+    structures = model.structures
+    mask = diagonal_mask(structures)
+    bounds = [(0.0, None) if m else (None, None) for m in mask]
+    start = np.where(mask, np.maximum(np.asarray(theta0, float), 1e-3), theta0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        solution = scipy.optimize.minimize(
+            _objective, start, args=(model,), method="Powell", bounds=bounds,
+            options={"xtol": 1e-9, "ftol": 1e-14, "maxfev": 50 * max_iter,
+                     "maxiter": max_iter})
+    theta_raw = np.asarray(solution.x, dtype=np.float64)
+    final = _evaluate(theta_raw, model, need_modes=True)
+    grad = _gradient(theta_raw, model, bounds)
+    theta = canonical_theta(theta_raw, structures)
+    n, p = model.nobs, model.n_fixef
+    sigma2 = final.r2 / (n - p) if reml else final.r2 / n
+    L_x_inv = np.linalg.solve(np.tril(final.fixef_factor), np.eye(p))
+    b = np.asarray(final.lam @ final.modes)
+    effects, start_at = [], 0
+    for term in design.terms:
+        width = term.n_levels * term.size
+        effects.append(b[start_at:start_at + width].reshape(term.n_levels, term.size))
+        start_at += width
+    converged = bool(solution.success) and float(np.max(np.abs(grad), initial=0.0)) < 1e-2
+    message = (Status.CONVERGED.describe() if converged
+               else f"Powell stopped: {solution.message}")
+
+    def effect_cov():
+        return _conditional_covariances(final, design.terms, sigma2)
+
+    result = LMMResult(
+        design=design,
+        method="REML" if reml else "ML",
+        family_name="gaussian",
+        link_name="identity",
+        theta_values=theta,
+        beta=final.beta,
+        beta_cov=sigma2 * L_x_inv.T @ L_x_inv,
+        scale=float(np.sqrt(sigma2)),
+        effects=tuple(effects),
+        effect_cov=effect_cov,
+        criterion=final.criterion,
+        n_params=p + len(theta) + 1,
+        convergence=Convergence(converged=converged, message=message,
+                                grad_max=float(np.max(np.abs(grad), initial=0.0)),
+                                iterations=int(solution.nit),
+                                n_evaluations=int(solution.nfev)),
+        singular=bool(np.any(np.abs(theta[mask]) < SINGULAR_TOL)),
+        reml=reml,
+        engine="sparse",
+    )
+    warn_if_not_converged(result, "lmer")
+    return result
+
+
+def _conditional_covariances(final: _Evaluation, terms, sigma2: float) -> list:
+    """σ²·(Λ·M⁻¹·Λ')'s diagonal blocks per term, (m_t, S_t, S_t): by solves with M's
+    factor in chunks of columns (no q × q matrix)."""
+    lam = final.lam.tocsc()
+    out, start = [], 0
+    for term in terms:
+        S, m = term.size, term.n_levels
+        blocks = np.empty((m, S, S))
+        chunk = max(1, 4096 // S)
+        for first in range(0, m, chunk):
+            levels = np.arange(first, min(first + chunk, m))
+            columns = start + (levels[:, None] * S + np.arange(S)).ravel()
+            # (Λ M⁻¹ Λ')[:, cols] = Λ·M⁻¹·(Λ'[:, cols]); its rows cols hold the blocks.
+            rhs = np.asarray(lam.T[:, columns].toarray())
+            solved = lam[columns] @ final.lu.solve(rhs)
+            blocks[levels] = solved.reshape(len(levels), S, len(levels), S)[
+                np.arange(len(levels)), :, np.arange(len(levels)), :]
+        out.append(sigma2 * blocks)
+        start += m * S
+    return out
+
