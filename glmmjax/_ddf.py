@@ -24,10 +24,14 @@ Kenward–Roger (1997). Σ = Σ_r τ_r G_r is linear in τ (the variances and co
 each term, then σ²), as pbkrtest parameterizes it. With Φ = (X'Σ⁻¹X)⁻¹,
 P_r = −X'Σ⁻¹G_rΣ⁻¹X, Q_rs = X'Σ⁻¹G_rΣ⁻¹G_sΣ⁻¹X and W the inverse expected REML
 information (W⁻¹_rs = ½·tr(PG_rPG_s)), the adjusted covariance of β̂ is
-Φ_A = Φ + 2Φ[Σ W_rs(Q_rs − P_rΦP_s)]Φ, and the F statistic of L gets a scale λ and
+Φ_A = Φ + 2Φ[Σ W_rs(Q_rs − P_rΦP_s − ¼R_rs)]Φ, and the F statistic of L gets a scale λ and
 denominator df m from the moment-matching formulas of the paper. Σ⁻¹ is applied through
 the Woodbury identity, so nothing of size n × n is formed; the random-effects
 design is dense (n × q), which limits KR to models with a few thousand random effects.
+Structured terms (diag, cs, ar1, toep, ou, exp, gau, mat, a dense relmat) enter through
+G_r = Z_t(I ⊗ ∂Σ_t/∂ψ_r)Z_t' in their variance parameters ψ (:func:`variance_parameters`);
+where Σ_t is not linear in ψ, R_rs = X'Σ⁻¹(∂²Σ/∂ψ_r∂ψ_s)Σ⁻¹X is Kenward and Roger's
+second-order term (zero for us, diag and homcs, as in pbkrtest).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 #
 # Produces: pedigree.json, data/pedigree_animals.csv (animal, sire, dam) and
 #           data/pedigree_records.csv (y, x, herd, animal), next to this script.
-# Run:      cd tests/reference && Rscript pedigree_reference.R      (about a minute)
+# Run:      cd tests/reference && Rscript pedigree_reference.R      (a few minutes)
 #
 # pedigreemm is not in Debian, so A is built here by the tabular method (rows in birth
 # order: A[i, j] = (A[s, j] + A[d, j]) / 2, A[i, i] = 1 + A[s, d] / 2) and the model is
@@ -76,7 +76,13 @@ relmat_fit <- function(formula, data, reml) {
   levels <- levels(lf$reTrms$flist[["animal"]])
   L <- t(chol(A[levels, levels]))
   Zt <- lf$reTrms$Zt
-  Zt[rows, ] <- t(L) %*% Zt[rows, ]
+  others <- setdiff(seq_len(nrow(Zt)), rows)
+  # rbind, not Zt[rows, ] <- ...: sub-assigning a dense block into a sparse matrix is
+  # very slow in Matrix. Rows keep lme4's order (the animal term's block in place).
+  blocks <- list(before = others[others < min(rows)], after = others[others > max(rows)])
+  Zt <- rbind(Zt[blocks$before, , drop = FALSE],
+              as(t(L) %*% Zt[rows, , drop = FALSE], "CsparseMatrix"),
+              Zt[blocks$after, , drop = FALSE])
   lf$reTrms$Zt <- as(Zt, "CsparseMatrix")
   devfun <- do.call(mkLmerDevfun, lf)
   opt <- optimizeLmer(devfun, control = list(xtol_abs = 1e-10, ftol_abs = 1e-12))
