@@ -477,7 +477,7 @@ def _conditional_covariances(final: _Evaluation, terms, sigma2: float) -> list:
     for term in terms:
         S, m = term.size, term.n_levels
         blocks = np.empty((m, S, S))
-        chunk = max(1, 4096 // S)
+        chunk = max(1, 512 // S)  # q × 512 right-hand sides at a time
         for first in range(0, m, chunk):
             levels = np.arange(first, min(first + chunk, m))
             columns = start + (levels[:, None] * S + np.arange(S)).ravel()
