@@ -81,7 +81,7 @@ class Pedigree:
         >>> import glmmjax
         >>> ped = glmmjax.Pedigree(animal=[1, 2, 3, 4], sire=[None, None, 1, 1],
         ...                        dam=[None, None, 2, 3])
-        >>> [round(f, 3) for f in ped.inbreeding]
+        >>> ped.inbreeding.tolist()
         [0.0, 0.0, 0.0, 0.25]
     """
 
