@@ -35,6 +35,8 @@ _LAZY = {
     "ScaledResiduals": "._inference.diagnostics",
     "FormulaError": "._model.formula",
     "RelmatError": "._model.relmat",
+    "Pedigree": "._model.pedigree",
+    "PedigreeError": "._model.pedigree",
     "cor_ar1": "._residual_ar1",
     "num_factor": "._model.cov_terms",
     "CorAR1": "._residual_ar1",
@@ -100,6 +102,8 @@ __all__ = [
     "lmer",
     "FormulaError",
     "RelmatError",
+    "Pedigree",
+    "PedigreeError",
     "cor_ar1",
     "num_factor",
     "CorAR1",
@@ -140,6 +144,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from ._model.formula import FormulaError, parse_formula
     from ._model.model import MixedModel
     from ._model.params import Params
+    from ._model.pedigree import Pedigree, PedigreeError
     from ._model.relmat import RelmatError
     from ._residual_ar1 import AR1ResidualLMMResult, CorAR1, cor_ar1
     from ._results.glm import GLMResult

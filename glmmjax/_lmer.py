@@ -22,10 +22,12 @@ from ._engines.compiled.lmm import (
     random_effects,
 )
 from ._engines.compiled.optimize import Status
+from ._engines.host.sparse_lmm import fit_sparse_lmm
 from ._engines.seam import choose_lmm, opt_summary
 from ._model.covariance import canonical_theta, diagonal_mask, theta_to_factors
 from ._model.design import DataError, Design, build_design
 from ._model.rescale import column_scales, scaled_design, unscale_lmm_result
+from ._model.sparse_relmat import is_sparse_relatedness
 from ._precision import with_x64
 from ._results.lmm import LMMResult
 from ._results.mixed import (
@@ -149,7 +151,13 @@ def lmer(
         relmat: known relatedness, ``{"animal": K}``: the term ``(1 | animal)`` gets
             b ~ N(0, σ²_animal·K) (lme4qtl's and pedigreemm's relmat). K: a symmetric
             positive semi-definite numpy array, DataFrame (index and columns naming the
-            levels; it may hold more levels than the data) or scipy.sparse matrix.
+            levels; it may hold more levels than the data) or scipy.sparse matrix, or a
+            :class:`~glmmjax.Pedigree` (K = its relationship matrix A). A pedigree or
+            sparse K with 2,000 levels or more is fitted sparsely (Henderson's A⁻¹ or a
+            sparse Cholesky factor of K; :mod:`glmmjax._engines.host.sparse_lmm`): tens of thousands
+            of animals in seconds to minutes and a few hundred MB; its result offers the
+            fit, summary, VarCorr, ranef (every animal of the pedigree), predict and
+            logLik, while ddf, profiles, bootstrap and simulate need the dense path.
         correlation: residual correlation within groups, nlme's ``corAR1``:
             ``glmmjax.cor_ar1(time="Days", group="Subject")`` gives the residuals of one
             group correlation ρ^|t_i − t_j| at integer times (see
@@ -193,7 +201,7 @@ def lmer(
                          offset=offset, engine=engine, max_iter=max_iter,
                          method_name="REML" if reml else "ML", reml=bool(reml))
     design = build_design(formula, data, weights=weights, offset=offset, require_random=True,
-                          drop_aliased=True, relmat=relmat)
+                          drop_aliased=True, relmat=relmat, sparse_relmat=correlation is None)
     if correlation is not None:
         from ._residual_ar1 import fit_with_ar1
 
@@ -249,6 +257,11 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
     max_iter = check_max_iter(max_iter)
     check_lmm_response(design)
     check_lmm_design(design)
+    if any(is_sparse_relatedness(t) for t in design.terms):
+        y = np.asarray(design.response, dtype=float) - design.offset
+        if theta0 is None:
+            theta0 = moment_theta(design.terms, design.X, y, design.weights)
+        return fit_sparse_lmm(design, reml, max_iter, theta0)
     # Columns far from unit scale (x·1e8) are fitted rescaled by powers of two and the
     # result mapped back exactly (see glmmjax._model.rescale).
     scales = column_scales(design)

@@ -24,10 +24,14 @@ Kenward–Roger (1997). Σ = Σ_r τ_r G_r is linear in τ (the variances and co
 each term, then σ²), as pbkrtest parameterizes it. With Φ = (X'Σ⁻¹X)⁻¹,
 P_r = −X'Σ⁻¹G_rΣ⁻¹X, Q_rs = X'Σ⁻¹G_rΣ⁻¹G_sΣ⁻¹X and W the inverse expected REML
 information (W⁻¹_rs = ½·tr(PG_rPG_s)), the adjusted covariance of β̂ is
-Φ_A = Φ + 2Φ[Σ W_rs(Q_rs − P_rΦP_s)]Φ, and the F statistic of L gets a scale λ and
+Φ_A = Φ + 2Φ[Σ W_rs(Q_rs − P_rΦP_s − ¼R_rs)]Φ, and the F statistic of L gets a scale λ and
 denominator df m from the moment-matching formulas of the paper. Σ⁻¹ is applied through
 the Woodbury identity, so nothing of size n × n is formed; the random-effects
 design is dense (n × q), which limits KR to models with a few thousand random effects.
+Structured terms (diag, cs, ar1, toep, ou, exp, gau, mat, a dense relmat) enter through
+G_r = Z_t(I ⊗ ∂Σ_t/∂ψ_r)Z_t' in their variance parameters ψ (:func:`variance_parameters`);
+where Σ_t is not linear in ψ, R_rs = X'Σ⁻¹(∂²Σ/∂ψ_r∂ψ_s)Σ⁻¹X is Kenward and Roger's
+second-order term (zero for us, diag and homcs, as in pbkrtest).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from .._engines.compiled.lmm import build_structure_for, lmm_model_from_arrays, 
 from .._engines.seam import choose_lmm
 from .._families.distributions import f_sf, t_sf
 from .._linalg import solve_triangular
+from .._model.cov_structures import term_structures
+from .._model.covariance import split_theta
 
 DDF_METHODS = ("satterthwaite", "kenward-roger")
 # Kenward–Roger forms Z densely (n × q): refuse beyond this many random effects.
@@ -202,6 +208,76 @@ def _dense_z(design) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     return np.concatenate(blocks, axis=1), layout
 
 
+def variance_parameters(cov, params, sigma: float):
+    """The variance parameters ψ_t of one term for Kenward–Roger: (basis, hessians) with
+    basis[r] = ∂Σ_t/∂ψ_r (S × S) and hessians[(r, s)] = ∂²Σ_t/∂ψ_r∂ψ_s where not zero.
+
+    - ``us``: the covariance entries (pbkrtest's parameters; Σ_t linear in them);
+    - ``diag``: the variances; ``homcs``: Σ_t = a·I + c·11', ψ = (c, a) (SAS's CS
+      parameters), both linear: the same KR as pbkrtest gives for the lmer models
+      (1|g) + (0+x|g) and (1|g) + (1|g:f);
+    - every other structure: its own parameters with SDs as variances and correlation
+      parameters as glmmTMB reports them (ρ for ar1 and cs, the partial
+      autocorrelations for toep, the correlation at distance 1 for ou, the log length
+      scale for exp, gau and mat), as SAS's KR does for TYPE=AR(1) etc.; Σ_t is non-linear in them,
+      so the derivatives are taken by central differences and the second derivatives
+      enter Kenward–Roger's R term.
+    """
+    from .._model.cov_structures import CompoundSymmetry, Diagonal, Unstructured
+
+    S = cov.size
+    params = np.asarray(params, dtype=np.float64)
+    if isinstance(cov, Unstructured):
+        basis = []
+        cols, rows = np.triu_indices(S)
+        for a, b in zip(rows, cols):
+            E = np.zeros((S, S))
+            E[a, b] = E[b, a] = 1.0
+            basis.append(E)
+        return basis, {}
+    if isinstance(cov, Diagonal):
+        return [np.diag(np.eye(S)[a]) for a in range(S)], {}
+    if isinstance(cov, CompoundSymmetry) and cov.homogeneous:
+        return [np.ones((S, S)), np.eye(S)], {}
+    omega, values, kinds = cov.natural(params, sigma)
+    omega = np.asarray(omega, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    is_sd = np.array([kind == "sd" for kind in kinds])
+    is_cor = np.array([kind == "cor" for kind in kinds])
+    # ψ: variances for SDs, correlations (ω = atanh ρ) as reported, other entries (log
+    # length scales, Matérn's ν) as ω.
+    psi = np.where(is_sd, values**2, np.where(is_cor, values, omega))
+
+    def covariance(psi):
+        om = np.where(is_sd, np.sqrt(np.maximum(psi, 0.0)),
+                      np.where(is_cor, np.arctanh(np.clip(psi, -1 + 1e-15, 1 - 1e-15)), psi))
+        with jax.enable_x64(True):  # from_natural is jnp: float64 whatever the user's config
+            theta = np.asarray(cov.from_natural(jnp.asarray(om, dtype=jnp.float64), sigma),
+                               dtype=np.float64)
+        lam = np.asarray(cov.factor(theta, np), dtype=np.float64)
+        return sigma**2 * lam @ lam.T
+
+    k = psi.size
+    steps = 1e-4 * np.maximum(np.abs(psi), 1e-2)
+    base = covariance(psi)
+    basis, hessians = [], {}
+    for r in range(k):
+        e = np.zeros(k)
+        e[r] = steps[r]
+        plus, minus = covariance(psi + e), covariance(psi - e)
+        basis.append((plus - minus) / (2 * steps[r]))
+        hessians[(r, r)] = (plus - 2 * base + minus) / steps[r] ** 2
+        for s in range(r):
+            f = np.zeros(k)
+            f[s] = steps[s]
+            H = (covariance(psi + e + f) - covariance(psi + e - f) - covariance(psi - e + f)
+                 + covariance(psi - e - f)) / (4 * steps[r] * steps[s])
+            hessians[(r, s)] = hessians[(s, r)] = H
+    hessians = {key: 0.5 * (H + H.T) for key, H in hessians.items()
+                if np.max(np.abs(H), initial=0.0) > 1e-6 * max(np.max(np.abs(base)), 1e-300)}
+    return [0.5 * (E + E.T) for E in basis], hessians
+
+
 @dataclasses.dataclass(frozen=True)
 class KenwardRogerPieces:
     """Φ = Var(β̂), the adjusted Φ_A, the P_r (k, p, p) and W (k, k)."""
@@ -224,11 +300,6 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
     w = np.asarray(design.weights, dtype=float)
     if np.any(w <= 0):
         raise ValueError("Kenward-Roger needs positive weights for every observation")
-    structured = [str(t.spec) for t in design.terms if getattr(t.covariance, "name", "us") != "us"]
-    if structured:
-        raise ValueError(
-            f"Kenward-Roger degrees of freedom are implemented for unstructured covariances; "
-            f"this model has {', '.join(structured)}. Use ddf='satterthwaite'.")
     Z, layout = _dense_z(design)
     q = Z.shape[1]
     if q > MAX_KR_RANDOM_EFFECTS:
@@ -237,17 +308,12 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
             f"random effects (limit {MAX_KR_RANDOM_EFFECTS}). Use ddf='satterthwaite'."
         )
     sigma2 = result.sigma**2
+    structures = term_structures(design.terms)
+    parts = split_theta(np.asarray(result.theta_values, dtype=float), structures)
     # Relative factor Λ (q × q, block diagonal over levels) from θ.
     Lam = np.zeros((q, q))
-    theta_start = 0
-    factors = []
-    for start, m, S in layout:
-        count = S * (S + 1) // 2
-        cols, rows = np.triu_indices(S)
-        lam = np.zeros((S, S))
-        lam[rows, cols] = result.theta_values[theta_start : theta_start + count]
-        theta_start += count
-        factors.append(lam)
+    for (start, m, S), cov, part in zip(layout, structures, parts):
+        lam = np.asarray(cov.factor(np.asarray(part, dtype=float), np), dtype=float)
         Lam[start : start + m * S, start : start + m * S] = np.kron(np.eye(m), lam)
     U = Z @ Lam
     WU = U * w[:, None]
@@ -260,29 +326,31 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
         inner = np.linalg.solve(C_chol.T, np.linalg.solve(C_chol, U.T @ WB))
         return (WB - WU @ inner) / sigma2
 
-    # Variance parameters τ: per term the lower triangle of its covariance, then σ².
-    # Each G_r for a term is Z_t (I_m ⊗ E) Z_t' with E symmetric 0/1.
-    params = []  # (term index, a, b) or None for the residual
-    for t, (_, _, S) in enumerate(layout):
-        cols, rows = np.triu_indices(S)
-        for a, b in zip(rows, cols):
-            params.append((t, a, b))
+    # Variance parameters ψ: per term, ∂Σ_t/∂ψ_r = E_r (S × S, symmetric), so that
+    # G_r = ∂Σ/∂ψ_r = Z_t (I_m ⊗ E_r) Z_t' (see variance_parameters); then σ², G = W⁻¹.
+    params = []  # (term index, E_r) or None for the residual
+    second = {}  # (r, s) -> ∂²Σ_t/∂ψ_r∂ψ_s for non-linear structures
+    for t, (cov, part) in enumerate(zip(structures, parts)):
+        basis, hessians = variance_parameters(cov, part, np.sqrt(sigma2))
+        first = len(params)
+        params.extend((t, E) for E in basis)
+        for (a, b), H in hessians.items():
+            second[(first + a, first + b)] = (t, H)
     params.append(None)
     k = len(params)
+
+    def term_times(t, E, B):
+        """Z_t (I ⊗ E) Z_t'·B for an (n, c) matrix B."""
+        start, m, S = layout[t]
+        Zt = Z[:, start : start + m * S]
+        inner = (Zt.T @ B).reshape(m, S, -1)
+        return Zt @ np.einsum("ab,lbc->lac", E, inner).reshape(m * S, -1)
 
     def g_times(r, B):
         """G_r·B for an (n, c) matrix B."""
         if params[r] is None:
             return B / w[:, None]
-        t, a, b = params[r]
-        start, m, S = layout[t]
-        Zt = Z[:, start : start + m * S]
-        inner = (Zt.T @ B).reshape(m, S, -1)
-        out = np.zeros_like(inner)
-        out[:, a, :] += inner[:, b, :]
-        if a != b:
-            out[:, b, :] += inner[:, a, :]
-        return Zt @ out.reshape(m * S, -1)
+        return term_times(*params[r], B)
 
     SX = sigma_inv(X)
     Phi = np.linalg.inv(X.T @ SX)
@@ -303,10 +371,8 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
     trace_res_res = (n - 2.0 * np.trace(T) + np.sum(T * T.T)) / sigma2**2
 
     def e_matrix(r):
-        t, a, b = params[r]
+        t, E = params[r]
         start, m, S = layout[t]
-        E = np.zeros((S, S))
-        E[a, b] = E[b, a] = 1.0
         return start, m, S, E
 
     trace = np.empty((k, k))
@@ -331,7 +397,13 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
         + np.einsum("ij,rjk,kl,sli->rs", Phi, P, Phi, P)
     )
     W = 2.0 * np.linalg.inv(info)
-    U_sum = np.einsum("rs,rsij->ij", W, Q - np.einsum("rij,jk,skl->rsil", P, Phi, P))
+    # Kenward & Roger (1997)'s R_rs = X'Σ⁻¹(∂²Σ/∂ψ_r∂ψ_s)Σ⁻¹X: zero where Σ is linear in
+    # ψ (us, diag, homcs, pbkrtest's case), not for ar1, cs with several SDs, ou, ...
+    R = np.zeros((k, k, p, p))
+    for (r, s_), (t, H) in second.items():
+        R[r, s_] = SX.T @ term_times(t, H, SX)
+    U_sum = np.einsum("rs,rsij->ij", W,
+                      Q - np.einsum("rij,jk,skl->rsil", P, Phi, P) - 0.25 * R)
     Phi_A = Phi + 2.0 * Phi @ U_sum @ Phi
     return KenwardRogerPieces(Phi, 0.5 * (Phi_A + Phi_A.T), P, W)
 

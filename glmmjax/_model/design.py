@@ -27,6 +27,7 @@ from .formula import (
     parse_formula,
 )
 from .relmat import check_relmat, is_relatedness, relatedness_term
+from .sparse_relmat import sparse_relatedness_term, use_sparse_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +260,7 @@ def build_design(
     numeric_response: bool = True,
     drop_aliased: bool = False,
     relmat: dict | None = None,
+    sparse_relmat: bool = False,
 ) -> Design:
     """Build X, the response, weights, offset and the random-effects terms.
 
@@ -267,7 +269,9 @@ def build_design(
     its levels in ``response_levels`` when ``numeric_response`` is False. With
     ``drop_aliased`` (mixed models), columns of X that are linear combinations of earlier
     ones are dropped with lme4's warning (see :mod:`glmmjax._model.rank`). ``relmat``
-    (``{group: K}``) gives intercept terms a known relatedness (:mod:`glmmjax._model.relmat`).
+    (``{group: K}``) gives intercept terms a known relatedness (:mod:`glmmjax._model.relmat`);
+    with ``sparse_relmat`` (lmer), a large pedigree or sparse K is kept sparse
+    (:mod:`glmmjax._engines.host.sparse_lmm`).
 
     Raises:
         FormulaError: malformed formula, or a term that cannot be evaluated.
@@ -366,7 +370,10 @@ def build_design(
                 "a random effect needs at least two groups"
             )
         z, names, z_spec = _numeric_matrix(spec.expr, frame, f"random-effects term {spec}")
-        if spec.group in relmat:
+        if spec.group in relmat and sparse_relmat and use_sparse_path(relmat[spec.group]):
+            refs, z, levels, names, covariance = sparse_relatedness_term(
+                spec, relmat[spec.group], refs, levels)
+        elif spec.group in relmat:
             refs, z, levels, names, covariance = relatedness_term(
                 spec, relmat[spec.group], refs, levels)
         else:

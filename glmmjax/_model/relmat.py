@@ -111,8 +111,12 @@ def check_relmat(relmat, parsed) -> dict:
 
 
 def _as_dense(K, name: str) -> tuple[np.ndarray, list[str] | None]:
+    from .pedigree import Pedigree
+
     what = f"relmat[{name!r}]"
     labels = None
+    if isinstance(K, Pedigree):
+        K = K.relationship_matrix()
     if isinstance(K, pd.DataFrame):
         if [str(v) for v in K.index] != [str(v) for v in K.columns]:
             raise RelmatError(f"{what}: the DataFrame's index and columns must name the same "

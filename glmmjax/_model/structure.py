@@ -149,6 +149,9 @@ def build_structure(
             observations have z = 0, padded pairs have no observations (zero coupling),
             and padded update products go to the discarded bin R·R.
     """
+    from .sparse_relmat import refuse_sparse_terms
+
+    refuse_sparse_terms(terms)
     first = terms[0]
     sizes = tuple(t.size for t in terms)
     n_levels = tuple(t.n_levels for t in terms)
