@@ -112,7 +112,7 @@ def _sparse_cholesky(K, name: str):
 
 
 def _error(message: str):
-    from ..._model.relmat import RelmatError
+    from .relmat import RelmatError
 
     return RelmatError(message)
 
@@ -121,7 +121,7 @@ def sparse_relatedness_term(spec, K, refs: np.ndarray, levels: list[str]):
     """The term (1 | group) with a pedigree or sparse K: one intercept per level of K
     (its levels may include ancestors without records); (refs, z, levels, names,
     structure) as :func:`glmmjax._model.relmat.relatedness_term` returns them."""
-    from ..._model.pedigree import Pedigree
+    from .pedigree import Pedigree
 
     name = spec.group
     if isinstance(K, Pedigree):
@@ -159,7 +159,7 @@ def sparse_relatedness_term(spec, K, refs: np.ndarray, levels: list[str]):
 def use_sparse_path(K) -> bool:
     """Whether ``lmer`` fits this relmat value sparsely: a pedigree or scipy.sparse K with
     at least :data:`SPARSE_MIN_LEVELS` levels."""
-    from ..._model.pedigree import Pedigree
+    from .pedigree import Pedigree
 
     if isinstance(K, Pedigree):
         return len(K) >= SPARSE_MIN_LEVELS

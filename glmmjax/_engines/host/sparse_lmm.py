@@ -248,7 +248,7 @@ def _polish(theta, model, mask, steps: int = 3):
 def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0):
     """Fit an LMM with a sparse relatedness term (see the module docstring) and return
     an :class:`~glmmjax.LMMResult`."""
-    from ..._lmer import LMMResult
+    from ..._results.lmm import LMMResult
     from ..._results.mixed import Convergence, warn_if_not_converged
     from ..compiled.lmm import SINGULAR_TOL
     from ..compiled.optimize import Status
