@@ -20,7 +20,7 @@ import pytest
 import scipy.sparse
 
 import glmmjax as gj
-import glmmjax._engines.host.sparse_lmm as sparse_lmm
+import glmmjax._model.sparse_relmat as sparse_relmat
 from glmmjax import Pedigree, PedigreeError, RelmatError
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
@@ -130,7 +130,7 @@ def test_sparse_path_matches_the_dense_path(monkeypatch, formula, reml):
     data, ped = _animal_data()
     dense = gj.lmer(formula, data, reml=reml, relmat={"animal": ped})
     assert dense.engine != "sparse"
-    monkeypatch.setattr(sparse_lmm, "SPARSE_MIN_LEVELS", 0)
+    monkeypatch.setattr(sparse_relmat, "SPARSE_MIN_LEVELS", 0)
     fit = gj.lmer(formula, data, reml=reml, relmat={"animal": ped})
     assert fit.engine == "sparse" and fit.converged
     assert fit.deviance <= dense.deviance + 1e-9 * abs(dense.deviance)
@@ -156,7 +156,7 @@ def test_sparse_K_path_matches_the_dense_path(monkeypatch):
     levels = [str(a) for a in sorted(data["animal"].unique())]  # the levels' order
     K = ped.relationship_matrix().loc[levels, levels]
     dense = gj.lmer("y ~ x + (1 | animal)", data, relmat={"animal": K})
-    monkeypatch.setattr(sparse_lmm, "SPARSE_MIN_LEVELS", 0)
+    monkeypatch.setattr(sparse_relmat, "SPARSE_MIN_LEVELS", 0)
     fit = gj.lmer("y ~ x + (1 | animal)", data,
                   relmat={"animal": scipy.sparse.csc_matrix(K.to_numpy())})
     assert fit.engine == "sparse"
@@ -169,7 +169,7 @@ def test_sparse_K_path_matches_the_dense_path(monkeypatch):
 
 def test_sparse_path_errors(monkeypatch):
     data, ped = _animal_data(q=60, n=100, seed=7)
-    monkeypatch.setattr(sparse_lmm, "SPARSE_MIN_LEVELS", 0)
+    monkeypatch.setattr(sparse_relmat, "SPARSE_MIN_LEVELS", 0)
     stranger = data.assign(animal=data["animal"].astype(str).where(data.index > 0, "x99"))
     with pytest.raises(RelmatError, match=r"no entry for 1 level.*\['x99'\]"):
         gj.lmer("y ~ x + (1 | animal)", stranger, relmat={"animal": ped})
@@ -183,7 +183,7 @@ def test_sparse_path_errors(monkeypatch):
 def test_sparse_path_matches_lme4_relmat_trick(monkeypatch):
     # 1,200 animals (lme4's dense t(L)·Zt did not finish in 20 minutes at 2,500): the
     # sparse path is forced below its threshold.
-    monkeypatch.setattr(sparse_lmm, "SPARSE_MIN_LEVELS", 0)
+    monkeypatch.setattr(sparse_relmat, "SPARSE_MIN_LEVELS", 0)
     reference = json.loads((REFERENCE / "pedigree.json").read_text())["models"]
     animals = pd.read_csv(REFERENCE / "data" / "pedigree_animals.csv", dtype=str,
                           keep_default_na=False)
