@@ -33,32 +33,14 @@ class RelmatError(ValueError):
     """A ``relmat=`` argument that cannot be used."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Relatedness(CovarianceStructure):
-    """Λ_t = |θ_1|·L with L·L' = K fixed: σ²θ_1²·K is the covariance of the term's q
-    effects (``size`` = q). Compared and hashed by a digest of L, so the structure is
-    static in compiled programs without hashing the matrix each time."""
-
-    digest: str = ""
-    matrix: np.ndarray = dataclasses.field(default=None, compare=False, repr=False)
-
-    name = "relmat"
+class KnownScaleTerm:
+    """What the known-relatedness structures (dense here, sparse in
+    :mod:`glmmjax._model.sparse_relmat`) share: one parameter, |θ_1| scaling a known
+    correlation of the levels, reported as the SD of the term's intercept."""
 
     @property
     def n_params(self) -> int:
         return 1
-
-    def factor(self, params, xp=jnp):
-        lower = self.matrix if xp is np else jnp.asarray(self.matrix)
-        return xp.abs(params[0]) * lower
-
-    def pullback(self, params, grad) -> np.ndarray:
-        return np.array([np.sum(np.asarray(grad) * self.matrix) * np.sign(params[0])])
-
-    def jacobian(self, params) -> np.ndarray:
-        # The default forms S² unit pullbacks: q⁴ work for q levels.
-        sign = np.sign(params[0]) or 1.0
-        return (sign * self.matrix)[None]
 
     def scale_mask(self) -> np.ndarray:
         return np.ones(1, dtype=bool)
@@ -79,6 +61,30 @@ class Relatedness(CovarianceStructure):
 
     def from_natural(self, omega, scale):
         return omega / scale
+
+
+@dataclasses.dataclass(frozen=True)
+class Relatedness(KnownScaleTerm, CovarianceStructure):
+    """Λ_t = |θ_1|·L with L·L' = K fixed: σ²θ_1²·K is the covariance of the term's q
+    effects (``size`` = q). Compared and hashed by a digest of L, so the structure is
+    static in compiled programs without hashing the matrix each time."""
+
+    digest: str = ""
+    matrix: np.ndarray = dataclasses.field(default=None, compare=False, repr=False)
+
+    name = "relmat"
+
+    def factor(self, params, xp=jnp):
+        lower = self.matrix if xp is np else jnp.asarray(self.matrix)
+        return xp.abs(params[0]) * lower
+
+    def pullback(self, params, grad) -> np.ndarray:
+        return np.array([np.sum(np.asarray(grad) * self.matrix) * np.sign(params[0])])
+
+    def jacobian(self, params) -> np.ndarray:
+        # The default forms S² unit pullbacks: q⁴ work for q levels.
+        sign = np.sign(params[0]) or 1.0
+        return (sign * self.matrix)[None]
 
 
 def is_relatedness(term) -> bool:

@@ -15,6 +15,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from .cov_structures import CovarianceStructure
+from .relmat import KnownScaleTerm
 
 # Pedigrees and sparse K with at least this many levels are fitted by the sparse path
 # (smaller ones as a dense K, where every method of the result is available).
@@ -22,7 +23,7 @@ SPARSE_MIN_LEVELS = 2000
 
 
 @dataclasses.dataclass(frozen=True)
-class SparseRelatedness(CovarianceStructure):
+class SparseRelatedness(KnownScaleTerm, CovarianceStructure):
     """A random intercept per level (``size`` 1, Λ per level = |θ|) whose levels are
     correlated by a known K held sparsely: ``precision`` Q = K⁻¹ (a pedigree's A⁻¹,
     with ``log_det`` = log|K|) or ``lower`` F with F·F' = K. Only the sparse LMM path
@@ -36,34 +37,11 @@ class SparseRelatedness(CovarianceStructure):
 
     name = "relmat"
 
-    @property
-    def n_params(self) -> int:
-        return 1
-
     def factor(self, params, xp=jnp):
         return xp.abs(params[0]) * xp.ones((1, 1))
 
     def pullback(self, params, grad) -> np.ndarray:
         return np.array([np.sum(np.asarray(grad)) * np.sign(params[0])])
-
-    def scale_mask(self) -> np.ndarray:
-        return np.ones(1, dtype=bool)
-
-    def start(self, sds) -> np.ndarray:
-        return np.array([float(np.sqrt(np.mean(np.square(np.asarray(sds, float)))))])
-
-    def param_names(self, group: str, coefs) -> list[str]:
-        return [f"{group}.Intercept"]
-
-    def profile_names(self, label: str, coefs) -> list[str]:
-        return [f"sd_Intercept|{label}"]
-
-    def natural(self, params, scale: float):
-        sd = [float(scale * abs(np.asarray(params, dtype=np.float64)[0]))]
-        return sd, list(sd), ["sd"]
-
-    def from_natural(self, omega, scale):
-        return omega / scale
 
 
 def is_sparse_relatedness(term) -> bool:

@@ -447,13 +447,15 @@ def _ml_value(X, y, weights, offset, family, params) -> float:
     return total if np.isfinite(total) else np.inf
 
 
-def _newton_ml(X, y, weights, offset, family, params, max_iter: int = 100):
-    """Damped Newton in (β, ψ), step for step as :func:`glmmjax._glm._newton_ml`."""
+def newton(objective, params, max_iter: int = 100):
+    """Damped Newton in the outer parameters (β, then dispersion or shapes), step for step
+    as the compiled engine's ``_newton_ml``. ``objective`` has ``value(params)`` and
+    ``derivatives(params)`` → (value, gradient, Hessian)."""
     hess = np.eye(len(params))
     converged = False
     it = 0
     while it < max_iter:
-        value, grad, hess = _ml_derivatives(X, y, weights, offset, family, params)
+        current, grad, hess = objective.derivatives(params)
         step = _solve_spd(hess, grad)
         decrement = float(grad @ step)
         if not (np.all(np.isfinite(step)) and decrement > 0):
@@ -463,17 +465,29 @@ def _newton_ml(X, y, weights, offset, family, params, max_iter: int = 100):
         t = 2.0
         while True:
             t *= 0.5
-            new_params = params - t * step
-            if _ml_value(X, y, weights, offset, family, new_params) <= \
-                    value + 1e-13 * abs(value) or t <= 1e-12:
+            trial = params - t * step
+            if objective.value(trial) <= current + 1e-13 * abs(current) or t <= 1e-12:
                 break
         stalled = t <= 1e-12
         it += 1
         if done or stalled:
             converged = done or decrement < 1e-8
             break
-        params = new_params
+        params = trial
     return params, hess, it, converged
+
+
+class _MLObjective:
+    """−ℓ of an NB (θ) or beta (φ) GLM in (β, ψ) for :func:`newton`."""
+
+    def __init__(self, X, y, weights, offset, family):
+        self.args = (X, y, weights, offset, family)
+
+    def value(self, params):
+        return _ml_value(*self.args, params)
+
+    def derivatives(self, params):
+        return _ml_derivatives(*self.args, params)
 
 
 def _fit_ml(X, y, weights, offset, family, *, tol, max_iter, null_model):
@@ -494,8 +508,8 @@ def _fit_ml(X, y, weights, offset, family, *, tol, max_iter, null_model):
         start = max(ratio - 1.0, 0.5)
     else:
         start = np.sum(weights) / np.sum(weights * (y / mu0 - 1.0) ** 2)
-    params, hess, iterations, converged = _newton_ml(
-        X, y, weights, offset, family, np.concatenate([coef0, [np.log(start)]]))
+    params, hess, iterations, converged = newton(
+        _MLObjective(X, y, weights, offset, family), np.concatenate([coef0, [np.log(start)]]))
     coef, dispersion = params[:p], float(np.exp(params[p]))
     eta = X @ coef + offset
     point = evaluate(family, y, weights, eta, dispersion=dispersion)

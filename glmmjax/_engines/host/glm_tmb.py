@@ -36,7 +36,7 @@ from ..._families import math as fm
 from ..._families.math_tmb import FAMILIES as TMB_FAMILIES
 from ..._families.math_tmb import NO_DISPERSION
 from ..seam import GLMFit
-from .glm import _solve_spd, weighted_gram
+from .glm import _solve_spd, newton, weighted_gram
 
 _COUNTS = ("NegativeBinomial1", "TruncatedPoisson", "TruncatedNegativeBinomial2",
            "TruncatedNegativeBinomial1", "GeneralizedPoisson", "ConwayMaxwellPoisson")
@@ -163,34 +163,6 @@ class _Objective:
         h_dd = 0.5 * (h_dd + h_dd.T)
         self._last = here  # this point's terms, for the line search's comparisons
         return value, grad, np.block([[h_bb, h_bd], [h_bd.T, h_dd]])
-
-
-def newton(objective: _Objective, params, max_iter: int = 100):
-    """Damped Newton in (β, d), step for step as the compiled engine's ``_newton_ml``."""
-    hess = np.eye(len(params))
-    converged = False
-    it = 0
-    while it < max_iter:
-        current, grad, hess = objective.derivatives(params)
-        step = _solve_spd(hess, grad)
-        decrement = float(grad @ step)
-        if not (np.all(np.isfinite(step)) and decrement > 0):
-            step = grad / (np.abs(np.diag(hess)) + 1.0)
-            decrement = np.inf
-        done = decrement < 1e-18
-        t = 2.0
-        while True:
-            t *= 0.5
-            trial = params - t * step
-            if objective.value(trial) <= current + 1e-13 * abs(current) or t <= 1e-12:
-                break
-        stalled = t <= 1e-12
-        it += 1
-        if done or stalled:
-            converged = done or decrement < 1e-8
-            break
-        params = trial
-    return params, hess, it, converged
 
 
 def start(X, y, weights, offset, family):
