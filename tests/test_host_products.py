@@ -35,3 +35,26 @@ def test_host_cross_products_equal_jax(name, formula):
         b = np.asarray(b)
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-12 * np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("name, formula", [
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+    ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
+    ("pastes", "strength ~ 1 + (1 | batch/cask)"),
+])
+def test_reused_products_equal_the_direct_ones(name, formula):
+    """The host GLMM's kept pattern of nonzero products (``reuse=True``) gives the direct
+    path's numbers exactly, for new weights at every call (a zero weight included)."""
+    design = build_design(formula, glmmjax.datasets.load(name), require_random=True)
+    structure = build_structure_for(design, design.X.shape[1] + 1)
+    dense = np.concatenate([design.X, np.asarray(design.response, float)[:, None]], axis=1)
+    dense[::7, -1] = 0.0  # zeros in a column are left out of the pattern
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        weights = rng.uniform(0.5, 2.0, design.nobs)
+        weights[::5] = 0.0
+        direct = host_cross_products(structure, weights, dense)
+        reused = host_cross_products(structure, weights, dense, reuse=True)
+        for a, b in zip(jax.tree_util.tree_leaves(direct), jax.tree_util.tree_leaves(reused)):
+            assert a.shape == b.shape
+            np.testing.assert_array_equal(a, b)

@@ -792,6 +792,11 @@ class Matern(Spatial):
         rows, cols = np.triu_indices(self.size, k=1)
         return rows, cols, self.distances()[rows, cols]  # distinct points: all > 0
 
+    @functools.lru_cache(maxsize=1)  # noqa: B019 (as _host_cholesky)
+    def _distinct_distances(self):
+        """(the distinct pair distances, each pair's index among them)."""
+        return np.unique(self._pairs()[2], return_inverse=True)
+
     def _matrix(self, values, xp):
         rows, cols, _ = self._pairs()
         if _is_numpy(xp):
@@ -812,8 +817,11 @@ class Matern(Spatial):
     @functools.lru_cache(maxsize=32)  # noqa: B019 (as Toeplitz's: one θ, many requests)
     def _host_cholesky(self, log_range: float, log_nu: float):
         """(L, dL/d(log φ, log ν)), read-only."""
-        _, _, d = self._pairs()
-        corr, d_range, d_nu = matern.correlation_and_derivatives(d, log_range, log_nu)
+        # K_ν's quadrature once per distinct distance (a grid repeats a few distances:
+        # 5 among the 36 pairs of 3 x 3 points), elementwise the same numbers.
+        distinct, where = self._distinct_distances()
+        corr, d_range, d_nu = (values[where] for values in
+                               matern.correlation_and_derivatives(distinct, log_range, log_nu))
         C = self._matrix(corr, np)
         L = _cholesky(C, np)
         if not np.all(np.isfinite(L)):

@@ -180,7 +180,7 @@ def _weighted_term_outer(s: ReStructure, r, x_terms):
 
 
 def _factor(theta, model: HostGLMM, w):
-    products = host_cross_products(model.structure, w, model.inner)
+    products = host_cross_products(model.structure, w, model.inner, reuse=True)
     holder = lmm.HostLMM(model.structure, products, 0.0, 0.0, 0, False)
     return lmm._factorize(theta, holder), products
 

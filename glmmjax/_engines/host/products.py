@@ -41,11 +41,93 @@ def _rest_pattern(s: PlainStructure):
     return s.cache["rest_pattern"]
 
 
-def host_cross_products(s: ReStructure, weights, dense) -> CrossProducts:
-    """:func:`glmmjax._engines.compiled.cholesky.cross_products` in numpy (float64 arrays)."""
+def _nonzero_products(ids, n_segments, left, right, obs_major=True):
+    """(output index, observation, left value, right value) of the nonzero products
+    left_ia·right_ib summed per segment ``ids_i`` into (n_segments, A, B), observation by
+    observation (the order of :func:`segment_sum`'s sums, so the sums are the same)."""
+    n, A = left.shape
+    B = right.shape[1]
+    out = (np.asarray(ids, dtype=np.int64)[:, None, None] * (A * B) + np.arange(A)[:, None] * B + np.arange(B)).reshape(n, -1)
+    lv = np.broadcast_to(left[:, :, None], (n, A, B)).reshape(n, -1)
+    rv = np.broadcast_to(right[:, None, :], (n, A, B)).reshape(n, -1)
+    obs = np.broadcast_to(np.arange(n)[:, None], out.shape)
+    keep = (lv != 0) & (rv != 0)
+    return out[keep], obs[keep], lv[keep], rv[keep]
+
+
+class _WeightPattern:
+    """The cross-products' blocks as one linear map of the weights: every nonzero
+    product of model-matrix entries with its output position, so that each new weight
+    vector (the GLMM's inner Newton steps) costs one ``np.bincount`` over the nonzeros
+    instead of a segment sum per column pair. Products and sums in the same order as
+    :func:`host_cross_products`' direct path (``(z_a·w)·z_b``, observation by
+    observation), hence the same numbers."""
+
+    def __init__(self, s: PlainStructure, dense: np.ndarray):
+        z = [np.asarray(t, dtype=np.float64) for t in s.z]
+        refs = [np.asarray(r) for r in s.refs]
+        m0, S0 = s.n_levels[0], s.sizes[0]
+        blocks = [_nonzero_products(refs[0], m0, z[0], z[0])]
+        shapes = [(m0, S0, S0)]
+        for t in range(1, s.n_terms):
+            pairs = np.asarray(s.pair_first[t - 1]).shape[0]
+            # (z_t·(z0·w)): the weight multiplies the first term's entry, the left value.
+            o, i, lv, rv = _nonzero_products(np.asarray(s.obs_pair[t - 1]), pairs, z[t], z[0])
+            blocks.append((o, i, rv, lv))
+            shapes.append((pairs, s.sizes[t], S0))
+        o, i, lv, rv = _nonzero_products(refs[0], m0, dense, z[0])
+        blocks.append((o, i, rv, lv))
+        shapes.append((m0, dense.shape[1], S0))
+        R = s.rest_size
+        if s.n_terms > 1:
+            index, values, _ = _rest_pattern(s)
+            zero = np.zeros(values.shape[0], dtype=np.int64)
+            o, i, lv, rv = _nonzero_products(zero, 1, values, values)
+            a, b = np.divmod(o, values.shape[1])
+            blocks.append((index[i, a] * R + index[i, b], i, lv, rv))
+            shapes.append((R, R))
+            o, i, lv, rv = _nonzero_products(zero, 1, values, dense)
+            a, b = np.divmod(o, dense.shape[1])
+            blocks.append((index[i, a] * dense.shape[1] + b, i, lv, rv))
+            shapes.append((R, dense.shape[1]))
+        starts = np.cumsum([0] + [int(np.prod(shape)) for shape in shapes])
+        self.out = np.concatenate([b[0] + start for b, start in zip(blocks, starts)])
+        self.obs = np.concatenate([b[1] for b in blocks])
+        self.left = np.concatenate([b[2] for b in blocks])
+        self.right = np.concatenate([b[3] for b in blocks])
+        self.starts, self.shapes, self.total = starts, shapes, int(starts[-1])
+
+    def blocks(self, weights):
+        flat = np.bincount(self.out, weights=weights[self.obs] * self.left * self.right,
+                           minlength=self.total)
+        return [flat[a:b].reshape(shape)
+                for a, b, shape in zip(self.starts[:-1], self.starts[1:], self.shapes)]
+
+
+def _weight_pattern(s: PlainStructure, dense: np.ndarray):
+    """The structure's :class:`_WeightPattern` for these dense columns (kept in its cache
+    for the same array), or None where the direct path sums differently (one level of
+    the first term or one pair of a coupling: ``segment_sum``'s single-segment sums)."""
+    if s.n_levels[0] == 1 or any(np.asarray(p).shape[0] == 1 for p in s.pair_first):
+        return None
+    cached = s.cache.get("weight_pattern")
+    if cached is None or cached[0] is not dense:
+        cached = (dense, _WeightPattern(s, dense))
+        s.cache["weight_pattern"] = cached
+    return cached[1]
+
+
+def host_cross_products(s: ReStructure, weights, dense, reuse: bool = False) -> CrossProducts:
+    """:func:`glmmjax._engines.compiled.cholesky.cross_products` in numpy (float64 arrays).
+
+    ``reuse``: the same structure and ``dense`` array come again with other weights (the
+    host GLMM's Newton steps), so the nonzero products are found once and kept."""
     s = plain_structure(s)
     weights = np.asarray(weights, dtype=np.float64)
     dense = np.asarray(dense, dtype=np.float64)
+    pattern = _weight_pattern(s, dense) if reuse else None
+    if pattern is not None:
+        return _from_pattern(s, pattern.blocks(weights), weights, dense)
     z = [np.asarray(t, dtype=np.float64) for t in s.z]
     refs = [np.asarray(r) for r in s.refs]
     m0 = s.n_levels[0]
@@ -77,6 +159,24 @@ def host_cross_products(s: ReStructure, weights, dense) -> CrossProducts:
         for k in range(s.n_dense):
             re_dense[:, k] = np.bincount(index.ravel(), weights=products[:, :, k].ravel(),
                                          minlength=R)
+        rest[:, dense_start:] += re_dense
+        rest[dense_start:, :] += re_dense.T
+    return CrossProducts(first, coupling, dense_first, rest)
+
+
+def _from_pattern(s: PlainStructure, blocks, weights, dense) -> CrossProducts:
+    """The blocks of :class:`_WeightPattern` assembled as the direct path assembles them."""
+    first, *rest_blocks = blocks
+    n_coupling = s.n_terms - 1
+    coupling = tuple(rest_blocks[:n_coupling])
+    dense_first = rest_blocks[n_coupling]
+    R = s.rest_size
+    dense_start = R - s.n_dense
+    rest = np.zeros((R, R))
+    rest[dense_start:, dense_start:] = dense.T @ (dense * weights[:, None])
+    if s.n_terms > 1:
+        rest += rest_blocks[n_coupling + 1]
+        re_dense = rest_blocks[n_coupling + 2]
         rest[:, dense_start:] += re_dense
         rest[dense_start:, :] += re_dense.T
     return CrossProducts(first, coupling, dense_first, rest)
