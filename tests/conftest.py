@@ -10,6 +10,39 @@ import pytest
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 
+# Compiled programs shared between the xdist workers of one run: a worker that needs a
+# program another worker has already compiled (the same model shapes in another file)
+# loads it from this run's own temporary directory instead of compiling it again. The
+# directory is made by the controller and removed at its end, so nothing outlives a run
+# and single-process runs (-n 0) are unchanged; subprocesses started by tests ignore it.
+_CACHE_ENV = "GLMMJAX_TEST_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        path = os.environ.get(_CACHE_ENV)
+        if path and os.path.isdir(path):
+            import jax
+
+            jax.config.update("jax_compilation_cache_dir", path)
+    elif config.pluginmanager.hasplugin("xdist") and _CACHE_ENV not in os.environ:
+        import tempfile
+
+        config._glmmjax_compilation_cache = tempfile.mkdtemp(prefix="glmmjax-jit-cache-")
+        os.environ[_CACHE_ENV] = config._glmmjax_compilation_cache
+
+
+def pytest_unconfigure(config):
+    import os
+    import shutil
+
+    path = getattr(config, "_glmmjax_compilation_cache", None)
+    if path:
+        os.environ.pop(_CACHE_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
 
 def load_reference(name: str) -> dict:
     with open(REFERENCE / f"{name}.json") as handle:
