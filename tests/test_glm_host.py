@@ -199,6 +199,10 @@ def test_dispersion_curvature_equals_finite_differences(family):
     np.testing.assert_allclose(exact, numeric, rtol=1e-7)
 
 
+# Whole fits (a compiled GLM each): beta's row terms are compared with autodiff in
+# test_family_math.py, its dispersion curvature above, and the host fit with R's in
+# test_glm.py (beta_logit); the compiled ML-dispersion loop stays checked by NB2-log below.
+@pytest.mark.slow
 def test_beta_regression_equals_the_compiled_engine():
     family = glmmjax.families.Beta()
     data = beta_data()
@@ -208,7 +212,9 @@ def test_beta_regression_equals_the_compiled_engine():
     np.testing.assert_allclose(host.dispersion_se, compiled.dispersion_se, rtol=1e-8)
 
 
-@pytest.mark.parametrize("link", ["log", "sqrt"])
+# sqrt (slow): its kernels are compared in test_kernels_equal_the_families_jax_methods;
+# log keeps the compiled engine's estimated-θ loop checked in the fast suite.
+@pytest.mark.parametrize("link", ["log", pytest.param("sqrt", marks=pytest.mark.slow)])
 def test_negative_binomial_with_estimated_theta_equals_the_compiled_engine(link):
     family = NegativeBinomial(link=link)
     data = simulate(NegativeBinomial(theta=2.5, link=link))

@@ -65,6 +65,10 @@ def test_value_and_gradient_equal_jax(name, stage):
                                atol=1e-9 * np.max(np.abs(gradient)))
 
 
+# Whole fit against whole fit (~14 s at load 6: a compiled GLMM pipeline): the kernels
+# are compared above (value and gradient, both stages), and test_engine_argument below
+# compares the public fits of both engines (estimates, SEs, deviance) on the same model.
+@pytest.mark.slow
 def test_fit_equals_compiled_pipeline():
     """Estimates, objective and standard errors (central differences of the exact
     gradient here, the autodiff Hessian there)."""

@@ -155,6 +155,14 @@ def _constrained_minimum(fun, free0, mask, fixed, hinv, args):
     return solution.value, jnp.where(mask, fixed, solution.x), solution.inverse_hessian
 
 
+@functools.cache
+def _hessian_program(fun):
+    """The exact Hessian of the objective ``fun``, jitted once per objective: a fresh
+    ``jax.jit(jax.hessian(fun))`` at every profile would compile again at every
+    ``confint``/``profile`` call (seconds each), even for the same model structure."""
+    return jax.jit(jax.hessian(fun))
+
+
 # -- the profiling engine ----------------------------------------------------------------
 class _Problem:
     """One deviance function of a parameter vector, its optimum and a preconditioner."""
@@ -181,7 +189,7 @@ class _Problem:
             # close to the optimum can be far off): it sets the first steps of each
             # bound's search and the preconditioner of every constrained fit.
             with jax.enable_x64(True):
-                hessian = np.asarray(jax.jit(jax.hessian(fun))(jnp.asarray(omega_hat), *args))
+                hessian = np.asarray(_hessian_program(fun)(jnp.asarray(omega_hat), *args))
         self.omega_hat = omega_hat
         self.base = float(base)
         h = 0.5 * (hessian + hessian.T) if hessian is not None else np.eye(k)
