@@ -30,12 +30,18 @@ def noisy_reactions(data, k, seed=0):
 
 def test_lmm_batch_equals_single_fits(sleepstudy):
     Y = noisy_reactions(sleepstudy, 4)
-    Y[5, 2] = np.nan
+    Y[5, 2] = np.inf
+    # Missing responses (NaN): model 3 is fitted on its other rows alone (weight 0 on
+    # its missing rows), subject 308's first five days and one more of another subject.
+    missing = [0, 1, 2, 3, 4, 57]
+    Y[missing, 3] = np.nan
     batch = glmmjax.fit_many("~ Days + (Days | Subject)", sleepstudy, Y, chunk_size=4)
     assert batch.models["status"][2].startswith("non-finite response in rows [5]")
     assert not batch.converged[2] and np.isnan(batch.fixef.iloc[2]).all()
     for k in (0, 1, 3):
-        alone = glmmjax.lmer("y ~ Days + (Days | Subject)", sleepstudy.assign(y=Y[:, k]))
+        rows = np.isfinite(Y[:, k])
+        alone = glmmjax.lmer("y ~ Days + (Days | Subject)",
+                             sleepstudy.assign(y=Y[:, k])[rows])
         rel_close(batch.fixef.iloc[k], alone.fixef, 1e-8)
         # SEs depend on θ̂, which both fits reach only to the optimizer's tolerance.
         rel_close(batch.fixef_se.iloc[k], alone.fixef_se, 1e-6)

@@ -171,8 +171,18 @@ class _LMMSetup(eqx.Module):
 
 
 def _lmm_one(y, setup: _LMMSetup) -> dict:
+    return _lmm_fit(y, setup.weights, setup)
+
+
+def _lmm_one_weighted(y, weights, setup: _LMMSetup) -> dict:
+    """An LMM with its own prior weights: models with missing responses (weight 0 on
+    their missing rows; the weight-0 rows count neither in n nor in Σ log w)."""
+    return _lmm_fit(y, weights, setup)
+
+
+def _lmm_fit(y, weights, setup: _LMMSetup) -> dict:
     s = setup.structure
-    model = lmm_model_from_arrays(s, setup.weights, setup.X, y, setup.reml)
+    model = lmm_model_from_arrays(s, weights, setup.X, y, setup.reml)
     theta0 = jnp.asarray(initial_theta(s.structures), y.dtype)
     solution, theta = fit_theta(model, theta0, setup.gtol, setup.loose_gtol)
     pls = solve_pls(theta, model)
@@ -319,9 +329,9 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights,
                   n_fixef: int = 0) -> list[str]:
     """A failure reason per model ('' when the response is usable).
 
-    GLMMs (``family`` given) take NaN as a missing response: the model is fitted on its
-    other rows (see :func:`_missing_as_weight_zero`), and only checked on those. LMMs
-    and infinite values are flagged."""
+    NaN is a missing response: the model is fitted on its other rows (see
+    :func:`_missing_as_weight_zero`), and only checked on those. Infinite values are
+    flagged."""
     rows = np.asarray(rows)
     if family is not None and Y.size and np.all(np.isfinite(Y)):
         # Every value at once (the families' support checks are elementwise): where
@@ -337,7 +347,7 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights,
     reasons = []
     for k in range(Y.shape[1]):
         y = Y[:, k]
-        present = ~np.isnan(y) if family is not None else np.ones(len(y), bool)
+        present = ~np.isnan(y)
         bad = ~np.isfinite(y) & present
         if bad.any():
             reasons.append(f"non-finite response in rows {rows[np.flatnonzero(bad)[:5]].tolist()}")
@@ -492,6 +502,8 @@ def fit_many(
     positions = data.index.get_indexer(design.rows)
     Y = Y_all[positions]
     reasons = _check_models(Y, family, design.rows, design.weights, design.X.shape[1])
+    if family is None:
+        reasons = _lmm_missing_reasons(design, Y, reasons)
     usable = [k for k, r in enumerate(reasons) if not r]
     dtype = float_dtype(precision)
     devices = len(jax.local_devices()) if n_devices is None else int(n_devices)
@@ -508,7 +520,9 @@ def fit_many(
     with precision_scope(precision):
         if family is None:
             # A known K as the only random term: rotate once, fit scalar blocks.
-            rotation = rotated_relatedness(design)
+            # (Not with missing responses: the rotation is for the full set of rows.)
+            rotation = (None if np.isnan(Y[:, usable]).any() else
+                        rotated_relatedness(design))
             terms, X = design.terms, design.X
             if rotation is not None:
                 terms, X = rotation[0], rotation[1].T @ design.X
@@ -520,11 +534,18 @@ def fit_many(
                 loose_gtol=1e-3 if precision == "float64" else 1.0,
                 satterthwaite=ddf == "satterthwaite",
             )
-            fn = _sharded(_lmm_one, devices)
-            extra = (setup,)
             Y_fit = Y - design.offset[:, None]
             if rotation is not None:
                 Y_fit = rotation[1].T @ np.where(np.isfinite(Y_fit), Y_fit, 0.0)
+            # Missing responses (NaN) as rows of weight 0, per model (models without
+            # any keep the one-weight program).
+            Y_fit, W_fit = _missing_as_weight_zero(Y_fit, design.weights)
+            if W_fit is None:
+                fn = _sharded(_lmm_one, devices)
+                extra = (setup,)
+            else:
+                fn = _sharded(_lmm_one_weighted, devices, 2)
+                extra = (W_fit, setup)
             shape = ("lmm", n, structure.sizes, structure.n_levels, structure.rest_size)
             method = "REML" if reml else "ML"
         elif scalar_path_applies(design, family, n_agq):
@@ -577,6 +598,32 @@ def fit_many(
 
         return gather_batches(result)
     return result
+
+
+def _lmm_missing_reasons(design, Y, reasons) -> list[str]:
+    """LMM models with missing responses: what lmer would refuse on the model's observed
+    rows (too many random effects for them, a rank-deficient X)."""
+    reasons = list(reasons)
+    missing = np.isnan(Y)
+    if not missing.any():
+        return reasons
+    X = np.asarray(design.X, dtype=float)
+    for k in np.flatnonzero(missing.any(axis=0)):
+        if reasons[k]:
+            continue
+        present = ~missing[:, k]
+        n_k = int(present.sum())
+        for term in design.terms:
+            levels = len(np.unique(np.asarray(term.refs)[present]))
+            tied = getattr(term.covariance, "name", "us") not in ("us", "diag")
+            if levels * term.size >= n_k and not tied:
+                reasons[k] = (f"term {term.spec} has {levels * term.size} random effects "
+                              f"for the model's {n_k} observed responses")
+                break
+        if not reasons[k] and np.linalg.matrix_rank(X[present]) < X.shape[1]:
+            reasons[k] = ("the fixed-effects matrix is rank deficient on the model's "
+                          f"{n_k} observed rows")
+    return reasons
 
 
 def _lockstep_applies(design, family, n_agq, precision) -> bool:
