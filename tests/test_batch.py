@@ -316,3 +316,32 @@ def test_scalar_glmm_closed_form_hessian_equals_autodiff():
     assert not gb.applies(design, get_family("Gamma"), 1)  # estimated dispersion
     slope = _design_for("~ x + (x | g)", data, None, None)
     assert not gb.applies(slope, get_family("binomial"), 1)
+
+
+def test_lmm_batch_kenward_roger_equals_single_fits(sleepstudy):
+    # Kenward–Roger per model (df and adjusted SEs), a model with missing responses
+    # fitted on its observed rows, as lmer's coef_table(ddf="kenward-roger") (= pbkrtest,
+    # tests/test_ddf.py).
+    data = sleepstudy.assign(late=(sleepstudy["Subject"].cat.codes >= 9).astype(float))
+    Y = noisy_reactions(data, 3, seed=3)
+    Y[[10, 11, 12, 100], 2] = np.nan
+    batch = glmmjax.fit_many("~ Days + late + (1 | Subject)", data, Y,
+                             ddf="kenward-roger")
+    assert batch.inference.startswith("t tests, Kenward-Roger")
+    for k in range(3):
+        rows = np.isfinite(Y[:, k])
+        alone = glmmjax.lmer("y ~ Days + late + (1 | Subject)", data.assign(y=Y[:, k])[rows])
+        table = alone.coef_table(ddf="kenward-roger")
+        mine = batch.coefficients[batch.coefficients["model"] == k]
+        rel_close(mine["estimate"], table["Estimate"], 1e-7)
+        rel_close(mine["std_error"], table["Std. Error"], 1e-6)
+        rel_close(mine["df"], table["df"], 1e-5)
+        rel_close(mine["p_value"], table["Pr(>|t|)"], 1e-4)
+        rel_close(batch.models["criterion"][k], alone.criterion, 1e-10)
+    # between-subject 'late': few df (18 subjects), unlike a z test
+    assert (batch.coefficients.query("term == 'late'")["df"] < 20).all()
+    with pytest.raises(ValueError, match="REML"):
+        glmmjax.fit_many("~ Days + (1 | Subject)", data, Y, ddf="kenward-roger", reml=False)
+    with pytest.raises(ValueError, match="linear mixed models only"):
+        glmmjax.fit_many("~ Days + (1 | Subject)", data, Y > 300, family="binomial",
+                         ddf="kenward-roger")

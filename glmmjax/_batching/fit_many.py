@@ -437,8 +437,10 @@ def fit_many(
         ddf: the tests of the fixed effects. ``"auto"`` (default): t tests with
             Satterthwaite's df per model for LMMs (as lmerTest), with the
             between-within df for GLMMs (as nlme); ``"satterthwaite"`` (LMMs),
-            ``"between-within"``, or None for Wald z tests (as glmer's summary, liberal
-            with few groups). See ``glmmjax._batching.inference``; the choice is recorded
+            ``"kenward-roger"`` (REML LMMs: Kenward–Roger's df and adjusted standard
+            errors per model, as pbkrtest, computed in numpy model by model after the
+            batch), ``"between-within"``, or None for Wald z tests (as glmer's summary,
+            liberal with few groups). See ``glmmjax._batching.inference``; the choice is recorded
             in ``BatchResult.inference``.
         ziformula, dispformula: glmmTMB's zero-inflation and dispersion models, as in
             :func:`glmmjax.glmer` (Laplace, float64; all models at once by the lockstep
@@ -492,6 +494,13 @@ def fit_many(
     design = _design_for(formula, data, weights, offset, relmat)
     if family is None:
         check_lmm_design(design)
+    if ddf == "kenward-roger":
+        from .._inference.ddf import check_kenward_roger_design
+
+        if not reml:
+            raise ValueError("ddf='kenward-roger' needs REML fits (as pbkrtest): give "
+                             "reml=True, or use ddf='satterthwaite'")
+        check_kenward_roger_design(design)
     Y_all, names = _response_matrix(responses, data)
     if distributed:
         from .distributed import process_share
@@ -590,6 +599,13 @@ def fit_many(
         memory = plan_memory(len(usable), *shape, n_theta, np.dtype(dtype).itemsize, devices,
                              chunk_size, jax.local_devices()[0])
         outputs = _run_chunks(fn, Y_fit, usable, memory.chunk_size, extra, dtype, progress)
+    if ddf == "kenward-roger" and outputs is not None:
+        from .inference import kenward_roger
+
+        outputs = dict(outputs)
+        outputs["df"], outputs["se_adjusted"] = kenward_roger(
+            design, Y[:, usable], np.asarray(outputs["theta"], float),
+            np.asarray(outputs["sigma"], float), np.asarray(outputs["beta"], float))
     result = _assemble(design, family, names, reasons, usable, outputs, method,
                        memory.chunk_size, devices, setup if family is not None else None, ddf)
     result = dataclasses.replace(result, memory=memory)
@@ -724,9 +740,11 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
     if out is not None:
         idx = np.asarray(usable)
         beta[idx] = out["beta"]
-        if ddf == "satterthwaite":
+        if ddf in ("satterthwaite", "kenward-roger"):
             df[idx] = out["df"]
         se[idx] = np.sqrt(np.maximum(np.diagonal(out["beta_cov"], axis1=1, axis2=2), 0))
+        if "se_adjusted" in out:  # Kenward–Roger's adjusted Var(β̂)
+            se[idx] = out["se_adjusted"]
         value[idx] = out["value"]
         iterations[idx] = out["iterations"]
         codes = out["status"]
@@ -920,6 +938,9 @@ def fit_datasets(
         if isinstance(family, Gaussian) and family.link.name == "identity":
             family = None
     ddf = check_batch_ddf(ddf, lmm=family is None)
+    if ddf == "kenward-roger":
+        raise ValueError("fit_datasets offers ddf='satterthwaite' for LMMs, not "
+                         "'kenward-roger' (fit_many does)")
     designs, term_lists = _padded_designs(formula, list(datasets), family, weights)
     dtype = float_dtype(precision)
     n_max = max(d.nobs for d in designs)

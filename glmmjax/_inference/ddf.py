@@ -219,8 +219,17 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
             "reml=True or use ddf='satterthwaite'"
         )
     design = result.design
-    X = np.asarray(design.X, dtype=float)
-    n, p = X.shape
+    Z, layout = check_kenward_roger_design(design)
+    return kenward_roger_arrays(np.asarray(design.X, dtype=float),
+                                np.asarray(design.weights, dtype=float), Z, layout,
+                                np.asarray(result.theta_values, dtype=float),
+                                float(result.sigma) ** 2)
+
+
+def check_kenward_roger_design(design) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """What Kenward–Roger needs of a design (positive weights, unstructured covariances,
+    at most MAX_KR_RANDOM_EFFECTS random effects): its dense Z and layout, else a
+    ValueError saying why."""
     w = np.asarray(design.weights, dtype=float)
     if np.any(w <= 0):
         raise ValueError("Kenward-Roger needs positive weights for every observation")
@@ -229,14 +238,21 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
         raise ValueError(
             f"Kenward-Roger degrees of freedom are implemented for unstructured covariances; "
             f"this model has {', '.join(structured)}. Use ddf='satterthwaite'.")
-    Z, layout = _dense_z(design)
-    q = Z.shape[1]
+    q = sum(t.n_levels * t.size for t in design.terms)
     if q > MAX_KR_RANDOM_EFFECTS:
         raise ValueError(
             f"Kenward-Roger forms the random-effects design densely; this model has {q} "
             f"random effects (limit {MAX_KR_RANDOM_EFFECTS}). Use ddf='satterthwaite'."
         )
-    sigma2 = result.sigma**2
+    return _dense_z(design)
+
+
+def kenward_roger_arrays(X, w, Z, layout, theta_values, sigma2) -> KenwardRogerPieces:
+    """Kenward–Roger's pieces of a REML fit from its arrays: X (n, p), positive prior
+    weights w, dense Z (n, q) with its per-term layout (start, levels, size), θ (lme4's
+    order) and σ². (fit_many calls it per model on the model's observed rows.)"""
+    n, p = X.shape
+    q = Z.shape[1]
     # Relative factor Λ (q × q, block diagonal over levels) from θ.
     Lam = np.zeros((q, q))
     theta_start = 0
@@ -245,7 +261,7 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
         count = S * (S + 1) // 2
         cols, rows = np.triu_indices(S)
         lam = np.zeros((S, S))
-        lam[rows, cols] = result.theta_values[theta_start : theta_start + count]
+        lam[rows, cols] = theta_values[theta_start : theta_start + count]
         theta_start += count
         factors.append(lam)
         Lam[start : start + m * S, start : start + m * S] = np.kron(np.eye(m), lam)
