@@ -11,9 +11,11 @@ Set the environment variable ``GLMMJAX_QUIET=1`` to silence the notes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+import threading
 import time
 
 _LAST: dict[str, float] = {}
@@ -36,9 +38,22 @@ def interactive() -> bool:
         return False
 
 
+_THREAD = threading.local()
+
+
+@contextlib.contextmanager
+def silent_compiles():
+    """No compile notes from this thread (compilations in the background)."""
+    _THREAD.silent = True
+    try:
+        yield
+    finally:
+        _THREAD.silent = False
+
+
 def compile_note(what: str) -> None:
     """Say, once per burst of compilations, that ``what`` is being compiled."""
-    if quiet():
+    if quiet() or getattr(_THREAD, "silent", False):
         return
     now = time.monotonic()
     if now - _LAST.get(what, -1e9) < _BURST_SECONDS:

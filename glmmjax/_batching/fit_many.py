@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
+import threading
 
 import equinox as eqx
 import jax
@@ -23,7 +25,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from .._engines.blas import single_threaded_blas
 from .._engines.compiled.glmm import glmm_pipeline, make_setup, mode_decrement
-from .._engines.compiled.jit import batch_program
+from .._engines.compiled.jit import _Static, batch_program
 from .._engines.compiled.lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from .._engines.compiled.optimize import Status
 from .._families.base import Family, Gaussian, get_family
@@ -35,7 +37,7 @@ from .._model.formula import parse_formula
 from .._model.relmat import rotated_relatedness
 from .._model.structure import build_structure
 from .._precision import check_precision, float_dtype, precision_scope
-from .._progress import noted, quiet, wait_interruptibly
+from .._progress import noted, quiet, silent_compiles, wait_interruptibly
 from .blocked import applies as blocked_path_applies
 from .blocked import fit_blocked, make_blocked_setup
 from .crossed import applies as crossed_path_applies
@@ -55,6 +57,18 @@ BLOCKED_PATH = True
 # The lockstep numpy engine (glmmjax._batching.lockstep) for the shapes it covers on the CPU
 # in float64; tests and benchmarks set False to run the compiled paths.
 LOCKSTEP = True
+# Scalar-term GLMMs (one (1 | g) term, no dispersion) on the CPU in float64: "auto"
+# (the compiled scalar path where its program for this structure and chunk is compiled
+# in this process, else the lockstep engine while the program compiles in the
+# background; see _fit_scalar_auto), "compiled" or "lockstep" (tests, benchmarks).
+SCALAR_ROUTE = "auto"
+# Batches of at least this many models start the background compilation of their
+# scalar program (smaller ones are fitted by the lockstep engine in well under a second:
+# a program would not pay for its compilation).
+BACKGROUND_MIN = 100
+BACKGROUND_NICE = 10  # the compiling thread's niceness (where the OS has per-thread nice)
+_PROGRAMS: dict = {}  # program key -> "compiling" | "ready" | "failed"
+_PROGRAMS_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -598,7 +612,24 @@ def fit_many(
         n_theta = sum(c.n_params for c in term_structures(design.terms))
         memory = plan_memory(len(usable), *shape, n_theta, np.dtype(dtype).itemsize, devices,
                              chunk_size, jax.local_devices()[0])
-        outputs = _run_chunks(fn, Y_fit, usable, memory.chunk_size, extra, dtype, progress)
+        if _scalar_auto_applies(design, family, n_agq, precision) and usable:
+            outputs, used_program = _fit_scalar_auto(
+                design, family, Y, usable, fn, Y_fit, extra, memory.chunk_size, dtype,
+                precision, progress, chunk_size)
+            if not used_program:
+                from .lockstep import CHUNK
+
+                result = _assemble(design, family, names, reasons, usable, outputs, method,
+                                   max(1, min(CHUNK if chunk_size is None else chunk_size,
+                                              len(usable))), 1, setup, ddf)
+                if distributed:
+                    from .distributed import gather_batches
+
+                    return gather_batches(result)
+                return result
+        else:
+            outputs = _run_chunks(fn, Y_fit, usable, memory.chunk_size, extra, dtype,
+                                  progress)
     if ddf == "kenward-roger" and outputs is not None:
         from .inference import kenward_roger
 
@@ -614,6 +645,117 @@ def fit_many(
 
         return gather_batches(result)
     return result
+
+
+def _scalar_auto_applies(design, family, n_agq, precision) -> bool:
+    from .lockstep import applies
+
+    return (SCALAR_ROUTE == "auto" and LOCKSTEP and family is not None
+            and precision == "float64" and jax.default_backend() == "cpu"
+            and scalar_path_applies(design, family, n_agq) and applies(design, family, n_agq))
+
+
+def _example_args(Y_fit, extra, chunk_size, dtype) -> tuple:
+    """Arguments of the shapes and types of one chunk's call of the batch program."""
+    block = np.zeros((chunk_size, Y_fit.shape[0]), dtype)
+    if extra and isinstance(extra[0], np.ndarray) and extra[0].shape == Y_fit.shape:
+        return (block, np.zeros_like(block), *extra[1:])
+    return (block, *extra)
+
+
+def _program_key(fn, args) -> tuple:
+    """What identifies one compiled batch program: the function, the static part of its
+    arguments and the shapes and types of the arrays."""
+    dynamic, static = eqx.partition(args, eqx.is_array)
+    shapes = tuple((tuple(np.shape(a)), np.dtype(a.dtype).name)
+                   for a in jax.tree_util.tree_leaves(dynamic))
+    return (fn, _Static(static), shapes)
+
+
+def _compile_in_background(fn, key, args, precision) -> None:
+    """Compile ``fn`` for ``args``' shapes in a thread (JAX's ahead-of-time path: a
+    later call reuses the compilation); the key turns "ready" when done. The thread is
+    not a daemon: a process that ends sooner waits for it (a compilation is not
+    interrupted inside XLA)."""
+
+    def work():
+        state = "failed"
+        with contextlib.suppress(OSError, AttributeError):
+            # This thread only (Linux: a thread is a task): the compilation takes what
+            # the foreground (the lockstep fits, the user's work) leaves of the CPU.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        try:
+            with precision_scope(precision), silent_compiles():
+                fn.compile_ahead(*args)
+            state = "ready"
+        except Exception:  # noqa: BLE001  (the lockstep engine fits these anyway)
+            pass
+        with _PROGRAMS_LOCK:
+            _PROGRAMS[key] = state
+
+    with _PROGRAMS_LOCK:
+        if key in _PROGRAMS:
+            return
+        _PROGRAMS[key] = "compiling"
+    threading.Thread(target=work, name="glmmjax-compile", daemon=False).start()
+
+
+def _fit_scalar_auto(design, family, Y, usable, fn, Y_fit, extra, program_chunk, dtype,
+                     precision, progress, chunk_size):
+    """Scalar-term GLMMs without waiting for a compilation (SCALAR_ROUTE "auto").
+
+    Where the batch program for this structure and chunk size is compiled in this
+    process, the chunks run through it (the scalar path's warm speed). Otherwise the
+    lockstep engine fits the models, chunk by chunk, while (for batches of at least
+    BACKGROUND_MIN models) the program compiles in a background thread; once it is
+    ready, the models left (at least one full chunk of the program) go through it.
+    Both minimize glmer's Laplace objective; each model equals its single fit.
+    Returns (outputs, whether the compiled program ran)."""
+    from .lockstep import CHUNK, fit_glmm_many
+
+    key = _program_key(fn, _example_args(Y_fit, extra, program_chunk, dtype))
+    with _PROGRAMS_LOCK:
+        state = _PROGRAMS.get(key)
+    if state == "ready":
+        return _run_chunks(fn, Y_fit, usable, program_chunk, extra, dtype, progress), True
+    if state is None and len(usable) >= BACKGROUND_MIN:
+        _compile_in_background(fn, key, _example_args(Y_fit, extra, program_chunk, dtype),
+                               precision)
+    Y_ls, W_ls = _missing_as_weight_zero(Y, design.weights)
+    if W_ls is None:
+        W_ls = np.broadcast_to(np.asarray(design.weights, float)[:, None], Y.shape)
+    step = CHUNK if chunk_size is None else int(chunk_size)
+    order = np.asarray(usable)
+    pieces, done = [], 0
+    bar = None
+    if progress or (progress is None and len(order) > step and not quiet()):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc="fitting models", unit="model")
+    try:
+        while done < len(order):
+            with _PROGRAMS_LOCK:
+                ready = _PROGRAMS.get(key) == "ready"
+            if ready and len(order) - done >= program_chunk:
+                rest = _run_chunks(fn, Y_fit, list(order[done:]), program_chunk, extra,
+                                   dtype, False)
+                pieces.append(rest)
+                # params: the lockstep's ψ = (θ, β), the program's θ; _assemble reads θ.
+                for piece in pieces:
+                    piece["params"] = np.asarray(piece["params"])[:, :1]
+                return ({k: np.concatenate([np.asarray(p[k]) for p in pieces])
+                         for k in rest}, True)
+            idx = order[done : done + step]
+            with np.errstate(all="ignore"):
+                pieces.append(fit_glmm_many(design, family, Y_ls[:, idx], W_ls[:, idx],
+                                            False, step))
+            done += len(idx)
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+    return {k: np.concatenate([np.asarray(p[k]) for p in pieces]) for k in pieces[0]}, False
 
 
 def _lmm_missing_reasons(design, Y, reasons) -> list[str]:
@@ -648,10 +790,12 @@ def _lockstep_applies(design, family, n_agq, precision) -> bool:
     the compiled paths' compilation costs more than the whole fit."""
     from .lockstep import applies
 
-    return (LOCKSTEP and family is not None and precision == "float64"
-            and jax.default_backend() == "cpu"
-            and not scalar_path_applies(design, family, n_agq)
-            and applies(design, family, n_agq))
+    if not (LOCKSTEP and family is not None and precision == "float64"
+            and jax.default_backend() == "cpu" and applies(design, family, n_agq)):
+        return False
+    if scalar_path_applies(design, family, n_agq):
+        return SCALAR_ROUTE == "lockstep"
+    return True
 
 
 def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress, chunk_size):
