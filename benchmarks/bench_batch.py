@@ -7,10 +7,10 @@
    refits per second (MixedModels.jl publishes about 1,100/s on a CI CPU).
 
 The GLMM batch is timed in fresh processes, one per route of scalar-term GLMMs
-(``glmmjax._batching.fit_many.SCALAR_ROUTE``): "auto" (the default: the lockstep engine
-while the program compiles in the background), "compiled" (the scalar path's program,
-compiled in the call) and "lockstep" (nothing compiled). Each reports its first call,
-the call right after it, and a call once the background compilation has finished.
+(``glmmjax._batching.fit_many.SCALAR_ROUTE``): "auto" (the default: a first call by the
+lockstep engine, a repeated one compiles the program), "compiled" (the scalar path's
+program, compiled in the first call) and "lockstep" (nothing compiled). Each reports
+its first, second and third call.
 
 Usage: python benchmarks/bench_batch.py [--models 1000] [--r-fits 20] [--boot 1000]
        [--routes auto,compiled,lockstep]
@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -87,11 +86,6 @@ def worker(route: str, models: int) -> None:
 
     call("first")
     call("second")
-    start = time.perf_counter()
-    for thread in threading.enumerate():
-        if thread.name == "glmmjax-compile":
-            thread.join()
-    out["compile_wait"] = time.perf_counter() - start
     call("warm")
     print(json.dumps(out))
 
@@ -120,9 +114,8 @@ def main():
                               check=True, env=env)
         timings[route] = t = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"[glmm batch, {route}] {args.models} logistic GLMMs (fresh process): first "
-              f"call {t['first']:.1f} s ({t['first_engine']}), next call {t['second']:.1f} s "
-              f"({t['second_engine']}), then {t['compile_wait']:.1f} s waiting for a "
-              f"background compilation, warm {t['warm']:.1f} s ({t['warm_engine']}; "
+              f"call {t['first']:.1f} s ({t['first_engine']}), second {t['second']:.1f} s "
+              f"({t['second_engine']}), third {t['warm']:.1f} s ({t['warm_engine']}; "
               f"{1000 * t['warm'] / args.models:.1f} ms per model); {t['converged']} "
               f"converged; load {os.getloadavg()[0]:.1f}")
     per_fit = time_glmer(data, Y, args.r_fits)
@@ -132,8 +125,8 @@ def main():
               f"{args.models}")
         for route, t in timings.items():
             print(f"[glmm batch, {route}] throughput ratio {glmer_total / t['first']:.1f}x "
-                  f"(first call), {glmer_total / t['second']:.1f}x (next call), "
-                  f"{glmer_total / t['warm']:.1f}x (warm)")
+                  f"(first call), {glmer_total / t['second']:.1f}x (second), "
+                  f"{glmer_total / t['warm']:.1f}x (third)")
     if args.boot <= 0:
         print(f"load average at end: {os.getloadavg()}")
         return

@@ -11,11 +11,9 @@ Set the environment variable ``GLMMJAX_QUIET=1`` to silence the notes.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
-import threading
 import time
 
 _LAST: dict[str, float] = {}
@@ -38,22 +36,9 @@ def interactive() -> bool:
         return False
 
 
-_THREAD = threading.local()
-
-
-@contextlib.contextmanager
-def silent_compiles():
-    """No compile notes from this thread (compilations in the background)."""
-    _THREAD.silent = True
-    try:
-        yield
-    finally:
-        _THREAD.silent = False
-
-
 def compile_note(what: str) -> None:
     """Say, once per burst of compilations, that ``what`` is being compiled."""
-    if quiet() or getattr(_THREAD, "silent", False):
+    if quiet():
         return
     now = time.monotonic()
     if now - _LAST.get(what, -1e9) < _BURST_SECONDS:

@@ -255,59 +255,30 @@ def test_scalar_glmm_path_equals_glmer_and_flags_a_failure(route, monkeypatch):
     assert (batch.memory is None) == (route == "auto")
 
 
-def test_scalar_first_calls_fit_by_lockstep_while_the_program_compiles(monkeypatch):
-    """SCALAR_ROUTE "auto": a batch without a compiled program is fitted by the lockstep
-    engine while its program compiles in a background thread; later calls (and the
-    models left in a call once the program is ready) run through the program."""
-    import threading
-
+def test_scalar_first_calls_fit_by_lockstep_then_the_program(monkeypatch):
+    """SCALAR_ROUTE "auto": a batch whose program this process has not met is fitted by
+    the lockstep engine, nothing compiled; asked for again, the program is compiled and
+    run (the scalar path's warm speed from then on); large batches compile at once."""
     from glmmjax._batching import fit_many as fit_many_module
-    from glmmjax._batching import lockstep
 
     monkeypatch.setattr(fit_many_module, "SCALAR_ROUTE", "auto")
-    monkeypatch.setattr(fit_many_module, "_PROGRAMS", {})
+    monkeypatch.setattr(fit_many_module, "_PROGRAMS", set())
     data, eta, rng = _scalar_glmm_data()
-    Y = (rng.uniform(size=(300, 12)) < 1 / (1 + np.exp(-eta[:, None]))).astype(float)
+    Y = (rng.uniform(size=(300, 8)) < 1 / (1 + np.exp(-eta[:, None]))).astype(float)
 
     def fit(Y):
         return glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", chunk_size=4)
 
-    first = fit(Y[:, :4])  # fewer than BACKGROUND_MIN models: nothing compiled
-    assert first.memory is None and not fit_many_module._PROGRAMS  # the lockstep engine
-    monkeypatch.setattr(fit_many_module, "BACKGROUND_MIN", 4)
-    # (This call starts the compilation; it may find the program ready at once where
-    # this process compiled it before.)
-    rel_close(fit(Y[:, :4]).fixef.to_numpy(), first.fixef.to_numpy(), 1e-7)
-    for thread in threading.enumerate():
-        if thread.name == "glmmjax-compile":
-            thread.join()
-    assert list(fit_many_module._PROGRAMS.values()) == ["ready"]
+    first = fit(Y[:, :4])
+    assert first.memory is None  # the lockstep engine
     again = fit(Y[:, :4])
-    assert again.memory is not None  # the compiled program
+    assert again.memory is not None  # the compiled program (test_batch's, chunks of 4)
     rel_close(again.fixef.to_numpy(), first.fixef.to_numpy(), 1e-7)
     rel_close(again.fixef_se.to_numpy(), first.fixef_se.to_numpy(), 1e-6)
     rel_close(again.models["criterion"], first.models["criterion"], 1e-11)
-    # The hand-over inside a call: the program turns ready after the first lockstep
-    # chunk; the 8 models left go through it.
-    key = next(iter(fit_many_module._PROGRAMS))
-    fit_many_module._PROGRAMS[key] = "compiling"
-    fit_lockstep = lockstep.fit_glmm_many
-    calls = []
-
-    def then_ready(*args, **kwargs):
-        calls.append(args[2].shape[1])
-        out = fit_lockstep(*args, **kwargs)
-        fit_many_module._PROGRAMS[key] = "ready"
-        return out
-
-    monkeypatch.setattr(lockstep, "fit_glmm_many", then_ready)
-    mixed = fit(Y)
-    assert calls == [4] and mixed.memory is not None and mixed.converged.all()
-    rel_close(mixed.fixef.to_numpy()[:4], first.fixef.to_numpy(), 1e-12)
-    for k in (4, 11):
-        alone = glmmjax.glmer("y ~ x + (1 | g)", data.assign(y=Y[:, k]), family="binomial")
-        rel_close(mixed.fixef.iloc[k], alone.fixef, 1e-6)
-        rel_close(mixed.models["criterion"][k], alone.criterion, 1e-10)
+    monkeypatch.setattr(fit_many_module, "_PROGRAMS", set())
+    monkeypatch.setattr(fit_many_module, "LOCKSTEP_FIRST_MAX", 6)
+    assert fit(Y).memory is not None  # more models than LOCKSTEP_FIRST_MAX
 
 
 def test_scalar_glmm_path_in_float32_is_close_to_float64():

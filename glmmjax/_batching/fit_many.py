@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import os
 import threading
 
 import equinox as eqx
@@ -37,7 +36,7 @@ from .._model.formula import parse_formula
 from .._model.relmat import rotated_relatedness
 from .._model.structure import build_structure
 from .._precision import check_precision, float_dtype, precision_scope
-from .._progress import noted, quiet, silent_compiles, wait_interruptibly
+from .._progress import noted, quiet, wait_interruptibly
 from .blocked import applies as blocked_path_applies
 from .blocked import fit_blocked, make_blocked_setup
 from .crossed import applies as crossed_path_applies
@@ -58,16 +57,15 @@ BLOCKED_PATH = True
 # in float64; tests and benchmarks set False to run the compiled paths.
 LOCKSTEP = True
 # Scalar-term GLMMs (one (1 | g) term, no dispersion) on the CPU in float64: "auto"
-# (the compiled scalar path where its program for this structure and chunk is compiled
-# in this process, else the lockstep engine while the program compiles in the
-# background; see _fit_scalar_auto), "compiled" or "lockstep" (tests, benchmarks).
+# (a batch whose compiled program this process has not met before is fitted by the
+# lockstep engine, nothing compiled; a repeated one compiles the scalar path's program
+# and runs it, as do later calls; see _fit_scalar_auto), "compiled" or "lockstep"
+# (tests, benchmarks).
 SCALAR_ROUTE = "auto"
-# Batches of at least this many models start the background compilation of their
-# scalar program (smaller ones are fitted by the lockstep engine in well under a second:
-# a program would not pay for its compilation).
-BACKGROUND_MIN = 100
-BACKGROUND_NICE = 10  # the compiling thread's niceness (where the OS has per-thread nice)
-_PROGRAMS: dict = {}  # program key -> "compiling" | "ready" | "failed"
+# Above this many models a first call compiles at once: the lockstep engine's extra
+# time per model (~2 ms on a busy 2-core CPU) then exceeds the compilation (~6-13 s).
+LOCKSTEP_FIRST_MAX = 3000
+_PROGRAMS: set = set()  # the batch programs (keys) this process has been asked for
 _PROGRAMS_LOCK = threading.Lock()
 
 
@@ -615,7 +613,7 @@ def fit_many(
         if _scalar_auto_applies(design, family, n_agq, precision) and usable:
             outputs, used_program = _fit_scalar_auto(
                 design, family, Y, usable, fn, Y_fit, extra, memory.chunk_size, dtype,
-                precision, progress, chunk_size)
+                progress, chunk_size)
             if not used_program:
                 from .lockstep import CHUNK
 
@@ -672,90 +670,31 @@ def _program_key(fn, args) -> tuple:
     return (fn, _Static(static), shapes)
 
 
-def _compile_in_background(fn, key, args, precision) -> None:
-    """Compile ``fn`` for ``args``' shapes in a thread (JAX's ahead-of-time path: a
-    later call reuses the compilation); the key turns "ready" when done. The thread is
-    not a daemon: a process that ends sooner waits for it (a compilation is not
-    interrupted inside XLA)."""
-
-    def work():
-        state = "failed"
-        with contextlib.suppress(OSError, AttributeError):
-            # This thread only (Linux: a thread is a task): the compilation takes what
-            # the foreground (the lockstep fits, the user's work) leaves of the CPU.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        try:
-            with precision_scope(precision), silent_compiles():
-                fn.compile_ahead(*args)
-            state = "ready"
-        except Exception:  # noqa: BLE001  (the lockstep engine fits these anyway)
-            pass
-        with _PROGRAMS_LOCK:
-            _PROGRAMS[key] = state
-
-    with _PROGRAMS_LOCK:
-        if key in _PROGRAMS:
-            return
-        _PROGRAMS[key] = "compiling"
-    threading.Thread(target=work, name="glmmjax-compile", daemon=False).start()
-
-
 def _fit_scalar_auto(design, family, Y, usable, fn, Y_fit, extra, program_chunk, dtype,
-                     precision, progress, chunk_size):
-    """Scalar-term GLMMs without waiting for a compilation (SCALAR_ROUTE "auto").
+                     progress, chunk_size):
+    """Scalar-term GLMMs without compiling for a one-off batch (SCALAR_ROUTE "auto").
 
-    Where the batch program for this structure and chunk size is compiled in this
-    process, the chunks run through it (the scalar path's warm speed). Otherwise the
-    lockstep engine fits the models, chunk by chunk, while (for batches of at least
-    BACKGROUND_MIN models) the program compiles in a background thread; once it is
-    ready, the models left (at least one full chunk of the program) go through it.
-    Both minimize glmer's Laplace objective; each model equals its single fit.
-    Returns (outputs, whether the compiled program ran)."""
-    from .lockstep import CHUNK, fit_glmm_many
+    The first call of a batch program (this structure, chunk size and shapes) in this
+    process, of at most LOCKSTEP_FIRST_MAX models, is fitted by the lockstep engine:
+    nothing compiled, a few ms per model. A call that asks for the same program again
+    (a user fitting batch after batch) compiles it and runs it: from then on the scalar
+    path's warm speed. Both minimize glmer's Laplace objective; each model equals its
+    single fit. Returns (outputs, whether the compiled program ran)."""
+    from .lockstep import fit_glmm_many
 
     key = _program_key(fn, _example_args(Y_fit, extra, program_chunk, dtype))
     with _PROGRAMS_LOCK:
-        state = _PROGRAMS.get(key)
-    if state == "ready":
+        again = key in _PROGRAMS
+        _PROGRAMS.add(key)
+    if again or len(usable) > LOCKSTEP_FIRST_MAX:
         return _run_chunks(fn, Y_fit, usable, program_chunk, extra, dtype, progress), True
-    if state is None and len(usable) >= BACKGROUND_MIN:
-        _compile_in_background(fn, key, _example_args(Y_fit, extra, program_chunk, dtype),
-                               precision)
     Y_ls, W_ls = _missing_as_weight_zero(Y, design.weights)
     if W_ls is None:
         W_ls = np.broadcast_to(np.asarray(design.weights, float)[:, None], Y.shape)
-    step = CHUNK if chunk_size is None else int(chunk_size)
-    order = np.asarray(usable)
-    pieces, done = [], 0
-    bar = None
-    if progress or (progress is None and len(order) > step and not quiet()):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(order), desc="fitting models", unit="model")
-    try:
-        while done < len(order):
-            with _PROGRAMS_LOCK:
-                ready = _PROGRAMS.get(key) == "ready"
-            if ready and len(order) - done >= program_chunk:
-                rest = _run_chunks(fn, Y_fit, list(order[done:]), program_chunk, extra,
-                                   dtype, False)
-                pieces.append(rest)
-                # params: the lockstep's ψ = (θ, β), the program's θ; _assemble reads θ.
-                for piece in pieces:
-                    piece["params"] = np.asarray(piece["params"])[:, :1]
-                return ({k: np.concatenate([np.asarray(p[k]) for p in pieces])
-                         for k in rest}, True)
-            idx = order[done : done + step]
-            with np.errstate(all="ignore"):
-                pieces.append(fit_glmm_many(design, family, Y_ls[:, idx], W_ls[:, idx],
-                                            False, step))
-            done += len(idx)
-            if bar is not None:
-                bar.update(len(idx))
-    finally:
-        if bar is not None:
-            bar.close()
-    return {k: np.concatenate([np.asarray(p[k]) for p in pieces]) for k in pieces[0]}, False
+    with np.errstate(all="ignore"):
+        out = fit_glmm_many(design, family, Y_ls[:, usable], W_ls[:, usable], progress,
+                            chunk_size)
+    return out, False
 
 
 def _lmm_missing_reasons(design, Y, reasons) -> list[str]:

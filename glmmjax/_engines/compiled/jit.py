@@ -95,26 +95,13 @@ def batch_program(fun):
     def split_call(dynamic, static):
         return fun(*eqx.combine(dynamic, static.tree))
 
+    run = _prefer_cpu_options(
+        jax.jit(split_call, static_argnums=1),
+        jax.jit(split_call, static_argnums=1, compiler_options=_CPU_OPTIONS))
+
     @functools.wraps(fun)
     def call(*args):
         dynamic, static = eqx.partition(args, eqx.is_array)
         return run(dynamic, _Static(static))
 
-    def compile_ahead(*args):
-        """Compile the program for these arguments' shapes without running it (JAX's
-        ahead-of-time path, whose compilation a later call with the same shapes reuses);
-        the options' fallback as a call's."""
-        dynamic, static = eqx.partition(args, eqx.is_array)
-        if jax.default_backend() == "cpu":
-            try:
-                return tuned.lower(dynamic, _Static(static)).compile()
-            except jax.errors.JaxRuntimeError as error:
-                if "compile option" not in str(error):
-                    raise
-        return plain.lower(dynamic, _Static(static)).compile()
-
-    plain = jax.jit(split_call, static_argnums=1)
-    tuned = jax.jit(split_call, static_argnums=1, compiler_options=_CPU_OPTIONS)
-    run = _prefer_cpu_options(plain, tuned)
-    call.compile_ahead = compile_ahead
     return call
