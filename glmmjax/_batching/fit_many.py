@@ -63,8 +63,10 @@ LOCKSTEP = True
 # (tests, benchmarks).
 SCALAR_ROUTE = "auto"
 # Above this many models a first call compiles at once: the lockstep engine's extra
-# time per model (~2 ms on a busy 2-core CPU) then exceeds the compilation (~6-13 s).
-LOCKSTEP_FIRST_MAX = 3000
+# time per model over the compiled program's (~5 ms against ~5 ms warm at 1,000
+# logistic models, n = 2,000, on a busy 2-core CPU) then exceeds the compilation
+# (~10 s there): break-even near 2,000 models (benchmarks/README.md).
+LOCKSTEP_FIRST_MAX = 2000
 _PROGRAMS: set = set()  # the batch programs (keys) this process has been asked for
 _PROGRAMS_LOCK = threading.Lock()
 
@@ -441,7 +443,9 @@ def fit_many(
             dispersion families, crossed or nested terms, ``ziformula``/``dispformula``)
             are fitted by the lockstep numpy engine (``glmmjax._batching.lockstep``,
             nothing compiled): there ``chunk_size`` is the models fitted together
-            (default 250) and ``BatchResult.memory`` is None.
+            (default 250) and ``BatchResult.memory`` is None. So are one-scalar-term
+            GLMMs there when this process has not been asked for their compiled program
+            before (at most 2,000 models; a repeated call compiles and runs it).
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
