@@ -6,17 +6,27 @@
 2. Parametric-bootstrap refits of sleepstudy ``Reaction ~ Days + (Days | Subject)``:
    refits per second (MixedModels.jl publishes about 1,100/s on a CI CPU).
 
+The GLMM batch is timed in fresh processes, one per route of scalar-term GLMMs
+(``glmmjax._batching.fit_many.SCALAR_ROUTE``): "auto" (the default: a first call by the
+lockstep engine, a repeated one compiles the program), "compiled" (the scalar path's
+program, compiled in the first call) and "lockstep" (nothing compiled). Each reports
+its first, second and third call.
+
 Usage: python benchmarks/bench_batch.py [--models 1000] [--r-fits 20] [--boot 1000]
+       [--routes auto,compiled,lockstep]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,31 +67,69 @@ def time_glmer(data: pd.DataFrame, Y: np.ndarray, n_fits: int) -> float | None:
         return float(out.stdout.split()[-1])
 
 
+def worker(route: str, models: int) -> None:
+    """One fresh process: the first call, the call right after it, and (after any
+    background compilation has finished) a warm call; JSON on the last line."""
+    from glmmjax._batching import fit_many as fit_many_module
+
+    fit_many_module.SCALAR_ROUTE = route
+    data, Y = simulate(models)
+    out = {}
+
+    def call(label):
+        start = time.perf_counter()
+        batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", progress=False)
+        out[label] = time.perf_counter() - start
+        out[label + "_engine"] = "lockstep" if batch.memory is None else "compiled"
+        out["converged"] = int(batch.converged.sum())
+        return batch
+
+    call("first")
+    call("second")
+    call("warm")
+    print(json.dumps(out))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=int, default=1000)
     parser.add_argument("--r-fits", type=int, default=20)
     parser.add_argument("--boot", type=int, default=1000)
+    parser.add_argument("--routes", default="auto,compiled")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.models)
+        return
+
+    from _runs import fresh_process_env
 
     data, Y = simulate(args.models)
     print(f"load average at start: {os.getloadavg()}")
-    start = time.perf_counter()
-    batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", progress=False)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", progress=False)
-    warm = time.perf_counter() - start
-    print(f"[glmm batch] {args.models} logistic GLMMs: {first:.1f} s with compilation, "
-          f"{warm:.1f} s warm; {int(batch.converged.sum())} converged; "
-          f"chunk {batch.chunk_size}; compilation ~{first - warm:.1f} s; "
-          f"{1000 * warm / args.models:.1f} ms per model warm")
+    env = fresh_process_env(Path(__file__).resolve().parents[1])
+    timings = {}
+    for route in args.routes.split(","):
+        done = subprocess.run([sys.executable, __file__, "--worker", route, "--models",
+                               str(args.models)], stdout=subprocess.PIPE, text=True,
+                              check=True, env=env)
+        timings[route] = t = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"[glmm batch, {route}] {args.models} logistic GLMMs (fresh process): first "
+              f"call {t['first']:.1f} s ({t['first_engine']}), second {t['second']:.1f} s "
+              f"({t['second_engine']}), third {t['warm']:.1f} s ({t['warm_engine']}; "
+              f"{1000 * t['warm'] / args.models:.1f} ms per model); {t['converged']} "
+              f"converged; load {os.getloadavg()[0]:.1f}")
     per_fit = time_glmer(data, Y, args.r_fits)
     if per_fit is not None:
         glmer_total = per_fit * args.models
         print(f"[glmm batch] glmer: {per_fit:.3f} s per fit -> {glmer_total:.0f} s for "
-              f"{args.models}; throughput ratio {glmer_total / first:.1f}x (with compilation), "
-              f"{glmer_total / warm:.1f}x (warm)")
+              f"{args.models}")
+        for route, t in timings.items():
+            print(f"[glmm batch, {route}] throughput ratio {glmer_total / t['first']:.1f}x "
+                  f"(first call), {glmer_total / t['second']:.1f}x (second), "
+                  f"{glmer_total / t['warm']:.1f}x (third)")
+    if args.boot <= 0:
+        print(f"load average at end: {os.getloadavg()}")
+        return
 
     fit = glmmjax.lmer("Reaction ~ Days + (Days | Subject)", glmmjax.datasets.load("sleepstudy"))
     start = time.perf_counter()

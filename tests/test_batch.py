@@ -30,12 +30,18 @@ def noisy_reactions(data, k, seed=0):
 
 def test_lmm_batch_equals_single_fits(sleepstudy):
     Y = noisy_reactions(sleepstudy, 4)
-    Y[5, 2] = np.nan
+    Y[5, 2] = np.inf
+    # Missing responses (NaN): model 3 is fitted on its other rows alone (weight 0 on
+    # its missing rows), subject 308's first five days and one more of another subject.
+    missing = [0, 1, 2, 3, 4, 57]
+    Y[missing, 3] = np.nan
     batch = glmmjax.fit_many("~ Days + (Days | Subject)", sleepstudy, Y, chunk_size=4)
     assert batch.models["status"][2].startswith("non-finite response in rows [5]")
     assert not batch.converged[2] and np.isnan(batch.fixef.iloc[2]).all()
     for k in (0, 1, 3):
-        alone = glmmjax.lmer("y ~ Days + (Days | Subject)", sleepstudy.assign(y=Y[:, k]))
+        rows = np.isfinite(Y[:, k])
+        alone = glmmjax.lmer("y ~ Days + (Days | Subject)",
+                             sleepstudy.assign(y=Y[:, k])[rows])
         rel_close(batch.fixef.iloc[k], alone.fixef, 1e-8)
         # SEs depend on θ̂, which both fits reach only to the optimizer's tolerance.
         rel_close(batch.fixef_se.iloc[k], alone.fixef_se, 1e-6)
@@ -219,7 +225,13 @@ def _scalar_glmm_data(seed=5):
     return data, eta, rng
 
 
-def test_scalar_glmm_path_equals_glmer_and_flags_a_failure():
+@pytest.mark.parametrize("route", ["compiled", "auto"])
+def test_scalar_glmm_path_equals_glmer_and_flags_a_failure(route, monkeypatch):
+    # "compiled": the scalar path's program; "auto" (the default): a first call of a
+    # small batch, fitted by the lockstep engine without compiling anything.
+    from glmmjax._batching import fit_many as fit_many_module
+
+    monkeypatch.setattr(fit_many_module, "SCALAR_ROUTE", route)
     data, eta, rng = _scalar_glmm_data()
     Y = (rng.uniform(size=(300, 4)) < 1 / (1 + np.exp(-eta[:, None]))).astype(float)
     Y[:, 1] = (data["x"] > 0).astype(float)  # complete separation: β_x → ∞
@@ -240,6 +252,33 @@ def test_scalar_glmm_path_equals_glmer_and_flags_a_failure():
         assert batch.models["criterion"][k] <= alone.criterion + 1e-9
         rel_close(batch.theta[k], alone.theta_values, 10 * rtol)
         assert batch.converged[k] and batch.models["status"][k] == "converged"
+    assert (batch.memory is None) == (route == "auto")
+
+
+def test_scalar_first_calls_fit_by_lockstep_then_the_program(monkeypatch):
+    """SCALAR_ROUTE "auto": a batch whose program this process has not met is fitted by
+    the lockstep engine, nothing compiled; asked for again, the program is compiled and
+    run (the scalar path's warm speed from then on); large batches compile at once."""
+    from glmmjax._batching import fit_many as fit_many_module
+
+    monkeypatch.setattr(fit_many_module, "SCALAR_ROUTE", "auto")
+    monkeypatch.setattr(fit_many_module, "_PROGRAMS", set())
+    data, eta, rng = _scalar_glmm_data()
+    Y = (rng.uniform(size=(300, 8)) < 1 / (1 + np.exp(-eta[:, None]))).astype(float)
+
+    def fit(Y):
+        return glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", chunk_size=4)
+
+    first = fit(Y[:, :4])
+    assert first.memory is None  # the lockstep engine
+    again = fit(Y[:, :4])
+    assert again.memory is not None  # the compiled program (test_batch's, chunks of 4)
+    rel_close(again.fixef.to_numpy(), first.fixef.to_numpy(), 1e-7)
+    rel_close(again.fixef_se.to_numpy(), first.fixef_se.to_numpy(), 1e-6)
+    rel_close(again.models["criterion"], first.models["criterion"], 1e-11)
+    monkeypatch.setattr(fit_many_module, "_PROGRAMS", set())
+    monkeypatch.setattr(fit_many_module, "LOCKSTEP_FIRST_MAX", 6)
+    assert fit(Y).memory is not None  # more models than LOCKSTEP_FIRST_MAX
 
 
 def test_scalar_glmm_path_in_float32_is_close_to_float64():
@@ -310,3 +349,32 @@ def test_scalar_glmm_closed_form_hessian_equals_autodiff():
     assert not gb.applies(design, get_family("Gamma"), 1)  # estimated dispersion
     slope = _design_for("~ x + (x | g)", data, None, None)
     assert not gb.applies(slope, get_family("binomial"), 1)
+
+
+def test_lmm_batch_kenward_roger_equals_single_fits(sleepstudy):
+    # Kenward–Roger per model (df and adjusted SEs), a model with missing responses
+    # fitted on its observed rows, as lmer's coef_table(ddf="kenward-roger") (= pbkrtest,
+    # tests/test_ddf.py).
+    data = sleepstudy.assign(late=(sleepstudy["Subject"].cat.codes >= 9).astype(float))
+    Y = noisy_reactions(data, 3, seed=3)
+    Y[[10, 11, 12, 100], 2] = np.nan
+    batch = glmmjax.fit_many("~ Days + late + (1 | Subject)", data, Y,
+                             ddf="kenward-roger")
+    assert batch.inference.startswith("t tests, Kenward-Roger")
+    for k in range(3):
+        rows = np.isfinite(Y[:, k])
+        alone = glmmjax.lmer("y ~ Days + late + (1 | Subject)", data.assign(y=Y[:, k])[rows])
+        table = alone.coef_table(ddf="kenward-roger")
+        mine = batch.coefficients[batch.coefficients["model"] == k]
+        rel_close(mine["estimate"], table["Estimate"], 1e-7)
+        rel_close(mine["std_error"], table["Std. Error"], 1e-6)
+        rel_close(mine["df"], table["df"], 1e-5)
+        rel_close(mine["p_value"], table["Pr(>|t|)"], 1e-4)
+        rel_close(batch.models["criterion"][k], alone.criterion, 1e-10)
+    # between-subject 'late': few df (18 subjects), unlike a z test
+    assert (batch.coefficients.query("term == 'late'")["df"] < 20).all()
+    with pytest.raises(ValueError, match="REML"):
+        glmmjax.fit_many("~ Days + (1 | Subject)", data, Y, ddf="kenward-roger", reml=False)
+    with pytest.raises(ValueError, match="linear mixed models only"):
+        glmmjax.fit_many("~ Days + (1 | Subject)", data, Y > 300, family="binomial",
+                         ddf="kenward-roger")

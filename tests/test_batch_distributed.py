@@ -149,7 +149,8 @@ def test_each_process_fits_its_share_and_the_shares_make_the_batch(monkeypatch):
     data = glmmjax.datasets.load("sleepstudy")
     rng = np.random.default_rng(0)
     Y = data["Reaction"].to_numpy()[:, None] + rng.normal(0, 25, (len(data), 7))
-    Y[3, 4] = np.nan
+    Y[3, 4] = np.inf
+    Y[[5, 6], 1] = Y[7, 5] = np.nan  # missing responses in both shares (weight-0 rows)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(_distributed, "gather_batches", lambda result: result)
     parts = []
@@ -163,6 +164,7 @@ def test_each_process_fits_its_share_and_the_shares_make_the_batch(monkeypatch):
     alone = glmmjax.fit_many("~ Days + (Days | Subject)", data, Y, chunk_size=4)
     together = concatenate_batches(parts)
     assert together.models.loc[4, "status"].startswith("non-finite response")
+    assert together.models.loc[[1, 5], "converged"].all()
     _assert_same_batch(together, alone)
 
 

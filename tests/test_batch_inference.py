@@ -86,5 +86,8 @@ def test_ddf_argument_is_checked():
     assert check_batch_ddf(None, lmm=False) is None
     with pytest.raises(ValueError, match="linear mixed models only"):
         check_batch_ddf("satterthwaite", lmm=False)
+    assert check_batch_ddf("KR", lmm=True) == "kenward-roger"
+    with pytest.raises(ValueError, match="linear mixed models only"):
+        check_batch_ddf("kenward-roger", lmm=False)
     with pytest.raises(ValueError, match="ddf must be"):
-        check_batch_ddf("kenward-roger", lmm=True)
+        check_batch_ddf("containment", lmm=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import threading
 
 import equinox as eqx
 import jax
@@ -23,7 +24,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from .._engines.blas import single_threaded_blas
 from .._engines.compiled.glmm import glmm_pipeline, make_setup, mode_decrement
-from .._engines.compiled.jit import batch_program
+from .._engines.compiled.jit import _Static, batch_program
 from .._engines.compiled.lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
 from .._engines.compiled.optimize import Status
 from .._families.base import Family, Gaussian, get_family
@@ -55,6 +56,19 @@ BLOCKED_PATH = True
 # The lockstep numpy engine (glmmjax._batching.lockstep) for the shapes it covers on the CPU
 # in float64; tests and benchmarks set False to run the compiled paths.
 LOCKSTEP = True
+# Scalar-term GLMMs (one (1 | g) term, no dispersion) on the CPU in float64: "auto"
+# (a batch whose compiled program this process has not met before is fitted by the
+# lockstep engine, nothing compiled; a repeated one compiles the scalar path's program
+# and runs it, as do later calls; see _fit_scalar_auto), "compiled" or "lockstep"
+# (tests, benchmarks).
+SCALAR_ROUTE = "auto"
+# Above this many models a first call compiles at once: the lockstep engine's extra
+# time per model over the compiled program's (~5 ms against ~5 ms warm at 1,000
+# logistic models, n = 2,000, on a busy 2-core CPU) then exceeds the compilation
+# (~10 s there): break-even near 2,000 models (benchmarks/README.md).
+LOCKSTEP_FIRST_MAX = 2000
+_PROGRAMS: set = set()  # the batch programs (keys) this process has been asked for
+_PROGRAMS_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -171,8 +185,18 @@ class _LMMSetup(eqx.Module):
 
 
 def _lmm_one(y, setup: _LMMSetup) -> dict:
+    return _lmm_fit(y, setup.weights, setup)
+
+
+def _lmm_one_weighted(y, weights, setup: _LMMSetup) -> dict:
+    """An LMM with its own prior weights: models with missing responses (weight 0 on
+    their missing rows; the weight-0 rows count neither in n nor in Σ log w)."""
+    return _lmm_fit(y, weights, setup)
+
+
+def _lmm_fit(y, weights, setup: _LMMSetup) -> dict:
     s = setup.structure
-    model = lmm_model_from_arrays(s, setup.weights, setup.X, y, setup.reml)
+    model = lmm_model_from_arrays(s, weights, setup.X, y, setup.reml)
     theta0 = jnp.asarray(initial_theta(s.structures), y.dtype)
     solution, theta = fit_theta(model, theta0, setup.gtol, setup.loose_gtol)
     pls = solve_pls(theta, model)
@@ -319,9 +343,9 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights,
                   n_fixef: int = 0) -> list[str]:
     """A failure reason per model ('' when the response is usable).
 
-    GLMMs (``family`` given) take NaN as a missing response: the model is fitted on its
-    other rows (see :func:`_missing_as_weight_zero`), and only checked on those. LMMs
-    and infinite values are flagged."""
+    NaN is a missing response: the model is fitted on its other rows (see
+    :func:`_missing_as_weight_zero`), and only checked on those. Infinite values are
+    flagged."""
     rows = np.asarray(rows)
     if family is not None and Y.size and np.all(np.isfinite(Y)):
         # Every value at once (the families' support checks are elementwise): where
@@ -337,7 +361,7 @@ def _check_models(Y: np.ndarray, family: Family | None, rows, weights,
     reasons = []
     for k in range(Y.shape[1]):
         y = Y[:, k]
-        present = ~np.isnan(y) if family is not None else np.ones(len(y), bool)
+        present = ~np.isnan(y)
         bad = ~np.isfinite(y) & present
         if bad.any():
             reasons.append(f"non-finite response in rows {rows[np.flatnonzero(bad)[:5]].tolist()}")
@@ -419,7 +443,9 @@ def fit_many(
             dispersion families, crossed or nested terms, ``ziformula``/``dispformula``)
             are fitted by the lockstep numpy engine (``glmmjax._batching.lockstep``,
             nothing compiled): there ``chunk_size`` is the models fitted together
-            (default 250) and ``BatchResult.memory`` is None.
+            (default 250) and ``BatchResult.memory`` is None. So are one-scalar-term
+            GLMMs there when this process has not been asked for their compiled program
+            before (at most 2,000 models; a repeated call compiles and runs it).
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
@@ -427,8 +453,10 @@ def fit_many(
         ddf: the tests of the fixed effects. ``"auto"`` (default): t tests with
             Satterthwaite's df per model for LMMs (as lmerTest), with the
             between-within df for GLMMs (as nlme); ``"satterthwaite"`` (LMMs),
-            ``"between-within"``, or None for Wald z tests (as glmer's summary, liberal
-            with few groups). See ``glmmjax._batching.inference``; the choice is recorded
+            ``"kenward-roger"`` (REML LMMs: Kenward–Roger's df and adjusted standard
+            errors per model, as pbkrtest, computed in numpy model by model after the
+            batch), ``"between-within"``, or None for Wald z tests (as glmer's summary,
+            liberal with few groups). See ``glmmjax._batching.inference``; the choice is recorded
             in ``BatchResult.inference``.
         ziformula, dispformula: glmmTMB's zero-inflation and dispersion models, as in
             :func:`glmmjax.glmer` (Laplace, float64; all models at once by the lockstep
@@ -482,6 +510,13 @@ def fit_many(
     design = _design_for(formula, data, weights, offset, relmat)
     if family is None:
         check_lmm_design(design)
+    if ddf == "kenward-roger":
+        from .._inference.ddf import check_kenward_roger_design
+
+        if not reml:
+            raise ValueError("ddf='kenward-roger' needs REML fits (as pbkrtest): give "
+                             "reml=True, or use ddf='satterthwaite'")
+        check_kenward_roger_design(design)
     Y_all, names = _response_matrix(responses, data)
     if distributed:
         from .distributed import process_share
@@ -492,6 +527,8 @@ def fit_many(
     positions = data.index.get_indexer(design.rows)
     Y = Y_all[positions]
     reasons = _check_models(Y, family, design.rows, design.weights, design.X.shape[1])
+    if family is None:
+        reasons = _lmm_missing_reasons(design, Y, reasons)
     usable = [k for k, r in enumerate(reasons) if not r]
     dtype = float_dtype(precision)
     devices = len(jax.local_devices()) if n_devices is None else int(n_devices)
@@ -508,7 +545,9 @@ def fit_many(
     with precision_scope(precision):
         if family is None:
             # A known K as the only random term: rotate once, fit scalar blocks.
-            rotation = rotated_relatedness(design)
+            # (Not with missing responses: the rotation is for the full set of rows.)
+            rotation = (None if np.isnan(Y[:, usable]).any() else
+                        rotated_relatedness(design))
             terms, X = design.terms, design.X
             if rotation is not None:
                 terms, X = rotation[0], rotation[1].T @ design.X
@@ -520,11 +559,18 @@ def fit_many(
                 loose_gtol=1e-3 if precision == "float64" else 1.0,
                 satterthwaite=ddf == "satterthwaite",
             )
-            fn = _sharded(_lmm_one, devices)
-            extra = (setup,)
             Y_fit = Y - design.offset[:, None]
             if rotation is not None:
                 Y_fit = rotation[1].T @ np.where(np.isfinite(Y_fit), Y_fit, 0.0)
+            # Missing responses (NaN) as rows of weight 0, per model (models without
+            # any keep the one-weight program).
+            Y_fit, W_fit = _missing_as_weight_zero(Y_fit, design.weights)
+            if W_fit is None:
+                fn = _sharded(_lmm_one, devices)
+                extra = (setup,)
+            else:
+                fn = _sharded(_lmm_one_weighted, devices, 2)
+                extra = (W_fit, setup)
             shape = ("lmm", n, structure.sizes, structure.n_levels, structure.rest_size)
             method = "REML" if reml else "ML"
         elif scalar_path_applies(design, family, n_agq):
@@ -568,7 +614,31 @@ def fit_many(
         n_theta = sum(c.n_params for c in term_structures(design.terms))
         memory = plan_memory(len(usable), *shape, n_theta, np.dtype(dtype).itemsize, devices,
                              chunk_size, jax.local_devices()[0])
-        outputs = _run_chunks(fn, Y_fit, usable, memory.chunk_size, extra, dtype, progress)
+        if _scalar_auto_applies(design, family, n_agq, precision) and usable:
+            outputs, used_program = _fit_scalar_auto(
+                design, family, Y, usable, fn, Y_fit, extra, memory.chunk_size, dtype,
+                progress, chunk_size)
+            if not used_program:
+                from .lockstep import CHUNK
+
+                result = _assemble(design, family, names, reasons, usable, outputs, method,
+                                   max(1, min(CHUNK if chunk_size is None else chunk_size,
+                                              len(usable))), 1, setup, ddf)
+                if distributed:
+                    from .distributed import gather_batches
+
+                    return gather_batches(result)
+                return result
+        else:
+            outputs = _run_chunks(fn, Y_fit, usable, memory.chunk_size, extra, dtype,
+                                  progress)
+    if ddf == "kenward-roger" and outputs is not None:
+        from .inference import kenward_roger
+
+        outputs = dict(outputs)
+        outputs["df"], outputs["se_adjusted"] = kenward_roger(
+            design, Y[:, usable], np.asarray(outputs["theta"], float),
+            np.asarray(outputs["sigma"], float), np.asarray(outputs["beta"], float))
     result = _assemble(design, family, names, reasons, usable, outputs, method,
                        memory.chunk_size, devices, setup if family is not None else None, ddf)
     result = dataclasses.replace(result, memory=memory)
@@ -579,16 +649,96 @@ def fit_many(
     return result
 
 
+def _scalar_auto_applies(design, family, n_agq, precision) -> bool:
+    from .lockstep import applies
+
+    return (SCALAR_ROUTE == "auto" and LOCKSTEP and family is not None
+            and precision == "float64" and jax.default_backend() == "cpu"
+            and scalar_path_applies(design, family, n_agq) and applies(design, family, n_agq))
+
+
+def _example_args(Y_fit, extra, chunk_size, dtype) -> tuple:
+    """Arguments of the shapes and types of one chunk's call of the batch program."""
+    block = np.zeros((chunk_size, Y_fit.shape[0]), dtype)
+    if extra and isinstance(extra[0], np.ndarray) and extra[0].shape == Y_fit.shape:
+        return (block, np.zeros_like(block), *extra[1:])
+    return (block, *extra)
+
+
+def _program_key(fn, args) -> tuple:
+    """What identifies one compiled batch program: the function, the static part of its
+    arguments and the shapes and types of the arrays."""
+    dynamic, static = eqx.partition(args, eqx.is_array)
+    shapes = tuple((tuple(np.shape(a)), np.dtype(a.dtype).name)
+                   for a in jax.tree_util.tree_leaves(dynamic))
+    return (fn, _Static(static), shapes)
+
+
+def _fit_scalar_auto(design, family, Y, usable, fn, Y_fit, extra, program_chunk, dtype,
+                     progress, chunk_size):
+    """Scalar-term GLMMs without compiling for a one-off batch (SCALAR_ROUTE "auto").
+
+    The first call of a batch program (this structure, chunk size and shapes) in this
+    process, of at most LOCKSTEP_FIRST_MAX models, is fitted by the lockstep engine:
+    nothing compiled, a few ms per model. A call that asks for the same program again
+    (a user fitting batch after batch) compiles it and runs it: from then on the scalar
+    path's warm speed. Both minimize glmer's Laplace objective; each model equals its
+    single fit. Returns (outputs, whether the compiled program ran)."""
+    from .lockstep import fit_glmm_many
+
+    key = _program_key(fn, _example_args(Y_fit, extra, program_chunk, dtype))
+    with _PROGRAMS_LOCK:
+        again = key in _PROGRAMS
+        _PROGRAMS.add(key)
+    if again or len(usable) > LOCKSTEP_FIRST_MAX:
+        return _run_chunks(fn, Y_fit, usable, program_chunk, extra, dtype, progress), True
+    Y_ls, W_ls = _missing_as_weight_zero(Y, design.weights)
+    if W_ls is None:
+        W_ls = np.broadcast_to(np.asarray(design.weights, float)[:, None], Y.shape)
+    with np.errstate(all="ignore"):
+        out = fit_glmm_many(design, family, Y_ls[:, usable], W_ls[:, usable], progress,
+                            chunk_size)
+    return out, False
+
+
+def _lmm_missing_reasons(design, Y, reasons) -> list[str]:
+    """LMM models with missing responses: what lmer would refuse on the model's observed
+    rows (too many random effects for them, a rank-deficient X)."""
+    reasons = list(reasons)
+    missing = np.isnan(Y)
+    if not missing.any():
+        return reasons
+    X = np.asarray(design.X, dtype=float)
+    for k in np.flatnonzero(missing.any(axis=0)):
+        if reasons[k]:
+            continue
+        present = ~missing[:, k]
+        n_k = int(present.sum())
+        for term in design.terms:
+            levels = len(np.unique(np.asarray(term.refs)[present]))
+            tied = getattr(term.covariance, "name", "us") not in ("us", "diag")
+            if levels * term.size >= n_k and not tied:
+                reasons[k] = (f"term {term.spec} has {levels * term.size} random effects "
+                              f"for the model's {n_k} observed responses")
+                break
+        if not reasons[k] and np.linalg.matrix_rank(X[present]) < X.shape[1]:
+            reasons[k] = ("the fixed-effects matrix is rank deficient on the model's "
+                          f"{n_k} observed rows")
+    return reasons
+
+
 def _lockstep_applies(design, family, n_agq, precision) -> bool:
     """The lockstep numpy engine (glmmjax._batching.lockstep): GLMMs on the CPU in float64
     beyond one scalar term (random slopes, dispersions, crossed or nested terms), where
     the compiled paths' compilation costs more than the whole fit."""
     from .lockstep import applies
 
-    return (LOCKSTEP and family is not None and precision == "float64"
-            and jax.default_backend() == "cpu"
-            and not scalar_path_applies(design, family, n_agq)
-            and applies(design, family, n_agq))
+    if not (LOCKSTEP and family is not None and precision == "float64"
+            and jax.default_backend() == "cpu" and applies(design, family, n_agq)):
+        return False
+    if scalar_path_applies(design, family, n_agq):
+        return SCALAR_ROUTE == "lockstep"
+    return True
 
 
 def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress, chunk_size):
@@ -677,9 +827,11 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
     if out is not None:
         idx = np.asarray(usable)
         beta[idx] = out["beta"]
-        if ddf == "satterthwaite":
+        if ddf in ("satterthwaite", "kenward-roger"):
             df[idx] = out["df"]
         se[idx] = np.sqrt(np.maximum(np.diagonal(out["beta_cov"], axis1=1, axis2=2), 0))
+        if "se_adjusted" in out:  # Kenward–Roger's adjusted Var(β̂)
+            se[idx] = out["se_adjusted"]
         value[idx] = out["value"]
         iterations[idx] = out["iterations"]
         codes = out["status"]
@@ -873,6 +1025,9 @@ def fit_datasets(
         if isinstance(family, Gaussian) and family.link.name == "identity":
             family = None
     ddf = check_batch_ddf(ddf, lmm=family is None)
+    if ddf == "kenward-roger":
+        raise ValueError("fit_datasets offers ddf='satterthwaite' for LMMs, not "
+                         "'kenward-roger' (fit_many does)")
     designs, term_lists = _padded_designs(formula, list(datasets), family, weights)
     dtype = float_dtype(precision)
     n_max = max(d.nobs for d in designs)

@@ -29,29 +29,68 @@ import numpy as np
 
 from .._families.distributions import norm_sf, t_sf
 
-BATCH_DDF = ("auto", "satterthwaite", "between-within", None)
+BATCH_DDF = ("auto", "satterthwaite", "kenward-roger", "between-within", None)
 
 
 def check_batch_ddf(ddf, lmm: bool) -> str | None:
     """Resolve ``fit_many``'s ``ddf`` for an LMM (``lmm``) or a GLMM batch."""
     key = ddf if ddf is None else str(ddf).lower().replace("_", "-")
+    key = {"kr": "kenward-roger", "kenwardroger": "kenward-roger"}.get(key, key)
     if key not in BATCH_DDF:
         raise ValueError(
-            f"ddf must be 'auto', 'satterthwaite', 'between-within' or None, got {ddf!r}"
+            f"ddf must be 'auto', 'satterthwaite', 'kenward-roger', 'between-within' or None, "
+            f"got {ddf!r}"
         )
     if key == "auto":
         return "satterthwaite" if lmm else "between-within"
-    if key == "satterthwaite" and not lmm:
+    if key in ("satterthwaite", "kenward-roger") and not lmm:
         raise ValueError(
-            "ddf='satterthwaite' applies to linear mixed models only; for GLMM batches use "
+            f"ddf={key!r} applies to linear mixed models only; for GLMM batches use "
             "ddf='between-within' (the default) or ddf=None (Wald z tests)"
         )
     return key
 
 
+def kenward_roger(design, Y, theta, sigma, beta) -> tuple[np.ndarray, np.ndarray]:
+    """Kenward–Roger df and adjusted standard errors (K, p) of K REML fits of a batch
+    (pbkrtest's, as :meth:`LMMResult.coef_table` with ``ddf="kenward-roger"``), each on
+    its model's observed rows (NaN in ``Y`` (n, K) = missing). Numpy, model by model:
+    nothing compiled; a model whose pieces cannot be formed gets NaN."""
+    from .._inference.ddf import (
+        check_kenward_roger_design,
+        kenward_roger_arrays,
+        kenward_roger_f_test,
+    )
+    from .._model.cov_structures import term_structures
+
+    Z, layout = check_kenward_roger_design(design)
+    structures = term_structures(design.terms)
+    X = np.asarray(design.X, dtype=float)
+    w = np.asarray(design.weights, dtype=float)
+    K, p = beta.shape
+    df = np.full((K, p), np.nan)
+    se = np.full((K, p), np.nan)
+    eye = np.eye(p)
+    for k in range(K):
+        if not (np.all(np.isfinite(theta[k])) and np.isfinite(sigma[k])
+                and np.all(np.isfinite(beta[k]))):
+            continue
+        rows = ~np.isnan(Y[:, k])
+        try:
+            with np.errstate(all="ignore"):
+                pieces = kenward_roger_arrays(X[rows], w[rows], Z[rows], layout, theta[k],
+                                              float(sigma[k]) ** 2, structures)
+                df[k] = [kenward_roger_f_test(pieces, eye[j], beta[k])[2] for j in range(p)]
+            se[k] = np.sqrt(np.maximum(np.diagonal(pieces.vcov_adjusted), 0.0))
+        except np.linalg.LinAlgError:
+            continue
+    return df, se
+
+
 def describe(ddf: str | None) -> str:
     return {
         "satterthwaite": "t tests, Satterthwaite df per model (as lmerTest)",
+        "kenward-roger": "t tests, Kenward-Roger df and adjusted SEs per model (as pbkrtest)",
         "between-within": "t tests, between-within df (as nlme; shared by all models)",
         None: "Wald z tests (asymptotic: liberal with few groups)",
     }[ddf]

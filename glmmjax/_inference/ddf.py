@@ -295,21 +295,37 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
             "reml=True or use ddf='satterthwaite'"
         )
     design = result.design
-    X = np.asarray(design.X, dtype=float)
-    n, p = X.shape
+    Z, layout = check_kenward_roger_design(design)
+    return kenward_roger_arrays(np.asarray(design.X, dtype=float),
+                                np.asarray(design.weights, dtype=float), Z, layout,
+                                np.asarray(result.theta_values, dtype=float),
+                                float(result.sigma) ** 2, term_structures(design.terms))
+
+
+def check_kenward_roger_design(design) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """What Kenward–Roger needs of a design (positive weights, at most
+    MAX_KR_RANDOM_EFFECTS random effects): its dense Z and layout, else a ValueError
+    saying why."""
     w = np.asarray(design.weights, dtype=float)
     if np.any(w <= 0):
         raise ValueError("Kenward-Roger needs positive weights for every observation")
-    Z, layout = _dense_z(design)
-    q = Z.shape[1]
+    q = sum(t.n_levels * t.size for t in design.terms)
     if q > MAX_KR_RANDOM_EFFECTS:
         raise ValueError(
             f"Kenward-Roger forms the random-effects design densely; this model has {q} "
             f"random effects (limit {MAX_KR_RANDOM_EFFECTS}). Use ddf='satterthwaite'."
         )
-    sigma2 = result.sigma**2
-    structures = term_structures(design.terms)
-    parts = split_theta(np.asarray(result.theta_values, dtype=float), structures)
+    return _dense_z(design)
+
+
+def kenward_roger_arrays(X, w, Z, layout, theta_values, sigma2, structures) -> KenwardRogerPieces:
+    """Kenward–Roger's pieces of a REML fit from its arrays: X (n, p), positive prior
+    weights w, dense Z (n, q) with its per-term layout (start, levels, size), θ (lme4's
+    order), σ² and the terms' covariance structures. (fit_many calls it per model on the
+    model's observed rows.)"""
+    n, p = X.shape
+    q = Z.shape[1]
+    parts = split_theta(np.asarray(theta_values, dtype=float), structures)
     # Relative factor Λ (q × q, block diagonal over levels) from θ.
     Lam = np.zeros((q, q))
     for (start, m, S), cov, part in zip(layout, structures, parts):
