@@ -45,7 +45,7 @@ def simulate(n_models: int, seed: int = 42):
     return data, Y
 
 
-def time_glmer(data: pd.DataFrame, Y: np.ndarray, n_fits: int) -> float | None:
+def time_glmer(data: pd.DataFrame, Y: np.ndarray, n_fits: int, n_agq: int = 1) -> float | None:
     if shutil.which("Rscript") is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +56,7 @@ def time_glmer(data: pd.DataFrame, Y: np.ndarray, n_fits: int) -> float | None:
             d <- read.csv("{tmp}/d.csv"); d$g <- factor(d$g)
             t <- system.time(for (k in 0:{n_fits - 1}) {{
               d$y <- d[[paste0("y", k)]]
-              glmer(y ~ x + (1 | g), data = d, family = binomial)
+              glmer(y ~ x + (1 | g), data = d, family = binomial, nAGQ = {n_agq})
             }})[["elapsed"]]
             cat(t / {n_fits}, "\\n")
         """
@@ -67,18 +67,21 @@ def time_glmer(data: pd.DataFrame, Y: np.ndarray, n_fits: int) -> float | None:
         return float(out.stdout.split()[-1])
 
 
-def worker(route: str, models: int) -> None:
+def worker(route: str, models: int, n_agq: int = 1) -> None:
     """One fresh process: the first call, the call right after it, and (after any
     background compilation has finished) a warm call; JSON on the last line."""
     from glmmjax._batching import fit_many as fit_many_module
 
     fit_many_module.SCALAR_ROUTE = route
+    if n_agq > 1 and route == "compiled":
+        fit_many_module.LOCKSTEP = False  # AGQ: the general pipeline it replaced
     data, Y = simulate(models)
     out = {}
 
     def call(label):
         start = time.perf_counter()
-        batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", progress=False)
+        batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", progress=False,
+                                 n_agq=n_agq)
         out[label] = time.perf_counter() - start
         out[label + "_engine"] = "lockstep" if batch.memory is None else "compiled"
         out["converged"] = int(batch.converged.sum())
@@ -96,10 +99,12 @@ def main():
     parser.add_argument("--r-fits", type=int, default=20)
     parser.add_argument("--boot", type=int, default=1000)
     parser.add_argument("--routes", default="auto,compiled")
+    parser.add_argument("--n-agq", type=int, default=1,
+                        help="adaptive quadrature points (glmer's nAGQ), also in R")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.models)
+        worker(args.worker, args.models, args.n_agq)
         return
 
     from _runs import fresh_process_env
@@ -110,7 +115,8 @@ def main():
     timings = {}
     for route in args.routes.split(","):
         done = subprocess.run([sys.executable, __file__, "--worker", route, "--models",
-                               str(args.models)], stdout=subprocess.PIPE, text=True,
+                               str(args.models), "--n-agq", str(args.n_agq)],
+                              stdout=subprocess.PIPE, text=True,
                               check=True, env=env)
         timings[route] = t = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"[glmm batch, {route}] {args.models} logistic GLMMs (fresh process): first "
@@ -118,7 +124,7 @@ def main():
               f"({t['second_engine']}), third {t['warm']:.1f} s ({t['warm_engine']}; "
               f"{1000 * t['warm'] / args.models:.1f} ms per model); {t['converged']} "
               f"converged; load {os.getloadavg()[0]:.1f}")
-    per_fit = time_glmer(data, Y, args.r_fits)
+    per_fit = time_glmer(data, Y, args.r_fits, args.n_agq)
     if per_fit is not None:
         glmer_total = per_fit * args.models
         print(f"[glmm batch] glmer: {per_fit:.3f} s per fit -> {glmer_total:.0f} s for "

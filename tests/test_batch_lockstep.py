@@ -225,3 +225,60 @@ def test_gamma_random_intercepts_through_the_general_row_terms_equal_single_fits
         alone = glmmjax.glmer("y ~ x + (1 | g)", data.assign(y=Y[:, k]), family="Gamma")
         assert_equals_alone(batch, k, alone)
         rel_close(batch.models["dispersion"][k], alone.dispersion, 1e-6)
+
+
+def _agq_data(seed=11):
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(12), 8)
+    x = rng.normal(size=g.size)
+    data = pd.DataFrame({"x": x, "g": pd.Categorical(g)})
+    eta = 0.2 + 0.6 * x + rng.normal(0, 0.8, 12)[g]
+    Y = np.column_stack([
+        (rng.uniform(size=(g.size, 2)) < 1 / (1 + np.exp(-eta[:, None]))).astype(float),
+        rng.poisson(np.exp(eta)[:, None], (g.size, 2)).astype(float)])
+    return data, Y
+
+
+@pytest.mark.parametrize("family, n_agq, missing", [
+    ("binomial", 5, False),
+    # (slow: the single fits of two row counts compile two programs, ~15 s)
+    pytest.param("poisson", 3, True, marks=pytest.mark.slow)])
+def test_agq_one_scalar_term_equals_single_glmer_fits(family, n_agq, missing):
+    # glmer's nAGQ > 1 in the lockstep engine (nothing compiled): each model equals its
+    # single glmer(n_agq=k) fit (checked against lme4 in tests/test_glmm.py); with
+    # ``missing``, a model with missing responses on its observed rows.
+    data, Y = _agq_data()
+    Y = Y[:, :2] if family == "binomial" else Y[:, 2:]
+    if missing:
+        Y[[3, 40], 1] = np.nan
+    design = _design_for("~ x + (1 | g)", data, None, None)
+    assert _lockstep_applies(design, get_family(family), n_agq, "float64")
+    batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family=family, n_agq=n_agq)
+    assert batch.method == f"AGQ({n_agq})"
+    laplace = glmmjax.fit_many("~ x + (1 | g)", data, Y, family=family)
+    for k in range(2):
+        rows = np.isfinite(Y[:, k])
+        alone = glmmjax.glmer("y ~ x + (1 | g)", data.assign(y=Y[:, k])[rows], family=family,
+                              n_agq=n_agq)
+        assert_equals_alone(batch, k, alone)
+        rel_close(batch.theta[k], alone.theta_values, 1e-5)
+        # the quadrature changes the criterion (it is not the Laplace fit's)
+        assert abs(laplace.models["criterion"][k] - batch.models["criterion"][k]) > 1e-6
+
+
+def test_agq_gradient_matches_differences_of_the_criterion():
+    data, Y = _agq_data()
+    design = _design_for("~ x + (1 | g)", data, None, None)
+    models = ls.glmm_models(design, get_family("binomial"), Y[:, :2], np.ones((len(Y), 2)))
+    models.n_agq = 7
+    psi = np.array([[0.8, 0.1, 0.5], [1.3, -0.4, 0.9]])
+    idx = np.arange(2)
+    at = models.evaluate(idx, psi, np.zeros((2, 12)))
+    numeric = np.empty_like(psi)
+    for j in range(psi.shape[1]):
+        step = np.zeros_like(psi)
+        step[:, j] = 1e-5
+        up = models.evaluate(idx, psi + step, at["u"], gradient=False)["value"]
+        down = models.evaluate(idx, psi - step, at["u"], gradient=False)["value"]
+        numeric[:, j] = (up - down) / 2e-5
+    rel_close(at["grad"], numeric, 1e-6, atol=1e-6)

@@ -536,7 +536,7 @@ def fit_many(
     n, p = design.X.shape
     if _lockstep_applies(design, family, n_agq, precision):
         result = _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress,
-                               chunk_size)
+                               chunk_size, n_agq)
         if distributed:
             from .distributed import gather_batches
 
@@ -741,7 +741,8 @@ def _lockstep_applies(design, family, n_agq, precision) -> bool:
     return True
 
 
-def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress, chunk_size):
+def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress, chunk_size,
+                  n_agq=1):
     from types import SimpleNamespace
 
     from .lockstep import CHUNK, fit_glmm_many
@@ -753,10 +754,11 @@ def _fit_lockstep(design, family, Y, names, reasons, usable, ddf, progress, chun
     if usable:
         with np.errstate(all="ignore"):
             out = fit_glmm_many(design, family, Y_fit[:, usable], W_fit[:, usable], progress,
-                                chunk_size)
+                                chunk_size, n_agq)
     has_dispersion = bool(family.has_dispersion and family.dispersion_method != "fixed")
     chunk = CHUNK if chunk_size is None else int(chunk_size)
-    return _assemble(design, family, names, reasons, usable, out, "Laplace",
+    return _assemble(design, family, names, reasons, usable, out,
+                     "Laplace" if n_agq == 1 else f"AGQ({n_agq})",
                      max(1, min(chunk, len(usable))), 1,
                      SimpleNamespace(has_dispersion=has_dispersion), ddf)
 

@@ -74,9 +74,14 @@ MAX_SCHUR = 50_000  # largest (first term's levels) × (the rest) of a _Schur fa
 def applies(design, family, n_agq: int) -> bool:
     """Whether the lockstep engine fits this structure: Laplace, a built-in family and
     link with closed forms and no shape parameter, unstructured terms, one term of at
-    most :data:`SMALL_BLOCK` coefficients or several with q ≤ :data:`MAX_DENSE`."""
-    if n_agq != 1 or not fm.supported(family) or getattr(family, "n_shape", 0):
+    most :data:`SMALL_BLOCK` coefficients or several with q ≤ :data:`MAX_DENSE`; or
+    adaptive Gauss–Hermite quadrature (``n_agq`` > 1) for one scalar term and a family
+    without a dispersion (glmer's nAGQ)."""
+    if n_agq < 1 or not fm.supported(family) or getattr(family, "n_shape", 0):
         return False
+    if n_agq > 1:
+        return (len(design.terms) == 1 and design.terms[0].size == 1
+                and not (family.has_dispersion and family.dispersion_method != "fixed"))
     return _terms_apply(design.terms)
 
 
@@ -589,6 +594,7 @@ class LockstepModels:
         self.layout = Layout(terms, n)
         self.rows = rows
         self.central_se = False  # central differences for the SEs (SE_CENTRAL_STEP)
+        self.n_agq = 1  # > 1: adaptive Gauss–Hermite quadrature (one scalar term; _agq)
         self.Y = np.ascontiguousarray(np.asarray(Y, np.float64).T)  # (K, n)
         self.Wt = np.ascontiguousarray(np.asarray(Wt, np.float64).T)
         empty = np.zeros((n, 0))
@@ -726,6 +732,10 @@ class LockstepModels:
         logdet, inv, ok = L.factor(H)
         ok = ok.all(axis=1) & inner_ok
         value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(u * u, axis=1) + logdet.sum(axis=1)
+        agq = None
+        if self.n_agq > 1:
+            agq = self._agq(idx, a, base, u, H, r, inv, ug, gradient)
+            value = value + agq[0]
         value = np.where(ok & np.isfinite(value), value, np.nan)
         out = dict(value=value, u=u, inner_ok=inner_ok)
         if check:
@@ -756,10 +766,85 @@ class LockstepModels:
                 rho_d = -2.0 * r["g_d"] + p_ee * r["W_d"] + az * r["h_ed"]
                 parts.append(rho_d @ self.X_d)
             grad = np.concatenate(parts, axis=1)
+            if agq is not None:
+                grad = grad + agq[1]
         out["grad"] = np.where(ok[:, None], grad, np.nan)
         if sensitivity:
-            out["S"] = self._sensitivity(a, ug, r, inv)
+            out["S"] = agq[2] if agq is not None else self._sensitivity(a, ug, r, inv)
         return out
+
+    def _agq(self, idx, a, base, u, H, r, inv, ug, gradient):
+        """Adaptive Gauss–Hermite quadrature for one scalar term, as glmer's nAGQ > 1:
+        (Δ, ∇Δ, dû/dψ) where the deviance is the Laplace value plus
+        Δ = −2 Σ_j log Σ_k w_k exp(−½[D_j(û_j + z_k s_j) − D_j(û_j)] + ½z_k²),
+        D_j(u) = −2 Σ_{i∈j} ℓ_i + u² at level j, s_j = H_j^{-1/2} (nodes z_k, weights
+        w_k of the standard normal). ∇Δ is exact: the node values' partial derivatives
+        plus the chain through û(ψ) (the sensitivities) and s(ψ) (through H's
+        derivative: W' = ∂W/∂η)."""
+        L = self.layout
+        y, w = self.Y[idx], self.Wt[idx]
+        z_nodes, w_nodes = np.polynomial.hermite_e.hermegauss(self.n_agq)
+        w_nodes = w_nodes / w_nodes.sum()
+        a0 = a[0]
+        Hj = H.reshape(u.shape)  # (k, B, 1, 1): one scalar term
+        sd = 1.0 / np.sqrt(Hj)
+
+        def level_sum(v):
+            return L.scatter(v[None])
+
+        D0 = -2.0 * level_sum(r["ll"]) + u * u
+        node_terms = []
+        log_e = []
+        for zk, wk in zip(z_nodes, w_nodes):
+            uk = u + zk * sd
+            eta = base + a0 * L.gather(uk)[0]
+            rk = self.rows(y, w, eta, None, None, third=False, idx=idx, complete=True)
+            Dk = -2.0 * level_sum(rk["ll"]) + uk * uk
+            log_e.append(np.log(wk) - 0.5 * (Dk - D0) + 0.5 * zk * zk)
+            node_terms.append((zk, uk, rk["g_e"]))
+        log_e = np.stack(log_e)  # (nodes, k, B)
+        top = np.max(log_e, axis=0)
+        e = np.exp(log_e - top)
+        tmp = e.sum(axis=0)
+        delta = -2.0 * np.sum(np.log(tmp) + top, axis=1)
+        if not gradient:
+            return delta, None, None
+        pi = e / tmp  # (nodes, k, B)
+        S = self._sensitivity(a, ug, r, inv)  # (k, B, P)
+        k, B = u.shape
+        p = self.X.shape[1]
+        z = L.z[0][:, 0]
+        # Partial derivatives at fixed nodes: rows' weights ρ (β) and ρ_θ (θ).
+        g0 = r["g_e"]
+        u0_rows = ug[0]
+        rho = 2.0 * g0
+        rho_t = 2.0 * g0 * u0_rows
+        A = np.zeros((k, B))
+        Bc = np.zeros((k, B))
+        for (zk, uk, gk), pk in zip(node_terms, pi):
+            pk_rows = L.gather(pk)[0]
+            uk_rows = L.gather(uk)[0]
+            rho = rho - 2.0 * pk_rows * gk
+            rho_t = rho_t - 2.0 * pk_rows * gk * uk_rows
+            Dp = -2.0 * level_sum(gk * a0) + 2.0 * uk  # D_j'(u_k)
+            A += pk * Dp
+            Bc += pk * Dp * zk
+        partial = np.concatenate([(rho_t @ z)[:, None], rho @ self.X], axis=1)  # (k, P)
+        # dH_j/dψ = Σ_{i∈j} W'_i a_i² ∂η_i/∂ψ + (Σ_{i∈j} W'_i a_i³) dû_j/dψ
+        #           + [θ] Σ_{i∈j} W_i·2θ z_i².
+        We, W = r["W_e"], r["W"]
+        wa2 = We * a0 * a0
+        dH = np.empty((k, B, self.P))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            theta_val = np.sum(a0 * z, axis=1) / np.sum(z * z)
+        dH[:, :, 0] = level_sum(wa2 * z * u0_rows) + level_sum(2.0 * W * theta_val[:, None]
+                                                                * z * z)
+        for c in range(p):
+            dH[:, :, 1 + c] = level_sum(wa2 * self.X[:, c])
+        dH += level_sum(wa2 * a0)[:, :, None] * S
+        dsd = -0.5 * (sd ** 3)[:, :, None] * dH
+        chain = np.einsum("kb,kbp->kp", A, S) + np.einsum("kb,kbp->kp", Bc, dsd)
+        return delta, partial + chain, S
 
     def _sensitivity(self, a, ug, r, inv):
         """dû/dψ = −H⁻¹ s_j, s_j = ∂(∇ᵤg/2)/∂ψ_j at fixed u: (k, B·s, P)."""
@@ -1130,11 +1215,13 @@ def glmm_models(design, family, Y, W) -> LockstepModels:
                           X_d=np.ones((n, 1)) if has_dispersion else None)
 
 
-def fit_glmm_many(design, family, Y, W, progress=None, chunk=None) -> dict:
+def fit_glmm_many(design, family, Y, W, progress=None, chunk=None, n_agq: int = 1) -> dict:
     """Fit every column of Y (n, K) with prior weights W (n, K); the outputs
-    :func:`glmmjax._batching.fit_many._assemble` takes, one row per model."""
+    :func:`glmmjax._batching.fit_many._assemble` takes, one row per model. ``n_agq``
+    > 1: glmer's adaptive quadrature (one scalar term)."""
     models = glmm_models(design, family, Y, W)
     models.central_se = len(design.terms) == 1 and design.terms[0].size == 1
+    models.n_agq = int(n_agq)
     out = _fit_chunks(models, family, Y.shape[1], progress, chunk)
     n_theta, p = models.layout.n_theta, design.X.shape[1]
     cov = out["params_cov"]
