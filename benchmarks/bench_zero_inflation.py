@@ -36,8 +36,9 @@ MODELS = json.loads((REFERENCE / "glmm_zi_tmb.json").read_text())["models"]
 SKIP = {"salamanders_zinb2_zi_re"}
 R_FAMILIES = {"poisson": "poisson", "negative_binomial": "nbinom2", "gaussian": "gaussian",
               "gamma": 'Gamma(link = "log")', "beta": "beta_family()",
-              "truncated_poisson": "truncated_poisson", "truncated_nbinom2": "truncated_nbinom2"}
-R_DATA = {"owls": "Owls", "salamanders": "Salamanders", "sleepstudy": "sleep"}
+              "truncated_poisson": "truncated_poisson", "truncated_nbinom2": "truncated_nbinom2",
+              "betabinomial": "betabinomial"}
+R_DATA = {"owls": "Owls", "salamanders": "Salamanders", "sleepstudy": "sleep", "cbpp": "lme4::cbpp"}
 
 
 def _worker(name: str) -> None:
