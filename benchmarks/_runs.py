@@ -1,6 +1,6 @@
 """Fresh-process runs shared by the first-call benchmarks (bench_families.py,
 bench_zero_inflation.py, bench_glm.py, bench_fresh.py, bench_covstruct.py,
-bench_corar1.py)."""
+bench_corar1.py, bench_memory.py)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,22 @@ def python_worker(script: str, name: str, root: Path) -> dict:
     done = subprocess.run([sys.executable, script, "--worker", name], stdout=subprocess.PIPE,
                           text=True, check=True, env=fresh_process_env(root))
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_json(command: list[str], env: dict | None = None) -> dict:
+    """Run ``command`` (a Python or R worker) and return the JSON its last line prints;
+    a failure raises with the end of its stderr."""
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def medians(results: list[dict], keys=("first", "second")) -> dict:
+    """The median over repeats of each timing in ``keys``."""
+    import statistics
+
+    return {k: statistics.median(r[k] for r in results) for k in keys}
 
 
 def r_results(lines: list[str], cwd: Path) -> dict:

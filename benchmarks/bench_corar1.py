@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import sys
 import tempfile
 
 from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
-from _runs import fresh_process_env
-from bench_covstruct import _run
+from _runs import fresh_process_env, medians, run_json
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "reference"
@@ -101,10 +99,9 @@ def main() -> None:
         for name in args.models:
             ours, theirs = [], []
             for _ in range(args.repeats):
-                ours.append(_run([sys.executable, str(py_worker), name, str(ROOT)], env))
-                theirs.append(_run(["Rscript", str(r_worker), str(REFERENCE), name]))
-            med = {k: statistics.median(r[k] for r in ours) for k in ("first", "second")}
-            ref = {k: statistics.median(r[k] for r in theirs) for k in ("first", "second")}
+                ours.append(run_json([sys.executable, str(py_worker), name, str(ROOT)], env))
+                theirs.append(run_json(["Rscript", str(r_worker), str(REFERENCE), name]))
+            med, ref = medians(ours), medians(theirs)
             print(f"{name:22s} {med['first']:10.3f}s {med['second']:6.3f}s "
                   f"{ref['first']:8.3f}s {ref['second']:6.3f}s "
                   f"{ref['first'] / med['first']:8.1f}x "

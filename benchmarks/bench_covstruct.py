@@ -27,13 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
-import subprocess
 import sys
 import tempfile
 
 from _machine import describe  # benchmarks/ is sys.path[0] when run as a script
-from _runs import fresh_process_env
+from _runs import fresh_process_env, medians, run_json
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "reference"
@@ -102,13 +100,6 @@ cat(toJSON(list(first = times[1], second = times[2], m2ll = 2 * fit$fit$objectiv
 """
 
 
-def _run(command, env=None) -> dict:
-    out = subprocess.run(command, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"{command[:3]} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -129,12 +120,11 @@ def main() -> None:
             data = "sleepstudy" if "dataset" in model else model["data"]
             ours, theirs = [], []
             for _ in range(args.repeats):
-                ours.append(_run([sys.executable, str(py_worker), name, str(ROOT)], env))
-                theirs.append(_run(["Rscript", str(r_worker), str(REFERENCE),
+                ours.append(run_json([sys.executable, str(py_worker), name, str(ROOT)], env))
+                theirs.append(run_json(["Rscript", str(r_worker), str(REFERENCE),
                                     TMB_FORMULA.get(name, model["formula"]), data,
                                     model["family"]]))
-            med = {k: statistics.median(r[k] for r in ours) for k in ("first", "second")}
-            ref = {k: statistics.median(r[k] for r in theirs) for k in ("first", "second")}
+            med, ref = medians(ours), medians(theirs)
             print(f"{name:16s} {med['first']:10.3f}s {med['second']:6.3f}s "
                   f"{ref['first']:10.3f}s {ref['second']:6.3f}s "
                   f"{ref['first'] / med['first']:8.1f}x "

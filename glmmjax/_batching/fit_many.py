@@ -402,6 +402,21 @@ def _missing_as_weight_zero(Y: np.ndarray, weights) -> tuple[np.ndarray, np.ndar
     return Y, W
 
 
+def _batch_family(family):
+    """The family of a batch: None for a Gaussian LMM (σ profiled out), else the family
+    object; an estimated shape parameter is refused (batches do not estimate it)."""
+    if family is None:
+        return None
+    family = get_family(family)
+    if getattr(family, "n_shape", 0):
+        raise ValueError(
+            f"batched fits do not estimate the shape parameter of {family} yet (glmer "
+            "does); fix it, e.g. family=glmmjax.families.StudentT(df=5)")
+    if isinstance(family, Gaussian) and family.link.name == "identity":
+        return None
+    return family
+
+
 def fit_many(
     formula: str,
     data: pd.DataFrame,
@@ -491,14 +506,7 @@ def fit_many(
                               None if family is None else get_family(family), ziformula,
                               dispformula, weights=weights, offset=offset,
                               chunk_size=chunk_size, progress=progress)
-    if family is not None:
-        family = get_family(family)
-        if getattr(family, "n_shape", 0):
-            raise ValueError(
-                f"batched fits do not estimate the shape parameter of {family} yet (glmer "
-                "does); fix it, e.g. family=glmmjax.families.StudentT(df=5)")
-        if isinstance(family, Gaussian) and family.link.name == "identity":
-            family = None
+    family = _batch_family(family)
     ddf = check_batch_ddf(ddf, lmm=family is None)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):
@@ -1018,14 +1026,7 @@ def fit_datasets(
     check_precision(precision)
     if not datasets:
         raise DataError("datasets is empty")
-    if family is not None:
-        family = get_family(family)
-        if getattr(family, "n_shape", 0):
-            raise ValueError(
-                f"batched fits do not estimate the shape parameter of {family} yet (glmer "
-                "does); fix it, e.g. family=glmmjax.families.StudentT(df=5)")
-        if isinstance(family, Gaussian) and family.link.name == "identity":
-            family = None
+    family = _batch_family(family)
     ddf = check_batch_ddf(ddf, lmm=family is None)
     if ddf == "kenward-roger":
         raise ValueError("fit_datasets offers ddf='satterthwaite' for LMMs, not "

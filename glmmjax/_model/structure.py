@@ -131,6 +131,19 @@ def _pairs_within_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[a], order[b]
 
 
+def _layout(terms, n_dense: int):
+    """Each term's size and number of levels, the offsets of the later terms' random
+    effects in the rest (the first term's entry is 0, unused), and the rest's size
+    (those random effects plus the ``n_dense`` dense columns)."""
+    sizes = tuple(t.size for t in terms)
+    n_levels = tuple(t.n_levels for t in terms)
+    offsets, position = [0], 0
+    for term in terms[1:]:
+        offsets.append(position)
+        position += term.n_levels * term.size
+    return sizes, n_levels, offsets, position + n_dense
+
+
 def build_structure(
     terms: tuple[TermDesign, ...],
     n_dense: int,
@@ -153,13 +166,7 @@ def build_structure(
 
     refuse_sparse_terms(terms)
     first = terms[0]
-    sizes = tuple(t.size for t in terms)
-    n_levels = tuple(t.n_levels for t in terms)
-    offsets, position = [0], 0
-    for term in terms[1:]:
-        offsets.append(position)
-        position += term.n_levels * term.size
-    rest_size = position + n_dense
+    sizes, n_levels, offsets, rest_size = _layout(terms, n_dense)
     n_obs = first.refs.shape[0]
     target_obs = n_obs if padding is None else padding["obs"]
 
@@ -284,13 +291,7 @@ def structure_for_arrays(terms, n_dense: int) -> ReStructure:
         return build_structure(tuple(concrete), n_dense)
     first = terms[0]
     m0 = first.n_levels
-    sizes = tuple(t.size for t in terms)
-    n_levels = tuple(t.n_levels for t in terms)
-    offsets, position = [0], 0
-    for term in terms[1:]:
-        offsets.append(position)
-        position += term.n_levels * term.size
-    rest_size = position + n_dense
+    sizes, n_levels, offsets, rest_size = _layout(terms, n_dense)
     pair_first, pair_level, obs_pair, entry_rest, entry_first = [], [], [], [], []
     for term, offset in zip(terms[1:], offsets[1:]):
         m = term.n_levels
