@@ -206,10 +206,10 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
     fam = get_family(family)
     engine = choose_glm(fam, engine)
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        from ._results.display import show
+        from ._display import show
         raise ValueError(f"max_iter must be a positive integer, got {show(max_iter)}")
     if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
-        from ._results.display import show
+        from ._display import show
         raise ValueError(f"tol must be a positive number, got {show(tol)}")
     design = build_design(formula, data, weights=weights, offset=offset, numeric_response=False)
     if design.formula.random:

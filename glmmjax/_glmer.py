@@ -32,6 +32,7 @@ from ._families.base import (
     Poisson,
     get_family,
 )
+from ._model.checks import validate_agq as _validate_agq
 from ._model.cov_structures import term_structures
 from ._model.covariance import canonical_theta, diagonal_mask
 from ._model.design import DataError, build_design
@@ -43,30 +44,6 @@ from ._results.mixed import (
     warn_if_singular,
 )
 from ._stacklevel import external_stacklevel
-
-MAX_AGQ_DIM = 3
-
-
-def _validate_agq(n_agq, design) -> int:
-    if not isinstance(n_agq, (int, np.integer)) or isinstance(n_agq, bool) or n_agq < 0:
-        from ._results.display import show
-        raise ValueError(f"n_agq must be a non-negative integer (0, 1 = Laplace, or > 1), got {show(n_agq)}")
-    if n_agq > 1:
-        if len(design.terms) != 1:
-            raise ValueError(
-                f"n_agq > 1 (adaptive quadrature) needs the random effects of a single "
-                f"term of one grouping factor, so that the integral factorizes over its "
-                f"levels; this model has {len(design.terms)} terms "
-                f"({', '.join(str(t.spec) for t in design.terms)}). Use n_agq=1 (Laplace)."
-            )
-        size = design.terms[0].size
-        if size > MAX_AGQ_DIM:
-            raise ValueError(
-                f"n_agq > 1 supports at most {MAX_AGQ_DIM} random effects per level (the "
-                f"grid has n_agq^S nodes); term {design.terms[0].spec} has {size}. "
-                "Use n_agq=1 (Laplace)."
-            )
-    return int(n_agq)
 
 
 @with_x64

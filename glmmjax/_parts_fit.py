@@ -13,8 +13,7 @@ from ._engines.compiled.parts import PartsData, criterion_at, dense_terms, fit
 from ._engines.host.parts import start_values
 from ._engines.seam import check_engine, opt_summary
 from ._families.response_parts import is_truncated
-from ._model.cov_structures import as_structures
-from ._model.covariance import canonical_theta, diagonal_mask, split_theta
+from ._model.covariance import canonical_theta, diagonal_mask, numpy_factors
 from ._model.design import DataError
 from ._model.parts_design import PartsDesign, build_parts, check_parts
 from ._precision import with_x64
@@ -48,9 +47,7 @@ def parts_data(parts: PartsDesign, family, y, weights) -> PartsData:
 
 def _factors(theta, terms) -> list[np.ndarray]:
     """Λ_t per term, in numpy (eager JAX operations would each compile on a first fit)."""
-    sizes = tuple(t.size for t in terms)
-    return [cov.factor(part, np) for cov, part in
-            zip(as_structures(sizes), split_theta(np.asarray(theta, np.float64), sizes))]
+    return numpy_factors(theta, tuple(t.size for t in terms))
 
 
 def _effects(theta, terms, u):

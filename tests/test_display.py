@@ -11,7 +11,7 @@ import pytest
 from conftest import cached, load_reference
 
 import glmmjax
-from glmmjax._results.display import format_column, format_pvalues, plural, r_name, r_names, show
+from glmmjax._display import format_column, format_pvalues, plural, r_name, r_names, show
 
 
 @pytest.mark.parametrize("case", load_reference("display")["pval"])

@@ -14,7 +14,7 @@ import pytest
 
 import glmmjax
 from glmmjax._families.distributions import norm_ppf
-from glmmjax._results.display import r_name
+from glmmjax._display import r_name
 
 REFERENCE = Path(__file__).parent / "reference"
 MODELS = json.loads((REFERENCE / "glmm_zi_tmb.json").read_text())["models"]

@@ -22,7 +22,7 @@ import glmmjax
 from glmmjax._families.base import Poisson, get_family
 from glmmjax._families.response_parts import is_truncated, row_loglik, zero_inflatable
 from glmmjax._model.formula import FormulaError
-from glmmjax._results.display import r_name
+from glmmjax._display import r_name
 
 REFERENCE = Path(__file__).parent / "reference"
 MODELS = json.loads((REFERENCE / "glmm_zi_tmb.json").read_text())["models"]

@@ -25,10 +25,11 @@ from jax.sharding import Mesh, PartitionSpec
 from .._engines.blas import single_threaded_blas
 from .._engines.compiled.glmm import glmm_pipeline, make_setup, mode_decrement
 from .._engines.compiled.jit import _Static, batch_program
-from .._engines.compiled.lmm import check_lmm_design, fit_theta, lmm_model_from_arrays, solve_pls
+from .._engines.compiled.lmm import fit_theta, lmm_model_from_arrays, solve_pls
 from .._engines.compiled.optimize import Status
 from .._families.base import Family, Gaussian, get_family
 from .._linalg import solve_triangular
+from .._model.checks import check_lmm_design
 from .._model.cov_structures import term_structures
 from .._model.covariance import canonical_theta, initial_theta
 from .._model.design import DataError, build_design
@@ -109,7 +110,7 @@ class BatchResult:
 
     def __repr__(self) -> str:
         # Short on purpose: the frames hold one row per model (or per coefficient).
-        from .._results.display import plural, short_repr
+        from .._display import plural, short_repr
 
         n = len(self.models)
         converged = int(np.sum(self.converged))
@@ -126,7 +127,7 @@ class BatchResult:
         ] + ([("memory", str(self.memory))] if self.memory is not None else []))
 
     def _repr_html_(self) -> str:
-        from .._results.display import html_summary
+        from .._display import html_summary
 
         head = self.models.head(10).to_html()
         return html_summary("BatchResult", repr(self)) + head
@@ -510,7 +511,7 @@ def fit_many(
     ddf = check_batch_ddf(ddf, lmm=family is None)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):
-        from .._results.display import show
+        from .._display import show
 
         raise ValueError(f"chunk_size must be a positive integer or None, got {show(chunk_size)}")
     if not isinstance(distributed, (bool, np.bool_)):

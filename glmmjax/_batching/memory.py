@@ -61,7 +61,7 @@ class MemoryEstimate:
         return self.bytes_per_model * int(np.ceil(self.chunk_size / self.n_devices))
 
     def __str__(self) -> str:
-        from .._results.display import plural
+        from .._display import plural
 
         share = self.bytes_per_device / self.available if self.available else float("nan")
         part = "under 0.1%" if share < 0.001 else f"{share:.1%}"

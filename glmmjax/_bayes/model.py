@@ -343,7 +343,7 @@ class BayesModel:
 
     def __repr__(self) -> str:
         # Short on purpose: the data arrays stay out of it.
-        from .._results.display import plural, short_repr
+        from .._display import plural, short_repr
 
         design = self.model.design
         family = self.family

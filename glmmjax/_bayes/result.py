@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .._display import plural
 from .._families.base import Gaussian
 from .._model.design import DataError, new_data_design
 from .._precision import precision_scope
-from .._results.display import plural
 from .._stacklevel import external_stacklevel
 from . import ar1 as ar1_lib
 from . import diagnostics as diag
@@ -606,7 +606,7 @@ class BayesResult:
 
     def __repr__(self) -> str:
         # Short on purpose: the draws are arrays of (chains, draws, ...).
-        from .._results.display import plural, short_repr
+        from .._display import plural, short_repr
 
         model = self.bayes_model.model
         family = model.family
@@ -624,7 +624,7 @@ class BayesResult:
         ])
 
     def _repr_html_(self) -> str:
-        from .._results.display import html_summary
+        from .._display import html_summary
 
         return html_summary("BayesResult", self.summary())
 

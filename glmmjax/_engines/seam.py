@@ -97,7 +97,7 @@ class OptSummary:
         return self.status == 0
 
     def __str__(self) -> str:
-        from .._results.display import plural
+        from .._display import plural
         from .compiled.optimize import Status
 
         return (f"{self.optimizer}: {Status(self.status).describe()} after "

@@ -547,7 +547,7 @@ class NegativeBinomial(Family):
 
     def __init__(self, theta: float | None = None, link: str | Link | None = None):
         if theta is not None and not (np.isfinite(theta) and theta > 0):
-            from .._results.display import show
+            from .._display import show
             raise ValueError(f"theta must be a positive number or None, got {show(theta)}")
         self.theta = None if theta is None else float(theta)
         self.link = self._resolve_link(link)

@@ -478,7 +478,7 @@ class StudentT(_LikelihoodFamily):
 
     def __init__(self, df: float | None = None, link: str | Link | None = None):
         if df is not None and not (np.isfinite(df) and df > 0):
-            from .._results.display import show
+            from .._display import show
             raise ValueError(f"df must be a positive number or None (estimated), got {show(df)}")
         self.df = None if df is None else float(df)
         self.link = self._resolve_link(link)
@@ -556,7 +556,7 @@ class Tweedie(_LikelihoodFamily):
 
     def __init__(self, power: float | None = None, link: str | Link | None = None):
         if power is not None and not (np.isfinite(power) and 1.0 < power < 2.0):
-            from .._results.display import show
+            from .._display import show
             raise ValueError(
                 f"the Tweedie power must be a number strictly between 1 and 2 (glmmTMB's "
                 f"tweedie), or None to estimate it; got {show(power)}")
@@ -649,7 +649,7 @@ class OrderedBeta(_LikelihoodFamily):
 
     def __init__(self, cutpoints=None, link: str | Link | None = None):
         if cutpoints is not None:
-            from .._results.display import show
+            from .._display import show
 
             values = np.asarray(cutpoints, dtype=np.float64).ravel()
             if values.shape != (2,) or not np.all(np.isfinite(values)) or values[0] >= values[1]:

@@ -19,10 +19,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from .._display import RFrame
 from .._families.distributions import chi2_sf
 from .._model.cov_structures import term_structures
 from .._model.covariance import diagonal_mask
-from .._results.display import RFrame
 
 __all__ = ["anova", "compare", "NotedTable"]
 
@@ -37,7 +37,7 @@ class NotedTable(RFrame):
         return NotedTable
 
     def __repr__(self) -> str:
-        from .._results.display import format_table
+        from .._display import format_table
 
         # Every column shown, each formatted as a whole; p-values as R's format.pval.
         text = format_table(self, stars=True, na="")

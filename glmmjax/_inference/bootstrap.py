@@ -38,7 +38,7 @@ class BootstrapResult:
 
     def __repr__(self) -> str:
         # Short on purpose: `replicates` has one row per refit.
-        from .._results.display import plural, short_repr
+        from .._display import plural, short_repr
 
         n = len(self.replicates)
         return short_repr("BootstrapResult", [
@@ -49,7 +49,7 @@ class BootstrapResult:
         ])
 
     def _repr_html_(self) -> str:
-        from .._results.display import html_summary
+        from .._display import html_summary
 
         return html_summary("BootstrapResult", repr(self)) + self.summary().to_html(
             float_format=lambda v: f"{v:.5g}")
@@ -112,7 +112,7 @@ def bootstrap(result, n: int = 1000, seed: int = 0, *, chunk_size=None, progress
               precision: str = "float64") -> BootstrapResult:
     """Parametric bootstrap: simulate ``n`` responses, refit them all in one batch."""
     if not isinstance(n, (int, np.integer)) or n < 2:
-        from .._results.display import show
+        from .._display import show
         raise ValueError(f"n must be an integer >= 2, got {show(n)}")
     design = result.design
     Y = simulate_responses(result, int(n), seed)

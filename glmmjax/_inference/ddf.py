@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .._engines.compiled.jit import program
-from .._engines.compiled.lmm import build_structure_for, lmm_model_from_arrays, lmm_pieces
+from .._engines.compiled.lmm import lmm_model_from_arrays, lmm_pieces
 from .._engines.seam import choose_lmm
 from .._families.distributions import f_sf, t_sf
 from .._linalg import solve_triangular
@@ -121,11 +121,9 @@ _model_from_arrays = eqx.filter_jit(lmm_model_from_arrays)
 def lmm_model_for(result, reml: bool | None = None):
     """The JAX :class:`LinearMixedModel` of a fitted LMM (call under x64)."""
     design = result.design
-    p = design.X.shape[1]
-    structure = build_structure_for(design, p + 1)
     y = np.asarray(design.response, dtype=float) - design.offset
     return _model_from_arrays(
-        structure,
+        result.model.dense_structure,  # (X, y) appended: the fitted model's, built once
         jnp.asarray(design.weights),
         jnp.asarray(design.X),
         jnp.asarray(y),
@@ -141,9 +139,9 @@ def satterthwaite_pieces(result, engine: str | None = None) -> SatterthwaitePiec
         from .._engines.host.lmm import host_model, varpar_derivatives
 
         design = result.design
-        structure = build_structure_for(design, design.X.shape[1] + 1)
         y = np.asarray(design.response, dtype=float) - design.offset
-        model = host_model(structure, design.weights, design.X, y, result.reml)
+        model = host_model(result.model.dense_structure, design.weights, design.X, y,
+                           result.reml)
         hessian, jacobian, vcov = varpar_derivatives(result.theta_values, result.sigma, model)
     else:
         with jax.enable_x64(True):

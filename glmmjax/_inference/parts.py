@@ -73,7 +73,7 @@ def _select(names: list[str], parm, n_fixef: int) -> list[int]:
         if parm == "theta_":
             return list(range(len(names) - n_fixef))
         parm = [parm]
-    from .._results.display import resolve_alias as r_alias
+    from .._display import resolve_alias as r_alias
 
     index = []
     for p in parm:

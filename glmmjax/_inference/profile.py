@@ -33,14 +33,14 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .._display import resolve_alias as r_alias
+from .._display import show
 from .._engines.compiled.jit import program
 from .._engines.compiled.lmm import solve_pls
 from .._engines.compiled.optimize import minimize
 from .._model.cov_structures import Unstructured, as_structures, term_structures
 from .._model.covariance import diagonal_mask, split_theta
 from .._progress import bar, noted
-from .._results.display import resolve_alias as r_alias
-from .._results.display import show
 
 # Inner optimizations stop at max|∇| below this (deviance units).
 _GTOL = 1e-7
@@ -295,7 +295,6 @@ def _lmm_problem(result):
 def _glmm_problem(result):
     from .._engines.compiled.laplace import gauss_hermite_grid
     from .._engines.compiled.pirls import GLMMData
-    from .._model.structure import build_structure
 
     if result.n_agq == 0:
         raise ValueError(
@@ -313,7 +312,7 @@ def _glmm_problem(result):
     omega = np.concatenate([omega_var, result.beta, log_disp])
     grid, log_w = gauss_hermite_grid(max(result.n_agq, 1), sizes[0].size)
     with jax.enable_x64(True):
-        structure = build_structure(design.terms, 0)
+        structure = result.model.structure  # the fitted model's, built once
         data = GLMMData(
             structure=structure,
             X=jnp.asarray(design.X),

@@ -78,7 +78,7 @@ def simulate(
         A DataFrame with columns ``sim_1 ... sim_n`` indexed like the data.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        from .._results.display import show
+        from .._display import show
         raise ValueError(f"n must be a positive integer, got {show(n)}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")

@@ -69,7 +69,7 @@ def _term(k: int, entry, n: int) -> ArrayTerm:
                 f"{bad[:5].tolist()} hold {refs[bad[:5]].tolist()}")
         refs = refs.astype(np.int32)
     if not isinstance(n_levels, (int, np.integer)) or n_levels < 1:
-        from .._results.display import show
+        from .._display import show
         raise DataError(f"terms[{k}] n_levels must be a positive integer, got {show(n_levels)}")
     return ArrayTerm(refs, z, int(n_levels))
 
@@ -98,7 +98,7 @@ def model_arrays(cls, X, y, terms, family, weights, offset, reml: bool, n_agq: i
         y_np, w_np = np.asarray(y, dtype=float), np.asarray(weights, dtype=float)
         family.prepare_response(y_np, w_np)
     if not isinstance(n_agq, (int, np.integer)) or isinstance(n_agq, bool) or n_agq < 1:
-        from .._results.display import show
+        from .._display import show
         raise ValueError(
             f"n_agq must be a positive integer (1 = Laplace, > 1 = adaptive quadrature), "
             f"got {show(n_agq)}")

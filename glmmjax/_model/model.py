@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .._families.base import Family, Gaussian, get_family
+from .checks import check_lmm_design, validate_agq
 from .design import Design, build_design
 from .params import Params
 from .structure import ReStructure, build_structure
@@ -95,8 +96,6 @@ class MixedModel(eqx.Module):
                     n_agq: int = 1):
         success = None
         if family is None:
-            from .._engines.compiled.lmm import check_lmm_design
-
             check_lmm_design(design)
             y = np.asarray(design.response, dtype=float)
             w = design.weights
@@ -105,9 +104,7 @@ class MixedModel(eqx.Module):
                 design.response, design.weights, design.response_levels, design.rows
             )
         if family is not None:
-            from .._glmer import _validate_agq
-
-            n_agq = _validate_agq(n_agq, design)
+            n_agq = validate_agq(n_agq, design)
         p = design.X.shape[1]
         return cls(
             X=np.asarray(design.X),
@@ -312,7 +309,7 @@ class MixedModel(eqx.Module):
 
     def __repr__(self) -> str:
         # Short on purpose (equinox would print every array leaf): formula, family, sizes.
-        from .._results.display import plural, short_repr
+        from .._display import plural, short_repr
 
         design = getattr(self, "design", None)
         family = self.family

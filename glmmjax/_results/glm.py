@@ -13,12 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._engines.seam import GLMFit
-from .._families.base import Family
-from .._families.distributions import norm_ppf, norm_sf, t_ppf, t_sf
-from .._model.design import Design, new_data_design
-from .._precision import with_x64
-from .display import (
+from .._display import (
     check_names,
     format_column,
     format_table,
@@ -28,6 +23,11 @@ from .display import (
     show,
     with_r_aliases,
 )
+from .._engines.seam import GLMFit
+from .._families.base import Family
+from .._families.distributions import norm_ppf, norm_sf, t_ppf, t_sf
+from .._model.design import Design, new_data_design
+from .._precision import with_x64
 
 __all__ = ["GLMResult"]
 

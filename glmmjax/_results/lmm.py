@@ -37,8 +37,8 @@ class LMMResult(MixedModelResult):
         ``"kenward-roger"`` also denominator df and ``Pr(>|t|)`` (as lmerTest's
         ``summary(fit, ddf = ...)``; Kenward–Roger also adjusts the standard errors,
         as pbkrtest's ``vcovAdj``). ``names="r"`` names the rows as R does."""
+        from .._display import check_names, with_r_aliases
         from .._inference.ddf import check_ddf, coef_table
-        from .display import check_names, with_r_aliases
 
         ddf = check_ddf(ddf)
         check_names(names)

@@ -14,6 +14,16 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from .._display import (
+    check_names,
+    format_column,
+    format_table,
+    html_summary,
+    plural,
+    short_repr,
+    show,
+    with_r_aliases,
+)
 from .._families.distributions import norm_sf
 from .._model.cov_structures import term_structures
 from .._model.covariance import (
@@ -26,16 +36,6 @@ from .._model.covariance import (
 from .._model.design import Design, new_data_design
 from .._model.relmat import is_relatedness
 from .._stacklevel import external_stacklevel
-from .display import (
-    check_names,
-    format_column,
-    format_table,
-    html_summary,
-    plural,
-    short_repr,
-    show,
-    with_r_aliases,
-)
 
 
 class SingularFitWarning(UserWarning):

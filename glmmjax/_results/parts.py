@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .._display import plural, show, with_r_aliases
 from .._families.distributions import norm_sf
 from .._families.response_parts import (
     conditional_mean,
@@ -22,7 +23,6 @@ from .._families.response_parts import (
 )
 from .._model.covariance import varcorr_frame
 from .._model.design import new_data_design
-from .display import plural, show, with_r_aliases
 from .glmm import GLMMResult
 from .mixed import _format_table, add_random_effects
 
@@ -420,7 +420,7 @@ class GLMMPartsResult(GLMMResult):
             parm: parameter names (default all), or ``"beta_"`` / ``"theta_"``.
             names: ``"glmmjax"`` or ``"r"`` (R's coefficient names).
         """
-        from .display import check_names
+        from .._display import check_names
 
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level!r}")

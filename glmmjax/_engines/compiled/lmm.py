@@ -26,7 +26,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from ..._model.cov_structures import term_structures
 from ..._model.covariance import diagonal_mask, initial_theta, start_from_sds, theta_to_factors
-from ..._model.design import DataError, Design
+from ..._model.design import Design
 from ..._model.structure import ReStructure, build_structure
 from ..._progress import noted
 from ..seam import BOUNDARY_TRY, choose_lmm
@@ -83,27 +83,6 @@ def lmm_model_from_arrays(structure, weights, X, y, reml: bool) -> LinearMixedMo
         n_fixef=X.shape[1],
         reml=reml,
     )
-
-
-def check_lmm_design(design: Design) -> None:
-    """lme4's identifiability checks for an LMM, before any tracing."""
-    n = design.nobs
-    for term in design.terms:
-        # A term with a correlation structure (cs, ar1) separates its variance from the
-        # residual through the correlations, as glmmTMB fits it; lme4's count rule is
-        # for unstructured and diagonal terms.
-        tied = getattr(term.covariance, "name", "us") not in ("us", "diag")
-        if term.n_levels * term.size >= n and not tied:
-            raise DataError(
-                f"term {term.spec} has {term.n_levels * term.size} random effects for "
-                f"{n} observations; an LMM needs fewer random effects per term than "
-                "observations (the residual variance is not identifiable otherwise)"
-            )
-    if np.linalg.matrix_rank(design.X) < design.X.shape[1]:
-        raise DataError(
-            f"the fixed-effects matrix is rank deficient (columns {list(design.fixef_names)}); "
-            "remove collinear terms"
-        )
 
 
 def build_structure_for(design: Design, n_dense: int) -> ReStructure:

@@ -28,6 +28,7 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import minimize
 
+from ..._model.covariance import numpy_factors
 from ..compiled.optimize import Status
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -53,10 +54,9 @@ class GaussianREML:
 
     def random_matrix(self, theta):
         """A = ZΛ(θ) on the rows used."""
-        from ..._parts_fit import _factors
-
         blocks = []
-        for term, lam in zip(self.terms, _factors(theta, self.terms)):
+        factors = numpy_factors(theta, tuple(t.size for t in self.terms))
+        for term, lam in zip(self.terms, factors):
             zl = np.asarray(term.z, np.float64)[self.used] @ np.asarray(lam)
             refs = np.asarray(term.refs)[self.used]
             block = np.zeros((self.n, term.n_levels, term.size))
