@@ -391,6 +391,8 @@ def build_design(
     if response.dtype != object:
         checks.append(("response", response.reshape(len(response), -1), list(parts)))
     for what, values, names in checks:
+        if np.isfinite(values).all():  # the common case: no index arrays to build
+            continue
         bad_rows, bad_cols = np.nonzero(~np.isfinite(values))
         if bad_rows.size:
             raise DataError(
