@@ -461,7 +461,10 @@ def fit_many(
             nothing compiled): there ``chunk_size`` is the models fitted together
             (default 250) and ``BatchResult.memory`` is None. So are one-scalar-term
             GLMMs there when this process has not been asked for their compiled program
-            before (at most 2,000 models; a repeated call compiles and runs it).
+            before (at most 2,000 models; a repeated call compiles and runs it). A
+            family whose shape is estimated (``tweedie``'s power, ``t_family``'s df,
+            ``ordbeta``'s cutpoints) is fitted model by model by glmer's host engine
+            (``glmmjax._batching.shapes``; float64, Laplace or AGQ).
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
@@ -507,6 +510,18 @@ def fit_many(
                               None if family is None else get_family(family), ziformula,
                               dispformula, weights=weights, offset=offset,
                               chunk_size=chunk_size, progress=progress)
+    if family is not None and getattr(get_family(family), "n_shape", 0):
+        # Shapes (Tweedie power, t df, ordbeta cutpoints): glmer's host fit per model.
+        from .shapes import fit_many_shapes
+
+        if relmat is not None or distributed or precision != "float64":
+            raise ValueError(
+                f"fit_many estimates the shape parameter of {get_family(family)} by one "
+                "host fit per model: in float64, without relmat= or distributed=; fix the "
+                "shape (e.g. family=glmmjax.families.StudentT(df=5)) for those")
+        return fit_many_shapes(formula, data, responses, get_family(family),
+                               weights=weights, offset=offset, n_agq=n_agq,
+                               progress=progress, ddf=check_batch_ddf(ddf, lmm=False))
     family = _batch_family(family)
     ddf = check_batch_ddf(ddf, lmm=family is None)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
