@@ -148,9 +148,12 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
     else:
         first_inv = np.linalg.inv(first)
         coupling_rows = _einsum("eab,eb->ea", first_inv[levels], half_rows @ lam0)
-    schur = rest - _coupling_gram(s, coupling_rows)
+    _subtract_coupling_gram(s, coupling_rows, rest)  # the Schur complement, in place
     try:
-        rest_factor = scipy.linalg.cholesky(schur, lower=True, overwrite_a=True,
+        # ``rest`` is symmetric: in whichever of its two orders is Fortran's, LAPACK
+        # factors it where it lies (a C-ordered array would be copied first).
+        rest_factor = scipy.linalg.cholesky(rest if rest.flags.f_contiguous else rest.T,
+                                            lower=True, overwrite_a=True,
                                             check_finite=False)
     except np.linalg.LinAlgError:
         return None
@@ -165,22 +168,27 @@ def _diagonal_pairs(s):
     return s.cache["diagonal_pairs"]
 
 
-def _coupling_gram(s: ReStructure, coupling_rows):
-    """L_r0·L_r0' (R×R) from the rows of L_r0."""
+def _subtract_coupling_gram(s: ReStructure, coupling_rows, out) -> None:
+    """``out`` −= L_r0·L_r0' (R×R), from the rows of L_r0, a block of rows at a time:
+    the product is never whole (at R = 2,000 a sparse R×R product and its dense copy
+    were 80 MB on top of ``out``)."""
     R = s.rest_size
+    S0 = coupling_rows.shape[1]
     if s.dense_update:
-        S0 = s.sizes[0]
-        dense = np.zeros((R, s.n_levels[0] * S0))
-        dense[s.entry_rest[:, None], s.entry_first[:, None] * S0 + np.arange(S0)] = coupling_rows
-        return dense @ dense.T
+        lower = np.zeros((R, s.n_levels[0] * S0))
+        lower[s.entry_rest[:, None], s.entry_first[:, None] * S0 + np.arange(S0)] = coupling_rows
+        for lo in range(0, R, _ROW_BLOCK):
+            out[lo:lo + _ROW_BLOCK] -= lower[lo:lo + _ROW_BLOCK] @ lower.T
+        return
     # Sparse times sparse (scipy's SpGEMM), about 2.5x faster than gathering the pairs'
     # products and summing them into the R×R bins on InstEval.
-    S0 = coupling_rows.shape[1]
     columns = (s.entry_first[:, None] * S0 + np.arange(S0)).ravel()
     rows = np.repeat(s.entry_rest, S0)
     lower = scipy.sparse.csr_matrix((coupling_rows.ravel(), (rows, columns)),
                                     shape=(R, s.n_levels[0] * S0))
-    return (lower @ lower.T).toarray()
+    upper = lower.T.tocsr()
+    for lo in range(0, R, _ROW_BLOCK):
+        out[lo:lo + _ROW_BLOCK] -= (lower[lo:lo + _ROW_BLOCK] @ upper).toarray()
 
 
 def _solve_lower(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
