@@ -87,10 +87,10 @@ def build_parts_model(formula: str, data, family, ziformula, dispformula, *, wei
     Raises:
         ValueError, FormulaError, DataError: as ``glmer(..., ziformula=, dispformula=)``.
     """
+    from .._families.response_parts import is_truncated
     from .._glmer import check_glmm_response
     from .._model.parts_design import build_parts, check_parts
     from .._parts_fit import prepare_hurdle_response
-    from .._families.response_parts import is_truncated
 
     family = get_family("gaussian" if family is None else family)
     zi_rhs, disp_rhs = check_parts(family, ziformula, dispformula)
