@@ -411,11 +411,51 @@ def test_profile_intervals_match_glmmtmb(reference):
     assert ci.attrs["note"] == ""
 
 
-def test_profile_intervals_refuse_reml_fits():
-    fit = glmmjax.lmer("Reaction ~ Days + (1 | Subject)", glmmjax.datasets.load("sleepstudy"),
-                       dispformula="~ Days")
-    with pytest.raises(NotImplementedError, match="reml=False"):
-        fit.confint(method="profile")
+def test_reml_profile_intervals_meet_the_cutoff_on_the_reml_criterion():
+    """REML fits with a dispersion model (glmmTMB 1.1.5 refuses to profile them; lme4's
+    profile of a REML fit is its ML fit's profile, so neither is a reference): the SD
+    and the dispersion coefficients are profiled on the REML criterion. Each end is
+    checked by an independent one-dimensional profile (bounded scalar minimization over
+    the one other parameter): D(end) − F̂ = χ²₁(0.95) within 1e-4. The fixed effects,
+    integrated out of the criterion, have no profile (NaN, noted)."""
+    from scipy.optimize import minimize_scalar
+
+    from glmmjax._engines.host.parts_reml import GaussianREML
+
+    data = glmmjax.datasets.load("sleepstudy")
+    fit = glmmjax.lmer("Reaction ~ Days + (1 | Subject)", data, dispformula="~ 1")
+    assert fit.method == "REML"
+    ci = fit.confint(method="profile")
+    assert list(ci.index) == ["sd_Intercept|Subject", "Intercept", "Days", "d~Intercept"]
+    assert ci.loc[["Intercept", "Days"]].isna().all().all()
+    assert "integrated out of the REML criterion" in ci.attrs["note"]
+    model = GaussianREML(fit.parts_data, fit.design.terms)
+    cutoff = 1.959963984540054**2
+    theta, gamma = fit.params[0], fit.params[-1]
+
+    def over_gamma(t):
+        return minimize_scalar(lambda g: model.value(np.array([t, g])),
+                               bounds=(gamma - 2, gamma + 2), method="bounded",
+                               options={"xatol": 1e-10}).fun
+
+    def over_theta(g):
+        return minimize_scalar(lambda t: model.value(np.array([t, g])),
+                               bounds=(0.0, 4 * theta), method="bounded",
+                               options={"xatol": 1e-10}).fun
+
+    for end in ci.loc["sd_Intercept|Subject"]:
+        assert abs(over_gamma(end) - fit.criterion - cutoff) < 1e-4, end
+    for end in ci.loc["d~Intercept"]:
+        assert abs(over_theta(end) - fit.criterion - cutoff) < 1e-4, end
+    lo, hi = ci.loc["sd_Intercept|Subject"]
+    assert lo < theta < hi
+    # A dispersion slope too (one more parameter per profile point).
+    fit2 = glmmjax.lmer("Reaction ~ Days + (1 | Subject)", data, dispformula="~ Days")
+    ci2 = fit2.confint(method="profile", parm="d~Days")
+    lo, hi = ci2.loc["d~Days"]
+    se = fit2.fixef_se["disp"]["Days"]
+    assert lo < fit2.fixef["disp"]["Days"] < hi
+    rel_close(hi - lo, 2 * 1.96 * se, 0.2)  # near the Wald width on this well-fitted slope
 
 
 @pytest.mark.slow
