@@ -231,8 +231,8 @@ def test_result_paths_by_part():
 @pytest.mark.slow  # NUTS compiles (~30-60 s on a small CPU) and samples
 def test_nuts_agrees_with_the_laplace_fit():
     """A ZINB GLMM with a dispersion model on 600 simulated rows: posterior means within
-    3 posterior SDs of glmer's Laplace estimates with the same ziformula/dispformula (the
-    priors are weak, the data many)."""
+    1.5 posterior SDs of glmer's Laplace estimates with the same ziformula/dispformula
+    (the priors are weak, the data many; measured: within 0.3 SDs, R-hat ≤ 1.017)."""
     rng = np.random.default_rng(11)
     n_groups, per = 30, 20
     n = n_groups * per
@@ -253,9 +253,9 @@ def test_nuts_agrees_with_the_laplace_fit():
         for coef, value in ml.fixef[part].items():
             name = prefix + coef
             mean, sd = table.loc[name, "mean"], table.loc[name, "sd"]
-            assert abs(mean - value) < 3 * sd, (name, mean, sd, value)
+            assert abs(mean - value) < 1.5 * sd, (name, mean, sd, value)
     sd_ml = float(np.sqrt(ml.varcorr["vcov"].iloc[0]))
     mean, sd = table.loc["sd_g__Intercept", "mean"], table.loc["sd_g__Intercept", "sd"]
-    assert abs(mean - sd_ml) < 3 * sd
+    assert abs(mean - sd_ml) < 1.5 * sd
     for part in ("cond", "zi", "disp"):
         assert list(fit.fixef[part].index) == list(ml.fixef[part].index)
