@@ -12,6 +12,8 @@ Needs NumPyro and, for ``to_inference_data``, ArviZ: ``pip install "glmmjax[baye
 Parameter names (``priors=`` keys, summary rows): ``b_<coef>``, ``sd_<group>__<coef>``,
 ``cor_<group>`` (the LKJ prior of a term) and ``cor_<group>__<c1>__<c2>``,
 ``r_<group>[<level>,<coef>]``, ``sigma`` / ``phi`` / ``theta``, ``ar1_rho``, ``ar1_sd``;
+with ``ziformula=``/``dispformula=`` (glmmTMB's zero-inflation, hurdle and dispersion
+models) also ``b_zi_<coef>``, ``sd_<group>__zi__<coef>``, ``b_disp_<coef>``;
 class keys ``"b"``, ``"sd"``, ``"sd_<group>"``, ``"cor"`` set several at once. The
 defaults and their scaling are documented in :func:`build`.
 
