@@ -259,3 +259,7 @@ def test_nuts_agrees_with_the_laplace_fit():
     assert abs(mean - sd_ml) < 1.5 * sd
     for part in ("cond", "zi", "disp"):
         assert list(fit.fixef[part].index) == list(ml.fixef[part].index)
+    # The prior predictive path (eager NumPyro: seconds of compiling, so here).
+    prior = fit.bayes_model.prior_predictive(num_samples=4, seed=1)
+    assert prior["y"].shape == (4, n) and np.all(prior["y"] >= 0)
+    assert prior["b_zi_z"].shape == (4,) and np.any(prior["y"] == 0)
