@@ -131,10 +131,15 @@ def test_compois_predict_and_simulate(reference):
     fit = _fit(reference["models"]["compois_under"])
     eta = fit.predict(type="link").to_numpy()
     rel_close(fit.predict(type="response").to_numpy(), np.exp(eta), 1e-12)
-    sims = fit.simulate(2, seed=1)
-    values = np.asarray(sims)
-    assert values.shape[0] == fit.nobs
+    n_sim = 200
+    values = np.asarray(fit.simulate(n_sim, seed=1))  # numpy's compois draw
+    assert values.shape == (fit.nobs, n_sim)
     assert np.all(values >= 0) and np.all(values == np.round(values))
+    # Each row's draws have its fitted mean and the family's variance there.
+    mu = np.exp(eta)
+    var = cmp.compois_variance(np, mu, fit.dispersion)
+    z = (values.mean(axis=1) - mu) / np.sqrt(var / n_sim)
+    assert abs(z.mean()) < 5 / np.sqrt(fit.nobs) and 0.8 < z.var() < 1.25, (z.mean(), z.var())
 
 
 def test_compois_glm_matches_glmmtmb(reference):  # host engine: no compile
