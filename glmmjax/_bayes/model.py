@@ -240,6 +240,8 @@ class BayesModel:
         layout: the parameter names.
         data: the :class:`BayesData` arrays (numpy).
         ar1: the AR(1) series index, or None.
+        parts: glmmTMB's zero-inflation/dispersion designs (``ziformula=``,
+            ``dispformula=``; :mod:`glmmjax._bayes.parts`), or None.
     """
 
     def __init__(self, model: MixedModel, *, priors=None, ar1=None, data=None, center=True,
