@@ -12,6 +12,8 @@ Needs NumPyro and, for ``to_inference_data``, ArviZ: ``pip install "glmmjax[baye
 Parameter names (``priors=`` keys, summary rows): ``b_<coef>``, ``sd_<group>__<coef>``,
 ``cor_<group>`` (the LKJ prior of a term) and ``cor_<group>__<c1>__<c2>``,
 ``r_<group>[<level>,<coef>]``, ``sigma`` / ``phi`` / ``theta``, ``ar1_rho``, ``ar1_sd``;
+with ``ziformula=``/``dispformula=`` (glmmTMB's zero-inflation, hurdle and dispersion
+models) also ``b_zi_<coef>``, ``sd_<group>__zi__<coef>``, ``b_disp_<coef>``;
 class keys ``"b"``, ``"sd"``, ``"sd_<group>"``, ``"cor"`` set several at once. The
 defaults and their scaling are documented in :func:`build`.
 
@@ -74,6 +76,8 @@ def build(
     offset=None,
     center: bool = True,
     relmat: dict | None = None,
+    ziformula: str | None = None,
+    dispformula: str | None = None,
 ) -> BayesModel:
     """Build the Bayesian model (priors included) of a mixed model.
 
@@ -98,6 +102,12 @@ def build(
             (:mod:`glmmjax._bayes.structures`).
         center: sample the intercept at the predictors' means (as brms and rstanarm
             do; faster sampling). Results always report the usual intercept.
+        ziformula, dispformula: glmmTMB's zero-inflation (a hurdle for truncated
+            families; logit link, fixed and random effects) and dispersion (log link,
+            fixed effects) models, as ``glmer``'s, with a formula
+            (:mod:`glmmjax._bayes.parts`). Parameters ``b_zi_<coef>``,
+            ``sd_<group>__zi__<coef>``, ``b_disp_<coef>``; ``fit.fixef`` is then a dict
+            by part (``"cond"``, ``"zi"``, ``"disp"``) as the frequentist result's.
 
     Default priors: PRIORS
 
@@ -105,6 +115,20 @@ def build(
         ValueError: an unknown prior name, or a prior of the wrong support or shape.
         DataError, FormulaError: as ``MixedModel.from_formula``, and bad AR(1) columns.
     """
+    if ziformula is not None or dispformula is not None:
+        from ._bayes.parts import build_parts_model
+
+        if not isinstance(model, str):
+            raise ValueError("ziformula/dispformula need the model as a formula (with data=, "
+                             "family=, weights=, offset=), not a MixedModel")
+        if data is None:
+            raise ValueError("a formula needs data=")
+        if relmat is not None:
+            raise ValueError("relmat= with ziformula/dispformula is not supported")
+        model, parts, disp_model = build_parts_model(
+            model, data, family, ziformula, dispformula, weights=weights, offset=offset)
+        return BayesModel(model, priors=priors, ar1=ar1, data=data, center=center, parts=parts,
+                          disp_model=disp_model)
     if isinstance(model, str):
         if data is None:
             raise ValueError("a formula needs data=")
@@ -132,6 +156,8 @@ def fit(
     offset=None,
     center: bool = True,
     relmat: dict | None = None,
+    ziformula: str | None = None,
+    dispformula: str | None = None,
     **sample_options,
 ) -> BayesResult:
     """Build the Bayesian model and sample it with NUTS: ``build(...).sample(...)``.
@@ -151,6 +177,6 @@ def fit(
     """
     bayes_model = build(
         model, data, family, priors=priors, ar1=ar1, weights=weights, offset=offset, center=center,
-        relmat=relmat,
+        relmat=relmat, ziformula=ziformula, dispformula=dispformula,
     )
     return bayes_model.sample(**sample_options)

@@ -131,10 +131,15 @@ def test_compois_predict_and_simulate(reference):
     fit = _fit(reference["models"]["compois_under"])
     eta = fit.predict(type="link").to_numpy()
     rel_close(fit.predict(type="response").to_numpy(), np.exp(eta), 1e-12)
-    sims = fit.simulate(2, seed=1)
-    values = np.asarray(sims)
-    assert values.shape[0] == fit.nobs
+    n_sim = 200
+    values = np.asarray(fit.simulate(n_sim, seed=1))  # numpy's compois draw
+    assert values.shape == (fit.nobs, n_sim)
     assert np.all(values >= 0) and np.all(values == np.round(values))
+    # Each row's draws have its fitted mean and the family's variance there.
+    mu = np.exp(eta)
+    var = cmp.compois_variance(np, mu, fit.dispersion)
+    z = (values.mean(axis=1) - mu) / np.sqrt(var / n_sim)
+    assert abs(z.mean()) < 5 / np.sqrt(fit.nobs) and 0.8 < z.var() < 1.25, (z.mean(), z.var())
 
 
 def test_compois_glm_matches_glmmtmb(reference):  # host engine: no compile
@@ -158,6 +163,46 @@ def test_compiled_engine_agrees_on_compois(reference):
     assert jax_fit.converged, jax_fit.convergence
     rel_close(jax_fit.deviance, host.deviance, 1e-9)
     rel_close(jax_fit.fixef, host.fixef, 1e-5)
+
+
+@pytest.mark.slow  # the compiled parts engine compiles for ~25 s on a small CPU
+def test_compiled_engine_agrees_on_zero_inflated_compois():
+    """ZI compois with a random intercept on 60 simulated rows: the compiled parts engine
+    (compois's JAX twin: Newton in a custom_jvp, differentiated by jacfwd through the
+    implicit inner mode) reaches the host engine's optimum."""
+    rng = np.random.default_rng(4)
+    n = 60
+    g = np.repeat(np.arange(6), 10)
+    x, z = rng.normal(size=n), rng.normal(size=n)
+    y = cmp.draw_numpy(rng, np.exp(0.8 + 0.4 * x + rng.normal(0, 0.4, 6)[g]), 0.6)
+    y = np.where(rng.uniform(size=n) < 1 / (1 + np.exp(0.5 - 0.8 * z)), 0, y)
+    data = pd.DataFrame({"y": y, "x": x, "z": z, "g": [f"g{i}" for i in g]})
+    fits = {engine: glmmjax.glmer("y ~ x + (1 | g)", data, family="compois", ziformula="~ z",
+                                  engine=engine) for engine in ("host", "jax")}
+    host, compiled = fits["host"], fits["jax"]
+    assert compiled.engine == "jax" and host.engine == "host"
+    assert host.converged and compiled.converged, compiled.convergence
+    rel_close(compiled.criterion, host.criterion, 1e-8)
+    np.testing.assert_allclose(compiled.params, host.params, rtol=1e-5, atol=1e-7)
+    for part in ("cond", "zi", "disp"):
+        rel_close(compiled.fixef_se[part], host.fixef_se[part], 1e-4)
+
+
+def test_zero_inflated_compois_simulates_in_numpy(reference):
+    """A ZI compois fit's simulate draws in numpy (nothing compiled): counts, zeros at
+    least where the zero-inflation puts them on average."""
+    from glmmjax._inference import parts_draws
+
+    fit = _fit(reference["models"]["compois_zi"])
+    assert parts_draws.supported(fit.family)
+    sims = np.asarray(fit.simulate(50, seed=2))
+    assert sims.shape == (fit.nobs, 50)
+    assert np.all(sims >= 0) and np.all(sims == np.round(sims))
+    pi = fit.predict(type="zprob").to_numpy()
+    mean = fit.predict(type="response").to_numpy()
+    assert np.mean(sims == 0) > np.mean(pi)
+    # The simulated means against the fitted ones (loose: 50 draws per row).
+    np.testing.assert_allclose(sims.mean(), mean.mean(), rtol=0.1)
 
 
 @pytest.mark.parametrize("bad", [[-1.0, 2.0, 3.0], [0.5, 2.0, 3.0]])
@@ -371,11 +416,51 @@ def test_profile_intervals_match_glmmtmb(reference):
     assert ci.attrs["note"] == ""
 
 
-def test_profile_intervals_refuse_reml_fits():
-    fit = glmmjax.lmer("Reaction ~ Days + (1 | Subject)", glmmjax.datasets.load("sleepstudy"),
-                       dispformula="~ Days")
-    with pytest.raises(NotImplementedError, match="reml=False"):
-        fit.confint(method="profile")
+def test_reml_profile_intervals_meet_the_cutoff_on_the_reml_criterion():
+    """REML fits with a dispersion model (glmmTMB 1.1.5 refuses to profile them; lme4's
+    profile of a REML fit is its ML fit's profile, so neither is a reference): the SD
+    and the dispersion coefficients are profiled on the REML criterion. Each end is
+    checked by an independent one-dimensional profile (bounded scalar minimization over
+    the one other parameter): D(end) − F̂ = χ²₁(0.95) within 1e-4. The fixed effects,
+    integrated out of the criterion, have no profile (NaN, noted)."""
+    from scipy.optimize import minimize_scalar
+
+    from glmmjax._engines.host.parts_reml import GaussianREML
+
+    data = glmmjax.datasets.load("sleepstudy")
+    fit = glmmjax.lmer("Reaction ~ Days + (1 | Subject)", data, dispformula="~ 1")
+    assert fit.method == "REML"
+    ci = fit.confint(method="profile")
+    assert list(ci.index) == ["sd_Intercept|Subject", "Intercept", "Days", "d~Intercept"]
+    assert ci.loc[["Intercept", "Days"]].isna().all().all()
+    assert "integrated out of the REML criterion" in ci.attrs["note"]
+    model = GaussianREML(fit.parts_data, fit.design.terms)
+    cutoff = 1.959963984540054**2
+    theta, gamma = fit.params[0], fit.params[-1]
+
+    def over_gamma(t):
+        return minimize_scalar(lambda g: model.value(np.array([t, g])),
+                               bounds=(gamma - 2, gamma + 2), method="bounded",
+                               options={"xatol": 1e-10}).fun
+
+    def over_theta(g):
+        return minimize_scalar(lambda t: model.value(np.array([t, g])),
+                               bounds=(0.0, 4 * theta), method="bounded",
+                               options={"xatol": 1e-10}).fun
+
+    for end in ci.loc["sd_Intercept|Subject"]:
+        assert abs(over_gamma(end) - fit.criterion - cutoff) < 1e-4, end
+    for end in ci.loc["d~Intercept"]:
+        assert abs(over_theta(end) - fit.criterion - cutoff) < 1e-4, end
+    lo, hi = ci.loc["sd_Intercept|Subject"]
+    assert lo < theta < hi
+    # A dispersion slope too (one more parameter per profile point).
+    fit2 = glmmjax.lmer("Reaction ~ Days + (1 | Subject)", data, dispformula="~ Days")
+    ci2 = fit2.confint(method="profile", parm="d~Days")
+    lo, hi = ci2.loc["d~Days"]
+    se = fit2.fixef_se["disp"]["Days"]
+    assert lo < fit2.fixef["disp"]["Days"] < hi
+    rel_close(hi - lo, 2 * 1.96 * se, 0.2)  # near the Wald width on this well-fitted slope
 
 
 @pytest.mark.slow

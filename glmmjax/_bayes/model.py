@@ -36,8 +36,10 @@ from .._model.model import MixedModel
 from .._precision import precision_scope
 from .._progress import wait_interruptibly
 from . import ar1 as ar1_lib
+from . import parts as parts_lib
 from . import structures as structures_lib
 from .priors import (
+    ExtraFixef,
     Layout,
     data_scale,
     default_priors,
@@ -142,6 +144,12 @@ class BayesData(eqx.Module):
     ar_prev: jnp.ndarray | None = None
     ar_series: jnp.ndarray | None = None
     ar_position: jnp.ndarray | None = None
+    # glmmTMB's extra parts (glmmjax._bayes.parts): the zero-inflation and dispersion
+    # fixed-effects matrices (centred like X) and offsets; None without them.
+    X_zi: jnp.ndarray | None = None
+    offset_zi: jnp.ndarray | None = None
+    X_disp: jnp.ndarray | None = None
+    offset_disp: jnp.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +168,17 @@ class GLMMModel:
         ]
         beta = jnp.stack(coefs) if coefs else jnp.zeros(0)
         eta = data.X @ beta + data.offset
+        parts = {}
+        if layout.parts_model:
+            for part in ("zi", "disp"):
+                extra = layout.part_fixef(part)
+                X = getattr(data, f"X_{part}")
+                value = getattr(data, f"offset_{part}")
+                if extra is not None:
+                    b = jnp.stack([numpyro.sample(extra.site(j), priors[name])
+                                   for j, name in enumerate(extra.names())])
+                    value = value + X @ b
+                parts[part] = value
         for t, (label, coefs_t) in enumerate(zip(layout.labels, layout.coef_names)):
             size, n_levels = len(coefs_t), len(layout.levels[t])
             sd = jnp.stack([numpyro.sample(n, priors[n]) for n in layout.sd_names(t)])
@@ -176,12 +195,22 @@ class GLMMModel:
                 effects = u @ (sd[:, None] * chol).T
             else:
                 effects = u * sd
-            eta = eta + jnp.sum(data.z[t] * effects[data.refs[t]], axis=1)
+            term = jnp.sum(data.z[t] * effects[data.refs[t]], axis=1)
+            if layout.term_part(t) == "zi":
+                parts["zi"] = parts["zi"] + term
+            else:
+                eta = eta + term
         dispersion = None
         if layout.dispersion is not None:
             value = numpyro.sample(layout.dispersion, priors[layout.dispersion])
             dispersion = value * value if layout.dispersion == "sigma" else value
-        if layout.ar1 == "errors":
+            if layout.parts_model:
+                parts["disp"] = parts["disp"] + parts_lib.scalar_log_phi(
+                    layout.dispersion, family, value)
+        if layout.parts_model:
+            likelihood = parts_lib.PartsLikelihood(family, eta, parts["zi"], parts["disp"],
+                                                   data.weights, layout.zero_inflated)
+        elif layout.ar1 == "errors":
             rho = numpyro.sample("ar1_rho", priors["ar1_rho"])
             likelihood = GaussianAR1(
                 family.link.inverse(eta), jnp.sqrt(dispersion), rho, data.ar_first,
@@ -211,23 +240,34 @@ class BayesModel:
         layout: the parameter names.
         data: the :class:`BayesData` arrays (numpy).
         ar1: the AR(1) series index, or None.
+        parts: glmmTMB's zero-inflation/dispersion designs (``ziformula=``,
+            ``dispformula=``; :mod:`glmmjax._bayes.parts`), or None.
     """
 
-    def __init__(self, model: MixedModel, *, priors=None, ar1=None, data=None, center=True):
+    def __init__(self, model: MixedModel, *, priors=None, ar1=None, data=None, center=True,
+                 parts=None, disp_model: bool = False):
         if not isinstance(model, MixedModel):
             raise TypeError(f"expected a glmmjax.MixedModel, got {type(model).__name__}")
         self.model = model
+        self.parts = parts  # glmmjax._model.parts_design.PartsDesign, or None
         family = Gaussian() if model.family is None else model.family
         self.family = family
         design = model.design
         X = np.asarray(model.X, dtype=np.float64)
-        ones = [j for j in range(X.shape[1]) if np.all(X[:, j] == 1.0)]
-        named = [j for j in ones if design.fixef_names[j] == "Intercept"]
-        intercept = (named or ones or [None])[0]
+        n = X.shape[0]
+
+        def intercept_of(X, names):
+            ones = [j for j in range(X.shape[1]) if np.all(X[:, j] == 1.0)]
+            named = [j for j in ones if names[j] in ("Intercept", "(Intercept)")]
+            return (named or ones or [None])[0]
+
+        intercept = intercept_of(X, design.fixef_names)
         centred = bool(center) and intercept is not None and X.shape[1] > 1
         ar_kind = None
         self.ar1 = None
         if ar1 is not None:
+            if parts is not None:
+                raise ValueError("ar1= with ziformula/dispformula is not supported")
             self.ar1 = ar1_lib.ar1_index(data, design.rows, ar1)
             ar_kind = "errors" if isinstance(family, Gaussian) else "latent"
             if ar_kind == "errors" and np.any(np.asarray(model.weights) != 1.0):
@@ -235,40 +275,100 @@ class BayesModel:
                     "AR(1) errors for the Gaussian family are defined for unit weights; "
                     "drop weights= or use a non-Gaussian family's latent AR(1) term"
                 )
+        terms = tuple(design.terms)
+        labels = group_labels(design.terms)
+        term_parts: tuple = ()
+        extra_fixef = []
+        # Uncentred arrays of the extra parts, for results (X_zi, offset_zi, X_disp,
+        # offset_disp); their centred columns go into self.data.
+        self.parts_arrays = None
+        dispersion = dispersion_parameter(family)
+        if parts is not None:
+            zi_terms = () if parts.zi is None else tuple(parts.zi.terms)
+            terms = terms + zi_terms
+            labels = labels + tuple(f"{label}__zi" for label in group_labels(zi_terms))
+            term_parts = ("cond",) * len(design.terms) + ("zi",) * len(zi_terms)
+            X_zi, offset_zi = parts_lib.part_arrays(parts.zi, n)
+            X_disp, offset_disp = parts_lib.part_arrays(parts.disp, n)
+            if disp_model:  # log φ = X_disp β_disp + offset (no columns: '~0', fixed)
+                dispersion = None
+            else:
+                # The family's own dispersion parameter (or none, or a fixed one in the
+                # offset) stands for the ~1 dispersion model.
+                offset_disp = offset_disp if X_disp.shape[1] == 0 else np.zeros(n)
+                X_disp = np.zeros((n, 0))
+            self.parts_arrays = {"zi": (X_zi, offset_zi), "disp": (X_disp, offset_disp)}
+            for part, Xp in (("zi", X_zi), ("disp", X_disp)):
+                if Xp.shape[1]:
+                    names = tuple(getattr(parts, part).fixef_names)
+                    j0 = intercept_of(Xp, names)
+                    extra_fixef.append(ExtraFixef(
+                        part, names, j0, bool(center) and j0 is not None and Xp.shape[1] > 1))
         self.layout = Layout(
             fixef_names=tuple(design.fixef_names),
             intercept_index=intercept,
             centred=centred,
-            labels=group_labels(design.terms),
-            coef_names=tuple(tuple(t.coef_names) for t in design.terms),
-            levels=tuple(tuple(t.levels) for t in design.terms),
-            dispersion=dispersion_parameter(family),
+            labels=labels,
+            coef_names=tuple(tuple(t.coef_names) for t in terms),
+            levels=tuple(tuple(t.levels) for t in terms),
+            dispersion=dispersion,
             ar1=ar_kind,
             ar1_grid=None if self.ar1 is None else self.ar1.grid,
             structures=tuple(t.covariance if structures_lib.is_structured(t.covariance)
-                             else None for t in design.terms),
+                             else None for t in terms),
+            term_parts=term_parts,
+            extra_fixef=tuple(extra_fixef),
+            parts_model=parts is not None,
+            zero_inflated=parts is not None and parts.zi is not None,
         )
         self.glmm = GLMMModel(self.layout)
         self.scale = data_scale(X, model.y, model.weights, model.offset, family, intercept)
-        defaults = default_priors(self.layout, family, self.scale)
-        self.priors, self.prior_sources = resolve_priors(defaults, priors, self.layout)
         self.x_means = np.where(
             (np.arange(X.shape[1]) != intercept) & centred, X.mean(axis=0), 0.0
         )
+        self.extra_means = {}
+        extra_data = {}
+        if parts is not None:
+            sd_x = {}
+            for part in ("zi", "disp"):
+                Xp, off = self.parts_arrays[part]
+                extra = self.layout.part_fixef(part)
+                means = np.zeros(Xp.shape[1])
+                if extra is not None and extra.centred:
+                    means = np.where(np.arange(Xp.shape[1]) != extra.intercept_index,
+                                     Xp.mean(axis=0), 0.0)
+                self.extra_means[part] = means
+                sd_x[part] = np.std(Xp, axis=0)
+                extra_data[f"X_{part}"] = Xp - means
+                extra_data[f"offset_{part}"] = off
+            guess = self.scale.dispersion_guess
+            log_phi = 0.0
+            if guess is not None:
+                value = guess * guess if isinstance(family, Gaussian) else guess
+                log_phi = float(np.log(value) / parts_lib.dispersion_power(family))
+            self.scale = dataclasses.replace(self.scale, extra_sd_x=sd_x, log_phi_guess=log_phi)
+        defaults = default_priors(self.layout, family, self.scale)
+        self.priors, self.prior_sources = resolve_priors(defaults, priors, self.layout)
         s = model.structure
         idx = self.ar1
+        refs = tuple(np.asarray(r) for r in s.refs)
+        zs = tuple(np.asarray(z) for z in s.z)
+        if parts is not None and parts.zi is not None:
+            refs += tuple(np.asarray(t.refs) for t in parts.zi.terms)
+            zs += tuple(np.asarray(t.z, dtype=np.float64) for t in parts.zi.terms)
         self.data = BayesData(
             X=X - self.x_means,
             offset=np.asarray(model.offset, dtype=np.float64),
             y=np.asarray(model.y, dtype=np.float64),
             weights=np.asarray(model.weights, dtype=np.float64),
-            refs=tuple(np.asarray(r) for r in s.refs),
-            z=tuple(np.asarray(z) for z in s.z),
+            refs=refs,
+            z=zs,
             ar_first=None if idx is None else idx.first,
             ar_gap=None if idx is None else idx.gap,
             ar_prev=None if idx is None else idx.prev,
             ar_series=None if idx is None else idx.series,
             ar_position=None if idx is None else idx.position,
+            **extra_data,
         )
 
     # ---- the NumPyro model ----------------------------------------------------------------
@@ -303,6 +403,7 @@ class BayesModel:
         """Names of the sampled (unconstrained by NUTS) sites, in model order."""
         layout = self.layout
         names = [layout.fixef_site(j) for j in range(len(layout.fixef_names))]
+        names += [f.site(j) for f in layout.extra_fixef for j in range(len(f.coef_names))]
         for t, label in enumerate(layout.labels):
             names += layout.sd_names(t) + [f"z_{label}"]
             if layout.has_lkj(t):
@@ -329,6 +430,9 @@ class BayesModel:
                 centres[param.name] = structures_lib.centre(layout.structure(t), param)
         if layout.dispersion is not None and scale.dispersion_guess is not None:
             centres[layout.dispersion] = scale.dispersion_guess
+        extra = layout.part_fixef("disp")
+        if extra is not None and extra.intercept_index is not None:
+            centres[extra.site(extra.intercept_index)] = scale.log_phi_guess
         if layout.ar1 is not None:
             centres["ar1_rho"] = 0.0
         if layout.ar1 == "latent":
@@ -587,6 +691,12 @@ class BayesModel:
             coefs[layout.intercept_index] = coefs[layout.intercept_index] - shift
         for name, c in zip(layout.fixef_names, coefs):
             out[f"b_{name}"] = c
+        for extra in layout.extra_fixef:
+            coefs = [np.asarray(samples[extra.site(j)]) for j in range(len(extra.coef_names))]
+            if extra.centred:
+                shift = sum(c * m for c, m in zip(coefs, self.extra_means[extra.part]))
+                coefs[extra.intercept_index] = coefs[extra.intercept_index] - shift
+            out.update(zip(extra.names(), coefs))
         for t, label in enumerate(layout.labels):
             names = layout.sd_names(t)
             sd = np.stack([np.asarray(samples[n]) for n in names], axis=-1)

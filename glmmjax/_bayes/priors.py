@@ -15,6 +15,12 @@ name                           parameter
                                beta precision (Var y = μ(1 − μ)/(1 + φ))
 ``theta``                      negative binomial size (Var y = μ + μ²/θ)
 ``ar1_rho``, ``ar1_sd``        AR(1) coefficient; SD of the latent AR(1) term
+``b_zi_<coef>``                zero-inflation (or hurdle) fixed effect, logit scale
+                               (``ziformula=``)
+``b_disp_<coef>``              dispersion-model fixed effect, on glmmTMB's log φ
+                               (``dispformula=``; then no ``sigma``/``phi``/``theta``)
+``sd_<group>__zi__<coef>``     SD of a zero-inflation random effect; its term's label is
+                               ``<group>__zi`` (``r_<group>__zi[...]``, ``cor_<group>__zi``)
 =============================  ============================================================
 
 ``<group>`` is the grouping factor as in ``fit.varcorr`` (``g``, ``g.1``, ... when one
@@ -42,6 +48,12 @@ given):
   on the shape 1/φ; beta φ: Gamma(0.01, 0.01) (brms); negative binomial θ:
   InverseGamma(0.4, 0.3) (brms's prior on the shape).
 * ``ar1_rho``: Uniform(−1, 1); ``ar1_sd``: half-Student-t(3, 0, 2.5).
+* zero-inflation part (``ziformula=``): intercept Logistic(0, 1) (brms's for ``zi``: a
+  uniform prior on π at average predictors), other fixed effects Normal(0, 2.5/s_x), the
+  SDs as above. Dispersion model (``dispformula=``, log link): intercept
+  Student-t(3, log φ̃, 2.5) with φ̃ the moment guess of glmmTMB's φ, other fixed
+  effects Normal(0, 2.5/s_x). Both intercepts are sampled at centred predictors, as the
+  conditional one; class keys ``"b_zi"`` and ``"b_disp"`` set a part's other effects.
 * structured terms (``diag``, ``cs``, ``ar1``, ``toep``, ``ou``, ``exp``, ``gau``,
   ``mat``) and relmat terms: the SDs as above (``sd_<group>`` where the structure has one
   SD), and their correlation parameters (``rho_<group>``, ``pacf<k>_<group>``,
@@ -230,6 +242,19 @@ class Layout:
     # Per term, its covariance structure where it has one (diag, cs, ar1, ..., relmat;
     # glmmjax._bayes.structures), None for lme4's unstructured terms.
     structures: tuple = ()
+    # glmmTMB's extra parts (ziformula=/dispformula=; glmmjax._bayes.parts): per term its
+    # part ("cond" or "zi"; missing: "cond"); the fixed effects of the zi and disp parts.
+    term_parts: tuple = ()
+    extra_fixef: tuple = ()  # ExtraFixef per part with columns
+    parts_model: bool = False  # the likelihood is glmmTMB's row_loglik (zi, hurdle, disp)
+    zero_inflated: bool = False
+
+    def term_part(self, t: int) -> str:
+        return self.term_parts[t] if t < len(self.term_parts) else "cond"
+
+    def part_fixef(self, part: str):
+        """The :class:`ExtraFixef` of part ``"zi"`` or ``"disp"``, or None."""
+        return next((f for f in self.extra_fixef if f.part == part), None)
 
     def structure(self, t: int):
         """Term t's covariance structure, or None (unstructured)."""
@@ -267,9 +292,14 @@ class Layout:
             for i in range(j + 1, len(coefs))
         ]
 
+    def all_fixef_names(self) -> list[str]:
+        """Names of every fixed effect (``b_*``), the conditional part's first."""
+        return [f"b_{name}" for name in self.fixef_names] + [
+            n for f in self.extra_fixef for n in f.names()]
+
     def prior_keys(self) -> list[str]:
         """Every parameter that has a prior, in model order."""
-        keys = [f"b_{name}" for name in self.fixef_names]
+        keys = self.all_fixef_names()
         for t in range(len(self.coef_names)):
             keys += self.sd_names(t)
             if self.has_lkj(t):
@@ -289,12 +319,34 @@ class Layout:
             f"b_{name}" for j, name in enumerate(self.fixef_names) if j != self.intercept_index
         ]
         out = {"b": slopes, "sd": [], "cor": []}
+        for f in self.extra_fixef:
+            out[f"b_{f.part}"] = [n for j, n in enumerate(f.names()) if j != f.intercept_index]
         for t in range(len(self.coef_names)):
             out[f"sd_{self.labels[t]}"] = self.sd_names(t)
             out["sd"] += self.sd_names(t)
             if self.has_lkj(t):
                 out["cor"].append(f"cor_{self.labels[t]}")
         return {k: v for k, v in out.items() if v and k not in self.prior_keys()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraFixef:
+    """The fixed effects of the zero-inflation (``part="zi"``) or dispersion (``"disp"``)
+    part: names ``b_<part>_<coef>``; the intercept sampled at centred predictors as
+    ``Intercept_<part>`` when ``centred``."""
+
+    part: str
+    coef_names: tuple[str, ...]
+    intercept_index: int | None
+    centred: bool
+
+    def names(self) -> list[str]:
+        return [f"b_{self.part}_{c}" for c in self.coef_names]
+
+    def site(self, j: int) -> str:
+        if j == self.intercept_index and self.centred:
+            return f"Intercept_{self.part}"
+        return self.names()[j]
 
 
 def group_labels(terms) -> tuple[str, ...]:
@@ -333,6 +385,9 @@ class DataScale:
     sd_y: float
     sd_x: np.ndarray  # per column of X
     dispersion_guess: float | None
+    # Parts models: SDs of the zi/disp columns by part; log of glmmTMB's φ guess.
+    extra_sd_x: dict = dataclasses.field(default_factory=dict)
+    log_phi_guess: float = 0.0
 
 
 def data_scale(X, y, weights, offset, family: Family, intercept_index) -> DataScale:
@@ -385,6 +440,14 @@ def default_priors(layout: Layout, family: Family, scale: DataScale) -> dict:
         sd_x = float(scale.sd_x[j]) if scale.sd_x[j] > 0 else 1.0
         s = 2.5 * (scale.sd_y if scale.identity_gaussian and scale.sd_y > 0 else 1.0) / sd_x
         priors[f"b_{name}"] = dist.Normal(0.0, s)
+    for extra in layout.extra_fixef:
+        sd_x = scale.extra_sd_x[extra.part]
+        for j, name in enumerate(extra.names()):
+            if j == extra.intercept_index:
+                priors[name] = (dist.Logistic(0.0, 1.0) if extra.part == "zi" else
+                                dist.StudentT(3.0, scale.log_phi_guess, 2.5))
+            else:
+                priors[name] = dist.Normal(0.0, 2.5 / (float(sd_x[j]) if sd_x[j] > 0 else 1.0))
     sd_scale = scale.scale
     for t, coefs in enumerate(layout.coef_names):
         for key in layout.sd_names(t):
@@ -531,4 +594,6 @@ def describe(prior) -> str:
         return f"exponential({num(prior.rate)})"
     if isinstance(prior, dist.LogNormal):
         return f"lognormal({num(prior.loc)}, {num(prior.scale)})"
+    if isinstance(prior, dist.Logistic):
+        return f"logistic({num(prior.loc)}, {num(prior.scale)})"
     return repr(prior)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .._display import plural
 from .._families.base import Gaussian
+from .._families.response_parts import response_mean, row_loglik
 from .._model.design import DataError, new_data_design
 from .._precision import precision_scope
 from .._stacklevel import external_stacklevel
@@ -117,7 +118,7 @@ class BayesResult:
     def _names(self, kind: str) -> list[str]:
         layout = self.layout
         if kind == "fixef":
-            return [f"b_{n}" for n in layout.fixef_names]
+            return layout.all_fixef_names()
         if kind == "sd":
             return [n for t in range(len(layout.labels)) for n in layout.sd_names(t)]
         if kind == "cor":  # LKJ correlations, and structured terms' correlation parameters
@@ -169,10 +170,39 @@ class BayesResult:
         return self.posterior_summary("all")
 
     @property
-    def fixef(self) -> pd.Series:
-        """Posterior means of the fixed effects (indexed like ``lmer``'s ``fixef``)."""
-        means = [self.draws[f"b_{n}"].mean() for n in self.layout.fixef_names]
-        return pd.Series(means, index=list(self.layout.fixef_names), name="posterior_mean")
+    def fixef(self):
+        """Posterior means of the fixed effects (indexed like ``lmer``'s ``fixef``); with
+        ``ziformula``/``dispformula`` a dict by part, ``{"cond", "zi", "disp"}``, as the
+        frequentist result's (``"disp"`` on glmmTMB's log φ: without a ``dispformula``
+        the posterior mean of log φ from the family's dispersion parameter)."""
+        layout = self.layout
+        means = [self.draws[f"b_{n}"].mean() for n in layout.fixef_names]
+        cond = pd.Series(means, index=list(layout.fixef_names), name="posterior_mean")
+        if not layout.parts_model:
+            return cond
+        from .._results.display import with_r_aliases
+
+        out = {"cond": cond}
+        for part in ("zi", "disp"):
+            extra = layout.part_fixef(part)
+            names, values = [], []
+            if extra is not None:
+                names = list(extra.coef_names)
+                values = [self.draws[n].mean() for n in extra.names()]
+            elif part == "disp" and layout.dispersion is not None:
+                names = list(self.bayes_model.parts.disp.fixef_names)
+                values = [float(np.mean(self.log_phi_draws()))]
+            out[part] = pd.Series(values, index=names, name="posterior_mean", dtype=float)
+        return {k: with_r_aliases(v) for k, v in out.items()}
+
+    def log_phi_draws(self) -> np.ndarray:
+        """Draws of glmmTMB's log φ from the family's scalar dispersion parameter
+        (``sigma``: log σ², ``phi``/``theta``; Gamma's shape 1/φ), (chains, draws)."""
+        from .parts import scalar_log_phi
+
+        layout = self.layout
+        return np.asarray(scalar_log_phi(layout.dispersion, self.bayes_model.family,
+                                         np.asarray(self.draws[layout.dispersion])))
 
     @property
     def ranef(self) -> dict[str, pd.DataFrame]:
@@ -249,9 +279,13 @@ class BayesResult:
             else:
                 factors.append(sd[..., :, None])
         out["factors"] = tuple(factors)
+        for extra in layout.extra_fixef:
+            out[f"beta_{extra.part}"] = np.stack([flat(self.draws[n]) for n in extra.names()],
+                                                 axis=-1)
         if layout.dispersion is not None:
             value = flat(self.draws[layout.dispersion])
             out["dispersion"] = value**2 if layout.dispersion == "sigma" else value
+            out["dispersion_raw"] = value
             if layout.dispersion == "sigma":
                 out["sigma"] = value
         if layout.ar1 is not None:
@@ -269,6 +303,31 @@ class BayesResult:
             params["beta"], params["effects"], pick(model.X), pick(model.offset),
             [pick(r) for r in model.structure.refs], [pick(z) for z in model.structure.z],
         )
+
+    def _parts_predictors(self, params, arrays=None):
+        """(ζ, log φ) of a parts model for one draw, on the fitting rows or on
+        ``arrays`` = (X_zi, offset_zi, zi refs, zi z, X_disp, offset_disp, zi effects)."""
+        bm = self.bayes_model
+        layout = bm.layout
+        n_cond = len(bm.model.design.terms)
+        if arrays is None:
+            X_zi, off_zi = bm.parts_arrays["zi"]
+            X_disp, off_disp = bm.parts_arrays["disp"]
+            refs, zs = bm.data.refs[n_cond:], bm.data.z[n_cond:]
+            effects = params["effects"][n_cond:]
+        else:
+            X_zi, off_zi, refs, zs, X_disp, off_disp, effects = arrays
+        beta_zi = params.get("beta_zi", jnp.zeros(X_zi.shape[1]))
+        zeta = _linear_predictor(beta_zi, effects, X_zi, off_zi, refs, zs)
+        log_phi = off_disp
+        if "beta_disp" in params:
+            log_phi = log_phi + X_disp @ params["beta_disp"]
+        if layout.dispersion is not None:
+            from .parts import scalar_log_phi
+
+            log_phi = log_phi + scalar_log_phi(layout.dispersion, bm.family,
+                                               params["dispersion_raw"])
+        return zeta, log_phi
 
     def _series_ends(self, params):
         """The AR(1) process at the last fitted row of each series, for one draw."""
@@ -310,6 +369,10 @@ class BayesResult:
 
         def one(params):
             eta = self._training_eta(params)
+            if bm.layout.parts_model:
+                zeta, log_phi = self._parts_predictors(params)
+                return row_loglik(family, y, w, eta, zeta, log_phi,
+                                  zero_inflated=bm.layout.zero_inflated)
             if kind == "errors":
                 mean, var = self._conditionals(params, eta)
                 return Gaussian().loglik_eta(y, mean, jnp.ones_like(mean), var)
@@ -383,8 +446,11 @@ class BayesResult:
             DataError: unseen levels with ``allow_new_levels=False``, bad weights, or (AR(1))
                 new rows that do not come after their series' last fitted time.
         """
-        if type not in ("prediction", "response", "link"):
-            raise ValueError(f"type must be 'prediction', 'response' or 'link', got {type!r}")
+        types = ("prediction", "response", "link")
+        if self.layout.parts_model:
+            types += ("conditional", "zprob")
+        if type not in types:
+            raise ValueError(f"type must be one of {types}, got {type!r}")
         with precision_scope(self.precision):
             params = self._flat_draws(num_draws)
             if newdata is None:
@@ -401,6 +467,23 @@ class BayesResult:
         return pd.DataFrame(values, columns=rows,
                             index=pd.RangeIndex(values.shape[0], name="draw"))
 
+    def _finish_parts(self, key, eta, zeta, log_phi, weights, type):
+        """A parts model's prediction of ``type`` from (η, ζ, log φ)."""
+        from .._families.response_parts import conditional_mean
+        from .parts import simulate
+
+        family = self.bayes_model.family
+        zero_inflated = self.layout.zero_inflated
+        if type == "link":
+            return eta
+        if type == "zprob":
+            return jax.nn.sigmoid(zeta) if zero_inflated else jnp.zeros_like(eta)
+        if type == "conditional":
+            return conditional_mean(family, eta, log_phi)
+        if type == "response":
+            return response_mean(family, eta, zeta, log_phi, zero_inflated=zero_inflated)
+        return simulate(key, family, eta, zeta, log_phi, weights, zero_inflated)
+
     def _finish(self, key, eta, weights, dispersion, type):
         family = self.bayes_model.family
         if type == "link":
@@ -416,6 +499,9 @@ class BayesResult:
 
         def fn(key, params):
             eta = self._training_eta(params)
+            if bm.layout.parts_model:
+                zeta, log_phi = self._parts_predictors(params)
+                return self._finish_parts(key, eta, zeta, log_phi, w, type)
             if bm.layout.ar1 == "errors":
                 if type == "link":
                     return eta
@@ -444,12 +530,33 @@ class BayesResult:
             w = np.asarray(w, dtype=np.float64)
             if w.shape != (n_new,):
                 raise DataError(f"weights must have one value per row of newdata ({n_new})")
+        terms, parts = list(design.terms), list(parts)
+        extra = None
+        if bm.layout.parts_model:
+            extra = {}
+            for name in ("zi", "disp"):
+                part = getattr(bm.parts, name)
+                X_p, _ = bm.parts_arrays[name]
+                if part is None:
+                    extra[name] = (np.zeros((n_new, X_p.shape[1])), np.zeros(n_new))
+                    continue
+                if X_p.shape[1] == 0:  # no columns: a fixed log φ (its offset), or none
+                    value = bm.parts_arrays[name][1][0] if len(bm.parts_arrays[name][1]) else 0.0
+                    extra[name] = (np.zeros((n_new, 0)), np.full(n_new, value))
+                    continue
+                X_p, off_p, parts_p = new_data_design(part.design, newdata,
+                                                      allow_new_levels=allow_new_levels)
+                extra[name] = (np.asarray(X_p, np.float64), np.asarray(off_p, np.float64))
+                if name == "zi":
+                    terms += list(part.terms)
+                    parts += list(parts_p)
         refs, n_new_levels = [], []
-        for term, (r, _) in zip(design.terms, parts):
+        for term, (r, _) in zip(terms, parts):
             r, k = _new_level_refs(term, newdata, np.asarray(r))
             refs.append(r)
             n_new_levels.append(k)
         zs = [np.asarray(z, dtype=np.float64) for _, z in parts]
+        n_cond = len(design.terms)
         kind = bm.layout.ar1
         forecast = None if kind is None else ar1_lib.forecast_index(bm.ar1, newdata)
         sizes = [len(c) for c in bm.layout.coef_names]
@@ -462,7 +569,12 @@ class BayesResult:
                     u = jax.random.normal(jax.random.fold_in(key_re, t), (k, sizes[t]), dtype=b.dtype)
                     b = jnp.concatenate([b, u @ factor.T], axis=0)
                 effects.append(b)
-            eta = _linear_predictor(params["beta"], effects, X, off, refs, zs)
+            eta = _linear_predictor(params["beta"], effects[:n_cond], X, off, refs[:n_cond],
+                                    zs[:n_cond])
+            if extra is not None:
+                zeta, log_phi = self._parts_predictors(params, (
+                    *extra["zi"], refs[n_cond:], zs[n_cond:], *extra["disp"], effects[n_cond:]))
+                return self._finish_parts(key_y, eta, zeta, log_phi, w, type)
             if kind is None or (kind == "errors" and type == "link"):
                 return self._finish(key_y, eta, w, params.get("dispersion"), type)
             ends = self._series_ends(params)
@@ -572,12 +684,20 @@ class BayesResult:
             f"warmup = {self.num_warmup}; thin = 1;",
             f"         total post-warmup draws = {draws}",
         ]
+        if bm.parts is not None:
+            extra_lines = [f"   {name}: {getattr(bm.parts, name).formula}"
+                           for name in ("zi", "disp") if getattr(bm.parts, name) is not None]
+            lines[3:3] = extra_lines
         if bm.ar1 is not None:
             group = f" within {bm.ar1.group_column}" if bm.ar1.group_column else ""
             lines.insert(4, f"Autocor: AR(1) over {bm.ar1.time_column}{group}")
         lines += ["", "Multilevel Hyperparameters:"]
         for t, label in enumerate(layout.labels):
-            lines.append(f"~{label} (Number of levels: {len(layout.levels[t])})")
+            if layout.term_part(t) == "zi":
+                lines.append(f"~{label.removesuffix('__zi')} (zero-inflation model; Number of "
+                             f"levels: {len(layout.levels[t])})")
+            else:
+                lines.append(f"~{label} (Number of levels: {len(layout.levels[t])})")
             names = layout.sd_names(t)
             labels = [f"sd({c})" for c in layout.coef_names[t]]
             if layout.structure(t) is not None and len(names) == 1:
@@ -589,8 +709,15 @@ class BayesResult:
                 names.append(param.name)
                 labels.append(f"{param.name[: -len(label) - 1]}({layout.structure(t).name})")
             lines += [block(names, labels), ""]
-        lines.append("Regression Coefficients:")
-        lines += [block(self._names("fixef"), list(layout.fixef_names)), ""]
+        heading = "Regression Coefficients:"
+        if layout.parts_model:
+            heading = "Regression Coefficients (conditional model):"
+        lines.append(heading)
+        lines += [block([f"b_{n}" for n in layout.fixef_names], list(layout.fixef_names)), ""]
+        for extra in layout.extra_fixef:
+            lines.append("Zero-inflation model (logit link):" if extra.part == "zi" else
+                         "Dispersion model (log link, glmmTMB's phi):")
+            lines += [block(extra.names(), list(extra.coef_names)), ""]
         if layout.ar1 is not None:
             names = [n for n in ("ar1_rho", "ar1_sd") if n in self.draws]
             lines += ["Correlation Structures:", block(names, [n.replace("ar1_rho", "ar[1]") for n in names]), ""]

@@ -237,6 +237,36 @@ def compois_variance(xp, mu, phi):
     return moments(xp, L, nu)["k2"]
 
 
+def draw_numpy(rng, mu, phi, batch: int = 4096) -> np.ndarray:
+    """Draws of y ~ CMP with mean ``mu`` and glmmTMB's φ = 1/ν (numpy generator ``rng``),
+    by the inverse CDF over the series window (the same distribution as the family's
+    JAX ``simulate``, nothing to compile): L = log λ by Newton's method (as
+    :func:`loglambda_numpy`, from TMB's start) once per distinct (μ, φ), then the window
+    whose edge terms are below e⁻⁴⁰ of the largest (:func:`_numpy_window`), in batches
+    of ``batch`` rows to bound memory."""
+    mu, phi = np.broadcast_arrays(np.asarray(mu, np.float64), np.asarray(phi, np.float64))
+    shape = mu.shape
+    pairs, inverse = np.unique(np.stack([mu.reshape(-1), phi.reshape(-1)], axis=1), axis=0,
+                               return_inverse=True)
+    inverse = inverse.reshape(-1)
+    x, nu = np.log(pairs[:, 0]), 1.0 / pairs[:, 1]
+    u = rng.random(inverse.shape)
+    out = np.empty(inverse.shape)
+    for start in range(0, x.size, batch):
+        rows = slice(start, start + batch)
+        L = _newton_numpy(x[rows], nu[rows], nu[rows] * x[rows])[0]
+        j, log_t, _ = _numpy_window(L, nu[rows])
+        cdf = np.cumsum(np.exp(log_t - np.max(log_t, axis=-1, keepdims=True)), axis=-1)
+        cdf /= cdf[:, -1:]
+        # The draws of the rows whose (μ, φ) is among this batch's.
+        mine = np.flatnonzero((inverse >= start) & (inverse < start + batch))
+        for chunk in np.array_split(mine, max(1, -(-mine.size * j.shape[1] // 4_000_000))):
+            k = inverse[chunk] - start
+            below = np.sum(cdf[k] < u[chunk, None], axis=-1)
+            out[chunk] = j[k, np.minimum(below, j.shape[1] - 1)]
+    return out.reshape(shape)
+
+
 def compois_partials(xp, y, x, psi, weights, third, need_psi=True):
     """Partials of ℓ in x = log μ and ψ = log φ (module docstring), for numpy or
     jax.numpy (the compiled engine's closed forms)."""

@@ -12,10 +12,11 @@ import numpy as np
 import scipy.special
 
 from .._families import math as fm
+from .._families import math_compois
 from .._families.response_parts import dispersion_power
 
 _FAMILIES = ("Poisson", "NegativeBinomial", "NegativeBinomial1", "Gaussian", "Gamma",
-             "Beta", "Binomial", "TruncatedPoisson")
+             "Beta", "Binomial", "TruncatedPoisson", "ConwayMaxwellPoisson")
 
 
 def supported(family) -> bool:
@@ -45,6 +46,8 @@ def draw(family, rng, eta, zeta, log_phi, trials, zero_inflated: bool) -> np.nda
         y = rng.gamma(shape, mu / shape)
     elif name == "Beta":
         y = rng.beta(mu * disp, (1.0 - mu) * disp)
+    elif name == "ConwayMaxwellPoisson":  # glmmTMB's φ = 1/ν, the exact inverse CDF
+        y = math_compois.draw_numpy(rng, mu, disp)
     elif name == "Binomial":
         n_trials = np.round(trials).astype(np.int64)
         successes = rng.binomial(np.maximum(n_trials, 0), mu)

@@ -13,7 +13,15 @@ point's minimizer and random-effects mode.
 Random-effect SDs: a scalar term's θ is its SD (u ~ N(0, I), b = θu), profiled over
 θ ≥ 0; where D(0) − F̂ stays below the cutoff the lower end is 0 (one-sided, noted).
 glmmTMB profiles log SD: the same interval where it reaches the cutoff. Terms with
-correlations (vector terms) are not profiled (NaN, noted). REML fits are not profiled.
+correlations (vector terms) are not profiled (NaN, noted).
+
+REML fits (Gaussian, ``lmer(..., dispformula=..., reml=True)``; glmmTMB 1.1.5 refuses to
+profile them): the random-effect SDs and the dispersion model's coefficients γ are
+profiled on the REML criterion −2 log L_R(θ, γ)
+(:class:`glmmjax._engines.host.parts_reml.GaussianREML`), as lme4 profiles the variance
+parameters of its REML fits. The fixed effects β are integrated out of that criterion
+(it does not depend on them), so they have no REML profile: their rows are NaN with a
+note (Wald intervals, or the profile of an ML refit, ``reml=False``, instead).
 """
 
 from __future__ import annotations
@@ -56,6 +64,41 @@ class _Profiler:
         return float(res.fun), x
 
 
+class _REMLProfiler:
+    """The profiler of a REML fit: over x = (θ, γ) of the REML criterion, each profile
+    point a BFGS over the others with its central-difference gradient."""
+
+    def __init__(self, result):
+        from .._engines.host.parts_reml import GaussianREML
+
+        self.model = GaussianREML(result.parts_data, result.design.terms)
+        n_theta_c, _, p, _, _ = result.layout
+        full = np.asarray(result.params, np.float64)
+        self.params = np.concatenate([full[:n_theta_c], full[n_theta_c + p:]])
+        self.value = float(self.model.value(self.params))
+        self.v = None
+
+    def profile(self, j, t, start):
+        free = np.arange(self.params.size) != j
+
+        def full(z):
+            x = self.params.copy()
+            x[free], x[j] = z, t
+            return x
+
+        def fun(z):
+            return self.model.value(full(z))
+
+        def jac(z):
+            return self.model.gradient(full(z))[free]
+
+        if not free.any():
+            return float(self.model.value(full(np.zeros(0)))), full(np.zeros(0))
+        res = minimize(fun, start[free], jac=jac, method="BFGS",
+                       options={"gtol": 1e-7, "maxiter": 500})
+        return float(res.fun), full(res.x)
+
+
 def _end(profiler, j, direction, se, cutoff, lower_limit):
     """One end of parameter j's interval (None where it could not be bracketed), and
     whether it is the limit ``lower_limit`` (an SD at 0)."""
@@ -64,7 +107,8 @@ def _end(profiler, j, direction, se, cutoff, lower_limit):
     step *= 1.96
     prev_t = base
     start = profiler.params.copy()
-    profiler.v = np.zeros(profiler.model.q)
+    if profiler.v is not None:
+        profiler.v = np.zeros(profiler.model.q)
     cache = {}
 
     def g(t, from_x):
@@ -93,10 +137,7 @@ def profile_confint(result, level: float = 0.95, parm=None):
     from .._families.distributions import norm_ppf
     from .parts import _interval_frame, _sd_names, _select, fixef_labels
 
-    if result.method == "REML":
-        raise NotImplementedError(
-            "profile intervals are computed on the likelihood; this fit is REML: refit "
-            "with reml=False, or use method='wald'")
+    reml = result.method == "REML"
     if result.parts_data is None:
         raise ValueError("this result carries no model data to profile")
     n_theta_c, n_theta_z, p, p_zi, p_disp = result.layout
@@ -114,15 +155,28 @@ def profile_confint(result, level: float = 0.95, parm=None):
         else:  # SDs and correlations of a vector term: not profiled
             index.extend([None] * n)
         position += n
-    index.extend(range(n_theta_c + n_theta_z, n_theta_c + n_theta_z + p + p_zi + p_disp))
-    cutoff = float(norm_ppf(0.5 * (1.0 + level))) ** 2  # χ²₁(level)
+    start = n_theta_c + n_theta_z
     se = np.sqrt(np.maximum(np.diag(result.params_cov), 0.0))
-    profiler = _Profiler(result)
+    if reml:  # (θ, γ) of the REML criterion; β integrated out (module docstring)
+        index.extend([None] * p)
+        index.extend(range(start, start + p_disp))
+        se = np.concatenate([se[:start], se[start + p :]])
+        profiler = _REMLProfiler(result)
+    else:
+        index.extend(range(start, start + p + p_zi + p_disp))
+        profiler = _Profiler(result)
+    cutoff = float(norm_ppf(0.5 * (1.0 + level))) ** 2  # χ²₁(level)
+    n_beta_rows = set(range(len(sd_names), len(sd_names) + p)) if reml else set()
     lower = np.full(len(names), np.nan)
     upper = np.full(len(names), np.nan)
     notes = []
     for row in wanted:
         j = index[row]
+        if j is None and row in n_beta_rows:
+            notes.append(f"{names[row]}: a fixed effect of a REML fit, integrated out of the "
+                         "REML criterion, has no profile (method='wald', or refit with "
+                         "reml=False)")
+            continue
         if j is None:
             notes.append(f"{names[row]}: a vector term's parameter, not profiled")
             continue

@@ -44,6 +44,14 @@ def re_covariance_factors(result) -> list[np.ndarray]:
             numpy_factors(result.theta_values, term_structures(result.design.terms))]
 
 
+def _numpy_compois(family) -> bool:
+    """glmmjax's compois with a built-in link: drawn in numpy (its JAX draw compiles for
+    seconds)."""
+    from . import parts_draws
+
+    return type(family).__name__ == "ConwayMaxwellPoisson" and parts_draws.supported(family)
+
+
 @eqx.filter_jit
 def _draw(family, key, mu, weights, dispersion):
     keys = jax.random.split(key, mu.shape[0])
@@ -127,6 +135,15 @@ def simulate(
             b_new = rng.standard_normal((n, n_codes, S)) @ L.T
             eta += np.einsum("ks,iks->ik", z, b_new[:, keys])
     family = _family_of(result)
+    if _numpy_compois(family):  # the exact numpy draw: nothing to compile
+        from .._families import math as fm
+        from .._families.math_compois import draw_numpy
+
+        mu = np.asarray(fm.inverse_link(family.link, np, eta), np.float64)
+        y = draw_numpy(rng, mu, float(_dispersion_of(result))).T
+        if as_array:
+            return y
+        return pd.DataFrame(y, index=index, columns=[f"sim_{i + 1}" for i in range(n)])
     with jax.enable_x64(True):
         mu = family.link.inverse(jnp.asarray(eta))
         disp = _dispersion_of(result)

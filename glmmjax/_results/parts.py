@@ -413,8 +413,9 @@ class GLMMPartsResult(GLMMResult):
                 ``confint(method = "Wald")`` for the fixed effects; NaN for the SDs) or
                 ``"boot"`` (percentiles of ``n_boot`` parametric bootstrap refits) or
                 ``"profile"`` (profile likelihood, as glmmTMB's ``confint(method =
-                "profile")``: every fixed effect and scalar random-effect SD; not for
-                REML fits or terms with correlations, see
+                "profile")``: every fixed effect and scalar random-effect SD; not
+                terms with correlations, nor a REML fit's fixed effects (its SDs and
+                dispersion coefficients are profiled on the REML criterion), see
                 :mod:`glmmjax._inference.parts_profile`).
             level: confidence level.
             parm: parameter names (default all), or ``"beta_"`` / ``"theta_"``.
