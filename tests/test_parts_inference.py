@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import glmmjax
-from glmmjax._families.distributions import norm_ppf
 from glmmjax._display import r_name
+from glmmjax._families.distributions import norm_ppf
 
 REFERENCE = Path(__file__).parent / "reference"
 MODELS = json.loads((REFERENCE / "glmm_zi_tmb.json").read_text())["models"]

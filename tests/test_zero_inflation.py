@@ -19,10 +19,10 @@ import pytest
 from scipy import stats
 
 import glmmjax
+from glmmjax._display import r_name
 from glmmjax._families.base import Poisson, get_family
 from glmmjax._families.response_parts import is_truncated, row_loglik, zero_inflatable
 from glmmjax._model.formula import FormulaError
-from glmmjax._display import r_name
 
 REFERENCE = Path(__file__).parent / "reference"
 MODELS = json.loads((REFERENCE / "glmm_zi_tmb.json").read_text())["models"]
