@@ -180,7 +180,7 @@ class BayesResult:
         cond = pd.Series(means, index=list(layout.fixef_names), name="posterior_mean")
         if not layout.parts_model:
             return cond
-        from .._results.display import with_r_aliases
+        from .._display import with_r_aliases
 
         out = {"cond": cond}
         for part in ("zi", "disp"):
