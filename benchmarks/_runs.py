@@ -12,6 +12,9 @@ import tempfile
 from pathlib import Path
 
 _PYCACHE: dict[str, str] = {}
+_WARMED: dict[str, bool] = {}
+_WARM = ("import glmmjax, glmmjax._lmer, glmmjax._glmer, glmmjax._glm, glmmjax._parts_fit\n"
+         "try:\n    import statsmodels.api\nexcept ImportError:\n    pass")
 
 
 def fresh_process_env(root: Path, extra: dict | None = None) -> dict:
@@ -30,8 +33,15 @@ def fresh_process_env(root: Path, extra: dict | None = None) -> dict:
         [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
         PYTHONPYCACHEPREFIX=_PYCACHE[key], **(extra or {}))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(root) / "glmmjax")],
-                   env=env, check=True, capture_output=True)
+    if not _WARMED.get(key):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(root) / "glmmjax")],
+                       env=env, check=True, capture_output=True)
+        # With a pycache prefix, Python reads no __pycache__ beside the sources: the first
+        # process would compile JAX, pandas and scipy from source (seconds, counted as
+        # that process's import). One untimed process fills the prefix for the others.
+        subprocess.run([sys.executable, "-c", _WARM], env=env, check=True,
+                       capture_output=True)
+        _WARMED[key] = True
     return env
 
 
