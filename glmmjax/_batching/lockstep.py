@@ -64,6 +64,10 @@ SE_STEP = 1e-6  # forward differences for the standard errors
 # differences only to 2e-5 on a flat objective (θ̂ ≈ 11), central ones to 6e-8, for 3
 # more gradient evaluations per model.
 SE_CENTRAL_STEP = 1e-4
+START_METRIC = True  # the first Newton steps on a Gauss–Newton Hessian (no differences)
+NEAR_REFRESH = True  # a fresh Hessian once the decrement is below FINAL_TOL (measured)
+TRUST_STEP = 1e-6  # line-search points this near (max |Δψ|) start from the extrapolated mode
+SE_REUSE = 1e-6  # a last Newton step this small (relative): its Hessian gives the SEs
 CHORD_RATE = 0.3  # keep the Hessian (BFGS-updated) while the decrement falls by this factor
 BFGS = True  # update kept Hessians by BFGS (fewer refreshes; measured)
 SMALL_BLOCK = 8  # blocks up to this size are factored by the unrolled Cholesky
@@ -174,7 +178,7 @@ class _Schur:
     are a diagonal block, each row having one of them). Holds D⁻¹ (k, m), D⁻¹C (k, m, q₂),
     M = D⁻¹CS⁻¹ and S⁻¹ (k, q₂, q₂); H⁻¹ = [[D⁻¹ + MC'D⁻¹, −M], [−M', S⁻¹]]."""
 
-    def __init__(self, d, C, E, light: bool = False):
+    def __init__(self, d, C, E, light: bool = False, positive: bool = False):
         ok_d = np.all(d > 0, axis=-1)
         self.d_inv = 1.0 / np.where(d > 0, d, 1.0)
         self.C = C
@@ -184,7 +188,9 @@ class _Schur:
         self.light = light
         if light:  # solves only (the inner Newton's steps): no S⁻¹, S kept
             self.schur = schur
-            self.ok = ok_d & _positive_definite(schur)
+            # (W ≥ 0 on every row: H = I + A'WA and its Schur complement are positive
+            # definite, no Cholesky needed to say so)
+            self.ok = ok_d if positive else ok_d & _positive_definite(schur)
             return
         logdet_s, self.S_inv, ok_s = _factor(schur)
         self.M = np.matmul(self.DC, self.S_inv)
@@ -364,12 +370,12 @@ class Layout:
         flat = inverse.reshape(inverse.shape[0], -1)
         return np.stack([np.stack([flat[:, ix] for ix in row]) for row in self.inverse_index])
 
-    def factor(self, H, light: bool = False):
+    def factor(self, H, light: bool = False, positive: bool = False):
         """(log det, inverse, positive definite) per block of H (k, B, s, s): the
         inverse an array, or a :class:`_Schur` (log det and ok then (k, 1); with
         ``light``, for solves only, no log det)."""
         if self.n_diag:
-            F = _Schur(*H, light=light)
+            F = _Schur(*H, light=light, positive=positive)
             return (None if light else F.logdet[:, None]), F, F.ok[:, None]
         return _factor(H)
 
@@ -418,6 +424,7 @@ class RowModel:
             if builtin and (name, link) == ("Poisson", "Log") and not is_truncated(family):
                 self.fast = "zip"
         self._cache = None
+        self.unit = False
 
     def constant(self, Y, Wt) -> np.ndarray:
         """Per model, the part of Σ log f left out of ``ll`` (free of every parameter)."""
@@ -439,6 +446,10 @@ class RowModel:
         change only when θ does: Newton's Hessian columns in β and Λ reuse them)."""
         if self.fast == "nb":
             self._cache = (np.full(K, np.nan), np.empty((K, n)), np.empty((K, n)))
+
+    def unit_weights(self, Wt):
+        """Prior weights all 1 (the binomial's and Poisson's closed forms then skip them)."""
+        self.unit = bool(np.all(Wt == 1.0))
 
     def __call__(self, y, w, eta, zeta, delta, third: bool, idx=None, complete=None):
         """dict of (k, n) arrays: ll, g_e, W and with ``third`` g_z, g_d, h_ez, h_ed
@@ -465,11 +476,16 @@ class RowModel:
                 return out
             if self.fast == "binomial":
                 e = np.exp(-np.abs(eta))
-                prob = np.where(eta >= 0, 1.0, e) / (1.0 + e)
-                s = w * y
-                W = w * prob * (1.0 - prob)
-                out = dict(ll=s * eta - w * (np.maximum(eta, 0.0) + np.log1p(e)),
-                           g_e=s - w * prob, W=W)
+                one_e = 1.0 + e
+                prob = np.where(eta >= 0, 1.0, e) / one_e
+                W = prob * (1.0 - prob)
+                softplus = np.maximum(eta, 0.0) + np.log1p(e)
+                if self.unit:
+                    out = dict(ll=y * eta - softplus, g_e=y - prob, W=W)
+                else:
+                    W = w * W
+                    s = w * y
+                    out = dict(ll=s * eta - w * softplus, g_e=s - w * prob, W=W)
                 if third:
                     out["W_e"] = W * (1.0 - 2.0 * prob)
                 return out
@@ -608,8 +624,19 @@ class LockstepModels:
         self.sizes = (L.n_theta, self.X.shape[1], self.X_zi.shape[1], self.X_d.shape[1])
         self.P = sum(self.sizes)
         rows.prepare(*self.Y.shape)
+        rows.unit_weights(self.Wt)
 
     # -- pieces ----------------------------------------------------------------------------
+    def _data(self, idx):
+        """Y and the prior weights of the models ``idx`` (views where ``idx`` is a run of
+        consecutive models; no weights where the row terms do without them)."""
+        if idx.size and idx[-1] - idx[0] + 1 == idx.size and np.all(np.diff(idx) == 1):
+            take = slice(idx[0], idx[-1] + 1)
+        else:
+            take = idx
+        return self.Y[take], (None if self.rows.unit and self.rows.fast == "binomial"
+                              else self.Wt[take])
+
     def split(self, psi):
         a, b, c, _ = np.cumsum(self.sizes)
         return psi[:, :a], psi[:, a:b], psi[:, b:c], psi[:, c:]
@@ -629,14 +656,14 @@ class LockstepModels:
 
         Returns (û, converged)."""
         L = self.layout
-        y, w = self.Y[idx], self.Wt[idx]
+        y, w = self._data(idx)
         u = u0.copy()
         k = u.shape[0]
         converged = np.zeros(k, bool)
 
         def terms(sub, v):
             eta = base[sub] + _rowdot_slots(a[:, sub], L.gather(v))
-            r = self.rows(y[sub], w[sub], eta, None if zeta is None else zeta[sub],
+            r = self.rows(y[sub], None if w is None else w[sub], eta, None if zeta is None else zeta[sub],
                           None if delta is None else delta[sub], third=False, idx=idx[sub])
             value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=1)
             return value, r
@@ -650,7 +677,7 @@ class LockstepModels:
             G = u[active] - L.scatter(sub_a * r["g_e"])
             W = r["W"]
             H = L.hessian(sub_a, W)
-            _, inv, ok = L.factor(H, light=True)
+            _, inv, ok = L.factor(H, light=True, positive=bool(np.all(W >= 0)))
             ok = ok.all(axis=1)
             if not ok.all():
                 # Not log-concave here (zero-inflation): steps with W floored.
@@ -699,24 +726,37 @@ class LockstepModels:
         the inner Newton started from ``u0`` (k, B·s). F is NaN where H is not
         positive definite at the mode or the mode was not found.
 
-        ``trusted``: ``u0`` is the mode extrapolated over a tiny step (the difference
-        quotients' points): where its Newton decrement is below :data:`TRUSTED_TOL`
-        (|u0 − û| ~ 1e-10) it is taken as the mode, without the inner Newton's pass."""
+        ``trusted`` (one flag, or one per model): ``u0`` is the mode extrapolated over a
+        tiny step (the difference quotients' points, the last line-search points): where
+        its Newton decrement is below :data:`TRUSTED_TOL` (|u0 − û| ~ 1e-10) it is taken
+        as the mode, without the inner Newton's pass."""
         a, base, zeta, delta = self._predictors(psi)
-        if not trusted:
+        k = len(idx)
+        trusted = np.broadcast_to(np.asarray(trusted, bool), (k,))
+        if not trusted.any():
             u, inner_ok = self.mode(idx, a, base, zeta, delta, u0)
             return self._at(idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity)
-        out = self._at(idx, a, base, zeta, delta, u0, np.ones(len(idx), bool), gradient,
-                       sensitivity, check=True)
-        redo = ~(out.pop("decrement") < TRUSTED_TOL)
-        if redo.any():
-            sub = lambda x: None if x is None else x[redo]  # noqa: E731
-            u, inner_ok = self.mode(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta),
-                                    u0[redo])
-            again = self._at(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta), u,
-                             inner_ok, gradient, sensitivity)
-            for key, value in again.items():
-                out[key][redo] = value
+
+        def sub(x, m):
+            return None if x is None else x[m]
+
+        t = np.flatnonzero(trusted)
+        first = self._at(idx[t], a[:, t], base[t], sub(zeta, t), sub(delta, t), u0[t],
+                         np.ones(t.size, bool), gradient, sensitivity, check=True)
+        good = first.pop("decrement") < TRUSTED_TOL
+        if good.all() and t.size == k:
+            return first
+        out = {key: np.empty((k,) + v.shape[1:], v.dtype) for key, v in first.items()}
+        for key, v in first.items():
+            out[key][t[good]] = v[good]
+        redo = np.ones(k, bool)
+        redo[t[good]] = False
+        u, inner_ok = self.mode(idx[redo], a[:, redo], base[redo], sub(zeta, redo),
+                                sub(delta, redo), u0[redo])
+        again = self._at(idx[redo], a[:, redo], base[redo], sub(zeta, redo), sub(delta, redo),
+                         u, inner_ok, gradient, sensitivity)
+        for key, value in again.items():
+            out[key][redo] = value
         return out
 
     def _at(self, idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity,
@@ -724,7 +764,7 @@ class LockstepModels:
         """:meth:`evaluate` at random effects ``u`` (the mode, or with ``check`` a point
         whose Newton decrement is returned too)."""
         L = self.layout
-        y, w = self.Y[idx], self.Wt[idx]
+        y, w = self._data(idx)
         ug = L.gather(u)
         eta = base + _rowdot_slots(a, ug)
         r = self.rows(y, w, eta, zeta, delta, third=gradient, idx=idx, complete=True)
@@ -769,7 +809,9 @@ class LockstepModels:
             if agq is not None:
                 grad = grad + agq[1]
         out["grad"] = np.where(ok[:, None], grad, np.nan)
-        if sensitivity:
+        if sensitivity == "metric":
+            out["S"], out["metric"] = self._sensitivity(a, ug, r, inv, metric=True)
+        elif sensitivity:
             out["S"] = agq[2] if agq is not None else self._sensitivity(a, ug, r, inv)
         return out
 
@@ -846,8 +888,10 @@ class LockstepModels:
         chain = np.einsum("kb,kbp->kp", A, S) + np.einsum("kb,kbp->kp", Bc, dsd)
         return delta, partial + chain, S
 
-    def _sensitivity(self, a, ug, r, inv):
-        """dû/dψ = −H⁻¹ s_j, s_j = ∂(∇ᵤg/2)/∂ψ_j at fixed u: (k, B·s, P)."""
+    def _sensitivity(self, a, ug, r, inv, metric=False):
+        """dû/dψ = −H⁻¹ s_j, s_j = ∂(∇ᵤg/2)/∂ψ_j at fixed u: (k, B·s, P); with
+        ``metric`` also a Gauss–Newton approximation of the criterion's Hessian (k, P, P)
+        (GLMMs without a dispersion: the start's metric, :data:`START_METRIC`)."""
         L = self.layout
         W, g_e = r["W"], r["g_e"]
         aW = a * W
@@ -875,7 +919,25 @@ class LockstepModels:
             summed += L.G_maps[j] @ V[j].reshape(P * k, n).T
         cols = summed.T.reshape(P, k, -1)
         S = -np.moveaxis(L.solve(inv, cols), 0, -1)
-        return np.where(np.isfinite(S), S, 0.0)
+        S = np.where(np.isfinite(S), S, 0.0)
+        if not metric:
+            return S
+        # The Hessian of the penalized deviance's profile 2g(û(ψ), ψ) (the Laplace
+        # criterion less its log-determinant): 2(g_ψψ − g_ψu H⁻¹ g_uψ), g_uψ = cols,
+        # g_ψψ = Σᵢ Wᵢ ∂ηᵢ/∂ψ ∂ηᵢ/∂ψ' (η is linear in θ and β at fixed u).
+        grads = [ug[L.offsets[t] + c] * L.z[t][:, r_] for t, r_, c in L.theta_index]
+        n_theta = len(grads)
+        G = np.empty((k, P, P))
+        for i in range(n_theta):
+            Wg = W * grads[i]
+            for j in range(i, n_theta):
+                G[:, i, j] = G[:, j, i] = np.sum(Wg * grads[j], axis=1)
+            G[:, i, n_theta:] = G[:, n_theta:, i] = Wg @ self.X
+        p = self.X.shape[1]
+        XX = (self.X[:, :, None] * self.X[:, None, :]).reshape(n, p * p)
+        G[:, n_theta:, n_theta:] = (W @ XX).reshape(k, p, p)
+        G += np.einsum("pkq,kqr->kpr", cols, S)
+        return S, 2.0 * (G + np.swapaxes(G, 1, 2)) / 2.0
 
     # -- the fit -------------------------------------------------------------------------
     def _gradient_at(self, idx, psi, u, S, base_psi, trusted=True):
@@ -911,16 +973,21 @@ class LockstepModels:
         idx = np.arange(K) if idx is None else np.asarray(idx)
         psi = np.array(psi0, np.float64)
         u = np.zeros((K, L.width))
-        ev = self.evaluate(idx, psi, u, sensitivity=True)
+        metric = (START_METRIC and self.n_agq == 1 and self.P == L.n_theta + self.X.shape[1])
+        ev = self.evaluate(idx, psi, u, sensitivity="metric" if metric else True)
         f, g, u, S = ev["value"], ev["grad"], ev["u"], ev["S"]
         status = np.full(K, -1)
         status[~(np.isfinite(f) & np.all(np.isfinite(g), axis=1))] = Status.NON_FINITE
         iterations = np.zeros(K, int)
         hess = np.zeros((K, self.P, self.P))
         refresh = np.ones(K, bool)
+        if metric:
+            hess[:] = ev["metric"]
+            refresh[:] = ~np.all(np.isfinite(hess), axis=(1, 2))
         fresh = np.zeros(K, bool)
         last_decrement = np.full(K, np.inf)
         inner = ev["inner_ok"].copy()
+        reuse = np.zeros(K, bool)  # hess is the standard errors' Hessian (SE_REUSE)
         for _ in range(max_outer):
             act = np.flatnonzero(status < 0)
             if act.size == 0:
@@ -942,6 +1009,21 @@ class LockstepModels:
             # error of its own inaccuracy times the step: chord steps first shrink it).
             scale_f = 1.0 + np.abs(f[act])
             near = decrement <= FINAL_TOL * scale_f
+            if NEAR_REFRESH:
+                # Near the optimum with a kept Hessian: a fresh one now, whose Newton
+                # step is the last (instead of several chord steps), and which serves
+                # as the standard errors' Hessian where that step is tiny.
+                renew = near & ~fresh[act] & (decrement > DONE_TOL * scale_f)
+                if renew.any():
+                    m = act[renew]
+                    hess[m] = self._fd_hessian(idx[m], psi[m], u[m], S[m], g[m])
+                    fresh[m] = True
+                    d[renew], decrement[renew] = _newton_direction(g[m], hess[m])
+                    bad = ~np.isfinite(decrement)
+                    status[act[bad]] = Status.NON_FINITE
+                    act, d, decrement, scale_f = (act[~bad], d[~bad], decrement[~bad],
+                                                  scale_f[~bad])
+                    near = decrement <= FINAL_TOL * scale_f
             final = (decrement <= DONE_TOL * scale_f) | (near & fresh[act])
             scale = np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(d), axis=1), 1e-300))
             d *= scale[:, None]
@@ -956,7 +1038,8 @@ class LockstepModels:
                 m = act[pending]
                 trial = psi[m] + t[pending, None] * d[pending]
                 start = u[m] + _extrapolate(S[m], trial - psi[m])
-                e = self.evaluate(idx[m], trial, start, sensitivity=True)
+                tiny = np.max(np.abs(trial - psi[m]), axis=1) <= TRUST_STEP
+                e = self.evaluate(idx[m], trial, start, sensitivity=True, trusted=tiny)
                 good = (np.isfinite(e["value"]) & np.all(np.isfinite(e["grad"]), axis=1)
                         & (e["value"] <= f[m] + np.where(near[pending], 0.0, 1e-4 * t[pending]
                                                          * slope[pending]) + slack[pending]))
@@ -971,6 +1054,15 @@ class LockstepModels:
                 t[pending] *= 0.5
                 if pending.size == 0:
                     break
+            # A last step from a fresh Hessian that moved ψ by less than SE_REUSE (relative):
+            # that Hessian is the standard errors' (forward differences as theirs, at a
+            # point as near as their own truncation error).
+            last = final & fresh[act]
+            if last.any():
+                before = psi_old[last]
+                shift = np.max(np.abs(psi[act[last]] - before) / np.maximum(1.0, np.abs(before)),
+                               axis=1)
+                reuse[act[last]] = shift <= SE_REUSE
             # Keep the Hessian (a chord step, BFGS-updated) while Newton's decrement
             # falls fast; a new one after a halved step, a slow decrease or a rejected
             # near step.
@@ -998,6 +1090,7 @@ class LockstepModels:
             e = self.evaluate(idx[tryit], trial, start, sensitivity=True)
             good = np.isfinite(e["value"]) & (e["value"] <= f[tryit] + TRIAL_TOL * (1 + np.abs(f[tryit])))
             acc = tryit[good]
+            reuse[acc] = False
             psi[acc], f[acc], g[acc], u[acc], S[acc] = (trial[good], e["value"][good],
                                                         e["grad"][good], e["u"][good],
                                                         e["S"][good])
@@ -1008,7 +1101,12 @@ class LockstepModels:
             # as central along all, measured.)
             hessian = self._fd_hessian(idx, psi, u, S, g, SE_CENTRAL_STEP, central=self.P)
         else:
-            hessian = self._fd_hessian(idx, psi, u, S, g, SE_STEP)
+            reuse &= (status == Status.CONVERGED) & (FD_STEP == SE_STEP)
+            hessian = hess.copy()
+            new = ~reuse
+            if new.any():
+                hessian[new] = self._fd_hessian(idx[new], psi[new], u[new], S[new], g[new],
+                                                SE_STEP)
         finite = np.all(np.isfinite(hessian), axis=(1, 2))
         safe = np.where(finite[:, None, None], hessian, np.eye(self.P))
         cov = 2.0 * np.linalg.pinv(safe)
