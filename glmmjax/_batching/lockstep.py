@@ -79,13 +79,12 @@ def applies(design, family, n_agq: int) -> bool:
     """Whether the lockstep engine fits this structure: Laplace, a built-in family and
     link with closed forms and no shape parameter, unstructured terms, one term of at
     most :data:`SMALL_BLOCK` coefficients or several with q ≤ :data:`MAX_DENSE`; or
-    adaptive Gauss–Hermite quadrature (``n_agq`` > 1) for one scalar term and a family
-    without a dispersion (glmer's nAGQ)."""
+    adaptive Gauss–Hermite quadrature (``n_agq`` > 1) for one scalar term (glmer's
+    nAGQ; with an estimated dispersion too)."""
     if n_agq < 1 or not fm.supported(family) or getattr(family, "n_shape", 0):
         return False
     if n_agq > 1:
-        return (len(design.terms) == 1 and design.terms[0].size == 1
-                and not (family.has_dispersion and family.dispersion_method != "fixed"))
+        return len(design.terms) == 1 and design.terms[0].size == 1
     return _terms_apply(design.terms)
 
 
@@ -774,7 +773,7 @@ class LockstepModels:
         value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(u * u, axis=1) + logdet.sum(axis=1)
         agq = None
         if self.n_agq > 1:
-            agq = self._agq(idx, a, base, u, H, r, inv, ug, gradient)
+            agq = self._agq(idx, a, base, u, H, r, inv, ug, gradient, delta)
             value = value + agq[0]
         value = np.where(ok & np.isfinite(value), value, np.nan)
         out = dict(value=value, u=u, inner_ok=inner_ok)
@@ -815,16 +814,19 @@ class LockstepModels:
             out["S"] = agq[2] if agq is not None else self._sensitivity(a, ug, r, inv)
         return out
 
-    def _agq(self, idx, a, base, u, H, r, inv, ug, gradient):
+    def _agq(self, idx, a, base, u, H, r, inv, ug, gradient, delta=None):
         """Adaptive Gauss–Hermite quadrature for one scalar term, as glmer's nAGQ > 1:
         (Δ, ∇Δ, dû/dψ) where the deviance is the Laplace value plus
         Δ = −2 Σ_j log Σ_k w_k exp(−½[D_j(û_j + z_k s_j) − D_j(û_j)] + ½z_k²),
         D_j(u) = −2 Σ_{i∈j} ℓ_i + u² at level j, s_j = H_j^{-1/2} (nodes z_k, weights
         w_k of the standard normal). ∇Δ is exact: the node values' partial derivatives
         plus the chain through û(ψ) (the sensitivities) and s(ψ) (through H's
-        derivative: W' = ∂W/∂η)."""
+        derivative: W' = ∂W/∂η). With an estimated dispersion (its log the last
+        parameter, glmer's parameterization) the node values depend on it too (∂ℓ/∂δ at
+        the nodes; ∂W/∂δ in H's derivative)."""
         L = self.layout
         y, w = self.Y[idx], self.Wt[idx]
+        dispersion = self.rows.has_dispersion
         z_nodes, w_nodes = np.polynomial.hermite_e.hermegauss(self.n_agq)
         w_nodes = w_nodes / w_nodes.sum()
         a0 = a[0]
@@ -840,10 +842,11 @@ class LockstepModels:
         for zk, wk in zip(z_nodes, w_nodes):
             uk = u + zk * sd
             eta = base + a0 * L.gather(uk)[0]
-            rk = self.rows(y, w, eta, None, None, third=False, idx=idx, complete=True)
+            rk = self.rows(y, w, eta, None, delta, third=gradient and dispersion, idx=idx,
+                           complete=True)
             Dk = -2.0 * level_sum(rk["ll"]) + uk * uk
             log_e.append(np.log(wk) - 0.5 * (Dk - D0) + 0.5 * zk * zk)
-            node_terms.append((zk, uk, rk["g_e"]))
+            node_terms.append((zk, uk, rk["g_e"], rk.get("g_d")))
         log_e = np.stack(log_e)  # (nodes, k, B)
         top = np.max(log_e, axis=0)
         e = np.exp(log_e - top)
@@ -861,17 +864,23 @@ class LockstepModels:
         u0_rows = ug[0]
         rho = 2.0 * g0
         rho_t = 2.0 * g0 * u0_rows
+        rho_d = 2.0 * r["g_d"] if dispersion else None
         A = np.zeros((k, B))
         Bc = np.zeros((k, B))
-        for (zk, uk, gk), pk in zip(node_terms, pi):
+        for (zk, uk, gk, gdk), pk in zip(node_terms, pi):
             pk_rows = L.gather(pk)[0]
             uk_rows = L.gather(uk)[0]
             rho = rho - 2.0 * pk_rows * gk
             rho_t = rho_t - 2.0 * pk_rows * gk * uk_rows
+            if dispersion:
+                rho_d = rho_d - 2.0 * pk_rows * gdk
             Dp = -2.0 * level_sum(gk * a0) + 2.0 * uk  # D_j'(u_k)
             A += pk * Dp
             Bc += pk * Dp * zk
-        partial = np.concatenate([(rho_t @ z)[:, None], rho @ self.X], axis=1)  # (k, P)
+        pieces = [(rho_t @ z)[:, None], rho @ self.X]
+        if dispersion:
+            pieces.append(rho_d @ self.X_d)
+        partial = np.concatenate(pieces, axis=1)  # (k, P)
         # dH_j/dψ = Σ_{i∈j} W'_i a_i² ∂η_i/∂ψ + (Σ_{i∈j} W'_i a_i³) dû_j/dψ
         #           + [θ] Σ_{i∈j} W_i·2θ z_i².
         We, W = r["W_e"], r["W"]
@@ -883,6 +892,10 @@ class LockstepModels:
                                                                 * z * z)
         for c in range(p):
             dH[:, :, 1 + c] = level_sum(wa2 * self.X[:, c])
+        if dispersion:  # ∂W/∂δ at fixed η
+            for c in range(self.X_d.shape[1]):
+                dH[:, :, 1 + p + c] = level_sum(np.broadcast_to(r["W_d"], W.shape) * a0 * a0
+                                                * self.X_d[:, c])
         dH += level_sum(wa2 * a0)[:, :, None] * S
         dsd = -0.5 * (sd ** 3)[:, :, None] * dH
         chain = np.einsum("kb,kbp->kp", A, S) + np.einsum("kb,kbp->kp", Bc, dsd)
