@@ -64,10 +64,6 @@ SE_STEP = 1e-6  # forward differences for the standard errors
 # differences only to 2e-5 on a flat objective (θ̂ ≈ 11), central ones to 6e-8, for 3
 # more gradient evaluations per model.
 SE_CENTRAL_STEP = 1e-4
-START_METRIC = True  # the first Newton steps on a Gauss–Newton Hessian (no differences)
-NEAR_REFRESH = True  # a fresh Hessian once the decrement is below FINAL_TOL (measured)
-TRUST_STEP = 1e-6  # line-search points this near (max |Δψ|) start from the extrapolated mode
-SE_REUSE = 1e-6  # a last Newton step this small (relative): its Hessian gives the SEs
 CHORD_RATE = 0.3  # keep the Hessian (BFGS-updated) while the decrement falls by this factor
 BFGS = True  # update kept Hessians by BFGS (fewer refreshes; measured)
 SMALL_BLOCK = 8  # blocks up to this size are factored by the unrolled Cholesky
@@ -447,7 +443,7 @@ class RowModel:
             self._cache = (np.full(K, np.nan), np.empty((K, n)), np.empty((K, n)))
 
     def unit_weights(self, Wt):
-        """Prior weights all 1 (the binomial's and Poisson's closed forms then skip them)."""
+        """Prior weights all 1 (the binomial's closed form then skips them)."""
         self.unit = bool(np.all(Wt == 1.0))
 
     def __call__(self, y, w, eta, zeta, delta, third: bool, idx=None, complete=None):
@@ -475,8 +471,7 @@ class RowModel:
                 return out
             if self.fast == "binomial":
                 e = np.exp(-np.abs(eta))
-                one_e = 1.0 + e
-                prob = np.where(eta >= 0, 1.0, e) / one_e
+                prob = np.where(eta >= 0, 1.0, e) / (1.0 + e)
                 W = prob * (1.0 - prob)
                 softplus = np.maximum(eta, 0.0) + np.log1p(e)
                 if self.unit:
@@ -725,37 +720,24 @@ class LockstepModels:
         the inner Newton started from ``u0`` (k, B·s). F is NaN where H is not
         positive definite at the mode or the mode was not found.
 
-        ``trusted`` (one flag, or one per model): ``u0`` is the mode extrapolated over a
-        tiny step (the difference quotients' points, the last line-search points): where
-        its Newton decrement is below :data:`TRUSTED_TOL` (|u0 − û| ~ 1e-10) it is taken
-        as the mode, without the inner Newton's pass."""
+        ``trusted``: ``u0`` is the mode extrapolated over a tiny step (the difference
+        quotients' points): where its Newton decrement is below :data:`TRUSTED_TOL`
+        (|u0 − û| ~ 1e-10) it is taken as the mode, without the inner Newton's pass."""
         a, base, zeta, delta = self._predictors(psi)
-        k = len(idx)
-        trusted = np.broadcast_to(np.asarray(trusted, bool), (k,))
-        if not trusted.any():
+        if not trusted:
             u, inner_ok = self.mode(idx, a, base, zeta, delta, u0)
             return self._at(idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity)
-
-        def sub(x, m):
-            return None if x is None else x[m]
-
-        t = np.flatnonzero(trusted)
-        first = self._at(idx[t], a[:, t], base[t], sub(zeta, t), sub(delta, t), u0[t],
-                         np.ones(t.size, bool), gradient, sensitivity, check=True)
-        good = first.pop("decrement") < TRUSTED_TOL
-        if good.all() and t.size == k:
-            return first
-        out = {key: np.empty((k,) + v.shape[1:], v.dtype) for key, v in first.items()}
-        for key, v in first.items():
-            out[key][t[good]] = v[good]
-        redo = np.ones(k, bool)
-        redo[t[good]] = False
-        u, inner_ok = self.mode(idx[redo], a[:, redo], base[redo], sub(zeta, redo),
-                                sub(delta, redo), u0[redo])
-        again = self._at(idx[redo], a[:, redo], base[redo], sub(zeta, redo), sub(delta, redo),
-                         u, inner_ok, gradient, sensitivity)
-        for key, value in again.items():
-            out[key][redo] = value
+        out = self._at(idx, a, base, zeta, delta, u0, np.ones(len(idx), bool), gradient,
+                       sensitivity, check=True)
+        redo = ~(out.pop("decrement") < TRUSTED_TOL)
+        if redo.any():
+            sub = lambda x: None if x is None else x[redo]  # noqa: E731
+            u, inner_ok = self.mode(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta),
+                                    u0[redo])
+            again = self._at(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta), u,
+                             inner_ok, gradient, sensitivity)
+            for key, value in again.items():
+                out[key][redo] = value
         return out
 
     def _at(self, idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity,
@@ -808,9 +790,7 @@ class LockstepModels:
             if agq is not None:
                 grad = grad + agq[1]
         out["grad"] = np.where(ok[:, None], grad, np.nan)
-        if sensitivity == "metric":
-            out["S"], out["metric"] = self._sensitivity(a, ug, r, inv, metric=True)
-        elif sensitivity:
+        if sensitivity:
             out["S"] = agq[2] if agq is not None else self._sensitivity(a, ug, r, inv)
         return out
 
@@ -901,10 +881,8 @@ class LockstepModels:
         chain = np.einsum("kb,kbp->kp", A, S) + np.einsum("kb,kbp->kp", Bc, dsd)
         return delta, partial + chain, S
 
-    def _sensitivity(self, a, ug, r, inv, metric=False):
-        """dû/dψ = −H⁻¹ s_j, s_j = ∂(∇ᵤg/2)/∂ψ_j at fixed u: (k, B·s, P); with
-        ``metric`` also a Gauss–Newton approximation of the criterion's Hessian (k, P, P)
-        (GLMMs without a dispersion: the start's metric, :data:`START_METRIC`)."""
+    def _sensitivity(self, a, ug, r, inv):
+        """dû/dψ = −H⁻¹ s_j, s_j = ∂(∇ᵤg/2)/∂ψ_j at fixed u: (k, B·s, P)."""
         L = self.layout
         W, g_e = r["W"], r["g_e"]
         aW = a * W
@@ -932,25 +910,7 @@ class LockstepModels:
             summed += L.G_maps[j] @ V[j].reshape(P * k, n).T
         cols = summed.T.reshape(P, k, -1)
         S = -np.moveaxis(L.solve(inv, cols), 0, -1)
-        S = np.where(np.isfinite(S), S, 0.0)
-        if not metric:
-            return S
-        # The Hessian of the penalized deviance's profile 2g(û(ψ), ψ) (the Laplace
-        # criterion less its log-determinant): 2(g_ψψ − g_ψu H⁻¹ g_uψ), g_uψ = cols,
-        # g_ψψ = Σᵢ Wᵢ ∂ηᵢ/∂ψ ∂ηᵢ/∂ψ' (η is linear in θ and β at fixed u).
-        grads = [ug[L.offsets[t] + c] * L.z[t][:, r_] for t, r_, c in L.theta_index]
-        n_theta = len(grads)
-        G = np.empty((k, P, P))
-        for i in range(n_theta):
-            Wg = W * grads[i]
-            for j in range(i, n_theta):
-                G[:, i, j] = G[:, j, i] = np.sum(Wg * grads[j], axis=1)
-            G[:, i, n_theta:] = G[:, n_theta:, i] = Wg @ self.X
-        p = self.X.shape[1]
-        XX = (self.X[:, :, None] * self.X[:, None, :]).reshape(n, p * p)
-        G[:, n_theta:, n_theta:] = (W @ XX).reshape(k, p, p)
-        G += np.einsum("pkq,kqr->kpr", cols, S)
-        return S, 2.0 * (G + np.swapaxes(G, 1, 2)) / 2.0
+        return np.where(np.isfinite(S), S, 0.0)
 
     # -- the fit -------------------------------------------------------------------------
     def _gradient_at(self, idx, psi, u, S, base_psi, trusted=True):
@@ -986,21 +946,16 @@ class LockstepModels:
         idx = np.arange(K) if idx is None else np.asarray(idx)
         psi = np.array(psi0, np.float64)
         u = np.zeros((K, L.width))
-        metric = (START_METRIC and self.n_agq == 1 and self.P == L.n_theta + self.X.shape[1])
-        ev = self.evaluate(idx, psi, u, sensitivity="metric" if metric else True)
+        ev = self.evaluate(idx, psi, u, sensitivity=True)
         f, g, u, S = ev["value"], ev["grad"], ev["u"], ev["S"]
         status = np.full(K, -1)
         status[~(np.isfinite(f) & np.all(np.isfinite(g), axis=1))] = Status.NON_FINITE
         iterations = np.zeros(K, int)
         hess = np.zeros((K, self.P, self.P))
         refresh = np.ones(K, bool)
-        if metric:
-            hess[:] = ev["metric"]
-            refresh[:] = ~np.all(np.isfinite(hess), axis=(1, 2))
         fresh = np.zeros(K, bool)
         last_decrement = np.full(K, np.inf)
         inner = ev["inner_ok"].copy()
-        reuse = np.zeros(K, bool)  # hess is the standard errors' Hessian (SE_REUSE)
         for _ in range(max_outer):
             act = np.flatnonzero(status < 0)
             if act.size == 0:
@@ -1022,21 +977,6 @@ class LockstepModels:
             # error of its own inaccuracy times the step: chord steps first shrink it).
             scale_f = 1.0 + np.abs(f[act])
             near = decrement <= FINAL_TOL * scale_f
-            if NEAR_REFRESH:
-                # Near the optimum with a kept Hessian: a fresh one now, whose Newton
-                # step is the last (instead of several chord steps), and which serves
-                # as the standard errors' Hessian where that step is tiny.
-                renew = near & ~fresh[act] & (decrement > DONE_TOL * scale_f)
-                if renew.any():
-                    m = act[renew]
-                    hess[m] = self._fd_hessian(idx[m], psi[m], u[m], S[m], g[m])
-                    fresh[m] = True
-                    d[renew], decrement[renew] = _newton_direction(g[m], hess[m])
-                    bad = ~np.isfinite(decrement)
-                    status[act[bad]] = Status.NON_FINITE
-                    act, d, decrement, scale_f = (act[~bad], d[~bad], decrement[~bad],
-                                                  scale_f[~bad])
-                    near = decrement <= FINAL_TOL * scale_f
             final = (decrement <= DONE_TOL * scale_f) | (near & fresh[act])
             scale = np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(d), axis=1), 1e-300))
             d *= scale[:, None]
@@ -1051,8 +991,7 @@ class LockstepModels:
                 m = act[pending]
                 trial = psi[m] + t[pending, None] * d[pending]
                 start = u[m] + _extrapolate(S[m], trial - psi[m])
-                tiny = np.max(np.abs(trial - psi[m]), axis=1) <= TRUST_STEP
-                e = self.evaluate(idx[m], trial, start, sensitivity=True, trusted=tiny)
+                e = self.evaluate(idx[m], trial, start, sensitivity=True)
                 good = (np.isfinite(e["value"]) & np.all(np.isfinite(e["grad"]), axis=1)
                         & (e["value"] <= f[m] + np.where(near[pending], 0.0, 1e-4 * t[pending]
                                                          * slope[pending]) + slack[pending]))
@@ -1067,15 +1006,6 @@ class LockstepModels:
                 t[pending] *= 0.5
                 if pending.size == 0:
                     break
-            # A last step from a fresh Hessian that moved ψ by less than SE_REUSE (relative):
-            # that Hessian is the standard errors' (forward differences as theirs, at a
-            # point as near as their own truncation error).
-            last = final & fresh[act]
-            if last.any():
-                before = psi_old[last]
-                shift = np.max(np.abs(psi[act[last]] - before) / np.maximum(1.0, np.abs(before)),
-                               axis=1)
-                reuse[act[last]] = shift <= SE_REUSE
             # Keep the Hessian (a chord step, BFGS-updated) while Newton's decrement
             # falls fast; a new one after a halved step, a slow decrease or a rejected
             # near step.
@@ -1103,7 +1033,6 @@ class LockstepModels:
             e = self.evaluate(idx[tryit], trial, start, sensitivity=True)
             good = np.isfinite(e["value"]) & (e["value"] <= f[tryit] + TRIAL_TOL * (1 + np.abs(f[tryit])))
             acc = tryit[good]
-            reuse[acc] = False
             psi[acc], f[acc], g[acc], u[acc], S[acc] = (trial[good], e["value"][good],
                                                         e["grad"][good], e["u"][good],
                                                         e["S"][good])
@@ -1114,12 +1043,7 @@ class LockstepModels:
             # as central along all, measured.)
             hessian = self._fd_hessian(idx, psi, u, S, g, SE_CENTRAL_STEP, central=self.P)
         else:
-            reuse &= (status == Status.CONVERGED) & (FD_STEP == SE_STEP)
-            hessian = hess.copy()
-            new = ~reuse
-            if new.any():
-                hessian[new] = self._fd_hessian(idx[new], psi[new], u[new], S[new], g[new],
-                                                SE_STEP)
+            hessian = self._fd_hessian(idx, psi, u, S, g, SE_STEP)
         finite = np.all(np.isfinite(hessian), axis=(1, 2))
         safe = np.where(finite[:, None, None], hessian, np.eye(self.P))
         cov = 2.0 * np.linalg.pinv(safe)
