@@ -471,8 +471,9 @@ def fit_many(
             are fitted by the lockstep numpy engine (``glmmjax._batching.lockstep``,
             nothing compiled): there ``chunk_size`` is the models fitted together
             (default 250) and ``BatchResult.memory`` is None. So are one-scalar-term
-            GLMMs there when this process has not been asked for their compiled program
-            before (at most 2,000 models; a repeated call compiles and runs it).
+            GLMMs there (at most 2,000 models) until the lockstep calls of their
+            compiled program have taken long enough to pay for compiling it; later
+            calls compile and run it (docs/batches.md).
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
