@@ -7,13 +7,14 @@
    refits per second (MixedModels.jl publishes about 1,100/s on a CI CPU).
 
 The GLMM batch is timed in fresh processes, one per route of scalar-term GLMMs
-(``glmmjax._batching.fit_many.SCALAR_ROUTE``): "auto" (the default: a first call by the
-lockstep engine, a repeated one compiles the program), "compiled" (the scalar path's
-program, compiled in the first call) and "lockstep" (nothing compiled). Each reports
-its first, second and third call.
+(``glmmjax._batching.fit_many.SCALAR_ROUTE``): "auto" (the default: calls by the
+lockstep engine until their time would have paid for compiling the program, which the
+next call then compiles), "compiled" (the scalar path's
+program, compiled in the first call) and "lockstep" (nothing compiled). Each makes
+``--calls`` calls of the same batch (default 3) and reports each one's time and engine.
 
 Usage: python benchmarks/bench_batch.py [--models 1000] [--r-fits 20] [--boot 1000]
-       [--routes auto,compiled,lockstep]
+       [--routes auto,compiled,lockstep] [--calls 3]
 """
 
 from __future__ import annotations
@@ -67,29 +68,23 @@ def time_glmer(data: pd.DataFrame, Y: np.ndarray, n_fits: int, n_agq: int = 1) -
         return float(out.stdout.split()[-1])
 
 
-def worker(route: str, models: int, n_agq: int = 1) -> None:
-    """One fresh process: the first call, the call right after it, and (after any
-    background compilation has finished) a warm call; JSON on the last line."""
+def worker(route: str, models: int, n_agq: int = 1, calls: int = 3) -> None:
+    """One fresh process: ``calls`` calls of the same batch in a row (a user fitting
+    batch after batch); JSON on the last line: each call's seconds and engine."""
     from glmmjax._batching import fit_many as fit_many_module
 
     fit_many_module.SCALAR_ROUTE = route
     if n_agq > 1 and route == "compiled":
         fit_many_module.LOCKSTEP = False  # AGQ: the general pipeline it replaced
     data, Y = simulate(models)
-    out = {}
-
-    def call(label):
+    out = {"seconds": [], "engines": []}
+    for _ in range(calls):
         start = time.perf_counter()
         batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", progress=False,
                                  n_agq=n_agq)
-        out[label] = time.perf_counter() - start
-        out[label + "_engine"] = "lockstep" if batch.memory is None else "compiled"
+        out["seconds"].append(time.perf_counter() - start)
+        out["engines"].append("lockstep" if batch.memory is None else "compiled")
         out["converged"] = int(batch.converged.sum())
-        return batch
-
-    call("first")
-    call("second")
-    call("warm")
     print(json.dumps(out))
 
 
@@ -101,10 +96,12 @@ def main():
     parser.add_argument("--routes", default="auto,compiled")
     parser.add_argument("--n-agq", type=int, default=1,
                         help="adaptive quadrature points (glmer's nAGQ), also in R")
+    parser.add_argument("--calls", type=int, default=3,
+                        help="calls of the same batch per fresh process")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.models, args.n_agq)
+        worker(args.worker, args.models, args.n_agq, args.calls)
         return
 
     from _runs import fresh_process_env
@@ -115,24 +112,25 @@ def main():
     timings = {}
     for route in args.routes.split(","):
         done = subprocess.run([sys.executable, __file__, "--worker", route, "--models",
-                               str(args.models), "--n-agq", str(args.n_agq)],
+                               str(args.models), "--n-agq", str(args.n_agq), "--calls",
+                               str(args.calls)],
                               stdout=subprocess.PIPE, text=True,
                               check=True, env=env)
         timings[route] = t = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"[glmm batch, {route}] {args.models} logistic GLMMs (fresh process): first "
-              f"call {t['first']:.1f} s ({t['first_engine']}), second {t['second']:.1f} s "
-              f"({t['second_engine']}), third {t['warm']:.1f} s ({t['warm_engine']}; "
-              f"{1000 * t['warm'] / args.models:.1f} ms per model); {t['converged']} "
-              f"converged; load {os.getloadavg()[0]:.1f}")
+        calls = ", ".join(f"{s:.1f} s ({'L' if e == 'lockstep' else 'C'})"
+                          for s, e in zip(t["seconds"], t["engines"]))
+        print(f"[glmm batch, {route}] {args.models} logistic GLMMs (fresh process), calls "
+              f"(L lockstep, C compiled program): {calls}; total {sum(t['seconds']):.1f} s; "
+              f"{t['converged']} converged; load {os.getloadavg()[0]:.1f}")
     per_fit = time_glmer(data, Y, args.r_fits, args.n_agq)
     if per_fit is not None:
         glmer_total = per_fit * args.models
         print(f"[glmm batch] glmer: {per_fit:.3f} s per fit -> {glmer_total:.0f} s for "
               f"{args.models}")
         for route, t in timings.items():
-            print(f"[glmm batch, {route}] throughput ratio {glmer_total / t['first']:.1f}x "
-                  f"(first call), {glmer_total / t['second']:.1f}x (second), "
-                  f"{glmer_total / t['warm']:.1f}x (third)")
+            ratios = ", ".join(f"{glmer_total / s:.1f}x" for s in t["seconds"])
+            print(f"[glmm batch, {route}] throughput ratio per call: {ratios}; over all "
+                  f"{len(t['seconds'])} calls {len(t['seconds']) * glmer_total / sum(t['seconds']):.1f}x")
     if args.boot <= 0:
         print(f"load average at end: {os.getloadavg()}")
         return

@@ -255,28 +255,41 @@ def test_scalar_glmm_path_equals_glmer_and_flags_a_failure(route, monkeypatch):
     assert (batch.memory is None) == (route == "auto")
 
 
-def test_scalar_first_calls_fit_by_lockstep_then_the_program(monkeypatch):
-    """SCALAR_ROUTE "auto": a batch whose program this process has not met is fitted by
-    the lockstep engine, nothing compiled; asked for again, the program is compiled and
-    run (the scalar path's warm speed from then on); large batches compile at once."""
+def test_scalar_calls_fit_by_lockstep_until_compiling_pays(monkeypatch):
+    """SCALAR_ROUTE "auto": calls of a batch program are fitted by the lockstep engine,
+    nothing compiled, until LOCKSTEP_SAVING × the seconds they took reaches
+    COMPILE_SECONDS; the next call compiles and runs the program, and so do all later
+    ones; batches of more than LOCKSTEP_FIRST_MAX models compile at once."""
     from glmmjax._batching import fit_many as fit_many_module
 
     monkeypatch.setattr(fit_many_module, "SCALAR_ROUTE", "auto")
-    monkeypatch.setattr(fit_many_module, "_PROGRAMS", set())
+    monkeypatch.setattr(fit_many_module, "_PROGRAMS", {})
     data, eta, rng = _scalar_glmm_data()
     Y = (rng.uniform(size=(300, 8)) < 1 / (1 + np.exp(-eta[:, None]))).astype(float)
 
     def fit(Y):
         return glmmjax.fit_many("~ x + (1 | g)", data, Y, family="binomial", chunk_size=4)
 
+    # A compilation that costs more than many lockstep calls: a second call (and a
+    # third) stays on the lockstep engine, its time added up per program.
+    monkeypatch.setattr(fit_many_module, "COMPILE_SECONDS", 1e6)
     first = fit(Y[:, :4])
     assert first.memory is None  # the lockstep engine
+    assert fit(Y[:, :4]).memory is None
+    (spent,) = fit_many_module._PROGRAMS.values()
+    assert spent > 0
+    # Once the lockstep time has paid for the compilation: the compiled program (test_batch's,
+    # chunks of 4), for this call and every later one.
+    monkeypatch.setattr(fit_many_module, "COMPILE_SECONDS", 0.5 * spent)
     again = fit(Y[:, :4])
-    assert again.memory is not None  # the compiled program (test_batch's, chunks of 4)
+    assert again.memory is not None
+    assert list(fit_many_module._PROGRAMS.values()) == [None]
+    monkeypatch.setattr(fit_many_module, "COMPILE_SECONDS", 1e6)
+    assert fit(Y[:, 4:]).memory is not None  # compiled already: stays compiled
     rel_close(again.fixef.to_numpy(), first.fixef.to_numpy(), 1e-7)
     rel_close(again.fixef_se.to_numpy(), first.fixef_se.to_numpy(), 1e-6)
     rel_close(again.models["criterion"], first.models["criterion"], 1e-11)
-    monkeypatch.setattr(fit_many_module, "_PROGRAMS", set())
+    monkeypatch.setattr(fit_many_module, "_PROGRAMS", {})
     monkeypatch.setattr(fit_many_module, "LOCKSTEP_FIRST_MAX", 6)
     assert fit(Y).memory is not None  # more models than LOCKSTEP_FIRST_MAX
 

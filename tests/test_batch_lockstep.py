@@ -266,12 +266,48 @@ def test_agq_one_scalar_term_equals_single_glmer_fits(family, n_agq, missing):
         assert abs(laplace.models["criterion"][k] - batch.models["criterion"][k]) > 1e-6
 
 
-def test_agq_gradient_matches_differences_of_the_criterion():
-    data, Y = _agq_data()
+def _nb2_agq_data(seed=12, k=2):
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(12), 8)
+    x = rng.normal(size=g.size)
+    data = pd.DataFrame({"x": x, "g": pd.Categorical(g)})
+    mu = np.exp(1.0 + 0.5 * x[:, None] + rng.normal(0, 0.7, (12, k))[g])
+    size = np.array([1.5, 4.0])[:k]
+    return data, rng.poisson(rng.gamma(size, mu / size)).astype(float)
+
+
+@pytest.mark.slow  # ~15-40 s: the single NB2 AGQ fits compile (the gradient test below is fast)
+def test_agq_with_a_dispersion_equals_single_glmer_fits():
+    # NB2 with nAGQ = 5 in the lockstep engine: the dispersion's node terms and its
+    # derivative of H enter the quadrature and its exact gradient; each model equals its
+    # single glmer(family="nbinom2", n_agq=5) fit.
+    data, Y = _nb2_agq_data()
     design = _design_for("~ x + (1 | g)", data, None, None)
-    models = ls.glmm_models(design, get_family("binomial"), Y[:, :2], np.ones((len(Y), 2)))
+    assert _lockstep_applies(design, get_family("nbinom2"), 5, "float64")
+    batch = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="nbinom2", n_agq=5)
+    assert batch.method == "AGQ(5)"
+    laplace = glmmjax.fit_many("~ x + (1 | g)", data, Y, family="nbinom2")
+    for k in range(2):
+        assert abs(laplace.models["criterion"][k] - batch.models["criterion"][k]) > 1e-6
+        alone = glmmjax.glmer("y ~ x + (1 | g)", data.assign(y=Y[:, k]), family="nbinom2",
+                              n_agq=5)
+        assert_equals_alone(batch, k, alone)
+        rel_close(batch.theta[k], alone.theta_values, 1e-5)
+        rel_close(batch.models["dispersion"][k], alone.dispersion, 1e-5)
+
+
+@pytest.mark.parametrize("family", ["binomial", "nbinom2"])
+def test_agq_gradient_matches_differences_of_the_criterion(family):
+    if family == "binomial":
+        data, Y = _agq_data()
+        Y = Y[:, :2]
+        psi = np.array([[0.8, 0.1, 0.5], [1.3, -0.4, 0.9]])
+    else:  # the last parameter: the log dispersion
+        data, Y = _nb2_agq_data()
+        psi = np.array([[0.7, 1.0, 0.4, 0.3], [0.5, 0.8, 0.6, 1.4]])
+    design = _design_for("~ x + (1 | g)", data, None, None)
+    models = ls.glmm_models(design, get_family(family), Y, np.ones((len(Y), 2)))
     models.n_agq = 7
-    psi = np.array([[0.8, 0.1, 0.5], [1.3, -0.4, 0.9]])
     idx = np.arange(2)
     at = models.evaluate(idx, psi, np.zeros((2, 12)))
     numeric = np.empty_like(psi)

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import threading
+import time
 
 import equinox as eqx
 import jax
@@ -58,17 +59,28 @@ BLOCKED_PATH = True
 # in float64; tests and benchmarks set False to run the compiled paths.
 LOCKSTEP = True
 # Scalar-term GLMMs (one (1 | g) term, no dispersion) on the CPU in float64: "auto"
-# (a batch whose compiled program this process has not met before is fitted by the
-# lockstep engine, nothing compiled; a repeated one compiles the scalar path's program
-# and runs it, as do later calls; see _fit_scalar_auto), "compiled" or "lockstep"
-# (tests, benchmarks).
+# (calls of a batch program are fitted by the lockstep engine, nothing compiled, until
+# the time they took would have paid for compiling the program: then it is compiled and
+# run, as are later calls; see _fit_scalar_auto), "compiled" or "lockstep" (tests,
+# benchmarks).
 SCALAR_ROUTE = "auto"
 # Above this many models a first call compiles at once: the lockstep engine's extra
 # time per model over the compiled program's (~5 ms against ~5 ms warm at 1,000
 # logistic models, n = 2,000, on a busy 2-core CPU) then exceeds the compilation
 # (~10 s there): break-even near 2,000 models (benchmarks/README.md).
 LOCKSTEP_FIRST_MAX = 2000
-_PROGRAMS: set = set()  # the batch programs (keys) this process has been asked for
+# The rent-or-buy rule of "auto" (benchmarks/README.md, "Second calls of scalar-term
+# batches"): the program is compiled once LOCKSTEP_SAVING × (the seconds the lockstep
+# engine has spent on it) reaches COMPILE_SECONDS, an estimate of its compilation
+# (10-13 s measured for the logistic program on a busy 2-core CPU, ~6 s idle), where
+# LOCKSTEP_SAVING is the share of the lockstep engine's time the compiled program saves
+# warm (0.5-0.55 measured at 400 and 1,000 models). A user who fits a few batches never
+# waits for a compilation; one who fits many pays at most about twice the best choice
+# made in hindsight (the classic rent-or-buy bound).
+COMPILE_SECONDS = 10.0
+LOCKSTEP_SAVING = 0.5
+# program key -> seconds the lockstep engine spent on it (or None once compiled here)
+_PROGRAMS: dict = {}
 _PROGRAMS_LOCK = threading.Lock()
 
 
@@ -460,10 +472,11 @@ def fit_many(
             are fitted by the lockstep numpy engine (``glmmjax._batching.lockstep``,
             nothing compiled): there ``chunk_size`` is the models fitted together
             (default 250) and ``BatchResult.memory`` is None. So are one-scalar-term
-            GLMMs there when this process has not been asked for their compiled program
-            before (at most 2,000 models; a repeated call compiles and runs it). A
-            family whose shape is estimated (``tweedie``'s power, ``t_family``'s df,
-            ``ordbeta``'s cutpoints) is fitted model by model by glmer's host engine
+            GLMMs there (at most 2,000 models) until the lockstep calls of their
+            compiled program have taken long enough to pay for compiling it; later
+            calls compile and run it (docs/batches.md). A family whose shape is
+            estimated (``tweedie``'s power, ``t_family``'s df, ``ordbeta``'s
+            cutpoints) is fitted model by model by glmer's host engine
             (``glmmjax._batching.shapes``; float64, Laplace or AGQ).
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
@@ -700,28 +713,36 @@ def _program_key(fn, args) -> tuple:
 
 def _fit_scalar_auto(design, family, Y, usable, fn, Y_fit, extra, program_chunk, dtype,
                      progress, chunk_size):
-    """Scalar-term GLMMs without compiling for a one-off batch (SCALAR_ROUTE "auto").
+    """Scalar-term GLMMs without compiling for a few batches (SCALAR_ROUTE "auto").
 
-    The first call of a batch program (this structure, chunk size and shapes) in this
-    process, of at most LOCKSTEP_FIRST_MAX models, is fitted by the lockstep engine:
-    nothing compiled, a few ms per model. A call that asks for the same program again
-    (a user fitting batch after batch) compiles it and runs it: from then on the scalar
-    path's warm speed. Both minimize glmer's Laplace objective; each model equals its
-    single fit. Returns (outputs, whether the compiled program ran)."""
+    Calls of one batch program (this structure, chunk size and shapes), of at most
+    LOCKSTEP_FIRST_MAX models, are fitted by the lockstep engine (nothing compiled, a
+    few ms per model) until LOCKSTEP_SAVING × the seconds they took reaches
+    COMPILE_SECONDS; the call after that compiles the program and runs it, as do all
+    later calls of it (the scalar path's warm speed). Both minimize glmer's Laplace
+    objective; each model equals its single fit. Returns (outputs, whether the
+    compiled program ran)."""
     from .lockstep import fit_glmm_many
 
     key = _program_key(fn, _example_args(Y_fit, extra, program_chunk, dtype))
     with _PROGRAMS_LOCK:
-        again = key in _PROGRAMS
-        _PROGRAMS.add(key)
-    if again or len(usable) > LOCKSTEP_FIRST_MAX:
+        spent = _PROGRAMS.get(key, 0.0)
+        compile_now = (spent is None or len(usable) > LOCKSTEP_FIRST_MAX
+                       or LOCKSTEP_SAVING * spent >= COMPILE_SECONDS)
+        if compile_now:
+            _PROGRAMS[key] = None
+    if compile_now:
         return _run_chunks(fn, Y_fit, usable, program_chunk, extra, dtype, progress), True
+    start = time.perf_counter()
     Y_ls, W_ls = _missing_as_weight_zero(Y, design.weights)
     if W_ls is None:
         W_ls = np.broadcast_to(np.asarray(design.weights, float)[:, None], Y.shape)
     with np.errstate(all="ignore"):
         out = fit_glmm_many(design, family, Y_ls[:, usable], W_ls[:, usable], progress,
                             chunk_size)
+    with _PROGRAMS_LOCK:
+        if _PROGRAMS.get(key, 0.0) is not None:
+            _PROGRAMS[key] = _PROGRAMS.get(key, 0.0) + time.perf_counter() - start
     return out, False
 
 

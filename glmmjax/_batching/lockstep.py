@@ -75,13 +75,12 @@ def applies(design, family, n_agq: int) -> bool:
     """Whether the lockstep engine fits this structure: Laplace, a built-in family and
     link with closed forms and no shape parameter, unstructured terms, one term of at
     most :data:`SMALL_BLOCK` coefficients or several with q ≤ :data:`MAX_DENSE`; or
-    adaptive Gauss–Hermite quadrature (``n_agq`` > 1) for one scalar term and a family
-    without a dispersion (glmer's nAGQ)."""
+    adaptive Gauss–Hermite quadrature (``n_agq`` > 1) for one scalar term (glmer's
+    nAGQ; with an estimated dispersion too)."""
     if n_agq < 1 or not fm.supported(family) or getattr(family, "n_shape", 0):
         return False
     if n_agq > 1:
-        return (len(design.terms) == 1 and design.terms[0].size == 1
-                and not (family.has_dispersion and family.dispersion_method != "fixed"))
+        return len(design.terms) == 1 and design.terms[0].size == 1
     return _terms_apply(design.terms)
 
 
@@ -174,7 +173,7 @@ class _Schur:
     are a diagonal block, each row having one of them). Holds D⁻¹ (k, m), D⁻¹C (k, m, q₂),
     M = D⁻¹CS⁻¹ and S⁻¹ (k, q₂, q₂); H⁻¹ = [[D⁻¹ + MC'D⁻¹, −M], [−M', S⁻¹]]."""
 
-    def __init__(self, d, C, E, light: bool = False):
+    def __init__(self, d, C, E, light: bool = False, positive: bool = False):
         ok_d = np.all(d > 0, axis=-1)
         self.d_inv = 1.0 / np.where(d > 0, d, 1.0)
         self.C = C
@@ -184,7 +183,9 @@ class _Schur:
         self.light = light
         if light:  # solves only (the inner Newton's steps): no S⁻¹, S kept
             self.schur = schur
-            self.ok = ok_d & _positive_definite(schur)
+            # (W ≥ 0 on every row: H = I + A'WA and its Schur complement are positive
+            # definite, no Cholesky needed to say so)
+            self.ok = ok_d if positive else ok_d & _positive_definite(schur)
             return
         logdet_s, self.S_inv, ok_s = _factor(schur)
         self.M = np.matmul(self.DC, self.S_inv)
@@ -364,12 +365,12 @@ class Layout:
         flat = inverse.reshape(inverse.shape[0], -1)
         return np.stack([np.stack([flat[:, ix] for ix in row]) for row in self.inverse_index])
 
-    def factor(self, H, light: bool = False):
+    def factor(self, H, light: bool = False, positive: bool = False):
         """(log det, inverse, positive definite) per block of H (k, B, s, s): the
         inverse an array, or a :class:`_Schur` (log det and ok then (k, 1); with
         ``light``, for solves only, no log det)."""
         if self.n_diag:
-            F = _Schur(*H, light=light)
+            F = _Schur(*H, light=light, positive=positive)
             return (None if light else F.logdet[:, None]), F, F.ok[:, None]
         return _factor(H)
 
@@ -418,6 +419,7 @@ class RowModel:
             if builtin and (name, link) == ("Poisson", "Log") and not is_truncated(family):
                 self.fast = "zip"
         self._cache = None
+        self.unit = False
 
     def constant(self, Y, Wt) -> np.ndarray:
         """Per model, the part of Σ log f left out of ``ll`` (free of every parameter)."""
@@ -439,6 +441,10 @@ class RowModel:
         change only when θ does: Newton's Hessian columns in β and Λ reuse them)."""
         if self.fast == "nb":
             self._cache = (np.full(K, np.nan), np.empty((K, n)), np.empty((K, n)))
+
+    def unit_weights(self, Wt):
+        """Prior weights all 1 (the binomial's closed form then skips them)."""
+        self.unit = bool(np.all(Wt == 1.0))
 
     def __call__(self, y, w, eta, zeta, delta, third: bool, idx=None, complete=None):
         """dict of (k, n) arrays: ll, g_e, W and with ``third`` g_z, g_d, h_ez, h_ed
@@ -466,10 +472,14 @@ class RowModel:
             if self.fast == "binomial":
                 e = np.exp(-np.abs(eta))
                 prob = np.where(eta >= 0, 1.0, e) / (1.0 + e)
-                s = w * y
-                W = w * prob * (1.0 - prob)
-                out = dict(ll=s * eta - w * (np.maximum(eta, 0.0) + np.log1p(e)),
-                           g_e=s - w * prob, W=W)
+                W = prob * (1.0 - prob)
+                softplus = np.maximum(eta, 0.0) + np.log1p(e)
+                if self.unit:
+                    out = dict(ll=y * eta - softplus, g_e=y - prob, W=W)
+                else:
+                    W = w * W
+                    s = w * y
+                    out = dict(ll=s * eta - w * softplus, g_e=s - w * prob, W=W)
                 if third:
                     out["W_e"] = W * (1.0 - 2.0 * prob)
                 return out
@@ -608,8 +618,19 @@ class LockstepModels:
         self.sizes = (L.n_theta, self.X.shape[1], self.X_zi.shape[1], self.X_d.shape[1])
         self.P = sum(self.sizes)
         rows.prepare(*self.Y.shape)
+        rows.unit_weights(self.Wt)
 
     # -- pieces ----------------------------------------------------------------------------
+    def _data(self, idx):
+        """Y and the prior weights of the models ``idx`` (views where ``idx`` is a run of
+        consecutive models; no weights where the row terms do without them)."""
+        if idx.size and idx[-1] - idx[0] + 1 == idx.size and np.all(np.diff(idx) == 1):
+            take = slice(idx[0], idx[-1] + 1)
+        else:
+            take = idx
+        return self.Y[take], (None if self.rows.unit and self.rows.fast == "binomial"
+                              else self.Wt[take])
+
     def split(self, psi):
         a, b, c, _ = np.cumsum(self.sizes)
         return psi[:, :a], psi[:, a:b], psi[:, b:c], psi[:, c:]
@@ -629,14 +650,14 @@ class LockstepModels:
 
         Returns (û, converged)."""
         L = self.layout
-        y, w = self.Y[idx], self.Wt[idx]
+        y, w = self._data(idx)
         u = u0.copy()
         k = u.shape[0]
         converged = np.zeros(k, bool)
 
         def terms(sub, v):
             eta = base[sub] + _rowdot_slots(a[:, sub], L.gather(v))
-            r = self.rows(y[sub], w[sub], eta, None if zeta is None else zeta[sub],
+            r = self.rows(y[sub], None if w is None else w[sub], eta, None if zeta is None else zeta[sub],
                           None if delta is None else delta[sub], third=False, idx=idx[sub])
             value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=1)
             return value, r
@@ -650,7 +671,7 @@ class LockstepModels:
             G = u[active] - L.scatter(sub_a * r["g_e"])
             W = r["W"]
             H = L.hessian(sub_a, W)
-            _, inv, ok = L.factor(H, light=True)
+            _, inv, ok = L.factor(H, light=True, positive=bool(np.all(W >= 0)))
             ok = ok.all(axis=1)
             if not ok.all():
                 # Not log-concave here (zero-inflation): steps with W floored.
@@ -724,7 +745,7 @@ class LockstepModels:
         """:meth:`evaluate` at random effects ``u`` (the mode, or with ``check`` a point
         whose Newton decrement is returned too)."""
         L = self.layout
-        y, w = self.Y[idx], self.Wt[idx]
+        y, w = self._data(idx)
         ug = L.gather(u)
         eta = base + _rowdot_slots(a, ug)
         r = self.rows(y, w, eta, zeta, delta, third=gradient, idx=idx, complete=True)
@@ -734,7 +755,7 @@ class LockstepModels:
         value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(u * u, axis=1) + logdet.sum(axis=1)
         agq = None
         if self.n_agq > 1:
-            agq = self._agq(idx, a, base, u, H, r, inv, ug, gradient)
+            agq = self._agq(idx, a, base, u, H, r, inv, ug, gradient, delta)
             value = value + agq[0]
         value = np.where(ok & np.isfinite(value), value, np.nan)
         out = dict(value=value, u=u, inner_ok=inner_ok)
@@ -773,16 +794,19 @@ class LockstepModels:
             out["S"] = agq[2] if agq is not None else self._sensitivity(a, ug, r, inv)
         return out
 
-    def _agq(self, idx, a, base, u, H, r, inv, ug, gradient):
+    def _agq(self, idx, a, base, u, H, r, inv, ug, gradient, delta=None):
         """Adaptive Gauss–Hermite quadrature for one scalar term, as glmer's nAGQ > 1:
         (Δ, ∇Δ, dû/dψ) where the deviance is the Laplace value plus
         Δ = −2 Σ_j log Σ_k w_k exp(−½[D_j(û_j + z_k s_j) − D_j(û_j)] + ½z_k²),
         D_j(u) = −2 Σ_{i∈j} ℓ_i + u² at level j, s_j = H_j^{-1/2} (nodes z_k, weights
         w_k of the standard normal). ∇Δ is exact: the node values' partial derivatives
         plus the chain through û(ψ) (the sensitivities) and s(ψ) (through H's
-        derivative: W' = ∂W/∂η)."""
+        derivative: W' = ∂W/∂η). With an estimated dispersion (its log the last
+        parameter, glmer's parameterization) the node values depend on it too (∂ℓ/∂δ at
+        the nodes; ∂W/∂δ in H's derivative)."""
         L = self.layout
         y, w = self.Y[idx], self.Wt[idx]
+        dispersion = self.rows.has_dispersion
         z_nodes, w_nodes = np.polynomial.hermite_e.hermegauss(self.n_agq)
         w_nodes = w_nodes / w_nodes.sum()
         a0 = a[0]
@@ -798,10 +822,11 @@ class LockstepModels:
         for zk, wk in zip(z_nodes, w_nodes):
             uk = u + zk * sd
             eta = base + a0 * L.gather(uk)[0]
-            rk = self.rows(y, w, eta, None, None, third=False, idx=idx, complete=True)
+            rk = self.rows(y, w, eta, None, delta, third=gradient and dispersion, idx=idx,
+                           complete=True)
             Dk = -2.0 * level_sum(rk["ll"]) + uk * uk
             log_e.append(np.log(wk) - 0.5 * (Dk - D0) + 0.5 * zk * zk)
-            node_terms.append((zk, uk, rk["g_e"]))
+            node_terms.append((zk, uk, rk["g_e"], rk.get("g_d")))
         log_e = np.stack(log_e)  # (nodes, k, B)
         top = np.max(log_e, axis=0)
         e = np.exp(log_e - top)
@@ -819,17 +844,23 @@ class LockstepModels:
         u0_rows = ug[0]
         rho = 2.0 * g0
         rho_t = 2.0 * g0 * u0_rows
+        rho_d = 2.0 * r["g_d"] if dispersion else None
         A = np.zeros((k, B))
         Bc = np.zeros((k, B))
-        for (zk, uk, gk), pk in zip(node_terms, pi):
+        for (zk, uk, gk, gdk), pk in zip(node_terms, pi):
             pk_rows = L.gather(pk)[0]
             uk_rows = L.gather(uk)[0]
             rho = rho - 2.0 * pk_rows * gk
             rho_t = rho_t - 2.0 * pk_rows * gk * uk_rows
+            if dispersion:
+                rho_d = rho_d - 2.0 * pk_rows * gdk
             Dp = -2.0 * level_sum(gk * a0) + 2.0 * uk  # D_j'(u_k)
             A += pk * Dp
             Bc += pk * Dp * zk
-        partial = np.concatenate([(rho_t @ z)[:, None], rho @ self.X], axis=1)  # (k, P)
+        pieces = [(rho_t @ z)[:, None], rho @ self.X]
+        if dispersion:
+            pieces.append(rho_d @ self.X_d)
+        partial = np.concatenate(pieces, axis=1)  # (k, P)
         # dH_j/dψ = Σ_{i∈j} W'_i a_i² ∂η_i/∂ψ + (Σ_{i∈j} W'_i a_i³) dû_j/dψ
         #           + [θ] Σ_{i∈j} W_i·2θ z_i².
         We, W = r["W_e"], r["W"]
@@ -841,6 +872,10 @@ class LockstepModels:
                                                                 * z * z)
         for c in range(p):
             dH[:, :, 1 + c] = level_sum(wa2 * self.X[:, c])
+        if dispersion:  # ∂W/∂δ at fixed η
+            for c in range(self.X_d.shape[1]):
+                dH[:, :, 1 + p + c] = level_sum(np.broadcast_to(r["W_d"], W.shape) * a0 * a0
+                                                * self.X_d[:, c])
         dH += level_sum(wa2 * a0)[:, :, None] * S
         dsd = -0.5 * (sd ** 3)[:, :, None] * dH
         chain = np.einsum("kb,kbp->kp", A, S) + np.einsum("kb,kbp->kp", Bc, dsd)
