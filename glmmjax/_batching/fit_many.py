@@ -68,6 +68,19 @@ SCALAR_ROUTE = "auto"
 # logistic models, n = 2,000, on a busy 2-core CPU) then exceeds the compilation
 # (~10 s there): break-even near 2,000 models (benchmarks/README.md).
 LOCKSTEP_FIRST_MAX = 2000
+# Models no batch-specialized solver covers (structured covariance terms; GLMMs beyond
+# the lockstep engine and the compiled Newton paths) on the CPU in float64: one host fit
+# per model (glmmjax._batching.host_loop) on a first call of up to HOST_LOOP_FIRST_MAX
+# models, instead of compiling the general pipeline (tens of seconds to minutes); tests
+# and benchmarks set False to run the compiled pipeline.
+HOST_LOOP = True
+# LMMs: the host loop on a first call of at most this many models (a repeated call, or
+# a larger batch, compiles the program and runs it warm). 50 ar1 LMMs (240 rows) on a
+# busy 2-core CPU: compilation ~35 s, then ~16 ms per model against the host loop's
+# ~130 ms: break-even near 300 models. GLMMs take the host loop whatever the size and
+# however often: its ~0.6 s per Poisson cs GLMM is below the compiled program's warm
+# ~0.8 s (benchmarks/bench_fit_many_structured.py; benchmarks/README.md).
+HOST_LOOP_FIRST_MAX = 400
 _PROGRAMS: set = set()  # the batch programs (keys) this process has been asked for
 _PROGRAMS_LOCK = threading.Lock()
 
@@ -464,7 +477,14 @@ def fit_many(
             before (at most 2,000 models; a repeated call compiles and runs it). A
             family whose shape is estimated (``tweedie``'s power, ``t_family``'s df,
             ``ordbeta``'s cutpoints) is fitted model by model by glmer's host engine
-            (``glmmjax._batching.shapes``; float64, Laplace or AGQ).
+            (``glmmjax._batching.shapes``; float64, Laplace). On the CPU in float64,
+            models with a structured covariance term (``cs``, ``ar1``, ``toep``,
+            ``diag``, ...) and Laplace GLMMs no batch solver above takes are also fitted
+            model by model, each by its single ``lmer``/``glmer`` host fit
+            (``glmmjax._batching.host_loop``, nothing compiled; ``chunk_size`` 1,
+            ``BatchResult.memory`` None): GLMMs always, LMMs on a first call of at most
+            300 models (beyond, or repeated, the compiled program is faster: see
+            docs/batches.md).
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
@@ -638,6 +658,21 @@ def fit_many(
         n_theta = sum(c.n_params for c in term_structures(design.terms))
         memory = plan_memory(len(usable), *shape, n_theta, np.dtype(dtype).itemsize, devices,
                              chunk_size, jax.local_devices()[0])
+        if (usable and _host_loop_applies(design, family, n_agq, precision, relmat)
+                and (family is not None or _first_program(
+                    fn, Y_fit, extra, memory.chunk_size, dtype, len(usable),
+                    HOST_LOOP_FIRST_MAX))):
+            # No batch-specialized solver for this structure, a program not compiled yet:
+            # one host fit per model costs less than compiling the general pipeline.
+            from .host_loop import fit_host_loop
+
+            result = fit_host_loop(design, family, Y, names, reasons, reml=reml,
+                                   n_agq=n_agq, ddf=ddf, progress=progress)
+            if distributed:
+                from .distributed import gather_batches
+
+                return gather_batches(result)
+            return result
         if _scalar_auto_applies(design, family, n_agq, precision) and usable:
             outputs, used_program = _fit_scalar_auto(
                 design, family, Y, usable, fn, Y_fit, extra, memory.chunk_size, dtype,
@@ -698,6 +733,18 @@ def _program_key(fn, args) -> tuple:
     return (fn, _Static(static), shapes)
 
 
+def _first_program(fn, Y_fit, extra, program_chunk, dtype, n_models, limit) -> bool:
+    """Whether to fit this batch without its compiled program: the first time this
+    process is asked for the program (this function, structure, chunk size and shapes),
+    with at most ``limit`` models. Records the request: a repeated call returns False
+    (compile once, then run warm)."""
+    key = _program_key(fn, _example_args(Y_fit, extra, program_chunk, dtype))
+    with _PROGRAMS_LOCK:
+        again = key in _PROGRAMS
+        _PROGRAMS.add(key)
+    return not again and n_models <= limit
+
+
 def _fit_scalar_auto(design, family, Y, usable, fn, Y_fit, extra, program_chunk, dtype,
                      progress, chunk_size):
     """Scalar-term GLMMs without compiling for a one-off batch (SCALAR_ROUTE "auto").
@@ -710,11 +757,8 @@ def _fit_scalar_auto(design, family, Y, usable, fn, Y_fit, extra, program_chunk,
     single fit. Returns (outputs, whether the compiled program ran)."""
     from .lockstep import fit_glmm_many
 
-    key = _program_key(fn, _example_args(Y_fit, extra, program_chunk, dtype))
-    with _PROGRAMS_LOCK:
-        again = key in _PROGRAMS
-        _PROGRAMS.add(key)
-    if again or len(usable) > LOCKSTEP_FIRST_MAX:
+    if not _first_program(fn, Y_fit, extra, program_chunk, dtype, len(usable),
+                          LOCKSTEP_FIRST_MAX):
         return _run_chunks(fn, Y_fit, usable, program_chunk, extra, dtype, progress), True
     Y_ls, W_ls = _missing_as_weight_zero(Y, design.weights)
     if W_ls is None:
@@ -749,6 +793,29 @@ def _lmm_missing_reasons(design, Y, reasons) -> list[str]:
             reasons[k] = ("the fixed-effects matrix is rank deficient on the model's "
                           f"{n_k} observed rows")
     return reasons
+
+
+def _host_loop_applies(design, family, n_agq, precision, relmat) -> bool:
+    """One host fit per model (glmmjax._batching.host_loop): on the CPU in float64, the
+    models that would otherwise take the compiled general pipeline and that the host
+    engines fit — LMMs with a structured covariance term (cs, ar1, toep, diag, ...),
+    Laplace GLMMs of built-in families that neither the lockstep engine nor the scalar,
+    blocked or crossed paths take (structured terms, large terms). Not with
+    ``relmat=`` (the compiled LMM path rotates a known K once for all models)."""
+    if not (HOST_LOOP and precision == "float64" and jax.default_backend() == "cpu"
+            and relmat is None):
+        return False
+    if family is None:
+        return any(s.name != "us" for s in term_structures(design.terms))
+    from .._engines.host.glmm import applies as host_glmm_applies
+
+    if n_agq != 1 or not host_glmm_applies(family):
+        return False
+    if _lockstep_applies(design, family, n_agq, precision):
+        return False
+    return not (scalar_path_applies(design, family, n_agq)
+                or (BLOCKED_PATH and (blocked_path_applies(design, family, n_agq)
+                                      or crossed_path_applies(design, family, n_agq))))
 
 
 def _lockstep_applies(design, family, n_agq, precision) -> bool:
