@@ -121,3 +121,31 @@ def test_poisson_cs_models_equal_their_glmer_fits():
     z = glmmjax.fit_many(formula, frame, Y[:, :1], family="poisson", ddf=None)
     assert np.all(np.isinf(z.coefficients["df"]))
     np.testing.assert_allclose(z.fixef.iloc[0], batch.fixef.iloc[0], rtol=1e-12)
+
+
+def test_which_models_take_the_host_loop():
+    from glmmjax._batching import fit_many as fm
+    from glmmjax._families.base import get_family
+
+    frame, _ = _frame()
+    poisson = get_family("poisson")
+
+    def takes(formula, family, n_agq=1, precision="float64", relmat=None):
+        design = fm._design_for(formula, frame, None, None)
+        return fm._host_loop_applies(design, family, n_agq, precision, relmat)
+
+    assert takes("~ x + ar1(timef + 0 | subj)", None)
+    assert takes("~ x + diag(timef + 0 | subj)", None)
+    assert takes("~ x + cs(timef + 0 | subj)", poisson)
+    assert not takes("~ x + (1 | subj)", None)  # the compiled LMM path
+    assert not takes("~ x + (x | subj)", poisson)  # the lockstep engine
+    assert not takes("~ x + ar1(timef + 0 | subj)", None, precision="float32")
+    assert not takes("~ x + cs(timef + 0 | subj)", poisson, n_agq=0)  # host has no nAGQ=0
+    # LMMs: a first call of at most HOST_LOOP_FIRST_MAX models; a repeated one compiles.
+    def program(y, w):  # stands for a batch program (only its identity matters)
+        return y
+
+    Y_fit, extra = np.zeros((len(frame), 3)), (np.ones(len(frame)),)
+    assert fm._first_program(program, Y_fit, extra, 3, np.float64, 3, 10)
+    assert not fm._first_program(program, Y_fit, extra, 3, np.float64, 3, 10)  # again
+    assert not fm._first_program(program, Y_fit, extra, 4, np.float64, 11, 10)  # too many
