@@ -74,14 +74,15 @@ LOCKSTEP_FIRST_MAX = 2000
 # models, instead of compiling the general pipeline (tens of seconds to minutes); tests
 # and benchmarks set False to run the compiled pipeline.
 HOST_LOOP = True
-# LMMs: the host loop on a first call of at most this many models (a repeated call, or
-# a larger batch, compiles the program and runs it warm). 50 ar1 LMMs (240 rows) on a
-# busy 2-core CPU: compilation ~35 s, then ~16 ms per model against the host loop's
-# ~130 ms: break-even near 300 models. GLMMs take the host loop whatever the size and
-# however often: its ~0.6 s per Poisson cs GLMM is below the compiled program's warm
-# ~0.8 s (benchmarks/bench_fit_many_structured.py; benchmarks/README.md).
+# LMMs: the host loop for batches of at most this many models, unless this process has
+# compiled (and run) the batch's program already: then it runs warm. 240-row ar1 LMMs on
+# a busy 2-core CPU: compilation ~30 s, then 11-16 ms per model against the host
+# loop's 40-130 ms: break-even between 300 and 500 models. GLMMs take the host loop
+# whatever the size: its ~0.6 s per Poisson cs GLMM is below the compiled program's
+# warm ~0.8 s (benchmarks/bench_fit_many_structured.py; benchmarks/README.md).
 HOST_LOOP_FIRST_MAX = 400
 _PROGRAMS: set = set()  # the batch programs (keys) this process has been asked for
+_COMPILED: set = set()  # structured-LMM programs (keys) compiled and run in this process
 _PROGRAMS_LOCK = threading.Lock()
 
 
@@ -482,9 +483,9 @@ def fit_many(
             ``diag``, ...) and Laplace GLMMs no batch solver above takes are also fitted
             model by model, each by its single ``lmer``/``glmer`` host fit
             (``glmmjax._batching.host_loop``, nothing compiled; ``chunk_size`` 1,
-            ``BatchResult.memory`` None): GLMMs always, LMMs on a first call of at most
-            300 models (beyond, or repeated, the compiled program is faster: see
-            docs/batches.md).
+            ``BatchResult.memory`` None): GLMMs always, LMMs up to 400 models unless
+            the process has compiled their program already (beyond, the compiled
+            program is faster: see docs/batches.md).
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
@@ -658,12 +659,13 @@ def fit_many(
         n_theta = sum(c.n_params for c in term_structures(design.terms))
         memory = plan_memory(len(usable), *shape, n_theta, np.dtype(dtype).itemsize, devices,
                              chunk_size, jax.local_devices()[0])
-        if (usable and _host_loop_applies(design, family, n_agq, precision, relmat)
-                and (family is not None or _first_program(
-                    fn, Y_fit, extra, memory.chunk_size, dtype, len(usable),
-                    HOST_LOOP_FIRST_MAX))):
-            # No batch-specialized solver for this structure, a program not compiled yet:
-            # one host fit per model costs less than compiling the general pipeline.
+        host_loop = bool(usable) and _host_loop_applies(design, family, n_agq, precision, relmat)
+        program = (_program_key(fn, _example_args(Y_fit, extra, memory.chunk_size, dtype))
+                   if host_loop and family is None else None)
+        if host_loop and (family is not None or (
+                len(usable) <= HOST_LOOP_FIRST_MAX and program not in _COMPILED)):
+            # No batch-specialized solver for this structure and its program not compiled
+            # yet: one host fit per model costs less than compiling the general pipeline.
             from .host_loop import fit_host_loop
 
             result = fit_host_loop(design, family, Y, names, reasons, reml=reml,
@@ -691,6 +693,9 @@ def fit_many(
         else:
             outputs = _run_chunks(fn, Y_fit, usable, memory.chunk_size, extra, dtype,
                                   progress)
+            if program is not None:
+                with _PROGRAMS_LOCK:
+                    _COMPILED.add(program)
     if ddf == "kenward-roger" and outputs is not None:
         from .inference import kenward_roger
 
