@@ -149,3 +149,21 @@ def test_which_models_take_the_host_loop():
     assert fm._first_program(program, Y_fit, extra, 3, np.float64, 3, 10)
     assert not fm._first_program(program, Y_fit, extra, 3, np.float64, 3, 10)  # again
     assert not fm._first_program(program, Y_fit, extra, 4, np.float64, 11, 10)  # too many
+
+
+@pytest.mark.slow  # 8 s: 240 rows, a 6-dimensional cs term
+def test_a_fit_ending_at_a_non_finite_hessian_is_flagged_not_raised():
+    # Model 9 of issue 19's Poisson cs batch: the host engine's central-difference
+    # Hessian is not finite where the line search stopped (glmer raised LAPACK's "SVD
+    # did not converge" before); now glmer and fit_many report it as not converged.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"subj": np.repeat(np.arange(40), 6), "time": np.tile(np.arange(6), 40)})
+    frame["x"] = rng.normal(size=240)
+    frame["timef"] = pd.Categorical(frame["time"])
+    Y = rng.poisson(np.exp(0.2 + 0.5 * rng.normal(size=(40, 50))[frame["subj"]])).astype(float)
+    formula = "~ x + cs(timef + 0 | subj)"
+    single = _single(glmmjax.glmer, formula, frame, Y[:, 9], family="poisson")
+    assert not single.convergence.converged
+    batch = glmmjax.fit_many(formula, frame, Y[:, [9]], family="poisson")
+    assert not batch.converged[0] and batch.models["status"].iloc[0] == single.convergence.message
+    np.testing.assert_allclose(batch.models["criterion"].iloc[0], single.criterion, rtol=1e-10)
