@@ -275,7 +275,9 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     family, out, extra_params = _fix_estimated_shape(family, out)
     structures = term_structures(design.terms)
     sym = 0.5 * (out.hessian + out.hessian.T)
-    pd_hess = bool(np.all(np.linalg.eigvalsh(sym) > 0)) if sym.size else True
+    # (A non-finite Hessian is not positive definite: no standard errors.)
+    pd_hess = (bool(np.all(np.isfinite(sym)) and np.all(np.linalg.eigvalsh(sym) > 0))
+               if sym.size else True)
     status = Status(out.opt.status)
     converged = status == Status.CONVERGED and pd_hess
     message = status.describe()

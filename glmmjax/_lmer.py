@@ -50,7 +50,9 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
                effects=None, engine: str | None = None, theta0=None) -> LMMResult:
     """Turn the optimizer's output into an :class:`LMMResult` (numpy values);
     ``engine`` and the start ``theta0`` go into its ``opt_summary``."""
-    n = design.nobs
+    # Rows of prior weight 0 count neither in n nor in the criterion (as the engines'
+    # models: fit_many's missing responses), so σ² matches the optimized criterion.
+    n = int(np.count_nonzero(np.asarray(design.weights) > 0))
     p = design.X.shape[1]
     raw_theta = np.asarray(theta)
     theta = canonical_theta(raw_theta, structure.structures)

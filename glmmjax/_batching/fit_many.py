@@ -81,6 +81,20 @@ COMPILE_SECONDS = 10.0
 LOCKSTEP_SAVING = 0.5
 # program key -> seconds the lockstep engine spent on it (or None once compiled here)
 _PROGRAMS: dict = {}
+# Models no batch-specialized solver covers (structured covariance terms; GLMMs beyond
+# the lockstep engine and the compiled Newton paths) on the CPU in float64: one host fit
+# per model (glmmjax._batching.host_loop) on a first call of up to HOST_LOOP_FIRST_MAX
+# models, instead of compiling the general pipeline (tens of seconds to minutes); tests
+# and benchmarks set False to run the compiled pipeline.
+HOST_LOOP = True
+# LMMs: the host loop for batches of at most this many models, unless this process has
+# compiled (and run) the batch's program already: then it runs warm. 240-row ar1 LMMs on
+# a busy 2-core CPU: compilation ~30 s, then 11-16 ms per model against the host
+# loop's 40-130 ms: break-even between 300 and 500 models. GLMMs take the host loop
+# whatever the size: its ~0.6 s per Poisson cs GLMM is below the compiled program's
+# warm ~0.8 s (benchmarks/bench_fit_many_structured.py; benchmarks/README.md).
+HOST_LOOP_FIRST_MAX = 400
+_COMPILED: set = set()  # structured-LMM programs (keys) compiled and run in this process
 _PROGRAMS_LOCK = threading.Lock()
 
 
@@ -477,7 +491,14 @@ def fit_many(
             calls compile and run it (docs/batches.md). A family whose shape is
             estimated (``tweedie``'s power, ``t_family``'s df, ``ordbeta``'s
             cutpoints) is fitted model by model by glmer's host engine
-            (``glmmjax._batching.shapes``; float64, Laplace or AGQ).
+            (``glmmjax._batching.shapes``; float64, Laplace or AGQ). On the CPU in
+            float64, models with a structured covariance term (``cs``, ``ar1``, ``toep``,
+            ``diag``, ...) and Laplace GLMMs no batch solver above takes are also fitted
+            model by model, each by its single ``lmer``/``glmer`` host fit
+            (``glmmjax._batching.host_loop``, nothing compiled; ``chunk_size`` 1,
+            ``BatchResult.memory`` None): GLMMs always, LMMs up to 400 models unless
+            the process has compiled their program already (beyond, the compiled
+            program is faster: see docs/batches.md).
         precision: ``"float64"`` (default) or ``"float32"`` (GPU throughput; its
             accuracy against float64 is measured in ``benchmarks/README.md``).
         progress: show a tqdm progress bar (default: when there is more than one chunk).
@@ -651,6 +672,22 @@ def fit_many(
         n_theta = sum(c.n_params for c in term_structures(design.terms))
         memory = plan_memory(len(usable), *shape, n_theta, np.dtype(dtype).itemsize, devices,
                              chunk_size, jax.local_devices()[0])
+        host_loop = bool(usable) and _host_loop_applies(design, family, n_agq, precision, relmat)
+        program = (_program_key(fn, _example_args(Y_fit, extra, memory.chunk_size, dtype))
+                   if host_loop and family is None else None)
+        if host_loop and (family is not None or (
+                len(usable) <= HOST_LOOP_FIRST_MAX and program not in _COMPILED)):
+            # No batch-specialized solver for this structure and its program not compiled
+            # yet: one host fit per model costs less than compiling the general pipeline.
+            from .host_loop import fit_host_loop
+
+            result = fit_host_loop(design, family, Y, names, reasons, reml=reml,
+                                   n_agq=n_agq, ddf=ddf, progress=progress)
+            if distributed:
+                from .distributed import gather_batches
+
+                return gather_batches(result)
+            return result
         if _scalar_auto_applies(design, family, n_agq, precision) and usable:
             outputs, used_program = _fit_scalar_auto(
                 design, family, Y, usable, fn, Y_fit, extra, memory.chunk_size, dtype,
@@ -669,6 +706,9 @@ def fit_many(
         else:
             outputs = _run_chunks(fn, Y_fit, usable, memory.chunk_size, extra, dtype,
                                   progress)
+            if program is not None:
+                with _PROGRAMS_LOCK:
+                    _COMPILED.add(program)
     if ddf == "kenward-roger" and outputs is not None:
         from .inference import kenward_roger
 
@@ -770,6 +810,29 @@ def _lmm_missing_reasons(design, Y, reasons) -> list[str]:
             reasons[k] = ("the fixed-effects matrix is rank deficient on the model's "
                           f"{n_k} observed rows")
     return reasons
+
+
+def _host_loop_applies(design, family, n_agq, precision, relmat) -> bool:
+    """One host fit per model (glmmjax._batching.host_loop): on the CPU in float64, the
+    models that would otherwise take the compiled general pipeline and that the host
+    engines fit — LMMs with a structured covariance term (cs, ar1, toep, diag, ...),
+    Laplace GLMMs of built-in families that neither the lockstep engine nor the scalar,
+    blocked or crossed paths take (structured terms, large terms). Not with
+    ``relmat=`` (the compiled LMM path rotates a known K once for all models)."""
+    if not (HOST_LOOP and precision == "float64" and jax.default_backend() == "cpu"
+            and relmat is None):
+        return False
+    if family is None:
+        return any(s.name != "us" for s in term_structures(design.terms))
+    from .._engines.host.glmm import applies as host_glmm_applies
+
+    if n_agq != 1 or not host_glmm_applies(family):
+        return False
+    if _lockstep_applies(design, family, n_agq, precision):
+        return False
+    return not (scalar_path_applies(design, family, n_agq)
+                or (BLOCKED_PATH and (blocked_path_applies(design, family, n_agq)
+                                      or crossed_path_applies(design, family, n_agq))))
 
 
 def _lockstep_applies(design, family, n_agq, precision) -> bool:

@@ -81,7 +81,10 @@ def kenward_roger(design, Y, theta, sigma, beta) -> tuple[np.ndarray, np.ndarray
                 pieces = kenward_roger_arrays(X[rows], w[rows], Z[rows], layout, theta[k],
                                               float(sigma[k]) ** 2, structures)
                 df[k] = [kenward_roger_f_test(pieces, eye[j], beta[k])[2] for j in range(p)]
-            se[k] = np.sqrt(np.maximum(np.diagonal(pieces.vcov_adjusted), 0.0))
+            # A negative adjusted variance (a fit at a boundary, e.g. a correlation
+            # at ±1) gives NaN, as the single fit's coef_table: no test, not SE 0.
+            variances = np.diagonal(pieces.vcov_adjusted)
+            se[k] = np.where(variances >= 0, np.sqrt(np.abs(variances)), np.nan)
         except np.linalg.LinAlgError:
             continue
     return df, se

@@ -574,7 +574,11 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
         H = lmm.central_differences(
             lambda x: objective2(x, v + dv @ (x - params))[0][1], params)
         H = 0.5 * (H + H.T)
-    params_cov = 2.0 * np.linalg.pinv(H)
+    # A non-finite Hessian (differences stepping where the Laplace value is not
+    # finite, e.g. at a boundary): no covariance, and the fit is reported as such
+    # (fit_glmm_design: Hessian not positive definite) instead of LAPACK's SVD error.
+    params_cov = (2.0 * np.linalg.pinv(H) if np.all(np.isfinite(H))
+                  else np.full(H.shape, np.nan))
     theta, beta, log_dispersion = _outer_split(params, stage2)
     effects = lmm.random_effects(theta, s2.original, *split(v, s2)[:2])
     cache = []
