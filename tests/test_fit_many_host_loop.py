@@ -141,14 +141,18 @@ def test_which_models_take_the_host_loop():
     assert not takes("~ x + (x | subj)", poisson)  # the lockstep engine
     assert not takes("~ x + ar1(timef + 0 | subj)", None, precision="float32")
     assert not takes("~ x + cs(timef + 0 | subj)", poisson, n_agq=0)  # host has no nAGQ=0
-    # LMMs: a first call of at most HOST_LOOP_FIRST_MAX models; a repeated one compiles.
-    def program(y, w):  # stands for a batch program (only its identity matters)
-        return y
-
-    Y_fit, extra = np.zeros((len(frame), 3)), (np.ones(len(frame)),)
-    assert fm._first_program(program, Y_fit, extra, 3, np.float64, 3, 10)
-    assert not fm._first_program(program, Y_fit, extra, 3, np.float64, 3, 10)  # again
-    assert not fm._first_program(program, Y_fit, extra, 4, np.float64, 11, 10)  # too many
+    # LMMs: at most HOST_LOOP_FIRST_MAX models, and only while their program has not
+    # been compiled here; GLMMs always.
+    program = ("a batch program's key",)
+    assert fm._host_loop_first(None, fm.HOST_LOOP_FIRST_MAX, program)
+    assert not fm._host_loop_first(None, fm.HOST_LOOP_FIRST_MAX + 1, program)
+    assert fm._host_loop_first(poisson, 10 * fm.HOST_LOOP_FIRST_MAX, program)
+    fm._COMPILED.add(program)
+    try:
+        assert not fm._host_loop_first(None, 3, program)
+        assert fm._host_loop_first(poisson, 3, program)
+    finally:
+        fm._COMPILED.discard(program)
 
 
 @pytest.mark.slow  # 8 s: 240 rows, a 6-dimensional cs term

@@ -675,8 +675,7 @@ def fit_many(
         host_loop = bool(usable) and _host_loop_applies(design, family, n_agq, precision, relmat)
         program = (_program_key(fn, _example_args(Y_fit, extra, memory.chunk_size, dtype))
                    if host_loop and family is None else None)
-        if host_loop and (family is not None or (
-                len(usable) <= HOST_LOOP_FIRST_MAX and program not in _COMPILED)):
+        if host_loop and _host_loop_first(family, len(usable), program):
             # No batch-specialized solver for this structure and its program not compiled
             # yet: one host fit per model costs less than compiling the general pipeline.
             from .host_loop import fit_host_loop
@@ -810,6 +809,17 @@ def _lmm_missing_reasons(design, Y, reasons) -> list[str]:
             reasons[k] = ("the fixed-effects matrix is rank deficient on the model's "
                           f"{n_k} observed rows")
     return reasons
+
+
+def _host_loop_first(family, n_models: int, program) -> bool:
+    """Whether a batch that the host loop can fit goes to it rather than to its compiled
+    program: GLMMs always; LMMs up to HOST_LOOP_FIRST_MAX models, unless this process has
+    compiled (and run) their program already (see HOST_LOOP_FIRST_MAX)."""
+    if family is not None:
+        return True
+    with _PROGRAMS_LOCK:
+        compiled = program in _COMPILED
+    return n_models <= HOST_LOOP_FIRST_MAX and not compiled
 
 
 def _host_loop_applies(design, family, n_agq, precision, relmat) -> bool:
