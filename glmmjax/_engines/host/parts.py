@@ -332,57 +332,86 @@ class HostParts:
         r = np.concatenate([A_c.T @ c_e, A_z.T @ c_z])
         z = cho_solve(factor, r)
 
-        def component(d_eta, d_zeta, d_delta, dA_c=None, dA_z=None):
-            """Gradient in one parameter from its ∂e|_u and ∂A (θ only)."""
-            explicit = -2.0 * np.sum(g_e * d_eta + g_z * d_zeta + g_d * d_delta)
-            explicit += np.sum(c_e * d_eta + c_z * d_zeta + c_d * d_delta)
-            dg_e = -w_ee * d_eta - w_ez * d_zeta + h_ed * d_delta
-            dg_z = -w_ez * d_eta - w_zz * d_zeta + h_zd * d_delta
-            s = -np.concatenate([A_c.T @ dg_e, A_z.T @ dg_z])
-            if dA_c is not None:
-                s -= np.concatenate([dA_c.T @ g_e, np.zeros(self.q - q_c)])
-                explicit += 2.0 * np.sum(w_ee * np.sum(UH[:, :q_c] * dA_c, axis=1)
-                                         + w_ez * np.sum(VH[:, :q_c] * dA_c, axis=1))
-            if dA_z is not None:
-                s -= np.concatenate([np.zeros(q_c), dA_z.T @ g_z])
-                explicit += 2.0 * np.sum(w_ez * np.sum(UH[:, q_c:] * dA_z, axis=1)
-                                         + w_zz * np.sum(VH[:, q_c:] * dA_z, axis=1))
-            s_columns.append(s)
-            return explicit - z @ s
+        # Each parameter ψⱼ moves the predictors by ∂ⱼe|_u (and A, for θ): its gradient
+        # is explicitⱼ − z'sⱼ, with sⱼ = [A_c'·(W_ηη ∂η + W_ηζ ∂ζ − h_ηδ ∂δ);
+        # A_z'·(W_ηζ ∂η + W_ζζ ∂ζ − h_ζδ ∂δ)] (− ∂A'G for θ). The fixed effects' ∂e are
+        # their design columns: one block of matrix products per part.
+        coef_e, coef_z, coef_d = c_e - 2.0 * g_e, c_z - 2.0 * g_z, c_d - 2.0 * g_d
 
-        s_columns: list = []
+        def fixed(M, coef, m_e, m_z):
+            S = np.concatenate([A_c.T @ (m_e[:, None] * M), A_z.T @ (m_z[:, None] * M)])
+            return M.T @ coef - S.T @ z, S
 
-        zeros = np.zeros(self.n)
         theta_c, theta_z, _, _, _ = self.split(params)
-        grad = []
+        grads, s_columns = [], []
         for k in range(len(theta_c)):
             dA = self._random_matrix(theta_c, self.cond, derivative=k)
-            grad.append(component(dA @ v[:q_c], zeros, zeros, dA_c=dA))
+            d_eta = dA @ v[:q_c]
+            s = np.concatenate([A_c.T @ (w_ee * d_eta) - dA.T @ g_e, A_z.T @ (w_ez * d_eta)])
+            explicit = coef_e @ d_eta + 2.0 * np.sum(
+                w_ee * np.sum(UH[:, :q_c] * dA, axis=1) + w_ez * np.sum(VH[:, :q_c] * dA, axis=1))
+            grads.append(np.array([explicit - z @ s]))
+            s_columns.append(s[:, None])
         for k in range(len(theta_z)):
             dA = self._random_matrix(theta_z, self.zi, derivative=k)
-            grad.append(component(zeros, dA @ v[q_c:], zeros, dA_z=dA))
-        for column in self.X.T:
-            grad.append(component(column, zeros, zeros))
-        for column in self.X_zi.T:
-            grad.append(component(zeros, column, zeros))
-        for column in self.X_disp.T:
-            grad.append(component(zeros, zeros, column))
+            d_zeta = dA @ v[q_c:]
+            s = np.concatenate([A_c.T @ (w_ez * d_zeta), A_z.T @ (w_zz * d_zeta) - dA.T @ g_z])
+            explicit = coef_z @ d_zeta + 2.0 * np.sum(
+                w_ez * np.sum(UH[:, q_c:] * dA, axis=1) + w_zz * np.sum(VH[:, q_c:] * dA, axis=1))
+            grads.append(np.array([explicit - z @ s]))
+            s_columns.append(s[:, None])
+        for M, coef, m_e, m_z in ((self.X, coef_e, w_ee, w_ez), (self.X_zi, coef_z, w_ez, w_zz),
+                                  (self.X_disp, coef_d, -h_ed, -h_zd)):
+            if M.shape[1]:
+                g_block, S = fixed(M, coef, m_e, m_z)
+                grads.append(g_block)
+                s_columns.append(S)
+        grad = np.concatenate(grads) if grads else np.zeros(0)
         if not sensitivity:
-            return value, np.array(grad), v
+            return value, grad, v
         # Not where H is ill-conditioned (a dispersion fixed near 0 pins the random
         # effects: H's entries span 12 orders): there the solve amplifies the mode's
         # rounding, each start moves the criterion's noise (1e-4), and BFGS keeps
         # finding spurious decreases until its iteration limit.
         diagonal = np.diagonal(factor[0])
         if not s_columns or (diagonal.max() / diagonal.min()) ** 2 > MAX_EXTRAPOLATION_CONDITION:
-            return value, np.array(grad), v, None
-        return value, np.array(grad), v, -cho_solve(factor, np.column_stack(s_columns))
+            return value, grad, v, None
+        return value, grad, v, -cho_solve(factor, np.concatenate(s_columns, axis=1))
 
     def re_covariance(self, params, v):
         """H⁻¹ at the mode ``v``."""
         eta, zeta, log_phi, A_c, A_z = self.predictors(params, v)
         _, _, _, w_ee, w_ez, w_zz = self._newton_terms(eta, zeta, log_phi)
         return np.linalg.inv(self._hessian(A_c, A_z, w_ee, w_ez, w_zz))
+
+
+# Relative step of the forward differences of the exact gradient that give the Hessian;
+# relative asymmetry of that Hessian above which central differences are taken instead.
+FORWARD_STEP = 1e-6
+ASYMMETRY_TOL = 1e-4
+
+
+def hessian_of(gradient, x, grad_x) -> np.ndarray:
+    """The Hessian at ``x`` from the exact gradient: forward differences (p more
+    gradients; steps FORWARD_STEP·max(1, |xⱼ|), truncation error ~1e-6 relative, rounding
+    of a gradient good to ~1e-12 amplified by 1e6), symmetrized; where the result is not
+    symmetric to ASYMMETRY_TOL (a gradient noisier than that: an ill-conditioned model)
+    central differences with steps of 1e-4 (p gradients more)."""
+    from .lmm import central_differences
+
+    columns = []
+    for j in range(x.shape[0]):
+        step = FORWARD_STEP * max(1.0, abs(x[j]))
+        up = x.copy()
+        up[j] += step
+        columns.append((gradient(up) - grad_x) / step)
+    hessian = np.stack(columns, axis=-1) if columns else np.zeros((0, 0))
+    scale = np.sqrt(np.abs(np.outer(np.diagonal(hessian), np.diagonal(hessian))))
+    with np.errstate(all="ignore"):
+        asymmetric = np.abs(hessian - hessian.T) > ASYMMETRY_TOL * scale
+    if np.any(asymmetric) or not np.all(np.isfinite(hessian)):
+        hessian = central_differences(gradient, x)
+    return 0.5 * (hessian + hessian.T)
 
 
 @single_threaded_blas()  # threaded OpenBLAS spins against XLA's threads (glmmjax._engines.blas)
@@ -392,7 +421,6 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     from ..._model.covariance import diagonal_mask
     from ..compiled.optimize import minimize_host
     from ..seam import BOUNDARY_TRY
-    from .lmm import central_differences
 
     model = HostParts(data)
     sizes = data.cond.sizes + data.zi.sizes
@@ -419,10 +447,11 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
                              final_trial=to_boundary if n_theta else None,
                              max_iterations=max_iter)
     params, carry = np.asarray(solution.x), solution.carry
-    v = carry[1]
-    hessian = central_differences(lambda x: evaluate(x, carry)[0][1], params)
-    (value, _), (_, v_final, _) = evaluate(params, carry)
-    return dict(params=params, v=v_final, value=value, hessian=0.5 * (hessian + hessian.T),
+    # The search's carry holds the mode at its point, with the gradient there.
+    v_final = v = carry[1]
+    value = float(solution.value)
+    hessian = hessian_of(lambda x: evaluate(x, carry)[0][1], params, np.asarray(solution.grad))
+    return dict(params=params, v=v_final, value=value, hessian=hessian,
                 re_cov=model.re_covariance(params, v_final), status=int(solution.status),
                 iterations=int(solution.iterations),
                 n_evaluations=int(solution.n_evaluations), grad=np.asarray(solution.grad),
