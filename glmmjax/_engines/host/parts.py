@@ -238,6 +238,41 @@ class HostParts:
         H.flat[:: q + 1] += 1.0
         return H
 
+    @staticmethod
+    def _refactor_if_ill_conditioned(factor, A_c, A_z, w_ee, w_ez, w_zz):
+        """H's Cholesky factor from a QR decomposition of [B; I] (B'B = Σᵢ aᵢWᵢaᵢ',
+        rows aᵢ'·chol(Wᵢ)) where the factor of H = I + B'B formed explicitly is
+        ill-conditioned (squared diagonal ratio above MAX_EXTRAPOLATION_CONDITION).
+
+        Then H's entries are large (a dispersion fixed near 0, as glmmTMB's
+        ``dispformula=~0``, with an observation-level random effect: W ~ 7e7) while its
+        smallest eigenvalues are O(1), and the Cholesky factorization of the formed H
+        loses them to cancellation: log|H| and H⁻¹ come out with errors of ~1e-4, which
+        make the criterion noisy. The QR factor of [B; I] has the same R'R = H without
+        forming B'B: its small singular values (≥ 1) are exact to rounding of B.
+        Where some Wᵢ is not positive semi-definite B does not exist: the Cholesky factor
+        is kept."""
+        diagonal = np.diagonal(factor[0])
+        if (diagonal.max() / diagonal.min()) ** 2 <= MAX_EXTRAPOLATION_CONDITION:
+            return factor
+        q_c, q_z = A_c.shape[1], A_z.shape[1]
+        if np.any(w_ee < 0):
+            return factor
+        l11 = np.sqrt(w_ee)
+        rows = [np.concatenate([l11[:, None] * A_c, np.zeros((len(w_ee), q_z))], axis=1)]
+        if q_z:
+            with np.errstate(all="ignore"):
+                l21 = np.where(l11 > 0, w_ez / l11, 0.0)
+            l22_sq = w_zz - l21**2
+            if np.any(l22_sq < 0) or np.any((l11 == 0) & (w_ez != 0)):
+                return factor
+            rows[0][:, q_c:] = l21[:, None] * A_z
+            rows.append(np.concatenate([np.zeros((len(w_ee), q_c)),
+                                        np.sqrt(l22_sq)[:, None] * A_z], axis=1))
+        R = np.linalg.qr(np.concatenate(rows + [np.eye(q_c + q_z)]), mode="r")
+        L = (R * np.sign(np.diagonal(R))[:, None]).T
+        return L, True
+
     # -- the inner problem --------------------------------------------------------------
     def mode(self, params, v0):
         """û by Newton's method with step halving (as :func:`glmmjax._engines.compiled.parts._newton`),
@@ -312,6 +347,7 @@ class HostParts:
         except np.linalg.LinAlgError:
             failed = np.nan, np.full(params.shape, np.nan), v
             return (*failed, None) if sensitivity else failed
+        factor = self._refactor_if_ill_conditioned(factor, A_c, A_z, w_ee, w_ez, w_zz)
         logdet = 2.0 * np.sum(np.log(np.diagonal(factor[0])))
         value = -2.0 * np.sum(ll) + v @ v + logdet
         q_c = self.q_c
@@ -378,6 +414,19 @@ class HostParts:
             return value, grad, v, None
         return value, grad, v, -cho_solve(factor, np.concatenate(s_columns, axis=1))
 
+    def gradient_rounding(self, params) -> float:
+        """A bound on the rounding in the gradient's conditional fixed-effect terms at
+        ``params`` (random effects at 0): each row's G_η carries about ε·|W_ηη|·(|η| + |y|)
+        (the residual of y and μ, scaled by the weight), summed over the rows through
+        the design. ~1e-9 for ordinary models; where a dispersion is fixed near 0
+        (W ~ 7e7) it is ~1e-2, and no search can bring the gradient below it."""
+        if not self.X.shape[1]:
+            return 0.0
+        eta, zeta, log_phi, _, _ = self.predictors(params, np.zeros(self.q))
+        _, _, _, w_ee, _, _ = self._newton_terms(eta, zeta, log_phi)
+        rows = np.abs(w_ee) * (np.abs(eta) + np.abs(self.y))
+        return 2.0 * np.finfo(np.float64).eps * float(np.max(rows @ np.abs(self.X)))
+
     def re_covariance(self, params, v):
         """H⁻¹ at the mode ``v``."""
         eta, zeta, log_phi, A_c, A_z = self.predictors(params, v)
@@ -385,20 +434,28 @@ class HostParts:
         return np.linalg.inv(self._hessian(A_c, A_z, w_ee, w_ez, w_zz))
 
 
+# The search's loose gradient tolerance (convergence with f no longer changing).
+LOOSE_GTOL = 1e-5
 # Relative step of the forward differences of the exact gradient that give the Hessian;
 # relative asymmetry of that Hessian above which central differences are taken instead.
 FORWARD_STEP = 1e-6
 ASYMMETRY_TOL = 1e-4
+NOISY_STEP = 1e-2
 
 
-def hessian_of(gradient, x, grad_x) -> np.ndarray:
+def hessian_of(gradient, x, grad_x, noisy: bool = False) -> np.ndarray:
     """The Hessian at ``x`` from the exact gradient: forward differences (p more
     gradients; steps FORWARD_STEP·max(1, |xⱼ|), truncation error ~1e-6 relative, rounding
     of a gradient good to ~1e-12 amplified by 1e6), symmetrized; where the result is not
-    symmetric to ASYMMETRY_TOL (a gradient noisier than that: an ill-conditioned model)
-    central differences with steps of 1e-4 (p gradients more)."""
+    symmetric to ASYMMETRY_TOL (a gradient noisier than that) central differences with
+    steps of 1e-4 (2p gradients). ``noisy`` (a gradient known to carry rounding of
+    ~1e-4, :meth:`HostParts.gradient_rounding`): central differences with steps of
+    NOISY_STEP, whose truncation error (~1e-4 relative) is then below the noise's."""
     from .lmm import central_differences
 
+    if noisy:
+        hessian = central_differences(gradient, x, relative_step=NOISY_STEP)
+        return 0.5 * (hessian + hessian.T)
     columns = []
     for j in range(x.shape[0]):
         step = FORWARD_STEP * max(1.0, abs(x[j]))
@@ -442,15 +499,23 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
         return np.concatenate([np.where(near, 0.0, theta), x[n_theta:]])
 
     x0 = np.asarray(params0, np.float64)
+    # Where the gradient's rounding exceeds the usual tolerance (HostParts.gradient_rounding),
+    # stop on a gradient at that level once steps stop decreasing the criterion (a
+    # predicted gain below its rounding), rather than searching the noise.
+    rounding = 10.0 * model.gradient_rounding(x0)
+    noisy = rounding > LOOSE_GTOL
     solution = minimize_host(evaluate, x0, carry=(x0, np.zeros(data.q), None),
-                             gtol=gtol, loose_gtol=1e-5, expensive=True, first_step=0.5,
+                             gtol=gtol, loose_gtol=max(LOOSE_GTOL, rounding),
+                             decrease_tol=1e-14 if noisy else None,
+                             expensive=True, first_step=0.5,
                              final_trial=to_boundary if n_theta else None,
                              max_iterations=max_iter)
     params, carry = np.asarray(solution.x), solution.carry
     # The search's carry holds the mode at its point, with the gradient there.
     v_final = v = carry[1]
     value = float(solution.value)
-    hessian = hessian_of(lambda x: evaluate(x, carry)[0][1], params, np.asarray(solution.grad))
+    hessian = hessian_of(lambda x: evaluate(x, carry)[0][1], params, np.asarray(solution.grad),
+                         noisy=noisy)
     return dict(params=params, v=v_final, value=value, hessian=hessian,
                 re_cov=model.re_covariance(params, v_final), status=int(solution.status),
                 iterations=int(solution.iterations),
