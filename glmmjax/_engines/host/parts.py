@@ -197,6 +197,8 @@ class HostParts:
 
     def _newton_terms(self, eta, zeta, log_phi):
         """ℓ, G_η, G_ζ, W_ηη, W_ηζ, W_ζζ per row."""
+        if self.in_numpy:
+            return self.kernel.newton(self.y, self.w, eta, zeta, log_phi)
         ll, g, h, _ = self._call(eta, zeta, log_phi, third=False)
         return ll, g[:, 0], g[:, 1], -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1]
 
