@@ -11,7 +11,7 @@ from ._engines.compiled.lmm import SINGULAR_TOL
 from ._engines.compiled.optimize import Solution, Status
 from ._engines.compiled.parts import PartsData, criterion_at, dense_terms, fit
 from ._engines.host.parts import start_values
-from ._engines.seam import check_engine, opt_summary
+from ._engines.seam import check_engine, choose_lmm, opt_summary
 from ._families.response_parts import is_truncated
 from ._model.covariance import canonical_theta, diagonal_mask, numpy_factors
 from ._model.design import DataError
@@ -109,7 +109,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
     max_iter = check_max_iter(max_iter)
     check_engine(engine)
     if engine is None:
-        engine = "host" if jax.default_backend() == "cpu" else "jax"
+        engine = choose_lmm(None)  # the host engine on the CPU, the compiled one elsewhere
     zi_rhs, disp_rhs = check_parts(family, ziformula, dispformula)
     parts = build_parts(formula, data, family, zi_rhs, disp_rhs, weights=weights,
                         offset=offset)

@@ -155,9 +155,48 @@ def check_engine(engine) -> None:
 
 
 def _default_backend() -> str:
+    """JAX's default backend, without starting JAX's backends where only the CPU's can
+    exist (:func:`_accelerator_possible`): a host-engine fit then never pays their
+    start-up (plugin discovery through every installed package's metadata, ~20 ms)."""
     import jax
 
-    return jax.default_backend()
+    return jax.default_backend() if _accelerator_possible() else "cpu"
+
+
+# Accelerator support that JAX finds outside its ``jax_plugins`` namespace package.
+_ACCELERATOR_MODULES = ("libtpu",)
+
+
+def _accelerator_possible() -> bool:
+    """Whether JAX's default backend may be other than the CPU's: its backends are
+    already started (asking is then free), ``jax_platforms`` names another platform
+    first, or an accelerator plugin is installed (a module under the ``jax_plugins``
+    namespace, where the CUDA, ROCm and Metal plugins register, or libtpu). A plugin
+    advertised only through a package entry point is not seen: such a machine gets the
+    host engine unless ``engine="jax"`` is passed."""
+    import importlib.util
+    import pkgutil
+
+    import jax
+
+    try:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return True
+    except (ImportError, AttributeError):  # another JAX's internals: ask JAX itself
+        return True
+    platforms = jax.config.jax_platforms
+    if platforms:
+        return platforms.split(",")[0].strip() != "cpu"
+    try:
+        import jax_plugins
+    except ImportError:
+        pass
+    else:
+        if any(True for _ in pkgutil.iter_modules(jax_plugins.__path__)):
+            return True
+    return any(importlib.util.find_spec(name) is not None for name in _ACCELERATOR_MODULES)
 
 
 def choose_lmm(engine: str | None) -> str:

@@ -351,8 +351,12 @@ def _negative_binomial(link, xp, y, eta, weights, dispersion, third, psi):
     big = theta > 1e4  # betaln is accurate only to ~1e-7 for small θ, where gammaln is exact
     small_t = xp.where(big, 1.0, theta)
     big_t = xp.where(big, theta, 1e4)
-    log_coef = xp.where(big, -sp.betaln(y + 1.0, big_t) - xp.log(y + big_t),
-                        sp.gammaln(y + small_t) - sp.gammaln(small_t) - sp.gammaln(y + 1.0))
+    if xp is np and not np.any(big):  # numpy evaluates both branches of a where
+        log_coef = sp.gammaln(y + small_t) - sp.gammaln(small_t) - sp.gammaln(y + 1.0)
+    else:
+        log_coef = xp.where(big, -sp.betaln(y + 1.0, big_t) - xp.log(y + big_t),
+                            sp.gammaln(y + small_t) - sp.gammaln(small_t)
+                            - sp.gammaln(y + 1.0))
     log_1mp = -_softplus(xp, ratio)  # log(θ/(θ + μ))
     value = weights * (log_coef + theta * log_1mp
                        - count_times_log(y, _softplus(xp, -ratio), xp))

@@ -23,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import lapack
 
 from ..._families.response_parts import row_loglik
 from ..._model.covariance import _tril_indices_colmajor
@@ -37,6 +37,25 @@ NEWTON_TOL = 1e-10
 # Largest (max/min diagonal of H's Cholesky factor)² at which the inner Newton's start
 # is extrapolated along dû/dψ (:func:`fit`).
 MAX_EXTRAPOLATION_CONDITION = 1e8
+
+
+def cho_factor(a, lower: bool = True):
+    """``scipy.linalg.cho_factor(a, lower=True)`` as LAPACK's dpotrf alone: SciPy's
+    checks and wrappers cost ~20 µs a call, several times a q×q factorization here,
+    and an evaluation makes about ten calls. A pivot that is not positive, or not
+    finite, raises LinAlgError."""
+    c, info = lapack.dpotrf(a, lower=1, clean=0)
+    if info != 0 or not np.all(np.isfinite(np.diagonal(c))):
+        raise np.linalg.LinAlgError("matrix not positive definite")
+    return c, True
+
+
+def cho_solve(factor, b):
+    """``scipy.linalg.cho_solve`` for :func:`cho_factor`'s (lower) factor, as dpotrs."""
+    x, info = lapack.dpotrs(factor[0], b, lower=1)
+    if info != 0:
+        raise ValueError(f"dpotrs: illegal argument {-info}")
+    return x
 
 
 def _kernels(family, zero_inflated: bool):
@@ -178,6 +197,8 @@ class HostParts:
 
     def _newton_terms(self, eta, zeta, log_phi):
         """ℓ, G_η, G_ζ, W_ηη, W_ηζ, W_ζζ per row."""
+        if self.in_numpy:
+            return self.kernel.newton(self.y, self.w, eta, zeta, log_phi)
         ll, g, h, _ = self._call(eta, zeta, log_phi, third=False)
         return ll, g[:, 0], g[:, 1], -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1]
 
@@ -237,6 +258,41 @@ class HostParts:
             H[q_c:, q_c:] = A_z.T @ (w_zz[:, None] * A_z)
         H.flat[:: q + 1] += 1.0
         return H
+
+    @staticmethod
+    def _refactor_if_ill_conditioned(factor, A_c, A_z, w_ee, w_ez, w_zz):
+        """H's Cholesky factor from a QR decomposition of [B; I] (B'B = Σᵢ aᵢWᵢaᵢ',
+        rows aᵢ'·chol(Wᵢ)) where the factor of H = I + B'B formed explicitly is
+        ill-conditioned (squared diagonal ratio above MAX_EXTRAPOLATION_CONDITION).
+
+        Then H's entries are large (a dispersion fixed near 0, as glmmTMB's
+        ``dispformula=~0``, with an observation-level random effect: W ~ 7e7) while its
+        smallest eigenvalues are O(1), and the Cholesky factorization of the formed H
+        loses them to cancellation: log|H| and H⁻¹ come out with errors of ~1e-4, which
+        make the criterion noisy. The QR factor of [B; I] has the same R'R = H without
+        forming B'B: its small singular values (≥ 1) are exact to rounding of B.
+        Where some Wᵢ is not positive semi-definite B does not exist: the Cholesky factor
+        is kept."""
+        diagonal = np.diagonal(factor[0])
+        if (diagonal.max() / diagonal.min()) ** 2 <= MAX_EXTRAPOLATION_CONDITION:
+            return factor
+        q_c, q_z = A_c.shape[1], A_z.shape[1]
+        if np.any(w_ee < 0):
+            return factor
+        l11 = np.sqrt(w_ee)
+        rows = [np.concatenate([l11[:, None] * A_c, np.zeros((len(w_ee), q_z))], axis=1)]
+        if q_z:
+            with np.errstate(all="ignore"):
+                l21 = np.where(l11 > 0, w_ez / l11, 0.0)
+            l22_sq = w_zz - l21**2
+            if np.any(l22_sq < 0) or np.any((l11 == 0) & (w_ez != 0)):
+                return factor
+            rows[0][:, q_c:] = l21[:, None] * A_z
+            rows.append(np.concatenate([np.zeros((len(w_ee), q_c)),
+                                        np.sqrt(l22_sq)[:, None] * A_z], axis=1))
+        R = np.linalg.qr(np.concatenate(rows + [np.eye(q_c + q_z)]), mode="r")
+        L = (R * np.sign(np.diagonal(R))[:, None]).T
+        return L, True
 
     # -- the inner problem --------------------------------------------------------------
     def mode(self, params, v0):
@@ -312,6 +368,7 @@ class HostParts:
         except np.linalg.LinAlgError:
             failed = np.nan, np.full(params.shape, np.nan), v
             return (*failed, None) if sensitivity else failed
+        factor = self._refactor_if_ill_conditioned(factor, A_c, A_z, w_ee, w_ez, w_zz)
         logdet = 2.0 * np.sum(np.log(np.diagonal(factor[0])))
         value = -2.0 * np.sum(ll) + v @ v + logdet
         q_c = self.q_c
@@ -332,57 +389,107 @@ class HostParts:
         r = np.concatenate([A_c.T @ c_e, A_z.T @ c_z])
         z = cho_solve(factor, r)
 
-        def component(d_eta, d_zeta, d_delta, dA_c=None, dA_z=None):
-            """Gradient in one parameter from its ∂e|_u and ∂A (θ only)."""
-            explicit = -2.0 * np.sum(g_e * d_eta + g_z * d_zeta + g_d * d_delta)
-            explicit += np.sum(c_e * d_eta + c_z * d_zeta + c_d * d_delta)
-            dg_e = -w_ee * d_eta - w_ez * d_zeta + h_ed * d_delta
-            dg_z = -w_ez * d_eta - w_zz * d_zeta + h_zd * d_delta
-            s = -np.concatenate([A_c.T @ dg_e, A_z.T @ dg_z])
-            if dA_c is not None:
-                s -= np.concatenate([dA_c.T @ g_e, np.zeros(self.q - q_c)])
-                explicit += 2.0 * np.sum(w_ee * np.sum(UH[:, :q_c] * dA_c, axis=1)
-                                         + w_ez * np.sum(VH[:, :q_c] * dA_c, axis=1))
-            if dA_z is not None:
-                s -= np.concatenate([np.zeros(q_c), dA_z.T @ g_z])
-                explicit += 2.0 * np.sum(w_ez * np.sum(UH[:, q_c:] * dA_z, axis=1)
-                                         + w_zz * np.sum(VH[:, q_c:] * dA_z, axis=1))
-            s_columns.append(s)
-            return explicit - z @ s
+        # Each parameter ψⱼ moves the predictors by ∂ⱼe|_u (and A, for θ): its gradient
+        # is explicitⱼ − z'sⱼ, with sⱼ = [A_c'·(W_ηη ∂η + W_ηζ ∂ζ − h_ηδ ∂δ);
+        # A_z'·(W_ηζ ∂η + W_ζζ ∂ζ − h_ζδ ∂δ)] (− ∂A'G for θ). The fixed effects' ∂e are
+        # their design columns: one block of matrix products per part.
+        coef_e, coef_z, coef_d = c_e - 2.0 * g_e, c_z - 2.0 * g_z, c_d - 2.0 * g_d
 
-        s_columns: list = []
+        def fixed(M, coef, m_e, m_z):
+            S = np.concatenate([A_c.T @ (m_e[:, None] * M), A_z.T @ (m_z[:, None] * M)])
+            return M.T @ coef - S.T @ z, S
 
-        zeros = np.zeros(self.n)
         theta_c, theta_z, _, _, _ = self.split(params)
-        grad = []
+        grads, s_columns = [], []
         for k in range(len(theta_c)):
             dA = self._random_matrix(theta_c, self.cond, derivative=k)
-            grad.append(component(dA @ v[:q_c], zeros, zeros, dA_c=dA))
+            d_eta = dA @ v[:q_c]
+            s = np.concatenate([A_c.T @ (w_ee * d_eta) - dA.T @ g_e, A_z.T @ (w_ez * d_eta)])
+            explicit = coef_e @ d_eta + 2.0 * np.sum(
+                w_ee * np.sum(UH[:, :q_c] * dA, axis=1) + w_ez * np.sum(VH[:, :q_c] * dA, axis=1))
+            grads.append(np.array([explicit - z @ s]))
+            s_columns.append(s[:, None])
         for k in range(len(theta_z)):
             dA = self._random_matrix(theta_z, self.zi, derivative=k)
-            grad.append(component(zeros, dA @ v[q_c:], zeros, dA_z=dA))
-        for column in self.X.T:
-            grad.append(component(column, zeros, zeros))
-        for column in self.X_zi.T:
-            grad.append(component(zeros, column, zeros))
-        for column in self.X_disp.T:
-            grad.append(component(zeros, zeros, column))
+            d_zeta = dA @ v[q_c:]
+            s = np.concatenate([A_c.T @ (w_ez * d_zeta), A_z.T @ (w_zz * d_zeta) - dA.T @ g_z])
+            explicit = coef_z @ d_zeta + 2.0 * np.sum(
+                w_ez * np.sum(UH[:, q_c:] * dA, axis=1) + w_zz * np.sum(VH[:, q_c:] * dA, axis=1))
+            grads.append(np.array([explicit - z @ s]))
+            s_columns.append(s[:, None])
+        for M, coef, m_e, m_z in ((self.X, coef_e, w_ee, w_ez), (self.X_zi, coef_z, w_ez, w_zz),
+                                  (self.X_disp, coef_d, -h_ed, -h_zd)):
+            if M.shape[1]:
+                g_block, S = fixed(M, coef, m_e, m_z)
+                grads.append(g_block)
+                s_columns.append(S)
+        grad = np.concatenate(grads) if grads else np.zeros(0)
         if not sensitivity:
-            return value, np.array(grad), v
+            return value, grad, v
         # Not where H is ill-conditioned (a dispersion fixed near 0 pins the random
         # effects: H's entries span 12 orders): there the solve amplifies the mode's
         # rounding, each start moves the criterion's noise (1e-4), and BFGS keeps
         # finding spurious decreases until its iteration limit.
         diagonal = np.diagonal(factor[0])
         if not s_columns or (diagonal.max() / diagonal.min()) ** 2 > MAX_EXTRAPOLATION_CONDITION:
-            return value, np.array(grad), v, None
-        return value, np.array(grad), v, -cho_solve(factor, np.column_stack(s_columns))
+            return value, grad, v, None
+        return value, grad, v, -cho_solve(factor, np.concatenate(s_columns, axis=1))
+
+    def gradient_rounding(self, params) -> float:
+        """A bound on the rounding in the gradient's conditional fixed-effect terms at
+        ``params`` (random effects at 0): each row's G_η carries about ε·|W_ηη|·(|η| + |y|)
+        (the residual of y and μ, scaled by the weight), summed over the rows through
+        the design. ~1e-9 for ordinary models; where a dispersion is fixed near 0
+        (W ~ 7e7) it is ~1e-2, and no search can bring the gradient below it."""
+        if not self.X.shape[1]:
+            return 0.0
+        eta, zeta, log_phi, _, _ = self.predictors(params, np.zeros(self.q))
+        _, _, _, w_ee, _, _ = self._newton_terms(eta, zeta, log_phi)
+        rows = np.abs(w_ee) * (np.abs(eta) + np.abs(self.y))
+        return 2.0 * np.finfo(np.float64).eps * float(np.max(rows @ np.abs(self.X)))
 
     def re_covariance(self, params, v):
         """H⁻¹ at the mode ``v``."""
         eta, zeta, log_phi, A_c, A_z = self.predictors(params, v)
         _, _, _, w_ee, w_ez, w_zz = self._newton_terms(eta, zeta, log_phi)
         return np.linalg.inv(self._hessian(A_c, A_z, w_ee, w_ez, w_zz))
+
+
+# The search's loose gradient tolerance (convergence with f no longer changing).
+LOOSE_GTOL = 1e-5
+# Relative step of the forward differences of the exact gradient that give the Hessian;
+# relative asymmetry of that Hessian above which central differences are taken instead.
+FORWARD_STEP = 1e-6
+ASYMMETRY_TOL = 1e-4
+NOISY_STEP = 1e-2
+
+
+def hessian_of(gradient, x, grad_x, noisy: bool = False) -> np.ndarray:
+    """The Hessian at ``x`` from the exact gradient: forward differences (p more
+    gradients; steps FORWARD_STEP·max(1, |xⱼ|), truncation error ~1e-6 relative, rounding
+    of a gradient good to ~1e-12 amplified by 1e6), symmetrized; where the result is not
+    symmetric to ASYMMETRY_TOL (a gradient noisier than that) central differences with
+    steps of 1e-4 (2p gradients). ``noisy`` (a gradient known to carry rounding of
+    ~1e-4, :meth:`HostParts.gradient_rounding`): central differences with steps of
+    NOISY_STEP, whose truncation error (~1e-4 relative) is then below the noise's."""
+    from .lmm import central_differences
+
+    if noisy:
+        hessian = central_differences(gradient, x, relative_step=NOISY_STEP)
+        return 0.5 * (hessian + hessian.T)
+    columns = []
+    for j in range(x.shape[0]):
+        step = FORWARD_STEP * max(1.0, abs(x[j]))
+        up = x.copy()
+        up[j] += step
+        columns.append((gradient(up) - grad_x) / step)
+    hessian = np.stack(columns, axis=-1) if columns else np.zeros((0, 0))
+    scale = np.sqrt(np.abs(np.outer(np.diagonal(hessian), np.diagonal(hessian))))
+    with np.errstate(all="ignore"):
+        asymmetric = np.abs(hessian - hessian.T) > ASYMMETRY_TOL * scale
+    if np.any(asymmetric) or not np.all(np.isfinite(hessian)):
+        hessian = central_differences(gradient, x)
+    return 0.5 * (hessian + hessian.T)
 
 
 @single_threaded_blas()  # threaded OpenBLAS spins against XLA's threads (glmmjax._engines.blas)
@@ -392,7 +499,6 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     from ..._model.covariance import diagonal_mask
     from ..compiled.optimize import minimize_host
     from ..seam import BOUNDARY_TRY
-    from .lmm import central_differences
 
     model = HostParts(data)
     sizes = data.cond.sizes + data.zi.sizes
@@ -414,15 +520,24 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
         return np.concatenate([np.where(near, 0.0, theta), x[n_theta:]])
 
     x0 = np.asarray(params0, np.float64)
+    # Where the gradient's rounding exceeds the usual tolerance (HostParts.gradient_rounding),
+    # stop on a gradient at that level once steps stop decreasing the criterion (a
+    # predicted gain below its rounding), rather than searching the noise.
+    rounding = 10.0 * model.gradient_rounding(x0)
+    noisy = rounding > LOOSE_GTOL
     solution = minimize_host(evaluate, x0, carry=(x0, np.zeros(data.q), None),
-                             gtol=gtol, loose_gtol=1e-5, expensive=True, first_step=0.5,
+                             gtol=gtol, loose_gtol=max(LOOSE_GTOL, rounding),
+                             decrease_tol=1e-14 if noisy else None,
+                             expensive=True, first_step=0.5,
                              final_trial=to_boundary if n_theta else None,
                              max_iterations=max_iter)
     params, carry = np.asarray(solution.x), solution.carry
-    v = carry[1]
-    hessian = central_differences(lambda x: evaluate(x, carry)[0][1], params)
-    (value, _), (_, v_final, _) = evaluate(params, carry)
-    return dict(params=params, v=v_final, value=value, hessian=0.5 * (hessian + hessian.T),
+    # The search's carry holds the mode at its point, with the gradient there.
+    v_final = v = carry[1]
+    value = float(solution.value)
+    hessian = hessian_of(lambda x: evaluate(x, carry)[0][1], params, np.asarray(solution.grad),
+                         noisy=noisy)
+    return dict(params=params, v=v_final, value=value, hessian=hessian,
                 re_cov=model.re_covariance(params, v_final), status=int(solution.status),
                 iterations=int(solution.iterations),
                 n_evaluations=int(solution.n_evaluations), grad=np.asarray(solution.grad),

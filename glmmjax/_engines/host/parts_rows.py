@@ -99,6 +99,14 @@ class RowKernel:
         f3 = -t.w1 if third else None
         return (t.value + zero, t.d1 + zero, -t.w + zero, f3, *(d + zero for d in d_delta))
 
+    def _density(self, y, inner, eta, delta):
+        """(f, f_η, f_ηη) of log f(y; η, δ) per row (f without :func:`_row_constant`):
+        :meth:`_log_density`'s first three, without the δ derivatives."""
+        dispersion = np.exp(self.power * delta) if self.has_dispersion else None
+        t = fm.row_terms(self.family, np, y, eta, inner, dispersion)
+        zero = np.zeros_like(eta)
+        return t.value + zero, t.d1 + zero, -t.w + zero
+
     def _rows(self, y, w):
         """What depends on the data alone, kept for the last (y, w) seen (a fit calls
         the kernel with them hundreds of times): y == 0, the y at which f is evaluated
@@ -112,8 +120,50 @@ class RowKernel:
             inner, outer = (w, ones) if self.trials else (ones, w)
             self._y, self._w, self._zero, self._y_used = y, w, y == 0, y_used
             self._inner, self._outer = inner, outer
+            self.all_unit_weights = bool(np.all(outer == 1.0))
             self._constant = _row_constant(self.family, y_used, inner)
         return self._zero, self._y_used, self._inner, self._outer, self._constant
+
+    def newton(self, y, w, eta, zeta, delta):
+        """What the inner Newton steps use, per row: ℓ, G_η, G_ζ, W_ηη, W_ηζ, W_ζζ (the
+        kernel's outputs without the δ ones and the third derivatives, in as few array
+        operations as the mixture allows: each is called a few times an evaluation)."""
+        y, w = np.asarray(y, np.float64), np.asarray(w, np.float64)
+        eta = np.asarray(eta, np.float64)
+        zeta, delta = (np.asarray(a, np.float64) for a in (zeta, delta))
+        if zeta.shape != eta.shape or delta.shape != eta.shape:
+            zeta, delta = (np.broadcast_to(a, eta.shape) for a in (zeta, delta))
+        zero, y_used, inner, w, constant = self._rows(y, w)
+        with np.errstate(all="ignore"):
+            f, f1, f2 = self._density(y_used, inner, eta, delta)
+            f = f + constant
+            if not self.zero_inflated:
+                zeros = np.zeros_like(eta)
+                return w * f, w * f1, zeros, -w * f2, zeros, zeros
+            s, s_neg = _sigmoid(zeta), _sigmoid(-zeta)
+            w_zz = s * s_neg
+            if self.truncated:
+                positive = ~zero
+                ll = np.where(zero, _log_sigmoid(zeta), _log_sigmoid(-zeta) + f)
+                g_e = np.where(zero, 0.0, f1)
+                g_z = np.where(zero, s_neg, -s)
+                w_ee = np.where(positive, -f2, 0.0)
+                w_ez = np.zeros_like(eta)
+            else:
+                r, one_r = _sigmoid(zeta - f), _sigmoid(f - zeta)
+                c = np.where(zero, r * one_r, 0.0)
+                weight = np.where(zero, one_r, 1.0)
+                g_e = weight * f1
+                g_z = np.where(zero, r, 0.0) - s
+                c_f1 = c * f1
+                w_ee = -(c_f1 * f1 + weight * f2)
+                w_ez = c_f1
+                w_zz = w_zz - c
+                ll = np.where(zero, np.logaddexp(zeta, f) - np.logaddexp(0.0, zeta),
+                              _log_sigmoid(-zeta) + f)
+            if self.all_unit_weights:
+                return ll, g_e, g_z, w_ee, w_ez, w_zz
+            return w * ll, w * g_e, w * g_z, w * w_ee, w * w_ez, w * w_zz
 
     def __call__(self, y, w, eta, zeta, delta, third: bool = True):
         y, w = np.asarray(y, np.float64), np.asarray(w, np.float64)
