@@ -28,8 +28,9 @@ lme4's bobyqa; θ's SDs bounded below by zero); the minimum-degree order of M is
 A fit from here is an :class:`~glmmjax.LMMResult` with β, its covariance, σ, VarCorr,
 the BLUPs of every animal (ranef), logLik/AIC/BIC, fitted values, residuals, predict
 and the conditional variances of the BLUPs (computed on request, by solves with M).
-Methods that need the dense machinery (ddf, profile and confint, bootstrap, simulate,
-refit, fit_many) say so; with a pedigree of up to a few thousand animals they are
+The parametric bootstrap refits simulated responses here
+(:mod:`glmmjax._inference.sparse_bootstrap`); methods that need the dense machinery (ddf,
+profile, simulate, refit, fit_many) say so; with a pedigree of up to a few thousand animals they are
 available through the dense path (:data:`SPARSE_MIN_LEVELS`).
 """
 
@@ -66,6 +67,18 @@ class _SparseModel:
     n_fixef: int
     reml: bool
     order: np.ndarray | None = None  # M's fill-reducing symmetric order, found once
+    # W·Z and the response's pieces, to refit another response (the bootstrap).
+    wz: scipy.sparse.csr_matrix | None = None
+    X: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+
+def with_response(model: _SparseModel, y) -> _SparseModel:
+    """The same model (M's pattern and order included) for another response y (offset
+    already subtracted): only Z'Wy and the (p+1)² block change."""
+    xy = np.column_stack([model.X, np.asarray(y, dtype=np.float64)])
+    return dataclasses.replace(model, ztw_xy=np.asarray(model.wz.T @ xy),
+                               xy_w_xy=(xy * model.weights[:, None]).T @ xy)
 
 
 class _Factor:
@@ -118,7 +131,7 @@ def _model(design, reml: bool) -> _SparseModel:
         precision=scipy.sparse.block_diag(precisions, format="csc"),
         log_det_precision=log_det_q, nobs=float(np.sum(positive)),
         sum_log_weights=float(np.sum(np.log(weights[positive]))),
-        n_fixef=X.shape[1], reml=reml)
+        n_fixef=X.shape[1], reml=reml, wz=wz, X=X, weights=weights)
     # The pattern of M is the same for every θ with non-zero SDs: its minimum-degree
     # order (most of one factorization's time) is found once, at θ = 1.
     theta = np.ones(int(sum(c.n_params for c in structures)))
@@ -245,15 +258,17 @@ def _polish(theta, model, mask, steps: int = 3):
     return theta, grad, measure
 
 
-def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0):
+def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0, model=None, warn=True):
     """Fit an LMM with a sparse relatedness term (see the module docstring) and return
-    an :class:`~glmmjax.LMMResult`."""
+    an :class:`~glmmjax.LMMResult`. ``model``: the design's :class:`_SparseModel` (for
+    another response: :func:`with_response`), built here when None."""
     from ..._results.lmm import LMMResult
     from ..._results.mixed import Convergence, warn_if_not_converged
     from ..compiled.lmm import SINGULAR_TOL
     from ..compiled.optimize import Status
 
-    model = _model(design, reml)
+    if model is None:
+        model = _model(design, reml)
     structures = model.structures
     mask = diagonal_mask(structures)
     bounds = [(0.0, None) if m else (None, None) for m in mask]
@@ -314,7 +329,8 @@ def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0):
         reml=reml,
         engine="sparse",
     )
-    warn_if_not_converged(result, "lmer")
+    if warn:
+        warn_if_not_converged(result, "lmer")
     return result
 
 
