@@ -12,6 +12,7 @@ fit records an :class:`OptSummary` (as MixedModels.jl's ``OptSummary``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -155,9 +156,39 @@ def check_engine(engine) -> None:
 
 
 def _default_backend() -> str:
+    """jax's default backend, without starting one where the answer is already known:
+    starting XLA's CPU client costs a first host fit 20–30 ms that the host engine never
+    uses. Known: a backend already started, ``JAX_PLATFORMS`` led by ``cpu``, or no
+    accelerator plugin installed (nothing in the ``jax_plugins`` namespace, no CUDA,
+    ROCm or TPU package), where jax can only start the CPU."""
     import jax
+    from jax._src import xla_bridge
 
-    return jax.default_backend()
+    if xla_bridge.backends_are_initialized():
+        return jax.default_backend()
+    platforms = jax.config.jax_platforms
+    if platforms:
+        if platforms.split(",")[0].strip().lower() == "cpu":
+            return "cpu"
+        return jax.default_backend()
+    return jax.default_backend() if _accelerator_installed() else "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _accelerator_installed() -> bool:
+    """Whether a package that gives jax a non-CPU backend is importable (checked by
+    module specs only: listing the installed distributions' entry points costs more
+    than starting the CPU client)."""
+    import importlib.util
+    import pkgutil
+
+    spec = importlib.util.find_spec("jax_plugins")
+    if spec is not None and any(True for _ in pkgutil.iter_modules(
+            spec.submodule_search_locations or [])):
+        return True
+    return any(importlib.util.find_spec(name) is not None for name in (
+        "libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+        "jax_rocm7_plugin", "jax_metal"))
 
 
 def choose_lmm(engine: str | None) -> str:

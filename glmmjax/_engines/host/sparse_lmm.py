@@ -29,7 +29,8 @@ A fit from here is an :class:`~glmmjax.LMMResult` with β, its covariance, σ, V
 the BLUPs of every animal (ranef), logLik/AIC/BIC, fitted values, residuals, predict
 and the conditional variances of the BLUPs (computed on request, by solves with M).
 The parametric bootstrap refits simulated responses here
-(:mod:`glmmjax._inference.sparse_bootstrap`); methods that need the dense machinery (ddf,
+(:mod:`glmmjax._inference.sparse_bootstrap`) and Satterthwaite's df take their derivatives
+here (:func:`varpar_derivatives`); methods that need the dense machinery (Kenward–Roger,
 profile, simulate, refit, fit_many) say so; with a pedigree of up to a few thousand animals they are
 available through the dense path (:data:`SPARSE_MIN_LEVELS`).
 """
@@ -197,6 +198,64 @@ def _evaluate(theta, model: _SparseModel, need_modes: bool = False) -> _Evaluati
     value -= model.sum_log_weights
     modes = C[:, p] - C[:, :p] @ beta if need_modes else None
     return _Evaluation(float(value), beta, L_x, r2, modes, lam, lu)
+
+
+def _pieces(theta, model: _SparseModel):
+    """(log|M| − log|Q|, L_X, r²) at θ: the criterion's pieces before σ is profiled."""
+    lam = _lambda(theta, model)
+    lu = _Factor((lam.T @ model.ztwz @ lam + model.precision).tocsr(), model.order)
+    B = np.asarray(lam.T @ model.ztw_xy)
+    schur = model.xy_w_xy - B.T @ lu.solve(B)
+    factor = np.linalg.cholesky(0.5 * (schur + schur.T))
+    p = model.n_fixef
+    return lu.logdet() - model.log_det_precision, factor[:p, :p], float(factor[p, p] ** 2)
+
+
+def varpar_deviance(varpar, model: _SparseModel) -> float:
+    """(RE)ML deviance at ψ = (θ, σ), σ not profiled (as
+    :func:`glmmjax._inference.ddf.varpar_deviance`)."""
+    theta, sigma = np.asarray(varpar[:-1], float), float(varpar[-1])
+    logdet_z, L_x, r2 = _pieces(theta, model)
+    log_2pi_s2 = np.log(2.0 * np.pi * sigma**2)
+    value = logdet_z + r2 / sigma**2 + model.nobs * log_2pi_s2
+    if model.reml:
+        value += 2.0 * float(np.sum(np.log(np.diag(L_x)))) - model.n_fixef * log_2pi_s2
+    return float(value - model.sum_log_weights)
+
+
+def beta_vcov(varpar, model: _SparseModel) -> np.ndarray:
+    """Var(β̂) = σ²·(L_X L_X')⁻¹ at ψ = (θ, σ)."""
+    _, L_x, _ = _pieces(np.asarray(varpar[:-1], float), model)
+    L_inv = scipy.linalg.solve_triangular(L_x, np.eye(L_x.shape[0]), lower=True)
+    return float(varpar[-1]) ** 2 * (L_inv.T @ L_inv)
+
+
+def varpar_derivatives(design, reml: bool, theta, sigma, step: float = 1e-4):
+    """Satterthwaite's pieces on the sparse path: the Hessian of the deviance in
+    ψ = (θ, σ) (k × k) and the Jacobian of Var(β̂) (p × p × k), by central differences
+    with steps ``step``·max(1, |ψ_i|) (one sparse factorization per point; θ has a few
+    entries), and Var(β̂) at ψ̂. Returned as ``glmmjax._engines.host.lmm.varpar_derivatives``."""
+    model = _model(design, reml)
+    psi = np.append(np.asarray(theta, dtype=np.float64), float(sigma))
+    k = psi.size
+    h = step * np.maximum(1.0, np.abs(psi))
+    f0 = varpar_deviance(psi, model)
+    hessian = np.zeros((k, k))
+    jacobian = np.zeros((model.n_fixef, model.n_fixef, k))
+    for a in range(k):
+        e = np.zeros(k)
+        e[a] = h[a]
+        hessian[a, a] = (varpar_deviance(psi + e, model) - 2.0 * f0
+                         + varpar_deviance(psi - e, model)) / h[a] ** 2
+        jacobian[:, :, a] = (beta_vcov(psi + e, model) - beta_vcov(psi - e, model)) / (2 * h[a])
+        for b in range(a):
+            f = np.zeros(k)
+            f[b] = h[b]
+            hessian[a, b] = hessian[b, a] = (
+                varpar_deviance(psi + e + f, model) - varpar_deviance(psi + e - f, model)
+                - varpar_deviance(psi - e + f, model) + varpar_deviance(psi - e - f, model)
+            ) / (4.0 * h[a] * h[b])
+    return hessian, jacobian, beta_vcov(psi, model)
 
 
 def _objective(theta, model):

@@ -1,10 +1,14 @@
-"""Parametric bootstrap on the sparse pedigree path (glmmjax._inference.sparse_bootstrap).
+"""Inference on the sparse pedigree path: the parametric bootstrap
+(glmmjax._inference.sparse_bootstrap) and Satterthwaite's df
+(glmmjax._engines.host.sparse_lmm.varpar_derivatives), against the dense path.
 
 - the draws of the relatedness effects have covariance exactly A (pedigree, through the
   LDL' of A⁻¹) or K (sparse K, through F·F' = K): with the identity as noise, X·X' = A;
 - each sparse refit of a simulated response equals the dense path's fit of the same
   response (small pedigree, both paths): fixed effects, σ and the SDs;
-- the bootstrap's statistics are named as the dense bootstrap's.
+- the bootstrap's statistics are named as the dense bootstrap's;
+- Satterthwaite's df of every coefficient, and of the F test of anova, equal the dense
+  path's on the same pedigree (REML and ML, with a herd term).
 """
 
 from __future__ import annotations
@@ -66,3 +70,44 @@ def test_sparse_bootstrap_refits_agree_with_the_dense_path(monkeypatch):
     summary = boot.summary()
     assert list(summary.columns) == ["original", "mean", "sd", "bias"]
     assert boot.confint().shape == (5, 2)
+
+
+@pytest.mark.parametrize("formula, reml", [("y ~ x + (1 | animal) + (1 | herd)", True),
+                                           ("y ~ x + (1 | animal)", False)])
+def test_sparse_satterthwaite_agrees_with_the_dense_path(monkeypatch, formula, reml):
+    data, ped = _animal_data(q=150, n=300, seed=17)
+    data["z"] = np.random.default_rng(1).normal(size=len(data))
+    formula = formula.replace("x +", "x + z +")
+    dense = gj.lmer(formula, data, reml=reml, relmat={"animal": ped})
+    monkeypatch.setattr(sparse_relmat, "SPARSE_MIN_LEVELS", 0)
+    fit = gj.lmer(formula, data, reml=reml, relmat={"animal": ped})
+    assert fit.engine == "sparse" and dense.engine != "sparse"
+    table, expected = fit.coef_table(ddf="satterthwaite"), dense.coef_table(ddf="satterthwaite")
+    # Central differences of the sparse criterion against the dense path's derivatives:
+    # they agree to about 1e-7 here.
+    np.testing.assert_allclose(table["df"], expected["df"], rtol=1e-5)
+    np.testing.assert_allclose(table["Pr(>|t|)"], expected["Pr(>|t|)"], rtol=1e-4, atol=1e-14)
+    np.testing.assert_allclose(fit._satterthwaite.vcov, dense._satterthwaite.vcov, rtol=1e-5)
+    f, f_dense = fit.anova(ddf="satterthwaite"), dense.anova(ddf="satterthwaite")
+    for column in ("DenDF", "F value"):
+        np.testing.assert_allclose(f[column].to_numpy(float), f_dense[column].to_numpy(float),
+                                   rtol=1e-5)
+
+
+def test_simulate_new_effects_on_the_sparse_path_are_related(monkeypatch):
+    # simulate(include_re=False) draws b ~ N(0, σ_a²·A): records of different but
+    # related animals covary by σ_a²·A_ij (an independent draw per animal gives 0).
+    data, ped = _animal_data(q=60, n=120, seed=19)
+    monkeypatch.setattr(sparse_relmat, "SPARSE_MIN_LEVELS", 0)
+    fit = gj.lmer("y ~ x + (1 | animal)", data, relmat={"animal": ped})
+    assert fit.engine == "sparse"
+    sims = fit.simulate(4000, include_re=False, seed=3).to_numpy()
+    A = ped.relationship_matrix()
+    labels = data["animal"].astype(str).to_numpy()
+    sd_a = float(fit.varcorr["sdcor"].iloc[0])
+    expected = sd_a**2 * A.loc[labels, labels].to_numpy()
+    expected[np.diag_indices_from(expected)] += fit.sigma**2
+    observed = np.cov(sims)
+    other = (labels[:, None] != labels[None, :]) & (expected > 0.05 * sd_a**2)
+    slope = np.sum(observed[other] * expected[other]) / np.sum(expected[other] ** 2)
+    assert abs(slope - 1.0) < 0.1, slope
