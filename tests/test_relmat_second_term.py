@@ -5,8 +5,8 @@ of the factor, where the products over observations used to be formed as
 (n, q, q) arrays: 93 GB at q = 2,500 for ``glmer`` and ``fit_many``. They are now
 formed from the nonzeros (host engine) and by matmuls (compiled engine). Checked here:
 every engine's cross-products against [Z D]'W[Z D] formed densely, the host products'
-memory at a size where n·q² would show, the leverages, and K = I against the plain
-model."""
+memory at a size where n·q² would show (tracemalloc), the compiled programs' largest
+array (traced, not run), the leverages, and K = I against the plain model."""
 
 from __future__ import annotations
 
@@ -118,3 +118,35 @@ def test_identity_K_beside_a_second_term_is_the_plain_glmm():
         sd = [float(f.varcorr.loc[f.varcorr["group"] == group, "sdcor"].iloc[0])
               for f in (known, plain)]
         np.testing.assert_allclose(sd[0], sd[1], rtol=1e-5)
+
+
+def _largest_intermediate(fun, *args) -> int:
+    """The most elements of any array the traced program of ``fun`` forms (no memory
+    is allocated: the program is only traced)."""
+    closed = jax.make_jaxpr(fun)(*args)
+    sizes = [0]
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            sizes.extend(int(np.prod(v.aval.shape)) for v in eqn.outvars)
+            for param in eqn.params.values():
+                inner = getattr(param, "jaxpr", None)
+                if inner is not None:
+                    visit(getattr(inner, "jaxpr", inner))
+
+    visit(closed.jaxpr)
+    return max(sizes)
+
+
+def test_compiled_products_form_no_n_q_squared_array():
+    # q = 300, n = 400: n·q² = 36 M elements (the old scatter of the rest); now the
+    # largest is the rest itself, (q + p)², or Z's n·q.
+    design, s = _structure(q=300, n=400)
+    weights = jax.numpy.ones(400)
+    dense = jax.numpy.asarray(design.X, dtype=jax.numpy.float64)
+    layout = compiled_products.dense_layout(dense)
+    bound = 2 * max(s.rest_size**2, 400 * 300)
+    assert _largest_intermediate(
+        lambda w: compiled_cholesky.cross_products(s, w, dense).rest, weights) <= bound
+    assert _largest_intermediate(
+        lambda w: compiled_products.cross_products(s, w, layout).rest, weights) <= bound
