@@ -111,3 +111,37 @@ def test_simulate_new_effects_on_the_sparse_path_are_related(monkeypatch):
     other = (labels[:, None] != labels[None, :]) & (expected > 0.05 * sd_a**2)
     slope = np.sum(observed[other] * expected[other]) / np.sum(expected[other] ** 2)
     assert abs(slope - 1.0) < 0.1, slope
+
+
+@pytest.mark.slow  # ~40 s: a dense profile compiles, the sparse one factors M ~10⁴ times
+def test_sparse_profile_confint_agrees_with_the_dense_path(monkeypatch):
+    data, ped = _animal_data(q=80, n=160, seed=13)
+    formula = "y ~ x + (1 | animal) + (1 | herd)"
+    dense = gj.lmer(formula, data, relmat={"animal": ped})
+    monkeypatch.setattr(sparse_relmat, "SPARSE_MIN_LEVELS", 0)
+    fit = gj.lmer(formula, data, relmat={"animal": ped})
+    assert fit.engine == "sparse"
+    parm = ["sd_Intercept|animal", "sigma", "x"]
+    table = fit.confint(method="profile", parm=parm)
+    expected = dense.confint(method="profile", parm=parm).loc[table.index]
+    np.testing.assert_allclose(table.to_numpy(), expected.to_numpy(), rtol=1e-5)
+
+
+def test_sparse_profile_starts_at_the_ml_optimum(monkeypatch):
+    from glmmjax._inference.sparse_profile import SparseProblem
+
+    data, ped = _animal_data(q=60, n=120, seed=23)
+    monkeypatch.setattr(sparse_relmat, "SPARSE_MIN_LEVELS", 0)
+    fit = gj.lmer("y ~ x + (1 | animal)", data, relmat={"animal": ped})
+    ml = gj.lmer("y ~ x + (1 | animal)", data, reml=False, relmat={"animal": ped})
+    problem = SparseProblem(fit)  # from the REML fit
+    np.testing.assert_allclose(problem.base, ml.deviance, rtol=1e-10)
+    sd_animal = float(ml.varcorr["sdcor"].iloc[0])
+    np.testing.assert_allclose(problem.omega_hat, [sd_animal, np.log(ml.sigma), *ml.fixef],
+                               rtol=2e-5)
+    assert problem.zeta(0, problem.omega_hat[0]) == pytest.approx(0.0, abs=1e-3)
+    # ζ is monotone through the estimate, for a variance parameter and for β
+    for j in (0, 3):
+        step = problem.wald_step(j)
+        below, above = (problem.zeta(j, problem.omega_hat[j] + s * step) for s in (-1, 1))
+        assert -1.3 < below < -0.7 and 0.7 < above < 1.3

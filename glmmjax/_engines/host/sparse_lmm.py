@@ -30,8 +30,9 @@ the BLUPs of every animal (ranef), logLik/AIC/BIC, fitted values, residuals, pre
 and the conditional variances of the BLUPs (computed on request, by solves with M).
 The parametric bootstrap refits simulated responses here
 (:mod:`glmmjax._inference.sparse_bootstrap`) and Satterthwaite's df take their derivatives
-here (:func:`varpar_derivatives`); methods that need the dense machinery (Kenward–Roger,
-profile, simulate, refit, fit_many) say so; with a pedigree of up to a few thousand animals they are
+here (:func:`varpar_derivatives`), profiles use its deviance
+(:mod:`glmmjax._inference.sparse_profile`); methods that need the dense machinery
+(Kenward–Roger, refit, fit_many) say so; with a pedigree of up to a few thousand animals they are
 available through the dense path (:data:`SPARSE_MIN_LEVELS`).
 """
 
@@ -200,15 +201,20 @@ def _evaluate(theta, model: _SparseModel, need_modes: bool = False) -> _Evaluati
     return _Evaluation(float(value), beta, L_x, r2, modes, lam, lu)
 
 
-def _pieces(theta, model: _SparseModel):
-    """(log|M| − log|Q|, L_X, r²) at θ: the criterion's pieces before σ is profiled."""
+def _pieces(theta, model: _SparseModel, with_beta: bool = False):
+    """(log|M| − log|Q|, L_X, r²) at θ: the criterion's pieces before σ is profiled
+    (and β̂(θ) after them, ``with_beta``)."""
     lam = _lambda(theta, model)
     lu = _Factor((lam.T @ model.ztwz @ lam + model.precision).tocsr(), model.order)
     B = np.asarray(lam.T @ model.ztw_xy)
     schur = model.xy_w_xy - B.T @ lu.solve(B)
     factor = np.linalg.cholesky(0.5 * (schur + schur.T))
     p = model.n_fixef
-    return lu.logdet() - model.log_det_precision, factor[:p, :p], float(factor[p, p] ** 2)
+    pieces = (lu.logdet() - model.log_det_precision, factor[:p, :p], float(factor[p, p] ** 2))
+    if with_beta:
+        beta = scipy.linalg.solve_triangular(factor[:p, :p].T, factor[p, :p], lower=False)
+        return pieces + (beta,)
+    return pieces
 
 
 def varpar_deviance(varpar, model: _SparseModel) -> float:
