@@ -164,7 +164,8 @@ def _default_backend() -> str:
     import jax
     from jax._src import xla_bridge
 
-    if xla_bridge.backends_are_initialized():
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    if started is None or started():  # (older jax: no way to ask, so ask jax)
         return jax.default_backend()
     platforms = jax.config.jax_platforms
     if platforms:
