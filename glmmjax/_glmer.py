@@ -218,12 +218,12 @@ def separated_coefficients(result: GLMMResult, y, weights) -> tuple:
 def report_convergence(result: GLMMResult, y, weights) -> GLMMResult:
     """Mark a separated fit as not converged and warn; warn on any other
     non-convergence."""
-    from ._glm import SeparationWarning
-
     separated = separated_coefficients(result, y, weights)
     if not separated:
         warn_if_not_converged(result, "glmer")
         return result
+    from ._glm import SeparationWarning
+
     message = (f"(quasi-)complete separation: the maximum likelihood estimates of "
                f"{list(separated)} are infinite")
     warnings.warn(

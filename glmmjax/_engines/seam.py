@@ -12,6 +12,7 @@ fit records an :class:`OptSummary` (as MixedModels.jl's ``OptSummary``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -155,48 +156,40 @@ def check_engine(engine) -> None:
 
 
 def _default_backend() -> str:
-    """JAX's default backend, without starting JAX's backends where only the CPU's can
-    exist (:func:`_accelerator_possible`): a host-engine fit then never pays their
-    start-up (plugin discovery through every installed package's metadata, ~20 ms)."""
+    """jax's default backend, without starting one where the answer is already known:
+    starting XLA's CPU client costs a first host fit 20–30 ms that the host engine never
+    uses. Known: a backend already started, ``JAX_PLATFORMS`` led by ``cpu``, or no
+    accelerator plugin installed (nothing in the ``jax_plugins`` namespace, no CUDA,
+    ROCm or TPU package), where jax can only start the CPU."""
     import jax
+    from jax._src import xla_bridge
 
-    return jax.default_backend() if _accelerator_possible() else "cpu"
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    if started is None or started():  # (older jax: no way to ask, so ask jax)
+        return jax.default_backend()
+    platforms = jax.config.jax_platforms
+    if platforms:
+        if platforms.split(",")[0].strip().lower() == "cpu":
+            return "cpu"
+        return jax.default_backend()
+    return jax.default_backend() if _accelerator_installed() else "cpu"
 
 
-# Accelerator support that JAX finds outside its ``jax_plugins`` namespace package.
-_ACCELERATOR_MODULES = ("libtpu",)
-
-
-def _accelerator_possible() -> bool:
-    """Whether JAX's default backend may be other than the CPU's: its backends are
-    already started (asking is then free), ``jax_platforms`` names another platform
-    first, or an accelerator plugin is installed (a module under the ``jax_plugins``
-    namespace, where the CUDA, ROCm and Metal plugins register, or libtpu). A plugin
-    advertised only through a package entry point is not seen: such a machine gets the
-    host engine unless ``engine="jax"`` is passed."""
+@functools.lru_cache(maxsize=1)
+def _accelerator_installed() -> bool:
+    """Whether a package that gives jax a non-CPU backend is importable (checked by
+    module specs only: listing the installed distributions' entry points costs more
+    than starting the CPU client)."""
     import importlib.util
     import pkgutil
 
-    import jax
-
-    try:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return True
-    except (ImportError, AttributeError):  # another JAX's internals: ask JAX itself
+    spec = importlib.util.find_spec("jax_plugins")
+    if spec is not None and any(True for _ in pkgutil.iter_modules(
+            spec.submodule_search_locations or [])):
         return True
-    platforms = jax.config.jax_platforms
-    if platforms:
-        return platforms.split(",")[0].strip() != "cpu"
-    try:
-        import jax_plugins
-    except ImportError:
-        pass
-    else:
-        if any(True for _ in pkgutil.iter_modules(jax_plugins.__path__)):
-            return True
-    return any(importlib.util.find_spec(name) is not None for name in _ACCELERATOR_MODULES)
+    return any(importlib.util.find_spec(name) is not None for name in (
+        "libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+        "jax_rocm7_plugin", "jax_metal"))
 
 
 def choose_lmm(engine: str | None) -> str:

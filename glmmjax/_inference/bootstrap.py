@@ -115,6 +115,10 @@ def bootstrap(result, n: int = 1000, seed: int = 0, *, chunk_size=None, progress
         from .._display import show
         raise ValueError(f"n must be an integer >= 2, got {show(n)}")
     design = result.design
+    if getattr(result, "engine", None) == "sparse":  # a pedigree or sparse K, refitted sparsely
+        from .sparse_bootstrap import sparse_bootstrap
+
+        return sparse_bootstrap(result, int(n), seed, progress=progress)
     Y = simulate_responses(result, int(n), seed)
     data = design_frame(result)
     family = getattr(result, "family", None)
@@ -162,6 +166,13 @@ def design_frame(result) -> pd.DataFrame:
 
 
 def _original_statistics(result, columns) -> pd.Series:
+    values = fit_statistics(result)
+    return pd.Series({c: values.get(c, np.nan) for c in columns})
+
+
+def fit_statistics(result) -> dict:
+    """A fit's fixed effects, σ or dispersion, SDs and correlations named as
+    :func:`glmmjax.fit_many`'s columns (``sd_<coef>|<group>``, ``cor_<a>.<b>|<group>``)."""
     values = dict(result.fixef)
     if getattr(result, "family", None) is None:
         values["sigma"] = result.sigma
@@ -177,4 +188,4 @@ def _original_statistics(result, columns) -> pd.Series:
             values[f"sd_{row['var1']}|{group}"] = row["sdcor"]
         else:
             values[f"cor_{row['var2']}.{row['var1']}|{group}"] = row["sdcor"]
-    return pd.Series({c: values.get(c, np.nan) for c in columns})
+    return values

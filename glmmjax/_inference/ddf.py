@@ -135,7 +135,12 @@ def satterthwaite_pieces(result, engine: str | None = None) -> SatterthwaitePiec
     """``engine``: "host" (numpy: exact gradients, central differences for the Hessian
     and Jacobian; nothing to compile; the default on a CPU backend) or "jax" (both by
     forward-mode autodiff in one compiled program)."""
-    if choose_lmm(engine) == "host":
+    if getattr(result, "engine", None) == "sparse":  # a pedigree or sparse K: no dense blocks
+        from .._engines.host import sparse_lmm
+
+        hessian, jacobian, vcov = sparse_lmm.varpar_derivatives(
+            result.design, result.reml, result.theta_values, result.sigma)
+    elif choose_lmm(engine) == "host":
         from .._engines.host.lmm import host_model, varpar_derivatives
 
         design = result.design
@@ -293,6 +298,11 @@ def kenward_roger_pieces(result) -> KenwardRogerPieces:
             "reml=True or use ddf='satterthwaite'"
         )
     design = result.design
+    from .._model.sparse_relmat import refuse_sparse_terms
+
+    # Z_t(I ⊗ ∂Σ_t/∂ψ)Z_t' of a sparse pedigree term would treat its animals as
+    # unrelated: say so rather than give df of another model.
+    refuse_sparse_terms(design.terms, "Kenward-Roger")
     Z, layout = check_kenward_roger_design(design)
     return kenward_roger_arrays(np.asarray(design.X, dtype=float),
                                 np.asarray(design.weights, dtype=float), Z, layout,

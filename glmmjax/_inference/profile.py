@@ -275,6 +275,20 @@ def _find_bound(problem: _Problem, j: int, side: int, z: float, lower_limit, upp
     )
 
 
+def _problem(result):
+    """(problem, kinds, values) of a fitted LMM or GLMM; a sparse-path LMM (a large
+    pedigree or sparse K) profiles its sparse deviance
+    (:mod:`glmmjax._inference.sparse_profile`)."""
+    if getattr(result, "engine", None) == "sparse":
+        from .sparse_profile import SparseProblem
+
+        problem = SparseProblem(result)
+        return problem, problem.kinds, problem.values
+    if getattr(result, "family", None) is None:
+        return _lmm_problem(result)
+    return _glmm_problem(result)
+
+
 def _lmm_problem(result):
     """The ML profile problem of an LMM in (sd's, correlations, σ, β)."""
     from .ddf import lmm_model_for
@@ -357,10 +371,7 @@ def profile_confint(result, level: float = 0.95, parm=None,
     notes = []
     sizes = term_structures(result.design.terms)
     on_boundary = np.abs(result.theta_values[diagonal_mask(sizes)]) < 1e-4
-    if getattr(result, "family", None) is None:
-        problem, kinds, values = _lmm_problem(result)
-    else:
-        problem, kinds, values = _glmm_problem(result)
+    problem, kinds, values = _problem(result)
     todo = [i for i in range(len(names)) if i in wanted]
     for i in bar(todo, enabled=progress, desc="profiling", unit="parameter"):
         lower[i], upper[i] = _variance_bounds(problem, i, kinds[i], values[i], z, notes, names[i])
@@ -456,10 +467,7 @@ def profile_frame(result, parm=None, level: float = 0.99, n_points: int = 6,
     names = parameter_names(result)
     wanted = _select(names, parm, result)
     z = stats.norm.ppf(0.5 * (1.0 + level))
-    if getattr(result, "family", None) is None:
-        problem, kinds, values = _lmm_problem(result)
-    else:
-        problem, kinds, values = _glmm_problem(result)
+    problem, kinds, values = _problem(result)
     rows = []
     for i in bar(sorted(wanted), enabled=progress, desc="profiling", unit="parameter"):
         kind, estimate = kinds[i], problem.omega_hat[i]

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .._families.base import Gaussian
 from .._model.design import new_data_design
+from .._model.sparse_relmat import SparseRelatedness
 
 
 def _family_of(result):
@@ -132,7 +133,15 @@ def simulate(
         else:
             keys = refs if newdata is None else _level_codes(newdata, term)
             n_codes = m if newdata is None else int(keys.max()) + 1
-            b_new = rng.standard_normal((n, n_codes, S)) @ L.T
+            if isinstance(term.covariance, SparseRelatedness):
+                # A pedigree or sparse K fitted sparsely: the animals are related,
+                # b ~ N(0, L²·K) (L = σ|θ| here), drawn through K's sparse factors.
+                from .sparse_bootstrap import relatedness_draws
+
+                draws = relatedness_draws(term.covariance, m, rng.standard_normal((m, n)))
+                b_new = (float(L[0, 0]) * draws.T)[:, :, None]
+            else:
+                b_new = rng.standard_normal((n, n_codes, S)) @ L.T
             eta += np.einsum("ks,iks->ik", z, b_new[:, keys])
     family = _family_of(result)
     if _numpy_compois(family):  # the exact numpy draw: nothing to compile

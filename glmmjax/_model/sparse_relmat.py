@@ -58,7 +58,7 @@ def refuse_sparse_terms(terms, what: str = "this method") -> None:
             f"sparse K with at least {SPARSE_MIN_LEVELS} levels); {what} needs the dense "
             "path, which forms q × q matrices: pass K densely (Pedigree.relationship_matrix())"
             " if that fits in memory. lmer's fit, summary, VarCorr, ranef, predict and "
-            "logLik work with the sparse path")
+            "logLik, bootstrap, profile and ddf='satterthwaite' work with the sparse path")
 
 
 def _sparse_cholesky(K, name: str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..._linalg import cho_solve, cholesky, solve_triangular
 from ..._model.covariance import theta_to_factors
@@ -79,26 +80,56 @@ def random_blocks(s: ReStructure, weights):
     return z0, first, coupling
 
 
-def random_rest(s: ReStructure, weights):
+def random_rest(s: ReStructure, weights, dense_t=None):
     """Z_r'WZ_r of the later terms as a flat (R·R,) array (zeros outside their block),
-    with each observation's rest indices (n, w) and weighted values W·Z_r (n, w) for the
-    caller's coupling to the dense columns."""
+    with each observation's rest indices (n, w) and weighted values W·Z_r (n, w) of the
+    terms with several levels, for the caller's coupling to the dense columns; a term
+    of one group (known K: q indicator columns) adds its products by matmuls here, its
+    coupling to the dense columns too when ``dense_t`` (k, n) is given."""
     R = s.rest_size
     n = weights.shape[0]
+    later = range(1, s.n_terms)
+    narrow = [t for t in later if s.n_levels[t] > 1]
+    wide = [t for t in later if s.n_levels[t] == 1]
     # Each observation's non-zeros in the random-effects part of the rest.
     index = jnp.concatenate(
-        [
-            s.offsets[t] + s.refs[t][:, None] * s.sizes[t] + jnp.arange(s.sizes[t])
-            for t in range(1, s.n_terms)
-        ],
+        [jnp.zeros((n, 0), dtype=jnp.int32)]
+        + [s.offsets[t] + s.refs[t][:, None] * s.sizes[t] + jnp.arange(s.sizes[t])
+           for t in narrow],
         axis=1,
     )
-    values = jnp.concatenate([s.z[t] for t in range(1, s.n_terms)], axis=1)
+    values = jnp.concatenate([jnp.zeros((n, 0), dtype=weights.dtype)]
+                             + [s.z[t] for t in narrow], axis=1)
     width = index.shape[1]
     wv = values * weights[:, None]
     re_re = (wv[:, :, None] * values[:, None, :]).reshape(n, width * width)
     flat = (index[:, :, None] * R + index[:, None, :]).reshape(n, width * width)
     gram = jnp.zeros(R * R, dtype=weights.dtype).at[flat.ravel()].add(re_re.ravel())
+    if wide:
+        gram = gram.reshape(R, R)
+        for t in wide:
+            # One group of S_t effects (the product over observations n·S_t·S_u would
+            # be n·q² for a known K): its rows of the rest by matmuls and segment sums.
+            wz = s.z[t] * weights[:, None]
+            rows = s.offsets[t] + np.arange(s.sizes[t])
+            for u in later:
+                if s.n_levels[u] == 1:  # (t, u) and later (u, t): each block once
+                    cols = s.offsets[u] + np.arange(s.sizes[u])
+                    gram = gram.at[rows[:, None], cols[None, :]].add(wz.T @ s.z[u])
+                    continue
+                block = jax.ops.segment_sum(wz[:, :, None] * s.z[u][:, None, :], s.refs[u],
+                                            num_segments=s.n_levels[u])  # (m_u, S_t, S_u)
+                block = jnp.transpose(block, (1, 0, 2)).reshape(s.sizes[t], -1)
+                cols = s.offsets[u] + np.arange(s.n_levels[u] * s.sizes[u])
+                gram = gram.at[rows[:, None], cols[None, :]].add(block)
+                gram = gram.at[cols[:, None], rows[None, :]].add(block.T)
+            if dense_t is not None and dense_t.shape[0]:
+                k = dense_t.shape[0]
+                cols = R - k + np.arange(k)
+                block = wz.T @ dense_t.T  # (S_t, k)
+                gram = gram.at[rows[:, None], cols[None, :]].add(block)
+                gram = gram.at[cols[:, None], rows[None, :]].add(block.T)
+        gram = gram.reshape(-1)
     return gram, index, wv
 
 
@@ -110,7 +141,7 @@ def _rest_cross_products(s: ReStructure, weights, dense):
     rest = rest.at[dense_start:, dense_start:].set(dense.T @ wd)
     if s.n_terms == 1:
         return rest
-    gram, index, wv = random_rest(s, weights)
+    gram, index, wv = random_rest(s, weights, dense.T)
     rest = rest + gram.reshape(R, R)
     re_dense = wv[:, :, None] * dense[:, None, :]  # (n, w, n_dense)
     cols = dense_start + jnp.arange(s.n_dense)

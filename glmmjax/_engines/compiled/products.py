@@ -81,7 +81,7 @@ def _random_rest(s: ReStructure, weights, dense_t):
     """The rest's blocks that involve later terms' random effects (as compiled.cholesky)."""
     R = s.rest_size
     k = dense_t.shape[0]
-    rest, index, wv = random_rest(s, weights)
+    rest, index, wv = random_rest(s, weights, dense_t)
     if k:
         re_dense = jnp.stack([wv * dense_t[j][:, None] for j in range(k)], axis=2)
         cols = R - k + jnp.arange(k)

@@ -327,10 +327,16 @@ def _leverages(s: ReStructure, factors, sigma_00, sigma_r0, sigma_rr):
         entry += n_pairs * size
         h += 2.0 * np.einsum("ia,iab,ib->i", a[t], block[s.obs_pair[t - 1]], a[0])
         start = s.offsets[t]
+        if s.n_levels[t] == 1:  # q effects of one group (known K): (n, R), not (n, q, ·)
+            row_products = a[t] @ sigma_rr[start : start + size]
         for t2 in range(1, s.n_terms):
             size2, start2 = s.sizes[t2], s.offsets[t2]
-            rows = start + s.refs[t][:, None] * size + np.arange(size)  # (n, S_t)
             cols = start2 + s.refs[t2][:, None] * size2 + np.arange(size2)
+            if s.n_levels[t] == 1:
+                picked = np.take_along_axis(row_products, cols, axis=1)  # (n, S_t2)
+                h += np.sum(picked * a[t2], axis=1)
+                continue
+            rows = start + s.refs[t][:, None] * size + np.arange(size)  # (n, S_t)
             sub = sigma_rr[rows[:, :, None], cols[:, None, :]]  # (n, S_t, S_t2)
             h += np.einsum("ia,iab,ib->i", a[t], sub, a[t2])
     return h

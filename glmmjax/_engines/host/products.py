@@ -28,31 +28,57 @@ def segment_sum(values, ids, n_segments):
 
 
 def _rest_pattern(s: PlainStructure):
-    """Each observation's indices in the rest (n, w), their model-matrix values, and the
-    flat (R·R) positions of their products; kept in the structure's cache (the GLMM
-    host engine forms the products at every Newton step)."""
+    """Each observation's indices in the rest (n, w) and their model-matrix values."""
     if "rest_pattern" not in s.cache:
-        R = s.rest_size
         index = np.concatenate(
             [s.offsets[t] + np.asarray(s.refs[t])[:, None] * s.sizes[t] + np.arange(s.sizes[t])
              for t in range(1, s.n_terms)], axis=1)
         values = np.concatenate([np.asarray(z, dtype=np.float64) for z in s.z[1:]], axis=1)
-        s.cache["rest_pattern"] = (index, values, (index[:, :, None] * R + index[:, None, :]).ravel())
+        s.cache["rest_pattern"] = (index, values)
     return s.cache["rest_pattern"]
 
 
-def _nonzero_products(ids, n_segments, left, right, obs_major=True):
+def _nonzero_products(ids, n_segments, left, right):
     """(output index, observation, left value, right value) of the nonzero products
     left_ia·right_ib summed per segment ``ids_i`` into (n_segments, A, B), observation by
-    observation (the order of :func:`segment_sum`'s sums, so the sums are the same)."""
+    observation (the order of :func:`segment_sum`'s sums, so the sums are the same).
+
+    Found from the nonzeros of ``left`` and ``right`` (their pairs within each
+    observation), never as an (n, A, B) array: a known-K term is one group whose q
+    columns are the levels' indicators, and n·q² temporaries do not fit (93 GB at
+    q = 2,500)."""
     n, A = left.shape
     B = right.shape[1]
-    out = (np.asarray(ids, dtype=np.int64)[:, None, None] * (A * B) + np.arange(A)[:, None] * B + np.arange(B)).reshape(n, -1)
-    lv = np.broadcast_to(left[:, :, None], (n, A, B)).reshape(n, -1)
-    rv = np.broadcast_to(right[:, None, :], (n, A, B)).reshape(n, -1)
-    obs = np.broadcast_to(np.arange(n)[:, None], out.shape)
-    keep = (lv != 0) & (rv != 0)
-    return out[keep], obs[keep], lv[keep], rv[keep]
+    left_obs, left_col = np.nonzero(left)  # row-major: by observation, then column
+    right_obs, right_col = np.nonzero(right)
+    right_count = np.bincount(right_obs, minlength=n)
+    right_start = np.cumsum(right_count) - right_count
+    repeats = right_count[left_obs]
+    entry = np.repeat(np.arange(left_obs.size), repeats)
+    within = np.arange(entry.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+    obs = left_obs[entry]
+    a = left_col[entry]
+    b = right_col[right_start[obs] + within]
+    out = np.asarray(ids, dtype=np.int64)[obs] * (A * B) + a * B + b
+    return out, obs, left[obs, a], right[obs, b]
+
+
+def _rest_entries(s: PlainStructure):
+    """The nonzero model-matrix entries of the later terms, observation by observation:
+    (observation, rest index, value), and the flat (R·R) positions, observations and
+    values of their products within each observation; kept in the structure's cache
+    (the GLMM host engine forms the products at every Newton step). Sizes follow the
+    nonzeros (a known-K term's indicator columns have one per observation)."""
+    if "rest_entries" not in s.cache:
+        index, values = _rest_pattern(s)
+        obs, column = np.nonzero(values)
+        entries = (obs, index[obs, column], values[obs, column])
+        zero = np.zeros(values.shape[0], dtype=np.int64)
+        o, i, lv, rv = _nonzero_products(zero, 1, values, values)
+        a, b = np.divmod(o, values.shape[1])
+        pairs = (index[i, a] * s.rest_size + index[i, b], i, lv, rv)
+        s.cache["rest_entries"] = (entries, pairs)
+    return s.cache["rest_entries"]
 
 
 class _WeightPattern:
@@ -80,12 +106,11 @@ class _WeightPattern:
         shapes.append((m0, dense.shape[1], S0))
         R = s.rest_size
         if s.n_terms > 1:
-            index, values, _ = _rest_pattern(s)
-            zero = np.zeros(values.shape[0], dtype=np.int64)
-            o, i, lv, rv = _nonzero_products(zero, 1, values, values)
-            a, b = np.divmod(o, values.shape[1])
-            blocks.append((index[i, a] * R + index[i, b], i, lv, rv))
+            index, values = _rest_pattern(s)
+            _, pairs = _rest_entries(s)
+            blocks.append(pairs)
             shapes.append((R, R))
+            zero = np.zeros(values.shape[0], dtype=np.int64)
             o, i, lv, rv = _nonzero_products(zero, 1, values, dense)
             a, b = np.divmod(o, dense.shape[1])
             blocks.append((index[i, a] * dense.shape[1] + b, i, lv, rv))
@@ -150,15 +175,15 @@ def host_cross_products(s: ReStructure, weights, dense, reuse: bool = False) -> 
     rest = np.zeros((R, R))
     rest[dense_start:, dense_start:] = dense.T @ (dense * weights[:, None])
     if s.n_terms > 1:
-        index, values, flat = _rest_pattern(s)
-        wv = values * weights[:, None]
-        rest += np.bincount(flat, weights=(wv[:, :, None] * values[:, None, :]).ravel(),
+        # Nonzero entries only, in the order of the observations (the sums of the
+        # (n, w, w) products they replace, without n·q² memory for a known-K term).
+        (obs, index, value), (flat, pair_obs, left, right) = _rest_entries(s)
+        rest += np.bincount(flat, weights=(weights[pair_obs] * left) * right,
                             minlength=R * R).reshape(R, R)
         re_dense = np.zeros((R, s.n_dense))
-        products = wv[:, :, None] * dense[:, None, :]  # (n, w, n_dense)
+        wv = value * weights[obs]
         for k in range(s.n_dense):
-            re_dense[:, k] = np.bincount(index.ravel(), weights=products[:, :, k].ravel(),
-                                         minlength=R)
+            re_dense[:, k] = np.bincount(index, weights=wv * dense[obs, k], minlength=R)
         rest[:, dense_start:] += re_dense
         rest[dense_start:, :] += re_dense.T
     return CrossProducts(first, coupling, dense_first, rest)

@@ -28,8 +28,11 @@ lme4's bobyqa; θ's SDs bounded below by zero); the minimum-degree order of M is
 A fit from here is an :class:`~glmmjax.LMMResult` with β, its covariance, σ, VarCorr,
 the BLUPs of every animal (ranef), logLik/AIC/BIC, fitted values, residuals, predict
 and the conditional variances of the BLUPs (computed on request, by solves with M).
-Methods that need the dense machinery (ddf, profile and confint, bootstrap, simulate,
-refit, fit_many) say so; with a pedigree of up to a few thousand animals they are
+The parametric bootstrap refits simulated responses here
+(:mod:`glmmjax._inference.sparse_bootstrap`) and Satterthwaite's df take their derivatives
+here (:func:`varpar_derivatives`), profiles use its deviance
+(:mod:`glmmjax._inference.sparse_profile`); methods that need the dense machinery
+(Kenward–Roger, refit, fit_many) say so; with a pedigree of up to a few thousand animals they are
 available through the dense path (:data:`SPARSE_MIN_LEVELS`).
 """
 
@@ -66,6 +69,18 @@ class _SparseModel:
     n_fixef: int
     reml: bool
     order: np.ndarray | None = None  # M's fill-reducing symmetric order, found once
+    # W·Z and the response's pieces, to refit another response (the bootstrap).
+    wz: scipy.sparse.csr_matrix | None = None
+    X: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+
+def with_response(model: _SparseModel, y) -> _SparseModel:
+    """The same model (M's pattern and order included) for another response y (offset
+    already subtracted): only Z'Wy and the (p+1)² block change."""
+    xy = np.column_stack([model.X, np.asarray(y, dtype=np.float64)])
+    return dataclasses.replace(model, ztw_xy=np.asarray(model.wz.T @ xy),
+                               xy_w_xy=(xy * model.weights[:, None]).T @ xy)
 
 
 class _Factor:
@@ -118,7 +133,7 @@ def _model(design, reml: bool) -> _SparseModel:
         precision=scipy.sparse.block_diag(precisions, format="csc"),
         log_det_precision=log_det_q, nobs=float(np.sum(positive)),
         sum_log_weights=float(np.sum(np.log(weights[positive]))),
-        n_fixef=X.shape[1], reml=reml)
+        n_fixef=X.shape[1], reml=reml, wz=wz, X=X, weights=weights)
     # The pattern of M is the same for every θ with non-zero SDs: its minimum-degree
     # order (most of one factorization's time) is found once, at θ = 1.
     theta = np.ones(int(sum(c.n_params for c in structures)))
@@ -186,6 +201,69 @@ def _evaluate(theta, model: _SparseModel, need_modes: bool = False) -> _Evaluati
     return _Evaluation(float(value), beta, L_x, r2, modes, lam, lu)
 
 
+def _pieces(theta, model: _SparseModel, with_beta: bool = False):
+    """(log|M| − log|Q|, L_X, r²) at θ: the criterion's pieces before σ is profiled
+    (and β̂(θ) after them, ``with_beta``)."""
+    lam = _lambda(theta, model)
+    lu = _Factor((lam.T @ model.ztwz @ lam + model.precision).tocsr(), model.order)
+    B = np.asarray(lam.T @ model.ztw_xy)
+    schur = model.xy_w_xy - B.T @ lu.solve(B)
+    factor = np.linalg.cholesky(0.5 * (schur + schur.T))
+    p = model.n_fixef
+    pieces = (lu.logdet() - model.log_det_precision, factor[:p, :p], float(factor[p, p] ** 2))
+    if with_beta:
+        beta = scipy.linalg.solve_triangular(factor[:p, :p].T, factor[p, :p], lower=False)
+        return pieces + (beta,)
+    return pieces
+
+
+def varpar_deviance(varpar, model: _SparseModel) -> float:
+    """(RE)ML deviance at ψ = (θ, σ), σ not profiled (as
+    :func:`glmmjax._inference.ddf.varpar_deviance`)."""
+    theta, sigma = np.asarray(varpar[:-1], float), float(varpar[-1])
+    logdet_z, L_x, r2 = _pieces(theta, model)
+    log_2pi_s2 = np.log(2.0 * np.pi * sigma**2)
+    value = logdet_z + r2 / sigma**2 + model.nobs * log_2pi_s2
+    if model.reml:
+        value += 2.0 * float(np.sum(np.log(np.diag(L_x)))) - model.n_fixef * log_2pi_s2
+    return float(value - model.sum_log_weights)
+
+
+def beta_vcov(varpar, model: _SparseModel) -> np.ndarray:
+    """Var(β̂) = σ²·(L_X L_X')⁻¹ at ψ = (θ, σ)."""
+    _, L_x, _ = _pieces(np.asarray(varpar[:-1], float), model)
+    L_inv = scipy.linalg.solve_triangular(L_x, np.eye(L_x.shape[0]), lower=True)
+    return float(varpar[-1]) ** 2 * (L_inv.T @ L_inv)
+
+
+def varpar_derivatives(design, reml: bool, theta, sigma, step: float = 1e-4):
+    """Satterthwaite's pieces on the sparse path: the Hessian of the deviance in
+    ψ = (θ, σ) (k × k) and the Jacobian of Var(β̂) (p × p × k), by central differences
+    with steps ``step``·max(1, |ψ_i|) (one sparse factorization per point; θ has a few
+    entries), and Var(β̂) at ψ̂. Returned as ``glmmjax._engines.host.lmm.varpar_derivatives``."""
+    model = _model(design, reml)
+    psi = np.append(np.asarray(theta, dtype=np.float64), float(sigma))
+    k = psi.size
+    h = step * np.maximum(1.0, np.abs(psi))
+    f0 = varpar_deviance(psi, model)
+    hessian = np.zeros((k, k))
+    jacobian = np.zeros((model.n_fixef, model.n_fixef, k))
+    for a in range(k):
+        e = np.zeros(k)
+        e[a] = h[a]
+        hessian[a, a] = (varpar_deviance(psi + e, model) - 2.0 * f0
+                         + varpar_deviance(psi - e, model)) / h[a] ** 2
+        jacobian[:, :, a] = (beta_vcov(psi + e, model) - beta_vcov(psi - e, model)) / (2 * h[a])
+        for b in range(a):
+            f = np.zeros(k)
+            f[b] = h[b]
+            hessian[a, b] = hessian[b, a] = (
+                varpar_deviance(psi + e + f, model) - varpar_deviance(psi + e - f, model)
+                - varpar_deviance(psi - e + f, model) + varpar_deviance(psi - e - f, model)
+            ) / (4.0 * h[a] * h[b])
+    return hessian, jacobian, beta_vcov(psi, model)
+
+
 def _objective(theta, model):
     try:
         return _evaluate(theta, model).criterion
@@ -245,15 +323,17 @@ def _polish(theta, model, mask, steps: int = 3):
     return theta, grad, measure
 
 
-def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0):
+def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0, model=None, warn=True):
     """Fit an LMM with a sparse relatedness term (see the module docstring) and return
-    an :class:`~glmmjax.LMMResult`."""
+    an :class:`~glmmjax.LMMResult`. ``model``: the design's :class:`_SparseModel` (for
+    another response: :func:`with_response`), built here when None."""
     from ..._results.lmm import LMMResult
     from ..._results.mixed import Convergence, warn_if_not_converged
     from ..compiled.lmm import SINGULAR_TOL
     from ..compiled.optimize import Status
 
-    model = _model(design, reml)
+    if model is None:
+        model = _model(design, reml)
     structures = model.structures
     mask = diagonal_mask(structures)
     bounds = [(0.0, None) if m else (None, None) for m in mask]
@@ -314,7 +394,8 @@ def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0):
         reml=reml,
         engine="sparse",
     )
-    warn_if_not_converged(result, "lmer")
+    if warn:
+        warn_if_not_converged(result, "lmer")
     return result
 
 
