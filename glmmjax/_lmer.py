@@ -46,6 +46,35 @@ def _conditional_blocks(model, theta):
     return [jnp.einsum("ab,lbc,dc->lad", lam, blk, lam) for lam, blk in zip(factors, blocks)]
 
 
+def sparse_lmm_result(design: Design, reml: bool, fit, warn: bool = True) -> LMMResult:
+    """The :class:`LMMResult` of a sparse-path fit (a :class:`~glmmjax._engines.seam.
+    SparseLMMFit`); warns when it did not converge (``warn``)."""
+    p = design.X.shape[1]
+    result = LMMResult(
+        design=design,
+        method="REML" if reml else "ML",
+        family_name="gaussian",
+        link_name="identity",
+        theta_values=fit.theta,
+        beta=fit.beta,
+        beta_cov=fit.beta_cov,
+        scale=fit.sigma,
+        effects=fit.effects,
+        effect_cov=fit.conditional_covariances,
+        criterion=fit.criterion,
+        n_params=p + len(fit.theta) + 1,
+        convergence=Convergence(converged=fit.converged, message=fit.message,
+                                grad_max=fit.grad_max, iterations=fit.iterations,
+                                n_evaluations=fit.n_evaluations),
+        singular=fit.singular,
+        reml=reml,
+        engine="sparse",
+    )
+    if warn:
+        warn_if_not_converged(result, "lmer")
+    return result
+
+
 def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
                effects=None, engine: str | None = None, theta0=None) -> LMMResult:
     """Turn the optimizer's output into an :class:`LMMResult` (numpy values);
@@ -263,7 +292,7 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
         y = np.asarray(design.response, dtype=float) - design.offset
         if theta0 is None:
             theta0 = moment_theta(design.terms, design.X, y, design.weights)
-        return fit_sparse_lmm(design, reml, max_iter, theta0)
+        return sparse_lmm_result(design, reml, fit_sparse_lmm(design, reml, max_iter, theta0))
     # Columns far from unit scale (x·1e8) are fitted rescaled by powers of two and the
     # result mapped back exactly (see glmmjax._model.rescale).
     scales = column_scales(design)

@@ -119,9 +119,6 @@ DEFERRED_UPWARD = {
     ("glmmjax._model.model", "glmmjax._lmer"),
     ("glmmjax._model.model", "glmmjax._glmer"),
     ("glmmjax._cli", "glmmjax"),
-    # The sparse pedigree LMM still builds its LMMResult inside the engine; it should
-    # hand a typed fit to the front door as the other engines do.
-    ("glmmjax._engines.host.sparse_lmm", "glmmjax._results"),
 }
 
 

@@ -123,6 +123,27 @@ def opt_summary(engine: str, solution, initial) -> OptSummary:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class SparseLMMFit:
+    """What the sparse LMM engine (:mod:`glmmjax._engines.host.sparse_lmm`) returns:
+    θ (canonical), β and Var(β̂), σ, the conditional modes b per term, their
+    covariances on demand, the criterion and the optimizer's account."""
+
+    theta: np.ndarray
+    beta: np.ndarray
+    beta_cov: np.ndarray
+    sigma: float
+    effects: tuple
+    conditional_covariances: Callable[[], list]
+    criterion: float
+    converged: bool
+    message: str
+    grad_max: float
+    iterations: int
+    n_evaluations: int
+    singular: bool
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class GLMMFit:
     """What a GLMM engine returns (numpy arrays).
 

@@ -22,6 +22,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from .._engines.host import sparse_lmm
+from .._lmer import sparse_lmm_result
 from .._model.cov_structures import term_structures
 from .._model.covariance import split_theta
 from .._model.sparse_relmat import SparseRelatedness
@@ -100,8 +101,9 @@ def sparse_bootstrap(result, n: int, seed=0, *, progress=None,
         model = sparse_lmm.with_response(base, Y[:, k] - design.offset)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            refit = sparse_lmm.fit_sparse_lmm(design, reml, max_iter, start, model=model,
-                                              warn=False)
+            refit = sparse_lmm_result(
+                design, reml, sparse_lmm.fit_sparse_lmm(design, reml, max_iter, start,
+                                                        model=model), warn=False)
         values = fit_statistics(refit)
         rows.append([values.get(c, np.nan) for c in columns])
         converged.append(bool(refit.convergence.converged))

@@ -25,7 +25,7 @@ SuperLU (scipy, already a dependency) with a minimum-degree order and diagonal p
 optimized without derivatives by COBYQA (scipy; quadratic models in a trust region, as
 lme4's bobyqa; θ's SDs bounded below by zero); the minimum-degree order of M is found once (its pattern does not depend on θ).
 
-A fit from here is an :class:`~glmmjax.LMMResult` with β, its covariance, σ, VarCorr,
+A fit from here (an :class:`~glmmjax.LMMResult`, built by the front door) has β, its covariance, σ, VarCorr,
 the BLUPs of every animal (ranef), logLik/AIC/BIC, fitted values, residuals, predict
 and the conditional variances of the BLUPs (computed on request, by solves with M).
 The parametric bootstrap refits simulated responses here
@@ -52,6 +52,7 @@ from ..._model.covariance import canonical_theta, diagonal_mask, split_theta
 from ..._model.sparse_relmat import (
     SparseRelatedness,
 )
+from ..seam import SparseLMMFit
 
 # -- the fit -----------------------------------------------------------------------------
 
@@ -323,12 +324,11 @@ def _polish(theta, model, mask, steps: int = 3):
     return theta, grad, measure
 
 
-def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0, model=None, warn=True):
-    """Fit an LMM with a sparse relatedness term (see the module docstring) and return
-    an :class:`~glmmjax.LMMResult`. ``model``: the design's :class:`_SparseModel` (for
-    another response: :func:`with_response`), built here when None."""
-    from ..._results.lmm import LMMResult
-    from ..._results.mixed import Convergence, warn_if_not_converged
+def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0, model=None) -> SparseLMMFit:
+    """Fit an LMM with a sparse relatedness term (see the module docstring); the front
+    door (:func:`glmmjax._lmer.sparse_lmm_result`) makes it an LMMResult. ``model``: the
+    design's :class:`_SparseModel` (for another response: :func:`with_response`), built
+    here when None."""
     from ..compiled.lmm import SINGULAR_TOL
     from ..compiled.optimize import Status
 
@@ -373,30 +373,13 @@ def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0, model=None, warn=T
     def effect_cov():
         return _conditional_covariances(final, design.terms, sigma2)
 
-    result = LMMResult(
-        design=design,
-        method="REML" if reml else "ML",
-        family_name="gaussian",
-        link_name="identity",
-        theta_values=theta,
-        beta=final.beta,
-        beta_cov=sigma2 * L_x_inv.T @ L_x_inv,
-        scale=float(np.sqrt(sigma2)),
-        effects=tuple(effects),
-        effect_cov=effect_cov,
-        criterion=final.criterion,
-        n_params=p + len(theta) + 1,
-        convergence=Convergence(converged=converged, message=message,
-                                grad_max=float(np.max(np.abs(grad), initial=0.0)),
-                                iterations=int(solution.nit),
-                                n_evaluations=int(solution.nfev)),
-        singular=bool(np.any(np.abs(theta[mask]) < SINGULAR_TOL)),
-        reml=reml,
-        engine="sparse",
-    )
-    if warn:
-        warn_if_not_converged(result, "lmer")
-    return result
+    return SparseLMMFit(
+        theta=theta, beta=final.beta, beta_cov=sigma2 * L_x_inv.T @ L_x_inv,
+        sigma=float(np.sqrt(sigma2)), effects=tuple(effects), conditional_covariances=effect_cov,
+        criterion=final.criterion, converged=converged, message=message,
+        grad_max=float(np.max(np.abs(grad), initial=0.0)), iterations=int(solution.nit),
+        n_evaluations=int(solution.nfev),
+        singular=bool(np.any(np.abs(theta[mask]) < SINGULAR_TOL)))
 
 
 def _conditional_covariances(final: _Evaluation, terms, sigma2: float) -> list:
