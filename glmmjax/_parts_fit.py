@@ -85,6 +85,33 @@ def hurdle_zeros(family, parts, response) -> np.ndarray | None:
     return np.asarray(response, dtype=np.float64) == 0
 
 
+def checked_parts_response(family, parts):
+    """The response, prior weights and success level of a zero-inflation/dispersion
+    model (:func:`prepare_hurdle_response`), after the checks that every path of such a
+    model makes (glmer, bayes): its support, zeros a zero-truncated family cannot make,
+    and an all-zero response.
+
+    Raises:
+        DataError: naming the response and what would be valid."""
+    from ._glmer import check_glmm_response
+
+    design = parts.cond
+    y, w, success_level = prepare_hurdle_response(family, parts, design)
+    if parts.zi is None:
+        check_glmm_response(family, y, w, design)
+        if is_truncated(family) and np.any((y == 0) & (w > 0)):
+            raise DataError(
+                f"response {design.formula.response!r} has zeros, which the zero-truncated "
+                f"{family.name} family cannot produce; add ziformula= (e.g. '~1') for a "
+                "hurdle model of the zeros")
+    elif np.all(y[w > 0] == 0):
+        raise DataError(
+            f"response {design.formula.response!r} is zero on every row used: the "
+            "zero-inflation and count models cannot be told apart and nothing can be "
+            "estimated")
+    return y, w, success_level
+
+
 def prepare_hurdle_response(family, parts, design):
     """``family.prepare_response``, with a hurdle model's zeros let through."""
     zeros = hurdle_zeros(family, parts, design.response)
@@ -102,7 +129,6 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
     ``lmer``'s route when ``ziformula=`` or ``dispformula=`` is given); ``reml`` (a
     Gaussian model without ziformula: ``lmer(..., reml=True)``) integrates β out as
     glmmTMB's ``REML = TRUE`` (:mod:`glmmjax._engines.host.parts_reml`, numpy on either engine)."""
-    from ._glmer import check_glmm_response
     from ._lmer import check_max_iter
     from ._results.parts import GLMMPartsResult
 
@@ -114,19 +140,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
     parts = build_parts(formula, data, family, zi_rhs, disp_rhs, weights=weights,
                         offset=offset)
     design = parts.cond
-    y, w, success_level = prepare_hurdle_response(family, parts, design)
-    if parts.zi is None:
-        check_glmm_response(family, y, w, design)
-        if is_truncated(family) and np.any((y == 0) & (w > 0)):
-            raise DataError(
-                f"response {design.formula.response!r} has zeros, which the zero-truncated "
-                f"{family.name} family cannot produce; add ziformula= (e.g. '~1') for a "
-                "hurdle model of the zeros")
-    if parts.zi is not None and np.all(y[w > 0] == 0):
-        raise DataError(
-            f"response {design.formula.response!r} is zero on every row used: the "
-            "zero-inflation and count models cannot be told apart and nothing can be "
-            "estimated")
+    y, w, success_level = checked_parts_response(family, parts)
     data_ = parts_data(parts, family, y, w)
     cells = design.nobs * data_.q
     if cells > DENSE_LIMIT:

@@ -32,7 +32,6 @@ from .._families.response_parts import (
     row_loglik,
     weights_are_trials,
 )
-from .._model.design import DataError
 from .._model.model import MixedModel
 from .._model.structure import build_structure
 
@@ -87,26 +86,14 @@ def build_parts_model(formula: str, data, family, ziformula, dispformula, *, wei
     Raises:
         ValueError, FormulaError, DataError: as ``glmer(..., ziformula=, dispformula=)``.
     """
-    from .._families.response_parts import is_truncated
-    from .._glmer import check_glmm_response
     from .._model.parts_design import build_parts, check_parts
-    from .._parts_fit import prepare_hurdle_response
+    from .._parts_fit import checked_parts_response
 
     family = get_family("gaussian" if family is None else family)
     zi_rhs, disp_rhs = check_parts(family, ziformula, dispformula)
     parts = build_parts(formula, data, family, zi_rhs, disp_rhs, weights=weights, offset=offset)
     design = parts.cond
-    y, w, success = prepare_hurdle_response(family, parts, design)
-    if parts.zi is None:
-        check_glmm_response(family, y, w, design)
-        if is_truncated(family) and np.any((y == 0) & (w > 0)):
-            raise DataError(
-                f"response {design.formula.response!r} has zeros, which the zero-truncated "
-                f"{family.name} family cannot produce; add ziformula= (e.g. '~1') for a "
-                "hurdle model of the zeros")
-    elif np.all(y[w > 0] == 0):
-        raise DataError(f"response {design.formula.response!r} is zero on every row used: "
-                        "the zero-inflation and count models cannot be told apart")
+    y, w, success = checked_parts_response(family, parts)
     model = MixedModel(
         X=np.asarray(design.X), y=np.asarray(y, dtype=float), weights=np.asarray(w, dtype=float),
         offset=np.asarray(design.offset), structure=build_structure(design.terms, 0),
