@@ -246,22 +246,13 @@ def varpar_derivatives(design, reml: bool, theta, sigma, step: float = 1e-4):
     psi = np.append(np.asarray(theta, dtype=np.float64), float(sigma))
     k = psi.size
     h = step * np.maximum(1.0, np.abs(psi))
-    f0 = varpar_deviance(psi, model)
-    hessian = np.zeros((k, k))
+    _, hessian = _central_differences(lambda v: varpar_deviance(v, model), psi, h,
+                                      np.arange(k))
     jacobian = np.zeros((model.n_fixef, model.n_fixef, k))
     for a in range(k):
         e = np.zeros(k)
         e[a] = h[a]
-        hessian[a, a] = (varpar_deviance(psi + e, model) - 2.0 * f0
-                         + varpar_deviance(psi - e, model)) / h[a] ** 2
         jacobian[:, :, a] = (beta_vcov(psi + e, model) - beta_vcov(psi - e, model)) / (2 * h[a])
-        for b in range(a):
-            f = np.zeros(k)
-            f[b] = h[b]
-            hessian[a, b] = hessian[b, a] = (
-                varpar_deviance(psi + e + f, model) - varpar_deviance(psi + e - f, model)
-                - varpar_deviance(psi - e + f, model) + varpar_deviance(psi - e - f, model)
-            ) / (4.0 * h[a] * h[b])
     return hessian, jacobian, beta_vcov(psi, model)
 
 
@@ -272,28 +263,35 @@ def _objective(theta, model):
         return np.inf
 
 
-def _derivatives(theta, model, free) -> tuple[np.ndarray, np.ndarray]:
-    """Central differences of the criterion in the free entries of θ (those not on a
-    bound): gradient and Hessian ((k + 1)² evaluations at most; k is small)."""
-    k = theta.size
+def _central_differences(function, x, h, index) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient and Hessian of ``function`` at ``x`` by central differences with steps
+    ``h`` in the entries ``index`` (zero elsewhere): 1 + 2k + 2k(k − 1) evaluations, each
+    one sparse factorization here (k is small)."""
+    k = x.size
     grad, hess = np.zeros(k), np.zeros((k, k))
-    h = 1e-4 * np.maximum(1.0, np.abs(theta))
-    f0 = _objective(theta, model)
-    index = np.flatnonzero(free)
+    f0 = function(x)
     for a in index:
         e = np.zeros(k)
         e[a] = h[a]
-        fp, fm = _objective(theta + e, model), _objective(theta - e, model)
+        fp, fm = function(x + e), function(x - e)
         grad[a] = (fp - fm) / (2 * h[a])
         hess[a, a] = (fp - 2 * f0 + fm) / h[a] ** 2
         for b in index[index < a]:
             f = np.zeros(k)
             f[b] = h[b]
             hess[a, b] = hess[b, a] = (
-                _objective(theta + e + f, model) - _objective(theta + e - f, model)
-                - _objective(theta - e + f, model) + _objective(theta - e - f, model)
+                function(x + e + f) - function(x + e - f)
+                - function(x - e + f) + function(x - e - f)
             ) / (4 * h[a] * h[b])
     return grad, hess
+
+
+def _derivatives(theta, model, free) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences of the criterion in the free entries of θ (those not on a
+    bound): gradient and Hessian."""
+    h = 1e-4 * np.maximum(1.0, np.abs(theta))
+    return _central_differences(lambda t: _objective(t, model), theta, h,
+                                np.flatnonzero(free))
 
 
 def _polish(theta, model, mask, steps: int = 3):
