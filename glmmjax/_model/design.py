@@ -200,7 +200,48 @@ def _direct_matrix(expr: str, data: pd.DataFrame):
     return values, names, matrix.model_spec
 
 
+class _ConstantSpec:
+    """The model spec of ``1`` (the intercept alone) or ``0`` (no column), made by formulaic
+    only when first used (prediction on new data, an ANOVA table): such a spec holds no
+    state from the data, and the random intercepts, ``ziformula="~1"`` and the constant
+    dispersion of most small models would otherwise each cost formulaic's parse and
+    materialization (ms) at every fit. Attributes are those of formulaic's ModelSpec."""
+
+    def __init__(self, expr: str):
+        self._expr = expr
+
+    def _spec(self):
+        spec = _CONSTANT_SPECS.get(self._expr)
+        if spec is None:
+            frame = pd.DataFrame(index=pd.RangeIndex(1))
+            spec = formulaic.model_matrix(self._expr, frame, na_action="raise",
+                                          output="numpy").model_spec
+            _CONSTANT_SPECS[self._expr] = spec
+        return spec
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_expr":
+            raise AttributeError(name)
+        return getattr(self._spec(), name)
+
+    def __getstate__(self):
+        return {"_expr": self._expr}
+
+    def __setstate__(self, state):
+        self._expr = state["_expr"]
+
+    def __repr__(self) -> str:
+        return repr(self._spec())
+
+
+_CONSTANT_SPECS: dict[str, object] = {}
+
+
 def _numeric_matrix(spec_or_expr, data: pd.DataFrame, what: str):
+    if isinstance(spec_or_expr, str) and spec_or_expr.strip() in ("1", "0"):
+        expr = spec_or_expr.strip()
+        width = 1 if expr == "1" else 0
+        return (np.ones((len(data), width)), ["Intercept"] * width, _ConstantSpec(expr))
     if isinstance(spec_or_expr, str) and len(data) >= DIRECT_ROWS:
         direct = _direct_matrix(spec_or_expr, data)
         if direct is not None:
@@ -223,10 +264,37 @@ def _numeric_matrix(spec_or_expr, data: pd.DataFrame, what: str):
     return values, list(matrix.model_spec.column_names), matrix.model_spec
 
 
+_TRANSFORM = re.compile(r"\s*(?:np\.)?(log|exp)\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)\s*",
+                        re.ASCII)
+
+
+def _direct_transform(expr: str, data: pd.DataFrame) -> pd.Series | None:
+    """``log(column)`` or ``exp(column)`` (offsets, mostly) with numpy, as formulaic
+    computes it (``log`` is ``np.log`` there; the same warnings), without its parse and
+    materialization;
+    None for anything else, or where the result has a missing value (formulaic then
+    gives its error)."""
+    match = _TRANSFORM.fullmatch(expr)
+    if match is None or match.group(2) not in data.columns or any(
+            name in data.columns for name in ("np", "log", "exp")):
+        return None  # (formulaic would read a column named like the function)
+    column = data[match.group(2)]
+    if isinstance(column, pd.DataFrame) or not (
+            column.dtype == np.float64 or column.dtype.kind in "iu"):
+        return None
+    values = getattr(np, match.group(1))(column.to_numpy()).astype(np.float64, copy=False)
+    if np.isnan(values).any():
+        return None
+    return pd.Series(values, index=data.index)
+
+
 def _evaluate(expr: str, data: pd.DataFrame) -> pd.Series:
     """Evaluate a single response or offset expression (a column or a transform)."""
     if expr in data.columns:
         return data[expr]
+    direct = _direct_transform(expr, data)
+    if direct is not None:
+        return direct
     # I(...) makes formulaic evaluate arithmetic as arithmetic: R's ``incidence/size``
     # or ``cbind(s, n - s)`` would otherwise read as nesting or term removal.
     values, _, _ = _numeric_matrix(f"0 + {_arithmetic(expr)}", data, f"expression {expr!r}")

@@ -160,8 +160,10 @@ def build_parts(formula: str, data: pd.DataFrame, family, zi_rhs, disp_rhs, *,
         if missing:
             raise DataError(f"column(s) {missing} used in ziformula/dispformula are not in "
                             f"data; available columns: {list(data.columns)}")
-        keep = ~data[sorted(used)].isna().any(axis=1).to_numpy() if used else np.ones(
-            len(data), bool)
+        # Column by column: ``data[columns]`` would copy them only to look for NaN.
+        keep = np.ones(len(data), bool)
+        for column in sorted(used):
+            keep &= data[column].notna().to_numpy()
     else:
         keep = None
     frame = data if keep is None or keep.all() else data.loc[keep]
@@ -174,7 +176,8 @@ def build_parts(formula: str, data: pd.DataFrame, family, zi_rhs, disp_rhs, *,
     if frame is not data:
         cond = dataclasses.replace(cond, n_dropped=cond.n_dropped + int((~keep).sum()),
                                    source_data=data)
-    rows = frame.loc[cond.rows]
+    # No copy of the frame when the conditional model kept every row (the common case).
+    rows = frame if cond.rows.equals(frame.index) else frame.loc[cond.rows]
     parts = {}
     for name, parsed_part in part_formulas.items():
         argument = "ziformula" if name == "zi" else "dispformula"
