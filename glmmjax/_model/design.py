@@ -8,6 +8,8 @@ Z is never built.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import re
 import warnings
@@ -237,7 +239,47 @@ class _ConstantSpec:
 _CONSTANT_SPECS: dict[str, object] = {}
 
 
+# While :func:`shared_matrices` is active: matrices and level codes already built from a
+# formula text on the same frame (object), e.g. ``mined`` for both the conditional and the
+# zero-inflation part of a glmmTMB-style model, or the same ``(1 | site)``.
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("glmmjax_shared",
+                                                                      default=None)
+
+
+@contextlib.contextmanager
+def shared_matrices():
+    """Within this block, build_design reuses a model matrix or grouping it already built
+    from the same text on the same frame (a copy of the array, the same formulaic spec)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _shared(key, data: pd.DataFrame, build):
+    """``build()``, or a copy of what it gave for ``key`` on this same frame (arrays
+    copied, lists copied, specs shared: formulaic's are not changed after building)."""
+    memo = _SHARED.get()
+    if memo is None:
+        return build()
+    hit = memo.get(key)
+    if hit is not None and hit[0] is data:
+        return tuple(part.copy() if isinstance(part, (np.ndarray, list)) else part
+                     for part in hit[1])
+    result = build()
+    memo[key] = (data, result)
+    return result
+
+
 def _numeric_matrix(spec_or_expr, data: pd.DataFrame, what: str):
+    if isinstance(spec_or_expr, str):
+        return _shared(("matrix", spec_or_expr), data,
+                       lambda: _build_matrix(spec_or_expr, data, what))
+    return _build_matrix(spec_or_expr, data, what)
+
+
+def _build_matrix(spec_or_expr, data: pd.DataFrame, what: str):
     if isinstance(spec_or_expr, str) and spec_or_expr.strip() in ("1", "0"):
         expr = spec_or_expr.strip()
         width = 1 if expr == "1" else 0
@@ -480,7 +522,8 @@ def build_design(
 
     terms = []
     for spec in parsed.random:
-        refs, levels = grouping_levels(frame, spec.group_columns)
+        refs, levels = _shared(("groups", spec.group_columns), frame,
+                               lambda spec=spec: grouping_levels(frame, spec.group_columns))
         if len(levels) < 2:
             raise DataError(
                 f"grouping factor {spec.group!r} has a single level ({levels[0]!r}); "

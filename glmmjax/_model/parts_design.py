@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .._families.response_parts import ZERO_DISPERSION_LOG, zero_inflatable
-from .design import DataError, Design, TermDesign, build_design
+from .design import DataError, Design, TermDesign, build_design, shared_matrices
 from .formula import FormulaError, ParsedFormula, parse_formula
 
 
@@ -147,6 +147,15 @@ def build_parts(formula: str, data: pd.DataFrame, family, zi_rhs, disp_rhs, *,
     Raises:
         FormulaError, DataError: as :func:`glmmjax._model.design.build_design`, naming the part.
     """
+    # The parts share the conditional model's rows: a matrix or grouping of the same text
+    # (``mined`` in both parts, the same ``(1 | site)``) is built once.
+    with shared_matrices():
+        return _build_parts(formula, data, family, zi_rhs, disp_rhs, weights=weights,
+                            offset=offset, require_random=require_random)
+
+
+def _build_parts(formula, data, family, zi_rhs, disp_rhs, *, weights, offset,
+                 require_random) -> PartsDesign:
     parsed = parse_formula(formula)
     response = parsed.response
     texts = {"zi": zi_rhs, "disp": None if disp_rhs is None or _is_zero(disp_rhs) else disp_rhs}
