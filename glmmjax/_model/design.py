@@ -145,9 +145,19 @@ def grouping_levels(data: pd.DataFrame, columns: tuple[str, ...]) -> tuple[np.nd
     """Encode the interaction of ``columns`` as level indices (unused levels dropped)."""
     codes, names = [], []
     for column in columns:
-        order = _level_order(data[column])
+        values = data[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            # The categories' codes, renumbered over the categories present (as
+            # _level_order orders them), without a map over the values.
+            raw = values.cat.codes.to_numpy()
+            if raw.size and raw.min() >= 0:
+                present = np.unique(raw)
+                codes.append(np.searchsorted(present, raw).astype(np.int64))
+                names.append([str(v) for v in values.cat.categories[present]])
+                continue
+        order = _level_order(values)
         lookup = {v: i for i, v in enumerate(order)}
-        codes.append(data[column].map(lookup).to_numpy(dtype=np.int64))
+        codes.append(values.map(lookup).to_numpy(dtype=np.int64))
         names.append([str(v) for v in order])
     key = np.zeros(len(data), dtype=np.int64)
     for code, name in zip(codes, names):
