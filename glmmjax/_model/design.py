@@ -27,6 +27,7 @@ from .formula import (
     _arithmetic,
     _required,
     parse_formula,
+    parsed_formulaic,
 )
 from .relmat import check_relmat, is_relatedness, relatedness_term
 from .sparse_relmat import sparse_relatedness_term, use_sparse_path
@@ -180,6 +181,15 @@ DIRECT_ROWS = 50_000
 _DIRECT_BLOCK = 8192
 
 
+def _parsed(expr: str):
+    """formulaic's Formula of ``expr`` from the per-process cache, else the text (a bad
+    formula then fails in model_matrix, with its message in context)."""
+    try:
+        return parsed_formulaic(expr)
+    except Exception:
+        return expr
+
+
 def _direct_matrix(expr: str, data: pd.DataFrame):
     """X for ``expr`` when every column formulaic would make is the intercept or a numeric
     column of ``data`` as it is, else None. The model spec comes from formulaic on the
@@ -302,7 +312,7 @@ def _build_matrix(spec_or_expr, data: pd.DataFrame, what: str):
         if isinstance(spec_or_expr, str):
             # numpy output: a C-ordered array at once (pandas' output is F-ordered and
             # copied again by to_numpy: at 10⁶ rows, most of the design's time).
-            matrix = formulaic.model_matrix(spec_or_expr, data, na_action="raise",
+            matrix = formulaic.model_matrix(_parsed(spec_or_expr), data, na_action="raise",
                                             output="numpy")
         else:
             matrix = spec_or_expr.get_model_matrix(data, na_action="raise")

@@ -111,9 +111,16 @@ def _required_cached(expr: str) -> frozenset[str]:
         if not keyword.iskeyword(name) and name not in TRANSFORMS:
             return frozenset((name,))
     try:
-        return frozenset(formulaic.Formula(expr).required_variables)
+        return frozenset(parsed_formulaic(expr).required_variables)
     except Exception as err:  # formulaic raises several types for bad syntax
         raise FormulaError(f"cannot parse {expr!r}: {err}") from err
+
+
+@functools.lru_cache(maxsize=512)
+def parsed_formulaic(expr: str):
+    """formulaic's Formula of ``expr``, parsed once per process (formulaic's formulas are
+    immutable): the columns a term reads and its model matrix share one parse."""
+    return formulaic.Formula(expr)
 
 
 def _split_top_level(text: str, sep: str) -> list[str]:
