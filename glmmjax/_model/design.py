@@ -8,6 +8,8 @@ Z is never built.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import re
 import warnings
@@ -25,6 +27,7 @@ from .formula import (
     _arithmetic,
     _required,
     parse_formula,
+    parsed_formulaic,
 )
 from .relmat import check_relmat, is_relatedness, relatedness_term
 from .sparse_relmat import sparse_relatedness_term, use_sparse_path
@@ -143,9 +146,19 @@ def grouping_levels(data: pd.DataFrame, columns: tuple[str, ...]) -> tuple[np.nd
     """Encode the interaction of ``columns`` as level indices (unused levels dropped)."""
     codes, names = [], []
     for column in columns:
-        order = _level_order(data[column])
+        values = data[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            # The categories' codes, renumbered over the categories present (as
+            # _level_order orders them), without a map over the values.
+            raw = values.cat.codes.to_numpy()
+            if raw.size and raw.min() >= 0:
+                present = np.unique(raw)
+                codes.append(np.searchsorted(present, raw).astype(np.int64))
+                names.append([str(v) for v in values.cat.categories[present]])
+                continue
+        order = _level_order(values)
         lookup = {v: i for i, v in enumerate(order)}
-        codes.append(data[column].map(lookup).to_numpy(dtype=np.int64))
+        codes.append(values.map(lookup).to_numpy(dtype=np.int64))
         names.append([str(v) for v in order])
     key = np.zeros(len(data), dtype=np.int64)
     for code, name in zip(codes, names):
@@ -166,6 +179,15 @@ def grouping_levels(data: pd.DataFrame, columns: tuple[str, ...]) -> tuple[np.nd
 # 10⁶ rows × 20 columns it took 0.3-1.1 s of a 2-3 s GLM fit (see benchmarks/README.md).
 DIRECT_ROWS = 50_000
 _DIRECT_BLOCK = 8192
+
+
+def _parsed(expr: str):
+    """formulaic's Formula of ``expr`` from the per-process cache, else the text (a bad
+    formula then fails in model_matrix, with its message in context)."""
+    try:
+        return parsed_formulaic(expr)
+    except Exception:
+        return expr
 
 
 def _direct_matrix(expr: str, data: pd.DataFrame):
@@ -200,7 +222,88 @@ def _direct_matrix(expr: str, data: pd.DataFrame):
     return values, names, matrix.model_spec
 
 
+class _ConstantSpec:
+    """The model spec of ``1`` (the intercept alone) or ``0`` (no column), made by formulaic
+    only when first used (prediction on new data, an ANOVA table): such a spec holds no
+    state from the data, and the random intercepts, ``ziformula="~1"`` and the constant
+    dispersion of most small models would otherwise each cost formulaic's parse and
+    materialization (ms) at every fit. Attributes are those of formulaic's ModelSpec."""
+
+    def __init__(self, expr: str):
+        self._expr = expr
+
+    def _spec(self):
+        spec = _CONSTANT_SPECS.get(self._expr)
+        if spec is None:
+            frame = pd.DataFrame(index=pd.RangeIndex(1))
+            spec = formulaic.model_matrix(self._expr, frame, na_action="raise",
+                                          output="numpy").model_spec
+            _CONSTANT_SPECS[self._expr] = spec
+        return spec
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_expr":
+            raise AttributeError(name)
+        return getattr(self._spec(), name)
+
+    def __getstate__(self):
+        return {"_expr": self._expr}
+
+    def __setstate__(self, state):
+        self._expr = state["_expr"]
+
+    def __repr__(self) -> str:
+        return repr(self._spec())
+
+
+_CONSTANT_SPECS: dict[str, object] = {}
+
+
+# While :func:`shared_matrices` is active: matrices and level codes already built from a
+# formula text on the same frame (object), e.g. ``mined`` for both the conditional and the
+# zero-inflation part of a glmmTMB-style model, or the same ``(1 | site)``.
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("glmmjax_shared",
+                                                                      default=None)
+
+
+@contextlib.contextmanager
+def shared_matrices():
+    """Within this block, build_design reuses a model matrix or grouping it already built
+    from the same text on the same frame (a copy of the array, the same formulaic spec)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _shared(key, data: pd.DataFrame, build):
+    """``build()``, or a copy of what it gave for ``key`` on this same frame (arrays
+    copied, lists copied, specs shared: formulaic's are not changed after building)."""
+    memo = _SHARED.get()
+    if memo is None:
+        return build()
+    hit = memo.get(key)
+    if hit is not None and hit[0] is data:
+        return tuple(part.copy() if isinstance(part, (np.ndarray, list)) else part
+                     for part in hit[1])
+    result = build()
+    memo[key] = (data, result)
+    return result
+
+
 def _numeric_matrix(spec_or_expr, data: pd.DataFrame, what: str):
+    if isinstance(spec_or_expr, str):
+        return _shared(("matrix", spec_or_expr), data,
+                       lambda: _build_matrix(spec_or_expr, data, what))
+    return _build_matrix(spec_or_expr, data, what)
+
+
+def _build_matrix(spec_or_expr, data: pd.DataFrame, what: str):
+    if isinstance(spec_or_expr, str) and spec_or_expr.strip() in ("1", "0"):
+        expr = spec_or_expr.strip()
+        width = 1 if expr == "1" else 0
+        return (np.ones((len(data), width)), ["Intercept"] * width, _ConstantSpec(expr))
     if isinstance(spec_or_expr, str) and len(data) >= DIRECT_ROWS:
         direct = _direct_matrix(spec_or_expr, data)
         if direct is not None:
@@ -209,7 +312,7 @@ def _numeric_matrix(spec_or_expr, data: pd.DataFrame, what: str):
         if isinstance(spec_or_expr, str):
             # numpy output: a C-ordered array at once (pandas' output is F-ordered and
             # copied again by to_numpy: at 10⁶ rows, most of the design's time).
-            matrix = formulaic.model_matrix(spec_or_expr, data, na_action="raise",
+            matrix = formulaic.model_matrix(_parsed(spec_or_expr), data, na_action="raise",
                                             output="numpy")
         else:
             matrix = spec_or_expr.get_model_matrix(data, na_action="raise")
@@ -223,10 +326,37 @@ def _numeric_matrix(spec_or_expr, data: pd.DataFrame, what: str):
     return values, list(matrix.model_spec.column_names), matrix.model_spec
 
 
+_TRANSFORM = re.compile(r"\s*(?:np\.)?(log|exp)\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)\s*",
+                        re.ASCII)
+
+
+def _direct_transform(expr: str, data: pd.DataFrame) -> pd.Series | None:
+    """``log(column)`` or ``exp(column)`` (offsets, mostly) with numpy, as formulaic
+    computes it (``log`` is ``np.log`` there; the same warnings), without its parse and
+    materialization;
+    None for anything else, or where the result has a missing value (formulaic then
+    gives its error)."""
+    match = _TRANSFORM.fullmatch(expr)
+    if match is None or match.group(2) not in data.columns or any(
+            name in data.columns for name in ("np", "log", "exp")):
+        return None  # (formulaic would read a column named like the function)
+    column = data[match.group(2)]
+    if isinstance(column, pd.DataFrame) or not (
+            column.dtype == np.float64 or column.dtype.kind in "iu"):
+        return None
+    values = getattr(np, match.group(1))(column.to_numpy()).astype(np.float64, copy=False)
+    if np.isnan(values).any():
+        return None
+    return pd.Series(values, index=data.index)
+
+
 def _evaluate(expr: str, data: pd.DataFrame) -> pd.Series:
     """Evaluate a single response or offset expression (a column or a transform)."""
     if expr in data.columns:
         return data[expr]
+    direct = _direct_transform(expr, data)
+    if direct is not None:
+        return direct
     # I(...) makes formulaic evaluate arithmetic as arithmetic: R's ``incidence/size``
     # or ``cbind(s, n - s)`` would otherwise read as nesting or term removal.
     values, _, _ = _numeric_matrix(f"0 + {_arithmetic(expr)}", data, f"expression {expr!r}")
@@ -412,7 +542,8 @@ def build_design(
 
     terms = []
     for spec in parsed.random:
-        refs, levels = grouping_levels(frame, spec.group_columns)
+        refs, levels = _shared(("groups", spec.group_columns), frame,
+                               lambda spec=spec: grouping_levels(frame, spec.group_columns))
         if len(levels) < 2:
             raise DataError(
                 f"grouping factor {spec.group!r} has a single level ({levels[0]!r}); "

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .._families.response_parts import ZERO_DISPERSION_LOG, zero_inflatable
-from .design import DataError, Design, TermDesign, build_design
+from .design import DataError, Design, TermDesign, build_design, shared_matrices
 from .formula import FormulaError, ParsedFormula, parse_formula
 
 
@@ -147,6 +147,15 @@ def build_parts(formula: str, data: pd.DataFrame, family, zi_rhs, disp_rhs, *,
     Raises:
         FormulaError, DataError: as :func:`glmmjax._model.design.build_design`, naming the part.
     """
+    # The parts share the conditional model's rows: a matrix or grouping of the same text
+    # (``mined`` in both parts, the same ``(1 | site)``) is built once.
+    with shared_matrices():
+        return _build_parts(formula, data, family, zi_rhs, disp_rhs, weights=weights,
+                            offset=offset, require_random=require_random)
+
+
+def _build_parts(formula, data, family, zi_rhs, disp_rhs, *, weights, offset,
+                 require_random) -> PartsDesign:
     parsed = parse_formula(formula)
     response = parsed.response
     texts = {"zi": zi_rhs, "disp": None if disp_rhs is None or _is_zero(disp_rhs) else disp_rhs}
@@ -160,8 +169,10 @@ def build_parts(formula: str, data: pd.DataFrame, family, zi_rhs, disp_rhs, *,
         if missing:
             raise DataError(f"column(s) {missing} used in ziformula/dispformula are not in "
                             f"data; available columns: {list(data.columns)}")
-        keep = ~data[sorted(used)].isna().any(axis=1).to_numpy() if used else np.ones(
-            len(data), bool)
+        # Column by column: ``data[columns]`` would copy them only to look for NaN.
+        keep = np.ones(len(data), bool)
+        for column in sorted(used):
+            keep &= data[column].notna().to_numpy()
     else:
         keep = None
     frame = data if keep is None or keep.all() else data.loc[keep]
@@ -174,7 +185,8 @@ def build_parts(formula: str, data: pd.DataFrame, family, zi_rhs, disp_rhs, *,
     if frame is not data:
         cond = dataclasses.replace(cond, n_dropped=cond.n_dropped + int((~keep).sum()),
                                    source_data=data)
-    rows = frame.loc[cond.rows]
+    # No copy of the frame when the conditional model kept every row (the common case).
+    rows = frame if cond.rows.equals(frame.index) else frame.loc[cond.rows]
     parts = {}
     for name, parsed_part in part_formulas.items():
         argument = "ziformula" if name == "zi" else "dispformula"
