@@ -89,6 +89,8 @@ def saturated(family, y):
     name = _name(family)
     with np.errstate(divide="ignore", invalid="ignore"):
         if name == "Binomial":
+            if np.all((y == 0.0) | (y == 1.0)):
+                return 0.0  # 0/1 data: both terms are exactly 0 (two passes saved)
             return 2.0 * (xlogy(y, y) + xlog1py(1.0 - y, -y))
         if name in ("Poisson", "NegativeBinomial"):
             return 2.0 * xlogy(y, y)
