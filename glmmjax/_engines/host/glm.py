@@ -334,7 +334,13 @@ def _null_deviance(family, y, weights, offset, null_model, tol, max_iter, disper
     return evaluate(family, y, weights, eta_null, dispersion=dispersion).deviance
 
 
-def loglik(family, y, eta, weights, dispersion) -> float:
+def loglik(family, y, eta, weights, dispersion, deviance=None) -> float:
+    """Σ ℓ at η. For a binomial with 0/1 data (the saturated model's ℓ is 0) it is
+    −deviance/2 plus the constant, when the ``deviance`` at η is given: the same sum
+    of the same per-row terms, without another pass over the rows."""
+    if (deviance is not None and _name(family) == "Binomial"
+            and np.isscalar(saturated(family, y))):
+        return float(-0.5 * deviance + fm.loglik_constant(family, np, y, weights))
     terms = fm.row_terms(family, np, y, eta, weights,
                          dispersion if _name(family) not in ("Binomial", "Poisson") else None)
     value = np.where(weights > 0, terms.value, 0.0)
@@ -394,7 +400,7 @@ def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
     return GLMFit(
         coef=coef, vcov=vcov, cov_unscaled=cov_unscaled, dispersion=np.asarray(dispersion),
         dispersion_se=np.asarray(np.nan), eta=eta, mu=mu, deviance=np.asarray(dev),
-        loglik=np.asarray(loglik(family, y, eta, weights, loglik_dispersion)),
+        loglik=np.asarray(loglik(family, y, eta, weights, loglik_dispersion, dev)),
         iterations=np.asarray(iterations), converged=np.asarray(converged),
         null_deviance=np.asarray(null_deviance),
     )
