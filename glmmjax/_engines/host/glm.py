@@ -136,7 +136,11 @@ def evaluate(family, y, weights, eta, saturated_part=None, dispersion=None) -> _
                 mu, mu_eta = fm.mean_derivatives(family.link, np, eta)[:2]
             var, unit = _variance_and_unit_deviance(family, y, mu, saturated_part, dispersion)
         d = np.sum(np.where(weights > 0, weights * unit, 0.0))
-        valid = bool(np.all(valid_eta(family, eta) & valid_mu(family, mu)))
+        if name == "Binomial" and type(family.link).__name__ == "Logit":
+            # μ is in [0, 1] wherever η is finite (built so above): η decides.
+            valid = bool(np.all(np.isfinite(eta)))
+        else:
+            valid = bool(np.all(valid_eta(family, eta) & valid_mu(family, mu)))
     return _Point(eta, mu, mu_eta, var, float(d), valid)
 
 
@@ -227,9 +231,17 @@ def initial_mean(family, y, weights):
     return np.where(usable(y), y, np.where(usable(halfway), halfway, mean))
 
 
-def working_system(X, y, weights, offset, point: _Point):
-    """X'WX, X'Wz and W for the IRLS step (z never formed: no division by dμ/dη)."""
+def working_system(X, y, weights, offset, point: _Point, canonical: bool = False):
+    """X'WX, X'Wz and W for the IRLS step (z never formed: no division by dμ/dη).
+    ``canonical``: a canonical link with V(μ) = dμ/dη (the binomial's logit), where
+    W = w·V(μ) and w·dμ/dη·(y − μ)/V(μ) = w·(y − μ): no squares, no divisions."""
     eta, mu, mu_eta, var = point.eta, point.mu, point.mu_eta, point.var
+    if canonical:
+        with np.errstate(invalid="ignore", over="ignore"):
+            usable = var > 0  # 0 only where exp(−|η|) underflows
+            w = np.where(usable, weights * var, 0.0)
+            wz = w * (eta - offset) + np.where(usable, weights * (y - mu), 0.0)
+        return weighted_gram(X, w), X.T @ wz, w
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         usable = (weights > 0) & (var > 0) & np.isfinite(var) & np.isfinite(mu_eta)
         safe_var = np.where(usable, var, 1.0)
@@ -280,6 +292,7 @@ def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25
         eta = fm.link_function(family.link, np, initial_mean(family, y, weights))
     coef = np.zeros(p)
     sat = saturated(family, y)
+    canonical = _name(family) == "Binomial" and type(family.link).__name__ == "Logit"
     point = evaluate(family, y, weights, eta, sat, dispersion)
     xtwx, w = np.eye(p), np.zeros_like(y)
     converged = False
@@ -287,7 +300,7 @@ def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25
     while it < max_iter:
         first = it == 0
         dev_old = point.deviance
-        xtwx, xtwz, w = working_system(X, y, weights, offset, point)
+        xtwx, xtwz, w = working_system(X, y, weights, offset, point, canonical)
         coef_full = _solve_spd(xtwx, xtwz)
         eta_full = X @ coef_full + offset
         # The full step, then halving towards the previous iterate while the step is
