@@ -491,7 +491,7 @@ def fit_many(
             calls compile and run it (docs/batches.md). A family whose shape is
             estimated (``tweedie``'s power, ``t_family``'s df, ``ordbeta``'s
             cutpoints) is fitted model by model by glmer's host engine
-            (``glmmjax._batching.shapes``; float64, Laplace or AGQ). On the CPU in
+            (``glmmjax._batching.shapes``; float64, Laplace). On the CPU in
             float64, models with a structured covariance term (``cs``, ``ar1``, ``toep``,
             ``diag``, ...) and Laplace GLMMs no batch solver above takes are also fitted
             model by model, each by its single ``lmer``/``glmer`` host fit
@@ -544,16 +544,17 @@ def fit_many(
                               None if family is None else get_family(family), ziformula,
                               dispformula, weights=weights, offset=offset,
                               chunk_size=chunk_size, progress=progress)
-    if family is not None and getattr(get_family(family), "n_shape", 0):
+    shaped = None if family is None else get_family(family)
+    if getattr(shaped, "n_shape", 0):
         # Shapes (Tweedie power, t df, ordbeta cutpoints): glmer's host fit per model.
         from .shapes import fit_many_shapes
 
         if relmat is not None or distributed or precision != "float64":
             raise ValueError(
-                f"fit_many estimates the shape parameter of {get_family(family)} by one "
+                f"fit_many estimates the shape parameter of {shaped} by one "
                 "host fit per model: in float64, without relmat= or distributed=; fix the "
                 "shape (e.g. family=glmmjax.families.StudentT(df=5)) for those")
-        return fit_many_shapes(formula, data, responses, get_family(family),
+        return fit_many_shapes(formula, data, responses, shaped,
                                weights=weights, offset=offset, n_agq=n_agq,
                                progress=progress, ddf=check_batch_ddf(ddf, lmm=False))
     family = _batch_family(family)

@@ -197,7 +197,8 @@ def _direct_matrix(expr: str, data: pd.DataFrame):
     data goes through formulaic as usual."""
     head = data.iloc[:64]
     try:
-        matrix = formulaic.model_matrix(expr, head, na_action="raise", output="numpy")
+        matrix = formulaic.model_matrix(_parsed(expr), head, na_action="raise",
+                                        output="numpy")
     except Exception:
         return None  # the full call reports the error with its context
     names = list(matrix.model_spec.column_names)
@@ -365,6 +366,16 @@ def _evaluate(expr: str, data: pd.DataFrame) -> pd.Series:
     return pd.Series(values[:, 0], index=data.index)
 
 
+def complete_rows(data: pd.DataFrame, columns) -> np.ndarray:
+    """Boolean mask of the rows with a value in every one of ``columns``, column by
+    column: ``data[columns]`` would copy those columns (at 10⁶ rows a large part of a
+    GLM's fit) only to look for missing values."""
+    keep = np.ones(len(data), dtype=bool)
+    for column in columns:
+        keep &= data[column].notna().to_numpy()
+    return keep
+
+
 def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:
     for column in columns:
         series = frame[column]
@@ -470,11 +481,7 @@ def build_design(
     columns = sorted(used)
     w = _vector_argument(weights, data, "weights")
     o = _vector_argument(offset, data, "offset")
-    # Column by column: ``data[columns]`` would copy the used columns (at 10⁶ rows a
-    # large part of a GLM's fit) only to look for missing values.
-    keep = pd.Series(np.ones(len(data), dtype=bool), index=data.index)
-    for column in columns:
-        keep &= data[column].notna().to_numpy()
+    keep = pd.Series(complete_rows(data, columns), index=data.index)
     for extra in (w, o):
         if extra is not None:
             keep &= extra.notna()

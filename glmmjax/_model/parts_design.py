@@ -14,7 +14,14 @@ import numpy as np
 import pandas as pd
 
 from .._families.response_parts import ZERO_DISPERSION_LOG, zero_inflatable
-from .design import DataError, Design, TermDesign, build_design, shared_matrices
+from .design import (
+    DataError,
+    Design,
+    TermDesign,
+    build_design,
+    complete_rows,
+    shared_matrices,
+)
 from .formula import FormulaError, ParsedFormula, parse_formula
 
 
@@ -169,10 +176,7 @@ def _build_parts(formula, data, family, zi_rhs, disp_rhs, *, weights, offset,
         if missing:
             raise DataError(f"column(s) {missing} used in ziformula/dispformula are not in "
                             f"data; available columns: {list(data.columns)}")
-        # Column by column: ``data[columns]`` would copy them only to look for NaN.
-        keep = np.ones(len(data), bool)
-        for column in sorted(used):
-            keep &= data[column].notna().to_numpy()
+        keep = complete_rows(data, sorted(used))
     else:
         keep = None
     frame = data if keep is None or keep.all() else data.loc[keep]

@@ -62,6 +62,12 @@ def _name(family) -> str:
     return type(family).__name__
 
 
+def _binomial_logit(family) -> bool:
+    """The binomial with its canonical logit link: closed forms from exp(−|η|), and
+    V(μ) = dμ/dη (the working system's shortcut)."""
+    return _name(family) == "Binomial" and type(family.link).__name__ == "Logit"
+
+
 class _Point(NamedTuple):
     """What IRLS needs at one η: μ, dμ/dη, V(μ), the deviance and the step's validity."""
 
@@ -84,13 +90,18 @@ def _binomial_means(link, eta):
     return np.exp(log_mu), np.exp(log_1m), log_mu, log_1m, mu_eta
 
 
+def _zero_one(y) -> bool:
+    """0/1 responses: the binomial's saturated model has ℓ = 0 there."""
+    return bool(np.all((y == 0.0) | (y == 1.0)))
+
+
 def saturated(family, y):
     """The part of the unit deviance that only y sets (computed once per fit)."""
     name = _name(family)
     with np.errstate(divide="ignore", invalid="ignore"):
         if name == "Binomial":
-            if np.all((y == 0.0) | (y == 1.0)):
-                return 0.0  # 0/1 data: both terms are exactly 0 (two passes saved)
+            if _zero_one(y):
+                return 0.0  # both terms are exactly 0 (two passes saved)
             return 2.0 * (xlogy(y, y) + xlog1py(1.0 - y, -y))
         if name in ("Poisson", "NegativeBinomial"):
             return 2.0 * xlogy(y, y)
@@ -109,7 +120,7 @@ def evaluate(family, y, weights, eta, saturated_part=None, dispersion=None) -> _
     if saturated_part is None:
         saturated_part = saturated(family, y)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if name == "Binomial" and type(family.link).__name__ == "Logit":
+        if _binomial_logit(family):
             # σ(η) and 1 − σ(η) from e = exp(−|η|); y·log μ + (1 − y)·log(1 − μ) is
             # y·η − softplus(η), finite for every finite η.
             e = np.exp(-np.abs(eta))
@@ -136,7 +147,7 @@ def evaluate(family, y, weights, eta, saturated_part=None, dispersion=None) -> _
                 mu, mu_eta = fm.mean_derivatives(family.link, np, eta)[:2]
             var, unit = _variance_and_unit_deviance(family, y, mu, saturated_part, dispersion)
         d = np.sum(np.where(weights > 0, weights * unit, 0.0))
-        if name == "Binomial" and type(family.link).__name__ == "Logit":
+        if _binomial_logit(family):
             # μ is in [0, 1] wherever η is finite (built so above): η decides.
             valid = bool(np.all(np.isfinite(eta)))
         else:
@@ -292,7 +303,7 @@ def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25
         eta = fm.link_function(family.link, np, initial_mean(family, y, weights))
     coef = np.zeros(p)
     sat = saturated(family, y)
-    canonical = _name(family) == "Binomial" and type(family.link).__name__ == "Logit"
+    canonical = _binomial_logit(family)
     point = evaluate(family, y, weights, eta, sat, dispersion)
     xtwx, w = np.eye(p), np.zeros_like(y)
     converged = False
@@ -351,8 +362,7 @@ def loglik(family, y, eta, weights, dispersion, deviance=None) -> float:
     """Σ ℓ at η. For a binomial with 0/1 data (the saturated model's ℓ is 0) it is
     −deviance/2 plus the constant, when the ``deviance`` at η is given: the same sum
     of the same per-row terms, without another pass over the rows."""
-    if (deviance is not None and _name(family) == "Binomial"
-            and np.isscalar(saturated(family, y))):
+    if deviance is not None and _name(family) == "Binomial" and _zero_one(y):
         return float(-0.5 * deviance + fm.loglik_constant(family, np, y, weights))
     terms = fm.row_terms(family, np, y, eta, weights,
                          dispersion if _name(family) not in ("Binomial", "Poisson") else None)
