@@ -22,21 +22,7 @@ import numpy as np
 from ..._linalg import cho_solve, cholesky, solve_triangular
 from ..._model.covariance import theta_to_factors
 from ..._model.structure import ReStructure
-
-
-class CrossProducts(eqx.Module):
-    """The blocks of [Z D]'W[Z D] that the factorization needs.
-
-    ``first`` (m0, S0, S0): the first term's diagonal blocks; ``coupling[t-1]``
-    (pairs_t, S_t, S0): later term t against the first, per co-occurring pair;
-    ``dense_first`` (m0, k, S0): the dense columns against the first term, per level;
-    ``rest`` (R, R): everything else, dense.
-    """
-
-    first: jnp.ndarray
-    coupling: tuple
-    dense_first: jnp.ndarray
-    rest: jnp.ndarray
+from ..lmm_shared import CrossProducts
 
 
 def cross_products(structure: ReStructure, weights, dense) -> CrossProducts:
