@@ -36,13 +36,17 @@ class _LazyModule:
     def __getattr__(self, attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        return getattr(importlib.import_module(self._name), attr)
+        value = getattr(importlib.import_module(self._name), attr)
+        if not isinstance(value, type(importlib)):  # submodules may still be replaced
+            setattr(self, attr, value)  # later lookups skip __getattr__
+        return value
 
     def __repr__(self) -> str:
         return f"<{self._name}, imported on first use>"
 
 
 jnp = _LazyModule("jax.numpy")
+jax = _LazyModule("jax")
 
 
 def jax_imported() -> bool:
