@@ -160,6 +160,7 @@ def run_x64():
         stacks = _X64.stacks = []
     stack = contextlib.ExitStack()
     stacks.append(stack)
+    _install_hook()
     try:
         yield
     finally:
