@@ -19,10 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._lazyjax import ensure_pytrees
 from ..._linalg import cho_solve, cholesky, solve_triangular
 from ..._model.covariance import theta_to_factors
 from ..._model.structure import ReStructure
 from ..lmm_shared import CrossProducts
+
+# JAX is imported here: the shared containers are pytrees from now on (a no-op where the
+# import hook of glmmjax._lazyjax has registered them already).
+ensure_pytrees()
 
 
 def cross_products(structure: ReStructure, weights, dense) -> CrossProducts:
