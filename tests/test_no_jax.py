@@ -24,6 +24,8 @@ _FIT = """
     text = str(fit) + fit.summary() + fit.summary(ddf="satterthwaite")
     text += fit.summary(ddf="kenward-roger") + fit.anova().to_string()
     text += fit.anova(ddf="kenward-roger").to_string() + fit.varcorr.to_string()
+    smaller = glmmjax.lmer("Reaction ~ 1 + (Days | Subject)", data)
+    text += glmmjax.anova(smaller, fit).to_string()  # refitted by ML: an LR test
     ranef = fit.ranef["Subject"].to_numpy()
     predicted = fit.predict(data).to_numpy()
     residuals = fit.residuals("pearson").to_numpy()
@@ -51,7 +53,7 @@ def test_an_lmer_fit_and_its_summaries_import_no_jax():
     _skip_on_accelerators()
     out = _run(_FIT.format(heavy=_HEAVY) + """
     print(json.dumps({"loaded": loaded, "engine": fit.engine,
-                      "text": "Pr(>|t|)" in text and "DenDF" in text,
+                      "text": all(s in text for s in ("Pr(>|t|)", "DenDF", "Pr(>Chisq)")),
                       "finite": bool(np.all(np.isfinite(ranef)) and np.all(np.isfinite(predicted))
                                      and np.all(np.isfinite(residuals)))}))
     """)
