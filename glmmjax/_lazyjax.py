@@ -45,8 +45,13 @@ class _LazyModule:
         return f"<{self._name}, imported on first use>"
 
 
-jnp = _LazyModule("jax.numpy")
-jax = _LazyModule("jax")
+def lazy_module(name: str) -> _LazyModule:
+    """Module ``name``, imported on its first attribute access."""
+    return _LazyModule(name)
+
+
+jnp = lazy_module("jax.numpy")
+jax = lazy_module("jax")
 
 
 def jax_imported() -> bool:
