@@ -2,8 +2,10 @@
 
 Measured per fresh process (medians over ``--repeats``): ``import jax`` alone, then in
 another process ``import glmmjax`` (lazy: a few milliseconds) followed by looking up
-``glmmjax.lmer`` and ``glmmjax.glmer`` (which imports what a fit needs: JAX, equinox,
-pandas, formulaic, scipy). Wall and CPU seconds.
+``glmmjax.lmer`` and ``glmmjax.glmer`` (which imports what their modules need: JAX,
+equinox, pandas, formulaic, scipy), and ``import glmmjax`` followed by a whole first
+``lmer`` fit of sleepstudy (the host engine on a CPU: it imports no JAX). Wall and CPU
+seconds, and whether the process imported JAX.
 
 ``--compare-ml-dtypes DIR`` runs the same measurements a second time with ``DIR`` first
 on ``sys.path`` (e.g. a ``pip install --target DIR ml_dtypes==0.7.0``), to compare the
@@ -31,14 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBES = {
     "import jax": "import jax",
     "import glmmjax + lmer, glmer": "import glmmjax; glmmjax.lmer; glmmjax.glmer",
+    "import glmmjax + lmer sleepstudy fit": (
+        "import glmmjax; glmmjax.lmer('Reaction ~ Days + (Days | Subject)', "
+        "glmmjax.datasets.load('sleepstudy'))"),
 }
 _TIMER = """
-import json, time
+import json, sys, time
 wall, cpu = time.perf_counter(), time.process_time()
 {code}
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+jax = "jax" in sys.modules
 import ml_dtypes
-print(json.dumps({{"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
-                  "ml_dtypes": ml_dtypes.__version__}}))
+print(json.dumps({{"wall": wall, "cpu": cpu, "jax": jax, "ml_dtypes": ml_dtypes.__version__}}))
 """
 
 
@@ -53,8 +59,10 @@ def measure(code: str, extra_path: str | None) -> dict:
 
 def main(repeats: int, compare: str | None) -> None:
     print(describe())
+    print(f"load average at the start {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     variants = [("installed", None)] + ([("compared", compare)] if compare else [])
-    print(f"{'probe':34s}{'ml_dtypes':>10s}{'wall s':>9s}{'cpu s':>8s}  (medians of {repeats})")
+    print(f"{'probe':38s}{'ml_dtypes':>10s}{'wall s':>9s}{'cpu s':>8s}{'jax':>5s}  "
+          f"(medians of {repeats})")
     for name, code in PROBES.items():
         runs = {label: [] for label, _ in variants}
         for _ in range(repeats):  # interleaved, so both variants see the same load
@@ -63,7 +71,8 @@ def main(repeats: int, compare: str | None) -> None:
         for label, _ in variants:
             wall = np.median([r["wall"] for r in runs[label]])
             cpu = np.median([r["cpu"] for r in runs[label]])
-            print(f"{name:34s}{runs[label][0]['ml_dtypes']:>10s}{wall:9.2f}{cpu:8.2f}")
+            jax = "yes" if any(r["jax"] for r in runs[label]) else "no"
+            print(f"{name:38s}{runs[label][0]['ml_dtypes']:>10s}{wall:9.2f}{cpu:8.2f}{jax:>5s}")
     print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -23,8 +23,7 @@ the threshold unless the batch holds hundreds of large models).
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular as _lapack_solve_triangular
+from ._lazyjax import jnp
 
 # Largest n written out by hand; n² terms per call keep compilation cheap up to here.
 SMALL = 8
@@ -60,6 +59,8 @@ def solve_triangular(a, b, lower: bool = True, trans=0):
         return b
     vector = b.ndim == a.ndim - 1
     if n > SMALL:
+        from jax.scipy.linalg import solve_triangular as _lapack_solve_triangular
+
         if vector:  # a batch of vectors: jax wants them as one-column matrices
             return _lapack_solve_triangular(a, b[..., None], lower=lower, trans=trans)[..., 0]
         return _lapack_solve_triangular(a, b, lower=lower, trans=trans)

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from ._engines.blas import single_threaded_blas
-from ._engines.compiled.cholesky import factorize, inverse_diagonal_blocks
 from ._engines.compiled.jit import program
-from ._engines.compiled.lmm import (
+from ._engines.compiled.optimize import Status
+from ._engines.lmm_shared import (
     SINGULAR_TOL,
     build_structure_for,
-    fit_lmm_arrays,
-    host_lmm_model,
     moment_theta,
     random_effects,
 )
-from ._engines.compiled.optimize import Status
-from ._engines.host.sparse_lmm import fit_sparse_lmm
-from ._engines.seam import choose_lmm, opt_summary
+from ._engines.seam import choose_lmm, fit_lmm, opt_summary
+from ._lazyjax import jnp
 from ._model.checks import check_lmm_design
 from ._model.covariance import canonical_theta, diagonal_mask, theta_to_factors
 from ._model.design import DataError, Design, build_design
@@ -39,6 +34,8 @@ from ._results.mixed import (
 
 @program
 def _conditional_blocks(model, theta):
+    from ._engines.compiled.cholesky import factorize, inverse_diagonal_blocks
+
     structure = model.structure
     factor = factorize(theta, model.products, structure)
     blocks = inverse_diagonal_blocks(structure, factor)
@@ -116,6 +113,10 @@ def lmm_result(design: Design, structure, reml: bool, solution, theta, pls,
                 blocks = conditional_covariances(
                     theta, host_model(structure, design.weights, design.X, y, True))
             return [sigma2 * b for b in blocks]
+        import jax
+
+        from ._engines.compiled.lmm import host_lmm_model
+
         with jax.enable_x64(True):
             model = host_lmm_model(structure, design.weights, design.X, y, True)
             blocks = _conditional_blocks(model, jnp.asarray(theta))
@@ -292,6 +293,8 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
         y = np.asarray(design.response, dtype=float) - design.offset
         if theta0 is None:
             theta0 = moment_theta(design.terms, design.X, y, design.weights)
+        from ._engines.host.sparse_lmm import fit_sparse_lmm
+
         return sparse_lmm_result(design, reml, fit_sparse_lmm(design, reml, max_iter, theta0))
     # Columns far from unit scale (x·1e8) are fitted rescaled by powers of two and the
     # result mapped back exactly (see glmmjax._model.rescale).
@@ -302,8 +305,8 @@ def fit_lmm_design(design: Design, reml: bool = True, engine: str | None = None,
     if theta0 is None or scales is not None:  # a rescaled design has its own θ scale
         theta0 = moment_theta(fitted.terms, fitted.X, y, fitted.weights)
     engine = choose_lmm(engine)
-    solution, theta, pls, effects = fit_lmm_arrays(structure, fitted.weights, fitted.X, y, reml,
-                                                   theta0, engine=engine, max_iter=max_iter)
+    solution, theta, pls, effects = fit_lmm(structure, fitted.weights, fitted.X, y, reml,
+                                            theta0, engine=engine, max_iter=max_iter)
     result = lmm_result(fitted, structure, reml, solution, theta, pls, effects, engine, theta0)
     if scales is not None:
         result = unscale_lmm_result(result, design, scales)

@@ -10,14 +10,22 @@ supports 3.10).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
-import equinox
+
+def _package_dir(name: str) -> str | None:
+    """Where package ``name`` lives, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        return None
+    return os.path.dirname(os.path.abspath(spec.origin)) + os.sep
+
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # equinox wraps the methods of its Modules (MixedModel.fit): those frames are plumbing.
-SKIPPED = (PACKAGE_DIR, os.path.dirname(os.path.abspath(equinox.__file__)) + os.sep)
+SKIPPED = tuple(d for d in (PACKAGE_DIR, _package_dir("equinox")) if d is not None)
 
 
 def external_stacklevel() -> int:

@@ -304,7 +304,7 @@ def no_tracing(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("lmer reached the JAX fit; the error should come first")
 
-    monkeypatch.setattr("glmmjax._lmer.fit_lmm_arrays", fail)
+    monkeypatch.setattr("glmmjax._lmer.fit_lmm", fail)
     monkeypatch.setattr("glmmjax._lmer.build_structure_for", fail)
 
 

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "glmmjax"
 # layer or below.
 LAYERS = {
     "_stacklevel": 0, "_precision": 0, "_progress": 0, "_errors": 0, "_linalg": 0,
-    "_display": 0,
+    "_display": 0, "_lazyjax": 0,
     "_families": 1, "families": 1, "links": 1,
     "_model": 2, "datasets": 2,
     "_engines": 3,

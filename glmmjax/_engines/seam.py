@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -181,7 +183,16 @@ def _default_backend() -> str:
     starting XLA's CPU client costs a first host fit 20–30 ms that the host engine never
     uses. Known: a backend already started, ``JAX_PLATFORMS`` led by ``cpu``, or no
     accelerator plugin installed (nothing in the ``jax_plugins`` namespace, no CUDA,
-    ROCm or TPU package), where jax can only start the CPU."""
+    ROCm or TPU package), where jax can only start the CPU. Where jax is not imported
+    yet and the answer is ``"cpu"``, it is not imported either (about a second: a host
+    fit needs none of it)."""
+    if "jax" not in sys.modules:
+        # jax reads its platforms from the environment when imported.
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        if platforms.split(",")[0].strip().lower() == "cpu":
+            return "cpu"
+        if not platforms and not _accelerator_installed():
+            return "cpu"
     import jax
     from jax._src import xla_bridge
 
@@ -287,6 +298,29 @@ def choose_glm(family, engine: str | None) -> str:
     if engine is not None:
         return engine
     return "host" if applies(family) and _default_backend() == "cpu" else "jax"
+
+
+def fit_lmm(structure, weights, X, y, reml: bool, theta0=None, engine: str | None = None,
+            max_iter: int = 500):
+    """Run the chosen LMM engine on float64 arrays; returns (solution, θ,
+    :class:`~glmmjax._engines.lmm_shared.PLSSolution`, [b_t]) (b_t = Λ_t·u_t per term at
+    that θ, relative to σ). The host engine (:mod:`glmmjax._engines.host.lmm`) imports
+    no JAX; the compiled one is :func:`glmmjax._engines.compiled.lmm.fit_lmm_arrays`.
+    """
+    if choose_lmm(engine) == "host":
+        from .blas import single_threaded_blas
+        from .host import lmm as host_lmm
+        from .lmm_shared import start_theta
+
+        if theta0 is None:
+            theta0 = start_theta(structure)
+        with single_threaded_blas():
+            return host_lmm.fit(host_lmm.host_model(structure, weights, X, y, reml), theta0,
+                                max_iter=max_iter)
+    from .compiled.lmm import fit_lmm_arrays
+
+    return fit_lmm_arrays(structure, weights, X, y, reml, theta0, engine="jax",
+                          max_iter=max_iter)
 
 
 def fit_glmm(design, family, n_agq: int, y, weights, engine: str, max_iter: int) -> GLMMFit:

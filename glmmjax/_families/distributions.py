@@ -5,13 +5,17 @@ The same special functions that ``scipy.stats`` evaluates for these distribution
 importing ``scipy.stats`` costs over ten times as much as ``scipy.special`` after
 ``scipy.linalg`` (benchmarks/README.md), and every fitted result computes p-values. Arguments outside a
 distribution's domain give what ``scipy.stats`` gives: NaN for degrees of freedom
-≤ 0, survival 1 below the support's lower end.
+≤ 0, survival 1 below the support's lower end. ``scipy.special`` itself is imported on
+the first call (0.1–0.2 s: a fit whose p-values nobody asks for does not pay it).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+
+from .._lazyjax import lazy_module
+
+special = lazy_module("scipy.special")
 
 
 def _positive(df):

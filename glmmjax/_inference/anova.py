@@ -15,6 +15,7 @@ one.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pandas as pd
@@ -52,11 +53,9 @@ class _Entry:
     """What the comparison needs of one fitted model (mixed or GLM)."""
 
     def __init__(self, fit, name: str):
-        from .._results.glm import GLMResult
-
         self.name = name
         self.fit = fit
-        self.is_glm = isinstance(fit, GLMResult)
+        self.is_glm = _is_glm_result(fit)
         if self.is_glm:
             self.design = fit._design
             self.family = fit.family.name
@@ -96,15 +95,21 @@ def _names(models, names) -> list[str]:
     return names
 
 
+def _is_glm_result(fit) -> bool:
+    """Whether ``fit`` is a :class:`~glmmjax.GLMResult`, without importing its module
+    (which imports JAX) where no GLM was ever fitted."""
+    module = sys.modules.get(__name__.rsplit(".", 2)[0] + "._results.glm")
+    return module is not None and isinstance(fit, module.GLMResult)
+
+
 def _prepare(models, names, what: str) -> tuple[list[_Entry], str]:
-    from .._results.glm import GLMResult
     from .._results.lmm import LMMResult
     from .._results.mixed import MixedModelResult
 
     if len(models) < 2:
         raise ValueError(f"{what} needs at least two fitted models")
     for m in models:
-        if not isinstance(m, (MixedModelResult, GLMResult)):
+        if not (isinstance(m, MixedModelResult) or _is_glm_result(m)):
             raise TypeError(f"{what} compares fitted models (lmer/glmer/glm results), got {type(m).__name__}")
     note = ""
     refitted = [isinstance(m, LMMResult) and m.reml for m in models]

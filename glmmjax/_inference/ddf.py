@@ -37,17 +37,15 @@ second-order term (zero for us, diag and homcs, as in pbkrtest).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from .._engines.compiled.jit import program
-from .._engines.compiled.lmm import lmm_model_from_arrays, lmm_pieces
 from .._engines.seam import choose_lmm
 from .._families.distributions import f_sf, t_sf
+from .._lazyjax import jnp
 from .._linalg import solve_triangular
 from .._model.cov_structures import term_structures
 from .._model.covariance import split_theta
@@ -75,6 +73,8 @@ def check_ddf(ddf: str | None) -> str | None:
 # -- Satterthwaite -----------------------------------------------------------------------
 def varpar_deviance(varpar, model):
     """(RE)ML deviance at ψ = (θ, σ), σ not profiled (module docstring)."""
+    from .._engines.compiled.lmm import lmm_pieces
+
     theta, sigma = varpar[:-1], varpar[-1]
     logdet_z, logdet_x, r2, _ = lmm_pieces(theta, model)
     s2 = sigma**2
@@ -87,6 +87,8 @@ def varpar_deviance(varpar, model):
 
 def beta_vcov(varpar, model):
     """Var(β̂) = σ²·(L_X L_X')⁻¹ at ψ = (θ, σ)."""
+    from .._engines.compiled.lmm import lmm_pieces
+
     theta, sigma = varpar[:-1], varpar[-1]
     *_, factor = lmm_pieces(theta, model)
     R = model.structure.rest_size
@@ -98,6 +100,8 @@ def beta_vcov(varpar, model):
 
 @program
 def _varpar_derivatives(model, varpar):
+    import jax
+
     # Forward over forward: compiles faster than jax.hessian's reverse pass here.
     hessian = jax.jacfwd(jax.jacfwd(varpar_deviance))(varpar, model)
     jacobian = jax.jacfwd(beta_vcov)(varpar, model)
@@ -114,15 +118,22 @@ class SatterthwaitePieces:
     hessian: np.ndarray
 
 
-# Built under jit: op-by-op dispatch would compile every primitive separately.
-_model_from_arrays = eqx.filter_jit(lmm_model_from_arrays)
+@functools.cache
+def _model_from_arrays_jit():
+    """:func:`~glmmjax._engines.compiled.lmm.lmm_model_from_arrays` under jit (jitted on
+    first use): op-by-op dispatch would compile every primitive separately."""
+    import equinox as eqx
+
+    from .._engines.compiled.lmm import lmm_model_from_arrays
+
+    return eqx.filter_jit(lmm_model_from_arrays)
 
 
 def lmm_model_for(result, reml: bool | None = None):
     """The JAX :class:`LinearMixedModel` of a fitted LMM (call under x64)."""
     design = result.design
     y = np.asarray(design.response, dtype=float) - design.offset
-    return _model_from_arrays(
+    return _model_from_arrays_jit()(
         result.model.dense_structure,  # (X, y) appended: the fitted model's, built once
         jnp.asarray(design.weights),
         jnp.asarray(design.X),
@@ -145,10 +156,12 @@ def satterthwaite_pieces(result, engine: str | None = None) -> SatterthwaitePiec
 
         design = result.design
         y = np.asarray(design.response, dtype=float) - design.offset
-        model = host_model(result.model.dense_structure, design.weights, design.X, y,
+        model = host_model(result._dense_structure, design.weights, design.X, y,
                            result.reml)
         hessian, jacobian, vcov = varpar_derivatives(result.theta_values, result.sigma, model)
     else:
+        import jax
+
         with jax.enable_x64(True):
             model = lmm_model_for(result)
             varpar = jnp.asarray(np.append(result.theta_values, result.sigma))
@@ -254,6 +267,8 @@ def variance_parameters(cov, params, sigma: float):
     def covariance(psi):
         om = np.where(is_sd, np.sqrt(np.maximum(psi, 0.0)),
                       np.where(is_cor, np.arctanh(np.clip(psi, -1 + 1e-15, 1 - 1e-15)), psi))
+        import jax
+
         with jax.enable_x64(True):  # from_natural is jnp: float64 whatever the user's config
             theta = np.asarray(cov.from_natural(jnp.asarray(om, dtype=jnp.float64), sigma),
                                dtype=np.float64)

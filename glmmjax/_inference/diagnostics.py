@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+from .._lazyjax import jax, jnp
 
 RESIDUAL_TYPES = ("response", "pearson", "deviance", "working")
 _DISCRETE = ("binomial", "poisson", "negative_binomial", "Negative Binomial")
@@ -127,6 +126,8 @@ class ScaledResiduals:
 
     def test_uniformity(self) -> TestResult:
         """Kolmogorov–Smirnov test of the scaled residuals against U(0, 1)."""
+        from scipy import stats
+
         ks = stats.kstest(self.residuals, "uniform")
         return TestResult(float(ks.statistic), float(ks.pvalue),
                           "Kolmogorov-Smirnov test of uniformity", "two-sided")

@@ -27,17 +27,15 @@ from __future__ import annotations
 import functools
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
 
 from .._display import resolve_alias as r_alias
 from .._display import show
 from .._engines.compiled.jit import program
-from .._engines.compiled.lmm import solve_pls
 from .._engines.compiled.optimize import minimize
+from .._families.distributions import norm_ppf
+from .._lazyjax import jax, jnp
 from .._model.cov_structures import Unstructured, as_structures, term_structures
 from .._model.covariance import diagonal_mask, split_theta
 from .._progress import bar, noted
@@ -123,6 +121,8 @@ def _lmm_objective(omega, model):
     For fixed θ the penalized residual sum of squares is r²(θ) + |L_X'(β − β̂(θ))|²
     (the PLS decomposition), so β enters in closed form and nothing is re-solved.
     """
+    from .._engines.compiled.lmm import solve_pls
+
     n_theta = model.structure.n_theta
     sigma = jnp.exp(omega[n_theta])
     theta = omega_to_theta(omega[:n_theta], model.structure.structures, sigma)
@@ -270,6 +270,8 @@ def _find_bound(problem: _Problem, j: int, side: int, z: float, lower_limit, upp
     else:
         return math.nan
     a, b = sorted((inner, x))
+    from scipy import optimize
+
     return optimize.brentq(
         lambda t: problem.zeta(j, t) - target, a, b, xtol=1e-10 * (1.0 + abs(x0)), rtol=1e-12
     )
@@ -365,7 +367,7 @@ def profile_confint(result, level: float = 0.95, parm=None,
     over the parameters (None: in interactive sessions)."""
     names = parameter_names(result)
     wanted = _select(names, parm, result)
-    z = stats.norm.ppf(0.5 * (1.0 + level))
+    z = norm_ppf(0.5 * (1.0 + level))
     lower = np.full(len(names), np.nan)
     upper = np.full(len(names), np.nan)
     notes = []
@@ -439,7 +441,7 @@ def wald_confint(result, level: float = 0.95, parm=None) -> pd.DataFrame:
     """β̂ ± z·SE for the fixed effects; NaN for variance parameters (as lme4)."""
     names = parameter_names(result)
     wanted = _select(names, parm, result)
-    z = stats.norm.ppf(0.5 * (1.0 + level))
+    z = norm_ppf(0.5 * (1.0 + level))
     p = len(result.beta)
     lower = np.full(len(names), np.nan)
     upper = np.full(len(names), np.nan)
@@ -466,7 +468,7 @@ def profile_frame(result, parm=None, level: float = 0.99, n_points: int = 6,
         raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
     names = parameter_names(result)
     wanted = _select(names, parm, result)
-    z = stats.norm.ppf(0.5 * (1.0 + level))
+    z = norm_ppf(0.5 * (1.0 + level))
     problem, kinds, values = _problem(result)
     rows = []
     for i in bar(sorted(wanted), enabled=progress, desc="profiling", unit="parameter"):

@@ -13,19 +13,19 @@ which are the prior weights).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._families.base import Gaussian
+from .._lazyjax import jax, jnp
 from .._model.design import new_data_design
 from .._model.sparse_relmat import SparseRelatedness
 
 
 def _family_of(result):
+    from .._families.base import Gaussian
+
     return Gaussian() if result.family_name == "gaussian" and result.scale is not None else result.family
 
 
@@ -53,10 +53,21 @@ def _numpy_compois(family) -> bool:
     return type(family).__name__ == "ConwayMaxwellPoisson" and parts_draws.supported(family)
 
 
-@eqx.filter_jit
 def _draw(family, key, mu, weights, dispersion):
-    keys = jax.random.split(key, mu.shape[0])
-    return jax.vmap(lambda k, m: family.simulate(k, m, weights, dispersion))(keys, mu)
+    return _draw_jit()(family, key, mu, weights, dispersion)
+
+
+@functools.cache
+def _draw_jit():
+    """The draw program, jitted on first use (a refit needs no JAX)."""
+    import equinox as eqx
+
+    @eqx.filter_jit
+    def draw(family, key, mu, weights, dispersion):
+        keys = jax.random.split(key, mu.shape[0])
+        return jax.vmap(lambda k, m: family.simulate(k, m, weights, dispersion))(keys, mu)
+
+    return draw
 
 
 def simulate(

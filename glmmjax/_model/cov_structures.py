@@ -51,9 +51,9 @@ import dataclasses
 import functools
 import math
 
-import jax.numpy as jnp
 import numpy as np
 
+from .._lazyjax import jnp
 from .._linalg import cholesky as small_cholesky
 from . import matern
 

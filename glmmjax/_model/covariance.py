@@ -12,10 +12,10 @@ Every function here takes ``covariances``: the terms' structures, or their sizes
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .._lazyjax import jnp
 from .cov_structures import as_structures, tril_indices
 
 

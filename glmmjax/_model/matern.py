@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import scipy.special
+
+from .._lazyjax import jnp
 
 N_STEPS = 256
 _DROP = 50.0
@@ -37,7 +36,9 @@ _LOG_WEIGHTS = np.where((np.arange(N_STEPS + 1) == 0) | (np.arange(N_STEPS + 1) 
 def _nodes(u, nu, xp):
     s = xp.sqrt(u * u + nu * nu)
     upper = xp.arcsinh(nu / u) + xp.arccosh(1.0 + _DROP / s)
-    if xp is jnp:
+    if xp is not np:
+        import jax
+
         upper = jax.lax.stop_gradient(upper)
     unit = _UNIT if xp is np else jnp.asarray(_UNIT, upper.dtype)
     return upper[..., None] * unit, xp.log(upper / N_STEPS)
@@ -55,12 +56,19 @@ def log_bessel_k(u, nu, xp=jnp):
     """log K_ν(u) for u > 0 (an array) and ν > 0 (a scalar)."""
     terms, _ = _log_terms(u, nu, xp)
     if xp is np:
+        import scipy.special
+
         return scipy.special.logsumexp(terms, axis=-1)
+    import jax.scipy.special
+
     return jax.scipy.special.logsumexp(terms, axis=-1)
 
 
 def _log_normalizer(nu, xp):
-    gammaln = scipy.special.gammaln if xp is np else jax.scipy.special.gammaln
+    if xp is np:
+        from scipy.special import gammaln
+    else:
+        from jax.scipy.special import gammaln
     return gammaln(nu) + (nu - 1.0) * math.log(2.0)
 
 
@@ -71,6 +79,8 @@ def log_correlation(u, nu, xp=jnp):
 
 def correlation_and_derivatives(d, log_range, log_nu):
     """Host (numpy): C at distances d > 0, and ∂C/∂log φ, ∂C/∂log ν."""
+    import scipy.special
+
     phi, nu = math.exp(log_range), math.exp(log_nu)
     u = np.asarray(d, dtype=np.float64) / phi
     terms, t = _log_terms(u, nu, np)

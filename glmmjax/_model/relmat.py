@@ -22,10 +22,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .._lazyjax import jnp
 from .cov_structures import CovarianceStructure
 
 

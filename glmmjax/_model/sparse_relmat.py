@@ -7,13 +7,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
-import scipy.optimize
-import scipy.sparse
-import scipy.sparse.linalg
 
+from .._lazyjax import jnp
 from .cov_structures import CovarianceStructure
 from .relmat import KnownScaleTerm
 
@@ -64,6 +60,9 @@ def refuse_sparse_terms(terms, what: str = "this method") -> None:
 def _sparse_cholesky(K, name: str):
     """F with F·F' = K (sparse, lower after a fill-reducing permutation of rows) and
     log|K|, by SuperLU with diagonal pivots in a symmetric order."""
+    import scipy.sparse
+    import scipy.sparse.linalg
+
     what = f"relmat[{name!r}]"
     K = scipy.sparse.csc_matrix(K, dtype=np.float64)
     asym = abs(K - K.T)

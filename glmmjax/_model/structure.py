@@ -9,20 +9,20 @@ with it. We store those co-occurring (l, j) pairs and the static index lists nee
 form the Schur-complement update L_r0·L_r0' by gathers and segment sums (DESIGN.md:
 "Keep the off-diagonal blocks sparse").
 
-Everything here is numpy; the arrays become leaves of :class:`ReStructure`, an
-``eqx.Module`` whose integer sizes are static, so one compiled objective serves every
-model with the same structure.
+Everything here is numpy; the arrays become leaves of :class:`ReStructure`, a frozen
+dataclass that is a JAX pytree once JAX is imported (:mod:`glmmjax._lazyjax`), whose
+integer sizes are static, so one compiled objective serves every model with the same
+structure.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from .._lazyjax import jnp, pytree_dataclass, static_field
 from .cov_structures import as_structures, term_structures
 from .design import TermDesign
 
@@ -30,7 +30,9 @@ from .design import TermDesign
 _DENSE_ADVANTAGE = 8.0
 
 
-class ReStructure(eqx.Module):
+@pytree_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReStructure:
     """Static description of the random-effects design and its coupling pattern.
 
     Sizes (static): ``sizes[t]`` = S_t, ``n_levels[t]`` = m_t, ``offsets[t]`` = where
@@ -46,12 +48,12 @@ class ReStructure(eqx.Module):
     once (a <= b; the matrix is symmetric).
     """
 
-    sizes: tuple[int, ...] = eqx.field(static=True)
-    n_levels: tuple[int, ...] = eqx.field(static=True)
-    offsets: tuple[int, ...] = eqx.field(static=True)
-    n_dense: int = eqx.field(static=True)
-    rest_size: int = eqx.field(static=True)
-    dense_update: bool = eqx.field(static=True)
+    sizes: tuple[int, ...] = static_field()
+    n_levels: tuple[int, ...] = static_field()
+    offsets: tuple[int, ...] = static_field()
+    n_dense: int = static_field()
+    rest_size: int = static_field()
+    dense_update: bool = static_field()
     refs: tuple
     z: tuple
     pair_first: tuple
@@ -64,7 +66,7 @@ class ReStructure(eqx.Module):
     update_flat: jnp.ndarray
     # Each term's map θ_t ↦ Λ_t (glmmjax._model.cov_structures); static, so models that differ
     # only in their structures compile separately.
-    covariances: tuple = eqx.field(static=True, default=())
+    covariances: tuple = static_field(default=())
 
     @property
     def n_terms(self) -> int:
@@ -92,9 +94,9 @@ class ReStructure(eqx.Module):
 class PlainStructure:
     """A :class:`ReStructure`'s fields as plain attributes (and the original as
     ``original``), for the host engines (:mod:`glmmjax._engines.host.lmm`,
-    :mod:`glmmjax._engines.host.glmm`): reading an equinox Module's attribute costs
-    microseconds, and they read them thousands of times per fit (a tenth of a small
-    fit's time). ``cache`` holds index arrays they derive from the structure once."""
+    :mod:`glmmjax._engines.host.glmm`): they read them thousands of times per fit, and
+    the derived sizes (``n_theta``, ``structures``, properties of a ReStructure) are
+    computed here once. ``cache`` holds index arrays they derive from the structure once."""
 
     def __init__(self, structure: ReStructure):
         for field in dataclasses.fields(structure):
@@ -253,6 +255,8 @@ def stack_structures(term_lists: list, n_dense: int) -> ReStructure:
     }
     padded = [build_structure(terms, n_dense, dense_update=dense, padding=padding)
               for terms in term_lists]
+    import jax
+
     return jax.tree_util.tree_map(lambda *a: np.stack(a), *padded)
 
 
@@ -273,7 +277,8 @@ class ArrayTerm:
 
 
 def is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
+    # Nothing is traced where JAX was never imported.
+    return "jax" in sys.modules and isinstance(x, sys.modules["jax"].core.Tracer)
 
 
 def structure_for_arrays(terms, n_dense: int) -> ReStructure:

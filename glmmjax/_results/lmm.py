@@ -19,6 +19,16 @@ class LMMResult(MixedModelResult):
     def _header(self) -> str:
         return f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'}"
 
+    @cached_property
+    def _dense_structure(self):
+        """The random-effects structure with X and y appended, as
+        ``self.model.dense_structure``; built without JAX unless :attr:`model` exists."""
+        if "model" in self.__dict__:
+            return self.model.dense_structure
+        from .._model.structure import build_structure
+
+        return build_structure(self.design.terms, self.design.X.shape[1] + 1)
+
     # -- denominator degrees of freedom (see glmmjax._inference.ddf) --------------------------------
     @cached_property
     def _satterthwaite(self):

@@ -19,24 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._lazyjax import ensure_pytrees
 from ..._linalg import cho_solve, cholesky, solve_triangular
 from ..._model.covariance import theta_to_factors
 from ..._model.structure import ReStructure
+from ..lmm_shared import CrossProducts
 
-
-class CrossProducts(eqx.Module):
-    """The blocks of [Z D]'W[Z D] that the factorization needs.
-
-    ``first`` (m0, S0, S0): the first term's diagonal blocks; ``coupling[t-1]``
-    (pairs_t, S_t, S0): later term t against the first, per co-occurring pair;
-    ``dense_first`` (m0, k, S0): the dense columns against the first term, per level;
-    ``rest`` (R, R): everything else, dense.
-    """
-
-    first: jnp.ndarray
-    coupling: tuple
-    dense_first: jnp.ndarray
-    rest: jnp.ndarray
+# JAX is imported here: the shared containers are pytrees from now on (a no-op where the
+# import hook of glmmjax._lazyjax has registered them already).
+ensure_pytrees()
 
 
 def cross_products(structure: ReStructure, weights, dense) -> CrossProducts:

@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import functools
 
-import equinox as eqx
-import jax
-
 from ..blas import single_threaded_blas
 
 _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
@@ -35,6 +32,8 @@ _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 def _prefer_cpu_options(plain, tuned):
     """Call ``tuned`` (compiled with :data:`_CPU_OPTIONS`) on the CPU backend, ``plain``
     elsewhere, and ``plain`` for good once a jaxlib rejects an option."""
+    import jax
+
     usable = [True]
 
     def run(*args, **kwargs):
@@ -55,13 +54,21 @@ def program(fun):
     """Jit ``fun`` (equinox's filtering) with :data:`_CPU_OPTIONS` on the CPU backend.
 
     A jaxlib that does not know an option rejects the compilation before anything runs;
-    the program is then compiled with XLA's defaults (and stays so).
+    the program is then compiled with XLA's defaults (and stays so). Jitted on its first
+    call: defining a program imports no JAX.
     """
-    run = _prefer_cpu_options(eqx.filter_jit(fun),
-                              eqx.filter_jit(fun, compiler_options=_CPU_OPTIONS))
+    compiled = []
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
+        import jax
+
+        if not compiled:
+            import equinox as eqx
+
+            compiled.append(_prefer_cpu_options(
+                eqx.filter_jit(fun), eqx.filter_jit(fun, compiler_options=_CPU_OPTIONS)))
+        run = compiled[0]
         if jax.default_backend() != "cpu":
             return run(*args, **kwargs)
         with single_threaded_blas():
@@ -77,6 +84,8 @@ class _Static:
     __slots__ = ("tree", "_key")
 
     def __init__(self, tree):
+        import jax
+
         self.tree = tree
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         self._key = (treedef, tuple(leaves))
@@ -90,18 +99,24 @@ class _Static:
 
 def batch_program(fun):
     """``fun`` jitted with equinox's filtering (arrays traced, everything else static)
-    and :data:`_CPU_OPTIONS` on the CPU; returns without waiting for the result."""
-
-    def split_call(dynamic, static):
-        return fun(*eqx.combine(dynamic, static.tree))
-
-    run = _prefer_cpu_options(
-        jax.jit(split_call, static_argnums=1),
-        jax.jit(split_call, static_argnums=1, compiler_options=_CPU_OPTIONS))
+    and :data:`_CPU_OPTIONS` on the CPU; returns without waiting for the result. Jitted
+    on its first call, as :func:`program`."""
+    compiled = []
 
     @functools.wraps(fun)
     def call(*args):
+        import equinox as eqx
+
+        if not compiled:
+            import jax
+
+            def split_call(dynamic, static):
+                return fun(*eqx.combine(dynamic, static.tree))
+
+            compiled.append(_prefer_cpu_options(
+                jax.jit(split_call, static_argnums=1),
+                jax.jit(split_call, static_argnums=1, compiler_options=_CPU_OPTIONS)))
         dynamic, static = eqx.partition(args, eqx.is_array)
-        return run(dynamic, _Static(static))
+        return compiled[0](dynamic, _Static(static))
 
     return call

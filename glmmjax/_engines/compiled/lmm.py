@@ -24,14 +24,27 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from ..._model.cov_structures import term_structures
-from ..._model.covariance import diagonal_mask, initial_theta, start_from_sds, theta_to_factors
-from ..._model.design import Design
-from ..._model.structure import ReStructure, build_structure
+from ..._model.covariance import diagonal_mask
+from ..._model.structure import ReStructure
 from ..._progress import noted
+from ..lmm_shared import (  # noqa: F401  (re-exported: their home before lmm_shared)
+    _LOG_FLOOR,
+    _MOMENT_CAP,
+    _MOMENT_FLOOR,
+    SINGULAR_TOL,
+    CrossProducts,
+    PLSSolution,
+    _from_log_scale,
+    _log_scale_slope,
+    _to_log_scale,
+    build_structure_for,
+    inverse_hessian_guess,
+    moment_theta,
+    random_effects,
+    start_theta,
+)
 from ..seam import BOUNDARY_TRY, choose_lmm
 from .cholesky import (
-    CrossProducts,
     cross_products,
     factorize,
     logdet_first,
@@ -41,13 +54,6 @@ from .cholesky import (
 )
 from .jit import program
 from .optimize import minimize
-
-# lme4's isSingular() tolerance on the diagonal of Λ.
-SINGULAR_TOL = 1e-4
-# Diagonal entries of θ below this are tried at exactly zero after convergence.
-# Diagonal θ entries are optimized on the log scale above this, linearly below it (see
-# _from_log_scale; 0.01 and 0.3 took more evaluations on dyestuff2 and InstEval).
-_LOG_FLOOR = 0.1
 
 
 class LinearMixedModel(eqx.Module):
@@ -85,10 +91,6 @@ def lmm_model_from_arrays(structure, weights, X, y, reml: bool) -> LinearMixedMo
     )
 
 
-def build_structure_for(design: Design, n_dense: int) -> ReStructure:
-    return build_structure(design.terms, n_dense)
-
-
 def lmm_pieces(theta, model: LinearMixedModel):
     """log|L_Z|², log|L_X|², r² and the factor at θ."""
     s = model.structure
@@ -110,19 +112,6 @@ def _criterion_from_pieces(model: LinearMixedModel, logdet_z, logdet_x, r2):
     else:
         value = logdet_z + n * (1.0 + jnp.log(2.0 * jnp.pi * r2 / n))
     return value - model.sum_log_weights
-
-
-class PLSSolution(eqx.Module):
-    """β̂, the spherical conditional modes u, r² and the pieces of the criterion at θ."""
-
-    beta: jnp.ndarray
-    u_first: jnp.ndarray  # (m0, S0)
-    u_rest: jnp.ndarray  # (R_re,)
-    r2: jnp.ndarray
-    logdet_z: jnp.ndarray
-    logdet_x: jnp.ndarray
-    criterion: jnp.ndarray
-    fixef_factor: jnp.ndarray  # L_X (p, p): β's block of the factor, Var(β̂) = σ²·(L_X·L_X')⁻¹
 
 
 def _solution_from_factor(model: LinearMixedModel, logdet_z, logdet_x, r2, factor):
@@ -325,32 +314,6 @@ def keep_trial(f_trial, f_best):
     return jnp.isfinite(f_trial) & (f_trial <= f_best + 1e-10 * (1 + jnp.abs(f_best)))
 
 
-def _from_log_scale(phi, mask, xp=jnp):
-    """θ from the optimizer's coordinates φ: exp(φ) for a diagonal entry above
-    _LOG_FLOOR = c, below it the tangent line c·(1 + φ − log c), which reaches 0 (and
-    negative values) at finite φ. The criterion is even in a scalar θ near 0, hence
-    quadratic in φ there, so a fit at the boundary converges as fast as on the plain
-    scale instead of marching φ to −∞. ``xp``: jax.numpy, or numpy for the host engine."""
-    a = np.log(_LOG_FLOOR)
-    diag = xp.where(phi >= a, xp.exp(xp.minimum(phi, 700.0)),
-                     _LOG_FLOOR * (1.0 + phi - a))
-    return xp.where(mask, diag, phi)
-
-
-def _to_log_scale(theta, mask, xp=jnp):
-    a = np.log(_LOG_FLOOR)
-    above = xp.log(xp.maximum(theta, _LOG_FLOOR))
-    below = a + theta / _LOG_FLOOR - 1.0
-    return xp.where(mask, xp.where(theta >= _LOG_FLOOR, above, below), theta)
-
-
-def _log_scale_slope(phi, mask, xp=jnp):
-    """dθ/dφ."""
-    a = np.log(_LOG_FLOOR)
-    diag = xp.where(phi >= a, xp.exp(xp.minimum(phi, 700.0)), _LOG_FLOOR)
-    return xp.where(mask, diag, 1.0)
-
-
 def _log_scale_criterion(phi, model, mask):
     return _fit_criterion(_from_log_scale(phi, mask), model)[0]
 
@@ -359,86 +322,9 @@ def _log_scale_with_solution(phi, _carry, model, mask):
     return _fit_criterion(_from_log_scale(phi, mask), model)
 
 
-def inverse_hessian_guess(structure: ReStructure) -> np.ndarray:
-    """diag(1 / (2·m_t)) for the θ entries of a term with m_t levels.
-
-    Near the optimum the criterion's Hessian in θ is close to diagonal with entries of
-    the order of 2·m_t/θ², i.e. 2·m_t in log θ (the coordinates :func:`fit_theta`
-    uses; log|Λ'Z'ZΛ + I| grows like 2·m_t·log θ; InstEval: 5.7e4, 1.7e4, 6.8e3 against
-    7.8e4, 1.2e4, 6.4e3), so at θ = 1 this is a far better first metric than
-    the identity, whose first step BFGS must rescale: on InstEval 14 iterations instead
-    of 26.
-    """
-    scale = np.concatenate([
-        np.full(cov.n_params, 1.0 / (2.0 * max(m, 1)))
-        for cov, m in zip(structure.structures, structure.n_levels)
-    ])
-    return np.diag(scale)
-
-
 def solve_pls(theta, model: LinearMixedModel) -> PLSSolution:
     """Back-substitution for [u; β] at θ: L'·[u; β; −1] = [0; −r] (see module doc)."""
     return _plain_solution(theta, model)
-
-
-def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
-    """b_t = Λ_t·u_t per term, each as an (m_t, S_t) array (relative to σ)."""
-    factors = theta_to_factors(theta, structure.structures)
-    effects = [u_first @ factors[0].T]
-    for t in range(1, structure.n_terms):
-        start = structure.offsets[t]
-        m, size = structure.n_levels[t], structure.sizes[t]
-        u = u_rest[start : start + m * size].reshape(m, size)
-        effects.append(u @ factors[t].T)
-    return effects
-
-
-def start_theta(structure: ReStructure) -> np.ndarray:
-    return initial_theta(structure.structures)
-
-
-# Moment starts are kept within these bounds for diagonal entries of θ: θ = 0 is a
-# stationary point of the criterion (it depends on Λ through ΛΛ'), so no start sits on it.
-_MOMENT_FLOOR, _MOMENT_CAP = 0.05, 100.0
-
-
-def moment_theta(terms, X, y, weights) -> np.ndarray:
-    """A start for θ from moments of the least-squares residuals e (numpy, no tracing).
-
-    For each column k of a term's model matrix, with g_l = Σ z_k·e and a_l = Σ z_k² over
-    the observations of level l, E Σ_l g_l² ≈ τ_k²·Σ_l a_l² + s²·Σ_l a_l, where s² is
-    the residual variance (random effects included) and the overlap of τ_k² with s² is
-    removed with the average z_k²; then θ_kk = τ_k / σ_e, with σ_e² the part of s² no
-    term explains, and zero correlations. Crude (crossed and nested terms leak into each
-    other's sums), but it puts BFGS's first point near the optimum. REML evaluations
-    from it (with :func:`fit_theta`'s stopping rules), against lme4's start at identity
-    factors before: InstEval 7 (9), sleepstudy 12 (12), penicillin 10 (15), pastes 10
-    (12), dyestuff2 5 (10).
-    """
-    X = np.asarray(X, dtype=float)
-    root_w = np.sqrt(np.asarray(weights, dtype=float))
-    beta, *_ = np.linalg.lstsq(X * root_w[:, None], y * root_w, rcond=None)
-    e = (y - X @ beta) * root_w
-    n, p = X.shape
-    s2 = float(e @ e) / max(n - p, 1)
-    variances = []
-    for term in terms:
-        z = np.asarray(term.z, dtype=float) * root_w[:, None]
-        tau2 = np.zeros(z.shape[1])
-        for k in range(z.shape[1]):
-            g = np.bincount(term.refs, weights=z[:, k] * e, minlength=term.n_levels)
-            a = np.bincount(term.refs, weights=z[:, k] ** 2, minlength=term.n_levels)
-            denominator = np.sum(a**2) - np.sum(a) * np.mean(z[:, k] ** 2)
-            if denominator > 0:
-                tau2[k] = max((np.sum(g**2) - s2 * np.sum(a)) / denominator, 0.0)
-        variances.append(tau2)
-    explained = sum(float(np.mean(np.asarray(t.z, dtype=float) ** 2 @ v))
-                    for t, v in zip(terms, variances))
-    sigma2 = max(s2 - explained, 0.05 * s2)
-    structures = term_structures(terms)
-    theta = start_from_sds(structures, [np.clip(np.sqrt(tau2 / sigma2), _MOMENT_FLOOR, _MOMENT_CAP)
-                                        for tau2 in variances])
-    return theta if np.all(np.isfinite(theta)) else initial_theta(structures)
 
 
 @program
@@ -495,15 +381,12 @@ def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, engine: st
     On the "jax" engine the boundary point (near-zero diagonals of θ set to zero) is
     evaluated by a second program, compiled only for fits that end near the boundary.
     """
+    if choose_lmm(engine) == "host":
+        from ..seam import fit_lmm
+
+        return fit_lmm(structure, weights, X, y, reml, theta0, "host", max_iter)
     if theta0 is None:
         theta0 = start_theta(structure)
-    if choose_lmm(engine) == "host":
-        from ..blas import single_threaded_blas
-        from ..host import lmm as _host_lmm
-
-        with single_threaded_blas():
-            return _host_lmm.fit(_host_lmm.host_model(structure, weights, X, y, reml), theta0,
-                                 max_iter=max_iter)
     model = host_lmm_model(structure, weights, X, y, reml)
     solution, theta, pls, effects, trial, try_it = _fit_program(
         model, jnp.asarray(theta0, jnp.float64), int(max_iter))

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import enum
 import inspect
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    import jax.numpy as jnp
 
 
 class Status(enum.IntEnum):
@@ -173,6 +174,9 @@ def minimize(
     whose reverse pass is large to compile (the GLMM's nAGQ=0 stage, one or two θ):
     no transposed program, no stored residuals.
     """
+    import jax
+    import jax.numpy as jnp
+
     def value_and_grad(x, c, *a):
         """((f, ∇f), new carry) at x."""
         if forward:
@@ -248,6 +252,9 @@ _MINIMIZE_DEFAULTS = {
 
 
 def _select_traced(accept, new, old):
+    import jax
+    import jax.numpy as jnp
+
     return jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
 
 

@@ -26,15 +26,15 @@ from ..._model.cov_structures import as_structures
 from ..._model.covariance import diagonal_mask, split_theta
 from ..._model.structure import ReStructure, plain_structure
 from ..blas import single_threaded_blas
-from ..compiled.cholesky import CrossProducts
-from ..compiled.lmm import (
+from ..compiled.optimize import minimize_host
+from ..lmm_shared import (
+    CrossProducts,
     PLSSolution,
     _from_log_scale,
     _log_scale_slope,
     _to_log_scale,
     inverse_hessian_guess,
 )
-from ..compiled.optimize import minimize_host
 from ..seam import BOUNDARY_TRY
 from .products import host_cross_products, segment_sum
 

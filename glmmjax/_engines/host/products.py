@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..._model.structure import PlainStructure, ReStructure, plain_structure
-from ..compiled.cholesky import CrossProducts
+from ..lmm_shared import CrossProducts
 
 
 def segment_sum(values, ids, n_segments):
