@@ -125,6 +125,8 @@ def _gaussian_closed_form(family, parts, weights) -> bool:
     """Whether the host engine fits this model by the exact Gaussian marginal likelihood
     (:mod:`glmmjax._engines.host.parts_gaussian`: an observation-level random effect
     folded into the residual variance) rather than the Laplace route."""
+    if family.name != "gaussian":  # (the module is not imported for other families)
+        return False
     from ._engines.host.parts_gaussian import applies
 
     return applies(family, parts, weights, reml=False)
@@ -138,7 +140,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
     ``lmer``'s route when ``ziformula=`` or ``dispformula=`` is given); ``reml`` (a
     Gaussian model without ziformula: ``lmer(..., reml=True)``) integrates β out as
     glmmTMB's ``REML = TRUE`` (:mod:`glmmjax._engines.host.parts_reml`, numpy on either engine)."""
-    from ._lmer import check_max_iter
+    from ._model.checks import check_max_iter
     from ._results.parts import GLMMPartsResult
 
     max_iter = check_max_iter(max_iter)

@@ -472,9 +472,9 @@ def hessian_of(gradient, x, grad_x, noisy: bool = False) -> np.ndarray:
     steps of 1e-4 (2p gradients). ``noisy`` (a gradient known to carry rounding of
     ~1e-4, :meth:`HostParts.gradient_rounding`): central differences with steps of
     NOISY_STEP, whose truncation error (~1e-4 relative) is then below the noise's."""
-    from .lmm import central_differences
-
     if noisy:
+        from .lmm import central_differences  # (imported only where needed: a first fit's time)
+
         hessian = central_differences(gradient, x, relative_step=NOISY_STEP)
         return 0.5 * (hessian + hessian.T)
     columns = []
@@ -488,6 +488,8 @@ def hessian_of(gradient, x, grad_x, noisy: bool = False) -> np.ndarray:
     with np.errstate(all="ignore"):
         asymmetric = np.abs(hessian - hessian.T) > ASYMMETRY_TOL * scale
     if np.any(asymmetric) or not np.all(np.isfinite(hessian)):
+        from .lmm import central_differences
+
         hessian = central_differences(gradient, x)
     return 0.5 * (hessian + hessian.T)
 
