@@ -11,7 +11,8 @@ session loads glmmTMB, makes one warm-up fit, and times glmmTMB's first fit of e
 model; ``--r-sessions`` such sessions (default 2: one before the glmmjax processes and
 one after, since the load of this shared machine drifts between them), and per model
 the fastest glmmTMB time (the ratios are then conservative). Ratios: glmmTMB time / glmmjax time (above 1: glmmjax faster), for the first
-fit, for import + first fit, and for the second fit.
+fit, for import + first fit, and for the second fit; "evals": the criterion evaluations of
+a fit (the optimizer's and the Hessian's).
 
 Run from the repository root (R with glmmTMB must be installed):
 
@@ -75,7 +76,8 @@ def _worker(name: str) -> None:
                                 dispformula=disp)
             times.append(time.perf_counter() - start)
     print(json.dumps({"import": t_import, "first_fit": times[0], "second_fit": times[1],
-                      "deviance": fit.deviance, "converged": fit.converged}))
+                      "deviance": fit.deviance, "converged": fit.converged,
+                      "evaluations": fit.convergence.n_evaluations}))
 
 
 def _python(name: str) -> dict:
@@ -124,8 +126,8 @@ def main() -> None:
     print(describe())
     tmb_runs = [_glmmtmb(args.models)]
     print(f"{'model':28s} {'import':>7s} {'1st fit':>8s} {'2nd fit':>8s} {'glmmTMB':>8s} "
-          f"{'ratio 1st':>9s} {'ratio imp+1st':>13s} {'ratio 2nd':>9s}  "
-          "Δdeviance (ours − glmmTMB)")
+          f"{'ratio 1st':>9s} {'ratio imp+1st':>13s} {'ratio 2nd':>9s} "
+          "evals  Δdeviance (ours − glmmTMB)")
     ours = {}
     for name in args.models:
         runs = [_python(name) for _ in range(args.repeats)]
@@ -139,7 +141,8 @@ def main() -> None:
         print(f"{name:28s} {run['import']:6.2f}s {run['first_fit']:7.2f}s "
               f"{run['second_fit']:7.2f}s {seconds:7.2f}s {seconds / run['first_fit']:8.2f}x "
               f"{seconds / (run['import'] + run['first_fit']):12.2f}x "
-              f"{seconds / run['second_fit']:8.2f}x  {runs[0]['deviance'] - deviance:+.2e}")
+              f"{seconds / run['second_fit']:8.2f}x {runs[0]['evaluations']:5d}  "
+              f"{runs[0]['deviance'] - deviance:+.2e}")
     print(f"(glmmjax: medians of {args.repeats} fresh processes; glmmTMB: the fastest of "
           f"{len(tmb_runs)} R sessions, " + ", ".join(
               f"{name} " + "/".join(f"{tmb[name][0]:.2f}" for tmb in tmb_runs)

@@ -262,7 +262,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
 
     Warns with :class:`~glmmjax.SeparationWarning` or
     :class:`~glmmjax.ConvergenceWarning` when the estimates are not a finite minimum."""
-    from ._lmer import check_max_iter
+    from ._model.checks import check_max_iter
 
     max_iter = check_max_iter(max_iter)
     n_agq = _validate_agq(n_agq, design)

@@ -18,7 +18,7 @@ from ._engines.lmm_shared import (
 )
 from ._engines.seam import choose_lmm, fit_lmm, opt_summary
 from ._lazyjax import jnp
-from ._model.checks import check_lmm_design
+from ._model.checks import check_lmm_design, check_max_iter
 from ._model.covariance import canonical_theta, diagonal_mask, theta_to_factors
 from ._model.design import DataError, Design, build_design
 from ._model.rescale import column_scales, scaled_design, unscale_lmm_result
@@ -241,13 +241,6 @@ def lmer(
     result = fit_lmm_design(design, reml, engine=engine, max_iter=max_iter)
     warn_if_singular(result)
     return result
-
-
-def check_max_iter(max_iter) -> int:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        from ._display import show
-        raise ValueError(f"max_iter must be a positive integer, got {show(max_iter)}")
-    return int(max_iter)
 
 
 def check_lmm_response(design: Design) -> None:

@@ -121,6 +121,17 @@ def prepare_hurdle_response(family, parts, design):
     return (y if zeros is None else np.where(zeros, 0.0, y)), w, level
 
 
+def _gaussian_closed_form(family, parts, weights) -> bool:
+    """Whether the host engine fits this model by the exact Gaussian marginal likelihood
+    (:mod:`glmmjax._engines.host.parts_gaussian`: an observation-level random effect
+    folded into the residual variance) rather than the Laplace route."""
+    if family.name != "gaussian":  # (the module is not imported for other families)
+        return False
+    from ._engines.host.parts_gaussian import applies
+
+    return applies(family, parts, weights, reml=False)
+
+
 @with_x64
 def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=None,
               offset=None, engine=None, max_iter: int = 500, method_name: str = "Laplace",
@@ -129,7 +140,7 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
     ``lmer``'s route when ``ziformula=`` or ``dispformula=`` is given); ``reml`` (a
     Gaussian model without ziformula: ``lmer(..., reml=True)``) integrates β out as
     glmmTMB's ``REML = TRUE`` (:mod:`glmmjax._engines.host.parts_reml`, numpy on either engine)."""
-    from ._lmer import check_max_iter
+    from ._model.checks import check_max_iter
     from ._results.parts import GLMMPartsResult
 
     max_iter = check_max_iter(max_iter)
@@ -149,10 +160,16 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
             f"{design.nobs} rows x {data_.q} random effects = {cells:,} entries exceeds "
             f"{DENSE_LIMIT:,}; fewer levels (or a sparse engine, not written yet) needed")
     params0 = start_values(data_)
-    if reml:
+    if reml:  # (before the closed form, which is maximum likelihood only)
         from ._engines.host.parts_reml import fit_reml
 
         out = fit_reml(params0, data_, design.terms, max_iter=max_iter)
+        criterion_fn = out.pop("criterion")
+    elif engine == "host" and _gaussian_closed_form(family, parts, w):
+        from ._engines.host import parts_gaussian
+
+        obs = parts_gaussian.observation_level(design.terms, len(y))
+        out = parts_gaussian.fit(params0, data_, obs, max_iter=max_iter)
         criterion_fn = out.pop("criterion")
     elif engine == "host":
         from ._engines.host.parts import fit as fit_host

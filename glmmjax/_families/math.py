@@ -215,6 +215,8 @@ def log_mean_derivatives(link, xp, eta):
     """(m, m₁, m₂, m₃) for m = log μ, for the links of positive families."""
     name = type(link).__name__
     if name == "Log":
+        if xp is np:  # scalars: _chain and _chain_psi then skip the unit chain's passes
+            return eta, 1.0, 0.0, 0.0
         zero = 0.0 * eta
         return eta, 1.0 + zero, zero, zero
     if name in _POWER_OF_LOG:  # μ = η^c: m = c·log η
@@ -307,15 +309,25 @@ def link_function(link, xp, mu):
 # -- families ------------------------------------------------------------------------------
 
 
+def _unit_chain(x1, x2) -> bool:
+    """Whether x(η) = η (the log link's log μ in numpy: scalars 1 and 0)."""
+    return isinstance(x1, float) and isinstance(x2, float) and x1 == 1.0 and x2 == 0.0
+
+
 def _chain(f1, f2, f3, x1, x2, x3, third: bool):
     """ℓ', W = −ℓ'', W' = −ℓ''' for ℓ = f(x(η))."""
+    if _unit_chain(x1, x2) and (not third or x3 == 0.0):
+        return f1, -f2, (-f3 if third else None)
+    x1_sq = x1 * x1
     d1 = f1 * x1
-    w = -(f2 * x1 * x1 + f1 * x2)
-    w1 = -(f3 * x1**3 + 3.0 * f2 * x1 * x2 + f1 * x3) if third else None
+    w = -(f2 * x1_sq + f1 * x2)
+    w1 = -(f3 * x1_sq * x1 + 3.0 * f2 * x1 * x2 + f1 * x3) if third else None
     return d1, w, w1
 
 
 def _chain_psi(f_psi, f1_psi, f2_psi, x1, x2):
+    if _unit_chain(x1, x2):
+        return f_psi, f1_psi, -f2_psi
     return f_psi, f1_psi * x1, -(f2_psi * x1 * x1 + f1_psi * x2)
 
 
@@ -349,19 +361,18 @@ def _negative_binomial(link, xp, y, eta, weights, dispersion, third, psi):
     log_theta = xp.log(theta)
     ratio = m - log_theta
     big = theta > 1e4  # betaln is accurate only to ~1e-7 for small θ, where gammaln is exact
-    small_t = xp.where(big, 1.0, theta)
-    big_t = xp.where(big, theta, 1e4)
+    yt = y + theta
     if xp is np and not np.any(big):  # numpy evaluates both branches of a where
-        log_coef = sp.gammaln(y + small_t) - sp.gammaln(small_t) - sp.gammaln(y + 1.0)
+        log_coef = sp.gammaln(yt) - sp.gammaln(theta) - sp.gammaln(y + 1.0)
     else:
+        small_t = xp.where(big, 1.0, theta)
+        big_t = xp.where(big, theta, 1e4)
         log_coef = xp.where(big, -sp.betaln(y + 1.0, big_t) - xp.log(y + big_t),
                             sp.gammaln(y + small_t) - sp.gammaln(small_t)
                             - sp.gammaln(y + 1.0))
-    log_1mp = -_softplus(xp, ratio)  # log(θ/(θ + μ))
-    value = weights * (log_coef + theta * log_1mp
-                       - count_times_log(y, _softplus(xp, -ratio), xp))
-    _, _, p, one_mp = _sigmoids(xp, ratio)
-    yt = y + theta
+    # log p, log(1 − p) = log(θ/(θ + μ)), p and 1 − p from one exp and one log1p.
+    log_p, log_1mp, p, one_mp = _sigmoids(xp, ratio)
+    value = weights * (log_coef + theta * log_1mp + count_times_log(y, log_p, xp))
     f1 = weights * (y - yt * p)
     pq = p * one_mp
     f2 = -weights * yt * pq

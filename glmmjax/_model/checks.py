@@ -13,6 +13,14 @@ from .._errors import DataError
 if TYPE_CHECKING:
     from .design import Design
 
+def check_max_iter(max_iter) -> int:
+    """``max_iter`` as an int (a light module: a first fit need not import the LMM
+    front door for it)."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {show(max_iter)}")
+    return int(max_iter)
+
+
 # Adaptive quadrature's grid has n_agq^S nodes per level: S is kept small.
 MAX_AGQ_DIM = 3
 

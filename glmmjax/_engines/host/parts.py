@@ -31,6 +31,7 @@ from ..._progress import noted
 from ..blas import single_threaded_blas
 from ..compiled.jit import _CPU_OPTIONS
 from .parts_rows import RowKernel, supported
+from .row_sparse import TermPattern, gram, gram_index, quadratic
 
 MAX_NEWTON = 100
 NEWTON_TOL = 1e-10
@@ -182,9 +183,13 @@ class HostParts:
         self.q_c, self.q = data.cond.q, data.q
         self.kernel = _kernels(data.family, data.zero_inflated)
         self.in_numpy = isinstance(self.kernel, RowKernel)
-        self._unit_matrices: dict = {}
-        self._last_matrix: dict = {}
         self.n = self.y.shape[0]
+        # A's fixed sparsity per part (glmmjax._engines.host.row_sparse), the last A of
+        # each, and the index sums of H's blocks.
+        self._patterns = {id(self.cond): TermPattern(self.cond, self.n),
+                          id(self.zi): TermPattern(self.zi, self.n)}
+        self._last_matrix: dict = {}
+        self._gram_index: dict = {}
 
     def _call(self, eta, zeta, log_phi, third: bool = True):
         """The kernel's (ℓ, G, Hessian rows, third derivatives) as numpy arrays (the
@@ -204,31 +209,18 @@ class HostParts:
 
     # -- Λ, A and their derivatives ----------------------------------------------------
     def _random_matrix(self, theta, terms, derivative: int | None = None):
-        """A = ZΛ(θ) (n, q_part), or ∂A/∂θ_derivative (Λ is linear in θ: the factor of
-        the unit vector, the same at every θ, so kept). The last A of each part is kept
+        """A = ZΛ(θ) (n, q_part) as a :class:`~glmmjax._engines.host.row_sparse.RowSparse`,
+        or ∂A/∂θ_derivative (Λ is linear in θ: kept). The last A of each part is kept
         too: the Newton steps and the gradient of one evaluation share it. numpy only:
         eager JAX operations here would each compile."""
-        if not terms.sizes:
-            return np.zeros((self.n, 0))
+        pattern = self._patterns[id(terms)]
         if derivative is not None:
-            key = (id(terms), derivative)
-            if key not in self._unit_matrices:
-                unit = np.zeros(len(theta))
-                unit[derivative] = 1.0
-                self._unit_matrices[key] = self._build_random_matrix(unit, terms)
-            return self._unit_matrices[key]
+            return pattern.unit(derivative)
         theta = np.array(theta, np.float64)
         last = self._last_matrix.get(id(terms))
         if last is None or not np.array_equal(last[0], theta):
-            last = self._last_matrix[id(terms)] = (theta, self._build_random_matrix(theta, terms))
+            last = self._last_matrix[id(terms)] = (theta, pattern.matrix(theta))
         return last[1]
-
-    def _build_random_matrix(self, theta, terms):
-        blocks = []
-        for J, z, lam in zip(terms.indicators, terms.z, _factors(theta, terms.sizes)):
-            zl = np.asarray(z) @ lam
-            blocks.append((np.asarray(J)[:, :, None] * zl[:, None, :]).reshape(self.n, -1))
-        return np.concatenate(blocks, axis=1)
 
     def split(self, params):
         out, start = [], 0
@@ -241,21 +233,25 @@ class HostParts:
         theta_c, theta_z, beta, beta_zi, beta_disp = self.split(params)
         A_c = self._random_matrix(theta_c, self.cond)
         A_z = self._random_matrix(theta_z, self.zi)
-        eta = self.X @ beta + self.offset + A_c @ v[: self.q_c]
-        zeta = self.X_zi @ beta_zi + self.offset_zi + A_z @ v[self.q_c :]
+        eta = self.X @ beta + self.offset + A_c.dot(v[: self.q_c])
+        zeta = self.X_zi @ beta_zi + self.offset_zi + A_z.dot(v[self.q_c :])
         log_phi = self.X_disp @ beta_disp + self.offset_disp
         return eta, zeta, log_phi, A_c, A_z
 
-    @staticmethod
-    def _hessian(A_c, A_z, w_ee, w_ez, w_zz):
+    def _gram(self, key, a, w, b):
+        if key not in self._gram_index:
+            self._gram_index[key] = gram_index(a, b)
+        return gram(a, w, b, self._gram_index[key])
+
+    def _hessian(self, A_c, A_z, w_ee, w_ez, w_zz):
         q_c = A_c.shape[1]
         q = q_c + A_z.shape[1]
         H = np.empty((q, q))
-        H[:q_c, :q_c] = A_c.T @ (w_ee[:, None] * A_c)
+        H[:q_c, :q_c] = self._gram("cc", A_c, w_ee, A_c)
         if q > q_c:
-            H[:q_c, q_c:] = A_c.T @ (w_ez[:, None] * A_z)
+            H[:q_c, q_c:] = self._gram("cz", A_c, w_ez, A_z)
             H[q_c:, :q_c] = H[:q_c, q_c:].T
-            H[q_c:, q_c:] = A_z.T @ (w_zz[:, None] * A_z)
+            H[q_c:, q_c:] = self._gram("zz", A_z, w_zz, A_z)
         H.flat[:: q + 1] += 1.0
         return H
 
@@ -276,6 +272,7 @@ class HostParts:
         diagonal = np.diagonal(factor[0])
         if (diagonal.max() / diagonal.min()) ** 2 <= MAX_EXTRAPOLATION_CONDITION:
             return factor
+        A_c, A_z = A_c.toarray(), A_z.toarray()
         q_c, q_z = A_c.shape[1], A_z.shape[1]
         if np.any(w_ee < 0):
             return factor
@@ -307,8 +304,8 @@ class HostParts:
         log_phi = self.X_disp @ beta_disp + self.offset_disp
 
         def terms(v):
-            eta = base_eta + A_c @ v[: self.q_c]
-            zeta = base_zeta + A_z @ v[self.q_c :]
+            eta = base_eta + A_c.dot(v[: self.q_c])
+            zeta = base_zeta + A_z.dot(v[self.q_c :])
             return self._newton_terms(eta, zeta, log_phi)
 
         def objective(v, out):
@@ -320,7 +317,7 @@ class HostParts:
         with np.errstate(all="ignore"):
             for _ in range(MAX_NEWTON):
                 ll, g_e, g_z, w_ee, w_ez, w_zz = out
-                grad = v - np.concatenate([A_c.T @ g_e, A_z.T @ g_z])
+                grad = v - np.concatenate([A_c.tdot(g_e), A_z.tdot(g_z)])
                 try:
                     factor = cho_factor(self._hessian(A_c, A_z, w_ee, w_ez, w_zz), lower=True)
                 except np.linalg.LinAlgError:
@@ -373,12 +370,10 @@ class HostParts:
         value = -2.0 * np.sum(ll) + v @ v + logdet
         q_c = self.q_c
         H_inv = cho_solve(factor, np.eye(self.q))
-        # Rows of [A_c | 0]·H⁻¹ and [0 | A_z]·H⁻¹ (aᵢ's columns times H⁻¹).
-        UH = A_c @ H_inv[:q_c]
-        VH = A_z @ H_inv[q_c:]
-        p_ee = np.sum(UH[:, :q_c] * A_c, axis=1)
-        p_ez = np.sum(UH[:, q_c:] * A_z, axis=1)
-        p_zz = np.sum(VH[:, q_c:] * A_z, axis=1)
+        # Pᵢ = aᵢ'H⁻¹aᵢ from the rows' few entries (A row-sparse).
+        p_ee = quadratic(H_inv, A_c, 0, A_c, 0)
+        p_ez = quadratic(H_inv, A_c, 0, A_z, q_c)
+        p_zz = quadratic(H_inv, A_z, q_c, A_z, q_c)
 
         def trace(t_ee, t_ez, t_zz):
             return p_ee * t_ee + 2.0 * p_ez * t_ez + p_zz * t_zz
@@ -386,7 +381,7 @@ class HostParts:
         c_e = trace(t_ee_e, t_ez_e, t_zz_e)
         c_z = trace(t_ee_z, t_ez_z, t_zz_z)
         c_d = trace(t_ee_d, t_ez_d, t_zz_d)
-        r = np.concatenate([A_c.T @ c_e, A_z.T @ c_z])
+        r = np.concatenate([A_c.tdot(c_e), A_z.tdot(c_z)])
         z = cho_solve(factor, r)
 
         # Each parameter ψⱼ moves the predictors by ∂ⱼe|_u (and A, for θ): its gradient
@@ -396,25 +391,27 @@ class HostParts:
         coef_e, coef_z, coef_d = c_e - 2.0 * g_e, c_z - 2.0 * g_z, c_d - 2.0 * g_d
 
         def fixed(M, coef, m_e, m_z):
-            S = np.concatenate([A_c.T @ (m_e[:, None] * M), A_z.T @ (m_z[:, None] * M)])
+            S = np.concatenate([A_c.tdot(m_e[:, None] * M), A_z.tdot(m_z[:, None] * M)])
             return M.T @ coef - S.T @ z, S
 
         theta_c, theta_z, _, _, _ = self.split(params)
         grads, s_columns = [], []
         for k in range(len(theta_c)):
             dA = self._random_matrix(theta_c, self.cond, derivative=k)
-            d_eta = dA @ v[:q_c]
-            s = np.concatenate([A_c.T @ (w_ee * d_eta) - dA.T @ g_e, A_z.T @ (w_ez * d_eta)])
+            d_eta = dA.dot(v[:q_c])
+            s = np.concatenate([A_c.tdot(w_ee * d_eta) - dA.tdot(g_e), A_z.tdot(w_ez * d_eta)])
+            # Σᵢ Wᵢ-weighted rows of aᵢ'H⁻¹ against ∂aᵢ.
             explicit = coef_e @ d_eta + 2.0 * np.sum(
-                w_ee * np.sum(UH[:, :q_c] * dA, axis=1) + w_ez * np.sum(VH[:, :q_c] * dA, axis=1))
+                w_ee * quadratic(H_inv, A_c, 0, dA, 0) + w_ez * quadratic(H_inv, A_z, q_c, dA, 0))
             grads.append(np.array([explicit - z @ s]))
             s_columns.append(s[:, None])
         for k in range(len(theta_z)):
             dA = self._random_matrix(theta_z, self.zi, derivative=k)
-            d_zeta = dA @ v[q_c:]
-            s = np.concatenate([A_c.T @ (w_ez * d_zeta), A_z.T @ (w_zz * d_zeta) - dA.T @ g_z])
+            d_zeta = dA.dot(v[q_c:])
+            s = np.concatenate([A_c.tdot(w_ez * d_zeta), A_z.tdot(w_zz * d_zeta) - dA.tdot(g_z)])
             explicit = coef_z @ d_zeta + 2.0 * np.sum(
-                w_ez * np.sum(UH[:, q_c:] * dA, axis=1) + w_zz * np.sum(VH[:, q_c:] * dA, axis=1))
+                w_ez * quadratic(H_inv, A_c, 0, dA, q_c)
+                + w_zz * quadratic(H_inv, A_z, q_c, dA, q_c))
             grads.append(np.array([explicit - z @ s]))
             s_columns.append(s[:, None])
         for M, coef, m_e, m_z in ((self.X, coef_e, w_ee, w_ez), (self.X_zi, coef_z, w_ez, w_zz),
@@ -472,9 +469,9 @@ def hessian_of(gradient, x, grad_x, noisy: bool = False) -> np.ndarray:
     steps of 1e-4 (2p gradients). ``noisy`` (a gradient known to carry rounding of
     ~1e-4, :meth:`HostParts.gradient_rounding`): central differences with steps of
     NOISY_STEP, whose truncation error (~1e-4 relative) is then below the noise's."""
-    from .lmm import central_differences
-
     if noisy:
+        from .lmm import central_differences  # (imported only where needed: a first fit's time)
+
         hessian = central_differences(gradient, x, relative_step=NOISY_STEP)
         return 0.5 * (hessian + hessian.T)
     columns = []
@@ -488,6 +485,8 @@ def hessian_of(gradient, x, grad_x, noisy: bool = False) -> np.ndarray:
     with np.errstate(all="ignore"):
         asymmetric = np.abs(hessian - hessian.T) > ASYMMETRY_TOL * scale
     if np.any(asymmetric) or not np.all(np.isfinite(hessian)):
+        from .lmm import central_differences
+
         hessian = central_differences(gradient, x)
     return 0.5 * (hessian + hessian.T)
 
