@@ -348,6 +348,56 @@ class Layout:
         H = out.T.reshape(k, self.B, self.s, self.s) + np.eye(self.s)
         return H
 
+    def assemble(self, weights):
+        """Σᵢ over rows of per-row, per-slot-pair weights (one (m, n) array per pair of
+        :attr:`pairs`) into H's structure without its identity: (m, B, s, s), or with a
+        diagonal leading block the pieces (D's diagonal, C, E) as :meth:`hessian`."""
+        m = weights[0].shape[0]
+        if self.n_diag:
+            m1, q2 = self.n_diag, self.q2
+            parts = [None, None, None]
+            for w_ij, (target, M) in zip(weights, self.schur_maps):
+                prod = M @ w_ij.T
+                parts[target] = prod if parts[target] is None else parts[target] + prod
+            d = parts[0].T
+            C = np.zeros((m, m1, q2)) if parts[1] is None else parts[1].T.reshape(m, m1, q2)
+            E = np.zeros((m, q2, q2)) if parts[2] is None else parts[2].T.reshape(m, q2, q2)
+            return d, C, E
+        out = None
+        for w_ij, M in zip(weights, self.H_maps):
+            out = M @ w_ij.T if out is None else out + M @ w_ij.T
+        return out.T.reshape(m, self.B, self.s, self.s)
+
+    def trace_products(self, inverse, dH, P: int):
+        """tr(H⁻¹Ḣ_a H⁻¹Ḣ_b) per model for the P matrices Ḣ_a of :meth:`assemble`
+        (stacked parameter-first, P·k models): (k, P, P). With a diagonal leading block
+        H⁻¹ = D̃ + US⁻¹U' (D̃ = diag(D⁻¹, 0), U = [−D⁻¹C; I]), so with T_a = C_a − D_aD⁻¹C
+        and K_a = U'Ḣ_aU = E_a − C_a'D⁻¹C − (D⁻¹C)'T_a the trace is
+        Σ D⁻²D_aD_b + 2 tr(S⁻¹T_a'D⁻¹T_b) + tr(S⁻¹K_a S⁻¹K_b)."""
+        if isinstance(inverse, _Schur):
+            d, C, E = dH
+            k = inverse.d_inv.shape[0]
+            m1, q2 = self.n_diag, self.q2
+            d = d.reshape(P, k, m1)
+            C = C.reshape(P, k, m1, q2)
+            E = E.reshape(P, k, q2, q2)
+            Y, d_inv, S_inv = inverse.DC, inverse.d_inv, inverse.S_inv
+            T = C - d[..., None] * Y
+            K = E - np.matmul(np.swapaxes(C, -1, -2), Y) - np.matmul(np.swapaxes(Y, -1, -2), T)
+            N = np.matmul(S_inv, K)  # (P, k, q2, q2)
+            R = np.matmul(T, S_inv) * d_inv[..., None]  # D⁻¹T_aS⁻¹
+            dd = d * d_inv
+            out = (np.einsum("akm,bkm->kab", dd, dd)
+                   + 2.0 * np.einsum("akij,bkij->kab", R, T)
+                   + np.einsum("akij,bkji->kab", N, N))
+            return out
+        k = inverse.shape[0]
+        N = np.matmul(inverse, dH.reshape((P, k) + dH.shape[1:]))  # (P, k, B, s, s)
+        if self.s == 1:
+            N = N[..., 0, 0]
+            return np.einsum("akb,lkb->kal", N, N)
+        return np.einsum("akbij,lkbji->kal", N, N)
+
     def inverse_rows(self, inverse):
         """H⁻¹'s entries between each row's coefficients: (J, J, k, n)."""
         if isinstance(inverse, _Schur):
@@ -482,13 +532,14 @@ class RowModel:
                     out = dict(ll=s * eta - w * softplus, g_e=s - w * prob, W=W)
                 if third:
                     out["W_e"] = W * (1.0 - 2.0 * prob)
+                    out["W_ee"] = W * (1.0 - 6.0 * prob * (1.0 - prob))  # ∂²W/∂η²
                 return out
             if self.fast == "poisson":
                 mu = np.exp(eta)
                 W = w * mu
                 out = dict(ll=w * y * eta - W, g_e=w * y - W, W=W)
                 if third:
-                    out["W_e"] = W
+                    out["W_e"] = out["W_ee"] = W
                 return out
             theta = np.exp(self.power * delta) if self.has_dispersion else None
             if self.fast == "nb" and np.all(theta <= 1e4):
@@ -620,6 +671,14 @@ class LockstepModels:
         rows.prepare(*self.Y.shape)
         rows.unit_weights(self.Wt)
 
+    @property
+    def exact_hessian(self) -> bool:
+        """Whether :meth:`evaluate` gives F's exact Hessian (the binomial's logit and
+        the Poisson's log closed forms, no dispersion, zero-inflation or quadrature);
+        elsewhere the fit takes differences of the exact gradient."""
+        return (self.rows.fast in ("binomial", "poisson") and not self.rows.has_dispersion
+                and self.n_agq == 1)
+
     # -- pieces ----------------------------------------------------------------------------
     def _data(self, idx):
         """Y and the prior weights of the models ``idx`` (views where ``idx`` is a run of
@@ -715,8 +774,9 @@ class LockstepModels:
         return u, converged
 
     def evaluate(self, idx, psi, u0, gradient: bool = True, sensitivity: bool = False,
-                 trusted: bool = False):
-        """F, ∇F, û (and dû/dψ, (k, B·s, P)) of the models ``idx`` at ``psi`` (k, P),
+                 trusted: bool = False, hessian: bool = False):
+        """F, ∇F, û (and dû/dψ, (k, B·s, P); with ``hessian`` F's exact Hessian "hess",
+        (k, P, P), where :attr:`exact_hessian`) of the models ``idx`` at ``psi`` (k, P),
         the inner Newton started from ``u0`` (k, B·s). F is NaN where H is not
         positive definite at the mode or the mode was not found.
 
@@ -726,22 +786,23 @@ class LockstepModels:
         a, base, zeta, delta = self._predictors(psi)
         if not trusted:
             u, inner_ok = self.mode(idx, a, base, zeta, delta, u0)
-            return self._at(idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity)
+            return self._at(idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity,
+                            hessian=hessian)
         out = self._at(idx, a, base, zeta, delta, u0, np.ones(len(idx), bool), gradient,
-                       sensitivity, check=True)
+                       sensitivity, check=True, hessian=hessian)
         redo = ~(out.pop("decrement") < TRUSTED_TOL)
         if redo.any():
             sub = lambda x: None if x is None else x[redo]  # noqa: E731
             u, inner_ok = self.mode(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta),
                                     u0[redo])
             again = self._at(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta), u,
-                             inner_ok, gradient, sensitivity)
+                             inner_ok, gradient, sensitivity, hessian=hessian)
             for key, value in again.items():
                 out[key][redo] = value
         return out
 
     def _at(self, idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity,
-            check=False):
+            check=False, hessian=False):
         """:meth:`evaluate` at random effects ``u`` (the mode, or with ``check`` a point
         whose Newton decrement is returned too)."""
         L = self.layout
@@ -790,9 +851,78 @@ class LockstepModels:
             if agq is not None:
                 grad = grad + agq[1]
         out["grad"] = np.where(ok[:, None], grad, np.nan)
-        if sensitivity:
+        if sensitivity or hessian:
             out["S"] = agq[2] if agq is not None else self._sensitivity(a, ug, r, inv)
+        if hessian:
+            with np.errstate(all="ignore"):
+                hess = self._hessian(a, ug, r, inv, Hr, PH, p_ee, zg, az, rho_e, out["S"])
+            out["hess"] = np.where(ok[:, None, None], hess, np.nan)
         return out
+
+    def _hessian(self, a, ug, r, inv, Hr, PH, p_ee, zg, az, rho_e, S):
+        """F's exact Hessian (k, P, P) at the mode, for θ and β (no zero-inflation,
+        dispersion or quadrature: :attr:`exact_hessian`).
+
+        With Φ(ψ, u) = g + log|H|, g = −2Σℓ + |u|², F(ψ) = Φ(ψ, û(ψ)) and
+        d²F/dψ_adψ_b = D²Φ[δ_a, δ_b] + c'd²û/dψ_adψ_b along δ_a = (e_a, S_a) (S = dû/dψ;
+        η is bilinear in (θ, u) and A = ZΛ linear in θ), c = ∂log|H|/∂u = Σ W'ᵢpᵢᵢaᵢ,
+        and c'd²û = −½v'T_ab with v = H⁻¹c and T_ab the second derivative of ∂g/∂u
+        along the δ's (the stationarity ∂g/∂u = 0 differentiated twice). Per row, with
+        e_a = dη/dψ_a (∂η/∂ψ_a + aᵢ'S_a), α_a = ∂aᵢ/∂θ_a (z_{i,t,r} at the slot of
+        (t, c)), η''_ab = α_a'S_b + α_b'S_a, pᵢᵢ = aᵢ'H⁻¹aᵢ and Ḣ_a = Σᵢ W'ᵢe_a aᵢaᵢ' +
+        Wᵢ(α_aaᵢ' + aᵢα_a'):
+
+            Σᵢ [(2W + W''p − W'a'v) e_a e_b + ρ η''_ab + e_a γ_b + e_b γ_a
+                + 2W α_a'H⁻¹α_b] + 2S_a'S_b − tr(H⁻¹Ḣ_aH⁻¹Ḣ_b),
+
+        ρ = −2ℓ' + W'p − W a'v (the gradient's β weight), γ_a = 2W'α_a'H⁻¹aᵢ − Wα_a'v."""
+        L = self.layout
+        W, W_e, W_ee = r["W"], r["W_e"], r["W_ee"]
+        J, k, n = a.shape
+        P = self.P
+        Sg = np.moveaxis(S[:, L.flat_all, :].reshape(k, J, n, P), (1, 3), (0, 1))  # (J, P, k, n)
+        e = _rowdot_slots(a[:, None], Sg)  # (P, k, n): aᵢ'S_a
+        thetas = []  # (slot, z) of each θ
+        for p0, (t, r_, c) in enumerate(L.theta_index):
+            col = L.offsets[t] + c
+            z = L.z[t][:, r_]
+            thetas.append((col, z))
+            e[p0] += z * ug[col]
+        n_theta = L.n_theta
+        e[n_theta:] += self.X.T[:, None, :]
+        c1 = 2.0 * W + W_ee * p_ee - W_e * az
+        ce = c1 * e
+        out = np.einsum("akn,bkn->kab", ce, e)
+        out += 2.0 * np.einsum("kwa,kwb->kab", S, S)
+        # θ's terms: η''_ab = α_a'S_b + α_b'S_a, γ_a, α_a'H⁻¹α_b.
+        for i, (col, z) in enumerate(thetas):
+            alpha_S = z * Sg[col]  # (P, k, n): α_i'S_b for every b
+            rz = rho_e * alpha_S
+            gamma = z * (2.0 * W_e * PH[col] - W * zg[col])
+            ge = np.einsum("kn,bkn->kb", gamma, e)
+            row = np.einsum("bkn->kb", rz) + ge
+            out[:, i, :] += row
+            out[:, :, i] += row
+            for j in range(i, n_theta):
+                col_j, z_j = thetas[j]
+                h = 2.0 * np.sum(W * z * z_j * Hr[col, col_j], axis=1)
+                out[:, i, j] += h
+                if j != i:
+                    out[:, j, i] += h
+        # −tr(H⁻¹Ḣ_aH⁻¹Ḣ_b): Ḣ_a's per-row weights on each slot pair (i, j),
+        # W'e_a aᵢaⱼ + W(α_a,ᵢaⱼ + aᵢα_a,ⱼ), stacked parameter-first.
+        We_e = W_e * e  # (P, k, n)
+        weights = []
+        for i, j in L.pairs:
+            w_ij = We_e * (a[i] * a[j])
+            for p0, (col, z) in enumerate(thetas):
+                if col == i:
+                    w_ij[p0] += W * z * a[j]
+                if col == j:
+                    w_ij[p0] += W * z * a[i]
+            weights.append(w_ij.reshape(P * k, n))
+        out -= L.trace_products(inv, L.assemble(weights), P)
+        return 0.5 * (out + np.swapaxes(out, 1, 2))
 
     def _agq(self, idx, a, base, u, H, r, inv, ug, gradient, delta=None):
         """Adaptive Gauss–Hermite quadrature for one scalar term, as glmer's nAGQ > 1:
