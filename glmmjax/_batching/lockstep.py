@@ -359,44 +359,51 @@ class Layout:
             for w_ij, (target, M) in zip(weights, self.schur_maps):
                 prod = M @ w_ij.T
                 parts[target] = prod if parts[target] is None else parts[target] + prod
-            d = parts[0].T
-            C = np.zeros((m, m1, q2)) if parts[1] is None else parts[1].T.reshape(m, m1, q2)
-            E = np.zeros((m, q2, q2)) if parts[2] is None else parts[2].T.reshape(m, q2, q2)
+            # (copied model-first: the products that take them run over m1 and q2)
+            d = np.ascontiguousarray(parts[0].T)
+            C = (np.zeros((m, m1, q2)) if parts[1] is None
+                 else np.ascontiguousarray(parts[1].T).reshape(m, m1, q2))
+            E = (np.zeros((m, q2, q2)) if parts[2] is None
+                 else np.ascontiguousarray(parts[2].T).reshape(m, q2, q2))
             return d, C, E
         out = None
         for w_ij, M in zip(weights, self.H_maps):
             out = M @ w_ij.T if out is None else out + M @ w_ij.T
-        return out.T.reshape(m, self.B, self.s, self.s)
+        return np.ascontiguousarray(out.T).reshape(m, self.B, self.s, self.s)
 
     def trace_products(self, inverse, dH, P: int):
         """tr(H⁻¹Ḣ_a H⁻¹Ḣ_b) per model for the P matrices Ḣ_a of :meth:`assemble`
-        (stacked parameter-first, P·k models): (k, P, P). With a diagonal leading block
+        (stacked model-first, k·P): (k, P, P). With a diagonal leading block
         H⁻¹ = D̃ + US⁻¹U' (D̃ = diag(D⁻¹, 0), U = [−D⁻¹C; I]), so with T_a = C_a − D_aD⁻¹C
         and K_a = U'Ḣ_aU = E_a − C_a'D⁻¹C − (D⁻¹C)'T_a the trace is
-        Σ D⁻²D_aD_b + 2 tr(S⁻¹T_a'D⁻¹T_b) + tr(S⁻¹K_a S⁻¹K_b)."""
+        Σ D⁻²D_aD_b + 2 tr(S⁻¹T_a'D⁻¹T_b) + tr(S⁻¹K_a S⁻¹K_b) (products batched over
+        the models, each over all P at once)."""
         if isinstance(inverse, _Schur):
             d, C, E = dH
             k = inverse.d_inv.shape[0]
             m1, q2 = self.n_diag, self.q2
-            d = d.reshape(P, k, m1)
-            C = C.reshape(P, k, m1, q2)
-            E = E.reshape(P, k, q2, q2)
-            Y, d_inv, S_inv = inverse.DC, inverse.d_inv, inverse.S_inv
-            T = C - d[..., None] * Y
-            K = E - np.matmul(np.swapaxes(C, -1, -2), Y) - np.matmul(np.swapaxes(Y, -1, -2), T)
-            N = np.matmul(S_inv, K)  # (P, k, q2, q2)
-            R = np.matmul(T, S_inv) * d_inv[..., None]  # D⁻¹T_aS⁻¹
-            dd = d * d_inv
-            out = (np.einsum("akm,bkm->kab", dd, dd)
-                   + 2.0 * np.einsum("akij,bkij->kab", R, T)
-                   + np.einsum("akij,bkji->kab", N, N))
+            Y, S_inv = np.ascontiguousarray(inverse.DC), np.ascontiguousarray(inverse.S_inv)
+            d_inv, C0 = inverse.d_inv, np.ascontiguousarray(inverse.C)
+            dd = d.reshape(k, P, m1) * d_inv[:, None, :]
+            C = C.reshape(k, P, m1, q2)
+            T = C - dd[..., None] * C0[:, None]  # C_a − D_aD⁻¹C
+            Yt = np.ascontiguousarray(np.swapaxes(Y, 1, 2))[:, None]  # (k, 1, q2, m1)
+            YC = np.matmul(Yt, C)  # Y'C_a, (k, P, q2, q2)
+            K = E.reshape(k, P, q2, q2) - np.matmul(Yt, T)
+            K -= np.swapaxes(YC, 2, 3)
+            S_b = S_inv[:, None]
+            N = np.matmul(S_b, K).reshape(k, P, -1)  # S⁻¹K_a
+            Nt = np.matmul(K, S_b).reshape(k, P, -1)  # K_aS⁻¹ = (S⁻¹K_a)'
+            R = np.matmul(T.reshape(k, P * m1, q2), S_inv).reshape(k, P, m1 * q2)
+            R *= np.repeat(d_inv, q2, axis=1)[:, None, :]  # D⁻¹T_aS⁻¹
+            out = np.matmul(dd, np.swapaxes(dd, 1, 2))
+            out += 2.0 * np.matmul(R, np.swapaxes(T.reshape(k, P, -1), 1, 2))
+            out += np.matmul(N, np.swapaxes(Nt, 1, 2))
             return out
         k = inverse.shape[0]
-        N = np.matmul(inverse, dH.reshape((P, k) + dH.shape[1:]))  # (P, k, B, s, s)
-        if self.s == 1:
-            N = N[..., 0, 0]
-            return np.einsum("akb,lkb->kal", N, N)
-        return np.einsum("akbij,lkbji->kal", N, N)
+        N = np.matmul(inverse[:, None], dH.reshape((k, P) + dH.shape[1:]))  # (k, P, B, s, s)
+        Nt = np.swapaxes(N, 3, 4).reshape(k, P, -1)
+        return np.matmul(N.reshape(k, P, -1), np.swapaxes(Nt, 1, 2))
 
     def inverse_rows(self, inverse):
         """H⁻¹'s entries between each row's coefficients: (J, J, k, n)."""
@@ -911,16 +918,17 @@ class LockstepModels:
                     out[:, j, i] += h
         # −tr(H⁻¹Ḣ_aH⁻¹Ḣ_b): Ḣ_a's per-row weights on each slot pair (i, j),
         # W'e_a aᵢaⱼ + W(α_a,ᵢaⱼ + aᵢα_a,ⱼ), stacked parameter-first.
-        We_e = W_e * e  # (P, k, n)
+        We_e = np.empty((k, P, n))  # model-first, as trace_products takes them
+        np.multiply(W_e, e, out=np.moveaxis(We_e, 1, 0))
         weights = []
         for i, j in L.pairs:
-            w_ij = We_e * (a[i] * a[j])
+            w_ij = We_e * (a[i] * a[j])[:, None, :]
             for p0, (col, z) in enumerate(thetas):
                 if col == i:
-                    w_ij[p0] += W * z * a[j]
+                    w_ij[:, p0] += W * z * a[j]
                 if col == j:
-                    w_ij[p0] += W * z * a[i]
-            weights.append(w_ij.reshape(P * k, n))
+                    w_ij[:, p0] += W * z * a[i]
+            weights.append(w_ij.reshape(k * P, n))
         out -= L.trace_products(inv, L.assemble(weights), P)
         return 0.5 * (out + np.swapaxes(out, 1, 2))
 
@@ -1047,6 +1055,22 @@ class LockstepModels:
         start = u + _extrapolate(S, psi - base_psi)
         return self.evaluate(idx, psi, start, trusted=trusted)["grad"]
 
+    def _evaluate_mixed(self, idx, psi, start, trusted, **options):
+        """:meth:`evaluate` with ``trusted`` per model (boolean (k,)): the models whose
+        last, tiny step starts from the extrapolated mode skip the inner Newton where
+        that start's decrement says it is the mode (the criterion and its derivatives
+        are still those at ``psi``)."""
+        trusted = np.asarray(trusted, bool)
+        if not trusted.any() or trusted.all():
+            return self.evaluate(idx, psi, start, trusted=bool(trusted.any()), **options)
+        one = self.evaluate(idx[~trusted], psi[~trusted], start[~trusted], **options)
+        two = self.evaluate(idx[trusted], psi[trusted], start[trusted], trusted=True, **options)
+        out = {}
+        for key, value in one.items():
+            out[key] = np.empty((len(idx),) + value.shape[1:], value.dtype)
+            out[key][~trusted], out[key][trusted] = value, two[key]
+        return out
+
     def _fd_hessian(self, idx, psi, u, S, grad, step=None, central=0):
         """Forward differences of the exact gradient, (k, P, P), symmetrized; central
         differences (step ``step``) along the first ``central`` parameters (forward
@@ -1076,14 +1100,15 @@ class LockstepModels:
         idx = np.arange(K) if idx is None else np.asarray(idx)
         psi = np.array(psi0, np.float64)
         u = np.zeros((K, L.width))
-        ev = self.evaluate(idx, psi, u, sensitivity=True)
+        exact = self.exact_hessian
+        ev = self.evaluate(idx, psi, u, sensitivity=True, hessian=exact)
         f, g, u, S = ev["value"], ev["grad"], ev["u"], ev["S"]
         status = np.full(K, -1)
         status[~(np.isfinite(f) & np.all(np.isfinite(g), axis=1))] = Status.NON_FINITE
         iterations = np.zeros(K, int)
-        hess = np.zeros((K, self.P, self.P))
+        hess = ev["hess"].copy() if exact else np.zeros((K, self.P, self.P))
         refresh = np.ones(K, bool)
-        fresh = np.zeros(K, bool)
+        fresh = np.full(K, exact)
         last_decrement = np.full(K, np.inf)
         inner = ev["inner_ok"].copy()
         for _ in range(max_outer):
@@ -1094,7 +1119,7 @@ class LockstepModels:
             # The Hessian by forward differences of the exact gradient (P evaluations),
             # where ``refresh`` says so.
             new = act[refresh[act]]
-            if new.size:
+            if new.size and not exact:
                 hess[new] = self._fd_hessian(idx[new], psi[new], u[new], S[new], g[new])
                 refresh[new] = False
                 fresh[new] = True
@@ -1121,13 +1146,16 @@ class LockstepModels:
                 m = act[pending]
                 trial = psi[m] + t[pending, None] * d[pending]
                 start = u[m] + _extrapolate(S[m], trial - psi[m])
-                e = self.evaluate(idx[m], trial, start, sensitivity=True)
+                e = self._evaluate_mixed(idx[m], trial, start, final[pending] & exact,
+                                         sensitivity=True, hessian=exact)
                 good = (np.isfinite(e["value"]) & np.all(np.isfinite(e["grad"]), axis=1)
                         & (e["value"] <= f[m] + np.where(near[pending], 0.0, 1e-4 * t[pending]
                                                          * slope[pending]) + slack[pending]))
                 acc = m[good]
                 psi[acc], f[acc], g[acc] = trial[good], e["value"][good], e["grad"][good]
                 u[acc], S[acc] = e["u"][good], e["S"][good]
+                if exact:
+                    hess[acc] = e["hess"][good]
                 inner[acc] = e["inner_ok"][good]
                 moved[pending[good]] = True
                 # A near step not taken: the current point is as good (or the Hessian
@@ -1139,11 +1167,11 @@ class LockstepModels:
             # Keep the Hessian (a chord step, BFGS-updated) while Newton's decrement
             # falls fast; a new one after a halved step, a slow decrease or a rejected
             # near step.
-            fresh[act[moved]] = False
+            fresh[act[moved]] = exact
             slow = decrement > CHORD_RATE * last_decrement[act]
             refresh[act[(moved & (t < 1.0)) | slow | (near & ~moved & ~final)]] = True
             last_decrement[act] = decrement
-            if BFGS:
+            if BFGS and not exact:
                 upd = np.flatnonzero(moved & (t == 1.0) & ~final & ~slow)
                 if upd.size:
                     hess[act[upd]] = _bfgs_update(hess[act[upd]], psi[act[upd]] - psi_old[upd],
@@ -1160,15 +1188,19 @@ class LockstepModels:
             trial = psi[tryit].copy()
             trial[:, : L.n_theta] = np.where(near[tryit], 0.0, theta[tryit])
             start = u[tryit] + _extrapolate(S[tryit], trial - psi[tryit])
-            e = self.evaluate(idx[tryit], trial, start, sensitivity=True)
+            e = self.evaluate(idx[tryit], trial, start, sensitivity=True, hessian=exact)
             good = np.isfinite(e["value"]) & (e["value"] <= f[tryit] + TRIAL_TOL * (1 + np.abs(f[tryit])))
             acc = tryit[good]
+            if exact:
+                hess[acc] = e["hess"][good]
             psi[acc], f[acc], g[acc], u[acc], S[acc] = (trial[good], e["value"][good],
                                                         e["grad"][good], e["u"][good],
                                                         e["S"][good])
         # Standard errors from forward differences of the exact gradient at the optimum
         # (steps SE_STEP: truncation and rounding errors about 1e-6 relative).
-        if self.central_se:
+        if exact:  # the exact Hessian at the returned point
+            hessian = hess
+        elif self.central_se:
             # (Central along θ only: 4e-6 on that flat model, for about as much time
             # as central along all, measured.)
             hessian = self._fd_hessian(idx, psi, u, S, g, SE_CENTRAL_STEP, central=self.P)
