@@ -348,6 +348,63 @@ class Layout:
         H = out.T.reshape(k, self.B, self.s, self.s) + np.eye(self.s)
         return H
 
+    def assemble(self, weights):
+        """Σᵢ over rows of per-row, per-slot-pair weights (one (m, n) array per pair of
+        :attr:`pairs`) into H's structure without its identity: (m, B, s, s), or with a
+        diagonal leading block the pieces (D's diagonal, C, E) as :meth:`hessian`."""
+        m = weights[0].shape[0]
+        if self.n_diag:
+            m1, q2 = self.n_diag, self.q2
+            parts = [None, None, None]
+            for w_ij, (target, M) in zip(weights, self.schur_maps):
+                prod = M @ w_ij.T
+                parts[target] = prod if parts[target] is None else parts[target] + prod
+            # (copied model-first: the products that take them run over m1 and q2)
+            d = np.ascontiguousarray(parts[0].T)
+            C = (np.zeros((m, m1, q2)) if parts[1] is None
+                 else np.ascontiguousarray(parts[1].T).reshape(m, m1, q2))
+            E = (np.zeros((m, q2, q2)) if parts[2] is None
+                 else np.ascontiguousarray(parts[2].T).reshape(m, q2, q2))
+            return d, C, E
+        out = None
+        for w_ij, M in zip(weights, self.H_maps):
+            out = M @ w_ij.T if out is None else out + M @ w_ij.T
+        return np.ascontiguousarray(out.T).reshape(m, self.B, self.s, self.s)
+
+    def trace_products(self, inverse, dH, P: int):
+        """tr(H⁻¹Ḣ_a H⁻¹Ḣ_b) per model for the P matrices Ḣ_a of :meth:`assemble`
+        (stacked model-first, k·P): (k, P, P). With a diagonal leading block
+        H⁻¹ = D̃ + US⁻¹U' (D̃ = diag(D⁻¹, 0), U = [−D⁻¹C; I]), so with T_a = C_a − D_aD⁻¹C
+        and K_a = U'Ḣ_aU = E_a − C_a'D⁻¹C − (D⁻¹C)'T_a the trace is
+        Σ D⁻²D_aD_b + 2 tr(S⁻¹T_a'D⁻¹T_b) + tr(S⁻¹K_a S⁻¹K_b) (products batched over
+        the models, each over all P at once)."""
+        if isinstance(inverse, _Schur):
+            d, C, E = dH
+            k = inverse.d_inv.shape[0]
+            m1, q2 = self.n_diag, self.q2
+            Y, S_inv = np.ascontiguousarray(inverse.DC), np.ascontiguousarray(inverse.S_inv)
+            d_inv, C0 = inverse.d_inv, np.ascontiguousarray(inverse.C)
+            dd = d.reshape(k, P, m1) * d_inv[:, None, :]
+            C = C.reshape(k, P, m1, q2)
+            T = C - dd[..., None] * C0[:, None]  # C_a − D_aD⁻¹C
+            Yt = np.ascontiguousarray(np.swapaxes(Y, 1, 2))[:, None]  # (k, 1, q2, m1)
+            YC = np.matmul(Yt, C)  # Y'C_a, (k, P, q2, q2)
+            K = E.reshape(k, P, q2, q2) - np.matmul(Yt, T)
+            K -= np.swapaxes(YC, 2, 3)
+            S_b = S_inv[:, None]
+            N = np.matmul(S_b, K).reshape(k, P, -1)  # S⁻¹K_a
+            Nt = np.matmul(K, S_b).reshape(k, P, -1)  # K_aS⁻¹ = (S⁻¹K_a)'
+            R = np.matmul(T.reshape(k, P * m1, q2), S_inv).reshape(k, P, m1 * q2)
+            R *= np.repeat(d_inv, q2, axis=1)[:, None, :]  # D⁻¹T_aS⁻¹
+            out = np.matmul(dd, np.swapaxes(dd, 1, 2))
+            out += 2.0 * np.matmul(R, np.swapaxes(T.reshape(k, P, -1), 1, 2))
+            out += np.matmul(N, np.swapaxes(Nt, 1, 2))
+            return out
+        k = inverse.shape[0]
+        N = np.matmul(inverse[:, None], dH.reshape((k, P) + dH.shape[1:]))  # (k, P, B, s, s)
+        Nt = np.swapaxes(N, 3, 4).reshape(k, P, -1)
+        return np.matmul(N.reshape(k, P, -1), np.swapaxes(Nt, 1, 2))
+
     def inverse_rows(self, inverse):
         """H⁻¹'s entries between each row's coefficients: (J, J, k, n)."""
         if isinstance(inverse, _Schur):
@@ -482,13 +539,14 @@ class RowModel:
                     out = dict(ll=s * eta - w * softplus, g_e=s - w * prob, W=W)
                 if third:
                     out["W_e"] = W * (1.0 - 2.0 * prob)
+                    out["W_ee"] = W * (1.0 - 6.0 * prob * (1.0 - prob))  # ∂²W/∂η²
                 return out
             if self.fast == "poisson":
                 mu = np.exp(eta)
                 W = w * mu
                 out = dict(ll=w * y * eta - W, g_e=w * y - W, W=W)
                 if third:
-                    out["W_e"] = W
+                    out["W_e"] = out["W_ee"] = W
                 return out
             theta = np.exp(self.power * delta) if self.has_dispersion else None
             if self.fast == "nb" and np.all(theta <= 1e4):
@@ -620,6 +678,14 @@ class LockstepModels:
         rows.prepare(*self.Y.shape)
         rows.unit_weights(self.Wt)
 
+    @property
+    def exact_hessian(self) -> bool:
+        """Whether :meth:`evaluate` gives F's exact Hessian (the binomial's logit and
+        the Poisson's log closed forms, no dispersion, zero-inflation or quadrature);
+        elsewhere the fit takes differences of the exact gradient."""
+        return (self.rows.fast in ("binomial", "poisson") and not self.rows.has_dispersion
+                and self.n_agq == 1)
+
     # -- pieces ----------------------------------------------------------------------------
     def _data(self, idx):
         """Y and the prior weights of the models ``idx`` (views where ``idx`` is a run of
@@ -715,8 +781,9 @@ class LockstepModels:
         return u, converged
 
     def evaluate(self, idx, psi, u0, gradient: bool = True, sensitivity: bool = False,
-                 trusted: bool = False):
-        """F, ∇F, û (and dû/dψ, (k, B·s, P)) of the models ``idx`` at ``psi`` (k, P),
+                 trusted: bool = False, hessian: bool = False):
+        """F, ∇F, û (and dû/dψ, (k, B·s, P); with ``hessian`` F's exact Hessian "hess",
+        (k, P, P), where :attr:`exact_hessian`) of the models ``idx`` at ``psi`` (k, P),
         the inner Newton started from ``u0`` (k, B·s). F is NaN where H is not
         positive definite at the mode or the mode was not found.
 
@@ -726,22 +793,23 @@ class LockstepModels:
         a, base, zeta, delta = self._predictors(psi)
         if not trusted:
             u, inner_ok = self.mode(idx, a, base, zeta, delta, u0)
-            return self._at(idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity)
+            return self._at(idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity,
+                            hessian=hessian)
         out = self._at(idx, a, base, zeta, delta, u0, np.ones(len(idx), bool), gradient,
-                       sensitivity, check=True)
+                       sensitivity, check=True, hessian=hessian)
         redo = ~(out.pop("decrement") < TRUSTED_TOL)
         if redo.any():
             sub = lambda x: None if x is None else x[redo]  # noqa: E731
             u, inner_ok = self.mode(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta),
                                     u0[redo])
             again = self._at(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta), u,
-                             inner_ok, gradient, sensitivity)
+                             inner_ok, gradient, sensitivity, hessian=hessian)
             for key, value in again.items():
                 out[key][redo] = value
         return out
 
     def _at(self, idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity,
-            check=False):
+            check=False, hessian=False):
         """:meth:`evaluate` at random effects ``u`` (the mode, or with ``check`` a point
         whose Newton decrement is returned too)."""
         L = self.layout
@@ -790,9 +858,79 @@ class LockstepModels:
             if agq is not None:
                 grad = grad + agq[1]
         out["grad"] = np.where(ok[:, None], grad, np.nan)
-        if sensitivity:
+        if sensitivity or hessian:
             out["S"] = agq[2] if agq is not None else self._sensitivity(a, ug, r, inv)
+        if hessian:
+            with np.errstate(all="ignore"):
+                hess = self._hessian(a, ug, r, inv, Hr, PH, p_ee, zg, az, rho_e, out["S"])
+            out["hess"] = np.where(ok[:, None, None], hess, np.nan)
         return out
+
+    def _hessian(self, a, ug, r, inv, Hr, PH, p_ee, zg, az, rho_e, S):
+        """F's exact Hessian (k, P, P) at the mode, for θ and β (no zero-inflation,
+        dispersion or quadrature: :attr:`exact_hessian`).
+
+        With Φ(ψ, u) = g + log|H|, g = −2Σℓ + |u|², F(ψ) = Φ(ψ, û(ψ)) and
+        d²F/dψ_adψ_b = D²Φ[δ_a, δ_b] + c'd²û/dψ_adψ_b along δ_a = (e_a, S_a) (S = dû/dψ;
+        η is bilinear in (θ, u) and A = ZΛ linear in θ), c = ∂log|H|/∂u = Σ W'ᵢpᵢᵢaᵢ,
+        and c'd²û = −½v'T_ab with v = H⁻¹c and T_ab the second derivative of ∂g/∂u
+        along the δ's (the stationarity ∂g/∂u = 0 differentiated twice). Per row, with
+        e_a = dη/dψ_a (∂η/∂ψ_a + aᵢ'S_a), α_a = ∂aᵢ/∂θ_a (z_{i,t,r} at the slot of
+        (t, c)), η''_ab = α_a'S_b + α_b'S_a, pᵢᵢ = aᵢ'H⁻¹aᵢ and Ḣ_a = Σᵢ W'ᵢe_a aᵢaᵢ' +
+        Wᵢ(α_aaᵢ' + aᵢα_a'):
+
+            Σᵢ [(2W + W''p − W'a'v) e_a e_b + ρ η''_ab + e_a γ_b + e_b γ_a
+                + 2W α_a'H⁻¹α_b] + 2S_a'S_b − tr(H⁻¹Ḣ_aH⁻¹Ḣ_b),
+
+        ρ = −2ℓ' + W'p − W a'v (the gradient's β weight), γ_a = 2W'α_a'H⁻¹aᵢ − Wα_a'v."""
+        L = self.layout
+        W, W_e, W_ee = r["W"], r["W_e"], r["W_ee"]
+        J, k, n = a.shape
+        P = self.P
+        Sg = np.moveaxis(S[:, L.flat_all, :].reshape(k, J, n, P), (1, 3), (0, 1))  # (J, P, k, n)
+        e = _rowdot_slots(a[:, None], Sg)  # (P, k, n): aᵢ'S_a
+        thetas = []  # (slot, z) of each θ
+        for p0, (t, r_, c) in enumerate(L.theta_index):
+            col = L.offsets[t] + c
+            z = L.z[t][:, r_]
+            thetas.append((col, z))
+            e[p0] += z * ug[col]
+        n_theta = L.n_theta
+        e[n_theta:] += self.X.T[:, None, :]
+        c1 = 2.0 * W + W_ee * p_ee - W_e * az
+        ce = c1 * e
+        out = np.einsum("akn,bkn->kab", ce, e)
+        out += 2.0 * np.einsum("kwa,kwb->kab", S, S)
+        # θ's terms: η''_ab = α_a'S_b + α_b'S_a, γ_a, α_a'H⁻¹α_b.
+        for i, (col, z) in enumerate(thetas):
+            alpha_S = z * Sg[col]  # (P, k, n): α_i'S_b for every b
+            rz = rho_e * alpha_S
+            gamma = z * (2.0 * W_e * PH[col] - W * zg[col])
+            ge = np.einsum("kn,bkn->kb", gamma, e)
+            row = np.einsum("bkn->kb", rz) + ge
+            out[:, i, :] += row
+            out[:, :, i] += row
+            for j in range(i, n_theta):
+                col_j, z_j = thetas[j]
+                h = 2.0 * np.sum(W * z * z_j * Hr[col, col_j], axis=1)
+                out[:, i, j] += h
+                if j != i:
+                    out[:, j, i] += h
+        # −tr(H⁻¹Ḣ_aH⁻¹Ḣ_b): Ḣ_a's per-row weights on each slot pair (i, j),
+        # W'e_a aᵢaⱼ + W(α_a,ᵢaⱼ + aᵢα_a,ⱼ), stacked parameter-first.
+        We_e = np.empty((k, P, n))  # model-first, as trace_products takes them
+        np.multiply(W_e, e, out=np.moveaxis(We_e, 1, 0))
+        weights = []
+        for i, j in L.pairs:
+            w_ij = We_e * (a[i] * a[j])[:, None, :]
+            for p0, (col, z) in enumerate(thetas):
+                if col == i:
+                    w_ij[:, p0] += W * z * a[j]
+                if col == j:
+                    w_ij[:, p0] += W * z * a[i]
+            weights.append(w_ij.reshape(k * P, n))
+        out -= L.trace_products(inv, L.assemble(weights), P)
+        return 0.5 * (out + np.swapaxes(out, 1, 2))
 
     def _agq(self, idx, a, base, u, H, r, inv, ug, gradient, delta=None):
         """Adaptive Gauss–Hermite quadrature for one scalar term, as glmer's nAGQ > 1:
@@ -917,6 +1055,22 @@ class LockstepModels:
         start = u + _extrapolate(S, psi - base_psi)
         return self.evaluate(idx, psi, start, trusted=trusted)["grad"]
 
+    def _evaluate_mixed(self, idx, psi, start, trusted, **options):
+        """:meth:`evaluate` with ``trusted`` per model (boolean (k,)): the models whose
+        last, tiny step starts from the extrapolated mode skip the inner Newton where
+        that start's decrement says it is the mode (the criterion and its derivatives
+        are still those at ``psi``)."""
+        trusted = np.asarray(trusted, bool)
+        if not trusted.any() or trusted.all():
+            return self.evaluate(idx, psi, start, trusted=bool(trusted.any()), **options)
+        one = self.evaluate(idx[~trusted], psi[~trusted], start[~trusted], **options)
+        two = self.evaluate(idx[trusted], psi[trusted], start[trusted], trusted=True, **options)
+        out = {}
+        for key, value in one.items():
+            out[key] = np.empty((len(idx),) + value.shape[1:], value.dtype)
+            out[key][~trusted], out[key][trusted] = value, two[key]
+        return out
+
     def _fd_hessian(self, idx, psi, u, S, grad, step=None, central=0):
         """Forward differences of the exact gradient, (k, P, P), symmetrized; central
         differences (step ``step``) along the first ``central`` parameters (forward
@@ -946,14 +1100,15 @@ class LockstepModels:
         idx = np.arange(K) if idx is None else np.asarray(idx)
         psi = np.array(psi0, np.float64)
         u = np.zeros((K, L.width))
-        ev = self.evaluate(idx, psi, u, sensitivity=True)
+        exact = self.exact_hessian
+        ev = self.evaluate(idx, psi, u, sensitivity=True, hessian=exact)
         f, g, u, S = ev["value"], ev["grad"], ev["u"], ev["S"]
         status = np.full(K, -1)
         status[~(np.isfinite(f) & np.all(np.isfinite(g), axis=1))] = Status.NON_FINITE
         iterations = np.zeros(K, int)
-        hess = np.zeros((K, self.P, self.P))
+        hess = ev["hess"].copy() if exact else np.zeros((K, self.P, self.P))
         refresh = np.ones(K, bool)
-        fresh = np.zeros(K, bool)
+        fresh = np.full(K, exact)
         last_decrement = np.full(K, np.inf)
         inner = ev["inner_ok"].copy()
         for _ in range(max_outer):
@@ -964,7 +1119,7 @@ class LockstepModels:
             # The Hessian by forward differences of the exact gradient (P evaluations),
             # where ``refresh`` says so.
             new = act[refresh[act]]
-            if new.size:
+            if new.size and not exact:
                 hess[new] = self._fd_hessian(idx[new], psi[new], u[new], S[new], g[new])
                 refresh[new] = False
                 fresh[new] = True
@@ -991,13 +1146,16 @@ class LockstepModels:
                 m = act[pending]
                 trial = psi[m] + t[pending, None] * d[pending]
                 start = u[m] + _extrapolate(S[m], trial - psi[m])
-                e = self.evaluate(idx[m], trial, start, sensitivity=True)
+                e = self._evaluate_mixed(idx[m], trial, start, final[pending] & exact,
+                                         sensitivity=True, hessian=exact)
                 good = (np.isfinite(e["value"]) & np.all(np.isfinite(e["grad"]), axis=1)
                         & (e["value"] <= f[m] + np.where(near[pending], 0.0, 1e-4 * t[pending]
                                                          * slope[pending]) + slack[pending]))
                 acc = m[good]
                 psi[acc], f[acc], g[acc] = trial[good], e["value"][good], e["grad"][good]
                 u[acc], S[acc] = e["u"][good], e["S"][good]
+                if exact:
+                    hess[acc] = e["hess"][good]
                 inner[acc] = e["inner_ok"][good]
                 moved[pending[good]] = True
                 # A near step not taken: the current point is as good (or the Hessian
@@ -1009,11 +1167,11 @@ class LockstepModels:
             # Keep the Hessian (a chord step, BFGS-updated) while Newton's decrement
             # falls fast; a new one after a halved step, a slow decrease or a rejected
             # near step.
-            fresh[act[moved]] = False
+            fresh[act[moved]] = exact
             slow = decrement > CHORD_RATE * last_decrement[act]
             refresh[act[(moved & (t < 1.0)) | slow | (near & ~moved & ~final)]] = True
             last_decrement[act] = decrement
-            if BFGS:
+            if BFGS and not exact:
                 upd = np.flatnonzero(moved & (t == 1.0) & ~final & ~slow)
                 if upd.size:
                     hess[act[upd]] = _bfgs_update(hess[act[upd]], psi[act[upd]] - psi_old[upd],
@@ -1030,15 +1188,19 @@ class LockstepModels:
             trial = psi[tryit].copy()
             trial[:, : L.n_theta] = np.where(near[tryit], 0.0, theta[tryit])
             start = u[tryit] + _extrapolate(S[tryit], trial - psi[tryit])
-            e = self.evaluate(idx[tryit], trial, start, sensitivity=True)
+            e = self.evaluate(idx[tryit], trial, start, sensitivity=True, hessian=exact)
             good = np.isfinite(e["value"]) & (e["value"] <= f[tryit] + TRIAL_TOL * (1 + np.abs(f[tryit])))
             acc = tryit[good]
+            if exact:
+                hess[acc] = e["hess"][good]
             psi[acc], f[acc], g[acc], u[acc], S[acc] = (trial[good], e["value"][good],
                                                         e["grad"][good], e["u"][good],
                                                         e["S"][good])
         # Standard errors from forward differences of the exact gradient at the optimum
         # (steps SE_STEP: truncation and rounding errors about 1e-6 relative).
-        if self.central_se:
+        if exact:  # the exact Hessian at the returned point
+            hessian = hess
+        elif self.central_se:
             # (Central along θ only: 4e-6 on that flat model, for about as much time
             # as central along all, measured.)
             hessian = self._fd_hessian(idx, psi, u, S, g, SE_CENTRAL_STEP, central=self.P)
