@@ -38,15 +38,37 @@ class SeparationWarning(UserWarning):
 # ---- numpy side: aliasing, null deviance, separation ----------------------------------
 
 
+# From this many rows the aliasing test first tries every SUBSAMPLE_STRIDE-th row.
+SUBSAMPLE_ROWS = 200_000
+SUBSAMPLE_STRIDE = 8
+
+
 def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
     """Boolean mask of columns that are (numerically) combinations of earlier ones.
 
     Like R's ``dqrdc2``, columns are examined left to right and a column is dropped when
     the part of it not explained by the kept columns is tiny, so later columns are the
     ones dropped. Works on X'X (p × p), cheap for tall X.
+
+    For tall X a subsample of rows decides first: a column's residual sum of squares on
+    the kept columns can only grow with more rows, so when every column's residual on
+    the subsample is above ``tol`` times its norm on *all* rows, no column is aliased in
+    X either (exact, not a guess); otherwise X'X decides.
     """
-    gram = X.T @ X
+    if X.shape[0] >= SUBSAMPLE_ROWS:
+        sub = np.ascontiguousarray(X[::SUBSAMPLE_STRIDE])
+        norms = np.einsum("ij,ij->j", X, X)
+        if not _aliased_in_gram(sub.T @ sub, tol, norms).any():
+            return np.zeros(X.shape[1], dtype=bool)
+    return _aliased_in_gram(X.T @ X, tol)
+
+
+def _aliased_in_gram(gram: np.ndarray, tol: float, norms=None) -> np.ndarray:
+    """:func:`aliased_columns` from a Gram matrix; ``norms``: the squared column norms
+    the residuals are compared with (default: the Gram's diagonal)."""
     p = gram.shape[0]
+    if norms is None:
+        norms = np.diag(gram)
     kept: list[int] = []
     aliased = np.zeros(p, dtype=bool)
     for j in range(p):
@@ -60,7 +82,7 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
             residual2 = norm2 - g_kj @ np.linalg.solve(g_kk, g_kj)
         else:
             residual2 = norm2
-        if residual2 <= tol * norm2:
+        if residual2 <= tol * norms[j]:
             aliased[j] = True
         else:
             kept.append(j)

@@ -222,3 +222,74 @@ def test_negative_binomial_with_estimated_theta_equals_the_compiled_engine(link)
     compiled = glmmjax.glm("y ~ x", data, family=family, engine="jax")
     assert_same_fit(host, compiled)
     np.testing.assert_allclose(host.dispersion_se, compiled.dispersion_se, rtol=1e-8)
+
+
+# ---- large fits: IRLS from a subsample's estimate, the aliasing test on a subsample ----
+
+
+def _logistic_arrays(n, seed=3, p=4):
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, p - 1))])
+    eta = X @ np.linspace(-0.5, 0.8, p)
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
+    return X, y, np.ones(n), np.zeros(n)
+
+
+def test_irls_from_a_subsample_start_reaches_the_cold_optimum():
+    X, y, w, off = _logistic_arrays(400_000)
+    family = Binomial()
+    cold = _glm_host.irls(X, y, w, off, family)
+    start = _glm_host.subsample_start(X, y, w, off, family)
+    assert start is not None and not np.allclose(start, cold[0], rtol=1e-3)
+    warm = _glm_host.irls(X, y, w, off, family, start=start)
+    np.testing.assert_allclose(warm[0], cold[0], rtol=1e-7)
+    np.testing.assert_allclose(warm[1].deviance, cold[1].deviance, rtol=1e-12)
+    assert warm[5] and warm[4] < cold[4]  # fewer passes over the whole data
+
+
+def test_irls_ignores_a_start_that_is_invalid_on_the_data():
+    X, y, w, off = _logistic_arrays(500)
+    family = Poisson(link="identity")  # μ = η must be positive
+    y = np.round(np.abs(X[:, 1]) * 3 + 1)
+    cold = _glm_host.irls(X[:, :2], y, w, off, family)
+    bad = _glm_host.irls(X[:, :2], y, w, off, family, start=np.array([-10.0, 0.0]))
+    np.testing.assert_allclose(bad[0], cold[0], rtol=1e-12)
+    assert bad[4] == cold[4]
+
+
+def test_subsample_start_is_none_when_the_subsample_cannot_be_fitted():
+    X, y, w, off = _logistic_arrays(400)
+    X = np.column_stack([X, np.zeros(400)])
+    X[3, -1] = 1.0  # a column that is zero on every 8th row: singular there
+    assert _glm_host.subsample_start(X, y, w, off, Binomial()) is None
+
+
+def test_large_glm_uses_the_warm_start_and_agrees_with_a_cold_fit(monkeypatch):
+    X, y, w, off = _logistic_arrays(3000)
+    monkeypatch.setattr(_glm_host, "WARM_START_ROWS", 1000)
+    warm = _glm_host.fit_glm(X, y, w, off, Binomial())
+    monkeypatch.setattr(_glm_host, "WARM_START_ROWS", 10**9)
+    cold = _glm_host.fit_glm(X, y, w, off, Binomial())
+    np.testing.assert_allclose(warm.coef, cold.coef, rtol=1e-7)
+    np.testing.assert_allclose(warm.deviance, cold.deviance, rtol=1e-12)
+    # The covariance is R's (the last WLS solve's), one iterate earlier than cold's.
+    np.testing.assert_allclose(warm.vcov, cold.vcov, rtol=1e-3)
+
+
+@pytest.mark.parametrize("alias", ["none", "full", "subsample-only"])
+def test_aliasing_on_a_subsample_equals_the_full_test(monkeypatch, alias):
+    from glmmjax import _glm
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([np.ones(800), rng.normal(size=(800, 3))])
+    if alias == "full":
+        X = np.column_stack([X, X[:, 1] - 2 * X[:, 2]])  # aliased on every row
+    elif alias == "subsample-only":
+        # Equal to column 1 on every 8th row only: aliased in the subsample, not in X.
+        extra = X[:, 1].copy()
+        extra[1::8] += 1.0
+        X = np.column_stack([X, extra])
+    full = _glm._aliased_in_gram(X.T @ X, 1e-10)
+    monkeypatch.setattr(_glm, "SUBSAMPLE_ROWS", 100)
+    np.testing.assert_array_equal(_glm.aliased_columns(X), full)
+    assert full.any() == (alias == "full")

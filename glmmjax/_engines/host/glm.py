@@ -34,6 +34,11 @@ from ..seam import GLMFit
 _IRLS_FAMILIES = ("Gaussian", "Binomial", "Poisson", "Gamma", "InverseGaussian",
                   "NegativeBinomial", "Beta")
 _MAX_HALVINGS = 40
+# From this many rows IRLS starts from a fit on every WARM_START_STRIDE-th row: the
+# subsample's iterations cost 1/8 of a pass each, and from its estimate the full data
+# converge in two iterations instead of four or five (benchmarks/README.md, GLM).
+WARM_START_ROWS = 200_000
+WARM_START_STRIDE = 8
 
 
 def applies(family) -> bool:
@@ -292,24 +297,36 @@ def _solve_spd(matrix, rhs):
 
 
 def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25,
-         dispersion=None):
+         dispersion=None, start=None):
     """IRLS as :func:`glmmjax._engines.compiled.glm.irls` (dispersion 1 or the family's fixed θ).
+
+    ``start``: coefficients to start from (η = Xβ + offset) instead of R's starting means
+    (used only where η is valid and the deviance finite); the first step may then also
+    not raise the deviance.
 
     Returns (coef, the final point (η, μ, deviance, ...), cov_unscaled, working weights,
     iterations, converged).
     """
     p = X.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = fm.link_function(family.link, np, initial_mean(family, y, weights))
-    coef = np.zeros(p)
     sat = saturated(family, y)
     canonical = _binomial_logit(family)
-    point = evaluate(family, y, weights, eta, sat, dispersion)
+    point = None
+    if start is not None:
+        coef = np.asarray(start, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            point = evaluate(family, y, weights, X @ coef + offset, sat, dispersion)
+        if not (point.valid and np.isfinite(point.deviance)):
+            start = point = None
+    if point is None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eta = fm.link_function(family.link, np, initial_mean(family, y, weights))
+        coef = np.zeros(p)
+        point = evaluate(family, y, weights, eta, sat, dispersion)
     xtwx, w = np.eye(p), np.zeros_like(y)
     converged = False
     it = 0
     while it < max_iter:
-        first = it == 0
+        first = it == 0 and start is None
         dev_old = point.deviance
         xtwx, xtwz, w = working_system(X, y, weights, offset, point, canonical)
         coef_full = _solve_spd(xtwx, xtwz)
@@ -335,6 +352,19 @@ def irls(X, y, weights, offset, family, *, tol: float = 1e-8, max_iter: int = 25
             break
     cov_unscaled = _solve_spd(xtwx, np.eye(p))
     return coef, point, cov_unscaled, w, it, bool(converged)
+
+
+def subsample_start(X, y, weights, offset, family, *, tol: float = 1e-8,
+                    stride: int = WARM_START_STRIDE):
+    """IRLS's estimate on every ``stride``-th row, as a start for the full data; None
+    when that fit did not converge to finite values (:func:`irls` also falls back to
+    R's start where the estimate gives an invalid η on the full data)."""
+    rows = slice(None, None, stride)
+    with np.errstate(all="ignore"):
+        coef, _, _, _, _, converged = irls(
+            np.ascontiguousarray(X[rows]), y[rows], weights[rows], offset[rows], family,
+            tol=tol)
+    return coef if converged and np.all(np.isfinite(coef)) else None
 
 
 def _null_deviance(family, y, weights, offset, null_model, tol, max_iter, dispersion=None):
@@ -400,8 +430,12 @@ def _fit_glm(X, y, weights, offset, family, *, tol, max_iter, null_model):
     n_used = int(np.sum(weights > 0))
     p = X.shape[1]
     method = family.dispersion_method
+    # A large fit starts from a subsample's estimate (R's iterations are counted
+    # differently then: the subsample's are not reported).
+    start = (subsample_start(X, y, weights, offset, family, tol=tol)
+             if X.shape[0] >= WARM_START_ROWS else None)
     coef, point, cov_unscaled, w_last, iterations, converged = irls(
-        X, y, weights, offset, family, tol=tol, max_iter=max_iter)
+        X, y, weights, offset, family, tol=tol, max_iter=max_iter, start=start)
     eta, dev = point.eta, point.deviance
     mu = point.mu
     if method == "fixed":

@@ -104,6 +104,24 @@ def _rest_times_lambda(s: ReStructure, factors, matrix):
     return out
 
 
+def _lambda_rest_lambda(s: ReStructure, factors, matrix):
+    """Λ_r'·A_rr·Λ_r (A symmetric) in one new R×R array: Λ_r' is applied in place, a
+    block of levels at a time (at R = 2,000 each R×R array is 32 MB)."""
+    scale = _rest_scale(s, factors)
+    out = _rest_times_lambda(s, factors, matrix)
+    if scale is not None:
+        out *= scale[:, None]
+        return out
+    for t in range(1, s.n_terms):
+        start, size, m = s.offsets[t], s.sizes[t], s.n_levels[t]
+        step = max(1, _ROW_BLOCK // size)
+        for lo in range(0, m, step):
+            rows = slice(start + lo * size, start + min(lo + step, m) * size)
+            block = out[rows].reshape(-1, size, out.shape[1])
+            out[rows] = (factors[t].T @ block).reshape(-1, out.shape[1])
+    return out
+
+
 def _coupling_rows_of(s: ReStructure, products: CrossProducts, factors):
     """Λ_r'·A_r0 in ``entry_rest`` order, before the first term's factor: (E, S0)."""
     rows = [_einsum("ba,ibc->iac", factors[t], products.coupling[t - 1]).reshape(
@@ -119,7 +137,6 @@ class _Factor:
     coupling_rows: np.ndarray  # (E, S0) rows of L_r0
     rest: np.ndarray  # (R, R) lower factor of the Schur complement
     half_rows: np.ndarray  # Λ_r'·A_r0, (E, S0), for the gradient
-    rest_lambda: np.ndarray  # A_rr·Λ_r, (R, R), for the gradient
 
 
 def _factorize(theta, model: HostLMM) -> _Factor | None:
@@ -134,8 +151,7 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
     # costs S⁴ per level (0.9 ms against 11 µs for 30 levels of S = 9).
     diag_blocks = lam0.T @ products.first @ lam0 + np.eye(S0)
     half_rows = _coupling_rows_of(s, products, factors)
-    rest_lambda = _rest_times_lambda(s, factors, products.rest)
-    rest = _rest_times_lambda(s, factors, rest_lambda.T)  # Λ_r'·A_rr·Λ_r (A symmetric)
+    rest = _lambda_rest_lambda(s, factors, products.rest)
     rest[np.arange(s.n_re_rest), np.arange(s.n_re_rest)] += 1.0
     try:
         first = np.linalg.cholesky(diag_blocks)
@@ -157,7 +173,7 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
                                             check_finite=False)
     except np.linalg.LinAlgError:
         return None
-    return _Factor(first, first_inv, coupling_rows, rest_factor, half_rows, rest_lambda)
+    return _Factor(first, first_inv, coupling_rows, rest_factor, half_rows)
 
 
 def _diagonal_pairs(s):
@@ -279,7 +295,7 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int, overwrite: b
 
 # Chunk sizes that bound the temporaries of the selected inverse (see its docstring).
 _ROW_BLOCK = 256
-_PAIR_CHUNK = 1 << 20
+_PAIR_CHUNK = 1 << 18
 
 
 def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w_00, w_r0,
@@ -292,7 +308,7 @@ def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w
     """
     factors = factors_of(theta, s.structures)
     lam0 = factors[0]
-    S0 = s.sizes[0]
+    S0, R = s.sizes[0], s.rest_size
     # First term: its diagonal blocks and its coupling rows (w_r0 counts both triangles).
     grads = [2.0 * np.sum(products.first @ lam0 @ w_00, axis=0)
              + _einsum("ea,eb->ab", factor.half_rows, w_r0)]
@@ -304,10 +320,14 @@ def _gradient(s: ReStructure, products: CrossProducts, theta, factor: _Factor, w
         w_pairs = w_r0[start_row : start_row + n_rows].reshape(-1, size, S0)
         start_row += n_rows
         g = _einsum("ibc,cd,iad->ba", coupling, lam0, w_pairs)
-        lo, hi = s.offsets[t], s.offsets[t] + m * size
-        rows = factor.rest_lambda[lo:hi].reshape(m, size, -1)
-        # W is symmetric: its columns of the term are read as (contiguous) rows.
-        g += 2.0 * _einsum("lar,lbr->ab", rows, w_rr[lo:hi].reshape(m, size, -1))
+        # The term's rows of A_rr·Λ_r, formed a block of levels at a time (never the
+        # whole R×R product); W is symmetric: its columns of the term are read as rows.
+        step = max(1, _ROW_BLOCK // size)
+        for first_level in range(0, m, step):
+            lo = s.offsets[t] + first_level * size
+            hi = s.offsets[t] + min(first_level + step, m) * size
+            rows = _rest_times_lambda(s, factors, products.rest[lo:hi]).reshape(-1, size, R)
+            g += 2.0 * _einsum("lar,lbr->ab", rows, w_rr[lo:hi].reshape(-1, size, R))
         grads.append(g)
     # ∂/∂θ_t of ⟨G_t, Λ_t(θ_t)⟩: the structure's vector-Jacobian product.
     return np.concatenate([cov.pullback(part, g) for cov, part, g in
