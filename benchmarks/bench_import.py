@@ -52,8 +52,10 @@ def measure(code: str, extra_path: str | None) -> dict:
     env = fresh_process_env(ROOT)
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
+    # In ROOT: ``python -c`` puts the working directory first on sys.path, so run from
+    # another checkout it would time that checkout's glmmjax.
     out = subprocess.run([sys.executable, "-c", _TIMER.format(code=code)], env=env,
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -153,7 +153,9 @@ def _remove_hook() -> None:
 @contextlib.contextmanager
 def run_x64():
     """``jax.enable_x64(True)`` where JAX is imported; without JAX, nothing until JAX
-    gets imported in this thread during the block, then float64 from there to its end."""
+    gets imported in this thread during the block, then float64 from there to its end.
+    (Should another thread import JAX meanwhile, the rest of this block runs in the
+    caller's JAX precision; glmmjax's own JAX entry points enter float64 themselves.)"""
     if jax_imported():
         import jax
 

@@ -233,7 +233,8 @@ class _Profile:
         eta = float(eta)
         if eta in self.values:
             return self.values[eta]
-        from ._engines.compiled.lmm import build_structure_for, fit_lmm_arrays, moment_theta
+        from ._engines.lmm_shared import build_structure_for, moment_theta
+        from ._engines.seam import fit_lmm
         from ._model.covariance import diagonal_mask
 
         whitened, logdet = whiten(self.design, self.series, math.tanh(eta))
@@ -243,9 +244,9 @@ class _Profile:
         if theta0 is None:
             theta0 = moment_theta(whitened.terms, whitened.X, y, whitened.weights)
         try:
-            _, theta, pls, _ = fit_lmm_arrays(structure, whitened.weights, whitened.X, y,
-                                              self.reml, theta0, engine="host",
-                                              max_iter=self.max_iter)
+            _, theta, pls, _ = fit_lmm(structure, whitened.weights, whitened.X, y,
+                                       self.reml, theta0, engine="host",
+                                       max_iter=self.max_iter)
             value = float(pls.criterion) + logdet
         except FloatingPointError:
             theta, value = None, math.inf

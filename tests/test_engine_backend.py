@@ -51,3 +51,17 @@ def test_started_backends_are_asked():
         print(seam._default_backend() == jax.default_backend())
     """)
     assert out == "True"
+
+
+def test_cpu_choice_imports_no_jax_where_jax_is_not_imported():
+    # JAX_PLATFORMS led by cpu, or no accelerator plugin: "cpu" without importing jax.
+    script = """
+        import os, sys
+        from glmmjax._engines import seam
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        first = seam.choose_lmm(None)
+        del os.environ["JAX_PLATFORMS"]
+        second = seam.choose_lmm(None) if not seam._accelerator_installed() else "host"
+        print(first, second, "jax" in sys.modules)
+    """
+    assert _run(script) == "host host False"

@@ -30,6 +30,8 @@ _FIT = """
     predicted = fit.predict(data).to_numpy()
     residuals = fit.residuals("pearson").to_numpy()
     wald = fit.confint(method="wald").to_numpy()
+    condsd = fit.ranef_condsd["Subject"].to_numpy()
+    text += str(fit.opt_summary)
     loaded = [m for m in {heavy!r} if m in sys.modules]
 """
 
@@ -55,7 +57,8 @@ def test_an_lmer_fit_and_its_summaries_import_no_jax():
     print(json.dumps({"loaded": loaded, "engine": fit.engine,
                       "text": all(s in text for s in ("Pr(>|t|)", "DenDF", "Pr(>Chisq)")),
                       "finite": bool(np.all(np.isfinite(ranef)) and np.all(np.isfinite(predicted))
-                                     and np.all(np.isfinite(residuals)))}))
+                                     and np.all(np.isfinite(residuals))
+                                     and np.all(condsd > 0))}))
     """)
     assert out == {"loaded": [], "engine": "host", "text": True, "finite": True}
 

@@ -327,8 +327,8 @@ def fit_sparse_lmm(design, reml: bool, max_iter: int, theta0, model=None) -> Spa
     door (:func:`glmmjax._lmer.sparse_lmm_result`) makes it an LMMResult. ``model``: the
     design's :class:`_SparseModel` (for another response: :func:`with_response`), built
     here when None."""
-    from ..compiled.lmm import SINGULAR_TOL
     from ..compiled.optimize import Status
+    from ..lmm_shared import SINGULAR_TOL
 
     if model is None:
         model = _model(design, reml)
