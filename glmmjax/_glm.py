@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 
-import jax
 import numpy as np
 import pandas as pd
 
@@ -265,6 +264,8 @@ def glm(formula: str, data: pd.DataFrame, family: str | Family = "gaussian", wei
         fit = _glm_host.fit_glm(X, y, prior, offset_values, fam, tol=tol, max_iter=max_iter,
                                 null_model=null_model)
     else:
+        import jax
+
         from ._engines.compiled.glm import fit_glm_program
 
         fit = fit_glm_program(X, y, prior, offset_values, fam, tol=tol, max_iter=max_iter,

@@ -12,13 +12,11 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._engines.compiled.lmm import SINGULAR_TOL
 from ._engines.compiled.optimize import Status
+from ._engines.lmm_shared import SINGULAR_TOL
 from ._engines.seam import choose_glmm, fit_glmm
 from ._families import math as fm
 from ._families.base import (
@@ -32,6 +30,7 @@ from ._families.base import (
     Poisson,
     get_family,
 )
+from ._lazyjax import jnp, run_x64
 from ._model.checks import validate_agq as _validate_agq
 from ._model.cov_structures import term_structures
 from ._model.covariance import canonical_theta, diagonal_mask
@@ -298,7 +297,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
     def mean_parameter(eta_values):
         if fm.supported(family):  # numpy closed form: no JAX operation to compile
             return fm.inverse_link(family.link, np, np.asarray(eta_values, dtype=np.float64))
-        with jax.enable_x64(True):
+        with run_x64():
             return np.asarray(family.link.inverse(jnp.asarray(eta_values)))
 
     def inverse_link(eta_values):
@@ -306,7 +305,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         mu = mean_parameter(eta_values)
         if not getattr(family, "truncated", False):
             return mu
-        with jax.enable_x64(True):
+        with run_x64():
             disp = None if out.dispersion is None else jnp.asarray(out.dispersion)
             return np.asarray(family.response_mean(jnp.asarray(mu), disp))
 

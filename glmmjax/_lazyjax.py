@@ -17,6 +17,7 @@ right after it, and then removes itself.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import importlib
@@ -77,7 +78,10 @@ def pytree_dataclass(cls: type) -> type:
 def _register(cls: type) -> None:
     import jax.tree_util
 
-    jax.tree_util.register_dataclass(cls)
+    if isinstance(cls, _PytreeClassMeta):
+        _register_pytree_class(cls)
+    else:
+        jax.tree_util.register_dataclass(cls)
 
 
 def ensure_pytrees() -> None:
@@ -148,6 +152,156 @@ def _install_hook() -> None:
 
 def _remove_hook() -> None:
     sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not _HOOK]
+
+
+# ---- immutable classes that are pytrees (equinox.Module's semantics, without equinox) --
+
+_INITIALISING: set[int] = set()  # ids of PytreeClass instances whose __init__ is running
+
+
+class _PytreeClassMeta(abc.ABCMeta):
+    """Makes every class a dataclass as ``equinox.Module`` does (a class inherits a custom
+    ``__init__`` of its bases rather than getting a generated one), registers it as a
+    pytree once JAX is imported, and lets ``__init__`` alone assign fields."""
+
+    def __new__(mcs, name, bases, namespace, **kwargs):
+        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+        if "__init__" in namespace:
+            dataclass_init = False
+        else:
+            dataclass_init = True
+            for kls in cls.__mro__[1:-1]:
+                if "_dataclass_init" in kls.__dict__:
+                    dataclass_init = kls.__dict__["_dataclass_init"]
+                    break
+                if kls.__init__ is not object.__init__:  # a base that is no PytreeClass
+                    dataclass_init = False
+                    break
+        type.__setattr__(cls, "_dataclass_init", dataclass_init)
+        cls = dataclasses.dataclass(eq=False, repr=False, init=dataclass_init)(cls)
+        if bases:  # every subclass of PytreeClass (not the field-less root itself)
+            pytree_dataclass(cls)
+        return cls
+
+    def __call__(cls, *args, **kwargs):
+        self = cls.__new__(cls)
+        token = id(self)
+        _INITIALISING.add(token)
+        try:
+            cls.__init__(self, *args, **kwargs)
+        finally:
+            _INITIALISING.discard(token)
+        for field in dataclasses.fields(cls):
+            try:
+                getattr(self, field.name)
+            except AttributeError as err:
+                raise TypeError(f"Field {field.name!r} was not initialized.") from err
+        for kls in cls.__mro__:
+            check = kls.__dict__.get("__check_init__")
+            if check is not None:
+                check(self)
+        return self
+
+
+def _values_equal(a, b) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b) and (isinstance(a, PytreeClass) or isinstance(b, PytreeClass)):
+        return False
+    try:
+        same = a == b
+    except Exception:  # e.g. arrays of different shapes
+        return False
+    if isinstance(same, bool):
+        return same
+    try:
+        import numpy as np
+
+        return bool(np.shape(a) == np.shape(b) and np.all(same))
+    except Exception:
+        return False
+
+
+class PytreeClass(metaclass=_PytreeClassMeta):
+    """An immutable class with ``equinox.Module``'s semantics and no import of JAX.
+
+    Every subclass (user-defined ones too) is a dataclass whose annotated class attributes
+    are its fields; it is frozen except inside ``__init__``, which may assign the fields
+    (``self.link = ...``); a class without its own ``__init__`` inherits its base's custom
+    one, or gets the dataclass one. Instances compare equal when they have the same type
+    and equal fields, hash by their fields, and print as ``Binomial(link=Logit())``.
+    Each class is a JAX pytree once JAX is imported (its fields are children; fields made
+    with :func:`static_field` go into the tree structure); rebuilding an instance from its
+    leaves never calls ``__init__``.
+    """
+
+    def __setattr__(self, name, value):
+        if id(self) in _INITIALISING and name in self.__dataclass_fields__:
+            object.__setattr__(self, name, value)
+            return
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name):
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def _field_values(self) -> tuple:
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self))
+
+    def __eq__(self, other):
+        if not isinstance(other, PytreeClass):
+            return NotImplemented
+        if type(self) is not type(other):
+            return False
+        return all(_values_equal(a, b) for a, b in
+                   zip(self._field_values(), other._field_values()))
+
+    def __hash__(self):
+        return hash((type(self), self._field_values()))
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.repr and value is not field.default:
+                shown.append(f"{field.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def replace_fields(obj, **changes):
+    """A copy of the :class:`PytreeClass` ``obj`` with some fields replaced (as
+    ``eqx.tree_at``; its ``__init__`` is not called)."""
+    unknown = set(changes) - set(obj.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"{type(obj).__name__} has no fields {sorted(unknown)}")
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
+def _register_pytree_class(cls: type) -> None:
+    import jax.tree_util as jtu
+
+    fields = dataclasses.fields(cls)
+    data = tuple(f.name for f in fields if not f.metadata.get("static", False))
+    meta = tuple(f.name for f in fields if f.metadata.get("static", False))
+    keys = tuple(jtu.GetAttrKey(name) for name in data)
+
+    def flatten_with_keys(obj):
+        children = tuple((key, getattr(obj, name)) for key, name in zip(keys, data))
+        return children, tuple(getattr(obj, name) for name in meta)
+
+    def flatten(obj):
+        return (tuple(getattr(obj, name) for name in data),
+                tuple(getattr(obj, name) for name in meta))
+
+    def unflatten(aux, children):
+        obj = object.__new__(cls)
+        obj.__dict__.update(zip(data, children))
+        obj.__dict__.update(zip(meta, aux))
+        return obj
+
+    jtu.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
 
 
 @contextlib.contextmanager

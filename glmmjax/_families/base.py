@@ -1,5 +1,8 @@
 """Response distributions (families) as immutable pytrees with pure JAX methods.
 
+(Immutable classes that become JAX pytrees once JAX is imported,
+:class:`glmmjax._lazyjax.PytreeClass`; the traced methods import JAX on their first call.)
+
 A family pairs a distribution with a :class:`~glmmjax.links.Link`. Its traced methods
 work elementwise over observations and take the family's extra parameter, the
 *dispersion*, on its own natural scale:
@@ -40,13 +43,10 @@ from __future__ import annotations
 
 import warnings
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import betaln, digamma, gammaln, polygamma, xlog1py, xlogy
 
 from .._errors import DataError
+from .._lazyjax import PytreeClass, jax, jnp, lazy_module, replace_fields
 from .links import LINKS, Link, canonical_link_name, get_link
 from .math import count_times_log, log_binomial_coefficient
 
@@ -64,6 +64,33 @@ __all__ = [
 ]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
+
+# jax.scipy.special, imported on the first call (a family on the host engine imports no JAX).
+_special = lazy_module("jax.scipy.special")
+
+
+def betaln(a, b):
+    return _special.betaln(a, b)
+
+
+def digamma(x):
+    return _special.digamma(x)
+
+
+def gammaln(x):
+    return _special.gammaln(x)
+
+
+def polygamma(n, x):
+    return _special.polygamma(n, x)
+
+
+def xlog1py(x, y):
+    return _special.xlog1py(x, y)
+
+
+def xlogy(x, y):
+    return _special.xlogy(x, y)
 
 
 def _float(x):
@@ -105,7 +132,7 @@ def _check_weights(weights: np.ndarray, rows) -> np.ndarray:
     return weights
 
 
-class Family(eqx.Module):
+class Family(PytreeClass):
     """Abstract response distribution with a link.
 
     Class attributes (static, describe the family):
@@ -778,7 +805,7 @@ def get_family(family: str | Family, link: str | Link | None = None) -> Family:
     if isinstance(family, Family):
         if link is None:
             return family
-        return eqx.tree_at(lambda f: f.link, family, type(family)._resolve_link(link))
+        return replace_fields(family, link=type(family)._resolve_link(link))
     if isinstance(family, type) and issubclass(family, Family):
         return family(link=link)
     if not isinstance(family, str):

@@ -1,5 +1,9 @@
 """Link functions as small immutable pytrees with pure JAX methods.
 
+(Immutable classes that become JAX pytrees once JAX is imported,
+:class:`glmmjax._lazyjax.PytreeClass`: defining or using one on the host engine imports
+no JAX; the methods import it on their first call.)
+
 A link g maps the mean μ to the linear predictor η = g(μ). Only ``link`` and ``inverse``
 must be written; the derivative dμ/dη comes from forward-mode autodiff, and
 ``log_inverse`` / ``log1m_inverse`` (log μ and log(1 − μ)) default to the obvious
@@ -19,10 +23,9 @@ from __future__ import annotations
 
 import abc
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
-from jax.scipy.special import log_ndtr, ndtr, ndtri
+from .._lazyjax import PytreeClass, jax, jnp, lazy_module
+
+_special = lazy_module("jax.scipy.special")
 
 __all__ = [
     "Link",
@@ -39,6 +42,18 @@ __all__ = [
     "get_link",
     "LINKS",
 ]
+
+
+def log_ndtr(x):
+    return _special.log_ndtr(x)
+
+
+def ndtr(x):
+    return _special.ndtr(x)
+
+
+def ndtri(x):
+    return _special.ndtri(x)
 
 
 def _log1mexp(x):
@@ -61,7 +76,7 @@ def _log_one_minus_exp_neg_exp(eta):
     return jnp.where(tail, eta_tail - 0.5 * jnp.exp(eta_tail), _log1mexp(jnp.exp(eta_body)))
 
 
-class Link(eqx.Module):
+class Link(PytreeClass):
     """Abstract link function g with η = g(μ).
 
     Subclasses define a class attribute ``name`` and the pure functions ``link`` and

@@ -41,9 +41,9 @@ are classified by name):
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from .._lazyjax import jax, jnp
 
 #: Families that accept ``ziformula=`` when they do not say (by ``family.name``).
 ZERO_INFLATABLE_NAMES = frozenset({

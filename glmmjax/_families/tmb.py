@@ -38,11 +38,9 @@ in its summary is −2 log L), and deviance residuals raise.
 
 from __future__ import annotations
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from .._lazyjax import jax, jnp, static_field
 from . import math_compois as cmp
 from . import math_tmb as tmb
 from . import ordbeta
@@ -469,7 +467,7 @@ class StudentT(_LikelihoodFamily):
         link: ``"identity"`` (default), ``"log"`` or ``"inverse"``.
     """
 
-    df: float | None = eqx.field(static=True)  # a model choice, as the link: no leaf
+    df: float | None = static_field()  # a model choice, as the link: no leaf
 
     name = "t_family"
     canonical_link = "identity"
@@ -547,7 +545,7 @@ class Tweedie(_LikelihoodFamily):
     sums as many as each fit needs).
     """
 
-    power: float | None = eqx.field(static=True)
+    power: float | None = static_field()
 
     name = "tweedie"
     canonical_link = "log"
@@ -639,7 +637,7 @@ class OrderedBeta(_LikelihoodFamily):
     the beta part's mean, and the variance function μ(1 − μ).
     """
 
-    cutpoints: tuple | None = eqx.field(static=True)
+    cutpoints: tuple | None = static_field()
 
     name = "ordbeta"
     canonical_link = "logit"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .._families.base import Family
+from .._lazyjax import jnp, run_x64
 from .mixed import MixedModelResult
 
 
@@ -63,7 +62,7 @@ class GLMMResult(MixedModelResult):
         # The family's mean parameter g⁻¹(η) (for zero-truncated families not the
         # fitted E[y]); its variance function gives Var y.
         eta = self.fitted(type="link").to_numpy()
-        with jax.enable_x64(True):
+        with run_x64():
             mu = self.family.link.inverse(jnp.asarray(eta))
             var = np.asarray(self.family.variance(mu, self._disp_arg()))
         scale = self.dispersion if self.family.dispersion_method == "pearson" else 1.0

@@ -50,7 +50,7 @@ from ..._model.covariance import diagonal_mask, initial_theta, split_theta, star
 from ..._model.structure import ReStructure, build_structure, plain_structure
 from ..blas import single_threaded_blas
 from ..compiled.optimize import minimize_host
-from ..compiled.pirls import split
+from ..lmm_shared import split
 from ..seam import BOUNDARY_TRY, GLMMFit, opt_summary
 from . import lmm
 from .products import host_cross_products, segment_sum
