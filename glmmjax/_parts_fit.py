@@ -4,15 +4,15 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
-from ._engines.compiled.lmm import SINGULAR_TOL
 from ._engines.compiled.optimize import Solution, Status
-from ._engines.compiled.parts import PartsData, criterion_at, dense_terms, fit
 from ._engines.host.parts import start_values
+from ._engines.lmm_shared import SINGULAR_TOL
+from ._engines.parts_shared import PartsData, dense_terms
 from ._engines.seam import check_engine, choose_lmm, opt_summary
 from ._families.response_parts import is_truncated
+from ._lazyjax import run_x64
 from ._model.covariance import canonical_theta, diagonal_mask, numpy_factors
 from ._model.design import DataError
 from ._model.parts_design import PartsDesign, build_parts, check_parts
@@ -178,9 +178,11 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
         host_criterion = out.pop("criterion")
 
         def criterion_fn(x):
-            with jax.enable_x64(True):  # the kernel must see float64 arrays as such
+            with run_x64():  # the kernel must see float64 arrays as such
                 return host_criterion(x)
     else:
+        from ._engines.compiled.parts import criterion_at, fit
+
         out = fit(params0, data_, max_iter=max_iter)
         v_fit = out["v"]
         criterion_fn = lambda x: criterion_at(x, data_, v_fit)  # noqa: E731

@@ -156,7 +156,7 @@ def test_host_engine_uses_the_numpy_kernel_for_builtin_families():
 
 
 def _parts_data(family, zero_inflated, seed=0):
-    from glmmjax._engines.compiled.parts import DenseTerms, PartsData
+    from glmmjax._engines.parts_shared import DenseTerms, PartsData
 
     y, w, *_ = _inputs(family, zero_inflated, seed)
     rng = np.random.default_rng(seed + 1)

@@ -4,9 +4,9 @@ against the dense ZΛ(θ) it replaces (glmmjax._engines.compiled.parts.random_ma
 import jax
 import numpy as np
 
-from glmmjax._engines.compiled.parts import dense_terms
 from glmmjax._engines.compiled.parts import random_matrix as _random_matrix
 from glmmjax._engines.host.row_sparse import TermPattern, gram, quadratic
+from glmmjax._engines.parts_shared import dense_terms
 
 
 class _Term:

@@ -75,6 +75,11 @@ def supported(family) -> bool:
             and _builtin(family.link, _LINKS))
 
 
+def link_supported(link) -> bool:
+    """Whether this module has the closed forms of the (built-in) ``link``."""
+    return _builtin(link, _LINKS)
+
+
 def special(xp):
     """The special functions matching the array module (scipy's or JAX's)."""
     if xp is np:
@@ -151,6 +156,11 @@ def _sigmoids(xp, eta):
     mu = xp.where(neg, e * inv, inv)
     one_m = xp.where(neg, inv, e * inv)
     return log_mu, log_1m, mu, one_m
+
+
+def logistic(xp, x):
+    """1/(1 + e^{−x}), accurate in both tails."""
+    return _sigmoids(xp, x)[2]
 
 
 def mean_derivatives(link, xp, eta):

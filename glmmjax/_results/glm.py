@@ -8,8 +8,6 @@ between ``lmer``-style and ``glm`` results without relearning them.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -24,8 +22,10 @@ from .._display import (
     with_r_aliases,
 )
 from .._engines.seam import GLMFit
+from .._families import math as fm
 from .._families.base import Family
 from .._families.distributions import norm_ppf, norm_sf, t_ppf, t_sf
+from .._lazyjax import jax, jnp
 from .._model.design import Design, new_data_design
 from .._precision import with_x64
 
@@ -255,13 +255,24 @@ class GLMResult:
             mu = family.link.inverse(e)
             return family.response_mean(mu, disp) if truncated else mu
 
-        fit = eta if type == "link" else np.asarray(response(jnp.asarray(eta)))
+        # Built-in links in numpy (no JAX to import or trace), others through JAX.
+        closed_form = not truncated and fm.link_supported(family.link)
+        if type == "link":
+            fit = eta
+        elif closed_form:
+            fit = fm.inverse_link(family.link, np, np.asarray(eta, dtype=np.float64))
+        else:
+            fit = np.asarray(response(jnp.asarray(eta)))
         if not se_fit:
             return pd.Series(fit, index=index, name=type)
         se = np.sqrt(np.einsum("ij,jk,ik->i", X, np.asarray(self._fit.vcov), X))
         if type == "response":
-            slope = (jax.vmap(jax.grad(response))(jnp.asarray(eta, dtype=float)) if truncated
-                     else self.family.link.mu_eta(eta))
+            if truncated:
+                slope = jax.vmap(jax.grad(response))(jnp.asarray(eta, dtype=float))
+            elif closed_form:
+                slope = fm.mean_derivatives(family.link, np, np.asarray(eta, dtype=np.float64))[1]
+            else:
+                slope = self.family.link.mu_eta(eta)
             se = se * np.abs(np.asarray(slope))
         return pd.DataFrame({"fit": fit, "se_fit": se}, index=index)
 

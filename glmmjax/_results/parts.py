@@ -6,12 +6,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from .._display import plural, show, with_r_aliases
+from .._families import math as fm
 from .._families.distributions import norm_sf
 from .._families.response_parts import (
     conditional_mean,
@@ -21,6 +20,7 @@ from .._families.response_parts import (
     weights_are_trials,
     zero_inflatable,
 )
+from .._lazyjax import jax, jnp, run_x64
 from .._model.covariance import varcorr_frame
 from .._model.design import new_data_design
 from .glmm import GLMMResult
@@ -195,7 +195,11 @@ class GLMMPartsResult(GLMMResult):
             raise ValueError(f"type must be one of {PREDICT_TYPES}, got {type!r}")
         eta, zeta, log_phi = self._predictors(newdata, include_re, allow_new_levels)
         family = self.family
-        with jax.enable_x64(True):
+        if (type in ("response", "conditional", "zprob") and not is_truncated(family)
+                and fm.link_supported(family.link)):  # numpy: nothing to import or trace
+            return pd.Series(self._closed_form_mean(type, eta, zeta), name="prediction",
+                             index=self.design.rows if newdata is None else newdata.index)
+        with run_x64():
             if type == "response":
                 values = response_mean(family, jnp.asarray(eta), jnp.asarray(zeta),
                                        jnp.asarray(log_phi), zero_inflated=self.zero_inflated)
@@ -213,6 +217,18 @@ class GLMMPartsResult(GLMMResult):
             values = np.asarray(values)
         index = self.design.rows if newdata is None else newdata.index
         return pd.Series(values, index=index, name="prediction")
+
+    def _closed_form_mean(self, type, eta, zeta):  # noqa: A002
+        """``predict``'s means for a family that is not truncated with a built-in link,
+        in numpy: μ = g⁻¹(η), π = logistic(ζ), E y = (1 − π)μ."""
+        if type == "zprob":
+            if not self.zero_inflated:
+                return np.zeros(len(eta))
+            return fm.logistic(np, np.asarray(zeta, dtype=np.float64))
+        mu = fm.inverse_link(self.family.link, np, np.asarray(eta, dtype=np.float64))
+        if type == "response" and self.zero_inflated:
+            mu = mu * fm.logistic(np, -np.asarray(zeta, dtype=np.float64))
+        return mu
 
     def fitted(self, type: str = "response") -> pd.Series:
         """Fitted values (``predict(type=...)`` on the fitting data)."""
@@ -255,7 +271,7 @@ class GLMMPartsResult(GLMMResult):
 
         rng = np.random.default_rng(seed)
         draws = []
-        with jax.enable_x64(True):
+        with run_x64():
             if _parts_draws.supported(self.family):  # numpy: nothing to compile
                 def draw(seed_k, eta, zeta, log_phi, trials):
                     return _parts_draws.draw(self.family, rng, eta, zeta, log_phi, trials,

@@ -34,37 +34,11 @@ from jax.scipy.linalg import cho_factor, cho_solve
 from ..._families.response_parts import dispersion_power, row_loglik
 from ..._model.covariance import diagonal_mask, initial_theta, theta_to_factors
 from ..._progress import noted
+from ..parts_shared import DenseTerms, PartsData, dense_terms  # noqa: F401  (re-exported)
 from .jit import program
 
 MAX_NEWTON = 100
 NEWTON_TOL = 1e-10
-
-
-class DenseTerms(eqx.Module):
-    """The random-effects terms of one part: level indicators (n, m_t) and model
-    matrices (n, S_t) per term."""
-
-    indicators: tuple
-    z: tuple
-    sizes: tuple = eqx.field(static=True)
-    n_levels: tuple = eqx.field(static=True)
-
-    @property
-    def q(self) -> int:
-        return int(sum(m * s for m, s in zip(self.n_levels, self.sizes)))
-
-    @property
-    def n_theta(self) -> int:
-        return int(sum(s * (s + 1) // 2 for s in self.sizes))
-
-
-def dense_terms(terms, n: int, dtype=np.float64) -> DenseTerms:
-    """:class:`DenseTerms` from a design's :class:`~glmmjax._model.design.TermDesign` list."""
-    indicators = tuple(
-        (t.refs[:, None] == np.arange(t.n_levels)[None, :]).astype(dtype) for t in terms)
-    z = tuple(np.asarray(t.z, dtype=dtype) for t in terms)
-    return DenseTerms(indicators, z, tuple(t.size for t in terms),
-                      tuple(t.n_levels for t in terms))
 
 
 def random_matrix(theta, terms: DenseTerms, n: int, dtype):
@@ -76,33 +50,6 @@ def random_matrix(theta, terms: DenseTerms, n: int, dtype):
         zl = z @ lam
         blocks.append((J[:, :, None] * zl[:, None, :]).reshape(n, -1))
     return jnp.concatenate(blocks, axis=1)
-
-
-class PartsData(eqx.Module):
-    """The arrays of one model with zero-inflation and/or a dispersion model."""
-
-    y: jnp.ndarray
-    weights: jnp.ndarray
-    X: jnp.ndarray
-    offset: jnp.ndarray
-    X_zi: jnp.ndarray
-    offset_zi: jnp.ndarray
-    X_disp: jnp.ndarray
-    offset_disp: jnp.ndarray
-    cond: DenseTerms
-    zi: DenseTerms
-    family: object
-    zero_inflated: bool = eqx.field(static=True)
-
-    @property
-    def layout(self) -> tuple[int, ...]:
-        """Lengths of (θ_c, θ_z, β, β_zi, β_d) in the parameter vector."""
-        return (self.cond.n_theta, self.zi.n_theta, self.X.shape[1], self.X_zi.shape[1],
-                self.X_disp.shape[1])
-
-    @property
-    def q(self) -> int:
-        return self.cond.q + self.zi.q
 
 
 def unpack(params, layout):

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import functools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import lapack
 
 from ..._families.response_parts import row_loglik
+from ..._lazyjax import jax, jnp
 from ..._model.covariance import _tril_indices_colmajor
 from ..._progress import noted
 from ..blas import single_threaded_blas
@@ -123,11 +122,12 @@ def start_values(data) -> np.ndarray:
     """The start of a fit: :func:`glmmjax._engines.host.parts_rows.start_params` (numpy, nothing
     compiled) for the built-in families, else the compiled
     :func:`glmmjax._engines.compiled.parts.start_params`."""
-    from ..compiled.parts import start_params_jit
     from .parts_rows import start_params
 
     if supported(data.family):
         return start_params(data)
+    from ..compiled.parts import start_params_jit
+
     with jax.enable_x64(True):
         return np.asarray(start_params_jit(jax.tree_util.tree_map(jnp.asarray, data)))
 
