@@ -19,6 +19,7 @@ from ._engines.compiled.optimize import Status
 from ._engines.lmm_shared import SINGULAR_TOL
 from ._engines.seam import choose_glmm, fit_glmm
 from ._families import math as fm
+from ._families import math_tmb as tmb_math
 from ._families.base import (
     Beta,
     Binomial,
@@ -305,6 +306,8 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         mu = mean_parameter(eta_values)
         if not getattr(family, "truncated", False):
             return mu
+        if tmb_math.truncated_supported(family):  # numpy: nothing to import or trace
+            return tmb_math.truncated_mean(family, np, np.asarray(mu), out.dispersion)
         with run_x64():
             disp = None if out.dispersion is None else jnp.asarray(out.dispersion)
             return np.asarray(family.response_mean(jnp.asarray(mu), disp))

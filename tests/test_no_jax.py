@@ -113,3 +113,107 @@ def test_float64_reaches_jax_imported_during_a_call():
         print(json.dumps([before, inside, str(jnp.zeros(1).dtype)]))
     """)
     assert out == [False, "float64", "float32"]
+
+
+_GLM_FITS = """
+    import json, sys, warnings
+    import numpy as np
+    import glmmjax
+    cbpp = glmmjax.datasets.load("cbpp")
+    owls = glmmjax.datasets.load("owls")
+    text = ""
+    binomial = glmmjax.glm("cbind(incidence, size - incidence) ~ period", cbpp,
+                           family="binomial")
+    nb = glmmjax.glm("SiblingNegotiation ~ FoodTreatment * SexParent"
+                     " + offset(log(BroodSize))", owls, family="negative_binomial")
+    nb1 = glmmjax.glm("SiblingNegotiation ~ FoodTreatment + offset(log(BroodSize))", owls,
+                      family="nbinom1")
+    glms = [binomial, nb, nb1]
+    for fit in glms:
+        text += str(fit) + fit.summary()
+    means = [fit.predict(type="response", se_fit=True).to_numpy() for fit in glms]
+    cbpp_glmm = glmmjax.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
+                              family="binomial")
+    owls_formula = ("SiblingNegotiation ~ FoodTreatment * SexParent + offset(log(BroodSize))"
+                    " + (1 | Nest)")
+    owls_nb2 = glmmjax.glmer(owls_formula, owls, family="negative_binomial")
+    owls_zi = glmmjax.glmer("SiblingNegotiation ~ FoodTreatment + offset(log(BroodSize))"
+                            " + (1 | Nest)", owls, family="poisson", ziformula="~1")
+    smaller = glmmjax.glmer("cbind(incidence, size - incidence) ~ 1 + (1 | herd)", cbpp,
+                            family="binomial")
+    glmms = [cbpp_glmm, owls_nb2, owls_zi]
+    for fit in glmms:
+        text += str(fit) + fit.summary() + fit.varcorr.to_string()
+        means.append(fit.predict(type="response").to_numpy())
+    text += glmmjax.anova(smaller, cbpp_glmm).to_string()
+    ranef = [fit.ranef[name].to_numpy() for fit, name in
+             zip(glmms, ("herd", "Nest", "Nest"))]
+    loaded = [m for m in {heavy!r} if m in sys.modules]
+"""
+
+
+def test_glm_and_glmer_host_fits_import_no_jax():
+    """glm (binomial, NB with θ estimated, a glmmTMB family) and glmer (cbpp binomial,
+    Owls NB2 with an offset, a zero-inflated Poisson on the parts engine) with their
+    print/summary/anova/predict/ranef: no JAX, equinox or optax."""
+    _skip_on_accelerators()
+    out = _run(_GLM_FITS.format(heavy=_HEAVY) + """
+    print(json.dumps({"loaded": loaded,
+                      "engines": [fit.engine for fit in glmms],
+                      "text": all(s in text for s in ("Pr(>|z|)", "Pr(>Chisq)", "theta")),
+                      "finite": all(bool(np.all(np.isfinite(a))) for a in means + ranef)}))
+    """)
+    assert out == {"loaded": [], "engines": ["host"] * 3, "text": True, "finite": True}
+
+
+def test_jax_features_after_jax_free_glm_and_glmer_fits_agree():
+    """After those fits: engine="jax" fits agree with the host ones, and a user-defined
+    family and link (subclasses with their own __init__) fit and are pytrees."""
+    _skip_on_accelerators()
+    out = _run(_GLM_FITS.format(heavy=_HEAVY) + """
+    assert loaded == [], loaded
+    compiled = glmmjax.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                             cbpp, family="binomial", engine="jax")
+    compiled_nb = glmmjax.glm("SiblingNegotiation ~ FoodTreatment * SexParent"
+                              " + offset(log(BroodSize))", owls, family="negative_binomial",
+                              engine="jax")
+    import jax
+    import jax.numpy as jnp
+    from glmmjax.families import Poisson
+    from glmmjax.links import Link
+
+    class Power(Link):
+        name = "power"
+        power: float
+
+        def __init__(self, power):
+            self.power = power
+
+        def link(self, mu):
+            return mu ** self.power
+
+        def inverse(self, eta):
+            return eta ** (1.0 / self.power)
+
+    class MyPoisson(Poisson):
+        allowed_links = None
+
+    family = MyPoisson(link=Power(0.5))
+    custom = glmmjax.glm("SiblingNegotiation ~ FoodTreatment", owls, family=family)
+    builtin = glmmjax.glm("SiblingNegotiation ~ FoodTreatment", owls,
+                          family=glmmjax.families.Poisson(link="sqrt"))
+    leaves, tree = jax.tree_util.tree_flatten(family)
+    rebuilt = jax.tree_util.tree_unflatten(tree, leaves)
+    traced = jax.jit(lambda f, e: f.link.inverse(e))(family, jnp.asarray(3.0))
+    print(json.dumps({
+        "loglik": [cbpp_glmm.loglik, compiled.loglik, nb.loglik, compiled_nb.loglik],
+        "custom": [custom.loglik, builtin.loglik],
+        "pytree": [leaves == [0.5], rebuilt == family, hash(rebuilt) == hash(family),
+                   float(traced)],
+    }))
+    """)
+    loglik = out["loglik"]
+    assert loglik[1] == pytest.approx(loglik[0], rel=1e-6)
+    assert loglik[3] == pytest.approx(loglik[2], rel=1e-8)
+    assert out["custom"][0] == pytest.approx(out["custom"][1], rel=1e-8)
+    assert out["pytree"] == [True, True, True, 9.0]

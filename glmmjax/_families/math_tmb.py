@@ -489,6 +489,22 @@ _TRUNCATED = {"TruncatedPoisson": "poisson", "TruncatedNegativeBinomial2": "nbin
               "TruncatedNegativeBinomial1": "nbinom1"}
 
 
+def truncated_supported(family) -> bool:
+    """Whether ``family`` is one of glmmjax's zero-truncated families (a subclass is
+    the user's), whose :func:`truncated_mean` this module has."""
+    from . import math as fm
+
+    return fm._builtin(family, tuple(_TRUNCATED))
+
+
+def truncated_mean(family, xp, mu, dispersion):
+    """E[y | y ≥ 1] = μ/P(y > 0) of a :func:`truncated_supported` family (its
+    ``response_mean``)."""
+    name = _TRUNCATED[type(family).__name__]
+    psi = 0.0 if name == "poisson" else xp.log(dispersion)
+    return mu / -xp.expm1(log_zero_probability(xp, name, xp.log(mu), psi))
+
+
 def row_terms(family, xp, y, eta, weights, dispersion, third: bool, need_psi: bool):
     """:class:`glmmjax._families.math.RowTerms` of a family of this module."""
     from . import math as fm

@@ -23,6 +23,7 @@ from .._display import (
 )
 from .._engines.seam import GLMFit
 from .._families import math as fm
+from .._families import math_tmb as tmb_math
 from .._families.base import Family
 from .._families.distributions import norm_ppf, norm_sf, t_ppf, t_sf
 from .._lazyjax import jax, jnp
@@ -255,12 +256,16 @@ class GLMResult:
             mu = family.link.inverse(e)
             return family.response_mean(mu, disp) if truncated else mu
 
-        # Built-in links in numpy (no JAX to import or trace), others through JAX.
-        closed_form = not truncated and fm.link_supported(family.link)
+        # Built-in links and families in numpy (no JAX to import or trace), others
+        # through JAX.
+        closed_form = fm.link_supported(family.link) and (
+            not truncated or tmb_math.truncated_supported(family))
         if type == "link":
             fit = eta
         elif closed_form:
             fit = fm.inverse_link(family.link, np, np.asarray(eta, dtype=np.float64))
+            if truncated:
+                fit = tmb_math.truncated_mean(family, np, fit, disp)
         else:
             fit = np.asarray(response(jnp.asarray(eta)))
         if not se_fit:
@@ -269,7 +274,7 @@ class GLMResult:
         if type == "response":
             if truncated:
                 slope = jax.vmap(jax.grad(response))(jnp.asarray(eta, dtype=float))
-            elif closed_form:
+            elif closed_form:  # (not truncated)
                 slope = fm.mean_derivatives(family.link, np, np.asarray(eta, dtype=np.float64))[1]
             else:
                 slope = self.family.link.mu_eta(eta)

@@ -11,9 +11,11 @@ import pandas as pd
 
 from .._display import plural, show, with_r_aliases
 from .._families import math as fm
+from .._families import math_tmb as tmb_math
 from .._families.distributions import norm_sf
 from .._families.response_parts import (
     conditional_mean,
+    dispersion_power,
     family_dispersion,
     is_truncated,
     response_mean,
@@ -195,9 +197,11 @@ class GLMMPartsResult(GLMMResult):
             raise ValueError(f"type must be one of {PREDICT_TYPES}, got {type!r}")
         eta, zeta, log_phi = self._predictors(newdata, include_re, allow_new_levels)
         family = self.family
-        if (type in ("response", "conditional", "zprob") and not is_truncated(family)
-                and fm.link_supported(family.link)):  # numpy: nothing to import or trace
-            return pd.Series(self._closed_form_mean(type, eta, zeta), name="prediction",
+        if (type in ("response", "conditional", "zprob") and fm.link_supported(family.link)
+                and (not is_truncated(family) or tmb_math.truncated_supported(family))):
+            # numpy: nothing to import or trace
+            return pd.Series(self._closed_form_mean(type, eta, zeta, log_phi),
+                             name="prediction",
                              index=self.design.rows if newdata is None else newdata.index)
         with run_x64():
             if type == "response":
@@ -218,14 +222,17 @@ class GLMMPartsResult(GLMMResult):
         index = self.design.rows if newdata is None else newdata.index
         return pd.Series(values, index=index, name="prediction")
 
-    def _closed_form_mean(self, type, eta, zeta):  # noqa: A002
-        """``predict``'s means for a family that is not truncated with a built-in link,
-        in numpy: μ = g⁻¹(η), π = logistic(ζ), E y = (1 − π)μ."""
+    def _closed_form_mean(self, type, eta, zeta, log_phi):  # noqa: A002
+        """``predict``'s means for a built-in family and link in numpy: μ = g⁻¹(η)
+        (μ/P(y > 0) for the zero-truncated families), π = logistic(ζ), E y = (1 − π)μ."""
         if type == "zprob":
             if not self.zero_inflated:
                 return np.zeros(len(eta))
             return fm.logistic(np, np.asarray(zeta, dtype=np.float64))
         mu = fm.inverse_link(self.family.link, np, np.asarray(eta, dtype=np.float64))
+        if is_truncated(self.family):
+            dispersion = np.exp(dispersion_power(self.family) * np.asarray(log_phi, np.float64))
+            mu = tmb_math.truncated_mean(self.family, np, mu, dispersion)
         if type == "response" and self.zero_inflated:
             mu = mu * fm.logistic(np, -np.asarray(zeta, dtype=np.float64))
         return mu
