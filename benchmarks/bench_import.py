@@ -4,14 +4,16 @@ Measured per fresh process (medians over ``--repeats``): ``import jax`` alone, t
 another process ``import glmmjax`` (lazy: a few milliseconds) followed by looking up
 ``glmmjax.lmer`` and ``glmmjax.glmer`` (which imports what their modules need: JAX,
 equinox, pandas, formulaic, scipy), and ``import glmmjax`` followed by a whole first
-``lmer`` fit of sleepstudy (the host engine on a CPU: it imports no JAX). Wall and CPU
-seconds, and whether the process imported JAX.
+``lmer`` fit of sleepstudy or ``glmer`` fit of cbpp (binomial) (the host engine on a
+CPU: neither imports JAX). Wall and CPU seconds, and whether the process imported JAX.
+
+``--root DIR`` times another checkout's glmmjax (e.g. ``/work/main``) with these probes.
 
 ``--compare-ml-dtypes DIR`` runs the same measurements a second time with ``DIR`` first
 on ``sys.path`` (e.g. a ``pip install --target DIR ml_dtypes==0.7.0``), to compare the
 installed ml_dtypes (JAX's dtype extension) with another version in the same run.
 
-Run: ``python benchmarks/bench_import.py [--repeats 5] [--compare-ml-dtypes DIR]``
+Run: ``python benchmarks/bench_import.py [--repeats 5] [--compare-ml-dtypes DIR] [--root DIR]``
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ PROBES = {
     "import glmmjax + lmer sleepstudy fit": (
         "import glmmjax; glmmjax.lmer('Reaction ~ Days + (Days | Subject)', "
         "glmmjax.datasets.load('sleepstudy'))"),
+    "import glmmjax + glmer cbpp fit": (
+        "import glmmjax; glmmjax.glmer('cbind(incidence, size - incidence) ~ period + "
+        "(1 | herd)', glmmjax.datasets.load('cbpp'), family='binomial')"),
 }
 _TIMER = """
 import json, sys, time
@@ -82,5 +87,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compare-ml-dtypes", default=None)
+    parser.add_argument("--root", default=None, help="time this checkout's glmmjax")
     args = parser.parse_args()
+    if args.root:
+        ROOT = Path(args.root).resolve()
     main(args.repeats, args.compare_ml_dtypes)
