@@ -202,6 +202,13 @@ class _PytreeClassMeta(abc.ABCMeta):
                 check(self)
         return self
 
+    @property
+    def __signature__(cls):  # noqa: N805  (help() and inspect.signature show __init__'s)
+        import inspect
+
+        signature = inspect.signature(cls.__init__)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
+
 
 def _values_equal(a, b) -> bool:
     if a is b:
