@@ -80,6 +80,28 @@ def link_supported(link) -> bool:
     return _builtin(link, _LINKS)
 
 
+def variance(family, xp, mu, dispersion=None):
+    """The variance function V(μ) of the built-in families of :mod:`.base` (their
+    ``variance``; Var y = scale·V(μ)/w), or None for any other family."""
+    if not _builtin(family, _FAMILIES):
+        return None
+    name = type(family).__name__
+    if name == "Gaussian":
+        return xp.ones_like(mu)
+    if name in _UNIT_FAMILIES:
+        return mu * (1.0 - mu)
+    if name == "Poisson":
+        return mu
+    if name == "Gamma":
+        return mu * mu
+    if name == "InverseGaussian":
+        return mu**3
+    theta = family.theta if dispersion is None else dispersion  # NegativeBinomial
+    if theta is None:
+        raise ValueError("NegativeBinomial(theta=None) needs a dispersion value")
+    return mu + mu * mu / theta
+
+
 def special(xp):
     """The special functions matching the array module (scipy's or JAX's)."""
     if xp is np:

@@ -133,6 +133,8 @@ class GLMResult:
         mu = np.asarray(self._fit.mu)
         if not getattr(self.family, "truncated", False):
             return mu
+        if tmb_math.truncated_supported(self.family):  # numpy: nothing to import or trace
+            return tmb_math.truncated_mean(self.family, np, mu, self._family_dispersion())
         return np.asarray(self.family.response_mean(mu, self._family_dispersion()))
 
     @property
@@ -201,7 +203,9 @@ class GLMResult:
         if type == "response":
             values = y - mean
         elif type == "pearson":
-            var = np.asarray(self.family.variance(mu, disp))
+            var = fm.variance(self.family, np, mu, disp)  # numpy for the built-in ones
+            if var is None:
+                var = np.asarray(self.family.variance(mu, disp))
             values = (y - mean) * np.sqrt(w) / np.sqrt(var)
         elif type == "deviance":
             values = np.asarray(self.family.deviance_residuals(y, mu, w, disp))

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from .._families import math as fm
 from .._families.base import Family
 from .._lazyjax import jnp, run_x64
 from .mixed import MixedModelResult
@@ -62,9 +63,14 @@ class GLMMResult(MixedModelResult):
         # The family's mean parameter g⁻¹(η) (for zero-truncated families not the
         # fitted E[y]); its variance function gives Var y.
         eta = self.fitted(type="link").to_numpy()
-        with run_x64():
-            mu = self.family.link.inverse(jnp.asarray(eta))
-            var = np.asarray(self.family.variance(mu, self._disp_arg()))
+        var = None
+        if fm.link_supported(self.family.link):  # numpy: nothing to import or trace
+            mu = fm.inverse_link(self.family.link, np, np.asarray(eta, dtype=np.float64))
+            var = fm.variance(self.family, np, mu, self.dispersion)
+        if var is None:
+            with run_x64():
+                mu = self.family.link.inverse(jnp.asarray(eta))
+                var = np.asarray(self.family.variance(mu, self._disp_arg()))
         scale = self.dispersion if self.family.dispersion_method == "pearson" else 1.0
         return np.sqrt(scale * var / self.prior_weights)
 
