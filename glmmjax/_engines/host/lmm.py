@@ -36,7 +36,7 @@ from ..compiled.lmm import (
 )
 from ..compiled.optimize import minimize_host
 from ..seam import BOUNDARY_TRY
-from .products import host_cross_products, segment_sum
+from .products import host_cross_products, level_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +206,7 @@ def _solve_upper(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     x_rest = scipy.linalg.solve_triangular(factor.rest, rhs_rest, lower=True, trans="T",
                                            check_finite=False)
     contrib = factor.coupling_rows * x_rest[s.entry_rest][:, None]
-    reduced = rhs_first - segment_sum(contrib, s.entry_first, s.n_levels[0])
+    reduced = rhs_first - level_sums(s, "entry_first", contrib, s.entry_first, s.n_levels[0])
     x_first = _einsum("jba,jb->ja", factor.first_inv, reduced)
     return x_first, x_rest
 
@@ -272,8 +272,8 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int, overwrite: b
                 column = np.ascontiguousarray(C[:, k])
                 sigma_r0[:, k] -= (np.bincount(a, weights=weights * column[b], minlength=E)
                                    + np.bincount(b, weights=weights * column[a], minlength=E))
-    sigma_00 = _einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - segment_sum(
-        C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
+    sigma_00 = _einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - level_sums(
+        s, "entry_first", C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
     return sigma_00, sigma_r0, sigma_rr
 
 

@@ -11,6 +11,7 @@ few milliseconds.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 
 from ..._model.structure import PlainStructure, ReStructure, plain_structure
 from ..compiled.cholesky import CrossProducts
@@ -25,6 +26,45 @@ def segment_sum(values, ids, n_segments):
     for k in range(flat.shape[1]):
         out[:, k] = np.bincount(ids, weights=flat[:, k], minlength=n_segments)
     return out.reshape((n_segments,) + values.shape[1:])
+
+
+def level_sums(s, key, values, ids, n_segments):
+    """:func:`segment_sum` as one sparse product: the (n_segments, n) 0/1 indicator of
+    ``ids`` is built once, as CSR, and kept in the (plain) structure's cache under
+    ``key`` (the host GLMM sums over the same levels at every Newton step, and a
+    ``np.bincount`` per column costs a call each). The sums run over the observations
+    in the same order as ``segment_sum``'s, so they are the same numbers. A structure
+    without a cache, or a single segment, goes to ``segment_sum``."""
+    cache = getattr(s, "cache", None)
+    if cache is None or n_segments == 1:
+        return segment_sum(values, ids, n_segments)
+    indicator = cache.get(("levels", key))
+    if indicator is None:
+        ids = np.asarray(ids)
+        n = ids.shape[0]
+        indicator = scipy.sparse.csr_matrix((np.ones(n), (ids, np.arange(n))),
+                                            shape=(n_segments, n))
+        cache[("levels", key)] = indicator
+    flat = values.reshape(values.shape[0], int(np.prod(values.shape[1:])))
+    return (indicator @ flat).reshape((n_segments,) + values.shape[1:])
+
+
+def term_matrices(s: PlainStructure, t: int):
+    """Term ``t``'s Z_t as sparse matrices, (Z_t, Z_t') in CSR: Z_t is (n, m_t·S_t) with
+    z_it's nonzeros at columns l_it·S_t + a; kept in the structure's cache. Z_t·vec(b)
+    is Σ_a z_ia·b[l_i, a] and Z_t'·r is Σ_i r_i·z_i per level (in the observations'
+    order, as ``segment_sum``)."""
+    key = ("z_matrices", t)
+    if key not in s.cache:
+        z = np.asarray(s.z[t], dtype=np.float64)
+        refs = np.asarray(s.refs[t])
+        size = z.shape[1]
+        obs, column = np.nonzero(z)
+        matrix = scipy.sparse.csr_matrix(
+            (z[obs, column], (obs, refs[obs] * size + column)),
+            shape=(z.shape[0], s.n_levels[t] * size))
+        s.cache[key] = (matrix, matrix.T.tocsr())
+    return s.cache[key]
 
 
 def _rest_pattern(s: PlainStructure):
