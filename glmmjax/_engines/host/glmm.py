@@ -45,7 +45,7 @@ import numpy as np
 import scipy.linalg
 
 from ..._families import math as fm
-from ..._model.cov_structures import factor_derivatives, term_structures
+from ..._model.cov_structures import factor_derivatives, search_metric, term_structures
 from ..._model.covariance import diagonal_mask, initial_theta, split_theta, start_from_sds
 from ..._model.structure import ReStructure, build_structure, plain_structure
 from ..blas import single_threaded_blas
@@ -556,6 +556,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
     # may leave a link's domain; their non-finite values are rejected, not errors.
     with single_threaded_blas(), np.errstate(all="ignore"):
         sol1 = minimize_host(objective1, np.concatenate([theta0, disp0]), carry=(v0, np.eye(p)),
+                             inverse_hessian=search_metric(s2.structures, n_disp),
                              gtol=max(gtol, loose_gtol, START_GTOL), loose_gtol=loose_gtol,
                              first_step=_FIRST_STEP, expensive=True, max_iterations=max_iter)
         v1, L_x = sol1.carry
