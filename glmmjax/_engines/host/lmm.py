@@ -148,6 +148,8 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
     else:
         first_inv = np.linalg.inv(first)
         coupling_rows = _einsum("eab,eb->ea", first_inv[levels], half_rows @ lam0)
+    if rest.shape[0] == 0:  # no rest (a GLMM's Laplace stage with one term): nothing to factor
+        return _Factor(first, first_inv, coupling_rows, rest, half_rows, rest_lambda)
     _subtract_coupling_gram(s, coupling_rows, rest)  # the Schur complement, in place
     try:
         # ``rest`` is symmetric: in whichever of its two orders is Fortran's, LAPACK
@@ -194,6 +196,8 @@ def _subtract_coupling_gram(s: ReStructure, coupling_rows, out) -> None:
 def _solve_lower(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     """L·x = b, split as (m0, S0) and (R,)."""
     x_first = _einsum("jab,jb->ja", factor.first_inv, rhs_first)
+    if s.rest_size == 0:
+        return x_first, rhs_rest
     contrib = np.sum(factor.coupling_rows * x_first[s.entry_first], axis=1)
     x_rest = scipy.linalg.solve_triangular(
         factor.rest, rhs_rest - np.bincount(s.entry_rest, weights=contrib, minlength=s.rest_size),
@@ -203,6 +207,8 @@ def _solve_lower(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
 
 def _solve_upper(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     """L'·x = b, split as (m0, S0) and (R,)."""
+    if s.rest_size == 0:
+        return _einsum("jba,jb->ja", factor.first_inv, rhs_first), rhs_rest
     x_rest = scipy.linalg.solve_triangular(factor.rest, rhs_rest, lower=True, trans="T",
                                            check_finite=False)
     contrib = factor.coupling_rows * x_rest[s.entry_rest][:, None]

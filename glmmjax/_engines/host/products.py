@@ -10,6 +10,8 @@ few milliseconds.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse
 
@@ -182,11 +184,13 @@ def _weight_pattern(s: PlainStructure, dense: np.ndarray):
     return cached[1]
 
 
-def host_cross_products(s: ReStructure, weights, dense, reuse: bool = False) -> CrossProducts:
+def host_cross_products(s: ReStructure, weights, dense,
+                        reuse: bool = False) -> CrossProducts | HostCrossProducts:
     """:func:`glmmjax._engines.compiled.cholesky.cross_products` in numpy (float64 arrays).
 
     ``reuse``: the same structure and ``dense`` array come again with other weights (the
-    host GLMM's Newton steps), so the nonzero products are found once and kept."""
+    host GLMM's Newton steps), so the nonzero products are found once and kept; the
+    blocks then come as a :class:`HostCrossProducts` (host use only)."""
     s = plain_structure(s)
     weights = np.asarray(weights, dtype=np.float64)
     dense = np.asarray(dense, dtype=np.float64)
@@ -229,8 +233,20 @@ def host_cross_products(s: ReStructure, weights, dense, reuse: bool = False) -> 
     return CrossProducts(first, coupling, dense_first, rest)
 
 
-def _from_pattern(s: PlainStructure, blocks, weights, dense) -> CrossProducts:
-    """The blocks of :class:`_WeightPattern` assembled as the direct path assembles them."""
+class HostCrossProducts(NamedTuple):
+    """:class:`CrossProducts`' fields as a plain tuple, for the host engines only (an
+    equinox Module costs tens of µs to build, and the host GLMM builds one per Newton
+    step)."""
+
+    first: np.ndarray
+    coupling: tuple
+    dense_first: np.ndarray
+    rest: np.ndarray
+
+
+def _from_pattern(s: PlainStructure, blocks, weights, dense) -> HostCrossProducts:
+    """The blocks of :class:`_WeightPattern` assembled as the direct path assembles them
+    (as a :class:`HostCrossProducts`: ``reuse`` is the host GLMM's Newton steps)."""
     first, *rest_blocks = blocks
     n_coupling = s.n_terms - 1
     coupling = tuple(rest_blocks[:n_coupling])
@@ -244,4 +260,4 @@ def _from_pattern(s: PlainStructure, blocks, weights, dense) -> CrossProducts:
         re_dense = rest_blocks[n_coupling + 2]
         rest[:, dense_start:] += re_dense
         rest[dense_start:, :] += re_dense.T
-    return CrossProducts(first, coupling, dense_first, rest)
+    return HostCrossProducts(first, coupling, dense_first, rest)
