@@ -794,6 +794,7 @@ class Matern(Spatial):
     def n_params(self) -> int:
         return 3
 
+    @functools.lru_cache(maxsize=1)  # noqa: B019 (as _host_cholesky: asked at every θ)
     def _pairs(self):
         rows, cols = np.triu_indices(self.size, k=1)
         return rows, cols, self.distances()[rows, cols]  # distinct points: all > 0
