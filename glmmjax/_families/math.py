@@ -29,6 +29,7 @@ not covered (:func:`supported` says so) and go through autodiff in the compiled 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -69,10 +70,18 @@ def supported(family) -> bool:
     """Whether this module has the closed forms of ``family`` with its link (built-in
     families and links only; a subclass of either is the user's and is not covered).
     glmmTMB's families are in :mod:`glmmjax._families.math_tmb`."""
+    return _supported_types(type(family), type(family.link))
+
+
+@functools.lru_cache(maxsize=64)
+def _supported_types(family_type, link_type) -> bool:
+    """:func:`supported` by the classes alone (asked at every row-terms evaluation)."""
     from .math_tmb import FAMILIES as TMB_FAMILIES
 
-    return (_builtin(family, _FAMILIES + tuple(TMB_FAMILIES))
-            and _builtin(family.link, _LINKS))
+    def builtin(cls, names):
+        return cls.__name__ in names and cls.__module__.startswith("glmmjax.")
+
+    return builtin(family_type, _FAMILIES + tuple(TMB_FAMILIES)) and builtin(link_type, _LINKS)
 
 
 def special(xp):

@@ -45,7 +45,7 @@ import numpy as np
 import scipy.linalg
 
 from ..._families import math as fm
-from ..._model.cov_structures import factor_derivatives, term_structures
+from ..._model.cov_structures import factor_derivatives, search_metric, term_structures
 from ..._model.covariance import diagonal_mask, initial_theta, split_theta, start_from_sds
 from ..._model.structure import ReStructure, build_structure, plain_structure
 from ..blas import single_threaded_blas
@@ -53,7 +53,7 @@ from ..compiled.optimize import minimize_host
 from ..compiled.pirls import split
 from ..seam import BOUNDARY_TRY, GLMMFit, opt_summary
 from . import lmm
-from .products import host_cross_products, segment_sum
+from .products import host_cross_products, term_matrices
 
 MAX_NEWTON = 60
 NEWTON_TOL = 1e-10  # as compiled.pirls
@@ -154,19 +154,26 @@ def row_terms(model: HostGLMM, eta, dispersion, *, third=False, dispersion_deriv
 # -- ZΛ products --------------------------------------------------------------------------
 
 
+# Z_t and Z_t' are sparse matrices built once per structure (``products.term_matrices``):
+# one sparse product per term instead of a gather and a segment sum per column.
+
+
 def z_lambda_times(factors, s: ReStructure, u_terms):
     """ZΛu (n,) from u per term."""
     out = np.zeros(s.refs[0].shape[0])
     for t in range(s.n_terms):
-        b = u_terms[t] @ factors[t].T
-        out += np.einsum("ia,ia->i", s.z[t], b[s.refs[t]])
+        out += term_matrices(s, t)[0] @ (u_terms[t] @ factors[t].T).reshape(-1)
     return out
+
+
+def _z_transpose_times(s: ReStructure, t: int, r):
+    """Z_t'r per level, (m_t, S_t)."""
+    return (term_matrices(s, t)[1] @ r).reshape(s.n_levels[t], s.sizes[t])
 
 
 def lambda_z_transpose_times(factors, s: ReStructure, r):
     """Λ'Z'r per term, (m_t, S_t) each."""
-    return [segment_sum(s.z[t] * r[:, None], s.refs[t], s.n_levels[t]) @ factors[t]
-            for t in range(s.n_terms)]
+    return [_z_transpose_times(s, t, r) @ factors[t] for t in range(s.n_terms)]
 
 
 def _flat(parts_first, parts_rest_terms, beta_part=None):
@@ -179,8 +186,7 @@ def _flat(parts_first, parts_rest_terms, beta_part=None):
 def _weighted_term_outer(s: ReStructure, r, x_terms):
     """Per term, Σ_i r_i·z_it ⊗ x_t[l_it] (S_t × S_t): Σ_i r_i (ZΛ_k x)_i for every entry
     (row, column) of Λ_t."""
-    return [lmm._einsum("i,ia,ib->ab", r, s.z[t], x_terms[t][s.refs[t]])
-            for t in range(s.n_terms)]
+    return [_z_transpose_times(s, t, r).T @ x_terms[t] for t in range(s.n_terms)]
 
 
 # -- factor, Newton, value ----------------------------------------------------------------
@@ -550,6 +556,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
     # may leave a link's domain; their non-finite values are rejected, not errors.
     with single_threaded_blas(), np.errstate(all="ignore"):
         sol1 = minimize_host(objective1, np.concatenate([theta0, disp0]), carry=(v0, np.eye(p)),
+                             inverse_hessian=search_metric(s2.structures, n_disp),
                              gtol=max(gtol, loose_gtol, START_GTOL), loose_gtol=loose_gtol,
                              first_step=_FIRST_STEP, expensive=True, max_iterations=max_iter)
         v1, L_x = sol1.carry
