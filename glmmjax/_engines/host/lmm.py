@@ -165,7 +165,7 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
         first_inv = np.linalg.inv(first)
         coupling_rows = _einsum("eab,eb->ea", first_inv[levels], half_rows @ lam0)
     if rest.shape[0] == 0:  # no rest (a GLMM's Laplace stage with one term): nothing to factor
-        return _Factor(first, first_inv, coupling_rows, rest, half_rows, rest_lambda)
+        return _Factor(first, first_inv, coupling_rows, rest, half_rows)
     _subtract_coupling_gram(s, coupling_rows, rest)  # the Schur complement, in place
     try:
         # ``rest`` is symmetric: in whichever of its two orders is Fortran's, LAPACK
