@@ -69,6 +69,7 @@ BFGS = True  # update kept Hessians by BFGS (fewer refreshes; measured)
 # With the exact Hessian (LockstepModels.exact_hessian): computed at every accepted point
 # (Newton's method proper), or only where the difference Hessian would be refreshed.
 EXACT_EVERY = True
+TRUSTED_STEP = 1e-6  # the largest last step taken without evaluating its end point
 TRACE_TERM = True
 SMALL_BLOCK = 8  # blocks up to this size are factored by the unrolled Cholesky
 MAX_DENSE = 100  # largest dense block: q, or q less the first term's levels (_Schur)
@@ -1207,6 +1208,27 @@ class LockstepModels:
             scale_f = 1.0 + np.abs(f[act])
             near = decrement <= FINAL_TOL * scale_f
             final = (decrement <= DONE_TOL * scale_f) | (near & fresh[act])
+            if exact:
+                # A trusted last step: a final Newton step with the exact Hessian at this
+                # point that moves no parameter by more than TRUSTED_STEP (relative) is
+                # taken without evaluating its end point: F there is F − λ²/2 (the
+                # quadratic model, exact to O(|d|³), far below F's rounding), the
+                # gradient g + Hd, the mode û + (dû/dψ)d, and the Hessian the one here
+                # (O(|d|) off: 1e-7 relative at most in the standard errors).
+                tiny = final & here[act] & (np.max(np.abs(d) / (1.0 + np.abs(psi[act])), axis=1)
+                                            <= TRUSTED_STEP)
+                if tiny.any():
+                    m, dm = act[tiny], d[tiny]
+                    psi[m] += dm
+                    f[m] -= 0.5 * decrement[tiny]
+                    g[m] += np.matmul(hess[m], dm[:, :, None])[:, :, 0]
+                    u[m] += _extrapolate(S[m], dm)
+                    status[m] = Status.CONVERGED
+                    keep = ~tiny
+                    act, d, decrement = act[keep], d[keep], decrement[keep]
+                    scale_f, near, final = scale_f[keep], near[keep], final[keep]
+                    if act.size == 0:
+                        break
             scale = np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(d), axis=1), 1e-300))
             d *= scale[:, None]
             slope = np.sum(g[act] * d, axis=1)
