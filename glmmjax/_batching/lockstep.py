@@ -1214,7 +1214,7 @@ class LockstepModels:
                 # taken without evaluating its end point: F there is F − λ²/2 (the
                 # quadratic model, exact to O(|d|³), far below F's rounding), the
                 # gradient g + Hd, the mode û + (dû/dψ)d, and the Hessian the one here
-                # (O(|d|) off: 1e-7 relative at most in the standard errors).
+                # (O(|d|) off: 1e-6 relative at most in the SEs, as differences).
                 tiny = final & here[act] & (np.max(np.abs(d) / (1.0 + np.abs(psi[act])), axis=1)
                                             <= TRUSTED_STEP)
                 if tiny.any():
