@@ -343,10 +343,12 @@ class Layout:
             for (i, j), (target, M) in zip(self.pairs, self.schur_maps):
                 prod = (W * a[i] * a[j]).T
                 parts[target] = M @ prod if parts[target] is None else parts[target] + M @ prod
-            d = parts[0].T + 1.0
-            C = np.zeros((k, m1, q2)) if parts[1] is None else parts[1].T.reshape(k, m1, q2)
+            # (copied model-first: the Schur complement's products run over m1, q2)
+            d = np.ascontiguousarray(parts[0].T) + 1.0
+            C = (np.zeros((k, m1, q2)) if parts[1] is None
+                 else np.ascontiguousarray(parts[1].T).reshape(k, m1, q2))
             E = (np.zeros((k, q2, q2)) if parts[2] is None
-                 else parts[2].T.reshape(k, q2, q2)) + np.eye(q2)
+                 else np.ascontiguousarray(parts[2].T).reshape(k, q2, q2)) + np.eye(q2)
             return d, C, E
         out = None
         for (i, j), M in zip(self.pairs, self.H_maps):
@@ -426,7 +428,7 @@ class Layout:
             k = inverse.d_inv.shape[0]
             m1, q2 = self.n_diag, self.q2
             Y, S_inv = np.ascontiguousarray(inverse.DC), np.ascontiguousarray(inverse.S_inv)
-            d_inv, C0 = inverse.d_inv, np.ascontiguousarray(inverse.C)
+            d_inv, C0 = inverse.d_inv, np.ascontiguousarray(inverse.C)  # (no copies: made so)
             dd = d.reshape(k, P, m1) * d_inv[:, None, :]
             C = C.reshape(k, P, m1, q2)
             T = C - dd[..., None] * C0[:, None]  # C_a − D_aD⁻¹C
