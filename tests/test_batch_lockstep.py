@@ -380,3 +380,24 @@ def test_nested_poisson_with_an_offset_equals_single_fits():
     for k in range(2):
         alone = glmmjax.glmer("y " + formula, data.assign(y=Y[:, k]), family="poisson")
         assert_equals_alone(batch, k, alone)
+
+
+def test_exact_hessian_kept_between_refreshes_gives_the_same_fits(monkeypatch):
+    # EXACT_EVERY off: the exact Hessian only where a difference Hessian would be
+    # refreshed (chord / BFGS steps between) and at the returned point: same optima.
+    rng = np.random.default_rng(5)
+    a, b = (x.ravel() for x in np.meshgrid(np.arange(10), np.arange(6), indexing="ij"))
+    x = rng.normal(size=a.size)
+    data = pd.DataFrame({"x": x, "a": pd.Categorical(a), "b": pd.Categorical(b)})
+    eta = 0.2 + 0.5 * x[:, None] + rng.normal(0, 0.8, (10, 3))[a] + rng.normal(0, 0.5, (6, 3))[b]
+    Y = (rng.uniform(size=eta.shape) < 1 / (1 + np.exp(-eta))).astype(float)
+    design = _design_for("~ x + (1 | a) + (1 | b)", data, None, None)
+    family = get_family("binomial")
+    every = ls.fit_glmm_many(design, family, Y, np.ones_like(Y))
+    monkeypatch.setattr(ls, "EXACT_EVERY", False)
+    kept = ls.fit_glmm_many(design, family, Y, np.ones_like(Y))
+    assert np.all(kept["status"] == 0) and np.all(every["status"] == 0)
+    rel_close(kept["params"], every["params"], 1e-6, atol=1e-7)
+    rel_close(kept["value"], every["value"], 1e-10)
+    rel_close(np.sqrt(np.diagonal(kept["beta_cov"], axis1=1, axis2=2)),
+              np.sqrt(np.diagonal(every["beta_cov"], axis1=1, axis2=2)), 1e-5)

@@ -33,8 +33,17 @@ the Newton decrement is below 1e-10·(1 + |F|) with a fresh Hessian (or 1e-15·(
 with a kept one: between refreshes the Hessian is kept and BFGS-updated while the
 decrement falls fast), then near-zero diagonal entries of Λ tried at exactly zero (kept
 where F is no worse, as the single fits), and standard errors from forward differences
-of the exact gradient at the optimum. Models
-move in lockstep, but every step works on the models still running (index subsets): a
+of the exact gradient at the optimum.
+
+Binomial-logit and Poisson-log GLMMs (no dispersion, zero-inflation or quadrature) use
+F's exact Hessian instead (:meth:`LockstepModels._hessian`: second derivatives through
+the mode's sensitivities dû/dψ and the row terms' third and fourth derivatives):
+Newton's method proper, the Hessian computed with every accepted point
+(:data:`EXACT_EVERY`), the last step evaluated from the extrapolated mode, a tiny last
+step (:data:`TRUSTED_STEP`) taken without evaluating its end point (F there from the
+quadratic model, exact to far below its rounding), and the standard errors from the
+exact Hessian at the returned point: about 4.4 evaluations per crossed logistic model
+instead of 16. Models move in lockstep, but every step works on the models still running (index subsets): a
 model that converged costs nothing more, and one slow model does not hold the others.
 Failures are flagged per model (status, inner convergence, Hessian).
 """
@@ -70,7 +79,6 @@ BFGS = True  # update kept Hessians by BFGS (fewer refreshes; measured)
 # (Newton's method proper), or only where the difference Hessian would be refreshed.
 EXACT_EVERY = True
 TRUSTED_STEP = 1e-6  # the largest last step taken without evaluating its end point
-TRACE_TERM = True
 SMALL_BLOCK = 8  # blocks up to this size are factored by the unrolled Cholesky
 MAX_DENSE = 100  # largest dense block: q, or q less the first term's levels (_Schur)
 MAX_SCHUR = 50_000  # largest (first term's levels) × (the rest) of a _Schur factor
@@ -976,8 +984,7 @@ class LockstepModels:
         We_e = W_e[:, None] * e
         if L.scalar and theta is not None:
             dH = L.assemble_scalar(We_e, W, theta)
-            if TRACE_TERM:
-                out -= L.trace_products(inv, dH, P)
+            out -= L.trace_products(inv, dH, P)
             return 0.5 * (out + np.swapaxes(out, 1, 2))
         weights = []
         for i, j in L.pairs:
@@ -989,8 +996,7 @@ class LockstepModels:
                 if col == j:
                     w_ij[:, p0] += wz * a[i]
             weights.append(w_ij.reshape(k * P, n))
-        if TRACE_TERM:
-            out -= L.trace_products(inv, L.assemble(weights), P)
+        out -= L.trace_products(inv, L.assemble(weights), P)
         return 0.5 * (out + np.swapaxes(out, 1, 2))
 
     def _agq(self, idx, a, base, u, H, r, inv, ug, gradient, delta=None):
@@ -1394,9 +1400,11 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
             for key in r:
                 r[key][bad] = r_bad[key]
         dev = np.where(np.isfinite(dev), dev, np.inf)
+        p = X.shape[1]
+        XX = (X[:, :, None] * X[:, None, :]).reshape(n, p * p)  # X'WX as one product
         for _ in range(25):
             W = np.maximum(r["W"], 1e-10 * (1.0 + np.abs(r["W"])))
-            M = np.einsum("ni,kn,nj->kij", X, W, X) + 1e-10 * np.eye(X.shape[1])
+            M = (W @ XX).reshape(k, p, p) + 1e-10 * np.eye(p)
             step = np.linalg.solve(M, (r["g_e"] @ X)[:, :, None])[:, :, 0]
             t = np.ones(k)
             new_beta, new_dev, new_r = beta.copy(), dev.copy(), r
