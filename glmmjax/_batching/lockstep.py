@@ -1305,9 +1305,11 @@ class LockstepModels:
             psi[acc], f[acc], g[acc], u[acc], S[acc] = (trial[good], e["value"][good],
                                                         e["grad"][good], e["u"][good],
                                                         e["S"][good])
-        # Standard errors from forward differences of the exact gradient at the optimum
-        # (steps SE_STEP: truncation and rounding errors about 1e-6 relative).
-        if exact:  # the exact Hessian at the returned point
+        # Standard errors from the exact Hessian at the returned point where there is
+        # one (computed here where the last step kept a BFGS one), else from forward
+        # differences of the exact gradient at the optimum (steps SE_STEP: truncation
+        # and rounding errors about 1e-6 relative).
+        if exact:
             lazy = np.flatnonzero(~here)
             if lazy.size:
                 hess[lazy] = self.evaluate(idx[lazy], psi[lazy], u[lazy], trusted=True,
