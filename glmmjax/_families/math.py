@@ -68,11 +68,19 @@ def _builtin(obj, names) -> bool:
 def supported(family) -> bool:
     """Whether this module has the closed forms of ``family`` with its link (built-in
     families and links only; a subclass of either is the user's and is not covered).
-    glmmTMB's families are in :mod:`glmmjax._families.math_tmb`."""
-    from .math_tmb import FAMILIES as TMB_FAMILIES
+    glmmTMB's families are in :mod:`glmmjax._families.math_tmb`. By the classes alone,
+    so kept per pair of classes (row_terms asks on every call)."""
+    key = (type(family), type(family.link))
+    known = _SUPPORTED.get(key)
+    if known is None:
+        from .math_tmb import FAMILIES as TMB_FAMILIES
 
-    return (_builtin(family, _FAMILIES + tuple(TMB_FAMILIES))
-            and _builtin(family.link, _LINKS))
+        known = _SUPPORTED[key] = (_builtin(family, _FAMILIES + tuple(TMB_FAMILIES))
+                                   and _builtin(family.link, _LINKS))
+    return known
+
+
+_SUPPORTED: dict = {}
 
 
 def special(xp):
@@ -506,7 +514,9 @@ def row_terms(family, xp, y, eta, weights, dispersion=None, *, third: bool = Fal
         if dispersion_derivatives and name in tmb.NO_DISPERSION:
             raise ValueError(f"the {family.name} family has no dispersion")
         if dispersion is None:
-            dispersion = family.fixed_dispersion()
+            # Through the class: equinox builds a bound-method module on every instance
+            # access of a method (~70 µs), and this runs several times an evaluation.
+            dispersion = type(family).fixed_dispersion(family)
         return tmb.row_terms(family, xp, y, eta, weights, dispersion, third,
                              dispersion_derivatives)
     if dispersion is None and name == "NegativeBinomial":
