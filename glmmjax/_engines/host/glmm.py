@@ -47,10 +47,9 @@ import scipy.linalg
 from ..._families import math as fm
 from ..._model.cov_structures import factor_derivatives, search_metric, term_structures
 from ..._model.covariance import diagonal_mask, initial_theta, split_theta, start_from_sds
-from ..._model.structure import ReStructure, build_structure, plain_structure
+from ..._model.structure import ReStructure, build_structure, plain_structure, split
 from ..blas import single_threaded_blas
 from ..compiled.optimize import minimize_host
-from ..compiled.pirls import split
 from ..seam import BOUNDARY_TRY, GLMMFit, opt_summary
 from . import lmm
 from .products import host_cross_products, term_matrices
