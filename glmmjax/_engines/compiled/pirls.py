@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from ..._model.covariance import theta_to_factors
-from ..._model.structure import ReStructure
+from ..._model.structure import ReStructure, split
 from .cholesky import factorize, solve_lower, solve_upper
 from .eta_terms import kernel, kernel_terms, loglik_constant
 from .products import DenseLayout, cross_products, dense_layout
@@ -79,13 +79,6 @@ def lambda_z_transpose_times(theta, s: ReStructure, r):
     ]
     rest = jnp.concatenate(rest) if rest else jnp.zeros((0,), dtype=r.dtype)
     return first, rest
-
-
-def split(v, s: ReStructure):
-    """Flat inner variable -> (u_first (m0, S0), u_rest (R_re,), beta_in (k,))."""
-    m0, S0 = s.n_levels[0], s.sizes[0]
-    q0 = m0 * S0
-    return v[:q0].reshape(m0, S0), v[q0 : q0 + s.n_re_rest], v[q0 + s.n_re_rest :]
 
 
 def inner_size(s: ReStructure) -> int:

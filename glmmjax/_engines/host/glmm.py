@@ -47,10 +47,9 @@ import scipy.linalg
 from ..._families import math as fm
 from ..._model.cov_structures import factor_derivatives, search_metric, term_structures
 from ..._model.covariance import diagonal_mask, initial_theta, split_theta, start_from_sds
-from ..._model.structure import ReStructure, build_structure, plain_structure
+from ..._model.structure import ReStructure, build_structure, plain_structure, split
 from ..blas import single_threaded_blas
 from ..compiled.optimize import minimize_host
-from ..compiled.pirls import split
 from ..seam import BOUNDARY_TRY, GLMMFit, opt_summary
 from . import lmm
 from .products import host_cross_products, term_matrices
@@ -324,6 +323,18 @@ def laplace(theta, beta, log_dispersion, model: HostGLMM, v0, gradient: bool = T
     return value, np.concatenate(pieces), v, factor, ok
 
 
+def _nonzero_pairs(s: ReStructure):
+    """The first term's pairs (a, b) of nonzero entries within each row of Z_1: (row, a,
+    b, z_ia·z_ib, the row's level), kept in the structure's cache."""
+    if "nonzero_pairs" not in s.cache:
+        z = np.asarray(s.z[0], dtype=np.float64)
+        nonzero = z != 0
+        obs, first, second = np.nonzero(nonzero[:, :, None] & nonzero[:, None, :])
+        s.cache["nonzero_pairs"] = (obs, first, second, z[obs, first] * z[obs, second],
+                                    np.asarray(s.refs[0])[obs])
+    return s.cache["nonzero_pairs"]
+
+
 def _leverages(s: ReStructure, factors, sigma_00, sigma_r0, sigma_rr):
     """h_i = z_i'Λ·M⁻¹·Λ'z_i from M⁻¹'s selected entries (diagonal blocks of the first
     term, its coupling entries, the dense rest)."""
@@ -331,7 +342,12 @@ def _leverages(s: ReStructure, factors, sigma_00, sigma_r0, sigma_rr):
     if s.n_levels[0] == 1:  # one level of q effects (known relatedness): no (n, q, q)
         h = np.sum((a[0] @ sigma_00[0]) * a[0], axis=1)
     else:
-        h = np.einsum("ia,iab,ib->i", a[0], sigma_00[s.refs[0]], a[0])
+        # z_i'·(Λ Σ_l Λ')·z_i over the nonzero pairs of z_i: one product per row where
+        # z is a factor's indicator (ar1, cs, toep, spatial terms), no (n, S, S) gather.
+        obs, first, second, product, level = _nonzero_pairs(s)
+        blocks = factors[0] @ sigma_00 @ factors[0].T
+        h = np.bincount(obs, weights=product * blocks[level, first, second],
+                        minlength=a[0].shape[0])
     entry = 0
     for t in range(1, s.n_terms):
         size = s.sizes[t]

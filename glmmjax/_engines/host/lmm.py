@@ -211,7 +211,7 @@ def _subtract_coupling_gram(s: ReStructure, coupling_rows, out) -> None:
 
 def _solve_lower(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     """L·x = b, split as (m0, S0) and (R,)."""
-    x_first = _einsum("jab,jb->ja", factor.first_inv, rhs_first)
+    x_first = (factor.first_inv @ rhs_first[:, :, None])[:, :, 0]
     if s.rest_size == 0:
         return x_first, rhs_rest
     contrib = np.sum(factor.coupling_rows * x_first[s.entry_first], axis=1)
@@ -224,12 +224,12 @@ def _solve_lower(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
 def _solve_upper(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     """L'·x = b, split as (m0, S0) and (R,)."""
     if s.rest_size == 0:
-        return _einsum("jba,jb->ja", factor.first_inv, rhs_first), rhs_rest
+        return (rhs_first[:, None, :] @ factor.first_inv)[:, 0, :], rhs_rest
     x_rest = scipy.linalg.solve_triangular(factor.rest, rhs_rest, lower=True, trans="T",
                                            check_finite=False)
     contrib = factor.coupling_rows * x_rest[s.entry_rest][:, None]
     reduced = rhs_first - level_sums(s, "entry_first", contrib, s.entry_first, s.n_levels[0])
-    x_first = _einsum("jba,jb->ja", factor.first_inv, reduced)
+    x_first = (reduced[:, None, :] @ factor.first_inv)[:, 0, :]
     return x_first, x_rest
 
 
@@ -294,7 +294,7 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int, overwrite: b
                 column = np.ascontiguousarray(C[:, k])
                 sigma_r0[:, k] -= (np.bincount(a, weights=weights * column[b], minlength=E)
                                    + np.bincount(b, weights=weights * column[a], minlength=E))
-    sigma_00 = _einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - level_sums(
+    sigma_00 = np.swapaxes(factor.first_inv, 1, 2) @ factor.first_inv - level_sums(
         s, "entry_first", C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
     return sigma_00, sigma_r0, sigma_rr
 
