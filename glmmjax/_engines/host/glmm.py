@@ -60,9 +60,9 @@ _FIRST_STEP = 0.5  # as compiled.glmm's stage 1
 # The nAGQ=0 stage only starts and preconditions the Laplace stage, which refines to
 # ``gtol``: it stops once max|∇| <= 0.1 (deviance per unit of the log-scale parameters).
 # Run to 1e-3 it spends its last evaluations creeping along flat ridges (Matérn's range
-# and ν: 29 evaluations instead of 20 on the spatial Poisson reference, and the Laplace
-# stage then needs 29 instead of 10); the optima are unchanged (tests/test_covstruct.py,
-# tests/test_glmm_reference.py).
+# and ν: 29 evaluations instead of 20 on the spatial Poisson reference before its search
+# metric, and the Laplace stage then needs 29 instead of 10); the optima are unchanged
+# (tests/test_covstruct.py, tests/test_glmm_reference.py).
 START_GTOL = 0.1
 
 
