@@ -123,8 +123,9 @@ def prepare_hurdle_response(family, parts, design):
 
 def _gaussian_closed_form(family, parts, weights) -> bool:
     """Whether the host engine fits this model by the exact Gaussian marginal likelihood
-    (:mod:`glmmjax._engines.host.parts_gaussian`: an observation-level random effect
-    folded into the residual variance) rather than the Laplace route."""
+    (:mod:`glmmjax._engines.host.parts_gaussian`: a Gaussian identity-link model, its
+    observation-level random effects folded into the residual variance) rather than the
+    Laplace route (the same criterion, exact there, over q effects)."""
     if family.name != "gaussian":  # (the module is not imported for other families)
         return False
     from ._engines.host.parts_gaussian import applies

@@ -107,13 +107,6 @@ def inverse_hessian_guess(structure: ReStructure) -> np.ndarray:
     return np.diag(scale)
 
 
-def split(v, s: ReStructure):
-    """(GLMM) Flat inner variable -> (u_first (m0, S0), u_rest (R_re,), beta_in (k,))."""
-    m0, S0 = s.n_levels[0], s.sizes[0]
-    q0 = m0 * S0
-    return v[:q0].reshape(m0, S0), v[q0 : q0 + s.n_re_rest], v[q0 + s.n_re_rest :]
-
-
 def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
     """b_t = Λ_t·u_t per term, each as an (m_t, S_t) array (relative to σ)."""
     factors = theta_to_factors(theta, structure.structures)

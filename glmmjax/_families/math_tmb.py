@@ -83,6 +83,11 @@ def _digamma_gap(sp, y, s, order):
     """ψ⁽ᵏ⁾(y + s) − ψ⁽ᵏ⁾(s), exactly 0 at y = 0."""
     if order == 0:
         gap = sp.digamma(y + s) - sp.digamma(s)
+    elif getattr(sp, "__name__", "") == "scipy.special" and order in (1, 2):
+        # ψₙ as the Hurwitz zeta scipy's polygamma evaluates ((−1)ⁿ⁺¹ n! ζ(n + 1, ·)),
+        # without its Python wrapper's extra passes.
+        sign = 1.0 if order == 1 else -2.0
+        gap = sign * (sp.zeta(order + 1.0, y + s) - sp.zeta(order + 1.0, s))
     else:
         gap = sp.polygamma(order, y + s) - sp.polygamma(order, s)
     return gap * (y != 0)
@@ -188,20 +193,30 @@ def nb1_partials(xp, y, x, psi, weights, third, need_psi=True):
                         f2_psi=weights * (-sd0 - 3.0 * s2d1 - s3d2 - s * q))
 
 
-def nb2_partials(xp, y, x, psi, weights, third, need_psi=True):
-    sp = _special(xp)
-    theta = xp.exp(psi)
+def _nb2_pieces(xp, x, psi):
+    """θ, t = x − ψ, p = σ(t) = μ/(θ + μ), 1 − p, softplus(t), softplus(−t): from one
+    exp and one log1p (:func:`glmmjax._families.math._sigmoids`), shared by the NB2's
+    value, its partials and its zero probability's."""
+    from .math import _sigmoids
+
     t = x - psi
-    p = sigmoid(xp, t)  # μ/(θ + μ)
-    one_mp = sigmoid(xp, -t)
+    log_p, log_1mp, p, one_mp = _sigmoids(xp, t)
+    return xp.exp(psi), t, p, one_mp, -log_1mp, -log_p
+
+
+def nb2_partials(xp, y, x, psi, weights, third, need_psi=True, pieces=None):
+    sp = _special(xp)
+    theta, t, p, one_mp, sp_t, sp_neg_t = _nb2_pieces(xp, x, psi) if pieces is None else pieces
     yt = y + theta
     f1 = weights * (y - yt * p)
     f2 = -weights * yt * p * one_mp
-    out = Partials(nb2_value(xp, y, x, psi, weights), f1, f2,
-                   f2 * (one_mp - p) if third else None)
+    # nb2_value's terms, with its softplus passes shared.
+    value = weights * (sp.gammaln(yt) - sp.gammaln(theta) - sp.gammaln(y + 1.0)
+                       - theta * sp_t - y * sp_neg_t)
+    out = Partials(value, f1, f2, f2 * (one_mp - p) if third else None)
     if not need_psi:
         return out
-    f_psi = weights * theta * (_digamma_gap(sp, y, theta, 0) - softplus(xp, t) + 1.0
+    f_psi = weights * theta * (_digamma_gap(sp, y, theta, 0) - sp_t + 1.0
                                - yt * one_mp / theta)
     f2_psi = -weights * p * one_mp * (theta - yt * (one_mp - p))
     return out._replace(f_psi=f_psi, f1_psi=p * f1, f2_psi=f2_psi)
@@ -213,7 +228,7 @@ def poisson_partials(xp, y, x, weights, third):
                     -weights * mu if third else None)
 
 
-def _zero_probability_partials(xp, name, x, psi):
+def _zero_probability_partials(xp, name, x, psi, pieces=None):
     """(a, a_x, a_xx, a_xxx, a_ψ, a_xψ, a_xxψ) for a = log P(y = 0)."""
     if name == "poisson":
         a = -xp.exp(x)
@@ -224,10 +239,7 @@ def _zero_probability_partials(xp, name, x, psi):
         a = -s * c
         a_psi = s * (c - sigmoid(xp, psi))
         return a, a, a, a, a_psi, a_psi, a_psi
-    theta = xp.exp(psi)
-    t = x - psi
-    p, one_mp = sigmoid(xp, t), sigmoid(xp, -t)
-    sp_t = softplus(xp, t)
+    theta, t, p, one_mp, sp_t, _ = _nb2_pieces(xp, x, psi) if pieces is None else pieces
     a1 = -theta * p
     a2 = a1 * one_mp
     return (-theta * sp_t, a1, a2, a2 * (one_mp - p), theta * (p - sp_t), a1 * p,
@@ -236,13 +248,16 @@ def _zero_probability_partials(xp, name, x, psi):
 
 def truncated_partials(xp, name, y, x, psi, weights, third, need_psi=True):
     """The untruncated partials plus those of −log(1 − eᵃ), a = log P(0)."""
+    pieces = None
     if name == "poisson":
         base = poisson_partials(xp, y, x, weights, third)
     elif name == "nbinom2":
-        base = nb2_partials(xp, y, x, psi, weights, third, need_psi)
+        pieces = _nb2_pieces(xp, x, psi)
+        base = nb2_partials(xp, y, x, psi, weights, third, need_psi, pieces)
     else:
         base = nb1_partials(xp, y, x, psi, weights, third, need_psi)
-    a, a1, a2, a3, a_psi, a1_psi, a2_psi = _zero_probability_partials(xp, name, x, psi)
+    a, a1, a2, a3, a_psi, a1_psi, a2_psi = _zero_probability_partials(xp, name, x, psi,
+                                                                      pieces)
     r = 1.0 / xp.expm1(-a)  # d/da of −log(1 − eᵃ)
     r2 = r * (1.0 + r)
     r3 = r2 * (1.0 + 2.0 * r)
@@ -251,7 +266,7 @@ def truncated_partials(xp, name, y, x, psi, weights, third, need_psi=True):
         base.value - w * log1mexp(xp, a),
         base.f1 + w * r * a1,
         base.f2 + w * (r * a2 + r2 * a1 * a1),
-        base.f3 + w * (r * a3 + 3.0 * r2 * a1 * a2 + r3 * a1**3) if third else None,
+        base.f3 + w * (r * a3 + 3.0 * r2 * a1 * a2 + r3 * a1 * a1 * a1) if third else None,
     )
     if a_psi is None or not need_psi:
         return out

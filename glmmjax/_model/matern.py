@@ -31,6 +31,7 @@ _DROP = 50.0
 _UNIT = np.linspace(0.0, 1.0, N_STEPS + 1)
 _LOG_WEIGHTS = np.where((np.arange(N_STEPS + 1) == 0) | (np.arange(N_STEPS + 1) == N_STEPS),
                         math.log(0.5), 0.0)
+_LOG_HALF_WEIGHTS = _LOG_WEIGHTS - math.log(2.0)  # with log cosh's −log 2
 
 
 def _nodes(u, nu, xp):
@@ -78,17 +79,32 @@ def log_correlation(u, nu, xp=jnp):
 
 
 def correlation_and_derivatives(d, log_range, log_nu):
-    """Host (numpy): C at distances d > 0, and ∂C/∂log φ, ∂C/∂log ν."""
+    """Host (numpy): C at distances d > 0, and ∂C/∂log φ, ∂C/∂log ν.
+
+    :func:`_log_terms`' sum written out for one smoothness ν (a float): the log-sum-exp
+    by hand (no ``scipy.special.logsumexp`` call), the nodes' log step added after it,
+    and exp(−2νt) formed once for log cosh(νt); the JAX path (:func:`log_correlation`)
+    differentiates the same sum. A fit evaluates this at every θ its search visits."""
     import scipy.special
 
     phi, nu = math.exp(log_range), math.exp(log_nu)
     u = np.asarray(d, dtype=np.float64) / phi
-    terms, t = _log_terms(u, nu, np)
-    log_k = scipy.special.logsumexp(terms, axis=-1)
-    p = np.exp(terms - log_k[..., None])  # each node's share of K_ν(u)
-    d_log_k_du = -np.sum(p * np.cosh(t), axis=-1)
-    d_log_k_dnu = np.sum(p * t * np.tanh(nu * t), axis=-1)
-    corr = np.exp(nu * np.log(u) + log_k - _log_normalizer(nu, np))
+    s = np.sqrt(u * u + nu * nu)
+    upper = np.arcsinh(nu / u) + np.arccosh(1.0 + _DROP / s)
+    t = upper[..., None] * _UNIT
+    nu_t = nu * t
+    cosh_t = np.cosh(t)
+    # log of each node's weighted integrand, less log h: log cosh(νt) − u·cosh t + log w.
+    terms = nu_t + np.log1p(np.exp(-2.0 * nu_t)) + _LOG_HALF_WEIGHTS - u[..., None] * cosh_t
+    top = np.max(terms, axis=-1)
+    p = np.exp(terms - top[..., None])
+    total = np.sum(p, axis=-1)
+    log_k = top + np.log(total) + np.log(upper / N_STEPS)
+    p /= total[..., None]  # each node's share of K_ν(u)
+    d_log_k_du = -np.einsum("...j,...j->...", p, cosh_t)
+    d_log_k_dnu = np.einsum("...j,...j->...", p, t * np.tanh(nu_t))
+    log_u = np.log(u)
+    corr = np.exp(nu * log_u + log_k - (math.lgamma(nu) + (nu - 1.0) * math.log(2.0)))
     d_log_range = -(nu + u * d_log_k_du)  # ∂u/∂log φ = −u
-    d_log_nu = nu * (np.log(u) + d_log_k_dnu - scipy.special.digamma(nu) - math.log(2.0))
+    d_log_nu = nu * (log_u + d_log_k_dnu - scipy.special.digamma(nu) - math.log(2.0))
     return corr, corr * d_log_range, corr * d_log_nu

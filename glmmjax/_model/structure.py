@@ -109,6 +109,15 @@ class PlainStructure:
         self.cache: dict = {}
 
 
+def split(v, s: ReStructure):
+    """Flat inner variable -> (u_first (m0, S0), u_rest (R_re,), beta_in (k,)) (the GLMM
+    engines' layout: the first term's effects by level, the rest's, then any inner
+    fixed effects)."""
+    m0, S0 = s.n_levels[0], s.sizes[0]
+    q0 = m0 * S0
+    return v[:q0].reshape(m0, S0), v[q0 : q0 + s.n_re_rest], v[q0 + s.n_re_rest :]
+
+
 def plain_structure(structure) -> PlainStructure:
     return structure if isinstance(structure, PlainStructure) else PlainStructure(structure)
 

@@ -237,10 +237,29 @@ def minimize_host(value_and_grad, x0, args=(), *, carry=None, **options) -> Solu
             else:
                 (f_new, g_new), carry_new = value_and_grad(trial, state.carry, *args)
             state = _advance(state, trial, np.asarray(f_new, np.float64),
-                             np.asarray(g_new, np.float64), carry_new, options, np,
+                             np.asarray(g_new, np.float64), carry_new, options, _HOST_NUMPY,
                              lambda accept, new, old: new if accept else old)
     return Solution(state.x, state.f, state.g, state.k, state.status, state.evals, state.hinv,
                     state.carry)
+
+
+class _HostNumpy:
+    """numpy for :func:`_advance` in :func:`minimize_host`, with ``where`` on a scalar
+    condition taken as a Python branch: a pass makes ~25 such calls on 0-d and p-sized
+    arrays, which as ``np.where`` cost more than the rest of the pass's arithmetic. The
+    values chosen are the same; a Python number chosen comes back as a 0-d array."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def where(condition, a, b):
+        if getattr(condition, "ndim", 0) == 0:
+            return np.asarray(a if condition else b)
+        return np.where(condition, a, b)
+
+
+_HOST_NUMPY = _HostNumpy()
 
 
 # minimize's keyword options and their defaults (carry aside), shared by minimize_host.

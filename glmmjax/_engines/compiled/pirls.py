@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from ..._model.covariance import theta_to_factors
-from ..._model.structure import ReStructure
-from ..lmm_shared import split  # noqa: F401  (its home is JAX-free for the host engine)
+from ..._model.structure import ReStructure, split
 from .cholesky import factorize, solve_lower, solve_upper
 from .eta_terms import kernel, kernel_terms, loglik_constant
 from .products import DenseLayout, cross_products, dense_layout

@@ -45,15 +45,14 @@ import numpy as np
 import scipy.linalg
 
 from ..._families import math as fm
-from ..._model.cov_structures import factor_derivatives, term_structures
+from ..._model.cov_structures import factor_derivatives, search_metric, term_structures
 from ..._model.covariance import diagonal_mask, initial_theta, split_theta, start_from_sds
-from ..._model.structure import ReStructure, build_structure, plain_structure
+from ..._model.structure import ReStructure, build_structure, plain_structure, split
 from ..blas import single_threaded_blas
 from ..compiled.optimize import minimize_host
-from ..lmm_shared import split
 from ..seam import BOUNDARY_TRY, GLMMFit, opt_summary
 from . import lmm
-from .products import host_cross_products, segment_sum
+from .products import host_cross_products, term_matrices
 
 MAX_NEWTON = 60
 NEWTON_TOL = 1e-10  # as compiled.pirls
@@ -61,9 +60,9 @@ _FIRST_STEP = 0.5  # as compiled.glmm's stage 1
 # The nAGQ=0 stage only starts and preconditions the Laplace stage, which refines to
 # ``gtol``: it stops once max|∇| <= 0.1 (deviance per unit of the log-scale parameters).
 # Run to 1e-3 it spends its last evaluations creeping along flat ridges (Matérn's range
-# and ν: 29 evaluations instead of 20 on the spatial Poisson reference, and the Laplace
-# stage then needs 29 instead of 10); the optima are unchanged (tests/test_covstruct.py,
-# tests/test_glmm_reference.py).
+# and ν: 29 evaluations instead of 20 on the spatial Poisson reference before its search
+# metric, and the Laplace stage then needs 29 instead of 10); the optima are unchanged
+# (tests/test_covstruct.py, tests/test_glmm_reference.py).
 START_GTOL = 0.1
 
 
@@ -154,19 +153,26 @@ def row_terms(model: HostGLMM, eta, dispersion, *, third=False, dispersion_deriv
 # -- ZΛ products --------------------------------------------------------------------------
 
 
+# Z_t and Z_t' are sparse matrices built once per structure (``products.term_matrices``):
+# one sparse product per term instead of a gather and a segment sum per column.
+
+
 def z_lambda_times(factors, s: ReStructure, u_terms):
     """ZΛu (n,) from u per term."""
     out = np.zeros(s.refs[0].shape[0])
     for t in range(s.n_terms):
-        b = u_terms[t] @ factors[t].T
-        out += np.einsum("ia,ia->i", s.z[t], b[s.refs[t]])
+        out += term_matrices(s, t)[0] @ (u_terms[t] @ factors[t].T).reshape(-1)
     return out
+
+
+def _z_transpose_times(s: ReStructure, t: int, r):
+    """Z_t'r per level, (m_t, S_t)."""
+    return (term_matrices(s, t)[1] @ r).reshape(s.n_levels[t], s.sizes[t])
 
 
 def lambda_z_transpose_times(factors, s: ReStructure, r):
     """Λ'Z'r per term, (m_t, S_t) each."""
-    return [segment_sum(s.z[t] * r[:, None], s.refs[t], s.n_levels[t]) @ factors[t]
-            for t in range(s.n_terms)]
+    return [_z_transpose_times(s, t, r) @ factors[t] for t in range(s.n_terms)]
 
 
 def _flat(parts_first, parts_rest_terms, beta_part=None):
@@ -179,8 +185,7 @@ def _flat(parts_first, parts_rest_terms, beta_part=None):
 def _weighted_term_outer(s: ReStructure, r, x_terms):
     """Per term, Σ_i r_i·z_it ⊗ x_t[l_it] (S_t × S_t): Σ_i r_i (ZΛ_k x)_i for every entry
     (row, column) of Λ_t."""
-    return [lmm._einsum("i,ia,ib->ab", r, s.z[t], x_terms[t][s.refs[t]])
-            for t in range(s.n_terms)]
+    return [_z_transpose_times(s, t, r).T @ x_terms[t] for t in range(s.n_terms)]
 
 
 # -- factor, Newton, value ----------------------------------------------------------------
@@ -318,6 +323,18 @@ def laplace(theta, beta, log_dispersion, model: HostGLMM, v0, gradient: bool = T
     return value, np.concatenate(pieces), v, factor, ok
 
 
+def _nonzero_pairs(s: ReStructure):
+    """The first term's pairs (a, b) of nonzero entries within each row of Z_1: (row, a,
+    b, z_ia·z_ib, the row's level), kept in the structure's cache."""
+    if "nonzero_pairs" not in s.cache:
+        z = np.asarray(s.z[0], dtype=np.float64)
+        nonzero = z != 0
+        obs, first, second = np.nonzero(nonzero[:, :, None] & nonzero[:, None, :])
+        s.cache["nonzero_pairs"] = (obs, first, second, z[obs, first] * z[obs, second],
+                                    np.asarray(s.refs[0])[obs])
+    return s.cache["nonzero_pairs"]
+
+
 def _leverages(s: ReStructure, factors, sigma_00, sigma_r0, sigma_rr):
     """h_i = z_i'Λ·M⁻¹·Λ'z_i from M⁻¹'s selected entries (diagonal blocks of the first
     term, its coupling entries, the dense rest)."""
@@ -325,7 +342,12 @@ def _leverages(s: ReStructure, factors, sigma_00, sigma_r0, sigma_rr):
     if s.n_levels[0] == 1:  # one level of q effects (known relatedness): no (n, q, q)
         h = np.sum((a[0] @ sigma_00[0]) * a[0], axis=1)
     else:
-        h = np.einsum("ia,iab,ib->i", a[0], sigma_00[s.refs[0]], a[0])
+        # z_i'·(Λ Σ_l Λ')·z_i over the nonzero pairs of z_i: one product per row where
+        # z is a factor's indicator (ar1, cs, toep, spatial terms), no (n, S, S) gather.
+        obs, first, second, product, level = _nonzero_pairs(s)
+        blocks = factors[0] @ sigma_00 @ factors[0].T
+        h = np.bincount(obs, weights=product * blocks[level, first, second],
+                        minlength=a[0].shape[0])
     entry = 0
     for t in range(1, s.n_terms):
         size = s.sizes[t]
@@ -550,6 +572,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
     # may leave a link's domain; their non-finite values are rejected, not errors.
     with single_threaded_blas(), np.errstate(all="ignore"):
         sol1 = minimize_host(objective1, np.concatenate([theta0, disp0]), carry=(v0, np.eye(p)),
+                             inverse_hessian=search_metric(s2.structures, n_disp),
                              gtol=max(gtol, loose_gtol, START_GTOL), loose_gtol=loose_gtol,
                              first_step=_FIRST_STEP, expensive=True, max_iterations=max_iter)
         v1, L_x = sol1.carry

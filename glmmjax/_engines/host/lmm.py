@@ -36,7 +36,7 @@ from ..lmm_shared import (
     inverse_hessian_guess,
 )
 from ..seam import BOUNDARY_TRY
-from .products import host_cross_products, segment_sum
+from .products import host_cross_products, level_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +164,8 @@ def _factorize(theta, model: HostLMM) -> _Factor | None:
     else:
         first_inv = np.linalg.inv(first)
         coupling_rows = _einsum("eab,eb->ea", first_inv[levels], half_rows @ lam0)
+    if rest.shape[0] == 0:  # no rest (a GLMM's Laplace stage with one term): nothing to factor
+        return _Factor(first, first_inv, coupling_rows, rest, half_rows)
     _subtract_coupling_gram(s, coupling_rows, rest)  # the Schur complement, in place
     try:
         # ``rest`` is symmetric: in whichever of its two orders is Fortran's, LAPACK
@@ -209,7 +211,9 @@ def _subtract_coupling_gram(s: ReStructure, coupling_rows, out) -> None:
 
 def _solve_lower(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     """L·x = b, split as (m0, S0) and (R,)."""
-    x_first = _einsum("jab,jb->ja", factor.first_inv, rhs_first)
+    x_first = (factor.first_inv @ rhs_first[:, :, None])[:, :, 0]
+    if s.rest_size == 0:
+        return x_first, rhs_rest
     contrib = np.sum(factor.coupling_rows * x_first[s.entry_first], axis=1)
     x_rest = scipy.linalg.solve_triangular(
         factor.rest, rhs_rest - np.bincount(s.entry_rest, weights=contrib, minlength=s.rest_size),
@@ -219,11 +223,13 @@ def _solve_lower(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
 
 def _solve_upper(s: ReStructure, factor: _Factor, rhs_first, rhs_rest):
     """L'·x = b, split as (m0, S0) and (R,)."""
+    if s.rest_size == 0:
+        return (rhs_first[:, None, :] @ factor.first_inv)[:, 0, :], rhs_rest
     x_rest = scipy.linalg.solve_triangular(factor.rest, rhs_rest, lower=True, trans="T",
                                            check_finite=False)
     contrib = factor.coupling_rows * x_rest[s.entry_rest][:, None]
-    reduced = rhs_first - segment_sum(contrib, s.entry_first, s.n_levels[0])
-    x_first = _einsum("jba,jb->ja", factor.first_inv, reduced)
+    reduced = rhs_first - level_sums(s, "entry_first", contrib, s.entry_first, s.n_levels[0])
+    x_first = (reduced[:, None, :] @ factor.first_inv)[:, 0, :]
     return x_first, x_rest
 
 
@@ -288,8 +294,8 @@ def _selected_inverse(s: ReStructure, factor: _Factor, n_keep: int, overwrite: b
                 column = np.ascontiguousarray(C[:, k])
                 sigma_r0[:, k] -= (np.bincount(a, weights=weights * column[b], minlength=E)
                                    + np.bincount(b, weights=weights * column[a], minlength=E))
-    sigma_00 = _einsum("jba,jbc->jac", factor.first_inv, factor.first_inv) - segment_sum(
-        C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
+    sigma_00 = np.swapaxes(factor.first_inv, 1, 2) @ factor.first_inv - level_sums(
+        s, "entry_first", C[:, :, None] * sigma_r0[:, None, :], s.entry_first, m0)
     return sigma_00, sigma_r0, sigma_rr
 
 

@@ -29,7 +29,7 @@ from ..._model.covariance import _tril_indices_colmajor
 from ..._progress import noted
 from ..blas import single_threaded_blas
 from ..compiled.jit import _CPU_OPTIONS
-from .parts_rows import RowKernel, supported
+from .parts_rows import KernelRows, RowKernel, supported
 from .row_sparse import TermPattern, gram, gram_index, quadratic
 
 MAX_NEWTON = 100
@@ -200,6 +200,15 @@ class HostParts:
         out = self.kernel(self.y, self.w, eta, zeta, log_phi)
         return [np.asarray(o) for o in jax.device_get(out)]
 
+    def _rows(self, eta, zeta, log_phi) -> KernelRows:
+        """The kernel's per-row terms as 1-D arrays (:class:`KernelRows`)."""
+        if self.in_numpy:
+            return self.kernel.terms(self.y, self.w, eta, zeta, log_phi)
+        ll, g, h, t = self._call(eta, zeta, log_phi)
+        return KernelRows(
+            ll, g[:, 0], g[:, 1], g[:, 2], -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1], h[:, 0, 2],
+            h[:, 1, 2], *(-t[:, i, j, m] for i, j in ((0, 0), (0, 1), (1, 1)) for m in range(3)))
+
     def _newton_terms(self, eta, zeta, log_phi):
         """ℓ, G_η, G_ζ, W_ηη, W_ηζ, W_ζζ per row."""
         if self.in_numpy:
@@ -351,14 +360,9 @@ class HostParts:
         params = np.asarray(params, np.float64)
         v, _ = self.mode(params, v0)
         eta, zeta, log_phi, A_c, A_z = self.predictors(params, v)
-        ll, g, h, t = self._call(eta, zeta, log_phi)
-        g_e, g_z, g_d = g.T
-        w_ee, w_ez, w_zz = -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1]
-        h_ed, h_zd = h[:, 0, 2], h[:, 1, 2]
         # ∂W/∂eₘ = −∂³ℓ: W's entries (ηη, ηζ, ζζ) by m = η, ζ, δ.
-        t_ee_e, t_ee_z, t_ee_d = -t[:, 0, 0, 0], -t[:, 0, 0, 1], -t[:, 0, 0, 2]
-        t_ez_e, t_ez_z, t_ez_d = -t[:, 0, 1, 0], -t[:, 0, 1, 1], -t[:, 0, 1, 2]
-        t_zz_e, t_zz_z, t_zz_d = -t[:, 1, 1, 0], -t[:, 1, 1, 1], -t[:, 1, 1, 2]
+        (ll, g_e, g_z, g_d, w_ee, w_ez, w_zz, h_ed, h_zd, t_ee_e, t_ee_z, t_ee_d, t_ez_e,
+         t_ez_z, t_ez_d, t_zz_e, t_zz_z, t_zz_d) = self._rows(eta, zeta, log_phi)
         H = self._hessian(A_c, A_z, w_ee, w_ez, w_zz)
         try:
             factor = cho_factor(H, lower=True)

@@ -1,6 +1,6 @@
-"""Gaussian identity-link models with a dispersion model (``dispformula=``) whose random
-effects include observation-level terms (one level per row): the exact marginal
-likelihood, the observation-level terms folded into the residual variance.
+"""Gaussian identity-link models with a dispersion model (``dispformula=``): the exact
+marginal likelihood, observation-level random-effects terms (one level per row) folded
+into the residual variance.
 
 For a Gaussian response with the identity link the Laplace approximation of
 :mod:`glmmjax._engines.host.parts` is exact, so its criterion is the marginal
@@ -44,13 +44,10 @@ def observation_level(terms, n: int) -> tuple[bool, ...]:
 
 def applies(family, parts, weights, reml: bool) -> bool:
     """Whether this closed form serves the model: a Gaussian identity-link model (no
-    zero-inflation part, maximum likelihood, positive prior weights) with at least one
-    observation-level random-effects term."""
+    zero-inflation part, maximum likelihood, positive prior weights)."""
     if reml or parts.zi is not None or family.name != "gaussian":
         return False
-    if family.link.name != "identity" or not np.all(np.asarray(weights) > 0):
-        return False
-    return any(observation_level(parts.cond.terms, len(np.asarray(weights))))
+    return family.link.name == "identity" and bool(np.all(np.asarray(weights) > 0))
 
 
 class GaussianParts:
@@ -221,6 +218,30 @@ class GaussianParts:
         return A.T @ a, 0.5 * (cov + cov.T)
 
 
+def _start_metric(gradient, x0):
+    """BFGS's starting inverse Hessian: the inverse of the Hessian at the start by
+    forward differences of the exact gradient (len(x0) more evaluations, each cheap
+    here), where that is positive definite; else None (the identity)."""
+    g0 = gradient(x0)
+    columns = []
+    for j in range(x0.size):
+        step = 1e-6 * max(1.0, abs(x0[j]))
+        moved = x0.copy()
+        moved[j] += step
+        columns.append((gradient(moved) - g0) / step)
+    if not columns:
+        return None
+    H = np.stack(columns, axis=1)
+    H = 0.5 * (H + H.T)
+    if not np.all(np.isfinite(H)):
+        return None
+    try:
+        factor = cho_factor(H)
+    except np.linalg.LinAlgError:
+        return None
+    return cho_solve(factor, np.eye(x0.size))
+
+
 @single_threaded_blas()  # threaded OpenBLAS spins against XLA's threads (glmmjax._engines.blas)
 def fit(params0, data, obs: tuple[bool, ...], max_iter: int = 500) -> dict:
     """The fit (:func:`glmmjax._engines.host.parts.fit`'s result): BFGS over (θ, β_disp)
@@ -241,9 +262,13 @@ def fit(params0, data, obs: tuple[bool, ...], max_iter: int = 500) -> dict:
         return theta, beta, beta_disp, solved
 
     def profiled(x, carry):
-        theta, beta, beta_disp, solved = full(x)
+        """The criterion in the search's coordinates: θ/s (s the start's residual SD: θ
+        is on the response's scale, β_disp on a log scale; unscaled, BFGS takes tens of
+        steps to move θ by a few SDs), β_disp."""
+        theta, beta, beta_disp, solved = full(np.concatenate([x[:n_theta] * scale,
+                                                              x[n_theta:]]))
         value, grad = model.value_grad(theta, beta, beta_disp, solved)
-        return (value, np.concatenate([grad[:n_theta], grad[n_theta + p:]])), beta
+        return (value, np.concatenate([grad[:n_theta] * scale, grad[n_theta + p:]])), beta
 
     def to_boundary(x):
         theta = x[:n_theta]
@@ -261,13 +286,19 @@ def fit(params0, data, obs: tuple[bool, ...], max_iter: int = 500) -> dict:
         return model.value_grad(*split(params))[1]
 
     params0 = np.asarray(params0, np.float64)
-    x0 = np.concatenate([params0[:n_theta], params0[n_theta + p:]])
-    solution = minimize_host(profiled, x0, carry=params0[n_theta : n_theta + p],
+    residuals = model.rhs[:, 0] - model.X @ params0[n_theta : n_theta + p]
+    scale = float(np.sqrt(np.mean(residuals * residuals)))
+    if not np.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    x0 = np.concatenate([params0[:n_theta] / scale, params0[n_theta + p:]])
+    beta0 = params0[n_theta : n_theta + p]
+    solution = minimize_host(profiled, x0, carry=beta0, inverse_hessian=_start_metric(
+                                 lambda x: profiled(x, beta0)[0][1], x0),
                              gtol=1e-6, loose_gtol=LOOSE_GTOL, expensive=True, first_step=0.5,
                              final_trial=to_boundary if n_theta else None,
                              max_iterations=max_iter)
     x = np.asarray(solution.x)
-    theta, beta_disp = x[:n_theta], x[n_theta:]
+    theta, beta_disp = x[:n_theta] * scale, x[n_theta:]
     params = np.concatenate([theta, np.asarray(solution.carry), beta_disp])
     value, grad = model.value_grad(*split(params))
     hessian = hessian_of(gradient, params, grad)

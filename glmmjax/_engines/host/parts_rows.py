@@ -38,6 +38,8 @@ so ∂/∂δ = p·∂/∂ψ.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.special
 
@@ -65,6 +67,30 @@ def _row_constant(family, y, inner):
 
 _sigmoid = scipy.special.expit  # one ufunc each, accurate in both tails
 _log_sigmoid = scipy.special.log_expit
+
+
+class KernelRows(NamedTuple):
+    """One kernel evaluation per row, in e = (η, ζ, δ): ℓ; G = ∇ℓ; W = −∇²ℓ on (η, ζ)
+    and ∂²ℓ/∂(η, ζ)∂δ (h_ed, h_zd); ∂W/∂eₘ = −∂³ℓ (t_ee_e = ∂W_ηη/∂η, ...)."""
+
+    ll: np.ndarray
+    g_e: np.ndarray
+    g_z: np.ndarray
+    g_d: np.ndarray
+    w_ee: np.ndarray
+    w_ez: np.ndarray
+    w_zz: np.ndarray
+    h_ed: np.ndarray
+    h_zd: np.ndarray
+    t_ee_e: np.ndarray
+    t_ee_z: np.ndarray
+    t_ee_d: np.ndarray
+    t_ez_e: np.ndarray
+    t_ez_z: np.ndarray
+    t_ez_d: np.ndarray
+    t_zz_e: np.ndarray
+    t_zz_z: np.ndarray
+    t_zz_d: np.ndarray
 
 
 class RowKernel:
@@ -166,58 +192,69 @@ class RowKernel:
             return w * ll, w * g_e, w * g_z, w * w_ee, w * w_ez, w * w_zz
 
     def __call__(self, y, w, eta, zeta, delta, third: bool = True):
+        """The JAX kernel's outputs (ℓ, G (n, 3), the (η, ζ) rows of ∇²ℓ (n, 2, 3), ∂/∂e
+        of its (η, ζ) block (n, 2, 2, 3); None without ``third``), assembled from
+        :meth:`terms`."""
+        rows = self.terms(y, w, eta, zeta, delta)
+        n = rows.ll.shape[0]
+        g = np.stack([rows.g_e, rows.g_z, rows.g_d], axis=1)
+        h = np.empty((n, 2, 3))
+        h[:, 0, 0], h[:, 1, 1] = -rows.w_ee, -rows.w_zz
+        h[:, 0, 1] = h[:, 1, 0] = -rows.w_ez
+        h[:, 0, 2], h[:, 1, 2] = rows.h_ed, rows.h_zd
+        if not third:
+            return rows.ll, g, h, None
+        t = np.empty((n, 2, 2, 3))
+        for m, (ee, ez, zz) in enumerate(((rows.t_ee_e, rows.t_ez_e, rows.t_zz_e),
+                                          (rows.t_ee_z, rows.t_ez_z, rows.t_zz_z),
+                                          (rows.t_ee_d, rows.t_ez_d, rows.t_zz_d))):
+            t[:, 0, 0, m], t[:, 1, 1, m] = -ee, -zz
+            t[:, 0, 1, m] = t[:, 1, 0, m] = -ez
+        return rows.ll, g, h, t
+
+    def terms(self, y, w, eta, zeta, delta) -> KernelRows:
+        """Each row's ℓ and derivatives as separate 1-D arrays (:class:`KernelRows`:
+        what the host parts engine's gradient uses, with no (n, 2, 2, 3) array to fill
+        and take apart), the prior weights applied."""
         y, w = np.asarray(y, np.float64), np.asarray(w, np.float64)
         eta = np.asarray(eta, np.float64)
         zeta, delta = (np.asarray(a, np.float64) for a in (zeta, delta))
         if zeta.shape != eta.shape or delta.shape != eta.shape:
             zeta, delta = (np.broadcast_to(a, eta.shape) for a in (zeta, delta))
-        n = eta.shape[0]
         zero, y_used, inner, w, constant = self._rows(y, w)
         with np.errstate(all="ignore"):
-            f, f1, f2, f3, fd, f1d, f2d = self._log_density(y_used, inner, eta, delta, third)
+            f, f1, f2, f3, fd, f1d, f2d = self._log_density(y_used, inner, eta, delta, True)
             f = f + constant
-            g = np.zeros((n, 3))
-            h = np.zeros((n, 2, 3))
-            t = np.zeros((n, 2, 2, 3)) if third else None
             if not self.zero_inflated:
-                ll = f
-                g[:, 0], g[:, 2] = f1, fd
-                h[:, 0, 0], h[:, 0, 2] = f2, f1d
-                if third:
-                    t[:, 0, 0, 0], t[:, 0, 0, 2] = f3, f2d
+                z = np.zeros_like(eta)  # one array for every term that is identically 0
+                rows = KernelRows(f, f1, z, fd, -f2, z, z, f1d, z, -f3, z, -f2d,
+                                  z, z, z, z, z, z)
             else:
-                ll = self._mixture(zero, zeta, (f, f1, f2, f3, fd, f1d, f2d), g, h, t)
-            ll = w * ll
-            g *= w[:, None]
-            h *= w[:, None, None]
-            if third:
-                t *= w[:, None, None, None]
-        return ll, g, h, t
+                rows = self._mixture(zero, zeta, (f, f1, f2, f3, fd, f1d, f2d))
+        if self.all_unit_weights:
+            return rows
+        return KernelRows(*(w * r for r in rows))
 
-    def _mixture(self, zero, zeta, parts, g, h, t):
-        """ℓ of a zero-inflated or hurdle model, and its derivatives written into g, h,
-        t (module docstring). Each case is formed on every row and the rows' own case
-        chosen by ``where``: cheaper than indexing on these sizes."""
+    def _mixture(self, zero, zeta, parts) -> KernelRows:
+        """ℓ of a zero-inflated or hurdle model and its derivatives (module docstring),
+        as :class:`KernelRows` (W = −∇², its derivatives −∇³). Each case is formed on
+        every row and the rows' own case chosen by ``where``: cheaper than indexing on
+        these sizes."""
         f, f1, f2, f3, fd, f1d, f2d = parts
-        third = t is not None
         s, s_neg = _sigmoid(zeta), _sigmoid(-zeta)  # π, 1 − π
         s1 = s * s_neg
-        s2 = s1 * (s_neg - s)
         # Every row: ∂²/∂ζ² of log σ(±ζ) is −π(1 − π), its ∂/∂ζ −π(1 − π)(1 − 2π).
-        h[:, 1, 1] = -s1
-        if third:
-            t[:, 1, 1, 1] = -s2
+        s2 = s1 * (s_neg - s)
         if self.truncated:
             # y > 0: log σ(−ζ) + log f₊(y); y = 0: log σ(ζ).
-            g[:, 0] = np.where(zero, 0.0, f1)
-            g[:, 1] = np.where(zero, s_neg, -s)
-            g[:, 2] = np.where(zero, 0.0, fd)
-            h[:, 0, 0] = np.where(zero, 0.0, f2)
-            h[:, 0, 2] = np.where(zero, 0.0, f1d)
-            if third:
-                t[:, 0, 0, 0] = np.where(zero, 0.0, f3)
-                t[:, 0, 0, 2] = np.where(zero, 0.0, f2d)
-            return np.where(zero, _log_sigmoid(zeta), _log_sigmoid(-zeta) + f)
+            z = np.zeros_like(zeta)
+            return KernelRows(
+                ll=np.where(zero, _log_sigmoid(zeta), _log_sigmoid(-zeta) + f),
+                g_e=np.where(zero, 0.0, f1), g_z=np.where(zero, s_neg, -s),
+                g_d=np.where(zero, 0.0, fd), w_ee=np.where(zero, 0.0, -f2), w_ez=z, w_zz=s1,
+                h_ed=np.where(zero, 0.0, f1d), h_zd=z,
+                t_ee_e=np.where(zero, 0.0, -f3), t_ee_z=z, t_ee_d=np.where(zero, 0.0, -f2d),
+                t_ez_e=z, t_ez_z=z, t_ez_d=z, t_zz_e=z, t_zz_z=s2, t_zz_d=z)
         # y = 0: L(ζ, a) − softplus(ζ) with a = log f(0) = f on these rows; y > 0 as a
         # hurdle's positive rows.
         a, a1, a2, a3, ad, a1d, a2d = f, f1, f2, f3, fd, f1d, f2d
@@ -225,28 +262,20 @@ class RowKernel:
         c = np.where(zero, r * one_r, 0.0)  # 0 on y > 0 rows: their mixture terms vanish
         k = c * (one_r - r)
         weight = np.where(zero, one_r, 1.0)  # ∂L/∂a on zeros, 1 on y > 0
-        g[:, 0] = weight * a1
-        g[:, 1] = np.where(zero, r, 0.0) - s
-        g[:, 2] = weight * ad
-        h[:, 0, 0] = c * a1 * a1 + weight * a2
-        h[:, 0, 1] = h[:, 1, 0] = -c * a1
-        h[:, 0, 2] = c * a1 * ad + weight * a1d
-        h[:, 1, 1] += c
-        h[:, 1, 2] = -c * ad
-        if third:
-            eez = k * a1 * a1 - c * a2  # ∂³/∂η²∂ζ
-            ezz = -k * a1  # ∂³/∂η∂ζ²
-            ezd = k * a1 * ad - c * a1d
-            t[:, 0, 0, 0] = -k * a1**3 + 3.0 * c * a1 * a2 + weight * a3
-            t[:, 0, 0, 1] = eez
-            t[:, 0, 0, 2] = -k * a1 * a1 * ad + c * (2.0 * a1 * a1d + a2 * ad) + weight * a2d
-            t[:, 0, 1, 0], t[:, 0, 1, 1], t[:, 0, 1, 2] = eez, ezz, ezd
-            t[:, 1, 0] = t[:, 0, 1]
-            t[:, 1, 1, 0] = ezz
-            t[:, 1, 1, 1] += k
-            t[:, 1, 1, 2] = -k * ad
+        c_a1, k_a1 = c * a1, k * a1
+        k_a1_a1 = k_a1 * a1
+        eez = k_a1_a1 - c * a2  # ∂³ℓ/∂η²∂ζ
+        ezd = k_a1 * ad - c * a1d  # ∂³ℓ/∂η∂ζ∂δ
         zero_value = np.logaddexp(zeta, a) - np.logaddexp(0.0, zeta)
-        return np.where(zero, zero_value, _log_sigmoid(-zeta) + f)
+        return KernelRows(
+            ll=np.where(zero, zero_value, _log_sigmoid(-zeta) + f),
+            g_e=weight * a1, g_z=np.where(zero, r, 0.0) - s, g_d=weight * ad,
+            w_ee=-(c_a1 * a1 + weight * a2), w_ez=c_a1, w_zz=s1 - c,
+            h_ed=c_a1 * ad + weight * a1d, h_zd=-c * ad,
+            t_ee_e=k_a1_a1 * a1 - 3.0 * c_a1 * a2 - weight * a3, t_ee_z=-eez,
+            t_ee_d=k_a1_a1 * ad - c * (2.0 * a1 * a1d + a2 * ad) - weight * a2d,
+            t_ez_e=-eez, t_ez_z=k_a1, t_ez_d=-ezd,
+            t_zz_e=k_a1, t_zz_z=s2 - k, t_zz_d=k * ad)
 
 
 # -- start values -------------------------------------------------------------------------

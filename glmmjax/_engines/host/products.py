@@ -10,7 +10,10 @@ few milliseconds.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+import scipy.sparse
 
 from ..._model.structure import PlainStructure, ReStructure, plain_structure
 from ..lmm_shared import CrossProducts
@@ -25,6 +28,45 @@ def segment_sum(values, ids, n_segments):
     for k in range(flat.shape[1]):
         out[:, k] = np.bincount(ids, weights=flat[:, k], minlength=n_segments)
     return out.reshape((n_segments,) + values.shape[1:])
+
+
+def level_sums(s, key, values, ids, n_segments):
+    """:func:`segment_sum` as one sparse product: the (n_segments, n) 0/1 indicator of
+    ``ids`` is built once, as CSR, and kept in the (plain) structure's cache under
+    ``key`` (the host GLMM sums over the same levels at every Newton step, and a
+    ``np.bincount`` per column costs a call each). The sums run over the observations
+    in the same order as ``segment_sum``'s, so they are the same numbers. A structure
+    without a cache, or a single segment, goes to ``segment_sum``."""
+    cache = getattr(s, "cache", None)
+    if cache is None or n_segments == 1:
+        return segment_sum(values, ids, n_segments)
+    indicator = cache.get(("levels", key))
+    if indicator is None:
+        ids = np.asarray(ids)
+        n = ids.shape[0]
+        indicator = scipy.sparse.csr_matrix((np.ones(n), (ids, np.arange(n))),
+                                            shape=(n_segments, n))
+        cache[("levels", key)] = indicator
+    flat = values.reshape(values.shape[0], int(np.prod(values.shape[1:])))
+    return (indicator @ flat).reshape((n_segments,) + values.shape[1:])
+
+
+def term_matrices(s: PlainStructure, t: int):
+    """Term ``t``'s Z_t as sparse matrices, (Z_t, Z_t') in CSR: Z_t is (n, m_t·S_t) with
+    z_it's nonzeros at columns l_it·S_t + a; kept in the structure's cache. Z_t·vec(b)
+    is Σ_a z_ia·b[l_i, a] and Z_t'·r is Σ_i r_i·z_i per level (in the observations'
+    order, as ``segment_sum``)."""
+    key = ("z_matrices", t)
+    if key not in s.cache:
+        z = np.asarray(s.z[t], dtype=np.float64)
+        refs = np.asarray(s.refs[t])
+        size = z.shape[1]
+        obs, column = np.nonzero(z)
+        matrix = scipy.sparse.csr_matrix(
+            (z[obs, column], (obs, refs[obs] * size + column)),
+            shape=(z.shape[0], s.n_levels[t] * size))
+        s.cache[key] = (matrix, matrix.T.tocsr())
+    return s.cache[key]
 
 
 def _rest_pattern(s: PlainStructure):
@@ -142,11 +184,13 @@ def _weight_pattern(s: PlainStructure, dense: np.ndarray):
     return cached[1]
 
 
-def host_cross_products(s: ReStructure, weights, dense, reuse: bool = False) -> CrossProducts:
+def host_cross_products(s: ReStructure, weights, dense,
+                        reuse: bool = False) -> CrossProducts | HostCrossProducts:
     """:func:`glmmjax._engines.compiled.cholesky.cross_products` in numpy (float64 arrays).
 
     ``reuse``: the same structure and ``dense`` array come again with other weights (the
-    host GLMM's Newton steps), so the nonzero products are found once and kept."""
+    host GLMM's Newton steps), so the nonzero products are found once and kept; the
+    blocks then come as a :class:`HostCrossProducts` (host use only)."""
     s = plain_structure(s)
     weights = np.asarray(weights, dtype=np.float64)
     dense = np.asarray(dense, dtype=np.float64)
@@ -189,8 +233,20 @@ def host_cross_products(s: ReStructure, weights, dense, reuse: bool = False) -> 
     return CrossProducts(first, coupling, dense_first, rest)
 
 
-def _from_pattern(s: PlainStructure, blocks, weights, dense) -> CrossProducts:
-    """The blocks of :class:`_WeightPattern` assembled as the direct path assembles them."""
+class HostCrossProducts(NamedTuple):
+    """:class:`CrossProducts`' fields as a plain tuple, for the host engines only (an
+    equinox Module costs tens of µs to build, and the host GLMM builds one per Newton
+    step)."""
+
+    first: np.ndarray
+    coupling: tuple
+    dense_first: np.ndarray
+    rest: np.ndarray
+
+
+def _from_pattern(s: PlainStructure, blocks, weights, dense) -> HostCrossProducts:
+    """The blocks of :class:`_WeightPattern` assembled as the direct path assembles them
+    (as a :class:`HostCrossProducts`: ``reuse`` is the host GLMM's Newton steps)."""
     first, *rest_blocks = blocks
     n_coupling = s.n_terms - 1
     coupling = tuple(rest_blocks[:n_coupling])
@@ -204,4 +260,4 @@ def _from_pattern(s: PlainStructure, blocks, weights, dense) -> CrossProducts:
         re_dense = rest_blocks[n_coupling + 2]
         rest[:, dense_start:] += re_dense
         rest[dense_start:, :] += re_dense.T
-    return CrossProducts(first, coupling, dense_first, rest)
+    return HostCrossProducts(first, coupling, dense_first, rest)
