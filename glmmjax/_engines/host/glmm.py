@@ -34,7 +34,9 @@ quadrature and accelerators use the compiled pipeline (:mod:`glmmjax._engines.se
 Standard errors come from central differences of the exact gradient (``fit``), which
 agree with the pipeline's autodiff Hessian to 1e-6 relative in the tests
 (``glmer(engine="jax")`` gives the autodiff one). Starting values differ from the
-pipeline's (:func:`moment_start`); the optimum does not.
+pipeline's (:func:`moment_start`; Student-t with an identity link: the Gaussian LMM's
+estimates, :func:`_lmm_start`, from which the nAGQ=0 stage is skipped); the optimum
+does not.
 """
 
 from __future__ import annotations
@@ -653,7 +655,9 @@ def _nagq0_stage(objective1, theta0, disp0, v0, p, q1, structures, difference_me
 def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3,
         max_iter: int = 500) -> GLMMFit:
     """Fit a GLMM by Laplace on the host, in the compiled pipeline's two stages (nAGQ=0
-    over (θ, log φ), then Laplace over (θ, β, log φ) preconditioned by the first)."""
+    over (θ, log φ), then Laplace over (θ, β, log φ) preconditioned by the first); from
+    the LMM start (:func:`_lmm_start`) the Laplace stage alone, preconditioned by a
+    difference Hessian there."""
     stage1, stage2 = host_models(design, family, y, weights)
     s1, s2 = stage1.structure, stage2.structure
     n_theta, p = s2.n_theta, stage2.X.shape[1]
