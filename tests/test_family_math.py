@@ -200,3 +200,23 @@ def test_estimated_shape_terms_equal_autodiff(key):
             for name, want in expected.items():
                 np.testing.assert_allclose(np.asarray(getattr(terms, name)), want, rtol=1e-8,
                                            atol=1e-10, err_msg=f"{key} {name} ({xp.__name__})")
+
+
+def test_student_t_scalar_special_functions_match_scipy():
+    # One host ν: log Γ ratio by math.lgamma and ψ by recurrence and series (no scipy.special
+    # import on a Student-t fit); both as scipy's to rounding, across ν's range.
+    import scipy.special as sp
+
+    from glmmjax._families import math_tmb as mt
+
+    for x in np.concatenate([np.geomspace(1e-3, 1e7, 400), [0.5, 1.0, 2.5, 9.99, 10.0]]):
+        want = sp.digamma(x)
+        assert abs(mt._digamma_scalar(float(x)) - want) <= 4e-15 * max(1.0, abs(want)), x
+    for df in (0.3, 2.0, 5.0, 37.5, 300.0):  # (larger ν: both lose digits to cancellation)
+        for fn, reference in ((mt._t_log_gamma_ratio,
+                               lambda v: sp.gammaln((v + 1) / 2) - sp.gammaln(v / 2)),
+                              (mt._t_digamma_difference,
+                               lambda v: sp.digamma((v + 1) / 2) - sp.digamma(v / 2))):
+            scalar, array = fn(np, np.float64(df)), fn(np, np.array([df]))[0]
+            np.testing.assert_allclose(scalar, reference(df), rtol=1e-13, atol=1e-14)
+            np.testing.assert_allclose(array, reference(df), rtol=1e-13, atol=1e-14)
