@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 import glmmjax
@@ -254,3 +255,23 @@ def test_fit_with_dispersion_equals_compiled_pipeline(case):
     np.testing.assert_allclose(host.fixef_se, compiled.fixef_se, rtol=1e-4)
     if host.dispersion is not None:
         np.testing.assert_allclose(host.dispersion, compiled.dispersion, rtol=1e-4)
+
+
+def test_a_fit_ending_where_the_mode_is_no_minimum_reports_it_instead_of_crashing():
+    """Student-t on a response scaled by 1e-4: the search ends where Ω is not positive
+    definite at the mode; the mode's derivatives (the Hessian's start points) used to
+    be solved with no factor (AttributeError). Now the fit says it did not converge, or
+    converges."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    g = np.repeat(np.arange(20), 10)
+    x = rng.normal(size=200)
+    y = (1 + 0.5 * x + rng.normal(size=20)[g] + rng.standard_t(5, size=200)) * 1e-4
+    frame = pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = glmmjax.glmer("y ~ x + (1|g)", frame,
+                            family=glmmjax.families.StudentT(df=5.0, link="identity"))
+    assert fit.converged or any(issubclass(w.category, glmmjax.ConvergenceWarning)
+                                for w in caught)

@@ -410,6 +410,10 @@ def mode_derivatives(params, v, model: HostGLMM):
     dispersion = model.dispersion(log_dispersion)
     point = _Point(theta, beta, dispersion, v, model)
     factor, _ = _factor(theta, model, point.w)
+    if factor is None:
+        # Ω is not positive definite at v̂ (a fit that stopped where the mode is not a
+        # minimum): no prediction; the difference Hessian's solves start from v̂ itself.
+        return np.zeros((v.shape[0], np.asarray(params).shape[0]))
 
     def mixed(r, minus=None):
         parts = lambda_z_transpose_times(point.factors, s, r)
