@@ -568,17 +568,17 @@ class RowModel:
                 return _zip_rows(y, w, eta, zeta, third)
             if self.zero_inflated:
                 d = delta if delta is not None else np.zeros(shape)
-                ll, g, h, t = self.kernel(y.ravel(), w.ravel(), eta.ravel(), zeta.ravel(),
-                                          np.broadcast_to(d, shape).ravel(), third=third)
-                out = dict(ll=ll.reshape(shape), g_e=g[:, 0].reshape(shape),
-                           W=-h[:, 0, 0].reshape(shape))
-                if third:
-                    out.update(g_z=g[:, 1].reshape(shape), g_d=g[:, 2].reshape(shape),
-                               h_ez=h[:, 0, 1].reshape(shape), h_ed=h[:, 0, 2].reshape(shape),
-                               W_e=-t[:, 0, 0, 0].reshape(shape),
-                               W_z=-t[:, 0, 0, 1].reshape(shape),
-                               W_d=-t[:, 0, 0, 2].reshape(shape))
-                return out
+                args = (y.ravel(), w.ravel(), eta.ravel(), zeta.ravel(),
+                        np.broadcast_to(d, shape).ravel())
+                if not third:  # the inner Newton: no third derivatives, no δ terms
+                    ll, g_e, _, w_ee, _, _ = self.kernel.newton(*args)
+                    return dict(ll=ll.reshape(shape), g_e=g_e.reshape(shape),
+                                W=w_ee.reshape(shape))
+                rows = self.kernel.terms(*args)
+                return {key: value.reshape(shape) for key, value in (
+                    ("ll", rows.ll), ("g_e", rows.g_e), ("W", rows.w_ee), ("g_z", rows.g_z),
+                    ("g_d", rows.g_d), ("h_ez", -rows.w_ez), ("h_ed", rows.h_ed),
+                    ("W_e", rows.t_ee_e), ("W_z", rows.t_ee_z), ("W_d", rows.t_ee_d))}
             if self.fast == "binomial":
                 e = np.exp(-np.abs(eta))
                 prob = np.where(eta >= 0, 1.0, e) / (1.0 + e)

@@ -372,10 +372,10 @@ def _chain_psi(f_psi, f1_psi, f2_psi, x1, x2):
     return f_psi, f1_psi * x1, -(f2_psi * x1 * x1 + f1_psi * x2)
 
 
-def _polygamma(sp, xp, n: int, x):
-    """ψₙ(x) for n = 1, 2; in numpy as the Hurwitz zeta scipy's polygamma evaluates
-    ((−1)ⁿ⁺¹ n! ζ(n + 1, x)), without its Python wrapper's extra passes."""
-    if xp is np:
+def _polygamma(sp, n: int, x):
+    """ψₙ(x); with scipy's functions and n = 1, 2 as the Hurwitz zeta scipy's polygamma
+    evaluates ((−1)ⁿ⁺¹ n! ζ(n + 1, x)), without its Python wrapper's extra passes."""
+    if getattr(sp, "__name__", "") == "scipy.special" and n in (1, 2):
         return sp.zeta(2.0, x) if n == 1 else -2.0 * sp.zeta(3.0, x)
     return sp.polygamma(n, x)
 
@@ -507,13 +507,13 @@ def _beta(link, xp, y, eta, weights, dispersion, third, psi):
     log_y, log_1my = xp.log(y), xp.log1p(-y)
     value = weights * (sp.gammaln(phi) - sp.gammaln(alpha) - sp.gammaln(beta)
                        + (alpha - 1.0) * log_y + (beta - 1.0) * log_1my)
-    tri_a, tri_b = _polygamma(sp, xp, 1, alpha), _polygamma(sp, xp, 1, beta)
+    tri_a, tri_b = _polygamma(sp, 1, alpha), _polygamma(sp, 1, beta)
     dig_a, dig_b = sp.digamma(alpha), sp.digamma(beta)
     f1 = weights * phi * (dig_b - dig_a + log_y - log_1my)
     phi_sq = phi * phi
     f2 = -weights * phi_sq * (tri_a + tri_b)
     # ψ₂ (each a Hurwitz zeta, ~0.2 µs an element) once for f3 and f2_psi.
-    tetra = ((_polygamma(sp, xp, 2, alpha), _polygamma(sp, xp, 2, beta)) if third or psi
+    tetra = ((_polygamma(sp, 2, alpha), _polygamma(sp, 2, beta)) if third or psi
              else None)
     f3 = -weights * phi_sq * phi * (tetra[0] - tetra[1]) if third else None
     terms = RowTerms(value, *_chain(f1, f2, f3, x1, x2, x3, third))
@@ -558,9 +558,7 @@ def row_terms(family, xp, y, eta, weights, dispersion=None, *, third: bool = Fal
         if dispersion_derivatives and name in tmb.NO_DISPERSION:
             raise ValueError(f"the {family.name} family has no dispersion")
         if dispersion is None:
-            # Through the class: equinox builds a bound-method module on every instance
-            # access of a method (~70 µs), and this runs several times an evaluation.
-            dispersion = type(family).fixed_dispersion(family)
+            dispersion = family.fixed_dispersion()
         return tmb.row_terms(family, xp, y, eta, weights, dispersion, third,
                              dispersion_derivatives)
     if dispersion is None and name == "NegativeBinomial":

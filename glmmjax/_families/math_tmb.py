@@ -83,13 +83,10 @@ def _digamma_gap(sp, y, s, order):
     """ψ⁽ᵏ⁾(y + s) − ψ⁽ᵏ⁾(s), exactly 0 at y = 0."""
     if order == 0:
         gap = sp.digamma(y + s) - sp.digamma(s)
-    elif getattr(sp, "__name__", "") == "scipy.special" and order in (1, 2):
-        # ψₙ as the Hurwitz zeta scipy's polygamma evaluates ((−1)ⁿ⁺¹ n! ζ(n + 1, ·)),
-        # without its Python wrapper's extra passes.
-        sign = 1.0 if order == 1 else -2.0
-        gap = sign * (sp.zeta(order + 1.0, y + s) - sp.zeta(order + 1.0, s))
     else:
-        gap = sp.polygamma(order, y + s) - sp.polygamma(order, s)
+        from .math import _polygamma
+
+        gap = _polygamma(sp, order, y + s) - _polygamma(sp, order, s)
     return gap * (y != 0)
 
 

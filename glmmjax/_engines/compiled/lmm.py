@@ -28,10 +28,6 @@ from ..._model.covariance import diagonal_mask
 from ..._model.structure import ReStructure
 from ..._progress import noted
 from ..lmm_shared import (  # noqa: F401  (re-exported: their home before lmm_shared)
-    _LOG_FLOOR,
-    _MOMENT_CAP,
-    _MOMENT_FLOOR,
-    SINGULAR_TOL,
     CrossProducts,
     PLSSolution,
     _from_log_scale,

@@ -610,13 +610,7 @@ def _difference_metric(objective, x0, carry):
     (_, g0), carry0 = objective(x0, carry)
     if not np.all(np.isfinite(g0)):
         return None, carry
-    columns = []
-    for j in range(x0.shape[0]):
-        step = 1e-4 * max(1.0, abs(x0[j]))
-        x = x0.copy()
-        x[j] += step
-        columns.append((objective(x, carry0)[0][1] - g0) / step)
-    H = np.stack(columns, axis=1)
+    H = lmm.forward_differences(lambda x: objective(x, carry0)[0][1], x0, g0, 1e-4)
     H = 0.5 * (H + H.T)
     if not np.all(np.isfinite(H)):
         return None, carry

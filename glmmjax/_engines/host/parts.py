@@ -191,11 +191,9 @@ class HostParts:
         self._last_matrix: dict = {}
         self._gram_index: dict = {}
 
-    def _call(self, eta, zeta, log_phi, third: bool = True):
-        """The kernel's (ℓ, G, Hessian rows, third derivatives) as numpy arrays (the
-        numpy kernel leaves the third derivatives out, None, unless ``third``)."""
-        if self.in_numpy:
-            return self.kernel(self.y, self.w, eta, zeta, log_phi, third=third)
+    def _jax_call(self, eta, zeta, log_phi):
+        """The JAX kernel's (ℓ, G, Hessian rows, third derivatives) as numpy arrays (the
+        numpy kernel is called through :meth:`_rows` and :meth:`_newton_terms`)."""
         # The caller (fit_parts) runs under x64: no context switch per call here.
         out = self.kernel(self.y, self.w, eta, zeta, log_phi)
         return [np.asarray(o) for o in jax.device_get(out)]
@@ -204,7 +202,7 @@ class HostParts:
         """The kernel's per-row terms as 1-D arrays (:class:`KernelRows`)."""
         if self.in_numpy:
             return self.kernel.terms(self.y, self.w, eta, zeta, log_phi)
-        ll, g, h, t = self._call(eta, zeta, log_phi)
+        ll, g, h, t = self._jax_call(eta, zeta, log_phi)
         return KernelRows(
             ll, g[:, 0], g[:, 1], g[:, 2], -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1], h[:, 0, 2],
             h[:, 1, 2], *(-t[:, i, j, m] for i, j in ((0, 0), (0, 1), (1, 1)) for m in range(3)))
@@ -213,7 +211,7 @@ class HostParts:
         """ℓ, G_η, G_ζ, W_ηη, W_ηζ, W_ζζ per row."""
         if self.in_numpy:
             return self.kernel.newton(self.y, self.w, eta, zeta, log_phi)
-        ll, g, h, _ = self._call(eta, zeta, log_phi, third=False)
+        ll, g, h, _ = self._jax_call(eta, zeta, log_phi)
         return ll, g[:, 0], g[:, 1], -h[:, 0, 0], -h[:, 0, 1], -h[:, 1, 1]
 
     # -- Λ, A and their derivatives ----------------------------------------------------

@@ -71,7 +71,6 @@ class GaussianParts:
                                slice(c0, c0 + width), is_obs))
             t0, c0 = t0 + count, c0 + width
         self.q = c0
-        self.q_b = sum(t[4].stop - t[4].start for t in self.terms if not t[5])
         self._units: dict = {}
         # Σ w log(2πφ) − Σ log(2πφ/w): the weights' constant (0 with unit weights).
         self._unit_weights = bool(np.all(self.w == 1.0))
@@ -222,16 +221,11 @@ def _start_metric(gradient, x0):
     """BFGS's starting inverse Hessian: the inverse of the Hessian at the start by
     forward differences of the exact gradient (len(x0) more evaluations, each cheap
     here), where that is positive definite; else None (the identity)."""
-    g0 = gradient(x0)
-    columns = []
-    for j in range(x0.size):
-        step = 1e-6 * max(1.0, abs(x0[j]))
-        moved = x0.copy()
-        moved[j] += step
-        columns.append((gradient(moved) - g0) / step)
-    if not columns:
+    from .lmm import forward_differences
+
+    if not x0.size:
         return None
-    H = np.stack(columns, axis=1)
+    H = forward_differences(gradient, x0, gradient(x0), 1e-6)
     H = 0.5 * (H + H.T)
     if not np.all(np.isfinite(H)):
         return None

@@ -10,8 +10,6 @@ few milliseconds.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import scipy.sparse
 
@@ -185,12 +183,11 @@ def _weight_pattern(s: PlainStructure, dense: np.ndarray):
 
 
 def host_cross_products(s: ReStructure, weights, dense,
-                        reuse: bool = False) -> CrossProducts | HostCrossProducts:
+                        reuse: bool = False) -> CrossProducts:
     """:func:`glmmjax._engines.compiled.cholesky.cross_products` in numpy (float64 arrays).
 
     ``reuse``: the same structure and ``dense`` array come again with other weights (the
-    host GLMM's Newton steps), so the nonzero products are found once and kept; the
-    blocks then come as a :class:`HostCrossProducts` (host use only)."""
+    host GLMM's Newton steps), so the nonzero products are found once and kept."""
     s = plain_structure(s)
     weights = np.asarray(weights, dtype=np.float64)
     dense = np.asarray(dense, dtype=np.float64)
@@ -233,20 +230,8 @@ def host_cross_products(s: ReStructure, weights, dense,
     return CrossProducts(first, coupling, dense_first, rest)
 
 
-class HostCrossProducts(NamedTuple):
-    """:class:`CrossProducts`' fields as a plain tuple, for the host engines only (an
-    equinox Module costs tens of µs to build, and the host GLMM builds one per Newton
-    step)."""
-
-    first: np.ndarray
-    coupling: tuple
-    dense_first: np.ndarray
-    rest: np.ndarray
-
-
-def _from_pattern(s: PlainStructure, blocks, weights, dense) -> HostCrossProducts:
-    """The blocks of :class:`_WeightPattern` assembled as the direct path assembles them
-    (as a :class:`HostCrossProducts`: ``reuse`` is the host GLMM's Newton steps)."""
+def _from_pattern(s: PlainStructure, blocks, weights, dense) -> CrossProducts:
+    """The blocks of :class:`_WeightPattern` assembled as the direct path assembles them."""
     first, *rest_blocks = blocks
     n_coupling = s.n_terms - 1
     coupling = tuple(rest_blocks[:n_coupling])
@@ -260,4 +245,4 @@ def _from_pattern(s: PlainStructure, blocks, weights, dense) -> HostCrossProduct
         re_dense = rest_blocks[n_coupling + 2]
         rest[:, dense_start:] += re_dense
         rest[dense_start:, :] += re_dense.T
-    return HostCrossProducts(first, coupling, dense_first, rest)
+    return CrossProducts(first, coupling, dense_first, rest)
