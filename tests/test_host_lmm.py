@@ -10,7 +10,6 @@ import pytest
 
 import glmmjax
 from glmmjax._engines.compiled.lmm import (
-    fit_lmm_arrays,
     host_lmm_model,
     lmm_criterion,
     moment_theta,
@@ -18,6 +17,7 @@ from glmmjax._engines.compiled.lmm import (
 )
 from glmmjax._engines.compiled.optimize import Status, minimize, minimize_host
 from glmmjax._engines.host import lmm as _host_lmm
+from glmmjax._engines.seam import fit_lmm
 from glmmjax._model.design import build_design
 from glmmjax._model.structure import build_structure
 
@@ -91,8 +91,8 @@ def test_host_fit_equals_compiled_fit(name, formula):
     fits = {}
     with jax.enable_x64(True):
         for engine in ("host", "jax"):
-            fits[engine] = fit_lmm_arrays(structure, design.weights, design.X, y, True, theta0,
-                                          engine=engine)
+            fits[engine] = fit_lmm(structure, design.weights, design.X, y, True, theta0,
+                                   engine=engine)
     (sol_h, theta_h, pls_h, b_h), (sol_j, theta_j, pls_j, b_j) = fits["host"], fits["jax"]
     assert int(sol_h.status) == int(sol_j.status) == Status.CONVERGED
     np.testing.assert_allclose(float(pls_h.criterion), float(pls_j.criterion), rtol=1e-12)
@@ -109,8 +109,8 @@ def test_unknown_engine():
                           require_random=True)
     structure = build_structure(design.terms, 2)
     with pytest.raises(ValueError, match="engine must be"):
-        fit_lmm_arrays(structure, design.weights, design.X, np.asarray(design.response, float),
-                       True, engine="gpu")
+        fit_lmm(structure, design.weights, design.X, np.asarray(design.response, float), True,
+                engine="gpu")
 
 
 def _quartic(x):

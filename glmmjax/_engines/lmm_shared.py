@@ -107,16 +107,21 @@ def inverse_hessian_guess(structure: ReStructure) -> np.ndarray:
     return np.diag(scale)
 
 
-def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
-    """b_t = Λ_t·u_t per term, each as an (m_t, S_t) array (relative to σ)."""
-    factors = theta_to_factors(theta, structure.structures)
-    effects = [u_first @ factors[0].T]
-    for t in range(1, structure.n_terms):
-        start = structure.offsets[t]
-        m, size = structure.n_levels[t], structure.sizes[t]
-        u = u_rest[start : start + m * size].reshape(m, size)
-        effects.append(u @ factors[t].T)
-    return effects
+def term_values(s: ReStructure, u_first, u_rest) -> list:
+    """A vector over the random effects, split per term into (m_t, S_t) arrays (numpy or
+    jax.numpy alike)."""
+    out = [u_first]
+    for t in range(1, s.n_terms):
+        start, m, size = s.offsets[t], s.n_levels[t], s.sizes[t]
+        out.append(u_rest[start : start + m * size].reshape(m, size))
+    return out
+
+
+def random_effects(theta, structure: ReStructure, u_first, u_rest, xp=None) -> list:
+    """b_t = Λ_t·u_t per term, each as an (m_t, S_t) array (relative to σ); arrays of
+    ``xp`` (``jax.numpy`` by default, ``numpy`` for the host engines)."""
+    factors = theta_to_factors(theta, structure.structures, xp)
+    return [u @ lam.T for u, lam in zip(term_values(structure, u_first, u_rest), factors)]
 
 
 def start_theta(structure: ReStructure) -> np.ndarray:

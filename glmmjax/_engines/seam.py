@@ -188,23 +188,24 @@ def _default_backend() -> str:
     fit needs none of it)."""
     if "jax" not in sys.modules:
         # jax reads its platforms from the environment when imported.
-        platforms = os.environ.get("JAX_PLATFORMS", "")
-        if platforms.split(",")[0].strip().lower() == "cpu":
-            return "cpu"
-        if not platforms and not _accelerator_installed():
-            return "cpu"
+        answer = _known_from_platforms(os.environ.get("JAX_PLATFORMS", ""))
+        if answer is not None:
+            return answer
     import jax
     from jax._src import xla_bridge
 
     started = getattr(xla_bridge, "backends_are_initialized", None)
     if started is None or started():  # (older jax: no way to ask, so ask jax)
         return jax.default_backend()
-    platforms = jax.config.jax_platforms
+    return _known_from_platforms(jax.config.jax_platforms or "") or jax.default_backend()
+
+
+def _known_from_platforms(platforms: str) -> str | None:
+    """"cpu" where the platforms setting (``JAX_PLATFORMS``, ``jax_platforms``) puts the
+    CPU first, or is empty and no accelerator plugin is installed; else None (ask jax)."""
     if platforms:
-        if platforms.split(",")[0].strip().lower() == "cpu":
-            return "cpu"
-        return jax.default_backend()
-    return jax.default_backend() if _accelerator_installed() else "cpu"
+        return "cpu" if platforms.split(",")[0].strip().lower() == "cpu" else None
+    return None if _accelerator_installed() else "cpu"
 
 
 @functools.lru_cache(maxsize=1)
@@ -319,8 +320,7 @@ def fit_lmm(structure, weights, X, y, reml: bool, theta0=None, engine: str | Non
                                 max_iter=max_iter)
     from .compiled.lmm import fit_lmm_arrays
 
-    return fit_lmm_arrays(structure, weights, X, y, reml, theta0, engine="jax",
-                          max_iter=max_iter)
+    return fit_lmm_arrays(structure, weights, X, y, reml, theta0, max_iter=max_iter)
 
 
 def fit_glmm(design, family, n_agq: int, y, weights, engine: str, max_iter: int) -> GLMMFit:

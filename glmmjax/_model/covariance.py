@@ -32,10 +32,12 @@ def split_theta(theta, covariances) -> list:
     return parts
 
 
-def theta_to_factors(theta, covariances) -> list:
-    """The per-term factors Λ_t (jnp)."""
-    return [cov.factor(part, jnp) for cov, part in
-            zip(as_structures(covariances), split_theta(theta, covariances))]
+def theta_to_factors(theta, covariances, xp=None) -> list:
+    """The per-term factors Λ_t, as arrays of ``xp`` (``jax.numpy`` by default; ``numpy``
+    for the host engines, which import no JAX)."""
+    xp = jnp if xp is None else xp
+    structures = as_structures(covariances)
+    return [cov.factor(part, xp) for cov, part in zip(structures, split_theta(theta, structures))]
 
 
 def initial_theta(covariances) -> np.ndarray:

@@ -50,6 +50,19 @@ def _prefer_cpu_options(plain, tuned):
     return run
 
 
+def _built_on_first_call(build):
+    """A function returning ``build()``'s result, built on its first call (defining a
+    program imports no JAX)."""
+    built = []
+
+    def get():
+        if not built:
+            built.append(build())
+        return built[0]
+
+    return get
+
+
 def program(fun):
     """Jit ``fun`` (equinox's filtering) with :data:`_CPU_OPTIONS` on the CPU backend.
 
@@ -57,18 +70,20 @@ def program(fun):
     the program is then compiled with XLA's defaults (and stays so). Jitted on its first
     call: defining a program imports no JAX.
     """
-    compiled = []
+
+    def build():
+        import equinox as eqx
+
+        return _prefer_cpu_options(
+            eqx.filter_jit(fun), eqx.filter_jit(fun, compiler_options=_CPU_OPTIONS))
+
+    compiled = _built_on_first_call(build)
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
         import jax
 
-        if not compiled:
-            import equinox as eqx
-
-            compiled.append(_prefer_cpu_options(
-                eqx.filter_jit(fun), eqx.filter_jit(fun, compiler_options=_CPU_OPTIONS)))
-        run = compiled[0]
+        run = compiled()
         if jax.default_backend() != "cpu":
             return run(*args, **kwargs)
         with single_threaded_blas():
@@ -101,22 +116,25 @@ def batch_program(fun):
     """``fun`` jitted with equinox's filtering (arrays traced, everything else static)
     and :data:`_CPU_OPTIONS` on the CPU; returns without waiting for the result. Jitted
     on its first call, as :func:`program`."""
-    compiled = []
+
+    def build():
+        import equinox as eqx
+        import jax
+
+        def split_call(dynamic, static):
+            return fun(*eqx.combine(dynamic, static.tree))
+
+        return _prefer_cpu_options(
+            jax.jit(split_call, static_argnums=1),
+            jax.jit(split_call, static_argnums=1, compiler_options=_CPU_OPTIONS))
+
+    compiled = _built_on_first_call(build)
 
     @functools.wraps(fun)
     def call(*args):
         import equinox as eqx
 
-        if not compiled:
-            import jax
-
-            def split_call(dynamic, static):
-                return fun(*eqx.combine(dynamic, static.tree))
-
-            compiled.append(_prefer_cpu_options(
-                jax.jit(split_call, static_argnums=1),
-                jax.jit(split_call, static_argnums=1, compiler_options=_CPU_OPTIONS)))
         dynamic, static = eqx.partition(args, eqx.is_array)
-        return compiled[0](dynamic, _Static(static))
+        return compiled()(dynamic, _Static(static))
 
     return call

@@ -39,7 +39,7 @@ from ..lmm_shared import (  # noqa: F401  (re-exported: their home before lmm_sh
     random_effects,
     start_theta,
 )
-from ..seam import BOUNDARY_TRY, choose_lmm
+from ..seam import BOUNDARY_TRY
 from .cholesky import (
     cross_products,
     factorize,
@@ -364,23 +364,15 @@ def host_lmm_model(structure, weights, X, y, reml: bool) -> LinearMixedModel:
     )
 
 
-def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, engine: str | None = None,
-                   max_iter: int = 500):
-    """Fit one LMM from float64 arrays; returns (solution, θ, PLSSolution, [b_t]) (b_t =
-    Λ_t·u_t per term at that θ, relative to σ).
+def fit_lmm_arrays(structure, weights, X, y, reml: bool, theta0=None, max_iter: int = 500):
+    """Fit one LMM from float64 arrays with the compiled fit program; returns (solution, θ,
+    PLSSolution, [b_t]) (b_t = Λ_t·u_t per term at that θ, relative to σ).
 
-    ``engine``: "host" evaluates criterion and gradient with numpy/LAPACK in a Python
-    BFGS loop (:mod:`glmmjax._engines.host.lmm`: nothing to compile, the default when JAX's
-    default backend is the CPU); "jax" runs the compiled fit program (the default on
-    accelerators). Both take the same steps and agree to rounding.
-
-    On the "jax" engine the boundary point (near-zero diagonals of θ set to zero) is
-    evaluated by a second program, compiled only for fits that end near the boundary.
+    The engine is chosen by :func:`glmmjax._engines.seam.fit_lmm` (the host engine,
+    :mod:`glmmjax._engines.host.lmm`, takes the same steps and agrees to rounding). The
+    boundary point (near-zero diagonals of θ set to zero) is evaluated by a second
+    program, compiled only for fits that end near the boundary.
     """
-    if choose_lmm(engine) == "host":
-        from ..seam import fit_lmm
-
-        return fit_lmm(structure, weights, X, y, reml, theta0, "host", max_iter)
     if theta0 is None:
         theta0 = start_theta(structure)
     model = host_lmm_model(structure, weights, X, y, reml)

@@ -52,6 +52,7 @@ from ..._model.covariance import diagonal_mask, initial_theta, split_theta, star
 from ..._model.structure import ReStructure, build_structure, plain_structure, split
 from ..blas import single_threaded_blas
 from ..compiled.optimize import minimize_host
+from ..lmm_shared import random_effects, term_values
 from ..seam import BOUNDARY_TRY, GLMMFit, opt_summary
 from . import lmm
 from .products import host_cross_products, term_matrices
@@ -215,7 +216,7 @@ class _Point:
         self.dispersion = dispersion
         self.factors = lmm.factors_of(theta, s.structures)
         u_first, u_rest, beta_in = split(v, s)
-        self.u_terms = lmm.term_values(s, u_first, u_rest)
+        self.u_terms = term_values(s, u_first, u_rest)
         eta = model.offset + z_lambda_times(self.factors, s, self.u_terms)
         if model.X.shape[1]:
             eta = eta + model.X @ beta
@@ -303,7 +304,7 @@ def laplace(theta, beta, log_dispersion, model: HostGLMM, v0, gradient: bool = T
     rhs = _flat(parts[0], parts[1:], model.inner.T @ hw if model.inner.shape[1] else None)
     a = 0.5 * _solve(s, factor, rhs)
     a_first, a_rest, a_beta = split(a, s)
-    a_terms = lmm.term_values(s, a_first, a_rest)
+    a_terms = term_values(s, a_first, a_rest)
     t = z_lambda_times(point.factors, s, a_terms)
     if a_beta.shape[0]:
         t = t + model.inner @ a_beta
@@ -723,7 +724,7 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
     params_cov = (2.0 * np.linalg.pinv(H) if np.all(np.isfinite(H))
                   else np.full(H.shape, np.nan))
     theta, beta, log_dispersion = _outer_split(params, stage2)
-    effects = lmm.random_effects(theta, s2.original, *split(v, s2)[:2])
+    effects = random_effects(theta, s2.original, *split(v, s2)[:2], np)
     cache = []
 
     def conditional_cov():

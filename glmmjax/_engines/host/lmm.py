@@ -22,8 +22,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
-from ..._model.cov_structures import as_structures
-from ..._model.covariance import diagonal_mask, split_theta
+from ..._model.covariance import diagonal_mask, split_theta, theta_to_factors
 from ..._model.structure import ReStructure, plain_structure
 from ..blas import single_threaded_blas
 from ..compiled.optimize import minimize_host
@@ -34,6 +33,7 @@ from ..lmm_shared import (
     _log_scale_slope,
     _to_log_scale,
     inverse_hessian_guess,
+    random_effects,
 )
 from ..seam import BOUNDARY_TRY
 from .products import host_cross_products, level_sums
@@ -74,9 +74,8 @@ def host_model(structure: ReStructure, weights, X, y, reml: bool) -> HostLMM:
 
 
 def factors_of(theta, covariances) -> list:
-    """Λ_t per term from θ (numpy twin of ``theta_to_factors``)."""
-    structures = as_structures(covariances)
-    return [cov.factor(part, np) for cov, part in zip(structures, split_theta(theta, structures))]
+    """Λ_t per term from θ, as numpy arrays."""
+    return theta_to_factors(theta, covariances, np)
 
 
 def _rest_scale(s: ReStructure, factors):
@@ -391,21 +390,6 @@ def evaluate(theta, model: HostLMM, gradient: bool = True, r2_weight: float | No
 # -- the fit ------------------------------------------------------------------------------
 
 
-def term_values(s: ReStructure, u_first, u_rest) -> list:
-    """A vector over the random effects, split per term into (m_t, S_t) arrays."""
-    out = [u_first]
-    for t in range(1, s.n_terms):
-        start, m, size = s.offsets[t], s.n_levels[t], s.sizes[t]
-        out.append(u_rest[start : start + m * size].reshape(m, size))
-    return out
-
-
-def random_effects(theta, structure: ReStructure, u_first, u_rest) -> list:
-    """b_t = Λ_t·u_t per term, (m_t, S_t) each (numpy twin of ``compiled.lmm.random_effects``)."""
-    factors = factors_of(theta, structure.structures)
-    return [u @ lam.T for u, lam in zip(term_values(structure, u_first, u_rest), factors)]
-
-
 def central_differences(function, x, relative_step: float = 1e-4):
     """∂function/∂x by central differences (steps relative_step·max(1, |x_j|)), with the
     derivative in x_j on the result's last axis. Applied to exact gradients it gives
@@ -452,7 +436,7 @@ def fit(model: HostLMM, theta0, gtol: float = 1e-8, loose_gtol: float = 1e-3,
     with single_threaded_blas():
         solution, theta, pls = _minimize(model, value_and_grad, theta0, mask, gtol, loose_gtol,
                                          max_iter)
-    return solution, theta, pls, random_effects(theta, s, pls.u_first, pls.u_rest)
+    return solution, theta, pls, random_effects(theta, s, pls.u_first, pls.u_rest, np)
 
 
 def _minimize(model: HostLMM, value_and_grad, theta0, mask, gtol, loose_gtol, max_iter=500):
