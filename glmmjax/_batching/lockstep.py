@@ -50,6 +50,8 @@ Failures are flagged per model (status, inner convergence, Hessian).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import scipy.sparse
 
@@ -95,6 +97,28 @@ def applies(design, family, n_agq: int) -> bool:
     if n_agq > 1:
         return len(design.terms) == 1 and design.terms[0].size == 1
     return _terms_apply(design.terms)
+
+
+# -- work arrays ------------------------------------------------------------------------------
+class _Scratch:
+    """Work arrays kept from one evaluation to the next, per thread (chunks may run in
+    threads): ``scratch(name, shape)`` is a view of the buffer ``name``, grown when too
+    small, its contents undefined. The exact Hessian's and the sensitivities' (models ×
+    parameters × rows) temporaries, allocated afresh at each evaluation, made the heap
+    grow and shrink by tens of MB each time: a third of a crossed logistic batch's time
+    went to page faults (measured with getrusage). A view handed out must not outlive
+    the next request of its name, nor leave the evaluation that asked for it."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __call__(self, name: str, shape) -> np.ndarray:
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        size = int(np.prod(shape))
+        buffer = buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = buffers[name] = np.empty(size)
+        return buffer[:size].reshape(shape)
 
 
 # -- small symmetric positive-definite blocks ------------------------------------------
@@ -321,6 +345,12 @@ class Layout:
             self.theta_index += [(t, int(r), int(c)) for r, c in zip(rws, cols)]
         self.n_theta = len(self.theta_index)
         self.diagonal = np.array([r == c for _, r, c in self.theta_index], bool)
+        # Each θ's slot and its z column, None where z ≡ 1 (intercepts): the exact
+        # Hessian's per-θ terms (found once here, not by an n-long scan per evaluation).
+        self.theta_slots = []
+        for t, r, c in self.theta_index:
+            z = self.z[t][:, r]
+            self.theta_slots.append((int(self.offsets[t] + c), None if np.all(z == 1.0) else z))
 
     def rows_a(self, theta):
         """aᵢ per model, slot-first: (J, k, n)."""
@@ -388,49 +418,88 @@ class Layout:
             out = M @ w_ij.T if out is None else out + M @ w_ij.T
         return np.ascontiguousarray(out.T).reshape(m, self.B, self.s, self.s)
 
-    def assemble_scalar(self, We_e, W, theta):
+    def assemble_scalar(self, e, W_e, W, theta, scratch):
         """:meth:`assemble` of Ḣ_a for scalar terms (aᵢ = θ_j z_{i,j} at slot j): the
         pair (i, j)'s weights are θᵢθⱼ·W'e_a zᵢzⱼ, plus θⱼ·Wzᵢzⱼ for a = θᵢ and θᵢ·Wzᵢzⱼ
-        for a = θⱼ, so each pair takes one product of W'e (k, P, n), one of W, both
-        n-major (no per-pair weights), with the z's in the maps' values."""
+        for a = θⱼ, so each pair takes one product of W'e (from e (k, P, n) and W'), one
+        of W, both n-major (no per-pair weights), with the z's in the maps' values and
+        only the positions some row sums into. With a diagonal leading block, (D's
+        diagonal, C, E as (positions, values (k·P, positions))): E's blocks of scalar
+        terms are mostly zero. Work arrays from ``scratch``."""
         if self._z_maps is None:
-            maps = [M for _, M in self.schur_maps] if self.n_diag else self.H_maps
-            zz = [self.z[i][:, 0] * self.z[j][:, 0] for i, j in self.pairs]
-            self._z_maps = []
-            for M, w in zip(maps, zz):
-                Mz = M.tocoo()
-                Mz.data = Mz.data * w[Mz.col]
-                self._z_maps.append(Mz.tocsr())
-        k, P, n = We_e.shape
-        EWt = np.ascontiguousarray(We_e.reshape(k * P, n).T)  # (n, k·P)
+            self._z_maps = self._compact_z_maps()
+        k, P, n = e.shape
+        EWt = scratch("EWt", (n, k, P))
+        np.multiply(np.moveaxis(e, 2, 0), W_e.T[:, :, None], out=EWt)
+        EWt = EWt.reshape(n, k * P)
         Wt = np.ascontiguousarray(W.T)
         sums = [None, None, None] if self.n_diag else [None]
-        targets = [t for t, _ in self.schur_maps] if self.n_diag else [0] * len(self.pairs)
-        for (i, j), M, target in zip(self.pairs, self._z_maps, targets):
-            part = (M @ EWt).reshape(-1, k, P) * (theta[:, i] * theta[:, j])[None, :, None]
-            extra = M @ Wt  # (width, k)
+        for (i, j), (target, M) in zip(self.pairs, self._z_maps["maps"]):
+            part = (M @ EWt).reshape(-1, k, P)
+            part *= (theta[:, i] * theta[:, j])[None, :, None]
+            extra = M @ Wt  # (positions, k)
             if i == j:
                 part[:, :, i] += 2.0 * theta[:, i] * extra
             else:
                 part[:, :, i] += theta[:, j] * extra
                 part[:, :, j] += theta[:, i] * extra
-            sums[target] = part if sums[target] is None else sums[target] + part
-        if self.n_diag:
-            m1, q2 = self.n_diag, self.q2
-            shapes = ((m1,), (m1, q2), (q2, q2))
-            return tuple(np.zeros((k * P,) + sh) if x is None else
-                         np.ascontiguousarray(np.moveaxis(x, 0, 2)).reshape((k * P,) + sh)
-                         for x, sh in zip(sums, shapes))
-        return np.ascontiguousarray(np.moveaxis(sums[0], 0, 2)).reshape(k * P, self.B, self.s,
-                                                                         self.s)
+            if sums[target] is None:
+                sums[target] = part
+            else:
+                sums[target] += part
+        rows = self._z_maps["rows"]
+        if not self.n_diag:
+            return self._model_first(sums[0], rows[0], self.B * self.s * self.s, k * P,
+                                     scratch("dH", (k * P, self.B * self.s * self.s))
+                                     ).reshape(k * P, self.B, self.s, self.s)
+        m1, q2 = self.n_diag, self.q2
+        d, C = (np.zeros((k * P, width)) if x is None else
+                self._model_first(x, rows_t, width, k * P, scratch(name, (k * P, width)))
+                for x, rows_t, width, name in zip(sums[:2], rows[:2], (m1, m1 * q2),
+                                                  ("dH_d", "dH_C")))
+        E = (rows[2], np.zeros((k * P, 0)) if sums[2] is None else
+             np.ascontiguousarray(np.moveaxis(sums[2], 0, 2)).reshape(k * P, -1))
+        return d, C.reshape(k * P, m1, q2), E
 
-    def trace_products(self, inverse, dH, P: int):
+    def _compact_z_maps(self):
+        """Per target of :meth:`assemble_scalar` the positions some row sums into (the
+        union over its pairs) and per pair its map restricted to them, z's in the values."""
+        maps = [M for _, M in self.schur_maps] if self.n_diag else self.H_maps
+        targets = [t for t, _ in self.schur_maps] if self.n_diag else [0] * len(self.pairs)
+        zmaps = []
+        for M, (i, j) in zip(maps, self.pairs):
+            Mz = M.tocoo()
+            Mz.data = Mz.data * (self.z[i][:, 0] * self.z[j][:, 0])[Mz.col]
+            zmaps.append(Mz.tocsr())
+        rows = []
+        for target in range(3 if self.n_diag else 1):
+            hit = [np.flatnonzero(np.diff(M.indptr)) for M, t in zip(zmaps, targets)
+                   if t == target]
+            rows.append(np.unique(np.concatenate(hit)) if hit else np.zeros(0, np.int64))
+        return dict(rows=rows, maps=[(t, M[rows[t]]) for M, t in zip(zmaps, targets)])
+
+    @staticmethod
+    def _model_first(x, rows, width, m, out):
+        """(m, width) from sums at ``rows`` of (rows, ...) with m entries after the first
+        axis, into ``out``."""
+        x = x.reshape(len(rows), m)
+        if len(rows) == width:  # (rows sorted and unique: every position)
+            np.copyto(out, x.T)
+        else:
+            out[:] = 0.0
+            out[:, rows] = x.T
+        return out
+
+    def trace_products(self, inverse, dH, P: int, scratch=None):
         """tr(H⁻¹Ḣ_a H⁻¹Ḣ_b) per model for the P matrices Ḣ_a of :meth:`assemble`
         (stacked model-first, k·P): (k, P, P). With a diagonal leading block
         H⁻¹ = D̃ + US⁻¹U' (D̃ = diag(D⁻¹, 0), U = [−D⁻¹C; I]), so with T_a = C_a − D_aD⁻¹C
-        and K_a = U'Ḣ_aU = E_a − C_a'D⁻¹C − (D⁻¹C)'T_a the trace is
-        Σ D⁻²D_aD_b + 2 tr(S⁻¹T_a'D⁻¹T_b) + tr(S⁻¹K_a S⁻¹K_b) (products batched over
-        the models, each over all P at once)."""
+        and K_a = U'Ḣ_aU = E_a − Y'V_a − V_a'Y (Y = D⁻¹C, V_a = C_a − ½D_aY: one
+        product for both cross terms) the trace is Σ D⁻²D_aD_b + 2 tr(S⁻¹T_a'D⁻¹T_b) +
+        tr(S⁻¹K_a S⁻¹K_b), the last from N_a = S⁻¹K_a and N_b' = K_bS⁻¹ (both symmetric)
+        (products batched over the models, each over all P at once). E may come as
+        (positions, values) (:meth:`assemble_scalar`). Work arrays from ``scratch``."""
+        scratch = _Scratch() if scratch is None else scratch
         if isinstance(inverse, _Schur):
             d, C, E = dH
             k = inverse.d_inv.shape[0]
@@ -439,19 +508,31 @@ class Layout:
             d_inv, C0 = inverse.d_inv, np.ascontiguousarray(inverse.C)  # (no copies: made so)
             dd = d.reshape(k, P, m1) * d_inv[:, None, :]
             C = C.reshape(k, P, m1, q2)
-            T = C - dd[..., None] * C0[:, None]  # C_a − D_aD⁻¹C
+            T = scratch("T", (k, P, m1, q2))
+            np.multiply(dd[..., None], C0[:, None], out=T)
+            np.subtract(C, T, out=T)  # C_a − D_aD⁻¹C
+            V = scratch("V_a", (k, P, m1, q2))
+            np.add(T, C, out=V)
+            V *= 0.5  # C_a − ½D_aY
             Yt = np.ascontiguousarray(np.swapaxes(Y, 1, 2))[:, None]  # (k, 1, q2, m1)
-            YC = np.matmul(Yt, C)  # Y'C_a, (k, P, q2, q2)
-            K = E.reshape(k, P, q2, q2) - np.matmul(Yt, T)
-            K -= np.swapaxes(YC, 2, 3)
-            S_b = S_inv[:, None]
-            N = np.matmul(S_b, K).reshape(k, P, -1)  # S⁻¹K_a
-            Nt = np.matmul(K, S_b).reshape(k, P, -1)  # K_aS⁻¹ = (S⁻¹K_a)'
-            R = np.matmul(T.reshape(k, P * m1, q2), S_inv).reshape(k, P, m1 * q2)
+            YV = np.matmul(Yt, V, out=scratch("YV", (k, P, q2, q2)))
+            K = scratch("K", (k, P, q2, q2))
+            np.add(YV, np.swapaxes(YV, 2, 3), out=K)
+            np.negative(K, out=K)
+            if isinstance(E, tuple):
+                positions, values = E
+                K.reshape(k, P, q2 * q2)[:, :, positions] += values.reshape(k, P, -1)
+            else:
+                K += E.reshape(k, P, q2, q2)
+            N = np.matmul(S_inv[:, None], K, out=scratch("N", (k, P, q2, q2)))
+            Nt = scratch("Nt", (k, P, q2, q2))
+            np.copyto(Nt, np.swapaxes(N, 2, 3))  # K_aS⁻¹ = (S⁻¹K_a)'
+            R = np.matmul(T.reshape(k, P * m1, q2), S_inv,
+                          out=scratch("R", (k, P * m1, q2))).reshape(k, P, m1 * q2)
             R *= np.repeat(d_inv, q2, axis=1)[:, None, :]  # D⁻¹T_aS⁻¹
             out = np.matmul(dd, np.swapaxes(dd, 1, 2))
             out += 2.0 * np.matmul(R, np.swapaxes(T.reshape(k, P, -1), 1, 2))
-            out += np.matmul(N, np.swapaxes(Nt, 1, 2))
+            out += np.matmul(N.reshape(k, P, -1), np.swapaxes(Nt.reshape(k, P, -1), 1, 2))
             return out
         k = inverse.shape[0]
         N = np.matmul(inverse[:, None], dH.reshape((k, P) + dH.shape[1:]))  # (k, P, B, s, s)
@@ -730,6 +811,7 @@ class LockstepModels:
         self.P = sum(self.sizes)
         rows.prepare(*self.Y.shape)
         rows.unit_weights(self.Wt)
+        self._scratch = _Scratch()
 
     @property
     def exact_hessian(self) -> bool:
@@ -943,32 +1025,38 @@ class LockstepModels:
         W, W_e, W_ee = r["W"], r["W_e"], r["W_ee"]
         J, k, n = a.shape
         P = self.P
-        # Everything per parameter model-first, (k, P, n); S at each row's slots.
+        scratch = self._scratch
+        # Everything per parameter model-first, (k, P, n), in work arrays (_Scratch).
         St = np.ascontiguousarray(np.swapaxes(S, 1, 2))  # (k, P, B·s)
-        Sg = [St[:, :, f] for f in L.flat]  # J × (k, P, n)
-        e = a[0][:, None] * Sg[0]  # e_a = ∂η/∂ψ_a + aᵢ'S_a
-        for j in range(1, J):
-            e += a[j][:, None] * Sg[j]
-        thetas = []  # (slot, z or None where z ≡ 1) of each θ
-        for p0, (t, r_, c) in enumerate(L.theta_index):
-            col = L.offsets[t] + c
-            z = L.z[t][:, r_]
-            z = None if np.all(z == 1.0) else z
-            thetas.append((col, z))
+        e = scratch("e", (k, P, n))  # e_a = ∂η/∂ψ_a + aᵢ'S_a
+        F = scratch("F", (k, P, n))
+        for j in range(J):
+            part = e if j == 0 else F  # S at slot j's rows, times aᵢ's entry there
+            np.take(St, L.flat[j], axis=2, out=part, mode="clip")
+            np.multiply(part, a[j][:, None], out=part)
+            if j:
+                e += F
+        for p0, (col, z) in enumerate(L.theta_slots):
             e[:, p0] += ug[col] if z is None else z * ug[col]
         n_theta = L.n_theta
         e[:, n_theta:] += self.X.T[None]
-        c1 = 2.0 * W + W_ee * p_ee - W_e * az
-        et = np.swapaxes(e, 1, 2)
-        out = np.matmul(c1[:, None] * e, et)
-        out += 2.0 * np.matmul(St, S)
-        # θ's terms: η''_ab = α_a'S_b + α_b'S_a, γ_a, α_a'H⁻¹α_b.
-        for i, (col, z) in enumerate(thetas):
+        # Σᵢ c₁e_ae_b + e_aγ_b + e_bγ_a as one product: 2γ_a added to the θ rows of
+        # c₁e (the result is symmetrized below: each cross term counted once each way).
+        np.multiply(e, (2.0 * W + W_ee * p_ee - W_e * az)[:, None], out=F)
+        for i, (col, z) in enumerate(L.theta_slots):
             gamma = 2.0 * W_e * PH[col] - W * zg[col]
-            rz = rho_e if z is None else rho_e * z
             if z is not None:
                 gamma *= z
-            row = (np.matmul(Sg[col], rz[:, :, None]) + np.matmul(e, gamma[:, :, None]))[..., 0]
+            F[:, i] += 2.0 * gamma
+        out = np.matmul(F, np.swapaxes(e, 1, 2))
+        out += 2.0 * np.matmul(St, S)
+        # θ's terms ρη''_ab = ρ(α_a'S_b + α_b'S_a) (ρz summed per level first, then
+        # against S at those levels) and 2Wα_a'H⁻¹α_b.
+        thetas = L.theta_slots
+        for i, (col, z) in enumerate(thetas):
+            rz = rho_e if z is None else rho_e * z
+            level = L.G_maps[col] @ np.ascontiguousarray(rz.T)  # (B·s, k)
+            row = np.matmul(St, np.ascontiguousarray(level.T)[:, :, None])[..., 0]
             out[:, i, :] += row
             out[:, :, i] += row
             for j in range(i, n_theta):
@@ -981,14 +1069,14 @@ class LockstepModels:
                     out[:, j, i] += h
         # −tr(H⁻¹Ḣ_aH⁻¹Ḣ_b): Ḣ_a's per-row weights on each slot pair (i, j),
         # W'e_a aᵢaⱼ + W(α_a,ᵢaⱼ + aᵢα_a,ⱼ), stacked model-first.
-        We_e = W_e[:, None] * e
         if L.scalar and theta is not None:
-            dH = L.assemble_scalar(We_e, W, theta)
-            out -= L.trace_products(inv, dH, P)
+            dH = L.assemble_scalar(e, W_e, W, theta, scratch)
+            out -= L.trace_products(inv, dH, P, scratch)
             return 0.5 * (out + np.swapaxes(out, 1, 2))
+        np.multiply(e, W_e[:, None], out=F)  # W'e
         weights = []
         for i, j in L.pairs:
-            w_ij = We_e * (a[i] * a[j])[:, None, :]
+            w_ij = F * (a[i] * a[j])[:, None, :]
             for p0, (col, z) in enumerate(thetas):
                 wz = W if z is None else W * z
                 if col == i:
@@ -996,7 +1084,7 @@ class LockstepModels:
                 if col == j:
                     w_ij[:, p0] += wz * a[i]
             weights.append(w_ij.reshape(k * P, n))
-        out -= L.trace_products(inv, L.assemble(weights), P)
+        out -= L.trace_products(inv, L.assemble(weights), P, scratch)
         return 0.5 * (out + np.swapaxes(out, 1, 2))
 
     def _agq(self, idx, a, base, u, H, r, inv, ug, gradient, delta=None):
