@@ -620,6 +620,10 @@ class RowModel:
             return -np.sum(Wt * sc.gammaln(Y + 1.0), axis=1)
         if self.zero_inflated:
             return np.zeros(Y.shape[0])
+        if self.fast == "binomial" and not np.any((Y != 0.0) & (Y != 1.0)):
+            # 0/1 data: log C(w, wy) = 0 on every row (C(n, 0) = C(n, n) = 1), as
+            # fm.loglik_constant, without a call per model.
+            return np.zeros(Y.shape[0])
         out = np.array([float(fm.loglik_constant(self.family, np, y, w)) for y, w in zip(Y, Wt)])
         if self.fast == "nb":
             import scipy.special as sc
@@ -1452,8 +1456,6 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
     dispersion from moments at that fit (negative binomial θ from Var y = μ + μ²/θ,
     Pearson's estimate for the families with one), Λ's diagonal from moments of the
     one-step random effects per level (as the blocked batch path), zero-inflation 0."""
-    from .._engines.host.parts_rows import _initial_mean
-
     idx = np.arange(models.Y.shape[0]) if idx is None else np.asarray(idx)
     Y, Wt = models.Y[idx], models.Wt[idx]
     X, offset = models.X, models.offset
@@ -1465,6 +1467,10 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
                 "glmmjax."):
             mu0 = np.asarray(family.initialize(Y, Wt), np.float64)  # elementwise: all at once
         else:
+            # (imported here: its module loads scipy.special, which a binomial batch
+            # does without)
+            from .._engines.host.parts_rows import _initial_mean
+
             mu0 = np.stack([_initial_mean(family, Y[j], Wt[j]) for j in range(k)])
         eta0 = fm.link_function(family.link, np, mu0)
         eta0 = np.where(np.isfinite(eta0), eta0, 0.0) - offset
