@@ -860,10 +860,16 @@ class LockstepModels:
         k = u.shape[0]
         converged = np.zeros(k, bool)
 
+        def take(x, sub, axis=0):
+            # (sub: sorted, distinct; all of them mostly, where copies would be waste)
+            if x is None or len(sub) == k:
+                return x
+            return x[:, sub] if axis else x[sub]
+
         def terms(sub, v):
-            eta = base[sub] + _rowdot_slots(a[:, sub], L.gather(v))
-            r = self.rows(y[sub], None if w is None else w[sub], eta, None if zeta is None else zeta[sub],
-                          None if delta is None else delta[sub], third=False, idx=idx[sub])
+            eta = take(base, sub) + _rowdot_slots(take(a, sub, 1), L.gather(v))
+            r = self.rows(take(y, sub), take(w, sub), eta, take(zeta, sub), take(delta, sub),
+                          third=False, idx=idx[sub])
             value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=1)
             return value, r
 
@@ -872,7 +878,7 @@ class LockstepModels:
         for _ in range(MAX_INNER):
             if active.size == 0:
                 break
-            sub_a = a[:, active]
+            sub_a = take(a, active, 1)
             G = u[active] - L.scatter(sub_a * r["g_e"])
             W = r["W"]
             H = L.hessian(sub_a, W)
@@ -1184,13 +1190,17 @@ class LockstepModels:
         W, g_e = r["W"], r["g_e"]
         aW = a * W
         J, k, n = a.shape
-        V = np.empty((J, self.P, k, n))  # per slot and parameter, the rows summed into s_j
+        P = self.P
+        # Per slot, row and parameter, the rows summed into s_j: n-major, so that the
+        # sums over rows (sparse products) take it as it is, in a work array (_Scratch).
+        V = self._scratch("sensitivity", (J, n, P, k))
+        aWt = aW.transpose(0, 2, 1)
         p0 = 0
         for t, r_, c in L.theta_index:
             col = L.offsets[t] + c
             z_r = L.z[t][:, r_]
-            np.multiply(aW, ug[col] * z_r, out=V[:, p0])
-            V[col, p0] -= z_r * g_e
+            np.multiply(aWt, (ug[col] * z_r).T[None], out=V[:, :, p0])
+            V[col, :, p0] -= (z_r * g_e).T
             p0 += 1
         blocks = [(self.X, aW)]
         if self.rows.zero_inflated:
@@ -1199,12 +1209,12 @@ class LockstepModels:
             blocks.append((self.X_d, -(a * np.broadcast_to(r["h_ed"], W.shape))))
         for X, rows_ in blocks:
             width = X.shape[1]
-            np.multiply(rows_[:, None], X.T[None, :, None, :], out=V[:, p0 : p0 + width])
+            np.multiply(rows_.transpose(0, 2, 1)[:, :, None, :], X[None, :, :, None],
+                        out=V[:, :, p0 : p0 + width])
             p0 += width
-        P = self.P
-        summed = L.G_maps[0] @ V[0].reshape(P * k, n).T
+        summed = L.G_maps[0] @ V[0].reshape(n, P * k)
         for j in range(1, J):
-            summed += L.G_maps[j] @ V[j].reshape(P * k, n).T
+            summed += L.G_maps[j] @ V[j].reshape(n, P * k)
         cols = summed.T.reshape(P, k, -1)
         S = -np.moveaxis(L.solve(inv, cols), 0, -1)
         return np.where(np.isfinite(S), S, 0.0)
