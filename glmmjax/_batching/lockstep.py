@@ -337,6 +337,10 @@ class Layout:
         self.eye_flat = np.eye(s).ravel()
         self.scalar = all(size == 1 for size in self.sizes)
         self._z_maps = None
+        self._gz_maps = None
+        # (the widths of assemble's targets: the block(s), or D's diagonal, C and E)
+        self._target_widths = ((self.n_diag, self.n_diag * (s - self.n_diag),
+                                (s - self.n_diag) ** 2) if self.n_diag else (self.B * s * s,))
         # (the θ of each term: Λ_t's lower triangle, column by column, lme4's order)
         self.offsets = np.cumsum((0,) + self.sizes)[:-1]
         self.theta_index = []
@@ -371,10 +375,32 @@ class Layout:
             out += self.G_maps[j] @ values[j].T
         return np.ascontiguousarray(out.T)
 
-    def hessian(self, a, W):
+    def scatter_a(self, a, g, theta=None):
+        """:meth:`scatter` of aᵢ·g (g (k, n)). Scalar terms (aᵢ = θ_j z_{i,j} at slot j)
+        with ``theta``: Σ_j θ_j·(the z_j-weighted sums of g), one transposed copy of g,
+        no (J, k, n) product."""
+        if theta is None or not self.scalar:
+            return self.scatter(a * g)
+        if self._gz_maps is None:
+            self._gz_maps = []
+            for M, z in zip(self.G_maps, self.z):
+                Mz = M.copy()
+                Mz.data = Mz.data * z[Mz.indices, 0]
+                self._gz_maps.append(Mz)
+        gt = np.ascontiguousarray(g.T)
+        out = (self._gz_maps[0] @ gt) * theta[:, 0]  # (scalar terms: slot j is θ_j's)
+        for j in range(1, self.J):
+            out += (self._gz_maps[j] @ gt) * theta[:, j]
+        return np.ascontiguousarray(out.T)
+
+    def hessian(self, a, W, theta=None):
         """I + Λ'Z'WZΛ, (k, B, s, s); with a diagonal leading block (:class:`_Schur`)
-        its pieces (D's diagonal, C, E)."""
+        its pieces (D's diagonal, C, E). Scalar terms with ``theta``: each pair's sums
+        of Wzᵢzⱼ (the z's in the maps, only the positions some row sums into) times
+        θᵢθⱼ, from one transposed copy of W."""
         k = W.shape[0]
+        if theta is not None and self.scalar:
+            return self._hessian_scalar(W, theta)
         if self.n_diag:
             m1, q2 = self.n_diag, self.q2
             parts = [None, None, None]
@@ -394,6 +420,33 @@ class Layout:
             out = M @ prod.T if out is None else out + M @ prod.T
         H = out.T.reshape(k, self.B, self.s, self.s) + np.eye(self.s)
         return H
+
+    def _hessian_scalar(self, W, theta):
+        if self._z_maps is None:
+            self._z_maps = self._compact_z_maps()
+        k = W.shape[0]
+        Wt = np.ascontiguousarray(W.T)
+        sums = [None, None, None] if self.n_diag else [None]
+        for (i, j), (target, M) in zip(self.pairs, self._z_maps["maps"]):
+            part = M @ Wt
+            part *= theta[:, i] * theta[:, j]
+            if sums[target] is None:
+                sums[target] = part
+            else:
+                sums[target] += part
+        rows = self._z_maps["rows"]
+        # (fresh arrays: the factors keep them)
+        pieces = [np.zeros((k, width)) if x is None else
+                  self._model_first(x, rows_t, width, k, np.empty((k, width)))
+                  for x, rows_t, width in zip(sums, rows, self._target_widths)]
+        if not self.n_diag:
+            return pieces[0].reshape(k, self.B, self.s, self.s) + np.eye(self.s)
+        m1, q2 = self.n_diag, self.q2
+        d, C, E = pieces
+        d += 1.0
+        E = E.reshape(k, q2, q2)
+        E += np.eye(q2)
+        return d, C.reshape(k, m1, q2), E
 
     def assemble(self, weights):
         """Σᵢ over rows of per-row, per-slot-pair weights (one (m, n) array per pair of
@@ -850,8 +903,9 @@ class LockstepModels:
                      else beta_d @ self.X_d.T + self.offset_d)
         return self.layout.rows_a(theta), base, zeta, delta
 
-    def mode(self, idx, a, base, zeta, delta, u0):
-        """û for the models ``idx`` by Newton's method with per-model step halving.
+    def mode(self, idx, a, base, zeta, delta, u0, theta=None):
+        """û for the models ``idx`` by Newton's method with per-model step halving
+        (``theta``: the models' θ, for the scalar terms' sums).
 
         Returns (û, converged)."""
         L = self.layout
@@ -879,9 +933,10 @@ class LockstepModels:
             if active.size == 0:
                 break
             sub_a = take(a, active, 1)
-            G = u[active] - L.scatter(sub_a * r["g_e"])
+            sub_theta = take(theta, active)
+            G = u[active] - L.scatter_a(sub_a, r["g_e"], sub_theta)
             W = r["W"]
-            H = L.hessian(sub_a, W)
+            H = L.hessian(sub_a, W, sub_theta)
             _, inv, ok = L.factor(H, light=True, positive=bool(np.all(W >= 0)))
             ok = ok.all(axis=1)
             if not ok.all():
@@ -937,7 +992,7 @@ class LockstepModels:
         (|u0 − û| ~ 1e-10) it is taken as the mode, without the inner Newton's pass."""
         a, base, zeta, delta = self._predictors(psi)
         if not trusted:
-            u, inner_ok = self.mode(idx, a, base, zeta, delta, u0)
+            u, inner_ok = self.mode(idx, a, base, zeta, delta, u0, psi[:, :self.layout.n_theta])
             return self._at(idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity,
                             hessian=hessian, theta=psi[:, :self.layout.n_theta])
         out = self._at(idx, a, base, zeta, delta, u0, np.ones(len(idx), bool), gradient,
@@ -947,7 +1002,7 @@ class LockstepModels:
         if redo.any():
             sub = lambda x: None if x is None else x[redo]  # noqa: E731
             u, inner_ok = self.mode(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta),
-                                    u0[redo])
+                                    u0[redo], psi[redo, :self.layout.n_theta])
             again = self._at(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta), u,
                              inner_ok, gradient, sensitivity, hessian=hessian,
                              theta=psi[redo, :self.layout.n_theta])
@@ -964,7 +1019,7 @@ class LockstepModels:
         ug = L.gather(u)
         eta = base + _rowdot_slots(a, ug)
         r = self.rows(y, w, eta, zeta, delta, third=gradient, idx=idx, complete=True)
-        H = L.hessian(a, r["W"])
+        H = L.hessian(a, r["W"], theta)
         logdet, inv, ok = L.factor(H)
         ok = ok.all(axis=1) & inner_ok
         value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(u * u, axis=1) + logdet.sum(axis=1)
@@ -975,7 +1030,7 @@ class LockstepModels:
         value = np.where(ok & np.isfinite(value), value, np.nan)
         out = dict(value=value, u=u, inner_ok=inner_ok)
         if check:
-            G = u - L.scatter(a * r["g_e"])
+            G = u - L.scatter_a(a, r["g_e"], theta)
             out["decrement"] = np.sum(G * L.solve(inv, G), axis=1)
         if not gradient:
             return out
@@ -985,7 +1040,7 @@ class LockstepModels:
             PH = np.stack([_rowdot_slots(Hr[i], a) for i in range(L.J)])  # (H⁻¹aᵢ)
             p_ee = _rowdot_slots(PH, a)
             c_e = p_ee * r["W_e"]
-            zg = L.gather(L.solve(inv, L.scatter(a * c_e)))
+            zg = L.gather(L.solve(inv, L.scatter_a(a, c_e, theta)))
             az = _rowdot_slots(a, zg)
             W, g_e = r["W"], r["g_e"]
             rho_e = -2.0 * g_e + c_e - az * W
