@@ -336,6 +336,10 @@ class Layout:
                     self.schur_maps.append((2, _transposed_map(n, both, q2 * q2, rows_)))
         self.eye_flat = np.eye(s).ravel()
         self.scalar = all(size == 1 for size in self.sizes)
+        # (scalar terms: the slot, i.e. the term and its θ, of each entry of u)
+        self.column_slot = np.zeros(self.width, np.int64)
+        for j, f in enumerate(self.flat):
+            self.column_slot[f] = j
         self._z_maps = None
         self._gz_maps = None
         # (the widths of assemble's targets: the block(s), or D's diagonal, C and E)
@@ -549,7 +553,7 @@ class Layout:
         H⁻¹ = D̃ + US⁻¹U' (D̃ = diag(D⁻¹, 0), U = [−D⁻¹C; I]), so with T_a = C_a − D_aD⁻¹C
         and K_a = U'Ḣ_aU = E_a − Y'V_a − V_a'Y (Y = D⁻¹C, V_a = C_a − ½D_aY: one
         product for both cross terms) the trace is Σ D⁻²D_aD_b + 2 tr(S⁻¹T_a'D⁻¹T_b) +
-        tr(S⁻¹K_a S⁻¹K_b), the last from N_a = S⁻¹K_a and N_b' = K_bS⁻¹ (both symmetric)
+        tr(S⁻¹K_a S⁻¹K_b), the last from N_b' = K_bS⁻¹ and N_a = S⁻¹K_a = (K_aS⁻¹)'
         (products batched over the models, each over all P at once). E may come as
         (positions, values) (:meth:`assemble_scalar`). Work arrays from ``scratch``."""
         scratch = _Scratch() if scratch is None else scratch
@@ -577,9 +581,12 @@ class Layout:
                 K.reshape(k, P, q2 * q2)[:, :, positions] += values.reshape(k, P, -1)
             else:
                 K += E.reshape(k, P, q2, q2)
-            N = np.matmul(S_inv[:, None], K, out=scratch("N", (k, P, q2, q2)))
-            Nt = scratch("Nt", (k, P, q2, q2))
-            np.copyto(Nt, np.swapaxes(N, 2, 3))  # K_aS⁻¹ = (S⁻¹K_a)'
+            # K_aS⁻¹ for all a as one product per model (rows of the K_a stacked), and
+            # S⁻¹K_a = (K_aS⁻¹)' by transposition (K_a, S⁻¹ symmetric)
+            Nt = np.matmul(K.reshape(k, P * q2, q2), S_inv,
+                           out=scratch("Nt", (k, P * q2, q2))).reshape(k, P, q2, q2)
+            N = scratch("N", (k, P, q2, q2))
+            np.copyto(N, np.swapaxes(Nt, 2, 3))
             R = np.matmul(T.reshape(k, P * m1, q2), S_inv,
                           out=scratch("R", (k, P * m1, q2))).reshape(k, P, m1 * q2)
             R *= np.repeat(d_inv, q2, axis=1)[:, None, :]  # D⁻¹T_aS⁻¹
@@ -1105,10 +1112,16 @@ class LockstepModels:
         St = np.ascontiguousarray(np.swapaxes(S, 1, 2))  # (k, P, B·s)
         e = scratch("e", (k, P, n))  # e_a = ∂η/∂ψ_a + aᵢ'S_a
         F = scratch("F", (k, P, n))
+        scalar = L.scalar and theta is not None
+        if scalar:  # aᵢ's entry at slot j is θ_j z_{i,j}: θ_j applied to S's columns first
+            Sa = St * theta[:, None, L.column_slot]
         for j in range(J):
             part = e if j == 0 else F  # S at slot j's rows, times aᵢ's entry there
-            np.take(St, L.flat[j], axis=2, out=part, mode="clip")
-            np.multiply(part, a[j][:, None], out=part)
+            np.take(Sa if scalar else St, L.flat[j], axis=2, out=part, mode="clip")
+            if not scalar:
+                np.multiply(part, a[j][:, None], out=part)
+            elif L.theta_slots[j][1] is not None:
+                part *= L.theta_slots[j][1]
             if j:
                 e += F
         for p0, (col, z) in enumerate(L.theta_slots):
@@ -1144,7 +1157,7 @@ class LockstepModels:
                     out[:, j, i] += h
         # −tr(H⁻¹Ḣ_aH⁻¹Ḣ_b): Ḣ_a's per-row weights on each slot pair (i, j),
         # W'e_a aᵢaⱼ + W(α_a,ᵢaⱼ + aᵢα_a,ⱼ), stacked model-first.
-        if L.scalar and theta is not None:
+        if scalar:
             dH = L.assemble_scalar(e, W_e, W, theta, scratch)
             out -= L.trace_products(inv, dH, P, scratch)
             return 0.5 * (out + np.swapaxes(out, 1, 2))
