@@ -32,7 +32,7 @@ from .._families.base import Family, Gaussian, get_family
 from .._linalg import solve_triangular
 from .._model.checks import check_lmm_design
 from .._model.cov_structures import term_structures
-from .._model.covariance import canonical_theta, initial_theta
+from .._model.covariance import canonical_thetas, initial_theta
 from .._model.design import DataError, build_design
 from .._model.formula import parse_formula
 from .._model.relmat import rotated_relatedness
@@ -965,7 +965,7 @@ def _assemble(design, family, names, reasons, usable, out, method, chunk_size, d
             if setup.has_dispersion:
                 scale[idx] = np.exp(out["params"][:, -1])
             ok = (codes == Status.CONVERGED) & out["hessian_pd"] & out["inner_converged"]
-        theta[idx] = np.array([canonical_theta(t, sizes) for t in theta_raw])
+        theta[idx] = canonical_thetas(theta_raw, sizes)
         converged[idx] = ok & np.isfinite(value[idx])
         inner_ok = out.get("inner_converged", np.ones(len(idx), bool))
         hessian_pd = out.get("hessian_pd", np.ones(len(idx), bool))

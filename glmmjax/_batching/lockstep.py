@@ -50,6 +50,8 @@ Failures are flagged per model (status, inner convergence, Hessian).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import scipy.sparse
 
@@ -95,6 +97,28 @@ def applies(design, family, n_agq: int) -> bool:
     if n_agq > 1:
         return len(design.terms) == 1 and design.terms[0].size == 1
     return _terms_apply(design.terms)
+
+
+# -- work arrays ------------------------------------------------------------------------------
+class _Scratch:
+    """Work arrays kept from one evaluation to the next, per thread (chunks may run in
+    threads): ``scratch(name, shape)`` is a view of the buffer ``name``, grown when too
+    small, its contents undefined. The exact Hessian's and the sensitivities' (models ×
+    parameters × rows) temporaries, allocated afresh at each evaluation, made the heap
+    grow and shrink by tens of MB each time: a third of a crossed logistic batch's time
+    went to page faults (measured with getrusage). A view handed out must not outlive
+    the next request of its name, nor leave the evaluation that asked for it."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __call__(self, name: str, shape) -> np.ndarray:
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        size = int(np.prod(shape))
+        buffer = buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = buffers[name] = np.empty(size)
+        return buffer[:size].reshape(shape)
 
 
 # -- small symmetric positive-definite blocks ------------------------------------------
@@ -312,7 +336,15 @@ class Layout:
                     self.schur_maps.append((2, _transposed_map(n, both, q2 * q2, rows_)))
         self.eye_flat = np.eye(s).ravel()
         self.scalar = all(size == 1 for size in self.sizes)
+        # (scalar terms: the slot, i.e. the term and its θ, of each entry of u)
+        self.column_slot = np.zeros(self.width, np.int64)
+        for j, f in enumerate(self.flat):
+            self.column_slot[f] = j
         self._z_maps = None
+        self._gz_maps = None
+        # (the widths of assemble's targets: the block(s), or D's diagonal, C and E)
+        self._target_widths = ((self.n_diag, self.n_diag * (s - self.n_diag),
+                                (s - self.n_diag) ** 2) if self.n_diag else (self.B * s * s,))
         # (the θ of each term: Λ_t's lower triangle, column by column, lme4's order)
         self.offsets = np.cumsum((0,) + self.sizes)[:-1]
         self.theta_index = []
@@ -321,6 +353,12 @@ class Layout:
             self.theta_index += [(t, int(r), int(c)) for r, c in zip(rws, cols)]
         self.n_theta = len(self.theta_index)
         self.diagonal = np.array([r == c for _, r, c in self.theta_index], bool)
+        # Each θ's slot and its z column, None where z ≡ 1 (intercepts): the exact
+        # Hessian's per-θ terms (found once here, not by an n-long scan per evaluation).
+        self.theta_slots = []
+        for t, r, c in self.theta_index:
+            z = self.z[t][:, r]
+            self.theta_slots.append((int(self.offsets[t] + c), None if np.all(z == 1.0) else z))
 
     def rows_a(self, theta):
         """aᵢ per model, slot-first: (J, k, n)."""
@@ -341,10 +379,32 @@ class Layout:
             out += self.G_maps[j] @ values[j].T
         return np.ascontiguousarray(out.T)
 
-    def hessian(self, a, W):
+    def scatter_a(self, a, g, theta=None):
+        """:meth:`scatter` of aᵢ·g (g (k, n)). Scalar terms (aᵢ = θ_j z_{i,j} at slot j)
+        with ``theta``: Σ_j θ_j·(the z_j-weighted sums of g), one transposed copy of g,
+        no (J, k, n) product."""
+        if theta is None or not self.scalar:
+            return self.scatter(a * g)
+        if self._gz_maps is None:
+            self._gz_maps = []
+            for M, z in zip(self.G_maps, self.z):
+                Mz = M.copy()
+                Mz.data = Mz.data * z[Mz.indices, 0]
+                self._gz_maps.append(Mz)
+        gt = np.ascontiguousarray(g.T)
+        out = (self._gz_maps[0] @ gt) * theta[:, 0]  # (scalar terms: slot j is θ_j's)
+        for j in range(1, self.J):
+            out += (self._gz_maps[j] @ gt) * theta[:, j]
+        return np.ascontiguousarray(out.T)
+
+    def hessian(self, a, W, theta=None):
         """I + Λ'Z'WZΛ, (k, B, s, s); with a diagonal leading block (:class:`_Schur`)
-        its pieces (D's diagonal, C, E)."""
+        its pieces (D's diagonal, C, E). Scalar terms with ``theta``: each pair's sums
+        of Wzᵢzⱼ (the z's in the maps, only the positions some row sums into) times
+        θᵢθⱼ, from one transposed copy of W."""
         k = W.shape[0]
+        if theta is not None and self.scalar:
+            return self._hessian_scalar(W, theta)
         if self.n_diag:
             m1, q2 = self.n_diag, self.q2
             parts = [None, None, None]
@@ -364,6 +424,33 @@ class Layout:
             out = M @ prod.T if out is None else out + M @ prod.T
         H = out.T.reshape(k, self.B, self.s, self.s) + np.eye(self.s)
         return H
+
+    def _hessian_scalar(self, W, theta):
+        if self._z_maps is None:
+            self._z_maps = self._compact_z_maps()
+        k = W.shape[0]
+        Wt = np.ascontiguousarray(W.T)
+        sums = [None, None, None] if self.n_diag else [None]
+        for (i, j), (target, M) in zip(self.pairs, self._z_maps["maps"]):
+            part = M @ Wt
+            part *= theta[:, i] * theta[:, j]
+            if sums[target] is None:
+                sums[target] = part
+            else:
+                sums[target] += part
+        rows = self._z_maps["rows"]
+        # (fresh arrays: the factors keep them)
+        pieces = [np.zeros((k, width)) if x is None else
+                  self._model_first(x, rows_t, width, k, np.empty((k, width)))
+                  for x, rows_t, width in zip(sums, rows, self._target_widths)]
+        if not self.n_diag:
+            return pieces[0].reshape(k, self.B, self.s, self.s) + np.eye(self.s)
+        m1, q2 = self.n_diag, self.q2
+        d, C, E = pieces
+        d += 1.0
+        E = E.reshape(k, q2, q2)
+        E += np.eye(q2)
+        return d, C.reshape(k, m1, q2), E
 
     def assemble(self, weights):
         """Σᵢ over rows of per-row, per-slot-pair weights (one (m, n) array per pair of
@@ -388,49 +475,88 @@ class Layout:
             out = M @ w_ij.T if out is None else out + M @ w_ij.T
         return np.ascontiguousarray(out.T).reshape(m, self.B, self.s, self.s)
 
-    def assemble_scalar(self, We_e, W, theta):
+    def assemble_scalar(self, e, W_e, W, theta, scratch):
         """:meth:`assemble` of Ḣ_a for scalar terms (aᵢ = θ_j z_{i,j} at slot j): the
         pair (i, j)'s weights are θᵢθⱼ·W'e_a zᵢzⱼ, plus θⱼ·Wzᵢzⱼ for a = θᵢ and θᵢ·Wzᵢzⱼ
-        for a = θⱼ, so each pair takes one product of W'e (k, P, n), one of W, both
-        n-major (no per-pair weights), with the z's in the maps' values."""
+        for a = θⱼ, so each pair takes one product of W'e (from e (k, P, n) and W'), one
+        of W, both n-major (no per-pair weights), with the z's in the maps' values and
+        only the positions some row sums into. With a diagonal leading block, (D's
+        diagonal, C, E as (positions, values (k·P, positions))): E's blocks of scalar
+        terms are mostly zero. Work arrays from ``scratch``."""
         if self._z_maps is None:
-            maps = [M for _, M in self.schur_maps] if self.n_diag else self.H_maps
-            zz = [self.z[i][:, 0] * self.z[j][:, 0] for i, j in self.pairs]
-            self._z_maps = []
-            for M, w in zip(maps, zz):
-                Mz = M.tocoo()
-                Mz.data = Mz.data * w[Mz.col]
-                self._z_maps.append(Mz.tocsr())
-        k, P, n = We_e.shape
-        EWt = np.ascontiguousarray(We_e.reshape(k * P, n).T)  # (n, k·P)
+            self._z_maps = self._compact_z_maps()
+        k, P, n = e.shape
+        EWt = scratch("EWt", (n, k, P))
+        np.multiply(np.moveaxis(e, 2, 0), W_e.T[:, :, None], out=EWt)
+        EWt = EWt.reshape(n, k * P)
         Wt = np.ascontiguousarray(W.T)
         sums = [None, None, None] if self.n_diag else [None]
-        targets = [t for t, _ in self.schur_maps] if self.n_diag else [0] * len(self.pairs)
-        for (i, j), M, target in zip(self.pairs, self._z_maps, targets):
-            part = (M @ EWt).reshape(-1, k, P) * (theta[:, i] * theta[:, j])[None, :, None]
-            extra = M @ Wt  # (width, k)
+        for (i, j), (target, M) in zip(self.pairs, self._z_maps["maps"]):
+            part = (M @ EWt).reshape(-1, k, P)
+            part *= (theta[:, i] * theta[:, j])[None, :, None]
+            extra = M @ Wt  # (positions, k)
             if i == j:
                 part[:, :, i] += 2.0 * theta[:, i] * extra
             else:
                 part[:, :, i] += theta[:, j] * extra
                 part[:, :, j] += theta[:, i] * extra
-            sums[target] = part if sums[target] is None else sums[target] + part
-        if self.n_diag:
-            m1, q2 = self.n_diag, self.q2
-            shapes = ((m1,), (m1, q2), (q2, q2))
-            return tuple(np.zeros((k * P,) + sh) if x is None else
-                         np.ascontiguousarray(np.moveaxis(x, 0, 2)).reshape((k * P,) + sh)
-                         for x, sh in zip(sums, shapes))
-        return np.ascontiguousarray(np.moveaxis(sums[0], 0, 2)).reshape(k * P, self.B, self.s,
-                                                                         self.s)
+            if sums[target] is None:
+                sums[target] = part
+            else:
+                sums[target] += part
+        rows = self._z_maps["rows"]
+        if not self.n_diag:
+            return self._model_first(sums[0], rows[0], self.B * self.s * self.s, k * P,
+                                     scratch("dH", (k * P, self.B * self.s * self.s))
+                                     ).reshape(k * P, self.B, self.s, self.s)
+        m1, q2 = self.n_diag, self.q2
+        d, C = (np.zeros((k * P, width)) if x is None else
+                self._model_first(x, rows_t, width, k * P, scratch(name, (k * P, width)))
+                for x, rows_t, width, name in zip(sums[:2], rows[:2], (m1, m1 * q2),
+                                                  ("dH_d", "dH_C")))
+        E = (rows[2], np.zeros((k * P, 0)) if sums[2] is None else
+             np.ascontiguousarray(np.moveaxis(sums[2], 0, 2)).reshape(k * P, -1))
+        return d, C.reshape(k * P, m1, q2), E
 
-    def trace_products(self, inverse, dH, P: int):
+    def _compact_z_maps(self):
+        """Per target of :meth:`assemble_scalar` the positions some row sums into (the
+        union over its pairs) and per pair its map restricted to them, z's in the values."""
+        maps = [M for _, M in self.schur_maps] if self.n_diag else self.H_maps
+        targets = [t for t, _ in self.schur_maps] if self.n_diag else [0] * len(self.pairs)
+        zmaps = []
+        for M, (i, j) in zip(maps, self.pairs):
+            Mz = M.tocoo()
+            Mz.data = Mz.data * (self.z[i][:, 0] * self.z[j][:, 0])[Mz.col]
+            zmaps.append(Mz.tocsr())
+        rows = []
+        for target in range(3 if self.n_diag else 1):
+            hit = [np.flatnonzero(np.diff(M.indptr)) for M, t in zip(zmaps, targets)
+                   if t == target]
+            rows.append(np.unique(np.concatenate(hit)) if hit else np.zeros(0, np.int64))
+        return dict(rows=rows, maps=[(t, M[rows[t]]) for M, t in zip(zmaps, targets)])
+
+    @staticmethod
+    def _model_first(x, rows, width, m, out):
+        """(m, width) from sums at ``rows`` of (rows, ...) with m entries after the first
+        axis, into ``out``."""
+        x = x.reshape(len(rows), m)
+        if len(rows) == width:  # (rows sorted and unique: every position)
+            np.copyto(out, x.T)
+        else:
+            out[:] = 0.0
+            out[:, rows] = x.T
+        return out
+
+    def trace_products(self, inverse, dH, P: int, scratch=None):
         """tr(H⁻¹Ḣ_a H⁻¹Ḣ_b) per model for the P matrices Ḣ_a of :meth:`assemble`
         (stacked model-first, k·P): (k, P, P). With a diagonal leading block
         H⁻¹ = D̃ + US⁻¹U' (D̃ = diag(D⁻¹, 0), U = [−D⁻¹C; I]), so with T_a = C_a − D_aD⁻¹C
-        and K_a = U'Ḣ_aU = E_a − C_a'D⁻¹C − (D⁻¹C)'T_a the trace is
-        Σ D⁻²D_aD_b + 2 tr(S⁻¹T_a'D⁻¹T_b) + tr(S⁻¹K_a S⁻¹K_b) (products batched over
-        the models, each over all P at once)."""
+        and K_a = U'Ḣ_aU = E_a − Y'V_a − V_a'Y (Y = D⁻¹C, V_a = C_a − ½D_aY: one
+        product for both cross terms) the trace is Σ D⁻²D_aD_b + 2 tr(S⁻¹T_a'D⁻¹T_b) +
+        tr(S⁻¹K_a S⁻¹K_b), the last from N_b' = K_bS⁻¹ and N_a = S⁻¹K_a = (K_aS⁻¹)'
+        (products batched over the models, each over all P at once). E may come as
+        (positions, values) (:meth:`assemble_scalar`). Work arrays from ``scratch``."""
+        scratch = _Scratch() if scratch is None else scratch
         if isinstance(inverse, _Schur):
             d, C, E = dH
             k = inverse.d_inv.shape[0]
@@ -439,19 +565,34 @@ class Layout:
             d_inv, C0 = inverse.d_inv, np.ascontiguousarray(inverse.C)  # (no copies: made so)
             dd = d.reshape(k, P, m1) * d_inv[:, None, :]
             C = C.reshape(k, P, m1, q2)
-            T = C - dd[..., None] * C0[:, None]  # C_a − D_aD⁻¹C
+            T = scratch("T", (k, P, m1, q2))
+            np.multiply(dd[..., None], C0[:, None], out=T)
+            np.subtract(C, T, out=T)  # C_a − D_aD⁻¹C
+            V = scratch("V_a", (k, P, m1, q2))
+            np.add(T, C, out=V)
+            V *= 0.5  # C_a − ½D_aY
             Yt = np.ascontiguousarray(np.swapaxes(Y, 1, 2))[:, None]  # (k, 1, q2, m1)
-            YC = np.matmul(Yt, C)  # Y'C_a, (k, P, q2, q2)
-            K = E.reshape(k, P, q2, q2) - np.matmul(Yt, T)
-            K -= np.swapaxes(YC, 2, 3)
-            S_b = S_inv[:, None]
-            N = np.matmul(S_b, K).reshape(k, P, -1)  # S⁻¹K_a
-            Nt = np.matmul(K, S_b).reshape(k, P, -1)  # K_aS⁻¹ = (S⁻¹K_a)'
-            R = np.matmul(T.reshape(k, P * m1, q2), S_inv).reshape(k, P, m1 * q2)
+            YV = np.matmul(Yt, V, out=scratch("YV", (k, P, q2, q2)))
+            K = scratch("K", (k, P, q2, q2))
+            np.add(YV, np.swapaxes(YV, 2, 3), out=K)
+            np.negative(K, out=K)
+            if isinstance(E, tuple):
+                positions, values = E
+                K.reshape(k, P, q2 * q2)[:, :, positions] += values.reshape(k, P, -1)
+            else:
+                K += E.reshape(k, P, q2, q2)
+            # K_aS⁻¹ for all a as one product per model (rows of the K_a stacked), and
+            # S⁻¹K_a = (K_aS⁻¹)' by transposition (K_a, S⁻¹ symmetric)
+            Nt = np.matmul(K.reshape(k, P * q2, q2), S_inv,
+                           out=scratch("Nt", (k, P * q2, q2))).reshape(k, P, q2, q2)
+            N = scratch("N", (k, P, q2, q2))
+            np.copyto(N, np.swapaxes(Nt, 2, 3))
+            R = np.matmul(T.reshape(k, P * m1, q2), S_inv,
+                          out=scratch("R", (k, P * m1, q2))).reshape(k, P, m1 * q2)
             R *= np.repeat(d_inv, q2, axis=1)[:, None, :]  # D⁻¹T_aS⁻¹
             out = np.matmul(dd, np.swapaxes(dd, 1, 2))
             out += 2.0 * np.matmul(R, np.swapaxes(T.reshape(k, P, -1), 1, 2))
-            out += np.matmul(N, np.swapaxes(Nt, 1, 2))
+            out += np.matmul(N.reshape(k, P, -1), np.swapaxes(Nt.reshape(k, P, -1), 1, 2))
             return out
         k = inverse.shape[0]
         N = np.matmul(inverse[:, None], dH.reshape((k, P) + dH.shape[1:]))  # (k, P, B, s, s)
@@ -539,6 +680,10 @@ class RowModel:
             return -np.sum(Wt * sc.gammaln(Y + 1.0), axis=1)
         if self.zero_inflated:
             return np.zeros(Y.shape[0])
+        if self.fast == "binomial" and not np.any((Y != 0.0) & (Y != 1.0)):
+            # 0/1 data: log C(w, wy) = 0 on every row (C(n, 0) = C(n, n) = 1), as
+            # fm.loglik_constant, without a call per model.
+            return np.zeros(Y.shape[0])
         out = np.array([float(fm.loglik_constant(self.family, np, y, w)) for y, w in zip(Y, Wt)])
         if self.fast == "nb":
             import scipy.special as sc
@@ -580,12 +725,22 @@ class RowModel:
                     ("g_d", rows.g_d), ("h_ez", -rows.w_ez), ("h_ed", rows.h_ed),
                     ("W_e", rows.t_ee_e), ("W_z", rows.t_ee_z), ("W_d", rows.t_ee_d))}
             if self.fast == "binomial":
-                e = np.exp(-np.abs(eta))
-                prob = np.where(eta >= 0, 1.0, e) / (1.0 + e)
-                W = prob * (1.0 - prob)
-                softplus = np.maximum(eta, 0.0) + np.log1p(e)
+                # (in place where a temporary would do: the same operations in the same
+                # order, fewer passes over (models × rows) arrays)
+                e = np.abs(eta)
+                np.negative(e, out=e)
+                np.exp(e, out=e)  # exp(−|η|)
+                softplus = 1.0 + e
+                prob = np.where(eta >= 0, 1.0, e)
+                prob /= softplus
+                W = 1.0 - prob
+                W *= prob
+                np.log1p(e, out=softplus)
+                softplus += np.maximum(eta, 0.0)
                 if self.unit:
-                    out = dict(ll=y * eta - softplus, g_e=y - prob, W=W)
+                    ll = y * eta
+                    ll -= softplus
+                    out = dict(ll=ll, g_e=y - prob, W=W)
                 else:
                     W = w * W
                     s = w * y
@@ -730,6 +885,7 @@ class LockstepModels:
         self.P = sum(self.sizes)
         rows.prepare(*self.Y.shape)
         rows.unit_weights(self.Wt)
+        self._scratch = _Scratch()
 
     @property
     def exact_hessian(self) -> bool:
@@ -764,8 +920,9 @@ class LockstepModels:
                      else beta_d @ self.X_d.T + self.offset_d)
         return self.layout.rows_a(theta), base, zeta, delta
 
-    def mode(self, idx, a, base, zeta, delta, u0):
-        """û for the models ``idx`` by Newton's method with per-model step halving.
+    def mode(self, idx, a, base, zeta, delta, u0, theta=None):
+        """û for the models ``idx`` by Newton's method with per-model step halving
+        (``theta``: the models' θ, for the scalar terms' sums).
 
         Returns (û, converged)."""
         L = self.layout
@@ -774,10 +931,16 @@ class LockstepModels:
         k = u.shape[0]
         converged = np.zeros(k, bool)
 
+        def take(x, sub, axis=0):
+            # (sub: sorted, distinct; all of them mostly, where copies would be waste)
+            if x is None or len(sub) == k:
+                return x
+            return x[:, sub] if axis else x[sub]
+
         def terms(sub, v):
-            eta = base[sub] + _rowdot_slots(a[:, sub], L.gather(v))
-            r = self.rows(y[sub], None if w is None else w[sub], eta, None if zeta is None else zeta[sub],
-                          None if delta is None else delta[sub], third=False, idx=idx[sub])
+            eta = take(base, sub) + _rowdot_slots(take(a, sub, 1), L.gather(v))
+            r = self.rows(take(y, sub), take(w, sub), eta, take(zeta, sub), take(delta, sub),
+                          third=False, idx=idx[sub])
             value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=1)
             return value, r
 
@@ -786,10 +949,11 @@ class LockstepModels:
         for _ in range(MAX_INNER):
             if active.size == 0:
                 break
-            sub_a = a[:, active]
-            G = u[active] - L.scatter(sub_a * r["g_e"])
+            sub_a = take(a, active, 1)
+            sub_theta = take(theta, active)
+            G = u[active] - L.scatter_a(sub_a, r["g_e"], sub_theta)
             W = r["W"]
-            H = L.hessian(sub_a, W)
+            H = L.hessian(sub_a, W, sub_theta)
             _, inv, ok = L.factor(H, light=True, positive=bool(np.all(W >= 0)))
             ok = ok.all(axis=1)
             if not ok.all():
@@ -845,7 +1009,7 @@ class LockstepModels:
         (|u0 − û| ~ 1e-10) it is taken as the mode, without the inner Newton's pass."""
         a, base, zeta, delta = self._predictors(psi)
         if not trusted:
-            u, inner_ok = self.mode(idx, a, base, zeta, delta, u0)
+            u, inner_ok = self.mode(idx, a, base, zeta, delta, u0, psi[:, :self.layout.n_theta])
             return self._at(idx, a, base, zeta, delta, u, inner_ok, gradient, sensitivity,
                             hessian=hessian, theta=psi[:, :self.layout.n_theta])
         out = self._at(idx, a, base, zeta, delta, u0, np.ones(len(idx), bool), gradient,
@@ -855,7 +1019,7 @@ class LockstepModels:
         if redo.any():
             sub = lambda x: None if x is None else x[redo]  # noqa: E731
             u, inner_ok = self.mode(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta),
-                                    u0[redo])
+                                    u0[redo], psi[redo, :self.layout.n_theta])
             again = self._at(idx[redo], a[:, redo], base[redo], sub(zeta), sub(delta), u,
                              inner_ok, gradient, sensitivity, hessian=hessian,
                              theta=psi[redo, :self.layout.n_theta])
@@ -872,7 +1036,7 @@ class LockstepModels:
         ug = L.gather(u)
         eta = base + _rowdot_slots(a, ug)
         r = self.rows(y, w, eta, zeta, delta, third=gradient, idx=idx, complete=True)
-        H = L.hessian(a, r["W"])
+        H = L.hessian(a, r["W"], theta)
         logdet, inv, ok = L.factor(H)
         ok = ok.all(axis=1) & inner_ok
         value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(u * u, axis=1) + logdet.sum(axis=1)
@@ -883,7 +1047,7 @@ class LockstepModels:
         value = np.where(ok & np.isfinite(value), value, np.nan)
         out = dict(value=value, u=u, inner_ok=inner_ok)
         if check:
-            G = u - L.scatter(a * r["g_e"])
+            G = u - L.scatter_a(a, r["g_e"], theta)
             out["decrement"] = np.sum(G * L.solve(inv, G), axis=1)
         if not gradient:
             return out
@@ -893,7 +1057,7 @@ class LockstepModels:
             PH = np.stack([_rowdot_slots(Hr[i], a) for i in range(L.J)])  # (H⁻¹aᵢ)
             p_ee = _rowdot_slots(PH, a)
             c_e = p_ee * r["W_e"]
-            zg = L.gather(L.solve(inv, L.scatter(a * c_e)))
+            zg = L.gather(L.solve(inv, L.scatter_a(a, c_e, theta)))
             az = _rowdot_slots(a, zg)
             W, g_e = r["W"], r["g_e"]
             rho_e = -2.0 * g_e + c_e - az * W
@@ -943,32 +1107,44 @@ class LockstepModels:
         W, W_e, W_ee = r["W"], r["W_e"], r["W_ee"]
         J, k, n = a.shape
         P = self.P
-        # Everything per parameter model-first, (k, P, n); S at each row's slots.
+        scratch = self._scratch
+        # Everything per parameter model-first, (k, P, n), in work arrays (_Scratch).
         St = np.ascontiguousarray(np.swapaxes(S, 1, 2))  # (k, P, B·s)
-        Sg = [St[:, :, f] for f in L.flat]  # J × (k, P, n)
-        e = a[0][:, None] * Sg[0]  # e_a = ∂η/∂ψ_a + aᵢ'S_a
-        for j in range(1, J):
-            e += a[j][:, None] * Sg[j]
-        thetas = []  # (slot, z or None where z ≡ 1) of each θ
-        for p0, (t, r_, c) in enumerate(L.theta_index):
-            col = L.offsets[t] + c
-            z = L.z[t][:, r_]
-            z = None if np.all(z == 1.0) else z
-            thetas.append((col, z))
+        e = scratch("e", (k, P, n))  # e_a = ∂η/∂ψ_a + aᵢ'S_a
+        F = scratch("F", (k, P, n))
+        scalar = L.scalar and theta is not None
+        if scalar:  # aᵢ's entry at slot j is θ_j z_{i,j}: θ_j applied to S's columns first
+            Sa = St * theta[:, None, L.column_slot]
+        for j in range(J):
+            part = e if j == 0 else F  # S at slot j's rows, times aᵢ's entry there
+            np.take(Sa if scalar else St, L.flat[j], axis=2, out=part, mode="clip")
+            if not scalar:
+                np.multiply(part, a[j][:, None], out=part)
+            elif L.theta_slots[j][1] is not None:
+                part *= L.theta_slots[j][1]
+            if j:
+                e += F
+        for p0, (col, z) in enumerate(L.theta_slots):
             e[:, p0] += ug[col] if z is None else z * ug[col]
         n_theta = L.n_theta
         e[:, n_theta:] += self.X.T[None]
-        c1 = 2.0 * W + W_ee * p_ee - W_e * az
-        et = np.swapaxes(e, 1, 2)
-        out = np.matmul(c1[:, None] * e, et)
-        out += 2.0 * np.matmul(St, S)
-        # θ's terms: η''_ab = α_a'S_b + α_b'S_a, γ_a, α_a'H⁻¹α_b.
-        for i, (col, z) in enumerate(thetas):
+        # Σᵢ c₁e_ae_b + e_aγ_b + e_bγ_a as one product: 2γ_a added to the θ rows of
+        # c₁e (the result is symmetrized below: each cross term counted once each way).
+        np.multiply(e, (2.0 * W + W_ee * p_ee - W_e * az)[:, None], out=F)
+        for i, (col, z) in enumerate(L.theta_slots):
             gamma = 2.0 * W_e * PH[col] - W * zg[col]
-            rz = rho_e if z is None else rho_e * z
             if z is not None:
                 gamma *= z
-            row = (np.matmul(Sg[col], rz[:, :, None]) + np.matmul(e, gamma[:, :, None]))[..., 0]
+            F[:, i] += 2.0 * gamma
+        out = np.matmul(F, np.swapaxes(e, 1, 2))
+        out += 2.0 * np.matmul(St, S)
+        # θ's terms ρη''_ab = ρ(α_a'S_b + α_b'S_a) (ρz summed per level first, then
+        # against S at those levels) and 2Wα_a'H⁻¹α_b.
+        thetas = L.theta_slots
+        for i, (col, z) in enumerate(thetas):
+            rz = rho_e if z is None else rho_e * z
+            level = L.G_maps[col] @ np.ascontiguousarray(rz.T)  # (B·s, k)
+            row = np.matmul(St, np.ascontiguousarray(level.T)[:, :, None])[..., 0]
             out[:, i, :] += row
             out[:, :, i] += row
             for j in range(i, n_theta):
@@ -981,14 +1157,14 @@ class LockstepModels:
                     out[:, j, i] += h
         # −tr(H⁻¹Ḣ_aH⁻¹Ḣ_b): Ḣ_a's per-row weights on each slot pair (i, j),
         # W'e_a aᵢaⱼ + W(α_a,ᵢaⱼ + aᵢα_a,ⱼ), stacked model-first.
-        We_e = W_e[:, None] * e
-        if L.scalar and theta is not None:
-            dH = L.assemble_scalar(We_e, W, theta)
-            out -= L.trace_products(inv, dH, P)
+        if scalar:
+            dH = L.assemble_scalar(e, W_e, W, theta, scratch)
+            out -= L.trace_products(inv, dH, P, scratch)
             return 0.5 * (out + np.swapaxes(out, 1, 2))
+        np.multiply(e, W_e[:, None], out=F)  # W'e
         weights = []
         for i, j in L.pairs:
-            w_ij = We_e * (a[i] * a[j])[:, None, :]
+            w_ij = F * (a[i] * a[j])[:, None, :]
             for p0, (col, z) in enumerate(thetas):
                 wz = W if z is None else W * z
                 if col == i:
@@ -996,7 +1172,7 @@ class LockstepModels:
                 if col == j:
                     w_ij[:, p0] += wz * a[i]
             weights.append(w_ij.reshape(k * P, n))
-        out -= L.trace_products(inv, L.assemble(weights), P)
+        out -= L.trace_products(inv, L.assemble(weights), P, scratch)
         return 0.5 * (out + np.swapaxes(out, 1, 2))
 
     def _agq(self, idx, a, base, u, H, r, inv, ug, gradient, delta=None):
@@ -1092,13 +1268,17 @@ class LockstepModels:
         W, g_e = r["W"], r["g_e"]
         aW = a * W
         J, k, n = a.shape
-        V = np.empty((J, self.P, k, n))  # per slot and parameter, the rows summed into s_j
+        P = self.P
+        # Per slot, row and parameter, the rows summed into s_j: n-major, so that the
+        # sums over rows (sparse products) take it as it is, in a work array (_Scratch).
+        V = self._scratch("sensitivity", (J, n, P, k))
+        aWt = aW.transpose(0, 2, 1)
         p0 = 0
         for t, r_, c in L.theta_index:
             col = L.offsets[t] + c
             z_r = L.z[t][:, r_]
-            np.multiply(aW, ug[col] * z_r, out=V[:, p0])
-            V[col, p0] -= z_r * g_e
+            np.multiply(aWt, (ug[col] * z_r).T[None], out=V[:, :, p0])
+            V[col, :, p0] -= (z_r * g_e).T
             p0 += 1
         blocks = [(self.X, aW)]
         if self.rows.zero_inflated:
@@ -1107,12 +1287,12 @@ class LockstepModels:
             blocks.append((self.X_d, -(a * np.broadcast_to(r["h_ed"], W.shape))))
         for X, rows_ in blocks:
             width = X.shape[1]
-            np.multiply(rows_[:, None], X.T[None, :, None, :], out=V[:, p0 : p0 + width])
+            np.multiply(rows_.transpose(0, 2, 1)[:, :, None, :], X[None, :, :, None],
+                        out=V[:, :, p0 : p0 + width])
             p0 += width
-        P = self.P
-        summed = L.G_maps[0] @ V[0].reshape(P * k, n).T
+        summed = L.G_maps[0] @ V[0].reshape(n, P * k)
         for j in range(1, J):
-            summed += L.G_maps[j] @ V[j].reshape(P * k, n).T
+            summed += L.G_maps[j] @ V[j].reshape(n, P * k)
         cols = summed.T.reshape(P, k, -1)
         S = -np.moveaxis(L.solve(inv, cols), 0, -1)
         return np.where(np.isfinite(S), S, 0.0)
@@ -1364,8 +1544,6 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
     dispersion from moments at that fit (negative binomial θ from Var y = μ + μ²/θ,
     Pearson's estimate for the families with one), Λ's diagonal from moments of the
     one-step random effects per level (as the blocked batch path), zero-inflation 0."""
-    from .._engines.host.parts_rows import _initial_mean
-
     idx = np.arange(models.Y.shape[0]) if idx is None else np.asarray(idx)
     Y, Wt = models.Y[idx], models.Wt[idx]
     X, offset = models.X, models.offset
@@ -1377,6 +1555,10 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
                 "glmmjax."):
             mu0 = np.asarray(family.initialize(Y, Wt), np.float64)  # elementwise: all at once
         else:
+            # (imported here: its module loads scipy.special, which a binomial batch
+            # does without)
+            from .._engines.host.parts_rows import _initial_mean
+
             mu0 = np.stack([_initial_mean(family, Y[j], Wt[j]) for j in range(k)])
         eta0 = fm.link_function(family.link, np, mu0)
         eta0 = np.where(np.isfinite(eta0), eta0, 0.0) - offset

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._engines.compiled.optimize import Status
 from .._families.distributions import norm_sf
-from .._model.covariance import canonical_theta
+from .._model.covariance import canonical_thetas
 from .._model.design import DataError
 from .._model.parts_design import build_parts, check_parts
 from .fit_many import BatchResult, _check_models, _response_matrix, _sd_columns
@@ -127,11 +127,10 @@ def _assemble_parts(parts, names, reasons, usable, out, chunk) -> BatchResult:
         est[idx] = params[:, n_theta:]
         diag = np.diagonal(out["params_cov"], axis1=1, axis2=2)[:, n_theta:]
         se[idx] = np.sqrt(np.maximum(diag, 0))
-        theta[idx] = np.array([canonical_theta(t, cond_sizes) for t in params[:, :n_theta_c]])
+        theta[idx] = canonical_thetas(params[:, :n_theta_c], cond_sizes)
         if zi_terms:
             zi_sizes = tuple(t.size for t in zi_terms)
-            theta_zi[idx] = np.array([canonical_theta(t, zi_sizes)
-                                      for t in params[:, n_theta_c:n_theta]])
+            theta_zi[idx] = canonical_thetas(params[:, n_theta_c:n_theta], zi_sizes)
         value[idx] = out["value"]
         iterations[idx] = out["iterations"]
         ok = (out["status"] == Status.CONVERGED) & out["hessian_pd"] & np.isfinite(out["value"])
