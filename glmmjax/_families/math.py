@@ -194,7 +194,7 @@ def loglik_constant(family, xp, y, weights):
             inner = (successes != 0) & (successes != trials)
             return np.sum(log_binomial_coefficient(np, trials[inner], successes[inner]))
         return xp.sum(log_binomial_coefficient(xp, weights, weights * y))
-    if name == "Poisson":
+    if name in ("Poisson", "NegativeBinomial"):
         return -xp.sum(weights * special(xp).gammaln(y + 1.0))
     return xp.zeros((), dtype=xp.result_type(y, float))
 
@@ -431,18 +431,19 @@ def _negative_binomial(link, xp, y, eta, weights, dispersion, third, psi):
     ratio = m - log_theta
     big = theta > 1e4  # betaln is accurate only to ~1e-7 for small θ, where gammaln is exact
     yt = y + theta
+    # log Γ(y + θ) − log Γ(θ): log y! is in loglik_constant (free of η and θ).
     host_table = None
     if xp is np and not np.any(big):  # numpy evaluates both branches of a where
         # ψ of y + θ and θ from the same pass as log Γ (used when ``psi``).
-        host_table = polygamma_table(np, (yt, theta, y + 1.0), (-1, 0) if psi else (-1,))
-        (lg_yt, *dig_yt), (lg_theta, *dig_theta), (lg_y1, *_) = host_table
-        log_coef = lg_yt - lg_theta - lg_y1
+        host_table = polygamma_table(np, (yt, theta), (-1, 0) if psi else (-1,))
+        (lg_yt, *dig_yt), (lg_theta, *dig_theta) = host_table
+        log_coef = lg_yt - lg_theta
     else:
         small_t = xp.where(big, 1.0, theta)
         big_t = xp.where(big, theta, 1e4)
-        log_coef = xp.where(big, -sp.betaln(y + 1.0, big_t) - xp.log(y + big_t),
-                            sp.gammaln(y + small_t) - sp.gammaln(small_t)
-                            - sp.gammaln(y + 1.0))
+        log_coef = xp.where(big, sp.gammaln(y + 1.0) - sp.betaln(y + 1.0, big_t)
+                            - xp.log(y + big_t),
+                            sp.gammaln(y + small_t) - sp.gammaln(small_t))
     # log p, log(1 − p) = log(θ/(θ + μ)), p and 1 − p from one exp and one log1p.
     log_p, log_1mp, p, one_mp = _sigmoids(xp, ratio)
     value = weights * (log_coef + theta * log_1mp + count_times_log(y, log_p, xp))

@@ -58,7 +58,7 @@ def _row_constant(family, y, inner):
     """The part of log f(y) that :func:`glmmjax._families.math.row_terms` leaves out (its
     ``loglik_constant`` per row, with the weights ``inner`` the density takes)."""
     name = type(family).__name__
-    if name == "Poisson":
+    if name in ("Poisson", "NegativeBinomial"):
         return -gammaln(y + 1.0)
     if name == "Binomial":
         return fm.log_binomial_coefficient(np, inner, inner * y)
