@@ -400,6 +400,31 @@ def _chain_psi(f_psi, f1_psi, f2_psi, x1, x2):
     return f_psi, f1_psi * x1, -(f2_psi * x1 * x1 + f1_psi * x2)
 
 
+_LAST_NB2: dict = {}  # the last host evaluation of nb2_gamma_terms
+
+
+def nb2_gamma_terms(y, theta, digamma: bool, log_factorial: bool = False) -> tuple:
+    """(log Γ(y + θ) − log Γ(θ), ψ(y + θ) − ψ(θ) if ``digamma``, log Γ(y + 1) if
+    ``log_factorial``) on the host, from one :func:`polygamma_table` call, remembered for
+    the last (y, θ) (compared by value): free of η, they would be recomputed at every
+    inner Newton step at a fixed θ (most of a negative binomial fit's evaluations)."""
+    y = np.asarray(y, dtype=np.float64)
+    theta_array = np.asarray(theta, dtype=np.float64)
+    last = _LAST_NB2
+    cached = (last.get("theta") is not None and last["theta"].shape == theta_array.shape
+              and last["y"].shape == y.shape and np.array_equal(last["theta"], theta_array)
+              and np.array_equal(last["y"], y))
+    if not (cached and (last["log_factorial"] is not None or not log_factorial)):
+        # ψ always: the inner Newton's steps need none, but the gradient's evaluation at
+        # their mode (same θ) does, and one call with both costs less than two.
+        arguments = (y + theta_array, theta_array) + ((y + 1.0,) if log_factorial else ())
+        table = polygamma_table(np, arguments, (-1, 0))
+        last.update(y=y.copy(), theta=theta_array.copy(),
+                    log_gamma=table[0][0] - table[1][0], gap=table[0][1] - table[1][1],
+                    log_factorial=table[2][0] if log_factorial else None)
+    return last["log_gamma"], last["gap"] if digamma else None, last["log_factorial"]
+
+
 def _softplus(xp, x):
     return xp.maximum(x, 0.0) + xp.log1p(xp.exp(-xp.abs(x)))
 
@@ -432,12 +457,10 @@ def _negative_binomial(link, xp, y, eta, weights, dispersion, third, psi):
     big = theta > 1e4  # betaln is accurate only to ~1e-7 for small θ, where gammaln is exact
     yt = y + theta
     # log Γ(y + θ) − log Γ(θ): log y! is in loglik_constant (free of η and θ).
-    host_table = None
+    host_terms = None
     if xp is np and not np.any(big):  # numpy evaluates both branches of a where
-        # ψ of y + θ and θ from the same pass as log Γ (used when ``psi``).
-        host_table = polygamma_table(np, (yt, theta), (-1, 0) if psi else (-1,))
-        (lg_yt, *dig_yt), (lg_theta, *dig_theta) = host_table
-        log_coef = lg_yt - lg_theta
+        host_terms = nb2_gamma_terms(y, theta, psi)
+        log_coef = host_terms[0]
     else:
         small_t = xp.where(big, 1.0, theta)
         big_t = xp.where(big, theta, 1e4)
@@ -454,7 +477,7 @@ def _negative_binomial(link, xp, y, eta, weights, dispersion, third, psi):
     terms = RowTerms(value, *_chain(f1, f2, f3, m1, m2, m3, third))
     if not psi:
         return terms
-    digamma_gap = (dig_yt[0] - dig_theta[0] if host_table is not None
+    digamma_gap = (host_terms[1] if host_terms is not None
                    else sp.digamma(yt) - sp.digamma(theta))
     f_psi = weights * theta * (digamma_gap + log_1mp + 1.0 - yt * one_mp / theta)
     f2_psi = -weights * pq * (theta - yt * (one_mp - p))

@@ -268,14 +268,21 @@ def nb2_partials(xp, y, x, psi, weights, third, need_psi=True, pieces=None):
     yt = y + theta
     f1 = weights * (y - yt * p)
     f2 = -weights * yt * p * one_mp
-    # nb2_value's terms, with its softplus passes shared, and the ψ gap from one table.
-    (lg_yt, lg_theta, *gap0), lg_y1 = _log_gammas(
-        xp, [(y, theta)], (-1, 0) if need_psi else (-1,), [y + 1.0])
-    value = weights * (lg_yt - lg_theta - lg_y1 - theta * sp_t - y * sp_neg_t)
+    # nb2_value's terms, with its softplus passes shared, and the ψ gap; on the host
+    # remembered while θ is unchanged (glmmjax._families.math.nb2_gamma_terms).
+    if xp is np:
+        from .math import nb2_gamma_terms
+
+        log_gamma, gap0, lg_y1 = nb2_gamma_terms(y, theta, need_psi, log_factorial=True)
+    else:
+        (lg_yt, lg_theta, *gap), lg_y1 = _log_gammas(
+            xp, [(y, theta)], (-1, 0) if need_psi else (-1,), [y + 1.0])
+        log_gamma, gap0 = lg_yt - lg_theta, gap[0] if gap else None
+    value = weights * (log_gamma - lg_y1 - theta * sp_t - y * sp_neg_t)
     out = Partials(value, f1, f2, f2 * (one_mp - p) if third else None)
     if not need_psi:
         return out
-    f_psi = weights * theta * (gap0[0] - sp_t + 1.0 - yt * one_mp / theta)
+    f_psi = weights * theta * (gap0 - sp_t + 1.0 - yt * one_mp / theta)
     f2_psi = -weights * p * one_mp * (theta - yt * (one_mp - p))
     return out._replace(f_psi=f_psi, f1_psi=p * f1, f2_psi=f2_psi)
 
