@@ -684,12 +684,8 @@ class RowModel:
             # 0/1 data: log C(w, wy) = 0 on every row (C(n, 0) = C(n, n) = 1), as
             # fm.loglik_constant, without a call per model.
             return np.zeros(Y.shape[0])
-        out = np.array([float(fm.loglik_constant(self.family, np, y, w)) for y, w in zip(Y, Wt)])
-        if self.fast == "nb":
-            import scipy.special as sc
-
-            out -= np.sum(Wt * sc.gammaln(Y + 1.0), axis=1)
-        return out
+        return np.array([float(fm.loglik_constant(self.family, np, y, w))
+                         for y, w in zip(Y, Wt)])
 
     def prepare(self, K: int, n: int):
         """Room for the negative binomial's log Γ(y + θ) and ψ(y + θ) per model (they
@@ -761,12 +757,9 @@ class RowModel:
                 return self._negative_binomial(y, w, eta, delta, theta, third, idx, complete)
             r = fm.row_terms(self.family, np, y, eta, w, theta, third=third,
                              dispersion_derivatives=third and self.has_dispersion)
+            # log y! is left out (in the constant), as by the closed form below.
             out = dict(ll=r.value + np.zeros(shape), g_e=r.d1 + np.zeros(shape),
                        W=r.w + np.zeros(shape))
-            if self.fast == "nb":  # as the closed form below: log y! left out
-                import scipy.special as sc
-
-                out["ll"] = out["ll"] + w * sc.gammaln(y + 1.0)
             if third:
                 out["W_e"] = r.w1 + np.zeros(shape)
                 if self.has_dispersion:

@@ -112,14 +112,39 @@ def variance(family, xp, mu, dispersion=None):
 
 
 def special(xp):
-    """The special functions matching the array module (scipy's or JAX's)."""
+    """The special functions matching the array module: for numpy
+    :mod:`glmmjax._families.special_numpy` (log Γ and ψ₀…ψ₃ in numpy, the rest
+    ``scipy.special``'s, imported on first use), for jax.numpy JAX's."""
     if xp is np:
-        import scipy.special
+        from . import special_numpy
 
-        return scipy.special
+        return special_numpy
     import jax.scipy.special
 
     return jax.scipy.special
+
+
+def polygamma_table(xp, arguments, orders) -> list:
+    """[[ψₙ(a) for n in ``orders``] for a in ``arguments``], ψ₋₁ = log Γ, ψ₀ = ψ.
+
+    On the host one :func:`glmmjax._families.special_numpy.polygammas` call over the
+    arguments flattened and concatenated: on a family's few hundred rows numpy's cost is
+    per call, not per element, and the orders share one recurrence. In JAX one call per
+    function and argument (XLA fuses them)."""
+    sp = special(xp)
+    if xp is not np:
+        table = {-1: sp.gammaln, 0: sp.digamma}
+        return [[table[n](a) if n in table else sp.polygamma(n, a) for n in orders]
+                for a in arguments]
+    arrays = [np.asarray(a, dtype=np.float64) for a in arguments]
+    values = sp.polygammas(np.concatenate([a.reshape(-1) for a in arrays]), orders)
+    out, start = [], 0
+    for a in arrays:
+        stop = start + a.size
+        out.append([v[start] if a.ndim == 0 else v[start:stop].reshape(a.shape)
+                    for v in values])
+        start = stop
+    return out
 
 
 def _stop_gradient(xp, x):
@@ -143,14 +168,17 @@ def count_times_log(count, log_p, xp=None):
     return count * safe
 
 
-def log_binomial_coefficient(xp, trials, successes):
+def log_binomial_coefficient(xp, trials, successes, log_gammas=None):
     """log C(trials, successes), log-gamma-extended to non-integer counts (not rounded:
     R's IRLS and statsmodels use such counts as they are). C(n, 0) = C(n, n) = 1 exactly,
     which keeps 0/1 data free of log-gamma rounding (that would swamp log-likelihoods of
-    order 1e-14 deep in a tail); the exact zero there keeps its derivative in the data."""
-    sp = special(xp)
-    log_choose = (sp.gammaln(trials + 1) - sp.gammaln(successes + 1)
-                  - sp.gammaln(trials - successes + 1))
+    order 1e-14 deep in a tail); the exact zero there keeps its derivative in the data.
+    ``log_gammas``: log Γ of (n + 1, s + 1, n − s + 1) where the caller has them."""
+    if log_gammas is None:
+        log_gammas = [row[0] for row in polygamma_table(
+            xp, (trials + 1.0, successes + 1.0, trials - successes + 1.0), (-1,))]
+    lg_n, lg_s, lg_f = log_gammas
+    log_choose = lg_n - lg_s - lg_f
     edge = (successes == 0) | (successes == trials)
     return xp.where(edge, log_choose - _stop_gradient(xp, log_choose), log_choose)
 
@@ -166,7 +194,7 @@ def loglik_constant(family, xp, y, weights):
             inner = (successes != 0) & (successes != trials)
             return np.sum(log_binomial_coefficient(np, trials[inner], successes[inner]))
         return xp.sum(log_binomial_coefficient(xp, weights, weights * y))
-    if name == "Poisson":
+    if name in ("Poisson", "NegativeBinomial"):
         return -xp.sum(weights * special(xp).gammaln(y + 1.0))
     return xp.zeros((), dtype=xp.result_type(y, float))
 
@@ -372,12 +400,29 @@ def _chain_psi(f_psi, f1_psi, f2_psi, x1, x2):
     return f_psi, f1_psi * x1, -(f2_psi * x1 * x1 + f1_psi * x2)
 
 
-def _polygamma(sp, n: int, x):
-    """ψₙ(x); with scipy's functions and n = 1, 2 as the Hurwitz zeta scipy's polygamma
-    evaluates ((−1)ⁿ⁺¹ n! ζ(n + 1, x)), without its Python wrapper's extra passes."""
-    if getattr(sp, "__name__", "") == "scipy.special" and n in (1, 2):
-        return sp.zeta(2.0, x) if n == 1 else -2.0 * sp.zeta(3.0, x)
-    return sp.polygamma(n, x)
+_LAST_NB2: dict = {}  # the last host evaluation of nb2_gamma_terms
+
+
+def nb2_gamma_terms(y, theta, digamma: bool, log_factorial: bool = False) -> tuple:
+    """(log Γ(y + θ) − log Γ(θ), ψ(y + θ) − ψ(θ) if ``digamma``, log Γ(y + 1) if
+    ``log_factorial``) on the host, from one :func:`polygamma_table` call, remembered for
+    the last (y, θ) (compared by value): free of η, they would be recomputed at every
+    inner Newton step at a fixed θ (most of a negative binomial fit's evaluations)."""
+    y = np.asarray(y, dtype=np.float64)
+    theta_array = np.asarray(theta, dtype=np.float64)
+    last = _LAST_NB2
+    cached = (last.get("theta") is not None and last["theta"].shape == theta_array.shape
+              and last["y"].shape == y.shape and np.array_equal(last["theta"], theta_array)
+              and np.array_equal(last["y"], y))
+    if not (cached and (last["log_factorial"] is not None or not log_factorial)):
+        # ψ always: the inner Newton's steps need none, but the gradient's evaluation at
+        # their mode (same θ) does, and one call with both costs less than two.
+        arguments = (y + theta_array, theta_array) + ((y + 1.0,) if log_factorial else ())
+        table = polygamma_table(np, arguments, (-1, 0))
+        last.update(y=y.copy(), theta=theta_array.copy(),
+                    log_gamma=table[0][0] - table[1][0], gap=table[0][1] - table[1][1],
+                    log_factorial=table[2][0] if log_factorial else None)
+    return last["log_gamma"], last["gap"] if digamma else None, last["log_factorial"]
 
 
 def _softplus(xp, x):
@@ -411,14 +456,17 @@ def _negative_binomial(link, xp, y, eta, weights, dispersion, third, psi):
     ratio = m - log_theta
     big = theta > 1e4  # betaln is accurate only to ~1e-7 for small θ, where gammaln is exact
     yt = y + theta
+    # log Γ(y + θ) − log Γ(θ): log y! is in loglik_constant (free of η and θ).
+    host_terms = None
     if xp is np and not np.any(big):  # numpy evaluates both branches of a where
-        log_coef = sp.gammaln(yt) - sp.gammaln(theta) - sp.gammaln(y + 1.0)
+        host_terms = nb2_gamma_terms(y, theta, psi)
+        log_coef = host_terms[0]
     else:
         small_t = xp.where(big, 1.0, theta)
         big_t = xp.where(big, theta, 1e4)
-        log_coef = xp.where(big, -sp.betaln(y + 1.0, big_t) - xp.log(y + big_t),
-                            sp.gammaln(y + small_t) - sp.gammaln(small_t)
-                            - sp.gammaln(y + 1.0))
+        log_coef = xp.where(big, sp.gammaln(y + 1.0) - sp.betaln(y + 1.0, big_t)
+                            - xp.log(y + big_t),
+                            sp.gammaln(y + small_t) - sp.gammaln(small_t))
     # log p, log(1 − p) = log(θ/(θ + μ)), p and 1 − p from one exp and one log1p.
     log_p, log_1mp, p, one_mp = _sigmoids(xp, ratio)
     value = weights * (log_coef + theta * log_1mp + count_times_log(y, log_p, xp))
@@ -429,8 +477,9 @@ def _negative_binomial(link, xp, y, eta, weights, dispersion, third, psi):
     terms = RowTerms(value, *_chain(f1, f2, f3, m1, m2, m3, third))
     if not psi:
         return terms
-    f_psi = weights * theta * (sp.digamma(yt) - sp.digamma(theta) + log_1mp + 1.0
-                               - yt * one_mp / theta)
+    digamma_gap = (host_terms[1] if host_terms is not None
+                   else sp.digamma(yt) - sp.digamma(theta))
+    f_psi = weights * theta * (digamma_gap + log_1mp + 1.0 - yt * one_mp / theta)
     f2_psi = -weights * pq * (theta - yt * (one_mp - p))
     return terms._replace(**dict(zip(("value_psi", "d1_psi", "w_psi"),
                                      _chain_psi(f_psi, p * f1, f2_psi, m1, m2))))
@@ -496,7 +545,6 @@ def _gaussian(link, xp, y, eta, weights, dispersion, third, psi):
 
 
 def _beta(link, xp, y, eta, weights, dispersion, third, psi):
-    sp = special(xp)
     phi = dispersion
     (a, a1, a2, a3), (b, _, _, _) = unit_log_derivatives(link, xp, eta)
     mu, one_m = xp.exp(a), xp.exp(b)
@@ -505,21 +553,21 @@ def _beta(link, xp, y, eta, weights, dispersion, third, psi):
     x3 = mu * (a3 + 3.0 * a1 * a2 + a1**3)
     alpha, beta = mu * phi, one_m * phi
     log_y, log_1my = xp.log(y), xp.log1p(-y)
-    value = weights * (sp.gammaln(phi) - sp.gammaln(alpha) - sp.gammaln(beta)
+    # log Γ, ψ, ψ₁ (and ψ₂ for f3 and f2_psi) of α, β and φ from one table.
+    orders = (-1, 0, 1, 2) if third or psi else (-1, 0, 1)
+    table_a, table_b, table_phi = polygamma_table(xp, (alpha, beta, phi), orders)
+    value = weights * (table_phi[0] - table_a[0] - table_b[0]
                        + (alpha - 1.0) * log_y + (beta - 1.0) * log_1my)
-    tri_a, tri_b = _polygamma(sp, 1, alpha), _polygamma(sp, 1, beta)
-    dig_a, dig_b = sp.digamma(alpha), sp.digamma(beta)
+    dig_a, dig_b, tri_a, tri_b = table_a[1], table_b[1], table_a[2], table_b[2]
     f1 = weights * phi * (dig_b - dig_a + log_y - log_1my)
     phi_sq = phi * phi
     f2 = -weights * phi_sq * (tri_a + tri_b)
-    # ψ₂ (each a Hurwitz zeta, ~0.2 µs an element) once for f3 and f2_psi.
-    tetra = ((_polygamma(sp, 2, alpha), _polygamma(sp, 2, beta)) if third or psi
-             else None)
+    tetra = (table_a[3], table_b[3]) if third or psi else None
     f3 = -weights * phi_sq * phi * (tetra[0] - tetra[1]) if third else None
     terms = RowTerms(value, *_chain(f1, f2, f3, x1, x2, x3, third))
     if not psi:
         return terms
-    f_psi = weights * phi * (sp.digamma(phi) - mu * dig_a - one_m * dig_b
+    f_psi = weights * phi * (table_phi[1] - mu * dig_a - one_m * dig_b
                              + mu * log_y + one_m * log_1my)
     f1_psi = f1 + weights * phi_sq * (one_m * tri_b - mu * tri_a)
     f2_psi = 2.0 * f2 - weights * phi_sq * phi * (mu * tetra[0] + one_m * tetra[1])

@@ -79,34 +79,53 @@ def log1mexp(xp, a):
                     xp.log1p(-xp.exp(xp.where(near, -1.0, a))))
 
 
-def _digamma_gap(sp, y, s, order):
-    """ψ⁽ᵏ⁾(y + s) − ψ⁽ᵏ⁾(s), exactly 0 at y = 0."""
-    if order == 0:
-        gap = sp.digamma(y + s) - sp.digamma(s)
-    else:
-        from .math import _polygamma
+def _log_gammas(xp, pairs, orders, extra=()) -> list:
+    """For each pair (y, s): [log Γ(y + s), log Γ(s)] if −1 is among ``orders``, then the
+    gaps ψₖ(y + s) − ψₖ(s) for the orders k ≥ 0 (exactly 0 at y = 0); then log Γ of each
+    argument in ``extra``. On the host all from one numpy call
+    (:func:`glmmjax._families.math.polygamma_table`)."""
+    from .math import polygamma_table
 
-        gap = _polygamma(sp, order, y + s) - _polygamma(sp, order, s)
-    return gap * (y != 0)
+    orders = tuple(orders)
+    arguments = [a for y, s in pairs for a in (y + s, s)]
+    if xp is np:
+        all_orders = orders if -1 in orders or not extra else (-1,) + orders
+        table = polygamma_table(xp, arguments + list(extra), all_orders)
+        extras = [row[all_orders.index(-1)] for row in table[len(arguments):]]
+        table = [row[len(all_orders) - len(orders):] for row in table]
+    else:
+        table = polygamma_table(xp, arguments, orders)
+        extras = [row[0] for row in polygamma_table(xp, list(extra), (-1,))]
+    out = []
+    for i, (y, _) in enumerate(pairs):
+        row = []
+        for n, a, b in zip(orders, table[2 * i], table[2 * i + 1]):
+            row.extend([a, b] if n == -1 else [(a - b) * (y != 0)])
+        out.append(row)
+    return out + extras
 
 
 # -- values (also each family's loglik_eta) -----------------------------------------------
 
 
-def nb1_value(xp, y, x, psi, weights):
-    sp = _special(xp)
+def nb1_value(xp, y, x, psi, weights, log_gammas=None):
+    """``log_gammas``: log Γ of (y + s, s, y + 1) where the caller has them."""
     s = xp.exp(x - psi)  # size μ/φ
     c = softplus(xp, psi)  # log(1 + φ)
-    return weights * (sp.gammaln(y + s) - sp.gammaln(s) - sp.gammaln(y + 1.0) - s * c
-                      + y * (psi - c))
+    if log_gammas is None:
+        from .math import polygamma_table
+
+        log_gammas = [row[0] for row in polygamma_table(xp, (y + s, s, y + 1.0), (-1,))]
+    lg_ys, lg_s, lg_y1 = log_gammas
+    return weights * (lg_ys - lg_s - lg_y1 - s * c + y * (psi - c))
 
 
 def nb2_value(xp, y, x, psi, weights):
     """NB2 with size θ = e^ψ, as ``NegativeBinomial.loglik_eta`` for moderate θ."""
-    sp = _special(xp)
     theta = xp.exp(psi)
     t = x - psi
-    return weights * (sp.gammaln(y + theta) - sp.gammaln(theta) - sp.gammaln(y + 1.0)
+    (lg_yt, lg_theta), lg_y1 = _log_gammas(xp, [(y, theta)], (-1,), [y + 1.0])
+    return weights * (lg_yt - lg_theta - lg_y1
                       - theta * softplus(xp, t) - y * softplus(xp, -t))
 
 
@@ -140,17 +159,23 @@ def genpois_value(xp, y, x, psi, weights):
                       - sp.gammaln(y + 1.0))
 
 
-def betabinomial_value(xp, y, log_mu, log_1m, psi, trials):
+def betabinomial_value(xp, y, log_mu, log_1m, psi, trials, log_gammas=None):
+    """``log_gammas``: log Γ of (s + α, α, f + β, β, n + φ, φ, n + 1, s + 1, f + 1) where
+    the caller has them (s successes, f failures of n trials)."""
     from .math import log_binomial_coefficient
 
-    sp = _special(xp)
     phi = xp.exp(psi)
     alpha, beta = xp.exp(log_mu + psi), xp.exp(log_1m + psi)
     s = trials * y
     f = trials - s
-    return (log_binomial_coefficient(xp, trials, s) + sp.gammaln(s + alpha)
-            + sp.gammaln(f + beta) - sp.gammaln(trials + phi) - sp.gammaln(alpha)
-            - sp.gammaln(beta) + sp.gammaln(phi))
+    if log_gammas is None:
+        (lg_sa, lg_a), (lg_fb, lg_b), (lg_np, lg_phi), *lg_binomial = _log_gammas(
+            xp, [(s, alpha), (f, beta), (trials, phi)], (-1,),
+            [trials + 1.0, s + 1.0, f + 1.0])
+    else:
+        lg_sa, lg_a, lg_fb, lg_b, lg_np, lg_phi, *lg_binomial = log_gammas
+    return (log_binomial_coefficient(xp, trials, s, lg_binomial) + lg_sa + lg_fb - lg_np
+            - lg_a - lg_b + lg_phi)
 
 
 def lognormal_value(xp, y, x, psi, weights):
@@ -208,18 +233,20 @@ def student_t_value(xp, y, mu, psi, weights, df):
 
 
 def nb1_partials(xp, y, x, psi, weights, third, need_psi=True):
-    sp = _special(xp)
     s = xp.exp(x - psi)
     c, q = softplus(xp, psi), sigmoid(xp, psi)
-    d0 = _digamma_gap(sp, y, s, 0) - c
-    s2d1 = s * s * _digamma_gap(sp, y, s, 1)
-    s3d2 = s**3 * _digamma_gap(sp, y, s, 2) if third else 0.0
+    # log Γ(y + s), log Γ(s), the ψ, ψ₁ (and ψ₂) gaps and log y! from one table.
+    orders = (-1, 0, 1, 2) if third or need_psi else (-1, 0, 1)
+    (lg_ys, lg_s, gap0, gap1, *gap2), lg_y1 = _log_gammas(xp, [(y, s)], orders, [y + 1.0])
+    d0 = gap0 - c
+    s2d1 = s * s * gap1
+    s3d2 = s**3 * gap2[0] if gap2 else 0.0
     sd0 = s * d0
-    out = Partials(nb1_value(xp, y, x, psi, weights), weights * sd0, weights * (sd0 + s2d1),
+    out = Partials(nb1_value(xp, y, x, psi, weights, (lg_ys, lg_s, lg_y1)), weights * sd0,
+                   weights * (sd0 + s2d1),
                    weights * (sd0 + 3.0 * s2d1 + s3d2) if third else None)
     if not need_psi:
         return out
-    s3d2 = s**3 * _digamma_gap(sp, y, s, 2) if not third else s3d2
     return out._replace(f_psi=weights * (-sd0 - s * q + y * (1.0 - q)),
                         f1_psi=weights * (-sd0 - s2d1 - s * q),
                         f2_psi=weights * (-sd0 - 3.0 * s2d1 - s3d2 - s * q))
@@ -237,19 +264,25 @@ def _nb2_pieces(xp, x, psi):
 
 
 def nb2_partials(xp, y, x, psi, weights, third, need_psi=True, pieces=None):
-    sp = _special(xp)
     theta, t, p, one_mp, sp_t, sp_neg_t = _nb2_pieces(xp, x, psi) if pieces is None else pieces
     yt = y + theta
     f1 = weights * (y - yt * p)
     f2 = -weights * yt * p * one_mp
-    # nb2_value's terms, with its softplus passes shared.
-    value = weights * (sp.gammaln(yt) - sp.gammaln(theta) - sp.gammaln(y + 1.0)
-                       - theta * sp_t - y * sp_neg_t)
+    # nb2_value's terms, with its softplus passes shared, and the ψ gap; on the host
+    # remembered while θ is unchanged (glmmjax._families.math.nb2_gamma_terms).
+    if xp is np:
+        from .math import nb2_gamma_terms
+
+        log_gamma, gap0, lg_y1 = nb2_gamma_terms(y, theta, need_psi, log_factorial=True)
+    else:
+        (lg_yt, lg_theta, *gap), lg_y1 = _log_gammas(
+            xp, [(y, theta)], (-1, 0) if need_psi else (-1,), [y + 1.0])
+        log_gamma, gap0 = lg_yt - lg_theta, gap[0] if gap else None
+    value = weights * (log_gamma - lg_y1 - theta * sp_t - y * sp_neg_t)
     out = Partials(value, f1, f2, f2 * (one_mp - p) if third else None)
     if not need_psi:
         return out
-    f_psi = weights * theta * (_digamma_gap(sp, y, theta, 0) - sp_t + 1.0
-                               - yt * one_mp / theta)
+    f_psi = weights * theta * (gap0 - sp_t + 1.0 - yt * one_mp / theta)
     f2_psi = -weights * p * one_mp * (theta - yt * (one_mp - p))
     return out._replace(f_psi=f_psi, f1_psi=p * f1, f2_psi=f2_psi)
 
@@ -332,23 +365,27 @@ def genpois_partials(xp, y, x, psi, weights, third, need_psi=True):
 
 def betabinomial_partials(xp, y, log_mu, log_1m, psi, trials, third, need_psi=True):
     """Partials in x = μ."""
-    sp = _special(xp)
     phi = xp.exp(psi)
     alpha, beta = xp.exp(log_mu + psi), xp.exp(log_1m + psi)
     s = trials * y
     f = trials - s
-    g0a, g0b = _digamma_gap(sp, s, alpha, 0), _digamma_gap(sp, f, beta, 0)
-    g1a, g1b = _digamma_gap(sp, s, alpha, 1), _digamma_gap(sp, f, beta, 1)
+    # The value's log Γ terms and the ψ, ψ₁ (ψ₂) gaps from one table.
+    orders = (-1, 0, 1, 2) if third or need_psi else (-1, 0, 1)
+    (lg_sa, lg_a, g0a, g1a, *g2a), (lg_fb, lg_b, g0b, g1b, *g2b), \
+        (lg_np, lg_phi, g0phi, *_), *lg_binomial = _log_gammas(
+            xp, [(s, alpha), (f, beta), (trials, phi)], orders,
+            [trials + 1.0, s + 1.0, f + 1.0])
     f1 = phi * (g0a - g0b)
     f2 = phi * phi * (g1a + g1b)
     if third or need_psi:
-        g2a, g2b = _digamma_gap(sp, s, alpha, 2), _digamma_gap(sp, f, beta, 2)
-    out = Partials(betabinomial_value(xp, y, log_mu, log_1m, psi, trials), f1, f2,
-                   phi**3 * (g2a - g2b) if third else None)
+        g2a, g2b = g2a[0], g2b[0]
+    value = betabinomial_value(xp, y, log_mu, log_1m, psi, trials,
+                               (lg_sa, lg_a, lg_fb, lg_b, lg_np, lg_phi, *lg_binomial))
+    out = Partials(value, f1, f2, phi**3 * (g2a - g2b) if third else None)
     if not need_psi:
         return out
     return out._replace(
-        f_psi=alpha * g0a + beta * g0b - phi * _digamma_gap(sp, trials, phi, 0),
+        f_psi=alpha * g0a + beta * g0b - phi * g0phi,
         f1_psi=f1 + phi * (alpha * g1a - beta * g1b),
         f2_psi=2.0 * f2 + phi * phi * (alpha * g2a + beta * g2b))
 

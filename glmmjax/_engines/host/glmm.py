@@ -209,9 +209,11 @@ def _solve(s: ReStructure, factor, rhs):
 
 
 class _Point:
-    """η and the likelihood terms at (θ, β, dispersion, v)."""
+    """η and the likelihood terms at (θ, β, dispersion, v); ``third`` and
+    ``dispersion_derivatives`` as :func:`row_terms` (``terms`` keeps them)."""
 
-    def __init__(self, theta, beta, dispersion, v, model: HostGLMM):
+    def __init__(self, theta, beta, dispersion, v, model: HostGLMM, *, third=False,
+                 dispersion_derivatives=False):
         s = model.structure
         self.dispersion = dispersion
         self.factors = lmm.factors_of(theta, s.structures)
@@ -223,7 +225,9 @@ class _Point:
         if beta_in.shape[0]:
             eta = eta + model.inner @ beta_in
         self.eta = eta
-        terms = row_terms(model, eta, dispersion)
+        terms = row_terms(model, eta, dispersion, third=third,
+                          dispersion_derivatives=dispersion_derivatives)
+        self.terms = terms
         self.l1, self.w = terms.d1, terms.w
         penalty = sum(float(np.sum(u**2)) for u in self.u_terms)
         self.g = -2.0 * (float(np.sum(terms.value)) + model.constant) + penalty
@@ -284,7 +288,11 @@ def laplace(theta, beta, log_dispersion, model: HostGLMM, v0, gradient: bool = T
     theta = np.asarray(theta, dtype=np.float64)
     dispersion = model.dispersion(log_dispersion)
     v, ok = conditional_mode(theta, beta, dispersion, model, v0)
-    point = _Point(theta, beta, dispersion, v, model)
+    estimated = log_dispersion.shape[0] > 0
+    # The gradient's terms (W', the dispersion derivatives) with the mode's own: one
+    # family evaluation at v̂, not two.
+    point = _Point(theta, beta, dispersion, v, model, third=gradient,
+                   dispersion_derivatives=gradient and estimated)
     factor, products = _factor(theta, model, point.w)
     if factor is None or not np.isfinite(point.g):
         return np.inf, None, v, None, False
@@ -294,9 +302,7 @@ def laplace(theta, beta, log_dispersion, model: HostGLMM, v0, gradient: bool = T
     value = point.g + logdet
     if not gradient:
         return value, None, v, factor, ok
-    estimated = log_dispersion.shape[0] > 0
-    terms = row_terms(model, point.eta, dispersion, third=True,
-                      dispersion_derivatives=estimated)
+    terms = point.terms
     sigma_00, sigma_r0, sigma_rr = lmm._selected_inverse(s, factor, R_re)
     h = _leverages(s, point.factors, sigma_00, sigma_r0, sigma_rr)
     hw = h * terms.w1

@@ -41,10 +41,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import scipy.special
 
 from ..._families import math as fm
 from ..._families.response_parts import dispersion_power, is_truncated, weights_are_trials
+from ..._families.special_numpy import gammaln
 
 
 def supported(family) -> bool:
@@ -58,15 +58,24 @@ def _row_constant(family, y, inner):
     """The part of log f(y) that :func:`glmmjax._families.math.row_terms` leaves out (its
     ``loglik_constant`` per row, with the weights ``inner`` the density takes)."""
     name = type(family).__name__
-    if name == "Poisson":
-        return -scipy.special.gammaln(y + 1.0)
+    if name in ("Poisson", "NegativeBinomial"):
+        return -gammaln(y + 1.0)
     if name == "Binomial":
         return fm.log_binomial_coefficient(np, inner, inner * y)
     return 0.0
 
 
-_sigmoid = scipy.special.expit  # one ufunc each, accurate in both tails
-_log_sigmoid = scipy.special.log_expit
+def _sigmoid(x):
+    """σ(x) = 1/(1 + e^−x), accurate in both tails (e^−x overflows only where σ(x) <
+    1e-308, to 0); the kernel runs under ``np.errstate(all="ignore")``. Four numpy
+    operations: a ``where`` on the sign would double them, on arrays where numpy's cost
+    is per call."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _log_sigmoid(x):
+    """log σ(x) = −log(1 + e^−x), accurate in both tails."""
+    return -np.logaddexp(0.0, -x)
 
 
 class KernelRows(NamedTuple):
