@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from ._engines.blas import single_threaded_blas
 from ._engines.host import glm as _glm_host
 from ._engines.seam import choose_glm
 from ._families.base import Binomial, Family, NegativeBinomial, Poisson, get_family
@@ -54,12 +55,15 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-10) -> np.ndarray:
     the subsample is above ``tol`` times its norm on *all* rows, no column is aliased in
     X either (exact, not a guess); otherwise X'X decides.
     """
-    if X.shape[0] >= SUBSAMPLE_ROWS:
-        sub = np.ascontiguousarray(X[::SUBSAMPLE_STRIDE])
-        norms = np.einsum("ij,ij->j", X, X)
-        if not _aliased_in_gram(sub.T @ sub, tol, norms).any():
-            return np.zeros(X.shape[1], dtype=bool)
-    return _aliased_in_gram(X.T @ X, tol)
+    # One BLAS thread, as the fit (glmmjax._engines.blas): OpenBLAS's idle workers spin
+    # after a threaded product and, on shared cores, slow the passes that follow.
+    with single_threaded_blas():
+        if X.shape[0] >= SUBSAMPLE_ROWS:
+            sub = np.ascontiguousarray(X[::SUBSAMPLE_STRIDE])
+            norms = np.einsum("ij,ij->j", X, X)
+            if not _aliased_in_gram(sub.T @ sub, tol, norms).any():
+                return np.zeros(X.shape[1], dtype=bool)
+        return _aliased_in_gram(X.T @ X, tol)
 
 
 def _aliased_in_gram(gram: np.ndarray, tol: float, norms=None) -> np.ndarray:

@@ -64,3 +64,24 @@ def test_shared_matrices_hand_out_copies():
     assert not np.shares_memory(a.terms[0].refs, b.terms[0].refs)
     X, _, parts = new_data_design(b, FRAME.iloc[:3], allow_new_levels=False)
     assert np.array_equal(X, a.X[:3]) and parts[0][1].tolist() == [[1.0]] * 3
+
+
+def test_direct_matrix_reused_only_when_bitwise_equal():
+    """A second design from the same numeric columns gets the first's read-only X (no
+    second copy) while that X is alive; any changed bit (even 0.0 → -0.0) builds anew."""
+    from glmmjax._model.design import DIRECT_ROWS
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(size=(DIRECT_ROWS, 3)), columns=["y", "a", "b"])
+    frame.loc[DIRECT_ROWS - 1, "b"] = 0.0
+    first = build_design("y ~ a + b", frame).X
+    assert not first.flags.writeable
+    assert build_design("y ~ a + b", frame).X is first
+    assert build_design("y ~ b + a", frame).X is not first  # another column order
+    changed = frame.copy()
+    changed.loc[DIRECT_ROWS - 1, "b"] = -0.0
+    rebuilt = build_design("y ~ a + b", changed).X
+    assert rebuilt is not first
+    assert np.signbit(rebuilt[-1, 2]) and not np.signbit(first[-1, 2])
+    expected = np.column_stack([np.ones(DIRECT_ROWS), frame[["a", "b"]].to_numpy()])
+    assert np.array_equal(first, expected)

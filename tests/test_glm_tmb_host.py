@@ -259,3 +259,59 @@ def test_whole_fits_equal_the_compiled_engine(name):
     rel_close(host.fixef, compiled.fixef, 1e-7)
     rel_close(host.fixef_se, compiled.fixef_se, 1e-5)
     rel_close(host.dispersion, compiled.dispersion, 1e-7)
+
+
+def _tweedie_series_brute(y, psi, p):
+    """Dunn & Smyth's series summed term by term over every j within ±40√j_max + 50."""
+    from scipy.special import digamma, gammaln
+
+    p1, p2 = p - 1.0, 2.0 - p
+    a = -p2 / p1
+    log_z = -a * np.log(y) - psi / p1 + a * np.log(p1) - np.log(p2)
+    j_max = max(1.0, np.exp(p2 * np.log(y) - psi) / p2)
+    j = np.arange(max(1, int(j_max - 40 * np.sqrt(j_max) - 50)),
+                  int(j_max + 40 * np.sqrt(j_max) + 50) + 1, dtype=float)
+    log_w = j * log_z - gammaln(j + 1.0) - gammaln(-a * j)
+    top = log_w.max()
+    w = np.exp(log_w - top)
+    return top + np.log(w.sum()), (w * j).sum() / w.sum(), (w * j * digamma(-a * j)).sum() / w.sum()
+
+
+def test_tweedie_host_series_accurate_and_bounded():
+    """The host series (per-row windows of ±10σ, a grid of step ⌊σ/2⌋ for wide ones)
+    equals the term-by-term sum from j_max ~ 1 to ~10⁷, and a row with j_max ~ 10¹² (a
+    Newton trial at a tiny φ) costs no more: the old single window of ±9√j_max for
+    every row could not even be allocated there."""
+    from glmmjax._families import math_tmb
+
+    cases = [(p, psi, y) for p in (1.001, 1.1, 1.5, 1.95, 1.999) for psi in (-12.0, -3.0, 0.0, 4.0)
+             for y in (1e-4, 0.7, 40.0, 3e3)]
+    cases = [c for c in cases if np.exp((2 - c[0]) * np.log(c[2]) - c[1]) / (2 - c[0]) < 2e7]
+    for p, psi, y in cases:
+        got = math_tmb._tweedie_series_host(np.array([0.0, y]), np.array([psi, psi]), p)
+        want = _tweedie_series_brute(y, psi, p)
+        assert [g[0] for g in got] == [0.0, 0.0, 0.0]  # y = 0: no series
+        for g, w in zip(got, want):
+            assert abs(g[1] - w) <= 1e-9 * max(1.0, abs(w)), (p, psi, y)
+    y = np.array([5e3, 2.0])
+    log_w, mean_j, _ = math_tmb._tweedie_series_host(y, np.array([-25.0, -25.0]), 1.05)
+    j_max = np.exp(0.95 * np.log(y) - (-25.0)) / 0.95
+    assert np.all(np.isfinite(log_w)) and np.allclose(mean_j, j_max, rtol=1e-3)
+
+
+def test_tweedie_power_near_one_with_large_means_converges():
+    """Power near 1 with means ~10³: the gradient in the power carries rounding of ~1e-4
+    (cancellations in the series at j ~ 10³), so Newton kept taking steps that did not
+    lower −ℓ until max_iter and reported non-convergence at the optimum (and, with the
+    old ±9√j_max windows, took minutes)."""
+    rng = np.random.default_rng(11)
+    n, p, phi = 600, 1.1, 1.0
+    x = rng.normal(size=n)
+    mu = 1000.0 * np.exp(0.3 + 0.5 * x)
+    count = rng.poisson(mu ** (2 - p) / (phi * (2 - p)))
+    y = np.where(count > 0, rng.gamma(np.maximum(count * (2 - p) / (p - 1), 1e-300))
+                 * phi * (p - 1) * mu ** (p - 1), 0.0)
+    fit = glmmjax.glm("y ~ x", pd.DataFrame({"y": y, "x": x}), "tweedie")
+    assert bool(fit._fit.converged) and int(fit._fit.iterations) < 30
+    assert abs(fit.extra_params["power"] - p) < 0.05
+    rel_close(fit.coef.to_numpy(), [np.log(1000.0) + 0.3, 0.5], 0.01)

@@ -462,14 +462,15 @@ _LAST_SERIES: dict = {}  # numpy: the last series evaluated, by (y, φ, p)
 
 
 def _tweedie_series(xp, y, psi, p, n_terms=None):
-    """:func:`_tweedie_series_terms`, remembered on the host for the last (y, φ, p): the
-    series does not depend on μ, and the inner Newton evaluates it at every step."""
+    """:func:`_tweedie_series_terms` (compiled) or :func:`_tweedie_series_host` (numpy),
+    the latter remembered for the last (y, φ, p): the series does not depend on μ, and
+    the inner Newton evaluates it at every step."""
     if xp is not np or n_terms is not None:
         return _tweedie_series_terms(xp, y, psi, p, n_terms)
     psi_value = np.broadcast_to(psi, np.shape(y))
     key = (id(y), np.shape(y), psi_value.tobytes(), float(p))
     if _LAST_SERIES.get("key") != key or _LAST_SERIES.get("y") is not y:
-        _LAST_SERIES.update(key=key, y=y, value=_tweedie_series_terms(xp, y, psi, p))
+        _LAST_SERIES.update(key=key, y=y, value=_tweedie_series_host(y, psi_value, p))
     return _LAST_SERIES["value"]
 
 
@@ -478,7 +479,8 @@ def _tweedie_series_terms(xp, y, psi, p, n_terms=None):
     (rows with y = 0 get 0): log W_j = j·log z − log j! − log Γ(−a j), a = −(2−p)/(p−1),
     log z = −a log y − log φ/(p−1) + a log(p−1) − log(2−p); the window of j is centred
     on the largest term (j_max, as TMB's tweedie_logW) and spans ``n_terms`` values
-    (numpy: enough for every row, ±9√j_max + 10)."""
+    (default :data:`TWEEDIE_TERMS`: the compiled programs' static shape; the host
+    engine's numpy uses :func:`_tweedie_series_host`)."""
     sp = _special(xp)
     positive = y > 0
     y_safe = xp.where(positive, y, 1.0)
@@ -486,9 +488,8 @@ def _tweedie_series_terms(xp, y, psi, p, n_terms=None):
     a = -p2 / p1
     log_z = -a * xp.log(y_safe) - psi / p1 + a * xp.log(p1) - xp.log(p2)
     j_max = xp.maximum(1.0, xp.exp(p2 * xp.log(y_safe) - psi) / p2)
-    if n_terms is None:  # numpy: as many as the widest row needs
-        n_terms = (int(2 * np.ceil(9.0 * np.sqrt(np.max(j_max))) + 21) if xp is np
-                   else TWEEDIE_TERMS)
+    if n_terms is None:
+        n_terms = TWEEDIE_TERMS
     start = xp.maximum(1.0, xp.floor(j_max) - n_terms // 2)
     j = start[..., None] + xp.arange(n_terms, dtype=start.dtype)
     log_w = j * log_z[..., None] - sp.gammaln(j + 1.0) - sp.gammaln(-a * j)
@@ -501,6 +502,69 @@ def _tweedie_series_terms(xp, y, psi, p, n_terms=None):
     zero = 0.0 * log_series
     return (xp.where(positive, log_series, zero), xp.where(positive, mean_j, zero),
             xp.where(positive, mean_jdig, zero))
+
+
+#: The host series works on this many rows at a time (its n × terms arrays stay small).
+_SERIES_BLOCK = 4096
+#: Half-width of the host series' window in standard deviations of j (plus 10 terms):
+#: the terms' weights are log-concave in j with variance ≈ j_max·(p − 1), and beyond
+#: 10 of them they are below e^-50 of the largest.
+_SERIES_SIGMAS = 10.0
+#: Grid step of the host series in standard deviations where it exceeds 1.
+_SERIES_STEP_SIGMAS = 0.5
+
+
+def _tweedie_series_host(y, psi, p):
+    """:func:`_tweedie_series_terms` on the host, its cost bounded whatever y, φ and p.
+
+    The window is centred on j_max with a half-width of 10 standard deviations of j
+    (σ² ≈ j_max(p − 1): far fewer terms than ±9√j_max as p → 1). Where σ ≥ 4 and the
+    window stays above j = 1, it is a grid of step h = ⌊σ/2⌋ whose terms count h times
+    each: for a smooth unimodal summand of width σ, the sum over a grid of step h
+    differs from the sum over all integers by about exp(−2π²σ²/h²) < e^-78 relative
+    (Poisson summation). A row takes at most ~100 terms, ~250 where the window
+    reaches j = 1 (j_max < ~130), however large j_max is. Without that, a Newton trial at a small φ or p near 1 (j_max ~ 10⁶ or more)
+    made windows of tens of thousands of terms per row: minutes, or an array too large
+    to allocate. Only rows with y > 0 are evaluated (the others get 0), in blocks of
+    rows with similar windows."""
+    out = [np.zeros(np.shape(y)) for _ in range(3)]
+    positive = np.flatnonzero(y > 0)
+    p1, p2 = p - 1.0, 2.0 - p
+    a = -p2 / p1
+    log_y = np.log(y[positive])
+    log_z = -a * log_y - psi[positive] / p1 + a * np.log(p1) - np.log(p2)
+    with np.errstate(over="ignore"):
+        j_max = np.minimum(np.maximum(1.0, np.exp(p2 * log_y - psi[positive]) / p2), 1e300)
+    centre = np.floor(j_max)
+    sigma = np.sqrt(j_max * p1)
+    half = np.ceil(_SERIES_SIGMAS * sigma) + 10.0
+    step = np.maximum(1.0, np.floor(_SERIES_STEP_SIGMAS * sigma))
+    step = np.where(centre - half >= 1.0, step, 1.0)  # a grid only clear of j = 1
+    side = np.ceil(half / step)
+    start = np.maximum(1.0, centre - side * step)
+    order = np.argsort(side, kind="stable")  # blocks of rows with similar windows
+    for first in range(0, len(order), _SERIES_BLOCK):
+        block = order[first:first + _SERIES_BLOCK]
+        values = _tweedie_series_rows(log_z[block], start[block], step[block],
+                                      int(np.max(side[block])), a)
+        for target, value in zip(out, values):
+            target[positive[block]] = value
+    return tuple(out)
+
+
+def _tweedie_series_rows(log_z, start, step, side, a):
+    """(log W, E_w[j], E_w[j·ψ₀(−a j)]) of rows whose windows are j = start + step·k,
+    k = 0, ..., 2·side (see :func:`_tweedie_series_host`)."""
+    from scipy.special import digamma, gammaln
+
+    j = start[:, None] + step[:, None] * np.arange(2 * side + 1)
+    log_w = j * log_z[:, None] - gammaln(j + 1.0) - gammaln(-a * j)
+    top = np.max(log_w, axis=1, keepdims=True)
+    weights = np.exp(log_w - top)
+    total = np.sum(weights, axis=1)
+    mean_j = np.sum(weights * j, axis=1) / total
+    mean_jdig = np.sum(weights * j * digamma(-a * j), axis=1) / total
+    return top[:, 0] + np.log(step * total), mean_j, mean_jdig
 
 
 def _tweedie_mean_part(xp, y, x, p):

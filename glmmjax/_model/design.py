@@ -13,6 +13,7 @@ import contextvars
 import dataclasses
 import re
 import warnings
+import weakref
 
 import formulaic
 import numpy as np
@@ -214,13 +215,51 @@ def _direct_matrix(expr: str, data: pd.DataFrame):
                 or pd.api.types.is_bool_dtype(column)):
             return None
         sources.append(column.to_numpy(dtype=np.float64))
-    values = np.empty((len(data), len(names)))
-    # Row blocks: each block of X stays in cache while its columns are written.
-    for start in range(0, len(data), _DIRECT_BLOCK):
-        block = values[start:start + _DIRECT_BLOCK]
-        for j, source in enumerate(sources):
-            block[:, j] = 1.0 if source is None else source[start:start + _DIRECT_BLOCK]
+    key = (expr, tuple(names), len(data))
+    values = _reusable_direct(key, sources)
+    if values is None:
+        values = np.empty((len(data), len(names)))
+        # Row blocks: each block of X stays in cache while its columns are written.
+        for start in range(0, len(data), _DIRECT_BLOCK):
+            _fill_direct(values[start:start + _DIRECT_BLOCK], sources, start)
+        # Read-only: the same array may become the X of a later design (_reusable_direct).
+        values.flags.writeable = False
+        _LAST_DIRECT[0] = (key, weakref.ref(values))
     return values, names, matrix.model_spec
+
+
+def _fill_direct(block, sources, start: int) -> None:
+    """Rows ``start``... of a direct X: the intercept (None) or the column's values."""
+    for j, source in enumerate(sources):
+        block[:, j] = 1.0 if source is None else source[start:start + len(block)]
+
+
+# The last direct X built, held weakly with its (expression, columns, rows). A user who
+# fits a second model on the same data while the first result is alive (another family or
+# link, a refit) gets the same read-only array back if its contents are bit for bit what
+# would be built: no second copy of the largest array, and no fresh pages for it. Fresh
+# memory is what made a second 10⁶ × 21 GLM fit slower than the first: ~0.4 s of page
+# faults for 168 MB on a virtual machine, against ~0.05 s to compare (benchmarks/README.md,
+# GLM). Once the first result is gone its pages are freed and reused cheaply anyway.
+_LAST_DIRECT: list = [None]
+
+
+def _reusable_direct(key, sources):
+    """The last direct X if it was built for ``key`` and still holds exactly the values
+    of ``sources`` (compared bitwise, block by block, stopping at the first difference);
+    else None."""
+    entry = _LAST_DIRECT[0]
+    old = entry[1]() if entry is not None and entry[0] == key else None
+    if old is None:
+        return None
+    scratch = np.empty((min(_DIRECT_BLOCK, len(old)), old.shape[1]))
+    for start in range(0, len(old), _DIRECT_BLOCK):
+        stored = old[start:start + _DIRECT_BLOCK]
+        block = scratch[:len(stored)]
+        _fill_direct(block, sources, start)
+        if not np.array_equal(block.view(np.uint64), stored.view(np.uint64)):
+            return None
+    return old
 
 
 class _ConstantSpec:

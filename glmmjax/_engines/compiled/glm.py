@@ -245,14 +245,17 @@ def _newton_ml(X, y, weights, offset, family: Family, coef0, dispersion0, *,
             t, _, v = h
             return (t > 1e-12) & ~(v <= value + 1e-13 * jnp.abs(value))
 
-        t, new_params, _ = jax.lax.while_loop(
+        t, new_params, trial_value = jax.lax.while_loop(
             keep_halving, halve,
             (jnp.asarray(2.0, params.dtype), params, jnp.asarray(jnp.inf, params.dtype)),
         )
         stalled = t <= 1e-12
-        new_params = jnp.where(done | stalled, params, new_params)
-        converged = done | (stalled & (decrement < 1e-8))
-        return it + 1, new_params, hess, converged, stalled
+        # Near the optimum a step that does not lower −ℓ is lost in its rounding (the
+        # host twin's ``newton`` says more).
+        flat = (decrement < 1e-8) & ~(trial_value < value)
+        new_params = jnp.where(done | stalled | flat, params, new_params)
+        converged = done | ((stalled | flat) & (decrement < 1e-8))
+        return it + 1, new_params, hess, converged, stalled | flat
 
     def cond(state):
         it, _, _, converged, stalled = state

@@ -531,11 +531,17 @@ def newton(objective, params, max_iter: int = 100):
         while True:
             t *= 0.5
             trial = params - t * step
-            if objective.value(trial) <= current + 1e-13 * abs(current) or t <= 1e-12:
+            trial_value = objective.value(trial)
+            if trial_value <= current + 1e-13 * abs(current) or t <= 1e-12:
                 break
         stalled = t <= 1e-12
+        # Within ~1e-4 SE of the optimum (decrement < 1e-8) a step that does not lower −ℓ
+        # at all is lost in its rounding: stop there. Without this, a gradient whose
+        # rounding exceeds 1e-9 (Tweedie's series at large j) kept stepping to max_iter
+        # and reported non-convergence at the optimum.
+        flat = decrement < 1e-8 and not trial_value < current
         it += 1
-        if done or stalled:
+        if done or stalled or flat:
             converged = done or decrement < 1e-8
             break
         params = trial
