@@ -372,6 +372,21 @@ class Layout:
         k = u.shape[0]
         return np.moveaxis(u[:, self.flat_all].reshape(k, self.J, self.n), 1, 0)
 
+    def linear(self, a, u, theta=None):
+        """Σ_j aᵢⱼu at row i's coefficients, (k, n) (η less its fixed part). Scalar
+        terms with ``theta``: θ_j applied to u's (k, B·s) entries, then one gather per
+        slot (z_j where not 1), no (J, k, n) copies."""
+        if theta is None or not self.scalar:
+            return _rowdot_slots(a, self.gather(u))
+        ut = u * theta[:, self.column_slot]
+        out = None
+        for j, f in enumerate(self.flat):
+            part = np.take(ut, f, axis=1)
+            if self.theta_slots[j][1] is not None:
+                part *= self.theta_slots[j][1]
+            out = part if out is None else out + part
+        return out
+
     def scatter(self, values):
         """Σ over rows into u's positions: (J, k, n) -> (k, B·s)."""
         out = self.G_maps[0] @ values[0].T
@@ -938,7 +953,7 @@ class LockstepModels:
             return x[:, sub] if axis else x[sub]
 
         def terms(sub, v):
-            eta = take(base, sub) + _rowdot_slots(take(a, sub, 1), L.gather(v))
+            eta = take(base, sub) + L.linear(take(a, sub, 1), v, take(theta, sub))
             r = self.rows(take(y, sub), take(w, sub), eta, take(zeta, sub), take(delta, sub),
                           third=False, idx=idx[sub])
             value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=1)
