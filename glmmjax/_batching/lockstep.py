@@ -441,6 +441,7 @@ class Layout:
         return H
 
     def _hessian_scalar(self, W, theta):
+        """:meth:`hessian` for scalar terms (the maps of :meth:`_compact_z_maps`)."""
         if self._z_maps is None:
             self._z_maps = self._compact_z_maps()
         k = W.shape[0]
