@@ -1582,6 +1582,8 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
         delta = zero if models.rows.has_dispersion else None
 
         def deviance(b, sub):
+            if len(sub) == k:  # (sub sorted and distinct: every model, no copies)
+                sub = slice(None)
             r = base_rows(Y[sub], Wt[sub], b @ X.T + offset, None,
                           None if delta is None else delta[sub], third=False)
             return -2.0 * np.sum(r["ll"], axis=1), r
