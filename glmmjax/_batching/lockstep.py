@@ -1136,7 +1136,7 @@ class LockstepModels:
             np.take(Sa if scalar else St, L.flat[j], axis=2, out=part, mode="clip")
             if not scalar:
                 np.multiply(part, a[j][:, None], out=part)
-            elif L.theta_slots[j][1] is not None:
+            elif L.theta_slots[j][1] is not None:  # (scalar terms: slot j is θ_j's)
                 part *= L.theta_slots[j][1]
             if j:
                 e += F
