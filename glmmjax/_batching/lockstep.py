@@ -372,6 +372,21 @@ class Layout:
         k = u.shape[0]
         return np.moveaxis(u[:, self.flat_all].reshape(k, self.J, self.n), 1, 0)
 
+    def linear(self, a, u, theta=None):
+        """Σ_j aᵢⱼu at row i's coefficients, (k, n) (η less its fixed part). Scalar
+        terms with ``theta``: θ_j applied to u's (k, B·s) entries, then one gather per
+        slot (z_j where not 1), no (J, k, n) copies."""
+        if theta is None or not self.scalar:
+            return _rowdot_slots(a, self.gather(u))
+        ut = u * theta[:, self.column_slot]
+        out = None
+        for j, f in enumerate(self.flat):
+            part = np.take(ut, f, axis=1)
+            if self.theta_slots[j][1] is not None:
+                part *= self.theta_slots[j][1]
+            out = part if out is None else out + part
+        return out
+
     def scatter(self, values):
         """Σ over rows into u's positions: (J, k, n) -> (k, B·s)."""
         out = self.G_maps[0] @ values[0].T
@@ -426,6 +441,7 @@ class Layout:
         return H
 
     def _hessian_scalar(self, W, theta):
+        """:meth:`hessian` for scalar terms (the maps of :meth:`_compact_z_maps`)."""
         if self._z_maps is None:
             self._z_maps = self._compact_z_maps()
         k = W.shape[0]
@@ -931,7 +947,7 @@ class LockstepModels:
             return x[:, sub] if axis else x[sub]
 
         def terms(sub, v):
-            eta = take(base, sub) + _rowdot_slots(take(a, sub, 1), L.gather(v))
+            eta = take(base, sub) + L.linear(take(a, sub, 1), v, take(theta, sub))
             r = self.rows(take(y, sub), take(w, sub), eta, take(zeta, sub), take(delta, sub),
                           third=False, idx=idx[sub])
             value = -2.0 * np.sum(r["ll"], axis=1) + np.sum(v * v, axis=1)
@@ -1113,7 +1129,7 @@ class LockstepModels:
             np.take(Sa if scalar else St, L.flat[j], axis=2, out=part, mode="clip")
             if not scalar:
                 np.multiply(part, a[j][:, None], out=part)
-            elif L.theta_slots[j][1] is not None:
+            elif L.theta_slots[j][1] is not None:  # (scalar terms: slot j is θ_j's)
                 part *= L.theta_slots[j][1]
             if j:
                 e += F
@@ -1340,13 +1356,14 @@ class LockstepModels:
                 H[:, :, j] = (self._gradient_at(idx, up, u, S, psi) - grad) / h[:, None]
         return 0.5 * (H + np.swapaxes(H, 1, 2))
 
-    def fit(self, psi0, idx=None, max_outer: int = MAX_OUTER) -> dict:
-        """Fit the models ``idx`` (default: all) from ``psi0`` (k, P)."""
+    def fit(self, psi0, idx=None, max_outer: int = MAX_OUTER, u0=None) -> dict:
+        """Fit the models ``idx`` (default: all) from ``psi0`` (k, P), the first inner
+        Newton from ``u0`` (k, B·s; default zeros)."""
         L = self.layout
         K = self.Y.shape[0] if idx is None else len(idx)
         idx = np.arange(K) if idx is None else np.asarray(idx)
         psi = np.array(psi0, np.float64)
-        u = np.zeros((K, L.width))
+        u = np.zeros((K, L.width)) if u0 is None else np.array(u0, np.float64)
         exact = self.exact_hessian
         every = exact and EXACT_EVERY
         ev = self.evaluate(idx, psi, u, sensitivity=True, hessian=exact)
@@ -1532,11 +1549,14 @@ def _newton_direction(g, H):
 
 
 # -- start values ----------------------------------------------------------------------------
-def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
+def start_values(models: LockstepModels, family, idx=None, modes: bool = False):
     """ψ₀ per model: β from a GLM without random effects (Newton, vectorized), the log
     dispersion from moments at that fit (negative binomial θ from Var y = μ + μ²/θ,
     Pearson's estimate for the families with one), Λ's diagonal from moments of the
-    one-step random effects per level (as the blocked batch path), zero-inflation 0."""
+    one-step random effects per level (as the blocked batch path), zero-inflation 0.
+    With ``modes``: (ψ₀, u₀), u₀ a start for the first inner Newton (None: zeros) where
+    the inner problem is log-concave (:attr:`LockstepModels.exact_hessian`'s families:
+    one mode, whatever the start) and every term scalar (:func:`_theta_start`)."""
     idx = np.arange(models.Y.shape[0]) if idx is None else np.asarray(idx)
     Y, Wt = models.Y[idx], models.Wt[idx]
     X, offset = models.X, models.offset
@@ -1559,6 +1579,8 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
         delta = zero if models.rows.has_dispersion else None
 
         def deviance(b, sub):
+            if len(sub) == k:  # (sub sorted and distinct: every model, no copies)
+                sub = slice(None)
             r = base_rows(Y[sub], Wt[sub], b @ X.T + offset, None,
                           None if delta is None else delta[sub], third=False)
             return -2.0 * np.sum(r["ll"], axis=1), r
@@ -1611,11 +1633,14 @@ def start_values(models: LockstepModels, family, idx=None) -> np.ndarray:
             log_d = _dispersion_start(family, Y, mu, Wt, X.shape[1])
             pinv_d = np.linalg.pinv(models.X_d)
             parts[3] = (log_d[:, None] / models.rows.power - models.offset_d) @ pinv_d.T
-        parts[0] = _theta_start(models.layout, r)
+        parts[0], u0 = _theta_start(models.layout, r)
         scale = _attenuation(family, models.layout, parts[0])
         if scale is not None and not models.rows.zero_inflated:
             parts[0], parts[1] = parts[0] * scale, parts[1] * scale
-    return np.concatenate(parts, axis=1)
+    psi = np.concatenate(parts, axis=1)
+    if not modes:
+        return psi
+    return psi, (u0 if models.exact_hessian else None)
 
 
 # c² of the marginal attenuation of binomial GLMM coefficients (Zeger, Liang & Albert
@@ -1659,12 +1684,19 @@ def _dispersion_start(family, Y, mu, Wt, p):
     return np.where(np.isfinite(log_d), log_d, 0.0)
 
 
-def _theta_start(layout: Layout, r) -> np.ndarray:
+def _theta_start(layout: Layout, r):
     """Λ's diagonal from moments per term: one Newton step per level at u = 0 gives
     b̂_j = M_j⁻¹Σzℓ' (M_j = ΣWzz'), whose covariance is about Σ_b + M_j⁻¹; SDs
-    sqrt(mean b̂² − mean diag M⁻¹) clipped to [0.1, 5], correlations 0."""
+    sqrt(mean b̂² − mean diag M⁻¹) clipped to [0.1, 5], correlations 0.
+
+    Returns (θ₀, u₀): u₀ (k, B·s) the scalar terms' own Newton steps from u = 0 at
+    that θ (u_j = σΣzℓ'/(1 + σ²M_j), each term alone), a start for the first
+    evaluation's inner Newton (measured on 1,000 crossed logistic models: 4.2–4.5 →
+    3.1–3.2 steps there); None unless every term is scalar."""
     k = r["W"].shape[0]
     theta = np.zeros((k, layout.n_theta))
+    u = np.zeros((k, layout.width)) if layout.scalar else None
+    start = 0
     W = np.maximum(r["W"], 1e-10)
     for t, (z, size) in enumerate(zip(layout.z, layout.sizes)):
         levels = layout.refs[t]
@@ -1686,7 +1718,10 @@ def _theta_start(layout: Layout, r) -> np.ndarray:
         for j, (tt, rr, cc) in enumerate(layout.theta_index):
             if tt == t and rr == cc:
                 theta[:, j] = sd[:, rr]
-    return theta
+        if u is not None:  # (term t's levels: u's entries start .. start + m)
+            u[:, start:start + m] = sd * rhs[:, :, 0] / (1.0 + sd * sd * M[:, :, 0, 0])
+        start += m * size
+    return theta, u
 
 
 # -- fit_many's entry point --------------------------------------------------------------------
@@ -1784,7 +1819,8 @@ def _fit_chunks(models, family, K, progress, chunk=None) -> dict:
     chunks = [np.arange(s, min(s + chunk, K)) for s in range(0, K, chunk)]
 
     def one(idx):
-        return models.fit(start_values(models, family, idx), idx)
+        psi0, u0 = start_values(models, family, idx, modes=True)
+        return models.fit(psi0, idx, u0=u0)
 
     workers = max(1, min(THREADS or (os.cpu_count() or 1), len(chunks)))
     with single_threaded_blas():
