@@ -97,6 +97,36 @@ def test_kernels_equal_the_families_jax_methods(case):
                                    rtol=1e-14, err_msg="initialize")
 
 
+@pytest.mark.parametrize("case", CASES + [(glmmjax.families.Beta, "logit")], ids=case_id)
+def test_unit_deviances_and_working_residuals_equal_the_jax_methods(case):
+    """The numpy deviance and working residuals (residuals without importing JAX) against
+    the families' JAX methods, per row."""
+    from glmmjax._families import math as fm
+    from glmmjax._inference.diagnostics import numpy_residuals
+
+    family = make_family(*case)
+    if type(family).__name__ == "Beta":
+        rng = np.random.default_rng(3)
+        y, w, disp = rng.beta(2.0, 3.0, 60), np.ones(60), 7.5
+        mu = np.linspace(0.05, 0.95, 60)
+    else:
+        data = simulate(family)
+        y, w = data["y"].to_numpy(), data["w"].to_numpy()
+        disp = getattr(family, "theta", None)
+        mu = (np.linspace(1e-4, 1 - 1e-4, len(y)) if type(family).__name__ == "Binomial"
+              else np.linspace(0.2, 9.0, len(y)))
+    eta = np.asarray(fm.link_function(family.link, np, mu))
+    with jax.enable_x64(True):
+        jd = None if disp is None else jnp.asarray(disp)
+        expected = np.asarray(family.deviance_residuals(jnp.asarray(y), jnp.asarray(mu),
+                                                        jnp.asarray(w), jd))
+        working = np.asarray((y - mu) / family.link.mu_eta(jnp.asarray(eta)))
+    np.testing.assert_allclose(numpy_residuals(family, "deviance", y, mu, eta, w, disp),
+                               expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(numpy_residuals(family, "working", y, mu, eta, w, disp),
+                               working, rtol=1e-12, atol=1e-300)
+
+
 def test_invalid_steps_are_seen_as_invalid():
     """A Poisson-identity step to a negative mean, a Gamma-inverse step through η = 0."""
     y, w = np.array([1.0, 2.0]), np.ones(2)

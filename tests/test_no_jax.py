@@ -146,7 +146,8 @@ _GLM_FITS = """
         text += str(fit) + fit.summary() + fit.varcorr.to_string()
         means.append(fit.predict(type="response").to_numpy())
     text += glmmjax.anova(smaller, cbpp_glmm).to_string()
-    means += [fit.residuals("pearson").to_numpy() for fit in (binomial, nb, cbpp_glmm, owls_nb2)]
+    means += [fit.residuals(kind).to_numpy() for fit in (binomial, nb, cbpp_glmm, owls_nb2)
+              for kind in ("pearson", "deviance", "working")]
     means.append(nb.fitted_values.to_numpy())
     ranef = [fit.ranef[name].to_numpy() for fit, name in
              zip(glmms, ("herd", "Nest", "Nest"))]
@@ -157,7 +158,8 @@ _GLM_FITS = """
 def test_glm_and_glmer_host_fits_import_no_jax():
     """glm (binomial, NB with θ estimated, a glmmTMB family) and glmer (cbpp binomial,
     Owls NB2 with an offset, a zero-inflated Poisson on the parts engine) with their
-    print/summary/anova/predict/ranef and Pearson residuals: no JAX, equinox or optax."""
+    print/summary/anova/predict/ranef and Pearson, deviance and working residuals: no JAX,
+    equinox or optax."""
     _skip_on_accelerators()
     out = _run(_GLM_FITS.format(heavy=_HEAVY) + """
     print(json.dumps({"loaded": loaded,

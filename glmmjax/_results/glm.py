@@ -26,6 +26,7 @@ from .._families import math as fm
 from .._families import math_tmb as tmb_math
 from .._families.base import Family
 from .._families.distributions import norm_ppf, norm_sf, t_ppf, t_sf
+from .._inference.diagnostics import numpy_residuals
 from .._lazyjax import jax, jnp
 from .._model.design import Design, new_data_design
 from .._precision import with_x64
@@ -207,10 +208,12 @@ class GLMResult:
             if var is None:
                 var = np.asarray(self.family.variance(mu, disp))
             values = (y - mean) * np.sqrt(w) / np.sqrt(var)
-        elif type == "deviance":
-            values = np.asarray(self.family.deviance_residuals(y, mu, w, disp))
-        elif type == "working":
-            values = (y - mu) / np.asarray(self.family.link.mu_eta(eta))
+        elif type in ("deviance", "working"):
+            values = numpy_residuals(self.family, type, y, mu, eta, w, disp)
+            if values is None:  # families and links only JAX knows
+                values = np.asarray(
+                    self.family.deviance_residuals(y, mu, w, disp) if type == "deviance"
+                    else (y - mu) / self.family.link.mu_eta(eta))
         else:
             raise ValueError(
                 f"type must be 'deviance', 'pearson', 'response' or 'working', got {type!r}"

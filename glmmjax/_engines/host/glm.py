@@ -205,6 +205,28 @@ def _variance_and_unit_deviance(family, y, mu, sat, theta):
             sat - 2.0 * (xlogy(y, mu) + (y + theta) * np.log((y + theta) / (mu + theta))))
 
 
+def unit_deviances(family, y, mu, dispersion=None):
+    """Each row's d(y, μ) per unit weight in numpy (R's dev.resids / w) for R's families
+    with built-in links (the negative binomial's θ and the beta's φ from ``dispersion``,
+    else the family's fixed θ); None for other families (their JAX methods serve them).
+    Residuals of a host fit are then computed without importing JAX."""
+    name = _name(family)
+    if not (fm.supported(family) and name in _IRLS_FAMILIES):
+        return None
+    y, mu = np.asarray(y, np.float64), np.asarray(mu, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if name == "Binomial":
+            return 2.0 * (xlogy(y, y) - xlogy(y, mu) + xlog1py(1.0 - y, -y)
+                          - xlog1py(1.0 - y, -mu))
+        if name == "Beta":
+            if dispersion is None:
+                raise ValueError("the beta deviance depends on the precision phi; pass "
+                                 "dispersion")
+            return beta_unit_deviance(y, mu, 1.0 - mu, float(dispersion))
+        theta = _theta(family) if dispersion is None else float(dispersion)
+        return _variance_and_unit_deviance(family, y, mu, saturated(family, y), theta)[1]
+
+
 def valid_mu(family, mu):
     name = _name(family)
     finite = np.isfinite(mu)
