@@ -48,7 +48,9 @@ def residuals(result, type: str = "response") -> np.ndarray:  # noqa: A002 (R's 
         return resid * np.sqrt(result.design.weights) if type == "deviance" else resid
     family = result.family
     eta = result.fitted(type="link").to_numpy()
-    numpy_values = numpy_residuals(family, type, y, mu, eta, result.prior_weights,
+    from .._engines.host import glm as host_glm  # (scipy.special: imported when used)
+
+    numpy_values = host_glm.numpy_residuals(family, type, y, mu, eta, result.prior_weights,
                                     result.dispersion)
     if numpy_values is not None:
         return numpy_values
@@ -61,25 +63,6 @@ def residuals(result, type: str = "response") -> np.ndarray:  # noqa: A002 (R's 
         else:
             out = jnp.asarray(resid) / family.link.mu_eta(jnp.asarray(eta))
         return np.asarray(out)
-
-
-def numpy_residuals(family, type, y, mu, eta, weights, dispersion):  # noqa: A002
-    """Deviance or working residuals in numpy for R's families with built-in links (no
-    JAX import after a host fit); None where only the family's JAX methods know how."""
-    from .._engines.host.glm import unit_deviances
-    from .._families import math as fm
-
-    if not fm.link_supported(family.link):
-        return None
-    if type == "working":
-        if not fm.supported(family):
-            return None
-        return (y - mu) / fm.mean_derivatives(family.link, np, np.asarray(eta, float))[1]
-    unit = unit_deviances(family, y, mu, dispersion)
-    if unit is None:
-        return None
-    deviance = np.maximum(np.asarray(weights, float) * unit, 0.0)
-    return np.sign(y - mu) * np.sqrt(deviance)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,6 @@ from .._families import math as fm
 from .._families import math_tmb as tmb_math
 from .._families.base import Family
 from .._families.distributions import norm_ppf, norm_sf, t_ppf, t_sf
-from .._inference.diagnostics import numpy_residuals
 from .._lazyjax import jax, jnp
 from .._model.design import Design, new_data_design
 from .._precision import with_x64
@@ -209,7 +208,9 @@ class GLMResult:
                 var = np.asarray(self.family.variance(mu, disp))
             values = (y - mean) * np.sqrt(w) / np.sqrt(var)
         elif type in ("deviance", "working"):
-            values = numpy_residuals(self.family, type, y, mu, eta, w, disp)
+            from .._engines.host import glm as _glm_host
+
+            values = _glm_host.numpy_residuals(self.family, type, y, mu, eta, w, disp)
             if values is None:  # families and links only JAX knows
                 values = np.asarray(
                     self.family.deviance_residuals(y, mu, w, disp) if type == "deviance"

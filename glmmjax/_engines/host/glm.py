@@ -227,6 +227,22 @@ def unit_deviances(family, y, mu, dispersion=None):
         return _variance_and_unit_deviance(family, y, mu, saturated(family, y), theta)[1]
 
 
+def numpy_residuals(family, type, y, mu, eta, weights, dispersion):  # noqa: A002
+    """Deviance or working residuals in numpy for R's families with built-in links (no
+    JAX import after a host fit); None where only the family's JAX methods know how."""
+    if not fm.link_supported(family.link):
+        return None
+    if type == "working":
+        if not fm.supported(family):
+            return None
+        return (y - mu) / fm.mean_derivatives(family.link, np, np.asarray(eta, float))[1]
+    unit = unit_deviances(family, y, mu, dispersion)
+    if unit is None:
+        return None
+    deviance = np.maximum(np.asarray(weights, float) * unit, 0.0)
+    return np.sign(y - mu) * np.sqrt(deviance)
+
+
 def valid_mu(family, mu):
     name = _name(family)
     finite = np.isfinite(mu)
