@@ -275,3 +275,32 @@ def test_a_fit_ending_where_the_mode_is_no_minimum_reports_it_instead_of_crashin
                             family=glmmjax.families.StudentT(df=5.0, link="identity"))
     assert fit.converged or any(issubclass(w.category, glmmjax.ConvergenceWarning)
                                 for w in caught)
+
+
+@pytest.mark.parametrize("family, power", [("t_family", 1), ("gamma", -1)])
+def test_rescaled_response_gives_the_rescaled_fit(family, power):
+    """sleepstudy's Reaction × 10⁻⁴ and × 10⁴ (Student-t, identity link; Gamma, inverse
+    link): β and θ are those of the unscaled fit times s^λ (λ = 1, −1), the standard
+    errors too, and log L differs by the log-Jacobian −n·log s. Before the searches
+    worked in units of the link scale's spread (host.glmm.eta_unit) the ×10⁴ fits
+    stalled at the start (500 iterations, not converged) and the unscaled Gamma fit
+    did not start at all (η ~ 0.004, θ started at 0.1); glmmTMB 1.1.5 fails on the
+    unscaled Gamma and both ×10⁴ fits, and agrees at ×10⁻⁴ (log L + n log s = −868.3066
+    and −854.6694)."""
+    data = glmmjax.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    base = glmmjax.glmer(formula, data, family=family)
+    assert base.converged and not base.is_singular
+    reference = {"t_family": -854.6694, "gamma": -868.3066}[family]
+    assert abs(base.loglik - reference) < 1e-4
+    for s in (1e-4, 1e4):
+        fit = glmmjax.glmer(formula, data.assign(Reaction=data["Reaction"] * s),
+                            family=family)
+        assert fit.converged and not fit.is_singular
+        assert abs(fit.loglik + len(data) * np.log(s) - base.loglik) <= 1e-8 * abs(base.loglik)
+        c = s**power
+        np.testing.assert_allclose(fit.fixef / c, base.fixef, rtol=1e-5)
+        np.testing.assert_allclose(np.abs(fit.theta) / c, np.abs(base.theta), rtol=1e-4,
+                                   atol=1e-6 * np.max(np.abs(base.theta)))
+        np.testing.assert_allclose(fit.fixef_se / c, base.fixef_se, rtol=1e-3)
+        assert fit.extra_params == pytest.approx(base.extra_params, rel=1e-4)
