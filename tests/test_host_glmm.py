@@ -304,3 +304,26 @@ def test_rescaled_response_gives_the_rescaled_fit(family, power):
                                    atol=1e-6 * np.max(np.abs(base.theta)))
         np.testing.assert_allclose(fit.fixef_se / c, base.fixef_se, rtol=1e-3)
         assert fit.extra_params == pytest.approx(base.extra_params, rel=1e-4)
+
+
+@pytest.mark.parametrize("family, power, reference", [
+    ("t5", 1, -856.3812), ("gamma", -1, -866.6940), ("gamma-log", 0, -864.0750)])
+def test_rescaled_response_with_dispformula(family, power, reference):
+    """The same with ``dispformula="~ Days"`` (the parts engine): Student-t (df 5) ×10⁴
+    did not converge, and a Gamma GLMM with a dispersion model (inverse or log link)
+    stopped with a LinAlgError from the inner Newton at a trial point of the search.
+    log L at s = 1 (s = 10⁻⁴ for the inverse link) is glmmTMB 1.1.5's."""
+    from glmmjax.families import Gamma, StudentT
+
+    fam = {"t5": StudentT(df=5), "gamma": "gamma", "gamma-log": Gamma(link="log")}[family]
+    data = glmmjax.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    fits = {s: glmmjax.glmer(formula, data.assign(Reaction=data["Reaction"] * s), family=fam,
+                             dispformula="~ Days") for s in (1.0, 1e-4, 1e4)}
+    assert abs(fits[1e-4].loglik + len(data) * np.log(1e-4) - reference) < 1e-4
+    for s, fit in fits.items():
+        assert fit.converged and not fit.is_singular
+        assert abs(fit.loglik + len(data) * np.log(s) - fits[1.0].loglik) < 1e-8 * abs(reference)
+        np.testing.assert_allclose(fit.fixef["cond"] / s**power if power else
+                                   fit.fixef["cond"] - [np.log(s), 0.0],
+                                   fits[1.0].fixef["cond"], rtol=1e-5, atol=1e-9)

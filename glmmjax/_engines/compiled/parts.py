@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 
+from ..._families import math as fm
 from ..._families.response_parts import dispersion_power, row_loglik
 from ..._model.covariance import diagonal_mask, initial_theta, theta_to_factors
 from ..._progress import noted
@@ -291,7 +292,8 @@ def start_params(data: PartsData):
     """Starting values (pure JAX, so batches compute them per response): β from the
     family's starting means (as glm's IRLS starts), θ at identity factors (scaled by
     the residual SD for Gaussian models, whose random effects are not relative to σ
-    here), β_zi = 0 (π = 1/2), and the dispersion model's intercept at a moment
+    here, and by the spread of g(μ₀) on other power links:
+    :func:`glmmjax._families.math.link_scale_spread`), β_zi = 0 (π = 1/2), and the dispersion model's intercept at a moment
     estimate of φ (Pearson families) or the family's own start."""
     family = data.family
     y, w, offset = data.y, data.weights, data.offset
@@ -314,6 +316,9 @@ def start_params(data: PartsData):
         log_phi = jnp.log(d0) / dispersion_power(family)
         if family.name == "gaussian":
             scale = jnp.sqrt(d0)
+    if family.name != "gaussian":
+        # SDs on a power link's scale are in the response's units (1 for other links).
+        scale = jnp.asarray(fm.link_scale_spread(family.link, jnp, mu0, w), y.dtype)
     X_disp = data.X_disp
     if X_disp.shape[1]:
         beta_disp = jnp.linalg.pinv(X_disp) @ (log_phi - data.offset_disp)

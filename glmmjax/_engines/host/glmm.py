@@ -445,26 +445,19 @@ def _start_mean(family, y, weights):
     return y
 
 
-#: Links of the form η = μ^λ (λ = 1, 1/2, −1, −2): a response in other units (y·c) puts
-#: β and θ in units c^λ, unlike the log and the links of probabilities.
-_POWER_LINKS = ("identity", "sqrt", "inverse", "1/mu^2")
-
-
 def eta_unit(family, y, weights) -> float:
-    """The unit in which the fit searches β and θ: for a power link, the SD of the
-    starting η = g(μ₀) over the rows (the response's spread on the link's scale);
-    1 for other links. The searches' step sizes, difference steps, stopping rule
-    (max|∇| in these units) and the boundary rule (|θ| below ``BOUNDARY_TRY``) assume
-    parameters of order 1: with θ and β in the response's units, sleepstudy's
-    Reaction in ms × 10⁴ stalled at the start (θ ~ 10⁵; 500 iterations, not converged),
-    and a Gamma GLMM with the inverse link (η ~ 0.004) did not even start."""
-    if not fm.supported(family) or family.link.name not in _POWER_LINKS:
+    """:func:`glmmjax._families.math.link_scale_spread` at the starting means (1 for
+    families and links without closed forms). The searches' step sizes, difference
+    steps, stopping rule (max|∇| in these units) and the boundary rule (|θ| below
+    ``BOUNDARY_TRY``) assume parameters of order 1: with θ and β in the response's
+    units, sleepstudy's Reaction in ms × 10⁴ stalled at the start (θ ~ 10⁵; 500
+    iterations, not converged), and a Gamma GLMM with the inverse link (η ~ 0.004) did
+    not even start."""
+    if not fm.supported(family):
         return 1.0
-    used = weights > 0
     with np.errstate(all="ignore"):
-        eta = fm.link_function(family.link, np, _start_mean(family, y, weights))[used]
-        unit = float(np.std(eta[np.isfinite(eta)])) if np.any(np.isfinite(eta)) else 1.0
-    return unit if np.isfinite(unit) and unit > 0.0 else 1.0
+        return float(fm.link_scale_spread(family.link, np, _start_mean(family, y, weights),
+                                          weights))
 
 
 def theta_unit(structures, unit: float) -> np.ndarray:
