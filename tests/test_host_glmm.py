@@ -327,3 +327,20 @@ def test_rescaled_response_with_dispformula(family, power, reference):
         np.testing.assert_allclose(fit.fixef["cond"] / s**power if power else
                                    fit.fixef["cond"] - [np.log(s), 0.0],
                                    fits[1.0].fixef["cond"], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.slow  # compiles the GLMM pipeline (~10-20 s)
+def test_compiled_pipeline_on_rescaled_responses():
+    """The compiled pipeline searches in the same units (engine="jax"): sleepstudy's
+    Gamma GLMM (inverse link) gave a NaN log L at s = 1 and 10⁴, and Student-t (df 5)
+    at 10⁴ (σ started at 1 against residuals of 10⁵)."""
+    from glmmjax.families import StudentT
+
+    data = glmmjax.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    for family, reference in (("gamma", -868.3066), (StudentT(df=5), -856.6338)):
+        for s in (1.0, 1e4):
+            fit = glmmjax.glmer(formula, data.assign(Reaction=data["Reaction"] * s),
+                                family=family, engine="jax")
+            assert fit.converged
+            assert abs(fit.loglik + len(data) * np.log(s) - reference) < 1e-4

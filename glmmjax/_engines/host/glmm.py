@@ -48,7 +48,13 @@ import scipy.linalg
 
 from ..._families import math as fm
 from ..._model.cov_structures import factor_derivatives, search_metric, term_structures
-from ..._model.covariance import diagonal_mask, initial_theta, split_theta, start_from_sds
+from ..._model.covariance import (
+    diagonal_mask,
+    initial_theta,
+    split_theta,
+    start_from_sds,
+    unit_scaled_mask,
+)
 from ..._model.structure import ReStructure, build_structure, plain_structure, split
 from ..blas import single_threaded_blas
 from ..compiled.optimize import minimize_host
@@ -461,15 +467,9 @@ def eta_unit(family, y, weights) -> float:
 
 
 def theta_unit(structures, unit: float) -> np.ndarray:
-    """Per entry of θ, ``unit`` where it scales the term's SDs (an unstructured factor's
-    entries, a structure's SDs), 1 for correlations, ranges and for structures whose θ
-    cannot be scaled so (``row_scaled`` None)."""
-    parts = []
-    for cov in structures:
-        scaled = cov.row_scaled(np.full(cov.size, unit))
-        parts.append(np.ones(len(cov.start(np.ones(cov.size)))) if scaled is None
-                     else np.asarray(scaled, dtype=np.float64))
-    return np.concatenate(parts) if parts else np.zeros(0)
+    """Per entry of θ, ``unit`` where it scales with the random effects' units
+    (:func:`glmmjax._model.covariance.unit_scaled_mask`), else 1."""
+    return np.where(unit_scaled_mask(structures), unit, 1.0)
 
 
 def _glm_start(model: HostGLMM, dispersion):
