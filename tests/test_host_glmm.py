@@ -331,7 +331,7 @@ def test_rescaled_response_with_dispformula(family, power, reference):
 
 @pytest.mark.slow  # compiles the GLMM pipeline (~10-20 s)
 def test_compiled_pipeline_on_rescaled_responses():
-    """The compiled pipeline searches in the same units (engine="jax"): sleepstudy's
+    """The compiled engines search in the same units (engine="jax"): sleepstudy's
     Gamma GLMM (inverse link) gave a NaN log L at s = 1 and 10⁴, and Student-t (df 5)
     at 10⁴ (σ started at 1 against residuals of 10⁵)."""
     from glmmjax.families import StudentT
@@ -344,3 +344,9 @@ def test_compiled_pipeline_on_rescaled_responses():
                                 family=family, engine="jax")
             assert fit.converged
             assert abs(fit.loglik + len(data) * np.log(s) - reference) < 1e-4
+    # The compiled parts engine (a dispersion model): at ×10⁴ the same log L, but
+    # reported as not converged (max|∇| = 6 in the response's units) before.
+    fit = glmmjax.glmer(formula, data.assign(Reaction=data["Reaction"] * 1e4), family="gamma",
+                        dispformula="~ Days", engine="jax")
+    assert fit.converged
+    assert abs(fit.loglik + len(data) * np.log(1e4) - -866.6940) < 1e-4
