@@ -375,6 +375,28 @@ def link_function(link, xp, mu):
     return table[name]()
 
 
+#: Links of the form η = μ^λ (λ = 1, 1/2, −1, −2): a response in other units (y·c) puts
+#: β and the random effects' SDs in units c^λ, unlike the log and the links of
+#: probabilities.
+POWER_LINKS = ("Identity", "Sqrt", "Inverse", "InverseSquared")
+
+
+def link_scale_spread(link, xp, mu0, weights):
+    """The SD of η₀ = g(μ₀) over the rows with weight > 0 for a built-in power link
+    (:data:`POWER_LINKS`), else 1 (also where that SD is not finite or 0): the unit in
+    which the GLMM fits search β and θ and start θ (an SD of 1 in it), and in which the
+    boundary test sees θ, so that a response in other units is the same fit (for log
+    and probability links nothing changes)."""
+    if not _builtin(link, POWER_LINKS):
+        return 1.0
+    eta = link_function(link, xp, mu0)
+    used = (weights > 0) & xp.isfinite(eta)
+    count = xp.maximum(xp.sum(used), 1)
+    mean = xp.sum(xp.where(used, eta, 0.0)) / count
+    sd = xp.sqrt(xp.sum(xp.where(used, (eta - mean) ** 2, 0.0)) / count)
+    return xp.where(xp.isfinite(sd) & (sd > 0), sd, 1.0)
+
+
 # -- families ------------------------------------------------------------------------------
 
 
