@@ -491,13 +491,22 @@ def _tweedie_series_terms(xp, y, psi, p, n_terms=None):
                    else TWEEDIE_TERMS)
     start = xp.maximum(1.0, xp.floor(j_max) - n_terms // 2)
     j = start[..., None] + xp.arange(n_terms, dtype=start.dtype)
-    log_w = j * log_z[..., None] - sp.gammaln(j + 1.0) - sp.gammaln(-a * j)
+    if xp is np:
+        # log j! from a table (j are integers), log Γ and ψ of −aj from one pass.
+        from .math_compois import _log_factorial
+
+        log_j_factorial = _log_factorial(np, j)
+        lg_aj, dig_aj = sp.polygammas(-a * j, (-1, 0))
+    else:
+        log_j_factorial, lg_aj, dig_aj = sp.gammaln(j + 1.0), sp.gammaln(-a * j), None
+    log_w = j * log_z[..., None] - log_j_factorial - lg_aj
     top = xp.max(log_w, axis=-1, keepdims=True)
     weights = xp.exp(log_w - top)
     total = xp.sum(weights, axis=-1)
     log_series = top[..., 0] + xp.log(total)
     mean_j = xp.sum(weights * j, axis=-1) / total
-    mean_jdig = xp.sum(weights * j * sp.digamma(-a * j), axis=-1) / total
+    dig_aj = sp.digamma(-a * j) if dig_aj is None else dig_aj
+    mean_jdig = xp.sum(weights * j * dig_aj, axis=-1) / total
     zero = 0.0 * log_series
     return (xp.where(positive, log_series, zero), xp.where(positive, mean_j, zero),
             xp.where(positive, mean_jdig, zero))
