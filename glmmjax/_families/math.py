@@ -401,6 +401,27 @@ def _chain_psi(f_psi, f1_psi, f2_psi, x1, x2):
 
 
 _LAST_NB2: dict = {}  # the last host evaluation of nb2_gamma_terms
+_DATA_TERMS: dict = {}  # data_term's last arguments and value, by name
+
+
+def data_term(name: str, compute, *arrays):
+    """``compute(*arrays)`` on the host, remembered per ``name`` for the last arrays
+    (compared by value, copies kept): a term of the data alone (log y!, a log binomial
+    coefficient) is then evaluated once a fit instead of at every evaluation."""
+    arrays = tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+    last = _DATA_TERMS.get(name)
+    if last is None or not all(a.shape == b.shape and np.array_equal(a, b)
+                               for a, b in zip(last[0], arrays)):
+        last = (tuple(a.copy() for a in arrays), compute(*arrays))
+        _DATA_TERMS[name] = last
+    return last[1]
+
+
+def log_factorial(xp, y):
+    """log Γ(y + 1) (on the host by :func:`data_term`)."""
+    if xp is np:
+        return data_term("log_factorial", lambda a: special(np).gammaln(a + 1.0), y)
+    return special(xp).gammaln(y + 1.0)
 
 
 def nb2_gamma_terms(y, theta, digamma: bool, log_factorial: bool = False) -> tuple:
