@@ -293,7 +293,14 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         hessian_positive_definite=pd_hess,
     )
     theta = canonical_theta(out.params[: out.n_theta], structures)
-    singular = bool(np.any(np.abs(theta[diagonal_mask(structures)]) < SINGULAR_TOL))
+    # SDs on a power link's scale are in the response's units (host.glmm.eta_unit): the
+    # boundary test is on them in that unit, so that rescaling y does not make a fit
+    # singular.
+    from ._engines.host.glmm import eta_unit, theta_unit
+
+    unit = eta_unit(family, np.asarray(y, dtype=np.float64), np.asarray(w, dtype=np.float64))
+    relative = theta / theta_unit(structures, unit)
+    singular = bool(np.any(np.abs(relative[diagonal_mask(structures)]) < SINGULAR_TOL))
     method = {0: "nAGQ=0", 1: "Laplace"}.get(n_agq, f"AGQ({n_agq})")
 
     def mean_parameter(eta_values):
@@ -330,6 +337,7 @@ def fit_glmm_design(design, family: Family, n_agq: int = 1,
         extra_params=extra_params,
         convergence=convergence,
         singular=singular,
+        theta_unit=unit,
         linear_predictor_fn=inverse_link,
         family=family,
         dispersion=None if out.dispersion is None else float(out.dispersion),

@@ -209,8 +209,13 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
     theta_c = canonical_theta(params[:n_theta_c], cond_sizes)
     theta_z = canonical_theta(params[n_theta_c : n_theta_c + n_theta_z], zi_sizes) \
         if zi_sizes else np.zeros(0)
+    # The conditional SDs in the unit of the link scale's spread (glmer: host.glmm.eta_unit)
+    # for the boundary test, so that rescaling y does not make a fit singular.
+    from ._engines.host.glmm import eta_unit
+
+    unit = eta_unit(family, np.asarray(y, np.float64), np.asarray(w, np.float64))
     singular = bool(
-        np.any(np.abs(theta_c[diagonal_mask(cond_sizes)]) < SINGULAR_TOL)
+        np.any(np.abs(theta_c[diagonal_mask(cond_sizes)]) < SINGULAR_TOL * unit)
         or (zi_sizes and np.any(np.abs(theta_z[diagonal_mask(zi_sizes)]) < SINGULAR_TOL)))
     n_theta = n_theta_c + n_theta_z
     b0 = n_theta
@@ -230,7 +235,8 @@ def fit_parts(formula: str, data, family, ziformula, dispformula, *, weights=Non
         beta=params[b0 : b0 + p], beta_cov=params_cov[b0 : b0 + p, b0 : b0 + p],
         scale=None, effects=_effects(raw_c, design.terms, v[:q_c]), effect_cov=effect_cov,
         criterion=float(out["value"]), n_params=int(params.size), convergence=convergence,
-        singular=singular, family=family, dispersion=None, success_level=success_level,
+        singular=singular, theta_unit=unit, family=family, dispersion=None,
+        success_level=success_level,
         n_agq=1, y=np.asarray(y), prior_weights=np.asarray(w), params_cov=params_cov,
         engine=engine, opt_summary=opt_summary(engine, solution, out["initial"]),
         parts=parts, layout=data_.layout, params=params, theta_zi_values=theta_z,

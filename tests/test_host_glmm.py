@@ -275,3 +275,78 @@ def test_a_fit_ending_where_the_mode_is_no_minimum_reports_it_instead_of_crashin
                             family=glmmjax.families.StudentT(df=5.0, link="identity"))
     assert fit.converged or any(issubclass(w.category, glmmjax.ConvergenceWarning)
                                 for w in caught)
+
+
+@pytest.mark.parametrize("family, power", [("t_family", 1), ("gamma", -1)])
+def test_rescaled_response_gives_the_rescaled_fit(family, power):
+    """sleepstudy's Reaction × 10⁻⁴ and × 10⁴ (Student-t, identity link; Gamma, inverse
+    link): β and θ are those of the unscaled fit times s^λ (λ = 1, −1), the standard
+    errors too, and log L differs by the log-Jacobian −n·log s. Before the searches
+    worked in units of the link scale's spread (host.glmm.eta_unit) the ×10⁴ fits
+    stalled at the start (500 iterations, not converged) and the unscaled Gamma fit
+    did not start at all (η ~ 0.004, θ started at 0.1); glmmTMB 1.1.5 fails on the
+    unscaled Gamma and both ×10⁴ fits, and agrees at ×10⁻⁴ (log L + n log s = −868.3066
+    and −854.6694)."""
+    data = glmmjax.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    base = glmmjax.glmer(formula, data, family=family)
+    assert base.converged and not base.is_singular
+    reference = {"t_family": -854.6694, "gamma": -868.3066}[family]
+    assert abs(base.loglik - reference) < 1e-4
+    for s in (1e-4, 1e4):
+        fit = glmmjax.glmer(formula, data.assign(Reaction=data["Reaction"] * s),
+                            family=family)
+        assert fit.converged and not fit.is_singular
+        assert abs(fit.loglik + len(data) * np.log(s) - base.loglik) <= 1e-8 * abs(base.loglik)
+        c = s**power
+        np.testing.assert_allclose(fit.fixef / c, base.fixef, rtol=1e-5)
+        np.testing.assert_allclose(np.abs(fit.theta) / c, np.abs(base.theta), rtol=1e-4,
+                                   atol=1e-6 * np.max(np.abs(base.theta)))
+        np.testing.assert_allclose(fit.fixef_se / c, base.fixef_se, rtol=1e-3)
+        assert fit.extra_params == pytest.approx(base.extra_params, rel=1e-4)
+
+
+@pytest.mark.parametrize("family, power, reference", [
+    ("t5", 1, -856.3812), ("gamma", -1, -866.6940), ("gamma-log", 0, -864.0750)])
+def test_rescaled_response_with_dispformula(family, power, reference):
+    """The same with ``dispformula="~ Days"`` (the parts engine): Student-t (df 5) ×10⁴
+    did not converge, and a Gamma GLMM with a dispersion model (inverse or log link)
+    stopped with a LinAlgError from the inner Newton at a trial point of the search.
+    log L at s = 1 (s = 10⁻⁴ for the inverse link) is glmmTMB 1.1.5's."""
+    from glmmjax.families import Gamma, StudentT
+
+    fam = {"t5": StudentT(df=5), "gamma": "gamma", "gamma-log": Gamma(link="log")}[family]
+    data = glmmjax.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    fits = {s: glmmjax.glmer(formula, data.assign(Reaction=data["Reaction"] * s), family=fam,
+                             dispformula="~ Days") for s in (1.0, 1e-4, 1e4)}
+    assert abs(fits[1e-4].loglik + len(data) * np.log(1e-4) - reference) < 1e-4
+    for s, fit in fits.items():
+        assert fit.converged and not fit.is_singular
+        assert abs(fit.loglik + len(data) * np.log(s) - fits[1.0].loglik) < 1e-8 * abs(reference)
+        np.testing.assert_allclose(fit.fixef["cond"] / s**power if power else
+                                   fit.fixef["cond"] - [np.log(s), 0.0],
+                                   fits[1.0].fixef["cond"], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.slow  # compiles the GLMM pipeline (~10-20 s)
+def test_compiled_pipeline_on_rescaled_responses():
+    """The compiled engines search in the same units (engine="jax"): sleepstudy's
+    Gamma GLMM (inverse link) gave a NaN log L at s = 1 and 10⁴, and Student-t (df 5)
+    at 10⁴ (σ started at 1 against residuals of 10⁵)."""
+    from glmmjax.families import StudentT
+
+    data = glmmjax.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    for family, reference in (("gamma", -868.3066), (StudentT(df=5), -856.6338)):
+        for s in (1.0, 1e4):
+            fit = glmmjax.glmer(formula, data.assign(Reaction=data["Reaction"] * s),
+                                family=family, engine="jax")
+            assert fit.converged
+            assert abs(fit.loglik + len(data) * np.log(s) - reference) < 1e-4
+    # The compiled parts engine (a dispersion model): at ×10⁴ the same log L, but
+    # reported as not converged (max|∇| = 6 in the response's units) before.
+    fit = glmmjax.glmer(formula, data.assign(Reaction=data["Reaction"] * 1e4), family="gamma",
+                        dispformula="~ Days", engine="jax")
+    assert fit.converged
+    assert abs(fit.loglik + len(data) * np.log(1e4) - -866.6940) < 1e-4

@@ -140,3 +140,26 @@ def test_series_lengths_reach_tolerance():
     # The first omitted term at z = 10 is below 5e-17 of the function (module docstring).
     assert {n: len(c) for n, c in sn._SERIES.items()} == {-1: 7, 0: 7, 1: 9, 2: 10, 3: 11}
     assert math.isclose(sn._SERIES[0][0], -1 / 12)
+
+
+def test_remembered_terms_follow_the_data():
+    # nb2_gamma_terms and data_term compare their arguments by value: an array written to
+    # in place, or a new θ, is recomputed; what they return cannot be written to.
+    y = np.array([0.0, 1.0, 4.0, 9.0])
+    for theta in (0.7, np.array([0.5, 2.0, 3.0, 40.0])):
+        for _ in range(2):
+            log_gamma, gap, log_fact = fm.nb2_gamma_terms(y, theta, True, log_factorial=True)
+            np.testing.assert_allclose(log_gamma, sc.gammaln(y + theta) - sc.gammaln(theta),
+                                       rtol=1e-13, atol=1e-13)
+            np.testing.assert_allclose(gap, sc.digamma(y + theta) - sc.digamma(theta),
+                                       rtol=1e-13, atol=1e-13)
+            np.testing.assert_allclose(log_fact, sc.gammaln(y + 1.0), atol=1e-13)
+            y[2] += 1.0
+        with pytest.raises(ValueError):
+            log_gamma += 1.0
+    counts = np.array([0.0, 2.0, 5.0])
+    first = fm.log_factorial(np, counts)
+    counts[1] = 3.0
+    np.testing.assert_allclose(fm.log_factorial(np, counts), sc.gammaln(counts + 1.0),
+                               atol=1e-13)
+    assert first[1] == pytest.approx(math.log(2.0))

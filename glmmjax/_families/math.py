@@ -375,6 +375,28 @@ def link_function(link, xp, mu):
     return table[name]()
 
 
+#: Links of the form η = μ^λ (λ = 1, 1/2, −1, −2): a response in other units (y·c) puts
+#: β and the random effects' SDs in units c^λ, unlike the log and the links of
+#: probabilities.
+POWER_LINKS = ("Identity", "Sqrt", "Inverse", "InverseSquared")
+
+
+def link_scale_spread(link, xp, mu0, weights):
+    """The SD of η₀ = g(μ₀) over the rows with weight > 0 for a built-in power link
+    (:data:`POWER_LINKS`), else 1 (also where that SD is not finite or 0): the unit in
+    which the GLMM fits search β and θ and start θ (an SD of 1 in it), and in which the
+    boundary test sees θ, so that a response in other units is the same fit (for log
+    and probability links nothing changes)."""
+    if not _builtin(link, POWER_LINKS):
+        return 1.0
+    eta = link_function(link, xp, mu0)
+    used = (weights > 0) & xp.isfinite(eta)
+    count = xp.maximum(xp.sum(used), 1)
+    mean = xp.sum(xp.where(used, eta, 0.0)) / count
+    sd = xp.sqrt(xp.sum(xp.where(used, (eta - mean) ** 2, 0.0)) / count)
+    return xp.where(xp.isfinite(sd) & (sd > 0), sd, 1.0)
+
+
 # -- families ------------------------------------------------------------------------------
 
 
@@ -400,7 +422,35 @@ def _chain_psi(f_psi, f1_psi, f2_psi, x1, x2):
     return f_psi, f1_psi * x1, -(f2_psi * x1 * x1 + f1_psi * x2)
 
 
-_LAST_NB2: dict = {}  # the last host evaluation of nb2_gamma_terms
+_LAST_NB2: dict = {}  # "entry": nb2_gamma_terms' last (y, θ, its three values)
+_DATA_TERMS: dict = {}  # data_term's last (arguments, value), by name
+
+
+def _read_only(value):
+    """A remembered array, shared by every caller: written to, it would raise."""
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+    return value
+
+
+def data_term(name: str, compute, *arrays):
+    """``compute(*arrays)`` on the host, remembered per ``name`` for the last arrays
+    (compared by value, copies kept): a term of the data alone (log y!, a log binomial
+    coefficient) is then evaluated once a fit instead of at every evaluation."""
+    arrays = tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+    last = _DATA_TERMS.get(name)  # one (arguments, value) tuple: safe across threads
+    if last is None or not all(a.shape == b.shape and np.array_equal(a, b)
+                               for a, b in zip(last[0], arrays)):
+        last = (tuple(a.copy() for a in arrays), _read_only(compute(*arrays)))
+        _DATA_TERMS[name] = last
+    return last[1]
+
+
+def log_factorial(xp, y):
+    """log Γ(y + 1) (on the host by :func:`data_term`)."""
+    if xp is np:
+        return data_term("log_factorial", lambda a: special(np).gammaln(a + 1.0), y)
+    return special(xp).gammaln(y + 1.0)
 
 
 def nb2_gamma_terms(y, theta, digamma: bool, log_factorial: bool = False) -> tuple:
@@ -410,19 +460,22 @@ def nb2_gamma_terms(y, theta, digamma: bool, log_factorial: bool = False) -> tup
     inner Newton step at a fixed θ (most of a negative binomial fit's evaluations)."""
     y = np.asarray(y, dtype=np.float64)
     theta_array = np.asarray(theta, dtype=np.float64)
-    last = _LAST_NB2
-    cached = (last.get("theta") is not None and last["theta"].shape == theta_array.shape
-              and last["y"].shape == y.shape and np.array_equal(last["theta"], theta_array)
-              and np.array_equal(last["y"], y))
-    if not (cached and (last["log_factorial"] is not None or not log_factorial)):
+    # One tuple, read once: a thread replacing it (lockstep's chunks run in threads)
+    # cannot mix its values with another's.
+    last = _LAST_NB2.get("entry")
+    cached = (last is not None and last[0].shape == y.shape
+              and last[1].shape == theta_array.shape and np.array_equal(last[1], theta_array)
+              and np.array_equal(last[0], y) and (last[4] is not None or not log_factorial))
+    if not cached:
         # ψ always: the inner Newton's steps need none, but the gradient's evaluation at
         # their mode (same θ) does, and one call with both costs less than two.
         arguments = (y + theta_array, theta_array) + ((y + 1.0,) if log_factorial else ())
         table = polygamma_table(np, arguments, (-1, 0))
-        last.update(y=y.copy(), theta=theta_array.copy(),
-                    log_gamma=table[0][0] - table[1][0], gap=table[0][1] - table[1][1],
-                    log_factorial=table[2][0] if log_factorial else None)
-    return last["log_gamma"], last["gap"] if digamma else None, last["log_factorial"]
+        last = (y.copy(), theta_array.copy(),
+                *(_read_only(v) for v in (table[0][0] - table[1][0], table[0][1] - table[1][1],
+                                          table[2][0] if log_factorial else None)))
+        _LAST_NB2["entry"] = last
+    return last[2], last[3] if digamma else None, last[4]
 
 
 def _softplus(xp, x):

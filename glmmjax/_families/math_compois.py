@@ -28,6 +28,8 @@ dispersion variable is ψ = log φ = −log ν, so ∂/∂ψ = −ν ∂/∂ν.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: Terms of the compiled (static-shape) series: a window of this many j around the mode.
@@ -52,9 +54,8 @@ def _log_factorial(xp, j):
         return _special(xp).gammaln(j + 1.0)
     top = int(np.max(j)) + 1
     if top > _LGAMMA[0].size:
-        import scipy.special
-
-        _LGAMMA[0] = scipy.special.gammaln(np.arange(max(2 * top, 1024)) + 1.0)
+        # math.lgamma at the integers: within an ulp, and no scipy.special import.
+        _LGAMMA[0] = np.array([math.lgamma(k + 1.0) for k in range(max(2 * top, 1024))])
     return _LGAMMA[0][j.astype(np.int64)]
 
 

@@ -109,15 +109,15 @@ def _log_gammas(xp, pairs, orders, extra=()) -> list:
 
 
 def nb1_value(xp, y, x, psi, weights, log_gammas=None):
-    """``log_gammas``: log Γ of (y + s, s, y + 1) where the caller has them."""
+    """``log_gammas``: log Γ of (y + s, s) where the caller has them."""
     s = xp.exp(x - psi)  # size μ/φ
     c = softplus(xp, psi)  # log(1 + φ)
-    if log_gammas is None:
-        from .math import polygamma_table
+    from .math import log_factorial, polygamma_table
 
-        log_gammas = [row[0] for row in polygamma_table(xp, (y + s, s, y + 1.0), (-1,))]
-    lg_ys, lg_s, lg_y1 = log_gammas
-    return weights * (lg_ys - lg_s - lg_y1 - s * c + y * (psi - c))
+    if log_gammas is None:
+        log_gammas = [row[0] for row in polygamma_table(xp, (y + s, s), (-1,))]
+    lg_ys, lg_s = log_gammas
+    return weights * (lg_ys - lg_s - log_factorial(xp, y) - s * c + y * (psi - c))
 
 
 def nb2_value(xp, y, x, psi, weights):
@@ -130,8 +130,9 @@ def nb2_value(xp, y, x, psi, weights):
 
 
 def poisson_value(xp, y, x, weights):
-    sp = _special(xp)
-    return weights * (y * x - xp.exp(x) - sp.gammaln(y + 1.0))
+    from .math import log_factorial
+
+    return weights * (y * x - xp.exp(x) - log_factorial(xp, y))
 
 
 def log_zero_probability(xp, name, x, psi):
@@ -151,17 +152,18 @@ def truncated_value(xp, name, y, x, psi, weights):
 
 
 def genpois_value(xp, y, x, psi, weights):
-    sp = _special(xp)
+    from .math import log_factorial
+
     k = xp.exp(-0.5 * psi)  # 1/√φ
     mu = xp.exp(x)
     spread = y + k * (mu - y)  # θ + λy
     return weights * (x - 0.5 * psi + (y - 1.0) * xp.log(spread) - k * mu - (1.0 - k) * y
-                      - sp.gammaln(y + 1.0))
+                      - log_factorial(xp, y))
 
 
 def betabinomial_value(xp, y, log_mu, log_1m, psi, trials, log_gammas=None):
-    """``log_gammas``: log Γ of (s + α, α, f + β, β, n + φ, φ, n + 1, s + 1, f + 1) where
-    the caller has them (s successes, f failures of n trials)."""
+    """``log_gammas``: log Γ of (s + α, α, f + β, β, n + φ, φ) where the caller has them
+    (s successes, f failures of n trials)."""
     from .math import log_binomial_coefficient
 
     phi = xp.exp(psi)
@@ -169,13 +171,18 @@ def betabinomial_value(xp, y, log_mu, log_1m, psi, trials, log_gammas=None):
     s = trials * y
     f = trials - s
     if log_gammas is None:
-        (lg_sa, lg_a), (lg_fb, lg_b), (lg_np, lg_phi), *lg_binomial = _log_gammas(
-            xp, [(s, alpha), (f, beta), (trials, phi)], (-1,),
-            [trials + 1.0, s + 1.0, f + 1.0])
+        (lg_sa, lg_a), (lg_fb, lg_b), (lg_np, lg_phi) = _log_gammas(
+            xp, [(s, alpha), (f, beta), (trials, phi)], (-1,))
     else:
-        lg_sa, lg_a, lg_fb, lg_b, lg_np, lg_phi, *lg_binomial = log_gammas
-    return (log_binomial_coefficient(xp, trials, s, lg_binomial) + lg_sa + lg_fb - lg_np
-            - lg_a - lg_b + lg_phi)
+        lg_sa, lg_a, lg_fb, lg_b, lg_np, lg_phi = log_gammas
+    if xp is np:  # free of μ and φ: once a fit
+        from .math import data_term
+
+        log_choose = data_term("log_binomial_coefficient",
+                               lambda n, k: log_binomial_coefficient(np, n, k), trials, s)
+    else:
+        log_choose = log_binomial_coefficient(xp, trials, s)
+    return log_choose + lg_sa + lg_fb - lg_np - lg_a - lg_b + lg_phi
 
 
 def lognormal_value(xp, y, x, psi, weights):
@@ -235,14 +242,14 @@ def student_t_value(xp, y, mu, psi, weights, df):
 def nb1_partials(xp, y, x, psi, weights, third, need_psi=True):
     s = xp.exp(x - psi)
     c, q = softplus(xp, psi), sigmoid(xp, psi)
-    # log Γ(y + s), log Γ(s), the ψ, ψ₁ (and ψ₂) gaps and log y! from one table.
+    # log Γ(y + s), log Γ(s) and the ψ, ψ₁ (and ψ₂) gaps from one table.
     orders = (-1, 0, 1, 2) if third or need_psi else (-1, 0, 1)
-    (lg_ys, lg_s, gap0, gap1, *gap2), lg_y1 = _log_gammas(xp, [(y, s)], orders, [y + 1.0])
+    ((lg_ys, lg_s, gap0, gap1, *gap2),) = _log_gammas(xp, [(y, s)], orders)
     d0 = gap0 - c
     s2d1 = s * s * gap1
     s3d2 = s**3 * gap2[0] if gap2 else 0.0
     sd0 = s * d0
-    out = Partials(nb1_value(xp, y, x, psi, weights, (lg_ys, lg_s, lg_y1)), weights * sd0,
+    out = Partials(nb1_value(xp, y, x, psi, weights, (lg_ys, lg_s)), weights * sd0,
                    weights * (sd0 + s2d1),
                    weights * (sd0 + 3.0 * s2d1 + s3d2) if third else None)
     if not need_psi:
@@ -372,15 +379,14 @@ def betabinomial_partials(xp, y, log_mu, log_1m, psi, trials, third, need_psi=Tr
     # The value's log Γ terms and the ψ, ψ₁ (ψ₂) gaps from one table.
     orders = (-1, 0, 1, 2) if third or need_psi else (-1, 0, 1)
     (lg_sa, lg_a, g0a, g1a, *g2a), (lg_fb, lg_b, g0b, g1b, *g2b), \
-        (lg_np, lg_phi, g0phi, *_), *lg_binomial = _log_gammas(
-            xp, [(s, alpha), (f, beta), (trials, phi)], orders,
-            [trials + 1.0, s + 1.0, f + 1.0])
+        (lg_np, lg_phi, g0phi, *_) = _log_gammas(
+            xp, [(s, alpha), (f, beta), (trials, phi)], orders)
     f1 = phi * (g0a - g0b)
     f2 = phi * phi * (g1a + g1b)
     if third or need_psi:
         g2a, g2b = g2a[0], g2b[0]
     value = betabinomial_value(xp, y, log_mu, log_1m, psi, trials,
-                               (lg_sa, lg_a, lg_fb, lg_b, lg_np, lg_phi, *lg_binomial))
+                               (lg_sa, lg_a, lg_fb, lg_b, lg_np, lg_phi))
     out = Partials(value, f1, f2, phi**3 * (g2a - g2b) if third else None)
     if not need_psi:
         return out
@@ -492,13 +498,22 @@ def _tweedie_series_terms(xp, y, psi, p, n_terms=None):
         n_terms = TWEEDIE_TERMS
     start = xp.maximum(1.0, xp.floor(j_max) - n_terms // 2)
     j = start[..., None] + xp.arange(n_terms, dtype=start.dtype)
-    log_w = j * log_z[..., None] - sp.gammaln(j + 1.0) - sp.gammaln(-a * j)
+    if xp is np:
+        # log j! from a table (j are integers), log Γ and ψ of −aj from one pass.
+        from .math_compois import _log_factorial
+
+        log_j_factorial = _log_factorial(np, j)
+        lg_aj, dig_aj = sp.polygammas(-a * j, (-1, 0))
+    else:
+        log_j_factorial, lg_aj, dig_aj = sp.gammaln(j + 1.0), sp.gammaln(-a * j), None
+    log_w = j * log_z[..., None] - log_j_factorial - lg_aj
     top = xp.max(log_w, axis=-1, keepdims=True)
     weights = xp.exp(log_w - top)
     total = xp.sum(weights, axis=-1)
     log_series = top[..., 0] + xp.log(total)
     mean_j = xp.sum(weights * j, axis=-1) / total
-    mean_jdig = xp.sum(weights * j * sp.digamma(-a * j), axis=-1) / total
+    dig_aj = sp.digamma(-a * j) if dig_aj is None else dig_aj
+    mean_jdig = xp.sum(weights * j * dig_aj, axis=-1) / total
     zero = 0.0 * log_series
     return (xp.where(positive, log_series, zero), xp.where(positive, mean_j, zero),
             xp.where(positive, mean_jdig, zero))

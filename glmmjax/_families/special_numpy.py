@@ -13,9 +13,12 @@ log Γ(x + 1) − log x) raises the argument by 10, and at z ≥ 10 the asymptot
 series is summed until the first omitted term is below 5e-17 of the function (Abramowitz &
 Stegun 6.1.41, 6.3.18, 6.4.11). The ten recurrence terms are taken in pairs
 (x + k, x + 9 − k), whose product is u + k(9 − k) with u = x(x + 9), so that a pair costs
-about one division; each pair's sum is of positive terms. On small arrays numpy's cost is
-per call, not per element, so :func:`polygammas` evaluates several orders from one shared
-recurrence, and callers concatenate their arguments into one call.
+about one division; each pair's sum is of positive terms. On a family's arrays numpy's
+cost is per call, not per element, so :func:`polygammas` evaluates several orders from one
+shared recurrence (the five pairs as one (5, n) array, every order's series as one matrix
+product), and callers concatenate their arguments into one call
+(:func:`glmmjax._families.math.polygamma_table`). One float (a scalar dispersion) takes
+Python's floats instead.
 
 Accuracy against scipy and mpmath (tests/test_special_numpy.py): ψ₁…ψ₃ within a few ulp;
 ψ within ~1e-15 absolute near its zero and a few ulp elsewhere; log Γ within ~1e-14

@@ -50,6 +50,18 @@ def start_from_sds(covariances, sds) -> np.ndarray:
     return np.concatenate([cov.start(sd) for cov, sd in zip(as_structures(covariances), sds)])
 
 
+def unit_scaled_mask(covariances) -> np.ndarray:
+    """True where an entry of θ scales with the random effects' units (every entry of an
+    unstructured factor, a structure's SDs); False for correlations, ranges and the θ
+    of structures that cannot be rescaled so (``row_scaled`` None)."""
+    parts = []
+    for cov in as_structures(covariances):
+        scaled = cov.row_scaled(np.full(cov.size, 2.0))
+        parts.append(np.zeros(len(cov.start(np.ones(cov.size))), bool) if scaled is None
+                     else np.asarray(scaled) == 2.0)
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+
 def diagonal_mask(covariances) -> np.ndarray:
     """True where θ holds a relative SD: a diagonal entry of an unstructured Λ_t or a
     structured term's SD (non-negative at the optimum, with a boundary at 0)."""

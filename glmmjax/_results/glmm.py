@@ -32,6 +32,7 @@ class GLMMResult(MixedModelResult):
     prior_weights: np.ndarray | None = None
     params_cov: np.ndarray | None = None
     separated: tuple = ()
+    theta_unit: float = 1.0  # the unit of SDs in the boundary test (host.glmm.eta_unit)
 
     def _header(self) -> str:
         how = {

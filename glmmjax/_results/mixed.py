@@ -640,7 +640,14 @@ class MixedModelResult:
         """Which variance components sit on the boundary, what that means, what to do."""
         problems = []
         structures = term_structures(self.design.terms)
-        factors = numpy_factors(self.theta_values, structures)
+        # Λ in the unit the boundary test used (GLMMs on a power link: host.glmm.eta_unit).
+        unit = getattr(self, "theta_unit", 1.0)
+        theta = self.theta_values
+        if unit != 1.0:
+            from .._engines.host.glmm import theta_unit
+
+            theta = theta / theta_unit(structures, unit)
+        factors = numpy_factors(theta, structures)
         for label, term, lam, cov in zip(self._group_labels(), self.design.terms, factors,
                                          structures):
             if is_relatedness(term):  # one variance scaling K: zero or not, as a whole

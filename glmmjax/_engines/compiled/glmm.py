@@ -14,8 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._families import math as fm
 from ..._linalg import solve_triangular
-from ..._model.covariance import diagonal_mask, initial_theta, theta_to_factors
+from ..._model.covariance import (
+    diagonal_mask,
+    initial_theta,
+    theta_to_factors,
+    unit_scaled_mask,
+)
 from ..._model.structure import ReStructure, build_structure
 from ..._progress import noted
 from ..seam import BOUNDARY_TRY, GLMMFit, opt_summary
@@ -190,12 +196,35 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
         return GLMMData(structure, X_outer, dense, y, weights, setup.offset, setup.family,
                         constant)
 
+    # On a power link (identity, sqrt, inverse, 1/μ²) θ and β are in the response's
+    # units: both stages search x = params / scale, θ's SD entries and β in units of
+    # the spread of g(μ₀) (as the host engine, glmmjax._engines.host.glmm.eta_unit), so
+    # that a response in other units is the same search. Other links: no scaling.
+    # (Other links: nothing in the program, as before: ``scaled`` leaves x as it is.)
+    unit = scale1 = scale2 = None
+    if fm._builtin(setup.family.link, fm.POWER_LINKS):
+        unit = fm.link_scale_spread(setup.family.link, jnp, setup.family.initialize(y, weights),
+                                    weights).astype(dtype)
+        s_theta = jnp.where(jnp.asarray(unit_scaled_mask(setup.outer.structures)), unit,
+                            jnp.ones((), dtype))
+        scale1 = jnp.concatenate([s_theta, jnp.ones(n_disp, dtype)])
+        scale2 = jnp.concatenate([s_theta, jnp.full(p, unit), jnp.ones(n_disp, dtype)])
+
+    def scaled(x, scale, power=1):
+        return x if scale is None else x * scale**power
+
     # Stage 1: nAGQ=0.
     data0 = data(setup.inner, empty, setup.X)
     q_inner = inner_size(setup.inner)
     v0 = jnp.zeros(q_inner, dtype).at[q_inner - p :].set(_start_beta(y, weights, setup))
+    # The dispersion starts at 1 (log φ = 0), but Student-t's σ (identity link) is in the
+    # response's units: it starts at the unit (from σ = 1 with residuals of 10⁵ the inner
+    # Newton fails at the first point).
+    log_disp0 = (jnp.log(unit) if unit is not None and setup.family.name == "t_family"
+                 and n_disp else jnp.zeros((), dtype))
     params1 = jnp.concatenate(
-        [jnp.asarray(initial_theta(setup.outer.structures), dtype), jnp.zeros(n_disp, dtype)]
+        [jnp.asarray(initial_theta(setup.outer.structures), dtype),
+         jnp.full(n_disp, log_disp0, dtype)]
     )
 
     params1_start = params1
@@ -203,10 +232,10 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     def parts1(q, v, known_mode=False):
         return mode_and_factor(q, data0, v, n_theta, 0, known_mode)
 
-    def objective1(q, carry):
+    def objective1(x, carry):
         # The carry: the mode and the fixed effects' block of the factor (for β's
         # covariance, the preconditioner of stage 2), so no evaluation after the loop.
-        parts = parts1(q, carry[0])
+        parts = parts1(scaled(x, scale1), carry[0])
         sg = jax.lax.stop_gradient
         return laplace_at_mode(*parts, data0), (sg(parts[3]), sg(parts[4].rest[-p:, -p:]))
 
@@ -220,10 +249,11 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
     tols1 = tols if final else dict(gtol=max(setup.gtol, setup.loose_gtol),
                                     loose_gtol=setup.loose_gtol,
                                     max_iterations=setup.max_iter)
-    sol1, params1, (v1, L_x) = minimize_with_boundary(
+    sol1, x1, (v1, L_x) = minimize_with_boundary(
         objective1, params1, (v0, jnp.zeros((p, p), dtype)), n_theta, setup.outer.structures,
         boundary=final, first_step=_FIRST_STEP, forward=True, **tols1
     )
+    params1 = scaled(x1, scale1)
     L_x_inv = solve_triangular(L_x, jnp.eye(p, dtype=dtype), lower=True)
     beta_cov1 = L_x_inv.T @ L_x_inv
     beta1 = v1[q_inner - p :]
@@ -236,7 +266,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
 
         hessian, value, _ = _hessian_value_factor(at_v1, params1, forward_hessian)
         return dict(
-            params=params1, beta=beta1, beta_cov=beta_cov1, initial=params1_start,
+            params=params1, beta=beta1, beta_cov=beta_cov1, initial=scaled(params1_start, scale1),
             value=value, hessian=hessian, v=v1,
             status=sol1.status, iterations=sol1.iterations,
             n_evaluations=sol1.n_evaluations, grad=sol1.grad,
@@ -253,29 +283,31 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
             return agq_at_mode(*parts, data2, setup.grid, setup.log_w)
         return laplace_at_mode(*parts, data2)
 
-    def objective2(q, v):
-        parts = mode_and_factor(q, data2, v, n_theta, p)
+    def objective2(x, v):
+        parts = mode_and_factor(scaled(x, scale2), data2, v, n_theta, p)
         return criterion(parts), jax.lax.stop_gradient(parts[3])
 
     # θ = 0 is a stationary point of the objective (it depends on θ through ΛΛ'), so a
     # diagonal that stage 1 put on the boundary restarts slightly inside; stage 2's own
     # boundary check returns it to exactly zero if that is the optimum.
-    theta1 = params1[:n_theta]
+    theta1 = x1[:n_theta]
     diagonal = jnp.asarray(diagonal_mask(setup.outer.structures))
     theta1 = jnp.where(diagonal & (jnp.abs(theta1) < BOUNDARY_TRY), 0.1, theta1)
-    params2 = jnp.concatenate([theta1, beta1, params1[n_theta:]])
+    x2 = jnp.concatenate([theta1, scaled(beta1, unit, -1), x1[n_theta:]])
     hinv1 = sol1.inverse_hessian
     k = n_theta + p + n_disp
     hinv0 = jnp.zeros((k, k), dtype)
     hinv0 = hinv0.at[:n_theta, :n_theta].set(hinv1[:n_theta, :n_theta])
-    hinv0 = hinv0.at[n_theta : n_theta + p, n_theta : n_theta + p].set(0.5 * beta_cov1)
+    hinv0 = hinv0.at[n_theta : n_theta + p, n_theta : n_theta + p].set(
+        0.5 * scaled(beta_cov1, unit, -2))
     if n_disp:
         hinv0 = hinv0.at[n_theta + p :, n_theta + p :].set(hinv1[n_theta:, n_theta:])
         hinv0 = hinv0.at[:n_theta, n_theta + p :].set(hinv1[:n_theta, n_theta:])
         hinv0 = hinv0.at[n_theta + p :, :n_theta].set(hinv1[n_theta:, :n_theta])
-    sol2, params, v = minimize_with_boundary(
-        objective2, params2, u1, n_theta, setup.outer.structures, hinv0, **tols
+    sol2, x, v = minimize_with_boundary(
+        objective2, x2, u1, n_theta, setup.outer.structures, hinv0, **tols
     )
+    params = scaled(x, scale2)
 
     def at_v(q):
         parts = mode_and_factor(q, data2, v, n_theta, p, known_mode=True)
@@ -289,7 +321,7 @@ def glmm_pipeline(y, weights, setup: GLMMSetup, forward_hessian: bool | None = N
         params=params, beta=beta, beta_cov=params_cov[n_theta : n_theta + p, n_theta : n_theta + p],
         params_cov=params_cov, value=value, hessian=hessian, v=v, status=sol2.status,
         iterations=sol2.iterations, n_evaluations=sol2.n_evaluations, grad=sol2.grad,
-        initial=params2, eta=linear_predictor(v, theta, beta, data2),
+        initial=scaled(x2, scale2), eta=linear_predictor(v, theta, beta, data2),
     )
     if with_cond_cov:
         out["cond_cov"] = _cond_cov_from_factor(theta, factor, setup.outer)

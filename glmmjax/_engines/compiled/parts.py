@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 
+from ..._families import math as fm
 from ..._families.response_parts import dispersion_power, row_loglik
 from ..._model.covariance import diagonal_mask, initial_theta, theta_to_factors
 from ..._progress import noted
@@ -250,6 +251,7 @@ def fit(params0, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> di
     of the exact gradient (as the host GLMM engine). Only one program is compiled.
     Returns numpy arrays: the optimum, mode, −2 log L, Hessian and H⁻¹ (the random
     effects' conditional covariance) and the optimizer's report."""
+    from ..host.glmm import eta_unit
     from ..host.lmm import central_differences
     from ..seam import BOUNDARY_TRY
     from .optimize import minimize_host
@@ -258,10 +260,19 @@ def fit(params0, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> di
     n_theta = data.cond.n_theta + data.zi.n_theta
     diagonal = diagonal_mask(sizes) if sizes else np.zeros(0, bool)
     last = {}
+    # The search in x = params / scale, as the host engine's (host.parts.fit): the
+    # conditional θ and β in units of the link scale's spread.
+    n_theta_c, _, p = data.layout[:3]
+    unit = eta_unit(data.family, np.asarray(data.y, np.float64),
+                    np.asarray(data.weights, np.float64))
+    scale = np.ones(np.shape(params0)[0])
+    scale[:n_theta_c] = unit
+    scale[n_theta : n_theta + p] = unit
 
     def evaluate(x, v):
-        value, grad, v_new, H = value_grad_mode_jit(jnp.asarray(x), jnp.asarray(v), data)
-        value, grad = float(value), np.asarray(grad)
+        value, grad, v_new, H = value_grad_mode_jit(jnp.asarray(x * scale), jnp.asarray(v),
+                                                    data)
+        value, grad = float(value), np.asarray(grad) * scale
         if np.isfinite(value):
             last["H"] = H
         return (value, grad), np.asarray(v_new)
@@ -272,13 +283,14 @@ def fit(params0, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> di
         return np.concatenate([np.where(near, 0.0, theta), x[n_theta:]])
 
     v0 = np.zeros(data.q)
-    solution = minimize_host(evaluate, np.asarray(params0, np.float64), carry=v0, gtol=gtol,
-                             loose_gtol=1e-5, expensive=True, first_step=0.5,
+    solution = minimize_host(evaluate, np.asarray(params0, np.float64) / scale, carry=v0,
+                             gtol=gtol, loose_gtol=1e-5, expensive=True, first_step=0.5,
                              final_trial=to_boundary if n_theta else None,
                              max_iterations=max_iter)
-    params, v = np.asarray(solution.x), np.asarray(solution.carry)
-    hessian = central_differences(lambda x: evaluate(x, v)[0][1], params)
-    (value, _), v_final = evaluate(params, v)
+    x, v = np.asarray(solution.x), np.asarray(solution.carry)
+    params = x * scale
+    hessian = central_differences(lambda x_: evaluate(x_, v)[0][1], x) / np.outer(scale, scale)
+    (value, _), v_final = evaluate(x, v)
     _, _, _, H = value_grad_mode_jit(jnp.asarray(params), jnp.asarray(v_final), data)
     return dict(params=params, v=v_final, value=value, hessian=0.5 * (hessian + hessian.T),
                 re_cov=np.linalg.inv(np.asarray(H)), status=int(solution.status),
@@ -291,8 +303,10 @@ def start_params(data: PartsData):
     """Starting values (pure JAX, so batches compute them per response): β from the
     family's starting means (as glm's IRLS starts), θ at identity factors (scaled by
     the residual SD for Gaussian models, whose random effects are not relative to σ
-    here), β_zi = 0 (π = 1/2), and the dispersion model's intercept at a moment
-    estimate of φ (Pearson families) or the family's own start."""
+    here, and by the spread of g(μ₀) on other power links:
+    :func:`glmmjax._families.math.link_scale_spread`), β_zi = 0 (π = 1/2), and the
+    dispersion model's intercept at a moment estimate of φ (Pearson families) or the
+    family's own start."""
     family = data.family
     y, w, offset = data.y, data.weights, data.offset
     mu0 = family.initialize(y, w)
@@ -314,6 +328,9 @@ def start_params(data: PartsData):
         log_phi = jnp.log(d0) / dispersion_power(family)
         if family.name == "gaussian":
             scale = jnp.sqrt(d0)
+    if family.name != "gaussian":
+        # SDs on a power link's scale are in the response's units (1 for other links).
+        scale = jnp.asarray(fm.link_scale_spread(family.link, jnp, mu0, w), y.dtype)
     X_disp = data.X_disp
     if X_disp.shape[1]:
         beta_disp = jnp.linalg.pinv(X_disp) @ (log_phi - data.offset_disp)

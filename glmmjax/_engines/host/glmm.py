@@ -48,7 +48,13 @@ import scipy.linalg
 
 from ..._families import math as fm
 from ..._model.cov_structures import factor_derivatives, search_metric, term_structures
-from ..._model.covariance import diagonal_mask, initial_theta, split_theta, start_from_sds
+from ..._model.covariance import (
+    diagonal_mask,
+    initial_theta,
+    split_theta,
+    start_from_sds,
+    unit_scaled_mask,
+)
 from ..._model.structure import ReStructure, build_structure, plain_structure, split
 from ..blas import single_threaded_blas
 from ..compiled.optimize import minimize_host
@@ -452,6 +458,27 @@ def _start_mean(family, y, weights):
     return y
 
 
+def eta_unit(family, y, weights) -> float:
+    """:func:`glmmjax._families.math.link_scale_spread` at the starting means (1 for
+    families and links without closed forms). The searches' step sizes, difference
+    steps, stopping rule (max|∇| in these units) and the boundary rule (|θ| below
+    ``BOUNDARY_TRY``) assume parameters of order 1: with θ and β in the response's
+    units, sleepstudy's Reaction in ms × 10⁴ stalled at the start (θ ~ 10⁵; 500
+    iterations, not converged), and a Gamma GLMM with the inverse link (η ~ 0.004) did
+    not even start."""
+    if not fm.supported(family):
+        return 1.0
+    with np.errstate(all="ignore"):
+        return float(fm.link_scale_spread(family.link, np, _start_mean(family, y, weights),
+                                          weights))
+
+
+def theta_unit(structures, unit: float) -> np.ndarray:
+    """Per entry of θ, ``unit`` where it scales with the random effects' units
+    (:func:`glmmjax._model.covariance.unit_scaled_mask`), else 1."""
+    return np.where(unit_scaled_mask(structures), unit, 1.0)
+
+
 def _glm_start(model: HostGLMM, dispersion):
     """β of the GLM without random effects at a fixed dispersion: Newton's method (W
     floored positive, for likelihoods that are not concave) with step halving, from
@@ -528,7 +555,7 @@ def _lmm_start(random_terms, model: HostGLMM):
     the host LMM engine: a few ms) for the families of :func:`_residual_sd_scale`: θ in
     absolute units (the LMM's relative θ times its σ̂), β̂, and σ̂ times that scale. On
     the identity scale in the response's units the moment start's SDs (kept within
-    [0.1, 5], for logit and log scales) are far off (sleepstudy's Student-t: θ = [5, 0, 5]
+    [0.1, 5] units of :func:`eta_unit`) are far off (sleepstudy's Student-t: θ = [5, 0, 5]
     for an optimum [27.4, −0.4, 6.3], and 35 nAGQ=0 evaluations instead of 6, where the
     per-level moment estimates are themselves inflated: 81 and 77). None where the
     family has no such scale, a term's θ does not scale with σ, or the LMM fails."""
@@ -565,7 +592,8 @@ def moment_start(random_terms, model: HostGLMM):
     dispersion by moments at that fit (:func:`_dispersion_start`), and θ from one
     Newton step per level at that fit, b̂_l = Σ z·ℓ' / Σ z²·W, whose variance is about
     σ² + mean(1/Σ z²·W) (per column of each term, correlations 0, each SD kept within
-    [0.1, 5]; as ``_batching.scalar._theta_start`` for one scalar term). From it the
+    [0.1, 5] times :func:`eta_unit`, which is 1 for log and probability links; as
+    ``_batching.scalar._theta_start`` for one scalar term). From it the
     nAGQ=0 stage needs fewer evaluations than from θ = 1 (verbagg 8 instead of 12,
     cbpp 5 instead of 7). Falls back to θ = 1 where the moments are not finite."""
     X, offset = model.X, model.offset
@@ -587,21 +615,24 @@ def moment_start(random_terms, model: HostGLMM):
         log_dispersion = np.array([np.log(dispersion)]
                                   + shape_parameters(model.family, shape))
     terms = row_terms(model, X @ beta + offset, with_shape(dispersion))
-    l1, W = terms.d1, np.maximum(terms.w, 1e-8)
+    unit = eta_unit(model.family, model.y, model.weights)
+    l1, W = terms.d1, np.maximum(terms.w, 1e-8 / unit**2)
     sds = []
     for term in random_terms:
         z = np.asarray(term.z, dtype=np.float64)
         sd = np.ones(z.shape[1])
         for k in range(z.shape[1]):
             precision = np.maximum(
-                np.bincount(term.refs, weights=z[:, k] ** 2 * W, minlength=term.n_levels), 1e-8)
+                np.bincount(term.refs, weights=z[:, k] ** 2 * W, minlength=term.n_levels),
+                1e-8 / unit**2)
             b = np.bincount(term.refs, weights=z[:, k] * l1, minlength=term.n_levels) / precision
-            sd[k] = np.sqrt(np.clip(np.mean(b**2) - np.mean(1.0 / precision), 0.01, 25.0))
+            sd[k] = unit * np.sqrt(np.clip(
+                (np.mean(b**2) - np.mean(1.0 / precision)) / unit**2, 0.01, 25.0))
         sds.append(sd)
     structures = term_structures(random_terms)
     theta = start_from_sds(structures, sds)
     if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(beta))):
-        theta = initial_theta(structures)
+        theta = initial_theta(structures) * theta_unit(structures, unit)
         beta = np.zeros_like(beta) if not np.all(np.isfinite(beta)) else beta
     return theta, beta, log_dispersion
 
@@ -628,9 +659,11 @@ def _difference_metric(objective, x0, carry):
 
 
 def _nagq0_stage(objective1, theta0, disp0, v0, p, q1, structures, difference_metric,
-                 gtol, loose_gtol, max_iter):
+                 gtol, loose_gtol, max_iter, unit=1.0):
     """Stage 1 (nAGQ=0) over (θ, log φ): the Laplace stage's start (θ, β, log φ), its
-    starting inverse Hessian and its inner start u."""
+    starting inverse Hessian and its inner start u. θ (``theta0``, ``objective1``'s and
+    the results') is in units of ``unit`` (:func:`eta_unit`), as β in the results; the
+    inner v (``v0``, the carry) in the model's own."""
     n_theta, n_disp = theta0.shape[0], disp0.shape[0]
     x0 = np.concatenate([theta0, disp0])
     carry = (v0, np.eye(p))
@@ -647,12 +680,12 @@ def _nagq0_stage(objective1, theta0, disp0, v0, p, q1, structures, difference_me
     beta_cov1 = L_x_inv.T @ L_x_inv
     theta1 = sol1.x[:n_theta].copy()
     theta1[diagonal_mask(structures) & (np.abs(theta1) < BOUNDARY_TRY)] = 0.1
-    params2 = np.concatenate([theta1, v1[q1 - p :], sol1.x[n_theta:]])
+    params2 = np.concatenate([theta1, v1[q1 - p :] / unit, sol1.x[n_theta:]])
     k = n_theta + p + n_disp
     keep = np.r_[np.arange(n_theta), n_theta + p + np.arange(n_disp)]
     hinv0 = np.zeros((k, k))
     hinv0[np.ix_(keep, keep)] = sol1.inverse_hessian
-    hinv0[n_theta : n_theta + p, n_theta : n_theta + p] = 0.5 * beta_cov1
+    hinv0[n_theta : n_theta + p, n_theta : n_theta + p] = 0.5 * beta_cov1 / unit**2
     return hinv0, params2, v1[: q1 - p]
 
 
@@ -669,25 +702,32 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
     start = _lmm_start(design.terms, stage2)
     theta0, beta0, disp0 = moment_start(design.terms, stage2) if start is None else start
     n_disp = disp0.shape[0]
+    # The searches run in x = params / scale: θ and β in units of eta_unit (its
+    # docstring says why), log φ and shapes as they are.
+    unit = eta_unit(family, stage2.y, stage2.weights)
+    theta_scale = theta_unit(s2.structures, unit)
+    scale = np.concatenate([theta_scale, np.full(p, unit), np.ones(n_disp)])
+    scale1 = np.concatenate([theta_scale, np.ones(n_disp)])
     q1 = s1.n_levels[0] * s1.sizes[0] + s1.rest_size
     v0 = np.zeros(q1)
     v0[q1 - p :] = beta0
     empty = np.zeros(0)
 
     # Stage 1 (nAGQ=0): (θ, log φ); a start and a preconditioner for stage 2.
-    def objective1(params, carry):
+    def objective1(x, carry):
+        params = x * scale1
         value, grad, v, factor, _ = laplace(params[:n_theta], empty, params[n_theta:],
                                             stage1, carry[0])
         if factor is None:
             return (np.inf, np.full(params.shape, np.nan)), carry
-        return (value, grad), (v, factor.rest[-p:, -p:])
+        return (value, grad * scale1), (v, factor.rest[-p:, -p:])
 
     # Stage 2: Laplace in (θ, β, log φ).
-    def objective2(params, u):
-        value, grad, v, factor, _ = laplace(*_outer_split(params, stage2), stage2, u)
+    def objective2(x, u):
+        value, grad, v, factor, _ = laplace(*_outer_split(x * scale, stage2), stage2, u)
         if factor is None:
-            return (np.inf, np.full(params.shape, np.nan)), u
-        return (value, grad), v
+            return (np.inf, np.full(x.shape, np.nan)), u
+        return (value, grad * scale), v
 
     diagonal = diagonal_mask(s2.structures)
 
@@ -705,25 +745,27 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
             # or precondition it: its own difference metric there (sleepstudy's
             # Student-t: 7 evaluations instead of the nAGQ=0 stage's 10, and then 4
             # instead of 6 Laplace iterations).
-            theta_start = theta0.copy()
+            theta_start = theta0 / theta_scale
             theta_start[diagonal & (np.abs(theta_start) < BOUNDARY_TRY)] = 0.1
-            params2 = np.concatenate([theta_start, beta0, disp0])
+            params2 = np.concatenate([theta_start, beta0 / unit, disp0])
             hinv0, u2 = _difference_metric(objective2, params2, np.zeros(q1 - p))
         if hinv0 is None:
-            hinv0, params2, u2 = _nagq0_stage(objective1, theta0, disp0, v0, p, q1,
+            hinv0, params2, u2 = _nagq0_stage(objective1, theta0 / theta_scale, disp0, v0, p, q1,
                                                  s2.structures, start is not None, gtol,
-                                                 loose_gtol, max_iter)
+                                                 loose_gtol, max_iter, unit)
 
         sol2 = minimize_host(objective2, params2, carry=u2, inverse_hessian=hinv0,
                              gtol=gtol, loose_gtol=loose_gtol, expensive=True,
                              final_trial=to_boundary, max_iterations=max_iter)
-        params, v = sol2.x, sol2.carry
-        # Central differences of the exact gradient (module docstring), each inner solve
-        # starting from the mode's first-order prediction.
-        dv = mode_derivatives(params, v, stage2)
+        x, v = sol2.x, sol2.carry
+        params = x * scale
+        # Central differences of the exact gradient (module docstring), in the search's
+        # units (steps relative to parameters of order 1), each inner solve starting
+        # from the mode's first-order prediction.
+        dv = mode_derivatives(params, v, stage2) * scale
         H = lmm.central_differences(
-            lambda x: objective2(x, v + dv @ (x - params))[0][1], params)
-        H = 0.5 * (H + H.T)
+            lambda x_: objective2(x_, v + dv @ (x_ - x))[0][1], x)
+        H = 0.5 * (H + H.T) / np.outer(scale, scale)
     # A non-finite Hessian (differences stepping where the Laplace value is not
     # finite, e.g. at a boundary): no covariance, and the fit is reported as such
     # (fit_glmm_design: Hessian not positive definite) instead of LAPACK's SVD error.
@@ -744,7 +786,8 @@ def fit(design, family, y, weights, gtol: float = 1e-6, loose_gtol: float = 1e-3
         beta_cov=params_cov[n_theta : n_theta + p, n_theta : n_theta + p],
         params_cov=params_cov, hessian=H, value=float(sol2.value), v=v,
         effects=tuple(effects), dispersion=stage2.dispersion(log_dispersion),
-        estimated_dispersion=bool(n_disp), opt=opt_summary("host", sol2, params2),
+        estimated_dispersion=bool(n_disp),
+        opt=opt_summary("host", sol2._replace(x=params), params2 * scale),
         conditional_covariances=conditional_cov,
     )
 

@@ -331,9 +331,15 @@ class HostParts:
                     w_ee2 = np.maximum(w_ee, 1e-10 * (1 + np.abs(w_ee)))
                     w_zz2 = np.maximum(w_zz, 1e-10 * (1 + np.abs(w_zz)))
                     bound = 0.999 * np.sqrt(w_ee2 * w_zz2)
-                    factor = cho_factor(self._hessian(A_c, A_z, w_ee2,
-                                                      np.clip(w_ez, -bound, bound), w_zz2),
-                                        lower=True)
+                    try:
+                        factor = cho_factor(self._hessian(A_c, A_z, w_ee2,
+                                                          np.clip(w_ez, -bound, bound), w_zz2),
+                                            lower=True)
+                    except np.linalg.LinAlgError:
+                        # Weights not finite (η far out at a search's trial point): no
+                        # mode here; value_grad then reports the point as not finite
+                        # and the search rejects it.
+                        return v, out
                 step = -cho_solve(factor, grad)
                 decrement = -grad @ step
                 if decrement < NEWTON_TOL:  # the caller re-evaluates the rows at û
@@ -500,11 +506,22 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     from ..._model.covariance import diagonal_mask
     from ..compiled.optimize import minimize_host
     from ..seam import BOUNDARY_TRY
+    from .glmm import eta_unit
 
     model = HostParts(data)
     sizes = data.cond.sizes + data.zi.sizes
     n_theta = data.cond.n_theta + data.zi.n_theta
     diagonal = diagonal_mask(sizes) if sizes else np.zeros(0, bool)
+    # The search runs in x = params / scale: the conditional part's θ (unstructured
+    # factors: every entry an SD unit) and β in units of the link scale's spread
+    # (host.glmm.eta_unit: 1 for log and probability links), so that a response in
+    # other units (×10⁴) is the same search.
+    n_theta_c, _, p = data.layout[:3]
+    unit = eta_unit(data.family, np.asarray(data.y, np.float64),
+                    np.asarray(data.weights, np.float64))
+    scale = np.ones(np.shape(params0)[0])
+    scale[:n_theta_c] = unit
+    scale[n_theta : n_theta + p] = unit
 
     def evaluate(x, carry):
         """Criterion and gradient at x, the inner Newton started from the last accepted
@@ -512,19 +529,20 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
         saves about one Newton step per evaluation."""
         x0, v0, S = carry
         start = v0 if S is None else v0 + S @ (x - x0)
-        value, grad, v_new, S_new = model.value_grad(x, start, sensitivity=True)
-        return (value, grad), (np.array(x, np.float64), v_new, S_new)
+        value, grad, v_new, S_new = model.value_grad(x * scale, start, sensitivity=True)
+        return (value, grad * scale), (np.array(x, np.float64), v_new,
+                                       None if S_new is None else S_new * scale)
 
     def to_boundary(x):
         theta = x[:n_theta]
         near = diagonal & (np.abs(theta) < BOUNDARY_TRY)
         return np.concatenate([np.where(near, 0.0, theta), x[n_theta:]])
 
-    x0 = np.asarray(params0, np.float64)
+    x0 = np.asarray(params0, np.float64) / scale
     # Where the gradient's rounding exceeds the usual tolerance (HostParts.gradient_rounding),
     # stop on a gradient at that level once steps stop decreasing the criterion (a
     # predicted gain below its rounding), rather than searching the noise.
-    rounding = 10.0 * model.gradient_rounding(x0)
+    rounding = 10.0 * model.gradient_rounding(np.asarray(params0, np.float64)) * unit
     noisy = rounding > LOOSE_GTOL
     solution = minimize_host(evaluate, x0, carry=(x0, np.zeros(data.q), None),
                              gtol=gtol, loose_gtol=max(LOOSE_GTOL, rounding),
@@ -532,12 +550,13 @@ def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
                              expensive=True, first_step=0.5,
                              final_trial=to_boundary if n_theta else None,
                              max_iterations=max_iter)
-    params, carry = np.asarray(solution.x), solution.carry
+    x, carry = np.asarray(solution.x), solution.carry
+    params = x * scale
     # The search's carry holds the mode at its point, with the gradient there.
     v_final = v = carry[1]
     value = float(solution.value)
-    hessian = hessian_of(lambda x: evaluate(x, carry)[0][1], params, np.asarray(solution.grad),
-                         noisy=noisy)
+    hessian = hessian_of(lambda x_: evaluate(x_, carry)[0][1], x, np.asarray(solution.grad),
+                         noisy=noisy) / np.outer(scale, scale)
     return dict(params=params, v=v_final, value=value, hessian=hessian,
                 re_cov=model.re_covariance(params, v_final), status=int(solution.status),
                 iterations=int(solution.iterations),

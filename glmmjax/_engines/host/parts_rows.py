@@ -363,6 +363,9 @@ def start_params(data) -> np.ndarray:
             log_phi = np.log(d0) / dispersion_power(family)
             if family.name == "gaussian":
                 scale = np.sqrt(d0)
+        if family.name != "gaussian":
+            # SDs on a power link's scale are in the response's units.
+            scale = float(fm.link_scale_spread(family.link, np, mu0, w))
         X_disp = np.asarray(data.X_disp, np.float64)
         beta_disp = (np.linalg.pinv(X_disp) @ (log_phi - np.asarray(data.offset_disp))
                      if X_disp.shape[1] else np.zeros(0))
