@@ -464,7 +464,10 @@ def student_t_df_partials(xp, y, mu, psi, weights, df):
 TWEEDIE_TERMS = 512
 
 
-_LAST_SERIES: dict = {}  # numpy: the last series evaluated, by (y, φ, p)
+# numpy: the last series evaluated, as one (key, y, value) tuple, read once and replaced
+# whole (the lockstep batch path evaluates chunks in threads: a dict updated key by key
+# could pair one thread's key with another's value).
+_LAST_SERIES: list = [None]
 
 
 def _tweedie_series(xp, y, psi, p, n_terms=None):
@@ -475,9 +478,12 @@ def _tweedie_series(xp, y, psi, p, n_terms=None):
         return _tweedie_series_terms(xp, y, psi, p, n_terms)
     psi_value = np.broadcast_to(psi, np.shape(y))
     key = (id(y), np.shape(y), psi_value.tobytes(), float(p))
-    if _LAST_SERIES.get("key") != key or _LAST_SERIES.get("y") is not y:
-        _LAST_SERIES.update(key=key, y=y, value=_tweedie_series_host(y, psi_value, p))
-    return _LAST_SERIES["value"]
+    last = _LAST_SERIES[0]
+    if last is not None and last[0] == key and last[1] is y:
+        return last[2]
+    value = _tweedie_series_host(y, psi_value, p)
+    _LAST_SERIES[0] = (key, y, value)
+    return value
 
 
 def _tweedie_series_terms(xp, y, psi, p, n_terms=None):

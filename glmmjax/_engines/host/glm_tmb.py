@@ -35,6 +35,7 @@ import numpy as np
 from ..._families import math as fm
 from ..._families.math_tmb import FAMILIES as TMB_FAMILIES
 from ..._families.math_tmb import NO_DISPERSION
+from ..._families.shapes import shape_parameters, shape_starts, shape_values
 from ..seam import GLMFit
 from .glm import _solve_spd, newton, weighted_gram
 
@@ -57,16 +58,9 @@ def n_outer(family) -> int:
     return int(has_dispersion) + getattr(family, "n_shape", 0)
 
 
-def shape_starts(family) -> list:
-    from .glmm import shape_starts as starts
-
-    return starts(family)
-
-
 def dispersion_value(family, d):
     """The ``dispersion`` argument of the row terms at outer parameters d: None (no
     dispersion), φ = e^ψ, or the array (φ, shapes...) where shapes are estimated."""
-    from .glmm import shape_values
 
     if len(d) == 0:
         return None
@@ -175,7 +169,6 @@ def start(X, y, weights, offset, family):
             return coef0
         mu0 = fm.inverse_link(family.link, np, X @ coef0 + offset)
         phi0 = float(family.moment_dispersion(np, y, mu0, weights))
-    from .glmm import shape_parameters
 
     shapes = shape_parameters(family, shape_starts(family)) if getattr(family, "n_shape", 0) \
         else []
@@ -186,7 +179,6 @@ def fit_glm(X, y, weights, offset, family, *, max_iter: int = 100) -> tuple[GLMF
     """Fit a GLM of glmmTMB's family (numpy in): the :class:`GLMFit` (``dispersion`` φ,
     NaN-free only where the family has one) and the estimated shapes' values (empty
     unless ``family.n_shape``)."""
-    from .glmm import shape_values
 
     X = np.asarray(X, dtype=np.float64)
     y, weights, offset = (np.asarray(a, dtype=np.float64) for a in (y, weights, offset))

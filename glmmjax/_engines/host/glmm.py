@@ -47,6 +47,7 @@ import numpy as np
 import scipy.linalg
 
 from ..._families import math as fm
+from ..._families.shapes import shape_parameters, shape_starts, shape_values
 from ..._model.cov_structures import factor_derivatives, search_metric, term_structures
 from ..._model.covariance import (
     diagonal_mask,
@@ -91,30 +92,6 @@ def n_dispersion_parameters(family) -> int:
     parameter of a shape estimated with it (``family.n_shape``: Student-t's log ν,
     Tweedie's logit(p − 1))."""
     return int(estimates_dispersion(family)) + getattr(family, "n_shape", 0)
-
-
-def shape_starts(family) -> list:
-    """The starting values of the shape parameters estimated with the dispersion (none,
-    Student-t's ν, Tweedie's p, ordered beta's two cutpoints)."""
-    if not getattr(family, "n_shape", 0):
-        return []
-    if hasattr(family, "shape_starts"):
-        return list(family.shape_starts())
-    return [family.shape_start()]
-
-
-def shape_values(family, parameters) -> list:
-    """The shapes from their unconstrained outer parameters."""
-    if hasattr(family, "shape_values"):
-        return list(family.shape_values(parameters))
-    return [family.shape_value(parameters[0])]
-
-
-def shape_parameters(family, values) -> list:
-    """The unconstrained outer parameters of the shapes ``values``."""
-    if hasattr(family, "shape_parameters"):
-        return list(family.shape_parameters(values))
-    return [family.shape_parameter(v) for v in values]
 
 
 @dataclasses.dataclass(frozen=True)
