@@ -112,6 +112,8 @@ def _measured_bytes_per_model(engine, formula, data, family=None):
     ("lmm", "~ t + (1 | g)", 100, 5, None),
     ("scalar", "~ t + (1 | g)", 50, 10, "poisson"),
     ("general", "~ t + (t | g)", 50, 10, "poisson"),
+    ("general", "~ t + (t | g)", 25, 20, "poisson"),
+    ("general", "~ t + (1 | g)", 50, 10, "poisson"),
 ])
 def test_the_estimate_bounds_xla_s_accounting(engine, formula, levels, per_level, family):
     g = np.repeat(np.arange(levels), per_level)

@@ -10,7 +10,8 @@ structure's sizes, in the precision's bytes:
 with n observations, k covariance parameters (θ), m₀ the levels and S₀ the size of the
 term with most levels (1 for ``(1 | g)``, 2 for ``(t | g)``), R the size of the dense
 remainder of the factor (the other terms' levels and the fixed effects), and a = 10
-(LMM), 20 (GLMM, one scalar term) or 60 (other GLMMs) words per observation: a fixed
+(LMM), 20 (GLMM, one scalar term) or 60·max(1, S₀(k + 1)/2) (other GLMMs) words per
+observation: a fixed
 part, the per-observation vectors (η, μ, W, gradients of each trial point), the
 levelwise S₀×S₀ blocks carried through the second derivatives in (θ, σ) (Satterthwaite's
 df, the Hessian), the coupling rows between the first term and the rest, and the dense
@@ -89,7 +90,13 @@ def bytes_per_model(engine: str, n_obs: int, sizes, n_levels, rest_size: int, n_
     """The module docstring's estimate of one model's working memory, in bytes
     (``sizes``/``n_levels``: S_t and m_t per term, the term with most levels first)."""
     m0, s0 = n_levels[0], sizes[0]
-    words = (2000 + PER_ROW[engine] * n_obs + 8 * (n_theta + 1) ** 2 * m0 * s0 * s0
+    per_row = PER_ROW[engine]
+    if engine == "general":
+        # Its per-row vectors are carried per column of the first term and per θ (the
+        # derivatives of the trial points): (t | g) Poisson GLMMs measured 183 words a
+        # row (n = 500 and 1,000; 25 to 100 levels), 60 with (1 | g).
+        per_row = per_row * max(1.0, s0 * (n_theta + 1) / 2.0)
+    words = (2000 + per_row * n_obs + 8 * (n_theta + 1) ** 2 * m0 * s0 * s0
              + 4 * rest_size * s0 * m0 + 12 * rest_size * rest_size)
     return int(itemsize * words)
 
