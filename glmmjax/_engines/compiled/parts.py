@@ -251,8 +251,8 @@ def fit(params0, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> di
     of the exact gradient (as the host GLMM engine). Only one program is compiled.
     Returns numpy arrays: the optimum, mode, −2 log L, Hessian and H⁻¹ (the random
     effects' conditional covariance) and the optimizer's report."""
-    from ..host.glmm import eta_unit
     from ..host.lmm import central_differences
+    from ..host.parts import search_scale
     from ..seam import BOUNDARY_TRY
     from .optimize import minimize_host
 
@@ -260,14 +260,8 @@ def fit(params0, data: PartsData, max_iter: int = 500, gtol: float = 1e-6) -> di
     n_theta = data.cond.n_theta + data.zi.n_theta
     diagonal = diagonal_mask(sizes) if sizes else np.zeros(0, bool)
     last = {}
-    # The search in x = params / scale, as the host engine's (host.parts.fit): the
-    # conditional θ and β in units of the link scale's spread.
-    n_theta_c, _, p = data.layout[:3]
-    unit = eta_unit(data.family, np.asarray(data.y, np.float64),
-                    np.asarray(data.weights, np.float64))
-    scale = np.ones(np.shape(params0)[0])
-    scale[:n_theta_c] = unit
-    scale[n_theta : n_theta + p] = unit
+    # The search in x = params / scale, as the host engine's (host.parts.fit).
+    scale = search_scale(data, np.shape(params0)[0])[0]
 
     def evaluate(x, v):
         value, grad, v_new, H = value_grad_mode_jit(jnp.asarray(x * scale), jnp.asarray(v),

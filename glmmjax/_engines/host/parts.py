@@ -500,28 +500,35 @@ def hessian_of(gradient, x, grad_x, noisy: bool = False) -> np.ndarray:
 
 
 @single_threaded_blas()  # threaded OpenBLAS spins against XLA's threads (glmmjax._engines.blas)
+
+def search_scale(data, n_params: int) -> tuple[np.ndarray, float]:
+    """(scale, unit): per parameter, the unit its search runs in (x = params / scale),
+    for both engines' parts fits: the conditional part's θ (unstructured factors: every entry an SD unit)
+    and β in units of the link scale's spread (:func:`glmmjax._engines.host.glmm.eta_unit`:
+    1 for log and probability links), so that a response in other units (×10⁴) is the
+    same search; everything else as it is."""
+    from .glmm import eta_unit
+
+    n_theta_c, _, p = data.layout[:3]
+    n_theta = data.cond.n_theta + data.zi.n_theta
+    unit = eta_unit(data.family, np.asarray(data.y, np.float64),
+                    np.asarray(data.weights, np.float64))
+    scale = np.ones(n_params)
+    scale[:n_theta_c] = unit
+    scale[n_theta : n_theta + p] = unit
+    return scale, unit
+
 def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     """The host engine's fit: :func:`glmmjax._engines.compiled.parts.fit`'s steps with
     :meth:`HostParts.value_grad` as the evaluation."""
     from ..._model.covariance import diagonal_mask
     from ..compiled.optimize import minimize_host
     from ..seam import BOUNDARY_TRY
-    from .glmm import eta_unit
-
     model = HostParts(data)
     sizes = data.cond.sizes + data.zi.sizes
     n_theta = data.cond.n_theta + data.zi.n_theta
     diagonal = diagonal_mask(sizes) if sizes else np.zeros(0, bool)
-    # The search runs in x = params / scale: the conditional part's θ (unstructured
-    # factors: every entry an SD unit) and β in units of the link scale's spread
-    # (host.glmm.eta_unit: 1 for log and probability links), so that a response in
-    # other units (×10⁴) is the same search.
-    n_theta_c, _, p = data.layout[:3]
-    unit = eta_unit(data.family, np.asarray(data.y, np.float64),
-                    np.asarray(data.weights, np.float64))
-    scale = np.ones(np.shape(params0)[0])
-    scale[:n_theta_c] = unit
-    scale[n_theta : n_theta + p] = unit
+    scale, unit = search_scale(data, np.shape(params0)[0])
 
     def evaluate(x, carry):
         """Criterion and gradient at x, the inner Newton started from the last accepted
