@@ -114,3 +114,18 @@ def test_general_path_batches_have_finite_standard_errors_equal_to_single_fits(m
         alone = glmmjax.glmer("y ~ t + (t | g)", data.assign(y=Y[:, j]), family="poisson")
         np.testing.assert_allclose(batch.fixef.iloc[j], alone.fixef, rtol=1e-6)
         np.testing.assert_allclose(batch.fixef_se.iloc[j], alone.fixef_se, rtol=1e-4)
+
+
+def test_a_batch_whose_models_all_fail_at_once_reports_them():
+    """Every model of a lockstep chunk failing in the same outer iteration (a Gamma GLMM
+    with the inverse link on a response in units 10⁴ times larger: the batch starts in
+    the response's units) raised a reshape error of an empty line search; now each model
+    is flagged with its reason (or fitted), none lost."""
+    data = glmmjax.datasets.load("sleepstudy")
+    rng = np.random.default_rng(0)
+    Y = data["Reaction"].to_numpy()[:, None] * 1e4 * rng.uniform(0.95, 1.05, (len(data), 3))
+    batch = glmmjax.fit_many("~ Days + (1 | Subject)", data, Y, family="gamma")
+    status = batch.models["status"].tolist()
+    assert len(status) == 3
+    for ok, reason in zip(batch.converged, status):
+        assert ok or "non-finite" in reason

@@ -1400,6 +1400,8 @@ class LockstepModels:
             bad = ~np.isfinite(decrement)
             status[act[bad]] = Status.NON_FINITE
             act, d, decrement = act[~bad], d[~bad], decrement[~bad]
+            if act.size == 0:  # (every active model just failed: no line search)
+                continue
             # Stop after a last step once the decrement is below DONE_TOL, or below
             # FINAL_TOL with a Hessian computed at this point (a kept one leaves an
             # error of its own inaccuracy times the step: chord steps first shrink it).
