@@ -422,12 +422,14 @@ def _chain_psi(f_psi, f1_psi, f2_psi, x1, x2):
     return f_psi, f1_psi * x1, -(f2_psi * x1 * x1 + f1_psi * x2)
 
 
-_LAST_NB2: dict = {}  # "entry": nb2_gamma_terms' last (y, θ, its three values)
 _DATA_TERMS: dict = {}  # data_term's last (arguments, value), by name
 
 
 def _read_only(value):
-    """A remembered array, shared by every caller: written to, it would raise."""
+    """A remembered array (or tuple of them), shared by every caller: written to, it
+    would raise."""
+    if isinstance(value, tuple):
+        return tuple(_read_only(v) for v in value)
     if isinstance(value, np.ndarray):
         value.setflags(write=False)
     return value
@@ -436,7 +438,8 @@ def _read_only(value):
 def data_term(name: str, compute, *arrays):
     """``compute(*arrays)`` on the host, remembered per ``name`` for the last arrays
     (compared by value, copies kept): a term of the data alone (log y!, a log binomial
-    coefficient) is then evaluated once a fit instead of at every evaluation."""
+    coefficient), or of the data and a dispersion (NB2's log Γ(y + θ) − log Γ(θ)), is
+    then evaluated once a fit, or once per dispersion, instead of at every evaluation."""
     arrays = tuple(np.asarray(a, dtype=np.float64) for a in arrays)
     last = _DATA_TERMS.get(name)  # one (arguments, value) tuple: safe across threads
     if last is None or not all(a.shape == b.shape and np.array_equal(a, b)
@@ -456,26 +459,20 @@ def log_factorial(xp, y):
 def nb2_gamma_terms(y, theta, digamma: bool, log_factorial: bool = False) -> tuple:
     """(log Γ(y + θ) − log Γ(θ), ψ(y + θ) − ψ(θ) if ``digamma``, log Γ(y + 1) if
     ``log_factorial``) on the host, from one :func:`polygamma_table` call, remembered for
-    the last (y, θ) (compared by value): free of η, they would be recomputed at every
+    the last (y, θ) by :func:`data_term`: free of η, they would be recomputed at every
     inner Newton step at a fixed θ (most of a negative binomial fit's evaluations)."""
-    y = np.asarray(y, dtype=np.float64)
-    theta_array = np.asarray(theta, dtype=np.float64)
-    # One tuple, read once: a thread replacing it (lockstep's chunks run in threads)
-    # cannot mix its values with another's.
-    last = _LAST_NB2.get("entry")
-    cached = (last is not None and last[0].shape == y.shape
-              and last[1].shape == theta_array.shape and np.array_equal(last[1], theta_array)
-              and np.array_equal(last[0], y) and (last[4] is not None or not log_factorial))
-    if not cached:
+
+    def compute(y, theta):
         # ψ always: the inner Newton's steps need none, but the gradient's evaluation at
         # their mode (same θ) does, and one call with both costs less than two.
-        arguments = (y + theta_array, theta_array) + ((y + 1.0,) if log_factorial else ())
+        arguments = (y + theta, theta) + ((y + 1.0,) if log_factorial else ())
         table = polygamma_table(np, arguments, (-1, 0))
-        last = (y.copy(), theta_array.copy(),
-                *(_read_only(v) for v in (table[0][0] - table[1][0], table[0][1] - table[1][1],
-                                          table[2][0] if log_factorial else None)))
-        _LAST_NB2["entry"] = last
-    return last[2], last[3] if digamma else None, last[4]
+        return (table[0][0] - table[1][0], table[0][1] - table[1][1],
+                table[2][0] if log_factorial else None)
+
+    name = "nb2_gamma_terms" + ("_with_log_factorial" if log_factorial else "")
+    log_gamma, gap, log_fact = data_term(name, compute, y, theta)
+    return log_gamma, gap if digamma else None, log_fact
 
 
 def _softplus(xp, x):

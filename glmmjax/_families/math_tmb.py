@@ -193,38 +193,15 @@ def lognormal_value(xp, y, x, psi, weights):
                       - 0.5 * z - 0.125 * variance - log_y)
 
 
-def _host_scalar(xp, df) -> bool:
-    return xp is np and np.ndim(df) == 0
-
-
-def _digamma_scalar(x: float) -> float:
-    """ψ(x) for a float x > 0: the recurrence ψ(x) = ψ(x + 1) − 1/x up to x ≥ 10, then
-    the asymptotic series to x⁻¹² (truncation < 1e-15 there; tests/test_family_math.py
-    compares it with scipy's)."""
-    shift = 0.0
-    while x < 10.0:
-        shift -= 1.0 / x
-        x += 1.0
-    f = 1.0 / (x * x)
-    series = f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f * (
-        1.0 / 132 - f * 691.0 / 32760)))))
-    return shift + math.log(x) - 0.5 / x - series
-
-
 def _t_log_gamma_ratio(xp, df):
-    """log Γ((ν + 1)/2) − log Γ(ν/2): by ``math.lgamma`` for one host ν, which spares
-    a first Student-t fit the import of scipy.special (~0.1 s, twice the whole fit of
-    sleepstudy)."""
-    if _host_scalar(xp, df):
-        return math.lgamma(0.5 * (float(df) + 1.0)) - math.lgamma(0.5 * float(df))
+    """log Γ((ν + 1)/2) − log Γ(ν/2) (on the host without scipy.special: a first
+    Student-t fit would pay its import, twice the whole fit of sleepstudy)."""
     sp = _special(xp)
     return sp.gammaln(0.5 * (df + 1.0)) - sp.gammaln(0.5 * df)
 
 
 def _t_digamma_difference(xp, df):
-    """ψ((ν + 1)/2) − ψ(ν/2) (for one host ν without scipy.special, as above)."""
-    if _host_scalar(xp, df):
-        return _digamma_scalar(0.5 * (float(df) + 1.0)) - _digamma_scalar(0.5 * float(df))
+    """ψ((ν + 1)/2) − ψ(ν/2)."""
     sp = _special(xp)
     return sp.digamma(0.5 * (df + 1.0)) - sp.digamma(0.5 * df)
 

@@ -477,34 +477,25 @@ def hessian_of(gradient, x, grad_x, noisy: bool = False) -> np.ndarray:
     steps of 1e-4 (2p gradients). ``noisy`` (a gradient known to carry rounding of
     ~1e-4, :meth:`HostParts.gradient_rounding`): central differences with steps of
     NOISY_STEP, whose truncation error (~1e-4 relative) is then below the noise's."""
-    if noisy:
-        from .lmm import central_differences  # (imported only where needed: a first fit's time)
+    from .lmm import central_differences, forward_differences  # (loaded when first used)
 
+    if noisy:
         hessian = central_differences(gradient, x, relative_step=NOISY_STEP)
         return 0.5 * (hessian + hessian.T)
-    columns = []
-    for j in range(x.shape[0]):
-        step = FORWARD_STEP * max(1.0, abs(x[j]))
-        up = x.copy()
-        up[j] += step
-        columns.append((gradient(up) - grad_x) / step)
-    hessian = np.stack(columns, axis=-1) if columns else np.zeros((0, 0))
+    hessian = (forward_differences(gradient, x, grad_x, FORWARD_STEP) if x.shape[0]
+               else np.zeros((0, 0)))
     scale = np.sqrt(np.abs(np.outer(np.diagonal(hessian), np.diagonal(hessian))))
     with np.errstate(all="ignore"):
         asymmetric = np.abs(hessian - hessian.T) > ASYMMETRY_TOL * scale
     if np.any(asymmetric) or not np.all(np.isfinite(hessian)):
-        from .lmm import central_differences
-
         hessian = central_differences(gradient, x)
     return 0.5 * (hessian + hessian.T)
 
 
-@single_threaded_blas()  # threaded OpenBLAS spins against XLA's threads (glmmjax._engines.blas)
-
 def search_scale(data, n_params: int) -> tuple[np.ndarray, float]:
     """(scale, unit): per parameter, the unit its search runs in (x = params / scale),
-    for both engines' parts fits: the conditional part's θ (unstructured factors: every entry an SD unit)
-    and β in units of the link scale's spread (:func:`glmmjax._engines.host.glmm.eta_unit`:
+    for both engines' parts fits: the conditional part's θ (unstructured factors: every
+    entry an SD unit) and β in units of the link scale's spread (:func:`glmmjax._engines.host.glmm.eta_unit`:
     1 for log and probability links), so that a response in other units (×10⁴) is the
     same search; everything else as it is."""
     from .glmm import eta_unit
@@ -518,12 +509,15 @@ def search_scale(data, n_params: int) -> tuple[np.ndarray, float]:
     scale[n_theta : n_theta + p] = unit
     return scale, unit
 
+
+@single_threaded_blas()  # threaded OpenBLAS spins against XLA's threads (glmmjax._engines.blas)
 def fit(params0, data, max_iter: int = 500, gtol: float = 1e-6) -> dict:
     """The host engine's fit: :func:`glmmjax._engines.compiled.parts.fit`'s steps with
     :meth:`HostParts.value_grad` as the evaluation."""
     from ..._model.covariance import diagonal_mask
     from ..compiled.optimize import minimize_host
     from ..seam import BOUNDARY_TRY
+
     model = HostParts(data)
     sizes = data.cond.sizes + data.zi.sizes
     n_theta = data.cond.n_theta + data.zi.n_theta
